@@ -1,0 +1,12 @@
+"""Error types. A ``UserInputError`` is something the user can fix; the CLI prints its message
+as one clear line (no traceback) and exits with status 2."""
+
+from __future__ import annotations
+
+
+class EvomergeError(Exception):
+    """Base class for every error evomerge raises on purpose."""
+
+
+class UserInputError(EvomergeError):
+    """Bad input the user can fix: the message names the field, tensor or file and the fix."""
