@@ -1,0 +1,80 @@
+"""The driver contract: ask/tell is the only link between search and evaluation.
+
+Every driver maximizes. A failed candidate is told as NaN (never None) and the driver must
+treat it as the worst possible value. ``state_dict()``/``load_state_dict()`` must round-trip
+exactly: after a load, the next ``ask`` returns what the original would have returned (this is
+what makes ``evomerge resume`` exact). The store pickles the state dict into SQLite, so it may
+hold numpy arrays and bytes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from evomerge.fitness.result import EvalResult
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One proposal. ``index`` is the driver's ask counter (0, 1, 2, ...) and never repeats."""
+
+    index: int
+    x: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Driver(ABC):
+    """Base class of all search drivers. Subclasses register with ``@register_driver``."""
+
+    name: ClassVar[str] = ""
+    #: True when ``ask`` may be called again before the previous candidates are told
+    #: (random, Optuna, steady-state M2N2): the Ray evaluator then keeps every worker busy.
+    can_ask_ahead: ClassVar[bool] = False
+
+    def __init__(self, dim: int, lower: np.ndarray, upper: np.ndarray, x0: np.ndarray, *,
+                 seed: int, **options: Any) -> None:
+        self.dim = dim
+        self.lower = np.asarray(lower, dtype=float)
+        self.upper = np.asarray(upper, dtype=float)
+        self.x0 = np.asarray(x0, dtype=float)
+        self.seed = seed
+
+    @abstractmethod
+    def ask(self, n: int | None = None) -> list[Candidate]:
+        """Propose candidates (``n`` None = the driver's natural batch, e.g. a generation)."""
+
+    @abstractmethod
+    def tell(self, candidates: Sequence[Candidate], fitness: Sequence[float],
+             details: Sequence[EvalResult | None] | None = None) -> None:
+        """Report fitness (maximize; NaN = failed) in ask order; ``details`` carries
+        per-example scores for drivers that need them (M2N2)."""
+
+    @abstractmethod
+    def stop(self) -> bool:
+        """True when the driver's own termination criterion holds."""
+
+    @property
+    @abstractmethod
+    def best(self) -> tuple[Candidate, float] | None:
+        """Best told candidate and its fitness so far (None before any success)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+DRIVERS: dict[str, type[Driver]] = {}
+
+
+def register_driver(cls: type[Driver]) -> type[Driver]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    DRIVERS[cls.name] = cls
+    return cls
