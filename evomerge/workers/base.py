@@ -1,0 +1,58 @@
+"""The evaluator contract shared by the serial and the Ray evaluator.
+
+The per-candidate job never raises: any exception, timeout or NaN score comes back as a
+``JobResult`` with status FAIL and the error text, so the search records it and goes on.
+``evaluate`` returns results in the order of its input, whatever order workers finish in, so
+the archive never depends on scheduling.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from evomerge.fitness.result import EvalResult
+from evomerge.recipe import Recipe
+
+OK = "OK"
+FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    digest: str
+    status: str
+    fitness: float
+    objectives: tuple[float, ...] = ()
+    result: EvalResult | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    worker: str = ""
+
+    @classmethod
+    def failed(cls, digest: str, error: str, seconds: float = 0.0, worker: str = "") -> JobResult:
+        return cls(digest=digest, status=FAIL, fitness=math.nan, error=error,
+                   seconds=seconds, worker=worker)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+class Evaluator(ABC):
+    """Scores recipes. Implementations: ``SerialEvaluator`` (in process), ``RayEvaluator``."""
+
+    @abstractmethod
+    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
+        """Score every recipe; results in input order; never raises for a bad candidate."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release workers and resident models."""
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
