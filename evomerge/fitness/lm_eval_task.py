@@ -1,0 +1,151 @@
+"""lm-eval-harness tasks, run in process on the resident model (no disk, no server).
+
+Each call wraps the model the evaluator materialized in place in an ``HFLM`` (cached while the
+same model and tokenizer objects are passed, which is every candidate of a worker) and calls
+``lm_eval.simple_evaluate`` with ``log_samples=True``: the per-sample metric values are the
+per-example correctness, ordered by ``doc_id``. ``limit`` is lm-eval's own first-n; ``subsample``
+draws a seeded random subset of doc ids once (numpy ``default_rng(subsample_seed)``) and passes it
+as ``samples=``, so every candidate is scored on the same items. Local task folders are given by
+``include_path``; lm-eval's installed tasks are indexed only when the task is not found there
+(indexing them costs seconds), and they work offline when their datasets are in the HF cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import UserInputError
+from evomerge.fitness.config import LmEvalTaskConfig
+from evomerge.fitness.result import TaskScore
+
+_MANAGERS: dict[tuple, Any] = {}
+
+
+def task_manager(include_path: tuple[str, ...], include_defaults: bool) -> Any:
+    """One TaskManager per (folders, defaults): building one indexes every task YAML."""
+    key = (include_path, include_defaults)
+    if key not in _MANAGERS:
+        from lm_eval.tasks import TaskManager
+
+        _MANAGERS[key] = TaskManager(
+            include_path=list(include_path) or None, include_defaults=include_defaults
+        )
+    return _MANAGERS[key]
+
+
+def _leaf_tasks(task_dict: dict) -> dict[str, Any]:
+    """Flatten lm-eval's (possibly nested, group-keyed) task dict to {task name: Task}."""
+    out: dict[str, Any] = {}
+    for key, val in task_dict.items():
+        if isinstance(val, dict):
+            out.update(_leaf_tasks(val))
+        else:
+            out[getattr(key, "group_name", key) if not isinstance(key, str) else key] = val
+    return out
+
+
+class LmEvalTask:
+    def __init__(self, label: str, cfg: LmEvalTaskConfig, base_dir: Path | None = None) -> None:
+        self.label = label
+        self.cfg = cfg
+        self.include_path = tuple(self._resolve(p, base_dir) for p in cfg.include_path)
+        self._tm: Any = None
+        self._samples: dict[str, list[int]] | None = None
+        self._lm: tuple[Any, Any, Any] | None = None
+
+    @staticmethod
+    def _resolve(p: str, base_dir: Path | None) -> str:
+        path = Path(p).expanduser()
+        if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+            path = base_dir / path
+        if not path.exists():
+            raise UserInputError(f"include_path: task folder {path} not found")
+        return str(path.resolve())
+
+    def manager(self) -> Any:
+        """The TaskManager that knows the task (local folders first, then installed tasks)."""
+        if self._tm is None:
+            tm = task_manager(self.include_path, include_defaults=not self.include_path)
+            if self.cfg.task not in tm.all_tasks:
+                tm = task_manager(self.include_path, include_defaults=True)
+            if self.cfg.task not in tm.all_tasks:
+                where = f" or in {list(self.include_path)}" if self.include_path else ""
+                raise UserInputError(
+                    f"lm_eval task {self.cfg.task!r} not found among lm-eval's tasks{where}; "
+                    "check the name or include_path"
+                )
+            self._tm = tm
+        return self._tm
+
+    def _subsample(self) -> dict[str, list[int]] | None:
+        if self.cfg.subsample is None:
+            return None
+        if self._samples is None:
+            import numpy as np
+            from lm_eval.tasks import get_task_dict
+
+            leaves = _leaf_tasks(get_task_dict([self.cfg.task], self.manager()))
+            rng = np.random.default_rng(self.cfg.subsample_seed)
+            self._samples = {}
+            for name in sorted(leaves):
+                n_docs = len(list(leaves[name].eval_docs))
+                k = self.cfg.subsample
+                k = max(1, round(k * n_docs)) if isinstance(k, float) else min(int(k), n_docs)
+                self._samples[name] = sorted(int(i) for i in rng.choice(n_docs, k, replace=False))
+        return self._samples
+
+    def _model(self, model: Any, tokenizer: Any) -> Any:
+        if self._lm is None or self._lm[0] is not model or self._lm[1] is not tokenizer:
+            from lm_eval.models.huggingface import HFLM
+
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.cfg.batch_size)
+            self._lm = (model, tokenizer, lm)
+        return self._lm[2]
+
+    def run(self, model: Any, tokenizer: Any) -> dict[str, TaskScore]:
+        from lm_eval import simple_evaluate
+
+        c = self.cfg
+        out = simple_evaluate(
+            model=self._model(model, tokenizer),
+            tasks=[c.task],
+            task_manager=self.manager(),
+            limit=c.limit,
+            samples=self._subsample(),
+            num_fewshot=c.num_fewshot,
+            apply_chat_template=c.apply_chat_template,
+            log_samples=True,
+            **c.extra_args,
+        )
+        if not out or "samples" not in out:
+            raise RuntimeError(f"lm_eval task {c.task!r} returned no samples")
+        names = sorted(out["samples"])
+        scores = {n: self._task_score(n, out) for n in names}
+        if len(scores) == 1:
+            return {self.label: next(iter(scores.values()))}
+        return {f"{self.label}/{n}": s for n, s in scores.items()}
+
+    def _task_score(self, name: str, out: dict) -> TaskScore:
+        samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
+        metric = self.cfg.metric or self._first_metric(name, samples)
+        if any(metric not in s for s in samples):
+            have = sorted({k for s in samples for k in s if isinstance(s[k], (int, float))})
+            raise UserInputError(
+                f"lm_eval task {name!r}: metric {metric!r} is not in its samples; use one of {have}"
+            )
+        per_example = tuple(float(s[metric]) for s in samples)
+        agg = out["results"].get(name, {})
+        key = next((k for k in agg if k.split(",")[0] == metric), None)
+        score = float(agg[key]) if key is not None else sum(per_example) / len(per_example)
+        return TaskScore(score=score, per_example=per_example, metric=metric)
+
+    def _first_metric(self, name: str, samples: list[dict]) -> str:
+        task_cfg = self.manager()  # metric_list order is the task author's preference
+        del task_cfg
+        agg_keys = [k.split(",")[0] for k in samples[0] if k not in ("doc_id",)]
+        for k in agg_keys:
+            if isinstance(samples[0][k], (int, float)) and not isinstance(samples[0][k], bool):
+                if k not in ("doc_id", "target"):
+                    return k
+        raise UserInputError(f"lm_eval task {name!r}: no numeric per-sample metric; set 'metric'")

@@ -1,0 +1,85 @@
+"""Perplexity on a text file, as a "higher is better" fitness.
+
+The file is tokenized once (no special tokens added between lines; a BOS token is prepended
+when the tokenizer has one) and cut into consecutive, non-overlapping windows of
+``max_length`` tokens (the last, shorter one kept if it has at least 2 tokens). Each window is
+one example: its per-example value is its mean token log-likelihood. The task score is over all
+predicted tokens together:
+
+* ``neg_log_ppl`` (default): -log(ppl) = mean token log-likelihood (<= 0; 0 is perfect). Linear
+  in the loss, so averages and CMA-ES steps behave well.
+* ``inv_ppl``: 1 / ppl = exp(mean log-likelihood), in (0, 1]; reads like an accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import UserInputError
+from evomerge.fitness.result import TaskScore
+
+
+def resolve_file(path_s: str, base_dir: Path | None, field: str) -> Path:
+    p = Path(path_s).expanduser()
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        p = base_dir / p
+    if not p.exists():
+        raise UserInputError(f"{field}: {p} not found")
+    return p
+
+
+class PerplexityTask:
+    def __init__(
+        self,
+        label: str,
+        text_file: str,
+        *,
+        max_length: int = 256,
+        max_windows: int | None = None,
+        score: str = "neg_log_ppl",
+        base_dir: Path | None = None,
+    ) -> None:
+        self.label = label
+        self.path = resolve_file(text_file, base_dir, f"{label}.text_file")
+        self.text = self.path.read_text(encoding="utf-8")
+        if not self.text.strip():
+            raise UserInputError(f"{label}.text_file: {self.path} is empty")
+        self.max_length = max_length
+        self.max_windows = max_windows
+        self.score = score
+        self._ids: Any = None  # token ids, cached per tokenizer
+
+    def _windows(self, tokenizer: Any) -> list[list[int]]:
+        if self._ids is None or self._ids[0] is not tokenizer:
+            ids = tokenizer(self.text, add_special_tokens=False)["input_ids"]
+            bos = getattr(tokenizer, "bos_token_id", None)
+            self._ids = (tokenizer, ([bos] if bos is not None else []) + list(ids))
+        ids = self._ids[1]
+        wins = [ids[i : i + self.max_length] for i in range(0, len(ids), self.max_length)]
+        wins = [w for w in wins if len(w) >= 2]
+        return wins[: self.max_windows] if self.max_windows else wins
+
+    def run(self, model: Any, tokenizer: Any) -> dict[str, TaskScore]:
+        import torch  # late: keep `import evomerge.fitness` light
+
+        wins = self._windows(tokenizer)
+        if not wins:
+            raise UserInputError(f"{self.label}: {self.path} has fewer than 2 tokens")
+        device = next(model.parameters()).device
+        per_window, total_ll, total_n = [], 0.0, 0
+        with torch.no_grad():
+            for w in wins:
+                ids = torch.tensor([w], device=device)
+                logits = model(input_ids=ids).logits[0, :-1].float()
+                ll = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None]).sum().item()
+                n = len(w) - 1
+                per_window.append(ll / n)
+                total_ll += ll
+                total_n += n
+        mean_ll = total_ll / total_n
+        value = mean_ll if self.score == "neg_log_ppl" else math.exp(mean_ll)
+        return {
+            self.label: TaskScore(score=value, per_example=tuple(per_window), metric=self.score)
+        }
