@@ -95,6 +95,11 @@ class LmEvalTask:
                 self._samples[name] = sorted(int(i) for i in rng.choice(n_docs, k, replace=False))
         return self._samples
 
+    @property
+    def sample_ids(self) -> dict[str, list[int]] | None:
+        """The seeded subset of doc ids per lm-eval task (None without ``subsample``)."""
+        return self._subsample()
+
     def _model(self, model: Any, tokenizer: Any) -> Any:
         if self._lm is None or self._lm[0] is not model or self._lm[1] is not tokenizer:
             from lm_eval.models.huggingface import HFLM
@@ -128,7 +133,7 @@ class LmEvalTask:
 
     def _task_score(self, name: str, out: dict) -> TaskScore:
         samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
-        metric = self.cfg.metric or self._first_metric(name, samples)
+        metric = self.cfg.metric or self._first_metric(name, out, samples)
         if any(metric not in s for s in samples):
             have = sorted({k for s in samples for k in s if isinstance(s[k], (int, float))})
             raise UserInputError(
@@ -140,12 +145,11 @@ class LmEvalTask:
         score = float(agg[key]) if key is not None else sum(per_example) / len(per_example)
         return TaskScore(score=score, per_example=per_example, metric=metric)
 
-    def _first_metric(self, name: str, samples: list[dict]) -> str:
-        task_cfg = self.manager()  # metric_list order is the task author's preference
-        del task_cfg
-        agg_keys = [k.split(",")[0] for k in samples[0] if k not in ("doc_id",)]
-        for k in agg_keys:
-            if isinstance(samples[0][k], (int, float)) and not isinstance(samples[0][k], bool):
-                if k not in ("doc_id", "target"):
-                    return k
-        raise UserInputError(f"lm_eval task {name!r}: no numeric per-sample metric; set 'metric'")
+    @staticmethod
+    def _first_metric(name: str, out: dict, samples: list[dict]) -> str:
+        """The task's first listed metric (the task author's preference order)."""
+        metrics = out.get("configs", {}).get(name, {}).get("metric_list") or []
+        for m in metrics:
+            if isinstance(m, dict) and m.get("metric") in samples[0]:
+                return str(m["metric"])
+        raise UserInputError(f"lm_eval task {name!r}: no per-sample metric found; set 'metric'")

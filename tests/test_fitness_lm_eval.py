@@ -1,0 +1,158 @@
+"""lm-eval in process on a tiny real Llama, on a local generate_until task built in tmp.
+
+The task's targets are made from the model's own greedy answers on half of the items (and an
+impossible answer on the other half), so the expected per-example correctness is known without
+trusting lm-eval: the adapter must return exactly that pattern, for the items it says it ran.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from evomerge.errors import UserInputError
+from evomerge.fitness import build_fitness, parse_fitness_config
+
+CHARS = "\n :=+?0123456789abcdefghij"
+N_ITEMS = 12
+GEN = 3
+
+
+def tiny_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "</s>", "<unk>", *CHARS])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def tiny_model(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=3 + len(CHARS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        # Specials and newline get logit 0; the max over 26 random char logits is > 0 (all
+        # negative has probability 2**-26), so greedy answers are plain text.
+        model.lm_head.weight[:4] = 0
+    return model
+
+
+def greedy(model, tok, prompt: str) -> str:
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for _ in range(GEN):
+            nxt = model(input_ids=ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return tok.decode(ids[0, -GEN:])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm_eval_task")
+    model, tok = tiny_model(), tiny_tokenizer()
+    rows = []
+    for i in range(N_ITEMS):
+        q = f"{i % 10}+{i // 10}="
+        answer = greedy(model, tok, q)
+        rows.append({"q": q, "a": answer if i % 2 == 0 else "??" + answer})
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "tiny_add.yaml").write_text(
+        f"""task: tiny_add
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {root}/data.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{q}}}}"
+doc_to_target: "{{{{a}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: {GEN}
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+    )
+    return {"root": root, "model": model, "tok": tok}
+
+
+def _fitness(setup, **task):
+    cfg = parse_fitness_config(
+        {
+            "tasks": [
+                {
+                    "kind": "lm_eval",
+                    "task": "tiny_add",
+                    "include_path": str(setup["root"]),
+                    "batch_size": 1,
+                    **task,
+                }
+            ]
+        }
+    )
+    return build_fitness(cfg)
+
+
+def test_per_example_correctness_full(setup):
+    fit = _fitness(setup)
+    res = fit(setup["model"], setup["tok"])
+    ts = res.tasks["tiny_add"]
+    assert ts.metric == "exact_match"
+    assert ts.per_example == tuple(1.0 if i % 2 == 0 else 0.0 for i in range(N_ITEMS))
+    assert ts.score == pytest.approx(0.5)
+    assert fit.aggregate(res) == pytest.approx(0.5)
+    assert fit.objectives(res) == (pytest.approx(0.5),)
+
+
+def test_seeded_subsample_and_limit(setup):
+    a = _fitness(setup, subsample=5, subsample_seed=1)
+    res = a(setup["model"], setup["tok"])
+    ids = a.runners[0].sample_ids["tiny_add"]
+    assert len(ids) == 5 and ids == sorted(set(ids))
+    assert res.tasks["tiny_add"].per_example == tuple(1.0 if i % 2 == 0 else 0.0 for i in ids)
+    again = _fitness(setup, subsample=5, subsample_seed=1)
+    assert again.runners[0].sample_ids == a.runners[0].sample_ids
+    other = [_fitness(setup, subsample=5, subsample_seed=s).runners[0].sample_ids for s in (2, 3)]
+    assert any(o != a.runners[0].sample_ids for o in other)
+    lim = _fitness(setup, limit=3)(setup["model"], setup["tok"])
+    assert lim.tasks["tiny_add"].per_example == (1.0, 0.0, 1.0)
+
+
+def test_unknown_task_and_metric(setup):
+    cfg = parse_fitness_config(
+        {
+            "tasks": [
+                {"kind": "lm_eval", "task": "no_such_task_xyz", "include_path": str(setup["root"])}
+            ]
+        }
+    )
+    with pytest.raises(UserInputError, match="no_such_task_xyz"):
+        build_fitness(cfg).runners[0].manager()
+    fit = _fitness(setup, metric="accuracy", limit=2)
+    with pytest.raises(UserInputError, match="exact_match"):
+        fit(setup["model"], setup["tok"])
+    with pytest.raises(UserInputError, match="not found"):
+        _fitness(setup, include_path="/nonexistent/folder")
