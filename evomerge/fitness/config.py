@@ -33,6 +33,7 @@ Shorthand: ``{python: "fitness/my.py:score"}`` is one python task.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -182,4 +183,16 @@ def parse_fitness_config(data: Any, *, origin: str = "fitness") -> FitnessConfig
     try:
         return FitnessConfig.model_validate(data)
     except ValidationError as err:
-        raise UserInputError(format_validation_error(err, origin)) from None
+        raise UserInputError(_format(err, origin)) from None
+
+
+def _format(err: ValidationError, origin: str) -> str:
+    """Like recipe.format_validation_error, minus pydantic's union tag in the path
+    ('tasks.0.lm_eval.limit' reads 'tasks.0.limit')."""
+    kinds = {"lm_eval", "zoo", "python", "perplexity"}
+    lines = []
+    for line in format_validation_error(err, origin).splitlines():
+        for k in kinds:
+            line = re.sub(rf"(tasks\.\d+)\.{k}\b", r"\1", line)
+        lines.append(line)
+    return "\n".join(lines)
