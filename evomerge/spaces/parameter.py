@@ -81,9 +81,12 @@ class ParameterSpace(SearchSpace):
         base: str | None,
         models: Sequence[str],
         num_layers: int,
+        op: OpInfo | None = None,
     ) -> None:
         self.cfg = cfg
-        self.op: OpInfo = op_info(cfg.merge_method)
+        # ``op`` lets a caller describe an operator the registry does not hold (e.g. a
+        # mergekit-only method for export); normally it is read from evomerge.ops.
+        self.op: OpInfo = op or op_info(cfg.merge_method)
         if self.op.needs_base and not base:
             raise UserInputError(
                 f"merge_method {cfg.merge_method!r} needs a base model; set the experiment's "
