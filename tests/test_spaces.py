@@ -254,3 +254,30 @@ def test_preset_paths_and_errors(tmp_path, monkeypatch):
     bad.write_text("kind: dataflow\nrepeats: -1\n")
     with pytest.raises(UserInputError, match=r"bad.yaml: field 'repeats'"):
         load_space_preset(str(bad))
+
+
+# ---- every registered operator gets a working parameter space --------------------------------
+def _registry() -> dict:
+    import evomerge.ops as ops
+
+    reg = getattr(ops, "OPS", None) or getattr(ops, "REGISTRY", None)
+    if not reg:
+        pytest.skip("the ops registry (evomerge.ops) has not landed yet")
+    return reg
+
+
+def test_every_registered_op_has_a_parameter_space():
+    from evomerge.spaces.opinfo import op_info
+
+    for name in sorted(_registry()):
+        op = op_info(name)
+        if name == "passthrough":
+            continue  # data flow's operator: one source per slice, nothing to weigh
+        glob = op.searchable(op.global_params)
+        models = ["/m/a"] if name in ("slerp", "nuslerp") else ["/m/a", "/m/b"]
+        cfg = {"kind": "parameter", "merge_method": name, "global_params": glob, "layer_groups": 2}
+        s = ParameterSpace(parse_space_config(cfg), base="/m/base", models=models, num_layers=L)
+        assert s.dim == len(s.gene_names()) > 0, name
+        for x in (s.x0(), np.random.default_rng(0).uniform(0, 1, s.dim)):
+            r = s.decode(x)
+            assert r.merge_method == name and Recipe.from_yaml(r.to_yaml()) == r
