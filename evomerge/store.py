@@ -165,6 +165,18 @@ class RunStore:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def get_meta(self, key: str) -> str | None:
+        """Free-form run facts outside the generation log (e.g. the experts' baseline scores)."""
+        return self._meta(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
     # ---- run ------------------------------------------------------------------------------------
     def config_json(self) -> str:
         return self.conn.execute("SELECT config_json FROM run WHERE id = 1").fetchone()[0]

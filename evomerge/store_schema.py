@@ -8,7 +8,8 @@ after some generation boundary and ``evomerge resume`` continues from there.
 
 Tables
 ------
-``meta``          key/value: ``schema_version``, ``evomerge_version``.
+``meta``          key/value: ``schema_version``, ``evomerge_version``, ``baselines`` (JSON: each
+                  expert's fitness and task scores, measured once at the start of the search).
 ``run``           a single row (id = 1): ``config_json`` is the resolved ExperimentConfig,
                   ``structural_hash`` the sha256 of its structural part (see
                   ``evomerge.config.ExperimentConfig.structural_hash``), ``created`` (unix time).

@@ -1,0 +1,280 @@
+"""ExperimentConfig: one search, as written in ``experiments/*.yaml``. Frozen pydantic, unknown
+keys rejected, every error names the field and the fix.
+
+YAML shape (``experiments/toy_ps_cmaes.yaml`` is a commented example)::
+
+    name: toy_ps_cmaes                  # a label for reports (optional)
+    models: [zoo:lm/expert_a, path/to/expert_b]   # HF folders or zoo:<zoo>/<model> names
+    base_model: zoo:lm/base             # for task-vector operators (optional)
+    space: ps_dare_ties                 # preset name/path, {preset: NAME, <overrides>}, or inline
+    fitness: lm_cross                   # suite name (fitness/<name>.yaml), a path, or inline
+    driver: {name: cma_es, options: {popsize: 8}}
+    budget: {max_evals: 200, max_seconds: 600}
+    seed: 0
+    workers: 1                          # >1 or ray_address: the Ray evaluator
+    ray_address: null
+    archive: {top_k: 3}
+    evaluation: {timeout_s: 600, device: cpu}
+    recipe_paths: []                    # folders where recipe:<digest> resolves (merges of merges)
+
+Structural vs non-structural (what ``evomerge resume`` compares): the *structural* part decides
+which candidates are proposed and how they score -- ``models``, ``base_model``, ``space`` (the
+resolved preset content, not its name), ``fitness`` (resolved), ``driver`` (name and options),
+``seed``. Changing any of it refuses the resume. Everything else (``budget``, ``workers``,
+``ray_address``, ``archive``, ``evaluation``, ``name``, ``recipe_paths``) may change between
+runs: a bigger budget continues the same search. (A resume on another device type stays valid
+but may round differently: exactness holds on the same device.)
+
+Seeds: the space's recipe seed (DARE/DELLA masks) and each lm-eval task's ``subsample_seed``
+default to the experiment ``seed`` unless set explicitly; the driver is seeded with it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evomerge.errors import UserInputError
+from evomerge.fitness.config import FitnessConfig, parse_fitness_config
+from evomerge.recipe import format_validation_error
+from evomerge.spaces.config import SpaceConfig, parse_space_config
+
+STRUCTURAL_FIELDS = ("models", "base_model", "space", "fitness", "driver", "seed")
+ZOO_PREFIX = "zoo:"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DriverConfig(_Frozen):
+    name: str = "cma_es"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class BudgetConfig(_Frozen):
+    """``max_evals`` counts fresh evaluations (a recipe already scored is reused for free);
+    ``max_candidates`` caps told candidates (default 10 x max_evals) so a driver that keeps
+    proposing known recipes still stops. A fixed-batch driver (CMA-ES) finishes its generation,
+    so the last generation may overshoot ``max_evals`` by less than one population."""
+
+    max_evals: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+    max_candidates: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _some_budget(self) -> BudgetConfig:
+        if self.max_evals is None and self.max_seconds is None:
+            raise ValueError("give max_evals and/or max_seconds (e.g. budget: {max_evals: 200})")
+        return self
+
+
+class ArchiveConfig(_Frozen):
+    top_k: int = Field(3, ge=1, le=100)
+
+
+class EvaluationConfig(_Frozen):
+    timeout_s: float | None = Field(600.0, gt=0)
+    device: str = "cpu"
+
+
+class ExperimentConfig(_Frozen):
+    name: str = "experiment"
+    models: list[str]
+    base_model: str | None = None
+    space: SpaceConfig
+    fitness: FitnessConfig
+    driver: DriverConfig = Field(default_factory=DriverConfig)
+    budget: BudgetConfig
+    seed: int = 0
+    workers: int = Field(1, ge=1)
+    ray_address: str | None = None
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    recipe_paths: list[str] = Field(default_factory=list)
+    base_dir: str = "."  # folder of the experiment file: relative paths are resolved from it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_parts(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        base_dir = Path(data.get("base_dir") or ".")
+        seed = data.get("seed", 0)
+        if "space" in data:
+            data["space"] = _resolve_space(data["space"], base_dir, seed)
+        if "fitness" in data:
+            data["fitness"] = _resolve_fitness(data["fitness"], base_dir, seed)
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if not self.models:
+            raise ValueError("models is empty; list the expert models (paths or zoo:<zoo>/<m>)")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models {self.models} repeat a model; list each once")
+        return self
+
+    # ---- identity -----------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def structural_dict(self) -> dict[str, Any]:
+        full = self.model_dump(mode="json")
+        return {k: full[k] for k in STRUCTURAL_FIELDS}
+
+    def structural_hash(self) -> str:
+        text = json.dumps(self.structural_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def structural_diff(self, other: ExperimentConfig) -> list[str]:
+        """Names of the structural fields that differ between two configs."""
+        a, b = self.structural_dict(), other.structural_dict()
+        return [k for k in STRUCTURAL_FIELDS if a[k] != b[k]]
+
+    # ---- resolution -----------------------------------------------------------------------------
+    def resolve_path(self, p: str) -> str:
+        """A path relative to the experiment file's folder (absolute, ~ and zoo: left alone)."""
+        if p.startswith(ZOO_PREFIX) or p.startswith("recipe:"):
+            return p
+        path = Path(p).expanduser()
+        if not path.is_absolute():
+            path = Path(self.base_dir) / path
+        return str(path.resolve())
+
+    def resolved_models(self) -> list[str]:
+        return [resolve_model_ref(self.resolve_path(m)) for m in self.models]
+
+    def resolved_base(self) -> str | None:
+        if self.base_model is None:
+            return None
+        return resolve_model_ref(self.resolve_path(self.base_model))
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML; ``overrides`` maps dotted keys (``budget.max_evals``) to values
+    applied before validation (the CLI's --max-evals, --seed, --workers)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"{p}: experiment file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise UserInputError(f"{p}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{p}: expected a mapping at the top level")
+    if "base_dir" in data:
+        raise UserInputError(f"{p}: 'base_dir' is set by evomerge (the file's folder); remove it")
+    data["base_dir"] = str(p.resolve().parent)
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return parse_experiment(data, origin=str(p))
+
+
+def parse_experiment(data: dict[str, Any], *, origin: str = "experiment") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserInputError(format_validation_error(err, origin)) from None
+
+
+def experiment_from_json(text: str, *, origin: str = "stored config") -> ExperimentConfig:
+    return parse_experiment(json.loads(text), origin=origin)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for k in parents:
+        child = node.get(k)
+        node[k] = dict(child) if isinstance(child, dict) else {}
+        node = node[k]
+    node[leaf] = value
+
+
+# ---- parts --------------------------------------------------------------------------------------
+def _resolve_space(raw: Any, base_dir: Path, seed: int) -> Any:
+    from evomerge.spaces.presets import load_space_preset
+
+    if isinstance(raw, BaseModel):
+        return raw
+    extra = [base_dir, base_dir / "search_spaces", base_dir.parent / "search_spaces"]
+    if isinstance(raw, str):
+        cfg = load_space_preset(raw, extra_dirs=extra)
+    elif isinstance(raw, dict) and "preset" in raw:
+        rest = {k: v for k, v in raw.items() if k != "preset"}
+        cfg = load_space_preset(raw["preset"], rest, extra_dirs=extra)
+    elif isinstance(raw, dict):
+        cfg = parse_space_config(raw, origin="space")
+    else:
+        raise UserInputError("space: give a preset name, {preset: NAME, ...} or a mapping")
+    if "seed" not in cfg.model_fields_set and "seed" in type(cfg).model_fields:
+        cfg = cfg.model_copy(update={"seed": seed})
+    return cfg
+
+
+def _resolve_fitness(raw: Any, base_dir: Path, seed: int) -> Any:
+    if isinstance(raw, BaseModel):
+        return raw
+    if isinstance(raw, str):
+        raw = _load_suite(raw, base_dir)
+    if not isinstance(raw, dict):
+        raise UserInputError("fitness: give a suite name, a suite YAML path or a mapping")
+    cfg = parse_fitness_config(raw, origin="fitness")
+    tasks = []
+    for t in cfg.tasks:
+        if t.kind == "lm_eval" and "subsample_seed" not in t.model_fields_set:
+            t = t.model_copy(update={"subsample_seed": seed})
+        tasks.append(t)
+    return cfg.model_copy(update={"tasks": tasks})
+
+
+def _load_suite(name: str, base_dir: Path) -> dict[str, Any]:
+    """A fitness suite: a YAML path, or ``<name>`` found as fitness/<name>.yaml near the
+    experiment, in the current directory or in the repository."""
+    p = Path(name).expanduser()
+    candidates = [p, base_dir / p] if p.suffix in (".yaml", ".yml") else []
+    for root in (base_dir, base_dir.parent, Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidates += [root / "fitness" / f"{name}.yaml", root / "fitness" / name / "suite.yaml"]
+    for c in candidates:
+        if c.is_file():
+            data = yaml.safe_load(c.read_text())
+            if not isinstance(data, dict):
+                raise UserInputError(f"{c}: a fitness suite must be a mapping")
+            return data
+    raise UserInputError(
+        f"fitness: suite {name!r} not found (looked for fitness/{name}.yaml near the experiment, "
+        "in the current directory and in the repository); give a path or an inline mapping"
+    )
+
+
+def resolve_model_ref(ref: str) -> str:
+    """A model folder for ``ref``: a path is returned as is, ``zoo:<zoo>/<model>`` is built (or
+    found already built) by ``evomerge.zoo`` and looked up in its ``zoo.json`` manifest."""
+    if not ref.startswith(ZOO_PREFIX):
+        return ref
+    zoo_name, sep, model = ref[len(ZOO_PREFIX) :].partition("/")
+    if not sep or not zoo_name or not model:
+        raise UserInputError(
+            f"model {ref!r}: zoo names look like zoo:<zoo>/<model>, e.g. zoo:lm/base"
+        )
+    from evomerge import zoo
+
+    folder = Path(zoo.build(zoo_name))
+    manifest = json.loads((folder / "zoo.json").read_text())
+    models = manifest.get("models", {})
+    entry = models.get(model) if isinstance(models, dict) else None
+    if entry is None:
+        names = list(models) if isinstance(models, dict) else []
+        raise UserInputError(
+            f"model {ref!r}: zoo {zoo_name!r} has no model {model!r}; it has {names}"
+        )
+    rel = entry.get("path", model) if isinstance(entry, dict) else str(entry)
+    return str((folder / rel).resolve())

@@ -1,0 +1,103 @@
+"""ExperimentConfig: presets and inline parts, seeds, structural hash, clear errors."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from evomerge.config import experiment_from_json, load_experiment
+from evomerge.errors import UserInputError
+
+FITNESS = "fitness: {python: score.py:score}\n"
+
+
+def _write(tmp_path, body: str, name: str = "exp.yaml"):
+    (tmp_path / "score.py").write_text("def score(model, tok):\n    return 1.0\n")
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+BASIC = """\
+    models: [a, b]
+    base_model: base
+    space: ps_dare_ties
+    fitness: {python: score.py:score}
+    driver: {name: cma_es, options: {popsize: 6}}
+    budget: {max_evals: 20}
+    seed: 7
+"""
+
+
+def test_preset_is_resolved_and_seeds_follow_the_experiment(tmp_path):
+    cfg = load_experiment(_write(tmp_path, BASIC))
+    assert cfg.space.kind == "parameter" and cfg.space.merge_method == "dare_ties"
+    assert cfg.space.seed == 7  # DARE masks follow the experiment seed unless set
+    assert cfg.base_dir == str(tmp_path.resolve())
+    assert cfg.resolve_path("a") == str((tmp_path / "a").resolve())
+    assert cfg.resolved_models() == [str((tmp_path / m).resolve()) for m in "ab"]
+    # round trip through the store's JSON gives the same config and hash
+    again = experiment_from_json(cfg.to_json())
+    assert again == cfg and again.structural_hash() == cfg.structural_hash()
+
+
+def test_preset_overrides_and_explicit_space_seed(tmp_path):
+    body = BASIC.replace(
+        "space: ps_dare_ties", "space: {preset: ps_dare_ties, layer_groups: 2, seed: 3}"
+    )
+    cfg = load_experiment(_write(tmp_path, body))
+    assert cfg.space.layer_groups == 2 and cfg.space.seed == 3
+
+
+def test_structural_vs_non_structural(tmp_path):
+    p = _write(tmp_path, BASIC)
+    cfg = load_experiment(p)
+    bigger = load_experiment(p, {"budget.max_evals": 100, "workers": 1})
+    assert cfg.structural_diff(bigger) == []
+    assert bigger.budget.max_evals == 100
+    assert cfg.structural_diff(load_experiment(p, {"seed": 8})) == ["space", "seed"]
+    assert cfg.structural_diff(load_experiment(p, {"driver.options": {"popsize": 8}})) == ["driver"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("budget: {max_evals: 20}", "budget: {}"), "max_evals and/or max_seconds"),
+        (("seed: 7", "seed: 7\n    sede: 1"), "unknown key 'sede'"),
+        (("models: [a, b]", "models: []"), "models is empty"),
+        (("models: [a, b]", "models: [a, a]"), "repeat"),
+        (("space: ps_dare_ties", "space: no_such_preset"), "unknown search space preset"),
+        (("budget: {max_evals: 20}", "budget: {max_evals: 0}"), "budget.max_evals"),
+        (("fitness: {python: score.py:score}", "fitness: no_such_suite"), "suite 'no_such_suite'"),
+        (("driver: {name: cma_es, options: {popsize: 6}}", "driver: {nme: x}"), "driver.nme"),
+    ],
+)
+def test_errors_name_the_field(tmp_path, edit, message):
+    body = BASIC.replace(*edit)
+    assert body != BASIC
+    with pytest.raises(UserInputError, match=message):
+        load_experiment(_write(tmp_path, body))
+
+
+def test_missing_file_and_base_dir_key(tmp_path):
+    with pytest.raises(UserInputError, match="not found"):
+        load_experiment(tmp_path / "nope.yaml")
+    with pytest.raises(UserInputError, match="base_dir"):
+        load_experiment(_write(tmp_path, BASIC + "    base_dir: /x\n"))
+
+
+def test_zoo_reference_errors_are_clear(tmp_path):
+    cfg = load_experiment(_write(tmp_path, BASIC.replace("[a, b]", "[zoo:lm, b]")))
+    with pytest.raises(UserInputError, match="zoo:<zoo>/<model>"):
+        cfg.resolved_models()
+
+
+def test_every_shipped_experiment_validates():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    files = sorted(root.glob("*.yaml"))
+    for f in files:
+        cfg = load_experiment(f)
+        assert cfg.models and cfg.budget
