@@ -281,3 +281,16 @@ def test_every_registered_op_has_a_parameter_space():
         for x in (s.x0(), np.random.default_rng(0).uniform(0, 1, s.dim)):
             r = s.decode(x)
             assert r.merge_method == name and Recipe.from_yaml(r.to_yaml()) == r
+
+
+def test_slerp_preset_merges_and_t0_is_base(trio, tmp_path):
+    cfg = load_space_preset("ps_slerp")
+    s = ParameterSpace(cfg, base=trio["base"], models=[trio["a"]], num_layers=L, op=SLERP)
+    assert s.dim == 5 * 3  # 5 control points x (self_attn, mlp, catch-all)
+    r = s.decode(np.zeros(s.dim))
+    assert [rule.filter for rule in r.parameters["t"]] == ["self_attn", "mlp", None]
+    assert r.parameters["t"][0].value == [0.0] * 5
+    out = _mergekit(r, tmp_path / "m")
+    base = load_file(f"{trio['base']}/model.safetensors")
+    for name, t in base.items():
+        torch.testing.assert_close(out[name], t)

@@ -1,7 +1,12 @@
 """Data-flow space: Akiba et al., "Evolutionary Optimization of Model Merging Recipes" (2024), DFS.
 
 The merged model is a path of transformer layers drawn from the sources; embeddings, final norm
-and LM head come from model A (the first source).
+and LM head come from model A (the first source), declared as the recipe's ``base_model``.
+Mergekit executes a passthrough ``slices`` recipe taking embeddings from the first slice's model
+and the final norm and head from the last slice's (it ignores ``base_model`` there): the two
+readings agree whenever the path starts and ends on one of A's layers (x0 does); the evomerge
+engine must honour ``base_model`` for passthrough slices, and a mergekit export of a path that
+starts or ends on another model differs in those tensors.
 
 Pool, slots, r and T. The pool lists model A's layers 0..L_A-1, then B's 0..L_B-1 (then any
 further model's): M = sum of L_i pool layers. The pool is repeated r times (``repeats``, default
@@ -166,6 +171,7 @@ class DataflowSpace(SearchSpace):
         return Recipe(
             merge_method=PASSTHROUGH,
             slices=slices,
+            base_model=self.models[0],  # embeddings, final norm, LM head: model A's
             dtype=self.cfg.dtype,
             seed=self.cfg.seed,
         )

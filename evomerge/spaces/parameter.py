@@ -98,7 +98,10 @@ class ParameterSpace(SearchSpace):
         if not self.models:
             raise UserInputError("models: list at least one source model besides the base")
         self.num_layers = num_layers
-        self.groups = layer_group_ranges(num_layers, cfg.layer_groups)
+        if cfg.smooth:  # control points of a gradient over the whole depth, any number
+            self.groups = [(0, num_layers)] * cfg.layer_groups
+        else:
+            self.groups = layer_group_ranges(num_layers, cfg.layer_groups)
         self.filters: list[str | None] = [*cfg.filters, None]
         self.model_params = self._choose_params(cfg)
         self.global_params = list(cfg.global_params)
