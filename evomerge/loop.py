@@ -1,0 +1,310 @@
+"""The search loop: ask -> decode -> dedupe -> evaluate -> record + tell + checkpoint.
+
+One generation is one SQLite transaction (candidates, results, pickled driver state, RNG state,
+counters, archive table), so a killed search resumes from its last generation boundary and
+repeats exactly what the uninterrupted search would have done:
+
+* the driver's ``state_dict`` round-trips its next ``ask``; the global RNGs (python, numpy,
+  torch) are checkpointed too, because library drivers may sample from them (pycma draws from
+  numpy's global RNG), and the job function shields them from evaluation;
+* a recipe whose digest was already scored in this run is not evaluated again: its stored
+  result is reused (also within a generation);
+* results are told in ask order and the archive ranks by (fitness, candidate index), so nothing
+  depends on which worker finished first.
+
+Stop conditions, checked at each generation boundary: ``budget.max_evals`` (fresh evaluations),
+``budget.max_candidates``, ``budget.max_seconds`` (search time summed over resumes), the
+driver's own ``stop()``, and a stop request (SIGINT/SIGTERM: the generation in flight finishes,
+is committed, and the loop returns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from evomerge.archive import Archive, rank_top_k
+from evomerge.drivers.base import Candidate, Driver
+from evomerge.recipe import Recipe
+from evomerge.spaces.base import SearchSpace
+from evomerge.store import CandidateRecord as _CandRec
+from evomerge.store import Checkpoint, RunStore
+from evomerge.workers.base import Evaluator, JobResult
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_evals: int | None = None
+    max_seconds: float | None = None
+    max_candidates: int | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the loop reports after each committed generation (and what ``run`` returns)."""
+
+    generation: int
+    n_candidates: int
+    n_evals: int
+    n_failed: int
+    best_fitness: float
+    best_digest: str | None
+    elapsed: float
+    stop_reason: str | None = None
+
+
+@dataclass
+class _State:
+    generation: int = 0
+    n_candidates: int = 0
+    n_evals: int = 0
+    n_failed: int = 0
+    elapsed: float = 0.0
+
+
+def capture_rng() -> bytes:
+    import torch
+
+    return pickle.dumps(
+        {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+    )
+
+
+def restore_rng(blob: bytes) -> None:
+    import torch
+
+    state = pickle.loads(blob)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def seed_globals(seed: int) -> None:
+    """Fresh runs start every global RNG from the experiment seed (before the driver exists)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class SearchLoop:
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        space: SearchSpace,
+        driver: Driver,
+        evaluator: Evaluator,
+        archive: Archive,
+        budget: Budget,
+        on_generation: Callable[[Progress], None] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.store, self.space, self.driver = store, space, driver
+        self.evaluator, self.archive, self.budget = evaluator, archive, budget
+        self.on_generation = on_generation
+        self.stop_event = stop_event or threading.Event()
+        self.state = _State()
+        self.scored: dict[str, int] = {}
+        self.top = []
+        self.recipes: dict[str, Recipe] = {}
+
+    # ---- start / resume ----------------------------------------------------------------------
+    def restore(self) -> bool:
+        """Load the last checkpoint (True) or leave a fresh state (False)."""
+        cp = self.store.last_checkpoint()
+        trials = self.store.trials()
+        self.scored = self.store.scored_digests()
+        self.top = rank_top_k(((t.fitness, t.idx, t.digest) for t in trials), self.archive.top_k)
+        by_idx = {t.idx: t for t in trials}
+        self.recipes = {e.digest: Recipe.from_yaml(by_idx[e.idx].recipe_yaml) for e in self.top}
+        self.archive.reconcile(self.top, self.recipes)
+        if cp is None:
+            return False
+        self.driver.load_state_dict(pickle.loads(cp.driver_state))
+        restore_rng(cp.rng_state)
+        self.state = _State(
+            generation=cp.generation + 1,
+            n_candidates=cp.n_candidates,
+            n_evals=cp.n_evals,
+            n_failed=sum(1 for t in trials if not t.ok),
+            elapsed=cp.elapsed,
+        )
+        return True
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def run(self) -> Progress:
+        t_start, elapsed0 = time.monotonic(), self.state.elapsed
+        reason = None
+        while True:
+            self.state.elapsed = elapsed0 + time.monotonic() - t_start
+            reason = self._stop_reason()
+            if reason:
+                break
+            self._generation()
+            self.state.elapsed = elapsed0 + time.monotonic() - t_start
+            self._commit_pending()
+            if self.on_generation:
+                self.on_generation(self.progress())
+        return dataclasses.replace(self.progress(), stop_reason=reason)
+
+    def progress(self) -> Progress:
+        best = self.top[0] if self.top else None
+        s = self.state
+        return Progress(
+            generation=s.generation,
+            n_candidates=s.n_candidates,
+            n_evals=s.n_evals,
+            n_failed=s.n_failed,
+            best_fitness=best.fitness if best else math.nan,
+            best_digest=best.digest if best else None,
+            elapsed=s.elapsed,
+        )
+
+    def _stop_reason(self) -> str | None:
+        b, s = self.budget, self.state
+        if self.stop_event.is_set():
+            return "interrupted"
+        if b.max_evals is not None and s.n_evals >= b.max_evals:
+            return "max_evals"
+        if b.max_candidates is not None and s.n_candidates >= b.max_candidates:
+            return "max_candidates"
+        if b.max_seconds is not None and s.elapsed >= b.max_seconds:
+            return "max_seconds"
+        if self.driver.stop():
+            return "driver"
+        return None
+
+    def _batch_size(self) -> int | None:
+        """None (the driver's natural batch), except that a driver able to ask any number gets
+        at most what the evaluation budget has left, so random search and Optuna stop on the
+        budget exactly (CMA-ES keeps whole generations)."""
+        if not self.driver.can_ask_ahead or self.budget.max_evals is None:
+            return None
+        natural = next(
+            (int(v) for a in ("batch_size", "popsize") if (v := getattr(self.driver, a, None))),
+            None,
+        )
+        left = max(1, self.budget.max_evals - self.state.n_evals)
+        return left if natural is None else min(natural, left)
+
+    def _generation(self) -> None:
+        cands = self.driver.ask(self._batch_size())
+        recipes = [self._decode(c) for c in cands]
+        records, results = self._evaluate(cands, recipes)
+        fitness = [r.fitness if r.ok else math.nan for r in results]
+        self.driver.tell(cands, fitness, [r.result for r in results])
+        self._pending = (records, results, recipes)
+
+    def _decode(self, c: Candidate) -> Recipe | Exception:
+        try:
+            return self.space.decode(c.x)
+        except Exception as err:  # noqa: BLE001 - an undecodable candidate is a failure, not a crash
+            return err
+
+    def _evaluate(
+        self, cands: Sequence[Candidate], recipes: Sequence[Recipe | Exception]
+    ) -> tuple[list[_CandRec], list[JobResult]]:
+        gen = self.state.generation
+        results: list[JobResult | None] = [None] * len(cands)
+        reused: list[int | None] = [None] * len(cands)
+        first_in_gen: dict[str, int] = {}
+        todo: list[int] = []
+        for i, (_c, r) in enumerate(zip(cands, recipes, strict=True)):
+            if isinstance(r, Exception):
+                results[i] = JobResult.failed("", f"decode failed: {type(r).__name__}: {r}")
+                continue
+            d = r.digest()
+            if d in self.scored:
+                reused[i] = self.scored[d]
+                results[i] = _as_reused(self.store.job_result(self.scored[d]))
+            elif d in first_in_gen:
+                reused[i] = cands[first_in_gen[d]].index
+            else:
+                first_in_gen[d] = i
+                todo.append(i)
+        fresh = self.evaluator.evaluate([recipes[i] for i in todo])
+        for i, res in zip(todo, fresh, strict=True):
+            results[i] = res
+        pos = {c.index: i for i, c in enumerate(cands)}
+        for i, src in enumerate(reused):
+            if results[i] is None and src is not None:
+                results[i] = _as_reused(results[pos[src]])
+        records = [
+            _CandRec(
+                idx=c.index,
+                generation=gen,
+                digest=r.digest() if isinstance(r, Recipe) else "",
+                genes=tuple(float(v) for v in np.asarray(c.x, dtype=float).reshape(-1)),
+                recipe_yaml=r.to_yaml() if isinstance(r, Recipe) else "",
+                reused_from=reused[i],
+                meta=_jsonable(c.meta),
+            )
+            for i, (c, r) in enumerate(zip(cands, recipes, strict=True))
+        ]
+        self.state.n_evals += len(todo) + sum(1 for r in recipes if isinstance(r, Exception))
+        return records, [r for r in results if r is not None]
+
+    def _commit_pending(self) -> None:
+        records, results, recipes = self._pending
+        for rec, r in zip(records, recipes, strict=True):
+            if isinstance(r, Recipe):
+                self.recipes.setdefault(rec.digest, r)
+        rows = [(e.fitness, e.idx, e.digest) for e in self.top]
+        rows += [
+            (res.fitness if res.ok else math.nan, rec.idx, rec.digest)
+            for rec, res in zip(records, results, strict=True)
+            if rec.digest
+        ]
+        top = rank_top_k(rows, self.archive.top_k)
+        self.archive.materialize(top, self.recipes)
+        s = self.state
+        s.n_candidates += len(records)
+        s.n_failed += sum(1 for r in results if not r.ok)
+        cp = Checkpoint(
+            generation=s.generation,
+            driver_state=pickle.dumps(self.driver.state_dict()),
+            rng_state=capture_rng(),
+            n_candidates=s.n_candidates,
+            n_evals=s.n_evals,
+            elapsed=s.elapsed,
+        )
+        self.store.commit_generation(cp, records, results, top)
+        self.archive.evict(top)
+        self.top = top
+        keep = {e.digest for e in top}
+        self.recipes = {d: r for d, r in self.recipes.items() if d in keep}
+        for rec in records:
+            if rec.reused_from is None and rec.digest:
+                self.scored.setdefault(rec.digest, rec.idx)
+        s.generation += 1
+
+
+def _as_reused(r: JobResult) -> JobResult:
+    return dataclasses.replace(r, seconds=0.0, worker="reused")
+
+
+def _jsonable(meta: dict) -> dict:
+    out = {}
+    for k, v in (meta or {}).items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[str(k)] = (
+            v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else repr(v)
+        )
+    return out

@@ -1,0 +1,50 @@
+"""SerialEvaluator: scores candidates one after another in this process, on one resident model.
+
+The worker state (experts in memory, the resident model, tokenizer, fitness) is built once and
+reused for every candidate; each job goes through ``run_job``, the same function the Ray
+evaluator's actors run, so a failure is a FAIL result and never stops the search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from evomerge.recipe import Recipe
+from evomerge.workers.base import Evaluator, JobResult
+from evomerge.workers.job import WorkerContext, run_job
+
+
+class SerialEvaluator(Evaluator):
+    def __init__(
+        self,
+        context: WorkerContext | Callable[[], WorkerContext],
+        *,
+        timeout_s: float | None = None,
+        on_result: Callable[[JobResult], None] | None = None,
+    ) -> None:
+        # A factory defers loading experts until the first candidate (cheap start, and the CLI
+        # can report progress before the load).
+        self._ctx = context if not callable(context) or hasattr(context, "materialize") else None
+        self._factory = None if self._ctx is not None else context
+        self.timeout_s = timeout_s
+        self.on_result = on_result
+
+    @property
+    def context(self) -> WorkerContext:
+        if self._ctx is None:
+            self._ctx = self._factory()  # type: ignore[misc]
+        return self._ctx
+
+    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
+        out = []
+        for recipe in recipes:
+            result = run_job(self.context, recipe, timeout_s=self.timeout_s)
+            if self.on_result is not None:
+                self.on_result(result)
+            out.append(result)
+        return out
+
+    def close(self) -> None:
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None and hasattr(ctx, "close"):
+            ctx.close()
