@@ -215,9 +215,15 @@ def _resolve_space(raw: Any, base_dir: Path, seed: int) -> Any:
         cfg = parse_space_config(raw, origin="space")
     else:
         raise UserInputError("space: give a preset name, {preset: NAME, ...} or a mapping")
+    update: dict[str, Any] = {}
     if "seed" not in cfg.model_fields_set and "seed" in type(cfg).model_fields:
-        cfg = cfg.model_copy(update={"seed": seed})
-    return cfg
+        update["seed"] = seed
+    if cfg.kind == "hybrid":  # file references are relative to the experiment, not the cwd
+        if not cfg.winner.startswith("recipe:"):
+            update["winner"] = str((base_dir / Path(cfg.winner).expanduser()).resolve())
+        if isinstance(cfg.partner, str) and not cfg.partner.startswith(ZOO_PREFIX):
+            update["partner"] = str((base_dir / Path(cfg.partner).expanduser()).resolve())
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _resolve_fitness(raw: Any, base_dir: Path, seed: int) -> Any:
