@@ -1,0 +1,262 @@
+"""Bodies of ``evomerge search | resume | status | export | report`` (cli.py only parses).
+
+Each function returns a process exit code; a ``UserInputError`` propagates to cli.py, which
+prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+
+from evomerge.errors import UserInputError
+from evomerge.loop import Progress
+from evomerge.recipe import ModelRef, Recipe
+
+console = Console(stderr=True)
+out = Console()
+
+
+# ---- search / resume ----------------------------------------------------------------------------
+def search(
+    experiment: Path,
+    run_dir: Path | None,
+    *,
+    max_evals: int | None = None,
+    max_seconds: float | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> int:
+    from evomerge.config import load_experiment
+    from evomerge.session import open_search
+
+    overrides = _overrides(max_evals, max_seconds, seed, workers, ray_address)
+    cfg = load_experiment(experiment, overrides)
+    if run_dir is None:
+        raise UserInputError("--run-dir is required: the folder that will hold the run's store")
+    stop = threading.Event()
+    with _signals(stop), _live(cfg.budget.max_evals) as live:
+        s = open_search(cfg, run_dir, on_generation=live.update, stop_event=stop)
+        _baselines(s)
+        final = s.run()
+    return _finish(final, run_dir)
+
+
+def resume(
+    run_dir: Path,
+    *,
+    config: Path | None = None,
+    max_evals: int | None = None,
+    max_seconds: float | None = None,
+) -> int:
+    from evomerge.config import experiment_from_json, load_experiment, parse_experiment
+    from evomerge.session import open_resume
+    from evomerge.store import RunStore
+
+    new_cfg = None
+    overrides = _overrides(max_evals, max_seconds, None, None, None)
+    if config is not None:
+        new_cfg = load_experiment(config, overrides)
+    elif overrides:
+        with RunStore.open(run_dir, readonly=True) as st:
+            data = json.loads(st.config_json())
+        for key, value in overrides.items():
+            section, _, leaf = key.partition(".")
+            data[section] = {**data.get(section, {}), leaf: value}
+        new_cfg = parse_experiment(data, origin="resume options")
+    stop = threading.Event()
+    with RunStore.open(run_dir, readonly=True) as st:
+        cfg = new_cfg or experiment_from_json(st.config_json())
+    with _signals(stop), _live(cfg.budget.max_evals) as live:
+        s = open_resume(run_dir, new_cfg=new_cfg, on_generation=live.update, stop_event=stop)
+        live.update(s.loop.progress())
+        final = s.run()
+    return _finish(final, run_dir)
+
+
+def _overrides(max_evals, max_seconds, seed, workers, ray_address) -> dict:
+    o = {
+        "budget.max_evals": max_evals,
+        "budget.max_seconds": max_seconds,
+        "seed": seed,
+        "workers": workers,
+        "ray_address": ray_address,
+    }
+    return {k: v for k, v in o.items() if v is not None}
+
+
+def _baselines(s) -> None:
+    """Score each expert once, so the winner is printed against them (not search candidates)."""
+    if s.store.get_meta("baselines") is not None:
+        return
+    refs = s.cfg.resolved_models()
+    recipes = [Recipe(merge_method="passthrough", models=[ModelRef(model=m)]) for m in refs]
+    results = s.evaluator.evaluate(recipes)
+    data = {
+        Path(m).name: {
+            "fitness": r.fitness if r.ok else None,
+            "error": r.error,
+            "scores": r.result.scores if r.result else {},
+        }
+        for m, r in zip(refs, results, strict=True)
+    }
+    s.store.set_meta("baselines", json.dumps(data))
+    for name, b in data.items():
+        fit = "FAIL" if b["fitness"] is None else f"{b['fitness']:.4f}"
+        console.print(f"expert {name}: fitness {fit}")
+
+
+def _finish(final: Progress, run_dir: Path) -> int:
+    from evomerge.store import RunStore
+
+    with RunStore.open(run_dir, readonly=True) as st:
+        baselines = json.loads(st.get_meta("baselines") or "{}")
+    out.print(
+        f"stopped: {final.stop_reason}; {final.n_evals} evaluations, "
+        f"{final.n_failed} failed, {final.elapsed:.0f} s"
+    )
+    if final.best_digest is None:
+        out.print("no candidate succeeded")
+        return 1
+    out.print(f"winner {final.best_digest[:12]}  fitness {final.best_fitness:.4f}")
+    for name, b in baselines.items():
+        fit = b.get("fitness")
+        out.print(f"  expert {name:<24} fitness {'FAIL' if fit is None else f'{fit:.4f}'}")
+    out.print(f"archive: {Path(run_dir) / 'archive' / final.best_digest}")
+    if final.stop_reason == "interrupted":
+        out.print(f"interrupted at a generation boundary; continue with: evomerge resume {run_dir}")
+    return 0
+
+
+class _LiveProgress:
+    def __init__(self, progress, task) -> None:
+        self.progress, self.task = progress, task
+
+    def update(self, p: Progress) -> None:
+        best = "-" if math.isnan(p.best_fitness) else f"{p.best_fitness:.4f}"
+        self.progress.update(
+            self.task,
+            completed=p.n_evals,
+            description=f"gen {p.generation} best {best} failed {p.n_failed}",
+        )
+
+
+@contextlib.contextmanager
+def _live(total: int | None) -> Iterator[_LiveProgress]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as RichProgress
+
+    cols = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    with RichProgress(*cols, console=console, transient=False) as prog:
+        yield _LiveProgress(prog, prog.add_task("starting", total=total))
+
+
+@contextlib.contextmanager
+def _signals(stop: threading.Event) -> Iterator[None]:
+    """First SIGINT/SIGTERM: finish and commit the generation in flight, then stop. Second
+    SIGINT: abort at once (the uncommitted generation is simply redone on resume)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        console.print("[yellow]stopping after this generation (Ctrl-C again to abort)[/]")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# ---- status / export / report -----------------------------------------------------------------
+def status(run_dir: Path) -> int:
+    from evomerge.config import experiment_from_json
+    from evomerge.store import RunStore
+
+    with RunStore.open(run_dir, readonly=True) as st:
+        cfg = experiment_from_json(st.config_json())
+        c, cp, archive = st.counts(), st.last_checkpoint(), st.archive()
+        top = [st.trial(e.idx) for e in archive]
+    budget = cfg.budget.max_evals
+    out.print(f"run {run_dir} ({cfg.name}): driver {cfg.driver.name}, space {cfg.space.kind}")
+    out.print(
+        f"generations {c['generations']}  candidates {c['candidates']}  evaluated "
+        f"{c['evaluated']}{f'/{budget}' if budget else ''}  failed {c['failed']}"
+    )
+    if cp is not None:
+        out.print(f"search time {cp.elapsed:.0f} s")
+    for rank, t in enumerate(top, 1):
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in t.scores.items())
+        out.print(f"  #{rank} {t.digest[:12]} fitness {t.fitness:.4f}  ({scores})")
+    if not top:
+        out.print("  no successful candidate yet")
+    return 0
+
+
+def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) -> int:
+    from evomerge.store import RunStore
+
+    if fmt not in ("evomerge", "mergekit"):
+        raise UserInputError(f"--format {fmt!r}: use evomerge or mergekit")
+    with RunStore.open(run_dir, readonly=True) as st:
+        archive = st.archive()
+        if not 1 <= rank <= len(archive):
+            raise UserInputError(
+                f"--rank {rank}: the archive of {run_dir} holds {len(archive)} models (1 = best)"
+            )
+        trial = st.trial(archive[rank - 1].idx)
+    recipe = Recipe.from_yaml(trial.recipe_yaml, origin=f"{run_dir} candidate {trial.idx}")
+    text = recipe.to_yaml() if fmt == "evomerge" else _to_mergekit(recipe)
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(text)
+    out.print(
+        f"wrote {out_file} ({fmt}; rank {rank}, fitness {trial.fitness:.4f}, "
+        f"digest {trial.digest[:12]})"
+    )
+    return 0
+
+
+def _to_mergekit(recipe: Recipe) -> str:
+    from evomerge import recipe as recipe_mod
+
+    for name in ("to_mergekit_yaml", "export_mergekit"):
+        fn = getattr(recipe_mod, name, None) or getattr(recipe, name, None)
+        if fn is not None:
+            return fn(recipe) if fn is getattr(recipe_mod, name, None) else fn()
+    raise UserInputError("mergekit export is not available in this build; use --format evomerge")
+
+
+def report(run_dir: Path, out_dir: Path) -> int:
+    from evomerge.report import write_report
+
+    files = write_report(run_dir, out_dir)
+    for f in files:
+        out.print(f"wrote {f}")
+    return 0

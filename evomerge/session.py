@@ -1,0 +1,198 @@
+"""Build a search from an ExperimentConfig: store, space, driver, evaluator, archive, loop.
+
+``open_search(cfg, run_dir)`` starts a new run; ``open_resume(run_dir, new_cfg=None)`` reopens
+one, refusing a structurally different config (see ``evomerge.config`` for what is structural).
+Both return a ``Search`` whose ``run()`` drives ``evomerge.loop.SearchLoop``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from evomerge.archive import Archive, RecipeResolver
+from evomerge.config import ExperimentConfig, experiment_from_json
+from evomerge.drivers.base import Driver
+from evomerge.errors import UserInputError
+from evomerge.loop import Budget, Progress, SearchLoop, seed_globals
+from evomerge.spaces.base import SearchSpace
+from evomerge.store import RunStore
+from evomerge.workers.base import Evaluator
+
+SOURCES_DIR = "sources"  # recipes the space refers to that had to be materialized first
+
+
+@dataclass
+class Search:
+    cfg: ExperimentConfig
+    run_dir: Path
+    store: RunStore
+    space: SearchSpace
+    driver: Driver
+    evaluator: Evaluator
+    loop: SearchLoop
+    resumed: bool
+
+    def run(self) -> Progress:
+        try:
+            return self.loop.run()
+        finally:
+            self.evaluator.close()
+            self.store.close()
+
+
+def resolver_for(cfg: ExperimentConfig, run_dir: Path) -> RecipeResolver:
+    roots = [run_dir, run_dir / SOURCES_DIR, *(cfg.resolve_path(p) for p in cfg.recipe_paths)]
+    return RecipeResolver(roots)
+
+
+def num_layers_of(folder: str) -> int:
+    cfg_path = Path(folder) / "config.json"
+    if not cfg_path.is_file():
+        raise UserInputError(f"model {folder}: no config.json; give a Hugging Face model folder")
+    data = json.loads(cfg_path.read_text())
+    n = data.get("num_hidden_layers") or data.get("text_config", {}).get("num_hidden_layers")
+    if not isinstance(n, int):
+        raise UserInputError(f"{cfg_path}: no num_hidden_layers; is this a decoder LM folder?")
+    return n
+
+
+def build_space(cfg: ExperimentConfig, run_dir: Path) -> SearchSpace:
+    from evomerge.spaces import build_space as _build
+
+    models, base = cfg.resolved_models(), cfg.resolved_base()
+    for m in [*models, *([base] if base else [])]:
+        if not m.startswith("recipe:") and not Path(m).is_dir():
+            raise UserInputError(f"model {m}: folder not found; check the experiment's models")
+    resolve = resolver_for(cfg, run_dir)
+    counts = [num_layers_of(resolve(m)) for m in models]
+    _materialize_hybrid_winner(cfg, run_dir)
+    return _build(cfg.space, base=base, models=models, num_layers=counts)
+
+
+def _materialize_hybrid_winner(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """A hybrid space whose winner is a recipe file needs the winner on disk once."""
+    if cfg.space.kind != "hybrid":
+        return
+    from evomerge.spaces.hybrid import resolve_winner
+
+    ref, recipe = resolve_winner(cfg.resolve_path(cfg.space.winner))
+    if recipe is None:
+        return
+    from evomerge.workers.materialize import write_model
+
+    archive = Archive(run_dir / SOURCES_DIR, 1, None)
+    out = archive.root.parent / recipe.digest()
+    if not out.is_dir():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_model(recipe, out, resolver_for(cfg, run_dir))
+
+
+def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
+    from evomerge.drivers import get_driver
+
+    cls = get_driver(cfg.driver.name)
+    lo, hi = space.bounds
+    try:
+        return cls(space.dim, lo, hi, space.x0(), seed=cfg.seed, **cfg.driver.options)
+    except TypeError as err:
+        raise UserInputError(
+            f"driver.options {sorted(cfg.driver.options)} for {cfg.driver.name!r}: {err}; "
+            "check the option names in the driver's docs"
+        ) from None
+
+
+def build_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Evaluator:
+    if cfg.workers > 1 or cfg.ray_address:
+        try:
+            from evomerge.workers.ray_evaluator import RayEvaluator
+        except ImportError:
+            raise UserInputError(
+                "workers > 1 / ray_address need the Ray evaluator, which this build does not "
+                "have yet; use workers: 1 (the serial evaluator)"
+            ) from None
+        return RayEvaluator.from_config(cfg, resolver_for(cfg, run_dir))
+    from evomerge.workers.context import ResidentWorker
+    from evomerge.workers.serial import SerialEvaluator
+
+    resolver = resolver_for(cfg, run_dir)
+    return SerialEvaluator(
+        lambda: ResidentWorker(cfg, resolver=resolver, worker="serial"),
+        timeout_s=cfg.evaluation.timeout_s,
+    )
+
+
+def _assemble(cfg, run_dir, store, resumed, evaluator, on_generation, stop_event) -> Search:
+    from evomerge.workers.materialize import write_model
+
+    space = build_space(cfg, run_dir)
+    if not resumed:
+        seed_globals(cfg.seed)
+    driver = build_driver(cfg, space)
+    evaluator = evaluator or build_evaluator(cfg, run_dir)
+    resolver = resolver_for(cfg, run_dir)
+    archive = Archive(run_dir, cfg.archive.top_k, lambda r, out: write_model(r, out, resolver))
+    b = cfg.budget
+    max_cand = b.max_candidates or (10 * b.max_evals if b.max_evals else None)
+    loop = SearchLoop(
+        store=store,
+        space=space,
+        driver=driver,
+        evaluator=evaluator,
+        archive=archive,
+        budget=Budget(b.max_evals, b.max_seconds, max_cand),
+        on_generation=on_generation,
+        stop_event=stop_event,
+    )
+    loop.restore()
+    return Search(cfg, run_dir, store, space, driver, evaluator, loop, resumed)
+
+
+def open_search(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    evaluator: Evaluator | None = None,
+    on_generation: Callable[[Progress], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> Search:
+    run_dir = Path(run_dir)
+    build_space(cfg, run_dir)  # every user error surfaces before the run folder is created
+    store = RunStore.create(run_dir, cfg.to_json(), cfg.structural_hash())
+    try:
+        return _assemble(cfg, run_dir, store, False, evaluator, on_generation, stop_event)
+    except BaseException:
+        store.close()
+        raise
+
+
+def open_resume(
+    run_dir: str | Path,
+    *,
+    new_cfg: ExperimentConfig | None = None,
+    evaluator: Evaluator | None = None,
+    on_generation: Callable[[Progress], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> Search:
+    run_dir = Path(run_dir)
+    store = RunStore.open(run_dir)
+    try:
+        cfg = experiment_from_json(store.config_json(), origin=f"{run_dir}/store config")
+        if new_cfg is not None:
+            changed = cfg.structural_diff(new_cfg)
+            if changed:
+                raise UserInputError(
+                    f"resume {run_dir}: the structural config changed ({', '.join(changed)}); "
+                    "a resumed search must keep models, base_model, space, fitness, driver and "
+                    "seed — start a new run (--run-dir) to search something else"
+                )
+            store.update_config(new_cfg.to_json())
+            cfg = new_cfg
+        resumed = store.last_checkpoint() is not None
+        return _assemble(cfg, run_dir, store, resumed, evaluator, on_generation, stop_event)
+    except BaseException:
+        store.close()
+        raise

@@ -1,0 +1,63 @@
+"""ResidentWorker: what one worker keeps in memory for a whole search.
+
+The experts (an ``ExpertCache``), one resident model that each candidate is materialized into
+in place (a ``Materializer``), the tokenizer and the fitness. Built from the ExperimentConfig
+alone, so a Ray actor can build its own from the config it is shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from evomerge.config import ExperimentConfig
+from evomerge.errors import UserInputError
+from evomerge.fitness.result import EvalResult
+from evomerge.recipe import Recipe
+from evomerge.workers.materialize import ExpertCache, Materializer
+
+
+def load_tokenizer(folder: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - any loader failure is a user-fixable input problem
+        raise UserInputError(
+            f"tokenizer: cannot load one from {folder} ({type(err).__name__}: {err}); "
+            "put tokenizer files in the base or first model folder"
+        ) from None
+
+
+class ResidentWorker:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        *,
+        resolver: Callable[[str], str],
+        worker: str = "local",
+        cache: ExpertCache | None = None,
+    ) -> None:
+        from evomerge.fitness import build_fitness
+
+        self.worker = worker
+        self.seed = cfg.seed
+        self.resolver = resolver
+        self.fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
+        self.cache = cache or ExpertCache(resolver)
+        self.materializer = Materializer(self.cache, device=cfg.evaluation.device)
+        source = cfg.resolved_base() or cfg.resolved_models()[0]
+        if cfg.space.kind == "hybrid":  # the data-flow path starts from model A's embeddings
+            source = cfg.resolved_models()[0]
+        self.tokenizer = load_tokenizer(resolver(source))
+
+    def materialize(self, recipe: Recipe) -> Any:
+        return self.materializer.materialize(recipe)
+
+    def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
+        result = self.fitness(model, tokenizer)
+        return result, self.fitness.aggregate(result), self.fitness.objectives(result)
+
+    def close(self) -> None:
+        self.materializer.release()

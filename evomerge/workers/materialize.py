@@ -1,0 +1,252 @@
+"""ExpertCache and Materializer: candidates materialized in place into one resident model.
+
+mergekit-evolve writes every candidate to disk and loads it back; that costs a full write and
+read of the model per candidate. Here a worker loads the experts' tensors once (``ExpertCache``,
+which also caches task vectors theta_i - theta_base the first time an operator asks for them)
+and keeps ONE model resident. A candidate is merged by the engine (``evomerge.merge``: the same
+planning and operator code as ``evomerge merge``) reading from the cache instead of the disk,
+and each merged tensor is copied into the existing parameter (``param.copy_``): no
+``load_state_dict``, no new model, no disk write. Same recipe => same bits as ``evomerge merge``.
+
+Data-flow candidates change the depth: the resident model keeps a pool of decoder layers and
+resizes its layer list in place (re-indexing ``layer_idx`` for the KV cache); any other change of
+architecture rebuilds it (once, weights uninitialized, then overwritten).
+
+``write_model(recipe, out_dir)`` is the disk path (the archive, exports): the engine's run_merge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Resolver = Callable[[str], str]
+
+
+def _identity(ref: str) -> str:
+    return ref
+
+
+class ExpertCache:
+    """Every tensor of every source model, loaded once (float32 by default) and kept in memory,
+    plus task vectors cached on first use. Keys are the model references as recipes write them
+    (paths or ``recipe:<digest>``), resolved to folders by ``resolver``."""
+
+    def __init__(
+        self,
+        resolver: Resolver | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+    ) -> None:
+        self.resolver = resolver or _identity
+        self.dtype = dtype
+        self.device = device
+        self._models: dict[str, dict[str, torch.Tensor]] = {}
+        self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    def folder(self, ref: str) -> Path:
+        return Path(self.resolver(ref))
+
+    def tensors(self, ref: str) -> dict[str, torch.Tensor]:
+        if ref not in self._models:
+            self._models[ref] = self._load(self.folder(ref))
+        return self._models[ref]
+
+    def tensor(self, ref: str, name: str) -> torch.Tensor:
+        tensors = self.tensors(ref)
+        if name not in tensors:
+            raise KeyError(f"{ref}: no tensor {name!r}")
+        return tensors[name]
+
+    def has(self, ref: str, name: str) -> bool:
+        return name in self.tensors(ref)
+
+    def names(self, ref: str) -> list[str]:
+        return list(self.tensors(ref))
+
+    def task_vector(self, ref: str, base: str, name: str) -> torch.Tensor:
+        key = (ref, base, name)
+        if key not in self._deltas:
+            self._deltas[key] = self.tensor(ref, name) - self.tensor(base, name)
+        return self._deltas[key]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for m in self._models.values() for t in m.values())
+
+    def _load(self, folder: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            files = sorted(p.name for p in folder.glob("*.safetensors"))
+        if not files:
+            from evomerge.errors import UserInputError
+
+            raise UserInputError(f"{folder}: no .safetensors weights (pickle .bin is refused)")
+        out: dict[str, torch.Tensor] = {}
+        for f in files:
+            for name, t in load_file(str(folder / f), device=self.device).items():
+                out[name] = t.to(self.dtype) if t.is_floating_point() else t
+        return out
+
+
+class Materializer:
+    def __init__(self, cache: ExpertCache, *, device: str = "cpu") -> None:
+        self.cache = cache
+        self.device = device
+        self.model: Any = None
+        self._arch: str | None = None
+        self._layer_pool: list[Any] = []
+        self._targets: dict[str, torch.Tensor] = {}
+
+    # ---- the per-candidate path ----------------------------------------------------------------
+    @torch.no_grad()
+    def materialize(self, recipe: Any) -> Any:
+        from evomerge.workers import engine_bridge
+
+        config, tensors = engine_bridge.merged_tensors(recipe, self.cache)
+        model = self._resident(config)
+        written = set()
+        for name, value in tensors:
+            dst = self._targets.get(name)
+            if dst is None:
+                continue  # e.g. lm_head.weight when tied; rotary caches are not parameters
+            if dst.shape != value.shape:
+                raise ValueError(
+                    f"merged tensor {name}: shape {tuple(value.shape)} does not fit "
+                    f"the model's {tuple(dst.shape)}"
+                )
+            dst.copy_(value)
+            written.add(name)
+        missing = [n for n in self._required if n not in written]
+        if missing:
+            raise ValueError(
+                f"the merge produced no value for {missing[:5]} "
+                f"({len(missing)} tensors); the resident model is incomplete"
+            )
+        return model
+
+    def release(self) -> None:
+        self.model, self._arch, self._layer_pool, self._targets = None, None, [], {}
+
+    # ---- the resident model ---------------------------------------------------------------------
+    def _resident(self, config: Any) -> Any:
+        arch = _arch_key(config)
+        if self.model is not None and arch == self._arch:
+            if _num_layers(config) != len(_decoder_layers(self.model)):
+                self._resize(_num_layers(config))
+            return self.model
+        self._build(config)
+        self._arch = arch
+        return self.model
+
+    def _build(self, config: Any) -> None:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            from transformers.initialization import no_init_weights
+        except ImportError:  # older transformers
+            from transformers.modeling_utils import no_init_weights
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        model.to(self.device).eval()
+        model.requires_grad_(False)
+        self.model = model
+        self._layer_pool = list(_decoder_layers(model))
+        self._index_targets()
+
+    def _resize(self, n: int) -> None:
+        """Grow or shrink the decoder stack in place, keeping every built layer for reuse."""
+        model = self.model
+        while len(self._layer_pool) < n:
+            cls = type(self._layer_pool[0])
+            layer = cls(model.config, layer_idx=len(self._layer_pool)).to(self.device).eval()
+            layer.requires_grad_(False)
+            self._layer_pool.append(layer)
+        layers = self._layer_pool[:n]
+        for i, layer in enumerate(layers):
+            attn = getattr(layer, "self_attn", None)
+            if attn is not None and hasattr(attn, "layer_idx"):
+                attn.layer_idx = i  # the KV cache is indexed by position in the stack
+        _set_decoder_layers(model, torch.nn.ModuleList(layers))
+        model.config.num_hidden_layers = n
+        types = getattr(model.config, "layer_types", None)
+        if isinstance(types, list) and types:
+            model.config.layer_types = (types * n)[:n] if len(set(types)) == 1 else types[:n]
+        self._index_targets()
+
+    def _index_targets(self) -> None:
+        model = self.model
+        self._targets = dict(model.named_parameters(remove_duplicate=False))
+        persistent = {n for n, _ in model.named_buffers()} - _non_persistent(model)
+        self._targets.update({n: b for n, b in model.named_buffers() if n in persistent})
+        tied = _tied_names(model)
+        self._required = [n for n in self._targets if n not in tied]
+
+
+def _decoder_layers(model: Any) -> torch.nn.ModuleList:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: no model.layers decoder stack to resize")
+    return layers
+
+
+def _set_decoder_layers(model: Any, layers: torch.nn.ModuleList) -> None:
+    model.model.layers = layers
+
+
+def _num_layers(config: Any) -> int:
+    return int(config.num_hidden_layers)
+
+
+def _arch_key(config: Any) -> str:
+    """The config without its depth: equal keys mean 'same model up to the layer count'."""
+    d = config.to_dict()
+    for k in (
+        "num_hidden_layers",
+        "layer_types",
+        "_name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "architectures",
+    ):
+        d.pop(k, None)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def _non_persistent(model: Any) -> set[str]:
+    out = set()
+    for mod_name, mod in model.named_modules():
+        for b in getattr(mod, "_non_persistent_buffers_set", ()):
+            out.add(f"{mod_name}.{b}" if mod_name else b)
+    return out
+
+
+def _tied_names(model: Any) -> set[str]:
+    """Parameter names that share storage with an earlier one (tied embeddings)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for n, p in model.named_parameters(remove_duplicate=False):
+        key = p.data_ptr()
+        if key in seen:
+            tied.add(n)
+        else:
+            seen[key] = n
+    return tied
+
+
+def write_model(recipe: Any, out_dir: str | Path, resolver: Resolver | None = None) -> Path:
+    """Materialize ``recipe`` as a HF model folder (the archive and export path)."""
+    from evomerge.workers import engine_bridge
+
+    return engine_bridge.write_model(recipe, Path(out_dir), resolver or _identity)
