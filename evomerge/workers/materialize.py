@@ -98,21 +98,32 @@ class ExpertCache:
         return out
 
 
+MergeFn = Callable[[Any, ExpertCache], tuple[Any, Any]]
+
+
 class Materializer:
-    def __init__(self, cache: ExpertCache, *, device: str = "cpu") -> None:
+    """``merge_fn(recipe, cache) -> (output config, iterable of (name, tensor))``; default: the
+    engine (``engine_bridge.merged_tensors``)."""
+
+    def __init__(
+        self, cache: ExpertCache, *, device: str = "cpu", merge_fn: MergeFn | None = None
+    ) -> None:
         self.cache = cache
         self.device = device
+        self.merge_fn = merge_fn
         self.model: Any = None
         self._arch: str | None = None
         self._layer_pool: list[Any] = []
         self._targets: dict[str, torch.Tensor] = {}
+        self._required: list[str] = []
 
     # ---- the per-candidate path ----------------------------------------------------------------
     @torch.no_grad()
     def materialize(self, recipe: Any) -> Any:
-        from evomerge.workers import engine_bridge
-
-        config, tensors = engine_bridge.merged_tensors(recipe, self.cache)
+        merge_fn = self.merge_fn
+        if merge_fn is None:
+            from evomerge.workers.engine_bridge import merged_tensors as merge_fn
+        config, tensors = merge_fn(recipe, self.cache)
         model = self._resident(config)
         written = set()
         for name, value in tensors:
