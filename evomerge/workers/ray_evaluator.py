@@ -1,0 +1,308 @@
+"""RayEvaluator: candidates scored by Ray actors, each with a resident model, locally or on a
+cluster; experts shared per node; lost workers re-queued; hard per-candidate timeouts.
+
+Scheduling is a work queue, not a generation barrier: every worker takes the next queued
+candidate the moment it is free, and ``submit``/``poll`` let a loop feed candidates of the next
+batch while the last ones of this batch still run (drivers that can ask ahead). ``evaluate``
+and the ordered stream both hand results back in submission (= ask) order, so what the driver
+and the store see never depends on which worker finished first.
+
+Faults: each actor has ``max_restarts``; when its process dies, its candidate goes back to the
+front of the queue (up to ``max_retries`` times, then FAIL) and the restarted actor rebuilds its
+state from the experts still held in its node's object store. A result is accepted once per
+ticket, and only the loop writes the store, so a candidate is never scored twice into it. A
+candidate that outlives ``timeout_s`` (plus a grace for the job's own SIGALRM timeout) has its
+actor killed and restarted: hung C code cannot block the search.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from evomerge.recipe import Recipe
+from evomerge.workers.base import Evaluator, JobResult
+from evomerge.workers.ray_actor import EvalWorker, WorkerFactory
+from evomerge.workers.ray_cache import put_on_nodes
+from evomerge.workers.ray_cluster import cluster_capacity, connect
+
+
+@dataclass
+class _Slot:
+    name: str
+    actor: Any
+    warm_ref: Any = None  # pending warm-up (start / restart); None once ready
+    info: dict[str, Any] = field(default_factory=dict)
+    ticket: int | None = None
+    run_ref: Any = None
+    started: float = 0.0
+    warm_failures: int = 0
+
+
+@dataclass
+class RayStats:
+    submitted: int = 0
+    completed: int = 0
+    requeued: int = 0
+    worker_deaths: int = 0
+    hard_timeouts: int = 0
+    per_worker: dict[str, int] = field(default_factory=dict)
+
+
+class RayEvaluator(Evaluator):
+    def __init__(
+        self,
+        factory: WorkerFactory,
+        *,
+        num_workers: int | None = None,
+        address: str | None = None,
+        num_cpus_per_worker: float = 1.0,
+        num_gpus_per_worker: float = 0.0,
+        dtype: str = "auto",
+        timeout_s: float | None = None,
+        grace_s: float = 30.0,
+        max_retries: int = 2,
+        scratch_root: str | None = None,
+        object_store_memory: int | None = None,
+        on_result: Callable[[JobResult], None] | None = None,
+    ) -> None:
+        local_cpus = (num_workers or 1) * num_cpus_per_worker if not address else None
+        self.ray, self._owned = connect(
+            address, num_cpus=local_cpus, object_store_memory=object_store_memory
+        )
+        self.factory, self.timeout_s, self.grace_s = factory, timeout_s, grace_s
+        self.max_retries, self.on_result = max_retries, on_result
+        n = num_workers or cluster_capacity(self.ray, num_cpus_per_worker, num_gpus_per_worker)
+        self.num_workers = max(1, n)
+        self._scratch = scratch_root or f"{tempfile.gettempdir()}/evomerge-scratch-{uuid.uuid4().hex[:8]}"
+        self._actor_cls = self.ray.remote(EvalWorker).options(
+            num_cpus=num_cpus_per_worker,
+            num_gpus=num_gpus_per_worker,
+            max_restarts=-1,
+            max_task_retries=0,  # we re-queue ourselves, so a retry is counted and bounded
+            scheduling_strategy="SPREAD",
+        )
+        self._actor_args = (factory, self._scratch, num_gpus_per_worker, dtype)
+        self._tag, self._replaced = uuid.uuid4().hex[:6], 0
+        self._slots = [self._new_slot(i) for i in range(self.num_workers)]
+        self._node_refs = self._load_experts()
+        for s in self._slots:
+            s.warm_ref = s.actor.warmup.remote(self._node_refs)
+        self._queue: deque[int] = deque()
+        self._recipes: dict[int, Recipe] = {}
+        self._attempts: dict[int, int] = {}
+        self._done: dict[int, JobResult] = {}
+        self._next_ticket = 0
+        self.stats = RayStats()
+
+    @classmethod
+    def from_config(cls, cfg: Any, resolver: Callable[[str], str]) -> RayEvaluator:
+        from evomerge.workers.ray_factory import ConfigWorkerFactory
+
+        ev = cfg.evaluation
+        workers = None if (cfg.ray_address and cfg.workers == 1) else cfg.workers
+        return cls(
+            ConfigWorkerFactory(cfg, resolver),
+            num_workers=workers,
+            address=cfg.ray_address,
+            num_cpus_per_worker=getattr(ev, "cpus_per_worker", 1.0),
+            num_gpus_per_worker=getattr(ev, "gpus_per_worker", 0.0),
+            dtype=getattr(ev, "dtype", "auto"),
+            timeout_s=ev.timeout_s,
+        )
+
+    # ---- start-up ---------------------------------------------------------------------------
+    def _new_slot(self, i: int | str) -> _Slot:
+        name = f"ray-{self._tag}-w{i}"
+        actor = self._actor_cls.remote(self.factory, name, *self._actor_args[1:])
+        return _Slot(name=name, actor=actor)
+
+    def _load_experts(self) -> dict[str, dict[str, Any]]:
+        """Place the experts once per node that hosts a worker (workers report their node)."""
+        infos = self.ray.get([s.actor.info.remote() for s in self._slots])
+        for s, info in zip(self._slots, infos, strict=True):
+            s.info = info
+        nodes = sorted({i["node_id"] for i in infos})
+        models = self.factory.shared_models()
+        if not models:
+            return {}
+        return put_on_nodes(self.ray, nodes, models, self.factory.resolver,
+                            self.factory.cache_dtype)
+
+    # ---- streaming interface ----------------------------------------------------------------
+    def submit(self, recipe: Recipe) -> int:
+        """Queue one candidate; returns its ticket (tickets count up in submission order)."""
+        t = self._next_ticket
+        self._next_ticket += 1
+        self._recipes[t] = recipe
+        self._attempts[t] = 0
+        self._queue.append(t)
+        self.stats.submitted += 1
+        self._pump()
+        return t
+
+    @property
+    def in_flight(self) -> int:
+        """Submitted and not yet returned by ``poll``."""
+        return len(self._recipes) + len(self._done)
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, JobResult]]:
+        """Wait up to ``timeout`` seconds (None: until something finishes) and return the
+        finished (ticket, result) pairs in completion order."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._pump()
+            if self._done:
+                done, self._done = self._done, {}
+                return list(done.items())
+            if not self._recipes:
+                return []
+            wait = self._wait_budget(deadline)
+            if wait is not None and wait <= 0:
+                return []
+            self._step(wait)
+
+    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
+        tickets = [self.submit(r) for r in recipes]
+        want, got = set(tickets), {}
+        while len(got) < len(tickets):
+            for t, res in self.poll():
+                if t in want:
+                    got[t] = res
+        return [got[t] for t in tickets]
+
+    # ---- the scheduler --------------------------------------------------------------------------
+    def _pump(self) -> None:
+        for s in self._slots:
+            if not self._queue:
+                return
+            if s.warm_ref is None and s.ticket is None:
+                t = self._queue.popleft()
+                s.ticket, s.started = t, time.monotonic()
+                s.run_ref = s.actor.run.remote(self._recipes[t], self._node_refs, self.timeout_s)
+
+    def _wait_budget(self, deadline: float | None) -> float | None:
+        budgets = [] if deadline is None else [deadline - time.monotonic()]
+        if self.timeout_s is not None:
+            limit = self.timeout_s + self.grace_s
+            budgets += [s.started + limit - time.monotonic() for s in self._slots if s.ticket is not None]
+        return max(0.0, min(budgets)) if budgets else None
+
+    def _step(self, wait: float | None) -> None:
+        refs = [r for s in self._slots for r in (s.run_ref, s.warm_ref) if r is not None]
+        ready, _ = self.ray.wait(refs, num_returns=1, timeout=wait)
+        if ready:
+            ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+        ready_set = set(ready)
+        for s in self._slots:
+            if s.warm_ref is not None and s.warm_ref in ready_set:
+                self._finish_warmup(s)
+            if s.run_ref is not None and s.run_ref in ready_set:
+                self._finish_run(s)
+        self._enforce_timeouts()
+
+    def _finish_warmup(self, s: _Slot) -> None:
+        from ray.exceptions import RayActorError
+
+        try:
+            s.info = self.ray.get(s.warm_ref)
+            s.warm_ref, s.warm_failures = None, 0
+        except RayActorError:
+            s.warm_failures += 1
+            if s.warm_failures >= 3:  # Ray gave up on it (or its node is gone): replace it
+                self.ray.kill(s.actor, no_restart=True)
+                self._replaced += 1
+                fresh = self._new_slot(f"r{self._replaced}")
+                s.actor, s.name, s.warm_failures = fresh.actor, fresh.name, 0
+            s.warm_ref = s.actor.warmup.remote(self._node_refs)
+
+    def _finish_run(self, s: _Slot) -> None:
+        from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+        t, ref = s.ticket, s.run_ref
+        s.ticket, s.run_ref = None, None
+        try:
+            result = self.ray.get(ref)
+        except (RayActorError, WorkerCrashedError):
+            self._worker_died(s, t, "worker process died")
+            return
+        except RayTaskError as err:  # run_job never raises; this is Ray failing to ship a value
+            result = JobResult.failed(self._recipes[t].digest(), f"ray: {err}", worker=s.name)
+        self._accept(t, result)
+
+    def _worker_died(self, s: _Slot, t: int | None, why: str) -> None:
+        self.stats.worker_deaths += 1
+        s.warm_ref = s.actor.warmup.remote(self._node_refs)  # waits for the restart
+        if t is None or t not in self._recipes:
+            return
+        self._attempts[t] += 1
+        if self._attempts[t] > self.max_retries:
+            digest = self._recipes[t].digest()
+            self._accept(t, JobResult.failed(
+                digest, f"{why} {self._attempts[t]} times while evaluating this candidate "
+                "(out of memory? see the Ray worker logs)", worker=s.name))
+            return
+        self.stats.requeued += 1
+        self._queue.appendleft(t)  # first in line: keeps ask order as close as possible
+
+    def _enforce_timeouts(self) -> None:
+        if self.timeout_s is None:
+            return
+        limit = self.timeout_s + self.grace_s
+        now = time.monotonic()
+        for s in self._slots:
+            if s.ticket is None or now - s.started < limit:
+                continue
+            t = s.ticket
+            s.ticket, s.run_ref = None, None
+            self.stats.hard_timeouts += 1
+            self.ray.kill(s.actor, no_restart=False)
+            self.stats.worker_deaths += 1
+            s.warm_ref = s.actor.warmup.remote(self._node_refs)
+            self._accept(t, JobResult.failed(
+                self._recipes[t].digest(),
+                f"timed out after {now - s.started:.0f} s (evaluation.timeout_s "
+                f"{self.timeout_s:g}); the worker was killed and restarted", worker=s.name))
+
+    def _accept(self, t: int, result: JobResult) -> None:
+        if t not in self._recipes:  # already answered (cannot score a ticket twice)
+            return
+        del self._recipes[t]
+        self._attempts.pop(t, None)
+        self._done[t] = result
+        self.stats.completed += 1
+        if result.worker:
+            self.stats.per_worker[result.worker] = self.stats.per_worker.get(result.worker, 0) + 1
+        if self.on_result is not None:
+            self.on_result(result)
+
+    # ---- introspection and shutdown -------------------------------------------------------------
+    def running(self) -> dict[str, int]:
+        """Worker name -> ticket it is evaluating now."""
+        return {s.name: s.ticket for s in self._slots if s.ticket is not None}
+
+    def worker_info(self) -> list[dict[str, Any]]:
+        """What each worker reports about itself (node, pid, GPUs, placement, memory)."""
+        return self.ray.get([s.actor.describe.remote() for s in self._slots])
+
+    def worker_pids(self) -> dict[str, int]:
+        return {s.name: s.info.get("pid", -1) for s in self._slots}
+
+    def close(self) -> None:
+        slots, self._slots = getattr(self, "_slots", []), []
+        if slots:
+            try:
+                self.ray.get([s.actor.shutdown.remote() for s in slots], timeout=30)
+            except Exception:  # noqa: BLE001 - a dead worker has nothing left to clean
+                pass
+            for s in slots:
+                self.ray.kill(s.actor, no_restart=True)
+        self._node_refs = {}
+        if getattr(self, "_owned", False):
+            self.ray.shutdown()
+            self._owned = False

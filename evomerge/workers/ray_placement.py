@@ -1,0 +1,124 @@
+"""Where a worker's resident model lives: CPU, one GPU, or a model split over several GPUs.
+
+A Ray actor started with ``num_gpus=k`` sees k GPUs (Ray sets ``CUDA_VISIBLE_DEVICES``), so
+inside the actor they are ``cuda:0 .. cuda:k-1``. With k > 1 the model is split by layers, the
+way ``device_map="auto"`` does for inference (mergekit-evolve users ask for it, #514):
+embeddings and the first layers on GPU 0, contiguous runs of decoder layers on each GPU, final
+norm and LM head on the last; a forward pre-hook on every placed module moves its inputs to its
+device, so the unmodified HF forward runs across GPUs (pipeline without overlap: the point is
+fitting a model that no single GPU holds, not speed). On GPU the resident model is bfloat16
+unless the experiment asks otherwise; merges are still computed in the cache's dtype and cast
+on the copy into the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from evomerge.workers.materialize import Materializer, _decoder_layers
+
+
+@dataclass(frozen=True)
+class Placement:
+    devices: tuple[str, ...] = ("cpu",)
+    dtype: str = "float32"
+
+    @property
+    def device(self) -> str:
+        return self.devices[0]
+
+    @property
+    def split(self) -> bool:
+        return len(self.devices) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"devices": list(self.devices), "dtype": self.dtype}
+
+
+def placement_for(num_gpus: float, dtype: str = "auto") -> Placement:
+    """The placement of a worker that Ray gave ``num_gpus`` GPUs (fractions share one GPU)."""
+    if num_gpus <= 0:
+        return Placement(("cpu",), "float32" if dtype == "auto" else dtype)
+    n = max(1, int(num_gpus))
+    return Placement(tuple(f"cuda:{i}" for i in range(n)), "bfloat16" if dtype == "auto" else dtype)
+
+
+def plan_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
+    """Module name -> device: embeddings first, layers in contiguous near-equal runs, head last."""
+    k = len(devices)
+    plan = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}
+    for i in range(num_layers):
+        plan[f"model.layers.{i}"] = devices[min(k - 1, i * k // max(num_layers, 1))]
+    plan["model.norm"] = devices[-1]
+    plan["lm_head"] = devices[-1]
+    return plan
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_move(v, device) for v in obj)
+    if isinstance(obj, list):
+        return [_move(v, device) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+def dispatch(model: Any, device_map: dict[str, str], hooked: set[int] | None = None) -> Any:
+    """Move each mapped module to its device and make it pull its inputs there."""
+    hooked = set() if hooked is None else hooked
+    modules = dict(model.named_modules())
+    for name, dev in device_map.items():
+        mod = modules.get(name)
+        if mod is None:
+            continue
+        target = torch.device(dev)
+        mod.to(target)
+        if id(mod) in hooked:
+            mod._evomerge_device = target
+            continue
+        mod._evomerge_device = target
+
+        def pre_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            d = module._evomerge_device
+            return _move(args, d), _move(kwargs, d)
+
+        mod.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        hooked.add(id(mod))
+    return model
+
+
+class PlacedMaterializer(Materializer):
+    """The materializer with the resident model placed per ``Placement`` (dtype, GPU split)."""
+
+    def __init__(self, cache: Any, placement: Placement) -> None:
+        # A split model is built on the CPU and then spread; a single device is built there.
+        super().__init__(cache, device="cpu" if placement.split else placement.device)
+        self.placement = placement
+        self._hooked: set[int] = set()
+
+    def _place(self) -> None:
+        self.model.to(getattr(torch, self.placement.dtype))
+        if self.placement.split:
+            n = len(_decoder_layers(self.model))
+            dispatch(self.model, plan_device_map(n, self.placement.devices), self._hooked)
+        self._index_targets()
+
+    def device_map(self) -> dict[str, str]:
+        if self.model is None or not self.placement.split:
+            return {}
+        return plan_device_map(len(_decoder_layers(self.model)), self.placement.devices)
+
+    def _build(self, config: Any) -> None:
+        super()._build(config)
+        self._hooked = set()
+        self._place()
+
+    def _resize(self, n: int) -> None:
+        super()._resize(n)
+        self._place()
