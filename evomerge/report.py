@@ -141,6 +141,10 @@ def _plot_genes(best: Trial | None, cfg_json: str, run_dir, path: Path) -> Path 
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_title(title, fontsize=9)
+    if m.size <= 200:
+        for (i, j), v in np.ndenumerate(m):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -21,7 +21,7 @@ from evomerge.loop import Progress
 from evomerge.recipe import ModelRef, Recipe
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # paths and digests must stay copy-pasteable
 
 
 # ---- search / resume ----------------------------------------------------------------------------

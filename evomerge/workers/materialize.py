@@ -167,7 +167,7 @@ class Materializer:
         except ImportError:  # older transformers
             from transformers.modeling_utils import no_init_weights
         with no_init_weights():
-            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.to(self.device).eval()
         model.requires_grad_(False)
         self.model = model

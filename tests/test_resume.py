@@ -1,0 +1,128 @@
+"""Exact resume, end to end: real CLI subprocesses, real merges of tiny Llamas, real SQLite.
+
+The same search is run once uninterrupted, and once killed with SIGKILL at several random
+moments and resumed each time; both must end with identical candidate sequences, scores and
+archive (table and model bytes). A resume with a changed structural config is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.search_fixtures import make_family, write_experiment
+
+pytestmark = pytest.mark.timeout(400)
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "evomerge.cli", *args]
+
+
+def _generations(run_dir: Path) -> int:
+    db = run_dir / "store.sqlite"
+    if not db.exists():
+        return -1
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT MAX(generation) FROM checkpoints").fetchone()
+    except sqlite3.OperationalError:
+        return -1
+    return -1 if row[0] is None else row[0]
+
+
+def _snapshot(run_dir: Path):
+    with sqlite3.connect(f"file:{run_dir / 'store.sqlite'}?mode=ro", uri=True) as conn:
+        trials = conn.execute(
+            "SELECT c.idx, c.generation, c.digest, c.genes_json, c.reused_from, r.status,"
+            " r.fitness, r.scores_json FROM candidates c JOIN results r USING (idx) ORDER BY idx"
+        ).fetchall()
+        archive = conn.execute("SELECT rank, digest, idx, fitness FROM archive").fetchall()
+    files = {}
+    for p in sorted((run_dir / "archive").rglob("*.safetensors")):
+        files[str(p.relative_to(run_dir))] = p.read_bytes()
+    return trials, archive, files
+
+
+def _kill_at_random(cmd: list[str], run_dir: Path, rng: random.Random) -> bool:
+    """Start ``cmd``; SIGKILL it shortly after it commits a new generation. True if it was
+    killed, False if it finished first."""
+    before = _generations(run_dir)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _generations(run_dir) > before:
+            time.sleep(rng.uniform(0.0, 0.6))  # land anywhere inside the next generation
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        err = proc.stderr.read().decode()
+        assert proc.returncode == 0, err
+        return False
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+    family = make_family(tmp_path / "models")
+    exp = write_experiment(tmp_path, family, max_evals=30, popsize=5)
+    full = tmp_path / "full"
+    done = subprocess.run(
+        _cli("search", str(exp), "--run-dir", str(full)), env=ENV, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "winner" in done.stdout
+
+    killed = tmp_path / "killed"
+    rng = random.Random(1234)
+    kills = 0
+    running = _kill_at_random(_cli("search", str(exp), "--run-dir", str(killed)), killed, rng)
+    kills += running
+    while running and kills < 8:
+        running = _kill_at_random(_cli("resume", str(killed)), killed, rng)
+        kills += running
+    if running:
+        last = subprocess.run(_cli("resume", str(killed)), env=ENV, capture_output=True, text=True)
+        assert last.returncode == 0, last.stderr
+    assert kills >= 2, "the search finished before it could be killed twice"
+
+    a, b = _snapshot(full), _snapshot(killed)
+    assert a[0] == b[0]  # candidates, genes, digests, statuses, scores
+    assert a[1] == b[1] and a[1]  # archive table
+    assert a[2] == b[2] and a[2]  # archived model bytes
+
+
+def test_resume_refuses_a_structural_change(tmp_path):
+    family = make_family(tmp_path / "models")
+    exp = write_experiment(tmp_path, family, max_evals=5, popsize=5)
+    run = tmp_path / "run"
+    first = subprocess.run(
+        _cli("search", str(exp), "--run-dir", str(run)), env=ENV, capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    changed = write_experiment(
+        tmp_path, family, max_evals=5, popsize=5, seed=99, name="changed.yaml"
+    )
+    res = subprocess.run(
+        _cli("resume", str(run), "--config", str(changed)), env=ENV, capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert "structural config changed (space, seed)" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1  # one line, no traceback
+    more = write_experiment(tmp_path, family, max_evals=10, popsize=5, name="more.yaml")
+    ok = subprocess.run(
+        _cli("resume", str(run), "--config", str(more)), env=ENV, capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert _snapshot(run)[0][-1][0] == 9  # a bigger budget continues the same search
