@@ -1,1 +1,30 @@
-"""ops"""
+"""Merge operators: pure tensor functions registered by name.
+
+Contract (``OpSpec.fn``)::
+
+    fn(tensors, base, *, generator, **params) -> Tensor
+
+``tensors`` are the non-base models' tensors (float32, same shape and device); ``base`` is the
+base model's tensor, or None for operators that do not use one (then ``tensors`` holds every
+model). Per-model parameters arrive as lists aligned with ``tensors``; global parameters as
+scalars (λ under the key ``"lambda"``). Operators are pure: no I/O, inputs never modified, and
+stochastic ones draw only from ``generator`` — a CPU generator from ``generator_for(seed,
+tensor_name)``, so the same recipe gives the same bits whatever the tensor order, thread count
+or device. Parameters and arithmetic follow mergekit 0.1.5 wherever mergekit has the method.
+"""
+
+from __future__ import annotations
+
+# Importing the operator modules registers them.
+from evomerge.ops import (  # noqa: E402,F401  (import for registration side effects)
+    consensus,
+    generalized_ta,
+    linear,
+    model_stock,
+    nuslerp,
+    passthrough,
+    slerp,
+)
+from evomerge.ops._registry import OPS, OpSpec, generator_for, get_op, list_ops, register_op
+
+__all__ = ["OPS", "OpSpec", "generator_for", "get_op", "list_ops", "register_op"]
