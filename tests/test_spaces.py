@@ -271,10 +271,10 @@ def test_every_registered_op_has_a_parameter_space():
 
     for name in sorted(_registry()):
         op = op_info(name)
-        if name == "passthrough":
-            continue  # data flow's operator: one source per slice, nothing to weigh
         glob = op.searchable(op.global_params)
-        models = ["/m/a"] if name in ("slerp", "nuslerp") else ["/m/a", "/m/b"]
+        if name == "passthrough" or not (glob or op.searchable(op.per_model_params)):
+            continue  # nothing to weigh (data flow's passthrough, model_stock's closed form)
+        models = ["/m/a"] if name == "slerp" else ["/m/a", "/m/b"]
         cfg = {"kind": "parameter", "merge_method": name, "global_params": glob, "layer_groups": 2}
         s = ParameterSpace(parse_space_config(cfg), base="/m/base", models=models, num_layers=L)
         assert s.dim == len(s.gene_names()) > 0, name
