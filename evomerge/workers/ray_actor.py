@@ -98,12 +98,14 @@ class EvalWorker:
         return out
 
     # ---- the per-candidate path ---------------------------------------------------------------
-    def run(self, recipe: Recipe, node_refs: Mapping[str, Mapping[str, Any]],
-            timeout_s: float | None) -> JobResult:
+    def run(
+        self, recipe: Recipe, node_refs: Mapping[str, Mapping[str, Any]], timeout_s: float | None
+    ) -> JobResult:
         ctx = self._context(node_refs)
         if ctx is None:
-            return JobResult.failed(recipe.digest(), self._setup_error or "setup failed",
-                                    worker=self.name)
+            return JobResult.failed(
+                recipe.digest(), self._setup_error or "setup failed", worker=self.name
+            )
         job_dir = Path(tempfile.mkdtemp(prefix="cand-", dir=self.scratch))
         old_tmp = os.environ.get("TMPDIR")
         os.environ["TMPDIR"] = str(job_dir)
@@ -151,12 +153,14 @@ class EvalWorker:
         if refs is None and models:
             # Restarted on a node the evaluator has not loaded (its node died): load here; the
             # object is then owned by this actor and shared only with its own restarts' callers.
-            refs = put_on_nodes(ray, [node], models, self.factory.resolver,
-                                self.factory.cache_dtype)[node]
+            refs = put_on_nodes(
+                ray, [node], models, self.factory.resolver, self.factory.cache_dtype
+            )[node]
         names = list(refs or {})
         packed = dict(zip(names, ray.get([refs[n] for n in names]), strict=True)) if names else {}
-        return SharedExpertCache(self.factory.resolver, packed,
-                                 dtype=getattr(torch, self.factory.cache_dtype))
+        return SharedExpertCache(
+            self.factory.resolver, packed, dtype=getattr(torch, self.factory.cache_dtype)
+        )
 
 
 def memory_of_process() -> dict[str, int]:
@@ -164,8 +168,12 @@ def memory_of_process() -> dict[str, int]:
     pss (shared pages divided among the processes mapping them) and private (its own pages):
     per-worker copies of the experts show up in ``private``, a shared cache does not."""
     out = {"rss_bytes": 0, "pss_bytes": 0, "private_bytes": 0}
-    keys = {"Rss": "rss_bytes", "Pss": "pss_bytes", "Private_Clean": "private_bytes",
-            "Private_Dirty": "private_bytes"}
+    keys = {
+        "Rss": "rss_bytes",
+        "Pss": "pss_bytes",
+        "Private_Clean": "private_bytes",
+        "Private_Dirty": "private_bytes",
+    }
     try:
         with open("/proc/self/smaps_rollup") as f:
             for line in f:

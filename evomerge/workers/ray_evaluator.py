@@ -79,7 +79,9 @@ class RayEvaluator(Evaluator):
         self.max_retries, self.on_result = max_retries, on_result
         n = num_workers or cluster_capacity(self.ray, num_cpus_per_worker, num_gpus_per_worker)
         self.num_workers = max(1, n)
-        self._scratch = scratch_root or f"{tempfile.gettempdir()}/evomerge-scratch-{uuid.uuid4().hex[:8]}"
+        self._scratch = (
+            scratch_root or f"{tempfile.gettempdir()}/evomerge-scratch-{uuid.uuid4().hex[:8]}"
+        )
         self._actor_cls = self.ray.remote(EvalWorker).options(
             num_cpus=num_cpus_per_worker,
             num_gpus=num_gpus_per_worker,
@@ -131,8 +133,9 @@ class RayEvaluator(Evaluator):
         models = self.factory.shared_models()
         if not models:
             return {}
-        return put_on_nodes(self.ray, nodes, models, self.factory.resolver,
-                            self.factory.cache_dtype)
+        return put_on_nodes(
+            self.ray, nodes, models, self.factory.resolver, self.factory.cache_dtype
+        )
 
     # ---- streaming interface ----------------------------------------------------------------
     def submit(self, recipe: Recipe) -> int:
@@ -190,7 +193,9 @@ class RayEvaluator(Evaluator):
         budgets = [] if deadline is None else [deadline - time.monotonic()]
         if self.timeout_s is not None:
             limit = self.timeout_s + self.grace_s
-            budgets += [s.started + limit - time.monotonic() for s in self._slots if s.ticket is not None]
+            budgets += [
+                s.started + limit - time.monotonic() for s in self._slots if s.ticket is not None
+            ]
         return max(0.0, min(budgets)) if budgets else None
 
     def _step(self, wait: float | None) -> None:
@@ -243,9 +248,15 @@ class RayEvaluator(Evaluator):
         self._attempts[t] += 1
         if self._attempts[t] > self.max_retries:
             digest = self._recipes[t].digest()
-            self._accept(t, JobResult.failed(
-                digest, f"{why} {self._attempts[t]} times while evaluating this candidate "
-                "(out of memory? see the Ray worker logs)", worker=s.name))
+            self._accept(
+                t,
+                JobResult.failed(
+                    digest,
+                    f"{why} {self._attempts[t]} times while evaluating this candidate "
+                    "(out of memory? see the Ray worker logs)",
+                    worker=s.name,
+                ),
+            )
             return
         self.stats.requeued += 1
         self._queue.appendleft(t)  # first in line: keeps ask order as close as possible
@@ -264,10 +275,15 @@ class RayEvaluator(Evaluator):
             self.ray.kill(s.actor, no_restart=False)
             self.stats.worker_deaths += 1
             s.warm_ref = s.actor.warmup.remote(self._node_refs)
-            self._accept(t, JobResult.failed(
-                self._recipes[t].digest(),
-                f"timed out after {now - s.started:.0f} s (evaluation.timeout_s "
-                f"{self.timeout_s:g}); the worker was killed and restarted", worker=s.name))
+            self._accept(
+                t,
+                JobResult.failed(
+                    self._recipes[t].digest(),
+                    f"timed out after {now - s.started:.0f} s (evaluation.timeout_s "
+                    f"{self.timeout_s:g}); the worker was killed and restarted",
+                    worker=s.name,
+                ),
+            )
 
     def _accept(self, t: int, result: JobResult) -> None:
         if t not in self._recipes:  # already answered (cannot score a ticket twice)

@@ -12,7 +12,7 @@ from typing import Any
 
 from evomerge.workers.job import WorkerContext
 from evomerge.workers.ray_actor import WorkerFactory
-from evomerge.workers.ray_placement import Placement, PlacedMaterializer
+from evomerge.workers.ray_placement import PlacedMaterializer, Placement
 
 
 class ConfigWorkerFactory(WorkerFactory):
@@ -33,5 +33,7 @@ class ConfigWorkerFactory(WorkerFactory):
         ev = self.cfg.evaluation.model_copy(update={"device": placement.device})
         cfg = self.cfg.model_copy(update={"evaluation": ev})
         ctx = ResidentWorker(cfg, resolver=self.resolver, worker=worker, cache=cache)
-        ctx.materializer = PlacedMaterializer(ctx.cache, placement)
+        ctx.materializer = PlacedMaterializer(
+            ctx.cache, placement, merge_fn=getattr(ctx.materializer, "merge_fn", None)
+        )
         return ctx

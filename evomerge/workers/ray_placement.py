@@ -79,10 +79,9 @@ def dispatch(model: Any, device_map: dict[str, str], hooked: set[int] | None = N
             continue
         target = torch.device(dev)
         mod.to(target)
-        if id(mod) in hooked:
-            mod._evomerge_device = target
-            continue
         mod._evomerge_device = target
+        if id(mod) in hooked:
+            continue
 
         def pre_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             d = module._evomerge_device
@@ -96,9 +95,10 @@ def dispatch(model: Any, device_map: dict[str, str], hooked: set[int] | None = N
 class PlacedMaterializer(Materializer):
     """The materializer with the resident model placed per ``Placement`` (dtype, GPU split)."""
 
-    def __init__(self, cache: Any, placement: Placement) -> None:
+    def __init__(self, cache: Any, placement: Placement, *, merge_fn: Any = None) -> None:
         # A split model is built on the CPU and then spread; a single device is built there.
-        super().__init__(cache, device="cpu" if placement.split else placement.device)
+        device = "cpu" if placement.split else placement.device
+        super().__init__(cache, device=device, merge_fn=merge_fn)
         self.placement = placement
         self._hooked: set[int] = set()
 

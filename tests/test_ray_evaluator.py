@@ -1,0 +1,262 @@
+"""RayEvaluator on a real multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``:
+three raylets, each with its own object store and resources, all on loopback).
+
+Workers hold a tiny real Llama resident and materialize each candidate in place (a linear
+merge of the experts read from the node's shared cache); the fitness is the model's mean
+log-likelihood of a fixed token sequence. The same worker context run in-process through the
+SerialEvaluator is the reference every Ray result must equal."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import torch
+
+from evomerge.fitness.result import EvalResult, TaskScore
+from evomerge.recipe import ModelRef, Recipe
+from evomerge.workers.materialize import ExpertCache
+from evomerge.workers.ray_actor import WorkerFactory
+from evomerge.workers.ray_placement import PlacedMaterializer, Placement
+from evomerge.workers.serial import SerialEvaluator
+
+ray = pytest.importorskip("ray")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors need this module's classes
+
+IDS = torch.tensor([[1, 5, 9, 2, 7, 3, 11, 4, 8, 6, 10, 12]])
+
+
+def tiny_llama(path: Path, seed: int, layers: int = 2) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=16,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).save_pretrained(str(path))
+    return str(path)
+
+
+def linear_merge(recipe: Recipe, cache: ExpertCache):
+    """A real linear merge over the cached experts (the engine's job in a search)."""
+    from transformers import AutoConfig
+
+    first = recipe.models[0].model
+    names = cache.names(first)
+    weights = [(m.model, float(m.parameters["weight"])) for m in recipe.models]
+    tensors = ((n, sum(w * cache.tensor(ref, n) for ref, w in weights)) for n in names)
+    return AutoConfig.from_pretrained(cache.resolver(first)), tensors
+
+
+class LikelihoodContext:
+    """Recipe seed 1 makes the job slow (0.5 s), a first weight >= 0.95 makes it hang in a way
+    SIGALRM cannot stop (signals blocked): knobs for the fault tests."""
+
+    def __init__(self, cache, placement: Placement, worker: str) -> None:
+        torch.set_num_threads(1)  # same arithmetic in every process (Ray workers use 1 thread)
+        self.worker, self.seed, self.tokenizer = worker, 0, None
+        self.cache = cache
+        self.materializer = PlacedMaterializer(cache, placement, merge_fn=linear_merge)
+        torch.zeros(1, device=placement.device)  # a GPU worker without CUDA fails here
+
+    def materialize(self, recipe: Recipe):
+        if recipe.models[0].parameters["weight"] >= 0.95:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(600)
+        if recipe.seed == 1:
+            time.sleep(0.5)
+        return self.materializer.materialize(recipe)
+
+    def score(self, model, tokenizer):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=IDS).logits[0, :-1].float(), -1)
+        per_token = logp.gather(1, IDS[0, 1:, None])[:, 0].tolist()
+        result = EvalResult(tasks={"lik": TaskScore.from_examples(per_token, "logp")})
+        return result, result.aggregate(), ()
+
+
+class LikelihoodFactory(WorkerFactory):
+    def __init__(self, models: list[str]) -> None:
+        self.models, self.resolver = models, None
+
+    def shared_models(self) -> list[str]:
+        return list(self.models)
+
+    def build(self, cache, placement, worker):
+        return LikelihoodContext(cache, placement, worker)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from evomerge.workers.ray_cluster import local_cluster
+
+    c = local_cluster(
+        [{"num_cpus": 1}, {"num_cpus": 1}, {"num_cpus": 1, "num_gpus": 2}],
+        object_store_memory=120 * 2**20,
+    )
+    yield c
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experts")
+    return [tiny_llama(root / name, seed) for seed, name in enumerate(["a", "b"])]
+
+
+@pytest.fixture(scope="module")
+def evaluator(cluster, experts):
+    """One evaluator for the module (worker start-up costs seconds): a worker on each raylet."""
+    from evomerge.workers.ray_evaluator import RayEvaluator
+
+    ev = RayEvaluator(LikelihoodFactory(experts), address=cluster.address, num_workers=3)
+    yield ev
+    ev.close()
+
+
+def recipes(models, n=8, seed=0):
+    return [
+        Recipe(
+            merge_method="linear",
+            seed=seed,
+            models=[
+                ModelRef(model=models[0], parameters={"weight": round(0.1 * i, 2)}),
+                ModelRef(model=models[1], parameters={"weight": round(1 - 0.1 * i, 2)}),
+            ],
+        )
+        for i in range(n)
+    ]
+
+
+def serial_reference(rs):
+    ctx = LikelihoodContext(ExpertCache(), Placement(), "serial")
+    with SerialEvaluator(ctx) as ev:
+        return ev.evaluate(rs)
+
+
+def test_results_in_order_equal_serial_and_cache_is_shared(evaluator, experts):
+    rs = recipes(experts)
+    before = dict(evaluator.stats.per_worker)
+    got = evaluator.evaluate(rs)
+    info = evaluator.worker_info()
+    want = serial_reference(rs)
+    assert [r.digest for r in got] == [r.digest() for r in rs]
+    assert all(r.ok for r in got), [r.error for r in got]
+    assert [r.fitness for r in got] == pytest.approx([r.fitness for r in want], rel=1e-6)
+    assert len({i["node_id"] for i in info}) == 3  # SPREAD put one worker on each raylet
+    assert all(i["built"] and i["shared_bytes"] > 0 for i in info)
+    used = {w for w, n in evaluator.stats.per_worker.items() if n > before.get(w, 0)}
+    assert len(used) >= 2  # candidates really went to several workers
+
+
+def test_killed_worker_requeues_its_candidate(evaluator, experts):
+    rs = recipes(experts, 10, seed=1)  # 0.5 s each: a kill lands while one runs
+    killed: list[int] = []
+    deaths0, requeued0, done0 = (
+        evaluator.stats.worker_deaths,
+        evaluator.stats.requeued,
+        evaluator.stats.completed,
+    )
+
+    def kill_one_busy_worker(result) -> None:
+        running = evaluator.running()
+        if killed or not running:
+            return
+        pid = evaluator.worker_pids()[next(iter(running))]
+        killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
+
+    evaluator.on_result = kill_one_busy_worker
+    try:
+        got = evaluator.evaluate(rs)
+    finally:
+        evaluator.on_result = None
+    stats = evaluator.stats
+    assert killed and stats.worker_deaths > deaths0 and stats.requeued > requeued0
+    assert stats.completed - done0 == len(rs)  # every ticket answered exactly once
+    assert all(r.ok for r in got), [r.error for r in got]
+    want = serial_reference(rs)
+    assert [r.fitness for r in got] == pytest.approx([r.fitness for r in want], rel=1e-6)
+    pids = {i["pid"] for i in evaluator.worker_info()}
+    assert len(pids) == 3 and killed[0] not in pids  # the killed worker restarted
+
+
+def test_hung_candidate_is_killed_and_recorded_fail(evaluator, experts):
+    rs = recipes(experts, 3)
+    hung = Recipe(
+        merge_method="linear",
+        models=[
+            ModelRef(model=experts[0], parameters={"weight": 0.97}),
+            ModelRef(model=experts[1], parameters={"weight": 0.03}),
+        ],
+    )
+    evaluator.evaluate(rs)  # every worker has built its resident model
+    t0, hard0 = time.monotonic(), evaluator.stats.hard_timeouts
+    evaluator.timeout_s, evaluator.grace_s = 2.0, 1.0
+    try:
+        got = evaluator.evaluate([rs[0], hung, rs[1], rs[2]])
+    finally:
+        evaluator.timeout_s = None
+    assert time.monotonic() - t0 < 60
+    assert [r.ok for r in got] == [True, False, True, True], [r.error for r in got]
+    assert "timed out" in got[1].error and "killed" in got[1].error
+    assert evaluator.stats.hard_timeouts == hard0 + 1
+    after = evaluator.evaluate(rs)  # the killed worker comes back and scores again
+    assert [r.fitness for r in after] == [r.fitness for r in got[:1] + got[2:]]
+
+
+def test_gpu_worker_is_placed_up_to_cuda(cluster, experts):
+    """Two (declared) GPUs per candidate: Ray gives the actor both, the worker plans a split
+    bf16 placement over cuda:0/cuda:1, and the first CUDA call fails cleanly as data here."""
+    from evomerge.workers.ray_evaluator import RayEvaluator
+
+    with RayEvaluator(
+        LikelihoodFactory(experts),
+        address=cluster.address,
+        num_workers=1,
+        num_gpus_per_worker=2,
+        num_cpus_per_worker=0,
+    ) as ev:
+        got = ev.evaluate(recipes(experts, 2))
+        (info,) = ev.worker_info()
+    assert sorted(info["gpu_ids"]) == ["0", "1"]
+    assert info["cuda_visible_devices"] in ("0,1", "1,0")
+    assert info["placement"] == {"devices": ["cuda:0", "cuda:1"], "dtype": "bfloat16"}
+    assert not Path(info["scratch"]).exists()  # scratch removed on close
+    if not torch.cuda.is_available():
+        assert all(not r.ok for r in got)
+        assert all("setup failed" in r.error and "CUDA" in r.error for r in got), got[0].error
+
+
+def test_split_placement_runs_the_same_forward_on_cpu(experts):
+    """The device-map path with both 'devices' on the CPU: hooks and dtype, no CUDA needed."""
+    from evomerge.workers.ray_placement import plan_device_map
+
+    assert plan_device_map(4, ("cuda:0", "cuda:1"))["model.layers.1"] == "cuda:0"
+    assert plan_device_map(4, ("cuda:0", "cuda:1"))["model.layers.2"] == "cuda:1"
+    r = recipes(experts, 4)[3]
+    flat = LikelihoodContext(ExpertCache(), Placement(("cpu",), "float32"), "a")
+    split = LikelihoodContext(ExpertCache(), Placement(("cpu", "cpu"), "float32"), "b")
+    a = flat.score(flat.materialize(r), None)[1]
+    b = split.score(split.materialize(r), None)[1]
+    assert split.materializer.device_map()["lm_head"] == "cpu"
+    assert a == b and math.isfinite(a)
+    half = LikelihoodContext(ExpertCache(), Placement(("cpu", "cpu"), "bfloat16"), "c")
+    model = half.materialize(r)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert abs(half.score(model, None)[1] - a) < 0.05
