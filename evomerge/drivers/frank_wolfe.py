@@ -207,6 +207,17 @@ class FrankWolfe(Driver):
             proxy=dict(self.params.proxy),
         )
 
+    def alignments(self, candidates: Sequence[Candidate], space: Any) -> list[Any]:
+        """Run the gradient job for each candidate in this process (the loop's FW hook);
+        ``None`` where no gradient is needed. A failure comes back as a failed Alignment."""
+        from evomerge.fw.job import run_lmo_job
+
+        out = []
+        for c in candidates:
+            request = self.lmo_inputs(c)
+            out.append(None if request is None else run_lmo_job(space, request, space.resolve))
+        return out
+
     # ---- tell -----------------------------------------------------------------------------------
     def tell(
         self,

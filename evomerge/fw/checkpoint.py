@@ -83,7 +83,10 @@ class LazyCheckpoint:
                 "the base model's tensors"
             )
         t = self._handles[self._where[name]].get_tensor(name)
-        return self.meter.hold(t.float() if t.is_floating_point() else t)
+        # safetensors may hand out views of one shared mapping: copy, so that an in-place
+        # update of theta never changes what the next read of the same tensor returns
+        t = t.to(torch.float32, copy=True) if t.is_floating_point() else t.clone()
+        return self.meter.hold(t)
 
     def close(self) -> None:
         self._handles.clear()

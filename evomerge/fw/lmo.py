@@ -41,7 +41,8 @@ class Alignment:
     @classmethod
     def failed(cls, error: str) -> Alignment:
         z = np.zeros((0, 0))
-        return cls(z, z, z, z[0], z[0], z[0], math.nan, error=error)
+        e = np.zeros(0)
+        return cls(z, z, z, e, e, e, math.nan, error=error)
 
     @property
     def ok(self) -> bool:

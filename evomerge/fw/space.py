@@ -52,7 +52,7 @@ class FWPoolSpace(SearchSpace):
         if not 0.0 < density <= 1.0:
             raise UserInputError(f"frank_wolfe: density {density} must be in (0, 1]")
         self.base, self.members = base, list(members)
-        resolve = resolver or (lambda ref: ref)
+        self.resolve = resolve = resolver or _identity
         self.tensors = sorted(tensors) if tensors is not None else float_tensor_names(resolve(base))
         if not self.tensors:
             raise UserInputError(f"{base}: no floating-point tensors to merge")
@@ -162,6 +162,10 @@ class FWPoolSpace(SearchSpace):
             models=models,
             parameters={"density": self.density, "normalize": False},
         )
+
+
+def _identity(ref: str) -> str:
+    return ref
 
 
 def _group_label(group: list[str]) -> str:
