@@ -206,7 +206,10 @@ class SearchLoop:
         recipes = [self._decode(c) for c in cands]
         records, results = self._evaluate(cands, recipes)
         fitness = [r.fitness if r.ok else math.nan for r in results]
-        self.driver.tell(cands, fitness, [r.result for r in results])
+        extra = {}
+        if getattr(self.driver, "needs_gradient", False):  # Frank-Wolfe: gradient alignment
+            extra["alignment"] = self.driver.alignments(cands, self.space)
+        self.driver.tell(cands, fitness, [r.result for r in results], **extra)
         self._pending = (records, results, recipes)
 
     def _decode(self, c: Candidate) -> Recipe | Exception:
