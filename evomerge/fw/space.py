@@ -61,6 +61,7 @@ class FWPoolSpace(SearchSpace):
         self.init, self.init_scale = init, float(init_scale)
         self.groups = [[t] for t in self.tensors] if granularity == "layer" else [self.tensors]
         self.links: dict[str, Recipe] = {}
+        self._genes: dict[str, np.ndarray] = {}
 
     # ---- layout -------------------------------------------------------------------------------
     @property
@@ -127,7 +128,17 @@ class FWPoolSpace(SearchSpace):
                 continue
             self.links[recipe.digest()] = recipe
             recipe = self._ties_link(recipe, a, sel)
+        self._genes[recipe.digest()] = np.asarray(x, dtype=float).copy()
         return recipe
+
+    def genes_of(self, recipe: Recipe) -> np.ndarray:
+        """The genes a recipe was decoded from (lets a worker build it with ``build_theta``)."""
+        try:
+            return self._genes[recipe.digest()]
+        except KeyError:
+            raise ValueError(
+                f"recipe {recipe.digest()[:12]} was not decoded by this pool space"
+            ) from None
 
     def ta_recipe(self, w: np.ndarray) -> Recipe:
         models = []
