@@ -56,13 +56,16 @@ def resume(
     config: Path | None = None,
     max_evals: int | None = None,
     max_seconds: float | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> int:
     from evomerge.config import experiment_from_json, load_experiment, parse_experiment
     from evomerge.session import open_resume
     from evomerge.store import RunStore
 
     new_cfg = None
-    overrides = _overrides(max_evals, max_seconds, None, None, None)
+    # workers / ray_address are not structural: a requeued SLURM job resumes on a new cluster.
+    overrides = _overrides(max_evals, max_seconds, None, workers, ray_address)
     if config is not None:
         new_cfg = load_experiment(config, overrides)
     elif overrides:
@@ -70,7 +73,7 @@ def resume(
             data = json.loads(st.config_json())
         for key, value in overrides.items():
             section, _, leaf = key.partition(".")
-            data[section] = {**data.get(section, {}), leaf: value}
+            data[section] = {**data.get(section, {}), leaf: value} if leaf else value
         new_cfg = parse_experiment(data, origin="resume options")
     stop = threading.Event()
     with RunStore.open(run_dir, readonly=True) as st:
