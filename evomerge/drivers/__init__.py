@@ -1,1 +1,42 @@
-"""drivers"""
+"""Search drivers behind one ask/tell contract (``evomerge.drivers.base.Driver``).
+
+Built-ins are imported on first lookup, so ``import evomerge`` does not import cma or optuna.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from evomerge.drivers.base import DRIVERS, Candidate, Driver, register_driver
+from evomerge.errors import UserInputError
+
+# name -> module that registers it (imported lazily: cma/optuna are optional extras)
+BUILTIN_DRIVERS = {
+    "cma_es": "evomerge.drivers.cma_es",
+    "optuna": "evomerge.drivers.optuna_sampler",
+    "random": "evomerge.drivers.random_search",
+    "m2n2": "evomerge.drivers.m2n2",
+    "frank_wolfe": "evomerge.drivers.frank_wolfe",
+}
+
+
+def list_drivers() -> list[str]:
+    present = {n for n, mod in BUILTIN_DRIVERS.items() if importlib.util.find_spec(mod)}
+    return sorted(present | set(DRIVERS))
+
+
+def get_driver(name: str) -> type[Driver]:
+    if name not in DRIVERS and name in list_drivers():
+        try:
+            importlib.import_module(BUILTIN_DRIVERS[name])
+        except ModuleNotFoundError as err:
+            raise UserInputError(
+                f"driver {name!r} needs the package {err.name!r}: pip install 'evomerge[search]'"
+            ) from None
+    if name not in DRIVERS:
+        raise UserInputError(f"driver: unknown name {name!r}; valid: {', '.join(list_drivers())}")
+    return DRIVERS[name]
+
+
+__all__ = ["Candidate", "Driver", "get_driver", "list_drivers", "register_driver"]

@@ -1,0 +1,147 @@
+"""CMA-ES through pycma — Hansen & Ostermeier 2001, "Completely Derandomized Self-Adaptation
+in Evolution Strategies"; the parameter-space optimizer of Akiba et al. 2024 ("Evolutionary
+Optimization of Model Merging Recipes": x0 = 0.5, σ0 = 1/6, popsize 4 + ⌊3 ln n⌋, bounds
+[0, 1]).
+
+pycma minimizes, so it is told −fitness. A failed candidate (NaN) is told a finite penalty
+worse than every loss seen so far (max seen loss + 1, or 1e6 before any success): pycma cannot
+take NaN, and ranking it last is what "failed" means to a rank-based method. pycma samples from
+a ``RandomState`` given through its ``randn`` option (pickled with the strategy), and any use
+of numpy's global RNG inside pycma happens under a private global state swapped in around each
+call, so other code using ``np.random`` cannot change the search and a resume is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from evomerge.drivers._common import check_tell
+from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.errors import UserInputError
+from evomerge.fitness.result import EvalResult
+
+
+@register_driver
+class CMAES(Driver):
+    name = "cma_es"
+
+    def __init__(
+        self,
+        dim: int,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        x0: np.ndarray,
+        *,
+        seed: int,
+        sigma0: float = 1 / 6,
+        popsize: int | None = None,
+        diagonal: bool = False,
+        max_evals: int | None = None,
+        tolfun: float = 1e-11,
+    ) -> None:
+        super().__init__(dim, lower, upper, x0, seed=seed)
+        import cma
+
+        self.popsize = int(popsize or 4 + math.floor(3 * math.log(max(dim, 1))))
+        if self.popsize < 2:
+            raise UserInputError(f"cma_es: popsize must be >= 2, got {self.popsize}")
+        opts = {
+            "seed": seed + 1,  # pycma treats seed 0 as "random"
+            "popsize": self.popsize,
+            "bounds": [list(self.lower), list(self.upper)],
+            "CMA_diagonal": bool(diagonal),
+            "verbose": -9,
+            "tolfun": tolfun,
+            # pycma's sampler: a RandomState of our own, pickled with the strategy, so a
+            # resumed search draws exactly what the uninterrupted one would have drawn
+            "randn": np.random.RandomState(seed).randn,
+        }
+        if max_evals:
+            opts["maxfevals"] = int(max_evals)
+        self._rng_state = np.random.RandomState(seed).get_state()
+        self._es = self._with_rng(lambda: cma.CMAEvolutionStrategy(list(self.x0), sigma0, opts))
+        self._next = 0
+        self._pending: dict[int, Candidate] = {}
+        self._generation: list[Candidate] = []
+        self._asked: list[np.ndarray] = []
+        self._worst_loss: float | None = None
+        self._best: tuple[Candidate, float] | None = None
+
+    def _with_rng(self, fn: Any) -> Any:
+        outside = np.random.get_state()
+        np.random.set_state(self._rng_state)
+        try:
+            return fn()
+        finally:
+            self._rng_state = np.random.get_state()
+            np.random.set_state(outside)
+
+    def ask(self, n: int | None = None) -> list[Candidate]:
+        if self._pending:
+            raise UserInputError("cma_es.ask: tell the previous generation first")
+        xs = self._with_rng(self._es.ask)
+        self._asked = [np.asarray(x, dtype=float) for x in xs]
+        out = []
+        for x in xs:
+            c = Candidate(self._next, np.clip(np.asarray(x, dtype=float), self.lower, self.upper))
+            self._next += 1
+            self._pending[c.index] = c
+            out.append(c)
+        self._generation = out
+        return out
+
+    def tell(
+        self,
+        candidates: Sequence[Candidate],
+        fitness: Sequence[float],
+        details: Sequence[EvalResult | None] | None = None,
+    ) -> None:
+        values = check_tell(self.name, candidates, fitness, self._pending)
+        if [c.index for c in candidates] != [c.index for c in self._generation]:
+            raise UserInputError("cma_es.tell: tell the whole generation, in ask order")
+        losses = [-f for f in values if not math.isnan(f)]
+        if losses:
+            worst = max(losses)
+            self._worst_loss = worst if self._worst_loss is None else max(self._worst_loss, worst)
+        penalty = 1e6 if self._worst_loss is None else self._worst_loss + 1.0
+        told = [penalty if math.isnan(f) else -f for f in values]
+        # pycma is told the genotype it asked for: the clipped copy is only what we evaluate
+        self._with_rng(lambda: self._es.tell(self._asked, told))
+        for c, f in zip(candidates, values):
+            if not math.isnan(f) and (self._best is None or f > self._best[1]):
+                self._best = (c, f)
+        self._pending.clear()
+
+    def stop(self) -> bool:
+        return bool(self._es.stop())
+
+    @property
+    def best(self) -> tuple[Candidate, float] | None:
+        return self._best
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "es": pickle.dumps(self._es),
+            "rng": self._rng_state,
+            "next": self._next,
+            "pending": dict(self._pending),
+            "generation": list(self._generation),
+            "asked": list(self._asked),
+            "worst_loss": self._worst_loss,
+            "best": self._best,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._es = pickle.loads(state["es"])
+        self._rng_state = state["rng"]
+        self._next = state["next"]
+        self._pending = dict(state["pending"])
+        self._generation = list(state["generation"])
+        self._asked = list(state["asked"])
+        self._worst_loss = state["worst_loss"]
+        self._best = state["best"]

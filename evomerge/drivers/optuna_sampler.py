@@ -1,0 +1,141 @@
+"""Optuna as a driver: TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter
+Optimization") for one objective, NSGA-II (Deb et al. 2002) when the fitness has several.
+
+Each gene is a ``FloatDistribution`` over its bounds; candidates are Optuna trials from
+``study.ask``; a failed candidate is told as ``TrialState.FAIL`` (Optuna's own convention for
+failures, which its samplers know to ignore). With ``objectives: k > 1`` each fitness value told
+is a sequence of k floats (NaN anywhere = failed). The study lives in Optuna's in-memory
+storage; ``state_dict`` pickles it whole (trials and the sampler's RNG), so the next ``ask``
+after a resume is the one the uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.errors import UserInputError
+from evomerge.fitness.result import EvalResult
+
+
+@register_driver
+class OptunaDriver(Driver):
+    name = "optuna"
+    can_ask_ahead = True
+
+    def __init__(
+        self,
+        dim: int,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        x0: np.ndarray,
+        *,
+        seed: int,
+        sampler: str | None = None,
+        objectives: int = 1,
+        batch_size: int = 8,
+        n_startup_trials: int = 10,
+        enqueue_x0: bool = True,
+    ) -> None:
+        super().__init__(dim, lower, upper, x0, seed=seed)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.objectives = int(objectives)
+        self.batch_size = int(batch_size)
+        kind = sampler or ("nsga2" if self.objectives > 1 else "tpe")
+        if kind == "tpe":
+            smp = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=n_startup_trials, multivariate=True
+            )
+        elif kind == "nsga2":
+            smp = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(self.batch_size, 4))
+        else:
+            raise UserInputError(f"optuna: unknown sampler {kind!r}; valid: tpe, nsga2")
+        self._study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=smp)
+        self._dists = {
+            f"x{i}": optuna.distributions.FloatDistribution(float(lo), float(hi))
+            for i, (lo, hi) in enumerate(zip(self.lower, self.upper))
+        }
+        if enqueue_x0:
+            self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
+        self._next = 0
+        self._pending: dict[int, int] = {}  # candidate index -> trial number
+        self._best: tuple[Candidate, float] | None = None
+
+    def ask(self, n: int | None = None) -> list[Candidate]:
+        out = []
+        for _ in range(n or self.batch_size):
+            trial = self._study.ask(self._dists)
+            x = np.array([trial.params[f"x{i}"] for i in range(self.dim)], dtype=float)
+            c = Candidate(self._next, x, {"trial": trial.number})
+            self._pending[c.index] = trial.number
+            self._next += 1
+            out.append(c)
+        return out
+
+    def _values(self, c: Candidate, f: Any) -> list[float] | None:
+        """The objective vector of one told fitness, or None for a failure."""
+        if f is None:
+            raise UserInputError(f"optuna.tell: fitness of candidate {c.index} is None; tell NaN")
+        vals = [float(v) for v in (f if isinstance(f, (list, tuple, np.ndarray)) else [f])]
+        if len(vals) != self.objectives:
+            raise UserInputError(
+                f"optuna.tell: candidate {c.index} has {len(vals)} objective values, "
+                f"the driver was configured with objectives: {self.objectives}"
+            )
+        return None if any(math.isnan(v) for v in vals) else vals
+
+    def tell(
+        self,
+        candidates: Sequence[Candidate],
+        fitness: Sequence[Any],
+        details: Sequence[EvalResult | None] | None = None,
+    ) -> None:
+        import optuna
+
+        if len(candidates) != len(fitness):
+            raise UserInputError(
+                f"optuna.tell: {len(candidates)} candidates but {len(fitness)} fitness values"
+            )
+        for c in candidates:
+            if c.index not in self._pending:
+                raise UserInputError(
+                    f"optuna.tell: candidate {c.index} was not asked or already told"
+                )
+        checked = [self._values(c, f) for c, f in zip(candidates, fitness)]
+        for c, vals in zip(candidates, checked):
+            number = self._pending.pop(c.index)
+            if vals is None:
+                self._study.tell(number, state=optuna.trial.TrialState.FAIL)
+                continue
+            self._study.tell(number, vals if self.objectives > 1 else vals[0])
+            score = vals[0] if self.objectives == 1 else float(np.mean(vals))
+            if self._best is None or score > self._best[1]:
+                self._best = (c, score)
+
+    def stop(self) -> bool:
+        return False
+
+    @property
+    def best(self) -> tuple[Candidate, float] | None:
+        return self._best
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "study": pickle.dumps(self._study),
+            "next": self._next,
+            "pending": dict(self._pending),
+            "best": self._best,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._study = pickle.loads(state["study"])
+        self._next = state["next"]
+        self._pending = dict(state["pending"])
+        self._best = state["best"]
