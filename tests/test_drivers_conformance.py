@@ -93,9 +93,9 @@ def test_global_numpy_rng_does_not_leak_in(name):
 
 @pytest.mark.parametrize("name", BLACK_BOX)
 def test_seeds(name):
-    xa = [c.x for c in make(name, 0).ask()][1:]  # first may be x0 for some drivers
-    xb = [c.x for c in make(name, 0).ask()][1:]
-    xc = [c.x for c in make(name, 1).ask()][1:]
+    xa = [c.x for c in make(name, 0).ask(6)][1:]  # first may be x0 for some drivers
+    xb = [c.x for c in make(name, 0).ask(6)][1:]
+    xc = [c.x for c in make(name, 1).ask(6)][1:]
     assert all(np.array_equal(x, y) for x, y in zip(xa, xb))
     assert not all(np.array_equal(x, y) for x, y in zip(xa, xc))
 
@@ -121,6 +121,7 @@ def test_tell_rejects_bad_input(name):
     d.tell(cands, [sphere(c.x) for c in cands])
     with pytest.raises(UserInputError):
         d.tell(cands, [0.0] * len(cands))  # already told
+    assert d.ask(1)[0].index == cands[-1].index + 1
 
 
 def test_unknown_driver_lists_valid_names():
