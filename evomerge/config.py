@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -81,6 +81,11 @@ class ArchiveConfig(_Frozen):
 class EvaluationConfig(_Frozen):
     timeout_s: float | None = Field(600.0, gt=0)
     device: str = "cpu"
+    # Ray workers (workers > 1 or ray_address): resources per worker; gpus_per_worker > 1 splits
+    # the resident model over that many GPUs by layers; dtype "auto" = bfloat16 on GPU.
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class ExperimentConfig(_Frozen):
