@@ -17,8 +17,8 @@ child per ask by default:
   over the P + 1 rows and the lowest is dropped (the child itself if it is the lowest).
 
 The first P asks are the initial population (x0, then ``init_points``, then random points:
-uniform in the box, or N(0, init_std²) from scratch); they enter the archive through the same
-update. Per-example rows come from ``details`` (an EvalResult: the tasks' per-example values
+uniform in the box, or N(0, init_std²) from scratch; with ``init: given`` only x0 and the
+init_points, e.g. the experts); they enter the archive through the same update. Per-example rows come from ``details`` (an EvalResult: the tasks' per-example values
 concatenated in task-name order); without details a row is the single fitness value. Scores
 are shifted per column to be ≥ 0 (resources cannot be negative).
 """
@@ -45,7 +45,7 @@ class M2N2Params:
     use_attraction: bool = True
     use_splitpoint: bool = True
     mutation_std: float = 0.0
-    init: str = "uniform"  # or "normal" (from scratch: N(0, init_std^2))
+    init: str = "uniform"  # "normal" (from scratch: N(0, init_std^2)), "given" (x0 + init_points only)
     init_std: float = 0.01
     batch_size: int = 1
 
@@ -116,6 +116,10 @@ class M2N2(Driver):
             ) from None
         if self.params.archive_size < 2:
             raise UserInputError("m2n2: archive_size must be >= 2")
+        if self.params.init not in ("uniform", "normal", "given"):
+            raise UserInputError(f"m2n2: init {self.params.init!r}; valid: uniform, normal, given")
+        if self.params.init == "given" and not init_points:
+            raise UserInputError("m2n2: init 'given' needs init_points (e.g. the experts' genomes)")
         self.batch_size = self.params.batch_size
         self._rng = np.random.default_rng(seed)
         self._init = [np.asarray(x0, float)] + [np.asarray(p, float) for p in init_points]
@@ -134,6 +138,11 @@ class M2N2(Driver):
             return self._rng.normal(0.0, self.params.init_std, self.dim)
         return self._rng.uniform(self.lower, self.upper)
 
+    def _n_initial(self) -> int:
+        if self.params.init == "given":
+            return len(self._init)
+        return self.params.archive_size
+
     def _child(self) -> tuple[np.ndarray, dict[str, Any]]:
         f = shared_fitness(self._scores, self.params.alpha)
         p1, p2 = choose_parents(self._rng, f, self.params.use_attraction)
@@ -147,7 +156,7 @@ class M2N2(Driver):
     def ask(self, n: int | None = None) -> list[Candidate]:
         out = []
         for _ in range(n or self.batch_size):
-            if self._next < self.params.archive_size or len(self._genomes) < 2:
+            if self._next < self._n_initial() or len(self._genomes) < 2:
                 x, meta = self._initial(self._next), {"init": True}
             else:
                 x, meta = self._child()
@@ -173,14 +182,16 @@ class M2N2(Driver):
                 f"m2n2.tell: per-example row has {row.size} values, the archive has "
                 f"{self._scores.shape[1]}; every candidate must be scored on the same examples"
             )
-        genomes = np.vstack([self._genomes, x[None]])
-        scores = row[None] if self._scores is None else np.vstack([self._scores, row[None]])
-        fit = np.append(self._fitness, fitness)
-        if len(genomes) > self.params.archive_size:
-            drop = int(np.argmin(shared_fitness(scores, self.params.alpha).sum(axis=1)))
-            keep = np.arange(len(genomes)) != drop
-            genomes, scores, fit = genomes[keep], scores[keep], fit[keep]
-        self._genomes, self._scores, self._fitness = genomes, scores, fit
+        if len(self._genomes) < self.params.archive_size:
+            self._genomes = np.vstack([self._genomes, x[None]])
+            self._scores = row[None] if self._scores is None else np.vstack([self._scores, row[None]])
+            self._fitness = np.append(self._fitness, fitness)
+            return
+        # full archive: compare the child with the P members, overwrite the loser in place
+        pool = np.vstack([self._scores, row[None]])
+        drop = int(np.argmin(shared_fitness(pool, self.params.alpha).sum(axis=1)))
+        if drop < len(self._genomes):
+            self._genomes[drop], self._scores[drop], self._fitness[drop] = x, row, fitness
 
     def tell(
         self,
