@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -119,9 +120,9 @@ def experts(tmp_path_factory):
     return [tiny_llama(root / name, seed) for seed, name in enumerate(["a", "b"])]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def evaluator(cluster, experts):
-    """One evaluator for the module (worker start-up costs seconds): a worker on each raylet."""
+    """One evaluator for the class (worker start-up costs seconds): a worker on each raylet."""
     from evomerge.workers.ray_evaluator import RayEvaluator
 
     ev = RayEvaluator(LikelihoodFactory(experts), address=cluster.address, num_workers=3)
@@ -149,75 +150,76 @@ def serial_reference(rs):
         return ev.evaluate(rs)
 
 
-def test_results_in_order_equal_serial_and_cache_is_shared(evaluator, experts):
-    rs = recipes(experts)
-    before = dict(evaluator.stats.per_worker)
-    got = evaluator.evaluate(rs)
-    info = evaluator.worker_info()
-    want = serial_reference(rs)
-    assert [r.digest for r in got] == [r.digest() for r in rs]
-    assert all(r.ok for r in got), [r.error for r in got]
-    assert [r.fitness for r in got] == pytest.approx([r.fitness for r in want], rel=1e-6)
-    assert len({i["node_id"] for i in info}) == 3  # SPREAD put one worker on each raylet
-    assert all(i["built"] and i["shared_bytes"] > 0 for i in info)
-    used = {w for w, n in evaluator.stats.per_worker.items() if n > before.get(w, 0)}
-    assert len(used) >= 2  # candidates really went to several workers
+class TestOneEvaluator:
+    """Three workers, one per raylet, shared by these tests; closed before the next ones."""
 
-
-def test_killed_worker_requeues_its_candidate(evaluator, experts):
-    rs = recipes(experts, 10, seed=1)  # 0.5 s each: a kill lands while one runs
-    killed: list[int] = []
-    deaths0, requeued0, done0 = (
-        evaluator.stats.worker_deaths,
-        evaluator.stats.requeued,
-        evaluator.stats.completed,
-    )
-
-    def kill_one_busy_worker(result) -> None:
-        running = evaluator.running()
-        if killed or not running:
-            return
-        pid = evaluator.worker_pids()[next(iter(running))]
-        killed.append(pid)
-        os.kill(pid, signal.SIGKILL)
-
-    evaluator.on_result = kill_one_busy_worker
-    try:
+    def test_results_in_order_equal_serial_and_cache_is_shared(self, evaluator, experts):
+        rs = recipes(experts)
+        before = dict(evaluator.stats.per_worker)
         got = evaluator.evaluate(rs)
-    finally:
-        evaluator.on_result = None
-    stats = evaluator.stats
-    assert killed and stats.worker_deaths > deaths0 and stats.requeued > requeued0
-    assert stats.completed - done0 == len(rs)  # every ticket answered exactly once
-    assert all(r.ok for r in got), [r.error for r in got]
-    want = serial_reference(rs)
-    assert [r.fitness for r in got] == pytest.approx([r.fitness for r in want], rel=1e-6)
-    pids = {i["pid"] for i in evaluator.worker_info()}
-    assert len(pids) == 3 and killed[0] not in pids  # the killed worker restarted
+        info = evaluator.worker_info()
+        want = serial_reference(rs)
+        assert [r.digest for r in got] == [r.digest() for r in rs]
+        assert all(r.ok for r in got), [r.error for r in got]
+        assert [r.fitness for r in got] == pytest.approx([r.fitness for r in want], rel=1e-6)
+        assert len({i["node_id"] for i in info}) == 3  # SPREAD put one worker on each raylet
+        assert all(i["built"] and i["shared_bytes"] > 0 for i in info)
+        used = {w for w, n in evaluator.stats.per_worker.items() if n > before.get(w, 0)}
+        assert len(used) >= 2  # candidates really went to several workers
 
+    def test_killed_worker_requeues_its_candidate(self, evaluator, experts):
+        rs = recipes(experts, 10, seed=1)  # 0.5 s each: a kill lands while one runs
+        killed: list[int] = []
+        deaths0, requeued0, done0 = (
+            evaluator.stats.worker_deaths,
+            evaluator.stats.requeued,
+            evaluator.stats.completed,
+        )
 
-def test_hung_candidate_is_killed_and_recorded_fail(evaluator, experts):
-    rs = recipes(experts, 3)
-    hung = Recipe(
-        merge_method="linear",
-        models=[
-            ModelRef(model=experts[0], parameters={"weight": 0.97}),
-            ModelRef(model=experts[1], parameters={"weight": 0.03}),
-        ],
-    )
-    evaluator.evaluate(rs)  # every worker has built its resident model
-    t0, hard0 = time.monotonic(), evaluator.stats.hard_timeouts
-    evaluator.timeout_s, evaluator.grace_s = 2.0, 1.0
-    try:
-        got = evaluator.evaluate([rs[0], hung, rs[1], rs[2]])
-    finally:
-        evaluator.timeout_s = None
-    assert time.monotonic() - t0 < 60
-    assert [r.ok for r in got] == [True, False, True, True], [r.error for r in got]
-    assert "timed out" in got[1].error and "killed" in got[1].error
-    assert evaluator.stats.hard_timeouts == hard0 + 1
-    after = evaluator.evaluate(rs)  # the killed worker comes back and scores again
-    assert [r.fitness for r in after] == [r.fitness for r in got[:1] + got[2:]]
+        def kill_one_busy_worker(result) -> None:
+            running = evaluator.running()
+            if killed or not running:
+                return
+            pid = evaluator.worker_pids()[next(iter(running))]
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+        evaluator.on_result = kill_one_busy_worker
+        try:
+            got = evaluator.evaluate(rs)
+        finally:
+            evaluator.on_result = None
+        stats = evaluator.stats
+        assert killed and stats.worker_deaths > deaths0 and stats.requeued > requeued0
+        assert stats.completed - done0 == len(rs)  # every ticket answered exactly once
+        assert all(r.ok for r in got), [r.error for r in got]
+        want = serial_reference(rs)
+        assert [r.fitness for r in got] == pytest.approx([r.fitness for r in want], rel=1e-6)
+        pids = {i["pid"] for i in evaluator.worker_info()}
+        assert len(pids) == 3 and killed[0] not in pids  # the killed worker restarted
+
+    def test_hung_candidate_is_killed_and_recorded_fail(self, evaluator, experts):
+        rs = recipes(experts, 3)
+        hung = Recipe(
+            merge_method="linear",
+            models=[
+                ModelRef(model=experts[0], parameters={"weight": 0.97}),
+                ModelRef(model=experts[1], parameters={"weight": 0.03}),
+            ],
+        )
+        evaluator.evaluate(rs)  # every worker has built its resident model
+        t0, hard0 = time.monotonic(), evaluator.stats.hard_timeouts
+        evaluator.timeout_s, evaluator.grace_s = 2.0, 1.0
+        try:
+            got = evaluator.evaluate([rs[0], hung, rs[1], rs[2]])
+        finally:
+            evaluator.timeout_s = None
+        assert time.monotonic() - t0 < 60
+        assert [r.ok for r in got] == [True, False, True, True], [r.error for r in got]
+        assert "timed out" in got[1].error and "killed" in got[1].error
+        assert evaluator.stats.hard_timeouts == hard0 + 1
+        after = evaluator.evaluate(rs)  # the killed worker comes back and scores again
+        assert [r.fitness for r in after] == [r.fitness for r in got[:1] + got[2:]]
 
 
 def test_gpu_worker_is_placed_up_to_cuda(cluster, experts):
@@ -260,3 +262,95 @@ def test_split_placement_runs_the_same_forward_on_cpu(experts):
     model = half.materialize(r)
     assert next(model.parameters()).dtype == torch.bfloat16
     assert abs(half.score(model, None)[1] - a) < 0.05
+
+
+# ---- a whole search through --ray-address ----------------------------------------------------
+SLOW_SCORE = """\
+import time
+
+import torch
+
+IDS = torch.arange(1, 17).remainder(60).unsqueeze(0)
+
+
+def score(model, tokenizer):
+    time.sleep(0.3)  # long enough for the test to kill a worker in the middle of a candidate
+    with torch.no_grad():
+        logits = model(input_ids=IDS).logits[:, :-1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, IDS[:, 1:, None])
+    return float(logp.mean())
+"""
+
+
+def _kill_a_busy_worker_once(run_dir: Path, done: threading.Event, killed: list) -> None:
+    """After the first committed generation, SIGKILL one Ray worker process while it runs a
+    candidate (its process title is ray::EvalWorker.run while it does)."""
+    import psutil
+
+    me = psutil.Process()
+    while not done.is_set() and not killed:
+        if (run_dir / "store.sqlite").exists() and _generations(run_dir) >= 0:
+            for p in me.children(recursive=True):
+                try:
+                    title = " ".join(p.cmdline())
+                except psutil.Error:
+                    continue
+                if title.startswith("ray::EvalWorker.run"):
+                    p.kill()
+                    killed.append(p.pid)
+                    return
+        time.sleep(0.05)
+
+
+def _generations(run_dir: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{run_dir / 'store.sqlite'}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT MAX(generation) FROM checkpoints").fetchone()
+    except sqlite3.OperationalError:
+        return -1
+    return -1 if row[0] is None else row[0]
+
+
+def _trials(run_dir: Path):
+    from evomerge.store import RunStore
+
+    with RunStore.open(run_dir, readonly=True) as st:
+        trials = [(t.idx, t.digest, t.status, t.fitness, t.reused_from) for t in st.trials()]
+        return trials, [(e.rank, e.digest, e.idx) for e in st.archive()]
+
+
+def test_search_through_ray_address_survives_a_killed_worker(cluster, tmp_path):
+    """`evomerge search --ray-address` on the 3-raylet cluster, a worker SIGKILLed mid-run: no
+    candidate lost or scored twice, and the archive equals the serial run with the same seed."""
+    pytest.importorskip("evomerge.merge", reason="the merge engine has not landed yet")
+    from evomerge import search_cli
+    from tests.helpers.search_fixtures import make_family, write_experiment
+
+    fam = make_family(tmp_path / "models", n_experts=2, layers=2, hidden=16)
+    exp = write_experiment(tmp_path, fam, max_evals=12, popsize=4)
+    (tmp_path / "score.py").write_text(SLOW_SCORE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the serial run does the same arithmetic as 1-CPU Ray workers
+    try:
+        assert search_cli.search(exp, tmp_path / "serial", workers=1) == 0
+        done, killed = threading.Event(), []
+        watcher = threading.Thread(
+            target=_kill_a_busy_worker_once, args=(tmp_path / "ray", done, killed), daemon=True
+        )
+        watcher.start()
+        try:
+            rc = search_cli.search(exp, tmp_path / "ray", workers=2, ray_address=cluster.address)
+        finally:
+            done.set()
+            watcher.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    assert killed, "the watcher found no busy worker to kill"
+    serial, ray_run = _trials(tmp_path / "serial"), _trials(tmp_path / "ray")
+    assert [t[:3] for t in ray_run[0]] == [t[:3] for t in serial[0]]  # same candidates, all OK
+    assert all(t[2] == "OK" for t in ray_run[0])
+    assert [t[3] for t in ray_run[0]] == pytest.approx([t[3] for t in serial[0]], rel=1e-6)
+    assert ray_run[1] == serial[1]  # the archive

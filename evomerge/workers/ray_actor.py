@@ -184,4 +184,12 @@ def memory_of_process() -> dict[str, int]:
         import resource
 
         out["rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return out
+    # RssAnon holds private copies (heap); RssShmem the object store pages this worker maps
+    status = {"RssAnon": "anon_bytes", "RssFile": "file_bytes", "RssShmem": "shmem_bytes"}
+    with open("/proc/self/status") as f:
+        for line in f:
+            field, _, rest = line.partition(":")
+            if field in status:
+                out[status[field]] = int(rest.split()[0]) * 1024
     return out

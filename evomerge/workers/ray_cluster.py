@@ -52,6 +52,8 @@ def connect(
             ) from None
         return ray, True
     ray.init(
+        # "local": always a new cluster, never one another process left in /tmp/ray
+        address="local",
         num_cpus=int(num_cpus) if num_cpus else None,
         num_gpus=None,
         object_store_memory=object_store_memory,
