@@ -52,8 +52,20 @@ class FakeAllocation:
         _ip("-n", self.hub, "link", "set", "br0", "up")
         for i, (_name, ns, addr) in enumerate(self.nodes):
             _ip("netns", "add", ns)
-            _ip("-n", self.hub, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0",
-                "netns", ns)
+            _ip(
+                "-n",
+                self.hub,
+                "link",
+                "add",
+                f"p{i}",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            )
             _ip("-n", self.hub, "link", "set", f"p{i}", "master", "br0", "up")
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
@@ -82,29 +94,39 @@ class FakeAllocation:
         # `ray start --address` refuses to join a cluster when this is 0; the fake nodes have no
         # interface but loopback and the private bridge, so nothing can leave this machine.
         env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-        env.update({
-            "PATH": f"{HERE}:{env['PATH']}",
-            "FAKE_SLURM_ROOT": str(self.root),
-            "SLURM_JOB_ID": "4242",
-            "SLURM_JOB_NAME": "evomerge",
-            "SLURM_JOB_NODELIST": f"node[0-{self.n - 1}]",
-            "SLURM_JOB_NUM_NODES": str(self.n),
-            "SLURM_NNODES": str(self.n),
-            "SLURM_CPUS_PER_TASK": str(self.cpus),
-            "SLURM_RESTART_COUNT": str(restart_count),
-            "SLURM_SUBMIT_DIR": os.getcwd(),
-        })
+        env.update(
+            {
+                "PATH": f"{HERE}:{env['PATH']}",
+                "FAKE_SLURM_ROOT": str(self.root),
+                "SLURM_JOB_ID": "4242",
+                "SLURM_JOB_NAME": "evomerge",
+                "SLURM_JOB_NODELIST": f"node[0-{self.n - 1}]",
+                "SLURM_JOB_NUM_NODES": str(self.n),
+                "SLURM_NNODES": str(self.n),
+                "SLURM_CPUS_PER_TASK": str(self.cpus),
+                "SLURM_RESTART_COUNT": str(restart_count),
+                "SLURM_SUBMIT_DIR": os.getcwd(),
+            }
+        )
         env.update(extra or {})
         return env
 
-    def start_batch(self, script: Path, args: list[str], *, restart_count: int = 0,
-                    extra_env: dict[str, str] | None = None, log: Path | None = None,
-                    ) -> subprocess.Popen:
+    def start_batch(
+        self,
+        script: Path,
+        args: list[str],
+        *,
+        restart_count: int = 0,
+        extra_env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> subprocess.Popen:
         """Start the batch script on node0, as sbatch would (output to ``log``)."""
         out = open(log or self.root / "batch.out", "ab")  # noqa: SIM115 - closed with the process
         return subprocess.Popen(
             [str(HERE / "enter"), "node0", "bash", str(script), *args],
-            env=self.env(restart_count, extra_env), stdout=out, stderr=subprocess.STDOUT,
+            env={**self.env(restart_count, extra_env), "FAKE_SLURM_BATCH": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
     def requeued(self) -> list[str]:
