@@ -47,6 +47,11 @@ class ResidentWorker:
         self.fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
         self.cache = cache or ExpertCache(resolver)
         self.materializer = Materializer(self.cache, device=cfg.evaluation.device)
+        if cfg.evaluation.device != "cpu" or cfg.evaluation.dtype not in ("auto", "float32"):
+            from evomerge.workers.ray_placement import PlacedMaterializer, placement_from
+
+            # GPU: bf16 resident model, split over gpus_per_worker GPUs when > 1
+            self.materializer = PlacedMaterializer(self.cache, placement_from(cfg.evaluation))
         source = cfg.resolved_base() or cfg.resolved_models()[0]
         if cfg.space.kind == "hybrid":  # the data-flow path starts from model A's embeddings
             source = cfg.resolved_models()[0]

@@ -46,6 +46,17 @@ def placement_for(num_gpus: float, dtype: str = "auto") -> Placement:
     return Placement(tuple(f"cuda:{i}" for i in range(n)), "bfloat16" if dtype == "auto" else dtype)
 
 
+def placement_from(evaluation: Any) -> Placement:
+    """The placement an in-process (serial) worker gets from ``evaluation`` (device, dtype,
+    gpus_per_worker): all of its GPUs when the device is CUDA, else the CPU."""
+    device = str(evaluation.device)
+    gpus = float(getattr(evaluation, "gpus_per_worker", 0.0) or 0.0)
+    dtype = getattr(evaluation, "dtype", "auto")
+    if device.startswith("cuda"):
+        return placement_for(max(gpus, 1.0), dtype)
+    return Placement((device,), "float32" if dtype == "auto" else dtype)
+
+
 def plan_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
     """Module name -> device: embeddings first, layers in contiguous near-equal runs, head last."""
     k = len(devices)
