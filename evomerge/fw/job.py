@@ -62,24 +62,27 @@ def build_theta(space: FWPoolSpace, x: np.ndarray, resolve: Resolver, meter: Met
 
 
 def _replay_ties(space, theta, hist, resolve, meter, group_of) -> None:
-    handles: dict[int, LazyCheckpoint] = {}
-    try:
-        for row in hist:
-            a, sel = float(row[0]), np.rint(row[1:]).astype(int)
-            if a <= 0:
-                continue
+    # Step by step, opening only the members this step selected and closing them before the
+    # next: each step reads every tensor from one member, so at most one model's worth of
+    # mapped pages is alive, whatever the pool size (keeping all handles open made RSS grow).
+    for row in hist:
+        a, sel = float(row[0]), np.rint(row[1:]).astype(int)
+        if a <= 0:
+            continue
+        handles: dict[int, LazyCheckpoint] = {}
+        try:
             for n in space.tensors:
                 k = int(sel[group_of[n]])
                 if k < 0:
                     continue
-                if k not in handles:  # headers only: an open handle holds no tensor data
+                if k not in handles:
                     handles[k] = LazyCheckpoint(resolve(space.members[k]), meter)
                 s = handles[k].get(n)
                 theta[n] += a * trim(s - theta[n], space.density)
                 meter.drop(s)
-    finally:
-        for h in handles.values():
-            h.close()
+        finally:
+            for h in handles.values():
+                h.close()
 
 
 def trim(d: torch.Tensor, density: float) -> torch.Tensor:
