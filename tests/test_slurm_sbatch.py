@@ -103,54 +103,62 @@ def _run(alloc, exp, run_dir, restart=0, launch="auto", timeout=300) -> tuple[in
     return rc, log.read_text(errors="replace")
 
 
+def _serial_reference(exp: Path, run_dir: Path):
+    """The same search in process, serial: what every cluster run must reproduce."""
+    import torch
+
+    from evomerge import search_cli
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the arithmetic of 1-CPU Ray workers
+    try:
+        assert search_cli.search(exp, run_dir, workers=1) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return _store(run_dir)
+
+
+def _same_search(a, b) -> None:
+    assert [t[:3] for t in a[0]] == [t[:3] for t in b[0]]  # candidates, digests, status
+    assert [t[3] for t in a[0]] == pytest.approx([t[3] for t in b[0]], rel=1e-6)
+    assert a[1] == b[1]  # the archive
+
+
 @pytest.mark.slow
-def test_sbatch_runs_the_search_and_a_requeue_resumes_it(experiment, tmp_path):
-    """Default launch (symmetric-run where Ray has it): the search runs on the two-node
-    cluster; a second start of the job (a requeue) finds the store and resumes instead."""
+def test_sbatch_runs_the_search_on_the_allocation(experiment, tmp_path):
+    """Default launch (symmetric-run where Ray has it): the search runs on the two-node Ray
+    cluster and finds what the serial search finds."""
     run_dir = tmp_path / "run"
     with harness.FakeAllocation(tmp_path / "slurm", 2) as alloc:
         rc, out = _run(alloc, experiment, run_dir)
-        assert rc == 0, out[-3000:]
-        assert "new search" in out and "ray launch: symmetric" in out
-        trials, archive, _ = _store(run_dir)
-        assert len(trials) == 8 and all(t[2] == "OK" for t in trials)
-        assert archive and (run_dir / "archive" / archive[0][1]).is_dir()
-        rc, out = _run(alloc, experiment, run_dir, restart=1)
-        assert rc == 0 and "resuming" in out, out[-3000:]
-        assert _store(run_dir)[:2] == (trials, archive)
+    assert rc == 0, out[-3000:]
+    assert "new search" in out and "ray launch: symmetric" in out
+    got = _store(run_dir)
+    assert len(got[0]) == 8 and all(t[2] == "OK" for t in got[0])
+    assert got[1] and (run_dir / "archive" / got[1][0][1]).is_dir()
+    _same_search(got, _serial_reference(experiment, tmp_path / "serial"))
 
 
 @pytest.mark.slow
 def test_preempted_job_requeues_and_resumes_exactly(experiment, tmp_path):
-    """Explicit head + workers; SIGTERM mid-run (pre-emption warning): the search commits its
-    generation, the job requeues itself, and the restart finishes the same search an
-    uninterrupted run does."""
+    """Explicit head + workers; SIGTERM mid-run (the pre-emption warning): the search commits
+    its generation, the job requeues itself, and the restarted job resumes the run from its
+    store and ends with the same search as an uninterrupted one."""
+    run_dir = tmp_path / "run"
+    env = {**ENV, "EVOMERGE_RAY_LAUNCH": "explicit"}
     with harness.FakeAllocation(tmp_path / "slurm", 2) as alloc:
-        full = tmp_path / "full"
-        rc, out = _run(alloc, experiment, full, launch="explicit")
-        assert rc == 0, out[-3000:]
-        run_dir = tmp_path / "run"
+        env["EVOMERGE_RAY_TOKEN_DIR"] = str(alloc.root)
         log = alloc.root / "preempt.out"
-        p = alloc.start_batch(
-            SBATCH,
-            [str(experiment), str(run_dir)],
-            log=log,
-            extra_env={
-                **ENV,
-                "EVOMERGE_RAY_LAUNCH": "explicit",
-                "EVOMERGE_RAY_TOKEN_DIR": str(alloc.root),
-            },
-        )
+        p = alloc.start_batch(SBATCH, [str(experiment), str(run_dir)], log=log, extra_env=env)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and p.poll() is None:
             if (run_dir / "store.sqlite").exists() and _store(run_dir)[2] >= 0:
                 break
             time.sleep(0.2)
         p.send_signal(signal.SIGTERM)  # what --signal=B:TERM@180 delivers to the batch shell
-        assert p.wait(timeout=240) == 0, log.read_text()[-3000:]
-        assert alloc.requeued() == ["4242"], log.read_text()[-3000:]
-        partial = _store(run_dir)
-        assert len(partial[0]) < 8  # stopped early, at a committed generation
+        assert p.wait(timeout=240) == 0, log.read_text(errors="replace")[-3000:]
+        assert alloc.requeued() == ["4242"]
+        assert len(_store(run_dir)[0]) < 8  # stopped early, at a committed generation
         rc, out = _run(alloc, experiment, run_dir, restart=1, launch="explicit")
-        assert rc == 0 and "resuming" in out, out[-3000:]
-    assert _store(run_dir)[:2] == _store(full)[:2]
+    assert rc == 0 and "resuming" in out, out[-3000:]
+    _same_search(_store(run_dir), _serial_reference(experiment, tmp_path / "serial"))
