@@ -276,9 +276,11 @@ def resolve_model_ref(ref: str) -> str:
         raise UserInputError(
             f"model {ref!r}: zoo names look like zoo:<zoo>/<model>, e.g. zoo:lm/base"
         )
-    from evomerge import zoo
+    from evomerge.zoo import build as build_zoo
 
-    folder = Path(zoo.build(zoo_name))
+    if not callable(build_zoo):  # the module evomerge.zoo.build, not a re-exported function
+        build_zoo = build_zoo.build
+    folder = Path(build_zoo(zoo_name))
     manifest = json.loads((folder / "zoo.json").read_text())
     models = manifest.get("models", {})
     entry = models.get(model) if isinstance(models, dict) else None
