@@ -1,5 +1,5 @@
 """RayEvaluator on a real multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``:
-three raylets, each with its own object store and resources, all on loopback).
+two raylets, each with its own object store and resources, all on loopback).
 
 Workers hold a tiny real Llama resident and materialize each candidate in place (a linear
 merge of the experts read from the node's shared cache); the fitness is the model's mean
@@ -105,7 +105,7 @@ def cluster():
     from evomerge.workers.ray_cluster import local_cluster
 
     c = local_cluster(
-        [{"num_cpus": 1}, {"num_cpus": 1}, {"num_cpus": 1, "num_gpus": 2}],
+        [{"num_cpus": 1}, {"num_cpus": 1, "num_gpus": 2}],
         object_store_memory=120 * 2**20,
     )
     yield c
@@ -125,7 +125,7 @@ def evaluator(cluster, experts):
     """One evaluator for the class (worker start-up costs seconds): a worker on each raylet."""
     from evomerge.workers.ray_evaluator import RayEvaluator
 
-    ev = RayEvaluator(LikelihoodFactory(experts), address=cluster.address, num_workers=3)
+    ev = RayEvaluator(LikelihoodFactory(experts), address=cluster.address, num_workers=2)
     yield ev
     ev.close()
 
@@ -151,7 +151,7 @@ def serial_reference(rs):
 
 
 class TestOneEvaluator:
-    """Three workers, one per raylet, shared by these tests; closed before the next ones."""
+    """Two workers, one per raylet, shared by these tests; closed before the next ones."""
 
     def test_results_in_order_equal_serial_and_cache_is_shared(self, evaluator, experts):
         rs = recipes(experts)
@@ -162,7 +162,7 @@ class TestOneEvaluator:
         assert [r.digest for r in got] == [r.digest() for r in rs]
         assert all(r.ok for r in got), [r.error for r in got]
         assert [r.fitness for r in got] == pytest.approx([r.fitness for r in want], rel=1e-6)
-        assert len({i["node_id"] for i in info}) == 3  # SPREAD put one worker on each raylet
+        assert len({i["node_id"] for i in info}) == 2  # SPREAD put one worker on each raylet
         assert all(i["built"] and i["shared_bytes"] > 0 for i in info)
         used = {w for w, n in evaluator.stats.per_worker.items() if n > before.get(w, 0)}
         assert len(used) >= 2  # candidates really went to several workers
@@ -196,7 +196,7 @@ class TestOneEvaluator:
         want = serial_reference(rs)
         assert [r.fitness for r in got] == pytest.approx([r.fitness for r in want], rel=1e-6)
         pids = {i["pid"] for i in evaluator.worker_info()}
-        assert len(pids) == 3 and killed[0] not in pids  # the killed worker restarted
+        assert len(pids) == 2 and killed[0] not in pids  # the killed worker restarted
 
     def test_hung_candidate_is_killed_and_recorded_fail(self, evaluator, experts):
         rs = recipes(experts, 3)
@@ -322,7 +322,7 @@ def _trials(run_dir: Path):
 
 
 def test_search_through_ray_address_survives_a_killed_worker(cluster, tmp_path):
-    """`evomerge search --ray-address` on the 3-raylet cluster, a worker SIGKILLed mid-run: no
+    """`evomerge search --ray-address` on the 2-raylet cluster, a worker SIGKILLed mid-run: no
     candidate lost or scored twice, and the archive equals the serial run with the same seed."""
     pytest.importorskip("evomerge.merge", reason="the merge engine has not landed yet")
     from evomerge import search_cli
