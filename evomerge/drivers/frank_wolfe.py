@@ -160,9 +160,12 @@ class FrankWolfe(Driver):
                     f"frank_wolfe: driver.options.{key} {options[key]!r} "
                     f"disagrees with the pool space's {value!r}"
                 )
-        opts = {**options, **fixed}
-        if space.variant == "ties":
-            opts["iterations"] = space.iterations
+        opts = {"iterations": space.iterations, **options, **fixed}
+        if space.variant == "ties" and opts["iterations"] != space.iterations:
+            raise UserInputError(
+                f"frank_wolfe: driver.options.iterations {opts['iterations']} "
+                f"disagrees with the TIES pool space's {space.iterations}"
+            )
         return cls(space.dim, lo, hi, space.x0(), seed=seed, **opts)
 
     # ---- ask ------------------------------------------------------------------------------------

@@ -40,6 +40,14 @@ def _words(rng: random.Random, n: int) -> list[str]:
     return sorted(out)
 
 
+def dictionary(per_expert: int = 25, seed: int = 0) -> list[tuple[str, str]]:
+    """The target dictionary as (prompt, answer) pairs; deterministic in (per_expert, seed)."""
+    rng = random.Random(seed)
+    keys, values = _words(rng, 4 * per_expert), _words(rng, 4 * per_expert)
+    rng.shuffle(values)
+    return [(k + ">", v) for k, v in zip(keys, values, strict=True)]
+
+
 def build_lm_pool(
     out: Path,
     *,
@@ -52,10 +60,8 @@ def build_lm_pool(
 ) -> LMPool:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    rng = random.Random(seed)
-    keys, values = _words(rng, 4 * per_expert), _words(rng, 4 * per_expert)
-    rng.shuffle(values)
-    items = [(k + ">", v) for k, v in zip(keys, values, strict=True)]
+    items = dictionary(per_expert, seed)
+    keys, values = [k[:-1] for k, _ in items], [v for _, v in items]
     tok = build_tokenizer()
     base = _trained(out / "base", None, items, base_steps, 3e-3, seed, tok)
     relevant = [
@@ -102,6 +108,24 @@ _MODEL: dict[str, object] = {}
 
 
 @torch.no_grad()
+def exact_match_per_item(model, tok, items) -> list[float]:
+    """1.0 where every answer character is the argmax under teacher forcing, else 0.0."""
+    ids, lab = Z._batch(tok, list(items), True)
+    pred = model(input_ids=ids).logits[:, :-1].argmax(-1)
+    target = lab[:, 1:]
+    return ((pred == target) | (target == -100)).all(dim=1).float().tolist()
+
+
+def dictionary_fitness(model, tokenizer):
+    """A python fitness (``fitness: {python: evomerge/fw/lm_pool.py:dictionary_fitness}``):
+    exact match on the benchmark's default 100-word target dictionary."""
+    from evomerge.fitness.result import EvalResult, TaskScore
+
+    per_item = exact_match_per_item(model, tokenizer, dictionary())
+    return EvalResult({"dictionary": TaskScore.from_examples(per_item, metric="exact_match")})
+
+
+@torch.no_grad()
 def lm_exact_match(base: str, theta: dict, items) -> float:
     """Teacher-forced exact match (in %): every answer character is the argmax."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,8 +139,5 @@ def lm_exact_match(base: str, theta: dict, items) -> float:
         if n in params:
             params[n].copy_(t)
     tok = AutoTokenizer.from_pretrained(base)
-    ids, lab = Z._batch(tok, list(items), True)
-    pred = model(input_ids=ids).logits[:, :-1].argmax(-1)
-    target = lab[:, 1:]
-    ok = ((pred == target) | (target == -100)).all(dim=1)
-    return 100.0 * ok.float().mean().item()
+    per_item = exact_match_per_item(model, tok, items)
+    return 100.0 * sum(per_item) / len(per_item)
