@@ -97,6 +97,8 @@ def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
     cls = get_driver(cfg.driver.name)
     lo, hi = space.bounds
     try:
+        if hasattr(cls, "for_space"):  # drivers that need the space's layout (frank_wolfe)
+            return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
         return cls(space.dim, lo, hi, space.x0(), seed=cfg.seed, **cfg.driver.options)
     except TypeError as err:
         raise UserInputError(

@@ -42,10 +42,20 @@ def _hybrid(cfg, *, base, models, num_layers):
     return HybridSpace(cfg, models=models, num_layers=num_layers)
 
 
+def _fw_pool(cfg, *, base, models, num_layers):
+    from evomerge.fw.space import FWPoolSpace
+
+    if base is None:
+        raise UserInputError("space kind fw_pool needs base_model: task vectors are taken against it")
+    opts = cfg.model_dump(exclude={"kind"})
+    return FWPoolSpace(base, models, **opts)
+
+
 SPACES: dict[str, Callable[..., SearchSpace]] = {
     "parameter": _parameter,
     "dataflow": _dataflow,
     "hybrid": _hybrid,
+    "fw_pool": _fw_pool,
 }
 
 

@@ -116,8 +116,21 @@ class HybridSpaceConfig(DataflowSpaceConfig):
         return self
 
 
+class FWPoolSpaceConfig(_Frozen):
+    """Frank-Wolfe merging's pool space (``evomerge.fw.space.FWPoolSpace``): the experiment's
+    models are the pool, ``base_model`` is required; pair it with the ``frank_wolfe`` driver."""
+
+    kind: Literal["fw_pool"] = "fw_pool"
+    granularity: Literal["layer", "task"] = "layer"
+    variant: Literal["task_arithmetic", "ties", "soft"] = "task_arithmetic"
+    iterations: int = Field(10, ge=1)
+    density: float = Field(0.3, gt=0, le=1)
+    init: Literal["base", "task_arithmetic"] = "base"
+    init_scale: float = 0.3
+
+
 SpaceConfig = Annotated[
-    ParameterSpaceConfig | DataflowSpaceConfig | HybridSpaceConfig,
+    ParameterSpaceConfig | DataflowSpaceConfig | HybridSpaceConfig | FWPoolSpaceConfig,
     Field(discriminator="kind"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(SpaceConfig)
@@ -125,6 +138,7 @@ _CLASSES: dict[str, type[BaseModel]] = {
     "parameter": ParameterSpaceConfig,
     "dataflow": DataflowSpaceConfig,
     "hybrid": HybridSpaceConfig,
+    "fw_pool": FWPoolSpaceConfig,
 }
 KINDS = tuple(_CLASSES)
 
