@@ -1,0 +1,133 @@
+"""Atomic HF model folder output: planned safetensors shards (+ index), config, tokenizer.
+
+Everything is written into a temporary folder next to ``out`` and renamed into place at the end,
+so an interrupted or failed merge never leaves a half-written model where the user looks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evomerge.errors import UserInputError
+from evomerge.io.safetensors_io import PlannedShard, tensor_nbytes
+
+DEFAULT_SHARD_BYTES = 5_000_000_000
+Entry = tuple[str, tuple[int, ...], torch.dtype]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    out_dir: Path
+    n_tensors: int
+    n_bytes: int
+    shards: int
+
+
+def shard_layout(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
+    """Greedy split in output order; a tensor larger than ``max_bytes`` gets a shard alone."""
+    shards: list[list[Entry]] = [[]]
+    size = 0
+    for e in entries:
+        nb = tensor_nbytes(e[1], e[2])
+        if shards[-1] and size + nb > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += nb
+    return shards
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out}: exists and is not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserInputError(
+            f"--out {out}: folder exists and is not empty; remove it or pass --overwrite"
+        )
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    trash = None
+    if out.is_dir():
+        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, trash)
+    os.replace(tmp, out)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_model_folder(
+    out: str | Path,
+    entries: list[Entry],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    *,
+    config: dict,
+    files: Iterable[Path] = (),
+    texts: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    on_tensor: Callable[[str], None] | None = None,
+) -> WriteResult:
+    """Write tensors (arriving in any order, each exactly once) as a HF folder, atomically."""
+    out = Path(out)
+    prepare_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        total = _write_shards(
+            tmp, entries, tensors, {"format": "pt", **(metadata or {})}, max_shard_bytes, on_tensor
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        for name, text in (texts or {}).items():
+            (tmp / name).write_text(text)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return WriteResult(out, len(entries), total[0], total[1])
+
+
+def _write_shards(tmp, entries, tensors, metadata, max_bytes, on_tensor) -> tuple[int, int]:
+    layout = shard_layout(entries, max_bytes)
+    n = len(layout)
+    names = (
+        ["model.safetensors"]
+        if n == 1
+        else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
+    shards = [PlannedShard(tmp / fn, part, metadata) for fn, part in zip(names, layout)]
+    where = {e[0]: s for s, part in zip(shards, layout) for e in part}
+    try:
+        for name, t in tensors:
+            shard = where.get(name)
+            if shard is None:
+                raise ValueError(f"tensor {name} was not planned for output")
+            shard.write(name, t)
+            if on_tensor is not None:
+                on_tensor(name)
+    finally:
+        for s in shards:
+            s.close()
+    missing = [e[0] for e in entries if e[0] not in where[e[0]].written]
+    if missing:
+        raise ValueError(f"merge produced no value for {missing[:3]} ({len(missing)} tensors)")
+    total = sum(tensor_nbytes(e[1], e[2]) for e in entries)
+    if n > 1:
+        index = {
+            "metadata": {"total_size": total},
+            "weight_map": {e[0]: fn for fn, part in zip(names, layout) for e in part},
+        }
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return total, n

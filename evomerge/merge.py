@@ -1,0 +1,147 @@
+"""The merge engine: plan a recipe, stream merged tensors, write a HF model folder.
+
+``plan`` reads only headers; ``iter_merged_tensors`` computes one output tensor at a time
+(peak memory ≈ the input tensors of one output tensor, in float32); ``run_merge`` writes them
+straight into pre-planned safetensors shards of a temporary folder and renames it into place.
+The workers call the same ``plan``/``iter_merged_tensors`` with their in-memory ExpertCache as
+``source``, so an evaluated candidate and ``evomerge merge`` give the same bits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evomerge.checks import check_finite
+from evomerge.merge_plan import MergePlan, TensorTask, plan
+from evomerge.ops import OPS, generator_for
+from evomerge.recipe import Recipe
+
+__all__ = ["MergePlan", "MergeSummary", "TensorTask", "iter_merged_tensors", "plan", "run_merge"]
+
+
+@dataclass(frozen=True)
+class MergeSummary:
+    out_dir: Path
+    n_tensors: int
+    n_bytes: int
+    n_layers: int
+    shards: int
+    seconds: float
+    digest: str
+
+
+def merge_tensor(
+    task: TensorTask, source: Any, *, seed: int, device: str = "cpu", check: bool = True
+) -> torch.Tensor:
+    """One output tensor: read its inputs (float32), run the operator."""
+
+    def load(ref: str, name: str) -> torch.Tensor:
+        t = source.tensor(ref, name)
+        if check:
+            check_finite(t, ref, name)
+        if t.is_floating_point() and t.dtype != torch.float32:
+            t = t.float()
+        return t.to(device) if device != "cpu" else t
+
+    tensors = [load(r, n) for r, n in task.inputs]
+    base = load(*task.base) if task.base else None
+    first = base if base is not None else tensors[0]
+    if not first.is_floating_point():
+        return first  # integer buffers are copied, not merged (as mergekit does)
+    spec = OPS[task.op]
+    g = generator_for(seed, task.name) if spec.stochastic else None
+    return spec.fn(tensors, base, generator=g, **task.params)
+
+
+def iter_merged_tensors(
+    plan: MergePlan, source: Any = None, *, device: str = "cpu", check: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (output name, merged float32 tensor) one at a time, in plan order."""
+    if source is None:
+        from evomerge.io.folder import DiskSource
+
+        source = DiskSource()
+    seed = plan.recipe.seed
+    with torch.no_grad():
+        for task in plan.tasks:
+            yield task.name, merge_tensor(task, source, seed=seed, device=device, check=check)
+
+
+def run_merge(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resolver: Callable[[str], str] | None = None,
+    source: Any = None,
+    allow_pickle: bool = False,
+    device: str = "cpu",
+    max_shard_bytes: int | None = None,
+    overwrite: bool = True,
+    on_tensor: Callable[[str], None] | None = None,
+) -> MergeSummary:
+    """Merge ``recipe`` into a HF model folder ``out_dir`` (atomically)."""
+    from evomerge.io.folder import DiskSource, ModelFolder
+    from evomerge.io.writer import DEFAULT_SHARD_BYTES, prepare_out, write_model_folder
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    prepare_out(out_dir, overwrite)
+    if source is None:
+        source = DiskSource(resolver, allow_pickle=allow_pickle)
+    p = plan(recipe, resolver=resolver, source=source)
+    entries = [
+        (t.name, t.shape, p.out_dtype if _is_float(source, t) else _dtype(source, t))
+        for t in p.tasks
+    ]
+    tok_files = (
+        ModelFolder(source.folder(p.tokenizer_ref)).tokenizer_files() if p.tokenizer_ref else []
+    )
+    digest = recipe.digest()
+    res = write_model_folder(
+        out_dir,
+        entries,
+        iter_merged_tensors(p, source, device=device),
+        config=p.config_dict,
+        files=tok_files + _generation_config(source, p),
+        texts={"recipe.yaml": recipe.to_yaml()},
+        metadata={"evomerge_recipe_digest": digest},
+        max_shard_bytes=max_shard_bytes or DEFAULT_SHARD_BYTES,
+        overwrite=overwrite,
+        on_tensor=on_tensor,
+    )
+    return MergeSummary(
+        out_dir,
+        res.n_tensors,
+        res.n_bytes,
+        p.num_layers,
+        res.shards,
+        time.perf_counter() - t0,
+        digest,
+    )
+
+
+def _src_dtype(source: Any, task: TensorTask) -> torch.dtype | None:
+    ref, name = task.base or task.inputs[0]
+    fn = getattr(source, "source_dtype", None)
+    return fn(ref, name) if fn is not None else source.tensor(ref, name).dtype
+
+
+def _is_float(source: Any, task: TensorTask) -> bool:
+    dt = _src_dtype(source, task)
+    return dt is None or dt.is_floating_point
+
+
+def _dtype(source: Any, task: TensorTask) -> torch.dtype:
+    return _src_dtype(source, task)  # type: ignore[return-value]
+
+
+def _generation_config(source: Any, p: MergePlan) -> list[Path]:
+    ref = p.recipe.base_model or p.refs[0]
+    f = Path(source.folder(ref)) / "generation_config.json"
+    return [f] if f.is_file() else []

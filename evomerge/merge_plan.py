@@ -1,0 +1,306 @@
+"""Planning a merge: which output tensors, from which source tensors, with which parameters.
+
+The plan follows mergekit 0.1.5's layout rules so that a mergekit config means the same thing
+here: a ``models`` recipe is one slice over every model's full depth (the base model is added as
+a source when it is not listed); layers are numbered consecutively across slices; embeddings
+are merged like the first slice and the final norm / LM head like the last one (gradients at
+t = 0). One deliberate difference: for single-source operators (``passthrough``, the building
+block of data-flow recipes) with a ``base_model``, the non-layer tensors are copied from the
+base model — mergekit takes them from the first and last slice's models instead; the two agree
+whenever the path starts and ends on the base model.
+
+Planning reads only headers and configs; no tensor data (``DiskSource`` knows shapes from the
+safetensors headers).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from evomerge.checks import check_architectures, check_model_count, check_shapes
+from evomerge.errors import UserInputError
+from evomerge.ops import OpSpec, get_op
+from evomerge.params import resolve
+from evomerge.recipe import Recipe
+
+LAYER_RE = re.compile(r"^(.*?\.layers\.)(\d+)\.(.+)$")
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Src:
+    """One source of a slice: model reference, layer range and its own parameters."""
+
+    ref: str
+    start: int
+    end: int
+    params: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class TensorTask:
+    name: str  # output tensor name
+    inputs: tuple[tuple[str, str], ...]  # (model ref, source tensor name), the op's `tensors`
+    base: tuple[str, str] | None  # the op's `base`
+    params: dict[str, Any]
+    op: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class MergePlan:
+    recipe: Recipe
+    op: OpSpec
+    tasks: list[TensorTask]
+    config_dict: dict[str, Any]
+    num_layers: int
+    tokenizer_ref: str | None
+    out_dtype: torch.dtype
+    refs: list[str] = field(default_factory=list)
+
+    @cached_property
+    def config(self) -> Any:
+        """The output model's transformers config (built on first use: imports transformers)."""
+        from transformers import AutoConfig
+
+        d = dict(self.config_dict)
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+class Layout:
+    """A model's tensor names split into pre-layer, per-layer (by index) and post-layer."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.pre: list[str] = []
+        self.post: list[str] = []
+        self.layers: dict[int, list[str]] = {}
+        self.prefix = "model.layers."
+        for n in names:
+            m = LAYER_RE.match(n)
+            if m:
+                self.prefix = m.group(1)
+                self.layers.setdefault(int(m.group(2)), []).append(m.group(3))
+            elif "embed" in n:
+                self.pre.append(n)
+            else:
+                self.post.append(n)
+
+    def layer_name(self, i: int, suffix: str) -> str:
+        return f"{self.prefix}{i}.{suffix}"
+
+
+def op_for(recipe: Recipe) -> OpSpec:
+    spec = get_op(recipe.merge_method)
+    # mergekit spells NuSLERP over task vectors as `nuslerp` + base_model.
+    if spec.name == "nuslerp" and recipe.base_model and "nuslerp_ta" in _ops():
+        spec = get_op("nuslerp_ta")
+    return spec
+
+
+def _ops() -> dict[str, OpSpec]:
+    from evomerge.ops import OPS
+
+    return OPS
+
+
+class Planner:
+    def __init__(self, recipe: Recipe, source: Any) -> None:
+        self.recipe = recipe
+        self.source = source
+        self.op = op_for(recipe)
+        self._layouts: dict[str, Layout] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
+        self.tasks: list[TensorTask] = []
+
+    def layout(self, ref: str) -> Layout:
+        if ref not in self._layouts:
+            self._layouts[ref] = Layout(self.source.names(ref))
+        return self._layouts[ref]
+
+    def model_config(self, ref: str) -> dict[str, Any]:
+        if ref not in self._configs:
+            model = getattr(self.source, "model", None)
+            if model is not None:
+                self._configs[ref] = model(ref).config
+            else:
+                from evomerge.io.folder import ModelFolder
+
+                self._configs[ref] = ModelFolder(self.source.folder(ref)).config
+        return self._configs[ref]
+
+    def n_layers(self, ref: str) -> int:
+        n = self.model_config(ref).get("num_hidden_layers")
+        return int(n) if n is not None else len(self.layout(ref).layers)
+
+    # ---- slices ---------------------------------------------------------------------------
+    def groups(self) -> list[tuple[list[Src], dict[str, Any] | None]]:
+        r = self.recipe
+        if r.slices is not None:
+            return [
+                (
+                    [Src(s.model, *s.layer_range, dict(s.parameters)) for s in sl.sources],
+                    dict(sl.parameters),
+                )
+                for sl in r.slices
+            ]
+        srcs = [Src(m.model, 0, self.n_layers(m.model), dict(m.parameters)) for m in r.models or []]
+        if r.base_model and r.base_model not in {s.ref for s in srcs}:
+            srcs.append(Src(r.base_model, 0, self.n_layers(r.base_model), None))
+        return [(srcs, None)]
+
+    def build(self) -> MergePlan:
+        groups = self.groups()
+        refs = list(
+            dict.fromkeys(
+                [
+                    *([self.recipe.base_model] if self.recipe.base_model else []),
+                    *(s.ref for g, _ in groups for s in g),
+                ]
+            )
+        )
+        check_architectures(refs, self.model_config)
+        for gi, (srcs, _) in enumerate(groups):
+            for s in srcs:
+                if s.end > self.n_layers(s.ref):
+                    raise UserInputError(
+                        f"slices[{gi}]: layer_range [{s.start}, {s.end}) of {s.ref} goes past its "
+                        f"{self.n_layers(s.ref)} layers; shorten the range"
+                    )
+        self._non_layer(groups, pre=True)
+        k = 0
+        for gi, (srcs, sp) in enumerate(groups):
+            n = srcs[0].end - srcs[0].start
+            for i in range(n):
+                t = i / (n - 1) if n > 1 else 1.0
+                self._layer(srcs, sp, i, k, t, f"slices[{gi}]")
+                k += 1
+        self._non_layer(groups, pre=False)
+        return MergePlan(
+            recipe=self.recipe,
+            op=self.op,
+            tasks=self.tasks,
+            config_dict=self._out_config(refs[0], k),
+            num_layers=k,
+            tokenizer_ref=self._tokenizer_ref(refs),
+            out_dtype=TORCH_DTYPES[self.recipe.out_dtype or self.recipe.dtype],
+            refs=refs,
+        )
+
+    def _layer(
+        self, srcs: list[Src], sp: dict | None, i: int, k: int, t: float, where: str
+    ) -> None:
+        first = self.layout(srcs[0].ref)
+        for suffix in first.layers.get(srcs[0].start + i, []):
+            entries = [(s, self.layout(s.ref).layer_name(s.start + i, suffix)) for s in srcs]
+            self._task(first.layer_name(k, suffix), entries, sp, t, where)
+
+    def _non_layer(self, groups: list, pre: bool) -> None:
+        base = self.recipe.base_model
+        srcs, sp = groups[0] if pre else groups[-1]
+        single = self.op.max_models == 1 and not self.op.needs_base
+        names_from = base if (single and base) else srcs[0].ref
+        lay = self.layout(names_from)
+        for name in lay.pre if pre else lay.post:
+            if single and base:  # evomerge rule: non-layer tensors are the base model's
+                self._task(name, [(Src(base, 0, 0, {"scale": 1.0}), name)], None, 0.0, "base_model")
+            else:
+                self._task(
+                    name, [(s, name) for s in srcs], sp, 0.0, "slices[0]" if pre else "slices[-1]"
+                )
+
+    # ---- one tensor -------------------------------------------------------------------------
+    def _task(
+        self, out: str, entries: list[tuple[Src, str]], sp: dict | None, t: float, where: str
+    ) -> None:
+        op, r = self.op, self.recipe
+        entries = [(s, self._present(s.ref, n, out)) for s, n in entries]
+        base = None
+        if op.needs_base:
+            if not r.base_model:
+                raise UserInputError(
+                    f"merge_method {op.name!r} needs a base_model; add base_model: <path>"
+                )
+            hits = [(s, n) for s, n in entries if s.ref == r.base_model]
+            if not hits:
+                raise UserInputError(
+                    f"{where}: base_model {r.base_model} is not among the sources of tensor {out}; "
+                    "add it to that slice's sources"
+                )
+            base = (hits[0][0].ref, hits[0][1])
+            entries = [(s, n) for s, n in entries if s.ref != r.base_model]
+        check_model_count(op, len(entries), where)
+        params: dict[str, Any] = {}
+        glob = [sp, r.parameters]
+        for p in op.global_params:
+            params[p] = resolve(p, glob, tensor_name=out, t=t, defaults=op.defaults, where=where)
+        for p in op.per_model_params:
+            params[p] = [
+                resolve(
+                    p,
+                    [s.params, *glob],
+                    tensor_name=n,
+                    t=t,
+                    defaults=op.defaults,
+                    where=f"model {s.ref}",
+                )
+                for s, n in entries
+            ]
+        inputs = tuple((s.ref, n) for s, n in entries)
+        shape = check_shapes(self.source, ([base] if base else []) + list(inputs), out)
+        self.tasks.append(TensorTask(out, inputs, base, params, op.name, shape))
+
+    def _present(self, ref: str, name: str, out: str) -> str:
+        if self.source.has(ref, name):
+            return name
+        if name.startswith("lm_head") and self.model_config(ref).get("tie_word_embeddings"):
+            tied = self.layout(ref).pre
+            if tied:
+                return tied[0]  # a tied model's head is its embedding matrix
+        raise UserInputError(
+            f"model {ref}: tensor {name} is missing (needed for output {out}); all models must "
+            "share one architecture — check the path or remove this model"
+        )
+
+    def _out_config(self, ref: str, n_layers: int) -> dict[str, Any]:
+        cfg = copy.deepcopy(self.model_config(ref))
+        cfg["num_hidden_layers"] = n_layers
+        types = cfg.get("layer_types")
+        if isinstance(types, list) and types and len(types) != n_layers:
+            cfg["layer_types"] = (
+                (types * n_layers)[:n_layers] if len(set(types)) == 1 else types[:n_layers]
+            )
+        name = self.recipe.out_dtype or self.recipe.dtype
+        for key in ("dtype", "torch_dtype"):
+            if key in cfg:
+                cfg[key] = name
+        if "dtype" not in cfg and "torch_dtype" not in cfg:
+            cfg["dtype"] = name
+        return cfg
+
+    def _tokenizer_ref(self, refs: list[str]) -> str | None:
+        ts = self.recipe.tokenizer_source
+        if ts == "union":
+            raise UserInputError(
+                "tokenizer_source: 'union' is not supported; name one model (or 'base') whose tokenizer to copy"
+            )
+        if ts in (None, "base"):
+            return self.recipe.base_model or refs[0]
+        return ts
+
+
+def plan(
+    recipe: Recipe, *, resolver: Any = None, source: Any = None, allow_pickle: bool = False
+) -> MergePlan:
+    """Plan ``recipe``: output tensors, their inputs and resolved parameters, the output config.
+    ``source`` is a TensorSource (e.g. a worker's ExpertCache); None reads folders from disk."""
+    if source is None:
+        from evomerge.io.folder import DiskSource
+
+        source = DiskSource(resolver, allow_pickle=allow_pickle)
+    return Planner(recipe, source).build()
