@@ -154,6 +154,8 @@ def test_tell_rejects_bad_input(pool):
         drv.tell([c], [1.0], alignment=[bad])
     with pytest.raises(UserInputError, match="unknown driver.options"):
         FrankWolfe.for_space(space, seed=0, stepsize=1.0)
+    with pytest.raises(UserInputError, match="proxy"):
+        FrankWolfe.for_space(space, seed=0, proxy={"kind": "digits", "size": 3})
     with pytest.raises(UserInputError, match="variant"):
         FWPoolSpace(pool.base, list(pool.relevant), variant="hard")
     drv.tell([c], [1.0], alignment=[good])  # the rejected tells left the driver usable

@@ -69,6 +69,9 @@ class FWParams:
         for name in ("n_members", "iterations", "soft_steps"):
             if int(getattr(self, name)) < 1:
                 raise UserInputError(f"driver.options.{name} must be >= 1")
+        from evomerge.fw.proxy import ProxySpec
+
+        ProxySpec.parse(self.proxy)  # a bad proxy block fails before the search starts
         if not (self.step_size > 0 and self.lam > 0 and self.soft_lr > 0):
             raise UserInputError("driver.options: step_size, lam and soft_lr must be > 0")
 

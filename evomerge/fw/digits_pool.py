@@ -42,7 +42,6 @@ def build_digits_pool(
 ) -> DigitsPool:
     """Train and save the pool under ``out`` (skips models already there)."""
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
     base_dir = out / "base"
     if not (base_dir / "model.safetensors").is_file():
         base = D.new_digits_model(seed, hidden=hidden)

@@ -59,7 +59,6 @@ def build_lm_pool(
     expert_lr: float = 1e-3,
 ) -> LMPool:
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
     items = dictionary(per_expert, seed)
     keys, values = [k[:-1] for k, _ in items], [v for _, v in items]
     tok = build_tokenizer()
