@@ -42,12 +42,10 @@ def search(
     cfg = load_experiment(experiment, overrides)
     if run_dir is None:
         raise UserInputError("--run-dir is required: the folder that will hold the run's store")
-    stop = threading.Event()
-    with _signals(stop), _live(cfg.budget.max_evals) as live:
-        s = open_search(cfg, run_dir, on_generation=live.update, stop_event=stop)
-        _baselines(s)
-        final = s.run()
-    return _finish(final, run_dir)
+    stop, relay = threading.Event(), _Relay()
+    # Every user error surfaces here, before any progress display starts.
+    s = open_search(cfg, run_dir, on_generation=relay, stop_event=stop)
+    return _drive(s, stop, relay, baselines=True)
 
 
 def resume(
@@ -59,7 +57,7 @@ def resume(
     workers: int | None = None,
     ray_address: str | None = None,
 ) -> int:
-    from evomerge.config import experiment_from_json, load_experiment, parse_experiment
+    from evomerge.config import load_experiment, parse_experiment
     from evomerge.session import open_resume
     from evomerge.store import RunStore
 
@@ -75,14 +73,35 @@ def resume(
             section, _, leaf = key.partition(".")
             data[section] = {**data.get(section, {}), leaf: value} if leaf else value
         new_cfg = parse_experiment(data, origin="resume options")
-    stop = threading.Event()
-    with RunStore.open(run_dir, readonly=True) as st:
-        cfg = new_cfg or experiment_from_json(st.config_json())
-    with _signals(stop), _live(cfg.budget.max_evals) as live:
-        s = open_resume(run_dir, new_cfg=new_cfg, on_generation=live.update, stop_event=stop)
-        live.update(s.loop.progress())
-        final = s.run()
-    return _finish(final, run_dir)
+    stop, relay = threading.Event(), _Relay()
+    s = open_resume(run_dir, new_cfg=new_cfg, on_generation=relay, stop_event=stop)
+    return _drive(s, stop, relay, baselines=False)
+
+
+class _Relay:
+    """The loop's progress callback, pointed at the live display once it exists."""
+
+    target = None
+
+    def __call__(self, p: Progress) -> None:
+        if self.target is not None:
+            self.target.update(p)
+
+
+def _drive(s, stop: threading.Event, relay: _Relay, *, baselines: bool) -> int:
+    try:
+        with _signals(stop):
+            if baselines:
+                _baselines(s)
+            with _live(s.cfg.budget.max_evals) as live:
+                relay.target = live
+                live.update(s.loop.progress())
+                final = s.run()  # closes the evaluator and the store
+    except BaseException:
+        s.evaluator.close()
+        s.store.close()
+        raise
+    return _finish(final, s.run_dir)
 
 
 def _overrides(max_evals, max_seconds, seed, workers, ray_address) -> dict:
@@ -247,13 +266,9 @@ def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) 
 
 
 def _to_mergekit(recipe: Recipe) -> str:
-    from evomerge import recipe as recipe_mod
+    from evomerge.recipe import to_mergekit_yaml  # a clear error names what mergekit lacks
 
-    for name in ("to_mergekit_yaml", "export_mergekit"):
-        fn = getattr(recipe_mod, name, None) or getattr(recipe, name, None)
-        if fn is not None:
-            return fn(recipe) if fn is getattr(recipe_mod, name, None) else fn()
-    raise UserInputError("mergekit export is not available in this build; use --format evomerge")
+    return to_mergekit_yaml(recipe)
 
 
 def report(run_dir: Path, out_dir: Path) -> int:

@@ -27,7 +27,9 @@ def merged_tensors(recipe: Recipe, cache: Any) -> tuple[Any, Iterator[tuple[str,
     read from ``cache`` instead of the disk."""
     engine = _engine()
     plan = engine.plan(recipe, resolver=cache.resolver, source=cache)
-    return plan.config, engine.iter_merged_tensors(plan, source=cache)
+    # The cache checked every expert tensor for NaN/Inf once, when it loaded it: re-checking
+    # all inputs for every candidate would add a full pass over the experts' bytes.
+    return plan.config, engine.iter_merged_tensors(plan, source=cache, check=False)
 
 
 def write_model(recipe: Recipe, out_dir: Path, resolver: Callable[[str], str]) -> Path:

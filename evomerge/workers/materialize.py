@@ -91,9 +91,12 @@ class ExpertCache:
             from evomerge.errors import UserInputError
 
             raise UserInputError(f"{folder}: no .safetensors weights (pickle .bin is refused)")
+        from evomerge.checks import check_finite
+
         out: dict[str, torch.Tensor] = {}
         for f in files:
             for name, t in load_file(str(folder / f), device=self.device).items():
+                check_finite(t, str(folder), name)  # once per worker, not once per candidate
                 out[name] = t.to(self.dtype) if t.is_floating_point() else t
         return out
 
