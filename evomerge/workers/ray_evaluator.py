@@ -17,6 +17,7 @@ actor killed and restarted: hung C code cannot block the search.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
@@ -79,9 +80,9 @@ class RayEvaluator(Evaluator):
         self.max_retries, self.on_result = max_retries, on_result
         n = num_workers or cluster_capacity(self.ray, num_cpus_per_worker, num_gpus_per_worker)
         self.num_workers = max(1, n)
-        self._scratch = (
-            scratch_root or f"{tempfile.gettempdir()}/evomerge-scratch-{uuid.uuid4().hex[:8]}"
-        )
+        # always a fresh folder of our own below the root: close() removes it recursively
+        root = scratch_root or tempfile.gettempdir()
+        self._scratch = f"{root}/evomerge-scratch-{uuid.uuid4().hex[:8]}"
         self._actor_cls = self.ray.remote(EvalWorker).options(
             num_cpus=num_cpus_per_worker,
             num_gpus=num_gpus_per_worker,
@@ -312,12 +313,13 @@ class RayEvaluator(Evaluator):
     def close(self) -> None:
         slots, self._slots = getattr(self, "_slots", []), []
         if slots:
-            try:
-                self.ray.get([s.actor.shutdown.remote() for s in slots], timeout=30)
-            except Exception:  # noqa: BLE001 - a dead worker has nothing left to clean
-                pass
+            # every worker removes its scratch folder; wait for all before killing any
+            refs = [s.actor.shutdown.remote() for s in slots]
+            self.ray.wait(refs, num_returns=len(refs), timeout=30)
             for s in slots:
                 self.ray.kill(s.actor, no_restart=True)
+        if hasattr(self, "_scratch"):  # what a worker killed mid-way left on this node
+            shutil.rmtree(self._scratch, ignore_errors=True)
         self._node_refs = {}
         if getattr(self, "_owned", False):
             self.ray.shutdown()
