@@ -23,51 +23,12 @@ def score(model, tokenizer):
 
 def make_family(root: Path, n_experts: int = 2, layers: int = 4, hidden: int = 32) -> dict:
     """A base and experts (base + small random deltas) as HF folders, with a tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.helpers.tiny_models import make_tiny_llama_family
 
-    try:
-        from tests.helpers.tiny_models import make_tiny_llama_family
-    except ImportError:
-        make_tiny_llama_family = None
-    if make_tiny_llama_family is not None:
-        fam = make_tiny_llama_family(root, n_experts=n_experts, layers=layers, hidden=hidden)
-        if isinstance(fam, dict):
-            return fam
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
+    base, experts = make_tiny_llama_family(
+        root, n_experts=n_experts, layers=layers, hidden=hidden, noise=0.05
     )
-    folders = [root / "base"] + [root / f"expert{i}" for i in range(n_experts)]
-    for i, out in enumerate(folders):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg)
-        if i > 0:  # an expert: the base plus a small random task vector
-            g = torch.Generator().manual_seed(100 + i)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(0.05 * torch.randn(p.shape, generator=g))
-        model.save_pretrained(str(out))
-        _tokenizer(out)
-    return {"base": str(folders[0]), "experts": [str(f) for f in folders[1:]]}
-
-
-def _tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {chr(97 + i % 26) + str(i // 26): i for i in range(64)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="a0"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="a0", pad_token="a0").save_pretrained(
-        str(folder)
-    )
+    return {"base": base, "experts": list(experts)}
 
 
 def write_experiment(
