@@ -59,6 +59,7 @@ def build(root: Path, size: str) -> list[Path]:
         num_attention_heads=heads,
         num_key_value_heads=heads,
         tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
     )
     with torch.device("meta"):
         shapes = {n: p.shape for n, p in LlamaForCausalLM(cfg).named_parameters()}
