@@ -1,0 +1,118 @@
+"""Build a zoo: train its models on CPU and write one HF model folder per model plus ``zoo.json``.
+
+Without ``out`` the zoo is cached under ``${EVOMERGE_CACHE:-~/.cache/evomerge}/zoo/<name>-<hash>``
+where the hash covers the zoo's whole recipe (config, seed, quick flag, format version), so a
+change to any of them builds afresh and an unchanged one is reused. Every build writes to a
+temporary sibling folder first and is moved into place with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from evomerge.errors import UserInputError
+from evomerge.zoo.specs import ZOOS, ZooSpec
+
+FORMAT_VERSION = 1
+MANIFEST = "zoo.json"
+
+
+def list_zoos() -> list[str]:
+    """Names accepted by :func:`build`."""
+    return sorted(ZOOS)
+
+
+def get_spec(name: str, quick: bool = False) -> ZooSpec:
+    if name not in ZOOS:
+        raise UserInputError(f"zoo {name!r} is unknown; valid: {', '.join(list_zoos())}")
+    return ZOOS[name](quick)
+
+
+def config_hash(name: str, *, seed: int = 0, quick: bool = False) -> str:
+    spec = get_spec(name, quick)
+    payload = {"spec": spec.to_json(), "seed": seed, "quick": quick, "format": FORMAT_VERSION}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge")).expanduser()
+
+
+@contextlib.contextmanager
+def _deterministic_cpu(threads: int = 2) -> Iterator[None]:
+    """Pin threads and deterministic kernels while training; restore the caller's settings."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(min(threads, old_threads))
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def load_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise UserInputError(f"{path}: no zoo manifest; build the zoo with `evomerge zoo build`")
+    return json.loads(path.read_text())
+
+
+def build(
+    name: str,
+    out: Path | str | None = None,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build zoo ``name`` (or reuse an identical earlier build) and return its folder."""
+    spec = get_spec(name, quick)
+    digest = config_hash(name, seed=seed, quick=quick)
+    target = Path(out) if out is not None else cache_root() / "zoo" / f"{name}-{digest}"
+    if (target / MANIFEST).is_file():
+        if load_manifest(target).get("config_hash") == digest:
+            return target
+        shutil.rmtree(target)  # an older zoo build in the same place: replace it
+    elif target.exists() and any(target.iterdir()):
+        raise UserInputError(f"{target}: folder exists and is not a zoo; choose an empty --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        start = time.perf_counter()
+        with _deterministic_cpu():
+            models = spec.build(tmp, seed=seed, progress=progress)
+        manifest = {
+            "name": name,
+            "config_hash": digest,
+            "seed": seed,
+            "quick": quick,
+            "format_version": FORMAT_VERSION,
+            "kind": spec.kind,
+            "description": spec.description,
+            "models": models,
+            "tasks": spec.tasks,
+            "targets": spec.targets,
+            "task_folders": spec.task_folders,
+            "config": spec.to_json(),
+            "build_seconds": round(time.perf_counter() - start, 1),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if target.exists():
+            target.rmdir()  # empty (checked above)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

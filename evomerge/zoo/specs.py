@@ -1,0 +1,125 @@
+"""What each zoo trains: its models, their training mixtures and the tasks they are scored on.
+
+A spec is plain data (``to_json`` feeds the cache hash) plus a ``build`` that trains and saves.
+The LM zoos follow one recipe: a base pretrained on a broad mixture, then experts fine-tuned from
+it on one skill each. Why the mixtures look the way they do is written up in docs/zoo.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evomerge.zoo.lm import LMShape, Phase
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """A model fine-tuned from the base on ``mix``; ``expert_in`` is the task it is expert in."""
+
+    expert_in: str
+    mix: dict[str, float]
+    phase: Phase
+
+
+@dataclass(frozen=True)
+class LMZooSpec:
+    name: str
+    description: str
+    base_mix: dict[str, float]
+    base_phase: Phase
+    experts: dict[str, ExpertSpec]
+    tasks: list[str]
+    targets: list[str] = field(default_factory=list)
+    shape: LMShape = LMShape()
+    kind: str = "lm"
+
+    @property
+    def task_folders(self) -> list[str]:
+        return list(self.tasks)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def build(self, out: Path, *, seed: int, progress: bool) -> dict:
+        from evomerge.zoo.train_lm import build_lm_zoo
+
+        return build_lm_zoo(self, out, seed=seed, progress=progress)
+
+
+@dataclass(frozen=True)
+class DigitsZooSpec:
+    name: str
+    description: str
+    hidden: int  # width of the transform zoo's MLP
+    base_epochs: int
+    base_transform_fraction: float  # share of each transform's train set the base also sees
+    expert_epochs: int
+    expert_lr: float
+    transforms: list[str]
+    scratch_models: int  # M2N2 "from scratch": untrained random inits, no base
+    half_epochs: int  # M2N2's two experts on digits 0-4 and 5-9, trained briefly
+    kind: str = "digits"
+
+    @property
+    def tasks(self) -> list[str]:
+        return [f"digits_{t}" for t in self.transforms]
+
+    @property
+    def targets(self) -> list[str]:
+        return ["digits"]  # plain digits: the goal of M2N2's scratch and 0-4/5-9 settings
+
+    @property
+    def task_folders(self) -> list[str]:
+        return []  # scored in Python (evomerge.zoo.evaluate.evaluate_digits), not through lm-eval
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def build(self, out: Path, *, seed: int, progress: bool) -> dict:
+        from evomerge.zoo.train_digits import build_digits_zoo
+
+        return build_digits_zoo(self, out, seed=seed, progress=progress)
+
+
+ZooSpec = LMZooSpec | DigitsZooSpec
+
+
+def _scale(steps: int, quick: bool) -> int:
+    return max(20, steps // 5) if quick else steps
+
+
+def lm_skills(quick: bool) -> LMZooSpec:
+    raise NotImplementedError
+
+
+def lm_cross(quick: bool) -> LMZooSpec:
+    raise NotImplementedError
+
+
+def digits(quick: bool) -> DigitsZooSpec:
+    return DigitsZooSpec(
+        name="digits",
+        description=(
+            "64-1024-10 MLP base on 8x8 digits (plus 1% of each transform), four experts "
+            "fine-tuned on one input transform each; M2N2 settings: 8 untrained 64-256-10 "
+            "random inits and two 64-256-10 experts trained briefly on digits 0-4 and 5-9"
+        ),
+        hidden=1024,
+        base_epochs=6 if quick else 30,
+        base_transform_fraction=0.01,
+        expert_epochs=4 if quick else 20,
+        expert_lr=2e-4,
+        transforms=["rot180", "flip", "invert", "roll"],
+        scratch_models=2 if quick else 8,
+        half_epochs=2,
+    )
+
+
+ZOOS: dict[str, Callable[[bool], ZooSpec]] = {
+    "lm-skills": lm_skills,
+    "lm-cross": lm_cross,
+    "digits": digits,
+}

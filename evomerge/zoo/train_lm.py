@@ -1,0 +1,38 @@
+"""Train and save an LM zoo described by an ``LMZooSpec``."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from evomerge.zoo.lm import mixture, new_model, save_lm, train
+from evomerge.zoo.tasks import train_sampler
+from evomerge.zoo.tokenizer import build_tokenizer
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="step", leave=False)
+
+
+def build_lm_zoo(spec, out: Path, *, seed: int, progress: bool) -> dict:
+    """Pretrain the base, fine-tune each expert from it; returns the manifest's ``models``."""
+    tok = build_tokenizer()
+    total = spec.base_phase.steps + sum(e.phase.steps for e in spec.experts.values())
+    models: dict[str, dict] = {}
+    with _progress_bar(total, progress, f"zoo {spec.name}") as bar:
+        base = new_model(spec.shape, len(tok), seed)
+        base_mix = mixture([(w, train_sampler(t)) for t, w in spec.base_mix.items()])
+        bar.set_postfix_str("base")
+        train(base, tok, base_mix, spec.base_phase, seed=seed * 1000 + 1, progress=bar.update)
+        save_lm(base, tok, out / "base")
+        models["base"] = {"path": "base", "role": "base", "expert_in": None}
+        for i, (name, ex) in enumerate(spec.experts.items()):
+            bar.set_postfix_str(name)
+            model = copy.deepcopy(base)
+            mix = mixture([(w, train_sampler(t)) for t, w in ex.mix.items()])
+            train(model, tok, mix, ex.phase, seed=seed * 1000 + 10 + i, progress=bar.update)
+            save_lm(model, tok, out / name)
+            models[name] = {"path": name, "role": "expert", "expert_in": ex.expert_in}
+    return models
