@@ -64,15 +64,31 @@ def _store(run_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
+def family(tmp_path_factory):
     why = _why_skip()
     if why:
         pytest.skip(why)
-    from tests.helpers.search_fixtures import make_family, write_experiment
+    from tests.helpers.search_fixtures import make_family
 
     tmp = tmp_path_factory.mktemp("slurm_exp")
-    fam = make_family(tmp / "models", n_experts=2, layers=2, hidden=16)
+    return tmp, make_family(tmp / "models", n_experts=2, layers=2, hidden=16)
+
+
+@pytest.fixture(scope="module")
+def experiment(family):
+    from tests.helpers.search_fixtures import write_experiment
+
+    tmp, fam = family
     return write_experiment(tmp, fam, max_evals=8, popsize=4)
+
+
+@pytest.fixture(scope="module")
+def long_experiment(family):
+    """Six generations: long enough that a SIGTERM after the first lands mid-run."""
+    from tests.helpers.search_fixtures import write_experiment
+
+    tmp, fam = family
+    return write_experiment(tmp, fam, max_evals=24, popsize=4, name="long.yaml")
 
 
 ENV = {
@@ -140,10 +156,11 @@ def test_sbatch_runs_the_search_on_the_allocation(experiment, tmp_path):
 
 
 @pytest.mark.slow
-def test_preempted_job_requeues_and_resumes_exactly(experiment, tmp_path):
+def test_preempted_job_requeues_and_resumes_exactly(long_experiment, tmp_path):
     """Explicit head + workers; SIGTERM mid-run (the pre-emption warning): the search commits
     its generation, the job requeues itself, and the restarted job resumes the run from its
     store and ends with the same search as an uninterrupted one."""
+    experiment = long_experiment
     run_dir = tmp_path / "run"
     env = {**ENV, "EVOMERGE_RAY_LAUNCH": "explicit"}
     with harness.FakeAllocation(tmp_path / "slurm", 2) as alloc:
@@ -158,7 +175,7 @@ def test_preempted_job_requeues_and_resumes_exactly(experiment, tmp_path):
         p.send_signal(signal.SIGTERM)  # what --signal=B:TERM@180 delivers to the batch shell
         assert p.wait(timeout=240) == 0, log.read_text(errors="replace")[-3000:]
         assert alloc.requeued() == ["4242"]
-        assert len(_store(run_dir)[0]) < 8  # stopped early, at a committed generation
+        assert len(_store(run_dir)[0]) < 24  # stopped early, at a committed generation
         rc, out = _run(alloc, experiment, run_dir, restart=1, launch="explicit")
     assert rc == 0 and "resuming" in out, out[-3000:]
     _same_search(_store(run_dir), _serial_reference(experiment, tmp_path / "serial"))
