@@ -77,9 +77,17 @@ def _kill_at_random(cmd: list[str], run_dir: Path, rng: random.Random) -> bool:
     return True
 
 
-def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+# M2N2 (steady state, archive replacement, per-example rows) asks 5 children per generation.
+DRIVERS = {
+    "cma_es": dict(max_evals=60, popsize=5),
+    "m2n2": dict(max_evals=60, popsize=5, options="{archive_size: 6, batch_size: 5}"),
+}
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, driver):
     family = make_family(tmp_path / "models")
-    exp = write_experiment(tmp_path, family, max_evals=60, popsize=5)
+    exp = write_experiment(tmp_path, family, driver=driver, **DRIVERS[driver])
     full = tmp_path / "full"
     done = subprocess.run(
         _cli("search", str(exp), "--run-dir", str(full)), env=ENV, capture_output=True, text=True

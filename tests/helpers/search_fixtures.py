@@ -40,6 +40,7 @@ def write_experiment(
     seed: int = 0,
     name: str = "exp.yaml",
     driver: str = "cma_es",
+    options: str | None = None,
 ) -> Path:
     (tmp / "score.py").write_text(SCORE_PY)
     experts = "\n".join(f"  - {e}" for e in family["experts"])
@@ -54,7 +55,7 @@ def write_experiment(
           layer_groups: 2
           params: [weight]
         fitness: {{python: score.py:score}}
-        driver: {{name: {driver}, options: {{popsize: {popsize}}}}}
+        driver: {{name: {driver}, options: {options or f"{{popsize: {popsize}}}"}}}
         budget: {{max_evals: {max_evals}}}
         seed: {seed}
         archive: {{top_k: 2}}
