@@ -97,9 +97,9 @@ class Layout:
 
 def op_for(recipe: Recipe) -> OpSpec:
     spec = get_op(recipe.merge_method)
-    # mergekit spells NuSLERP over task vectors as `nuslerp` + base_model.
-    if spec.name == "nuslerp" and recipe.base_model and "nuslerp_ta" in _ops():
-        spec = get_op("nuslerp_ta")
+    # mergekit spells (multi-)SLERP over task vectors as `nuslerp`/`multislerp` + base_model.
+    if spec.name in ("nuslerp", "multislerp") and recipe.base_model and f"{spec.name}_ta" in _ops():
+        spec = get_op(f"{spec.name}_ta")
     return spec
 
 

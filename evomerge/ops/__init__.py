@@ -21,9 +21,12 @@ from evomerge.ops import (  # noqa: E402,F401  (import for registration side eff
     generalized_ta,
     linear,
     model_stock,
+    multislerp,
     nuslerp,
     passthrough,
+    pcb,
     slerp,
+    tsv,
 )
 from evomerge.ops._registry import OPS, OpSpec, generator_for, get_op, list_ops, register_op
 
