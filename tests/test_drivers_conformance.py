@@ -14,7 +14,7 @@ from evomerge.errors import UserInputError
 DIM = 4
 CENTER = np.array([0.2, 0.8, 0.3, 0.6])
 # drivers with extra needs (gradients, per-example scores) have their own suites
-BLACK_BOX = [n for n in list_drivers() if n not in ("frank_wolfe",)]
+BLACK_BOX = [n for n in list_drivers() if n not in ("frank_wolfe", "adamerging")]
 OPTIONS = {
     "cma_es": {"popsize": 6},
     "random": {"batch_size": 6},

@@ -18,6 +18,7 @@ BUILTIN_DRIVERS = {
     "random": "evomerge.drivers.random_search",
     "m2n2": "evomerge.drivers.m2n2",
     "frank_wolfe": "evomerge.drivers.frank_wolfe",
+    "adamerging": "evomerge.drivers.adamerging",
 }
 
 
