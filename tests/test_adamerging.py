@@ -1,0 +1,216 @@
+"""AdaMerging on real tiny models: entropy goes down on the digits zoo, layer-wise has one
+coefficient per tensor and expert, the state round-trips exactly, the merge it reports is
+plain task arithmetic with its lambda, bad input is rejected, and the LM objective works on a
+tiny Llama. The driver conformance checks that apply to a gradient driver run here."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evomerge.adamerging import EntropyObjective, entropy_at, run_adamerging, run_entropy_job
+from evomerge.drivers import get_driver
+from evomerge.drivers.adamerging import AdaMerging
+from evomerge.drivers.base import Candidate
+from evomerge.errors import UserInputError
+from evomerge.fw import Alignment, FWPoolSpace
+from evomerge.merge import run_merge
+
+TRANSFORMS = ["rot180", "flip", "invert", "roll"]
+OBJ = {"kind": "digits", "transforms": TRANSFORMS, "n": 16}
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    from evomerge.zoo.build import build
+
+    return build("digits", quick=True, progress=False)  # cached by config hash
+
+
+def _space(zoo, granularity="layer"):
+    experts = [str(zoo / f"expert_{t}") for t in TRANSFORMS]
+    return FWPoolSpace(str(zoo / "base"), experts, granularity=granularity)
+
+
+def _driver(space, **opts):
+    return AdaMerging.for_space(space, seed=0, **{"objective": OBJ, "steps": 30, **opts})
+
+
+def _mean_entropy(space, x, obj=OBJ):
+    spec = EntropyObjective.parse(obj)
+    return float(np.mean([entropy_at(space, x, spec, 10_000 + s) for s in range(4)]))
+
+
+def _step(space, drv, fitness=0.0):
+    (c,) = drv.ask()
+    req = drv.gradient_request(c)
+    al = None if req is None else run_entropy_job(space, req, drv.objective)
+    drv.tell([c], [fitness], alignment=[al])
+    return c
+
+
+def test_entropy_decreases_on_digits(zoo):
+    space = _space(zoo)
+    drv = _driver(space, lr=1e-2)
+    x0 = drv.ask()[0].x
+    steps = run_adamerging(space, drv)
+    assert drv.stop() and len(steps) == 31 and all(s.ok for s in steps)
+    assert drv.state.t == 30 and len(drv.state.losses) == 30
+    before, after = _mean_entropy(space, x0), _mean_entropy(space, drv.coefficients.reshape(-1))
+    assert after < before - 0.05, (before, after)
+    assert np.mean(drv.state.losses[-5:]) < np.mean(drv.state.losses[:5])
+    lam = drv.coefficients
+    assert lam.min() >= 0.0 and lam.max() <= 1.0 and not np.allclose(lam, 0.3)
+
+
+def test_layer_wise_and_task_wise_coefficient_counts(zoo):
+    task, layer = _space(zoo, "task"), _space(zoo, "layer")
+    n_tensors = len(load_file(str(zoo / "base" / "model.safetensors")))
+    assert n_tensors == 4  # hidden/head weight and bias
+    dt, dl = _driver(task), _driver(layer)
+    assert (task.dim, dt.n_groups, dt.coefficients.shape) == (4, 1, (1, 4))
+    assert (layer.dim, dl.n_groups, dl.coefficients.shape) == (16, n_tensors, (n_tensors, 4))
+    np.testing.assert_array_equal(dt.ask()[0].x, np.full(4, 0.3))  # the paper's init
+    for _ in range(3):
+        _step(layer, dl)
+    assert len(set(np.round(dl.coefficients, 12).reshape(-1))) > 4  # each tensor moves apart
+
+
+def test_state_dict_round_trip_resumes_exactly(zoo):
+    space = _space(zoo)
+    a = _driver(space)
+    for _ in range(4):
+        _step(space, a, fitness=float(np.random.rand()))
+    b = _driver(space)
+    b.load_state_dict(pickle.loads(pickle.dumps(a.state_dict())))
+    for _ in range(3):
+        ca, cb = a.ask(), b.ask()
+        assert [c.index for c in ca] == [c.index for c in cb] and ca[0].meta == cb[0].meta
+        np.testing.assert_array_equal(ca[0].x, cb[0].x)
+        _step(space, a)
+        _step(space, b)
+    np.testing.assert_array_equal(a.state.lam, b.state.lam)
+    np.testing.assert_array_equal(a.state.losses, b.state.losses)
+    assert a.best[1] == b.best[1]
+    other = _driver(space, lr=5e-3)
+    with pytest.raises(UserInputError, match="other driver options"):
+        other.load_state_dict(a.state_dict())
+
+
+def test_reported_merge_is_task_arithmetic_with_its_lambda(zoo, tmp_path):
+    space = _space(zoo)
+    drv = _driver(space, steps=5, lr=5e-2)
+    run_adamerging(space, drv)
+    lam = drv.coefficients
+    run_merge(space.decode(lam.reshape(-1)), tmp_path / "merged")  # the merge engine
+    merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    base = load_file(str(zoo / "base" / "model.safetensors"))
+    experts = [load_file(str(zoo / f"expert_{t}" / "model.safetensors")) for t in TRANSFORMS]
+    for g, name in enumerate(space.tensors):  # layer-wise: group g is tensor g
+        want = base[name].double()
+        for k, ex in enumerate(experts):
+            want = want + float(lam[g, k]) * (ex[name].double() - base[name].double())
+        torch.testing.assert_close(merged[name].double(), want, rtol=0, atol=1e-6)
+
+
+def test_gradient_matches_finite_differences(zoo):
+    space = _space(zoo, "task")
+    spec = EntropyObjective.parse(OBJ)
+    x = np.array([0.3, 0.5, 0.2, 0.4])
+    al = run_entropy_job(space, _request(x), spec)
+    h = 1e-3
+    for k in range(4):
+        e = np.eye(4)[k] * h
+        fd = (entropy_at(space, x + e, spec, 0) - entropy_at(space, x - e, spec, 0)) / (2 * h)
+        assert al.tv_dots[k, 0] == pytest.approx(fd, rel=0.02, abs=1e-4)
+    streamed = run_entropy_job(space, _request(x, stream=True), spec)
+    np.testing.assert_allclose(streamed.tv_dots, al.tv_dots, rtol=1e-9)
+    assert streamed.loss == al.loss
+
+
+def _request(x, stream=False):
+    from evomerge.adamerging import EntropyRequest
+
+    return EntropyRequest(0, x, 0, stream=stream)
+
+
+def test_failures_nan_and_bounds(zoo):
+    space = _space(zoo, "task")
+    drv = _driver(space, max_retries=1)
+    (c,) = drv.ask()
+    drv.tell([c], [math.nan], alignment=[Alignment.failed("boom")])
+    assert drv.best is None and drv.state.t == 0 and not drv.stop()
+    (c2,) = drv.ask()  # a failed gradient repeats the same coefficients
+    assert c2.index == c.index + 1 and np.array_equal(c2.x, c.x)
+    drv.tell([c2], [1.0], alignment=[None])
+    assert drv.stop() and "gradient failed 2 times" in drv.stop_reason
+    assert drv.best[1] == 1.0 and drv.ask() == []
+    hi = _driver(space, init=1.0, lr=0.5)
+    for _ in range(3):
+        c = _step(space, hi)
+        assert np.all(c.x >= 0) and np.all(c.x <= 1)
+
+
+def test_bad_input_is_rejected(zoo):
+    space = _space(zoo, "task")
+    cls = get_driver("adamerging")
+    assert cls is AdaMerging and AdaMerging.needs_gradient
+    with pytest.raises(UserInputError, match="unknown driver.options"):
+        _driver(space, learning_rate=1e-3)
+    with pytest.raises(UserInputError, match="objective"):
+        AdaMerging.for_space(space, seed=0)
+    with pytest.raises(UserInputError, match="transforms"):
+        _driver(space, objective={"kind": "digits", "transforms": ["rot45"]})
+    with pytest.raises(UserInputError, match="unknown key"):
+        _driver(space, objective={**OBJ, "labels": True})
+    with pytest.raises(UserInputError, match="init"):
+        _driver(space, init=1.5)
+    with pytest.raises(UserInputError, match="variant"):
+        AdaMerging.for_space(FWPoolSpace(space.base, space.members, variant="ties"), objective=OBJ)
+    with pytest.raises(UserInputError, match="groups x 4 experts"):
+        AdaMerging(6, np.zeros(6), np.ones(6), np.zeros(6), seed=0, n_members=4, objective=OBJ)
+    drv = _driver(space)
+    (c,) = drv.ask()
+    with pytest.raises(UserInputError):
+        drv.tell([c], [0.0, 1.0])
+    with pytest.raises(UserInputError):
+        drv.tell([c], [None])
+    with pytest.raises(UserInputError, match="genes differ"):
+        drv.tell([Candidate(c.index, c.x + 0.1)], [0.0])
+    with pytest.raises(UserInputError, match="shape"):
+        wrong = run_entropy_job(_space(zoo, "layer"), _request(np.full(16, 0.3)), drv.objective)
+        drv.tell([c], [0.0], alignment=[wrong])
+    _step(space, drv)
+    with pytest.raises(UserInputError, match="already told"):
+        drv.tell([c], [0.0])
+
+
+def test_lm_objective_on_a_tiny_llama(tmp_path):
+    from evomerge.zoo.lm import LMShape, new_model, save_lm
+    from evomerge.zoo.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    shape = LMShape(layers=2, hidden=32, intermediate=64, heads=4, max_positions=32)
+    base = new_model(shape, len(tok), seed=0)
+    save_lm(base, tok, tmp_path / "base")
+    members = []
+    for i in range(2):  # experts = base + a seeded perturbation
+        expert, gen = copy.deepcopy(base), torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for p in expert.parameters():
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+        save_lm(expert, tok, tmp_path / f"e{i}")
+        members.append(str(tmp_path / f"e{i}"))
+    obj = {"kind": "lm", "tasks": ["zoo_copy", "zoo_reverse"], "n": 8, "answer_tokens": 4}
+    space = FWPoolSpace(str(tmp_path / "base"), members, granularity="task")
+    drv = AdaMerging.for_space(space, objective=obj, steps=8, lr=5e-2)
+    x0 = drv.ask()[0].x
+    steps = run_adamerging(space, drv)
+    assert all(s.ok and math.isfinite(s.entropy) for s in steps)
+    assert _mean_entropy(space, drv.coefficients.reshape(-1), obj) < _mean_entropy(space, x0, obj)
