@@ -298,9 +298,12 @@ def plan(
     recipe: Recipe, *, resolver: Any = None, source: Any = None, allow_pickle: bool = False
 ) -> MergePlan:
     """Plan ``recipe``: output tensors, their inputs and resolved parameters, the output config.
-    ``source`` is a TensorSource (e.g. a worker's ExpertCache); None reads folders from disk."""
+    ``source`` is a TensorSource (e.g. a worker's ExpertCache); None reads folders from disk.
+    Weight rules (varm, mwa) are first resolved to explicit weights — VaRM reads tensor data."""
+    from evomerge.weight_rules import resolve_weight_rules
+
     if source is None:
         from evomerge.io.folder import DiskSource
 
         source = DiskSource(resolver, allow_pickle=allow_pickle)
-    return Planner(recipe, source).build()
+    return Planner(resolve_weight_rules(recipe, source), source).build()

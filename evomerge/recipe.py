@@ -8,7 +8,9 @@ recipe gives the same bits on any worker) and ``sources`` referencing other reci
 (``recipe:<sha256>``) for merges of merges.
 
 A parameter value is a scalar, a list (a gradient interpolated over layer depth) or a list of
-``{filter, value}`` rules matched against tensor names — mergekit's semantics.
+``{filter, value}`` rules matched against tensor names — mergekit's semantics. A ``weight`` may
+also be a weight rule (``{rule: varm}``, ``{rule: mwa, ...}``), which planning replaces by
+explicit per-tensor filter rules (``evomerge.weight_rules.resolve_weight_rules``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,7 +39,20 @@ class FilterRule(BaseModel):
     value: Union[Scalar, list[float]]
 
 
-ParamValue = Union[Scalar, list[float], list[FilterRule]]
+class WeightRule(BaseModel):
+    """A weight computed from the models when the recipe is planned (``evomerge.weight_rules``):
+    ``{rule: varm}`` (FuseChat's variation ratio) or ``{rule: mwa, metric: loss|step,
+    values: [...] (global) or value: x (per model), penalty: p}`` (metrics-weighted averaging)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    rule: Literal["varm", "mwa"]
+    metric: Literal["loss", "step"] | None = None
+    values: list[float] | None = None
+    value: float | None = None
+    penalty: float = 1.0
+
+
+ParamValue = Union[Scalar, list[float], list[FilterRule], WeightRule]
 Params = dict[str, ParamValue]
 
 
