@@ -214,3 +214,68 @@ def test_lm_objective_on_a_tiny_llama(tmp_path):
     steps = run_adamerging(space, drv)
     assert all(s.ok and math.isfinite(s.entropy) for s in steps)
     assert _mean_entropy(space, drv.coefficients.reshape(-1), obj) < _mean_entropy(space, x0, obj)
+
+
+class _DigitsWorker:
+    """Scores each candidate's merge (built from its genes) on the four transforms."""
+
+    worker, seed, tokenizer = "test", 0, None
+
+    def __init__(self, space: FWPoolSpace) -> None:
+        from evomerge.zoo.digits import load_digits_model
+
+        self.space, self.model = space, load_digits_model(space.base)
+
+    def materialize(self, recipe):
+        from evomerge.fw import Meter, build_theta
+
+        theta = build_theta(self.space, self.space.genes_of(recipe), self.space.resolve, Meter())
+        self.model.load_state_dict(theta)
+        return self.model
+
+    def score(self, model, tokenizer):
+        from evomerge.fitness.result import EvalResult, TaskScore
+        from evomerge.zoo.digits import digits_correct
+
+        res = EvalResult({t: TaskScore.from_examples(digits_correct(model, t)) for t in TRANSFORMS})
+        return res, res.aggregate(), ()
+
+
+def _loop(run_dir, zoo, budget):
+    from evomerge.archive import Archive
+    from evomerge.loop import SearchLoop, seed_globals
+    from evomerge.store import RunStore
+    from evomerge.workers.serial import SerialEvaluator
+
+    exists = (run_dir / "store.sqlite").exists()
+    store = RunStore.open(run_dir) if exists else RunStore.create(run_dir, "{}", "h")
+    space = _space(zoo, "task")
+    seed_globals(0)
+    driver = _driver(space, steps=5)
+    loop = SearchLoop(
+        store=store,
+        space=space,
+        driver=driver,
+        evaluator=SerialEvaluator(_DigitsWorker(space)),
+        archive=Archive(run_dir, 2, None),
+        budget=budget,
+    )
+    loop.restore()
+    return loop, store, driver
+
+
+def test_search_loop_serves_the_gradient_and_resumes_exactly(zoo, tmp_path):
+    from evomerge.loop import Budget
+
+    loop, store, driver = _loop(tmp_path / "full", zoo, Budget(max_evals=50))
+    assert loop.run().stop_reason == "driver"
+    full = store.trials()
+    assert len(full) == 6 and all(t.ok for t in full) and driver.state.t == 5
+    loop1, _, _ = _loop(tmp_path / "resumed", zoo, Budget(max_evals=50, max_candidates=3))
+    assert loop1.run().stop_reason == "max_candidates"
+    loop2, store2, driver2 = _loop(tmp_path / "resumed", zoo, Budget(max_evals=50))
+    assert loop2.run().stop_reason == "driver"
+    key = [(t.digest, t.fitness, t.genes) for t in full]
+    assert [(t.digest, t.fitness, t.genes) for t in store2.trials()] == key
+    np.testing.assert_array_equal(driver2.state.lam, driver.state.lam)
+    assert driver2.best[1] == max(t.fitness for t in full)
