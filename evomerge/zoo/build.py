@@ -92,7 +92,7 @@ def build(
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        with _deterministic_cpu():
+        with _deterministic_cpu(getattr(spec, "threads", 2)):
             models = spec.build(tmp, seed=seed, progress=progress)
         manifest = {
             "name": name,

@@ -129,7 +129,9 @@ def load_digits_model(path: str | Path) -> DigitsMLP:
     p = Path(path)
     cfg_path, weights = p / "config.json", p / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
-        raise UserInputError(f"{p}: not a digits model folder (needs config.json and model.safetensors)")
+        raise UserInputError(
+            f"{p}: not a digits model folder (needs config.json and model.safetensors)"
+        )
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("model_type") != MODEL_TYPE:
         raise UserInputError(

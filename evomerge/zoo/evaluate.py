@@ -10,7 +10,8 @@ that both give the same per-example results.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,11 +20,29 @@ from evomerge.errors import UserInputError
 from evomerge.fitness.result import TaskScore
 
 
+def task_dir(name: str) -> Path:
+    """The lm-eval folder of zoo task ``name``: the repository's ``fitness/<name>`` when present
+    (the files lm-eval reads), else a copy written once under the zoo cache (installed package)."""
+    from evomerge.zoo.build import cache_root
+    from evomerge.zoo.tasks import get_task, write_task_folder
+
+    get_task(name)  # unknown names fail here with the list of valid ones
+    repo = Path(__file__).resolve().parents[2] / "fitness" / name
+    if (repo / "test.jsonl").is_file():
+        return repo
+    cached = cache_root() / "tasks" / name
+    if not (cached / "test.jsonl").is_file():
+        write_task_folder(name, cached.parent)
+    return cached
+
+
 def load_task_items(task_dir: str | Path) -> list[tuple[str, str]]:
     """(prompt, answer) pairs of an lm-eval zoo task folder (its ``test.jsonl``)."""
     path = Path(task_dir) / "test.jsonl"
     if not path.is_file():
-        raise UserInputError(f"{path}: task items not found; run evomerge.zoo.tasks.write_task_folders()")
+        raise UserInputError(
+            f"{path}: task items not found; run evomerge.zoo.tasks.write_task_folders()"
+        )
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [(r["prompt"], r["answer"]) for r in rows]
 
@@ -86,3 +105,45 @@ def evaluate_digits(model, transform: str = "identity") -> TaskScore:
     from evomerge.zoo.digits import digits_correct
 
     return TaskScore.from_examples(digits_correct(model, transform), metric="acc")
+
+
+def evaluate_task(model, tokenizer, task: str, limit: int | None = None) -> TaskScore:
+    """Exact match on zoo task ``task`` (a name from ``evomerge.zoo.tasks.TASKS``)."""
+    return evaluate_lm_task(model, tokenizer, task_dir(task), limit=limit)
+
+
+def evaluate_cross(model, tokenizer, limit: int | None = None) -> TaskScore:
+    """lm-cross's target task: the skill asked and answered in language B."""
+    from evomerge.zoo.specs import lm_cross
+
+    return evaluate_task(model, tokenizer, lm_cross(False).targets[0], limit=limit)
+
+
+def evaluate_skills(model, tokenizer, limit: int | None = None) -> dict[str, TaskScore]:
+    """Every lm-skills task, one score each (a fitness averages them, or M2N2 keeps them apart)."""
+    from evomerge.zoo.specs import lm_skills
+
+    return {t: evaluate_task(model, tokenizer, t, limit=limit) for t in lm_skills(False).tasks}
+
+
+def _digits_evaluator(transform: str) -> Callable[..., TaskScore]:
+    def run(model, tokenizer=None) -> TaskScore:  # digits models have no tokenizer
+        return evaluate_digits(model, transform)
+
+    return run
+
+
+def _registry() -> dict[str, Callable[..., object]]:
+    from evomerge.zoo.digits import TRANSFORMS
+    from evomerge.zoo.tasks import TASKS
+
+    reg: dict[str, Callable[..., object]] = {"cross": evaluate_cross, "skills": evaluate_skills}
+    reg.update({name: partial(evaluate_task, task=name) for name in TASKS})
+    reg.update({f"digits_{t}": _digits_evaluator(t) for t in TRANSFORMS})
+    reg["digits"] = reg["digits_identity"]
+    return reg
+
+
+# name -> fn(model, tokenizer, **options) -> TaskScore | dict[str, TaskScore]; the fitness kind
+# ``zoo`` (evomerge.fitness.zoo_task) looks evaluators up here by name.
+EVALUATORS: dict[str, Callable[..., object]] = _registry()

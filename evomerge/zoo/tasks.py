@@ -13,7 +13,7 @@ import random
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from evomerge.errors import UserInputError
@@ -34,6 +34,10 @@ def _to_b(x: str) -> str:
 
 def _from_b(x: str) -> str:
     return "".join(str(B_SCRIPT.index(c)) for c in x)
+
+
+def _shift(x: str) -> str:
+    return "".join(str((int(c) + 1) % 10) for c in x)
 
 
 @dataclass(frozen=True)
@@ -64,17 +68,40 @@ TASKS: dict[str, LMTask] = {
     t.name: t
     for t in [
         _t("zoo_copy", "K", DIGITS, lambda x: x, "copy digits"),
-        _t("zoo_cipher", "C", _LOWER, lambda x: "".join(_CIPHER[c] for c in x),
-           "substitute each of 16 lowercase letters by a fixed permutation"),
+        _t(
+            "zoo_cipher",
+            "C",
+            _LOWER,
+            lambda x: "".join(_CIPHER[c] for c in x),
+            "substitute each of 16 lowercase letters by a fixed permutation",
+        ),
         _t("zoo_reverse", "R", _UPPER, lambda x: x[::-1], "reverse 6 uppercase letters"),
-        _t("zoo_shift", "S", DIGITS, lambda x: "".join(str((int(c) + 1) % 10) for c in x),
-           "add 1 (mod 10) to each digit"),
+        _t("zoo_shift", "S", DIGITS, _shift, "add 1 (mod 10) to each digit"),
         _t("zoo_sort", "O", DIGITS, lambda x: "".join(sorted(x)), "sort 6 digits"),
         _t("zoo_copy_b", "K", B_SCRIPT, lambda x: x, "copy in language B"),
         _t("zoo_reverse_a", "R", DIGITS, lambda x: x[::-1], "reverse 6 digits (language A)"),
-        _t("zoo_reverse_b", "R", B_SCRIPT, lambda x: x[::-1],
-           "reverse 6 language-B letters (lm-cross target)"),
+        _t(
+            "zoo_reverse_b",
+            "R",
+            B_SCRIPT,
+            lambda x: x[::-1],
+            "reverse 6 language-B letters (lm-cross target)",
+        ),
         _t("zoo_sort_a", "O", DIGITS, lambda x: "".join(sorted(x)), "sort digits (language A)"),
+        _t(
+            "zoo_shift_b",
+            "S",
+            B_SCRIPT,
+            lambda x: _to_b(_shift(_from_b(x))),
+            "add 1 (mod 10) to each language-B letter",
+        ),
+        _t(
+            "zoo_sort_b",
+            "O",
+            B_SCRIPT,
+            lambda x: _to_b("".join(sorted(_from_b(x)))),
+            "sort language-B letters by the digit they stand for",
+        ),
         _t("zoo_a_to_b", "T", DIGITS, _to_b, "translate digits to language B"),
         _t("zoo_b_to_a", "T", B_SCRIPT, _from_b, "translate language B to digits"),
     ]
@@ -87,7 +114,7 @@ def get_task(name: str) -> LMTask:
     return TASKS[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def test_items(name: str, n: int = N_TEST) -> tuple[tuple[str, str], ...]:
     """The task's fixed test items: ``n`` distinct prompts drawn from a seed derived from the name."""
     task = get_task(name)
@@ -137,7 +164,7 @@ def task_yaml(name: str) -> str:
         "output_type: generate_until\n"
         'doc_to_text: "{{prompt}}"\n'
         'doc_to_target: "{{answer}}"\n'
-        "target_delimiter: \"\"\n"
+        'target_delimiter: ""\n'
         "generation_kwargs:\n"
         '  until: ["\\n"]\n'
         "  do_sample: false\n"
@@ -161,7 +188,9 @@ def write_task_folder(name: str, root: Path) -> Path:
     return folder
 
 
-def write_task_folders(root: str | Path | None = None, names: list[str] | None = None) -> list[Path]:
+def write_task_folders(
+    root: str | Path | None = None, names: list[str] | None = None
+) -> list[Path]:
     """Write the lm-eval folder of every task (or ``names``) under ``root`` (default: repo ``fitness/``)."""
     out = Path(root) if root is not None else Path(__file__).resolve().parents[2] / "fitness"
     return [write_task_folder(n, out) for n in (names or sorted(TASKS))]

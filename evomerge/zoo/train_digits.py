@@ -32,31 +32,58 @@ def build_digits_zoo(spec, out: Path, *, seed: int, progress: bool) -> dict:
         xb, yb = _base_data(spec)
         train_digits(base, xb, yb, epochs=spec.base_epochs, lr=1e-3, seed=seed * 1000 + 1)
         save_digits_model(base, out / "base")
-        models["base"] = {"path": "base", "role": "base", "expert_in": "digits", "group": "transforms"}
+        models["base"] = {
+            "path": "base",
+            "role": "base",
+            "expert_in": "digits",
+            "group": "transforms",
+        }
         bar.update()
         for i, t in enumerate(spec.transforms):
             model = copy.deepcopy(base)
             x, y = digits_data("train", t)
-            train_digits(model, x, y, epochs=spec.expert_epochs, lr=spec.expert_lr, seed=seed * 1000 + 10 + i)
+            train_digits(
+                model, x, y, epochs=spec.expert_epochs, lr=spec.expert_lr, seed=seed * 1000 + 10 + i
+            )
             save_digits_model(model, out / f"expert_{t}")
             models[f"expert_{t}"] = {
-                "path": f"expert_{t}", "role": "expert", "expert_in": f"digits_{t}", "group": "transforms",
+                "path": f"expert_{t}",
+                "role": "expert",
+                "expert_in": f"digits_{t}",
+                "group": "transforms",
             }
             bar.update()
         for i in range(spec.scratch_models):
             # M2N2's from-scratch setting: independent random inits, reference width, no training.
             save_digits_model(new_digits_model(seed * 1000 + 100 + i), out / f"scratch_{i}")
-            models[f"scratch_{i}"] = {"path": f"scratch_{i}", "role": "scratch", "expert_in": None, "group": "scratch"}
+            models[f"scratch_{i}"] = {
+                "path": f"scratch_{i}",
+                "role": "scratch",
+                "expert_in": None,
+                "group": "scratch",
+            }
             bar.update()
         x, y = digits_data("train")
         for i, (lo, hi) in enumerate(((0, 4), (5, 9))):
             # M2N2's second setting: two experts from different inits, each on half of the classes.
             keep = (y >= lo) & (y <= hi)
             model = new_digits_model(seed * 1000 + 200 + i)
-            train_digits(model, x[keep], y[keep], epochs=spec.half_epochs, lr=1e-3, seed=seed * 1000 + 210 + i)
+            train_digits(
+                model,
+                x[keep],
+                y[keep],
+                epochs=spec.half_epochs,
+                lr=1e-3,
+                seed=seed * 1000 + 210 + i,
+            )
             name = f"half_{lo}to{hi}"
             save_digits_model(model, out / name)
-            models[name] = {"path": name, "role": "expert", "expert_in": f"digits {lo}-{hi}", "group": "halves"}
+            models[name] = {
+                "path": name,
+                "role": "expert",
+                "expert_in": f"digits {lo}-{hi}",
+                "group": "halves",
+            }
             bar.update()
         bar.update()
     return models
