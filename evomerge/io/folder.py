@@ -155,6 +155,10 @@ class DiskSource:
         t = self.model(ref).read(name)
         return t.to(self.dtype) if t.is_floating_point() else t
 
+    def stored(self, ref: str, name: str) -> torch.Tensor:
+        """The tensor in its stored dtype (the engine checks it before converting)."""
+        return self.model(ref).read(name)
+
     def has(self, ref: str, name: str) -> bool:
         return name in self.model(ref).index
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import UserInputError
+from evomerge.io.pipeline import WriteBehind
 from evomerge.io.safetensors_io import PlannedShard, tensor_nbytes
 
 DEFAULT_SHARD_BYTES = 5_000_000_000
@@ -76,6 +77,7 @@ def write_model_folder(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
     on_tensor: Callable[[str], None] | None = None,
+    write_behind: bool = True,
 ) -> WriteResult:
     """Write tensors (arriving in any order, each exactly once) as a HF folder, atomically."""
     out = Path(out)
@@ -84,9 +86,8 @@ def write_model_folder(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        total = _write_shards(
-            tmp, entries, tensors, {"format": "pt", **(metadata or {})}, max_shard_bytes, on_tensor
-        )
+        meta = {"format": "pt", **(metadata or {})}
+        total = _write_shards(tmp, entries, tensors, meta, max_shard_bytes, on_tensor, write_behind)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for f in files:
             shutil.copyfile(f, tmp / f.name)
@@ -99,7 +100,9 @@ def write_model_folder(
     return WriteResult(out, len(entries), total[0], total[1])
 
 
-def _write_shards(tmp, entries, tensors, metadata, max_bytes, on_tensor) -> tuple[int, int]:
+def _write_shards(
+    tmp, entries, tensors, metadata, max_bytes, on_tensor, write_behind
+) -> tuple[int, int]:
     layout = shard_layout(entries, max_bytes)
     n = len(layout)
     names = (
@@ -109,14 +112,18 @@ def _write_shards(tmp, entries, tensors, metadata, max_bytes, on_tensor) -> tupl
     )
     shards = [PlannedShard(tmp / fn, part, metadata) for fn, part in zip(names, layout)]
     where = {e[0]: s for s, part in zip(shards, layout) for e in part}
+
+    def write(name: str, t: torch.Tensor) -> None:
+        where[name].write(name, t)
+        if on_tensor is not None:
+            on_tensor(name)
+
     try:
-        for name, t in tensors:
-            shard = where.get(name)
-            if shard is None:
-                raise ValueError(f"tensor {name} was not planned for output")
-            shard.write(name, t)
-            if on_tensor is not None:
-                on_tensor(name)
+        with WriteBehind(write, depth=1 if write_behind else 0) as behind:
+            for name, t in tensors:
+                if name not in where:
+                    raise ValueError(f"tensor {name} was not planned for output")
+                behind.put(name, t)
     finally:
         for s in shards:
             s.close()

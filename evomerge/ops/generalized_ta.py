@@ -65,27 +65,58 @@ def general_task_arithmetic(
     n = len(tensors)
     if n == 0:
         return base.clone()
-    deltas = torch.stack(
-        [_sparsify(t - base, sparsification, i, p, n, generator) for i, t in enumerate(tensors)]
-    )
-    weights = torch.tensor(per_model(p, "weight", n), dtype=deltas.dtype, device=deltas.device)
-    weights = weights.reshape((n,) + (1,) * (deltas.dim() - 1))
-    weighted = deltas * weights
+    w = [base.new_tensor(x) for x in per_model(p, "weight", n)]  # rounded as a stacked tensor is
+    # One owned buffer per model (w_i · sparsified τ_i), updated in place: no stacked copies.
+    weighted = [
+        _sparsify(t - base, sparsification, i, p, n, generator).mul_(w[i])
+        for i, t in enumerate(tensors)
+    ]
+    normalize = bool(p.get("normalize", False))
     if consensus:
-        mask = consensus_mask(weighted, consensus)
-        mixed = (weighted * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
+        mixed, divisor = _agreeing_sum(weighted, w, consensus, normalize)
     else:
-        mixed = weighted.sum(dim=0)
-        divisor = weights.sum(dim=0).expand_as(mixed).clone()
-        divisor[divisor.abs() < 1e-8] = 1
-    if p.get("normalize", False):
-        mixed = mixed / divisor
+        mixed = _sum(weighted)
+        divisor = _sum(w) if normalize else None
+        if divisor is not None and divisor.abs() < 1e-8:
+            divisor = torch.ones_like(divisor)
+    if normalize:
+        mixed = mixed.div_(divisor)
     lam = float(p.get("lambda", 1.0))
     if lam != 1:
-        mixed = mixed * lam
+        mixed = mixed.mul_(lam)
     return base + mixed
+
+
+def _sum(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Σ xs, with the bits of ``torch.stack(xs).sum(0)``: torch adds up to 4 rows in order and
+    beyond that in a shape-dependent cascade, so only short lists skip the stacked copy."""
+    if len(xs) > 4:
+        return torch.stack(xs).sum(dim=0)
+    out = xs[0].clone()
+    for x in xs[1:]:
+        out.add_(x)
+    return out
+
+
+def _agreeing_sum(
+    weighted: list[torch.Tensor], w: list[torch.Tensor], method: str, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Σ of the entries that agree with the elected sign, Σ of their models' weights), equal to
+    the masked sums of ``consensus_mask``. Overwrites ``weighted``.
+
+    Multiplying by the elected sign e = ±1 is exact, so agreeing entries are those positive
+    after the flip: ``clamp(e·x, min=0)`` keeps them and zeroes the rest, their sum flipped back
+    by e is the masked sum, and sign(kept) ∈ {0, 1} is the mask. (A sum of only zeros may come
+    out +0 where the masked form gives −0; base + ±0 is the base either way.)"""
+    votes = _sum(weighted) if method == "sum" else _sum([x.sign() for x in weighted])
+    elected = (votes >= 0).to(votes.dtype).mul_(2).sub_(1)
+    del votes
+    kept = [x.mul_(elected).clamp_(min=0) for x in weighted]
+    mixed = _sum(kept).mul_(elected)
+    if not normalize:
+        return mixed, None
+    divisor = _sum([k.sign_().mul_(wi) for k, wi in zip(kept, w)])
+    return mixed, divisor.masked_fill_(divisor == 0, 1)
 
 
 def _preset(
