@@ -117,10 +117,24 @@ def to_mergekit_dict(recipe: Recipe) -> dict[str, Any]:
                 "the embeddings/LM head from the first/last slice's model instead of "
                 f"{recipe.base_model}; export with --format evomerge"
             )
+    if _has_weight_rule(recipe):
+        raise UserInputError(
+            "weight rules ({rule: varm|mwa}) exist only in evomerge; resolve them to numbers "
+            "first (evomerge.weight_rules.resolve_weight_rules) or export with --format evomerge"
+        )
     d = recipe.to_dict()
     d["merge_method"] = spec.mergekit_name
     d.pop("seed", None)
     return d
+
+
+def _has_weight_rule(recipe: Recipe) -> bool:
+    from evomerge.recipe import WeightRule
+
+    scopes = [recipe.parameters, *(m.parameters for m in recipe.models or [])]
+    for sl in recipe.slices or []:
+        scopes += [sl.parameters, *(s.parameters for s in sl.sources)]
+    return any(isinstance(v, WeightRule) for scope in scopes if scope for v in scope.values())
 
 
 def to_mergekit_yaml(recipe: Recipe) -> str:

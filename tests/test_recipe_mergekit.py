@@ -94,3 +94,18 @@ def test_gradient_and_filter_evaluation_matches_mergekit() -> None:
                 assert evaluate(s, name, t) == pytest.approx(
                     evaluate_setting(name, mk_s, t, validate=float)
                 )
+
+
+def test_export_refuses_an_unresolved_weight_rule() -> None:
+    from evomerge.recipe import WeightRule
+
+    r = Recipe(
+        merge_method="linear",
+        models=[
+            ModelRef(model="/m/a", parameters={"weight": WeightRule(rule="varm")}),
+            ModelRef(model="/m/b", parameters={"weight": WeightRule(rule="varm")}),
+        ],
+        base_model="/m/base",
+    )
+    with pytest.raises(UserInputError, match="weight rules"):
+        to_mergekit_yaml(r)
