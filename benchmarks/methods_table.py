@@ -285,7 +285,7 @@ def main() -> None:
     ap.add_argument("--zoo", nargs="+", default=["digits", "lm-skills"])
     ap.add_argument("--steps", type=int, default=500, help="AdaMerging Adam steps (paper: 500)")
     ap.add_argument("--quick", action="store_true", help="the zoos' quick builds")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny models)")
     ap.add_argument("--json", type=Path, help="also write the tables here")
     args = ap.parse_args()
     out = {}

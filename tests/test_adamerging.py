@@ -26,6 +26,15 @@ TRANSFORMS = ["rot180", "flip", "invert", "roll"]
 OBJ = {"kind": "digits", "transforms": TRANSFORMS, "n": 16}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models: a second OpenMP thread only fights other processes for the 2 CI cores
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def zoo():
     from evomerge.zoo.build import build
