@@ -79,17 +79,17 @@ def kth_largest(mag: torch.Tensor, k: int) -> torch.Tensor:
     r = n - k  # ascending 0-based rank of the answer
     if n <= 8 * _SAMPLE:
         return torch.kthvalue(mag, r + 1).values
-    sample = mag[:: n // _SAMPLE].contiguous().sort().values
+    sample = mag[:: n // _SAMPLE].contiguous()
     m = sample.numel()
     j = r * m // n
     d = 4 * int((m * (r / n) * (1 - r / n)) ** 0.5) + 64
     inside = torch.ones_like(mag, dtype=torch.bool)  # the bracket, open-ended at the extremes
     below = 0
-    if j - d > 0:
-        inside = mag >= sample[j - d]
+    if j - d > 0:  # (two kthvalue calls: torch's sort of 64k floats is 20× slower)
+        inside = mag >= torch.kthvalue(sample, j - d + 1).values
         below = n - int(torch.count_nonzero(inside))
     if j + d < m - 1:
-        inside.logical_and_(mag <= sample[j + d])
+        inside.logical_and_(mag <= torch.kthvalue(sample, j + d + 1).values)
     if below <= r:
         cand = mag[inside]
         if r - below < cand.numel():
