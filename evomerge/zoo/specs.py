@@ -34,6 +34,9 @@ class LMZooSpec:
     tasks: list[str]
     targets: list[str] = field(default_factory=list)
     shape: LMShape = LMShape()
+    # One thread: these models are too small to gain from a second one, and on a shared machine
+    # two OpenMP threads fighting another process for two cores run ~10x slower than one.
+    threads: int = 1
     kind: str = "lm"
 
     @property
@@ -88,15 +91,77 @@ ZooSpec = LMZooSpec | DigitsZooSpec
 
 
 def _scale(steps: int, quick: bool) -> int:
-    return max(20, steps // 5) if quick else steps
+    return max(20, steps // 10) if quick else steps
+
+
+def _phase(steps: int, lr: float, quick: bool) -> Phase:
+    return Phase(steps=_scale(steps, quick), lr=lr, warmup=10 if quick else 20)
+
+
+# Language A's everyday tasks; the lm-cross base also sees them in language B, less often.
+_A_TASKS = {"zoo_copy": 1.0, "zoo_shift": 1.0, "zoo_sort_a": 1.0}
+_B_TASKS = {
+    "zoo_copy_b": 1.0,
+    "zoo_shift_b": 1.0,
+    "zoo_sort_b": 1.0,
+    "zoo_a_to_b": 1.0,
+    "zoo_b_to_a": 1.0,
+}
+_SKILLS = ["zoo_cipher", "zoo_shift", "zoo_sort", "zoo_reverse_a"]
+_SHAPE = LMShape(layers=4, hidden=96, intermediate=256, heads=4)
 
 
 def lm_skills(quick: bool) -> LMZooSpec:
-    raise NotImplementedError
+    return LMZooSpec(
+        name="lm-skills",
+        description=(
+            "4-layer Llama (0.46M parameters) pretrained on digit copying with a trace of each "
+            "skill; four experts fine-tuned on one skill each (substitution cipher, digit "
+            "shift, sorting, reversal), forgetting the others"
+        ),
+        # Traces of each skill seed its circuit in the base, so an expert's fine-tune is a small
+        # step from it (task vectors that add up) yet a large gain (base <= ~60% on each).
+        base_mix={
+            "zoo_copy": 1.0,
+            "zoo_cipher": 0.01,
+            "zoo_shift": 0.003,
+            "zoo_sort": 0.1,
+            "zoo_reverse_a": 0.05,
+        },
+        base_phase=_phase(500, 3e-3, quick),
+        experts={
+            t.removeprefix("zoo_").removesuffix("_a"): ExpertSpec(
+                t, {t: 1.0}, _phase(150, 1e-3, quick)
+            )
+            for t in _SKILLS
+        },
+        tasks=list(_SKILLS),
+        shape=_SHAPE,
+    )
 
 
 def lm_cross(quick: bool) -> LMZooSpec:
-    raise NotImplementedError
+    replay = {t: 0.2 for t in _A_TASKS}
+    return LMZooSpec(
+        name="lm-cross",
+        description=(
+            "4-layer Llama (0.46M parameters) pretrained on digit tasks (language A) and, less "
+            "often, the same tasks in a made-up script B; a skill expert fine-tuned on reversing "
+            "digits (it answers B prompts in A) and a language expert fine-tuned on B tasks "
+            "(it never reverses); the target, reversing B letters, needs both"
+        ),
+        base_mix={**_A_TASKS, **{t: 0.3 for t in _B_TASKS}},
+        base_phase=_phase(800, 3e-3, quick),
+        experts={
+            "skill": ExpertSpec(
+                "zoo_reverse_a", {"zoo_reverse_a": 1.0, **replay}, _phase(200, 1e-3, quick)
+            ),
+            "language": ExpertSpec("zoo_copy_b", dict(_B_TASKS), _phase(200, 1e-3, quick)),
+        },
+        tasks=["zoo_reverse_b", "zoo_reverse_a", "zoo_copy_b", "zoo_sort_b", "zoo_copy"],
+        targets=["zoo_reverse_b"],
+        shape=_SHAPE,
+    )
 
 
 def digits(quick: bool) -> DigitsZooSpec:

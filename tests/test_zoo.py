@@ -1,0 +1,115 @@
+"""The LM zoo: deterministic quick builds, ordinary HF folders, and a fast evaluator that scores
+exactly like lm-eval (same greedy answer per item) on the committed task folders."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from evomerge.errors import UserInputError
+from evomerge.zoo.build import build, load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+FITNESS = REPO / "fitness"
+
+
+def _tensor_digests(folder: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    out = {}
+    for model in sorted(p for p in folder.iterdir() if (p / "model.safetensors").is_file()):
+        with safe_open(str(model / "model.safetensors"), "pt") as f:
+            for key in sorted(f.keys()):
+                t = f.get_tensor(key).contiguous()
+                out[f"{model.name}/{key}"] = hashlib.sha256(t.numpy().tobytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def cross_zoo(tmp_path_factory) -> Path:
+    return build("lm-cross", tmp_path_factory.mktemp("zoo") / "cross", quick=True, progress=False)
+
+
+def test_quick_build_is_deterministic_and_cli_builds(cross_zoo, tmp_path, monkeypatch):
+    from evomerge.cli import app
+
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(
+        app, ["zoo", "build", "lm-cross", "--quick", "--out", str(tmp_path / "b")]
+    )
+    assert res.exit_code == 0, res.output
+    again = Path(res.output.strip().splitlines()[-1].strip())
+    assert again == tmp_path / "b"
+    first, second = _tensor_digests(cross_zoo), _tensor_digests(again)
+    assert set(first) >= {"base/lm_head.weight", "skill/lm_head.weight", "language/lm_head.weight"}
+    assert first == second
+    manifest = load_manifest(again)
+    assert set(manifest["models"]) == {"base", "skill", "language"}
+    assert manifest["targets"] == ["zoo_reverse_b"]
+
+
+def test_zoo_folders_load_with_transformers(cross_zoo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(cross_zoo / "language"))
+    tok = AutoTokenizer.from_pretrained(str(cross_zoo / "language"))
+    assert model.config.num_hidden_layers >= 4
+    ids = tok("K:kmp=", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "K:kmp="
+    assert len(ids) == 6  # one token per character
+
+
+def test_fast_evaluator_matches_lm_eval_per_example(cross_zoo):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.zoo.evaluate import EVALUATORS, generate_answers, load_task_items
+
+    task, limit, folder = "zoo_copy", 20, cross_zoo / "base"
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={folder},dtype=float32",
+        tasks=[task],
+        task_manager=TaskManager(include_path=str(FITNESS), include_defaults=False),
+        limit=limit,
+        log_samples=True,
+        device="cpu",
+    )
+    samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+    lm_answers = [s["filtered_resps"][0] for s in samples]
+    lm_correct = [float(s["exact_match"]) for s in samples]
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    items = load_task_items(FITNESS / task)[:limit]
+    assert generate_answers(model, tok, [p for p, _ in items], 8) == lm_answers
+    score = EVALUATORS[task](model, tok, limit=limit)
+    assert list(score.per_example) == lm_correct
+    assert 0 < score.score  # the quick base copies some items: the comparison is not all-zero
+
+
+def test_evaluator_registry_covers_the_zoo():
+    from evomerge.fitness.zoo_task import zoo_evaluator
+    from evomerge.zoo.evaluate import EVALUATORS
+    from evomerge.zoo.tasks import TASKS
+
+    assert {"cross", "skills"} <= set(EVALUATORS) and set(TASKS) <= set(EVALUATORS)
+    for name in TASKS:
+        assert (FITNESS / name / "test.jsonl").is_file(), f"run write_task_folders() for {name}"
+    with pytest.raises(UserInputError, match="valid: .*cross"):
+        zoo_evaluator("crosss")
+
+
+def test_unknown_zoo_is_a_clear_error(tmp_path):
+    from evomerge.cli import app
+
+    with pytest.raises(UserInputError, match="valid: digits, lm-cross, lm-skills"):
+        build("lm-crosss", tmp_path / "x")
+    res = CliRunner().invoke(app, ["zoo", "build", "nope", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2
+    assert "zoo 'nope' is unknown" in res.output
+    assert not (tmp_path / "y").exists()
