@@ -255,6 +255,15 @@ def table(zoo: Zoo, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _brief(r: Row) -> str:
+    if not r.scores:
+        return f"{r.method}: {r.note}"
+    vals = " ".join(f"{k}={v:.1f}" for k, v in r.scores.items())
+    return (
+        f"{r.method}: {vals} mean={sum(r.scores.values()) / len(r.scores):.1f} ({r.seconds:.1f} s)"
+    )
+
+
 def run_zoo(name: str, args) -> str:
     from evomerge.ops import list_ops
 
@@ -268,10 +277,10 @@ def run_zoo(name: str, args) -> str:
         rows = reference_rows(zoo)
         for op in list_ops():
             rows.append(run_op(op, zoo, work))
-            print(f"  {name}: {op} done", flush=True)
+            print(f"  {name}: {_brief(rows[-1])}", flush=True)  # partial results survive a kill
         for g in ("task", "layer"):
             rows.append(run_adamerging_row(zoo, g, args.steps, work))
-            print(f"  {name}: adamerging {g}-wise done", flush=True)
+            print(f"  {name}: {_brief(rows[-1])}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ran = [r for r in rows[2:] if r.scores]
