@@ -14,7 +14,7 @@ from evomerge.checks import check_finite
 from evomerge.errors import UserInputError
 from evomerge.ops import OPS, generator_for
 from evomerge.ops._registry import per_model
-from evomerge.ops.generalized_ta import consensus_mask, general_task_arithmetic
+from evomerge.ops.generalized_ta import _streamable, consensus_mask, general_task_arithmetic
 from evomerge.ops.sparsify import kth_largest, top_k_mask
 
 
@@ -108,6 +108,24 @@ def test_fused_consensus_same_bits_as_stacked(name: str, n: int) -> None:
             old = _old_gta(tensors, base, generator=gen(), **kw, **p)
             assert torch.equal(new, old), (name, n, normalize, method)
     assert all(torch.isfinite(t).all() for t in tensors)  # inputs untouched by in-place work
+
+
+@pytest.mark.parametrize("name", ["ties", "task_arithmetic"])
+def test_streamed_blocks_same_bits_as_whole_tensor(name: str) -> None:
+    """Tensors of ≥ 4 blocks go block by block; quantized values put many ties at the top-k
+    threshold, some inside a block, so the split rule is exercised too."""
+    g = torch.Generator().manual_seed(9)
+    base = (torch.randn(700, 401, generator=g) * 64).round() / 64
+    tensors = [base + (torch.randn(700, 401, generator=g) * 8).round() / 64 for _ in range(3)]
+    sp, cons = PRESETS[name]
+    for density in ([0.5, 0.3, 1.0], [0.9, 0.0, 0.05]):
+        p = {**OPS[name].defaults, "weight": [0.5, 0.3, 0.7], "density": density}
+        p["normalize"] = name == "ties"
+        kw = {"sparsification": sp, "consensus": cons, "generator": None}
+        assert _streamable(tensors, base, sp, p)
+        new = general_task_arithmetic(tensors, base, **kw, **p)
+        old = _old_gta(tensors, base, **kw, **p)
+        assert torch.equal(new, old), (name, density)
 
 
 def test_check_finite_one_pass() -> None:

@@ -21,6 +21,8 @@ unstable ``argsort`` keeps an unspecified subset of those ties.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from evomerge.errors import UserInputError
@@ -52,49 +54,99 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool) -> torch.Tens
 
 def top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the ``k`` largest entries of the flat tensor ``mag`` (ties: lowest index)."""
-    n = mag.numel()
-    if k >= n:
+    if k >= mag.numel():
         return torch.ones_like(mag, dtype=torch.bool)
-    v = kth_largest(mag, k)
-    keep = mag >= v
-    extra = int(torch.count_nonzero(keep)) - k  # (bool .sum() is 10× slower)
-    if extra > 0:  # ties at the threshold: drop the highest-index ones
-        ties = (mag == v).nonzero().reshape(-1)
-        keep[ties[ties.numel() - extra :]] = False
-    return keep
+    return top_k(mag, k).mask(mag)
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The k largest entries of a flat tensor as a rule that can be applied block by block:
+    keep |x| ≥ v at flat indices below ``split``, |x| > v from ``split`` on."""
+
+    v: torch.Tensor
+    split: int
+
+    def mask(self, mag: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Keep mask for ``mag``, the magnitudes at flat indices [start, start + len(mag))."""
+        q = min(max(self.split - start, 0), mag.numel())
+        if q == mag.numel():
+            return mag >= self.v
+        if q == 0:
+            return mag > self.v
+        keep = torch.empty_like(mag, dtype=torch.bool)
+        torch.ge(mag[:q], self.v, out=keep[:q])
+        torch.gt(mag[q:], self.v, out=keep[q:])
+        return keep
+
+
+def top_k(mag: torch.Tensor, k: int) -> TopK:
+    """The rule keeping exactly the ``k`` (< n) largest of the flat tensor ``mag``."""
+    v, greater, equal = _kth(mag, k)
+    need = k - greater  # entries equal to v that are kept: the first `need` by index
+    if need >= equal:
+        return TopK(v, mag.numel())
+    return TopK(v, _nth_equal(mag, v, need) + 1)
+
+
+_BLOCK = 1 << 18
+
+
+def _nth_equal(mag: torch.Tensor, v: torch.Tensor, nth: int) -> int:
+    """Flat index of the ``nth`` (1-based) entry equal to ``v``, scanning blocks from the start
+    (stops early, and a block's ``nonzero`` is cheap where a whole-tensor one is not)."""
+    seen = 0
+    for s in range(0, mag.numel(), _BLOCK):
+        eq = mag[s : s + _BLOCK] == v
+        c = int(torch.count_nonzero(eq))
+        if seen + c >= nth:
+            return s + int(eq.nonzero()[nth - seen - 1])
+        seen += c
+    raise ValueError(f"fewer than {nth} entries equal {float(v)}")
 
 
 _SAMPLE = 1 << 16
 
 
 def kth_largest(mag: torch.Tensor, k: int) -> torch.Tensor:
-    """The exact k-th largest value of the flat tensor ``mag`` (1 ≤ k ≤ n), as a 0-d tensor.
+    """The exact k-th largest value of the flat tensor ``mag`` (1 ≤ k ≤ n), as a 0-d tensor."""
+    return _kth(mag, k)[0]
 
-    ``kthvalue`` over all n elements is single-threaded and copies; a sorted strided sample
-    gives a bracket [lo, hi] that holds the answer with overwhelming probability, and the
-    answer is then the right order statistic of the few elements inside it. When the sample
-    misleads (adversarial layouts), the full ``kthvalue`` runs: the result is always exact.
+
+def _kth(mag: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
+    """(v = the k-th largest of ``mag``, #entries > v, #entries == v).
+
+    ``kthvalue`` over all n elements is single-threaded and copies; a strided sample gives a
+    bracket [lo, hi] that holds the answer with overwhelming probability, and the answer is then
+    the right order statistic of the few elements inside it (whose counts also give the ties).
+    When the sample misleads (adversarial layouts), the full ``kthvalue`` runs: always exact.
     """
     n = mag.numel()
     r = n - k  # ascending 0-based rank of the answer
-    if n <= 8 * _SAMPLE:
-        return torch.kthvalue(mag, r + 1).values
-    sample = mag[:: n // _SAMPLE].contiguous()
-    m = sample.numel()
-    j = r * m // n
-    d = 4 * int((m * (r / n) * (1 - r / n)) ** 0.5) + 64
-    inside = torch.ones_like(mag, dtype=torch.bool)  # the bracket, open-ended at the extremes
-    below = 0
-    if j - d > 0:  # (two kthvalue calls: torch's sort of 64k floats is 20× slower)
-        inside = mag >= torch.kthvalue(sample, j - d + 1).values
-        below = n - int(torch.count_nonzero(inside))
-    if j + d < m - 1:
-        inside.logical_and_(mag <= torch.kthvalue(sample, j + d + 1).values)
-    if below <= r:
-        cand = mag[inside]
-        if r - below < cand.numel():
-            return torch.kthvalue(cand, r - below + 1).values
-    return torch.kthvalue(mag, r + 1).values
+    if n > 8 * _SAMPLE:
+        sample = mag[:: n // _SAMPLE].contiguous()
+        m = sample.numel()
+        j = r * m // n
+        d = 4 * int((m * (r / n) * (1 - r / n)) ** 0.5) + 64
+        inside = torch.ones_like(mag, dtype=torch.bool)  # open-ended at the extremes
+        below = 0
+        if j - d > 0:  # (kthvalue on the sample: torch's sort of 64k floats is 20× slower)
+            inside = mag >= torch.kthvalue(sample, j - d + 1).values
+            below = n - int(torch.count_nonzero(inside))
+        if j + d < m - 1:
+            inside.logical_and_(mag <= torch.kthvalue(sample, j + d + 1).values)
+        if below <= r:
+            cand = mag[inside]
+            if r - below < cand.numel():
+                v = torch.kthvalue(cand, r - below + 1).values
+                above = n - below - cand.numel()
+                return v, above + int(torch.count_nonzero(cand > v)), _count(cand == v)
+    v = torch.kthvalue(mag, r + 1).values
+    return v, _count(mag > v), _count(mag == v)
+
+
+def _count(mask: torch.Tensor) -> int:
+    return int(torch.count_nonzero(mask))  # (a bool .sum() is 10× slower)
 
 
 def magnitude_outliers(
