@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--methods", default="ties,dare_ties,linear,slerp")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
+    load0 = os.getloadavg()
     cache = Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge")) / "bench"
     folders = build(cache, args.size)
     mk = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
@@ -170,7 +171,7 @@ def main() -> None:
             used = [f / "model.safetensors" for f in folders if str(f) in cfg.read_text()]
             base_s = statistics.median(baseline(used, out_bytes, scratch) for _ in range(3))
             rows.append(_row(method, ours, theirs, in_bytes + out_bytes, base_s))
-    _print(rows, args)
+    _print(rows, args, load0)
 
 
 def _row(method, ours, theirs, nbytes, base_s) -> dict:
@@ -190,8 +191,13 @@ def _row(method, ours, theirs, nbytes, base_s) -> dict:
     }
 
 
-def _print(rows: list[dict], args) -> None:
+def _print(rows: list[dict], args, load0: tuple[float, float, float]) -> None:
+    # Other jobs share the cores: ratios come from alternating runs, the load says how noisy.
+    load = (
+        " ".join(f"{x:.2f}" for x in load0) + " -> " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
     print(f"size={args.size} runs={args.runs} cpus={os.cpu_count()} torch threads default")
+    print(f"load average (1/5/15 min) at start -> end: {load}")
     head = f"{'method':10} {'ours s':>8} {'mk s':>8} {'t ratio':>8} {'ours MiB':>9} {'mk MiB':>9} {'rss ratio':>9} {'ours GB/s':>9} {'base GB/s':>9} {'of base':>8}"
     print(head)
     for r in rows:
