@@ -1,8 +1,10 @@
 """The merge engine: plan a recipe, stream merged tensors, write a HF model folder.
 
 ``plan`` reads only headers; ``iter_merged_tensors`` computes one output tensor at a time
-(peak memory ≈ the input tensors of one output tensor, in float32); ``run_merge`` writes them
-straight into pre-planned safetensors shards of a temporary folder and renames it into place.
+while a reader thread loads the next one's inputs (peak memory ≈ the float32 inputs of two
+output tensors plus the operator's temporaries); ``run_merge`` hands each result to a writer
+thread that puts it straight into pre-planned safetensors shards of a temporary folder, which
+is renamed into place at the end. Pipelined or not (``pipeline=False``), the bytes are the same.
 The workers call the same ``plan``/``iter_merged_tensors`` with their in-memory ExpertCache as
 ``source``, so an evaluated candidate and ``evomerge merge`` give the same bits.
 """
