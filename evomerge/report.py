@@ -92,7 +92,7 @@ def _plot_tasks(top: list[Trial], baselines: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     rows = [(f"#{i + 1} {t.digest[:8]}", t.scores) for i, t in enumerate(top)]
-    rows += [(f"expert {name}", b.get("scores", {})) for name, b in baselines.items()]
+    rows += [(name, b.get("scores", {})) for name, b in baselines.items()]
     tasks = sorted({k for _, s in rows for k in s})
     if not rows or not tasks:
         return None
@@ -205,7 +205,7 @@ def _markdown(run_dir, trials, top, baselines, files) -> str:
         cells = [f"{b.get('scores', {}).get(k, math.nan):.4f}" for k in tasks]
         fit = b.get("fitness")
         fit_s = f"{fit:.4f}" if isinstance(fit, float) else "-"
-        lines.append(f"| expert {name} | {fit_s} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {fit_s} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"![{f.stem}]({f.name})" for f in files]
     return "\n".join(lines) + "\n"

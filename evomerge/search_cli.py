@@ -116,24 +116,29 @@ def _overrides(max_evals, max_seconds, seed, workers, ray_address) -> dict:
 
 
 def _baselines(s) -> None:
-    """Score each expert once, so the winner is printed against them (not search candidates)."""
+    """Score each expert (and the base model) once, so the winner is printed against them (not
+    search candidates)."""
     if s.store.get_meta("baselines") is not None:
         return
     refs = s.cfg.resolved_models()
+    labels = [f"expert {Path(m).name}" for m in refs]
+    base = s.cfg.resolved_base()
+    if base is not None and base not in refs:
+        refs, labels = [*refs, base], [*labels, f"base {Path(base).name}"]
     recipes = [Recipe(merge_method="passthrough", models=[ModelRef(model=m)]) for m in refs]
     results = s.evaluator.evaluate(recipes)
     data = {
-        Path(m).name: {
+        label: {
             "fitness": r.fitness if r.ok else None,
             "error": r.error,
             "scores": r.result.scores if r.result else {},
         }
-        for m, r in zip(refs, results, strict=True)
+        for label, r in zip(labels, results, strict=True)
     }
     s.store.set_meta("baselines", json.dumps(data))
-    for name, b in data.items():
+    for label, b in data.items():
         fit = "FAIL" if b["fitness"] is None else f"{b['fitness']:.4f}"
-        console.print(f"expert {name}: fitness {fit}")
+        console.print(f"{label}: fitness {fit}")
 
 
 def _finish(final: Progress, run_dir: Path) -> int:
@@ -151,7 +156,7 @@ def _finish(final: Progress, run_dir: Path) -> int:
     out.print(f"winner {final.best_digest[:12]}  fitness {final.best_fitness:.4f}")
     for name, b in baselines.items():
         fit = b.get("fitness")
-        out.print(f"  expert {name:<24} fitness {'FAIL' if fit is None else f'{fit:.4f}'}")
+        out.print(f"  {name:<31} fitness {'FAIL' if fit is None else f'{fit:.4f}'}")
     out.print(f"archive: {Path(run_dir) / 'archive' / final.best_digest}")
     if final.stop_reason == "interrupted":
         out.print(f"interrupted at a generation boundary; continue with: evomerge resume {run_dir}")
