@@ -34,13 +34,12 @@ EXP = ROOT / "experiments"
 def simple_merges(models: list[str], base: str | None) -> dict[str, Recipe]:
     """The coarse grid a careful user would try by hand."""
     out: dict[str, Recipe] = {}
-    for w in (0.25, 0.5, 0.75):
-        out[f"linear w={w}"] = Recipe(
+    n = len(models)
+    grid = [(0.25, 0.75), (0.5, 0.5), (0.75, 0.25)] if n == 2 else [(1 / n,) * n]
+    for ws in grid:
+        out[f"linear w={','.join(f'{w:.2f}' for w in ws)}"] = Recipe(
             merge_method="linear",
-            models=[
-                ModelRef(model=models[0], parameters={"weight": w}),
-                ModelRef(model=models[1], parameters={"weight": 1 - w}),
-            ],
+            models=[ModelRef(model=m, parameters={"weight": w}) for m, w in zip(models, ws)],
         )
     if base:
         for lam, method in itertools.product((0.5, 0.75, 1.0), ("task_arithmetic", "ties")):
@@ -54,6 +53,8 @@ def simple_merges(models: list[str], base: str | None) -> dict[str, Recipe]:
         out[f"expert {i} ({Path(m).name})"] = Recipe(
             merge_method="passthrough", models=[ModelRef(model=m)]
         )
+    if base:
+        out["base"] = Recipe(merge_method="passthrough", models=[ModelRef(model=base)])
     return out
 
 
