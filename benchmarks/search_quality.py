@@ -6,6 +6,7 @@ For each seed (median over >= 3 seeds is what the table shows):
 
 * ``PS cma_es``    experiments/toy_ps_cmaes.yaml (DARE-TIES weights/densities, CMA-ES);
 * ``PS random``    the same space and evaluation budget with the random driver;
+* ``PS m2n2``      experiments/toy_m2n2.yaml: the same space and fitness with M2N2;
 * ``DFS cma_es``   experiments/toy_dfs.yaml (layer paths through both experts);
 * ``hybrid``       experiments/toy_hybrid.yaml's space over the seed's PS winner and a source;
 
@@ -79,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--evals", type=int, default=64)
-    ap.add_argument("--quick", action="store_true", help="PS and random only")
+    ap.add_argument("--quick", action="store_true", help="parameter space only (no DFS/hybrid)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="evomerge_quality_"))
@@ -105,6 +106,8 @@ def main() -> None:
             {"driver": {"name": "random", "options": {}}},
         )
         add("PS random", f, t)
+        f, t, _ = run_search(EXP / "toy_m2n2.yaml", d / "m2n2", seed, args.evals)
+        add("PS m2n2", f, t)
         if args.quick:
             continue
         f, t, _ = run_search(EXP / "toy_dfs.yaml", d / "dfs", seed, args.evals)
