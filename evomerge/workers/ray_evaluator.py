@@ -303,9 +303,23 @@ class RayEvaluator(Evaluator):
         """Worker name -> ticket it is evaluating now."""
         return {s.name: s.ticket for s in self._slots if s.ticket is not None}
 
-    def worker_info(self) -> list[dict[str, Any]]:
-        """What each worker reports about itself (node, pid, GPUs, placement, memory)."""
-        return self.ray.get([s.actor.describe.remote() for s in self._slots])
+    def worker_info(self, wait_s: float = 120.0) -> list[dict[str, Any]]:
+        """What each worker reports about itself (node, pid, GPUs, placement, memory). A worker
+        that is still restarting after a crash is waited for (up to ``wait_s``)."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + wait_s
+        out = []
+        for slot in self._slots:
+            while True:
+                try:
+                    out.append(self.ray.get(slot.actor.describe.remote()))
+                    break
+                except ActorUnavailableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+        return out
 
     def worker_pids(self) -> dict[str, int]:
         return {s.name: s.info.get("pid", -1) for s in self._slots}
