@@ -41,3 +41,20 @@ def check_tell(
 
 def is_failure(f: float) -> bool:
     return math.isnan(f)
+
+
+def parse_options(name: str, params_cls: type, options: dict, required: dict[str, str]) -> object:
+    """``params_cls(**options)`` for a frozen dataclass of driver options: unknown keys and
+    missing ``required`` ones (key -> what it means) are rejected naming ``driver.options``."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(params_cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserInputError(
+            f"{name}: unknown driver.options {unknown}; valid: {', '.join(sorted(known))}"
+        )
+    for key, meaning in required.items():
+        if key not in options:
+            raise UserInputError(f"{name}: driver.options.{key} ({meaning}) is required")
+    return params_cls(**options)

@@ -36,7 +36,7 @@ import numpy as np
 from evomerge.adamerging.job import EntropyRequest, run_entropy_job
 from evomerge.adamerging.objective import EntropyObjective
 from evomerge.adamerging.state import AdaParams, AdaState
-from evomerge.drivers._common import check_tell
+from evomerge.drivers._common import check_tell, parse_options
 from evomerge.drivers.base import Candidate, Driver, register_driver
 from evomerge.errors import UserInputError
 from evomerge.fitness.result import EvalResult
@@ -59,17 +59,9 @@ class AdaMerging(Driver):
         **options: Any,
     ) -> None:
         super().__init__(dim, lower, upper, x0, seed=seed)
-        known = {f.name for f in fields(AdaParams)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise UserInputError(
-                f"adamerging: unknown driver.options {unknown}; valid: {', '.join(sorted(known))}"
-            )
-        if "n_members" not in options:
-            raise UserInputError(
-                "adamerging: driver.options.n_members (number of experts) is required"
-            )
-        self.params = p = AdaParams(**options)
+        self.params = p = parse_options(
+            self.name, AdaParams, options, {"n_members": "number of experts"}
+        )
         self.objective = EntropyObjective.parse(p.objective)
         k = p.n_members
         if dim < k or dim % k:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from evomerge.drivers._common import parse_options
 from evomerge.drivers.base import Candidate, Driver, register_driver
 from evomerge.errors import UserInputError
 from evomerge.fitness.result import EvalResult
@@ -55,15 +56,9 @@ class FrankWolfe(Driver):
         **options: Any,
     ) -> None:
         super().__init__(dim, lower, upper, x0, seed=seed)
-        known = {f.name for f in fields(FWParams)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise UserInputError(
-                f"frank_wolfe: unknown driver.options {unknown}; valid: {', '.join(sorted(known))}"
-            )
-        if "n_members" not in options:
-            raise UserInputError("frank_wolfe: driver.options.n_members (pool size) is required")
-        self.params = p = FWParams(**options)
+        self.params = p = parse_options(
+            self.name, FWParams, options, {"n_members": "pool size"}
+        )
         k, g = p.n_members, _n_groups(self.dim, p)
         self.n_coef, self.n_groups = g * k, g
         w0 = self.x0[: self.n_coef].reshape(g, k)
