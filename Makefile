@@ -6,8 +6,10 @@ RUN := source scripts/env.sh && source .venv/bin/activate &&
 setup:
 	@bash scripts/setup.sh
 
+# A second `make demo` continues (or just reports) the run instead of refusing the used folder.
 demo: setup
-	@$(RUN) evomerge search experiments/toy_ps_cmaes.yaml --run-dir runs/demo
+	@$(RUN) if [ -e runs/demo/store.sqlite ]; then evomerge resume runs/demo; \
+	else evomerge search experiments/toy_ps_cmaes.yaml --run-dir runs/demo; fi
 
 test: setup
 	@$(RUN) python -m pytest -q -p no:cacheprovider tests
