@@ -17,11 +17,16 @@ from evomerge.zoo.lm import LMShape, Phase
 
 @dataclass(frozen=True)
 class ExpertSpec:
-    """A model fine-tuned from the base on ``mix``; ``expert_in`` is the task it is expert in."""
+    """A model fine-tuned from the base on ``mix``; ``expert_in`` is the task it is expert in.
+
+    ``trainable``: regexes over parameter names (``re.search``); only matching parameters are
+    fine-tuned, the rest stay the base's (an adapter-style fine-tune). Empty: all parameters.
+    """
 
     expert_in: str
     mix: dict[str, float]
     phase: Phase
+    trainable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 from evomerge.zoo.lm import mixture, new_model, save_lm, train
@@ -14,6 +15,25 @@ def _progress_bar(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, unit="step", leave=False)
+
+
+def _freeze_except(model, trainable: tuple[str, ...]) -> None:
+    """Only parameters whose name matches one of ``trainable`` get gradients (all when empty);
+    AdamW leaves a parameter without a gradient untouched, so the rest stay the base's bits."""
+    from evomerge.errors import UserInputError
+
+    if not trainable:
+        return
+    pats = [re.compile(p) for p in trainable]
+    names = [n for n, _ in model.named_parameters()]
+    for pat in pats:
+        if not any(pat.search(n) for n in names):
+            raise UserInputError(
+                f"ExpertSpec.trainable: {pat.pattern!r} matches no parameter; names look like "
+                f"{names[0]!r}, {names[-1]!r}"
+            )
+    for n, p in model.named_parameters():
+        p.requires_grad_(any(pat.search(n) for pat in pats))
 
 
 def build_lm_zoo(spec, out: Path, *, seed: int, progress: bool) -> dict:
@@ -31,6 +51,7 @@ def build_lm_zoo(spec, out: Path, *, seed: int, progress: bool) -> dict:
         for i, (name, ex) in enumerate(spec.experts.items()):
             bar.set_postfix_str(name)
             model = copy.deepcopy(base)
+            _freeze_except(model, ex.trainable)
             mix = mixture([(w, train_sampler(t)) for t, w in ex.mix.items()])
             train(model, tok, mix, ex.phase, seed=seed * 1000 + 10 + i, progress=bar.update)
             save_lm(model, tok, out / name)
