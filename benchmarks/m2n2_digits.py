@@ -2,11 +2,13 @@
 Improve Model Fusion"): scikit-learn's 8×8 digits, a 64-256-10 MLP, genomes = its flattened
 parameters, fitness = per-example correctness on the 1,437 training images; reported: test
 accuracy (360 images) of the archive's best-on-train member, median and spread over seeds.
+Data, genome layout, initialisations and the experts' training follow the reference code
+(SakanaAI/natural_niches): raw pixel values 0..16, first 80% of the images for training.
 
 (a) from scratch: M2N2 vs CMA-ES (diagonal, popsize 20, σ0 0.01 — diagonal because full
     covariance over 19,210 genes does not fit a small machine) vs GA (M2N2 with α = 0).
-(b) from two experts trained briefly on digits 0–4 and 5–9 (same init): M2N2 vs no attraction
-    vs no split point vs GA.
+(b) from two experts trained briefly on digits 0–4 and 5–9 (10 full-batch Adam steps from
+    two different random inits): M2N2 vs no attraction vs no split point vs GA.
 
 The drivers are evomerge's own (``evomerge.drivers``); candidates are scored in process by a
 batched torch forward pass instead of the SQLite store + evaluator, because 50k evaluations
@@ -27,39 +29,51 @@ import torch
 
 from evomerge.drivers import get_driver
 from evomerge.fitness.result import EvalResult, TaskScore
-from evomerge.zoo.digits import digits_data, new_digits_model, train_digits
 
 H, D_IN, C = 256, 64, 10
 DIM = H * D_IN + H + C * H + C
 
 
-def unflatten(x: np.ndarray) -> list[torch.Tensor]:
-    t = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    sizes = [H * D_IN, H, C * H, C]
-    w1, b1, w2, b2 = torch.split(t, sizes)
-    return [w1.view(H, D_IN), b1, w2.view(C, H), b2]
+def _forward(t: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Logits of the flat genome ``t``. The layout is the reference code's (``model.py`` of
+    SakanaAI/natural_niches): W1 stored input-major as (64, 256), then b1, W2 as (256, 10), b2 —
+    it decides which weights a crossover split point separates, so it is part of the method."""
+    w1, b1, w2, b2 = torch.split(t, [D_IN * H, H, H * C, C])
+    return torch.relu(xs @ w1.view(D_IN, H) + b1) @ w2.view(H, C) + b2
 
 
 def correct(x: np.ndarray, split: str) -> np.ndarray:
     xs, ys = DATA[split]
-    w1, b1, w2, b2 = unflatten(x)
-    logits = torch.relu(xs @ w1.T + b1) @ w2.T + b2
+    logits = _forward(torch.from_numpy(np.asarray(x, dtype=np.float32)), xs)
     return (logits.argmax(-1) == ys).float().numpy()
 
 
-def flatten(model: torch.nn.Module) -> np.ndarray:
-    p = [model.hidden.weight, model.hidden.bias, model.head.weight, model.head.bias]
-    return torch.cat([q.detach().reshape(-1) for q in p]).numpy().astype(np.float64)
+def paper_data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The reference code's data: scikit-learn digits with raw pixel values 0..16 (not scaled:
+    a mutation or σ0 of 0.01 is calibrated to that scale), first 80% train, last 20% test."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = torch.tensor(d.data, dtype=torch.float32), torch.tensor(d.target)
+    n = int(len(y) * 0.8)
+    return {"train": (x[:n], y[:n]), "test": (x[n:], y[n:])}
 
 
 def half_experts(seed: int) -> list[np.ndarray]:
+    """The reference's two experts: each from its own N(0, 0.01²) init, 10 full-batch Adam steps
+    (lr 0.003) on digits 0-4 or 5-9 only — brief, so each is ~half right on all ten digits."""
     xs, ys = DATA["train"]
+    g = torch.Generator().manual_seed(seed)
     out = []
     for lo in (0, 5):
-        model = new_digits_model(seed)  # same init for both: they share a basin, as fine-tunes do
         keep = (ys >= lo) & (ys < lo + 5)
-        train_digits(model, xs[keep], ys[keep], epochs=2, lr=1e-3, seed=seed)
-        out.append(flatten(model))
+        t = (torch.randn(DIM, generator=g) * 0.01).requires_grad_()
+        opt = torch.optim.Adam([t], lr=0.003)
+        for _ in range(10):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(_forward(t, xs[keep]), ys[keep]).backward()
+            opt.step()
+        out.append(t.detach().numpy().astype(np.float64))
     return out
 
 
@@ -100,8 +114,10 @@ def table(title: str, rows: dict[str, list[float]], seconds: dict[str, float]) -
     print(f"\n{title}")
     print(f"{'method':<24}{'test acc median':>16}{'min':>8}{'max':>8}{'s/run':>8}")
     for name, accs in rows.items():
-        print(f"{name:<24}{100 * statistics.median(accs):>15.1f}%{100 * min(accs):>7.1f}%"
-              f"{100 * max(accs):>7.1f}%{seconds[name]:>8.0f}")
+        print(
+            f"{name:<24}{100 * statistics.median(accs):>15.1f}%{100 * min(accs):>7.1f}%"
+            f"{100 * max(accs):>7.1f}%{seconds[name]:>8.0f}"
+        )
 
 
 def main() -> None:
@@ -120,24 +136,37 @@ def main() -> None:
             accs = []
             for s in seeds:
                 a, b = half_experts(s)
-                accs.append(run("m2n2", args.expert_evals, s, x0=a, init_points=[b],
-                                init="given", **opts))
+                accs.append(
+                    run("m2n2", args.expert_evals, s, x0=a, init_points=[b], init="given", **opts)
+                )
             rows[name], secs[name] = accs, (time.perf_counter() - t) / len(seeds)
         experts = [float(correct(x, "test").mean()) for x in half_experts(0)]
-        print(f"half experts (seed 0) test acc: 0-4 {100*experts[0]:.1f}%, 5-9 {100*experts[1]:.1f}%")
+        print(
+            f"half experts (seed 0) test acc: 0-4 {100 * experts[0]:.1f}%, 5-9 {100 * experts[1]:.1f}%"
+        )
         table(f"(b) from two half-digit experts, {args.expert_evals} evaluations", rows, secs)
     if args.only != "experts":
         rows, secs = {}, {}
         for name, (drv, opts) in SCRATCH.items():
             t = time.perf_counter()
-            rows[name] = [run(drv, args.scratch_evals, s, **dict(opts)) for s in seeds]
+            # every method starts from N(0, 0.01²) genomes, as the reference code does
+            rows[name] = [
+                run(
+                    drv,
+                    args.scratch_evals,
+                    s,
+                    x0=np.random.default_rng(s).normal(0, 0.01, DIM),
+                    **dict(opts),
+                )
+                for s in seeds
+            ]
             secs[name] = (time.perf_counter() - t) / len(seeds)
         table(f"(a) from scratch, {args.scratch_evals} evaluations", rows, secs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS {rss:.0f} MiB")
 
 
-DATA = {s: digits_data(s) for s in ("train", "test")}
+DATA = paper_data()
 
 if __name__ == "__main__":
     main()
