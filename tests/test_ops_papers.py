@@ -142,6 +142,21 @@ def test_tsv_matches_reference_and_averages_vectors(rho):
         OPS["tsv"].fn([base + t for t in taus], base, rank_fraction=1.5, alpha=1.0)
 
 
+def test_tsv_wide_tensor_and_degenerate_task_vectors():
+    # The fast path works on the wide side (eigh of the smaller Gram matrix); a zero or duplicated
+    # task vector makes the concatenated singular vectors rank-deficient, where it must fall back
+    # to the SVD instead of dividing by a zero singular value.
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(6, 11, generator=g)
+    taus = [0.3 * torch.randn(6, 11, generator=g) for _ in range(2)]
+    out = OPS["tsv"].fn([base + t for t in taus], base, rank_fraction=1.0, alpha=1.0)
+    want = torch.from_numpy(_tsv_reference([t.numpy() for t in taus], 1.0)).float()
+    torch.testing.assert_close(out - base, want, rtol=1e-4, atol=1e-5)
+    for degenerate in ([base, base + taus[0]], [base + taus[0]] * 2):
+        out = OPS["tsv"].fn(degenerate, base, rank_fraction=1.0, alpha=1.0)
+        assert torch.isfinite(out).all()
+
+
 # ---- Multi-SLERP: parity with mergekit 0.1.5 ------------------------------------------------
 def test_multislerp_matches_mergekit():
     mk = pytest.importorskip("mergekit.merge_methods.multislerp").multislerp
