@@ -57,7 +57,7 @@ def _polar(a: torch.Tensor) -> torch.Tensor:
     if a.shape[0] < a.shape[1]:
         return _polar_svd(a)
     lam, q = torch.linalg.eigh(a.T @ a)
-    if lam[0] <= (_TOL * lam[-1].clamp_min(0).sqrt()) ** 2 or lam[-1] <= 0:
+    if lam[-1] <= 0 or lam[0] <= _TOL**2 * lam[-1]:  # singular values S = √λ, cut at _TOL
         return _polar_svd(a)
     return a @ ((q / lam.sqrt()) @ q.T)
 
@@ -66,8 +66,8 @@ def _top_svd(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch
     """The top ``k`` singular triplets of a wide ``d`` (m ≤ n, float64) from eigh(d dᵀ).
 
     eigh of the m × m Gram matrix is several times faster than a full SVD of d on CPU; in float64
-    it is exact to ~1e-12 for singular values above _TOL · s_max. Below that (a rank-deficient
-    task vector, whose null-space vectors are arbitrary anyway) the SVD is used.
+    its relative error is ~1e-16 · (s_max / s_i)², so ≤ 1e-8 above _TOL · s_max. Below that (a
+    rank-deficient task vector, whose null-space vectors are arbitrary anyway) the SVD is used.
     """
     lam, u = torch.linalg.eigh(d @ d.T)
     lam, u = lam.flip(0)[:k], u.flip(1)[:, :k]
