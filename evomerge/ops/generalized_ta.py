@@ -27,20 +27,32 @@ def _sparsify(
     p: dict[str, Any],
     n: int,
     generator: torch.Generator | None,
+    resident: Any = None,
 ) -> torch.Tensor:
+    """Model ``i``'s sparsified τ; ``resident`` (a worker's ``TaskStats``) serves the parts that
+    do not depend on the candidate (sorted |τ|, DELLA ranks, uniform draws): same bits."""
     if method is None:
         return delta
     density = per_model(p, "density", n)[i]
     rescale = bool(p.get("rescale", False))
+    srt = rank = draw = None
+    if resident is not None:
+        srt = lambda: resident.sorted_abs(i, lambda: sparsify.sorted_abs(delta))  # noqa: E731
+        rank = lambda: resident.rank01(i, lambda: sparsify.della_rank01(_rows(delta)))  # noqa: E731
+        draw = resident.draw(generator)
     if method == "magnitude":
-        return sparsify.magnitude(delta, density, rescale)
+        return sparsify.magnitude(delta, density, rescale, srt)
     if method == "random":
-        return sparsify.random(delta, density, rescale, generator)
+        return sparsify.random(delta, density, rescale, generator, draw)
     if method == "magnitude_outliers":
-        return sparsify.magnitude_outliers(delta, density, per_model(p, "gamma", n)[i], rescale)
-    return sparsify.della_magprune(
-        delta, density, per_model(p, "epsilon", n)[i], rescale, generator
-    )
+        gamma = per_model(p, "gamma", n)[i]
+        return sparsify.magnitude_outliers(delta, density, gamma, rescale, srt)
+    eps = per_model(p, "epsilon", n)[i]
+    return sparsify.della_magprune(delta, density, eps, rescale, generator, rank, draw)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() >= 2 else t.unsqueeze(0)
 
 
 def consensus_mask(weighted: torch.Tensor, method: str) -> torch.Tensor:
@@ -60,20 +72,25 @@ def general_task_arithmetic(
     sparsification: str | None,
     consensus: str | None,
     generator: torch.Generator | None,
+    resident: Any = None,
+    out: torch.Tensor | None = None,
     **p: Any,
 ) -> torch.Tensor:
+    """``resident``: a worker's cached per-tensor stats (``evomerge.workers.resident_cache``);
+    ``out``: a contiguous float32 tensor of the base's shape that receives the result (the
+    resident model's parameter). Neither changes a bit of the result."""
     n = len(tensors)
     if n == 0:
         return base.clone()
     w = [base.new_tensor(x) for x in per_model(p, "weight", n)]  # rounded as a stacked tensor is
     if _streamable(tensors, base, sparsification, p):
-        return _streamed(tensors, base, w, sparsification, consensus, p)
+        return _streamed(tensors, base, w, sparsification, consensus, p, resident, out)
     # One owned buffer per model (w_i · sparsified τ_i), updated in place: no stacked copies.
     weighted = [
-        _sparsify(t - base, sparsification, i, p, n, generator).mul_(w[i])
+        _sparsify(t - base, sparsification, i, p, n, generator, resident).mul_(w[i])
         for i, t in enumerate(tensors)
     ]
-    return _combine(weighted, w, base, consensus, p)
+    return _combine(weighted, w, base, consensus, p, out)
 
 
 def _combine(
@@ -126,6 +143,8 @@ def _streamed(
     sparsification: str | None,
     consensus: str | None,
     p: dict[str, Any],
+    resident: Any = None,
+    dst: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The whole-tensor computation, block by block (each model's top-k threshold first)."""
     flat = [t.reshape(-1) for t in tensors]
@@ -133,8 +152,9 @@ def _streamed(
     cuts: list[sparsify.TopK | None] = [None] * len(flat)
     if sparsification == "magnitude":
         dens = per_model(p, "density", len(flat))
-        cuts = [_top_k_rule(t, b, d) for t, d in zip(flat, dens)]
-    out = torch.empty_like(b)
+        cuts = [_top_k_rule(t, b, d, i, resident) for i, (t, d) in enumerate(zip(flat, dens))]
+    result = torch.empty_like(base) if dst is None else dst
+    out = result.view(-1)
     for s in range(0, b.numel(), _BLOCK):
         bs = b[s : s + _BLOCK]
         weighted = []
@@ -144,10 +164,12 @@ def _streamed(
                 d.mul_(cut.mask(d.abs(), s))  # as ``sparsify.magnitude``'s ``tensor * mask``
             weighted.append(d.mul_(wi))
         _combine(weighted, w, bs, consensus, p, out=out[s : s + _BLOCK])
-    return out.reshape(base.shape)
+    return result
 
 
-def _top_k_rule(t: torch.Tensor, b: torch.Tensor, density: float) -> sparsify.TopK | None:
+def _top_k_rule(
+    t: torch.Tensor, b: torch.Tensor, density: float, i: int, resident: Any
+) -> sparsify.TopK | None:
     """``sparsify.magnitude``'s kept set of τ = t − b as a rule (None: keep everything)."""
     n = b.numel()
     if density >= 1:
@@ -155,7 +177,12 @@ def _top_k_rule(t: torch.Tensor, b: torch.Tensor, density: float) -> sparsify.To
     if density <= 0:
         return sparsify.TopK(b.new_tensor(float("inf")), 0)  # keeps nothing
     k = max(1, int(density * n))
-    return None if k >= n else sparsify.top_k((t - b).abs_(), k)
+    if k >= n:
+        return None
+    if resident is None:
+        return sparsify.top_k((t - b).abs_(), k)
+    srt = resident.sorted_abs(i, lambda: sparsify.sorted_abs(t - b))
+    return sparsify.top_k_sorted(srt, k, lambda: (t - b).abs_())
 
 
 def _sum(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -215,6 +242,8 @@ def _preset(
         base: torch.Tensor | None,
         *,
         generator: torch.Generator | None = None,
+        resident: Any = None,
+        out: torch.Tensor | None = None,
         **p: Any,
     ) -> torch.Tensor:
         return general_task_arithmetic(
@@ -223,6 +252,8 @@ def _preset(
             sparsification=sparsification,
             consensus=consensus,
             generator=generator,
+            resident=resident,
+            out=out,
             **p,
         )
 

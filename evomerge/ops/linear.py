@@ -2,6 +2,10 @@
 
 mergekit semantics: Σ w_i θ_i, divided by Σ w_i when ``normalize`` (default True). The base
 model is not special: list it among the models to include it.
+
+One fused pass when the caller gives ``out`` (a worker's resident parameter): the weighted sum
+accumulates straight into it, no zeroed buffer, no copy. (The first term is ``w_0 · θ_0``
+rather than ``0 + w_0 · θ_0``: the same value, except that a product −0 stays −0.)
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ def linear(
     base: torch.Tensor | None,
     *,
     generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
     **p: Any,
 ) -> torch.Tensor:
     weights = per_model(p, "weight", len(tensors))
-    out = torch.zeros_like(tensors[0])
-    for t, w in zip(tensors, weights):
+    out = torch.mul(tensors[0], weights[0], out=out)
+    for t, w in zip(tensors[1:], weights[1:]):
         out.add_(t, alpha=w)
     if p.get("normalize", True):
         out.div_(sum(weights))

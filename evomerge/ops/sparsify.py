@@ -17,16 +17,26 @@ bracket) and keeps everything at or above it — O(n) passes instead of mergekit
 whenever magnitudes are distinct. Tie rule at the threshold: among elements whose magnitude
 equals the k-th largest, the lowest flat indices are kept, so exactly k survive; mergekit's
 unstable ``argsort`` keeps an unspecified subset of those ties.
+
+Resident (search) path: every sparsifier takes optional candidate-independent inputs that a
+worker caches per expert tensor (``evomerge.workers.resident_cache``): ``sorted_abs`` (the
+ascending |τ|, which turns top-k into a lookup), ``rank01`` (DELLA's rank fractions) and
+``draw`` (the generator's uniform draws). Random keep masks are ``u < p`` over uniforms u drawn
+with the seeded generator: the same bits ``torch.bernoulli(p, generator)`` gives, so a cached
+u serves every keep rate. With or without these inputs the result is the same, bit for bit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from evomerge.errors import UserInputError
-from evomerge.ops._registry import bernoulli_mask
+
+Lazy = Callable[[], torch.Tensor]  # computed only if the operator needs it
+Draw = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> float32 uniforms in [0, 1), CPU
 
 _EPS = 1e-7
 
@@ -41,15 +51,33 @@ def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.
     return masked * (before / after)
 
 
-def magnitude(tensor: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+def magnitude(
+    tensor: torch.Tensor, density: float, rescale: bool, sorted_abs: Lazy | None = None
+) -> torch.Tensor:
     if density >= 1:
         return tensor
     if density <= 0 or tensor.numel() == 0:
         return torch.zeros_like(tensor)
     k = max(1, int(density * tensor.numel()))
     mag = tensor.abs().reshape(-1)
-    keep = top_k_mask(mag, k).reshape(tensor.shape)
+    keep = _largest(mag, k, sorted_abs).reshape(tensor.shape)
     return _rescaled(tensor, keep, rescale)
+
+
+def sorted_abs(tensor: torch.Tensor) -> torch.Tensor:
+    """The ascending flat |tensor|: with it, the top-k rule of any k is a lookup."""
+    return tensor.abs().reshape(-1).sort().values
+
+
+def _largest(mag: torch.Tensor, k: int, sorted_mag: Lazy | None) -> torch.Tensor:
+    """Bool mask of the ``k`` largest of the flat ``mag`` (ties: lowest index), any k."""
+    n = mag.numel()
+    if k <= 0:
+        return torch.zeros_like(mag, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(mag, dtype=torch.bool)
+    rule = top_k(mag, k) if sorted_mag is None else top_k_sorted(sorted_mag(), k, lambda: mag)
+    return rule.mask(mag)
 
 
 def top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
@@ -87,6 +115,19 @@ def top_k(mag: torch.Tensor, k: int) -> TopK:
     if need >= equal:
         return TopK(v, mag.numel())
     return TopK(v, _nth_equal(mag, v, need) + 1)
+
+
+def top_k_sorted(sorted_mag: torch.Tensor, k: int, mag: Lazy) -> TopK:
+    """``top_k``'s rule from the ascending magnitudes (two binary searches instead of a
+    selection); ``mag`` (the flat magnitudes) is read only when ties straddle the threshold."""
+    n = sorted_mag.numel()
+    v = sorted_mag[n - k].clone()
+    hi = int(torch.searchsorted(sorted_mag, v, right=True))
+    lo = int(torch.searchsorted(sorted_mag, v))
+    need = k - (n - hi)  # entries equal to v that are kept: the first `need` by index
+    if need >= hi - lo:
+        return TopK(v, n)
+    return TopK(v, _nth_equal(mag(), v, need) + 1)
 
 
 _BLOCK = 1 << 18
@@ -150,26 +191,56 @@ def _count(mask: torch.Tensor) -> int:
 
 
 def magnitude_outliers(
-    tensor: torch.Tensor, density: float, gamma: float, rescale: bool
+    tensor: torch.Tensor,
+    density: float,
+    gamma: float,
+    rescale: bool,
+    sorted_abs: Lazy | None = None,
 ) -> torch.Tensor:
+    """Keep ascending magnitude ranks [bottom, bottom + keep): the ``n - bottom`` largest minus
+    the ``n - bottom - keep`` largest, two top-k rules (ties: lowest index ranks higher)."""
     if density >= 1:
         return tensor
     n = tensor.numel()
     keep, top = int(density * n), int(gamma * n)
     bottom = max(0, n - keep - top)  # shrink the outlier cut when density asks for it
-    order = torch.sort(tensor.abs().reshape(-1), descending=False).indices
-    mask = torch.zeros(n, dtype=tensor.dtype, device=tensor.device)
-    mask[order[bottom : bottom + keep]] = 1
-    return _rescaled(tensor, mask.reshape_as(tensor), rescale)
+    mag = tensor.abs().reshape(-1)
+    mask = _largest(mag, n - bottom, sorted_abs)
+    mask.logical_and_(~_largest(mag, n - bottom - keep, sorted_abs))
+    return _rescaled(tensor, mask.reshape(tensor.shape), rescale)
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    """float32 uniforms from the recipe's generator, drawn on the CPU (same bits anywhere)."""
+    if generator is None:
+        raise UserInputError("a stochastic operator needs a generator (recipe seed)")
+    return torch.rand(shape, generator=generator, dtype=torch.float32)
+
+
+def _keep_mask(u: torch.Tensor, probs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bernoulli(probs) as ``u < probs`` (torch.bernoulli's own rule and stream)."""
+    return torch.lt(u, probs.detach().float().cpu()).to(like.device)
 
 
 def random(
-    tensor: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None
+    tensor: torch.Tensor,
+    density: float,
+    rescale: bool,
+    generator: torch.Generator | None,
+    draw: Draw | None = None,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
-    mask = bernoulli_mask(torch.full_like(tensor, density), generator)
+    u = draw(tuple(tensor.shape)) if draw else uniform(tuple(tensor.shape), generator)
+    mask = _keep_mask(u, torch.tensor(density, dtype=torch.float32), tensor)
     return _rescaled(tensor, mask, rescale)
+
+
+def della_rank01(rows: torch.Tensor) -> torch.Tensor:
+    """Each entry's magnitude rank within its row, scaled to [0, 1] (DELLA's keep schedule)."""
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).to(rows.dtype) + 1
+    lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    return ((ranks - lo) / (hi - lo)).clamp(0, 1)
 
 
 def della_magprune(
@@ -178,6 +249,8 @@ def della_magprune(
     epsilon: float,
     rescale: bool,
     generator: torch.Generator | None,
+    rank01: Lazy | None = None,
+    draw: Draw | None = None,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
@@ -189,9 +262,7 @@ def della_magprune(
             "choose epsilon < min(density, 1 - density)"
         )
     rows = tensor if tensor.dim() >= 2 else tensor.unsqueeze(0)
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).to(rows.dtype) + 1
-    lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
-    rank01 = ((ranks - lo) / (hi - lo)).clamp(0, 1)
-    probs = (density - epsilon) + rank01 * 2 * epsilon
-    mask = bernoulli_mask(probs, generator)
-    return _rescaled(rows, mask, rescale).reshape(tensor.shape)
+    r01 = rank01() if rank01 is not None else della_rank01(rows)
+    probs = (density - epsilon) + r01 * 2 * epsilon
+    u = draw(tuple(rows.shape)) if draw else uniform(tuple(rows.shape), generator)
+    return _rescaled(rows, _keep_mask(u, probs, rows), rescale).reshape(tensor.shape)

@@ -3,11 +3,19 @@
 Two calls: the merged tensors of a recipe read from an in-memory ``ExpertCache`` (the in-place
 path), and a HF folder written to disk (the archive and export path). Keeping them here means
 the materializer does not depend on the engine's internal layout.
+
+The in-place path runs the operators itself (the engine's ``load_inputs`` and the registry's
+functions, as ``evomerge.merge.compute`` does) so that it can hand them two things the disk path
+has no use for: the cache's ``ResidentCache`` view of the tensor (sorted |τ|, uniform draws:
+see ``resident_cache``), and ``out``, the resident model's parameter, which operators that take
+it fill directly (linear, the task-arithmetic family). Neither changes a bit of the result.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
+from functools import cache as _memo
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +30,66 @@ def _engine() -> Any:
     return merge
 
 
-def merged_tensors(recipe: Recipe, cache: Any) -> tuple[Any, Iterator[tuple[str, torch.Tensor]]]:
+Dest = Callable[[str], "torch.Tensor | None"]
+
+
+def merged_tensors(
+    recipe: Recipe, cache: Any, dest: Dest | None = None
+) -> tuple[Any, Iterator[tuple[str, torch.Tensor]]]:
     """(output model config, iterator of (tensor name, merged tensor)) with every source tensor
-    read from ``cache`` instead of the disk."""
+    read from ``cache`` instead of the disk. ``dest(name)``: the tensor the result may be written
+    into (the iterator then yields that very tensor), or None."""
     engine = _engine()
     plan = engine.plan(recipe, resolver=cache.resolver, source=cache)
-    # The cache checked every expert tensor for NaN/Inf once, when it loaded it: re-checking
-    # all inputs for every candidate would add a full pass over the experts' bytes.
-    return plan.config, engine.iter_merged_tensors(plan, source=cache, check=False)
+    return plan.config, _iter_tensors(engine, plan, cache, dest)
+
+
+def _iter_tensors(
+    engine: Any, plan: Any, cache: Any, dest: Dest | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    stats = getattr(cache, "stats", None)
+    seed = plan.recipe.seed
+    with torch.no_grad():
+        for task in plan.tasks:
+            # The cache checked every expert tensor for NaN/Inf once, when it loaded it:
+            # re-checking all inputs for every candidate would add a pass over the experts.
+            inputs = engine.load_inputs(task, cache, check=False)
+            yield task.name, _compute(engine, task, inputs, seed, stats, dest)
+
+
+def _compute(
+    engine: Any, task: Any, inputs: Any, seed: int, stats: Any, dest: Dest | None
+) -> torch.Tensor:
+    from evomerge.ops import OPS, generator_for
+
+    spec = OPS[task.op]
+    tensors, base = inputs
+    first = base if base is not None else tensors[0]
+    takes = _keywords(spec.fn)
+    extra: dict[str, Any] = {}
+    if stats is not None and "resident" in takes:
+        extra["resident"] = stats.for_task(task, seed)
+    out = dest(task.name) if dest is not None and "out" in takes else None
+    if out is not None and _fits(out, first):
+        extra["out"] = out
+    if not extra or not first.is_floating_point():
+        return engine.compute(task, inputs, seed=seed)
+    g = generator_for(seed, task.name) if spec.stochastic else None
+    return spec.fn(tensors, base, generator=g, **extra, **task.params)
+
+
+def _fits(out: torch.Tensor, like: torch.Tensor) -> bool:
+    return (
+        out.shape == like.shape
+        and out.dtype == torch.float32 == like.dtype
+        and out.device == like.device
+        and out.is_contiguous()
+    )
+
+
+@_memo
+def _keywords(fn: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)
 
 
 def write_model(recipe: Recipe, out_dir: Path, resolver: Callable[[str], str]) -> Path:

@@ -12,6 +12,11 @@ Data-flow candidates change the depth: the resident model keeps a pool of decode
 resizes its layer list in place (re-indexing ``layer_idx`` for the KV cache); any other change of
 architecture rebuilds it (once, weights uninitialized, then overwritten).
 
+The cache also holds a bounded ``ResidentCache`` (``resident_cache.py``) of what a merge needs
+that does not depend on the candidate (sorted |τ| for top-k, DARE/DELLA uniform draws): ~1× the
+experts' float32 bytes at most by default (``stats_ratio``), ``stats=False`` turns it off. The
+engine's operators write straight into the resident parameters where they can (``out=``).
+
 ``write_model(recipe, out_dir)`` is the disk path (the archive, exports): the engine's run_merge.
 """
 
@@ -34,7 +39,10 @@ def _identity(ref: str) -> str:
 class ExpertCache:
     """Every tensor of every source model, loaded once (float32 by default) and kept in memory,
     plus task vectors cached on first use. Keys are the model references as recipes write them
-    (paths or ``recipe:<digest>``), resolved to folders by ``resolver``."""
+    (paths or ``recipe:<digest>``), resolved to folders by ``resolver``.
+
+    ``stats``: keep a ``ResidentCache`` of candidate-independent merge inputs, bounded by
+    ``stats_ratio`` × the bytes of the loaded models (None: unbounded)."""
 
     def __init__(
         self,
@@ -42,12 +50,18 @@ class ExpertCache:
         *,
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
+        stats: bool = True,
+        stats_ratio: float | None = 1.0,
     ) -> None:
+        from evomerge.workers.resident_cache import ResidentCache
+
         self.resolver = resolver or _identity
         self.dtype = dtype
         self.device = device
         self._models: dict[str, dict[str, torch.Tensor]] = {}
         self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
+        budget = None if stats_ratio is None else (lambda: int(stats_ratio * self.nbytes))
+        self.stats = ResidentCache(budget) if stats else None
 
     def folder(self, ref: str) -> Path:
         return Path(self.resolver(ref))
@@ -125,8 +139,12 @@ class Materializer:
     def materialize(self, recipe: Any) -> Any:
         merge_fn = self.merge_fn
         if merge_fn is None:
-            from evomerge.workers.engine_bridge import merged_tensors as merge_fn
-        config, tensors = merge_fn(recipe, self.cache)
+            from evomerge.workers.engine_bridge import merged_tensors
+
+            # the engine writes into the resident parameters where its operator can
+            config, tensors = merged_tensors(recipe, self.cache, lambda n: self._targets.get(n))
+        else:
+            config, tensors = merge_fn(recipe, self.cache)
         model = self._resident(config)
         written = set()
         for name, value in tensors:
@@ -138,7 +156,8 @@ class Materializer:
                     f"merged tensor {name}: shape {tuple(value.shape)} does not fit "
                     f"the model's {tuple(dst.shape)}"
                 )
-            dst.copy_(value)
+            if not _same_storage(dst, value):
+                dst.copy_(value)
             written.add(name)
         missing = [n for n in self._required if n not in written]
         if missing:
@@ -204,6 +223,11 @@ class Materializer:
         self._targets.update({n: b for n, b in model.named_buffers() if n in persistent})
         tied = _tied_names(model)
         self._required = [n for n in self._targets if n not in tied]
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``b`` is ``a`` itself (or the same view of it): already written in place."""
+    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.dtype == b.dtype
 
 
 def _decoder_layers(model: Any) -> torch.nn.ModuleList:

@@ -1,0 +1,133 @@
+"""ResidentCache: what a candidate's merge needs that does not depend on the candidate.
+
+A search merges the same experts thousands of times with new weights and densities. Two parts of
+a sparsified merge do not change between candidates and dominate their cost:
+
+* magnitude top-k (TIES, Breadcrumbs): the k-th largest |τ_i| of an expert tensor is, for any
+  density, a lookup in the ascending sorted |τ_i| (``sparsify.top_k_sorted``); the selection
+  (``kthvalue``, ~2/3 of a TIES candidate) becomes two binary searches, the mask one comparison;
+* random keep masks (DARE, DELLA): with the recipe's seed the generator of a tensor yields the
+  same uniforms u for every candidate, and the mask for keep rate p is ``u < p``; caching u
+  skips the draw (most of a DARE candidate). DELLA's per-row magnitude ranks are cached too.
+
+Every entry is exactly what the uncached operator computes, so results are bit for bit those of
+``evomerge merge`` (which never uses this cache).
+
+Memory: float32, one value per element, so ~1× the experts' float32 bytes for each kind in use
+(sorted magnitudes for TIES/Breadcrumbs, uniforms for DARE, both for DELLA). ``max_bytes`` bounds
+it: entries are admitted until the budget is full and later ones are computed without caching.
+(Every candidate visits every tensor in the same order, a cycle on which LRU would miss every
+time; first come, first kept keeps a fixed share hitting.) Sorted magnitudes are keyed by the
+(expert, base, tensor) they come from; uniforms by (seed, tensor, draw index, shape), and a new
+seed drops the previous seed's draws before it is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Budget = int | Callable[[], int] | None
+
+
+class ResidentCache:
+    """Bounded store of candidate-independent tensors; ``for_task`` gives an operator its view."""
+
+    def __init__(self, max_bytes: Budget = None) -> None:
+        self.max_bytes = max_bytes  # bytes, a callable giving them, or None: unbounded
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[tuple, torch.Tensor] = {}
+        self._seed: int | None = None
+
+    def for_task(self, task: Any, seed: int) -> TaskStats:
+        """The view for one output tensor (an ``evomerge.merge_plan.TensorTask``)."""
+        if seed != self._seed:
+            self._drop("uniform")  # draws of another seed can never be served again
+            self._seed = seed
+        return TaskStats(self, task, seed)
+
+    def get(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        hit = self._entries.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        value = make()
+        self.put(key, value)
+        return value
+
+    def put(self, key: tuple, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if key not in self._entries and self.nbytes + size <= self._limit():
+            self._entries[key] = value
+            self.nbytes += size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def _limit(self) -> float:
+        b = self.max_bytes
+        if b is None:
+            return float("inf")
+        return b() if callable(b) else b
+
+    def _drop(self, kind: str) -> None:
+        for key in [k for k in self._entries if k[0] == kind]:
+            t = self._entries.pop(key)
+            self.nbytes -= t.numel() * t.element_size()
+
+
+class TaskStats:
+    """One output tensor's cached inputs, indexed by the operator's model position ``i``.
+
+    ``uniform`` serves the tensor generator's draws in order: the j-th call returns the j-th
+    block that generator would produce, whether it comes from the cache or is drawn now (blocks
+    served from the cache never advanced the generator, so those are skipped by drawing)."""
+
+    def __init__(self, cache: ResidentCache, task: Any, seed: int) -> None:
+        self.cache = cache
+        self.task = task
+        self.seed = seed
+        self._next = 0  # index of the next block the operator asks for
+        self._drawn = 0  # blocks the operator's generator has produced so far
+        self._shapes: list[tuple[int, ...]] = []
+
+    def sorted_abs(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Ascending flat |τ_i| of the i-th input against the base."""
+        return self.cache.get(("sorted", self.task.inputs[i], self.task.base), make)
+
+    def rank01(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """DELLA's per-row magnitude rank fractions of τ_i."""
+        return self.cache.get(("rank01", self.task.inputs[i], self.task.base), make)
+
+    def uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        from evomerge.ops.sparsify import uniform
+
+        j = self._next
+        self._next += 1
+        self._shapes.append(shape)
+        key = ("uniform", self.seed, self.task.name, j, shape)
+        hit = self.cache._entries.get(key)
+        if hit is not None:
+            self.cache.hits += 1
+            return hit
+        self.cache.misses += 1
+        while self._drawn < j:  # position the generator: redraw what the cache served
+            m = self._drawn
+            self.cache.put(
+                ("uniform", self.seed, self.task.name, m, self._shapes[m]),
+                uniform(self._shapes[m], generator),
+            )
+            self._drawn += 1
+        u = uniform(shape, generator)
+        self._drawn += 1
+        self.cache.put(key, u)
+        return u
+
+    def draw(self, generator: torch.Generator | None) -> Callable[[tuple[int, ...]], torch.Tensor]:
+        return lambda shape: self.uniform(shape, generator)
