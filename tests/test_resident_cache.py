@@ -1,0 +1,146 @@
+"""The resident cache (sorted |τ|, seeded uniforms, DELLA ranks) changes no bit of a merge:
+operators give the uncached bits whether an entry is computed, served or over budget, a changed
+seed is never served old draws, and a Materializer over a real tiny model family writes exactly
+the tensors `evomerge merge` writes for the same recipes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evomerge.merge import run_merge
+from evomerge.merge_plan import TensorTask
+from evomerge.ops import OPS, generator_for
+from evomerge.recipe import ModelRef, Recipe
+from evomerge.workers.materialize import ExpertCache, Materializer
+from evomerge.workers.resident_cache import ResidentCache
+
+METHODS = ["ties", "dare_ties", "breadcrumbs_ties", "breadcrumbs", "della", "dare_linear"]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+
+
+def _family(shape, n=3, quantized=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(*shape, generator=g)
+    deltas = [torch.randn(*shape, generator=g) * 0.1 for _ in range(n)]
+    if quantized:  # many equal magnitudes: ties at the top-k threshold
+        base, deltas = (base * 64).round() / 64, [(d * 80).round() / 64 for d in deltas]
+    return base, [base + d for d in deltas]
+
+
+def _run(name, tensors, base, density, seed, resident=None):
+    spec = OPS[name]
+    p = {**spec.defaults, "weight": [0.5, -0.3, 0.8], "density": density}
+    if name.startswith("della"):
+        p["epsilon"] = 0.05
+    g = generator_for(seed, "w") if spec.stochastic else None
+    kw = {} if resident is None else {"resident": resident}
+    return spec.fn(tensors, base, generator=g, **kw, **p)
+
+
+def _task(base):
+    ins = (("e0", "w"), ("e1", "w"), ("e2", "w"))
+    return TensorTask("w", ins, ("base", "w"), {}, "x", tuple(base.shape))
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("shape,quantized", [((40, 30), False), ((33, 17), True), ((97,), False)])
+def test_cached_equals_uncached_bits(name, shape, quantized):
+    base, tensors = _family(shape, quantized=quantized)
+    cache = ResidentCache()
+    densities = [0.1, 0.5, [0.9, 1.0, 0.3], [1.0, 0.2, 0.6]]  # 1.0 skips a draw: indices shift
+    for seed in (0, 7):
+        for density in densities:
+            want = _run(name, tensors, base, density, seed)
+            for _ in range(2):  # computed, then served
+                got = _run(name, tensors, base, density, seed, cache.for_task(_task(base), seed))
+                assert _same_bits(got, want), (name, seed, density)
+    assert cache.hits > 0 and cache.nbytes > 0
+
+
+@pytest.mark.parametrize("name", ["ties", "breadcrumbs_ties", "dare_ties"])
+def test_streamed_size_and_over_budget_same_bits(name):
+    """≥ 4 blocks (ties streams block by block); a budget of one entry: the rest computed."""
+    base, tensors = _family((700, 401), quantized=True, seed=3)
+    one = base.numel() * 4
+    cache = ResidentCache(max_bytes=one)
+    for density in (0.05, 0.5, 0.93):
+        want = _run(name, tensors, base, density, 1)
+        for _ in range(2):
+            got = _run(name, tensors, base, density, 1, cache.for_task(_task(base), 1))
+            assert _same_bits(got, want), (name, density)
+            assert cache.nbytes <= one
+
+
+def test_changed_seed_is_not_served_from_the_cache():
+    base, tensors = _family((50, 20))
+    cache = ResidentCache()
+    s0 = _run("dare_ties", tensors, base, 0.5, 0, cache.for_task(_task(base), 0))
+    size = cache.nbytes
+    hits = cache.hits
+    s1 = _run("dare_ties", tensors, base, 0.5, 1, cache.for_task(_task(base), 1))
+    assert cache.hits == hits  # nothing of seed 0 was served to seed 1
+    assert _same_bits(s1, _run("dare_ties", tensors, base, 0.5, 1))
+    assert not _same_bits(s0, s1)
+    assert cache.nbytes == size  # seed 0's draws were dropped, seed 1's took their place
+    assert all(k[1] == 1 for k in cache._entries if k[0] == "uniform")
+
+
+def _tiny(path, seed):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).save_pretrained(str(path))
+    return str(path)
+
+
+def test_materializer_writes_the_bits_of_evomerge_merge(tmp_path):
+    base, *experts = [_tiny(tmp_path / n, s) for s, n in enumerate(["base", "a", "b", "c"])]
+    cached = Materializer(ExpertCache())
+    plain = Materializer(ExpertCache(stats=False))
+    runs = [
+        ("ties", 0.3, 0),
+        ("dare_ties", 0.5, 0),
+        ("dare_ties", 0.7, 0),
+        ("dare_ties", 0.5, 5),
+        ("breadcrumbs_ties", 0.6, 0),
+        ("della", 0.4, 2),
+        ("linear", 1.0, 0),
+        ("task_arithmetic", 1.0, 0),
+    ]
+    for i, (method, density, seed) in enumerate(runs):
+        p = {"weight": 0.4} if method == "linear" else {"weight": 0.5, "density": density}
+        recipe = Recipe(
+            merge_method=method,
+            models=[ModelRef(model=e, parameters=p) for e in experts],
+            base_model=None if method == "linear" else base,
+            parameters={"epsilon": 0.1} if method == "della" else {},
+            seed=seed,
+        )
+        run_merge(recipe, tmp_path / f"m{i}")
+        disk = {}
+        for f in sorted((tmp_path / f"m{i}").glob("*.safetensors")):
+            disk.update(load_file(str(f)))
+        for mat in (cached, plain):
+            params = dict(mat.materialize(recipe).named_parameters())
+            for name, want in disk.items():
+                assert _same_bits(params[name], want), (method, seed, name)
+    assert cached.cache.stats.hits > 0 and plain.cache.stats is None
