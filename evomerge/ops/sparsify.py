@@ -41,14 +41,29 @@ Draw = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> float32 uniforms in
 _EPS = 1e-7
 
 
-def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
+def _rescaled(
+    tensor: torch.Tensor, mask: torch.Tensor, rescale: bool, l1: Lazy | None = None
+) -> torch.Tensor:
+    """``tensor * mask`` (L1-rescaled); ``l1``: the cached ``tensor.abs().sum()``."""
     masked = tensor * mask  # a bool or 0/1 mask: the same bits either way
     if not rescale:
         return masked
-    before, after = tensor.abs().sum(), masked.abs().sum()
+    before = l1() if l1 is not None else l1_norm(tensor)
+    after = l1_norm(masked)
     if before < _EPS or after < _EPS:
         return masked
     return masked * (before / after)
+
+
+def l1_norm(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.abs().sum()
+
+
+def _float_mask(like: torch.Tensor) -> torch.Tensor:
+    # Masks are built as float32 0/1 (``torch.lt(..., out=float)``): on CPU a bool-valued
+    # comparison and a float × bool product are each ~10× slower than their float forms, and
+    # x · 1.0, x · 0.0 are the bits of x · True, x · False.
+    return torch.empty(like.shape, dtype=torch.float32, device=like.device)
 
 
 def magnitude(
@@ -70,14 +85,14 @@ def sorted_abs(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _largest(mag: torch.Tensor, k: int, sorted_mag: Lazy | None) -> torch.Tensor:
-    """Bool mask of the ``k`` largest of the flat ``mag`` (ties: lowest index), any k."""
+    """float32 0/1 mask of the ``k`` largest of the flat ``mag`` (ties: lowest index), any k."""
     n = mag.numel()
     if k <= 0:
-        return torch.zeros_like(mag, dtype=torch.bool)
+        return torch.zeros_like(mag, dtype=torch.float32)
     if k >= n:
-        return torch.ones_like(mag, dtype=torch.bool)
+        return torch.ones_like(mag, dtype=torch.float32)
     rule = top_k(mag, k) if sorted_mag is None else top_k_sorted(sorted_mag(), k, lambda: mag)
-    return rule.mask(mag)
+    return rule.mask(mag, dtype=torch.float32)
 
 
 def top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
@@ -95,14 +110,17 @@ class TopK:
     v: torch.Tensor
     split: int
 
-    def mask(self, mag: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Keep mask for ``mag``, the magnitudes at flat indices [start, start + len(mag))."""
+    def mask(
+        self, mag: torch.Tensor, start: int = 0, dtype: torch.dtype = torch.bool
+    ) -> torch.Tensor:
+        """Keep mask for ``mag``, the magnitudes at flat indices [start, start + len(mag)),
+        as ``dtype`` (0/1: float32 masks are built and applied ~10× faster on CPU)."""
         q = min(max(self.split - start, 0), mag.numel())
+        keep = torch.empty_like(mag, dtype=dtype)
         if q == mag.numel():
-            return mag >= self.v
+            return torch.ge(mag, self.v, out=keep)
         if q == 0:
-            return mag > self.v
-        keep = torch.empty_like(mag, dtype=torch.bool)
+            return torch.gt(mag, self.v, out=keep)
         torch.ge(mag[:q], self.v, out=keep[:q])
         torch.gt(mag[q:], self.v, out=keep[q:])
         return keep
@@ -206,7 +224,7 @@ def magnitude_outliers(
     bottom = max(0, n - keep - top)  # shrink the outlier cut when density asks for it
     mag = tensor.abs().reshape(-1)
     mask = _largest(mag, n - bottom, sorted_abs)
-    mask.logical_and_(~_largest(mag, n - bottom - keep, sorted_abs))
+    mask.sub_(_largest(mag, n - bottom - keep, sorted_abs))  # 1 − 1, 1 − 0, 0 − 0: exact
     return _rescaled(tensor, mask.reshape(tensor.shape), rescale)
 
 
@@ -219,7 +237,7 @@ def uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.
 
 def _keep_mask(u: torch.Tensor, probs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Bernoulli(probs) as ``u < probs`` (torch.bernoulli's own rule and stream)."""
-    return torch.lt(u, probs.detach().float().cpu()).to(like.device)
+    return torch.lt(u, probs.detach().float().cpu(), out=_float_mask(u)).to(like.device)
 
 
 def random(
@@ -228,12 +246,13 @@ def random(
     rescale: bool,
     generator: torch.Generator | None,
     draw: Draw | None = None,
+    l1: Lazy | None = None,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
     u = draw(tuple(tensor.shape)) if draw else uniform(tuple(tensor.shape), generator)
     mask = _keep_mask(u, torch.tensor(density, dtype=torch.float32), tensor)
-    return _rescaled(tensor, mask, rescale)
+    return _rescaled(tensor, mask, rescale, l1)
 
 
 def della_rank01(rows: torch.Tensor) -> torch.Tensor:
@@ -251,6 +270,7 @@ def della_magprune(
     generator: torch.Generator | None,
     rank01: Lazy | None = None,
     draw: Draw | None = None,
+    l1: Lazy | None = None,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
@@ -265,4 +285,4 @@ def della_magprune(
     r01 = rank01() if rank01 is not None else della_rank01(rows)
     probs = (density - epsilon) + r01 * 2 * epsilon
     u = draw(tuple(rows.shape)) if draw else uniform(tuple(rows.shape), generator)
-    return _rescaled(rows, _keep_mask(u, probs, rows), rescale).reshape(tensor.shape)
+    return _rescaled(rows, _keep_mask(u, probs, rows), rescale, l1).reshape(tensor.shape)

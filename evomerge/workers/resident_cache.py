@@ -105,6 +105,10 @@ class TaskStats:
         """DELLA's per-row magnitude rank fractions of τ_i."""
         return self.cache.get(("rank01", self.task.inputs[i], self.task.base), make)
 
+    def l1(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Σ |τ_i| (the L1 rescale's numerator), a 0-d tensor."""
+        return self.cache.get(("l1", self.task.inputs[i], self.task.base), make)
+
     def uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         from evomerge.ops.sparsify import uniform
 
