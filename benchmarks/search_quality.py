@@ -1,12 +1,17 @@
 """Search quality on the zoo: does evolution beat simple merges and random search?
 
-    python benchmarks/search_quality.py [--seeds 0,1,2] [--evals 64] [--quick]
+    python benchmarks/search_quality.py [--suite skills|cross] [--seeds 0,1,2] [--evals 64]
 
-For each seed (median over >= 3 seeds is what the table shows):
+For each seed (median over >= 3 seeds is what the table shows), suite ``skills`` (lm-skills,
+the README demo's problem):
 
 * ``PS cma_es``    experiments/toy_ps_cmaes.yaml (DARE-TIES weights/densities, CMA-ES);
 * ``PS random``    the same space and evaluation budget with the random driver;
 * ``PS m2n2``      experiments/toy_m2n2.yaml: the same space and fitness with M2N2;
+
+suite ``cross`` (lm-cross, the target neither expert solves — Sakana's setting):
+
+* ``PS cma_es``    experiments/toy_cross_ps_cmaes.yaml, and ``PS random`` at the same budget;
 * ``DFS cma_es``   experiments/toy_dfs.yaml (layer paths through both experts);
 * ``hybrid``       experiments/toy_hybrid.yaml's space over the seed's PS winner and a source;
 
@@ -80,11 +85,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--evals", type=int, default=64)
-    ap.add_argument("--quick", action="store_true", help="parameter space only (no DFS/hybrid)")
+    ap.add_argument("--suite", choices=["skills", "cross"], default="skills")
+    ap.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # old name: skills
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="evomerge_quality_"))
-    ps = load_experiment(EXP / "toy_ps_cmaes.yaml")
+    ps_exp = EXP / ("toy_ps_cmaes.yaml" if args.suite == "skills" else "toy_cross_ps_cmaes.yaml")
+    ps = load_experiment(ps_exp)
     base, models = ps.resolved_base(), ps.resolved_models()
     grid = score_recipes(ps, work, simple_merges(models, base))
     table: dict[str, list[float]] = {}
@@ -96,19 +103,19 @@ def main() -> None:
 
     for seed in seeds:
         d = work / f"s{seed}"
-        f, t, winner = run_search(EXP / "toy_ps_cmaes.yaml", d / "ps", seed, args.evals)
+        f, t, winner = run_search(ps_exp, d / "ps", seed, args.evals)
         add("PS cma_es", f, t)
         f, t, _ = run_search(
-            EXP / "toy_ps_cmaes.yaml",
+            ps_exp,
             d / "rand",
             seed,
             args.evals,
             {"driver": {"name": "random", "options": {}}},
         )
         add("PS random", f, t)
-        f, t, _ = run_search(EXP / "toy_m2n2.yaml", d / "m2n2", seed, args.evals)
-        add("PS m2n2", f, t)
-        if args.quick:
+        if args.suite == "skills":
+            f, t, _ = run_search(EXP / "toy_m2n2.yaml", d / "m2n2", seed, args.evals)
+            add("PS m2n2", f, t)
             continue
         f, t, _ = run_search(EXP / "toy_dfs.yaml", d / "dfs", seed, args.evals)
         add("DFS cma_es", f, t)
