@@ -7,17 +7,23 @@ Builds (once, under --workdir) a random Llama-shaped base and 3 experts (float32
 operator times:
 
 * ``in-place``   Materializer.materialize(recipe): experts resident in an ExpertCache, merged
-                 tensors copied into the resident model's parameters (what a worker does);
+                 tensors written into the resident model's parameters (what a worker does),
+                 with the cache's ResidentCache warm (sorted |τ|, seeded uniforms: filled by the
+                 first candidate, whose time is printed as ``first s``);
+* ``no cache``   the same with the ResidentCache off (``ExpertCache(stats=False)``);
 * ``one pass``   the floor: for every tensor, copy expert 1 into the output buffer and add the
                  other experts (reads every expert byte once, writes the model once);
 * ``disk``       evomerge's run_merge to a fresh folder + AutoModelForCausalLM.from_pretrained.
 
-Targets (issue 4): in-place <= 2x one pass, and >= 3x faster than disk.
+Targets (issue 4): in-place <= 2x one pass, and >= 3x faster than disk. The load average is
+printed before and after: on a shared box the ratios move with it (run several times, compare
+medians).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -112,35 +118,57 @@ def main() -> None:
     n_models = len(experts) + 1
     print(
         f"model: {args.layers} layers, hidden {args.hidden}, {mb / n_models:.0f} MiB fp32 each;"
-        f" {args.runs} runs, medians"
+        f" {args.runs} runs, medians; torch threads {torch.get_num_threads()};"
+        f" load average before: {_load()}"
     )
     out = {n: torch.empty_like(t) for n, t in cache.tensors(experts[0]).items()}
     t_pass = timed(lambda: one_pass(cache, experts, out), args.runs)
-    from transformers import AutoModelForCausalLM
-
     print(
-        f"{'operator':<16}{'in-place s':>11}{'one pass s':>11}{'disk s':>9}"
-        f"{'in-place/pass':>15}{'disk/in-place':>15}"
+        f"{'operator':<16}{'in-place s':>11}{'first s':>9}{'no cache s':>11}{'one pass s':>11}"
+        f"{'disk s':>8}{'in-place/pass':>15}{'disk/in-place':>15}{'cache MiB':>10}"
     )
     for op in args.ops.split(","):
-        recipe = recipe_for(op, base, experts)
-        mat = Materializer(cache)
-        mat.materialize(recipe)  # build the resident model once (not a per-candidate cost)
-        t_inplace = timed(lambda r=recipe, m=mat: m.materialize(r), args.runs)
-
-        def disk(r=recipe) -> None:
-            tmp = Path(tempfile.mkdtemp(dir=root))
-            try:
-                write_model(r, tmp / "m")
-                AutoModelForCausalLM.from_pretrained(str(tmp / "m"))
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-
-        t_disk = timed(disk, args.runs)
+        row = measure(op, cache, base, experts, root, args.runs)
         print(
-            f"{op:<16}{t_inplace:>11.3f}{t_pass:>11.3f}{t_disk:>9.3f}"
-            f"{t_inplace / t_pass:>14.2f}x{t_disk / t_inplace:>14.2f}x"
+            f"{op:<16}{row['inplace']:>11.3f}{row['first']:>9.3f}{row['nocache']:>11.3f}"
+            f"{t_pass:>11.3f}{row['disk']:>8.3f}{row['inplace'] / t_pass:>14.2f}x"
+            f"{row['disk'] / row['inplace']:>14.2f}x{row['cache_mib']:>10.1f}"
         )
+    print(f"load average after: {_load()}")
+
+
+def measure(op: str, cache: ExpertCache, base: str, experts: list[str], root: Path, runs: int):
+    from transformers import AutoModelForCausalLM
+
+    recipe = recipe_for(op, base, experts)
+    mat = Materializer(cache)
+    stats, cache.stats = cache.stats, None
+    mat.materialize(recipe)  # build the resident model once (not a per-candidate cost)
+    t_nocache = timed(lambda: mat.materialize(recipe), runs)
+    cache.stats = stats
+    stats.clear()
+    t_first = timed(lambda: mat.materialize(recipe), 1)  # fills the ResidentCache
+    t_inplace = timed(lambda: mat.materialize(recipe), runs)
+
+    def disk() -> None:
+        tmp = Path(tempfile.mkdtemp(dir=root))
+        try:
+            write_model(recipe, tmp / "m")
+            AutoModelForCausalLM.from_pretrained(str(tmp / "m"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return {
+        "inplace": t_inplace,
+        "first": t_first,
+        "nocache": t_nocache,
+        "disk": timed(disk, runs),
+        "cache_mib": stats.nbytes / 2**20,
+    }
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ def _sparsify(
     generator: torch.Generator | None,
     resident: Any = None,
 ) -> torch.Tensor:
-    """Model ``i``'s sparsified τ; ``resident`` (a worker's ``TaskStats``) serves the parts that
-    do not depend on the candidate (sorted |τ|, DELLA ranks, uniform draws): same bits."""
+    """Model ``i``'s sparsified τ, masked in place (``delta`` is the caller's fresh τ);
+    ``resident`` (a worker's ``TaskStats``) serves the parts that do not depend on the
+    candidate (sorted |τ|, Σ|τ|, DELLA ranks, uniform draws): same bits."""
     if method is None:
         return delta
     density = per_model(p, "density", n)[i]
@@ -42,14 +43,16 @@ def _sparsify(
         l1 = lambda: resident.l1(i, lambda: sparsify.l1_norm(delta))  # noqa: E731
         draw = resident.draw(generator)
     if method == "magnitude":
-        return sparsify.magnitude(delta, density, rescale, srt)
+        return sparsify.magnitude(delta, density, rescale, srt, inplace=True)
     if method == "random":
-        return sparsify.random(delta, density, rescale, generator, draw, l1)
+        return sparsify.random(delta, density, rescale, generator, draw, l1, inplace=True)
     if method == "magnitude_outliers":
         gamma = per_model(p, "gamma", n)[i]
-        return sparsify.magnitude_outliers(delta, density, gamma, rescale, srt)
+        return sparsify.magnitude_outliers(delta, density, gamma, rescale, srt, inplace=True)
     eps = per_model(p, "epsilon", n)[i]
-    return sparsify.della_magprune(delta, density, eps, rescale, generator, rank, draw, l1)
+    return sparsify.della_magprune(
+        delta, density, eps, rescale, generator, rank, draw, l1, inplace=True
+    )
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -107,7 +110,7 @@ def _combine(
     if consensus:
         mixed, divisor = _agreeing_sum(weighted, w, consensus, normalize)
     else:
-        mixed = _sum(weighted)
+        mixed = _sum(weighted, inplace=True)
         divisor = _sum(w) if normalize else None
         if divisor is not None and divisor.abs() < 1e-8:
             divisor = torch.ones_like(divisor)
@@ -187,12 +190,13 @@ def _top_k_rule(
     return sparsify.top_k_sorted(srt, k, lambda: (t - b).abs_())
 
 
-def _sum(xs: list[torch.Tensor]) -> torch.Tensor:
+def _sum(xs: list[torch.Tensor], inplace: bool = False) -> torch.Tensor:
     """Σ xs, with the bits of ``torch.stack(xs).sum(0)``: torch adds up to 4 rows in order and
-    beyond that in a shape-dependent cascade, so only short lists skip the stacked copy."""
+    beyond that in a shape-dependent cascade, so only short lists skip the stacked copy.
+    ``inplace``: accumulate into ``xs[0]`` (the caller is done with it)."""
     if len(xs) > 4:
         return torch.stack(xs).sum(dim=0)
-    out = xs[0].clone()
+    out = xs[0] if inplace else xs[0].clone()
     for x in xs[1:]:
         out.add_(x)
     return out
@@ -208,14 +212,14 @@ def _agreeing_sum(
     after the flip: ``clamp(e·x, min=0)`` keeps them and zeroes the rest, their sum flipped back
     by e is the masked sum, and sign(kept) ∈ {0, 1} is the mask. (A sum of only zeros may come
     out +0 where the masked form gives −0; base + ±0 is the base either way.)"""
-    votes = _sum(weighted) if method == "sum" else _sum([x.sign() for x in weighted])
+    votes = _sum(weighted) if method == "sum" else _sum([x.sign() for x in weighted], True)
     # float-valued comparisons (``out=`` a float tensor): bool ones are ~10× slower on CPU
     elected = torch.ge(votes, 0, out=votes).mul_(2).sub_(1)
     kept = [x.mul_(elected).clamp_(min=0) for x in weighted]
-    mixed = _sum(kept).mul_(elected)
+    mixed = _sum(kept, inplace=not normalize).mul_(elected)  # kept is needed for the divisor
     if not normalize:
         return mixed, None
-    divisor = _sum([k.sign_().mul_(wi) for k, wi in zip(kept, w)])
+    divisor = _sum([k.sign_().mul_(wi) for k, wi in zip(kept, w)], inplace=True)
     return mixed, divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))  # 0 -> 1
 
 

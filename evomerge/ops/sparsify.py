@@ -42,17 +42,23 @@ _EPS = 1e-7
 
 
 def _rescaled(
-    tensor: torch.Tensor, mask: torch.Tensor, rescale: bool, l1: Lazy | None = None
+    tensor: torch.Tensor,
+    mask: torch.Tensor,
+    rescale: bool,
+    l1: Lazy | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """``tensor * mask`` (L1-rescaled); ``l1``: the cached ``tensor.abs().sum()``."""
-    masked = tensor * mask  # a bool or 0/1 mask: the same bits either way
-    if not rescale:
+    """``tensor * mask`` (L1-rescaled); ``l1``: the cached ``tensor.abs().sum()``; ``inplace``:
+    the caller owns ``tensor`` (a fresh τ), which is masked in place (no new buffer)."""
+    before = (l1() if l1 is not None else l1_norm(tensor)) if rescale else None
+    # a bool or 0/1 mask: the same bits either way
+    masked = tensor.mul_(mask) if inplace else tensor * mask
+    if before is None:
         return masked
-    before = l1() if l1 is not None else l1_norm(tensor)
     after = l1_norm(masked)
     if before < _EPS or after < _EPS:
         return masked
-    return masked * (before / after)
+    return masked.mul_(before / after)
 
 
 def l1_norm(tensor: torch.Tensor) -> torch.Tensor:
@@ -67,7 +73,11 @@ def _float_mask(like: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude(
-    tensor: torch.Tensor, density: float, rescale: bool, sorted_abs: Lazy | None = None
+    tensor: torch.Tensor,
+    density: float,
+    rescale: bool,
+    sorted_abs: Lazy | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
@@ -76,7 +86,7 @@ def magnitude(
     k = max(1, int(density * tensor.numel()))
     mag = tensor.abs().reshape(-1)
     keep = _largest(mag, k, sorted_abs).reshape(tensor.shape)
-    return _rescaled(tensor, keep, rescale)
+    return _rescaled(tensor, keep, rescale, inplace=inplace)
 
 
 def sorted_abs(tensor: torch.Tensor) -> torch.Tensor:
@@ -214,6 +224,7 @@ def magnitude_outliers(
     gamma: float,
     rescale: bool,
     sorted_abs: Lazy | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Keep ascending magnitude ranks [bottom, bottom + keep): the ``n - bottom`` largest minus
     the ``n - bottom - keep`` largest, two top-k rules (ties: lowest index ranks higher)."""
@@ -225,7 +236,7 @@ def magnitude_outliers(
     mag = tensor.abs().reshape(-1)
     mask = _largest(mag, n - bottom, sorted_abs)
     mask.sub_(_largest(mag, n - bottom - keep, sorted_abs))  # 1 − 1, 1 − 0, 0 − 0: exact
-    return _rescaled(tensor, mask.reshape(tensor.shape), rescale)
+    return _rescaled(tensor, mask.reshape(tensor.shape), rescale, inplace=inplace)
 
 
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
@@ -247,12 +258,13 @@ def random(
     generator: torch.Generator | None,
     draw: Draw | None = None,
     l1: Lazy | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
     u = draw(tuple(tensor.shape)) if draw else uniform(tuple(tensor.shape), generator)
     mask = _keep_mask(u, torch.tensor(density, dtype=torch.float32), tensor)
-    return _rescaled(tensor, mask, rescale, l1)
+    return _rescaled(tensor, mask, rescale, l1, inplace)
 
 
 def della_rank01(rows: torch.Tensor) -> torch.Tensor:
@@ -271,6 +283,7 @@ def della_magprune(
     rank01: Lazy | None = None,
     draw: Draw | None = None,
     l1: Lazy | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
@@ -285,4 +298,5 @@ def della_magprune(
     r01 = rank01() if rank01 is not None else della_rank01(rows)
     probs = (density - epsilon) + r01 * 2 * epsilon
     u = draw(tuple(rows.shape)) if draw else uniform(tuple(rows.shape), generator)
-    return _rescaled(rows, _keep_mask(u, probs, rows), rescale, l1).reshape(tensor.shape)
+    mask = _keep_mask(u, probs, rows)
+    return _rescaled(rows, mask, rescale, l1, inplace).reshape(tensor.shape)
