@@ -17,6 +17,7 @@ from evomerge.workers.materialize import ExpertCache, Materializer
 from evomerge.workers.resident_cache import ResidentCache
 
 METHODS = ["ties", "dare_ties", "breadcrumbs_ties", "breadcrumbs", "della", "dare_linear"]
+METHODS += ["task_arithmetic"]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,7 @@ def test_cached_equals_uncached_bits(name, shape, quantized):
     assert cache.hits > 0 and cache.nbytes > 0
 
 
-@pytest.mark.parametrize("name", ["ties", "breadcrumbs_ties", "dare_ties"])
+@pytest.mark.parametrize("name", ["ties", "breadcrumbs_ties", "dare_ties", "task_arithmetic"])
 def test_streamed_size_and_over_budget_same_bits(name):
     """≥ 4 blocks (ties streams block by block); a budget of one entry: the rest computed."""
     base, tensors = _family((700, 401), quantized=True, seed=3)

@@ -87,8 +87,13 @@ def general_task_arithmetic(
     if n == 0:
         return base.clone()
     w = [base.new_tensor(x) for x in per_model(p, "weight", n)]  # rounded as a stacked tensor is
+    taus = None
+    if sparsification is None and resident is not None:  # cached τ_i = θ_i − θ_base: no sub
+        taus = [resident.task_vector(i, lambda t=t: t - base) for i, t in enumerate(tensors)]
     if _streamable(tensors, base, sparsification, p):
-        return _streamed(tensors, base, w, sparsification, consensus, p, resident, out)
+        return _streamed(tensors, base, w, sparsification, consensus, p, resident, out, taus)
+    if taus is not None:
+        return _combine([torch.mul(x, wi) for x, wi in zip(taus, w)], w, base, consensus, p, out)
     # One owned buffer per model (w_i · sparsified τ_i), updated in place: no stacked copies.
     weighted = [
         _sparsify(t - base, sparsification, i, p, n, generator, resident).mul_(w[i])
@@ -149,8 +154,10 @@ def _streamed(
     p: dict[str, Any],
     resident: Any = None,
     dst: torch.Tensor | None = None,
+    taus: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The whole-tensor computation, block by block (each model's top-k threshold first)."""
+    """The whole-tensor computation, block by block (each model's top-k threshold first);
+    ``taus``: the cached task vectors (no sparsification)."""
     flat = [t.reshape(-1) for t in tensors]
     b = base.reshape(-1)
     cuts: list[sparsify.TopK | None] = [None] * len(flat)
@@ -162,7 +169,10 @@ def _streamed(
     for s in range(0, b.numel(), _BLOCK):
         bs = b[s : s + _BLOCK]
         weighted = []
-        for t, cut, wi in zip(flat, cuts, w):
+        for i, (t, cut, wi) in enumerate(zip(flat, cuts, w)):
+            if taus is not None:
+                weighted.append(taus[i].view(-1)[s : s + _BLOCK] * wi)
+                continue
             d = t[s : s + _BLOCK] - bs
             if cut is not None:
                 # as ``sparsify.magnitude``'s ``tensor * mask``

@@ -1,24 +1,26 @@
 """ResidentCache: what a candidate's merge needs that does not depend on the candidate.
 
-A search merges the same experts thousands of times with new weights and densities. Two parts of
-a sparsified merge do not change between candidates and dominate their cost:
+A search merges the same experts thousands of times with new weights and densities. Parts of a
+merge that do not change between candidates, and dominate their cost:
 
 * magnitude top-k (TIES, Breadcrumbs): the k-th largest |τ_i| of an expert tensor is, for any
   density, a lookup in the ascending sorted |τ_i| (``sparsify.top_k_sorted``); the selection
   (``kthvalue``, ~2/3 of a TIES candidate) becomes two binary searches, the mask one comparison;
 * random keep masks (DARE, DELLA): with the recipe's seed the generator of a tensor yields the
   same uniforms u for every candidate, and the mask for keep rate p is ``u < p``; caching u
-  skips the draw (most of a DARE candidate). DELLA's per-row magnitude ranks are cached too.
+  skips the draw (most of a DARE candidate). DELLA's per-row magnitude ranks are cached too;
+* Σ|τ_i| (the L1 rescale of DARE/DELLA, a scalar) and, for task arithmetic, τ_i itself.
 
 Every entry is exactly what the uncached operator computes, so results are bit for bit those of
 ``evomerge merge`` (which never uses this cache).
 
 Memory: float32, one value per element, so ~1× the experts' float32 bytes for each kind in use
-(sorted magnitudes for TIES/Breadcrumbs, uniforms for DARE, both for DELLA). ``max_bytes`` bounds
-it: entries are admitted until the budget is full and later ones are computed without caching.
+(sorted magnitudes for TIES/Breadcrumbs, uniforms for DARE, both for DELLA, task vectors for
+task arithmetic). ``max_bytes`` bounds it (``ExpertCache`` sets 1× the loaded models' bytes):
+entries are admitted until the budget is full and later ones are computed without caching.
 (Every candidate visits every tensor in the same order, a cycle on which LRU would miss every
-time; first come, first kept keeps a fixed share hitting.) Sorted magnitudes are keyed by the
-(expert, base, tensor) they come from; uniforms by (seed, tensor, draw index, shape), and a new
+time; first come, first kept keeps a fixed share hitting.) Per-expert entries are keyed by the
+(expert, tensor) and (base, tensor) they come from; uniforms by (seed, tensor, draw index, shape), and a new
 seed drops the previous seed's draws before it is served.
 """
 
@@ -104,6 +106,10 @@ class TaskStats:
     def rank01(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """DELLA's per-row magnitude rank fractions of τ_i."""
         return self.cache.get(("rank01", self.task.inputs[i], self.task.base), make)
+
+    def task_vector(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """τ_i = θ_i − θ_base (task arithmetic: saves a subtraction per model and candidate)."""
+        return self.cache.get(("tau", self.task.inputs[i], self.task.base), make)
 
     def l1(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Σ |τ_i| (the L1 rescale's numerator), a 0-d tensor."""
