@@ -212,6 +212,20 @@ def _sum(xs: list[torch.Tensor], inplace: bool = False) -> torch.Tensor:
     return out
 
 
+_ONE = torch.tensor(1.0)
+
+
+def _weight_sum(ind: list[torch.Tensor], w: list[torch.Tensor]) -> torch.Tensor:
+    """Σ ind_i · w_i for 0/1 indicators, as ``_sum`` adds them (ind · w is exact, so the
+    fused ``add_(ind, alpha=w)`` gives the bits of adding the products); consumes ``ind``."""
+    if len(ind) > 4:
+        return _sum([x.mul_(wi) for x, wi in zip(ind, w)], inplace=True)
+    out = ind[0].mul_(w[0])
+    for x, wi in zip(ind[1:], w[1:]):
+        out.add_(x, alpha=float(wi))
+    return out
+
+
 def _agreeing_sum(
     weighted: list[torch.Tensor], w: list[torch.Tensor], method: str, normalize: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -223,13 +237,14 @@ def _agreeing_sum(
     by e is the masked sum, and sign(kept) ∈ {0, 1} is the mask. (A sum of only zeros may come
     out +0 where the masked form gives −0; base + ±0 is the base either way.)"""
     votes = _sum(weighted) if method == "sum" else _sum([x.sign() for x in weighted], True)
-    # float-valued comparisons (``out=`` a float tensor): bool ones are ~10× slower on CPU
-    elected = torch.ge(votes, 0, out=votes).mul_(2).sub_(1)
+    # e = +1 where votes ≥ 0, else −1, in one pass: copysign gives −1 only for −0 beyond that,
+    # and votes = −0 only when every entry is ±0, where either e keeps nothing
+    elected = torch.copysign(_ONE, votes, out=votes)
     kept = [x.mul_(elected).clamp_(min=0) for x in weighted]
     mixed = _sum(kept, inplace=not normalize).mul_(elected)  # kept is needed for the divisor
     if not normalize:
         return mixed, None
-    divisor = _sum([k.sign_().mul_(wi) for k, wi in zip(kept, w)], inplace=True)
+    divisor = _weight_sum([k.sign_() for k in kept], w)
     return mixed, divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))  # 0 -> 1
 
 
