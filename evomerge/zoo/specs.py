@@ -103,15 +103,16 @@ def _phase(steps: int, lr: float, quick: bool) -> Phase:
     return Phase(steps=_scale(steps, quick), lr=lr, warmup=10 if quick else 20)
 
 
-# Language A's everyday tasks; the lm-cross base also sees them in language B, less often.
+# lm-cross: language A's everyday tasks; the base sees B only through translation (parallel
+# text), so it can read and write B but has never done a task in it.
 _A_TASKS = {"zoo_copy": 1.0, "zoo_shift": 1.0, "zoo_sort_a": 1.0}
-_B_TASKS = {
-    "zoo_copy_b": 1.0,
-    "zoo_shift_b": 1.0,
-    "zoo_sort_b": 1.0,
-    "zoo_a_to_b": 1.0,
-    "zoo_b_to_a": 1.0,
-}
+_TRANSLATION = {"zoo_a_to_b": 0.15, "zoo_b_to_a": 0.15}
+_B_TASKS = {"zoo_copy_b": 1.0, "zoo_shift_b": 1.0, "zoo_sort_b": 1.0, "zoo_a_to_b": 0.5}
+# Adapter-style fine-tunes over disjoint parameters: the language expert moves only the token
+# embeddings, final norm and output head (where Layer Swapping finds language lives), the skill
+# expert only the transformer layers.
+_LANGUAGE_PARAMS = (r"embed_tokens", r"^model\.norm\.", r"^lm_head\.")
+_LAYER_PARAMS = (r"\.layers\.",)
 _SKILLS = ["zoo_cipher", "zoo_shift", "zoo_sort", "zoo_reverse_a"]
 _SHAPE = LMShape(layers=4, hidden=96, intermediate=256, heads=4)
 
@@ -146,22 +147,30 @@ def lm_skills(quick: bool) -> LMZooSpec:
 
 
 def lm_cross(quick: bool) -> LMZooSpec:
-    replay = {t: 0.2 for t in _A_TASKS}
+    # The skill expert replays the whole pretraining mixture so its layers keep reading B
+    # (without translation replay the merge lost B's last letter: design log, lm-cross 6-8).
+    replay = {t: 0.2 for t in {**_A_TASKS, **_TRANSLATION}}
     return LMZooSpec(
         name="lm-cross",
         description=(
-            "4-layer Llama (0.46M parameters) pretrained on digit tasks (language A) and, less "
-            "often, the same tasks in a made-up script B; a skill expert fine-tuned on reversing "
-            "digits (it answers B prompts in A) and a language expert fine-tuned on B tasks "
-            "(it never reverses); the target, reversing B letters, needs both"
+            "4-layer Llama (0.46M parameters) pretrained on digit tasks (language A) and "
+            "translation between A and a made-up script B; a skill expert whose transformer "
+            "layers learned to reverse digits (on B prompts it reverses but answers in A) and a "
+            "language expert whose embeddings, final norm and head learned B tasks (it never "
+            "reverses); the target, reversing B letters, needs both"
         ),
-        base_mix={**_A_TASKS, **{t: 0.3 for t in _B_TASKS}},
-        base_phase=_phase(800, 3e-3, quick),
+        base_mix={**_A_TASKS, **_TRANSLATION},
+        base_phase=_phase(600, 3e-3, quick),
         experts={
             "skill": ExpertSpec(
-                "zoo_reverse_a", {"zoo_reverse_a": 1.0, **replay}, _phase(200, 1e-3, quick)
+                "zoo_reverse_a",
+                {"zoo_reverse_a": 1.0, **replay},
+                _phase(300, 1e-3, quick),
+                trainable=_LAYER_PARAMS,
             ),
-            "language": ExpertSpec("zoo_copy_b", dict(_B_TASKS), _phase(200, 1e-3, quick)),
+            "language": ExpertSpec(
+                "zoo_copy_b", dict(_B_TASKS), _phase(300, 3e-3, quick), trainable=_LANGUAGE_PARAMS
+            ),
         },
         tasks=["zoo_reverse_b", "zoo_reverse_a", "zoo_copy_b", "zoo_sort_b", "zoo_copy"],
         targets=["zoo_reverse_b"],
