@@ -45,9 +45,9 @@ def _state(folder: str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
-def layer_swap(main: str, donor: str, layers: int, bottom: int, top: int) -> dict:
+def layer_swap(main: str, donor: str, layers: int, bottom: int, top: int, ends: bool = False):
     """``main`` with its bottom/top transformer layers (and embeddings/head/final norm when
-    ``bottom``/``top`` > 0) replaced by ``donor``'s, as in the layer-swapping paper."""
+    ``bottom``/``top`` > 0, or ``ends``) replaced by ``donor``'s, as in the layer-swapping paper."""
     a, d = _state(main), _state(donor)
     swap = set(range(bottom)) | set(range(layers - top, layers))
     out = {}
@@ -55,9 +55,9 @@ def layer_swap(main: str, donor: str, layers: int, bottom: int, top: int) -> dic
         if ".layers." in k:
             out[k] = d[k] if int(k.split(".layers.")[1].split(".")[0]) in swap else v
         elif "embed_tokens" in k:
-            out[k] = d[k] if bottom else v
+            out[k] = d[k] if bottom or ends else v
         else:  # final norm and lm_head sit on top of the last layer
-            out[k] = d[k] if top else v
+            out[k] = d[k] if top or ends else v
     return out
 
 
@@ -88,6 +88,8 @@ def simple_merges(folder: Path, manifest: dict) -> Merges:
                 "task_arithmetic", base, [skill, lang], [{"weight": ws}, {"weight": wl}]
             )
         layers = json.loads((folder / "skill" / "config.json").read_text())["num_hidden_layers"]
+        # b0 t0: no layer, only the embeddings, final norm and head (the outermost "layers")
+        out["layer swap skill+lang ends only"] = layer_swap(skill, lang, layers, 0, 0, True)
         for b, t in ((1, 0), (0, 1), (1, 1), (2, 0), (0, 2)):
             out[f"layer swap skill+lang b{b} t{t}"] = layer_swap(skill, lang, layers, b, t)
     return out
