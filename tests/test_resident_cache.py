@@ -42,7 +42,8 @@ def _run(name, tensors, base, density, seed, resident=None):
     p = {**spec.defaults, "weight": [0.5, -0.3, 0.8], "density": density}
     if name.startswith("della"):
         p["epsilon"] = 0.05
-    g = generator_for(seed, "w") if spec.stochastic else None
+    # with a resident view the view makes the tensor's generator (on a miss), as on a worker
+    g = generator_for(seed, "w") if spec.stochastic and resident is None else None
     kw = {} if resident is None else {"resident": resident}
     return spec.fn(tensors, base, generator=g, **kw, **p)
 

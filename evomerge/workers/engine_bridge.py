@@ -74,7 +74,9 @@ def _compute(
         extra["out"] = out
     if not extra or not first.is_floating_point():
         return engine.compute(task, inputs, seed=seed)
-    g = generator_for(seed, task.name) if spec.stochastic else None
+    # with a resident view the generator is made by the view, on a cache miss only
+    stochastic = spec.stochastic and "resident" not in extra
+    g = generator_for(seed, task.name) if stochastic else None
     return spec.fn(tensors, base, generator=g, **extra, **task.params)
 
 

@@ -87,7 +87,8 @@ class ResidentCache:
 class TaskStats:
     """One output tensor's cached inputs, indexed by the operator's model position ``i``.
 
-    ``uniform`` serves the tensor generator's draws in order: the j-th call returns the j-th
+    ``uniform`` serves the tensor generator's draws in order (``generator`` None: the engine's
+    ``generator_for(seed, tensor name)``, made lazily): the j-th call returns the j-th
     block that generator would produce, whether it comes from the cache or is drawn now (blocks
     served from the cache never advanced the generator, so those are skipped by drawing)."""
 
@@ -98,6 +99,7 @@ class TaskStats:
         self._next = 0  # index of the next block the operator asks for
         self._drawn = 0  # blocks the operator's generator has produced so far
         self._shapes: list[tuple[int, ...]] = []
+        self._gen: torch.Generator | None = None
 
     def sorted_abs(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Ascending flat |τ_i| of the i-th input against the base."""
@@ -127,6 +129,7 @@ class TaskStats:
             self.cache.hits += 1
             return hit
         self.cache.misses += 1
+        generator = generator or self._generator()
         while self._drawn < j:  # position the generator: redraw what the cache served
             m = self._drawn
             self.cache.put(
@@ -138,6 +141,15 @@ class TaskStats:
         self._drawn += 1
         self.cache.put(key, u)
         return u
+
+    def _generator(self) -> torch.Generator:
+        """The engine's generator of this tensor, made on the first miss only (when every draw
+        is served, hashing the seed and seeding a Mersenne Twister is skipped)."""
+        from evomerge.ops import generator_for
+
+        if self._gen is None:
+            self._gen = generator_for(self.seed, self.task.name)
+        return self._gen
 
     def draw(self, generator: torch.Generator | None) -> Callable[[tuple[int, ...]], torch.Tensor]:
         return lambda shape: self.uniform(shape, generator)
