@@ -51,6 +51,28 @@ def test_quick_build_is_deterministic_and_cli_builds(cross_zoo, tmp_path, monkey
     assert manifest["targets"] == ["zoo_reverse_b"]
 
 
+def test_lm_cross_experts_move_only_their_parameters(cross_zoo):
+    """The language expert moves only embeddings/final norm/head, the skill expert only the
+    layers (ExpertSpec.trainable): everything else keeps the base's bits."""
+    d = _tensor_digests(cross_zoo)
+    keys = [k.split("/", 1)[1] for k in d if k.startswith("base/")]
+    outer = {k for k in keys if ".layers." not in k}
+    assert outer == {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    for k in keys:
+        lang_moved = d[f"language/{k}"] != d[f"base/{k}"]
+        skill_moved = d[f"skill/{k}"] != d[f"base/{k}"]
+        assert (lang_moved, skill_moved) == ((True, False) if k in outer else (False, True)), k
+
+
+def test_trainable_pattern_that_matches_nothing_is_a_clear_error():
+    from evomerge.zoo.lm import LMShape, new_model
+    from evomerge.zoo.train_lm import _freeze_except
+
+    model = new_model(LMShape(layers=1, hidden=16, intermediate=32, heads=2), 20, 0)
+    with pytest.raises(UserInputError, match="ExpertSpec.trainable: 'lm_hed' matches no"):
+        _freeze_except(model, ("lm_hed",))
+
+
 def test_zoo_folders_load_with_transformers(cross_zoo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
