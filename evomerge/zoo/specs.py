@@ -113,35 +113,44 @@ _B_TASKS = {"zoo_copy_b": 1.0, "zoo_shift_b": 1.0, "zoo_sort_b": 1.0, "zoo_a_to_
 # expert only the transformer layers.
 _LANGUAGE_PARAMS = (r"embed_tokens", r"^model\.norm\.", r"^lm_head\.")
 _LAYER_PARAMS = (r"\.layers\.",)
-_SKILLS = ["zoo_cipher", "zoo_shift", "zoo_sort", "zoo_reverse_a"]
 _SHAPE = LMShape(layers=4, hidden=96, intermediate=256, heads=4)
+
+
+# lm-skills: expert name -> its task (a skill over 16 letters: a-p for the cipher, else A-P).
+_SKILLS = {
+    "cipher": "zoo_cipher",
+    "shift": "zoo_shift_u",
+    "sort": "zoo_sort_u",
+    "reverse": "zoo_reverse",
+}
 
 
 def lm_skills(quick: bool) -> LMZooSpec:
     return LMZooSpec(
         name="lm-skills",
         description=(
-            "4-layer Llama (0.46M parameters) pretrained on digit copying with a trace of each "
-            "skill; four experts fine-tuned on one skill each (substitution cipher, digit "
-            "shift, sorting, reversal), forgetting the others"
+            "4-layer Llama (0.46M parameters) pretrained on digit copying and on four skills "
+            "over 14 of their 16 letters; four experts fine-tuned on one skill each over all 16 "
+            "(substitution cipher, letter shift, sorting, reversal), forgetting the others"
         ),
-        # Traces of each skill seed its circuit in the base, so an expert's fine-tune is a small
-        # step from it (task vectors that add up) yet a large gain (base <= ~60% on each).
+        # The base learns every skill on 14 letters (the _part tasks), so it fails just the ~55%
+        # of test items holding one of the other two: a large gain left to each expert that does
+        # not hang on how far a trace of the skill happened to train (it did in earlier designs).
         base_mix={
-            "zoo_copy": 1.0,
-            "zoo_cipher": 0.01,
-            "zoo_shift": 0.003,
-            "zoo_sort": 0.1,
-            "zoo_reverse_a": 0.05,
+            "zoo_copy": 0.5,
+            "zoo_cipher_part": 0.25,
+            "zoo_shift_part": 0.25,
+            "zoo_sort_part": 0.25,
+            "zoo_reverse_part": 0.25,
         },
-        base_phase=_phase(500, 3e-3, quick),
+        base_phase=_phase(400, 3e-3, quick),
+        # No replay: each expert forgets the other skills, so the uniform merge (which keeps the
+        # base's) beats every expert on the mean (175 steps forgot more than 150: docs/zoo.md).
         experts={
-            t.removeprefix("zoo_").removesuffix("_a"): ExpertSpec(
-                t, {t: 1.0}, _phase(150, 1e-3, quick)
-            )
-            for t in _SKILLS
+            name: ExpertSpec(task, {task: 1.0}, _phase(175, 1e-3, quick))
+            for name, task in _SKILLS.items()
         },
-        tasks=list(_SKILLS),
+        tasks=list(_SKILLS.values()),
         shape=_SHAPE,
     )
 
