@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,7 +28,7 @@ from evomerge.errors import UserInputError
 RECIPE_REF_PREFIX = "recipe:"
 DTYPES = ("float32", "float16", "bfloat16")
 
-Scalar = Union[bool, float]
+Scalar = bool | float
 
 
 class FilterRule(BaseModel):
@@ -36,7 +36,7 @@ class FilterRule(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     filter: str | None = None
-    value: Union[Scalar, list[float]]
+    value: Scalar | list[float]
 
 
 class WeightRule(BaseModel):
@@ -52,7 +52,7 @@ class WeightRule(BaseModel):
     penalty: float = 1.0
 
 
-ParamValue = Union[Scalar, list[float], list[FilterRule], WeightRule]
+ParamValue = Scalar | list[float] | list[FilterRule] | WeightRule
 Params = dict[str, ParamValue]
 
 

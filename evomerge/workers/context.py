@@ -45,7 +45,8 @@ class ResidentWorker:
         self.seed = cfg.seed
         self.resolver = resolver
         self.fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
-        self.cache = cache or ExpertCache(resolver)
+        ratio = cfg.evaluation.stats_cache
+        self.cache = cache or ExpertCache(resolver, stats=ratio > 0, stats_ratio=ratio)
         self.materializer = Materializer(self.cache, device=cfg.evaluation.device)
         if cfg.evaluation.device != "cpu" or cfg.evaluation.dtype not in ("auto", "float32"):
             from evomerge.workers.ray_placement import PlacedMaterializer, placement_from

@@ -158,8 +158,13 @@ class EvalWorker:
             )[node]
         names = list(refs or {})
         packed = dict(zip(names, ray.get([refs[n] for n in names]), strict=True)) if names else {}
+        ratio = getattr(self.factory, "stats_ratio", 1.0)  # a private copy per worker
         return SharedExpertCache(
-            self.factory.resolver, packed, dtype=getattr(torch, self.factory.cache_dtype)
+            self.factory.resolver,
+            packed,
+            dtype=getattr(torch, self.factory.cache_dtype),
+            stats=ratio > 0,
+            stats_ratio=ratio,
         )
 
 

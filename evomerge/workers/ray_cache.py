@@ -84,8 +84,10 @@ class SharedExpertCache(ExpertCache):
         *,
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
+        stats: bool = True,
+        stats_ratio: float | None = 1.0,
     ) -> None:
-        super().__init__(resolver, dtype=dtype, device=device)
+        super().__init__(resolver, dtype=dtype, device=device, stats=stats, stats_ratio=stats_ratio)
         self.shared_refs = frozenset(shared)
         for ref, packed in shared.items():
             self._models[ref] = unpack_tensors(packed)

@@ -20,6 +20,7 @@ class ConfigWorkerFactory(WorkerFactory):
         self.cfg = cfg
         self.resolver = resolver
         self.cache_dtype = getattr(cfg.evaluation, "cache_dtype", "float32")
+        self.stats_ratio = cfg.evaluation.stats_cache
 
     def shared_models(self) -> list[str]:
         base = self.cfg.resolved_base()
