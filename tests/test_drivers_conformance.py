@@ -138,3 +138,17 @@ def test_optuna_multi_objective():
     with pytest.raises(UserInputError, match="objective"):
         cands = d.ask(1)
         d.tell(cands, [1.0])
+
+
+def test_cma_es_crosses_a_flat_start():
+    """Exact-match fitness is often 0 for every candidate of the first generations; CMA-ES must
+    widen its search there instead of stopping (pycma's tolfun/tolflatfitness would stop it)."""
+    cls = get_driver("cma_es")
+    d = cls(4, np.zeros(4), np.ones(4), np.full(4, 0.5), seed=0, popsize=6, sigma0=0.05)
+    best, gens = 0.0, 0
+    while not d.stop() and gens < 200 and best < 1.0:
+        cands = d.ask()
+        fit = [1.0 if c.x[0] > 0.8 else 0.0 for c in cands]  # a plateau with one way up
+        d.tell(cands, fit)
+        best, gens = max(best, *fit), gens + 1
+    assert gens > 1 and best == 1.0

@@ -42,7 +42,8 @@ class CMAES(Driver):
         popsize: int | None = None,
         diagonal: bool = False,
         max_evals: int | None = None,
-        tolfun: float = 1e-11,
+        tolfun: float = 0.0,
+        tolflatfitness: int = 10**9,
     ) -> None:
         super().__init__(dim, lower, upper, x0, seed=seed)
         import cma
@@ -57,6 +58,13 @@ class CMAES(Driver):
             "CMA_diagonal": bool(diagonal),
             "verbose": -9,
             "tolfun": tolfun,
+            # pycma stops when a generation's fitness values are all equal (tolfun, tolfunhist,
+            # and tolflatfitness after one flat generation); exact-match scores are flat around
+            # many starts (every candidate 0), and there widening sigma, which pycma does while
+            # it continues, is the way out. Off by default: the budget decides, and tolx still
+            # stops a search whose sigma has collapsed.
+            "tolflatfitness": tolflatfitness,
+            "tolfunhist": tolfun,  # the same test over the last generations' best values
             # pycma's sampler: a RandomState of our own, pickled with the strategy, so a
             # resumed search draws exactly what the uninterrupted one would have drawn
             "randn": np.random.RandomState(seed).randn,
