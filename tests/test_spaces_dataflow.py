@@ -200,3 +200,13 @@ def test_hybrid_uses_winner_as_model_a(pair, tmp_path):
             models=[pair["pathA"]],
             num_layers=L,
         )
+
+
+def test_start_path_through_another_model(pair):
+    s = _space(pair, start=1)
+    assert s.path_hops(s.x0()) == [(L, 1.0), (L + 1, 1.0), (L + 2, 1.0)]  # B's layers 0..L-1
+    r = s.decode(s.x0())
+    assert r.base_model == pair["pathA"]  # embeddings and head stay model A's
+    assert [src.model for sl in r.slices for src in sl.sources] == [pair["pathB"]] * 3
+    with pytest.raises(UserInputError, match="space.start"):
+        _space(pair, start=2)

@@ -22,6 +22,7 @@ YAML shapes (every key but ``kind`` is optional)::
     scales: full               # full: (M+1) x M matrix | per_layer: M | none: all 1
     scale_log2_range: 1.0      # scale = 2**g, g in [-range, range]
     max_path_length: null      # null = 2 * L_A
+    start: 0                   # x0 path: this model's layers (embeddings/head stay model A's)
     residual_writers: [o_proj, down_proj]
     dtype: float32
 
@@ -86,6 +87,10 @@ class DataflowSpaceConfig(_Frozen):
     scales: Literal["full", "per_layer", "none"] = "full"
     scale_log2_range: float = Field(1.0, gt=0.0, le=8.0)
     max_path_length: int | None = Field(None, ge=1)
+    # The starting path runs through this source's layers (0 = model A itself, the paper's
+    # start). Another start helps when A's layers are the wrong ones and every path between
+    # them scores the same (a flat start), e.g. A only lends its embeddings and head.
+    start: int = Field(0, ge=0)
     residual_writers: list[str] = Field(default_factory=lambda: ["o_proj", "down_proj"])
     dtype: str = "float32"
     seed: int = 0

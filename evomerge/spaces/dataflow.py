@@ -18,7 +18,8 @@ search cost) for paths few candidates use.
 Genes, in this order:
 
 * indicator I in [-1, 1]^T: slot t is on the path iff I_t > 0; the path keeps slot order.
-  x0: +0.5 on the first copy's A-slots, -0.5 elsewhere, so the start is model A itself.
+  x0: +0.5 on the first copy's A-slots, -0.5 elsewhere, so the start is model A itself
+  (``start: k``: the first copy's slots of model k, under A's embeddings and head).
 * scales (``scales``), each a gene g in [-R, R] mapped to 2**g (R = ``scale_log2_range``,
   default 1, so scales lie in [0.5, 2]; log scale so up- and down-scaling are symmetric and the
   scale can never reach 0); x0 g = 0, i.e. scale 1:
@@ -81,6 +82,13 @@ class DataflowSpace(SearchSpace):
                 f"num_layers {counts} must give one positive layer count per model {models}"
             )
         self.layer_counts = counts
+        start = getattr(cfg, "start", 0)
+        if start >= len(models):
+            raise UserInputError(
+                f"space.start: {start} is not a model index (0..{len(models) - 1}); it picks the "
+                "source whose layers form the starting path"
+            )
+        self.start = start
         # pool[p] = (model index, layer index): A's layers, then B's, ...
         self.pool = [(mi, li) for mi, n in enumerate(counts) for li in range(n)]
         self.M = len(self.pool)
@@ -102,7 +110,8 @@ class DataflowSpace(SearchSpace):
 
     def x0(self) -> np.ndarray:
         ind = np.full(self.T, -0.5)
-        ind[: self.layer_counts[0]] = 0.5  # the first copy's A-slots: model A itself
+        first = sum(self.layer_counts[: self.start])  # the first copy's slots of model start
+        ind[first : first + self.layer_counts[self.start]] = 0.5
         return np.concatenate([ind, np.zeros(self.n_scales)])
 
     def pool_name(self, p: int) -> str:
