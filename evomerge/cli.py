@@ -113,9 +113,7 @@ def _merge(
 @app.command()
 def search(
     experiment: Path = typer.Argument(..., help="experiment YAML"),
-    run_dir: Path | None = typer.Option(
-        None, "--run-dir", help="folder holding the run's store"
-    ),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="folder holding the run's store"),
     max_evals: int | None = typer.Option(None, "--max-evals"),
     max_seconds: float | None = typer.Option(None, "--max-seconds"),
     seed: int | None = typer.Option(None, "--seed"),

@@ -163,7 +163,9 @@ class Recipe(_Frozen):
     @classmethod
     def from_dict(cls, data: Any, *, origin: str = "recipe") -> Recipe:
         if not isinstance(data, dict):
-            raise UserInputError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+            raise UserInputError(
+                f"{origin}: expected a mapping at the top level, got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as err:

@@ -36,8 +36,16 @@ class Driver(ABC):
     #: (random, Optuna, steady-state M2N2): the Ray evaluator then keeps every worker busy.
     can_ask_ahead: ClassVar[bool] = False
 
-    def __init__(self, dim: int, lower: np.ndarray, upper: np.ndarray, x0: np.ndarray, *,
-                 seed: int, **options: Any) -> None:
+    def __init__(
+        self,
+        dim: int,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        x0: np.ndarray,
+        *,
+        seed: int,
+        **options: Any,
+    ) -> None:
         self.dim = dim
         self.lower = np.asarray(lower, dtype=float)
         self.upper = np.asarray(upper, dtype=float)
@@ -49,8 +57,12 @@ class Driver(ABC):
         """Propose candidates (``n`` None = the driver's natural batch, e.g. a generation)."""
 
     @abstractmethod
-    def tell(self, candidates: Sequence[Candidate], fitness: Sequence[float],
-             details: Sequence[EvalResult | None] | None = None) -> None:
+    def tell(
+        self,
+        candidates: Sequence[Candidate],
+        fitness: Sequence[float],
+        details: Sequence[EvalResult | None] | None = None,
+    ) -> None:
         """Report fitness (maximize; NaN = failed) in ask order; ``details`` carries
         per-example scores for drivers that need them (M2N2)."""
 

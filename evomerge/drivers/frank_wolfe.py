@@ -56,9 +56,7 @@ class FrankWolfe(Driver):
         **options: Any,
     ) -> None:
         super().__init__(dim, lower, upper, x0, seed=seed)
-        self.params = p = parse_options(
-            self.name, FWParams, options, {"n_members": "pool size"}
-        )
+        self.params = p = parse_options(self.name, FWParams, options, {"n_members": "pool size"})
         k, g = p.n_members, _n_groups(self.dim, p)
         self.n_coef, self.n_groups = g * k, g
         w0 = self.x0[: self.n_coef].reshape(g, k)

@@ -45,7 +45,9 @@ class M2N2Params:
     use_attraction: bool = True
     use_splitpoint: bool = True
     mutation_std: float = 0.0
-    init: str = "uniform"  # "normal" (from scratch: N(0, init_std^2)), "given" (x0 + init_points only)
+    init: str = (
+        "uniform"  # "normal" (from scratch: N(0, init_std^2)), "given" (x0 + init_points only)
+    )
     init_std: float = 0.01
     batch_size: int = 1
 
@@ -184,7 +186,9 @@ class M2N2(Driver):
             )
         if len(self._genomes) < self.params.archive_size:
             self._genomes = np.vstack([self._genomes, x[None]])
-            self._scores = row[None] if self._scores is None else np.vstack([self._scores, row[None]])
+            self._scores = (
+                row[None] if self._scores is None else np.vstack([self._scores, row[None]])
+            )
             self._fitness = np.append(self._fitness, fitness)
             return
         # full archive: compare the child with the P members, overwrite the loser in place

@@ -46,7 +46,9 @@ def _fw_pool(cfg, *, base, models, num_layers):
     from evomerge.fw.space import FWPoolSpace
 
     if base is None:
-        raise UserInputError("space kind fw_pool needs base_model: task vectors are taken against it")
+        raise UserInputError(
+            "space kind fw_pool needs base_model: task vectors are taken against it"
+        )
     opts = cfg.model_dump(exclude={"kind"})
     return FWPoolSpace(base, models, **opts)
 

@@ -33,8 +33,14 @@ class JobResult:
 
     @classmethod
     def failed(cls, digest: str, error: str, seconds: float = 0.0, worker: str = "") -> JobResult:
-        return cls(digest=digest, status=FAIL, fitness=math.nan, error=error,
-                   seconds=seconds, worker=worker)
+        return cls(
+            digest=digest,
+            status=FAIL,
+            fitness=math.nan,
+            error=error,
+            seconds=seconds,
+            worker=worker,
+        )
 
     @property
     def ok(self) -> bool:
