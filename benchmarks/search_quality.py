@@ -16,7 +16,7 @@ suite ``cross`` (lm-cross, the target neither expert solves — Sakana's setting
 * ``hybrid``       experiments/toy_hybrid.yaml's space over the seed's PS winner and a source;
 
 against the experts themselves and the best of a grid of simple merges (linear, task
-arithmetic, TIES over a coarse weight grid), all scored by the same fitness through the same
+arithmetic, TIES over a coarse weight grid, and TSV at its paper's defaults), all scored by the same fitness through the same
 in-place evaluator. Prints one table: median, min and max of the best fitness per method.
 """
 
@@ -55,6 +55,10 @@ def simple_merges(models: list[str], base: str | None) -> dict[str, Recipe]:
                 base_model=base,
                 models=[ModelRef(model=m, parameters=params) for m in models],
             )
+        # the strongest training-free method on lm-skills in benchmarks/methods_table.py
+        out["tsv (paper defaults)"] = Recipe(
+            merge_method="tsv", base_model=base, models=[ModelRef(model=m) for m in models]
+        )
     for i, m in enumerate(models):
         out[f"expert {i} ({Path(m).name})"] = Recipe(
             merge_method="passthrough", models=[ModelRef(model=m)]
