@@ -19,6 +19,7 @@ from __future__ import annotations
 from evomerge.ops import (  # noqa: E402,F401  (import for registration side effects)
     consensus,
     generalized_ta,
+    gta_presets,
     linear,
     model_stock,
     multislerp,
