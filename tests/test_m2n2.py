@@ -73,3 +73,14 @@ def test_mismatched_rows_rejected():
     cands = d.ask(2)
     with pytest.raises(UserInputError, match="same examples"):
         d.tell(cands, [0.5, 0.5], [_detail([1, 0]), _detail([1, 0, 1])])
+
+
+def test_without_attraction_parents_are_independent_draws():
+    """No attraction (and GA, alpha 0): the reference draws both parents with replacement in
+    proportion to fitness, so a dominant member often mates with itself."""
+    f = np.array([[1.0, 1.0], [0.1, 0.0], [0.0, 0.0]])
+    rng = np.random.default_rng(0)
+    pairs = [choose_parents(rng, f, use_attraction=False) for _ in range(400)]
+    assert all(2 not in p for p in pairs)  # zero fitness: never a parent
+    same = sum(p1 == p2 for p1, p2 in pairs) / len(pairs)
+    assert 0.85 < same < 0.97  # P(both = member 0) = (2/2.1)^2 ≈ 0.91

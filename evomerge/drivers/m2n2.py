@@ -72,10 +72,14 @@ def choose_parents(
 ) -> tuple[int, int]:
     fitness = f.sum(axis=1)
     p1 = _proportional(rng, fitness)
-    if use_attraction:
-        g = np.maximum(0.0, f - f[p1]).sum(axis=1)
-        if g.sum() > 0:
-            return p1, _proportional(rng, g)
+    if not use_attraction:
+        # As the reference code (SakanaAI/natural_niches, also its GA): both parents drawn
+        # independently, with replacement, so a parent can mate with itself.
+        return p1, _proportional(rng, fitness)
+    g = np.maximum(0.0, f - f[p1]).sum(axis=1)
+    if g.sum() > 0:
+        return p1, _proportional(rng, g)
+    # p1 solves everything any member solves: no attraction signal, take another member
     others = fitness.copy()
     if len(others) > 1:
         others[p1] = 0.0
