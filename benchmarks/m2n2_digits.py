@@ -100,13 +100,17 @@ def run(driver_name: str, evals: int, seed: int, **opts) -> float:
 SCRATCH = {
     "M2N2": ("m2n2", dict(init="normal", init_std=0.01, mutation_std=0.01)),
     "CMA-ES (diag, pop 20)": ("cma_es", dict(sigma0=0.01, popsize=20, diagonal=True)),
-    "GA (alpha 0)": ("m2n2", dict(init="normal", init_std=0.01, mutation_std=0.01, alpha=0.0)),
+    # GA: no resource sharing and no attraction (the reference forces no_matchmaker for "ga")
+    "GA (alpha 0)": (
+        "m2n2",
+        dict(init="normal", init_std=0.01, mutation_std=0.01, alpha=0.0, use_attraction=False),
+    ),
 }
 EXPERTS = {
     "M2N2": dict(),
     "no attraction": dict(use_attraction=False),
     "no split point": dict(use_splitpoint=False),
-    "GA (alpha 0)": dict(alpha=0.0),
+    "GA (alpha 0)": dict(alpha=0.0, use_attraction=False),
 }
 
 
