@@ -77,6 +77,20 @@ def _kill_at_random(cmd: list[str], run_dir: Path, rng: random.Random) -> bool:
     return True
 
 
+def kill_and_resume_to_the_end(exp: Path, run_dir: Path, rng: random.Random) -> None:
+    """Search ``exp`` into ``run_dir``, SIGKILL it and each resume at random moments (at most
+    8 kills), then resume to the end; at least 2 kills must have landed."""
+    running = _kill_at_random(_cli("search", str(exp), "--run-dir", str(run_dir)), run_dir, rng)
+    kills = int(running)
+    while running and kills < 8:
+        running = _kill_at_random(_cli("resume", str(run_dir)), run_dir, rng)
+        kills += running
+    if running:
+        last = subprocess.run(_cli("resume", str(run_dir)), env=ENV, capture_output=True, text=True)
+        assert last.returncode == 0, last.stderr
+    assert kills >= 2, "the search finished before it could be killed twice"
+
+
 # M2N2 (steady state, archive replacement, per-example rows) asks 5 children per generation.
 DRIVERS = {
     "cma_es": dict(max_evals=60, popsize=5),
@@ -96,17 +110,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, driver):
     assert "winner" in done.stdout
 
     killed = tmp_path / "killed"
-    rng = random.Random(1234)
-    kills = 0
-    running = _kill_at_random(_cli("search", str(exp), "--run-dir", str(killed)), killed, rng)
-    kills += running
-    while running and kills < 8:
-        running = _kill_at_random(_cli("resume", str(killed)), killed, rng)
-        kills += running
-    if running:
-        last = subprocess.run(_cli("resume", str(killed)), env=ENV, capture_output=True, text=True)
-        assert last.returncode == 0, last.stderr
-    assert kills >= 2, "the search finished before it could be killed twice"
+    kill_and_resume_to_the_end(exp, killed, random.Random(1234))
 
     a, b = _snapshot(full), _snapshot(killed)
     assert a[0] == b[0]  # candidates, genes, digests, statuses, scores

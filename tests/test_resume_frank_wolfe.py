@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.test_resume import ENV, _cli, _kill_at_random, _snapshot
+from tests.test_resume import ENV, _cli, _snapshot, kill_and_resume_to_the_end
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -55,18 +55,7 @@ def test_frank_wolfe_killed_and_resumed_equals_uninterrupted(tmp_path, experimen
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
-    rng = random.Random(7)
-    kills = int(
-        _kill_at_random(_cli("search", str(experiment), "--run-dir", str(killed)), killed, rng)
-    )
-    running = bool(kills)
-    while running and kills < 8:
-        running = _kill_at_random(_cli("resume", str(killed)), killed, rng)
-        kills += running
-    if running:
-        last = subprocess.run(_cli("resume", str(killed)), env=ENV, capture_output=True, text=True)
-        assert last.returncode == 0, last.stderr
-    assert kills >= 2, "the search finished before it could be killed twice"
+    kill_and_resume_to_the_end(experiment, killed, random.Random(7))
 
     a, b = _snapshot(full), _snapshot(killed)
     assert len(a[0]) == 6  # θ_0 .. θ_5
