@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from evomerge.ops import sparsify
+from evomerge.ops import fused_gta, sparsify
 from evomerge.ops._registry import per_model
 
 
@@ -91,6 +91,10 @@ def general_task_arithmetic(
     taus = None
     if sparsification is None and resident is not None:  # cached τ_i = θ_i − θ_base: no sub
         taus = [resident.task_vector(i, lambda t=t: t - base) for i, t in enumerate(tensors)]
+    if _elementwise(tensors, base, sparsification, p):
+        flat = taus if taus is not None else tensors
+        if fused_gta.usable(base, flat, out):
+            return _fused(flat, base, w, sparsification, consensus, p, resident, out, taus)
     if _streamable(tensors, base, sparsification, p):
         return _streamed(tensors, base, w, sparsification, consensus, p, resident, out, taus)
     if taus is not None:
@@ -133,17 +137,60 @@ def _combine(
 _BLOCK = 1 << 16
 
 
-def _streamable(tensors: list[torch.Tensor], base: torch.Tensor, sp: str | None, p: dict) -> bool:
-    """Block by block gives the whole-tensor bits when every step is elementwise given one
-    global threshold per model: magnitude (or no) sparsification without the L1 rescale, and
-    at most 4 models (``_sum``'s in-order adds)."""
+def _elementwise(tensors: list[torch.Tensor], base: torch.Tensor, sp: str | None, p: dict) -> bool:
+    """Every step is elementwise given one global threshold per model — magnitude (or no)
+    sparsification without the L1 rescale, and at most 4 models (``_sum``'s in-order adds) —
+    so block by block, or the fused kernel, gives the whole-tensor bits."""
     return (
         sp in (None, "magnitude")
         and not (sp and p.get("rescale", False))
         and len(tensors) <= 4
-        and base.numel() >= 4 * _BLOCK
         and all(t.shape == base.shape for t in tensors)
     )
+
+
+def _streamable(tensors: list[torch.Tensor], base: torch.Tensor, sp: str | None, p: dict) -> bool:
+    return _elementwise(tensors, base, sp, p) and base.numel() >= 4 * _BLOCK
+
+
+def _fused(
+    sources: list[torch.Tensor],
+    base: torch.Tensor,
+    w: list[torch.Tensor],
+    sparsification: str | None,
+    consensus: str | None,
+    p: dict[str, Any],
+    resident: Any,
+    dst: torch.Tensor | None,
+    taus: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """``_streamed``'s computation in one pass of the C kernel (``fused_gta``): same bits."""
+    b = base.reshape(-1)
+    thresholds: list[tuple[float, int] | None] = [None] * len(sources)
+    if sparsification == "magnitude":
+        dens = per_model(p, "density", len(sources))
+        for i, (t, d) in enumerate(zip(sources, dens)):
+            cut = _top_k_rule(t.reshape(-1), b, d, i, resident)
+            thresholds[i] = None if cut is None else (float(cut.v), int(cut.split))
+    normalize = bool(p.get("normalize", False))
+    divisor = 1.0
+    if normalize and not consensus:
+        total = _sum(w)  # as _combine: the weights' in-order float32 sum, 0 -> 1
+        divisor = 1.0 if total.abs() < 1e-8 else float(total)
+    result = torch.empty_like(base) if dst is None else dst
+    fused_gta.run(
+        b,
+        [t.reshape(-1) for t in sources],
+        is_tau=taus is not None,
+        thresholds=thresholds,
+        weights=[float(x) for x in w],
+        consensus=consensus,
+        normalize=normalize,
+        scalar_divisor=divisor,
+        lam=float(p.get("lambda", 1.0)),
+        out=result.view(-1),
+    )
+    return result
 
 
 def _streamed(

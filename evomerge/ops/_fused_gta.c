@@ -1,0 +1,131 @@
+/* One-pass generalized task arithmetic (TIES / task arithmetic / linear over task vectors) for
+ * float32 CPU tensors: evomerge/ops/fused_gta.py loads it, generalized_ta.py is the reference.
+ *
+ * Every element goes through exactly the float32 operations of the eager torch path, in the
+ * same order (see _streamed / _combine / _agreeing_sum in generalized_ta.py), so the result is
+ * the same bits: IEEE add, mul, div, fabs and copysign are correctly rounded whichever unit
+ * runs them. Build with -ffp-contract=off (no fused multiply-add: a*b+c must round twice, as
+ * torch's separate kernels do), without -ffast-math, and with -fno-trapping-math (the
+ * compiler may then evaluate both sides of a comparison and vectorize; no result changes).
+ *
+ * Per model j (m <= 4, the length for which torch's stacked sum adds rows in order):
+ *   d_j = src_j[i] - base[i]              (src_j is the task vector itself when is_tau)
+ *   d_j = d_j * (|d_j| >= thr_j ? 1 : 0)  below split_j, strict > from split_j on (top-k rule)
+ *   x_j = d_j * w_j
+ * then, without consensus:   mixed = x_0 + x_1 + ...
+ *       with consensus:      votes = x_0 + ... (sum)  or  sign(x_0) + ... (count)
+ *                            e = copysign(1, votes);  k_j = max(x_j * e, 0)
+ *                            mixed = (k_0 + k_1 + ...) * e
+ *                            divisor = [k_0 > 0] w_0 + ... ; 0 -> 1   (normalize only)
+ *       mixed = mixed / divisor   (normalize; without consensus divisor is a scalar)
+ *       mixed = mixed * lambda    (only when lambda != 1)
+ *       out[i] = base[i] + mixed
+ */
+#include <math.h>
+#include <stdint.h>
+
+#define MAXM 4
+
+enum { CONSENSUS_NONE = 0, CONSENSUS_SUM = 1, CONSENSUS_COUNT = 2 };
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* The top-k rule "|d| >= v below split, |d| > v from split on" is one comparison |d| >= t per
+ * range: for floats a > v <=> a >= nextafter(v, +inf), and a > +inf is never true, which
+ * a >= NaN expresses (every comparison with NaN is false). */
+static float strict_threshold(float v) { return isinf(v) && v > 0 ? NAN : nextafterf(v, INFINITY); }
+
+INLINE float sign_of(float x) { return (x > 0.0f ? 1.0f : 0.0f) - (x < 0.0f ? 1.0f : 0.0f); }
+
+/* Elements [lo, hi) on which every model's threshold is one value. M, MODE, NORM and TAU are
+ * constants at each call site (see DISPATCH), so the model loops unroll away and the element
+ * loop vectorizes: every input is read once, the output written once. Multiplying by λ = 1 or
+ * dividing by a scalar divisor of 1 is exact, so those steps need no flag. */
+INLINE void range(const int M, const int MODE, const int NORM, const int TAU, int64_t lo,
+                  int64_t hi, const float *restrict base, const float *restrict s0,
+                  const float *restrict s1, const float *restrict s2, const float *restrict s3,
+                  const float *t, const float *w, float scalar_divisor, float lambda,
+                  float *restrict out) {
+    const float *restrict s[MAXM] = {s0, s1, s2, s3};
+    float tt[MAXM], ww[MAXM];
+    for (int j = 0; j < M; j++) tt[j] = t[j], ww[j] = w[j];
+    for (int64_t i = lo; i < hi; i++) {
+        const float b = base[i];
+        float x[MAXM], k[MAXM];
+#pragma GCC unroll 4
+        for (int j = 0; j < M; j++) {
+            const float d = TAU ? s[j][i] : s[j][i] - b;
+            x[j] = (d * (fabsf(d) >= tt[j] ? 1.0f : 0.0f)) * ww[j];
+        }
+        float mixed = x[0];
+        if (MODE == CONSENSUS_NONE) {
+#pragma GCC unroll 4
+            for (int j = 1; j < M; j++) mixed = mixed + x[j];
+            mixed = mixed / scalar_divisor;
+        } else {
+            float votes = MODE == CONSENSUS_SUM ? x[0] : sign_of(x[0]);
+#pragma GCC unroll 4
+            for (int j = 1; j < M; j++) votes = votes + (MODE == CONSENSUS_SUM ? x[j] : sign_of(x[j]));
+            const float e = copysignf(1.0f, votes); /* the elected sign */
+#pragma GCC unroll 4
+            for (int j = 0; j < M; j++) {
+                const float f = x[j] * e;
+                k[j] = f > 0.0f ? f : 0.0f; /* the agreeing entries, flipped to >= 0 */
+            }
+            mixed = k[0];
+#pragma GCC unroll 4
+            for (int j = 1; j < M; j++) mixed = mixed + k[j];
+            mixed = mixed * e;
+            if (NORM) {
+                float div = (k[0] > 0.0f ? 1.0f : 0.0f) * ww[0];
+#pragma GCC unroll 4
+                for (int j = 1; j < M; j++) div = div + (k[j] > 0.0f ? 1.0f : 0.0f) * ww[j];
+                mixed = mixed / (div + (div == 0.0f ? 1.0f : 0.0f));
+            }
+        }
+        out[i] = b + mixed * lambda;
+    }
+}
+
+#define CALL(M, MODE, NORM, TAU) \
+    range(M, MODE, NORM, TAU, lo, hi, base, s0, s1, s2, s3, t, w, scalar_divisor, lambda, out)
+#define BY_TAU(M, MODE, NORM) \
+    if (is_tau) CALL(M, MODE, NORM, 1); else CALL(M, MODE, NORM, 0);
+#define BY_MODE(M)                                             \
+    if (consensus == CONSENSUS_NONE) { BY_TAU(M, 0, 0) }       \
+    else if (consensus == CONSENSUS_SUM && normalize) { BY_TAU(M, 1, 1) }  \
+    else if (consensus == CONSENSUS_SUM) { BY_TAU(M, 1, 0) }   \
+    else if (normalize) { BY_TAU(M, 2, 1) }                    \
+    else { BY_TAU(M, 2, 0) }
+
+/* Elements [start, stop) of the flat tensors; ``split`` and the element index are global so a
+ * caller may cut the work into chunks (threads) anywhere. ``has_thr[j] == 0``: keep all.
+ * ``scalar_divisor``: Σ weights without consensus when normalizing, else 1. */
+#if defined(__x86_64__) && defined(__GNUC__)
+/* one build for every node of a cluster: the loader picks the widest vectors the CPU has */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
+               const float *const *src, int is_tau, const int *has_thr, const float *thr,
+               const int64_t *split, const float *w, int consensus, int normalize,
+               float scalar_divisor, float lambda, float *restrict out) {
+    const float *s0 = src[0], *s1 = m > 1 ? src[1] : 0, *s2 = m > 2 ? src[2] : 0;
+    const float *s3 = m > 3 ? src[3] : 0;
+    for (int64_t lo = start; lo < stop;) {
+        /* the next range, cut where a model's comparison switches from >= to > */
+        int64_t hi = stop;
+        float t[MAXM];
+        for (int j = 0; j < m; j++) {
+            if (!has_thr[j]) { t[j] = -1.0f; continue; } /* |d| >= -1: keep all */
+            if (lo < split[j] && split[j] < hi) hi = split[j];
+            t[j] = lo < split[j] ? thr[j] : strict_threshold(thr[j]);
+        }
+        switch (m) {
+            case 1: BY_MODE(1) break;
+            case 2: BY_MODE(2) break;
+            case 3: BY_MODE(3) break;
+            default: BY_MODE(4) break;
+        }
+        lo = hi;
+    }
+}

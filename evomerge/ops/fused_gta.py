@@ -1,0 +1,160 @@
+"""The one-pass C kernel for generalized task arithmetic (``_fused_gta.c``), compiled on first
+use and loaded with ctypes.
+
+Why: on CPU the eager path streams each model's τ through ~8 elementwise torch kernels (sub,
+abs, compare, mask, weight, vote, clamp, sum), so a TIES candidate cost ~9× one pass over the
+experts' bytes. The kernel reads each input once and writes the output once, with the same
+float32 operations in the same order, so the bits are the eager path's (tests/test_fused_gta.py
+checks them against the eager path over the operators and edge cases).
+
+It is an accelerator, never a requirement: without a C compiler, on a build error, on non-float32
+or non-CPU tensors, or with ``EVOMERGE_FUSED=0``, the eager path runs and gives the same bits.
+The shared object is cached under ``${EVOMERGE_CACHE:-~/.cache/evomerge}/kernels/`` keyed by the
+source's hash and the compiler's version; it is built without ``-march=native`` so a cache on a
+shared home directory works on every node of a cluster.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("_fused_gta.c")
+# no FMA contraction and no fast-math: the eager path's roundings (see the C file's header)
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-std=c99"]
+_FLAGS += ["-fPIC", "-shared"]
+MAX_MODELS = 4
+# below this many elements per thread a thread hand-off costs more than it saves
+_MIN_CHUNK = 1 << 16
+_CONSENSUS = {None: 0, "sum": 1, "count": 2}
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("EVOMERGE_CACHE") or str(Path.home() / ".cache" / "evomerge")
+    return Path(root) / "kernels"
+
+
+def _build(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(_SOURCE.read_bytes() + version.encode() + " ".join(_FLAGS).encode())
+    target = _cache_dir() / f"fused_gta_{key.hexdigest()[:16]}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # compile beside the target, then rename: concurrent workers never load a half-written file
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        so = Path(tmp) / target.name
+        subprocess.run(
+            [cc, *_FLAGS, str(_SOURCE), "-o", str(so), "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        os.replace(so, target)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None (disabled, no compiler, build failed: the eager path runs)."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    if os.environ.get("EVOMERGE_FUSED", "1") == "0":
+        return None
+    cc = _compiler()
+    if cc is None:
+        log.info("no C compiler found: generalized task arithmetic runs on the eager path")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        log.warning("fused kernel build failed (%s); using the eager path", detail.strip()[:300])
+        return None
+    f = lib.gta_fused
+    f.restype = None
+    i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, i32, i32]
+    f.argtypes += [ctypes.c_float, ctypes.c_float, fp]
+    _lib = lib
+    return _lib
+
+
+def usable(base: torch.Tensor, sources: list[torch.Tensor], out: torch.Tensor | None) -> bool:
+    """The kernel serves these tensors: float32, contiguous, on the CPU, same size, ≤ 4 models."""
+    ts = [base, *sources] + ([out] if out is not None else [])
+    return (
+        0 < len(sources) <= MAX_MODELS
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
+        and all(t.is_contiguous() and t.numel() == base.numel() for t in ts)
+        and library() is not None
+    )
+
+
+def run(
+    base: torch.Tensor,
+    sources: list[torch.Tensor],
+    *,
+    is_tau: bool,
+    thresholds: list[tuple[float, int] | None],
+    weights: list[float],
+    consensus: str | None,
+    normalize: bool,
+    scalar_divisor: float,
+    lam: float,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``out`` = the generalized task arithmetic of ``sources`` over ``base`` (see the C file);
+    ``thresholds[j]``: model j's top-k rule (value, split index) or None (keep all)."""
+    lib = library()
+    assert lib is not None and usable(base, sources, out)
+    m = len(sources)
+    ptrs = (ctypes.c_void_p * m)(*[t.data_ptr() for t in sources])
+    has_thr = (ctypes.c_int * m)(*[int(t is not None) for t in thresholds])
+    thr = (ctypes.c_float * m)(*[t[0] if t else 0.0 for t in thresholds])
+    split = (ctypes.c_int64 * m)(*[t[1] if t else 0 for t in thresholds])
+    w = (ctypes.c_float * m)(*weights)
+    args = (m, base.data_ptr(), ctypes.addressof(ptrs), int(is_tau), ctypes.addressof(has_thr))
+    args += (ctypes.addressof(thr), ctypes.addressof(split), ctypes.addressof(w))
+    args += (_CONSENSUS[consensus], int(normalize), scalar_divisor, lam)
+    args += (out.data_ptr(),)
+    n = base.numel()
+    chunks = _chunks(n)
+    if len(chunks) == 1:
+        lib.gta_fused(0, n, *args)
+    else:  # ctypes releases the GIL during the call: the chunks run in parallel
+        list(_threads().map(lambda c: lib.gta_fused(c[0], c[1], *args), chunks))
+    return out
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+    parts = max(1, min(torch.get_num_threads(), n // _MIN_CHUNK))
+    step = -(-n // parts)
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+    return _pool

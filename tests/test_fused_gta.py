@@ -1,0 +1,103 @@
+"""The fused C kernel (evomerge/ops/_fused_gta.c) gives the eager torch path's bits for every
+operator it serves — weights of both signs, densities 0..1, ties at the top-k threshold, zero
+task vectors, normalize, both consensus rules, λ ≠ 1, the resident (cached τ) path, tensors
+split across threads — and is skipped where it does not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evomerge.ops import OPS, fused_gta
+from evomerge.workers.resident_cache import ResidentCache
+from tests.test_resident_cache import _family, _same_bits, _task
+
+pytestmark = pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
+
+
+def _eager(monkeypatch, fn):
+    with monkeypatch.context() as m:
+        m.setattr(fused_gta, "usable", lambda *a: False)
+        return fn()
+
+
+def _spy(monkeypatch):
+    calls = []
+    real = fused_gta.run
+    monkeypatch.setattr(fused_gta, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+CASES = [
+    ("ties", {}),
+    ("ties", {"normalize": False}),
+    ("ties", {"lambda": 0.3}),
+    ("ties", {"normalize": False, "lambda": 1.7}),
+    ("task_arithmetic", {}),
+    ("task_arithmetic", {"normalize": True, "lambda": 0.45}),
+]
+
+
+@pytest.mark.parametrize("name,extra", CASES)
+@pytest.mark.parametrize("shape,quantized", [((40, 30), False), ((33, 17), True), ((97,), True)])
+def test_fused_equals_eager_bits(monkeypatch, name, extra, shape, quantized):
+    base, tensors = _family(shape, quantized=quantized)
+    tensors[1] = base.clone()  # a model that did not move: zero τ, every vote ±0
+    spec = OPS[name]
+    calls = _spy(monkeypatch)
+    weights = [[0.5, -0.3, 0.8], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.3, 0.3, -0.6]]
+    for weight in weights:
+        for density in (0.0, 0.1, 0.5, [0.9, 1.0, 0.3], 1.0):
+            p = {**spec.defaults, **extra, "weight": weight}
+            if "density" in spec.defaults:
+                p["density"] = density
+            got = spec.fn(tensors, base, generator=None, **p)
+            want = _eager(monkeypatch, lambda p=p: spec.fn(tensors, base, generator=None, **p))
+            assert _same_bits(got, want), (name, extra, weight, density)
+    assert calls, "the fused kernel was never used"
+
+
+def test_consensus_count_and_four_models(monkeypatch):
+    """The count election (sign majority) and the 4-model limit, called directly."""
+    from evomerge.ops.generalized_ta import general_task_arithmetic
+
+    base, tensors = _family((51, 13), n=4, quantized=True, seed=5)
+    calls = _spy(monkeypatch)
+    for normalize in (True, False):
+        kw = dict(sparsification="magnitude", consensus="count", generator=None)
+        p = dict(weight=[0.7, -0.2, 0.4, 1.1], density=0.4, normalize=normalize, **kw)
+        got = general_task_arithmetic(tensors, base, **p)
+        want = _eager(monkeypatch, lambda p=p: general_task_arithmetic(tensors, base, **p))
+        assert _same_bits(got, want)
+    assert len(calls) == 2
+
+
+def test_resident_tau_path_and_threads(monkeypatch):
+    """Cached τ (task arithmetic on a worker), a tensor large enough to be split over threads,
+    and the ``out=`` buffer a resident model's parameter provides."""
+    base, tensors = _family((700, 401), quantized=True, seed=3)
+    spec = OPS["task_arithmetic"]
+    p = {**spec.defaults, "weight": [0.5, -0.3, 0.8]}
+    want = _eager(monkeypatch, lambda: spec.fn(tensors, base, generator=None, **p))
+    cache = ResidentCache()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(2):  # computed, then served
+            out = torch.empty_like(base)
+            view = cache.for_task(_task(base), 0)
+            got = spec.fn(tensors, base, generator=None, resident=view, out=out, **p)
+            assert got.data_ptr() == out.data_ptr() and _same_bits(got, want)
+        assert len(fused_gta._chunks(base.numel())) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_not_used_for_other_dtypes_or_five_models(monkeypatch):
+    calls = _spy(monkeypatch)
+    base, tensors = _family((20, 10), n=5)
+    OPS["ties"].fn(tensors, base, generator=None, **{**OPS["ties"].defaults, "weight": 0.3})
+    half = [t.to(torch.bfloat16) for t in tensors[:3]]
+    spec = OPS["task_arithmetic"]
+    spec.fn(half, base.to(torch.bfloat16), generator=None, **{**spec.defaults, "weight": 0.3})
+    assert not calls
