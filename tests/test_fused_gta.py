@@ -101,3 +101,37 @@ def test_not_used_for_other_dtypes_or_five_models(monkeypatch):
     spec = OPS["task_arithmetic"]
     spec.fn(half, base.to(torch.bfloat16), generator=None, **{**spec.defaults, "weight": 0.3})
     assert not calls
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_radix_top_k_equals_eager_selection(quantized):
+    """The C radix selection gives ``sparsify.top_k``'s (v, split) — ties straddling the
+    threshold (quantized values), zero task vectors, k at both ends, a task vector alone."""
+    from evomerge.ops import sparsify
+
+    base, tensors = _family((300, 257), quantized=quantized, seed=11)
+    tensors.append(base.clone())
+    n = base.numel()
+    for t in tensors:
+        for k in (1, 2, 17, n // 3, n // 2, n - 2, n - 1):
+            for b in (base, None):
+                mag = (t - b).abs() if b is not None else t.abs()
+                want = sparsify.top_k(mag.reshape(-1), k)
+                v, split = fused_gta.top_k_rule(t.reshape(-1), None if b is None else b.reshape(-1), k)
+                assert (v, split) == (float(want.v), want.split), (k, quantized)
+
+
+def test_radix_top_k_split_over_threads():
+    from evomerge.ops import sparsify
+
+    base, (t, *_) = _family((700, 401), quantized=True, seed=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert len(fused_gta._chunks(base.numel())) == 2
+        for k in (5, base.numel() // 2):
+            want = sparsify.top_k((t - base).abs().reshape(-1), k)
+            got = fused_gta.top_k_rule(t.reshape(-1), base.reshape(-1), k)
+            assert got == (float(want.v), want.split)
+    finally:
+        torch.set_num_threads(before)

@@ -129,3 +129,38 @@ void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
         lo = hi;
     }
 }
+
+/* ---- exact top-k threshold of |src - base| (TIES's magnitude trim) by radix selection ----
+ * For non-negative floats the IEEE bit pattern orders like the value, so the k-th largest
+ * |d| is found from two 65,536-bin histograms: of the high 16 bits, then of the low 16 bits
+ * among the elements in the high bin that holds the k-th largest (fabsf maps -0 to +0, as
+ * torch.abs does). Two reads of the inputs instead of kthvalue's copies and sorts. */
+
+union f32bits { float f; uint32_t u; };
+
+static inline __attribute__((always_inline)) uint32_t abs_bits(float d) {
+    union f32bits x;
+    x.f = fabsf(d);
+    return x.u;
+}
+
+/* level 0: hist[bits >> 16] over all elements; level 1: hist[bits & 0xffff] over the elements
+ * whose high 16 bits equal ``high``. ``base`` NULL: src is the task vector itself. */
+void abs_delta_hist(int64_t start, int64_t stop, const float *restrict base,
+                    const float *restrict src, int level, uint32_t high, int64_t *restrict hist) {
+    for (int64_t i = start; i < stop; i++) {
+        const uint32_t u = abs_bits(base ? src[i] - base[i] : src[i]);
+        if (level == 0)
+            hist[u >> 16]++;
+        else if ((u >> 16) == high)
+            hist[u & 0xffffu]++;
+    }
+}
+
+/* Flat index of the ``nth`` (1-based) element whose |d| has the bit pattern ``bits``, or -1. */
+int64_t abs_delta_nth_equal(int64_t n, const float *restrict base, const float *restrict src,
+                            uint32_t bits, int64_t nth) {
+    for (int64_t i = 0; i < n; i++)
+        if (abs_bits(base ? src[i] - base[i] : src[i]) == bits && --nth == 0) return i;
+    return -1;
+}

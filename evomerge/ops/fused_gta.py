@@ -26,6 +26,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,25 @@ def library() -> ctypes.CDLL | None:
     i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, i32, i32]
     f.argtypes += [ctypes.c_float, ctypes.c_float, fp]
+    lib.abs_delta_hist.restype = None
+    lib.abs_delta_hist.argtypes = [i64, i64, fp, fp, i32, ctypes.c_uint32, fp]
+    lib.abs_delta_nth_equal.restype = i64
+    lib.abs_delta_nth_equal.argtypes = [i64, fp, fp, ctypes.c_uint32, i64]
     _lib = lib
     return _lib
 
 
 def usable(base: torch.Tensor, sources: list[torch.Tensor], out: torch.Tensor | None) -> bool:
     """The kernel serves these tensors: float32, contiguous, on the CPU, same size, ≤ 4 models."""
-    ts = [base, *sources] + ([out] if out is not None else [])
-    return (
-        0 < len(sources) <= MAX_MODELS
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
-        and all(t.is_contiguous() and t.numel() == base.numel() for t in ts)
-        and library() is not None
-    )
+    if not 0 < len(sources) <= MAX_MODELS or library() is None:
+        return False
+    n = base.numel()
+    for t in (base, *sources, base if out is None else out):
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            return False
+        if not t.is_contiguous() or t.numel() != n:
+            return False
+    return True
 
 
 def run(
@@ -145,6 +152,49 @@ def run(
     else:  # ctypes releases the GIL during the call: the chunks run in parallel
         list(_threads().map(lambda c: lib.gta_fused(c[0], c[1], *args), chunks))
     return out
+
+
+def top_k_rule(src: torch.Tensor, base: torch.Tensor | None, k: int) -> tuple[float, int]:
+    """``sparsify.top_k``'s rule for |src − base| (|src| without a base), 1 ≤ k < n, by radix
+    selection in C: (the k-th largest magnitude v, the split index: |d| ≥ v is kept below it,
+    |d| > v from it on). The same (v, split) as the eager selection, which is exact too."""
+    lib = library()
+    assert lib is not None and usable(src, [src] if base is None else [base], None)
+    n = src.numel()
+    hist = _histogram(lib, src, base, 0, 0)
+    high, above = _bin_of_kth(hist, k)
+    hist = _histogram(lib, src, base, 1, high)
+    low, above_in_bin = _bin_of_kth(hist, k - above)
+    bits = (high << 16) | low
+    v = float(np.array(bits, dtype=np.uint32).view(np.float32))
+    need = k - above - above_in_bin  # entries equal to v that are kept: the first `need`
+    if need >= int(hist[low]):
+        return v, n
+    bptr = None if base is None else base.data_ptr()
+    return v, int(lib.abs_delta_nth_equal(n, bptr, src.data_ptr(), bits, need)) + 1
+
+
+def _histogram(lib, src: torch.Tensor, base: torch.Tensor | None, level: int, high: int):
+    bptr = None if base is None else base.data_ptr()
+    chunks = _chunks(src.numel())
+    hists = [np.zeros(1 << 16, dtype=np.int64) for _ in chunks]
+
+    def fill(c: tuple[int, int], h: np.ndarray) -> None:
+        lib.abs_delta_hist(c[0], c[1], bptr, src.data_ptr(), level, high, h.ctypes.data)
+
+    if len(chunks) == 1:
+        fill(chunks[0], hists[0])
+    else:
+        list(_threads().map(fill, chunks, hists))
+    return sum(hists[1:], hists[0])
+
+
+def _bin_of_kth(hist: np.ndarray, k: int) -> tuple[int, int]:
+    """(the bin holding the k-th largest entry, the number of entries in higher bins)."""
+    from_top = np.cumsum(hist[::-1])
+    i = int(np.searchsorted(from_top, k))  # first i with Σ of the top i+1 bins ≥ k
+    b = hist.size - 1 - i
+    return b, int(from_top[i] - hist[b])
 
 
 def _chunks(n: int) -> list[tuple[int, int]]:

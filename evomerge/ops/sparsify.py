@@ -149,9 +149,13 @@ def top_k_sorted(sorted_mag: torch.Tensor, k: int, mag: Lazy) -> TopK:
     """``top_k``'s rule from the ascending magnitudes (two binary searches instead of a
     selection); ``mag`` (the flat magnitudes) is read only when ties straddle the threshold."""
     n = sorted_mag.numel()
-    v = sorted_mag[n - k].clone()
-    hi = int(torch.searchsorted(sorted_mag, v, right=True))
-    lo = int(torch.searchsorted(sorted_mag, v))
+    v = sorted_mag[n - k]
+    if sorted_mag.device.type == "cpu":  # numpy's binary search on the same memory: ~5× less
+        a = sorted_mag.numpy()  # per-call overhead, which adds up over a model's tensors
+        lo, hi = int(a.searchsorted(a[n - k])), int(a.searchsorted(a[n - k], side="right"))
+    else:
+        hi = int(torch.searchsorted(sorted_mag, v, right=True))
+        lo = int(torch.searchsorted(sorted_mag, v))
     need = k - (n - hi)  # entries equal to v that are kept: the first `need` by index
     if need >= hi - lo:
         return TopK(v, n)
