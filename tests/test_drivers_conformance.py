@@ -152,3 +152,28 @@ def test_cma_es_crosses_a_flat_start():
         d.tell(cands, fit)
         best, gens = max(best, *fit), gens + 1
     assert gens > 1 and best == 1.0
+
+
+def test_cma_es_step_size_rule_and_frozen_covariance():
+    """sigma_adaptation overrides pycma's choice, which is TPA from 300 dimensions up (the M2N2
+    digits baseline needs the CSA of the paper's pycma); adapt_covariance=False keeps the search
+    isotropic where a learned covariance stretches along an ill-conditioned ellipsoid."""
+    cls = get_driver("cma_es")
+    inf = np.full(300, np.inf)
+    rules = {}
+    for rule in (None, "csa", "tpa"):
+        d = cls(300, -inf, inf, np.zeros(300), seed=0, popsize=10, sigma_adaptation=rule)
+        rules[rule] = type(d._es.adapt_sigma).__name__
+    assert rules == {None: "CMAAdaptSigmaTPA", "csa": "CMAAdaptSigmaCSA", "tpa": "CMAAdaptSigmaTPA"}
+    with pytest.raises(UserInputError, match="sigma_adaptation"):
+        cls(4, np.zeros(4), np.ones(4), np.full(4, 0.5), seed=0, sigma_adaptation="msr")
+    scale = np.logspace(0, 3, 8)
+    spread = {}
+    for adapt in (True, False):
+        d = cls(8, -inf[:8], inf[:8], np.ones(8), seed=0, sigma0=0.1, adapt_covariance=adapt)
+        for _ in range(60):
+            cands = d.ask()
+            d.tell(cands, [-float(np.sum((scale * c.x) ** 2)) for c in cands])
+        stds = d._es.stds
+        spread[adapt] = stds.max() / stds.min()
+    assert spread[False] == pytest.approx(1.0, rel=1e-3) and spread[True] > 10

@@ -9,6 +9,13 @@ take NaN, and ranking it last is what "failed" means to a rank-based method. pyc
 a ``RandomState`` given through its ``randn`` option (pickled with the strategy), and any use
 of numpy's global RNG inside pycma happens under a private global state swapped in around each
 call, so other code using ``np.random`` cannot change the search and a resume is exact.
+
+``sigma_adaptation`` picks the step-size rule: "csa", "tpa", or None for pycma's own choice
+(pycma 4.5: TPA from 300 dimensions up whatever the covariance; pycma 4.0: TPA only for a
+diagonal covariance of 300+ dimensions, CSA otherwise). ``adapt_covariance=False`` freezes C at
+I (pycma's CMA_on = 0): a full covariance over n genes learns at rates ~1/n², so with n in the
+tens of thousands C stays ≈ I for a whole run and this isotropic ES is what full CMA-ES does
+there, at O(n) instead of O(n²) cost per sample.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class CMAES(Driver):
         max_evals: int | None = None,
         tolfun: float = 0.0,
         tolflatfitness: int = 10**9,
+        sigma_adaptation: str | None = None,
+        adapt_covariance: bool = True,
     ) -> None:
         super().__init__(dim, lower, upper, x0, seed=seed)
         import cma
@@ -51,11 +60,19 @@ class CMAES(Driver):
         self.popsize = int(popsize or 4 + math.floor(3 * math.log(max(dim, 1))))
         if self.popsize < 2:
             raise UserInputError(f"cma_es: popsize must be >= 2, got {self.popsize}")
+        rules = {None: True, "csa": cma.sigma_adaptation.CMAAdaptSigmaCSA}
+        rules["tpa"] = cma.sigma_adaptation.CMAAdaptSigmaTPA
+        if sigma_adaptation not in rules:
+            raise UserInputError(
+                f"cma_es: sigma_adaptation must be 'csa', 'tpa' or null, got {sigma_adaptation!r}"
+            )
         opts = {
             "seed": seed + 1,  # pycma treats seed 0 as "random"
             "popsize": self.popsize,
             "bounds": [list(self.lower), list(self.upper)],
             "CMA_diagonal": bool(diagonal),
+            "AdaptSigma": rules[sigma_adaptation],
+            "CMA_on": 1 if adapt_covariance else 0,
             "verbose": -9,
             "tolfun": tolfun,
             # pycma stops when a generation's fitness values are all equal (tolfun, tolfunhist,
