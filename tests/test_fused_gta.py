@@ -117,7 +117,9 @@ def test_radix_top_k_equals_eager_selection(quantized):
             for b in (base, None):
                 mag = (t - b).abs() if b is not None else t.abs()
                 want = sparsify.top_k(mag.reshape(-1), k)
-                v, split = fused_gta.top_k_rule(t.reshape(-1), None if b is None else b.reshape(-1), k)
+                v, split = fused_gta.top_k_rule(
+                    t.reshape(-1), None if b is None else b.reshape(-1), k
+                )
                 assert (v, split) == (float(want.v), want.split), (k, quantized)
 
 

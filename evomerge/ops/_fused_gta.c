@@ -131,10 +131,11 @@ void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
 }
 
 /* ---- exact top-k threshold of |src - base| (TIES's magnitude trim) by radix selection ----
- * For non-negative floats the IEEE bit pattern orders like the value, so the k-th largest
- * |d| is found from two 65,536-bin histograms: of the high 16 bits, then of the low 16 bits
- * among the elements in the high bin that holds the k-th largest (fabsf maps -0 to +0, as
- * torch.abs does). Two reads of the inputs instead of kthvalue's copies and sorts. */
+ * For non-negative floats the IEEE bit pattern orders like the value (fabsf maps -0 to +0, as
+ * torch.abs does). A 4,096-bin histogram of the top 12 bits (exponent and 4 mantissa bits; it
+ * stays in L1) finds the bin holding the k-th largest |d|; a second read gathers that bin's
+ * entries (bits and flat index, in index order), among which the caller selects exactly.
+ * Two streaming reads of the inputs instead of kthvalue's copies and sorts. */
 
 union f32bits { float f; uint32_t u; };
 
@@ -144,23 +145,31 @@ static inline __attribute__((always_inline)) uint32_t abs_bits(float d) {
     return x.u;
 }
 
-/* level 0: hist[bits >> 16] over all elements; level 1: hist[bits & 0xffff] over the elements
- * whose high 16 bits equal ``high``. ``base`` NULL: src is the task vector itself. */
+#define HIGH_SHIFT 19 /* 31 bits of a non-negative float, the top 12 of them */
+
+/* hist[bits >> 19] += 1 over [start, stop); ``base`` NULL: src is the task vector itself. */
 void abs_delta_hist(int64_t start, int64_t stop, const float *restrict base,
-                    const float *restrict src, int level, uint32_t high, int64_t *restrict hist) {
-    for (int64_t i = start; i < stop; i++) {
-        const uint32_t u = abs_bits(base ? src[i] - base[i] : src[i]);
-        if (level == 0)
-            hist[u >> 16]++;
-        else if ((u >> 16) == high)
-            hist[u & 0xffffu]++;
-    }
+                    const float *restrict src, uint32_t *restrict hist) {
+    if (base)
+        for (int64_t i = start; i < stop; i++) hist[abs_bits(src[i] - base[i]) >> HIGH_SHIFT]++;
+    else
+        for (int64_t i = start; i < stop; i++) hist[abs_bits(src[i]) >> HIGH_SHIFT]++;
 }
 
-/* Flat index of the ``nth`` (1-based) element whose |d| has the bit pattern ``bits``, or -1. */
-int64_t abs_delta_nth_equal(int64_t n, const float *restrict base, const float *restrict src,
-                            uint32_t bits, int64_t nth) {
-    for (int64_t i = 0; i < n; i++)
-        if (abs_bits(base ? src[i] - base[i] : src[i]) == bits && --nth == 0) return i;
-    return -1;
+/* The entries of [start, stop) in bin ``high``: their bits and flat indices, in index order;
+ * returns how many. The buffers need one slot more than that (the histogram gives the count). */
+int64_t abs_delta_gather(int64_t start, int64_t stop, const float *restrict base,
+                         const float *restrict src, uint32_t high, uint32_t *restrict bits,
+                         int64_t *restrict index) {
+    /* branch-free: every entry is written at the next free slot, which advances only for the
+     * bin's entries (a data-dependent branch mispredicts on every few-percent hit) */
+    int64_t c = 0;
+    for (int64_t i = start; i < stop; i++) {
+        const uint32_t u = abs_bits(base ? src[i] - base[i] : src[i]);
+        bits[c] = u;
+        index[c] = i;
+        c += (u >> HIGH_SHIFT) == high;
+    }
+    return c;
 }
+

@@ -98,9 +98,9 @@ def library() -> ctypes.CDLL | None:
     f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, i32, i32]
     f.argtypes += [ctypes.c_float, ctypes.c_float, fp]
     lib.abs_delta_hist.restype = None
-    lib.abs_delta_hist.argtypes = [i64, i64, fp, fp, i32, ctypes.c_uint32, fp]
-    lib.abs_delta_nth_equal.restype = i64
-    lib.abs_delta_nth_equal.argtypes = [i64, fp, fp, ctypes.c_uint32, i64]
+    lib.abs_delta_hist.argtypes = [i64, i64, fp, fp, fp]
+    lib.abs_delta_gather.restype = i64
+    lib.abs_delta_gather.argtypes = [i64, i64, fp, fp, ctypes.c_uint32, fp, fp]
     _lib = lib
     return _lib
 
@@ -160,45 +160,62 @@ def top_k_rule(src: torch.Tensor, base: torch.Tensor | None, k: int) -> tuple[fl
     |d| > v from it on). The same (v, split) as the eager selection, which is exact too."""
     lib = library()
     assert lib is not None and usable(src, [src] if base is None else [base], None)
-    n = src.numel()
-    hist = _histogram(lib, src, base, 0, 0)
-    high, above = _bin_of_kth(hist, k)
-    hist = _histogram(lib, src, base, 1, high)
-    low, above_in_bin = _bin_of_kth(hist, k - above)
-    bits = (high << 16) | low
-    v = float(np.array(bits, dtype=np.uint32).view(np.float32))
-    need = k - above - above_in_bin  # entries equal to v that are kept: the first `need`
-    if need >= int(hist[low]):
-        return v, n
-    bptr = None if base is None else base.data_ptr()
-    return v, int(lib.abs_delta_nth_equal(n, bptr, src.data_ptr(), bits, need)) + 1
+    bits, index, r = _binned(lib, src, base, k)  # the k-th largest is the r-th largest there
+    vbits = np.partition(bits, bits.size - r)[bits.size - r]
+    v = float(np.array(vbits, dtype=np.uint32).view(np.float32))
+    equal = np.flatnonzero(bits == vbits)
+    need = r - int(np.count_nonzero(bits > vbits))  # entries equal to v that are kept
+    if need >= equal.size:
+        return v, src.numel()
+    return v, int(index[equal[need - 1]]) + 1
 
 
-def _histogram(lib, src: torch.Tensor, base: torch.Tensor | None, level: int, high: int):
-    bptr = None if base is None else base.data_ptr()
+Gathered = tuple[np.ndarray, np.ndarray, int]  # bits, flat indices (index order), rank inside
+
+
+def _binned(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gathered:
+    """Two reads: a 4,096-bin histogram of the top 12 bits, then the k-th largest's bin.
+    (A one-read variant — a strided sample's bracket — measured slower: both reads are bound
+    by compute, not memory, and the bracket test costs more than the histogram.)"""
+    bptr, sptr = (None if base is None else base.data_ptr()), src.data_ptr()
     chunks = _chunks(src.numel())
-    hists = [np.zeros(1 << 16, dtype=np.int64) for _ in chunks]
-
-    def fill(c: tuple[int, int], h: np.ndarray) -> None:
-        lib.abs_delta_hist(c[0], c[1], bptr, src.data_ptr(), level, high, h.ctypes.data)
-
-    if len(chunks) == 1:
-        fill(chunks[0], hists[0])
-    else:
-        list(_threads().map(fill, chunks, hists))
-    return sum(hists[1:], hists[0])
-
-
-def _bin_of_kth(hist: np.ndarray, k: int) -> tuple[int, int]:
-    """(the bin holding the k-th largest entry, the number of entries in higher bins)."""
+    hists = [np.zeros(_BINS, dtype=np.uint32) for _ in chunks]
+    _parallel(lambda c, h: lib.abs_delta_hist(c[0], c[1], bptr, sptr, h.ctypes.data), chunks, hists)
+    hist = np.sum(hists, axis=0, dtype=np.int64)
     from_top = np.cumsum(hist[::-1])
-    i = int(np.searchsorted(from_top, k))  # first i with Σ of the top i+1 bins ≥ k
-    b = hist.size - 1 - i
-    return b, int(from_top[i] - hist[b])
+    i = int(np.searchsorted(from_top, k))  # the top i+1 bins hold the k largest
+    high = _BINS - 1 - i
+    above = int(from_top[i] - hist[high])  # entries in higher bins: all kept
+    # the bin's entries, each chunk into its own slice (sized by its histogram), index order
+    # (one slot of slack after each slice: the C loop writes every entry at the next free slot)
+    ends = np.cumsum([int(h[high]) + 1 for h in hists])
+    bits = np.empty(int(ends[-1]), dtype=np.uint32)
+    index = np.empty(int(ends[-1]), dtype=np.int64)
+    slots = [(int(e) - int(h[high]) - 1) for e, h in zip(ends, hists)]
+    _parallel(
+        lambda c, s: lib.abs_delta_gather(
+            c[0], c[1], bptr, sptr, high, bits[s:].ctypes.data, index[s:].ctypes.data
+        ),
+        chunks,
+        slots,
+    )
+    keep = np.concatenate([np.arange(s, e - 1) for s, e in zip(slots, ends)])
+    return bits[keep], index[keep], k - above
+
+
+_BINS = 1 << 12
+
+
+def _parallel(fn, chunks: list[tuple[int, int]], per_chunk: list) -> None:
+    if len(chunks) == 1:
+        fn(chunks[0], per_chunk[0])
+    else:  # ctypes releases the GIL during the call: the chunks run in parallel
+        list(_threads().map(fn, chunks, per_chunk))
 
 
 def _chunks(n: int) -> list[tuple[int, int]]:
-    parts = max(1, min(torch.get_num_threads(), n // _MIN_CHUNK))
+    # (at least one part per 2^31 elements: the histograms count in uint32)
+    parts = max(1, min(torch.get_num_threads(), n // _MIN_CHUNK), -(-n // (1 << 31)))
     step = -(-n // parts)
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
