@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(fused_gta.library() is None, reason="no C compil
 
 def _eager(monkeypatch, fn):
     with monkeypatch.context() as m:
-        m.setattr(fused_gta, "usable", lambda *a: False)
+        m.setattr(fused_gta, "usable", lambda *a, **k: False)
         return fn()
 
 
