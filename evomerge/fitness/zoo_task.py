@@ -25,6 +25,9 @@ class ZooTask:
         self.evaluator = evaluator
         self.options = dict(options)
         self.fn = zoo_evaluator(evaluator)
+        from evomerge.zoo.evaluate import check_options
+
+        check_options(evaluator, self.options)  # offset/limit past the task's end: fail now
 
     def run(self, model: Any, tokenizer: Any) -> dict[str, TaskScore]:
         out = self.fn(model, tokenizer, **self.options)

@@ -5,6 +5,10 @@ greedy ``model.generate`` on the untouched prompt, decode without special tokens
 stop strings, exact match — but batches prompts of equal length so no padding is ever needed
 (padding is the one thing that could make batched logits differ from lm-eval's). A test checks
 that both give the same per-example results.
+
+Every LM evaluator scores the items ``[offset, offset + limit)`` of each task's ``test.jsonl``
+(``limit`` None: to the end). A search optimises on the first ``limit`` items; scoring its
+winner with ``offset = limit, limit = None`` gives a held-out estimate on items it never saw.
 """
 
 from __future__ import annotations
@@ -90,10 +94,38 @@ def generate_answers(
     return out
 
 
-def evaluate_lm_task(model, tokenizer, task_dir: str | Path, limit: int | None = None) -> TaskScore:
-    """Exact match of greedy answers on a zoo task folder's items (per-example 1.0/0.0)."""
+def _count(value: object, field: str, *, minimum: int) -> None:
+    # bool is an int to Python, but `offset: true` is a typo, not item 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserInputError(
+            f"options.{field}: {value!r} is not an integer >= {minimum}; give a whole number "
+            f"of test items"
+        )
+
+
+def item_window(
+    items: Sequence[tuple[str, str]], offset: int = 0, limit: int | None = None, *, task: str = ""
+) -> list[tuple[str, str]]:
+    """Items ``[offset, offset + limit)`` of a task (limit None = to the end), validated: an
+    empty window would score every candidate 0/0 (NaN), so it is a user error, not a result."""
+    _count(offset, "offset", minimum=0)
+    if limit is not None:
+        _count(limit, "limit", minimum=1)
+    if offset >= len(items):
+        raise UserInputError(
+            f"options.offset: {offset} is past the end of zoo task {task or '?'} "
+            f"({len(items)} test items); give an offset below {len(items)}"
+        )
+    return list(items[offset : None if limit is None else offset + limit])
+
+
+def evaluate_lm_task(
+    model, tokenizer, task_dir: str | Path, limit: int | None = None, offset: int = 0
+) -> TaskScore:
+    """Exact match of greedy answers on a zoo task folder's items ``[offset, offset + limit)``
+    (per-example 1.0/0.0)."""
     task_dir = Path(task_dir)
-    items = load_task_items(task_dir)[:limit]
+    items = item_window(load_task_items(task_dir), offset, limit, task=task_dir.name)
     answers = generate_answers(model, tokenizer, [p for p, _ in items], _max_gen_toks(task_dir))
     return TaskScore.from_examples(
         [float(a == ref) for a, (_, ref) in zip(answers, items)], metric="exact_match"
@@ -107,23 +139,51 @@ def evaluate_digits(model, transform: str = "identity") -> TaskScore:
     return TaskScore.from_examples(digits_correct(model, transform), metric="acc")
 
 
-def evaluate_task(model, tokenizer, task: str, limit: int | None = None) -> TaskScore:
+def evaluate_task(
+    model, tokenizer, task: str, limit: int | None = None, offset: int = 0
+) -> TaskScore:
     """Exact match on zoo task ``task`` (a name from ``evomerge.zoo.tasks.TASKS``)."""
-    return evaluate_lm_task(model, tokenizer, task_dir(task), limit=limit)
+    return evaluate_lm_task(model, tokenizer, task_dir(task), limit=limit, offset=offset)
 
 
-def evaluate_cross(model, tokenizer, limit: int | None = None) -> TaskScore:
-    """lm-cross's target task: the skill asked and answered in language B."""
+def _cross_tasks() -> list[str]:
     from evomerge.zoo.specs import lm_cross
 
-    return evaluate_task(model, tokenizer, lm_cross(False).targets[0], limit=limit)
+    return [lm_cross(False).targets[0]]
 
 
-def evaluate_skills(model, tokenizer, limit: int | None = None) -> dict[str, TaskScore]:
-    """Every lm-skills task, one score each (a fitness averages them, or M2N2 keeps them apart)."""
+def _skills_tasks() -> list[str]:
     from evomerge.zoo.specs import lm_skills
 
-    return {t: evaluate_task(model, tokenizer, t, limit=limit) for t in lm_skills(False).tasks}
+    return list(lm_skills(False).tasks)
+
+
+def evaluate_cross(model, tokenizer, limit: int | None = None, offset: int = 0) -> TaskScore:
+    """lm-cross's target task: the skill asked and answered in language B."""
+    return evaluate_task(model, tokenizer, _cross_tasks()[0], limit=limit, offset=offset)
+
+
+def evaluate_skills(
+    model, tokenizer, limit: int | None = None, offset: int = 0
+) -> dict[str, TaskScore]:
+    """Every lm-skills task, one score each (a fitness averages them, or M2N2 keeps them apart)."""
+    return {
+        t: evaluate_task(model, tokenizer, t, limit=limit, offset=offset) for t in _skills_tasks()
+    }
+
+
+def check_options(name: str, options: dict[str, object]) -> None:
+    """Validate an LM evaluator's ``offset``/``limit`` against its tasks' files when the fitness
+    is built, so a bad window stops the search before it starts instead of failing every
+    candidate."""
+    from evomerge.zoo.tasks import TASKS
+
+    tasks = {"cross": _cross_tasks, "skills": _skills_tasks}.get(name)
+    names = tasks() if tasks else ([name] if name in TASKS else [])
+    for t in names:
+        item_window(
+            load_task_items(task_dir(t)), options.get("offset", 0), options.get("limit"), task=t
+        )
 
 
 def _digits_evaluator(transform: str) -> Callable[..., TaskScore]:
