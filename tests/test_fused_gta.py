@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evomerge.ops import OPS, fused_gta
+from evomerge.ops import OPS, fused_gta, generator_for
 from evomerge.workers.resident_cache import ResidentCache
 from tests.test_resident_cache import _family, _same_bits, _task
 
@@ -35,6 +35,10 @@ CASES = [
     ("ties", {"normalize": False, "lambda": 1.7}),
     ("task_arithmetic", {}),
     ("task_arithmetic", {"normalize": True, "lambda": 0.45}),
+    ("dare_ties", {}),
+    ("dare_ties", {"rescale": False, "lambda": 0.7}),
+    ("dare_linear", {}),
+    ("dare_linear", {"normalize": True}),
 ]
 
 
@@ -51,8 +55,9 @@ def test_fused_equals_eager_bits(monkeypatch, name, extra, shape, quantized):
             p = {**spec.defaults, **extra, "weight": weight}
             if "density" in spec.defaults:
                 p["density"] = density
-            got = spec.fn(tensors, base, generator=None, **p)
-            want = _eager(monkeypatch, lambda p=p: spec.fn(tensors, base, generator=None, **p))
+            g = (lambda: generator_for(3, "w")) if spec.stochastic else (lambda: None)
+            got = spec.fn(tensors, base, generator=g(), **p)
+            want = _eager(monkeypatch, lambda p=p, g=g: spec.fn(tensors, base, generator=g(), **p))
             assert _same_bits(got, want), (name, extra, weight, density)
     assert calls, "the fused kernel was never used"
 

@@ -10,8 +10,9 @@
  *
  * Per model j (m <= 4, the length for which torch's stacked sum adds rows in order):
  *   d_j = src_j[i] - base[i]              (src_j is the task vector itself when is_tau)
- *   d_j = d_j * (|d_j| >= thr_j ? 1 : 0)  below split_j, strict > from split_j on (top-k rule)
- *   x_j = d_j * w_j
+ *   d_j = d_j * keep                      keep = |d_j| >= thr_j below split_j, > thr_j from it
+ *                                         on (magnitude top-k), or u_j[i] < p_j (DARE's draw)
+ *   x_j = (d_j * scale_j) * w_j           scale_j: the L1 rescale (1 without it: exact)
  * then, without consensus:   mixed = x_0 + x_1 + ...
  *       with consensus:      votes = x_0 + ... (sum)  or  sign(x_0) + ... (count)
  *                            e = copysign(1, votes);  k_j = max(x_j * e, 0)
@@ -41,21 +42,24 @@ INLINE float sign_of(float x) { return (x > 0.0f ? 1.0f : 0.0f) - (x < 0.0f ? 1.
  * constants at each call site (see DISPATCH), so the model loops unroll away and the element
  * loop vectorizes: every input is read once, the output written once. Multiplying by λ = 1 or
  * dividing by a scalar divisor of 1 is exact, so those steps need no flag. */
-INLINE void range(const int M, const int MODE, const int NORM, const int TAU, int64_t lo,
-                  int64_t hi, const float *restrict base, const float *restrict s0,
-                  const float *restrict s1, const float *restrict s2, const float *restrict s3,
-                  const float *t, const float *w, float scalar_divisor, float lambda,
-                  float *restrict out) {
-    const float *restrict s[MAXM] = {s0, s1, s2, s3};
-    float tt[MAXM], ww[MAXM];
-    for (int j = 0; j < M; j++) tt[j] = t[j], ww[j] = w[j];
+INLINE void range(const int M, const int MODE, const int NORM, const int TAU, const int RAND,
+                  int64_t lo, int64_t hi, const float *restrict base, const float *const *src,
+                  const float *const *u, const float *t, const float *p, const float *scale,
+                  const float *w, float scalar_divisor, float lambda, float *restrict out) {
+    const float *restrict s[MAXM], *restrict r[MAXM];
+    float tt[MAXM], pp[MAXM], sc[MAXM], ww[MAXM];
+    for (int j = 0; j < M; j++) {
+        s[j] = src[j], r[j] = RAND ? u[j] : 0;
+        tt[j] = t[j], pp[j] = p[j], sc[j] = scale[j], ww[j] = w[j];
+    }
     for (int64_t i = lo; i < hi; i++) {
         const float b = base[i];
         float x[MAXM], k[MAXM];
 #pragma GCC unroll 4
         for (int j = 0; j < M; j++) {
             const float d = TAU ? s[j][i] : s[j][i] - b;
-            x[j] = (d * (fabsf(d) >= tt[j] ? 1.0f : 0.0f)) * ww[j];
+            const float keep = RAND ? (r[j][i] < pp[j] ? 1.0f : 0.0f) : (fabsf(d) >= tt[j] ? 1.0f : 0.0f);
+            x[j] = ((d * keep) * sc[j]) * ww[j];
         }
         float mixed = x[0];
         if (MODE == CONSENSUS_NONE) {
@@ -87,10 +91,12 @@ INLINE void range(const int M, const int MODE, const int NORM, const int TAU, in
     }
 }
 
-#define CALL(M, MODE, NORM, TAU) \
-    range(M, MODE, NORM, TAU, lo, hi, base, s0, s1, s2, s3, t, w, scalar_divisor, lambda, out)
-#define BY_TAU(M, MODE, NORM) \
-    if (is_tau) CALL(M, MODE, NORM, 1); else CALL(M, MODE, NORM, 0);
+#define CALL(M, MODE, NORM, TAU, RAND) \
+    range(M, MODE, NORM, TAU, RAND, lo, hi, base, src, u, t, p, scale, w, scalar_divisor, lambda, out)
+#define BY_TAU(M, MODE, NORM)                          \
+    if (is_tau) CALL(M, MODE, NORM, 1, 0);             \
+    else if (u) CALL(M, MODE, NORM, 0, 1);             \
+    else CALL(M, MODE, NORM, 0, 0);
 #define BY_MODE(M)                                             \
     if (consensus == CONSENSUS_NONE) { BY_TAU(M, 0, 0) }       \
     else if (consensus == CONSENSUS_SUM && normalize) { BY_TAU(M, 1, 1) }  \
@@ -100,6 +106,7 @@ INLINE void range(const int M, const int MODE, const int NORM, const int TAU, in
 
 /* Elements [start, stop) of the flat tensors; ``split`` and the element index are global so a
  * caller may cut the work into chunks (threads) anywhere. ``has_thr[j] == 0``: keep all.
+ * ``u`` NULL: magnitude (or no) trim; else every model's uniforms, kept where u < p_j.
  * ``scalar_divisor``: Σ weights without consensus when normalizing, else 1. */
 #if defined(__x86_64__) && defined(__GNUC__)
 /* one build for every node of a cluster: the loader picks the widest vectors the CPU has */
@@ -107,10 +114,9 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
                const float *const *src, int is_tau, const int *has_thr, const float *thr,
-               const int64_t *split, const float *w, int consensus, int normalize,
-               float scalar_divisor, float lambda, float *restrict out) {
-    const float *s0 = src[0], *s1 = m > 1 ? src[1] : 0, *s2 = m > 2 ? src[2] : 0;
-    const float *s3 = m > 3 ? src[3] : 0;
+               const int64_t *split, const float *const *u, const float *p, const float *scale,
+               const float *w, int consensus, int normalize, float scalar_divisor, float lambda,
+               float *restrict out) {
     for (int64_t lo = start; lo < stop;) {
         /* the next range, cut where a model's comparison switches from >= to > */
         int64_t hi = stop;
@@ -173,3 +179,47 @@ int64_t abs_delta_gather(int64_t start, int64_t stop, const float *restrict base
     return c;
 }
 
+
+/* ---- exact L1 norm Σ|d| (DARE's rescale), d = src - base, kept where u < p (u NULL: all) ----
+ * Each |d| is mantissa x 2^(exponent - 150); the mantissas are summed per exponent in integers
+ * (exact in any order), and the caller rounds the total once. So the rescale factor does not
+ * depend on the summation order: threads, chunking, machine, or this kernel vs. torch
+ * (sparsify.l1_norm computes the same 256 sums with bincount). */
+/* Adds entry i's mantissa (with the implicit bit) to bins[its exponent]; a dropped entry adds
+ * 0 to bin 0. No branch: the keep test u < p is random and would mispredict half the time. */
+static inline __attribute__((always_inline)) void l1_part(
+    const float *restrict base, const float *restrict src, const float *restrict u, float p,
+    int64_t i, int64_t *restrict bins) {
+    uint32_t a = abs_bits(base ? src[i] - base[i] : src[i]);
+    if (u) a &= -(uint32_t)(u[i] < p); /* |d * 0| = +0: all bits clear */
+    const uint32_t e = a >> 23;
+    bins[e] += (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
+}
+
+void abs_l1_bins(int64_t start, int64_t stop, const float *restrict base,
+                 const float *restrict src, const float *restrict u, float p,
+                 int64_t *restrict bins) {
+    /* 8 interleaved sub-histograms: consecutive entries mostly share an exponent, and adding
+     * into one bin each time would chain every add on the previous one's store */
+    int64_t sub[8][256] = {{0}};
+    int64_t i = start;
+    for (; i + 8 <= stop; i += 8)
+        for (int k = 0; k < 8; k++) l1_part(base, src, u, p, i + k, sub[k]);
+    for (; i < stop; i++) l1_part(base, src, u, p, i, sub[0]);
+    for (int k = 0; k < 8; k++)
+        for (int e = 0; e < 256; e++) bins[e] += sub[k][e];
+}
+
+/* The same sums over the few entries with lo <= u < hi (one bucket of evomerge/ops/dare_l1.py),
+ * 0 <= lo <= hi. For non-negative floats the bits order like the values, so the test is one
+ * unsigned comparison: a single branch, taken rarely and so almost never mispredicted (two
+ * float comparisons compile to two branches, the first a coin flip). */
+void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
+                    const float *restrict src, const float *restrict u, float lo, float hi,
+                    int64_t *restrict bins) {
+    union f32bits l, h;
+    l.f = lo, h.f = hi;
+    const uint32_t *restrict ub = (const uint32_t *)u, width = h.u - l.u;
+    for (int64_t i = start; i < stop; i++)
+        if (ub[i] - l.u < width) l1_part(base, src, 0, 0.0f, i, bins);
+}

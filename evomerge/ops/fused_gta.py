@@ -95,8 +95,12 @@ def library() -> ctypes.CDLL | None:
     f = lib.gta_fused
     f.restype = None
     i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, i32, i32]
+    f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, fp, fp, fp, i32, i32]
     f.argtypes += [ctypes.c_float, ctypes.c_float, fp]
+    lib.abs_l1_bins.restype = None
+    lib.abs_l1_bins.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp]
+    lib.abs_l1_bins_in.restype = None
+    lib.abs_l1_bins_in.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, ctypes.c_float, fp]
     lib.abs_delta_hist.restype = None
     lib.abs_delta_hist.argtypes = [i64, i64, fp, fp, fp]
     lib.abs_delta_gather.restype = i64
@@ -130,9 +134,14 @@ def run(
     scalar_divisor: float,
     lam: float,
     out: torch.Tensor,
+    uniforms: list[torch.Tensor] | None = None,
+    keep_rates: list[float] | None = None,
+    scales: list[float] | None = None,
 ) -> torch.Tensor:
-    """``out`` = the generalized task arithmetic of ``sources`` over ``base`` (see the C file);
-    ``thresholds[j]``: model j's top-k rule (value, split index) or None (keep all)."""
+    """``out`` = the generalized task arithmetic of ``sources`` over ``base`` (see the C file).
+    ``thresholds[j]``: model j's top-k rule (value, split index) or None (keep all);
+    ``uniforms``/``keep_rates``: DARE's keep rule u < p per model (instead of thresholds);
+    ``scales``: the per-model L1 rescale factors (default 1)."""
     lib = library()
     assert lib is not None and usable(base, sources, out)
     m = len(sources)
@@ -140,18 +149,42 @@ def run(
     has_thr = (ctypes.c_int * m)(*[int(t is not None) for t in thresholds])
     thr = (ctypes.c_float * m)(*[t[0] if t else 0.0 for t in thresholds])
     split = (ctypes.c_int64 * m)(*[t[1] if t else 0 for t in thresholds])
+    u = None if uniforms is None else (ctypes.c_void_p * m)(*[t.data_ptr() for t in uniforms])
+    p = (ctypes.c_float * m)(*(keep_rates or [1.0] * m))
+    sc = (ctypes.c_float * m)(*(scales or [1.0] * m))
     w = (ctypes.c_float * m)(*weights)
     args = (m, base.data_ptr(), ctypes.addressof(ptrs), int(is_tau), ctypes.addressof(has_thr))
-    args += (ctypes.addressof(thr), ctypes.addressof(split), ctypes.addressof(w))
-    args += (_CONSENSUS[consensus], int(normalize), scalar_divisor, lam)
+    args += (ctypes.addressof(thr), ctypes.addressof(split))
+    args += (None if u is None else ctypes.addressof(u), ctypes.addressof(p), ctypes.addressof(sc))
+    args += (ctypes.addressof(w), _CONSENSUS[consensus], int(normalize), scalar_divisor, lam)
     args += (out.data_ptr(),)
-    n = base.numel()
-    chunks = _chunks(n)
-    if len(chunks) == 1:
-        lib.gta_fused(0, n, *args)
-    else:  # ctypes releases the GIL during the call: the chunks run in parallel
-        list(_threads().map(lambda c: lib.gta_fused(c[0], c[1], *args), chunks))
+    chunks = _chunks(base.numel())
+    _parallel(lambda c, _: lib.gta_fused(c[0], c[1], *args), chunks, chunks)
     return out
+
+
+def l1_bins(
+    src: torch.Tensor,
+    base: torch.Tensor | None,
+    u: torch.Tensor | None = None,
+    p: float = 1.0,
+    lo: float | None = None,
+) -> np.ndarray:
+    """The 256 per-exponent mantissa sums (int64) of |src − base| (kept where u < p, and u ≥ lo when
+    given): the exact L1 norm's parts (``sparsify.l1_from_bins`` rounds them)."""
+    lib = library()
+    assert lib is not None
+    bptr = None if base is None else base.data_ptr()
+    uptr = None if u is None else u.data_ptr()
+    chunks = _chunks(src.numel())
+    bins = [np.zeros(256, dtype=np.int64) for _ in chunks]
+    if lo is None:
+        fill = lambda c, b: lib.abs_l1_bins(c[0], c[1], bptr, src.data_ptr(), uptr, p, b.ctypes.data)  # noqa: E731,E501
+    else:
+        fill = lambda c, b: lib.abs_l1_bins_in(c[0], c[1], bptr, src.data_ptr(), uptr, lo, p, b.ctypes.data)  # noqa: E731,E501
+    _parallel(fill, chunks, bins)
+    # a chunk's bin is < 2^55 (2^31 mantissas < 2^24): the chunks' int64 sum cannot overflow
+    return bins[0] if len(bins) == 1 else np.sum(bins, axis=0)
 
 
 def top_k_rule(src: torch.Tensor, base: torch.Tensor | None, k: int) -> tuple[float, int]:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-from evomerge.ops import fused_gta, sparsify
+from evomerge.ops import dare_l1, fused_gta, sparsify
 from evomerge.ops._registry import per_model
 
 
@@ -91,10 +92,11 @@ def general_task_arithmetic(
     taus = None
     if sparsification is None and resident is not None:  # cached τ_i = θ_i − θ_base: no sub
         taus = [resident.task_vector(i, lambda t=t: t - base) for i, t in enumerate(tensors)]
-    if _elementwise(tensors, base, sparsification, p):
+    if _fusable(tensors, base, sparsification, p):
         flat = taus if taus is not None else tensors
         if fused_gta.usable(base, flat, out):
-            return _fused(flat, base, w, sparsification, consensus, p, resident, out, taus)
+            fuse = (sparsification, consensus, p, resident, generator)
+            return _fused(flat, base, w, fuse, out, taus)
     if _streamable(tensors, base, sparsification, p):
         return _streamed(tensors, base, w, sparsification, consensus, p, resident, out, taus)
     if taus is not None:
@@ -137,41 +139,46 @@ def _combine(
 _BLOCK = 1 << 16
 
 
-def _elementwise(tensors: list[torch.Tensor], base: torch.Tensor, sp: str | None, p: dict) -> bool:
-    """Every step is elementwise given one global threshold per model — magnitude (or no)
-    sparsification without the L1 rescale, and at most 4 models (``_sum``'s in-order adds) —
-    so block by block, or the fused kernel, gives the whole-tensor bits."""
+def _fusable(tensors: list[torch.Tensor], base: torch.Tensor, sp: str | None, p: dict) -> bool:
+    """The fused kernel's cases: every step elementwise given per-model scalars (a top-k
+    threshold, DARE's keep rate and L1 rescale factor), at most 4 models (``_sum``'s in-order
+    adds)."""
     return (
-        sp in (None, "magnitude")
-        and not (sp and p.get("rescale", False))
+        (sp in (None, "random") or (sp == "magnitude" and not p.get("rescale", False)))
         and len(tensors) <= 4
         and all(t.shape == base.shape for t in tensors)
     )
 
 
 def _streamable(tensors: list[torch.Tensor], base: torch.Tensor, sp: str | None, p: dict) -> bool:
-    return _elementwise(tensors, base, sp, p) and base.numel() >= 4 * _BLOCK
+    """Block by block gives the whole-tensor bits for magnitude (or no) sparsification without
+    the L1 rescale (one global threshold per model)."""
+    return (
+        _fusable(tensors, base, sp, p) and sp != "random" and base.numel() >= 4 * _BLOCK
+    )
 
 
 def _fused(
     sources: list[torch.Tensor],
     base: torch.Tensor,
     w: list[torch.Tensor],
-    sparsification: str | None,
-    consensus: str | None,
-    p: dict[str, Any],
-    resident: Any,
+    fuse: tuple[str | None, str | None, dict[str, Any], Any, torch.Generator | None],
     dst: torch.Tensor | None,
     taus: list[torch.Tensor] | None,
 ) -> torch.Tensor:
-    """``_streamed``'s computation in one pass of the C kernel (``fused_gta``): same bits."""
+    """The whole-tensor computation in one pass of the C kernel (``fused_gta``): same bits."""
+    sparsification, consensus, p, resident, generator = fuse
     b = base.reshape(-1)
+    flat = [t.reshape(-1) for t in sources]
     thresholds: list[tuple[float, int] | None] = [None] * len(sources)
+    dare: dict[str, Any] = {}
     if sparsification == "magnitude":
         dens = per_model(p, "density", len(sources))
-        for i, (t, d) in enumerate(zip(sources, dens)):
-            cut = _top_k_rule(t.reshape(-1), b, d, i, resident)
+        for i, (t, d) in enumerate(zip(flat, dens)):
+            cut = _top_k_rule(t, b, d, i, resident)
             thresholds[i] = None if cut is None else (float(cut.v), int(cut.split))
+    elif sparsification == "random":
+        dare = _dare_rule(flat, b, tuple(base.shape), p, generator, resident)
     normalize = bool(p.get("normalize", False))
     divisor = 1.0
     if normalize and not consensus:
@@ -180,7 +187,7 @@ def _fused(
     result = torch.empty_like(base) if dst is None else dst
     fused_gta.run(
         b,
-        [t.reshape(-1) for t in sources],
+        flat,
         is_tau=taus is not None,
         thresholds=thresholds,
         weights=[float(x) for x in w],
@@ -189,8 +196,62 @@ def _fused(
         scalar_divisor=divisor,
         lam=float(p.get("lambda", 1.0)),
         out=result.view(-1),
+        **dare,
     )
     return result
+
+
+def _dare_rule(
+    flat: list[torch.Tensor],
+    b: torch.Tensor,
+    shape: tuple[int, ...],
+    p: dict[str, Any],
+    generator: torch.Generator | None,
+    resident: Any,
+) -> dict[str, Any]:
+    """DARE's per-model keep rule (uniforms u, keep where u < density) and L1 rescale factor,
+    drawn and computed as ``sparsify.random`` does: a model at density ≥ 1 draws nothing and
+    keeps everything (u = 0 < 1), the others draw in model order."""
+    dens = per_model(p, "density", len(flat))
+    rescale = bool(p.get("rescale", False))
+    draw = resident.draw(generator) if resident is not None else None
+    uniforms, rates, scales = [], [], []
+    for i, (t, d) in enumerate(zip(flat, dens)):
+        if d >= 1:
+            uniforms.append(torch.zeros_like(b))
+            rates.append(1.0)
+            scales.append(1.0)
+            continue
+        u = (draw(shape) if draw else sparsify.uniform(shape, generator)).reshape(-1)
+        rate = torch.tensor(d, dtype=torch.float32)  # as sparsify's comparison with probs
+        uniforms.append(u)
+        rates.append(float(rate))
+        scales.append(_l1_rescale(t, b, u, rate, i, resident) if rescale else 1.0)
+    return {"uniforms": uniforms, "keep_rates": rates, "scales": scales}
+
+
+_TABLE_MIN = 1 << 14  # smaller tensors: the direct pass costs less than the table lookup
+
+
+def _l1_rescale(
+    t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, rate: torch.Tensor, i: int, resident: Any
+) -> float:
+    """``sparsify._rescaled``'s factor Σ|τ| / Σ|kept τ| (1 when either is ~0), both exact."""
+    whole = lambda: b.new_tensor(sparsify.l1_from_bins(fused_gta.l1_bins(t, b)))  # noqa: E731
+    before = resident.l1(i, whole) if resident is not None else whole()
+    table = None
+    if resident is not None and t.numel() >= _TABLE_MIN:  # a search: no pass per candidate
+        make = lambda: dare_l1.build((t - b).abs_().view(torch.int32), u)  # noqa: E731
+        table = resident.dare_table(i, make)
+    if table is not None:
+        kept = dare_l1.kept_l1(table, t, b, u, float(rate))
+    else:
+        kept = sparsify.l1_from_bins(fused_gta.l1_bins(t, b, u, float(rate)))
+    # float32 scalars, as sparsify._rescaled's 0-d tensors: the same comparisons and division
+    before, after, eps = np.float32(float(before)), np.float32(kept), np.float32(sparsify.EPS)
+    if before < eps or after < eps:
+        return 1.0
+    return float(before / after)
 
 
 def _streamed(

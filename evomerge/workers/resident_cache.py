@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 Budget = int | Callable[[], int] | None
+_TABLE_BYTES = 1 << 17  # a DARE L1 table's typical size (evomerge.ops.dare_l1)
 
 
 class ResidentCache:
@@ -49,10 +50,11 @@ class ResidentCache:
         """The view for one output tensor (an ``evomerge.merge_plan.TensorTask``)."""
         if seed != self._seed:
             self._drop("uniform")  # draws of another seed can never be served again
+            self._drop("dare_l1")
             self._seed = seed
         return TaskStats(self, task, seed)
 
-    def get(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
         hit = self._entries.get(key)
         if hit is not None:
             self.hits += 1
@@ -62,11 +64,14 @@ class ResidentCache:
         self.put(key, value)
         return value
 
-    def put(self, key: tuple, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
+    def put(self, key: tuple, value: Any) -> None:
+        size = value.nbytes  # a tensor, or a table with its own nbytes (evomerge.ops.dare_l1)
         if key not in self._entries and self.nbytes + size <= self._limit():
             self._entries[key] = value
             self.nbytes += size
+
+    def has_room(self, nbytes: int) -> bool:
+        return self.nbytes + nbytes <= self._limit()
 
     def clear(self) -> None:
         self._entries.clear()
@@ -80,8 +85,7 @@ class ResidentCache:
 
     def _drop(self, kind: str) -> None:
         for key in [k for k in self._entries if k[0] == kind]:
-            t = self._entries.pop(key)
-            self.nbytes -= t.numel() * t.element_size()
+            self.nbytes -= self._entries.pop(key).nbytes
 
 
 class TaskStats:
@@ -116,6 +120,15 @@ class TaskStats:
     def l1(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Σ |τ_i| (the L1 rescale's numerator), a 0-d tensor."""
         return self.cache.get(("l1", self.task.inputs[i], self.task.base), make)
+
+    def dare_table(self, i: int, make: Callable[[], Any]) -> Any:
+        """DARE's bucketed L1 table (``evomerge.ops.dare_l1``) of τ_i and the uniforms drawn
+        last (model i's: the operator asks right after drawing them)."""
+        key = ("dare_l1", self.seed, self.task.name, self._next - 1, self.task.inputs[i])
+        key += (self.task.base,)
+        if key not in self.cache._entries and not self.cache.has_room(_TABLE_BYTES):
+            return None  # no room: building it for one candidate costs more than a direct pass
+        return self.cache.get(key, make)
 
     def uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         from evomerge.ops.sparsify import uniform

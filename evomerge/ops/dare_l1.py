@@ -1,0 +1,70 @@
+"""DARE's L1 rescale on a search worker without a pass over the tensor per candidate.
+
+mergekit's DARE (and ours) rescales each model's kept task vector by Σ|τ| / Σ_{u < p} |τ|, where
+u are the tensor's seeded uniforms and p the keep rate. A search changes p with every candidate,
+while τ and u stay fixed (the worker's ResidentCache holds u). So the worker keeps, per expert
+tensor, the exact per-exponent mantissa sums (``sparsify.l1_from_bins``' parts) of the entries
+whose u falls below q/Q, for every q of Q = 256 buckets. For a keep rate p, the buckets below
+⌊pQ⌋ are all kept (their sums are one lookup), those above all dropped, and only the ~n/Q
+entries of bucket ⌊pQ⌋ add their |τ| when u < p: one read of u (the C kernel tests
+u ∈ [⌊pQ⌋/Q, p) and touches τ for those few) instead of reading τ, the base and u and summing
+every entry. Sums are exact integers, so the result is, bit for bit, the direct
+``fused_gta.l1_bins`` over the whole tensor.
+
+Q is a power of two, so q/Q and p·Q are exact in float32 and bucket edges agree with u < p.
+Memory per expert tensor: (Q + 1) × (exponents in use) int64 sums (~60 KiB for a typical τ).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evomerge.ops import fused_gta, sparsify
+
+Q = 256
+
+
+@dataclass(frozen=True)
+class KeptL1Table:
+    prefix: np.ndarray  # (Q + 1, e_hi − e_lo + 1) int64: sums of the entries with u < q/Q
+    e_lo: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.prefix.nbytes
+
+
+def build(tau_abs_bits: torch.Tensor, u: torch.Tensor) -> KeptL1Table:
+    """The table of one expert tensor: ``tau_abs_bits`` = |τ| viewed as int32 (flat), ``u`` its
+    uniforms (flat float32)."""
+    e, mant = _parts(tau_abs_bits)
+    q = (u * Q).to(torch.int64).clamp_(max=Q - 1)  # u < 1, so q ≤ Q − 1 already
+    used = torch.nonzero(torch.bincount(e, minlength=256)).reshape(-1)
+    e_lo, e_hi = (int(used[0]), int(used[-1])) if used.numel() else (0, 0)
+    width = e_hi - e_lo + 1
+    # per (bucket, exponent) sums in float64: exact integers while below 2^53 (≤ 2^29 entries)
+    assert tau_abs_bits.numel() < 1 << 29, "tensor too large for the bucketed DARE table"
+    key = q * width + (e - e_lo)
+    sums = torch.bincount(key, mant.double(), Q * width).reshape(Q, width).to(torch.int64)
+    prefix = np.zeros((Q + 1, width), dtype=np.int64)
+    np.cumsum(sums.numpy(), axis=0, out=prefix[1:])
+    return KeptL1Table(prefix, e_lo)
+
+
+def kept_l1(table: KeptL1Table, t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, p: float) -> float:
+    """Σ_{u < p} |t − b|, exact, rounded once to float32 (as ``sparsify.l1_from_bins``)."""
+    qp = min(int(np.float32(p) * Q), Q) if p > 0 else 0
+    if qp < Q:  # the bucket that straddles p: its entries with u < p (< 2^55 in all: int64)
+        bins = fused_gta.l1_bins(t, b, u, p, lo=qp / Q)
+    else:
+        bins = np.zeros(256, dtype=np.int64)
+    bins[table.e_lo : table.e_lo + table.prefix.shape[1]] += table.prefix[qp]
+    return sparsify.l1_from_bins(bins)
+
+
+def _parts(abs_bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    e = (abs_bits >> 23).to(torch.int64)
+    return e, (abs_bits & 0x7FFFFF) | ((e > 0).to(torch.int32) << 23)
