@@ -54,7 +54,9 @@ def build(tau_abs_bits: torch.Tensor, u: torch.Tensor) -> KeptL1Table:
     return KeptL1Table(prefix, e_lo)
 
 
-def kept_l1(table: KeptL1Table, t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, p: float) -> float:
+def kept_l1(
+    table: KeptL1Table, t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, p: float
+) -> float:
     """Σ_{u < p} |t − b|, exact, rounded once to float32 (as ``sparsify.l1_from_bins``)."""
     qp = min(int(np.float32(p) * Q), Q) if p > 0 else 0
     if qp < Q:  # the bucket that straddles p: its entries with u < p (< 2^55 in all: int64)

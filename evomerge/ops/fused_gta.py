@@ -178,10 +178,13 @@ def l1_bins(
     uptr = None if u is None else u.data_ptr()
     chunks = _chunks(src.numel())
     bins = [np.zeros(256, dtype=np.int64) for _ in chunks]
-    if lo is None:
-        fill = lambda c, b: lib.abs_l1_bins(c[0], c[1], bptr, src.data_ptr(), uptr, p, b.ctypes.data)  # noqa: E731,E501
-    else:
-        fill = lambda c, b: lib.abs_l1_bins_in(c[0], c[1], bptr, src.data_ptr(), uptr, lo, p, b.ctypes.data)  # noqa: E731,E501
+
+    def fill(c: tuple[int, int], b: np.ndarray) -> None:
+        if lo is None:
+            lib.abs_l1_bins(c[0], c[1], bptr, src.data_ptr(), uptr, p, b.ctypes.data)
+        else:
+            lib.abs_l1_bins_in(c[0], c[1], bptr, src.data_ptr(), uptr, lo, p, b.ctypes.data)
+
     _parallel(fill, chunks, bins)
     # a chunk's bin is < 2^55 (2^31 mantissas < 2^24): the chunks' int64 sum cannot overflow
     return bins[0] if len(bins) == 1 else np.sum(bins, axis=0)

@@ -153,9 +153,7 @@ def _fusable(tensors: list[torch.Tensor], base: torch.Tensor, sp: str | None, p:
 def _streamable(tensors: list[torch.Tensor], base: torch.Tensor, sp: str | None, p: dict) -> bool:
     """Block by block gives the whole-tensor bits for magnitude (or no) sparsification without
     the L1 rescale (one global threshold per model)."""
-    return (
-        _fusable(tensors, base, sp, p) and sp != "random" and base.numel() >= 4 * _BLOCK
-    )
+    return _fusable(tensors, base, sp, p) and sp != "random" and base.numel() >= 4 * _BLOCK
 
 
 def _fused(
