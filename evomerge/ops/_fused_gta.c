@@ -184,7 +184,7 @@ int64_t abs_delta_gather(int64_t start, int64_t stop, const float *restrict base
  * Each |d| is mantissa x 2^(exponent - 150); the mantissas are summed per exponent in integers
  * (exact in any order), and the caller rounds the total once. So the rescale factor does not
  * depend on the summation order: threads, chunking, machine, or this kernel vs. torch
- * (sparsify.l1_norm computes the same 256 sums with bincount). */
+ * (exact_l1.l1_norm computes the same 256 sums with bincount). */
 /* Adds entry i's mantissa (with the implicit bit) to bins[its exponent]; a dropped entry adds
  * 0 to bin 0. No branch: the keep test u < p is random and would mispredict half the time. */
 static inline __attribute__((always_inline)) void l1_part(

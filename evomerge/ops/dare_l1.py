@@ -3,7 +3,7 @@
 mergekit's DARE (and ours) rescales each model's kept task vector by Σ|τ| / Σ_{u < p} |τ|, where
 u are the tensor's seeded uniforms and p the keep rate. A search changes p with every candidate,
 while τ and u stay fixed (the worker's ResidentCache holds u). So the worker keeps, per expert
-tensor, the exact per-exponent mantissa sums (``sparsify.l1_from_bins``' parts) of the entries
+tensor, the exact per-exponent mantissa sums (``exact_l1.l1_from_bins``' parts) of the entries
 whose u falls below q/Q, for every q of Q = 256 buckets. For a keep rate p, the buckets below
 ⌊pQ⌋ are all kept (their sums are one lookup), those above all dropped, and only the ~n/Q
 entries of bucket ⌊pQ⌋ add their |τ| when u < p: one read of u (the C kernel tests
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evomerge.ops import fused_gta, sparsify
+from evomerge.ops import exact_l1, fused_gta
 
 Q = 256
 
@@ -57,14 +57,14 @@ def build(tau_abs_bits: torch.Tensor, u: torch.Tensor) -> KeptL1Table:
 def kept_l1(
     table: KeptL1Table, t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, p: float
 ) -> float:
-    """Σ_{u < p} |t − b|, exact, rounded once to float32 (as ``sparsify.l1_from_bins``)."""
+    """Σ_{u < p} |t − b|, exact, rounded once to float32 (as ``exact_l1.l1_from_bins``)."""
     qp = min(int(np.float32(p) * Q), Q) if p > 0 else 0
     if qp < Q:  # the bucket that straddles p: its entries with u < p (< 2^55 in all: int64)
         bins = fused_gta.l1_bins(t, b, u, p, lo=qp / Q)
     else:
         bins = np.zeros(256, dtype=np.int64)
     bins[table.e_lo : table.e_lo + table.prefix.shape[1]] += table.prefix[qp]
-    return sparsify.l1_from_bins(bins)
+    return exact_l1.l1_from_bins(bins)
 
 
 def _parts(abs_bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,7 +171,7 @@ def l1_bins(
     lo: float | None = None,
 ) -> np.ndarray:
     """The 256 per-exponent mantissa sums (int64) of |src − base| (kept where u < p, and u ≥ lo when
-    given): the exact L1 norm's parts (``sparsify.l1_from_bins`` rounds them)."""
+    given): the exact L1 norm's parts (``exact_l1.l1_from_bins`` rounds them)."""
     lib = library()
     assert lib is not None
     bptr = None if base is None else base.data_ptr()

@@ -8,7 +8,8 @@
   in [density − ε, density + ε] (DELLA-Merging, Deep et al. 2024).
 
 ``rescale`` restores the L1 norm of the task vector after masking, as mergekit 0.1.5 does (the
-DARE paper's 1/p rescale has the same expectation).
+DARE paper's 1/p rescale has the same expectation); the norms are exact (exact_l1.py), so the
+factor is the same whatever the summation order.
 
 Top-k by magnitude is a selection, not a sort: ``top_k_mask`` finds the k-th largest magnitude
 exactly (a strided sample brackets it, ``kthvalue`` finishes on the few elements inside the
@@ -28,15 +29,13 @@ u serves every keep rate. With or without these inputs the result is the same, b
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from evomerge.errors import UserInputError
-from evomerge.ops import fused_gta
+from evomerge.ops.exact_l1 import l1_norm
 
 Lazy = Callable[[], torch.Tensor]  # computed only if the operator needs it
 Draw = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> float32 uniforms in [0, 1), CPU
@@ -62,58 +61,6 @@ def _rescaled(
     if before < EPS or after < EPS:
         return masked
     return masked.mul_(before / after)
-
-
-def l1_norm(tensor: torch.Tensor) -> torch.Tensor:
-    """Σ|tensor| as a 0-d tensor of its dtype. For float32 (the compute dtype) it is the exact
-    sum rounded once: the rescale factor then does not depend on the summation order (threads,
-    devices, the fused kernel). mergekit's ``abs().sum()`` differs from it in the last bits."""
-    if tensor.dtype != torch.float32:
-        return tensor.abs().sum()
-    flat = tensor.reshape(-1)
-    if fused_gta.usable(flat, [flat], None):
-        bins = fused_gta.l1_bins(flat, None)
-    else:
-        bins = l1_bins_torch(flat)
-    return torch.tensor(l1_from_bins(bins), dtype=torch.float32, device=tensor.device)
-
-
-def l1_bins_torch(flat: torch.Tensor) -> list[int]:
-    """Per exponent e, the sum of the mantissas (with the implicit bit) of |x|: every |x| is
-    mantissa × 2^(max(e, 1) − 150). A bin of 2^29 mantissas (< 2^24 each) stays below 2^53,
-    so bincount's float64 sums are exact integers whatever its order."""
-    a = flat.view(torch.int32) & 0x7FFFFFFF
-    e = a >> 23
-    mant = (a & 0x7FFFFF) | ((e > 0).to(torch.int32) << 23)
-    bins = [0] * 256
-    for s in range(0, a.numel(), 1 << 29):
-        part = torch.bincount(e[s : s + (1 << 29)], mant[s : s + (1 << 29)].double(), 256)
-        bins = [x + int(y) for x, y in zip(bins, part.tolist())]
-    return bins
-
-
-_F32_MAX = 3.4028234663852886e38
-
-
-def l1_from_bins(bins: Sequence[int]) -> float:
-    """The exact Σ (Σ_e bins[e] · 2^(max(e, 1) − 150)), rounded once to float32 (to nearest,
-    ties to even) and returned as the Python float of that float32. ``bins``: 256 integers
-    (a list, or an int64 numpy array)."""
-    bins = np.asarray(bins, dtype=object if isinstance(bins, list) else np.int64)
-    if bins[255]:
-        return float("inf")  # an Inf/NaN entry (inputs are checked finite; an overflowed τ)
-    used = np.flatnonzero(bins[:255])
-    total = sum(int(bins[e]) << (max(int(e), 1) - 1) for e in used)  # × 2^-149
-    shift = total.bit_length() - 24
-    if shift > 0:  # keep 24 significant bits
-        q, rem, half = total >> shift, total & ((1 << shift) - 1), 1 << (shift - 1)
-        if rem > half or (rem == half and q & 1):
-            q += 1
-        total, exp = q, shift - 149
-    else:
-        exp = -149
-    value = math.ldexp(total, exp)
-    return value if value <= _F32_MAX else float("inf")
 
 
 def _float_mask(like: torch.Tensor) -> torch.Tensor:

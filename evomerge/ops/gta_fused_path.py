@@ -1,0 +1,120 @@
+"""Generalized task arithmetic through the fused C kernel (``fused_gta``): the per-model scalars
+the kernel needs — top-k thresholds (TIES), DARE's uniforms, keep rates and L1 rescale
+factors — computed exactly as the eager path in generalized_ta.py computes them, so the bits
+are the same. generalized_ta.general_task_arithmetic calls ``fused_merge`` when the kernel
+serves the tensors (``fused_gta.usable``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from evomerge.ops import dare_l1, exact_l1, fused_gta, sparsify
+from evomerge.ops._registry import per_model
+
+
+def fused_merge(
+    sources: list[torch.Tensor],
+    base: torch.Tensor,
+    w: list[torch.Tensor],
+    fuse: tuple[str | None, str | None, dict[str, Any], Any, torch.Generator | None],
+    dst: torch.Tensor | None,
+    taus: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """The whole-tensor computation in one pass of the C kernel (``fused_gta``): same bits."""
+    sparsification, consensus, p, resident, generator = fuse
+    gta = _gta()
+    b = base.reshape(-1)
+    flat = [t.reshape(-1) for t in sources]
+    thresholds: list[tuple[float, int] | None] = [None] * len(sources)
+    dare: dict[str, Any] = {}
+    if sparsification == "magnitude":
+        dens = per_model(p, "density", len(sources))
+        for i, (t, d) in enumerate(zip(flat, dens)):
+            cut = gta._top_k_rule(t, b, d, i, resident)
+            thresholds[i] = None if cut is None else (float(cut.v), int(cut.split))
+    elif sparsification == "random":
+        dare = _dare_rule(flat, b, tuple(base.shape), p, generator, resident)
+    normalize = bool(p.get("normalize", False))
+    divisor = 1.0
+    if normalize and not consensus:
+        total = gta._sum(w)  # as _combine: the weights' in-order float32 sum, 0 -> 1
+        divisor = 1.0 if total.abs() < 1e-8 else float(total)
+    result = torch.empty_like(base) if dst is None else dst
+    fused_gta.run(
+        b,
+        flat,
+        is_tau=taus is not None,
+        thresholds=thresholds,
+        weights=[float(x) for x in w],
+        consensus=consensus,
+        normalize=normalize,
+        scalar_divisor=divisor,
+        lam=float(p.get("lambda", 1.0)),
+        out=result.view(-1),
+        **dare,
+    )
+    return result
+
+
+def _dare_rule(
+    flat: list[torch.Tensor],
+    b: torch.Tensor,
+    shape: tuple[int, ...],
+    p: dict[str, Any],
+    generator: torch.Generator | None,
+    resident: Any,
+) -> dict[str, Any]:
+    """DARE's per-model keep rule (uniforms u, keep where u < density) and L1 rescale factor,
+    drawn and computed as ``sparsify.random`` does: a model at density ≥ 1 draws nothing and
+    keeps everything (u = 0 < 1), the others draw in model order."""
+    dens = per_model(p, "density", len(flat))
+    rescale = bool(p.get("rescale", False))
+    draw = resident.draw(generator) if resident is not None else None
+    uniforms, rates, scales = [], [], []
+    for i, (t, d) in enumerate(zip(flat, dens)):
+        if d >= 1:
+            uniforms.append(torch.zeros_like(b))
+            rates.append(1.0)
+            scales.append(1.0)
+            continue
+        u = (draw(shape) if draw else sparsify.uniform(shape, generator)).reshape(-1)
+        rate = torch.tensor(d, dtype=torch.float32)  # as sparsify's comparison with probs
+        uniforms.append(u)
+        rates.append(float(rate))
+        scales.append(_l1_rescale(t, b, u, rate, i, resident) if rescale else 1.0)
+    return {"uniforms": uniforms, "keep_rates": rates, "scales": scales}
+
+
+_TABLE_MIN = 1 << 14  # smaller tensors: the direct pass costs less than the table lookup
+
+
+def _l1_rescale(
+    t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, rate: torch.Tensor, i: int, resident: Any
+) -> float:
+    """``sparsify._rescaled``'s factor Σ|τ| / Σ|kept τ| (1 when either is ~0), both exact."""
+    whole = lambda: b.new_tensor(exact_l1.l1_from_bins(fused_gta.l1_bins(t, b)))  # noqa: E731
+    before = resident.l1(i, whole) if resident is not None else whole()
+    table = None
+    if resident is not None and t.numel() >= _TABLE_MIN:  # a search: no pass per candidate
+        make = lambda: dare_l1.build((t - b).abs_().view(torch.int32), u)  # noqa: E731
+        table = resident.dare_table(i, make)
+    if table is not None:
+        kept = dare_l1.kept_l1(table, t, b, u, float(rate))
+    else:
+        kept = exact_l1.l1_from_bins(fused_gta.l1_bins(t, b, u, float(rate)))
+    # float32 scalars, as sparsify._rescaled's 0-d tensors: the same comparisons and division
+    before, after, eps = np.float32(float(before)), np.float32(kept), np.float32(sparsify.EPS)
+    if before < eps or after < eps:
+        return 1.0
+    return float(before / after)
+
+
+def _gta():
+    # generalized_ta imports this module; its helpers are looked up at call time
+    from evomerge.ops import generalized_ta
+
+    return generalized_ta
