@@ -220,6 +220,14 @@ void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
     union f32bits l, h;
     l.f = lo, h.f = hi;
     const uint32_t *restrict ub = (const uint32_t *)u, width = h.u - l.u;
-    for (int64_t i = start; i < stop; i++)
+    int64_t i = start;
+    for (; i + 64 <= stop; i += 64) { /* a vectorized test of 64 entries, then the rare hits */
+        uint32_t any = 0;
+        for (int k = 0; k < 64; k++) any |= ub[i + k] - l.u < width;
+        if (any)
+            for (int k = 0; k < 64; k++)
+                if (ub[i + k] - l.u < width) l1_part(base, src, 0, 0.0f, i + k, bins);
+    }
+    for (; i < stop; i++)
         if (ub[i] - l.u < width) l1_part(base, src, 0, 0.0f, i, bins);
 }
