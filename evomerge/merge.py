@@ -55,7 +55,10 @@ def load_inputs(
     task: TensorTask, source: Any, *, device: str = "cpu", check: bool = True
 ) -> Inputs:
     """(tensors, base) of one output tensor, float32 on ``device``, each checked for NaN/Inf
-    as stored (before the float32 copy: half the bytes for bf16)."""
+    as stored (before the float32 copy: half the bytes for bf16). bfloat16 inputs of an
+    operator that widens them itself (``OpSpec.raw_bf16``, e.g. linear) stay as stored on CPU."""
+
+    raw = device == "cpu" and OPS[task.op].raw_bf16  # the operator widens bf16 itself
 
     def load(ref: str, name: str) -> torch.Tensor:
         stored = getattr(source, "stored", None)  # DiskSource: no float32 copy yet
@@ -63,7 +66,8 @@ def load_inputs(
         if check:
             check_finite(t, ref, name)
         if t.is_floating_point() and t.dtype != torch.float32:
-            t = t.float()
+            if not (raw and t.dtype == torch.bfloat16):
+                t = t.float()
         return t.to(device) if device != "cpu" else t
 
     return [load(r, n) for r, n in task.inputs], load(*task.base) if task.base else None

@@ -142,3 +142,23 @@ def test_radix_top_k_split_over_threads():
             assert got == (float(want.v), want.split)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_models", [1, 2, 4, 5])
+def test_linear_from_bf16_equals_float32_bits(n_models):
+    """Linear on bf16 inputs as stored (the kernel widens them) gives the bits of linear on
+    their float32 copies — a tail that is not a whole vector, and a size split over threads."""
+    spec = OPS["linear"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for shape in ((33, 17), (700, 401)):
+            _, tensors = _family(shape, n=n_models, seed=n_models)
+            half = [t.to(torch.bfloat16) for t in tensors]
+            for normalize in (True, False):
+                p = {"weight": [0.3, 0.7, -0.2, 1.3, 0.11][:n_models], "normalize": normalize}
+                got = spec.fn(half, None, **p)
+                want = spec.fn([t.float() for t in half], None, **p)
+                assert got.dtype == torch.float32 and _same_bits(got, want)
+    finally:
+        torch.set_num_threads(before)

@@ -231,3 +231,31 @@ void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
     for (; i < stop; i++)
         if (ub[i] - l.u < width) l1_part(base, src, 0, 0.0f, i, bins);
 }
+
+/* ---- linear (model soup) straight from bfloat16 checkpoints ----
+ * out = w_0 s_0 (+ w_j s_j ...) [/ divisor] in float32, each bf16 input widened exactly as it
+ * is read (its bits are the float's high half), so a merge of bf16 models skips the float32
+ * copy of every input. torch's ``out.add_(s, alpha=w)`` is a fused multiply-add (one
+ * rounding), hence fmaf: the bits of evomerge.ops.linear on the widened inputs. */
+static inline __attribute__((always_inline)) float widen(uint16_t h) {
+    union f32bits x;
+    x.u = (uint32_t)h << 16;
+    return x.f;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("fma", "default"))) /* (avx512f does not imply fma) */
+#endif
+void linear_bf16(int64_t start, int64_t stop, int m, const uint16_t *const *src, const float *w,
+                 int normalize, float divisor, float *restrict out) {
+    const uint16_t *restrict s0 = src[0];
+    const float w0 = w[0];
+    for (int64_t i = start; i < stop; i++) out[i] = widen(s0[i]) * w0;
+    for (int j = 1; j < m; j++) {
+        const uint16_t *restrict s = src[j];
+        const float wj = w[j];
+        for (int64_t i = start; i < stop; i++) out[i] = fmaf(widen(s[i]), wj, out[i]);
+    }
+    if (normalize)
+        for (int64_t i = start; i < stop; i++) out[i] = out[i] / divisor;
+}

@@ -26,6 +26,9 @@ class OpSpec:
     min_models: int = 1
     max_models: int | None = None
     param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the operator takes bfloat16 inputs as stored (and computes in float32 itself): the merge
+    # engine then skips their float32 copies
+    raw_bf16: bool = False
 
     @property
     def required(self) -> tuple[str, ...]:

@@ -101,6 +101,8 @@ def library() -> ctypes.CDLL | None:
     lib.abs_l1_bins.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp]
     lib.abs_l1_bins_in.restype = None
     lib.abs_l1_bins_in.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, ctypes.c_float, fp]
+    lib.linear_bf16.restype = None
+    lib.linear_bf16.argtypes = [i64, i64, i32, fp, fp, i32, ctypes.c_float, fp]
     lib.abs_delta_hist.restype = None
     lib.abs_delta_hist.argtypes = [i64, i64, fp, fp, fp]
     lib.abs_delta_gather.restype = i64
@@ -188,6 +190,22 @@ def l1_bins(
     _parallel(fill, chunks, bins)
     # a chunk's bin is < 2^55 (2^31 mantissas < 2^24): the chunks' int64 sum cannot overflow
     return bins[0] if len(bins) == 1 else np.sum(bins, axis=0)
+
+
+def linear_bf16(sources: list[torch.Tensor], weights: list[float], normalize: bool) -> torch.Tensor:
+    """Σ w_i s_i [/ Σ w_i] as float32 from bfloat16 CPU tensors (same shape, contiguous) in one
+    pass: the bits of evomerge.ops.linear on the float32 copies, without making them."""
+    lib = library()
+    assert lib is not None
+    m = len(sources)
+    out = torch.empty(sources[0].shape, dtype=torch.float32)
+    ptrs = (ctypes.c_void_p * m)(*[t.data_ptr() for t in sources])
+    w = (ctypes.c_float * m)(*weights)
+    args = (m, ctypes.addressof(ptrs), ctypes.addressof(w), int(normalize), sum(weights))
+    args += (out.data_ptr(),)
+    chunks = _chunks(out.numel())
+    _parallel(lambda c, _: lib.linear_bf16(c[0], c[1], *args), chunks, chunks)
+    return out
 
 
 def top_k_rule(src: torch.Tensor, base: torch.Tensor | None, k: int) -> tuple[float, int]:

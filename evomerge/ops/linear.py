@@ -3,6 +3,10 @@
 mergekit semantics: Σ w_i θ_i, divided by Σ w_i when ``normalize`` (default True). The base
 model is not special: list it among the models to include it.
 
+The engine hands linear bf16 checkpoints as stored (``raw_bf16``): the C kernel of
+``fused_gta`` widens each input as it reads it, so no float32 copy of the inputs is made; the
+result has the bits of the float32 computation below (without a compiler, it runs on copies).
+
 One fused pass when the caller gives ``out`` (a worker's resident parameter): the weighted sum
 accumulates straight into it, no zeroed buffer, no copy. (The first term is ``w_0 · θ_0``
 rather than ``0 + w_0 · θ_0``: the same value, except that a product −0 stays −0.)
@@ -14,6 +18,7 @@ from typing import Any
 
 import torch
 
+from evomerge.ops import fused_gta
 from evomerge.ops._registry import per_model, register_op
 
 
@@ -26,6 +31,7 @@ from evomerge.ops._registry import per_model, register_op
     paper="Wortsman et al. 2022, Model soups",
     mergekit_name="linear",
     param_bounds={"weight": (0.0, 1.0)},
+    raw_bf16=True,
 )
 def linear(
     tensors: list[torch.Tensor],
@@ -36,9 +42,24 @@ def linear(
     **p: Any,
 ) -> torch.Tensor:
     weights = per_model(p, "weight", len(tensors))
+    if any(t.dtype == torch.bfloat16 for t in tensors):  # bf16 checkpoints read as stored
+        if out is None and _bf16_kernel(tensors):
+            return fused_gta.linear_bf16(tensors, weights, p.get("normalize", True))
+        tensors = [t.float() for t in tensors]
     out = torch.mul(tensors[0], weights[0], out=out)
     for t, w in zip(tensors[1:], weights[1:]):
         out.add_(t, alpha=w)
     if p.get("normalize", True):
         out.div_(sum(weights))
     return out
+
+
+def _bf16_kernel(tensors: list[torch.Tensor]) -> bool:
+    n = tensors[0].numel()
+    return fused_gta.library() is not None and all(
+        t.dtype == torch.bfloat16
+        and t.device.type == "cpu"
+        and t.is_contiguous()
+        and t.numel() == n
+        for t in tensors
+    )
