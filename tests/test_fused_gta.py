@@ -162,3 +162,23 @@ def test_linear_from_bf16_equals_float32_bits(n_models):
                 assert got.dtype == torch.float32 and _same_bits(got, want)
     finally:
         torch.set_num_threads(before)
+
+
+def test_radix_top_k_bracket_and_its_fallback():
+    """Large tensors take the one-read bracket around a strided sample's estimate; a layout
+    where every sampled entry is tiny makes it miss, and the histogram path still gives the
+    eager rule."""
+    from evomerge.ops import sparsify
+
+    n = 1 << 19
+    g = torch.Generator().manual_seed(4)
+    t = (torch.randn(n, generator=g) * 64).round() / 64  # many ties at any threshold
+    lib = fused_gta.library()
+    for k in (1, 3, n // 100, n // 2, n - 1):
+        assert fused_gta._bracketed(lib, t, None, k) is not None or k in (1, n - 1)
+        want = sparsify.top_k(t.abs(), k)
+        assert fused_gta.top_k_rule(t, None, k) == (float(want.v), want.split), k
+    t[:: n // fused_gta._SAMPLE] = 1e-6  # what the sample sees
+    assert fused_gta._bracketed(lib, t, None, n // 100) is None
+    want = sparsify.top_k(t.abs(), n // 100)
+    assert fused_gta.top_k_rule(t, None, n // 100) == (float(want.v), want.split)

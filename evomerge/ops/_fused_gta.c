@@ -259,3 +259,29 @@ void linear_bf16(int64_t start, int64_t stop, int m, const uint16_t *const *src,
     if (normalize)
         for (int64_t i = start; i < stop; i++) out[i] = out[i] / divisor;
 }
+
+/* One read for the common case: the entries whose |d| bits lie in [lo, hi] (a bracket a strided
+ * sample puts around the k-th largest) are gathered in index order and those above hi counted.
+ * Branch-free (every entry is written at the next free slot, which advances only for bracket
+ * entries), block by block so the buffer never overflows: returns the number gathered, or -1
+ * when more than ``cap`` would not fit (the caller then runs the histogram path). */
+int64_t abs_delta_bracket(int64_t start, int64_t stop, const float *restrict base,
+                          const float *restrict src, uint32_t lo, uint32_t hi,
+                          uint32_t *restrict bits, int64_t *restrict index, int64_t cap,
+                          int64_t *restrict above) {
+    const uint32_t width = hi - lo;
+    int64_t c = 0, a = 0;
+    for (int64_t s = start; s < stop; s += 4096) {
+        const int64_t e = s + 4096 < stop ? s + 4096 : stop;
+        if (c + (e - s) + 1 > cap) return -1;
+        for (int64_t i = s; i < e; i++) {
+            const uint32_t u = abs_bits(base ? src[i] - base[i] : src[i]);
+            a += u > hi;
+            bits[c] = u;
+            index[c] = i;
+            c += u - lo <= width;
+        }
+    }
+    *above = a;
+    return c;
+}
