@@ -15,12 +15,13 @@ runs all 10 of its seeds from it; the archive holds only those two (its 18 other
 zero-score rows that children fill), no mutation. ``--expert-pair reference`` (default) rebuilds
 that exact pair (``jax_threefry.py`` draws JAX's numbers; Adam in torch); ``per-seed`` trains a new
 pair per seed, as this benchmark did before. The pair was the whole gap to the paper: how well two
-such experts merge varies a lot between draws, and the reference's draw merges badly. Best plain
-SLERP (the reference's brute-force line): 57.8% test for its pair, 65.6–79.4% for per-seed pairs
-0–5. 10k evaluations, 6 seeds, median / mean:
+such experts merge varies a lot between draws, and the reference's merges worse than all six of
+ours. Best plain SLERP (the reference's brute-force line): 57.8% test for its pair, 64.2–79.7%
+for per-seed pairs 0–5. 10k evaluations, 6 seeds, median / mean:
     reference pair: M2N2 70.0 / 69.5, no attraction 66.7 / 67.0, no split point 57.8 / 57.8,
                     GA 56.4 / 53.4 (43.9–60.3)   — paper (mean of 10 runs): 68 / 66 / 58 / 52
-    per-seed pairs: 79.2 / 79.2 / 77.2 / 69.3 (medians; best genome seen)
+    per-seed pairs: 79.2 / 79.2 / 77.2 / 69.3 (medians, best genome seen); archive best instead:
+                    M2N2 79.0 / 77.0, no attraction 78.5 / 77.0 — the measure is not the gap.
 With the reference's pair attraction adds ~3 points, as in the paper; no split point is exactly
 the best plain SLERP (SLERPs of SLERPs stay in the plane of the two experts).
 
