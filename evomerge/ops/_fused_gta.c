@@ -1,5 +1,9 @@
-/* One-pass generalized task arithmetic (TIES / task arithmetic / linear over task vectors) for
- * float32 CPU tensors: evomerge/ops/fused_gta.py loads it, generalized_ta.py is the reference.
+/* CPU kernels of evomerge's merge operators, loaded by evomerge/ops/fused_gta.py:
+ *   gta_fused       one-pass generalized task arithmetic (TIES, DARE, task arithmetic) on
+ *                   float32 tensors; generalized_ta.py is the reference;
+ *   abs_delta_*     the exact top-k threshold of |src - base| (radix selection);
+ *   abs_l1_bins*    exact L1 norms (per-exponent integer sums) for the L1 rescale;
+ *   linear_bf16     linear straight from bfloat16 checkpoints.
  *
  * Every element goes through exactly the float32 operations of the eager torch path, in the
  * same order (see _streamed / _combine / _agreeing_sum in generalized_ta.py), so the result is
@@ -19,7 +23,7 @@
  *                            mixed = (k_0 + k_1 + ...) * e
  *                            divisor = [k_0 > 0] w_0 + ... ; 0 -> 1   (normalize only)
  *       mixed = mixed / divisor   (normalize; without consensus divisor is a scalar)
- *       mixed = mixed * lambda    (only when lambda != 1)
+ *       mixed = mixed * lambda    (always: x * 1 is exact, so lambda = 1 needs no branch)
  *       out[i] = base[i] + mixed
  */
 #include <math.h>
