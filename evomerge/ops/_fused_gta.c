@@ -145,11 +145,12 @@ void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
  * torch.abs does). A 4,096-bin histogram of the top 12 bits (exponent and 4 mantissa bits; it
  * stays in L1) finds the bin holding the k-th largest |d|; a second read gathers that bin's
  * entries (bits and flat index, in index order), among which the caller selects exactly.
- * Two streaming reads of the inputs instead of kthvalue's copies and sorts. */
+ * Usually one read does (abs_delta_bracket, around a sample's estimate); the histogram is its
+ * fallback. Either replaces kthvalue's copies and sorts. */
 
 union f32bits { float f; uint32_t u; };
 
-static inline __attribute__((always_inline)) uint32_t abs_bits(float d) {
+INLINE uint32_t abs_bits(float d) {
     union f32bits x;
     x.f = fabsf(d);
     return x.u;
@@ -183,15 +184,41 @@ int64_t abs_delta_gather(int64_t start, int64_t stop, const float *restrict base
     return c;
 }
 
+/* One read for the common case: the entries whose |d| bits lie in [lo, hi] (a bracket a strided
+ * sample puts around the k-th largest) are gathered in index order and those above hi counted.
+ * Branch-free (every entry is written at the next free slot, which advances only for bracket
+ * entries), block by block so the buffer never overflows: returns the number gathered, or -1
+ * when more than ``cap`` would not fit (the caller then runs the histogram path). */
+int64_t abs_delta_bracket(int64_t start, int64_t stop, const float *restrict base,
+                          const float *restrict src, uint32_t lo, uint32_t hi,
+                          uint32_t *restrict bits, int64_t *restrict index, int64_t cap,
+                          int64_t *restrict above) {
+    const uint32_t width = hi - lo;
+    int64_t c = 0, a = 0;
+    for (int64_t s = start; s < stop; s += 4096) {
+        const int64_t e = s + 4096 < stop ? s + 4096 : stop;
+        if (c + (e - s) + 1 > cap) return -1;
+        for (int64_t i = s; i < e; i++) {
+            const uint32_t u = abs_bits(base ? src[i] - base[i] : src[i]);
+            a += u > hi;
+            bits[c] = u;
+            index[c] = i;
+            c += u - lo <= width;
+        }
+    }
+    *above = a;
+    return c;
+}
 
 /* ---- exact L1 norm Σ|d| (DARE's rescale), d = src - base, kept where u < p (u NULL: all) ----
  * Each |d| is mantissa x 2^(exponent - 150); the mantissas are summed per exponent in integers
  * (exact in any order), and the caller rounds the total once. So the rescale factor does not
  * depend on the summation order: threads, chunking, machine, or this kernel vs. torch
  * (exact_l1.l1_norm computes the same 256 sums with bincount). */
+
 /* Adds entry i's mantissa (with the implicit bit) to bins[its exponent]; a dropped entry adds
  * 0 to bin 0. No branch: the keep test u < p is random and would mispredict half the time. */
-static inline __attribute__((always_inline)) void l1_part(
+INLINE void l1_part(
     const float *restrict base, const float *restrict src, const float *restrict u, float p,
     int64_t i, int64_t *restrict bins) {
     uint32_t a = abs_bits(base ? src[i] - base[i] : src[i]);
@@ -241,7 +268,7 @@ void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
  * is read (its bits are the float's high half), so a merge of bf16 models skips the float32
  * copy of every input. torch's ``out.add_(s, alpha=w)`` is a fused multiply-add (one
  * rounding), hence fmaf: the bits of evomerge.ops.linear on the widened inputs. */
-static inline __attribute__((always_inline)) float widen(uint16_t h) {
+INLINE float widen(uint16_t h) {
     union f32bits x;
     x.u = (uint32_t)h << 16;
     return x.f;
@@ -262,30 +289,4 @@ void linear_bf16(int64_t start, int64_t stop, int m, const uint16_t *const *src,
     }
     if (normalize)
         for (int64_t i = start; i < stop; i++) out[i] = out[i] / divisor;
-}
-
-/* One read for the common case: the entries whose |d| bits lie in [lo, hi] (a bracket a strided
- * sample puts around the k-th largest) are gathered in index order and those above hi counted.
- * Branch-free (every entry is written at the next free slot, which advances only for bracket
- * entries), block by block so the buffer never overflows: returns the number gathered, or -1
- * when more than ``cap`` would not fit (the caller then runs the histogram path). */
-int64_t abs_delta_bracket(int64_t start, int64_t stop, const float *restrict base,
-                          const float *restrict src, uint32_t lo, uint32_t hi,
-                          uint32_t *restrict bits, int64_t *restrict index, int64_t cap,
-                          int64_t *restrict above) {
-    const uint32_t width = hi - lo;
-    int64_t c = 0, a = 0;
-    for (int64_t s = start; s < stop; s += 4096) {
-        const int64_t e = s + 4096 < stop ? s + 4096 : stop;
-        if (c + (e - s) + 1 > cap) return -1;
-        for (int64_t i = s; i < e; i++) {
-            const uint32_t u = abs_bits(base ? src[i] - base[i] : src[i]);
-            a += u > hi;
-            bits[c] = u;
-            index[c] = i;
-            c += u - lo <= width;
-        }
-    }
-    *above = a;
-    return c;
 }

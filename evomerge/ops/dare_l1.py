@@ -40,7 +40,7 @@ class KeptL1Table:
 def build(tau_abs_bits: torch.Tensor, u: torch.Tensor) -> KeptL1Table:
     """The table of one expert tensor: ``tau_abs_bits`` = |τ| viewed as int32 (flat), ``u`` its
     uniforms (flat float32)."""
-    e, mant = _parts(tau_abs_bits)
+    e, mant = exact_l1.exponent_mantissa(tau_abs_bits)
     q = (u * Q).to(torch.int64).clamp_(max=Q - 1)  # u < 1, so q ≤ Q − 1 already
     used = torch.nonzero(torch.bincount(e, minlength=256)).reshape(-1)
     e_lo, e_hi = (int(used[0]), int(used[-1])) if used.numel() else (0, 0)
@@ -65,8 +65,3 @@ def kept_l1(
         bins = np.zeros(256, dtype=np.int64)
     bins[table.e_lo : table.e_lo + table.prefix.shape[1]] += table.prefix[qp]
     return exact_l1.l1_from_bins(bins)
-
-
-def _parts(abs_bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    e = (abs_bits >> 23).to(torch.int64)
-    return e, (abs_bits & 0x7FFFFF) | ((e > 0).to(torch.int32) << 23)

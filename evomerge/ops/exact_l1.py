@@ -37,14 +37,20 @@ def l1_bins_torch(flat: torch.Tensor) -> list[int]:
     """Per exponent e, the sum of the mantissas (with the implicit bit) of |x|: every |x| is
     mantissa × 2^(max(e, 1) − 150). A bin of 2^29 mantissas (< 2^24 each) stays below 2^53,
     so bincount's float64 sums are exact integers whatever its order."""
-    a = flat.view(torch.int32) & 0x7FFFFFFF
-    e = a >> 23
-    mant = (a & 0x7FFFFF) | ((e > 0).to(torch.int32) << 23)
+    e, mant = exponent_mantissa(flat.view(torch.int32) & 0x7FFFFFFF)
     bins = [0] * 256
-    for s in range(0, a.numel(), 1 << 29):
+    for s in range(0, e.numel(), 1 << 29):
         part = torch.bincount(e[s : s + (1 << 29)], mant[s : s + (1 << 29)].double(), 256)
         bins = [x + int(y) for x, y in zip(bins, part.tolist())]
     return bins
+
+
+def exponent_mantissa(abs_bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(biased exponent e as int64, 24-bit mantissa with the implicit bit as int32) of
+    non-negative float32 values given as their int32 bits: the value is
+    mantissa × 2^(max(e, 1) − 150)."""
+    e = (abs_bits >> 23).to(torch.int64)
+    return e, (abs_bits & 0x7FFFFF) | ((e > 0).to(torch.int32) << 23)
 
 
 _F32_MAX = 3.4028234663852886e38

@@ -114,13 +114,22 @@ def library() -> ctypes.CDLL | None:
     return _lib
 
 
-def usable(base: torch.Tensor, sources: list[torch.Tensor], out: torch.Tensor | None) -> bool:
-    """The kernel serves these tensors: float32, contiguous, on the CPU, same size, ≤ 4 models."""
-    if not 0 < len(sources) <= MAX_MODELS or library() is None:
+def usable(
+    base: torch.Tensor,
+    sources: list[torch.Tensor],
+    out: torch.Tensor | None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    most: int | None = MAX_MODELS,
+) -> bool:
+    """The kernel serves these tensors: ``dtype`` (``out`` float32), contiguous, on the CPU, one
+    size, at most ``most`` models (None: any number)."""
+    if not sources or (most is not None and len(sources) > most) or library() is None:
         return False
     n = base.numel()
     for t in (base, *sources, base if out is None else out):
-        if t.dtype != torch.float32 or t.device.type != "cpu":
+        want = torch.float32 if t is out else dtype
+        if t.dtype != want or t.device.type != "cpu":
             return False
         if not t.is_contiguous() or t.numel() != n:
             return False

@@ -43,7 +43,8 @@ def linear(
 ) -> torch.Tensor:
     weights = per_model(p, "weight", len(tensors))
     if any(t.dtype == torch.bfloat16 for t in tensors):  # bf16 checkpoints read as stored
-        if out is None and _bf16_kernel(tensors):
+        kernel = fused_gta.usable(tensors[0], tensors, None, dtype=torch.bfloat16, most=None)
+        if out is None and kernel:
             return fused_gta.linear_bf16(tensors, weights, p.get("normalize", True))
         tensors = [t.float() for t in tensors]
     out = torch.mul(tensors[0], weights[0], out=out)
@@ -52,14 +53,3 @@ def linear(
     if p.get("normalize", True):
         out.div_(sum(weights))
     return out
-
-
-def _bf16_kernel(tensors: list[torch.Tensor]) -> bool:
-    n = tensors[0].numel()
-    return fused_gta.library() is not None and all(
-        t.dtype == torch.bfloat16
-        and t.device.type == "cpu"
-        and t.is_contiguous()
-        and t.numel() == n
-        for t in tensors
-    )
