@@ -78,15 +78,20 @@ def check_shapes(source: Any, inputs: list[tuple[str, str]], out: str) -> tuple[
     return shapes[0]
 
 
-def check_finite(t: torch.Tensor, ref: str, name: str) -> None:
-    """NaN/Inf in ``t`` -> UserInputError. One reduction pass and no temporary: min and max
-    propagate NaN and reach ±Inf whenever any element is one (``isfinite(t).all()`` instead
-    allocates a bool tensor and makes two passes: 10× slower on a 16M-element embedding).
-    Run it on the tensor as stored (bf16 is half the bytes of its float32 copy)."""
+def is_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in ``t``. One reduction pass and no temporary: min and max propagate NaN and
+    reach ±Inf whenever any element is one (``isfinite(t).all()`` instead allocates a bool tensor
+    and makes two passes: 10× slower on a 16M-element embedding)."""
     if not t.is_floating_point() or t.numel() == 0:
-        return
+        return True
     lo, hi = torch.aminmax(t.reshape(-1))
-    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+
+
+def check_finite(t: torch.Tensor, ref: str, name: str) -> None:
+    """NaN/Inf in ``t`` -> UserInputError naming the model and tensor. Run it on the tensor as
+    stored (bf16 is half the bytes of its float32 copy)."""
+    if is_finite(t):
         return
     bad = int((~torch.isfinite(t)).sum())
     raise UserInputError(

@@ -10,3 +10,8 @@ class EvomergeError(Exception):
 
 class UserInputError(EvomergeError):
     """Bad input the user can fix: the message names the field, tensor or file and the fix."""
+
+
+class NonFiniteInput(EvomergeError):
+    """An operator that reads its inputs as stored (``OpSpec.raw_bf16``) found NaN/Inf in one.
+    Internal: the merge engine turns it into a UserInputError naming the model and tensor."""

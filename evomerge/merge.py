@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from evomerge.checks import check_finite
+from evomerge.errors import NonFiniteInput
 from evomerge.merge_plan import MergePlan, TensorTask, plan
 from evomerge.ops import OPS, generator_for
 from evomerge.recipe import Recipe
@@ -56,32 +57,50 @@ def load_inputs(
 ) -> Inputs:
     """(tensors, base) of one output tensor, float32 on ``device``, each checked for NaN/Inf
     as stored (before the float32 copy: half the bytes for bf16). bfloat16 inputs of an
-    operator that widens them itself (``OpSpec.raw_bf16``, e.g. linear) stay as stored on CPU."""
+    operator that widens them itself (``OpSpec.raw_bf16``, e.g. linear) stay as stored on CPU,
+    and that operator checks them in its own read (``compute`` names the culprit)."""
 
     raw = device == "cpu" and OPS[task.op].raw_bf16  # the operator widens bf16 itself
 
     def load(ref: str, name: str) -> torch.Tensor:
         stored = getattr(source, "stored", None)  # DiskSource: no float32 copy yet
         t = stored(ref, name) if stored is not None else source.tensor(ref, name)
+        if raw and t.dtype == torch.bfloat16:
+            return t
         if check:
             check_finite(t, ref, name)
         if t.is_floating_point() and t.dtype != torch.float32:
-            if not (raw and t.dtype == torch.bfloat16):
-                t = t.float()
+            t = t.float()
         return t.to(device) if device != "cpu" else t
 
     return [load(r, n) for r, n in task.inputs], load(*task.base) if task.base else None
 
 
-def compute(task: TensorTask, inputs: Inputs, *, seed: int) -> torch.Tensor:
-    """Run the task's operator on its loaded inputs."""
+def compute(
+    task: TensorTask, inputs: Inputs, *, seed: int, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Run the task's operator on its loaded inputs: float32, or ``out_dtype`` (the merged
+    file's) when the operator writes it directly (``OpSpec.raw_bf16``)."""
     tensors, base = inputs
     first = base if base is not None else tensors[0]
     if not first.is_floating_point():
         return first  # integer buffers are copied, not merged (as mergekit does)
     spec = OPS[task.op]
     g = generator_for(seed, task.name) if spec.stochastic else None
-    return spec.fn(tensors, base, generator=g, **task.params)
+    extra = {"out_dtype": out_dtype} if spec.raw_bf16 else {}
+    try:
+        return spec.fn(tensors, base, generator=g, **extra, **task.params)
+    except NonFiniteInput:
+        _name_non_finite(task, inputs)
+        raise
+
+
+def _name_non_finite(task: TensorTask, inputs: Inputs) -> None:
+    """Raise check_finite's UserInputError for the first input holding NaN/Inf."""
+    tensors, base = inputs
+    refs = list(task.inputs) + ([task.base] if task.base else [])
+    for t, (ref, name) in zip(tensors + ([base] if base is not None else []), refs):
+        check_finite(t, ref, name)
 
 
 def merge_tensor(
@@ -99,11 +118,12 @@ def iter_merged_tensors(
     check: bool = True,
     prefetch: int = 1,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (output name, merged float32 tensor) one at a time, in plan order.
+    """Yield (output name, merged tensor) one at a time, in plan order: float32, or the
+    plan's output dtype where the operator writes it directly.
 
-    With ``prefetch`` > 0 a reader thread loads (reads, checks, converts) the inputs of the next
-    ``prefetch`` tensors while this one is computed: torch and ``os.preadv`` release the GIL,
-    so reading and merging overlap. Peak memory grows by the inputs of ``prefetch`` tensors.
+    With ``prefetch`` > 0 a reader thread loads (maps, checks, converts) the inputs of the next
+    ``prefetch`` tensors while this one is computed: torch releases the GIL, so reading and
+    merging overlap. Peak memory grows by the inputs of ``prefetch`` tensors.
     """
     if source is None:
         from evomerge.io.folder import DiskSource
@@ -114,7 +134,8 @@ def iter_merged_tensors(
     if prefetch <= 0:
         with torch.no_grad():
             for task in tasks:
-                yield task.name, merge_tensor(task, source, seed=seed, device=device, check=check)
+                inputs = load_inputs(task, source, device=device, check=check)
+                yield task.name, compute(task, inputs, seed=seed, out_dtype=plan.out_dtype)
         return
     pool = ThreadPoolExecutor(1, thread_name_prefix="evomerge-read")
     try:
@@ -128,7 +149,7 @@ def iter_merged_tensors(
                 nxt = tasks[i + prefetch + 1]
                 pending.append(pool.submit(load_inputs, nxt, source, device=device, check=check))
             with torch.no_grad():
-                out = compute(task, inputs, seed=seed)
+                out = compute(task, inputs, seed=seed, out_dtype=plan.out_dtype)
             del inputs
             yield task.name, out
     finally:

@@ -169,6 +169,35 @@ def test_nan_in_input(fam, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_non_finite_bf16_input_to_linear(fam, tmp_path: Path, monkeypatch, fused: str) -> None:
+    """Linear reads bf16 checkpoints as stored and checks them in its own read (the C kernel,
+    or the eager fallback): the same one line naming the model and the tensor."""
+    monkeypatch.setenv("EVOMERGE_FUSED", fused)
+    _, (e0, e1) = fam
+    half = []
+    for i, src in enumerate((e0, e1)):
+        dst = tmp_path / f"bf16_{i}"
+        t = {k: v.to(torch.bfloat16) for k, v in load_file(f"{src}/model.safetensors").items()}
+        if i == 1:
+            t["model.layers.1.mlp.up_proj.weight"][2, 5] = float("inf")
+        shutil.copytree(src, dst)
+        save_file(t, str(dst / "model.safetensors"))
+        half.append(str(dst))
+    cfg = _cfg(
+        tmp_path,
+        """
+        merge_method: linear
+        models:
+          - {model: E0, parameters: {weight: 0.5}}
+          - {model: E1, parameters: {weight: 0.5}}
+        """,
+        E0=half[0],
+        E1=half[1],
+    )
+    _fails(cfg, tmp_path / "out", half[1], "model.layers.1.mlp.up_proj.weight", "NaN/Inf")
+
+
 @pytest.mark.parametrize("damage", ["garbage_header", "truncated"])
 def test_corrupt_safetensors(fam, tmp_path: Path, damage: str) -> None:
     base, (e0, e1) = fam

@@ -164,6 +164,23 @@ def test_linear_from_bf16_equals_float32_bits(n_models):
         torch.set_num_threads(before)
 
 
+def test_linear_bf16_output_is_torch_narrowing():
+    """With out_dtype bfloat16 the kernel narrows in its own pass: the bits of the float32
+    result narrowed by torch (round to nearest, ties to even), including exact ties."""
+    spec = OPS["linear"]
+    _, tensors = _family((300, 97), n=3, seed=7)
+    half = [t.to(torch.bfloat16) for t in tensors]
+    # halfway cases: a float32 whose low 16 bits are 0x8000 rounds to the even bf16
+    half[0].view(-1)[:8] = torch.tensor([1.0, -1.0, 3.0, 5.0, 1.0, 2.0, 0.5, 7.0]).bfloat16()
+    p = {"weight": [1.0, 0.0, 0.0], "normalize": False}
+    for weights in ([1.0 + 2**-8, 0.0, 0.0], [0.3, 0.7, -0.2], [1.0 + 3 * 2**-8, 0.0, 0.0]):
+        p["weight"] = weights
+        got = spec.fn(half, None, out_dtype=torch.bfloat16, **p)
+        want = spec.fn(half, None, **p).to(torch.bfloat16)
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), weights
+
+
 def test_radix_top_k_bracket_and_its_fallback():
     """Large tensors take the one-read bracket around a strided sample's estimate; a layout
     where every sampled entry is tiny makes it miss, and the histogram path still gives the

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from evomerge.errors import UserInputError
-from evomerge.io.safetensors_io import TensorInfo, read_header, read_tensor
+from evomerge.io.safetensors_io import TensorInfo, map_tensor, read_header, read_tensor
 
 INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -115,11 +115,13 @@ class ModelFolder:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.index[name].shape
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, *, mapped: bool = False) -> torch.Tensor:
+        """The tensor as stored; ``mapped``: a private mapping of the file, for a caller that
+        uses it once and drops it (a long-lived mapping would tie the file to the process)."""
         info = self.index[name]
         if self._pickled is not None:
             return self._pickled[name]
-        return read_tensor(info)
+        return map_tensor(info) if mapped else read_tensor(info)
 
     def tokenizer_files(self) -> list[Path]:
         return [self.path / f for f in TOKENIZER_FILES if (self.path / f).is_file()]
@@ -156,8 +158,9 @@ class DiskSource:
         return t.to(self.dtype) if t.is_floating_point() else t
 
     def stored(self, ref: str, name: str) -> torch.Tensor:
-        """The tensor in its stored dtype (the engine checks it before converting)."""
-        return self.model(ref).read(name)
+        """The tensor in its stored dtype, mapped: the engine checks it, converts or merges it,
+        and drops it."""
+        return self.model(ref).read(name, mapped=True)
 
     def has(self, ref: str, name: str) -> bool:
         return name in self.model(ref).index

@@ -1,9 +1,10 @@
 """Minimal safetensors reading and writing with explicit offsets.
 
 Why not ``safetensors.safe_open``: it memory-maps whole shards, and every page a merge touches
-then counts towards the process' resident set. Reading each tensor with ``os.pread`` into its own
-buffer keeps peak memory at "the tensors being merged right now", and parsing the header
-ourselves lets a corrupt file fail with one line naming the file instead of a Rust panic.
+then counts towards the process' resident set. Each tensor here gets its own buffer, read with
+``os.pread`` or mapped on its own (``map_tensor``, freed with the tensor), so peak memory stays at
+"the tensors being merged right now"; parsing the header ourselves lets a corrupt file fail with
+one line naming the file instead of a Rust panic.
 Writing is planned: every output shape is known before the first tensor is computed, so each
 shard's header is written first and tensors land at their offsets as they stream in.
 """
@@ -11,6 +12,7 @@ shard's header is written first and tensors land at their offsets as they stream
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -104,6 +106,32 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=info.dtype)
     return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+
+
+def map_tensor(info: TensorInfo) -> torch.Tensor:
+    """One tensor as a private (copy-on-write) mapping of its own bytes in the file, unmapped
+    when the tensor is freed; writes to it never reach the file. Why: a merge reads each input
+    once, and the kernel or the float32 conversion then reads the page cache directly instead
+    of a copy of it (``read_tensor`` copies every byte once more, which was the critical path
+    of an I/O-bound linear merge). Pages fault in on first touch (not MAP_POPULATE: on a private
+    writable mapping it copies every page)."""
+    if info.nbytes == 0 or not hasattr(mmap, "MAP_PRIVATE"):  # (no MAP_PRIVATE on Windows)
+        return read_tensor(info)
+    lead = info.start % mmap.ALLOCATIONGRANULARITY  # mappings start on a page boundary
+    with open(info.file, "rb") as f:
+        m = mmap.mmap(
+            f.fileno(),
+            lead + info.nbytes,
+            flags=mmap.MAP_PRIVATE,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            offset=info.start - lead,
+        )
+    count = info.nbytes // _itemsize(info.dtype)
+    return torch.frombuffer(m, dtype=info.dtype, count=count, offset=lead).reshape(info.shape)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def tensor_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:

@@ -274,19 +274,53 @@ INLINE float widen(uint16_t h) {
     return x.f;
 }
 
+/* float32 -> bfloat16 as torch rounds (c10::BFloat16): to nearest, ties to even. A NaN (only
+ * from non-finite inputs, which the engine refuses) becomes the quiet NaN 0x7FC0. */
+INLINE uint16_t narrow(float f) {
+    union f32bits x;
+    x.f = f;
+    if (f != f) return 0x7FC0;
+    return (uint16_t)((x.u + 0x7FFFu + ((x.u >> 16) & 1u)) >> 16);
+}
+
+/* bf16 exponent all ones: Inf or NaN. */
+INLINE int64_t nonfinite(uint16_t h) { return (h & 0x7F80u) == 0x7F80u; }
+
+#define LINEAR_BLOCK 2048 /* floats: the running sum stays in L1 across the models */
+
+/* Returns the number of non-finite inputs seen (the engine's NaN/Inf check, done in the same
+ * read). Writes float32 to out, or bfloat16 to out16 when it is not NULL (the merged file's
+ * dtype: no float32 result is stored and read back to be narrowed). */
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target_clones("fma", "default"))) /* (avx512f does not imply fma) */
 #endif
-void linear_bf16(int64_t start, int64_t stop, int m, const uint16_t *const *src, const float *w,
-                 int normalize, float divisor, float *restrict out) {
-    const uint16_t *restrict s0 = src[0];
-    const float w0 = w[0];
-    for (int64_t i = start; i < stop; i++) out[i] = widen(s0[i]) * w0;
-    for (int j = 1; j < m; j++) {
-        const uint16_t *restrict s = src[j];
-        const float wj = w[j];
-        for (int64_t i = start; i < stop; i++) out[i] = fmaf(widen(s[i]), wj, out[i]);
+int64_t linear_bf16(int64_t start, int64_t stop, int m, const uint16_t *const *src,
+                    const float *w, int normalize, float divisor, float *restrict out,
+                    uint16_t *restrict out16) {
+    float acc[LINEAR_BLOCK];
+    int64_t bad = 0;
+    for (int64_t lo = start; lo < stop; lo += LINEAR_BLOCK) {
+        const int64_t n = stop - lo < LINEAR_BLOCK ? stop - lo : LINEAR_BLOCK;
+        const uint16_t *restrict s0 = src[0] + lo;
+        const float w0 = w[0];
+        for (int64_t i = 0; i < n; i++) {
+            acc[i] = widen(s0[i]) * w0;
+            bad += nonfinite(s0[i]);
+        }
+        for (int j = 1; j < m; j++) {
+            const uint16_t *restrict s = src[j] + lo;
+            const float wj = w[j];
+            for (int64_t i = 0; i < n; i++) {
+                acc[i] = fmaf(widen(s[i]), wj, acc[i]);
+                bad += nonfinite(s[i]);
+            }
+        }
+        if (normalize)
+            for (int64_t i = 0; i < n; i++) acc[i] = acc[i] / divisor;
+        if (out16)
+            for (int64_t i = 0; i < n; i++) out16[lo + i] = narrow(acc[i]);
+        else
+            for (int64_t i = 0; i < n; i++) out[lo + i] = acc[i];
     }
-    if (normalize)
-        for (int64_t i = start; i < stop; i++) out[i] = out[i] / divisor;
+    return bad;
 }

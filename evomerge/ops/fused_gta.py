@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evomerge.errors import NonFiniteInput
+
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_fused_gta.c")
@@ -101,8 +103,8 @@ def library() -> ctypes.CDLL | None:
     lib.abs_l1_bins.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp]
     lib.abs_l1_bins_in.restype = None
     lib.abs_l1_bins_in.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, ctypes.c_float, fp]
-    lib.linear_bf16.restype = None
-    lib.linear_bf16.argtypes = [i64, i64, i32, fp, fp, i32, ctypes.c_float, fp]
+    lib.linear_bf16.restype = i64
+    lib.linear_bf16.argtypes = [i64, i64, i32, fp, fp, i32, ctypes.c_float, fp, fp]
     lib.abs_delta_hist.restype = None
     lib.abs_delta_hist.argtypes = [i64, i64, fp, fp, fp]
     lib.abs_delta_gather.restype = i64
@@ -204,19 +206,30 @@ def l1_bins(
     return bins[0] if len(bins) == 1 else np.sum(bins, axis=0)
 
 
-def linear_bf16(sources: list[torch.Tensor], weights: list[float], normalize: bool) -> torch.Tensor:
-    """Σ w_i s_i [/ Σ w_i] as float32 from bfloat16 CPU tensors (same shape, contiguous) in one
-    pass: the bits of evomerge.ops.linear on the float32 copies, without making them."""
+def linear_bf16(
+    sources: list[torch.Tensor], weights: list[float], normalize: bool, bf16: bool = False
+) -> torch.Tensor:
+    """Σ w_i s_i [/ Σ w_i] from bfloat16 CPU tensors (same shape, contiguous) in one pass: the
+    bits of evomerge.ops.linear on the float32 copies, without making them; as bfloat16 when
+    ``bf16`` (the float32 result narrowed as torch narrows). NonFiniteInput when an input holds
+    NaN/Inf (checked in the same read)."""
     lib = library()
     assert lib is not None
     m = len(sources)
-    out = torch.empty(sources[0].shape, dtype=torch.float32)
+    out = torch.empty(sources[0].shape, dtype=torch.bfloat16 if bf16 else torch.float32)
     ptrs = (ctypes.c_void_p * m)(*[t.data_ptr() for t in sources])
     w = (ctypes.c_float * m)(*weights)
     args = (m, ctypes.addressof(ptrs), ctypes.addressof(w), int(normalize), sum(weights))
-    args += (out.data_ptr(),)
+    args += (None, out.data_ptr()) if bf16 else (out.data_ptr(), None)
     chunks = _chunks(out.numel())
-    _parallel(lambda c, _: lib.linear_bf16(c[0], c[1], *args), chunks, chunks)
+    bad = [0] * len(chunks)
+
+    def part(c: tuple[int, int], k: int) -> None:
+        bad[k] = lib.linear_bf16(c[0], c[1], *args)
+
+    _parallel(part, chunks, list(range(len(chunks))))
+    if any(bad):
+        raise NonFiniteInput("linear")
     return out
 
 

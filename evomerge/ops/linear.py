@@ -4,8 +4,10 @@ mergekit semantics: Σ w_i θ_i, divided by Σ w_i when ``normalize`` (default T
 model is not special: list it among the models to include it.
 
 The engine hands linear bf16 checkpoints as stored (``raw_bf16``): the C kernel of
-``fused_gta`` widens each input as it reads it, so no float32 copy of the inputs is made; the
-result has the bits of the float32 computation below (without a compiler, it runs on copies).
+``fused_gta`` widens each input as it reads it, checks it for NaN/Inf in the same read, and
+writes bfloat16 directly when that is the output dtype, so neither a float32 copy of the inputs
+nor a float32 result is made. The bits are those of the float32 computation below, narrowed as
+torch narrows (without a compiler, it runs on copies).
 
 One fused pass when the caller gives ``out`` (a worker's resident parameter): the weighted sum
 accumulates straight into it, no zeroed buffer, no copy. (The first term is ``w_0 · θ_0``
@@ -18,6 +20,8 @@ from typing import Any
 
 import torch
 
+from evomerge.checks import is_finite
+from evomerge.errors import NonFiniteInput
 from evomerge.ops import fused_gta
 from evomerge.ops._registry import per_model, register_op
 
@@ -39,13 +43,17 @@ def linear(
     *,
     generator: torch.Generator | None = None,
     out: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
     **p: Any,
 ) -> torch.Tensor:
     weights = per_model(p, "weight", len(tensors))
     if any(t.dtype == torch.bfloat16 for t in tensors):  # bf16 checkpoints read as stored
         kernel = fused_gta.usable(tensors[0], tensors, None, dtype=torch.bfloat16, most=None)
         if out is None and kernel:
-            return fused_gta.linear_bf16(tensors, weights, p.get("normalize", True))
+            bf16 = out_dtype == torch.bfloat16
+            return fused_gta.linear_bf16(tensors, weights, p.get("normalize", True), bf16)
+        if not all(is_finite(t) for t in tensors):
+            raise NonFiniteInput("linear")
         tensors = [t.float() for t in tensors]
     out = torch.mul(tensors[0], weights[0], out=out)
     for t, w in zip(tensors[1:], weights[1:]):
