@@ -199,3 +199,17 @@ def test_radix_top_k_bracket_and_its_fallback():
     assert fused_gta._bracketed(lib, t, None, n // 100) is None
     want = sparsify.top_k(t.abs(), n // 100)
     assert fused_gta.top_k_rule(t, None, n // 100) == (float(want.v), want.split)
+
+
+def test_l1_bins_both_is_the_two_sums():
+    """DARE's disk path reads τ once for both rescale sums: the same integers as two reads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        base, (src,) = _family(((1 << 18) + 5,), n=1, seed=11)
+        u = torch.rand(base.numel(), generator=torch.Generator().manual_seed(2))
+        whole, kept = fused_gta.l1_bins_both(src, base, u, 0.3)
+        assert (whole == fused_gta.l1_bins(src, base)).all()
+        assert (kept == fused_gta.l1_bins(src, base, u, 0.3)).all()
+    finally:
+        torch.set_num_threads(before)

@@ -3,7 +3,8 @@
  *                   float32 tensors; generalized_ta.py is the reference;
  *   abs_delta_*     the exact top-k threshold of |src - base| (radix selection);
  *   abs_l1_bins*    exact L1 norms (per-exponent integer sums) for the L1 rescale;
- *   linear_bf16     linear straight from bfloat16 checkpoints.
+ *   linear_bf16     linear straight from bfloat16 checkpoints;
+ *   mt_uniform24    torch.rand's float32 uniforms (DARE's draws) from torch's generator state.
  *
  * Every element goes through exactly the float32 operations of the eager torch path, in the
  * same order (see _streamed / _combine / _agreeing_sum in generalized_ta.py), so the result is
@@ -241,6 +242,28 @@ void abs_l1_bins(int64_t start, int64_t stop, const float *restrict base,
         for (int e = 0; e < 256; e++) bins[e] += sub[k][e];
 }
 
+/* Both sums of DARE's rescale in one read: over all entries (all) and over those with u < p
+ * (kept). 4 interleaved sub-histograms each (two sets of 8 would not stay in L1). */
+void abs_l1_bins2(int64_t start, int64_t stop, const float *restrict base,
+                  const float *restrict src, const float *restrict u, float p,
+                  int64_t *restrict all, int64_t *restrict kept) {
+    int64_t sa[4][256] = {{0}}, sk[4][256] = {{0}};
+    int64_t i = start;
+    for (; i + 4 <= stop; i += 4)
+        for (int k = 0; k < 4; k++) {
+            uint32_t a = abs_bits(src[i + k] - base[i + k]);
+            const uint32_t e = a >> 23, m = (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
+            sa[k][e] += m;
+            sk[k][e] += m & -(uint32_t)(u[i + k] < p); /* a dropped entry adds 0 */
+        }
+    for (; i < stop; i++) {
+        l1_part(base, src, 0, 0.0f, i, sa[0]);
+        l1_part(base, src, u, p, i, sk[0]);
+    }
+    for (int k = 0; k < 4; k++)
+        for (int e = 0; e < 256; e++) all[e] += sa[k][e], kept[e] += sk[k][e];
+}
+
 /* The same sums over the few entries with lo <= u < hi (one bucket of evomerge/ops/dare_l1.py),
  * 0 <= lo <= hi. For non-negative floats the bits order like the values, so the test is one
  * unsigned comparison: a single branch, taken rarely and so almost never mispredicted (two
@@ -323,4 +346,53 @@ int64_t linear_bf16(int64_t start, int64_t stop, int m, const uint16_t *const *s
             for (int64_t i = 0; i < n; i++) out[lo + i] = acc[i];
     }
     return bad;
+}
+
+/* ---- DARE's uniforms: torch.rand(float32) on torch's CPU generator, ~8x faster ----
+ * torch's CPU generator is the standard 32-bit Mersenne twister; torch.rand keeps the low 24
+ * bits of each output, times 2^-24 (exact). ``left``/``next`` follow torch's own bookkeeping
+ * (at::mt19937: an output first decrements left and regenerates the state when it reaches 0), so
+ * the state written back continues the stream exactly where torch would. mt_uniform.py reads
+ * and writes the state through Generator.get_state / set_state. */
+#define MT_N 624
+#define MT_M 397
+
+INLINE uint32_t mt_twist(uint32_t u, uint32_t v) {
+    return (((u & 0x80000000u) | (v & 0x7fffffffu)) >> 1) ^ ((v & 1u) ? 0x9908b0dfu : 0u);
+}
+
+static void mt_regenerate(uint32_t *s) {
+    int k = 0;
+    for (; k < MT_N - MT_M; k++) s[k] = s[k + MT_M] ^ mt_twist(s[k], s[k + 1]);
+    for (; k < MT_N - 1; k++) s[k] = s[k + MT_M - MT_N] ^ mt_twist(s[k], s[k + 1]);
+    s[MT_N - 1] = s[MT_M - 1] ^ mt_twist(s[MT_N - 1], s[0]);
+}
+
+/* The next min(want, outputs left before a regeneration) uniforms into out; returns how many. */
+INLINE int64_t mt_block(int32_t *l, uint32_t *k, uint32_t *s, int64_t want, float *restrict out) {
+    if (*l == 1) { /* the next output regenerates: left becomes MT_N after it */
+        mt_regenerate(s);
+        *l = MT_N + 1;
+        *k = 0;
+    }
+    const int64_t take = *l - 1 < want ? *l - 1 : want;
+    const uint32_t *restrict src = s + *k;
+    for (int64_t t = 0; t < take; t++) {
+        uint32_t y = src[t];
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c5680u;
+        y ^= (y << 15) & 0xefc60000u;
+        y ^= y >> 18;
+        out[t] = (float)(y & 0xFFFFFFu) * (1.0f / 16777216.0f);
+    }
+    *k += (uint32_t)take;
+    *l -= (int32_t)take;
+    return take;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void mt_uniform24(int32_t *left, uint32_t *next, uint32_t *s, int64_t n, float *restrict out) {
+    for (int64_t i = 0; i < n;) i += mt_block(left, next, s, n - i, out + i);
 }

@@ -110,6 +110,11 @@ def library() -> ctypes.CDLL | None:
     lib.abs_delta_gather.restype = i64
     lib.abs_delta_gather.argtypes = [i64, i64, fp, fp, ctypes.c_uint32, fp, fp]
     u32 = ctypes.c_uint32
+    lib.mt_uniform24.restype = None
+    mt = [ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(u32), fp, i64, fp]
+    lib.mt_uniform24.argtypes = mt
+    lib.abs_l1_bins2.restype = None
+    lib.abs_l1_bins2.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp, fp]
     lib.abs_delta_bracket.restype = i64
     lib.abs_delta_bracket.argtypes = [i64, i64, fp, fp, u32, u32, fp, fp, i64, fp]
     _lib = lib
@@ -204,6 +209,24 @@ def l1_bins(
     _parallel(fill, chunks, bins)
     # a chunk's bin is < 2^55 (2^31 mantissas < 2^24): the chunks' int64 sum cannot overflow
     return bins[0] if len(bins) == 1 else np.sum(bins, axis=0)
+
+
+def l1_bins_both(
+    src: torch.Tensor, base: torch.Tensor, u: torch.Tensor, p: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``l1_bins(src, base)`` and ``l1_bins(src, base, u, p)`` in one read (DARE's rescale)."""
+    lib = library()
+    assert lib is not None
+    chunks = _chunks(src.numel())
+    bins = [np.zeros((2, 256), dtype=np.int64) for _ in chunks]
+    ptrs = (base.data_ptr(), src.data_ptr(), u.data_ptr(), p)
+
+    def fill(c: tuple[int, int], b: np.ndarray) -> None:
+        lib.abs_l1_bins2(c[0], c[1], *ptrs, b[0].ctypes.data, b[1].ctypes.data)
+
+    _parallel(fill, chunks, bins)
+    total = bins[0] if len(bins) == 1 else np.sum(bins, axis=0)  # (< 2^63: see l1_bins)
+    return total[0], total[1]
 
 
 def linear_bf16(

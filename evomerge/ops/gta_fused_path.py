@@ -96,21 +96,28 @@ def _l1_rescale(
     t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, rate: torch.Tensor, i: int, resident: Any
 ) -> float:
     """``sparsify._rescaled``'s factor Σ|τ| / Σ|kept τ| (1 when either is ~0), both exact."""
+    if resident is None:  # merging to disk: both sums in one read
+        whole, kept = fused_gta.l1_bins_both(t, b, u, float(rate))
+        return _factor(exact_l1.l1_from_bins(whole), exact_l1.l1_from_bins(kept))
     whole = lambda: b.new_tensor(exact_l1.l1_from_bins(fused_gta.l1_bins(t, b)))  # noqa: E731
-    before = resident.l1(i, whole) if resident is not None else whole()
+    before = resident.l1(i, whole)
     table = None
-    if resident is not None and t.numel() >= _TABLE_MIN:  # a search: no pass per candidate
+    if t.numel() >= _TABLE_MIN:  # a search: no pass per candidate
         make = lambda: dare_l1.build((t - b).abs_().view(torch.int32), u)  # noqa: E731
         table = resident.dare_table(i, make)
     if table is not None:
         kept = dare_l1.kept_l1(table, t, b, u, float(rate))
     else:
         kept = exact_l1.l1_from_bins(fused_gta.l1_bins(t, b, u, float(rate)))
+    return _factor(float(before), kept)
+
+
+def _factor(before: float, after: float) -> float:
     # float32 scalars, as sparsify._rescaled's 0-d tensors: the same comparisons and division
-    before, after, eps = np.float32(float(before)), np.float32(kept), np.float32(sparsify.EPS)
-    if before < eps or after < eps:
+    before32, after32, eps = np.float32(before), np.float32(after), np.float32(sparsify.EPS)
+    if before32 < eps or after32 < eps:
         return 1.0
-    return float(before / after)
+    return float(before32 / after32)
 
 
 def _gta():

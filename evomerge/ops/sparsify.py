@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from evomerge.errors import UserInputError
+from evomerge.ops import mt_uniform
 from evomerge.ops.exact_l1 import l1_norm
 
 Lazy = Callable[[], torch.Tensor]  # computed only if the operator needs it
@@ -242,10 +243,12 @@ def magnitude_outliers(
 
 
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-    """float32 uniforms from the recipe's generator, drawn on the CPU (same bits anywhere)."""
+    """float32 uniforms from the recipe's generator, drawn on the CPU (same bits anywhere): in C
+    when the kernel is there (``mt_uniform``, the same values ~8× faster), else torch.rand."""
     if generator is None:
         raise UserInputError("a stochastic operator needs a generator (recipe seed)")
-    return torch.rand(shape, generator=generator, dtype=torch.float32)
+    fast = mt_uniform.draw(shape, generator)
+    return fast if fast is not None else torch.rand(shape, generator=generator, dtype=torch.float32)
 
 
 def _keep_mask(u: torch.Tensor, probs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,49 @@
+"""DARE's uniforms drawn in C (evomerge/ops/mt_uniform.py) are torch.rand's, value for value,
+and leave the generator exactly where torch.rand would: across block boundaries of the
+Mersenne twister (624 outputs), for fresh and part-used generators, and for later draws of any
+kind (rand, randn) from the same generator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evomerge.ops import fused_gta, generator_for, mt_uniform, sparsify
+
+pytestmark = pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[1], [3, 621, 1, 624, 625], [623], [624], [625], [1247, 1248, 1249], [0, 7], [1 << 20]],
+)
+def test_draws_are_torch_rand(sizes):
+    ours, theirs = generator_for(3, "w"), generator_for(3, "w")
+    for n in sizes:
+        got = mt_uniform.draw((n,), ours)
+        assert got is not None and torch.equal(got, torch.rand(n, generator=theirs)), n
+    # the generator continues where torch.rand would have left it, for any later draw
+    assert torch.equal(torch.rand(1000, generator=ours), torch.rand(1000, generator=theirs))
+    assert torch.equal(torch.randn(7, generator=ours), torch.randn(7, generator=theirs))
+    assert ours.initial_seed() == theirs.initial_seed()
+
+
+def test_shape_and_sparsify_uniform_use_it(monkeypatch):
+    g1, g2 = generator_for(9, "x"), generator_for(9, "x")
+    got = sparsify.uniform((33, 70), g1)
+    assert got.shape == (33, 70) and got.dtype == torch.float32
+    assert torch.equal(got, torch.rand((33, 70), generator=g2))
+    calls = []
+    real = mt_uniform.draw
+    monkeypatch.setattr(mt_uniform, "draw", lambda *a: calls.append(1) or real(*a))
+    sparsify.uniform((5,), g1)
+    assert calls == [1]
+
+
+def test_unknown_state_falls_back_to_torch(monkeypatch):
+    """A state the C path does not reproduce (here: a torch whose state has another size) is
+    left to torch.rand: the same values either way."""
+    monkeypatch.setattr(mt_uniform, "_STATE_BYTES", 1)
+    g1, g2 = generator_for(1, "y"), generator_for(1, "y")
+    assert mt_uniform.draw((10,), g1) is None
+    assert torch.equal(sparsify.uniform((10,), g1), torch.rand(10, generator=g2))
