@@ -93,7 +93,7 @@ def test_resident_tau_path_and_threads(monkeypatch):
             view = cache.for_task(_task(base), 0)
             got = spec.fn(tensors, base, generator=None, resident=view, out=out, **p)
             assert got.data_ptr() == out.data_ptr() and _same_bits(got, want)
-        assert len(fused_gta.split_chunks(base.numel())) == 2
+        assert len(fused_gta._chunks(base.numel())) == 2
     finally:
         torch.set_num_threads(before)
 
@@ -135,7 +135,7 @@ def test_radix_top_k_split_over_threads():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert len(fused_gta.split_chunks(base.numel())) == 2
+        assert len(fused_gta._chunks(base.numel())) == 2
         for k in (5, base.numel() // 2):
             want = sparsify.top_k((t - base).abs().reshape(-1), k)
             got = fused_gta.top_k_rule(t.reshape(-1), base.reshape(-1), k)

@@ -43,47 +43,10 @@ static float strict_threshold(float v) { return isinf(v) && v > 0 ? NAN : nextaf
 
 INLINE float sign_of(float x) { return (x > 0.0f ? 1.0f : 0.0f) - (x < 0.0f ? 1.0f : 0.0f); }
 
-/* One element: b + λ · (the combination of x_j = ((d_j · keep_j) · scale_j) · w_j), as the
- * header spells out. M, MODE and NORM are constants at each call site (see DISPATCH), so the
- * model loops unroll away and the caller's element loop vectorizes. Multiplying by λ = 1 or
+/* Elements [lo, hi) on which every model's threshold is one value. M, MODE, NORM and TAU are
+ * constants at each call site (see DISPATCH), so the model loops unroll away and the element
+ * loop vectorizes: every input is read once, the output written once. Multiplying by λ = 1 or
  * dividing by a scalar divisor of 1 is exact, so those steps need no flag. */
-INLINE float merge_one(const int M, const int MODE, const int NORM, float b, const float *d,
-                       const float *keep, const float *sc, const float *ww, float scalar_divisor,
-                       float lambda) {
-    float x[MAXM], k[MAXM];
-#pragma GCC unroll 4
-    for (int j = 0; j < M; j++) x[j] = ((d[j] * keep[j]) * sc[j]) * ww[j];
-    float mixed = x[0];
-    if (MODE == CONSENSUS_NONE) {
-#pragma GCC unroll 4
-        for (int j = 1; j < M; j++) mixed = mixed + x[j];
-        mixed = mixed / scalar_divisor;
-    } else {
-        float votes = MODE == CONSENSUS_SUM ? x[0] : sign_of(x[0]);
-#pragma GCC unroll 4
-        for (int j = 1; j < M; j++) votes = votes + (MODE == CONSENSUS_SUM ? x[j] : sign_of(x[j]));
-        const float e = copysignf(1.0f, votes); /* the elected sign */
-#pragma GCC unroll 4
-        for (int j = 0; j < M; j++) {
-            const float f = x[j] * e;
-            k[j] = f > 0.0f ? f : 0.0f; /* the agreeing entries, flipped to >= 0 */
-        }
-        mixed = k[0];
-#pragma GCC unroll 4
-        for (int j = 1; j < M; j++) mixed = mixed + k[j];
-        mixed = mixed * e;
-        if (NORM) {
-            float div = (k[0] > 0.0f ? 1.0f : 0.0f) * ww[0];
-#pragma GCC unroll 4
-            for (int j = 1; j < M; j++) div = div + (k[j] > 0.0f ? 1.0f : 0.0f) * ww[j];
-            mixed = mixed / (div + (div == 0.0f ? 1.0f : 0.0f));
-        }
-    }
-    return b + mixed * lambda;
-}
-
-/* Elements [lo, hi) on which every model's threshold is one value: every input is read once,
- * the output written once. */
 INLINE void range(const int M, const int MODE, const int NORM, const int TAU, const int RAND,
                   int64_t lo, int64_t hi, const float *restrict base, const float *const *src,
                   const float *const *u, const float *t, const float *p, const float *scale,
@@ -96,13 +59,40 @@ INLINE void range(const int M, const int MODE, const int NORM, const int TAU, co
     }
     for (int64_t i = lo; i < hi; i++) {
         const float b = base[i];
-        float d[MAXM], keep[MAXM];
+        float x[MAXM], k[MAXM];
 #pragma GCC unroll 4
         for (int j = 0; j < M; j++) {
-            d[j] = TAU ? s[j][i] : s[j][i] - b;
-            keep[j] = RAND ? (r[j][i] < pp[j] ? 1.0f : 0.0f) : (fabsf(d[j]) >= tt[j] ? 1.0f : 0.0f);
+            const float d = TAU ? s[j][i] : s[j][i] - b;
+            const float keep = RAND ? (r[j][i] < pp[j] ? 1.0f : 0.0f) : (fabsf(d) >= tt[j] ? 1.0f : 0.0f);
+            x[j] = ((d * keep) * sc[j]) * ww[j];
         }
-        out[i] = merge_one(M, MODE, NORM, b, d, keep, sc, ww, scalar_divisor, lambda);
+        float mixed = x[0];
+        if (MODE == CONSENSUS_NONE) {
+#pragma GCC unroll 4
+            for (int j = 1; j < M; j++) mixed = mixed + x[j];
+            mixed = mixed / scalar_divisor;
+        } else {
+            float votes = MODE == CONSENSUS_SUM ? x[0] : sign_of(x[0]);
+#pragma GCC unroll 4
+            for (int j = 1; j < M; j++) votes = votes + (MODE == CONSENSUS_SUM ? x[j] : sign_of(x[j]));
+            const float e = copysignf(1.0f, votes); /* the elected sign */
+#pragma GCC unroll 4
+            for (int j = 0; j < M; j++) {
+                const float f = x[j] * e;
+                k[j] = f > 0.0f ? f : 0.0f; /* the agreeing entries, flipped to >= 0 */
+            }
+            mixed = k[0];
+#pragma GCC unroll 4
+            for (int j = 1; j < M; j++) mixed = mixed + k[j];
+            mixed = mixed * e;
+            if (NORM) {
+                float div = (k[0] > 0.0f ? 1.0f : 0.0f) * ww[0];
+#pragma GCC unroll 4
+                for (int j = 1; j < M; j++) div = div + (k[j] > 0.0f ? 1.0f : 0.0f) * ww[j];
+                mixed = mixed / (div + (div == 0.0f ? 1.0f : 0.0f));
+            }
+        }
+        out[i] = b + mixed * lambda;
     }
 }
 
@@ -148,83 +138,6 @@ void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
             default: BY_MODE(4) break;
         }
         lo = hi;
-    }
-}
-
-/* ---- DARE on a search worker: uniforms kept packed (evomerge/ops/packed_uniforms.py) ----
- * torch.rand's float32 uniform is k / 2^24 for a 24-bit integer k, and u < p <=> k < K with
- * K = ceil(p 2^24). The worker keeps k as its high byte h (1 byte per entry, read for every
- * entry) and its low 16 bits l (read only where h == K >> 16, ~1/256 of the entries): keep
- * <=> h < K >> 16, or h == K >> 16 and l < K & 0xFFFF. So a candidate reads 1 byte of draws per
- * entry and model instead of 4. The vectorized loop decides by h alone; the few entries of the
- * boundary byte are then recomputed with the exact rule. Same bits as the float32 rule. */
-#define PACKED_BLOCK 256
-
-INLINE void range_packed(const int M, const int MODE, const int NORM, int64_t lo, int64_t hi,
-                         const float *restrict base, const float *const *src,
-                         const uint8_t *const *uh, const uint16_t *const *ul, const int32_t *kb,
-                         const int32_t *kl, const float *scale, const float *w,
-                         float scalar_divisor, float lambda, float *restrict out) {
-    const float *restrict s[MAXM];
-    const uint8_t *restrict h[MAXM];
-    int32_t bb[MAXM];
-    float sc[MAXM], ww[MAXM];
-    for (int j = 0; j < M; j++) s[j] = src[j], h[j] = uh[j], bb[j] = kb[j], sc[j] = scale[j], ww[j] = w[j];
-    for (int64_t s0 = lo; s0 < hi; s0 += PACKED_BLOCK) {
-        const int64_t e = s0 + PACKED_BLOCK < hi ? s0 + PACKED_BLOCK : hi;
-        uint32_t edge = 0;
-        for (int64_t i = s0; i < e; i++) {
-            const float b = base[i];
-            float d[MAXM], keep[MAXM];
-#pragma GCC unroll 4
-            for (int j = 0; j < M; j++) {
-                d[j] = s[j][i] - b;
-                keep[j] = (int32_t)h[j][i] < bb[j] ? 1.0f : 0.0f;
-                edge |= (int32_t)h[j][i] == bb[j];
-            }
-            out[i] = merge_one(M, MODE, NORM, b, d, keep, sc, ww, scalar_divisor, lambda);
-        }
-        if (!edge) continue;
-        for (int64_t i = s0; i < e; i++) { /* the boundary byte's entries: the exact rule */
-            int on_edge = 0;
-            for (int j = 0; j < M; j++) on_edge |= (int32_t)h[j][i] == bb[j];
-            if (!on_edge) continue;
-            const float b = base[i];
-            float d[MAXM], keep[MAXM];
-            for (int j = 0; j < M; j++) {
-                d[j] = s[j][i] - b;
-                const int32_t hj = h[j][i];
-                keep[j] = hj < bb[j] || (hj == bb[j] && (int32_t)ul[j][i] < kl[j]) ? 1.0f : 0.0f;
-            }
-            out[i] = merge_one(M, MODE, NORM, b, d, keep, sc, ww, scalar_divisor, lambda);
-        }
-    }
-}
-
-#define CALL_PACKED(M, MODE, NORM) \
-    range_packed(M, MODE, NORM, start, stop, base, src, uh, ul, kb, kl, scale, w, scalar_divisor, lambda, out)
-#define PACKED_BY_MODE(M)                                                  \
-    if (consensus == CONSENSUS_NONE) CALL_PACKED(M, 0, 0);                 \
-    else if (consensus == CONSENSUS_SUM && normalize) CALL_PACKED(M, 1, 1); \
-    else if (consensus == CONSENSUS_SUM) CALL_PACKED(M, 1, 0);             \
-    else if (normalize) CALL_PACKED(M, 2, 1);                              \
-    else CALL_PACKED(M, 2, 0);
-
-/* gta_fused for DARE with packed uniforms: model j keeps entry i where k_j[i] < K_j, given as
- * kb[j] = K_j >> 16 and kl[j] = K_j & 0xFFFF (K_j = 2^24: keep all). */
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-void gta_fused_packed(int64_t start, int64_t stop, int m, const float *restrict base,
-                      const float *const *src, const uint8_t *const *uh,
-                      const uint16_t *const *ul, const int32_t *kb, const int32_t *kl,
-                      const float *scale, const float *w, int consensus, int normalize,
-                      float scalar_divisor, float lambda, float *restrict out) {
-    switch (m) {
-        case 1: PACKED_BY_MODE(1) break;
-        case 2: PACKED_BY_MODE(2) break;
-        case 3: PACKED_BY_MODE(3) break;
-        default: PACKED_BY_MODE(4) break;
     }
 }
 
@@ -371,25 +284,6 @@ void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
     }
     for (; i < stop; i++)
         if (ub[i] - l.u < width) l1_part(base, src, 0, 0.0f, i, bins);
-}
-
-/* DARE's kept L1 on a search worker (evomerge/ops/dare_l1.py): the abs_l1_bins sums over the
- * entries of the boundary byte (h == kb) that are kept (l < kl); the lower bytes come from the
- * worker's table. Reads the high bytes, and τ only at the ~1/256 hits. */
-void abs_l1_bins_edge(int64_t start, int64_t stop, const float *restrict base,
-                      const float *restrict src, const uint8_t *restrict uh,
-                      const uint16_t *restrict ul, int32_t kb, int32_t kl, int64_t *restrict bins) {
-    int64_t i = start;
-    for (; i + 64 <= stop; i += 64) { /* a vectorized test of 64 entries, then the rare hits */
-        uint32_t any = 0;
-        for (int k = 0; k < 64; k++) any |= (int32_t)uh[i + k] == kb;
-        if (any)
-            for (int k = 0; k < 64; k++)
-                if ((int32_t)uh[i + k] == kb && (int32_t)ul[i + k] < kl)
-                    l1_part(base, src, 0, 0.0f, i + k, bins);
-    }
-    for (; i < stop; i++)
-        if ((int32_t)uh[i] == kb && (int32_t)ul[i] < kl) l1_part(base, src, 0, 0.0f, i, bins);
 }
 
 /* ---- linear (model soup) straight from bfloat16 checkpoints ----

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evomerge.ops import exact_l1, fused_gta, packed_uniforms
-from evomerge.ops.packed_uniforms import PackedUniforms
+from evomerge.ops import exact_l1, fused_gta
 
 Q = 256
 
@@ -38,14 +37,11 @@ class KeptL1Table:
         return self.prefix.nbytes
 
 
-def build(tau_abs_bits: torch.Tensor, u: torch.Tensor | PackedUniforms) -> KeptL1Table:
+def build(tau_abs_bits: torch.Tensor, u: torch.Tensor) -> KeptL1Table:
     """The table of one expert tensor: ``tau_abs_bits`` = |τ| viewed as int32 (flat), ``u`` its
-    uniforms (flat float32, or packed: their high byte is the bucket)."""
+    uniforms (flat float32)."""
     e, mant = exact_l1.exponent_mantissa(tau_abs_bits)
-    if isinstance(u, PackedUniforms):
-        q = u.high.to(torch.int64)
-    else:
-        q = (u * Q).to(torch.int64).clamp_(max=Q - 1)  # u < 1, so q ≤ Q − 1 already
+    q = (u * Q).to(torch.int64).clamp_(max=Q - 1)  # u < 1, so q ≤ Q − 1 already
     used = torch.nonzero(torch.bincount(e, minlength=256)).reshape(-1)
     e_lo, e_hi = (int(used[0]), int(used[-1])) if used.numel() else (0, 0)
     width = e_hi - e_lo + 1
@@ -67,22 +63,5 @@ def kept_l1(
         bins = fused_gta.l1_bins(t, b, u, p, lo=qp / Q)
     else:
         bins = np.zeros(256, dtype=np.int64)
-    return _with_prefix(table, bins, qp)
-
-
-def kept_l1_packed(
-    table: KeptL1Table, t: torch.Tensor, b: torch.Tensor, u: PackedUniforms, p: float
-) -> float:
-    """``kept_l1`` with packed uniforms: the buckets below K >> 16 from the table, the boundary
-    byte's kept entries from one read of the high bytes (``packed_uniforms.edge_l1_bins``)."""
-    kb, _ = packed_uniforms.limit(p)
-    if kb < Q:
-        bins = packed_uniforms.edge_l1_bins(t, b, u, p)
-    else:
-        bins = np.zeros(256, dtype=np.int64)
-    return _with_prefix(table, bins, kb)
-
-
-def _with_prefix(table: KeptL1Table, bins: np.ndarray, q: int) -> float:
-    bins[table.e_lo : table.e_lo + table.prefix.shape[1]] += table.prefix[q]
+    bins[table.e_lo : table.e_lo + table.prefix.shape[1]] += table.prefix[qp]
     return exact_l1.l1_from_bins(bins)

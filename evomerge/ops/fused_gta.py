@@ -40,7 +40,7 @@ _FLAGS += ["-fPIC", "-shared"]
 MAX_MODELS = 4
 # below this many elements per thread a thread hand-off costs more than it saves
 _MIN_CHUNK = 1 << 16
-CONSENSUS = {None: 0, "sum": 1, "count": 2}
+_CONSENSUS = {None: 0, "sum": 1, "count": 2}
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -113,12 +113,6 @@ def library() -> ctypes.CDLL | None:
     lib.mt_uniform24.restype = None
     mt = [ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(u32), fp, i64, fp]
     lib.mt_uniform24.argtypes = mt
-    u8p = ctypes.c_void_p
-    lib.gta_fused_packed.restype = None
-    lib.gta_fused_packed.argtypes = [i64, i64, i32, fp, fp, u8p, u8p, fp, fp, fp, fp, i32, i32]
-    lib.gta_fused_packed.argtypes += [ctypes.c_float, ctypes.c_float, fp]
-    lib.abs_l1_bins_edge.restype = None
-    lib.abs_l1_bins_edge.argtypes = [i64, i64, fp, fp, u8p, u8p, i32, i32, fp]
     lib.abs_l1_bins2.restype = None
     lib.abs_l1_bins2.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp, fp]
     lib.abs_delta_bracket.restype = i64
@@ -183,10 +177,10 @@ def run(
     args = (m, base.data_ptr(), ctypes.addressof(ptrs), int(is_tau), ctypes.addressof(has_thr))
     args += (ctypes.addressof(thr), ctypes.addressof(split))
     args += (None if u is None else ctypes.addressof(u), ctypes.addressof(p), ctypes.addressof(sc))
-    args += (ctypes.addressof(w), CONSENSUS[consensus], int(normalize), scalar_divisor, lam)
+    args += (ctypes.addressof(w), _CONSENSUS[consensus], int(normalize), scalar_divisor, lam)
     args += (out.data_ptr(),)
-    chunks = split_chunks(base.numel())
-    parallel(lambda c, _: lib.gta_fused(c[0], c[1], *args), chunks, chunks)
+    chunks = _chunks(base.numel())
+    _parallel(lambda c, _: lib.gta_fused(c[0], c[1], *args), chunks, chunks)
     return out
 
 
@@ -203,7 +197,7 @@ def l1_bins(
     assert lib is not None
     bptr = None if base is None else base.data_ptr()
     uptr = None if u is None else u.data_ptr()
-    chunks = split_chunks(src.numel())
+    chunks = _chunks(src.numel())
     bins = [np.zeros(256, dtype=np.int64) for _ in chunks]
 
     def fill(c: tuple[int, int], b: np.ndarray) -> None:
@@ -212,7 +206,7 @@ def l1_bins(
         else:
             lib.abs_l1_bins_in(c[0], c[1], bptr, src.data_ptr(), uptr, lo, p, b.ctypes.data)
 
-    parallel(fill, chunks, bins)
+    _parallel(fill, chunks, bins)
     # a chunk's bin is < 2^55 (2^31 mantissas < 2^24): the chunks' int64 sum cannot overflow
     return bins[0] if len(bins) == 1 else np.sum(bins, axis=0)
 
@@ -223,14 +217,14 @@ def l1_bins_both(
     """``l1_bins(src, base)`` and ``l1_bins(src, base, u, p)`` in one read (DARE's rescale)."""
     lib = library()
     assert lib is not None
-    chunks = split_chunks(src.numel())
+    chunks = _chunks(src.numel())
     bins = [np.zeros((2, 256), dtype=np.int64) for _ in chunks]
     ptrs = (base.data_ptr(), src.data_ptr(), u.data_ptr(), p)
 
     def fill(c: tuple[int, int], b: np.ndarray) -> None:
         lib.abs_l1_bins2(c[0], c[1], *ptrs, b[0].ctypes.data, b[1].ctypes.data)
 
-    parallel(fill, chunks, bins)
+    _parallel(fill, chunks, bins)
     total = bins[0] if len(bins) == 1 else np.sum(bins, axis=0)  # (< 2^63: see l1_bins)
     return total[0], total[1]
 
@@ -250,13 +244,13 @@ def linear_bf16(
     w = (ctypes.c_float * m)(*weights)
     args = (m, ctypes.addressof(ptrs), ctypes.addressof(w), int(normalize), sum(weights))
     args += (None, out.data_ptr()) if bf16 else (out.data_ptr(), None)
-    chunks = split_chunks(out.numel())
+    chunks = _chunks(out.numel())
     bad = [0] * len(chunks)
 
     def part(c: tuple[int, int], k: int) -> None:
         bad[k] = lib.linear_bf16(c[0], c[1], *args)
 
-    parallel(part, chunks, list(range(len(chunks))))
+    _parallel(part, chunks, list(range(len(chunks))))
     if any(bad):
         raise NonFiniteInput("linear")
     return out
@@ -299,7 +293,7 @@ def _bracketed(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gat
     d = 4 * int((m * (k / n) * (1 - k / n)) ** 0.5) + 64
     lo = int(sb[j - d]) if j - d >= 0 else 0
     hi = int(sb[j + d]) if j + d < m else 0xFFFFFFFF
-    chunks = split_chunks(n)
+    chunks = _chunks(n)
     cap = [int((b - a) * min(1.0, 4 * (2 * d + 1) / m)) + 8192 for a, b in chunks]
     bits = [np.empty(c, dtype=np.uint32) for c in cap]
     index = [np.empty(c, dtype=np.int64) for c in cap]
@@ -311,7 +305,7 @@ def _bracketed(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gat
         b, x, a = bits[i].ctypes.data, index[i].ctypes.data, above[i:].ctypes.data
         got[i] = lib.abs_delta_bracket(c[0], c[1], bptr, sptr, lo, hi, b, x, cap[i], a)
 
-    parallel(scan, chunks, list(range(len(chunks))))
+    _parallel(scan, chunks, list(range(len(chunks))))
     r = k - int(above.sum())
     if min(got) < 0 or not 0 < r <= sum(got):
         return None
@@ -325,9 +319,9 @@ def _bracketed(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gat
 def _binned(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gathered:
     """Two reads: a 4,096-bin histogram of the top 12 bits, then the k-th largest's bin."""
     bptr, sptr = (None if base is None else base.data_ptr()), src.data_ptr()
-    chunks = split_chunks(src.numel())
+    chunks = _chunks(src.numel())
     hists = [np.zeros(_BINS, dtype=np.uint32) for _ in chunks]
-    parallel(lambda c, h: lib.abs_delta_hist(c[0], c[1], bptr, sptr, h.ctypes.data), chunks, hists)
+    _parallel(lambda c, h: lib.abs_delta_hist(c[0], c[1], bptr, sptr, h.ctypes.data), chunks, hists)
     hist = np.sum(hists, axis=0, dtype=np.int64)
     from_top = np.cumsum(hist[::-1])
     i = int(np.searchsorted(from_top, k))  # the top i+1 bins hold the k largest
@@ -339,7 +333,7 @@ def _binned(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gather
     bits = np.empty(int(ends[-1]), dtype=np.uint32)
     index = np.empty(int(ends[-1]), dtype=np.int64)
     slots = [(int(e) - int(h[high]) - 1) for e, h in zip(ends, hists)]
-    parallel(
+    _parallel(
         lambda c, s: lib.abs_delta_gather(
             c[0], c[1], bptr, sptr, high, bits[s:].ctypes.data, index[s:].ctypes.data
         ),
@@ -353,14 +347,14 @@ def _binned(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gather
 _BINS = 1 << 12
 
 
-def parallel(fn, chunks: list[tuple[int, int]], per_chunk: list) -> None:
+def _parallel(fn, chunks: list[tuple[int, int]], per_chunk: list) -> None:
     if len(chunks) == 1:
         fn(chunks[0], per_chunk[0])
     else:  # ctypes releases the GIL during the call: the chunks run in parallel
         list(_threads().map(fn, chunks, per_chunk))
 
 
-def split_chunks(n: int) -> list[tuple[int, int]]:
+def _chunks(n: int) -> list[tuple[int, int]]:
     # (at least one part per 2^31 elements: the histograms count in uint32)
     parts = max(1, min(torch.get_num_threads(), n // _MIN_CHUNK), -(-n // (1 << 31)))
     step = -(-n // parts)

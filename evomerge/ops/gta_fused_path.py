@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evomerge.ops import dare_l1, exact_l1, fused_gta, packed_uniforms, sparsify
+from evomerge.ops import dare_l1, exact_l1, fused_gta, sparsify
 from evomerge.ops._registry import per_model
 
 
@@ -44,22 +44,6 @@ def fused_merge(
         total = gta._sum(w)  # as _combine: the weights' in-order float32 sum, 0 -> 1
         divisor = 1.0 if total.abs() < 1e-8 else float(total)
     result = torch.empty_like(base) if dst is None else dst
-    if dare.get("packed"):
-        packed_uniforms.merge(
-            b,
-            flat,
-            dare["uniforms"],
-            dare["keep_rates"],
-            scales=dare["scales"],
-            weights=[float(x) for x in w],
-            consensus=consensus,
-            normalize=normalize,
-            scalar_divisor=divisor,
-            lam=float(p.get("lambda", 1.0)),
-            out=result.view(-1),
-        )
-        return result
-    dare.pop("packed", None)
     fused_gta.run(
         b,
         flat,
@@ -89,36 +73,20 @@ def _dare_rule(
     keeps everything (u = 0 < 1), the others draw in model order."""
     dens = per_model(p, "density", len(flat))
     rescale = bool(p.get("rescale", False))
-    # a search worker keeps its draws packed (1 byte read per entry instead of 4)
-    packed = resident is not None and hasattr(resident, "packed")
+    draw = resident.draw(generator) if resident is not None else None
     uniforms, rates, scales = [], [], []
     for i, (t, d) in enumerate(zip(flat, dens)):
         if d >= 1:
-            uniforms.append(_keep_all(b, packed))
+            uniforms.append(torch.zeros_like(b))
             rates.append(1.0)
             scales.append(1.0)
             continue
-        if packed:
-            u = resident.packed(shape, generator)
-        elif resident is not None:
-            u = resident.uniform(shape, generator).reshape(-1)
-        else:
-            u = sparsify.uniform(shape, generator).reshape(-1)
+        u = (draw(shape) if draw else sparsify.uniform(shape, generator)).reshape(-1)
         rate = torch.tensor(d, dtype=torch.float32)  # as sparsify's comparison with probs
         uniforms.append(u)
         rates.append(float(rate))
         scales.append(_l1_rescale(t, b, u, rate, i, resident) if rescale else 1.0)
-    return {"uniforms": uniforms, "keep_rates": rates, "scales": scales, "packed": packed}
-
-
-def _keep_all(b: torch.Tensor, packed: bool) -> Any:
-    """Draws that keep every entry (a model at density ≥ 1 draws nothing): u = 0 < 1."""
-    if packed:  # (its keep rate 1 keeps every entry whatever the bytes)
-        n = b.numel()
-        return packed_uniforms.PackedUniforms(
-            torch.zeros(n, dtype=torch.uint8), torch.zeros(n, dtype=torch.int16)
-        )
-    return torch.zeros_like(b)
+    return {"uniforms": uniforms, "keep_rates": rates, "scales": scales}
 
 
 _TABLE_MIN = 1 << 14  # smaller tensors: the direct pass costs less than the table lookup
@@ -137,13 +105,9 @@ def _l1_rescale(
     if t.numel() >= _TABLE_MIN:  # a search: no pass per candidate
         make = lambda: dare_l1.build((t - b).abs_().view(torch.int32), u)  # noqa: E731
         table = resident.dare_table(i, make)
-    if table is not None and isinstance(u, packed_uniforms.PackedUniforms):
-        kept = dare_l1.kept_l1_packed(table, t, b, u, float(rate))
-    elif table is not None:
+    if table is not None:
         kept = dare_l1.kept_l1(table, t, b, u, float(rate))
     else:
-        if isinstance(u, packed_uniforms.PackedUniforms):
-            u = u.unpack()  # (a small tensor, or no room for its table)
         kept = exact_l1.l1_from_bins(fused_gta.l1_bins(t, b, u, float(rate)))
     return _factor(float(before), kept)
 

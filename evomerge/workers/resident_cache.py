@@ -50,7 +50,6 @@ class ResidentCache:
         """The view for one output tensor (an ``evomerge.merge_plan.TensorTask``)."""
         if seed != self._seed:
             self._drop("uniform")  # draws of another seed can never be served again
-            self._drop("packed")
             self._drop("dare_l1")
             self._seed = seed
         return TaskStats(self, task, seed)
@@ -132,26 +131,12 @@ class TaskStats:
         return self.cache.get(key, make)
 
     def uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-        """The next block of the tensor generator's float32 uniforms."""
-        return self._block(shape, generator, "uniform")
-
-    def packed(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Any:
-        """The next block as ``packed_uniforms.PackedUniforms`` (3 bytes per entry instead of
-        4; the fused DARE kernel reads 1): what a worker with the C kernel keeps."""
-        return self._block(shape, generator, "packed")
-
-    def _block(self, shape: tuple[int, ...], generator: torch.Generator | None, kind: str) -> Any:
-        from evomerge.ops.packed_uniforms import pack
         from evomerge.ops.sparsify import uniform
-
-        def draw(shape: tuple[int, ...]) -> Any:
-            u = uniform(shape, generator)
-            return pack(u) if kind == "packed" else u
 
         j = self._next
         self._next += 1
         self._shapes.append(shape)
-        key = (kind, self.seed, self.task.name, j, shape)
+        key = ("uniform", self.seed, self.task.name, j, shape)
         hit = self.cache._entries.get(key)
         if hit is not None:
             self.cache.hits += 1
@@ -161,13 +146,14 @@ class TaskStats:
         while self._drawn < j:  # position the generator: redraw what the cache served
             m = self._drawn
             self.cache.put(
-                (kind, self.seed, self.task.name, m, self._shapes[m]), draw(self._shapes[m])
+                ("uniform", self.seed, self.task.name, m, self._shapes[m]),
+                uniform(self._shapes[m], generator),
             )
             self._drawn += 1
-        out = draw(shape)
+        u = uniform(shape, generator)
         self._drawn += 1
-        self.cache.put(key, out)
-        return out
+        self.cache.put(key, u)
+        return u
 
     def _generator(self) -> torch.Generator:
         """The engine's generator of this tensor, made on the first miss only (when every draw
