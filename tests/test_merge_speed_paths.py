@@ -220,3 +220,40 @@ def test_read_thread_error_and_early_close(fam, tmp_path: Path) -> None:
     it = iter_merged_tensors(plan(_recipe(base, experts, "ties")))
     assert next(it)[0] and next(it)[0]
     it.close()  # stops the reader thread without reading the rest
+
+
+def test_slerp_with_scratch_buffers_is_the_plain_formula() -> None:
+    """slerp reuses two buffers for its normalised copies and the result: same bits as the
+    expression written out (mergekit's)."""
+    from evomerge.ops.slerp import slerp_tensors
+
+    def plain(t, v0, v1):
+        a, b = v0.reshape(-1), v1.reshape(-1)
+        dot = ((a / a.norm()) * (b / b.norm())).sum().clamp(-1, 1)
+        theta = torch.acos(dot)
+        s = torch.sin(theta)
+        return (torch.sin((1 - t) * theta) / s) * v0 + (torch.sin(t * theta) / s) * v1
+
+    g = torch.Generator().manual_seed(1)
+    for shape in [(300, 200), (1001,), (16, 8, 3)]:
+        v0 = torch.randn(*shape, generator=g)
+        v1 = 0.5 * v0 + 0.3 * torch.randn(*shape, generator=g)
+        for t in (0.0, 0.3, 1.0):
+            got = slerp_tensors(t, v0, v1)
+            assert got.shape == v0.shape and torch.equal(
+                got.view(torch.int32), plain(t, v0, v1).view(torch.int32)
+            )
+
+
+def test_conversion_buffer_gives_torch_conversions() -> None:
+    """The writer's one scratch buffer, reused and grown across tensors: each result is
+    ``t.to(dtype)``, and a same-dtype tensor passes through."""
+    from evomerge.io.safetensors_io import ConversionBuffer
+
+    convert = ConversionBuffer()
+    g = torch.Generator().manual_seed(2)
+    for shape in [(50, 40), (3,), (200, 70), (), (0, 5), (10, 10)]:
+        t = torch.randn(shape, generator=g)
+        for dtype in (torch.bfloat16, torch.float16):
+            assert torch.equal(convert(t, dtype).view(torch.int16), t.to(dtype).view(torch.int16))
+        assert convert(t, torch.float32).data_ptr() == t.data_ptr()

@@ -141,6 +141,25 @@ def tensor_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return n
 
 
+class ConversionBuffer:
+    """Converts each tensor to the file's dtype in one scratch buffer reused from tensor to
+    tensor (a shard's ``write`` has copied the bytes into the file when it returns). Why: a
+    fresh tensor per conversion costs its page faults, about a third of writing a model merged
+    in float32 as bf16. One buffer serves all shards of a model: it holds the largest tensor."""
+
+    def __init__(self) -> None:
+        self._buf: torch.Tensor | None = None
+
+    def __call__(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if t.dtype == dtype:
+            return t.contiguous()
+        nbytes = t.numel() * _itemsize(dtype)
+        if self._buf is None or self._buf.numel() < nbytes:
+            self._buf = None  # (free the smaller one first)
+            self._buf = torch.empty(nbytes, dtype=torch.uint8)
+        return self._buf[:nbytes].view(dtype).view(t.shape).copy_(t)
+
+
 class PlannedShard:
     """A safetensors file whose header is written up front from (name, shape, dtype) entries."""
 
@@ -149,6 +168,7 @@ class PlannedShard:
         path: Path,
         entries: list[tuple[str, tuple[int, ...], torch.dtype]],
         metadata: dict[str, str],
+        convert: ConversionBuffer | None = None,
     ) -> None:
         header: dict[str, object] = {"__metadata__": metadata}
         offset = 0
@@ -167,13 +187,14 @@ class PlannedShard:
         self.data_start = 8 + len(raw)
         self.path = path
         self.written: set[str] = set()
+        self._convert = convert or ConversionBuffer()
         self._f = open(path, "wb")
         self._f.write(struct.pack("<Q", len(raw)) + raw)
         self._f.truncate(self.data_start + offset)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         offset, shape, dtype = self.offsets[name]
-        t = tensor.detach().to(device="cpu", dtype=dtype).contiguous()
+        t = self._convert(tensor.detach().to(device="cpu"), dtype)
         if tuple(t.shape) != tuple(shape):
             raise ValueError(f"tensor {name}: shape {tuple(t.shape)}, planned {shape}")
         self._f.seek(self.data_start + offset)

@@ -18,7 +18,7 @@ import torch
 
 from evomerge.errors import UserInputError
 from evomerge.io.pipeline import WriteBehind
-from evomerge.io.safetensors_io import PlannedShard, tensor_nbytes
+from evomerge.io.safetensors_io import ConversionBuffer, PlannedShard, tensor_nbytes
 
 DEFAULT_SHARD_BYTES = 5_000_000_000
 Entry = tuple[str, tuple[int, ...], torch.dtype]
@@ -110,7 +110,8 @@ def _write_shards(
         if n == 1
         else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     )
-    shards = [PlannedShard(tmp / fn, part, metadata) for fn, part in zip(names, layout)]
+    convert = ConversionBuffer()  # one scratch for the dtype conversions of every shard
+    shards = [PlannedShard(tmp / fn, part, metadata, convert) for fn, part in zip(names, layout)]
     where = {e[0]: s for s, part in zip(shards, layout) for e in part}
 
     def write(name: str, t: torch.Tensor) -> None:
