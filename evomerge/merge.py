@@ -104,10 +104,17 @@ def _name_non_finite(task: TensorTask, inputs: Inputs) -> None:
 
 
 def merge_tensor(
-    task: TensorTask, source: Any, *, seed: int, device: str = "cpu", check: bool = True
+    task: TensorTask,
+    source: Any,
+    *,
+    seed: int,
+    device: str = "cpu",
+    check: bool = True,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One output tensor: read its inputs (float32), run the operator."""
-    return compute(task, load_inputs(task, source, device=device, check=check), seed=seed)
+    """One output tensor: read its inputs, run the operator (see ``compute`` for the dtype)."""
+    inputs = load_inputs(task, source, device=device, check=check)
+    return compute(task, inputs, seed=seed, out_dtype=out_dtype)
 
 
 def iter_merged_tensors(
@@ -134,8 +141,10 @@ def iter_merged_tensors(
     if prefetch <= 0:
         with torch.no_grad():
             for task in tasks:
-                inputs = load_inputs(task, source, device=device, check=check)
-                yield task.name, compute(task, inputs, seed=seed, out_dtype=plan.out_dtype)
+                out = merge_tensor(
+                    task, source, seed=seed, device=device, check=check, out_dtype=plan.out_dtype
+                )
+                yield task.name, out
         return
     pool = ThreadPoolExecutor(1, thread_name_prefix="evomerge-read")
     try:

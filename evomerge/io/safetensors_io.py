@@ -81,8 +81,7 @@ def _info(path: Path, name: str, h: object, data_start: int, size: int, fix: str
     numel = 1
     for d in shape:
         numel *= d
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if b - a != numel * itemsize or a < 0 or data_start + b > size:
+    if b - a != numel * dtype.itemsize or a < 0 or data_start + b > size:
         raise UserInputError(
             f"{path}: tensor {name!r} has offsets [{a}, {b}) that do not fit its shape "
             f"{list(shape)} or the file size (truncated download?); {fix}"
@@ -126,16 +125,12 @@ def map_tensor(info: TensorInfo) -> torch.Tensor:
             prot=mmap.PROT_READ | mmap.PROT_WRITE,
             offset=info.start - lead,
         )
-    count = info.nbytes // _itemsize(info.dtype)
+    count = info.nbytes // info.dtype.itemsize
     return torch.frombuffer(m, dtype=info.dtype, count=count, offset=lead).reshape(info.shape)
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def tensor_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    n = torch.empty((), dtype=dtype).element_size()
+    n = dtype.itemsize
     for d in shape:
         n *= d
     return n
@@ -153,7 +148,7 @@ class ConversionBuffer:
     def __call__(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if t.dtype == dtype:
             return t.contiguous()
-        nbytes = t.numel() * _itemsize(dtype)
+        nbytes = t.numel() * dtype.itemsize
         if self._buf is None or self._buf.numel() < nbytes:
             self._buf = None  # (free the smaller one first)
             self._buf = torch.empty(nbytes, dtype=torch.uint8)

@@ -243,7 +243,8 @@ void abs_l1_bins(int64_t start, int64_t stop, const float *restrict base,
 }
 
 /* Both sums of DARE's rescale in one read: over all entries (all) and over those with u < p
- * (kept). 4 interleaved sub-histograms each (two sets of 8 would not stay in L1). */
+ * (kept). 4 interleaved sub-histograms each (two sets of 8 would not stay in L1). The body is
+ * l1_part's, written out once for both sums: two l1_part calls measured 1.6x slower. */
 void abs_l1_bins2(int64_t start, int64_t stop, const float *restrict base,
                   const float *restrict src, const float *restrict u, float p,
                   int64_t *restrict all, int64_t *restrict kept) {
