@@ -51,3 +51,18 @@ def test_dare_table_lookup_equals_direct_sum():
         p32 = float(np.float32(p))
         direct = exact_l1.l1_from_bins(fused_gta.l1_bins(t, b, u, p32))
         assert dare_l1.kept_l1(table, t, b, u, p32) == direct, p
+
+
+@pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
+def test_bucket_scan_with_many_hits_is_the_masked_sum():
+    """The bucket scan gathers its hits in batches: a range wide enough to fill many batches,
+    and a length that is not a multiple of its 64-entry groups, give the masked exact sum."""
+    g = torch.Generator().manual_seed(5)
+    n = (1 << 18) + 13
+    b = torch.randn(n, generator=g)
+    t = b + 0.01 * torch.randn(n, generator=g)
+    u = torch.rand(n, generator=g)
+    for lo, hi in ((0.1, 0.6), (0.25, 0.25 + 2**-8), (0.0, 1.0)):
+        keep = (u >= lo) & (u < hi)
+        want = exact_l1.l1_bins_torch(((t - b) * keep).abs())
+        assert list(fused_gta.l1_bins(t, b, u, hi, lo=lo)) == want, (lo, hi)
