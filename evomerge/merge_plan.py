@@ -120,7 +120,8 @@ class Planner:
 
     def layout(self, ref: str) -> Layout:
         if ref not in self._layouts:
-            self._layouts[ref] = Layout(self.source.names(ref))
+            shared = getattr(self.source, "layout", None)  # a worker's cache keeps them
+            self._layouts[ref] = shared(ref) if shared else Layout(self.source.names(ref))
         return self._layouts[ref]
 
     def model_config(self, ref: str) -> dict[str, Any]:

@@ -54,6 +54,40 @@ def test_dare_table_lookup_equals_direct_sum():
 
 
 @pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
+def test_kept_l1_from_kept_bucket_members_equals_direct_sum():
+    """A search worker keeps each visited bucket's members (their u and |τ|): a keep rate in a
+    bucket met before reads only them. Same sums as the direct pass, whether the members are
+    found now or served; a rate on a bucket edge needs none."""
+    g = torch.Generator().manual_seed(4)
+    n = (1 << 17) + 29
+    b = torch.randn(n, generator=g)
+    t = b + 0.01 * torch.randn(n, generator=g)
+    t[::3] = b[::3]
+    u = torch.rand(n, generator=g)
+    table = dare_l1.build((t - b).abs().view(torch.int32), u)
+    kept: dict[int, fused_gta.Listed] = {}
+    made = []
+
+    def cached(q, make):
+        if q not in kept:
+            made.append(q)
+            kept[q] = make()
+        return kept[q]
+
+    rates = (0.3, 0.3 + 2**-12, 0.301, 0.5, 0.73, 0.3 + 2**-10, 1e-7, 0.99999)
+    for p in rates + rates:  # found, then served
+        p32 = float(np.float32(p))
+        direct = exact_l1.l1_from_bins(fused_gta.l1_bins(t, b, u, p32))
+        assert dare_l1.kept_l1(table, t, b, u, p32, cached) == direct, p
+    assert sorted(made) == sorted({int(np.float32(p) * 256) for p in rates if p != 0.5})
+    q = int(0.3 * 256)
+    inside = ((u >= q / 256) & (u < (q + 1) / 256)).nonzero().reshape(-1)
+    pairs = kept[q].pairs
+    assert np.array_equal(pairs[0], u[inside].view(torch.int32).numpy().view(np.uint32))
+    assert np.array_equal(pairs[1], (t - b)[inside].abs().view(torch.int32).numpy())
+
+
+@pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
 def test_bucket_scan_with_many_hits_is_the_masked_sum():
     """The bucket scan gathers its hits in batches: a range wide enough to fill many batches,
     and a length that is not a multiple of its 64-entry groups, give the masked exact sum."""

@@ -82,6 +82,24 @@ def test_streamed_size_and_over_budget_same_bits(name):
             assert cache.nbytes <= one
 
 
+def test_dare_keep_rates_in_one_bucket_are_served_from_its_members():
+    """DARE with the L1 rescale on tensors large enough for the bucketed L1 table: keep rates
+    in a bucket already visited are summed from its kept members, new buckets add members;
+    the bits are the uncached merge's throughout."""
+    base, tensors = _family((300, 257), seed=4)
+    cache = ResidentCache()
+    rates = (0.31, 0.312, [0.31, 0.6, 0.9], 0.5, [0.6, 0.313, 0.9])
+    for density in rates + rates:
+        want = _run("dare_ties", tensors, base, density, 2)
+        got = _run("dare_ties", tensors, base, density, 2, cache.for_task(_task(base), 2))
+        assert _same_bits(got, want), density
+    members = [k for k in cache._entries if k[0] == "dare_l1" and len(k) == 7]
+    # one entry per (model, bucket visited): 0.31 and 0.312 share bucket 79, 0.313 is in 80,
+    # 0.6 in 153, 0.9 in 230 — models 0, 1, 2 visit {79, 153}, {79, 153, 80}, {79, 230}
+    # (0.5 is a bucket edge: its prefix sum needs no members)
+    assert len(members) == 2 + 3 + 2
+
+
 def test_changed_seed_is_not_served_from_the_cache():
     base, tensors = _family((50, 20))
     cache = ResidentCache()

@@ -3,6 +3,7 @@
  *                   float32 tensors; generalized_ta.py is the reference;
  *   abs_delta_*     the exact top-k threshold of |src - base| (radix selection);
  *   abs_l1_bins*    exact L1 norms (per-exponent integer sums) for the L1 rescale;
+ *   u_bucket_members  the entries of one DARE bucket (dare_l1.py);
  *   linear_bf16     linear straight from bfloat16 checkpoints;
  *   mt_uniform24    torch.rand's float32 uniforms (DARE's draws) from torch's generator state.
  *
@@ -279,6 +280,20 @@ static void l1_parts(const float *restrict base, const float *restrict src,
     for (int64_t k = 0; k < c; k++) l1_part(base, src, 0, 0.0f, idx[k], bins);
 }
 
+/* Appends to idx the entries of [i, i + 64) with lo <= u < hi (the bits of lo in l, hi - lo's
+ * in width); returns the new count. Most 64s hold no hit: one vectorized test skips them. */
+INLINE int64_t gather64(const uint32_t *restrict ub, int64_t i, uint32_t l, uint32_t width,
+                        int64_t *restrict idx, int64_t c) {
+    uint32_t any = 0;
+    for (int k = 0; k < 64; k++) any |= ub[i + k] - l < width;
+    if (!any) return c;
+    for (int k = 0; k < 64; k++) {
+        idx[c] = i + k;
+        c += ub[i + k] - l < width;
+    }
+    return c;
+}
+
 void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
                     const float *restrict src, const float *restrict u, float lo, float hi,
                     int64_t *restrict bins) {
@@ -287,13 +302,7 @@ void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
     const uint32_t *restrict ub = (const uint32_t *)u, width = h.u - l.u;
     int64_t idx[IN_BATCH + 64], c = 0, i = start;
     for (; i + 64 <= stop; i += 64) {
-        uint32_t any = 0;
-        for (int k = 0; k < 64; k++) any |= ub[i + k] - l.u < width;
-        if (!any) continue;
-        for (int k = 0; k < 64; k++) {
-            idx[c] = i + k;
-            c += ub[i + k] - l.u < width;
-        }
+        c = gather64(ub, i, l.u, width, idx, c);
         if (c >= IN_BATCH) {
             l1_parts(base, src, idx, c, bins);
             c = 0;
@@ -304,6 +313,52 @@ void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
         c += ub[i] - l.u < width; /* (at most 63 more: idx has room) */
     }
     l1_parts(base, src, idx, c, bins);
+}
+
+/* The members of one bucket lo <= u < hi, in index order: their u (as bits) and their
+ * |src - base| (as bits), written to ub and ab (room for stop - start entries each); returns
+ * their count. A search worker keeps them (dare_l1.py), so a later candidate whose keep rate
+ * falls in this bucket reads these few pairs in order (abs_l1_bins_listed) instead of every u,
+ * or scattered src and base entries. */
+int64_t u_bucket_members(int64_t start, int64_t stop, const float *restrict base,
+                         const float *restrict src, const float *restrict u, float lo, float hi,
+                         uint32_t *restrict ub_out, uint32_t *restrict ab_out) {
+    union f32bits l, h;
+    l.f = lo, h.f = hi;
+    const uint32_t *restrict ub = (const uint32_t *)u, width = h.u - l.u;
+    int64_t idx[IN_BATCH + 64], c = 0, n = 0, i = start;
+    for (;;) {
+        const int tail = i + 64 > stop;
+        if (!tail) {
+            c = gather64(ub, i, l.u, width, idx, c);
+            i += 64;
+        } else
+            for (; i < stop; i++) {
+                idx[c] = i;
+                c += ub[i] - l.u < width; /* (at most 63 more: idx has room) */
+            }
+        if (c >= IN_BATCH || tail) {
+            for (int64_t k = 0; k < c; k++) {
+                ub_out[n + k] = ub[idx[k]];
+                ab_out[n + k] = abs_bits(src[idx[k]] - base[idx[k]]);
+            }
+            n += c, c = 0;
+        }
+        if (tail) return n;
+    }
+}
+
+/* abs_l1_bins's sums over listed entries (u_bucket_members' pairs), kept where u < p. */
+void abs_l1_bins_listed(const uint32_t *restrict ub, const uint32_t *restrict ab, int64_t c,
+                        float p, int64_t *restrict bins) {
+    union f32bits q;
+    q.f = p;
+    for (int64_t k = 0; k < c; k++) {
+        /* non-negative floats order like their bits: u < p is one unsigned comparison */
+        const uint32_t a = ab[k] & -(uint32_t)(ub[k] < q.u);
+        const uint32_t e = a >> 23;
+        bins[e] += (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
+    }
 }
 
 /* ---- linear (model soup) straight from bfloat16 checkpoints ----

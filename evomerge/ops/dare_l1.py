@@ -17,6 +17,7 @@ Memory per expert tensor: (Q + 1) × (exponents in use) int64 sums (~60 KiB for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,14 +55,33 @@ def build(tau_abs_bits: torch.Tensor, u: torch.Tensor) -> KeptL1Table:
     return KeptL1Table(prefix, e_lo)
 
 
+Members = Callable[[int, Callable[[], fused_gta.Listed]], fused_gta.Listed]
+
+
+def members(t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, q: int) -> fused_gta.Listed:
+    """Bucket q's entries (q/Q ≤ u < (q+1)/Q): their u and |t − b| (``fused_gta``)."""
+    return fused_gta.bucket_members(t, b, u, q / Q, (q + 1) / Q)
+
+
 def kept_l1(
-    table: KeptL1Table, t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, p: float
+    table: KeptL1Table,
+    t: torch.Tensor,
+    b: torch.Tensor,
+    u: torch.Tensor,
+    p: float,
+    cached_members: Members | None = None,
 ) -> float:
-    """Σ_{u < p} |t − b|, exact, rounded once to float32 (as ``exact_l1.l1_from_bins``)."""
+    """Σ_{u < p} |t − b|, exact, rounded once to float32 (as ``exact_l1.l1_from_bins``).
+    ``cached_members(q, make)``: bucket q's members (``members``) from the worker's cache
+    (``make`` finds them), so that a later candidate reads only them, not every u."""
     qp = min(int(np.float32(p) * Q), Q) if p > 0 else 0
-    if qp < Q:  # the bucket that straddles p: its entries with u < p (< 2^55 in all: int64)
-        bins = fused_gta.l1_bins(t, b, u, p, lo=qp / Q)
-    else:
+    if qp == Q or np.float32(p) <= np.float32(qp / Q):  # p on a bucket edge: the prefix is all
         bins = np.zeros(256, dtype=np.int64)
+    else:  # the bucket that straddles p: its entries with u < p (< 2^55 in all: int64)
+        if cached_members is not None:
+            listed = cached_members(qp, lambda: members(t, b, u, qp))
+            bins = fused_gta.l1_bins_listed(listed, p)
+        else:  # found by a scan of every u
+            bins = fused_gta.l1_bins(t, b, u, p, lo=qp / Q)
     bins[table.e_lo : table.e_lo + table.prefix.shape[1]] += table.prefix[qp]
     return exact_l1.l1_from_bins(bins)

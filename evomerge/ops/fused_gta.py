@@ -115,6 +115,10 @@ def library() -> ctypes.CDLL | None:
     lib.mt_uniform24.argtypes = mt
     lib.abs_l1_bins2.restype = None
     lib.abs_l1_bins2.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp, fp]
+    lib.u_bucket_members.restype = i64
+    lib.u_bucket_members.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, ctypes.c_float, fp, fp]
+    lib.abs_l1_bins_listed.restype = None
+    lib.abs_l1_bins_listed.argtypes = [fp, fp, i64, ctypes.c_float, fp]
     lib.abs_delta_bracket.restype = i64
     lib.abs_delta_bracket.argtypes = [i64, i64, fp, fp, u32, u32, fp, fp, i64, fp]
     _lib = lib
@@ -164,7 +168,7 @@ def run(
     ``uniforms``/``keep_rates``: DARE's keep rule u < p per model (instead of thresholds);
     ``scales``: the per-model L1 rescale factors (default 1)."""
     lib = library()
-    assert lib is not None and usable(base, sources, out)
+    assert lib is not None  # (and usable(base, sources, out): the callers check it)
     m = len(sources)
     ptrs = (ctypes.c_void_p * m)(*[t.data_ptr() for t in sources])
     has_thr = (ctypes.c_int * m)(*[int(t is not None) for t in thresholds])
@@ -209,6 +213,54 @@ def l1_bins(
     _parallel(fill, chunks, bins)
     # a chunk's bin is < 2^55 (2^31 mantissas < 2^24): the chunks' int64 sum cannot overflow
     return bins[0] if len(bins) == 1 else np.sum(bins, axis=0)
+
+
+class Listed:
+    """Entries listed with their u and |src − base| (``bucket_members``): a (2, count) uint32
+    array, row 0 the u's bits, row 1 the |src − base|'s, in index order. Their addresses are
+    resolved once: a search worker sums them for many candidates (``l1_bins_listed``)."""
+
+    __slots__ = ("pairs", "_ub", "_ab")
+
+    def __init__(self, pairs: np.ndarray) -> None:
+        self.pairs = np.ascontiguousarray(pairs, dtype=np.uint32)
+        self._ub, self._ab = self.pairs[0].ctypes.data, self.pairs[1].ctypes.data
+
+    @property
+    def nbytes(self) -> int:
+        return self.pairs.nbytes
+
+    def __len__(self) -> int:
+        return self.pairs.shape[1]
+
+
+def bucket_members(
+    src: torch.Tensor, base: torch.Tensor, u: torch.Tensor, lo: float, hi: float
+) -> Listed:
+    """The entries with lo ≤ u < hi (0 ≤ lo ≤ hi), with their u and |src − base|."""
+    lib = library()
+    assert lib is not None
+    chunks = _chunks(u.numel())
+    # room for every entry: pages that are never written are never touched, so cost nothing
+    parts = [np.empty((2, b - a), dtype=np.uint32) for a, b in chunks]
+    got = [0] * len(chunks)
+    ptrs = (base.data_ptr(), src.data_ptr(), u.data_ptr(), lo, hi)
+
+    def scan(c: tuple[int, int], k: int) -> None:
+        x = parts[k]
+        got[k] = lib.u_bucket_members(c[0], c[1], *ptrs, x[0].ctypes.data, x[1].ctypes.data)
+
+    _parallel(scan, chunks, list(range(len(chunks))))
+    return Listed(np.concatenate([x[:, :g] for x, g in zip(parts, got)], axis=1))
+
+
+def l1_bins_listed(listed: Listed, p: float) -> np.ndarray:
+    """``l1_bins(src, base, u, p)`` restricted to ``bucket_members``' entries."""
+    lib = library()
+    assert lib is not None
+    bins = np.zeros(256, dtype=np.int64)
+    lib.abs_l1_bins_listed(listed._ub, listed._ab, len(listed), p, bins.ctypes.data)
+    return bins
 
 
 def l1_bins_both(
@@ -351,7 +403,11 @@ def _parallel(fn, chunks: list[tuple[int, int]], per_chunk: list) -> None:
     if len(chunks) == 1:
         fn(chunks[0], per_chunk[0])
     else:  # ctypes releases the GIL during the call: the chunks run in parallel
-        list(_threads().map(fn, chunks, per_chunk))
+        # the calling thread runs the first chunk itself: one hand-off fewer per call
+        rest = [_threads().submit(fn, c, x) for c, x in zip(chunks[1:], per_chunk[1:])]
+        fn(chunks[0], per_chunk[0])
+        for f in rest:
+            f.result()
 
 
 def _chunks(n: int) -> list[tuple[int, int]]:

@@ -88,7 +88,7 @@ def general_task_arithmetic(
     n = len(tensors)
     if n == 0:
         return base.clone()
-    w = [base.new_tensor(x) for x in per_model(p, "weight", n)]  # rounded as a stacked tensor is
+    weights = per_model(p, "weight", n)
     taus = None
     if sparsification is None and resident is not None:  # cached τ_i = θ_i − θ_base: no sub
         taus = [resident.task_vector(i, lambda t=t: t - base) for i, t in enumerate(tensors)]
@@ -96,7 +96,8 @@ def general_task_arithmetic(
         flat = taus if taus is not None else tensors
         if fused_gta.usable(base, flat, out):
             fuse = (sparsification, consensus, p, resident, generator)
-            return fused_merge(flat, base, w, fuse, out, taus)
+            return fused_merge(flat, base, weights, fuse, out, taus)
+    w = [base.new_tensor(x) for x in weights]  # rounded as a stacked tensor is
     if _streamable(tensors, base, sparsification, p):
         return _streamed(tensors, base, w, sparsification, consensus, p, resident, out, taus)
     if taus is not None:

@@ -19,13 +19,15 @@ from evomerge.ops._registry import per_model
 def fused_merge(
     sources: list[torch.Tensor],
     base: torch.Tensor,
-    w: list[torch.Tensor],
+    weights: list[float],
     fuse: tuple[str | None, str | None, dict[str, Any], Any, torch.Generator | None],
     dst: torch.Tensor | None,
     taus: list[torch.Tensor] | None,
 ) -> torch.Tensor:
-    """The whole-tensor computation in one pass of the C kernel (``fused_gta``): same bits."""
+    """The whole-tensor computation in one pass of the C kernel (``fused_gta``): same bits.
+    The caller has checked ``fused_gta.usable`` (float32 CPU tensors)."""
     sparsification, consensus, p, resident, generator = fuse
+    w = [np.float32(x) for x in weights]  # rounded as the eager path's float32 weights are
     gta = _gta()
     b = base.reshape(-1)
     flat = [t.reshape(-1) for t in sources]
@@ -41,8 +43,10 @@ def fused_merge(
     normalize = bool(p.get("normalize", False))
     divisor = 1.0
     if normalize and not consensus:
-        total = gta._sum(w)  # as _combine: the weights' in-order float32 sum, 0 -> 1
-        divisor = 1.0 if total.abs() < 1e-8 else float(total)
+        total = w[0]  # as _combine's _sum: the weights' float32 sum in order, ~0 -> 1
+        for x in w[1:]:
+            total = total + x
+        divisor = 1.0 if abs(total) < np.float32(1e-8) else float(total)
     result = torch.empty_like(base) if dst is None else dst
     fused_gta.run(
         b,
@@ -82,9 +86,9 @@ def _dare_rule(
             scales.append(1.0)
             continue
         u = (draw(shape) if draw else sparsify.uniform(shape, generator)).reshape(-1)
-        rate = torch.tensor(d, dtype=torch.float32)  # as sparsify's comparison with probs
+        rate = float(np.float32(d))  # as sparsify's comparison with float32 probs
         uniforms.append(u)
-        rates.append(float(rate))
+        rates.append(rate)
         scales.append(_l1_rescale(t, b, u, rate, i, resident) if rescale else 1.0)
     return {"uniforms": uniforms, "keep_rates": rates, "scales": scales}
 
@@ -93,11 +97,11 @@ _TABLE_MIN = 1 << 14  # smaller tensors: the direct pass costs less than the tab
 
 
 def _l1_rescale(
-    t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, rate: torch.Tensor, i: int, resident: Any
+    t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, rate: float, i: int, resident: Any
 ) -> float:
     """``sparsify._rescaled``'s factor Σ|τ| / Σ|kept τ| (1 when either is ~0), both exact."""
     if resident is None:  # merging to disk: both sums in one read
-        whole, kept = fused_gta.l1_bins_both(t, b, u, float(rate))
+        whole, kept = fused_gta.l1_bins_both(t, b, u, rate)
         return _factor(exact_l1.l1_from_bins(whole), exact_l1.l1_from_bins(kept))
     whole = lambda: b.new_tensor(exact_l1.l1_from_bins(fused_gta.l1_bins(t, b)))  # noqa: E731
     before = resident.l1(i, whole)
@@ -106,9 +110,10 @@ def _l1_rescale(
         make = lambda: dare_l1.build((t - b).abs_().view(torch.int32), u)  # noqa: E731
         table = resident.dare_table(i, make)
     if table is not None:
-        kept = dare_l1.kept_l1(table, t, b, u, float(rate))
+        members = lambda q, make: resident.dare_members(i, q, make)  # noqa: E731
+        kept = dare_l1.kept_l1(table, t, b, u, rate, members)
     else:
-        kept = exact_l1.l1_from_bins(fused_gta.l1_bins(t, b, u, float(rate)))
+        kept = exact_l1.l1_from_bins(fused_gta.l1_bins(t, b, u, rate))
     return _factor(float(before), kept)
 
 

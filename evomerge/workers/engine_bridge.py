@@ -14,6 +14,7 @@ it fill directly (linear, the task-arithmetic family). Neither changes a bit of 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Iterator
 from functools import cache as _memo
 from pathlib import Path
@@ -41,7 +42,23 @@ def merged_tensors(
     into (the iterator then yields that very tensor), or None."""
     engine = _engine()
     plan = engine.plan(recipe, resolver=cache.resolver, source=cache)
-    return plan.config, _iter_tensors(engine, plan, cache, dest)
+    return _shared_config(plan), _iter_tensors(engine, plan, cache, dest)
+
+
+_CONFIGS: dict[str, Any] = {}
+
+
+def _shared_config(plan: Any) -> Any:
+    """The plan's transformers config, one object for equal configs: a search's candidates
+    mostly share one, and building it (and the materializer's check of it) costs ~2 ms each.
+    Callers must not modify it."""
+    key = json.dumps(plan.config_dict, sort_keys=True, default=str)
+    hit = _CONFIGS.get(key)
+    if hit is None:
+        if len(_CONFIGS) >= 64:  # (data-flow searches vary the depth: bounded)
+            _CONFIGS.clear()
+        hit = _CONFIGS[key] = plan.config
+    return hit
 
 
 def _iter_tensors(

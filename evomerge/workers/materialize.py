@@ -22,6 +22,7 @@ engine's operators write straight into the resident parameters where they can (`
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -60,11 +61,29 @@ class ExpertCache:
         self.device = device
         self._models: dict[str, dict[str, torch.Tensor]] = {}
         self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
+        self._folders: dict[str, Any] = {}
+        self._layouts: dict[str, Any] = {}
         budget = None if stats_ratio is None else (lambda: int(stats_ratio * self.nbytes))
         self.stats = ResidentCache(budget) if stats else None
 
     def folder(self, ref: str) -> Path:
         return Path(self.resolver(ref))
+
+    def model(self, ref: str) -> Any:
+        """The model's folder (its config.json read once, for every candidate's plan)."""
+        if ref not in self._folders:
+            from evomerge.io.folder import ModelFolder
+
+            self._folders[ref] = ModelFolder(self.folder(ref))
+        return self._folders[ref]
+
+    def layout(self, ref: str) -> Any:
+        """The model's tensor names split by layer (``merge_plan.Layout``), built once."""
+        if ref not in self._layouts:
+            from evomerge.merge_plan import Layout
+
+            self._layouts[ref] = Layout(self.names(ref))
+        return self._layouts[ref]
 
     def tensors(self, ref: str) -> dict[str, torch.Tensor]:
         if ref not in self._models:
@@ -130,6 +149,7 @@ class Materializer:
         self.merge_fn = merge_fn
         self.model: Any = None
         self._arch: str | None = None
+        self._config: Any = None  # the config whose architecture key is self._arch
         self._layer_pool: list[Any] = []
         self._targets: dict[str, torch.Tensor] = {}
         self._required: list[str] = []
@@ -169,10 +189,13 @@ class Materializer:
 
     def release(self) -> None:
         self.model, self._arch, self._layer_pool, self._targets = None, None, [], {}
+        self._config = None
 
     # ---- the resident model ---------------------------------------------------------------------
     def _resident(self, config: Any) -> Any:
-        arch = _arch_key(config)
+        # the engine hands equal configs over as one object (engine_bridge): no re-serializing
+        arch = self._arch if config is self._config else _arch_key(config)
+        self._config = config
         if self.model is not None and arch == self._arch:
             if _num_layers(config) != len(_decoder_layers(self.model)):
                 self._resize(_num_layers(config))
@@ -188,8 +211,8 @@ class Materializer:
             from transformers.initialization import no_init_weights
         except ImportError:  # older transformers
             from transformers.modeling_utils import no_init_weights
-        with no_init_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with no_init_weights():  # (a copy: the model keeps and changes its config)
+            model = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=torch.float32)
         model.to(self.device).eval()
         model.requires_grad_(False)
         self.model = model

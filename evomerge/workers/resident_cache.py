@@ -130,6 +130,20 @@ class TaskStats:
             return None  # no room: building it for one candidate costs more than a direct pass
         return self.cache.get(key, make)
 
+    def dare_members(self, i: int, q: int, make: Callable[[], Any]) -> Any:
+        """Bucket q's members (``dare_l1.members``) of model i's uniforms drawn last (those of
+        ``dare_table``)."""
+        key = ("dare_l1", self.seed, self.task.name, self._next - 1, self.task.inputs[i])
+        key += (self.task.base, q)
+        hit = self.cache._entries.get(key)
+        if hit is not None:
+            self.cache.hits += 1
+            return hit
+        self.cache.misses += 1
+        value = make()
+        self.cache.put(key, value)  # (when there is room: else they serve this candidate only)
+        return value
+
     def uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         from evomerge.ops.sparsify import uniform
 
