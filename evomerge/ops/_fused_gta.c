@@ -29,6 +29,7 @@
  *       out[i] = base[i] + mixed
  */
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 
 #define MAXM 4
@@ -140,6 +141,30 @@ void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
         }
         lo = hi;
     }
+}
+
+/* gta_fused shared between threads by blocks: the calling thread and the pool's threads
+ * each claim the next `block` elements (share[0]) until none are left, and count what they
+ * finished into share[1]. The caller (wait = 1) returns once all n are done: it never waits
+ * for a pool thread to wake up (one that starts late finds nothing left to claim and touches
+ * nothing else), only for the last block another thread is finishing. Static halves made the
+ * caller wait ~0.15 ms per tensor for the thread that had started later. */
+void gta_fused_shared(int64_t n, int64_t block, int64_t *share, int wait, int m,
+                      const float *restrict base, const float *const *src, int is_tau,
+                      const int *has_thr, const float *thr, const int64_t *split,
+                      const float *const *u, const float *p, const float *scale, const float *w,
+                      int consensus, int normalize, float scalar_divisor, float lambda,
+                      float *restrict out) {
+    for (;;) {
+        const int64_t lo = __atomic_fetch_add(&share[0], block, __ATOMIC_RELAXED);
+        if (lo >= n) break;
+        const int64_t hi = lo + block < n ? lo + block : n;
+        gta_fused(lo, hi, m, base, src, is_tau, has_thr, thr, split, u, p, scale, w, consensus,
+                  normalize, scalar_divisor, lambda, out);
+        __atomic_fetch_add(&share[1], hi - lo, __ATOMIC_RELEASE); /* (publishes the writes) */
+    }
+    if (wait)
+        while (__atomic_load_n(&share[1], __ATOMIC_ACQUIRE) < n) sched_yield();
 }
 
 /* ---- exact top-k threshold of |src - base| (TIES's magnitude trim) by radix selection ----

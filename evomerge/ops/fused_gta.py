@@ -99,6 +99,8 @@ def library() -> ctypes.CDLL | None:
     i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, fp, fp, fp, i32, i32]
     f.argtypes += [ctypes.c_float, ctypes.c_float, fp]
+    lib.gta_fused_shared.restype = None
+    lib.gta_fused_shared.argtypes = [i64, i64, fp, i32, *f.argtypes[2:]]
     lib.abs_l1_bins.restype = None
     lib.abs_l1_bins.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp]
     lib.abs_l1_bins_in.restype = None
@@ -183,9 +185,23 @@ def run(
     args += (None if u is None else ctypes.addressof(u), ctypes.addressof(p), ctypes.addressof(sc))
     args += (ctypes.addressof(w), _CONSENSUS[consensus], int(normalize), scalar_divisor, lam)
     args += (out.data_ptr(),)
-    chunks = _chunks(base.numel())
-    _parallel(lambda c, _: lib.gta_fused(c[0], c[1], *args), chunks, chunks)
+    _shared(lib.gta_fused_shared, base.numel(), args)
     return out
+
+
+_BLOCK = 1 << 16  # elements a thread claims at a time: 8 streams of it stay in L2
+
+
+def _shared(kernel, n: int, args: tuple) -> None:
+    """Run ``kernel`` (a ``*_shared`` C function) over n elements, this thread and the pool's
+    claiming blocks (see gta_fused_shared). Returns when all are done; the pool's calls may
+    still be returning (they hold ``share`` alive until then)."""
+    share = np.zeros(2, dtype=np.int64)
+    ptr = share.ctypes.data
+    helpers = min(torch.get_num_threads(), -(-n // _BLOCK)) - 1
+    for _ in range(helpers):
+        _threads().submit(lambda s=share: kernel(n, _BLOCK, s.ctypes.data, 0, *args))
+    kernel(n, _BLOCK, ptr, 1, *args)
 
 
 def l1_bins(
