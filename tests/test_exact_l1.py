@@ -39,6 +39,37 @@ def test_exact_and_order_independent(seed):
 
 
 @pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
+def test_rounding_in_c_equals_python_integers():
+    """l1_from_bins rounds in C (128-bit sums) when the exponents span ≤ 64, else in Python:
+    the same float32 for narrow and wide spans, subnormal totals, a carry out of 24 bits,
+    exact halves (ties to even) and overflow."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for span in (1, 5, 30, 64, 65, 66, 200):
+        for _ in range(40):
+            b = np.zeros(256, dtype=np.int64)
+            lo = int(rng.integers(0, 255 - min(span, 254)))
+            used = rng.choice(np.arange(lo, min(lo + span + 1, 255)), size=min(8, span + 1))
+            b[used] = rng.integers(0, 1 << 55, size=used.size, dtype=np.int64)
+            b[lo], b[min(lo + span, 254)] = 1 + b[lo], 1 + b[min(lo + span, 254)]
+            cases.append(b)
+    tie = np.zeros(256, dtype=np.int64)
+    tie[100], tie[76] = (1 << 24) - 1, 1 << 23  # ...1.1 (binary) after the 24th bit: to even
+    below = tie.copy()
+    below[50] = 1  # just above the half: rounds up
+    carry = np.zeros(256, dtype=np.int64)
+    carry[120] = (1 << 25) - 1  # all ones: the rounding carries into a 25th bit
+    tiny = np.zeros(256, dtype=np.int64)
+    tiny[0], tiny[1], tiny[2] = 3, 5, 7  # subnormal total
+    huge = np.zeros(256, dtype=np.int64)
+    huge[254] = 1 << 40  # beyond float32's range: inf
+    cases += [tie, below, carry, tiny, huge, np.zeros(256, dtype=np.int64)]
+    for b in cases:
+        assert exact_l1.l1_from_bins(b) == exact_l1.l1_from_bins_py(b), np.flatnonzero(b)
+    assert exact_l1.l1_from_bins(huge) == float("inf")
+
+
+@pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
 def test_dare_table_lookup_equals_direct_sum():
     g = torch.Generator().manual_seed(3)
     n = 1 << 16

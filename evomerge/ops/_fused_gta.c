@@ -268,6 +268,41 @@ void abs_l1_bins(int64_t start, int64_t stop, const float *restrict base,
         for (int e = 0; e < 256; e++) bins[e] += sub[k][e];
 }
 
+/* exact_l1.l1_from_bins in C: Σ bins[e] · 2^(max(e,1) − 150), rounded once to float32 (to
+ * nearest, ties to even), returned as that float32's double. bins: 256 non-negative sums
+ * (< 2^63). The used exponents must span ≤ 64 so the sum fits 128 bits (< 2^55 · 2^64 · 256);
+ * returns NaN otherwise, and the caller takes the Python version (a DARE search calls this ~200
+ * times per candidate, where Python's big integers took ~17 us each). */
+double l1_round(const int64_t *bins) {
+    if (bins[255]) return INFINITY; /* an Inf/NaN entry */
+    int lo = -1, hi = -1;
+    for (int e = 0; e < 255; e++)
+        if (bins[e]) {
+            if (lo < 0) lo = e;
+            hi = e;
+        }
+    if (lo < 0) return 0.0;
+    const int s0 = lo ? lo - 1 : 0, s1 = hi ? hi - 1 : 0; /* × 2^(s − 149) */
+    if (s1 - s0 > 64) return NAN;
+    unsigned __int128 total = 0;
+    for (int e = lo; e <= hi; e++)
+        total += (unsigned __int128)(uint64_t)bins[e] << ((e ? e - 1 : 0) - s0);
+    const uint64_t top = (uint64_t)(total >> 64);
+    const int bits = top ? 128 - __builtin_clzll(top) : 64 - __builtin_clzll((uint64_t)total);
+    const int shift = bits - 24; /* keep 24 significant bits */
+    uint64_t q = (uint64_t)total;
+    int exp = s0 - 149;
+    if (shift > 0) {
+        const unsigned __int128 rem = total & ((((unsigned __int128)1) << shift) - 1);
+        const unsigned __int128 half = ((unsigned __int128)1) << (shift - 1);
+        q = (uint64_t)(total >> shift);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        exp += shift;
+    }
+    const double v = ldexp((double)q, exp);
+    return v <= 3.4028234663852886e38 ? v : INFINITY;
+}
+
 /* Both sums of DARE's rescale in one read: over all entries (all) and over those with u < p
  * (kept). 4 interleaved sub-histograms each (two sets of 8 would not stay in L1). The body is
  * l1_part's, written out once for both sums: two l1_part calls measured 1.6x slower. */

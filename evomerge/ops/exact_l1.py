@@ -60,6 +60,16 @@ def l1_from_bins(bins: Sequence[int]) -> float:
     """The exact Σ (Σ_e bins[e] · 2^(max(e, 1) − 150)), rounded once to float32 (to nearest,
     ties to even) and returned as the Python float of that float32. ``bins``: 256 integers
     (a list, or an int64 numpy array)."""
+    if isinstance(bins, np.ndarray) and bins.dtype == np.int64 and bins.flags.c_contiguous:
+        lib = fused_gta.library()
+        value = math.nan if lib is None else lib.l1_round(bins.ctypes.data)
+        if value == value:  # the same rounding in C (NaN: exponents too far apart for it)
+            return value
+    return l1_from_bins_py(bins)
+
+
+def l1_from_bins_py(bins: Sequence[int]) -> float:
+    """``l1_from_bins`` with Python's integers (any exponent span; the reference)."""
     bins = np.asarray(bins, dtype=object if isinstance(bins, list) else np.int64)
     if bins[255]:
         return float("inf")  # an Inf/NaN entry (inputs are checked finite; an overflowed τ)

@@ -99,6 +99,8 @@ def library() -> ctypes.CDLL | None:
     i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, fp, fp, fp, i32, i32]
     f.argtypes += [ctypes.c_float, ctypes.c_float, fp]
+    lib.l1_round.restype = ctypes.c_double
+    lib.l1_round.argtypes = [fp]
     lib.gta_fused_shared.restype = None
     lib.gta_fused_shared.argtypes = [i64, i64, fp, i32, *f.argtypes[2:]]
     lib.abs_l1_bins.restype = None

@@ -62,6 +62,7 @@ class ExpertCache:
         self._models: dict[str, dict[str, torch.Tensor]] = {}
         self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
         self._folders: dict[str, Any] = {}
+        self._nbytes = 0
         self._layouts: dict[str, Any] = {}
         budget = None if stats_ratio is None else (lambda: int(stats_ratio * self.nbytes))
         self.stats = ResidentCache(budget) if stats else None
@@ -87,8 +88,12 @@ class ExpertCache:
 
     def tensors(self, ref: str) -> dict[str, torch.Tensor]:
         if ref not in self._models:
-            self._models[ref] = self._load(self.folder(ref))
+            self._add(ref, self._load(self.folder(ref)))
         return self._models[ref]
+
+    def _add(self, ref: str, tensors: dict[str, torch.Tensor]) -> None:
+        self._models[ref] = tensors
+        self._nbytes += sum(t.numel() * t.element_size() for t in tensors.values())
 
     def tensor(self, ref: str, name: str) -> torch.Tensor:
         tensors = self.tensors(ref)
@@ -110,7 +115,9 @@ class ExpertCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for m in self._models.values() for t in m.values())
+        """Bytes of the loaded models (the ResidentCache's budget asks for it at every entry
+        it admits: kept up to date as models load rather than summed each time)."""
+        return self._nbytes
 
     def _load(self, folder: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file

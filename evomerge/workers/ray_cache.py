@@ -90,7 +90,7 @@ class SharedExpertCache(ExpertCache):
         super().__init__(resolver, dtype=dtype, device=device, stats=stats, stats_ratio=stats_ratio)
         self.shared_refs = frozenset(shared)
         for ref, packed in shared.items():
-            self._models[ref] = unpack_tensors(packed)
+            self._add(ref, unpack_tensors(packed))
 
     def task_vector(self, ref: str, base: str, name: str) -> torch.Tensor:
         # Computed on demand: a cached delta would be a private copy per worker.
