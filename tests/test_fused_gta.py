@@ -144,6 +144,26 @@ def test_radix_top_k_split_over_threads():
         torch.set_num_threads(before)
 
 
+def test_nth_equal_over_threads_is_the_eager_scan():
+    """A search worker's top-k rule from the sorted |τ| finds the last kept entry equal to the
+    threshold with one C read (``nth_equal``): the index the eager block scan finds."""
+    from evomerge.ops import sparsify
+
+    base, (t, *_) = _family((700, 401), quantized=True, seed=4)
+    mag = (t - base).abs().reshape(-1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for v in mag.unique()[[1, 7, 30]]:
+            count = int((mag == v).sum())
+            for nth in sorted({1, count // 2 + 1, count}):
+                want = sparsify._nth_equal(mag, v, nth)
+                got = fused_gta.nth_equal(t.reshape(-1), base.reshape(-1), float(v), count, nth)
+                assert got == want, (float(v), nth)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("n_models", [1, 2, 4, 5])
 def test_linear_from_bf16_equals_float32_bits(n_models):
     """Linear on bf16 inputs as stored (the kernel widens them) gives the bits of linear on

@@ -345,6 +345,32 @@ def top_k_rule(src: torch.Tensor, base: torch.Tensor | None, k: int) -> tuple[fl
     return v, int(index[equal[need - 1]]) + 1
 
 
+def nth_equal(src: torch.Tensor, base: torch.Tensor | None, v: float, count: int, nth: int) -> int:
+    """Flat index of the ``nth`` (1-based) entry with |src − base| == v, of the ``count`` such
+    entries (the caller knows it: a search worker's sorted |τ|): one read, no temporaries."""
+    lib = library()
+    assert lib is not None and 1 <= nth <= count
+    vbits = int(np.array(v, dtype=np.float32).view(np.uint32))
+    chunks = _chunks(src.numel())
+    cap = count + 4097  # (abs_delta_bracket wants room for a 4,096-entry block beyond its hits)
+    bits = [np.empty(cap, dtype=np.uint32) for _ in chunks]
+    index = [np.empty(cap, dtype=np.int64) for _ in chunks]
+    above = np.zeros(len(chunks), dtype=np.int64)
+    got = [0] * len(chunks)
+    bptr, sptr = (None if base is None else base.data_ptr()), src.data_ptr()
+
+    def scan(c: tuple[int, int], i: int) -> None:
+        b, x, a = bits[i].ctypes.data, index[i].ctypes.data, above[i:].ctypes.data
+        got[i] = lib.abs_delta_bracket(c[0], c[1], bptr, sptr, vbits, vbits, b, x, cap, a)
+
+    _parallel(scan, chunks, list(range(len(chunks))))
+    for x, g in zip(index, got):
+        if nth <= g:
+            return int(x[nth - 1])
+        nth -= g
+    raise ValueError(f"fewer than the stated {count} entries equal {v}")
+
+
 Gathered = tuple[np.ndarray, np.ndarray, int]  # bits, flat indices (index order), rank inside
 _SAMPLE = 1 << 16
 

@@ -195,9 +195,10 @@ def _streamed(
 
 
 def _top_k_rule(
-    t: torch.Tensor, b: torch.Tensor, density: float, i: int, resident: Any
+    t: torch.Tensor, b: torch.Tensor, density: float, i: int, resident: Any, fused: bool = False
 ) -> sparsify.TopK | None:
-    """``sparsify.magnitude``'s kept set of τ = t − b as a rule (None: keep everything)."""
+    """``sparsify.magnitude``'s kept set of τ = t − b as a rule (None: keep everything).
+    ``fused``: the caller checked ``fused_gta.usable`` for t and b."""
     n = b.numel()
     if density >= 1:
         return None
@@ -209,10 +210,13 @@ def _top_k_rule(
     if resident is None:
         if fused_gta.usable(b, [t], None):  # radix selection in C: the same rule, ~5× faster
             v, split = fused_gta.top_k_rule(t, b, k)
-            return sparsify.TopK(b.new_tensor(v), split)
+            return sparsify.TopK(b.new_tensor(v), split, v)
         return sparsify.top_k((t - b).abs_(), k)
     srt = resident.sorted_abs(i, lambda: sparsify.sorted_abs(t - b))
-    return sparsify.top_k_sorted(srt, k, lambda: (t - b).abs_())
+    locate = None
+    if fused:  # ties at the threshold: found in one C read of t and b
+        locate = lambda v, count, nth: fused_gta.nth_equal(t, b, v, count, nth)  # noqa: E731
+    return sparsify.top_k_sorted(srt, k, lambda: (t - b).abs_(), locate)
 
 
 def _sum(xs: list[torch.Tensor], inplace: bool = False) -> torch.Tensor:

@@ -36,8 +36,8 @@ def fused_merge(
     if sparsification == "magnitude":
         dens = per_model(p, "density", len(sources))
         for i, (t, d) in enumerate(zip(flat, dens)):
-            cut = gta._top_k_rule(t, b, d, i, resident)
-            thresholds[i] = None if cut is None else (float(cut.v), int(cut.split))
+            cut = gta._top_k_rule(t, b, d, i, resident, fused=True)
+            thresholds[i] = None if cut is None else cut.threshold()
     elif sparsification == "random":
         dare = _dare_rule(flat, b, tuple(base.shape), p, generator, resident)
     normalize = bool(p.get("normalize", False))

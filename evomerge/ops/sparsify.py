@@ -118,6 +118,11 @@ class TopK:
 
     v: torch.Tensor
     split: int
+    value: float | None = None  # v as a Python float, where it came for free (CPU lookups)
+
+    def threshold(self) -> tuple[float, int]:
+        """(v, split) as Python numbers (the fused kernel's arguments)."""
+        return (float(self.v) if self.value is None else self.value), self.split
 
     def mask(
         self, mag: torch.Tensor, start: int = 0, dtype: torch.dtype = torch.bool
@@ -144,21 +149,29 @@ def top_k(mag: torch.Tensor, k: int) -> TopK:
     return TopK(v, _nth_equal(mag, v, need) + 1)
 
 
-def top_k_sorted(sorted_mag: torch.Tensor, k: int, mag: Lazy) -> TopK:
+Locate = Callable[[float, int, int], int]  # (v, count equal to v, nth) -> flat index
+
+
+def top_k_sorted(sorted_mag: torch.Tensor, k: int, mag: Lazy, locate: Locate | None = None) -> TopK:
     """``top_k``'s rule from the ascending magnitudes (two binary searches instead of a
-    selection); ``mag`` (the flat magnitudes) is read only when ties straddle the threshold."""
+    selection); ``mag`` (the flat magnitudes) is read only when ties straddle the threshold,
+    to find the last kept one (``locate``, when given, finds it instead)."""
     n = sorted_mag.numel()
     v = sorted_mag[n - k]
+    value = None
     if sorted_mag.device.type == "cpu":  # numpy's binary search on the same memory: ~5× less
         a = sorted_mag.numpy()  # per-call overhead, which adds up over a model's tensors
-        lo, hi = int(a.searchsorted(a[n - k])), int(a.searchsorted(a[n - k], side="right"))
+        x = a[n - k]
+        lo, hi, value = int(a.searchsorted(x)), int(a.searchsorted(x, side="right")), float(x)
     else:
         hi = int(torch.searchsorted(sorted_mag, v, right=True))
         lo = int(torch.searchsorted(sorted_mag, v))
     need = k - (n - hi)  # entries equal to v that are kept: the first `need` by index
     if need >= hi - lo:
-        return TopK(v, n)
-    return TopK(v, _nth_equal(mag(), v, need) + 1)
+        return TopK(v, n, value)
+    if locate is not None:
+        return TopK(v, locate(float(v), hi - lo, need) + 1, value)
+    return TopK(v, _nth_equal(mag(), v, need) + 1, value)
 
 
 _BLOCK = 1 << 18
