@@ -85,15 +85,19 @@ def test_dare_table_lookup_equals_direct_sum():
 
 
 @pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
-def test_kept_l1_from_kept_bucket_members_equals_direct_sum():
+@pytest.mark.parametrize("wide", [False, True])
+def test_kept_l1_from_kept_bucket_members_equals_direct_sum(wide):
     """A search worker keeps each visited bucket's members (their u and |τ|): a keep rate in a
     bucket met before reads only them. Same sums as the direct pass, whether the members are
-    found now or served; a rate on a bucket edge needs none."""
+    found now or served; a rate on a bucket edge needs none. ``wide``: |τ| spans more than 64
+    binary exponents, where the C rounding hands over to Python's integers."""
     g = torch.Generator().manual_seed(4)
     n = (1 << 17) + 29
     b = torch.randn(n, generator=g)
     t = b + 0.01 * torch.randn(n, generator=g)
     t[::3] = b[::3]
+    if wide:
+        b[1::97], t[1::97] = 0.0, 1e-30
     u = torch.rand(n, generator=g)
     table = dare_l1.build((t - b).abs().view(torch.int32), u)
     kept: dict[int, fused_gta.Listed] = {}

@@ -421,6 +421,18 @@ void abs_l1_bins_listed(const uint32_t *restrict ub, const uint32_t *restrict ab
     }
 }
 
+/* DARE's kept L1 from its bucket table (dare_l1.py) in one call: the table's row for the
+ * buckets wholly below p (width sums from exponent e_lo) plus the listed members of p's
+ * bucket that have u < p (c of them; none when p is on a bucket edge), rounded by l1_round
+ * (NaN when it declines: the caller then rounds in Python). */
+double dare_kept_l1(const int64_t *row, int e_lo, int width, const uint32_t *ub,
+                    const uint32_t *ab, int64_t c, float p) {
+    int64_t bins[256] = {0};
+    for (int e = 0; e < width; e++) bins[e_lo + e] = row[e];
+    abs_l1_bins_listed(ub, ab, c, p, bins);
+    return l1_round(bins);
+}
+
 /* ---- linear (model soup) straight from bfloat16 checkpoints ----
  * out = w_0 s_0 (+ w_j s_j ...) [/ divisor] in float32, each bf16 input widened exactly as it
  * is read (its bits are the float's high half), so a merge of bf16 models skips the float32

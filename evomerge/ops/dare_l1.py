@@ -75,13 +75,19 @@ def kept_l1(
     ``cached_members(q, make)``: bucket q's members (``members``) from the worker's cache
     (``make`` finds them), so that a later candidate reads only them, not every u."""
     qp = min(int(np.float32(p) * Q), Q) if p > 0 else 0
-    if qp == Q or np.float32(p) <= np.float32(qp / Q):  # p on a bucket edge: the prefix is all
-        bins = np.zeros(256, dtype=np.int64)
-    else:  # the bucket that straddles p: its entries with u < p (< 2^55 in all: int64)
-        if cached_members is not None:
-            listed = cached_members(qp, lambda: members(t, b, u, qp))
-            bins = fused_gta.l1_bins_listed(listed, p)
-        else:  # found by a scan of every u
+    row = table.prefix[qp]
+    listed = None
+    if qp < Q and np.float32(p) > np.float32(qp / Q):  # p inside bucket qp (not on its edge)
+        if cached_members is None:  # its entries with u < p, found by a scan of every u
             bins = fused_gta.l1_bins(t, b, u, p, lo=qp / Q)
-    bins[table.e_lo : table.e_lo + table.prefix.shape[1]] += table.prefix[qp]
-    return exact_l1.l1_from_bins(bins)
+            bins[table.e_lo : table.e_lo + row.size] += row  # (< 2^55 in all: int64)
+            return exact_l1.l1_from_bins(bins)
+        listed = cached_members(qp, lambda: members(t, b, u, qp))
+    value = fused_gta.kept_l1_listed(row, table.e_lo, listed, p)
+    if value == value:
+        return value
+    bins = np.zeros(256, dtype=np.int64)  # exponents too far apart for the C rounding
+    bins[table.e_lo : table.e_lo + row.size] = row
+    if listed is not None:
+        bins += fused_gta.l1_bins_listed(listed, p)
+    return exact_l1.l1_from_bins_py(bins)

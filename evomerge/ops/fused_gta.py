@@ -99,6 +99,8 @@ def library() -> ctypes.CDLL | None:
     i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, fp, fp, fp, i32, i32]
     f.argtypes += [ctypes.c_float, ctypes.c_float, fp]
+    lib.dare_kept_l1.restype = ctypes.c_double
+    lib.dare_kept_l1.argtypes = [fp, i32, i32, fp, fp, i64, ctypes.c_float]
     lib.l1_round.restype = ctypes.c_double
     lib.l1_round.argtypes = [fp]
     lib.gta_fused_shared.restype = None
@@ -279,6 +281,15 @@ def l1_bins_listed(listed: Listed, p: float) -> np.ndarray:
     bins = np.zeros(256, dtype=np.int64)
     lib.abs_l1_bins_listed(listed._ub, listed._ab, len(listed), p, bins.ctypes.data)
     return bins
+
+
+def kept_l1_listed(row: np.ndarray, e_lo: int, listed: Listed | None, p: float) -> float:
+    """``exact_l1.l1_from_bins`` of ``row`` (int64 sums from exponent ``e_lo``) plus
+    ``l1_bins_listed(listed, p)``, in one call; NaN when the C rounding declines."""
+    lib = library()
+    assert lib is not None and row.dtype == np.int64 and row.flags.c_contiguous
+    ub, ab, c = (None, None, 0) if listed is None else (listed._ub, listed._ab, len(listed))
+    return lib.dare_kept_l1(row.ctypes.data, e_lo, row.size, ub, ab, c, p)
 
 
 def l1_bins_both(
