@@ -63,7 +63,9 @@ def test_rounding_in_c_equals_python_integers():
     tiny[0], tiny[1], tiny[2] = 3, 5, 7  # subnormal total
     huge = np.zeros(256, dtype=np.int64)
     huge[254] = 1 << 40  # beyond float32's range: inf
-    cases += [tie, below, carry, tiny, huge, np.zeros(256, dtype=np.int64)]
+    big = np.zeros(256, dtype=np.int64)
+    big[[60, 124]] = (1 << 62) + 12345, (1 << 62) - 1  # bins ≥ 2^56: Python's integers
+    cases += [tie, below, carry, tiny, huge, big, np.zeros(256, dtype=np.int64)]
     for b in cases:
         assert exact_l1.l1_from_bins(b) == exact_l1.l1_from_bins_py(b), np.flatnonzero(b)
     assert exact_l1.l1_from_bins(huge) == float("inf")

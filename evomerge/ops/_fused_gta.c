@@ -269,15 +269,16 @@ void abs_l1_bins(int64_t start, int64_t stop, const float *restrict base,
 }
 
 /* exact_l1.l1_from_bins in C: Σ bins[e] · 2^(max(e,1) − 150), rounded once to float32 (to
- * nearest, ties to even), returned as that float32's double. bins: 256 non-negative sums
- * (< 2^63). The used exponents must span ≤ 64 so the sum fits 128 bits (< 2^55 · 2^64 · 256);
- * returns NaN otherwise, and the caller takes the Python version (a DARE search calls this ~200
- * times per candidate, where Python's big integers took ~17 us each). */
+ * nearest, ties to even), returned as that float32's double. bins: 256 non-negative sums.
+ * The sum must fit 128 bits: every bin < 2^56 and the used exponents spanning ≤ 64 give
+ * < 2^56 · 2^64 · 256 = 2^128. NaN otherwise: the caller takes the Python version (a DARE
+ * search rounds ~200 of these per candidate, where Python's big integers took ~17 us each). */
 double l1_round(const int64_t *bins) {
     if (bins[255]) return INFINITY; /* an Inf/NaN entry */
     int lo = -1, hi = -1;
     for (int e = 0; e < 255; e++)
         if (bins[e]) {
+            if ((uint64_t)bins[e] >> 56) return NAN;
             if (lo < 0) lo = e;
             hi = e;
         }

@@ -6,13 +6,15 @@ while τ and u stay fixed (the worker's ResidentCache holds u). So the worker ke
 tensor, the exact per-exponent mantissa sums (``exact_l1.l1_from_bins``' parts) of the entries
 whose u falls below q/Q, for every q of Q = 256 buckets. For a keep rate p, the buckets below
 ⌊pQ⌋ are all kept (their sums are one lookup), those above all dropped, and only the ~n/Q
-entries of bucket ⌊pQ⌋ add their |τ| when u < p: one read of u (the C kernel tests
-u ∈ [⌊pQ⌋/Q, p) and touches τ for those few) instead of reading τ, the base and u and summing
-every entry. Sums are exact integers, so the result is, bit for bit, the direct
-``fused_gta.l1_bins`` over the whole tensor.
+entries of bucket ⌊pQ⌋ add their |τ| when u < p. The first candidate whose rate falls in a
+bucket finds that bucket's members with one read of u (``members``: each member's u and |τ|,
+in index order); the worker keeps them, so a later rate in the same bucket reads only those
+~n/Q pairs, in order. A rate on a bucket edge (pQ an integer) needs no bucket. Sums are exact
+integers, so the result is, bit for bit, the direct ``fused_gta.l1_bins`` over the whole tensor.
 
 Q is a power of two, so q/Q and p·Q are exact in float32 and bucket edges agree with u < p.
-Memory per expert tensor: (Q + 1) × (exponents in use) int64 sums (~60 KiB for a typical τ).
+Memory per expert tensor: (Q + 1) × (exponents in use) int64 sums (~60 KiB for a typical τ),
+and 8 bytes per member of each bucket kept (n/Q members: 1/128 of u's bytes per bucket).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ merge that do not change between candidates, and dominate their cost:
 * random keep masks (DARE, DELLA): with the recipe's seed the generator of a tensor yields the
   same uniforms u for every candidate, and the mask for keep rate p is ``u < p``; caching u
   skips the draw (most of a DARE candidate). DELLA's per-row magnitude ranks are cached too;
-* Σ|τ_i| (the L1 rescale of DARE/DELLA, a scalar) and, for task arithmetic, τ_i itself.
+* Σ|τ_i| (the L1 rescale of DARE/DELLA, a scalar) and, for task arithmetic, τ_i itself;
+* DARE's kept Σ|τ_i| for any keep rate: a per-bucket table of exact sums and, for each bucket
+  a candidate's rate has fallen in, that bucket's members (``evomerge.ops.dare_l1``).
 
 Every entry is exactly what the uncached operator computes, so results are bit for bit those of
 ``evomerge merge`` (which never uses this cache).
@@ -134,15 +136,7 @@ class TaskStats:
         """Bucket q's members (``dare_l1.members``) of model i's uniforms drawn last (those of
         ``dare_table``)."""
         key = ("dare_l1", self.seed, self.task.name, self._next - 1, self.task.inputs[i])
-        key += (self.task.base, q)
-        hit = self.cache._entries.get(key)
-        if hit is not None:
-            self.cache.hits += 1
-            return hit
-        self.cache.misses += 1
-        value = make()
-        self.cache.put(key, value)  # (when there is room: else they serve this candidate only)
-        return value
+        return self.cache.get(key + (self.task.base, q), make)  # (no room: this candidate only)
 
     def uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         from evomerge.ops.sparsify import uniform
