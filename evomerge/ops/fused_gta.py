@@ -362,24 +362,38 @@ def nth_equal(src: torch.Tensor, base: torch.Tensor | None, v: float, count: int
     lib = library()
     assert lib is not None and 1 <= nth <= count
     vbits = int(np.array(v, dtype=np.float32).view(np.uint32))
+    found = _bracket(lib, src, base, vbits, vbits, lambda a, b: count)
+    if found is None or found[1].size < nth:
+        raise ValueError(f"fewer than the stated {count} entries equal {v}")
+    return int(found[1][nth - 1])
+
+
+def _bracket(
+    lib, src: torch.Tensor, base: torch.Tensor | None, lo: int, hi: int, room
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """abs_delta_bracket over the chunks (threads) of src: the entries whose |src − base| bits
+    lie in [lo, hi] (their bits and flat indices, index order) and the count above hi. None
+    when a chunk holds more than ``room(start, stop)`` of them."""
     chunks = _chunks(src.numel())
-    cap = count + 4097  # (abs_delta_bracket wants room for a 4,096-entry block beyond its hits)
-    bits = [np.empty(cap, dtype=np.uint32) for _ in chunks]
-    index = [np.empty(cap, dtype=np.int64) for _ in chunks]
+    cap = [room(a, b) + 4097 for a, b in chunks]  # (the C loop wants a 4,096-entry block spare)
+    bits = [np.empty(c, dtype=np.uint32) for c in cap]
+    index = [np.empty(c, dtype=np.int64) for c in cap]
     above = np.zeros(len(chunks), dtype=np.int64)
     got = [0] * len(chunks)
     bptr, sptr = (None if base is None else base.data_ptr()), src.data_ptr()
 
     def scan(c: tuple[int, int], i: int) -> None:
         b, x, a = bits[i].ctypes.data, index[i].ctypes.data, above[i:].ctypes.data
-        got[i] = lib.abs_delta_bracket(c[0], c[1], bptr, sptr, vbits, vbits, b, x, cap, a)
+        got[i] = lib.abs_delta_bracket(c[0], c[1], bptr, sptr, lo, hi, b, x, cap[i], a)
 
     _parallel(scan, chunks, list(range(len(chunks))))
-    for x, g in zip(index, got):
-        if nth <= g:
-            return int(x[nth - 1])
-        nth -= g
-    raise ValueError(f"fewer than the stated {count} entries equal {v}")
+    if min(got) < 0:
+        return None
+    return (
+        np.concatenate([b[:g] for b, g in zip(bits, got)]),
+        np.concatenate([x[:g] for x, g in zip(index, got)]),
+        int(above.sum()),
+    )
 
 
 Gathered = tuple[np.ndarray, np.ndarray, int]  # bits, flat indices (index order), rank inside
@@ -400,27 +414,13 @@ def _bracketed(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gat
     d = 4 * int((m * (k / n) * (1 - k / n)) ** 0.5) + 64
     lo = int(sb[j - d]) if j - d >= 0 else 0
     hi = int(sb[j + d]) if j + d < m else 0xFFFFFFFF
-    chunks = _chunks(n)
-    cap = [int((b - a) * min(1.0, 4 * (2 * d + 1) / m)) + 8192 for a, b in chunks]
-    bits = [np.empty(c, dtype=np.uint32) for c in cap]
-    index = [np.empty(c, dtype=np.int64) for c in cap]
-    above = np.zeros(len(chunks), dtype=np.int64)
-    got = [0] * len(chunks)
-    bptr, sptr = (None if base is None else base.data_ptr()), src.data_ptr()
-
-    def scan(c: tuple[int, int], i: int) -> None:
-        b, x, a = bits[i].ctypes.data, index[i].ctypes.data, above[i:].ctypes.data
-        got[i] = lib.abs_delta_bracket(c[0], c[1], bptr, sptr, lo, hi, b, x, cap[i], a)
-
-    _parallel(scan, chunks, list(range(len(chunks))))
-    r = k - int(above.sum())
-    if min(got) < 0 or not 0 < r <= sum(got):
+    share = min(1.0, 4 * (2 * d + 1) / m)  # 4× the sample's share of the bracket
+    found = _bracket(lib, src, base, lo, hi, lambda a, b: int((b - a) * share) + 4095)
+    if found is None:
         return None
-    return (
-        np.concatenate([b[:g] for b, g in zip(bits, got)]),
-        np.concatenate([x[:g] for x, g in zip(index, got)]),
-        r,
-    )
+    bits, index, above = found
+    r = k - above
+    return (bits, index, r) if 0 < r <= bits.size else None
 
 
 def _binned(lib, src: torch.Tensor, base: torch.Tensor | None, k: int) -> Gathered:
