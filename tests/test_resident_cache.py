@@ -100,6 +100,22 @@ def test_dare_keep_rates_in_one_bucket_are_served_from_its_members():
     assert len(members) == 2 + 3 + 2
 
 
+def test_sorted_abs_is_torch_sort_of_the_magnitudes():
+    """The cache's sorted |τ| comes from numpy's sort on CPU: the same values, bit for bit, as
+    torch.sort (signed zeros, subnormals, repeats and infinities included)."""
+    from evomerge.ops import sparsify
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(300, 257, generator=g) * 0.02
+    x[::5] = 0.0
+    x[1::7] = -0.0
+    x[2::11] = 3e-42
+    x[3::13] = x[0, 0]
+    x[4, :3] = torch.tensor([float("inf"), -float("inf"), 3.4e38])
+    want = x.abs().reshape(-1).sort().values
+    assert _same_bits(sparsify.sorted_abs(x), want)
+
+
 def test_changed_seed_is_not_served_from_the_cache():
     base, tensors = _family((50, 20))
     cache = ResidentCache()

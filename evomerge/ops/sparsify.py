@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from evomerge.errors import UserInputError
@@ -89,8 +90,13 @@ def magnitude(
 
 
 def sorted_abs(tensor: torch.Tensor) -> torch.Tensor:
-    """The ascending flat |tensor|: with it, the top-k rule of any k is a lookup."""
-    return tensor.abs().reshape(-1).sort().values
+    """The ascending flat |tensor|: with it, the top-k rule of any k is a lookup. On CPU
+    numpy sorts (its SIMD sort: ~20× torch.sort on float32); sorted values are the same
+    whichever algorithm sorts them (no NaN: inputs are checked finite)."""
+    flat = tensor.abs().reshape(-1)
+    if flat.device.type == "cpu" and flat.dtype == torch.float32:
+        return torch.from_numpy(np.sort(flat.numpy()))
+    return flat.sort().values
 
 
 def _largest(mag: torch.Tensor, k: int, sorted_mag: Lazy | None) -> torch.Tensor:
