@@ -146,9 +146,8 @@ def usable(
     n = base.numel()
     for t in (base, *sources, base if out is None else out):
         want = torch.float32 if t is out else dtype
-        if t.dtype != want or t.device.type != "cpu":
-            return False
-        if not t.is_contiguous() or t.numel() != n:
+        # (is_cpu, not device.type: this runs for every tensor of every candidate)
+        if t.dtype != want or not t.is_cpu or not t.is_contiguous() or t.numel() != n:
             return False
     return True
 
