@@ -130,13 +130,13 @@ def test_changed_seed_is_not_served_from_the_cache():
     assert all(k[1] == 1 for k in cache._entries if k[0] == "uniform")
 
 
-def _tiny(path, seed):
+def _tiny(path, seed, hidden=32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
+        vocab_size=64 * hidden // 32,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -180,3 +180,49 @@ def test_materializer_writes_the_bits_of_evomerge_merge(tmp_path):
             for name, want in disk.items():
                 assert _same_bits(params[name], want), (method, seed, name)
     assert cached.cache.stats.hits > 0 and plain.cache.stats is None
+
+
+def test_deferred_kernel_writes_the_bits_of_evomerge_merge(tmp_path):
+    """Tensors of ≥ 64K entries (hidden 256) on 2 threads: each fused kernel call writes its
+    parameter while the next tensor is prepared (fused_gta.deferred). The materialized model is
+    still `evomerge merge`'s, bit for bit, for consecutive candidates; a candidate that fails
+    halfway leaves no kernel call running."""
+    from evomerge.ops import fused_gta
+
+    if fused_gta.library() is None:
+        pytest.skip("no C compiler here")
+    names = ["base", "a", "b", "c"]
+    base, *experts = [_tiny(tmp_path / n, s, hidden=256) for s, n in enumerate(names)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        mat = Materializer(ExpertCache())
+        for i, (method, density, w) in enumerate(
+            [("ties", 0.3, 0.5), ("dare_ties", 0.45, 0.7), ("ties", 0.6, 0.2)]
+        ):
+            p = {"weight": w, "density": density}
+            recipe = Recipe(
+                merge_method=method,
+                models=[ModelRef(model=e, parameters=p) for e in experts],
+                base_model=base,
+                seed=3,
+            )
+            run_merge(recipe, tmp_path / f"m{i}")
+            disk = load_file(str(next((tmp_path / f"m{i}").glob("*.safetensors"))))
+            params = dict(mat.materialize(recipe).named_parameters())
+            assert max(t.numel() for t in disk.values()) >= 1 << 16
+            for name, want in disk.items():
+                assert _same_bits(params[name], want), (method, name)
+        real = mat.cache.tensor
+
+        def fail_late(ref, name):  # the last tensor's inputs are missing
+            if name == "lm_head.weight":
+                raise KeyError(name)
+            return real(ref, name)
+
+        mat.cache.tensor = fail_late
+        with pytest.raises(KeyError):
+            mat.materialize(recipe)
+        assert getattr(fused_gta._local, "pending", None) is None
+    finally:
+        torch.set_num_threads(before)

@@ -16,6 +16,7 @@ shared home directory works on every node of a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -23,6 +24,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -188,23 +191,56 @@ def run(
     args += (None if u is None else ctypes.addressof(u), ctypes.addressof(p), ctypes.addressof(sc))
     args += (ctypes.addressof(w), _CONSENSUS[consensus], int(normalize), scalar_divisor, lam)
     args += (out.data_ptr(),)
-    _shared(lib.gta_fused_shared, base.numel(), args)
+    keep = (ptrs, has_thr, thr, split, u, p, sc, w, base, sources, uniforms, out)
+    _shared(lib.gta_fused_shared, base.numel(), args, keep)
     return out
 
 
 _BLOCK = 1 << 16  # elements a thread claims at a time: 8 streams of it stay in L2
+_local = threading.local()  # .overlap: inside deferred(); .pending: the call not finished
 
 
-def _shared(kernel, n: int, args: tuple) -> None:
+def _shared(kernel, n: int, args: tuple, keep: tuple) -> None:
     """Run ``kernel`` (a ``*_shared`` C function) over n elements, this thread and the pool's
-    claiming blocks (see gta_fused_shared). Returns when all are done; the pool's calls may
-    still be returning (they hold ``share`` alive until then)."""
+    claiming blocks (see gta_fused_shared). Returns when all are done (the pool's calls may
+    still be returning: they hold ``share`` alive until then) — or, inside ``deferred()``,
+    as soon as the pool has a large call (``keep``: what its arguments point to)."""
     share = np.zeros(2, dtype=np.int64)
-    ptr = share.ctypes.data
-    helpers = min(torch.get_num_threads(), -(-n // _BLOCK)) - 1
+    threads = torch.get_num_threads()
+    defer = getattr(_local, "overlap", False) and threads > 1 and n >= _BLOCK
+    if defer:
+        finish()  # one call in flight at a time
+    helpers = threads - 1 if defer else min(threads, -(-n // _BLOCK)) - 1
     for _ in range(helpers):
         _threads().submit(lambda s=share: kernel(n, _BLOCK, s.ctypes.data, 0, *args))
-    kernel(n, _BLOCK, ptr, 1, *args)
+    if defer:
+        _local.pending = (kernel, n, share, args, keep)
+    else:
+        kernel(n, _BLOCK, share.ctypes.data, 1, *args)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Inside, a large ``run`` returns once the pool's threads have it, and the caller's Python
+    for the next tensor (its rules, lookups, dispatch) runs while they work; the next large
+    call or ``finish()`` completes it, this thread claiming the blocks left. For a caller that
+    reads no output before calling ``finish()``: a worker writing a candidate into its
+    resident model. (Before, the second core idled during that Python: ~1/3 of a candidate.)"""
+    _local.overlap = True
+    try:
+        yield
+    finally:
+        _local.overlap = False
+
+
+def finish() -> None:
+    """Complete this thread's deferred ``run`` (``deferred``), if any: its output is then
+    written."""
+    pending = getattr(_local, "pending", None)
+    if pending is not None:
+        _local.pending = None
+        kernel, n, share, args, _keep = pending
+        kernel(n, _BLOCK, share.ctypes.data, 1, *args)
 
 
 def l1_bins(

@@ -39,7 +39,8 @@ def merged_tensors(
 ) -> tuple[Any, Iterator[tuple[str, torch.Tensor]]]:
     """(output model config, iterator of (tensor name, merged tensor)) with every source tensor
     read from ``cache`` instead of the disk. ``dest(name)``: the tensor the result may be written
-    into (the iterator then yields that very tensor), or None."""
+    into (the iterator then yields that very tensor, whose writing may go on until the
+    iteration ends), or None."""
     engine = _engine()
     plan = engine.plan(recipe, resolver=cache.resolver, source=cache)
     return _shared_config(plan), _iter_tensors(engine, plan, cache, dest)
@@ -64,14 +65,26 @@ def _shared_config(plan: Any) -> Any:
 def _iter_tensors(
     engine: Any, plan: Any, cache: Any, dest: Dest | None
 ) -> Iterator[tuple[str, torch.Tensor]]:
+    from evomerge.ops import fused_gta
+
     stats = getattr(cache, "stats", None)
     seed = plan.recipe.seed
-    with torch.no_grad():
+    # The fused kernel writing tensor i into its resident parameter overlaps the Python of
+    # tensor i + 1 (fused_gta.deferred). A value written elsewhere is finished before it is
+    # handed over (the consumer reads it), the rest when the iteration ends or is closed.
+    try:
         for task in plan.tasks:
             # The cache checked every expert tensor for NaN/Inf once, when it loaded it:
             # re-checking all inputs for every candidate would add a pass over the experts.
             inputs = engine.load_inputs(task, cache, check=False)
-            yield task.name, _compute(engine, task, inputs, seed, stats, dest)
+            with torch.no_grad(), fused_gta.deferred():
+                value = _compute(engine, task, inputs, seed, stats, dest)
+            target = dest(task.name) if dest is not None else None
+            if target is None or target.data_ptr() != value.data_ptr():
+                fused_gta.finish()
+            yield task.name, value
+    finally:
+        fused_gta.finish()
 
 
 def _compute(

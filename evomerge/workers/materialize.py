@@ -174,18 +174,21 @@ class Materializer:
             config, tensors = merge_fn(recipe, self.cache)
         model = self._resident(config)
         written = set()
-        for name, value in tensors:
-            dst = self._targets.get(name)
-            if dst is None:
-                continue  # e.g. lm_head.weight when tied; rotary caches are not parameters
-            if dst.shape != value.shape:
-                raise ValueError(
-                    f"merged tensor {name}: shape {tuple(value.shape)} does not fit "
-                    f"the model's {tuple(dst.shape)}"
-                )
-            if not _same_storage(dst, value):
-                dst.copy_(value)
-            written.add(name)
+        try:
+            for name, value in tensors:
+                dst = self._targets.get(name)
+                if dst is None:
+                    continue  # e.g. lm_head.weight when tied; rotary caches are not parameters
+                if dst.shape != value.shape:
+                    raise ValueError(
+                        f"merged tensor {name}: shape {tuple(value.shape)} does not fit "
+                        f"the model's {tuple(dst.shape)}"
+                    )
+                if not _same_storage(dst, value):
+                    dst.copy_(value)
+                written.add(name)
+        finally:  # the engine finishes writing the parameters (merged_tensors) even on error
+            getattr(tensors, "close", lambda: None)()
         missing = [n for n in self._required if n not in written]
         if missing:
             raise ValueError(
