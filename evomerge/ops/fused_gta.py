@@ -493,6 +493,7 @@ def _parallel(fn, chunks: list[tuple[int, int]], per_chunk: list) -> None:
     if len(chunks) == 1:
         fn(chunks[0], per_chunk[0])
     else:  # ctypes releases the GIL during the call: the chunks run in parallel
+        finish()  # (a deferred run would compete for the same cores: one at a time)
         # the calling thread runs the first chunk itself: one hand-off fewer per call
         rest = [_threads().submit(fn, c, x) for c, x in zip(chunks[1:], per_chunk[1:])]
         fn(chunks[0], per_chunk[0])
