@@ -126,8 +126,7 @@ class TaskStats:
     def dare_table(self, i: int, make: Callable[[], Any]) -> Any:
         """DARE's bucketed L1 table (``evomerge.ops.dare_l1``) of τ_i and the uniforms drawn
         last (model i's: the operator asks right after drawing them)."""
-        key = ("dare_l1", self.seed, self.task.name, self._next - 1, self.task.inputs[i])
-        key += (self.task.base,)
+        key = self._dare_key(i)
         if key not in self.cache._entries and not self.cache.has_room(_TABLE_BYTES):
             return None  # no room: building it for one candidate costs more than a direct pass
         return self.cache.get(key, make)
@@ -135,8 +134,13 @@ class TaskStats:
     def dare_members(self, i: int, q: int, make: Callable[[], Any]) -> Any:
         """Bucket q's members (``dare_l1.members``) of model i's uniforms drawn last (those of
         ``dare_table``)."""
-        key = ("dare_l1", self.seed, self.task.name, self._next - 1, self.task.inputs[i])
-        return self.cache.get(key + (self.task.base, q), make)  # (no room: this candidate only)
+        return self.cache.get(self._dare_key(i) + (q,), make)  # (no room: this candidate only)
+
+    def _dare_key(self, i: int) -> tuple:
+        """Model i's DARE entries: its tensor and base, and the draw just made (``dare_l1``
+        entries are dropped with the seed's draws)."""
+        t = self.task
+        return ("dare_l1", self.seed, t.name, self._next - 1, t.inputs[i], t.base)
 
     def uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         from evomerge.ops.sparsify import uniform
