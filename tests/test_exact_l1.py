@@ -125,9 +125,10 @@ def test_kept_l1_from_kept_bucket_members_equals_direct_sum(wide):
 
 
 @pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
-def test_bucket_scan_with_many_hits_is_the_masked_sum():
-    """The bucket scan gathers its hits in batches: a range wide enough to fill many batches,
-    and a length that is not a multiple of its 64-entry groups, give the masked exact sum."""
+def test_bucket_members_with_many_hits_are_the_masked_entries():
+    """Finding a bucket's members gathers its hits in batches: a range wide enough to fill many
+    batches, and a length that is not a multiple of its 64-entry groups, give exactly the
+    entries inside it (their u and |t − b|, index order), whose sums are the masked exact sum."""
     g = torch.Generator().manual_seed(5)
     n = (1 << 18) + 13
     b = torch.randn(n, generator=g)
@@ -135,5 +136,9 @@ def test_bucket_scan_with_many_hits_is_the_masked_sum():
     u = torch.rand(n, generator=g)
     for lo, hi in ((0.1, 0.6), (0.25, 0.25 + 2**-8), (0.0, 1.0)):
         keep = (u >= lo) & (u < hi)
+        listed = fused_gta.bucket_members(t, b, u, lo, hi)
+        inside = keep.nonzero().reshape(-1)
+        assert np.array_equal(listed.pairs[0], u[inside].view(torch.int32).numpy().view(np.uint32))
+        assert np.array_equal(listed.pairs[1], (t - b)[inside].abs().view(torch.int32).numpy())
         want = exact_l1.l1_bins_torch(((t - b) * keep).abs())
-        assert list(fused_gta.l1_bins(t, b, u, hi, lo=lo)) == want, (lo, hi)
+        assert list(fused_gta.l1_bins_listed(listed, hi)) == want, (lo, hi)

@@ -327,19 +327,14 @@ void abs_l1_bins2(int64_t start, int64_t stop, const float *restrict base,
         for (int e = 0; e < 256; e++) all[e] += sa[k][e], kept[e] += sk[k][e];
 }
 
-/* The same sums over the few entries with lo <= u < hi (one bucket of evomerge/ops/dare_l1.py),
+/* ---- one bucket lo <= u < hi of DARE's uniforms (evomerge/ops/dare_l1.py) ----
  * 0 <= lo <= hi. For non-negative floats the bits order like the values, so the test is one
- * unsigned comparison. The hits (~1/256 of the entries) are scattered: adding each as it is
- * found would put two cache misses (src, base) behind every rarely taken, so mispredicted,
- * branch, one miss at a time. Their indices are gathered first (a vectorized test per 64
- * entries, a branch-free append inside the 64s that hit), then summed in a loop whose loads
- * are independent, so the misses overlap. */
+ * unsigned comparison. The hits (~1/256 of the entries) are scattered: reading src and base as
+ * each is found would put two cache misses behind every rarely taken, so mispredicted, branch,
+ * one miss at a time. Their indices are gathered first (a vectorized test per 64 entries, a
+ * branch-free append inside the 64s that hit), then read in a loop whose loads are
+ * independent, so the misses overlap. */
 #define IN_BATCH 512
-
-static void l1_parts(const float *restrict base, const float *restrict src,
-                     const int64_t *restrict idx, int64_t c, int64_t *restrict bins) {
-    for (int64_t k = 0; k < c; k++) l1_part(base, src, 0, 0.0f, idx[k], bins);
-}
 
 /* Appends to idx the entries of [i, i + 64) with lo <= u < hi (the bits of lo in l, hi - lo's
  * in width); returns the new count. Most 64s hold no hit: one vectorized test skips them. */
@@ -353,27 +348,6 @@ INLINE int64_t gather64(const uint32_t *restrict ub, int64_t i, uint32_t l, uint
         c += ub[i + k] - l < width;
     }
     return c;
-}
-
-void abs_l1_bins_in(int64_t start, int64_t stop, const float *restrict base,
-                    const float *restrict src, const float *restrict u, float lo, float hi,
-                    int64_t *restrict bins) {
-    union f32bits l, h;
-    l.f = lo, h.f = hi;
-    const uint32_t *restrict ub = (const uint32_t *)u, width = h.u - l.u;
-    int64_t idx[IN_BATCH + 64], c = 0, i = start;
-    for (; i + 64 <= stop; i += 64) {
-        c = gather64(ub, i, l.u, width, idx, c);
-        if (c >= IN_BATCH) {
-            l1_parts(base, src, idx, c, bins);
-            c = 0;
-        }
-    }
-    for (; i < stop; i++) {
-        idx[c] = i;
-        c += ub[i] - l.u < width; /* (at most 63 more: idx has room) */
-    }
-    l1_parts(base, src, idx, c, bins);
 }
 
 /* The members of one bucket lo <= u < hi, in index order: their u (as bits) and their

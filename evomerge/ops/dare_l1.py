@@ -60,6 +60,10 @@ def build(tau_abs_bits: torch.Tensor, u: torch.Tensor) -> KeptL1Table:
 Members = Callable[[int, Callable[[], fused_gta.Listed]], fused_gta.Listed]
 
 
+def _found_now(q: int, make: Callable[[], fused_gta.Listed]) -> fused_gta.Listed:
+    return make()  # no cache: the members serve this call only
+
+
 def members(t: torch.Tensor, b: torch.Tensor, u: torch.Tensor, q: int) -> fused_gta.Listed:
     """Bucket q's entries (q/Q ≤ u < (q+1)/Q): their u and |t − b| (``fused_gta``)."""
     return fused_gta.bucket_members(t, b, u, q / Q, (q + 1) / Q)
@@ -71,7 +75,7 @@ def kept_l1(
     b: torch.Tensor,
     u: torch.Tensor,
     p: float,
-    cached_members: Members | None = None,
+    cached_members: Members = _found_now,
 ) -> float:
     """Σ_{u < p} |t − b|, exact, rounded once to float32 (as ``exact_l1.l1_from_bins``).
     ``cached_members(q, make)``: bucket q's members (``members``) from the worker's cache
@@ -80,10 +84,6 @@ def kept_l1(
     row = table.prefix[qp]
     listed = None
     if qp < Q and np.float32(p) > np.float32(qp / Q):  # p inside bucket qp (not on its edge)
-        if cached_members is None:  # its entries with u < p, found by a scan of every u
-            bins = fused_gta.l1_bins(t, b, u, p, lo=qp / Q)
-            bins[table.e_lo : table.e_lo + row.size] += row  # (< 2^55 in all: int64)
-            return exact_l1.l1_from_bins(bins)
         listed = cached_members(qp, lambda: members(t, b, u, qp))
     value = fused_gta.kept_l1_listed(row, table.e_lo, listed, p)
     if value == value:

@@ -110,8 +110,6 @@ def library() -> ctypes.CDLL | None:
     lib.gta_fused_shared.argtypes = [i64, i64, fp, i32, *f.argtypes[2:]]
     lib.abs_l1_bins.restype = None
     lib.abs_l1_bins.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp]
-    lib.abs_l1_bins_in.restype = None
-    lib.abs_l1_bins_in.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, ctypes.c_float, fp]
     lib.linear_bf16.restype = i64
     lib.linear_bf16.argtypes = [i64, i64, i32, fp, fp, i32, ctypes.c_float, fp, fp]
     lib.abs_delta_hist.restype = None
@@ -248,10 +246,9 @@ def l1_bins(
     base: torch.Tensor | None,
     u: torch.Tensor | None = None,
     p: float = 1.0,
-    lo: float | None = None,
 ) -> np.ndarray:
-    """The 256 per-exponent mantissa sums (int64) of |src − base| (kept where u < p, and u ≥ lo when
-    given): the exact L1 norm's parts (``exact_l1.l1_from_bins`` rounds them)."""
+    """The 256 per-exponent mantissa sums (int64) of |src − base| (kept where u < p): the exact
+    L1 norm's parts (``exact_l1.l1_from_bins`` rounds them)."""
     lib = library()
     assert lib is not None
     bptr = None if base is None else base.data_ptr()
@@ -260,10 +257,7 @@ def l1_bins(
     bins = [np.zeros(256, dtype=np.int64) for _ in chunks]
 
     def fill(c: tuple[int, int], b: np.ndarray) -> None:
-        if lo is None:
-            lib.abs_l1_bins(c[0], c[1], bptr, src.data_ptr(), uptr, p, b.ctypes.data)
-        else:
-            lib.abs_l1_bins_in(c[0], c[1], bptr, src.data_ptr(), uptr, lo, p, b.ctypes.data)
+        lib.abs_l1_bins(c[0], c[1], bptr, src.data_ptr(), uptr, p, b.ctypes.data)
 
     _parallel(fill, chunks, bins)
     # a chunk's bin is < 2^55 (2^31 mantissas < 2^24): the chunks' int64 sum cannot overflow
