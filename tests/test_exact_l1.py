@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from evomerge.ops import dare_l1, exact_l1, fused_gta
+from evomerge.ops.packed_uniform import Packed
 
 
 def _exact_f32(x: torch.Tensor) -> float:
@@ -78,7 +79,7 @@ def test_dare_table_lookup_equals_direct_sum():
     b = torch.randn(n, generator=g)
     t = b + 0.01 * torch.randn(n, generator=g)
     t[::5] = b[::5]  # untouched entries: τ = 0
-    u = torch.rand(n, generator=g)
+    u = Packed.of(torch.rand(n, generator=g))
     table = dare_l1.build((t - b).abs().view(torch.int32), u)
     for p in (0.0, 1e-6, 0.1, 0.5, 0.5 + 2**-10, 0.77, 255 / 256, 0.9999, 1.0):
         p32 = float(np.float32(p))
@@ -100,7 +101,8 @@ def test_kept_l1_from_kept_bucket_members_equals_direct_sum(wide):
     t[::3] = b[::3]
     if wide:
         b[1::97], t[1::97] = 0.0, 1e-30
-    u = torch.rand(n, generator=g)
+    uf = torch.rand(n, generator=g)
+    u = Packed.of(uf)
     table = dare_l1.build((t - b).abs().view(torch.int32), u)
     kept: dict[int, fused_gta.Listed] = {}
     made = []
@@ -118,27 +120,30 @@ def test_kept_l1_from_kept_bucket_members_equals_direct_sum(wide):
         assert dare_l1.kept_l1(table, t, b, u, p32, cached) == direct, p
     assert sorted(made) == sorted({int(np.float32(p) * 256) for p in rates if p != 0.5})
     q = int(0.3 * 256)
-    inside = ((u >= q / 256) & (u < (q + 1) / 256)).nonzero().reshape(-1)
+    inside = ((uf >= q / 256) & (uf < (q + 1) / 256)).nonzero().reshape(-1)
     pairs = kept[q].pairs
-    assert np.array_equal(pairs[0], u[inside].view(torch.int32).numpy().view(np.uint32))
+    assert np.array_equal(pairs[0], (uf[inside].double() * 2**24).numpy().astype(np.uint32))
     assert np.array_equal(pairs[1], (t - b)[inside].abs().view(torch.int32).numpy())
 
 
 @pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
 def test_bucket_members_with_many_hits_are_the_masked_entries():
-    """Finding a bucket's members gathers its hits in batches: a range wide enough to fill many
-    batches, and a length that is not a multiple of its 64-entry groups, give exactly the
-    entries inside it (their u and |t − b|, index order), whose sums are the masked exact sum."""
+    """Finding a bucket's members gathers its hits in batches: a bucket full enough to fill
+    many batches, and a length that is not a multiple of its 64-entry groups, give exactly the
+    entries inside it (their k and |t − b|, index order), whose sums are the masked exact sum."""
     g = torch.Generator().manual_seed(5)
     n = (1 << 18) + 13
     b = torch.randn(n, generator=g)
     t = b + 0.01 * torch.randn(n, generator=g)
-    u = torch.rand(n, generator=g)
-    for lo, hi in ((0.1, 0.6), (0.25, 0.25 + 2**-8), (0.0, 1.0)):
-        keep = (u >= lo) & (u < hi)
-        listed = fused_gta.bucket_members(t, b, u, lo, hi)
+    uf = torch.rand(n, generator=g)
+    uf[::3] = 0.25 + 2**-12  # a third of the entries in bucket 64: many batches
+    u = Packed.of(uf)
+    for q in (64, 0, 255, 100):
+        keep = (uf >= q / 256) & (uf < (q + 1) / 256)
+        listed = fused_gta.bucket_members(t, b, u, q)
         inside = keep.nonzero().reshape(-1)
-        assert np.array_equal(listed.pairs[0], u[inside].view(torch.int32).numpy().view(np.uint32))
+        assert np.array_equal(listed.pairs[0], u.keys()[inside].numpy().astype(np.uint32))
         assert np.array_equal(listed.pairs[1], (t - b)[inside].abs().view(torch.int32).numpy())
-        want = exact_l1.l1_bins_torch(((t - b) * keep).abs())
-        assert list(fused_gta.l1_bins_listed(listed, hi)) == want, (lo, hi)
+        for p in ((q + 1) / 256, (q + 0.5) / 256):
+            want = exact_l1.l1_bins_torch(((t - b) * (keep & (uf < p))).abs())
+            assert list(fused_gta.l1_bins_listed(listed, p)) == want, (q, p)

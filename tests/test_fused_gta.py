@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from evomerge.ops import OPS, fused_gta, generator_for
+from evomerge.ops.packed_uniform import Packed
 from evomerge.workers.resident_cache import ResidentCache
 from tests.test_resident_cache import _family, _same_bits, _task
 
@@ -227,9 +228,48 @@ def test_l1_bins_both_is_the_two_sums():
     torch.set_num_threads(2)
     try:
         base, (src,) = _family(((1 << 18) + 5,), n=1, seed=11)
-        u = torch.rand(base.numel(), generator=torch.Generator().manual_seed(2))
+        u = Packed.of(torch.rand(base.numel(), generator=torch.Generator().manual_seed(2)))
         whole, kept = fused_gta.l1_bins_both(src, base, u, 0.3)
         assert (whole == fused_gta.l1_bins(src, base)).all()
         assert (kept == fused_gta.l1_bins(src, base, u, 0.3)).all()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["dare_ties", "dare_linear"])
+def test_packed_uniforms_ties_redone_exactly(monkeypatch, name):
+    """DARE's kernel decides u < p on the uniforms' high 16 bits and redoes the entries whose
+    high half equals the rule's (``packed_uniform``). Uniforms crafted so that many entries
+    tie — low bits below, equal to and above the rule's, in every 4,096-entry span, on both
+    threads, a model at density 1 beside them — give the eager path's bits, rescale included."""
+    from evomerge.ops import packed_uniform, sparsify
+
+    base, tensors = _family((600, 257), quantized=False, seed=8)
+    n = base.numel()
+    densities = [0.45, float(torch.tensor(0.3).float()), 1.0]
+
+    def crafted(shape, generator):
+        g = torch.Generator().manual_seed(int(torch.randint(1 << 30, (1,), generator=generator)))
+        k = torch.randint(1 << 24, (n,), generator=g, dtype=torch.int64)
+        p = densities[int(torch.randint(2, (1,), generator=g))]
+        tie = packed_uniform.below(p) >> 8
+        some = torch.rand(n, generator=g) < 0.05  # 5% tie: every span has ties
+        k[some] = (tie << 8) | torch.randint(256, (int(some.sum()),), generator=g)
+        return (k.double() * 2**-24).float().reshape(shape)
+
+    monkeypatch.setattr(sparsify, "uniform", crafted)
+    monkeypatch.setattr(sparsify, "uniform_packed", lambda s, g: Packed.of(crafted(s, g)))
+    spec = OPS[name]
+    calls = _spy(monkeypatch)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for weight in ([0.5, -0.3, 0.8], [1.0, 1.0, 1.0]):
+            p = {**spec.defaults, "weight": weight, "density": densities}
+            g = lambda: generator_for(5, "w")  # noqa: E731
+            got = spec.fn(tensors, base, generator=g(), **p)
+            want = _eager(monkeypatch, lambda p=p, g=g: spec.fn(tensors, base, generator=g(), **p))
+            assert _same_bits(got, want), (name, weight)
+    finally:
+        torch.set_num_threads(before)
+    assert calls and len(fused_gta._chunks(n)) == 2

@@ -28,6 +28,28 @@ def test_draws_are_torch_rand(sizes):
     assert ours.initial_seed() == theirs.initial_seed()
 
 
+@pytest.mark.parametrize("sizes", [[3, 621, 1, 625], [1 << 20, 5]])
+def test_packed_draws_are_torch_rand(sizes):
+    """Packed (DARE's fused kernel: k = u · 2^24 as 16 + 8 bits), the same values and the same
+    stream; ``packed_uniform.below`` is the keep rule u < p on k, at and around the values."""
+    from evomerge.ops import packed_uniform
+
+    ours, theirs = generator_for(4, "w"), generator_for(4, "w")
+    for n in sizes:
+        got = mt_uniform.draw((n,), ours, packed=True)
+        want = torch.rand(n, generator=theirs)
+        assert got is not None and torch.equal(got.floats(), want), n
+        assert torch.equal(
+            sparsify.uniform_packed((n,), generator_for(4, "w")).floats()[:n],
+            torch.rand(n, generator=generator_for(4, "w")),
+        )
+        k = got.keys()
+        for p in (*want[:50].tolist(), 0.0, 1.0, 0.3, 2**-30, float("nan"), -0.5, 1.5):
+            p32 = torch.tensor(p, dtype=torch.float32)
+            assert torch.equal(k < packed_uniform.below(float(p32)), want < p32), p
+    assert torch.equal(torch.rand(9, generator=ours), torch.rand(9, generator=theirs))
+
+
 def test_shape_and_sparsify_uniform_use_it(monkeypatch):
     g1, g2 = generator_for(9, "x"), generator_for(9, "x")
     got = sparsify.uniform((33, 70), g1)

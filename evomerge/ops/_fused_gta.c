@@ -3,9 +3,10 @@
  *                   float32 tensors; generalized_ta.py is the reference;
  *   abs_delta_*     the exact top-k threshold of |src - base| (radix selection);
  *   abs_l1_bins*    exact L1 norms (per-exponent integer sums) for the L1 rescale;
- *   u_bucket_members  the entries of one DARE bucket (dare_l1.py);
+ *   u_bucket_members  the entries of one bucket of DARE's packed uniforms (dare_l1.py);
  *   linear_bf16     linear straight from bfloat16 checkpoints;
- *   mt_uniform24    torch.rand's float32 uniforms (DARE's draws) from torch's generator state.
+ *   mt_uniform24    torch.rand's float32 uniforms (DARE's draws) from torch's generator state,
+ *                   as floats or packed (packed_uniform.py).
  *
  * Every element goes through exactly the float32 operations of the eager torch path, in the
  * same order (see _streamed / _combine / _agreeing_sum in generalized_ta.py), so the result is
@@ -17,7 +18,8 @@
  * Per model j (m <= 4, the length for which torch's stacked sum adds rows in order):
  *   d_j = src_j[i] - base[i]              (src_j is the task vector itself when is_tau)
  *   d_j = d_j * keep                      keep = |d_j| >= thr_j below split_j, > thr_j from it
- *                                         on (magnitude top-k), or u_j[i] < p_j (DARE's draw)
+ *                                         on (magnitude top-k), or u_j[i] < p_j (DARE's draw,
+ *                                         read packed: see "DARE's uniforms, packed" below)
  *   x_j = (d_j * scale_j) * w_j           scale_j: the L1 rescale (1 without it: exact)
  * then, without consensus:   mixed = x_0 + x_1 + ...
  *       with consensus:      votes = x_0 + ... (sum)  or  sign(x_0) + ... (count)
@@ -45,65 +47,134 @@ static float strict_threshold(float v) { return isinf(v) && v > 0 ? NAN : nextaf
 
 INLINE float sign_of(float x) { return (x > 0.0f ? 1.0f : 0.0f) - (x < 0.0f ? 1.0f : 0.0f); }
 
-/* Elements [lo, hi) on which every model's threshold is one value. M, MODE, NORM and TAU are
- * constants at each call site (see DISPATCH), so the model loops unroll away and the element
- * loop vectorizes: every input is read once, the output written once. Multiplying by λ = 1 or
- * dividing by a scalar divisor of 1 is exact, so those steps need no flag. */
-INLINE void range(const int M, const int MODE, const int NORM, const int TAU, const int RAND,
-                  int64_t lo, int64_t hi, const float *restrict base, const float *const *src,
-                  const float *const *u, const float *t, const float *p, const float *scale,
-                  const float *w, float scalar_divisor, float lambda, float *restrict out) {
-    const float *restrict s[MAXM], *restrict r[MAXM];
-    float tt[MAXM], pp[MAXM], sc[MAXM], ww[MAXM];
-    for (int j = 0; j < M; j++) {
-        s[j] = src[j], r[j] = RAND ? u[j] : 0;
-        tt[j] = t[j], pp[j] = p[j], sc[j] = scale[j], ww[j] = w[j];
+/* DARE's uniforms, packed. torch.rand's float32 uniform is u = k * 2^-24 for a 24-bit integer
+ * k (mt_uniform24 below), and u < p <=> k < K with K = ceil(p * 2^24) (packed_uniform.py). The
+ * kernel reads k's high 16 bits h (one uint16 stream per model instead of a float32 one): the
+ * rule k < K is h < K >> 8 unless h == K >> 8, which ~1 entry in 65,536 meets; those entries
+ * (the "ties") are done again with k's low 8 bits from their own array. */
+typedef struct {
+    const uint16_t *const *high; /* per model: k >> 8 */
+    const uint8_t *const *low;   /* per model: k & 255 */
+    const int32_t *below;        /* per model: K, the keep rule k < K (2^24: keep all) */
+} packed_rule;
+
+INLINE int32_t packed_k(const packed_rule *r, int j, int64_t i) {
+    return ((int32_t)r->high[j][i] << 8) | r->low[j][i];
+}
+
+/* The elected, summed and normalized update from the per-model terms x_j (see the header). */
+INLINE float combine(const int M, const int MODE, const int NORM, const float *x, const float *ww,
+                     float scalar_divisor) {
+    float mixed = x[0];
+    if (MODE == CONSENSUS_NONE) {
+#pragma GCC unroll 4
+        for (int j = 1; j < M; j++) mixed = mixed + x[j];
+        return mixed / scalar_divisor;
     }
+    float k[MAXM];
+    float votes = MODE == CONSENSUS_SUM ? x[0] : sign_of(x[0]);
+#pragma GCC unroll 4
+    for (int j = 1; j < M; j++) votes = votes + (MODE == CONSENSUS_SUM ? x[j] : sign_of(x[j]));
+    const float e = copysignf(1.0f, votes); /* the elected sign */
+#pragma GCC unroll 4
+    for (int j = 0; j < M; j++) {
+        const float f = x[j] * e;
+        k[j] = f > 0.0f ? f : 0.0f; /* the agreeing entries, flipped to >= 0 */
+    }
+    mixed = k[0];
+#pragma GCC unroll 4
+    for (int j = 1; j < M; j++) mixed = mixed + k[j];
+    mixed = mixed * e;
+    if (NORM) {
+        float div = (k[0] > 0.0f ? 1.0f : 0.0f) * ww[0];
+#pragma GCC unroll 4
+        for (int j = 1; j < M; j++) div = div + (k[j] > 0.0f ? 1.0f : 0.0f) * ww[j];
+        mixed = mixed / (div + (div == 0.0f ? 1.0f : 0.0f));
+    }
+    return mixed;
+}
+
+/* Elements [lo, hi) on which every model's threshold is one value. M, MODE, NORM, TAU and RAND
+ * are constants at each call site (see DISPATCH), so the model loops unroll away and the
+ * element loop vectorizes: every input is read once, the output written once. Multiplying by
+ * λ = 1 or dividing by a scalar divisor of 1 is exact, so those steps need no flag. With RAND
+ * the keep rule reads only the high halves, an entry on a tie is dropped, and the ties are
+ * counted: the return value (the caller redoes them, ``redo_ties``). */
+INLINE int64_t range(const int M, const int MODE, const int NORM, const int TAU, const int RAND,
+                     int64_t lo, int64_t hi, const float *restrict base, const float *const *src,
+                     const packed_rule *rule, const float *t, const float *scale, const float *w,
+                     float scalar_divisor, float lambda, float *restrict out) {
+    const float *restrict s[MAXM];
+    const uint16_t *restrict r[MAXM];
+    float tt[MAXM], sc[MAXM], ww[MAXM];
+    int32_t hh[MAXM];
+    for (int j = 0; j < M; j++) {
+        s[j] = src[j], r[j] = RAND ? rule->high[j] : 0;
+        tt[j] = t[j], sc[j] = scale[j], ww[j] = w[j];
+        hh[j] = RAND ? rule->below[j] >> 8 : 0;
+    }
+    int32_t ties = 0; /* (RAND spans are TIE_SPAN long: 32 bits vectorize better) */
     for (int64_t i = lo; i < hi; i++) {
         const float b = base[i];
-        float x[MAXM], k[MAXM];
+        float x[MAXM];
 #pragma GCC unroll 4
         for (int j = 0; j < M; j++) {
             const float d = TAU ? s[j][i] : s[j][i] - b;
-            const float keep = RAND ? (r[j][i] < pp[j] ? 1.0f : 0.0f) : (fabsf(d) >= tt[j] ? 1.0f : 0.0f);
+            float keep;
+            if (RAND) {
+                const int32_t h = r[j][i];
+                ties += h == hh[j];
+                keep = h < hh[j] ? 1.0f : 0.0f;
+            } else
+                keep = fabsf(d) >= tt[j] ? 1.0f : 0.0f;
             x[j] = ((d * keep) * sc[j]) * ww[j];
         }
-        float mixed = x[0];
-        if (MODE == CONSENSUS_NONE) {
-#pragma GCC unroll 4
-            for (int j = 1; j < M; j++) mixed = mixed + x[j];
-            mixed = mixed / scalar_divisor;
-        } else {
-            float votes = MODE == CONSENSUS_SUM ? x[0] : sign_of(x[0]);
-#pragma GCC unroll 4
-            for (int j = 1; j < M; j++) votes = votes + (MODE == CONSENSUS_SUM ? x[j] : sign_of(x[j]));
-            const float e = copysignf(1.0f, votes); /* the elected sign */
-#pragma GCC unroll 4
-            for (int j = 0; j < M; j++) {
-                const float f = x[j] * e;
-                k[j] = f > 0.0f ? f : 0.0f; /* the agreeing entries, flipped to >= 0 */
-            }
-            mixed = k[0];
-#pragma GCC unroll 4
-            for (int j = 1; j < M; j++) mixed = mixed + k[j];
-            mixed = mixed * e;
-            if (NORM) {
-                float div = (k[0] > 0.0f ? 1.0f : 0.0f) * ww[0];
-#pragma GCC unroll 4
-                for (int j = 1; j < M; j++) div = div + (k[j] > 0.0f ? 1.0f : 0.0f) * ww[j];
-                mixed = mixed / (div + (div == 0.0f ? 1.0f : 0.0f));
-            }
+        out[i] = b + combine(M, MODE, NORM, x, ww, scalar_divisor) * lambda;
+    }
+    return ties;
+}
+
+/* The entries of [lo, hi) where some model's high half ties its rule, again with the exact
+ * rule k < K: the same operations as range, element by element. */
+INLINE void redo_ties(const int M, const int MODE, const int NORM, int64_t lo, int64_t hi,
+                      const float *restrict base, const float *const *src,
+                      const packed_rule *rule, const float *scale, const float *w,
+                      float scalar_divisor, float lambda, float *restrict out) {
+    for (int64_t i = lo; i < hi; i++) {
+        int tie = 0;
+        for (int j = 0; j < M; j++) tie |= (int32_t)rule->high[j][i] == rule->below[j] >> 8;
+        if (!tie) continue;
+        const float b = base[i];
+        float x[MAXM];
+        for (int j = 0; j < M; j++) {
+            const float keep = packed_k(rule, j, i) < rule->below[j] ? 1.0f : 0.0f;
+            x[j] = (((src[j][i] - b) * keep) * scale[j]) * w[j];
         }
-        out[i] = b + mixed * lambda;
+        out[i] = b + combine(M, MODE, NORM, x, w, scalar_divisor) * lambda;
     }
 }
 
-#define CALL(M, MODE, NORM, TAU, RAND) \
-    range(M, MODE, NORM, TAU, RAND, lo, hi, base, src, u, t, p, scale, w, scalar_divisor, lambda, out)
-#define BY_TAU(M, MODE, NORM)                          \
-    if (is_tau) CALL(M, MODE, NORM, 1, 0);             \
-    else if (u) CALL(M, MODE, NORM, 0, 1);             \
-    else CALL(M, MODE, NORM, 0, 0);
+#define TIE_SPAN 4096 /* DARE elements per range call: a span with a tie is re-read from L1 */
+
+INLINE void dare_range(const int M, const int MODE, const int NORM, int64_t lo, int64_t hi,
+                       const float *restrict base, const float *const *src,
+                       const packed_rule *rule, const float *t, const float *scale,
+                       const float *w, float scalar_divisor, float lambda, float *restrict out) {
+    for (int64_t a = lo; a < hi; a += TIE_SPAN) {
+        const int64_t e = a + TIE_SPAN < hi ? a + TIE_SPAN : hi;
+        if (range(M, MODE, NORM, 0, 1, a, e, base, src, rule, t, scale, w, scalar_divisor,
+                  lambda, out))
+            redo_ties(M, MODE, NORM, a, e, base, src, rule, scale, w, scalar_divisor, lambda, out);
+    }
+}
+
+#define CALL(M, MODE, NORM, TAU) \
+    range(M, MODE, NORM, TAU, 0, lo, hi, base, src, rule, t, scale, w, scalar_divisor, lambda, out)
+#define BY_TAU(M, MODE, NORM)                                                                 \
+    if (is_tau) CALL(M, MODE, NORM, 1);                                                       \
+    else if (rule) dare_range(M, MODE, NORM, lo, hi, base, src, rule, t, scale, w,            \
+                              scalar_divisor, lambda, out);                                   \
+    else CALL(M, MODE, NORM, 0);
 #define BY_MODE(M)                                             \
     if (consensus == CONSENSUS_NONE) { BY_TAU(M, 0, 0) }       \
     else if (consensus == CONSENSUS_SUM && normalize) { BY_TAU(M, 1, 1) }  \
@@ -113,17 +184,20 @@ INLINE void range(const int M, const int MODE, const int NORM, const int TAU, co
 
 /* Elements [start, stop) of the flat tensors; ``split`` and the element index are global so a
  * caller may cut the work into chunks (threads) anywhere. ``has_thr[j] == 0``: keep all.
- * ``u`` NULL: magnitude (or no) trim; else every model's uniforms, kept where u < p_j.
- * ``scalar_divisor``: Σ weights without consensus when normalizing, else 1. */
+ * ``u_high`` NULL: magnitude (or no) trim; else every model's packed uniforms (``u_high``,
+ * ``u_low``), kept where k < below_j. ``scalar_divisor``: Σ weights without consensus when
+ * normalizing, else 1. */
 #if defined(__x86_64__) && defined(__GNUC__)
 /* one build for every node of a cluster: the loader picks the widest vectors the CPU has */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
                const float *const *src, int is_tau, const int *has_thr, const float *thr,
-               const int64_t *split, const float *const *u, const float *p, const float *scale,
-               const float *w, int consensus, int normalize, float scalar_divisor, float lambda,
-               float *restrict out) {
+               const int64_t *split, const uint16_t *const *u_high, const uint8_t *const *u_low,
+               const int32_t *below, const float *scale, const float *w, int consensus,
+               int normalize, float scalar_divisor, float lambda, float *restrict out) {
+    const packed_rule packed = {u_high, u_low, below};
+    const packed_rule *rule = u_high ? &packed : 0;
     for (int64_t lo = start; lo < stop;) {
         /* the next range, cut where a model's comparison switches from >= to > */
         int64_t hi = stop;
@@ -152,15 +226,15 @@ void gta_fused(int64_t start, int64_t stop, int m, const float *restrict base,
 void gta_fused_shared(int64_t n, int64_t block, int64_t *share, int wait, int m,
                       const float *restrict base, const float *const *src, int is_tau,
                       const int *has_thr, const float *thr, const int64_t *split,
-                      const float *const *u, const float *p, const float *scale, const float *w,
-                      int consensus, int normalize, float scalar_divisor, float lambda,
-                      float *restrict out) {
+                      const uint16_t *const *u_high, const uint8_t *const *u_low,
+                      const int32_t *below, const float *scale, const float *w, int consensus,
+                      int normalize, float scalar_divisor, float lambda, float *restrict out) {
     for (;;) {
         const int64_t lo = __atomic_fetch_add(&share[0], block, __ATOMIC_RELAXED);
         if (lo >= n) break;
         const int64_t hi = lo + block < n ? lo + block : n;
-        gta_fused(lo, hi, m, base, src, is_tau, has_thr, thr, split, u, p, scale, w, consensus,
-                  normalize, scalar_divisor, lambda, out);
+        gta_fused(lo, hi, m, base, src, is_tau, has_thr, thr, split, u_high, u_low, below,
+                  scale, w, consensus, normalize, scalar_divisor, lambda, out);
         __atomic_fetch_add(&share[1], hi - lo, __ATOMIC_RELEASE); /* (publishes the writes) */
     }
     if (wait)
@@ -237,7 +311,8 @@ int64_t abs_delta_bracket(int64_t start, int64_t stop, const float *restrict bas
     return c;
 }
 
-/* ---- exact L1 norm Σ|d| (DARE's rescale), d = src - base, kept where u < p (u NULL: all) ----
+/* ---- exact L1 norm Σ|d| (DARE's rescale), d = src - base, kept where k < K (packed uniforms,
+ * see packed_rule; u_high NULL: all) ----
  * Each |d| is mantissa x 2^(exponent - 150); the mantissas are summed per exponent in integers
  * (exact in any order), and the caller rounds the total once. So the rescale factor does not
  * depend on the summation order: threads, chunking, machine, or this kernel vs. torch
@@ -245,25 +320,25 @@ int64_t abs_delta_bracket(int64_t start, int64_t stop, const float *restrict bas
 
 /* Adds entry i's mantissa (with the implicit bit) to bins[its exponent]; a dropped entry adds
  * 0 to bin 0. No branch: the keep test u < p is random and would mispredict half the time. */
-INLINE void l1_part(
-    const float *restrict base, const float *restrict src, const float *restrict u, float p,
-    int64_t i, int64_t *restrict bins) {
+INLINE void l1_part(const float *restrict base, const float *restrict src,
+                    const uint16_t *restrict uh, const uint8_t *restrict ul, int32_t below,
+                    int64_t i, int64_t *restrict bins) {
     uint32_t a = abs_bits(base ? src[i] - base[i] : src[i]);
-    if (u) a &= -(uint32_t)(u[i] < p); /* |d * 0| = +0: all bits clear */
+    if (uh) a &= -(uint32_t)((((int32_t)uh[i] << 8) | ul[i]) < below); /* |d * 0| = +0 */
     const uint32_t e = a >> 23;
     bins[e] += (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
 }
 
 void abs_l1_bins(int64_t start, int64_t stop, const float *restrict base,
-                 const float *restrict src, const float *restrict u, float p,
-                 int64_t *restrict bins) {
+                 const float *restrict src, const uint16_t *restrict uh,
+                 const uint8_t *restrict ul, int32_t below, int64_t *restrict bins) {
     /* 8 interleaved sub-histograms: consecutive entries mostly share an exponent, and adding
      * into one bin each time would chain every add on the previous one's store */
     int64_t sub[8][256] = {{0}};
     int64_t i = start;
     for (; i + 8 <= stop; i += 8)
-        for (int k = 0; k < 8; k++) l1_part(base, src, u, p, i + k, sub[k]);
-    for (; i < stop; i++) l1_part(base, src, u, p, i, sub[0]);
+        for (int k = 0; k < 8; k++) l1_part(base, src, uh, ul, below, i + k, sub[k]);
+    for (; i < stop; i++) l1_part(base, src, uh, ul, below, i, sub[0]);
     for (int k = 0; k < 8; k++)
         for (int e = 0; e < 256; e++) bins[e] += sub[k][e];
 }
@@ -304,12 +379,13 @@ double l1_round(const int64_t *bins) {
     return v <= 3.4028234663852886e38 ? v : INFINITY;
 }
 
-/* Both sums of DARE's rescale in one read: over all entries (all) and over those with u < p
+/* Both sums of DARE's rescale in one read: over all entries (all) and over those with k < K
  * (kept). 4 interleaved sub-histograms each (two sets of 8 would not stay in L1). The body is
  * l1_part's, written out once for both sums: two l1_part calls measured 1.6x slower. */
 void abs_l1_bins2(int64_t start, int64_t stop, const float *restrict base,
-                  const float *restrict src, const float *restrict u, float p,
-                  int64_t *restrict all, int64_t *restrict kept) {
+                  const float *restrict src, const uint16_t *restrict uh,
+                  const uint8_t *restrict ul, int32_t below, int64_t *restrict all,
+                  int64_t *restrict kept) {
     int64_t sa[4][256] = {{0}}, sk[4][256] = {{0}};
     int64_t i = start;
     for (; i + 4 <= stop; i += 4)
@@ -317,65 +393,63 @@ void abs_l1_bins2(int64_t start, int64_t stop, const float *restrict base,
             uint32_t a = abs_bits(src[i + k] - base[i + k]);
             const uint32_t e = a >> 23, m = (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
             sa[k][e] += m;
-            sk[k][e] += m & -(uint32_t)(u[i + k] < p); /* a dropped entry adds 0 */
+            const int32_t key = ((int32_t)uh[i + k] << 8) | ul[i + k];
+            sk[k][e] += m & -(uint32_t)(key < below); /* a dropped entry adds 0 */
         }
     for (; i < stop; i++) {
-        l1_part(base, src, 0, 0.0f, i, sa[0]);
-        l1_part(base, src, u, p, i, sk[0]);
+        l1_part(base, src, 0, 0, 0, i, sa[0]);
+        l1_part(base, src, uh, ul, below, i, sk[0]);
     }
     for (int k = 0; k < 4; k++)
         for (int e = 0; e < 256; e++) all[e] += sa[k][e], kept[e] += sk[k][e];
 }
 
-/* ---- one bucket lo <= u < hi of DARE's uniforms (evomerge/ops/dare_l1.py) ----
- * 0 <= lo <= hi. For non-negative floats the bits order like the values, so the test is one
- * unsigned comparison. The hits (~1/256 of the entries) are scattered: reading src and base as
- * each is found would put two cache misses behind every rarely taken, so mispredicted, branch,
- * one miss at a time. Their indices are gathered first (a vectorized test per 64 entries, a
- * branch-free append inside the 64s that hit), then read in a loop whose loads are
- * independent, so the misses overlap. */
+/* ---- one bucket of DARE's uniforms (evomerge/ops/dare_l1.py): the entries with k >> 16 == q,
+ * i.e. q/256 <= u < (q+1)/256, found from the high halves (h >> 8 == q). The hits (~1/256 of
+ * the entries) are scattered: reading src and base as each is found would put two cache misses
+ * behind every rarely taken, so mispredicted, branch, one miss at a time. Their indices are
+ * gathered first (a vectorized test per 64 entries, a branch-free append inside the 64s that
+ * hit), then read in a loop whose loads are independent, so the misses overlap. */
 #define IN_BATCH 512
 
-/* Appends to idx the entries of [i, i + 64) with lo <= u < hi (the bits of lo in l, hi - lo's
- * in width); returns the new count. Most 64s hold no hit: one vectorized test skips them. */
-INLINE int64_t gather64(const uint32_t *restrict ub, int64_t i, uint32_t l, uint32_t width,
+/* Appends to idx the entries of [i, i + 64) in bucket q; returns the new count. Most 64s hold
+ * no hit: one vectorized test skips them. */
+INLINE int64_t gather64(const uint16_t *restrict uh, int64_t i, uint32_t q,
                         int64_t *restrict idx, int64_t c) {
     uint32_t any = 0;
-    for (int k = 0; k < 64; k++) any |= ub[i + k] - l < width;
+    for (int k = 0; k < 64; k++) any |= (uint32_t)(uh[i + k] >> 8) == q;
     if (!any) return c;
     for (int k = 0; k < 64; k++) {
         idx[c] = i + k;
-        c += ub[i + k] - l < width;
+        c += (uint32_t)(uh[i + k] >> 8) == q;
     }
     return c;
 }
 
-/* The members of one bucket lo <= u < hi, in index order: their u (as bits) and their
- * |src - base| (as bits), written to ub and ab (room for stop - start entries each); returns
- * their count. A search worker keeps them (dare_l1.py), so a later candidate whose keep rate
- * falls in this bucket reads these few pairs in order (abs_l1_bins_listed) instead of every u,
- * or scattered src and base entries. */
+/* The members of bucket q, in index order: their k and their |src - base| (as bits), written
+ * to kb and ab (room for stop - start entries each); returns their count. A search worker
+ * keeps them (dare_l1.py), so a later candidate whose keep rate falls in this bucket reads
+ * these few pairs in order (abs_l1_bins_listed) instead of every uniform, or scattered src and
+ * base entries. */
 int64_t u_bucket_members(int64_t start, int64_t stop, const float *restrict base,
-                         const float *restrict src, const float *restrict u, float lo, float hi,
-                         uint32_t *restrict ub_out, uint32_t *restrict ab_out) {
-    union f32bits l, h;
-    l.f = lo, h.f = hi;
-    const uint32_t *restrict ub = (const uint32_t *)u, width = h.u - l.u;
+                         const float *restrict src, const uint16_t *restrict uh,
+                         const uint8_t *restrict ul, int32_t q, uint32_t *restrict kb,
+                         uint32_t *restrict ab) {
     int64_t idx[IN_BATCH + 64], c = 0, n = 0, i = start;
     for (;;) {
         const int tail = i + 64 > stop;
         if (!tail) {
-            c = gather64(ub, i, l.u, width, idx, c);
+            c = gather64(uh, i, (uint32_t)q, idx, c);
             i += 64;
         } else
             for (; i < stop; i++) {
                 idx[c] = i;
-                c += ub[i] - l.u < width; /* (at most 63 more: idx has room) */
+                c += (uh[i] >> 8) == q; /* (at most 63 more: idx has room) */
             }
         if (c >= IN_BATCH || tail) {
             for (int64_t k = 0; k < c; k++) {
-                ub_out[n + k] = ub[idx[k]];
-                ab_out[n + k] = abs_bits(src[idx[k]] - base[idx[k]]);
+                kb[n + k] = ((uint32_t)uh[idx[k]] << 8) | ul[idx[k]];
+                ab[n + k] = abs_bits(src[idx[k]] - base[idx[k]]);
             }
             n += c, c = 0;
         }
@@ -383,28 +457,25 @@ int64_t u_bucket_members(int64_t start, int64_t stop, const float *restrict base
     }
 }
 
-/* abs_l1_bins's sums over listed entries (u_bucket_members' pairs), kept where u < p. */
-void abs_l1_bins_listed(const uint32_t *restrict ub, const uint32_t *restrict ab, int64_t c,
-                        float p, int64_t *restrict bins) {
-    union f32bits q;
-    q.f = p;
+/* abs_l1_bins's sums over listed entries (u_bucket_members' pairs), kept where k < K. */
+void abs_l1_bins_listed(const uint32_t *restrict kb, const uint32_t *restrict ab, int64_t c,
+                        int32_t below, int64_t *restrict bins) {
     for (int64_t k = 0; k < c; k++) {
-        /* non-negative floats order like their bits: u < p is one unsigned comparison */
-        const uint32_t a = ab[k] & -(uint32_t)(ub[k] < q.u);
+        const uint32_t a = ab[k] & -(uint32_t)((int32_t)kb[k] < below);
         const uint32_t e = a >> 23;
         bins[e] += (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
     }
 }
 
 /* DARE's kept L1 from its bucket table (dare_l1.py) in one call: the table's row for the
- * buckets wholly below p (width sums from exponent e_lo) plus the listed members of p's
- * bucket that have u < p (c of them; none when p is on a bucket edge), rounded by l1_round
+ * buckets wholly below K (width sums from exponent e_lo) plus the listed members of K's
+ * bucket that have k < K (c of them; none when K is on a bucket edge), rounded by l1_round
  * (NaN when it declines: the caller then rounds in Python). */
-double dare_kept_l1(const int64_t *row, int e_lo, int width, const uint32_t *ub,
-                    const uint32_t *ab, int64_t c, float p) {
+double dare_kept_l1(const int64_t *row, int e_lo, int width, const uint32_t *kb,
+                    const uint32_t *ab, int64_t c, int32_t below) {
     int64_t bins[256] = {0};
     for (int e = 0; e < width; e++) bins[e_lo + e] = row[e];
-    abs_l1_bins_listed(ub, ab, c, p, bins);
+    abs_l1_bins_listed(kb, ab, c, below, bins);
     return l1_round(bins);
 }
 
@@ -490,8 +561,10 @@ static void mt_regenerate(uint32_t *s) {
     s[MT_N - 1] = s[MT_M - 1] ^ mt_twist(s[MT_N - 1], s[0]);
 }
 
-/* The next min(want, outputs left before a regeneration) uniforms into out; returns how many. */
-INLINE int64_t mt_block(int32_t *l, uint32_t *k, uint32_t *s, int64_t want, float *restrict out) {
+/* The next min(want, outputs left before a regeneration) uniforms into out, or packed into
+ * high and low (out NULL: k >> 8 and k & 255 of u = k * 2^-24); returns how many. */
+INLINE int64_t mt_block(int32_t *l, uint32_t *k, uint32_t *s, int64_t want, float *restrict out,
+                        uint16_t *restrict high, uint8_t *restrict low) {
     if (*l == 1) { /* the next output regenerates: left becomes MT_N after it */
         mt_regenerate(s);
         *l = MT_N + 1;
@@ -505,7 +578,11 @@ INLINE int64_t mt_block(int32_t *l, uint32_t *k, uint32_t *s, int64_t want, floa
         y ^= (y << 7) & 0x9d2c5680u;
         y ^= (y << 15) & 0xefc60000u;
         y ^= y >> 18;
-        out[t] = (float)(y & 0xFFFFFFu) * (1.0f / 16777216.0f);
+        y &= 0xFFFFFFu;
+        if (out)
+            out[t] = (float)y * (1.0f / 16777216.0f);
+        else
+            high[t] = (uint16_t)(y >> 8), low[t] = (uint8_t)y;
     }
     *k += (uint32_t)take;
     *l -= (int32_t)take;
@@ -515,6 +592,10 @@ INLINE int64_t mt_block(int32_t *l, uint32_t *k, uint32_t *s, int64_t want, floa
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-void mt_uniform24(int32_t *left, uint32_t *next, uint32_t *s, int64_t n, float *restrict out) {
-    for (int64_t i = 0; i < n;) i += mt_block(left, next, s, n - i, out + i);
+void mt_uniform24(int32_t *left, uint32_t *next, uint32_t *s, int64_t n, float *restrict out,
+                  uint16_t *restrict high, uint8_t *restrict low) {
+    if (out)
+        for (int64_t i = 0; i < n;) i += mt_block(left, next, s, n - i, out + i, 0, 0);
+    else
+        for (int64_t i = 0; i < n;) i += mt_block(left, next, s, n - i, 0, high + i, low + i);
 }

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from evomerge.errors import NonFiniteInput
+from evomerge.ops.packed_uniform import Packed, below
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,16 @@ def library() -> ctypes.CDLL | None:
     f = lib.gta_fused
     f.restype = None
     i64, i32, fp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, fp, fp, fp, i32, i32]
+    f.argtypes = [i64, i64, i32, fp, fp, i32, fp, fp, fp, fp, fp, fp, fp, fp, i32, i32]
     f.argtypes += [ctypes.c_float, ctypes.c_float, fp]
     lib.dare_kept_l1.restype = ctypes.c_double
-    lib.dare_kept_l1.argtypes = [fp, i32, i32, fp, fp, i64, ctypes.c_float]
+    lib.dare_kept_l1.argtypes = [fp, i32, i32, fp, fp, i64, ctypes.c_int32]
     lib.l1_round.restype = ctypes.c_double
     lib.l1_round.argtypes = [fp]
     lib.gta_fused_shared.restype = None
     lib.gta_fused_shared.argtypes = [i64, i64, fp, i32, *f.argtypes[2:]]
     lib.abs_l1_bins.restype = None
-    lib.abs_l1_bins.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp]
+    lib.abs_l1_bins.argtypes = [i64, i64, fp, fp, fp, fp, ctypes.c_int32, fp]
     lib.linear_bf16.restype = i64
     lib.linear_bf16.argtypes = [i64, i64, i32, fp, fp, i32, ctypes.c_float, fp, fp]
     lib.abs_delta_hist.restype = None
@@ -118,14 +119,14 @@ def library() -> ctypes.CDLL | None:
     lib.abs_delta_gather.argtypes = [i64, i64, fp, fp, ctypes.c_uint32, fp, fp]
     u32 = ctypes.c_uint32
     lib.mt_uniform24.restype = None
-    mt = [ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(u32), fp, i64, fp]
+    mt = [ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(u32), fp, i64, fp, fp, fp]
     lib.mt_uniform24.argtypes = mt
     lib.abs_l1_bins2.restype = None
-    lib.abs_l1_bins2.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, fp, fp]
+    lib.abs_l1_bins2.argtypes = [i64, i64, fp, fp, fp, fp, ctypes.c_int32, fp, fp]
     lib.u_bucket_members.restype = i64
-    lib.u_bucket_members.argtypes = [i64, i64, fp, fp, fp, ctypes.c_float, ctypes.c_float, fp, fp]
+    lib.u_bucket_members.argtypes = [i64, i64, fp, fp, fp, fp, ctypes.c_int32, fp, fp]
     lib.abs_l1_bins_listed.restype = None
-    lib.abs_l1_bins_listed.argtypes = [fp, fp, i64, ctypes.c_float, fp]
+    lib.abs_l1_bins_listed.argtypes = [fp, fp, i64, ctypes.c_int32, fp]
     lib.abs_delta_bracket.restype = i64
     lib.abs_delta_bracket.argtypes = [i64, i64, fp, fp, u32, u32, fp, fp, i64, fp]
     _lib = lib
@@ -165,14 +166,15 @@ def run(
     scalar_divisor: float,
     lam: float,
     out: torch.Tensor,
-    uniforms: list[torch.Tensor] | None = None,
+    uniforms: list[Packed] | None = None,
     keep_rates: list[float] | None = None,
     scales: list[float] | None = None,
 ) -> torch.Tensor:
     """``out`` = the generalized task arithmetic of ``sources`` over ``base`` (see the C file).
     ``thresholds[j]``: model j's top-k rule (value, split index) or None (keep all);
-    ``uniforms``/``keep_rates``: DARE's keep rule u < p per model (instead of thresholds);
-    ``scales``: the per-model L1 rescale factors (default 1)."""
+    ``uniforms``/``keep_rates``: DARE's keep rule u < p per model (instead of thresholds),
+    the uniforms packed (``packed_uniform``); ``scales``: the per-model L1 rescale factors
+    (default 1)."""
     lib = library()
     assert lib is not None  # (and usable(base, sources, out): the callers check it)
     m = len(sources)
@@ -180,16 +182,19 @@ def run(
     has_thr = (ctypes.c_int * m)(*[int(t is not None) for t in thresholds])
     thr = (ctypes.c_float * m)(*[t[0] if t else 0.0 for t in thresholds])
     split = (ctypes.c_int64 * m)(*[t[1] if t else 0 for t in thresholds])
-    u = None if uniforms is None else (ctypes.c_void_p * m)(*[t.data_ptr() for t in uniforms])
-    p = (ctypes.c_float * m)(*(keep_rates or [1.0] * m))
+    hi = lo = k = None
+    if uniforms is not None:
+        hi = (ctypes.c_void_p * m)(*[x.high.data_ptr() for x in uniforms])
+        lo = (ctypes.c_void_p * m)(*[x.low.data_ptr() for x in uniforms])
+        k = (ctypes.c_int32 * m)(*[below(p) for p in keep_rates or [1.0] * m])
     sc = (ctypes.c_float * m)(*(scales or [1.0] * m))
     w = (ctypes.c_float * m)(*weights)
     args = (m, base.data_ptr(), ctypes.addressof(ptrs), int(is_tau), ctypes.addressof(has_thr))
     args += (ctypes.addressof(thr), ctypes.addressof(split))
-    args += (None if u is None else ctypes.addressof(u), ctypes.addressof(p), ctypes.addressof(sc))
-    args += (ctypes.addressof(w), _CONSENSUS[consensus], int(normalize), scalar_divisor, lam)
-    args += (out.data_ptr(),)
-    keep = (ptrs, has_thr, thr, split, u, p, sc, w, base, sources, uniforms, out)
+    args += tuple(None if x is None else ctypes.addressof(x) for x in (hi, lo, k))
+    args += (ctypes.addressof(sc), ctypes.addressof(w), _CONSENSUS[consensus], int(normalize))
+    args += (scalar_divisor, lam, out.data_ptr())
+    keep = (ptrs, has_thr, thr, split, hi, lo, k, sc, w, base, sources, uniforms, out)
     _shared(lib.gta_fused_shared, base.numel(), args, keep)
     return out
 
@@ -244,20 +249,20 @@ def finish() -> None:
 def l1_bins(
     src: torch.Tensor,
     base: torch.Tensor | None,
-    u: torch.Tensor | None = None,
+    u: Packed | None = None,
     p: float = 1.0,
 ) -> np.ndarray:
-    """The 256 per-exponent mantissa sums (int64) of |src − base| (kept where u < p): the exact
-    L1 norm's parts (``exact_l1.l1_from_bins`` rounds them)."""
+    """The 256 per-exponent mantissa sums (int64) of |src − base| (kept where u < p, ``u``
+    packed): the exact L1 norm's parts (``exact_l1.l1_from_bins`` rounds them)."""
     lib = library()
     assert lib is not None
     bptr = None if base is None else base.data_ptr()
-    uptr = None if u is None else u.data_ptr()
+    rule = (None, None, 0) if u is None else (u.high.data_ptr(), u.low.data_ptr(), below(p))
     chunks = _chunks(src.numel())
     bins = [np.zeros(256, dtype=np.int64) for _ in chunks]
 
     def fill(c: tuple[int, int], b: np.ndarray) -> None:
-        lib.abs_l1_bins(c[0], c[1], bptr, src.data_ptr(), uptr, p, b.ctypes.data)
+        lib.abs_l1_bins(c[0], c[1], bptr, src.data_ptr(), *rule, b.ctypes.data)
 
     _parallel(fill, chunks, bins)
     # a chunk's bin is < 2^55 (2^31 mantissas < 2^24): the chunks' int64 sum cannot overflow
@@ -265,8 +270,9 @@ def l1_bins(
 
 
 class Listed:
-    """Entries listed with their u and |src − base| (``bucket_members``): a (2, count) uint32
-    array, row 0 the u's bits, row 1 the |src − base|'s, in index order. Their addresses are
+    """Entries listed with their uniform and |src − base| (``bucket_members``): a (2, count)
+    uint32 array, row 0 the uniforms' k (u = k · 2^-24), row 1 the |src − base|'s bits, in
+    index order. Their addresses are
     resolved once: a search worker sums them for many candidates (``l1_bins_listed``)."""
 
     __slots__ = ("pairs", "_ub", "_ab")
@@ -283,17 +289,16 @@ class Listed:
         return self.pairs.shape[1]
 
 
-def bucket_members(
-    src: torch.Tensor, base: torch.Tensor, u: torch.Tensor, lo: float, hi: float
-) -> Listed:
-    """The entries with lo ≤ u < hi (0 ≤ lo ≤ hi), with their u and |src − base|."""
+def bucket_members(src: torch.Tensor, base: torch.Tensor, u: Packed, q: int) -> Listed:
+    """The entries of bucket q (q/256 ≤ u < (q+1)/256, i.e. k >> 16 == q), with their k and
+    |src − base|."""
     lib = library()
     assert lib is not None
     chunks = _chunks(u.numel())
     # room for every entry: pages that are never written are never touched, so cost nothing
     parts = [np.empty((2, b - a), dtype=np.uint32) for a, b in chunks]
     got = [0] * len(chunks)
-    ptrs = (base.data_ptr(), src.data_ptr(), u.data_ptr(), lo, hi)
+    ptrs = (base.data_ptr(), src.data_ptr(), u.high.data_ptr(), u.low.data_ptr(), q)
 
     def scan(c: tuple[int, int], k: int) -> None:
         x = parts[k]
@@ -308,7 +313,7 @@ def l1_bins_listed(listed: Listed, p: float) -> np.ndarray:
     lib = library()
     assert lib is not None
     bins = np.zeros(256, dtype=np.int64)
-    lib.abs_l1_bins_listed(listed._ub, listed._ab, len(listed), p, bins.ctypes.data)
+    lib.abs_l1_bins_listed(listed._ub, listed._ab, len(listed), below(p), bins.ctypes.data)
     return bins
 
 
@@ -318,18 +323,18 @@ def kept_l1_listed(row: np.ndarray, e_lo: int, listed: Listed | None, p: float) 
     lib = library()
     assert lib is not None and row.dtype == np.int64 and row.flags.c_contiguous
     ub, ab, c = (None, None, 0) if listed is None else (listed._ub, listed._ab, len(listed))
-    return lib.dare_kept_l1(row.ctypes.data, e_lo, row.size, ub, ab, c, p)
+    return lib.dare_kept_l1(row.ctypes.data, e_lo, row.size, ub, ab, c, below(p))
 
 
 def l1_bins_both(
-    src: torch.Tensor, base: torch.Tensor, u: torch.Tensor, p: float
+    src: torch.Tensor, base: torch.Tensor, u: Packed, p: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """``l1_bins(src, base)`` and ``l1_bins(src, base, u, p)`` in one read (DARE's rescale)."""
     lib = library()
     assert lib is not None
     chunks = _chunks(src.numel())
     bins = [np.zeros((2, 256), dtype=np.int64) for _ in chunks]
-    ptrs = (base.data_ptr(), src.data_ptr(), u.data_ptr(), p)
+    ptrs = (base.data_ptr(), src.data_ptr(), u.high.data_ptr(), u.low.data_ptr(), below(p))
 
     def fill(c: tuple[int, int], b: np.ndarray) -> None:
         lib.abs_l1_bins2(c[0], c[1], *ptrs, b[0].ctypes.data, b[1].ctypes.data)

@@ -16,11 +16,13 @@ bits never depend on which path ran; tests/test_mt_uniform.py checks it against 
 from __future__ import annotations
 
 import ctypes
+import math
 
 import numpy as np
 import torch
 
 from evomerge.ops import fused_gta
+from evomerge.ops.packed_uniform import Packed
 
 # at::CPUGeneratorImplState as get_state returns it (x86-64 and aarch64 layouts agree):
 # int64 seed @0, int32 left @8, int32 seeded @12, uint64 next @16, uint64 state[624] @24, then
@@ -30,8 +32,11 @@ _N = 624
 _LEFT, _SEEDED, _NEXT, _WORDS = 8, 12, 16, 24
 
 
-def draw(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor | None:
-    """``torch.rand(shape, generator=generator)`` (float32), or None when this path can't."""
+def draw(
+    shape: tuple[int, ...], generator: torch.Generator, packed: bool = False
+) -> torch.Tensor | Packed | None:
+    """``torch.rand(shape, generator=generator)`` (float32), or with ``packed`` the same values
+    as a flat ``Packed`` (what DARE's fused kernel reads); None when this path can't."""
     lib = fused_gta.library()
     if lib is None or generator.device.type != "cpu":
         return None
@@ -47,9 +52,13 @@ def draw(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor | N
     if seeded != 1 or not 1 <= l0 <= _N or (l0 > 1 and k0 + l0 - 1 != _N):
         return None  # not the bookkeeping mt_uniform24 reproduces (left 1: regenerate next)
     s = np.ascontiguousarray(words, dtype=np.uint32)
-    out = torch.empty(shape, dtype=torch.float32)
+    n = math.prod(shape)
+    out = Packed.empty(n) if packed else torch.empty(shape, dtype=torch.float32)
+    where = (
+        (None, out.high.data_ptr(), out.low.data_ptr()) if packed else (out.data_ptr(), None, None)
+    )
     l_, k_ = ctypes.c_int32(l0), ctypes.c_uint32(k0)
-    lib.mt_uniform24(ctypes.byref(l_), ctypes.byref(k_), s.ctypes.data, out.numel(), out.data_ptr())
+    lib.mt_uniform24(ctypes.byref(l_), ctypes.byref(k_), s.ctypes.data, n, *where)
     left[0], nxt[0] = l_.value, k_.value
     words[:] = s
     generator.set_state(state)

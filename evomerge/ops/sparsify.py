@@ -38,6 +38,7 @@ import torch
 from evomerge.errors import UserInputError
 from evomerge.ops import mt_uniform
 from evomerge.ops.exact_l1 import l1_norm
+from evomerge.ops.packed_uniform import Packed
 
 Lazy = Callable[[], torch.Tensor]  # computed only if the operator needs it
 Draw = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> float32 uniforms in [0, 1), CPU
@@ -268,6 +269,15 @@ def uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.
         raise UserInputError("a stochastic operator needs a generator (recipe seed)")
     fast = mt_uniform.draw(shape, generator)
     return fast if fast is not None else torch.rand(shape, generator=generator, dtype=torch.float32)
+
+
+def uniform_packed(shape: tuple[int, ...], generator: torch.Generator | None) -> Packed:
+    """``uniform``'s values, flat and packed (``packed_uniform``: what DARE's fused kernel
+    reads), advancing the generator exactly as ``uniform`` does."""
+    if generator is None:
+        raise UserInputError("a stochastic operator needs a generator (recipe seed)")
+    fast = mt_uniform.draw(shape, generator, packed=True)
+    return fast if fast is not None else Packed.of(uniform(shape, generator))
 
 
 def _keep_mask(u: torch.Tensor, probs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

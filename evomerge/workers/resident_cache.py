@@ -8,7 +8,8 @@ merge that do not change between candidates, and dominate their cost:
   (``kthvalue``, ~2/3 of a TIES candidate) becomes two binary searches, the mask one comparison;
 * random keep masks (DARE, DELLA): with the recipe's seed the generator of a tensor yields the
   same uniforms u for every candidate, and the mask for keep rate p is ``u < p``; caching u
-  skips the draw (most of a DARE candidate). DELLA's per-row magnitude ranks are cached too;
+  skips the draw (most of a DARE candidate). DARE's fused kernel takes them packed, 3 bytes
+  each (``evomerge.ops.packed_uniform``). DELLA's per-row magnitude ranks are cached too;
 * Σ|τ_i| (the L1 rescale of DARE/DELLA, a scalar) and, for task arithmetic, τ_i itself;
 * DARE's kept Σ|τ_i| for any keep rate: a per-bucket table of exact sums and, for each bucket
   a candidate's rate has fallen in, that bucket's members (``evomerge.ops.dare_l1``).
@@ -17,8 +18,9 @@ Every entry is exactly what the uncached operator computes, so results are bit f
 ``evomerge merge`` (which never uses this cache).
 
 Memory: float32, one value per element, so ~1× the experts' float32 bytes for each kind in use
-(sorted magnitudes for TIES/Breadcrumbs, uniforms for DARE, both for DELLA, task vectors for
-task arithmetic). ``max_bytes`` bounds it (``ExpertCache`` sets 1× the loaded models' bytes):
+(sorted magnitudes for TIES/Breadcrumbs, uniforms for DARE — packed: 3/4 of that — both for
+DELLA, task vectors for task arithmetic). ``max_bytes`` bounds it (``ExpertCache`` sets 1× the
+loaded models' bytes):
 entries are admitted until the budget is full and later ones are computed without caching.
 (Every candidate visits every tensor in the same order, a cycle on which LRU would miss every
 time; first come, first kept keeps a fixed share hitting.) Per-expert entries are keyed by the
@@ -142,13 +144,19 @@ class TaskStats:
         t = self.task
         return ("dare_l1", self.seed, t.name, self._next - 1, t.inputs[i], t.base)
 
-    def uniform(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-        from evomerge.ops.sparsify import uniform
+    def uniform(
+        self, shape: tuple[int, ...], generator: torch.Generator | None, packed: bool = False
+    ) -> Any:
+        """The next block of uniforms: a float32 tensor of ``shape``, or with ``packed`` the
+        same values flat and packed (``evomerge.ops.packed_uniform``, DARE's fused kernel);
+        each form is cached under its own key."""
+        from evomerge.ops import sparsify
 
+        uniform = sparsify.uniform_packed if packed else sparsify.uniform
         j = self._next
         self._next += 1
         self._shapes.append(shape)
-        key = ("uniform", self.seed, self.task.name, j, shape)
+        key = ("uniform", self.seed, self.task.name, j, shape, packed)
         hit = self.cache._entries.get(key)
         if hit is not None:
             self.cache.hits += 1
@@ -158,7 +166,7 @@ class TaskStats:
         while self._drawn < j:  # position the generator: redraw what the cache served
             m = self._drawn
             self.cache.put(
-                ("uniform", self.seed, self.task.name, m, self._shapes[m]),
+                ("uniform", self.seed, self.task.name, m, self._shapes[m], packed),
                 uniform(self._shapes[m], generator),
             )
             self._drawn += 1
@@ -176,5 +184,7 @@ class TaskStats:
             self._gen = generator_for(self.seed, self.task.name)
         return self._gen
 
-    def draw(self, generator: torch.Generator | None) -> Callable[[tuple[int, ...]], torch.Tensor]:
-        return lambda shape: self.uniform(shape, generator)
+    def draw(
+        self, generator: torch.Generator | None, packed: bool = False
+    ) -> Callable[[tuple[int, ...]], Any]:
+        return lambda shape: self.uniform(shape, generator, packed)
