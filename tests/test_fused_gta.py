@@ -273,3 +273,46 @@ def test_packed_uniforms_ties_redone_exactly(monkeypatch, name):
     finally:
         torch.set_num_threads(before)
     assert calls and len(fused_gta._chunks(n)) == 2
+
+
+def test_c_helpers_shared_by_python_threads_same_bits():
+    """The kernel's helper threads are the C library's own (gta_fused_post / join). One call is
+    open at a time: a thread whose call finds another thread's call open runs on Python's pool
+    instead. Deferred and direct calls from several Python threads at once, and one made while
+    another thread's deferred call is open, all give the single-call bits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, tensors = _family((700, 301), quantized=False, seed=12)
+    kw = dict(is_tau=False, consensus="sum", normalize=True, scalar_divisor=1.0, lam=1.0)
+
+    def merged(i: int) -> torch.Tensor:
+        w = [0.5, -0.3 + 0.1 * i, 0.8]
+        out = torch.empty_like(base).view(-1)
+        ts = [t.view(-1) for t in tensors]
+        fused_gta.run(base.view(-1), ts, thresholds=[(0.01 * i, 0)] * 3, weights=w, out=out, **kw)
+        return out
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = [merged(i).clone() for i in range(6)]
+
+        def worker(i: int) -> torch.Tensor:
+            if i % 2:
+                return merged(i)
+            with fused_gta.deferred():
+                out = merged(i)
+            fused_gta.finish()
+            return out
+
+        with ThreadPoolExecutor(3) as pool:
+            for _ in range(3):
+                got = list(pool.map(worker, range(6)))
+                assert all(_same_bits(g, w) for g, w in zip(got, want))
+            with fused_gta.deferred():
+                held = merged(0)  # posted: its call stays open until finish()
+                other = pool.submit(merged, 1).result()  # finds it open: Python's pool
+            fused_gta.finish()
+        assert _same_bits(held, want[0]) and _same_bits(other, want[1])
+    finally:
+        torch.set_num_threads(before)

@@ -30,7 +30,9 @@
  *       mixed = mixed * lambda    (always: x * 1 is exact, so lambda = 1 needs no branch)
  *       out[i] = base[i] + mixed
  */
+#define _POSIX_C_SOURCE 200809L /* pthreads under -std=c99 */
 #include <math.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 
@@ -239,6 +241,128 @@ void gta_fused_shared(int64_t n, int64_t block, int64_t *share, int wait, int m,
     }
     if (wait)
         while (__atomic_load_n(&share[1], __ATOMIC_ACQUIRE) < n) sched_yield();
+}
+
+/* ---- the helper threads of gta_fused_shared, in C ----
+ * A candidate's tensors are handed to the helpers one at a time (fused_gta.py: the call is
+ * posted, the caller's Python prepares the next tensor, then the caller joins). Python's thread
+ * pool woke its thread through the GIL: that thread could start only once the caller's Python
+ * let go of it (~0.13 ms a call, up to the 5 ms switch interval), the second core idle
+ * meanwhile. These threads never touch the GIL. One call is open at a time: gta_fused_post
+ * returns 0 when one is (another Python thread's), and the caller runs its own way. */
+typedef struct {
+    int64_t n, block;
+    int m;
+    const float *base;
+    const float *const *src;
+    int is_tau;
+    const int *has_thr;
+    const float *thr;
+    const int64_t *split;
+    const uint16_t *const *u_high;
+    const uint8_t *const *u_low;
+    const int32_t *below;
+    const float *scale, *w;
+    int consensus, normalize;
+    float scalar_divisor, lambda;
+    float *out;
+} gta_call;
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER, pool_idle = PTHREAD_COND_INITIALIZER;
+static gta_call pool_call;
+static int64_t pool_share[2];    /* gta_fused_shared's block counter and done count */
+static uint64_t pool_generation; /* bumped by each post: a helper joins each call once */
+static int pool_open;            /* a posted call not yet joined */
+static int pool_busy;            /* helpers inside the open call */
+static int pool_threads;         /* helpers started */
+static int pool_wanted;          /* helpers the open call asked for (the first ones join it) */
+
+static void run_call(const gta_call *c, int wait) {
+    gta_fused_shared(c->n, c->block, pool_share, wait, c->m, c->base, c->src, c->is_tau,
+                     c->has_thr, c->thr, c->split, c->u_high, c->u_low, c->below, c->scale, c->w,
+                     c->consensus, c->normalize, c->scalar_divisor, c->lambda, c->out);
+}
+
+static void *pool_helper(void *index) {
+    const intptr_t me = (intptr_t)index;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        while (!pool_open || pool_generation == seen) pthread_cond_wait(&pool_wake, &pool_mu);
+        seen = pool_generation;
+        if (me >= pool_wanted) continue; /* (torch's thread count went down since) */
+        const gta_call c = pool_call;
+        pool_busy++;
+        pthread_mutex_unlock(&pool_mu);
+        run_call(&c, 0);
+        pthread_mutex_lock(&pool_mu);
+        if (--pool_busy == 0) pthread_cond_broadcast(&pool_idle);
+    }
+    return 0;
+}
+
+/* A forked child has none of the helpers (and may hold the lock mid-call): start afresh. */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool_mu, 0);
+    pthread_cond_init(&pool_wake, 0);
+    pthread_cond_init(&pool_idle, 0);
+    pool_open = pool_busy = pool_threads = 0;
+}
+
+/* Opens the call (gta_fused_shared's arguments, without its counter) to `helpers` threads,
+ * started on first use; returns 1, or 0 (nothing started) when a call is open or no thread
+ * could start. The arguments' memory must stay valid until gta_fused_join returns. */
+int gta_fused_post(int helpers, int64_t n, int64_t block, int m, const float *base,
+                   const float *const *src, int is_tau, const int *has_thr, const float *thr,
+                   const int64_t *split, const uint16_t *const *u_high,
+                   const uint8_t *const *u_low, const int32_t *below, const float *scale,
+                   const float *w, int consensus, int normalize, float scalar_divisor,
+                   float lambda, float *out) {
+    static int registered;
+    pthread_mutex_lock(&pool_mu);
+    if (!registered) registered = !pthread_atfork(0, 0, pool_after_fork);
+    while (pool_threads < helpers) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int failed = pthread_create(&t, &attr, pool_helper, (void *)(intptr_t)pool_threads);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pool_threads++;
+    }
+    if (pool_open || pool_busy || pool_threads == 0) {
+        pthread_mutex_unlock(&pool_mu);
+        return 0;
+    }
+    const gta_call c = {n, block, m, base, src, is_tau, has_thr, thr, split, u_high, u_low,
+                        below, scale, w, consensus, normalize, scalar_divisor, lambda, out};
+    pool_call = c;
+    pool_share[0] = pool_share[1] = 0;
+    pool_wanted = helpers;
+    pool_generation++;
+    pool_open = 1;
+    pthread_cond_broadcast(&pool_wake);
+    pthread_mutex_unlock(&pool_mu);
+    return 1;
+}
+
+/* Completes the open call: the caller claims the blocks left, waits for the last ones, and
+ * closes the call once no helper is inside it (a helper that wakes later finds it closed). */
+void gta_fused_join(void) {
+    pthread_mutex_lock(&pool_mu);
+    if (!pool_open) {
+        pthread_mutex_unlock(&pool_mu);
+        return;
+    }
+    const gta_call c = pool_call;
+    pthread_mutex_unlock(&pool_mu);
+    run_call(&c, 1);
+    pthread_mutex_lock(&pool_mu);
+    pool_open = 0;
+    while (pool_busy) pthread_cond_wait(&pool_idle, &pool_mu);
+    pthread_mutex_unlock(&pool_mu);
 }
 
 /* ---- exact top-k threshold of |src - base| (TIES's magnitude trim) by radix selection ----

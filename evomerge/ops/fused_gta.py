@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("_fused_gta.c")
 # no FMA contraction and no fast-math: the eager path's roundings (see the C file's header)
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-std=c99"]
-_FLAGS += ["-fPIC", "-shared"]
+_FLAGS += ["-fPIC", "-shared", "-pthread"]
 MAX_MODELS = 4
 # below this many elements per thread a thread hand-off costs more than it saves
 _MIN_CHUNK = 1 << 16
@@ -109,6 +109,10 @@ def library() -> ctypes.CDLL | None:
     lib.l1_round.argtypes = [fp]
     lib.gta_fused_shared.restype = None
     lib.gta_fused_shared.argtypes = [i64, i64, fp, i32, *f.argtypes[2:]]
+    lib.gta_fused_post.restype = i32
+    lib.gta_fused_post.argtypes = [i32, i64, i64, *f.argtypes[2:]]
+    lib.gta_fused_join.restype = None
+    lib.gta_fused_join.argtypes = []
     lib.abs_l1_bins.restype = None
     lib.abs_l1_bins.argtypes = [i64, i64, fp, fp, fp, fp, ctypes.c_int32, fp]
     lib.linear_bf16.restype = i64
@@ -195,7 +199,7 @@ def run(
     args += (ctypes.addressof(sc), ctypes.addressof(w), _CONSENSUS[consensus], int(normalize))
     args += (scalar_divisor, lam, out.data_ptr())
     keep = (ptrs, has_thr, thr, split, hi, lo, k, sc, w, base, sources, uniforms, out)
-    _shared(lib.gta_fused_shared, base.numel(), args, keep)
+    _shared(lib, base.numel(), args, keep)
     return out
 
 
@@ -203,17 +207,25 @@ _BLOCK = 1 << 16  # elements a thread claims at a time: 8 streams of it stay in 
 _local = threading.local()  # .overlap: inside deferred(); .pending: the call not finished
 
 
-def _shared(kernel, n: int, args: tuple, keep: tuple) -> None:
-    """Run ``kernel`` (a ``*_shared`` C function) over n elements, this thread and the pool's
-    claiming blocks (see gta_fused_shared). Returns when all are done (the pool's calls may
-    still be returning: they hold ``share`` alive until then) — or, inside ``deferred()``,
-    as soon as the pool has a large call (``keep``: what its arguments point to)."""
-    share = np.zeros(2, dtype=np.int64)
+def _shared(lib, n: int, args: tuple, keep: tuple) -> None:
+    """Run gta_fused over n elements, this thread and helper threads claiming blocks (see
+    gta_fused_shared). Returns when all are done — or, inside ``deferred()``, as soon as the
+    helpers have a large call (``keep``: what its arguments point to, kept alive until then).
+    The helpers are the C library's own threads (gta_fused_post: no GIL to wait for), or,
+    when those are taken by another Python thread's call, Python's pool."""
     threads = torch.get_num_threads()
     defer = getattr(_local, "overlap", False) and threads > 1 and n >= _BLOCK
     if defer:
         finish()  # one call in flight at a time
     helpers = threads - 1 if defer else min(threads, -(-n // _BLOCK)) - 1
+    if helpers > 0 and lib.gta_fused_post(helpers, n, _BLOCK, *args):
+        if defer:
+            _local.pending = (None, n, None, args, keep)
+        else:
+            lib.gta_fused_join()
+        return
+    kernel = lib.gta_fused_shared
+    share = np.zeros(2, dtype=np.int64)
     for _ in range(helpers):
         _threads().submit(lambda s=share: kernel(n, _BLOCK, s.ctypes.data, 0, *args))
     if defer:
@@ -243,7 +255,10 @@ def finish() -> None:
     if pending is not None:
         _local.pending = None
         kernel, n, share, args, _keep = pending
-        kernel(n, _BLOCK, share.ctypes.data, 1, *args)
+        if kernel is None:  # posted to the C helpers
+            library().gta_fused_join()
+        else:
+            kernel(n, _BLOCK, share.ctypes.data, 1, *args)
 
 
 def l1_bins(
