@@ -236,9 +236,9 @@ def _shared(lib, n: int, args: tuple, keep: tuple) -> None:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Inside, a large ``run`` returns once the pool's threads have it, and the caller's Python
-    for the next tensor (its rules, lookups, dispatch) runs while they work; the next large
-    call or ``finish()`` completes it, this thread claiming the blocks left. For a caller that
+    """Inside, a large ``run`` returns once the helper threads have it (``_shared``), and the
+    caller's Python for the next tensor (its rules, lookups, dispatch) runs while they work;
+    the next large call or ``finish()`` completes it, this thread claiming the blocks left. For a caller that
     reads no output before calling ``finish()``: a worker writing a candidate into its
     resident model. (Before, the second core idled during that Python: ~1/3 of a candidate.)"""
     _local.overlap = True
@@ -287,8 +287,8 @@ def l1_bins(
 class Listed:
     """Entries listed with their uniform and |src − base| (``bucket_members``): a (2, count)
     uint32 array, row 0 the uniforms' k (u = k · 2^-24), row 1 the |src − base|'s bits, in
-    index order. Their addresses are
-    resolved once: a search worker sums them for many candidates (``l1_bins_listed``)."""
+    index order. Their addresses are resolved once: a search worker sums them for many
+    candidates (``l1_bins_listed``)."""
 
     __slots__ = ("pairs", "_ub", "_ab")
 
