@@ -535,17 +535,26 @@ void abs_l1_bins2(int64_t start, int64_t stop, const float *restrict base,
  * gathered first (a vectorized test per 64 entries, a branch-free append inside the 64s that
  * hit), then read in a loop whose loads are independent, so the misses overlap. */
 #define IN_BATCH 512
+#define PREFETCH 16 /* members ahead */
 
 /* Appends to idx the entries of [i, i + 64) in bucket q; returns the new count. Most 64s hold
- * no hit: one vectorized test skips them. */
+ * no hit: one vectorized test skips them; in a 64 that holds one, the same test per 16 leaves
+ * the branch-free append (one step per entry) to the 16s with a hit (~1 in 16 of them). */
+INLINE int hit_in(const uint16_t *restrict uh, int64_t i, int width, uint32_t q) {
+    uint32_t any = 0;
+    for (int k = 0; k < width; k++) any |= (uint32_t)(uh[i + k] >> 8) == q;
+    return any != 0;
+}
+
 INLINE int64_t gather64(const uint16_t *restrict uh, int64_t i, uint32_t q,
                         int64_t *restrict idx, int64_t c) {
-    uint32_t any = 0;
-    for (int k = 0; k < 64; k++) any |= (uint32_t)(uh[i + k] >> 8) == q;
-    if (!any) return c;
-    for (int k = 0; k < 64; k++) {
-        idx[c] = i + k;
-        c += (uint32_t)(uh[i + k] >> 8) == q;
+    if (!hit_in(uh, i, 64, q)) return c;
+    for (int64_t s = i; s < i + 64; s += 16) {
+        if (!hit_in(uh, s, 16, q)) continue;
+        for (int k = 0; k < 16; k++) {
+            idx[c] = s + k;
+            c += (uint32_t)(uh[s + k] >> 8) == q;
+        }
     }
     return c;
 }
@@ -555,6 +564,9 @@ INLINE int64_t gather64(const uint16_t *restrict uh, int64_t i, uint32_t q,
  * keeps them (dare_l1.py), so a later candidate whose keep rate falls in this bucket reads
  * these few pairs in order (abs_l1_bins_listed) instead of every uniform, or scattered src and
  * base entries. */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default"))) /* (16-bit compares: avx512f has none) */
+#endif
 int64_t u_bucket_members(int64_t start, int64_t stop, const float *restrict base,
                          const float *restrict src, const uint16_t *restrict uh,
                          const uint8_t *restrict ul, int32_t q, uint32_t *restrict kb,
@@ -572,6 +584,11 @@ int64_t u_bucket_members(int64_t start, int64_t stop, const float *restrict base
             }
         if (c >= IN_BATCH || tail) {
             for (int64_t k = 0; k < c; k++) {
+                if (k + PREFETCH < c) { /* three misses per member: have the next ones coming */
+                    const int64_t ahead = idx[k + PREFETCH];
+                    __builtin_prefetch(src + ahead), __builtin_prefetch(base + ahead);
+                    __builtin_prefetch(ul + ahead);
+                }
                 kb[n + k] = ((uint32_t)uh[idx[k]] << 8) | ul[idx[k]];
                 ab[n + k] = abs_bits(src[idx[k]] - base[idx[k]]);
             }
