@@ -141,6 +141,37 @@ def test_seeded_subsample_and_limit(setup):
     assert lim.tasks["tiny_add"].per_example == (1.0, 0.0, 1.0)
 
 
+def test_subsample_same_ids_with_the_older_task_loader(setup):
+    """lm-eval's TaskManager.load (the loader since get_task_dict's deprecation) and, where a
+    manager lacks it (older lm-eval), get_task_dict give the same seeded subset."""
+    from evomerge.fitness import lm_eval_task
+
+    runner = _fitness(setup, subsample=5, subsample_seed=4).runners[0]
+    want = runner.sample_ids
+    manager = runner.manager()
+    with pytest.warns(DeprecationWarning):
+        old = lm_eval_task._task_objects(_NoLoad(manager), "tiny_add")
+    new = lm_eval_task._task_objects(manager, "tiny_add")
+    assert list(old) == list(new) == ["tiny_add"]
+    docs = [len(list(t["tiny_add"].eval_docs)) for t in (old, new)]
+    assert docs == [N_ITEMS, N_ITEMS] and len(want["tiny_add"]) == 5
+    runner._samples, runner._tm = None, _NoLoad(manager)  # the whole subsample, the old way
+    with pytest.warns(DeprecationWarning):
+        assert runner.sample_ids == want
+
+
+class _NoLoad:
+    """A TaskManager as older lm-eval had it: no ``load``."""
+
+    def __init__(self, manager) -> None:
+        self._m = manager
+
+    def __getattr__(self, name: str):
+        if name == "load":
+            raise AttributeError(name)
+        return getattr(self._m, name)
+
+
 def test_unknown_task_and_metric(setup):
     cfg = parse_fitness_config(
         {

@@ -34,6 +34,16 @@ def task_manager(include_path: tuple[str, ...], include_defaults: bool) -> Any:
     return _MANAGERS[key]
 
 
+def _task_objects(manager: Any, task: str) -> dict[str, Any]:
+    """{task name: Task} of every leaf task under ``task`` (a group's subtasks)."""
+    load = getattr(manager, "load", None)
+    if load is not None:  # lm-eval's loader since get_task_dict was deprecated: flat dicts
+        return dict(load([task])["tasks"])
+    from lm_eval.tasks import get_task_dict  # older lm-eval: a nested, group-keyed dict
+
+    return _leaf_tasks(get_task_dict([task], manager))
+
+
 def _leaf_tasks(task_dict: dict) -> dict[str, Any]:
     """Flatten lm-eval's (possibly nested, group-keyed) task dict to {task name: Task}."""
     out: dict[str, Any] = {}
@@ -83,9 +93,8 @@ class LmEvalTask:
             return None
         if self._samples is None:
             import numpy as np
-            from lm_eval.tasks import get_task_dict
 
-            leaves = _leaf_tasks(get_task_dict([self.cfg.task], self.manager()))
+            leaves = _task_objects(self.manager(), self.cfg.task)
             rng = np.random.default_rng(self.cfg.subsample_seed)
             self._samples = {}
             for name in sorted(leaves):
