@@ -172,6 +172,28 @@ class _NoLoad:
         return getattr(self._m, name)
 
 
+def test_offset_holds_out_the_first_docs(setup):
+    """``offset`` skips each task's first docs (a held-out split): alone, with ``limit`` (the
+    next n) and with a seeded ``subsample`` (drawn after it); past the end it is refused,
+    naming the field."""
+    run = lambda **kw: _fitness(setup, **kw)  # noqa: E731
+    for kw, ids in (
+        ({"offset": 7}, list(range(7, N_ITEMS))),
+        ({"offset": 3, "limit": 4}, [3, 4, 5, 6]),
+        ({"offset": 2, "limit": 0.5}, list(range(2, 7))),
+    ):
+        fit = run(**kw)
+        res = fit(setup["model"], setup["tok"])
+        assert fit.runners[0].sample_ids == {"tiny_add": ids}, kw
+        assert res.tasks["tiny_add"].per_example == tuple(float(i % 2 == 0) for i in ids), kw
+    drawn = run(offset=6, subsample=4, subsample_seed=2).runners[0].sample_ids["tiny_add"]
+    assert len(drawn) == 4 and drawn == sorted(set(drawn)) and min(drawn) >= 6
+    with pytest.raises(UserInputError, match="offset 12 skips all of its 12 docs"):
+        run(offset=N_ITEMS)(setup["model"], setup["tok"])
+    with pytest.raises(Exception, match="offset must be >= 0"):
+        run(offset=-1)
+
+
 def test_unknown_task_and_metric(setup):
     cfg = parse_fitness_config(
         {

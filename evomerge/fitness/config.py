@@ -10,8 +10,9 @@ YAML shape::
         task: cross_lookup           # lm-eval task name (or a group)
         include_path: fitness/cross_lookup   # local task folder(s); relative to the config
         metric: exact_match          # per-sample metric used as correctness (default: first)
+        offset: 0                    # skip each task's first n docs (hold them out)
         subsample: 32                # seeded random subset: n items or a fraction
-        subsample_seed: 0            # (or ``limit``: lm-eval's first-n items)
+        subsample_seed: 0            # (or ``limit``: the first n items after the offset)
         num_fewshot: null
         apply_chat_template: false
         batch_size: 16
@@ -58,6 +59,7 @@ class LmEvalTaskConfig(_TaskBase):
     task: str
     include_path: list[str] = Field(default_factory=list)
     metric: str | None = None
+    offset: int = 0  # skip each (sub)task's first docs: a held-out split (limit/subsample after)
     limit: int | float | None = None
     subsample: int | float | None = None
     subsample_seed: int = 0
@@ -79,6 +81,8 @@ class LmEvalTaskConfig(_TaskBase):
             raise ValueError(
                 "give either 'limit' (first n items) or 'subsample' (seeded), not both"
             )
+        if self.offset < 0:
+            raise ValueError("offset must be >= 0 (docs skipped at the start of each task)")
         for key in ("limit", "subsample"):
             v = getattr(self, key)
             if v is not None and (v <= 0 or (isinstance(v, float) and v > 1)):

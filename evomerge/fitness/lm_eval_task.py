@@ -44,6 +44,11 @@ def _task_objects(manager: Any, task: str) -> dict[str, Any]:
     return _leaf_tasks(get_task_dict([task], manager))
 
 
+def _count(k: int | float, n: int) -> int:
+    """A count or a fraction of n docs (at least one), capped at n."""
+    return max(1, round(k * n)) if isinstance(k, float) else min(int(k), n)
+
+
 def _leaf_tasks(task_dict: dict) -> dict[str, Any]:
     """Flatten lm-eval's (possibly nested, group-keyed) task dict to {task name: Task}."""
     out: dict[str, Any] = {}
@@ -89,24 +94,36 @@ class LmEvalTask:
         return self._tm
 
     def _subsample(self) -> dict[str, list[int]] | None:
-        if self.cfg.subsample is None:
+        """Doc ids per leaf task, or None where lm-eval's own ``limit`` (the first n) serves:
+        the docs after ``offset``, the first ``limit`` of them or a seeded ``subsample``."""
+        c = self.cfg
+        if c.subsample is None and c.offset == 0:
             return None
         if self._samples is None:
             import numpy as np
 
-            leaves = _task_objects(self.manager(), self.cfg.task)
-            rng = np.random.default_rng(self.cfg.subsample_seed)
+            leaves = _task_objects(self.manager(), c.task)
+            rng = np.random.default_rng(c.subsample_seed)
             self._samples = {}
             for name in sorted(leaves):
                 n_docs = len(list(leaves[name].eval_docs))
-                k = self.cfg.subsample
-                k = max(1, round(k * n_docs)) if isinstance(k, float) else min(int(k), n_docs)
-                self._samples[name] = sorted(int(i) for i in rng.choice(n_docs, k, replace=False))
+                if c.offset >= n_docs:
+                    raise UserInputError(
+                        f"lm_eval task {name!r}: offset {c.offset} skips all of its {n_docs} "
+                        "docs; lower offset"
+                    )
+                ids = np.arange(c.offset, n_docs)
+                if c.limit is not None:
+                    ids = ids[: _count(c.limit, ids.size)]
+                elif c.subsample is not None:
+                    ids = np.sort(rng.choice(ids, _count(c.subsample, ids.size), replace=False))
+                self._samples[name] = [int(i) for i in ids]
         return self._samples
 
     @property
     def sample_ids(self) -> dict[str, list[int]] | None:
-        """The seeded subset of doc ids per lm-eval task (None without ``subsample``)."""
+        """The doc ids run per lm-eval task (None without ``offset`` or ``subsample``: lm-eval
+        picks, the first ``limit`` or all)."""
         return self._subsample()
 
     def _model(self, model: Any, tokenizer: Any) -> Any:
@@ -125,7 +142,7 @@ class LmEvalTask:
             model=self._model(model, tokenizer),
             tasks=[c.task],
             task_manager=self.manager(),
-            limit=c.limit,
+            limit=c.limit if c.offset == 0 else None,  # (with an offset: in the ids)
             samples=self._subsample(),
             num_fewshot=c.num_fewshot,
             apply_chat_template=c.apply_chat_template,
