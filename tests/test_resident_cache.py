@@ -100,6 +100,39 @@ def test_dare_keep_rates_in_one_bucket_are_served_from_its_members():
     assert len(members) == 2 + 3 + 2
 
 
+def test_dare_members_follow_the_search_when_the_budget_is_full():
+    """With the budget full, a new candidate's bucket members replace the least recently used
+    ones of earlier candidates (a search drifts through keep rates), never the current
+    candidate's; without a candidate mark (``begin_candidate``) the first ones stay. Bits are
+    the uncached merge's throughout."""
+    base, tensors = _family((300, 257), seed=6)
+
+    def candidate(cache, density, mark=True):
+        if mark:
+            cache.begin_candidate()
+        want = _run("dare_ties", tensors, base, density, 2)
+        got = _run("dare_ties", tensors, base, density, 2, cache.for_task(_task(base), 2))
+        assert _same_bits(got, want), density
+        return {k[-1] for k in cache._members}  # the buckets whose members are kept
+
+    for mark in (True, False):
+        cache = ResidentCache()
+        assert candidate(cache, 0.31, mark) == {79}  # every model's bucket 79
+        cache.max_bytes = cache.nbytes  # full: room for one bucket's members per model
+        if mark:
+            assert candidate(cache, 0.6, mark) == {153}  # 79's make room
+            assert candidate(cache, 0.6, mark) == {153}  # served
+            assert candidate(cache, 0.312, mark) == {79}
+            # one candidate needing two new buckets (model 0: 153; others: 230): it may evict
+            # 79, used by an earlier candidate, but never what it has just admitted itself
+            assert candidate(cache, [0.6, 0.9, 0.9], mark) <= {153, 230}
+            kept = {(k[4][0], k[-1]) for k in cache._members}  # (expert, bucket)
+            assert ("e0", 153) in kept and kept <= {("e0", 153), ("e1", 230), ("e2", 230)}
+        else:
+            assert candidate(cache, 0.6, mark) == {79}  # first come, first kept
+        assert cache.nbytes <= cache.max_bytes
+
+
 def test_sorted_abs_is_torch_sort_of_the_magnitudes():
     """The cache's sorted |τ| comes from numpy's sort on CPU: the same values, bit for bit, as
     torch.sort (signed zeros, subnormals, repeats and infinities included)."""

@@ -68,6 +68,8 @@ def _iter_tensors(
     from evomerge.ops import fused_gta
 
     stats = getattr(cache, "stats", None)
+    if stats is not None:
+        stats.begin_candidate()
     seed = plan.recipe.seed
     # The fused kernel writing tensor i into its resident parameter overlaps the Python of
     # tensor i + 1 (fused_gta.deferred). A value written elsewhere is finished before it is

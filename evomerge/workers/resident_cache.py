@@ -23,13 +23,17 @@ DELLA, task vectors for task arithmetic). ``max_bytes`` bounds it (``ExpertCache
 loaded models' bytes):
 entries are admitted until the budget is full and later ones are computed without caching.
 (Every candidate visits every tensor in the same order, a cycle on which LRU would miss every
-time; first come, first kept keeps a fixed share hitting.) Per-expert entries are keyed by the
+time; first come, first kept keeps a fixed share hitting.) DARE's bucket members are the
+exception: a candidate uses only the buckets its keep rates fall in, which drift as the search
+does, so when the budget is full a new bucket's members replace the least recently used ones
+that the current candidate has not used (``begin_candidate`` marks where one starts). Per-expert entries are keyed by the
 (expert, tensor) and (base, tensor) they come from; uniforms by (seed, tensor, draw index, shape), and a new
 seed drops the previous seed's draws before it is served.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +53,14 @@ class ResidentCache:
         self.misses = 0
         self._entries: dict[tuple, torch.Tensor] = {}
         self._seed: int | None = None
+        # DARE bucket members' keys, least recently used first: the candidate that last used each
+        self._members: OrderedDict[tuple, int] = OrderedDict()
+        self._candidate = 0
+
+    def begin_candidate(self) -> None:
+        """A new candidate's merge starts (the engine bridge calls this): bucket members the
+        previous ones used may now make room for its new buckets."""
+        self._candidate += 1
 
     def for_task(self, task: Any, seed: int) -> TaskStats:
         """The view for one output tensor (an ``evomerge.merge_plan.TensorTask``)."""
@@ -74,11 +86,49 @@ class ResidentCache:
             self._entries[key] = value
             self.nbytes += size
 
+    def member(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``get`` for DARE bucket members: least recently used first out (``_make_room``)."""
+        hit = self._entries.get(key)
+        if hit is not None:
+            self.hits += 1
+            self._members[key] = self._candidate
+            self._members.move_to_end(key)
+            return hit
+        self.misses += 1
+        value = make()
+        if self._make_room(value.nbytes):
+            self._entries[key] = value
+            self.nbytes += value.nbytes
+            self._members[key] = self._candidate
+        return value
+
+    def _make_room(self, size: int) -> bool:
+        """Room for ``size`` more bytes: free, or made by evicting the least recently used
+        members no part of the current candidate has used (one candidate never evicts its
+        own: that would be the cycle LRU misses on). False, evicting nothing, when those
+        would not free enough."""
+        need = self.nbytes + size - self._limit()
+        if need <= 0:
+            return True
+        victims, freed = [], 0
+        for key, used in self._members.items():  # by last use: the first are the oldest
+            if used >= self._candidate or freed >= need:
+                break
+            victims.append(key)
+            freed += self._entries[key].nbytes
+        if freed < need:
+            return False
+        for key in victims:
+            self.nbytes -= self._entries.pop(key).nbytes
+            del self._members[key]
+        return True
+
     def has_room(self, nbytes: int) -> bool:
         return self.nbytes + nbytes <= self._limit()
 
     def clear(self) -> None:
         self._entries.clear()
+        self._members.clear()
         self.nbytes = 0
 
     def _limit(self) -> float:
@@ -90,6 +140,7 @@ class ResidentCache:
     def _drop(self, kind: str) -> None:
         for key in [k for k in self._entries if k[0] == kind]:
             self.nbytes -= self._entries.pop(key).nbytes
+            self._members.pop(key, None)
 
 
 class TaskStats:
@@ -135,8 +186,8 @@ class TaskStats:
 
     def dare_members(self, i: int, q: int, make: Callable[[], Any]) -> Any:
         """Bucket q's members (``dare_l1.members``) of model i's uniforms drawn last (those of
-        ``dare_table``)."""
-        return self.cache.get(self._dare_key(i) + (q,), make)  # (no room: this candidate only)
+        ``dare_table``); kept least recently used first out (``ResidentCache.member``)."""
+        return self.cache.member(self._dare_key(i) + (q,), make)
 
     def _dare_key(self, i: int) -> tuple:
         """Model i's DARE entries: its tensor and base, and the draw just made (``dare_l1``
