@@ -20,15 +20,15 @@ Every entry is exactly what the uncached operator computes, so results are bit f
 Memory: float32, one value per element, so ~1× the experts' float32 bytes for each kind in use
 (sorted magnitudes for TIES/Breadcrumbs, uniforms for DARE — packed: 3/4 of that — both for
 DELLA, task vectors for task arithmetic). ``max_bytes`` bounds it (``ExpertCache`` sets 1× the
-loaded models' bytes):
-entries are admitted until the budget is full and later ones are computed without caching.
-(Every candidate visits every tensor in the same order, a cycle on which LRU would miss every
-time; first come, first kept keeps a fixed share hitting.) DARE's bucket members are the
-exception: a candidate uses only the buckets its keep rates fall in, which drift as the search
-does, so when the budget is full a new bucket's members replace the least recently used ones
-that the current candidate has not used (``begin_candidate`` marks where one starts). Per-expert entries are keyed by the
-(expert, tensor) and (base, tensor) they come from; uniforms by (seed, tensor, draw index, shape), and a new
-seed drops the previous seed's draws before it is served.
+loaded models' bytes): entries are admitted until the budget is full and later ones are
+computed without caching. (Every candidate visits every tensor in the same order, a cycle on
+which LRU would miss every time; first come, first kept keeps a fixed share hitting.) DARE's
+bucket members are the exception: a candidate uses only the buckets its keep rates fall in,
+which drift as the search does, so when the budget is full a new bucket's members replace the
+least recently used ones that the current candidate has not used (``begin_candidate`` marks
+where one starts; benchmarks/dare_drift.py). Per-expert entries are keyed by the (expert,
+tensor) and (base, tensor) they come from; uniforms by (seed, tensor, draw index, shape), and
+a new seed drops the previous seed's draws before it is served.
 """
 
 from __future__ import annotations
