@@ -43,20 +43,14 @@ class KeptL1Table:
         return self.prefix.nbytes
 
 
-def build(tau_abs_bits: torch.Tensor, u: Packed) -> KeptL1Table:
-    """The table of one expert tensor: ``tau_abs_bits`` = |τ| viewed as int32 (flat), ``u`` its
-    packed uniforms."""
-    e, mant = exact_l1.exponent_mantissa(tau_abs_bits)
-    q = u.high.to(torch.int64) >> 8  # k >> 16
-    used = torch.nonzero(torch.bincount(e, minlength=256)).reshape(-1)
-    e_lo, e_hi = (int(used[0]), int(used[-1])) if used.numel() else (0, 0)
-    width = e_hi - e_lo + 1
-    # per (bucket, exponent) sums in float64: exact integers while below 2^53 (≤ 2^29 entries)
-    assert tau_abs_bits.numel() < 1 << 29, "tensor too large for the bucketed DARE table"
-    key = q * width + (e - e_lo)
-    sums = torch.bincount(key, mant.double(), Q * width).reshape(Q, width).to(torch.int64)
-    prefix = np.zeros((Q + 1, width), dtype=np.int64)
-    np.cumsum(sums.numpy(), axis=0, out=prefix[1:])
+def build(t: torch.Tensor, b: torch.Tensor, u: Packed) -> KeptL1Table:
+    """The table of one expert tensor ``t`` (flat) against its base ``b``, ``u`` its packed
+    uniforms: one read in C (``fused_gta.bucket_sums``)."""
+    sums = fused_gta.bucket_sums(t, b, u)
+    used = np.flatnonzero(sums.any(axis=0))
+    e_lo, e_hi = (int(used[0]), int(used[-1])) if used.size else (0, 0)
+    prefix = np.zeros((Q + 1, e_hi - e_lo + 1), dtype=np.int64)
+    np.cumsum(sums[:, e_lo : e_hi + 1], axis=0, out=prefix[1:])
     return KeptL1Table(prefix, e_lo)
 
 

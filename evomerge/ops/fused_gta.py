@@ -129,6 +129,8 @@ def library() -> ctypes.CDLL | None:
     lib.abs_l1_bins2.argtypes = [i64, i64, fp, fp, fp, fp, ctypes.c_int32, fp, fp]
     lib.u_bucket_members.restype = i64
     lib.u_bucket_members.argtypes = [i64, i64, fp, fp, fp, fp, ctypes.c_int32, fp, fp]
+    lib.dare_bucket_sums.restype = None
+    lib.dare_bucket_sums.argtypes = [i64, i64, fp, fp, fp, fp]
     lib.abs_l1_bins_listed.restype = None
     lib.abs_l1_bins_listed.argtypes = [fp, fp, i64, ctypes.c_int32, fp]
     lib.abs_delta_bracket.restype = i64
@@ -321,6 +323,23 @@ def bucket_members(src: torch.Tensor, base: torch.Tensor, u: Packed, q: int) -> 
 
     _parallel(scan, chunks, list(range(len(chunks))))
     return Listed(np.concatenate([x[:, :g] for x, g in zip(parts, got)], axis=1))
+
+
+def bucket_sums(src: torch.Tensor, base: torch.Tensor, u: Packed) -> np.ndarray:
+    """(256, 256) int64: [q, e] the mantissa sums of |src − base| over the entries in DARE
+    bucket q (``dare_l1``) whose |src − base| has biased exponent e (exact integers)."""
+    lib = library()
+    assert lib is not None
+    chunks = _chunks(src.numel())
+    sums = [np.zeros((256, 256), dtype=np.int64) for _ in chunks]
+    ptrs = (base.data_ptr(), src.data_ptr(), u.high.data_ptr())
+
+    def fill(c: tuple[int, int], x: np.ndarray) -> None:
+        lib.dare_bucket_sums(c[0], c[1], *ptrs, x.ctypes.data)
+
+    _parallel(fill, chunks, sums)
+    # (a sum of < 2^31 mantissas below 2^24 per chunk: the int64 total cannot overflow)
+    return sums[0] if len(sums) == 1 else np.sum(sums, axis=0)
 
 
 def l1_bins_listed(listed: Listed, p: float) -> np.ndarray:

@@ -109,7 +109,7 @@ def _l1_rescale(
     before = resident.l1(i, whole)
     table = None
     if t.numel() >= _TABLE_MIN:  # a search: no pass per candidate
-        make = lambda: dare_l1.build((t - b).abs_().view(torch.int32), u)  # noqa: E731
+        make = lambda: dare_l1.build(t, b, u)  # noqa: E731
         table = resident.dare_table(i, make)
     if table is not None:
         members = lambda q, make: resident.dare_members(i, q, make)  # noqa: E731
