@@ -314,5 +314,12 @@ def test_c_helpers_shared_by_python_threads_same_bits():
                 other = pool.submit(merged, 1).result()  # finds it open: Python's pool
             fused_gta.finish()
         assert _same_bits(held, want[0]) and _same_bits(other, want[1])
+        for threads in (4, 2, 3):  # helpers started for 3, later calls wake fewer of them
+            torch.set_num_threads(threads)
+            for i in (2, 3):
+                with fused_gta.deferred():
+                    out = merged(i)
+                fused_gta.finish()
+                assert _same_bits(out, want[i]) and _same_bits(merged(i), want[i]), threads
     finally:
         torch.set_num_threads(before)

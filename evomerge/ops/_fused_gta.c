@@ -276,7 +276,7 @@ static uint64_t pool_generation; /* bumped by each post: a helper joins each cal
 static int pool_open;            /* a posted call not yet joined */
 static int pool_busy;            /* helpers inside the open call */
 static int pool_threads;         /* helpers started */
-static int pool_wanted;          /* helpers the open call asked for (the first ones join it) */
+static int pool_slots;           /* helpers the open call still takes (it woke that many) */
 
 static void run_call(const gta_call *c, int wait) {
     gta_fused_shared(c->n, c->block, pool_share, wait, c->m, c->base, c->src, c->is_tau,
@@ -284,14 +284,15 @@ static void run_call(const gta_call *c, int wait) {
                      c->consensus, c->normalize, c->scalar_divisor, c->lambda, c->out);
 }
 
-static void *pool_helper(void *index) {
-    const intptr_t me = (intptr_t)index;
+static void *pool_helper(void *unused) {
+    (void)unused;
     uint64_t seen = 0;
     pthread_mutex_lock(&pool_mu);
     for (;;) {
         while (!pool_open || pool_generation == seen) pthread_cond_wait(&pool_wake, &pool_mu);
         seen = pool_generation;
-        if (me >= pool_wanted) continue; /* (torch's thread count went down since) */
+        if (pool_slots == 0) continue; /* (woken by another call's broadcast: not wanted) */
+        pool_slots--;
         const gta_call c = pool_call;
         pool_busy++;
         pthread_mutex_unlock(&pool_mu);
@@ -307,7 +308,7 @@ static void pool_after_fork(void) {
     pthread_mutex_init(&pool_mu, 0);
     pthread_cond_init(&pool_wake, 0);
     pthread_cond_init(&pool_idle, 0);
-    pool_open = pool_busy = pool_threads = 0;
+    pool_open = pool_busy = pool_threads = pool_slots = 0;
 }
 
 /* Opens the call (gta_fused_shared's arguments, without its counter) to `helpers` threads,
@@ -327,7 +328,7 @@ int gta_fused_post(int helpers, int64_t n, int64_t block, int m, const float *ba
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        const int failed = pthread_create(&t, &attr, pool_helper, (void *)(intptr_t)pool_threads);
+        const int failed = pthread_create(&t, &attr, pool_helper, 0);
         pthread_attr_destroy(&attr);
         if (failed) break;
         pool_threads++;
@@ -340,10 +341,11 @@ int gta_fused_post(int helpers, int64_t n, int64_t block, int m, const float *ba
                         below, scale, w, consensus, normalize, scalar_divisor, lambda, out};
     pool_call = c;
     pool_share[0] = pool_share[1] = 0;
-    pool_wanted = helpers;
+    pool_slots = helpers < pool_threads ? helpers : pool_threads;
     pool_generation++;
     pool_open = 1;
-    pthread_cond_broadcast(&pool_wake);
+    for (int h = 0; h < pool_slots; h++) /* wake only as many as the call wants: on a */
+        pthread_cond_signal(&pool_wake);  /* many-core node the rest sleep on */
     pthread_mutex_unlock(&pool_mu);
     return 1;
 }

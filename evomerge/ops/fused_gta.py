@@ -219,7 +219,8 @@ def _shared(lib, n: int, args: tuple, keep: tuple) -> None:
     defer = getattr(_local, "overlap", False) and threads > 1 and n >= _BLOCK
     if defer:
         finish()  # one call in flight at a time
-    helpers = threads - 1 if defer else min(threads, -(-n // _BLOCK)) - 1
+    blocks = -(-n // _BLOCK)  # (more helpers than blocks would find nothing to claim)
+    helpers = min(threads - 1, blocks) if defer else min(threads, blocks) - 1
     if helpers > 0 and lib.gta_fused_post(helpers, n, _BLOCK, *args):
         if defer:
             _local.pending = (None, n, None, args, keep)
