@@ -60,8 +60,9 @@ typedef struct {
     const int32_t *below;        /* per model: K, the keep rule k < K (2^24: keep all) */
 } packed_rule;
 
-INLINE int32_t packed_k(const packed_rule *r, int j, int64_t i) {
-    return ((int32_t)r->high[j][i] << 8) | r->low[j][i];
+/* Entry i's k from its two halves. */
+INLINE int32_t packed_key(const uint16_t *restrict uh, const uint8_t *restrict ul, int64_t i) {
+    return ((int32_t)uh[i] << 8) | ul[i];
 }
 
 /* The elected, summed and normalized update from the per-model terms x_j (see the header). */
@@ -149,7 +150,8 @@ INLINE void redo_ties(const int M, const int MODE, const int NORM, int64_t lo, i
         const float b = base[i];
         float x[MAXM];
         for (int j = 0; j < M; j++) {
-            const float keep = packed_k(rule, j, i) < rule->below[j] ? 1.0f : 0.0f;
+            const float keep =
+                packed_key(rule->high[j], rule->low[j], i) < rule->below[j] ? 1.0f : 0.0f;
             x[j] = (((src[j][i] - b) * keep) * scale[j]) * w[j];
         }
         out[i] = b + combine(M, MODE, NORM, x, w, scalar_divisor) * lambda;
@@ -291,7 +293,7 @@ static void *pool_helper(void *unused) {
     for (;;) {
         while (!pool_open || pool_generation == seen) pthread_cond_wait(&pool_wake, &pool_mu);
         seen = pool_generation;
-        if (pool_slots == 0) continue; /* (woken by another call's broadcast: not wanted) */
+        if (pool_slots == 0) continue; /* (a spurious or surplus wake: the call has its helpers) */
         pool_slots--;
         const gta_call c = pool_call;
         pool_busy++;
@@ -444,15 +446,20 @@ int64_t abs_delta_bracket(int64_t start, int64_t stop, const float *restrict bas
  * depend on the summation order: threads, chunking, machine, or this kernel vs. torch
  * (exact_l1.l1_norm computes the same 256 sums with bincount). */
 
+/* The mantissa of a non-negative float's bits with its implicit bit (none for a subnormal):
+ * the float is l1_mantissa(a) x 2^(max(a >> 23, 1) - 150). */
+INLINE uint32_t l1_mantissa(uint32_t a) {
+    return (a & 0x7fffffu) | ((uint32_t)((a >> 23) != 0) << 23);
+}
+
 /* Adds entry i's mantissa (with the implicit bit) to bins[its exponent]; a dropped entry adds
- * 0 to bin 0. No branch: the keep test u < p is random and would mispredict half the time. */
+ * 0 to bin 0. No branch: the keep test k < K is random and would mispredict half the time. */
 INLINE void l1_part(const float *restrict base, const float *restrict src,
                     const uint16_t *restrict uh, const uint8_t *restrict ul, int32_t below,
                     int64_t i, int64_t *restrict bins) {
     uint32_t a = abs_bits(base ? src[i] - base[i] : src[i]);
-    if (uh) a &= -(uint32_t)((((int32_t)uh[i] << 8) | ul[i]) < below); /* |d * 0| = +0 */
-    const uint32_t e = a >> 23;
-    bins[e] += (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
+    if (uh) a &= -(uint32_t)(packed_key(uh, ul, i) < below); /* |d * 0| = +0 */
+    bins[a >> 23] += l1_mantissa(a);
 }
 
 void abs_l1_bins(int64_t start, int64_t stop, const float *restrict base,
@@ -517,10 +524,9 @@ void abs_l1_bins2(int64_t start, int64_t stop, const float *restrict base,
     for (; i + 4 <= stop; i += 4)
         for (int k = 0; k < 4; k++) {
             uint32_t a = abs_bits(src[i + k] - base[i + k]);
-            const uint32_t e = a >> 23, m = (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
+            const uint32_t e = a >> 23, m = l1_mantissa(a);
             sa[k][e] += m;
-            const int32_t key = ((int32_t)uh[i + k] << 8) | ul[i + k];
-            sk[k][e] += m & -(uint32_t)(key < below); /* a dropped entry adds 0 */
+            sk[k][e] += m & -(uint32_t)(packed_key(uh, ul, i + k) < below); /* dropped: 0 */
         }
     for (; i < stop; i++) {
         l1_part(base, src, 0, 0, 0, i, sa[0]);
@@ -591,7 +597,7 @@ int64_t u_bucket_members(int64_t start, int64_t stop, const float *restrict base
                     __builtin_prefetch(src + ahead), __builtin_prefetch(base + ahead);
                     __builtin_prefetch(ul + ahead);
                 }
-                kb[n + k] = ((uint32_t)uh[idx[k]] << 8) | ul[idx[k]];
+                kb[n + k] = (uint32_t)packed_key(uh, ul, idx[k]);
                 ab[n + k] = abs_bits(src[idx[k]] - base[idx[k]]);
             }
             n += c, c = 0;
@@ -609,8 +615,8 @@ void dare_bucket_sums(int64_t start, int64_t stop, const float *restrict base,
                       const float *restrict src, const uint16_t *restrict uh,
                       int64_t *restrict sums) {
     for (int64_t i = start; i < stop; i++) {
-        const uint32_t a = abs_bits(src[i] - base[i]), e = a >> 23;
-        sums[((uint32_t)(uh[i] >> 8) << 8) | e] += (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
+        const uint32_t a = abs_bits(src[i] - base[i]);
+        sums[((uint32_t)(uh[i] >> 8) << 8) | (a >> 23)] += l1_mantissa(a);
     }
 }
 
@@ -619,8 +625,7 @@ void abs_l1_bins_listed(const uint32_t *restrict kb, const uint32_t *restrict ab
                         int32_t below, int64_t *restrict bins) {
     for (int64_t k = 0; k < c; k++) {
         const uint32_t a = ab[k] & -(uint32_t)((int32_t)kb[k] < below);
-        const uint32_t e = a >> 23;
-        bins[e] += (a & 0x7fffffu) | ((uint32_t)(e != 0) << 23);
+        bins[a >> 23] += l1_mantissa(a);
     }
 }
 

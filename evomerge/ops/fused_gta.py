@@ -241,9 +241,10 @@ def _shared(lib, n: int, args: tuple, keep: tuple) -> None:
 def deferred() -> Iterator[None]:
     """Inside, a large ``run`` returns once the helper threads have it (``_shared``), and the
     caller's Python for the next tensor (its rules, lookups, dispatch) runs while they work;
-    the next large call or ``finish()`` completes it, this thread claiming the blocks left. For a caller that
-    reads no output before calling ``finish()``: a worker writing a candidate into its
-    resident model. (Before, the second core idled during that Python: ~1/3 of a candidate.)"""
+    the next large call or ``finish()`` completes it, this thread claiming the blocks left.
+    For a caller that reads no output before calling ``finish()``: a worker writing a
+    candidate into its resident model. (Before, the second core idled during that Python:
+    ~1/3 of a candidate.)"""
     _local.overlap = True
     try:
         yield

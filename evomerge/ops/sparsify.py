@@ -265,19 +265,21 @@ def magnitude_outliers(
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
     """float32 uniforms from the recipe's generator, drawn on the CPU (same bits anywhere): in C
     when the kernel is there (``mt_uniform``, the same values ~8× faster), else torch.rand."""
-    if generator is None:
-        raise UserInputError("a stochastic operator needs a generator (recipe seed)")
-    fast = mt_uniform.draw(shape, generator)
+    fast = mt_uniform.draw(shape, _needed(generator))
     return fast if fast is not None else torch.rand(shape, generator=generator, dtype=torch.float32)
 
 
 def uniform_packed(shape: tuple[int, ...], generator: torch.Generator | None) -> Packed:
     """``uniform``'s values, flat and packed (``packed_uniform``: what DARE's fused kernel
     reads), advancing the generator exactly as ``uniform`` does."""
+    fast = mt_uniform.draw(shape, _needed(generator), packed=True)
+    return fast if fast is not None else Packed.of(uniform(shape, generator))
+
+
+def _needed(generator: torch.Generator | None) -> torch.Generator:
     if generator is None:
         raise UserInputError("a stochastic operator needs a generator (recipe seed)")
-    fast = mt_uniform.draw(shape, generator, packed=True)
-    return fast if fast is not None else Packed.of(uniform(shape, generator))
+    return generator
 
 
 def _keep_mask(u: torch.Tensor, probs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

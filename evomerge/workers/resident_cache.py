@@ -97,8 +97,7 @@ class ResidentCache:
         self.misses += 1
         value = make()
         if self._make_room(value.nbytes):
-            self._entries[key] = value
-            self.nbytes += value.nbytes
+            self.put(key, value)  # (admitted: there is room now)
             self._members[key] = self._candidate
         return value
 
