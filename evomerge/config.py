@@ -91,6 +91,9 @@ class EvaluationConfig(_Frozen):
     # It makes a TIES/DARE candidate ~2-5x cheaper; 0 turns it off (7B experts: 1.0 is ~1x their
     # float32 size again, so size it to what the node can spare).
     stats_cache: float = Field(1.0, ge=0)
+    # torch intra-op threads per worker; unset = automatic (evomerge/workers/threads.py): the
+    # serial evaluator takes the cores that are free at start, a Ray worker floor(cpus_per_worker)
+    threads: int | None = Field(None, ge=1)
 
 
 class ExperimentConfig(_Frozen):

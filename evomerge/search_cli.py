@@ -91,6 +91,7 @@ class _Relay:
 def _drive(s, stop: threading.Event, relay: _Relay, *, baselines: bool) -> int:
     try:
         with _signals(stop):
+            console.print(f"threads: {s.store.get_meta('threads')}")
             if baselines:
                 _baselines(s)
             with _live(s.cfg.budget.max_evals) as live:
@@ -230,6 +231,7 @@ def status(run_dir: Path) -> int:
         cfg = experiment_from_json(st.config_json())
         c, cp, archive = st.counts(), st.last_checkpoint(), st.archive()
         top = [st.trial(e.idx) for e in archive]
+        threads = st.get_meta("threads")
     budget = cfg.budget.max_evals
     out.print(f"run {run_dir} ({cfg.name}): driver {cfg.driver.name}, space {cfg.space.kind}")
     out.print(
@@ -238,6 +240,8 @@ def status(run_dir: Path) -> int:
     )
     if cp is not None:
         out.print(f"search time {cp.elapsed:.0f} s")
+    if threads:
+        out.print(f"threads {threads}")
     for rank, t in enumerate(top, 1):
         scores = ", ".join(f"{k} {v:.3f}" for k, v in t.scores.items())
         out.print(f"  #{rank} {t.digest[:12]} fitness {t.fitness:.4f}  ({scores})")

@@ -117,6 +117,7 @@ def build_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Evaluator:
                 "have yet; use workers: 1 (the serial evaluator)"
             ) from None
         return RayEvaluator.from_config(cfg, resolver_for(cfg, run_dir))
+    from evomerge.workers import threads
     from evomerge.workers.context import ResidentWorker
     from evomerge.workers.serial import SerialEvaluator
 
@@ -124,7 +125,24 @@ def build_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Evaluator:
     return SerialEvaluator(
         lambda: ResidentWorker(cfg, resolver=resolver, worker="serial"),
         timeout_s=cfg.evaluation.timeout_s,
+        threads=threads.choose_serial(cfg.evaluation.threads),
     )
+
+
+def thread_summary(cfg: ExperimentConfig, evaluator: Evaluator) -> str:
+    """What ``status`` shows: the threads each worker of this run (or resume) uses."""
+    import torch
+
+    from evomerge.workers import threads
+
+    choice = getattr(evaluator, "threads", None)
+    if choice is not None:
+        interop = torch.get_num_interop_threads()  # set once per process: may predate us
+        return f"{choice.intra} torch thread(s), {interop} interop ({choice.reason}), serial"
+    if cfg.workers > 1 or cfg.ray_address:
+        ev = cfg.evaluation
+        return f"{threads.choose_ray(ev.threads, ev.cpus_per_worker).describe()} per Ray worker"
+    return f"{torch.get_num_threads()} torch thread(s) (set by the caller), serial evaluator"
 
 
 def _assemble(cfg, run_dir, store, resumed, evaluator, on_generation, stop_event) -> Search:
@@ -135,6 +153,7 @@ def _assemble(cfg, run_dir, store, resumed, evaluator, on_generation, stop_event
         seed_globals(cfg.seed)
     driver = build_driver(cfg, space)
     evaluator = evaluator or build_evaluator(cfg, run_dir)
+    store.set_meta("threads", thread_summary(cfg, evaluator))
     resolver = resolver_for(cfg, run_dir)
     archive = Archive(run_dir, cfg.archive.top_k, lambda r, out: write_model(r, out, resolver))
     b = cfg.budget

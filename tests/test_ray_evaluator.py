@@ -158,6 +158,8 @@ class TestOneEvaluator:
         before = dict(evaluator.stats.per_worker)
         got = evaluator.evaluate(rs)
         info = evaluator.worker_info()
+        # 1 CPU reserved per worker: 1 torch thread, 1 interop thread (workers/threads.py)
+        assert {(i["torch_threads"], i["interop_threads"]) for i in info} == {(1, 1)}
         want = serial_reference(rs)
         assert [r.digest for r in got] == [r.digest() for r in rs]
         assert all(r.ok for r in got), [r.error for r in got]
@@ -332,8 +334,9 @@ def test_search_through_ray_address_survives_a_killed_worker(cluster, tmp_path):
     fam = make_family(tmp_path / "models", n_experts=2, layers=2, hidden=16)
     exp = write_experiment(tmp_path, fam, max_evals=12, popsize=4)
     (tmp_path / "score.py").write_text(SLOW_SCORE)
+    # the serial run does the same arithmetic as the 1-CPU Ray workers: one thread each
+    exp.write_text(exp.read_text().replace("timeout_s: 60}", "timeout_s: 60, threads: 1}"))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the serial run does the same arithmetic as 1-CPU Ray workers
     try:
         assert search_cli.search(exp, tmp_path / "serial", workers=1) == 0
         done, killed = threading.Event(), []

@@ -54,7 +54,13 @@ class EvalWorker:
         scratch_root: str,
         num_gpus: float = 0.0,
         dtype: str = "auto",
+        num_cpus: float = 1.0,
+        threads: int | None = None,
     ) -> None:
+        from evomerge.workers import threads as _threads
+
+        # first thing in the actor's process: never more torch threads than CPUs Ray reserved
+        _threads.apply(_threads.choose_ray(threads, num_cpus))
         self.factory, self.name = factory, name
         self.placement = placement_for(num_gpus, dtype)
         self.scratch = Path(scratch_root) / name
@@ -89,6 +95,10 @@ class EvalWorker:
         """What the worker holds: for tests, benchmarks and the GPU check."""
         out = self.info()
         out.update(memory_of_process())
+        import torch
+
+        out["torch_threads"] = torch.get_num_threads()
+        out["interop_threads"] = torch.get_num_interop_threads()
         out["built"] = self.ctx is not None
         out["setup_error"] = self._setup_error
         cache = self.cache

@@ -65,6 +65,7 @@ class RayEvaluator(Evaluator):
         num_cpus_per_worker: float = 1.0,
         num_gpus_per_worker: float = 0.0,
         dtype: str = "auto",
+        threads: int | None = None,
         timeout_s: float | None = None,
         grace_s: float = 30.0,
         max_retries: int = 2,
@@ -90,7 +91,14 @@ class RayEvaluator(Evaluator):
             max_task_retries=0,  # we re-queue ourselves, so a retry is counted and bounded
             scheduling_strategy="SPREAD",
         )
-        self._actor_args = (factory, self._scratch, num_gpus_per_worker, dtype)
+        self._actor_args = (
+            factory,
+            self._scratch,
+            num_gpus_per_worker,
+            dtype,
+            num_cpus_per_worker,
+            threads,
+        )
         self._tag, self._replaced = uuid.uuid4().hex[:6], 0
         self._slots = [self._new_slot(i) for i in range(self.num_workers)]
         self._node_refs = self._load_experts()
@@ -116,6 +124,7 @@ class RayEvaluator(Evaluator):
             num_cpus_per_worker=getattr(ev, "cpus_per_worker", 1.0),
             num_gpus_per_worker=getattr(ev, "gpus_per_worker", 0.0),
             dtype=getattr(ev, "dtype", "auto"),
+            threads=ev.threads,
             timeout_s=ev.timeout_s,
         )
 

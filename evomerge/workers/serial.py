@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from evomerge.recipe import Recipe
 from evomerge.workers.base import Evaluator, JobResult
 from evomerge.workers.job import WorkerContext, run_job
+from evomerge.workers.threads import ThreadChoice
+from evomerge.workers.threads import apply as apply_threads
 
 
 class SerialEvaluator(Evaluator):
@@ -21,6 +23,7 @@ class SerialEvaluator(Evaluator):
         *,
         timeout_s: float | None = None,
         on_result: Callable[[JobResult], None] | None = None,
+        threads: ThreadChoice | None = None,
     ) -> None:
         # A factory defers loading experts until the first candidate (cheap start, and the CLI
         # can report progress before the load).
@@ -28,6 +31,13 @@ class SerialEvaluator(Evaluator):
         self._factory = None if self._ctx is not None else context
         self.timeout_s = timeout_s
         self.on_result = on_result
+        # torch's threads are process-wide: set for this evaluator's life, restored on close
+        self.threads, self._threads_before = threads, None
+        if threads is not None:
+            import torch
+
+            self._threads_before = torch.get_num_threads()
+            apply_threads(threads)
 
     @property
     def context(self) -> WorkerContext:
@@ -48,3 +58,8 @@ class SerialEvaluator(Evaluator):
         ctx, self._ctx = self._ctx, None
         if ctx is not None and hasattr(ctx, "close"):
             ctx.close()
+        if self._threads_before is not None:
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
