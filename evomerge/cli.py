@@ -201,9 +201,13 @@ def zoo_build(
     """Build a zoo of tiny local experts."""
 
     def body() -> int:
-        from evomerge.zoo.build import build
+        from evomerge.zoo.build import build, load_manifest
 
-        typer.echo(str(build(name, out, seed=seed, quick=quick)))
+        folder = build(name, out, seed=seed, quick=quick)
+        m = load_manifest(folder)
+        digest = m.get("weights_sha256", "?")
+        typer.echo(f"zoo {name}: weights sha256 {digest[:16]}, {m.get('kernels', '?')}", err=True)
+        typer.echo(str(folder))
         return 0
 
     _run(body)

@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import UserInputError
+from evomerge.zoo import pinned
 from evomerge.zoo.specs import ZOOS, ZooSpec
 
-FORMAT_VERSION = 1
+# 2: trained with pinned, machine-independent kernels (zoo/pinned.py); manifest has a digest
+FORMAT_VERSION = 2
 MANIFEST = "zoo.json"
 
 
@@ -49,7 +51,7 @@ def cache_root() -> Path:
 
 
 @contextlib.contextmanager
-def _deterministic_cpu(threads: int = 2) -> Iterator[None]:
+def deterministic_cpu(threads: int = 2) -> Iterator[None]:
     """Pin threads and deterministic kernels while training; restore the caller's settings."""
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(min(threads, old_threads))
@@ -59,6 +61,24 @@ def _deterministic_cpu(threads: int = 2) -> Iterator[None]:
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det)
+
+
+def _train(name: str, spec: ZooSpec, out: Path, *, seed: int, quick: bool, progress: bool):
+    if pinned.native_requested():
+        with deterministic_cpu(getattr(spec, "threads", 2)):
+            return spec.build(out, seed=seed, progress=progress)
+    return pinned.train_pinned(name, out, seed=seed, quick=quick, progress=progress)
+
+
+def weights_digest(folder: str | Path) -> str:
+    """sha256 over every model file's relative path and bytes: equal zoos, equal digests (what
+    ``zoo build`` prints so that users on two machines can compare)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.safetensors")):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def load_manifest(folder: str | Path) -> dict:
@@ -92,8 +112,7 @@ def build(
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        with _deterministic_cpu(getattr(spec, "threads", 2)):
-            models = spec.build(tmp, seed=seed, progress=progress)
+        models = _train(name, spec, tmp, seed=seed, quick=quick, progress=progress)
         manifest = {
             "name": name,
             "config_hash": digest,
@@ -108,6 +127,8 @@ def build(
             "task_folders": spec.task_folders,
             "config": spec.to_json(),
             "build_seconds": round(time.perf_counter() - start, 1),
+            "kernels": pinned.kernels_label(),
+            "weights_sha256": weights_digest(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if target.exists():
