@@ -174,19 +174,20 @@ class Planner:
                         f"{self.n_layers(s.ref)} layers; shorten the range"
                     )
         self._non_layer(groups, pre=True)
-        k = 0
+        k, slots = 0, []
         for gi, (srcs, sp) in enumerate(groups):
             n = srcs[0].end - srcs[0].start
             for i in range(n):
                 t = i / (n - 1) if n > 1 else 1.0
                 self._layer(srcs, sp, i, k, t, f"slices[{gi}]")
+                slots.append((srcs[0].ref, srcs[0].start + i))
                 k += 1
         self._non_layer(groups, pre=False)
         return MergePlan(
             recipe=self.recipe,
             op=self.op,
             tasks=self.tasks,
-            config_dict=self._out_config(refs[0], k),
+            config_dict=self._out_config(refs[0], slots),
             num_layers=k,
             tokenizer_ref=self._tokenizer_ref(refs),
             out_dtype=TORCH_DTYPES[self.recipe.out_dtype or self.recipe.dtype],
@@ -268,14 +269,11 @@ class Planner:
             "share one architecture — check the path or remove this model"
         )
 
-    def _out_config(self, ref: str, n_layers: int) -> dict[str, Any]:
+    def _out_config(self, ref: str, slots: list[tuple[str, int]]) -> dict[str, Any]:
         cfg = copy.deepcopy(self.model_config(ref))
-        cfg["num_hidden_layers"] = n_layers
-        types = cfg.get("layer_types")
-        if isinstance(types, list) and types and len(types) != n_layers:
-            cfg["layer_types"] = (
-                (types * n_layers)[:n_layers] if len(set(types)) == 1 else types[:n_layers]
-            )
+        cfg["num_hidden_layers"] = len(slots)
+        if isinstance(cfg.get("layer_types"), list):
+            cfg["layer_types"] = [self._layer_type(r, i) for r, i in slots]
         name = self.recipe.out_dtype or self.recipe.dtype
         for key in ("dtype", "torch_dtype"):
             if key in cfg:
@@ -283,6 +281,13 @@ class Planner:
         if "dtype" not in cfg and "torch_dtype" not in cfg:
             cfg["dtype"] = name
         return cfg
+
+    def _layer_type(self, ref: str, i: int) -> str:
+        """Each output layer keeps the attention its source layer was trained with (Gemma-3
+        interleaves sliding-window and global layers: a data-flow path must not re-deal them by
+        position). A source without layer_types runs full attention."""
+        types = self.model_config(ref).get("layer_types")
+        return types[i] if isinstance(types, list) and i < len(types) else "full_attention"
 
     def _tokenizer_ref(self, refs: list[str]) -> str | None:
         ts = self.recipe.tokenizer_source

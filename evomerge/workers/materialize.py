@@ -208,7 +208,8 @@ class Materializer:
         self._config = config
         if self.model is not None and arch == self._arch:
             if _num_layers(config) != len(_decoder_layers(self.model)):
-                self._resize(_num_layers(config))
+                self._resize(_num_layers(config), config)
+            _apply_layer_types(self.model, config)
             return self.model
         self._build(config)
         self._arch = arch
@@ -229,9 +230,12 @@ class Materializer:
         self._layer_pool = list(_decoder_layers(model))
         self._index_targets()
 
-    def _resize(self, n: int) -> None:
+    def _resize(self, n: int, config: Any) -> None:
         """Grow or shrink the decoder stack in place, keeping every built layer for reuse."""
         model = self.model
+        if isinstance(getattr(config, "layer_types", None), list):
+            # a layer reads its attention kind from config.layer_types[layer_idx] when built
+            model.config.layer_types = list(config.layer_types)
         while len(self._layer_pool) < n:
             cls = type(self._layer_pool[0])
             layer = cls(model.config, layer_idx=len(self._layer_pool)).to(self.device).eval()
@@ -244,9 +248,6 @@ class Materializer:
                 attn.layer_idx = i  # the KV cache is indexed by position in the stack
         _set_decoder_layers(model, torch.nn.ModuleList(layers))
         model.config.num_hidden_layers = n
-        types = getattr(model.config, "layer_types", None)
-        if isinstance(types, list) and types:
-            model.config.layer_types = (types * n)[:n] if len(set(types)) == 1 else types[:n]
         self._index_targets()
 
     def _index_targets(self) -> None:
@@ -269,6 +270,42 @@ def _decoder_layers(model: Any) -> torch.nn.ModuleList:
     if layers is None:
         raise ValueError(f"{type(model).__name__}: no model.layers decoder stack to resize")
     return layers
+
+
+def _apply_layer_types(model: Any, config: Any) -> None:
+    """Give each resident layer the attention kind the plan chose for its slot (the source
+    layer's, merge_plan._layer_type): a pooled layer built for one slot may serve another, and
+    Gemma-3's layers fix sliding vs global attention (window, rotary base, mask) per layer."""
+    types = getattr(config, "layer_types", None)
+    if not isinstance(types, list) or not types:
+        return
+    model.config.layer_types = list(types)
+    _cover_rotary_kinds(model, set(types))
+    window = getattr(config, "sliding_window", None)
+    for layer, kind in zip(_decoder_layers(model), types, strict=False):
+        if hasattr(layer, "attention_type"):
+            layer.attention_type = kind
+        attn = getattr(layer, "self_attn", None)
+        if attn is None:
+            continue
+        if hasattr(attn, "layer_type"):
+            attn.layer_type = kind
+        if hasattr(attn, "is_sliding"):
+            attn.is_sliding = kind == "sliding_attention"
+        if hasattr(attn, "sliding_window"):
+            attn.sliding_window = window if kind == "sliding_attention" else None
+
+
+def _cover_rotary_kinds(model: Any, kinds: set[str]) -> None:
+    """Gemma-3's rotary embedding holds one frequency table per attention kind present when it
+    was built; a path that brings a kind the resident model has not seen needs a new one."""
+    inner = getattr(model, "model", None)
+    rotary = getattr(inner, "rotary_emb", None)
+    have = getattr(rotary, "layer_types", None)
+    if have is None or kinds <= set(have):
+        return
+    device = next(model.parameters()).device
+    inner.rotary_emb = type(rotary)(config=model.config, device=device)
 
 
 def _set_decoder_layers(model: Any, layers: torch.nn.ModuleList) -> None:

@@ -130,6 +130,6 @@ class PlacedMaterializer(Materializer):
         self._hooked = set()
         self._place()
 
-    def _resize(self, n: int) -> None:
-        super()._resize(n)
+    def _resize(self, n: int, config: Any) -> None:
+        super()._resize(n, config)
         self._place()
