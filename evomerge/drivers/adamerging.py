@@ -48,6 +48,12 @@ class AdaMerging(Driver):
     name: ClassVar[str] = "adamerging"
     needs_gradient: ClassVar[bool] = True
 
+    @classmethod
+    def misfit(cls, space: Any) -> str | None:
+        if space.kind != "fw_pool" or space.variant != "task_arithmetic":
+            return "AdaMerging learns task-arithmetic coefficients (space kind fw_pool, variant task_arithmetic)"
+        return None
+
     def __init__(
         self,
         dim: int,

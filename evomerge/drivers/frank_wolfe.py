@@ -45,6 +45,12 @@ class FrankWolfe(Driver):
     name: ClassVar[str] = "frank_wolfe"
     needs_gradient: ClassVar[bool] = True
 
+    @classmethod
+    def misfit(cls, space: Any) -> str | None:
+        if space.kind != "fw_pool":
+            return "Frank-Wolfe steps through a pool of checkpoints (space kind fw_pool)"
+        return None
+
     def __init__(
         self,
         dim: int,
