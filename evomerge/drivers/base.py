@@ -35,6 +35,10 @@ class Driver(ABC):
     #: True when ``ask`` may be called again before the previous candidates are told
     #: (random, Optuna, steady-state M2N2): the Ray evaluator then keeps every worker busy.
     can_ask_ahead: ClassVar[bool] = False
+    #: One line per ``driver.options`` key (docs/config.md, ``evomerge schema``).
+    option_help: ClassVar[dict[str, str]] = {}
+    #: A dataclass the options are parsed into; None: they are ``__init__``'s keywords.
+    options_cls: ClassVar[type | None] = None
 
     @classmethod
     def misfit(cls, space: Any) -> str | None:

@@ -38,7 +38,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -118,6 +118,19 @@ def crossover(a: np.ndarray, b: np.ndarray, split: int, w: float) -> np.ndarray:
 @register_driver
 class M2N2(Driver):
     name = "m2n2"
+    options_cls: ClassVar[type] = M2N2Params  # the dataclass driver.options are parsed into
+    #: One line per driver.options key, for docs/config.md (evomerge schema).
+    option_help: ClassVar[dict[str, str]] = {
+        "init_points": "extra genomes that enter the initial archive after x0 (e.g. the experts)",
+        "archive_size": "P: genomes kept in the archive",
+        "alpha": "resource-sharing exponent: 1 is M2N2, 0 a plain GA (the paper's ablation)",
+        "use_attraction": "pick the second parent by what it solves that the first does not",
+        "use_splitpoint": "crossover with a random split point (false: one mixing ratio for all genes)",
+        "mutation_std": "Gaussian mutation per gene (0 when merging experts; 0.01 from scratch)",
+        "init": "initial archive: uniform in the box, normal (N(0, init_std^2)) or given (x0 + init_points)",
+        "init_std": "init normal: the standard deviation",
+        "batch_size": "children asked per generation",
+    }
     can_ask_ahead = True
 
     def __init__(
