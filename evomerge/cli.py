@@ -121,6 +121,12 @@ def _merge(
         f"{s.n_bytes / 1e9:.2f} GB in {s.shards} shard(s), {s.seconds:.1f}s -> {s.out_dir} "
         f"(recipe {s.digest[:12]})"
     )
+    if s.tokenizer_from is None:  # loadable weights, but not usable as is: say so
+        typer.echo(
+            f"note: {s.out_dir} has no tokenizer: its tokenizer source had none; copy one in, "
+            "or name a model that has one with tokenizer_source: in the recipe",
+            err=True,
+        )
     return 0
 
 
