@@ -1,11 +1,16 @@
-"""Boolean options of the command line are plain flags (``--allow-pickle``, never
-``--allow-pickle true``). Click's own answer to a value after a flag is "Got unexpected extra
-argument(s) (true)", which does not say what went wrong; this command class says it in one line.
+"""The command class of every ``evomerge`` command: usage mistakes read like every other user
+error, one ``error:`` line and exit code 2.
+
+Boolean options are plain flags (``--allow-pickle``, never ``--allow-pickle true``). Click's own
+answer to a value after a flag is "Got unexpected extra argument(s) (true)", which does not say
+what went wrong, so that case gets its own line; a missing required option, a bad value or an
+unknown option keep click's message, on one line that points at the command's --help.
 """
 
 from __future__ import annotations
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperCommand
 
 BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
@@ -28,10 +33,20 @@ class FlagCommand(TyperCommand):
         flags = {o for p in self.params if getattr(p, "is_flag", False) for o in p.opts}
         name = flag_misuse(list(args), flags - {"--help"})
         if name is not None:
-            typer.echo(
-                f"error: {name} is a flag and takes no value: write {name} alone to turn it on, "
+            _fail(
+                ctx,
+                f"{name} is a flag and takes no value: write {name} alone to turn it on, "
                 "leave it out to keep it off",
-                err=True,
             )
-            ctx.exit(2)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as err:
+            _fail(ctx, f"{err.format_message().rstrip('.')}; see {ctx.command_path} --help")
+            raise  # not reached: _fail exits
+
+
+def _fail(ctx: typer.Context, message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    ctx.exit(2)

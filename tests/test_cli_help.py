@@ -58,9 +58,20 @@ def test_every_option_is_described_and_required_ones_say_so(path):
             assert "<" not in entry.split(p.help.split()[0])[0], entry  # no value placeholder
 
 
-def test_search_without_run_dir_names_it(tmp_path):
-    p = _cli("search", str(tmp_path / "exp.yaml"))
-    assert p.returncode == 2 and "--run-dir" in p.stderr and "Traceback" not in p.stderr
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["search", "exp.yaml"], "Missing option '--run-dir'"),
+        (["search", "exp.yaml", "--run-dir", "r", "--max-evals", "many"], "'--max-evals'"),
+        (["export", "run", "--out", "w.yaml", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_mistakes_are_one_line(args, says, tmp_path):
+    p = _cli(*args)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], p.stderr
+    assert f"see evomerge {args[0]} --help" in lines[0]
 
 
 @pytest.mark.parametrize("form", [["--allow-pickle", "true"], ["--allow-pickle=true"]])
