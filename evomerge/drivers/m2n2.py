@@ -50,9 +50,9 @@ from evomerge.fitness.result import EvalResult
 log = logging.getLogger(__name__)
 SCALAR_WARNING = (
     "m2n2: task {task!r} gives one score per candidate, no per-example scores, so resource "
-    "competition and attraction have no niches (M2N2 runs as a plain elitist GA); return "
-    "TaskScore.from_examples([...]) (one value per item) from the fitness function, or use "
-    "cma_es"
+    "competition and attraction have no niches and M2N2 runs as a plain elitist GA; return "
+    "evomerge.fitness.TaskScore.from_examples([one value per item]) from the fitness function "
+    "for M2N2 proper, or use driver cma_es"
 )
 
 
