@@ -11,10 +11,21 @@ from typing import Any
 
 import typer
 
+from evomerge.cli_flags import FlagCommand
 from evomerge.errors import UserInputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary model merging.")
-zoo_app = typer.Typer(no_args_is_help=True, help="Tiny local experts (demo, tests, benchmarks).")
+# Plain help (no rich panels): rich shows a <bool> placeholder beside every flag.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Evolutionary model merging.",
+    rich_markup_mode=None,
+)
+zoo_app = typer.Typer(
+    no_args_is_help=True,
+    help="Tiny local experts (demo, tests, benchmarks).",
+    rich_markup_mode=None,
+)
 app.add_typer(zoo_app, name="zoo")
 
 
@@ -31,13 +42,17 @@ def _run(fn: Callable[[], Any]) -> None:
     raise typer.Exit(int(code or 0))
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def merge(
-    config: Path = typer.Argument(..., help="evomerge recipe YAML or mergekit YAML"),
+    config: Path = typer.Argument(
+        ..., metavar="CONFIG", help="evomerge recipe YAML or mergekit YAML"
+    ),
     out: Path = typer.Option(..., "--out", help="output HF model folder (written atomically)"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
     allow_pickle: bool = typer.Option(
-        False, "--allow-pickle", help="accept pickle .bin checkpoints"
+        False,
+        "--allow-pickle",
+        help="also read pickle .bin checkpoints (can run code: trusted files only)",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out"),
     shard_size: str = typer.Option(
@@ -106,19 +121,37 @@ def _merge(
         f"{s.n_bytes / 1e9:.2f} GB in {s.shards} shard(s), {s.seconds:.1f}s -> {s.out_dir} "
         f"(recipe {s.digest[:12]})"
     )
+    if s.tokenizer_from is None:  # loadable weights, but not usable as is: say so
+        typer.echo(
+            f"note: {s.out_dir} has no tokenizer: its tokenizer source had none; copy one in, "
+            "or name a model that has one with tokenizer_source: in the recipe",
+            err=True,
+        )
     return 0
 
 
 # ---- search commands: bodies in evomerge.search_cli ------------------------------------------
-@app.command()
+@app.command(cls=FlagCommand)
 def search(
-    experiment: Path = typer.Argument(..., help="experiment YAML"),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="folder holding the run's store"),
-    max_evals: int | None = typer.Option(None, "--max-evals"),
-    max_seconds: float | None = typer.Option(None, "--max-seconds"),
-    seed: int | None = typer.Option(None, "--seed"),
-    workers: int | None = typer.Option(None, "--workers"),
-    ray_address: str | None = typer.Option(None, "--ray-address"),
+    experiment: Path = typer.Argument(
+        ..., metavar="EXPERIMENT", help="experiment YAML (keys: evomerge schema)"
+    ),
+    run_dir: Path = typer.Option(
+        ..., "--run-dir", help="new folder for the run: store, archive, logs"
+    ),
+    max_evals: int | None = typer.Option(
+        None, "--max-evals", help="stop after N fresh evaluations (overrides budget.max_evals)"
+    ),
+    max_seconds: float | None = typer.Option(
+        None, "--max-seconds", help="stop after S seconds (overrides budget.max_seconds)"
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="experiment seed (overrides seed)"),
+    workers: int | None = typer.Option(
+        None, "--workers", help="N > 1: N local Ray workers on loopback (overrides workers)"
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="join a running Ray cluster at HOST:PORT (e.g. 10.0.0.1:6379)"
+    ),
 ) -> None:
     """Run an evolutionary search."""
     from evomerge import search_cli
@@ -136,16 +169,24 @@ def search(
     )
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def resume(
-    run_dir: Path = typer.Argument(...),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="the run folder to continue"),
     config: Path | None = typer.Option(
         None, "--config", help="changed experiment YAML (non-structural changes only)"
     ),
-    max_evals: int | None = typer.Option(None, "--max-evals"),
-    max_seconds: float | None = typer.Option(None, "--max-seconds"),
-    workers: int | None = typer.Option(None, "--workers"),
-    ray_address: str | None = typer.Option(None, "--ray-address"),
+    max_evals: int | None = typer.Option(
+        None, "--max-evals", help="new total of fresh evaluations (overrides budget.max_evals)"
+    ),
+    max_seconds: float | None = typer.Option(
+        None, "--max-seconds", help="new wall-clock cap in seconds (overrides budget.max_seconds)"
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="N > 1: N local Ray workers on loopback (overrides workers)"
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="join a running Ray cluster at HOST:PORT (e.g. 10.0.0.1:6379)"
+    ),
 ) -> None:
     """Continue a stopped search exactly where it stopped."""
     from evomerge import search_cli
@@ -162,20 +203,22 @@ def resume(
     )
 
 
-@app.command()
-def status(run_dir: Path = typer.Argument(...)) -> None:
+@app.command(cls=FlagCommand)
+def status(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run folder (may be running)"),
+) -> None:
     """Progress, best so far, failures."""
     from evomerge import search_cli
 
     _run(lambda: search_cli.status(run_dir))
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def export(
-    run_dir: Path = typer.Argument(...),
-    out: Path = typer.Option(..., "--out"),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run folder"),
+    out: Path = typer.Option(..., "--out", help="YAML file to write"),
     fmt: str = typer.Option("evomerge", "--format", help="evomerge or mergekit"),
-    rank: int = typer.Option(1, "--rank"),
+    rank: int = typer.Option(1, "--rank", help="which archived model: 1 = the best"),
 ) -> None:
     """Write the rank-K recipe of a run as evomerge or mergekit YAML."""
     from evomerge import search_cli
@@ -183,20 +226,58 @@ def export(
     _run(lambda: search_cli.export(run_dir, out, fmt, rank))
 
 
-@app.command()
-def report(run_dir: Path = typer.Argument(...), out: Path = typer.Option(..., "--out")) -> None:
+@app.command(cls=FlagCommand)
+def report(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run folder"),
+    out: Path = typer.Option(..., "--out", help="folder for the plots and report.md/html"),
+) -> None:
     """PNG plots and an HTML/markdown summary of a run."""
     from evomerge import search_cli
 
     _run(lambda: search_cli.report(run_dir, out))
 
 
-@zoo_app.command("build")
+@app.command(cls=FlagCommand)
+def schema() -> None:
+    """Print the experiment YAML reference (every key, type, default; docs/config.md)."""
+
+    def body() -> int:
+        from evomerge.config_reference import render
+
+        typer.echo(render(), nl=False)
+        return 0
+
+    _run(body)
+
+
+@app.command("list", cls=FlagCommand)
+def list_names(
+    what: str | None = typer.Argument(
+        None,
+        metavar="WHAT",
+        help="one of drivers, operators, spaces, presets, suites, evaluators, zoos (default: all)",
+    ),
+) -> None:
+    """Names an experiment may use: drivers, operators, space kinds and presets, fitness suites."""
+
+    def body() -> int:
+        from evomerge.catalog import catalog
+
+        for line in catalog(what):
+            typer.echo(line)
+        return 0
+
+    _run(body)
+
+
+@zoo_app.command("build", cls=FlagCommand)
 def zoo_build(
-    name: str = typer.Argument(...),
-    out: Path | None = typer.Option(None, "--out"),
-    seed: int = typer.Option(0, "--seed"),
-    quick: bool = typer.Option(False, "--quick"),
+    name: str = typer.Argument(..., metavar="NAME", help="lm-skills, lm-cross or digits"),
+    out: Path | None = typer.Option(
+        None, "--out", help="folder to write (default: the cache that zoo:NAME/... reads)"
+    ),
+    seed: int = typer.Option(0, "--seed", help="training seed (same seed, same bytes)"),
+    quick: bool = typer.Option(False, "--quick", help="a smaller, faster build (for tests)"),
 ) -> None:
     """Build a zoo of tiny local experts."""
 

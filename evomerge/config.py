@@ -49,12 +49,15 @@ ZOO_PREFIX = "zoo:"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Field docstrings are the descriptions docs/config.md is generated from.
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class DriverConfig(_Frozen):
     name: str = "cma_es"
+    """search driver: cma_es, m2n2, frank_wolfe, adamerging, optuna or random (evomerge list)"""
     options: dict[str, Any] = Field(default_factory=dict)
+    """the driver's own options (see its section below), e.g. {popsize: 8}"""
 
 
 class BudgetConfig(_Frozen):
@@ -64,8 +67,11 @@ class BudgetConfig(_Frozen):
     so the last generation may overshoot ``max_evals`` by less than one population."""
 
     max_evals: int | None = Field(None, ge=1)
+    """stop after this many fresh evaluations (repeats of a scored recipe are free)"""
     max_seconds: float | None = Field(None, gt=0)
+    """stop after this many seconds of wall-clock time"""
     max_candidates: int | None = Field(None, ge=1)
+    """stop after this many told candidates, repeats included (default 10 x max_evals)"""
 
     @model_validator(mode="after")
     def _some_budget(self) -> BudgetConfig:
@@ -76,41 +82,63 @@ class BudgetConfig(_Frozen):
 
 class ArchiveConfig(_Frozen):
     top_k: int = Field(3, ge=1, le=100)
+    """how many of the best merged models the run keeps under RUN_DIR/archive/"""
 
 
 class EvaluationConfig(_Frozen):
     timeout_s: float | None = Field(600.0, gt=0)
+    """a candidate slower than this many seconds is recorded FAIL (null: no limit)"""
     device: str = "cpu"
+    """where candidates are merged and scored: cpu, cuda or cuda:N"""
     # Ray workers (workers > 1 or ray_address): resources per worker; gpus_per_worker > 1 splits
     # the resident model over that many GPUs by layers; dtype "auto" = bfloat16 on GPU.
     gpus_per_worker: float = Field(0.0, ge=0)
+    """Ray workers: GPUs per worker; more than 1 splits the model over them by layers"""
     cpus_per_worker: float = Field(1.0, gt=0)
+    """Ray workers: CPU cores reserved per worker"""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype of the resident model; auto = bfloat16 on GPU, float32 on CPU"""
     # Memory for what does not change between candidates (sorted |task vector| for TIES-style
     # top-k, seeded DARE/DELLA draws), per worker, as a multiple of the resident experts' bytes.
     # It makes a TIES/DARE candidate ~2-5x cheaper; 0 turns it off (7B experts: 1.0 is ~1x their
     # float32 size again, so size it to what the node can spare).
     stats_cache: float = Field(1.0, ge=0)
-    # torch intra-op threads per worker; unset = automatic (evomerge/workers/threads.py): the
-    # serial evaluator takes the cores that are free at start, a Ray worker floor(cpus_per_worker)
+    """per-worker cache of TIES/DARE statistics, as a multiple of the experts' bytes (0: off)"""
+    # Unset: automatic (evomerge/workers/threads.py): the serial evaluator takes the cores that
+    # are free when the search starts, a Ray worker floor(cpus_per_worker).
     threads: int | None = Field(None, ge=1)
+    """torch threads per worker (null: automatic, never more than the free cores)"""
 
 
 class ExperimentConfig(_Frozen):
     name: str = "experiment"
+    """a label for status and reports"""
     models: list[str]
+    """the experts: Hugging Face model folders or zoo:<zoo>/<model> names"""
     base_model: str | None = None
+    """the model task vectors are taken against (task-vector operators, fw_pool)"""
     space: SpaceConfig
+    """the search space: a preset name, {preset: NAME, <overrides>} or a mapping (below)"""
     fitness: FitnessConfig
+    """what a candidate scores: a suite name, a suite YAML path or a mapping (below)"""
     driver: DriverConfig = Field(default_factory=DriverConfig)
+    """the search algorithm and its options"""
     budget: BudgetConfig
+    """when the search stops (give max_evals and/or max_seconds)"""
     seed: int = 0
+    """seeds the driver, DARE/DELLA masks and subsampling: same seed, same run"""
     workers: int = Field(1, ge=1)
+    """1: evaluate in process; N > 1: N Ray workers on loopback"""
     ray_address: str | None = None
+    """join a running Ray cluster at HOST:PORT instead of starting one"""
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    """what the run keeps of its best models"""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """how each candidate is evaluated"""
     recipe_paths: list[str] = Field(default_factory=list)
+    """extra folders where recipe:<digest> references resolve (merges of merges)"""
     base_dir: str = "."  # folder of the experiment file: relative paths are resolved from it
+    """set by evomerge to the experiment file's folder; do not write it"""
 
     @model_validator(mode="before")
     @classmethod

@@ -47,6 +47,8 @@ class MergeSummary:
     shards: int
     seconds: float
     digest: str
+    #: the model whose tokenizer files were copied; None when it had none (the CLI says so)
+    tokenizer_from: str | None = None
 
 
 Inputs = tuple[list[torch.Tensor], torch.Tensor | None]
@@ -219,6 +221,7 @@ def run_merge(
         res.shards,
         time.perf_counter() - t0,
         digest,
+        p.tokenizer_ref if tok_files else None,
     )
 
 

@@ -92,8 +92,9 @@ def _materialize_hybrid_winner(cfg: ExperimentConfig, run_dir: Path) -> None:
 
 
 def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
-    from evomerge.drivers import get_driver
+    from evomerge.drivers import check_fit, get_driver
 
+    check_fit(cfg.driver.name, cfg.space)
     cls = get_driver(cfg.driver.name)
     lo, hi = space.bounds
     try:
@@ -185,7 +186,10 @@ def open_search(
     on_generation: Callable[[Progress], None] | None = None,
     stop_event: threading.Event | None = None,
 ) -> Search:
+    from evomerge.drivers import check_fit
+
     run_dir = Path(run_dir)
+    check_fit(cfg.driver.name, cfg.space)  # a driver that cannot walk the space: before any I/O
     build_space(cfg, run_dir)  # every user error surfaces before the run folder is created
     store = RunStore.create(run_dir, cfg.to_json(), cfg.structural_hash())
     try:

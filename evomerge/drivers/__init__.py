@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import Any
 
 from evomerge.drivers.base import DRIVERS, Candidate, Driver, register_driver
 from evomerge.errors import UserInputError
@@ -40,4 +41,32 @@ def get_driver(name: str) -> type[Driver]:
     return DRIVERS[name]
 
 
-__all__ = ["Candidate", "Driver", "get_driver", "list_drivers", "register_driver"]
+def check_fit(name: str, space: Any) -> None:
+    """Refuse a driver that cannot search this space (a ``SpaceConfig``), naming what fits."""
+    reason = get_driver(name).misfit(space)
+    if reason is None:
+        return
+    fitting = [n for n in list_drivers() if n != name and _fits(n, space)]
+    what = f"space kind {space.kind!r}"
+    if space.kind == "fw_pool":
+        what += f" (variant {space.variant})"
+    raise UserInputError(
+        f"driver {name!r} does not fit {what}: {reason}; "
+        f"for this space use driver {_either(fitting)}"
+    )
+
+
+def _either(names: list[str]) -> str:
+    if not names:
+        return "none (change the space)"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _fits(name: str, space: Any) -> bool:
+    try:
+        return get_driver(name).misfit(space) is None
+    except UserInputError:  # an optional extra (cma, optuna) that is not installed
+        return False
+
+
+__all__ = ["Candidate", "Driver", "check_fit", "get_driver", "list_drivers", "register_driver"]

@@ -46,7 +46,23 @@ from evomerge.fw.lmo import Alignment, adam_step
 @register_driver
 class AdaMerging(Driver):
     name: ClassVar[str] = "adamerging"
+    options_cls: ClassVar[type] = AdaParams  # the dataclass driver.options are parsed into
+    #: One line per driver.options key, for docs/config.md (evomerge schema).
+    option_help: ClassVar[dict[str, str]] = {
+        "steps": "Adam updates of the coefficients (the paper's 500)",
+        "lr": "Adam learning rate (the paper's 1e-3)",
+        "init": "initial coefficient of every expert and group (the paper's 0.3)",
+        "max_retries": "failed gradient jobs in a row before the driver stops",
+        "stream": "stream the experts from disk each step (memory flat in their number)",
+        "objective": "unlabelled inputs whose entropy is minimised, e.g. {kind: lm, tasks: [...]}",
+    }
     needs_gradient: ClassVar[bool] = True
+
+    @classmethod
+    def misfit(cls, space: Any) -> str | None:
+        if space.kind != "fw_pool" or space.variant != "task_arithmetic":
+            return "AdaMerging learns task-arithmetic coefficients (space kind fw_pool, variant task_arithmetic)"
+        return None
 
     def __init__(
         self,

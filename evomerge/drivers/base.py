@@ -35,6 +35,23 @@ class Driver(ABC):
     #: True when ``ask`` may be called again before the previous candidates are told
     #: (random, Optuna, steady-state M2N2): the Ray evaluator then keeps every worker busy.
     can_ask_ahead: ClassVar[bool] = False
+    #: One line per ``driver.options`` key (docs/config.md, ``evomerge schema``).
+    option_help: ClassVar[dict[str, str]] = {}
+    #: A dataclass the options are parsed into; None: they are ``__init__``'s keywords.
+    options_cls: ClassVar[type | None] = None
+
+    @classmethod
+    def misfit(cls, space: Any) -> str | None:
+        """Why this driver cannot search a space of this config (a ``SpaceConfig``), or None.
+
+        Checked before a run folder is written, so a pairing that cannot work is one line
+        instead of a traceback from deep in the first ``ask``. A black-box driver searches any
+        box of genes except the TIES pool space, whose genes are Frank-Wolfe's own step history
+        (each candidate chains recipes that only that driver's loop can resolve).
+        """
+        if space.kind == "fw_pool" and space.variant == "ties":
+            return "the TIES pool space's genes are Frank-Wolfe's step history"
+        return None
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,6 +36,17 @@ from evomerge.fitness.result import EvalResult
 @register_driver
 class CMAES(Driver):
     name = "cma_es"
+    #: One line per driver.options key, for docs/config.md (evomerge schema).
+    option_help: ClassVar[dict[str, str]] = {
+        "sigma0": "initial step size in gene units (Sakana: 1/6 of the [0, 1] box)",
+        "popsize": "candidates per generation (null: 4 + floor(3 ln dim))",
+        "diagonal": "learn a diagonal covariance only (sep-CMA: O(dim) per sample)",
+        "max_evals": "pycma's own evaluation cap (null: the experiment's budget decides)",
+        "tolfun": "stop when recent generations' fitness range falls below this (0: never)",
+        "tolflatfitness": "stop after this many generations of equal fitness values",
+        "sigma_adaptation": "step-size rule: csa, tpa, or null for pycma's choice",
+        "adapt_covariance": "false: hold the covariance at I (an isotropic ES, O(dim) per sample)",
+    }
 
     def __init__(
         self,

@@ -43,7 +43,29 @@ from evomerge.fw.state import FWParams, FWState
 @register_driver
 class FrankWolfe(Driver):
     name: ClassVar[str] = "frank_wolfe"
+    options_cls: ClassVar[type] = FWParams  # the dataclass driver.options are parsed into
+    #: One line per driver.options key, for docs/config.md (evomerge schema).
+    option_help: ClassVar[dict[str, str]] = {
+        "variant": "fixed by the fw_pool space",
+        "granularity": "fixed by the fw_pool space",
+        "iterations": "Frank-Wolfe iterations (default: the space's)",
+        "step_size": "gamma_t = step_size * 2 / (t + 2)",
+        "lam": "step scale (0.9 with variant ties, the paper's setting)",
+        "align_on": "task_vector: cosine with task vectors; weights: with the weights (reference code)",
+        "guard": "hold a group when stepping would not lower the linearised loss",
+        "soft_steps": "variant soft: Adam steps on the coefficients per iteration",
+        "soft_lr": "variant soft: Adam learning rate",
+        "soft_init": "variant soft: a new member's initial coefficient",
+        "max_retries": "failed gradient jobs in a row before the driver stops",
+        "proxy": "FW's objective: {kind: lm or digits, data: labelled JSONL, n: items}",
+    }
     needs_gradient: ClassVar[bool] = True
+
+    @classmethod
+    def misfit(cls, space: Any) -> str | None:
+        if space.kind != "fw_pool":
+            return "Frank-Wolfe steps through a pool of checkpoints (space kind fw_pool)"
+        return None
 
     def __init__(
         self,

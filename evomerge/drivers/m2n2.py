@@ -18,17 +18,27 @@ child per ask by default:
 
 The first P asks are the initial population (x0, then ``init_points``, then random points:
 uniform in the box, or N(0, init_std²) from scratch; with ``init: given`` only x0 and the
-init_points, e.g. the experts); they enter the archive through the same update. Per-example rows come from ``details`` (an EvalResult: the tasks' per-example values
-concatenated in task-name order); without details a row is the single fitness value. Scores
-are shifted per column to be ≥ 0 (resources cannot be negative).
+init_points, e.g. the experts); they enter the archive through the same update. Per-example
+rows come from ``details`` (an EvalResult: the tasks' per-example values concatenated in
+task-name order). Scores are shifted per column to be ≥ 0 (resources cannot be negative).
+
+Scalar fallback (ours; the paper always has per-example scores): a task that reports no
+per-example values (a python fitness returning one float) counts as one resource, its score;
+without details the row is the fitness. With a single resource, shared fitness ranks by score
+(f_k = S_k / Σ S), attraction pairs p1 with the members that beat it, and the archive drops the
+lowest: M2N2 becomes an elitist, fitness-proportional GA with its crossover. It still improves,
+but it has no niches to keep diverse, so it warns once and says what to return instead.
+(Before this fallback such a task gave an empty row, every member tied, and each child
+overwrote slot 0 whatever its score.)
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,6 +46,14 @@ from evomerge.drivers._common import check_tell
 from evomerge.drivers.base import Candidate, Driver, register_driver
 from evomerge.errors import UserInputError
 from evomerge.fitness.result import EvalResult
+
+log = logging.getLogger(__name__)
+SCALAR_WARNING = (
+    "m2n2: task {task!r} gives one score per candidate, no per-example scores, so resource "
+    "competition and attraction have no niches and M2N2 runs as a plain elitist GA; return "
+    "evomerge.fitness.TaskScore.from_examples([one value per item]) from the fitness function "
+    "for M2N2 proper, or use driver cma_es"
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,19 @@ def crossover(a: np.ndarray, b: np.ndarray, split: int, w: float) -> np.ndarray:
 @register_driver
 class M2N2(Driver):
     name = "m2n2"
+    options_cls: ClassVar[type] = M2N2Params  # the dataclass driver.options are parsed into
+    #: One line per driver.options key, for docs/config.md (evomerge schema).
+    option_help: ClassVar[dict[str, str]] = {
+        "init_points": "extra genomes that enter the initial archive after x0 (e.g. the experts)",
+        "archive_size": "P: genomes kept in the archive",
+        "alpha": "resource-sharing exponent: 1 is M2N2, 0 a plain GA (the paper's ablation)",
+        "use_attraction": "pick the second parent by what it solves that the first does not",
+        "use_splitpoint": "crossover with a random split point (false: one mixing ratio for all genes)",
+        "mutation_std": "Gaussian mutation per gene (0 when merging experts; 0.01 from scratch)",
+        "init": "initial archive: uniform in the box, normal (N(0, init_std^2)) or given (x0 + init_points)",
+        "init_std": "init normal: the standard deviation",
+        "batch_size": "children asked per generation",
+    }
     can_ask_ahead = True
 
     def __init__(
@@ -135,6 +166,7 @@ class M2N2(Driver):
         self._next = 0
         self._pending: dict[int, Candidate] = {}
         self._best: tuple[Candidate, float] | None = None
+        self._warned = False  # the scalar-fitness warning, once per process
 
     # ---- ask ------------------------------------------------------------------------------
     def _initial(self, i: int) -> np.ndarray:
@@ -174,13 +206,21 @@ class M2N2(Driver):
         return out
 
     # ---- tell -----------------------------------------------------------------------------
-    @staticmethod
-    def _row(fitness: float, detail: EvalResult | None) -> np.ndarray:
+    def _row(self, fitness: float, detail: EvalResult | None) -> np.ndarray:
         if detail is None or not detail.tasks:
             return np.array([fitness])
-        return np.concatenate(
-            [np.asarray(detail.tasks[k].per_example, float) for k in sorted(detail.tasks)]
-        )
+        parts = []
+        for name in sorted(detail.tasks):
+            t = detail.tasks[name]
+            if not t.per_example:  # the scalar fallback: the task's score is one resource
+                self._warn_scalar(name)
+            parts.append(np.asarray(t.per_example or (t.score,), float))
+        return np.concatenate(parts)
+
+    def _warn_scalar(self, task: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(SCALAR_WARNING.format(task=task))
 
     def _admit(self, x: np.ndarray, row: np.ndarray, fitness: float) -> None:
         if self._scores is not None and row.size != self._scores.shape[1]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,6 +26,14 @@ from evomerge.fitness.result import EvalResult
 @register_driver
 class OptunaDriver(Driver):
     name = "optuna"
+    #: One line per driver.options key, for docs/config.md (evomerge schema).
+    option_help: ClassVar[dict[str, str]] = {
+        "sampler": "tpe or nsga2 (null: tpe for one objective, nsga2 for several)",
+        "objectives": "number of objectives (the fitness's objective names)",
+        "batch_size": "trials asked per generation",
+        "n_startup_trials": "TPE: random trials before the model-based ones",
+        "enqueue_x0": "evaluate the space's starting point first",
+    }
     can_ask_ahead = True
 
     def __init__(

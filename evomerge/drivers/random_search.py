@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -18,6 +18,11 @@ from evomerge.fitness.result import EvalResult
 @register_driver
 class RandomSearch(Driver):
     name = "random"
+    #: One line per driver.options key, for docs/config.md (evomerge schema).
+    option_help: ClassVar[dict[str, str]] = {
+        "batch_size": "uniform samples asked per generation",
+        "include_x0": "evaluate the space's starting point first",
+    }
     can_ask_ahead = True
 
     def __init__(

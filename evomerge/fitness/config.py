@@ -45,28 +45,44 @@ from evomerge.recipe import format_validation_error
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Field docstrings are the descriptions docs/config.md is generated from.
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class _TaskBase(_Frozen):
     name: str | None = None
+    """label of the task in results (default: derived from the task)"""
     weight: float = Field(1.0, ge=0.0)
+    """weight of this task's score in its objective's mean"""
     objective: str = "main"
+    """tasks sharing an objective are averaged into it (several: multi-objective)"""
 
 
 class LmEvalTaskConfig(_TaskBase):
     kind: Literal["lm_eval"] = "lm_eval"
+    """lm_eval: an lm-evaluation-harness task run in process on the resident model"""
     task: str
+    """lm-eval task (or group) name"""
     include_path: list[str] = Field(default_factory=list)
+    """local task folder(s), relative to the experiment"""
     metric: str | None = None
+    """per-sample metric used as correctness (default: the task's first)"""
     offset: int = 0  # skip each (sub)task's first docs: a held-out split (limit/subsample after)
+    """skip each task's first n docs (keep them held out)"""
     limit: int | float | None = None
+    """score only the first n items (or a fraction) after the offset"""
     subsample: int | float | None = None
+    """score a seeded random subset: n items or a fraction"""
     subsample_seed: int = 0
+    """seed of the subsample; default: the experiment seed"""
     num_fewshot: int | None = None
+    """few-shot examples per prompt (null: the task's default)"""
     apply_chat_template: bool | str = False
+    """wrap prompts in the tokenizer's chat template (or a template name)"""
     batch_size: int | str = 8
+    """lm-eval batch size (an int or auto)"""
     extra_args: dict[str, Any] = Field(default_factory=dict)
+    """passed to lm_eval.simple_evaluate as is, e.g. {gen_kwargs: {max_gen_toks: 8}}"""
 
     @model_validator(mode="before")
     @classmethod
@@ -95,13 +111,18 @@ class LmEvalTaskConfig(_TaskBase):
 
 class ZooTaskConfig(_TaskBase):
     kind: Literal["zoo"] = "zoo"
+    """zoo: one of the zoo's fast evaluators (same answers as lm-eval)"""
     evaluator: str
+    """evaluator name (evomerge list evaluators)"""
     options: dict[str, Any] = Field(default_factory=dict)
+    """the evaluator's options, e.g. {limit: 50}"""
 
 
 class PythonTaskConfig(_TaskBase):
     kind: Literal["python"] = "python"
+    """python: your function fn(model, tokenizer) -> float, dict, TaskScore or EvalResult"""
     function: str
+    """path/to/file.py:function_name, relative to the experiment"""
 
     @model_validator(mode="after")
     def _ref(self) -> PythonTaskConfig:
@@ -115,10 +136,15 @@ class PythonTaskConfig(_TaskBase):
 
 class PerplexityTaskConfig(_TaskBase):
     kind: Literal["perplexity"] = "perplexity"
+    """perplexity: perplexity on a text file"""
     text_file: str
+    """the text file, relative to the experiment"""
     max_length: int = Field(256, ge=2)
+    """tokens per window"""
     max_windows: int | None = Field(None, ge=1)
+    """score at most this many windows (null: the whole file)"""
     score: Literal["neg_log_ppl", "inv_ppl"] = "neg_log_ppl"
+    """neg_log_ppl (-log perplexity) or inv_ppl (1 / perplexity)"""
 
 
 TaskConfig = Annotated[
@@ -142,7 +168,9 @@ def task_label(t: Any) -> str:
 
 class FitnessConfig(_Frozen):
     tasks: list[TaskConfig]
+    """the tasks scored per candidate (one kind per entry: lm_eval, zoo, python, perplexity)"""
     allow_public_benchmarks: bool = False
+    """allow public benchmark names as search fitness (contamination risk)"""
 
     @model_validator(mode="before")
     @classmethod

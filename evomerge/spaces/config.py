@@ -43,25 +43,39 @@ from evomerge.recipe import DTYPES, ParamValue, format_validation_error
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Field docstrings are the descriptions docs/config.md is generated from.
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class ParameterSpaceConfig(_Frozen):
     """Parameter space (Sakana PS, mergekit-evolve's genome, generalized to every operator)."""
 
     kind: Literal["parameter"] = "parameter"
+    """parameter: genes are per model x layer group x filter operator parameters (Sakana PS)"""
     merge_method: str = "dare_ties"
+    """the merge operator whose parameters are searched (evomerge list operators)"""
     layer_groups: int = Field(1, ge=1)
+    """how many groups of consecutive layers get their own genes (1: one per model)"""
     smooth: bool = False
+    """true: genes are control points of a gradient over the layers (needs layer_groups >= 2)"""
     filters: list[str] = Field(default_factory=list)
+    """tensor-name substrings that get their own genes, e.g. [self_attn, mlp]"""
     params: list[str] | None = None
+    """per-model parameters to search (null: every numeric one of the operator)"""
     global_params: list[str] = Field(default_factory=list)
+    """operator-wide parameters to search, e.g. [lambda] or [t]"""
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    """search range per parameter in its own units, e.g. {density: [0.1, 1.0]}"""
     x0: dict[str, float] = Field(default_factory=dict)
+    """starting value per parameter in its own units (default: the middle of its bounds)"""
     log_scale: list[str] = Field(default_factory=list)
+    """parameters whose gene maps log-uniformly onto their bounds"""
     fixed: dict[str, ParamValue] = Field(default_factory=dict)
+    """operator parameters held at a value, e.g. {normalize: false}"""
     dtype: str = "float32"
+    """dtype the merge is computed in"""
     seed: int = 0
+    """recipe seed of stochastic operators (DARE, DELLA); default: the experiment seed"""
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpaceConfig:
@@ -83,17 +97,26 @@ class DataflowSpaceConfig(_Frozen):
     """Data-flow space (Sakana DFS): indicator over M*r slots plus input-scaling factors."""
 
     kind: Literal["dataflow"] = "dataflow"
+    """dataflow: genes choose a path of layers from the models, with input scales (Sakana DFS)"""
     repeats: int = Field(3, ge=1)
+    """r: the pool of every model's layers is repeated r times (M x r slots)"""
     scales: Literal["full", "per_layer", "none"] = "full"
+    """input-scale genes: full ((M+1) x M matrix), per_layer (M) or none"""
     scale_log2_range: float = Field(1.0, gt=0.0, le=8.0)
+    """a scale is 2**g with g in [-range, range]"""
     max_path_length: int | None = Field(None, ge=1)
+    """longest path in layers (null: twice model A's depth)"""
     # The starting path runs through this source's layers (0 = model A itself, the paper's
     # start). Another start helps when A's layers are the wrong ones and every path between
     # them scores the same (a flat start), e.g. A only lends its embeddings and head.
     start: int = Field(0, ge=0)
+    """the starting path runs through this model's layers (0: model A's own path)"""
     residual_writers: list[str] = Field(default_factory=lambda: ["o_proj", "down_proj"])
+    """names of the tensors that write into the residual stream (scaled by a gene)"""
     dtype: str = "float32"
+    """dtype the merged model is built in"""
     seed: int = 0
+    """recipe seed; default: the experiment seed"""
 
     @model_validator(mode="after")
     def _check(self) -> DataflowSpaceConfig:
@@ -111,8 +134,11 @@ class HybridSpaceConfig(DataflowSpaceConfig):
     """Sakana PS+DFS: data flow over the PS winner (model A) and one source (model B)."""
 
     kind: Literal["hybrid"] = "hybrid"  # type: ignore[assignment]
+    """hybrid: data flow over a parameter-space winner (model A) and one source (model B)"""
     winner: str
+    """model A: recipe:<digest>, or the winner's folder or recipe YAML"""
     partner: int | str = 0
+    """model B: an index into models, or a model path"""
 
     @model_validator(mode="after")
     def _winner(self) -> HybridSpaceConfig:
@@ -126,12 +152,19 @@ class FWPoolSpaceConfig(_Frozen):
     models are the pool, ``base_model`` is required; pair it with the ``frank_wolfe`` driver."""
 
     kind: Literal["fw_pool"] = "fw_pool"
+    """fw_pool: coefficients of a task-arithmetic merge over the pool (Frank-Wolfe, AdaMerging)"""
     granularity: Literal["layer", "task"] = "layer"
+    """layer: one coefficient per tensor and model; task: one per model"""
     variant: Literal["task_arithmetic", "ties", "soft"] = "task_arithmetic"
+    """Frank-Wolfe step: task_arithmetic, ties (trimmed step) or soft (FW-Soft)"""
     iterations: int = Field(10, ge=1)
+    """Frank-Wolfe iterations"""
     density: float = Field(0.3, gt=0, le=1)
+    """ties variant: fraction of each step's entries kept"""
     init: Literal["base", "task_arithmetic"] = "base"
+    """starting point: base, or a uniform task_arithmetic merge"""
     init_scale: float = 0.3
+    """init task_arithmetic: the uniform coefficient"""
 
 
 SpaceConfig = Annotated[

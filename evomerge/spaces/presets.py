@@ -43,11 +43,23 @@ def preset_dirs(extra_dirs: Sequence[str | Path] = ()) -> list[Path]:
 
 
 def available_presets(extra_dirs: Sequence[str | Path] = ()) -> list[str]:
+    """Preset names in the lookup folders. The experiment's own folder is one of them, and it
+    holds experiments too: only a YAML whose top level has a space ``kind`` is a preset."""
     names: set[str] = set()
     for d in preset_dirs(extra_dirs):
         if d.is_dir():
-            names.update(p.stem for p in d.iterdir() if p.suffix in SUFFIXES)
+            names.update(p.stem for p in d.iterdir() if p.suffix in SUFFIXES and _is_preset(p))
     return sorted(names)
+
+
+def _is_preset(path: Path) -> bool:
+    from evomerge.spaces.config import KINDS
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.get("kind") in KINDS
 
 
 def find_preset(name_or_path: str | Path, extra_dirs: Sequence[str | Path] = ()) -> Path:

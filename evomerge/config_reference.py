@@ -1,0 +1,185 @@
+"""The experiment YAML reference (docs/config.md, ``evomerge schema``), generated from the
+pydantic models so it cannot drift from what the loader accepts: every key with its type,
+default and the one-line description its field docstring gives. A test regenerates the file and
+compares."""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+HIDDEN = {"base_dir"}  # set by evomerge itself; load_experiment refuses it in a file
+TOP_PARTS = {"space": "preset name or mapping", "fitness": "suite name or mapping"}
+
+INTRO = """\
+# Experiment YAML reference
+
+Generated from the config models by `evomerge schema` (do not edit by hand; a test compares).
+An experiment is one YAML file (`experiments/` has commented examples); unknown keys are
+refused, and relative paths are resolved from the experiment file's folder.
+
+`space` takes a preset name (`search_spaces/<name>.yaml`; `evomerge list presets`),
+`{preset: NAME, <keys to override>}`, or a mapping with a `kind`. `fitness` takes a suite name
+(`fitness/<name>.yaml`; `evomerge list suites`), a suite YAML path, a mapping, or the shorthand
+`{python: path/to/file.py:function}`.
+
+**Structural** keys (`models`, `base_model`, `space`, `fitness`, `driver`, `seed`) decide which
+candidates are proposed and how they score: `evomerge resume --config` refuses a change to
+them. The others (`budget`, `workers`, `ray_address`, `archive`, `evaluation`, `name`,
+`recipe_paths`) may change between runs.
+"""
+
+
+def render() -> str:
+    from evomerge.config import ExperimentConfig
+    from evomerge.fitness.config import FitnessConfig
+    from evomerge.spaces.config import _CLASSES as SPACE_CLASSES
+
+    parts = [INTRO, "## Top level\n", _table(_rows(ExperimentConfig, ""))]
+    parts.append("## space\n\nOne of these, chosen by `kind`.\n")
+    for kind, cls in SPACE_CLASSES.items():
+        parts += [f"### space kind `{kind}`\n", _doc(cls), _table(_rows(cls, "space."))]
+    parts += ["## fitness\n", _table(_rows(FitnessConfig, "fitness."))]
+    parts.append("Each entry of `fitness.tasks` is one of these, chosen by `kind`.\n")
+    for cls in _task_classes():
+        kind = cls.model_fields["kind"].default
+        parts += [f"### task kind `{kind}`\n", _table(_rows(cls, "fitness.tasks[]."))]
+    parts += [_driver_options()]
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts if p)
+
+
+def _task_classes() -> list[type[BaseModel]]:
+    from evomerge.fitness.config import TaskConfig
+
+    union = typing.get_args(TaskConfig)[0]
+    return list(typing.get_args(union))
+
+
+def _doc(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return " ".join(doc.split()) + "\n" if doc else ""
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, field in model.model_fields.items():
+        if name in HIDDEN:
+            continue
+        key = prefix + name
+        sub = _submodel(field.annotation)
+        if key in TOP_PARTS:  # a name or a mapping, each kind in its own section below
+            rows.append((key, TOP_PARTS[key], "required", field.description or ""))
+            continue
+        if sub is not None:
+            rows.append((key, "mapping", "", field.description or ""))
+            rows += _rows(sub, key + ".")
+            continue
+        typ = "list of tasks (below)" if key == "fitness.tasks" else type_name(field.annotation)
+        rows.append((key, typ, _default(field), field.description or ""))
+    return rows
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None:
+        return _show(field.default_factory())
+    if field.default is PydanticUndefined:
+        return "required"
+    return _show(field.default)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, BaseModel):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, tuple):
+        return str(list(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def type_name(annotation: Any) -> str:
+    """A YAML reader's name for a type: ``int or null``, ``list of str``, ``'a' | 'b'``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        names = [type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin in (list, collections.abc.Sequence):
+        return f"list of {type_name(args[0])}" if args else "list"
+    if origin is tuple:
+        return "[" + ", ".join(type_name(a) for a in args) + "]"
+    if origin is dict or annotation is dict:
+        return f"mapping of {type_name(args[1])}" if args else "mapping"
+    if annotation is Any:
+        return "any"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, typ, default, desc in rows:
+        cells = [f"`{key}`", typ, f"`{default}`" if default else "", desc]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- driver.options --------------------------------------------------------------------------
+def _driver_options() -> str:
+    from evomerge.drivers import get_driver, list_drivers
+
+    out = [
+        "## driver.options\n",
+        "Each driver's own options; the driver's module docstring cites its paper and says more. "
+        "`n_members` is filled in from the space.\n",
+    ]
+    for name in list_drivers():
+        cls = get_driver(name)
+        rows = [(f"driver.options.{k}", t, d, h) for k, t, d, h in driver_options(cls)]
+        out += [f"### driver `{name}` (`{cls.__module__}`)\n", _table(rows)]
+    return "\n".join(out)
+
+
+def driver_options(cls: type) -> list[tuple[str, str, str, str]]:
+    """(option, type, default, meaning) of a driver: ``__init__``'s keywords after ``seed``,
+    then the fields of its ``options_cls`` dataclass."""
+    found: dict[str, tuple[str, str]] = {}
+    sig = inspect.signature(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__)
+    for p in sig.parameters.values():
+        if p.kind is p.KEYWORD_ONLY and p.name != "seed":
+            default = "required" if p.default is p.empty else _show(p.default)
+            found[p.name] = (type_name(hints.get(p.name, Any)), default)
+    if cls.options_cls is not None:
+        hints = typing.get_type_hints(cls.options_cls)
+        for f in dataclasses.fields(cls.options_cls):
+            found[f.name] = (type_name(hints[f.name]), _dc_default(f))
+    found.pop("n_members", None)
+    return [(k, t, d, cls.option_help.get(k, "")) for k, (t, d) in found.items()]
+
+
+def _dc_default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return _show(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return _show(f.default_factory())
+    return "required"
