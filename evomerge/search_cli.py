@@ -75,24 +75,39 @@ def resume(
         new_cfg = parse_experiment(data, origin="resume options")
     stop, relay = threading.Event(), _Relay()
     s = open_resume(run_dir, new_cfg=new_cfg, on_generation=relay, stop_event=stop)
-    return _drive(s, stop, relay, baselines=False)
+    return _drive(s, stop, relay, baselines=True)  # scored only if missing or all failed
 
 
 class _Relay:
-    """The loop's progress callback, pointed at the live display once it exists."""
+    """The loop's progress callback, pointed at the live display once it exists; it also prints
+    the first occurrence of each new failure reason the generation committed."""
 
     target = None
+    failures = None  # (FailureLog, store) once the search is open
 
     def __call__(self, p: Progress) -> None:
+        if self.failures is not None:
+            log, store = self.failures
+            log.note_new_trials(store)
         if self.target is not None:
             self.target.update(p)
 
 
+def _say(text: str) -> None:
+    # Error texts hold [brackets] (not markup) and must stay one line (grep-able logs).
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _drive(s, stop: threading.Event, relay: _Relay, *, baselines: bool) -> int:
+    from evomerge.failures import FailureLog
+
+    log = FailureLog(_say)
+    relay.failures = (log, s.store)
     try:
         with _signals(stop):
             if baselines:
-                _baselines(s)
+                _baselines(s, log)
+            log.note_new_trials(s.store, quiet=True)  # a resume: earlier reasons are not news
             with _live(s.cfg.budget.max_evals) as live:
                 relay.target = live
                 live.update(s.loop.progress())
@@ -115,16 +130,21 @@ def _overrides(max_evals, max_seconds, seed, workers, ray_address) -> dict:
     return {k: v for k, v in o.items() if v is not None}
 
 
-def _baselines(s) -> None:
+def _baselines(s, log) -> None:
     """Score each expert (and the base model) once, so the winner is printed against them (not
-    search candidates)."""
-    if s.store.get_meta("baselines") is not None:
+    search candidates). A run whose baselines all failed scores them again (on resume, after
+    the user fixed the fitness) and stops if they still all fail."""
+    from evomerge.failures import baseline_failures
+
+    stored = json.loads(s.store.get_meta("baselines") or "null")
+    if stored is not None and len(baseline_failures(stored)) < len(stored):
         return
     refs = s.cfg.resolved_models()
     labels = [f"expert {Path(m).name}" for m in refs]
     base = s.cfg.resolved_base()
     if base is not None and base not in refs:
-        refs, labels = [*refs, base], [*labels, f"base {Path(base).name}"]
+        name = Path(base).name
+        refs, labels = [*refs, base], [*labels, "base" if name == "base" else f"base {name}"]
     recipes = [Recipe(merge_method="passthrough", models=[ModelRef(model=m)]) for m in refs]
     results = s.evaluator.evaluate(recipes)
     data = {
@@ -137,8 +157,27 @@ def _baselines(s) -> None:
     }
     s.store.set_meta("baselines", json.dumps(data))
     for label, b in data.items():
-        fit = "FAIL" if b["fitness"] is None else f"{b['fitness']:.4f}"
-        console.print(f"{label}: fitness {fit}")
+        if b["fitness"] is not None:
+            _say(f"{label}: fitness {b['fitness']:.4f}")
+        elif not log.note(label, b["error"]):
+            _say(f"{label}: fitness FAIL (a reason printed above)")
+    if data and len(baseline_failures(data)) == len(data):
+        _stop_on_failed_baselines(s, data)
+
+
+def _stop_on_failed_baselines(s, data: dict) -> None:
+    """Every unmerged model failing means the fitness is broken: stop before the budget goes."""
+    from evomerge.failures import baseline_failures, group_failures
+    from evomerge.stop_reason import record_stop
+
+    groups = group_failures(baseline_failures(data))
+    more = f" (and {len(groups) - 1} other reasons)" if len(groups) > 1 else ""
+    record_stop(s.store, "baselines_failed", groups[0].reason + more)
+    raise UserInputError(
+        f"fitness: every baseline ({', '.join(data)}) failed, so the fitness is broken, not "
+        f"the merges: {groups[0].reason}{more}; fix the fitness, then `evomerge resume "
+        f"{s.run_dir}` scores the baselines again and searches"
+    )
 
 
 def _finish(final: Progress, run_dir: Path) -> int:
@@ -230,6 +269,7 @@ def status(run_dir: Path) -> int:
         cfg = experiment_from_json(st.config_json())
         c, cp, archive = st.counts(), st.last_checkpoint(), st.archive()
         top = [st.trial(e.idx) for e in archive]
+        outcome = _outcome_lines(st)
     budget = cfg.budget.max_evals
     out.print(f"run {run_dir} ({cfg.name}): driver {cfg.driver.name}, space {cfg.space.kind}")
     out.print(
@@ -243,7 +283,28 @@ def status(run_dir: Path) -> int:
         out.print(f"  #{rank} {t.digest[:12]} fitness {t.fitness:.4f}  ({scores})")
     if not top:
         out.print("  no successful candidate yet")
+    for line in outcome:
+        out.print(line, markup=False, highlight=False)
     return 0
+
+
+def _outcome_lines(st) -> list[str]:
+    """Why the search stopped, the baselines, and the failures grouped by reason."""
+    from evomerge.failures import group_lines, run_failure_groups
+    from evomerge.stop_reason import read_stop
+
+    stop = read_stop(st)
+    lines = [f"stop: {stop.describe()}"] if stop is not None else []
+    baselines = json.loads(st.get_meta("baselines") or "{}")
+    if baselines:
+        fits = [(n, b.get("fitness")) for n, b in baselines.items()]
+        shown = ", ".join(f"{n} {'FAIL' if f is None else f'{f:.4f}'}" for n, f in fits)
+        lines.append(f"baselines: {shown}")
+    groups = run_failure_groups(st)
+    if groups:
+        lines.append(f"failures by reason ({sum(g.count for g in groups)}):")
+        lines += group_lines(groups)
+    return lines
 
 
 def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) -> int:

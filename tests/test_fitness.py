@@ -127,7 +127,7 @@ def test_python_plugin_errors(plugin, tmp_path):
     with pytest.raises(UserInputError, match="importing"):
         build_fitness(_cfg({"kind": "python", "function": f"{broken}:f"}))
     fit = build_fitness(_cfg({"kind": "python", "function": f"{plugin}:bad_type"}))
-    with pytest.raises(TypeError, match="returned str; return a float"):
+    with pytest.raises(TypeError, match="returned str .*must return a finite float"):
         fit(tiny_model(), tiny_tokenizer())
     fit = build_fitness(_cfg({"kind": "python", "function": f"{plugin}:boom"}))
     with pytest.raises(RuntimeError, match="exploded"):
