@@ -91,6 +91,7 @@ _STYLE = (
     "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
     "th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}"
     "code{background:#f5f5f5;padding:0 3px;border-radius:3px;word-break:break-word}"
+    "th code,td:first-child{white-space:nowrap;word-break:normal}"
     "img{max-width:100%}"
 )
 
