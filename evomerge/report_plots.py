@@ -34,39 +34,20 @@ def plot_fitness(trials: list[Trial], rows: list[Row], path: Path) -> Path | Non
     if not trials:
         return None
     xs, best, med = best_and_median(trials)
-    fig, ax = plt.subplots(figsize=(6.4, 4))
     levels = [r for r in rows if r.kind != "merge" and r.fitness is not None]
-    for r in levels:  # the baselines as levels to beat
-        ax.axhline(
-            r.fitness, lw=0.8, ls=":", color=_color(r, rows), label=f"{r.name} {r.fitness:.3f}"
-        )
+    fig, ax = plt.subplots(figsize=(6.4, 4))
     if any(math.isfinite(v) for v in best):
         ax.plot(xs, best, label="best so far", lw=2, marker="o", ms=3, color=WINNER_COLORS[0])
         ax.plot(xs, med, label="generation median", lw=1, ls="--", color="#444")
     else:
-        ax.text(
-            0.5,
-            0.6,
-            "no candidate succeeded",
-            transform=ax.transAxes,
-            ha="center",
-            bbox={"facecolor": "white", "edgecolor": "#999"},
-        )
+        box = {"facecolor": "white", "edgecolor": "#999"}
+        ax.text(0.5, 0.6, "no candidate succeeded", transform=ax.transAxes, ha="center", bbox=box)
         if not levels:
-            ax.set_yticks([])
-    fails = [i + 1 for i, t in enumerate(trials) if not t.ok]
-    if fails:  # on the x axis: a failure has no fitness to plot
-        ax.plot(
-            fails,
-            [0.0] * len(fails),
-            "|",
-            ms=10,
-            mew=1.5,
-            color="black",
-            clip_on=False,
-            transform=ax.get_xaxis_transform(),
-            label=f"failed candidate ({len(fails)})",
-        )
+            ax.set_yticks([])  # no fitness at all: a y scale would invent one
+    for r in levels:  # the baselines as levels to beat
+        label = f"{r.name} {r.fitness:.3f}"
+        ax.axhline(r.fitness, lw=0.8, ls=":", color=_color(r, rows), label=label)
+    _mark_failures(ax, [i + 1 for i, t in enumerate(trials) if not t.ok])
     ax.set_xlim(0, len(trials) + 1)
     ax.set_title("fitness during the search")
     ax.set_xlabel("evaluations (candidates told)")
@@ -74,6 +55,24 @@ def plot_fitness(trials: list[Trial], rows: list[Row], path: Path) -> Path | Non
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
     return _save(fig, path)
+
+
+def _mark_failures(ax, xs: list[int]) -> None:
+    """Ticks on the x axis where candidates failed: a failure has no fitness to plot."""
+    if not xs:
+        return
+    label = f"failed candidate ({len(xs)})"
+    ax.plot(
+        xs,
+        [0.0] * len(xs),
+        "|",
+        ms=10,
+        mew=1.5,
+        color="black",
+        clip_on=False,
+        transform=ax.get_xaxis_transform(),
+        label=label,
+    )
 
 
 def _color(row: Row, rows: list[Row]) -> str:
@@ -98,8 +97,9 @@ def plot_tasks(rows: list[Row], tasks: list[str], path: Path) -> Path | None:
     for i, r in enumerate(drawn):
         vals = [r.scores.get(k, math.nan) for k in tasks]
         hatch = "//" if r.kind == "base" else None
-        ax.bar(
-            np.arange(len(tasks)) + i * width,
+        xs = np.arange(len(tasks)) + i * width
+        bars = ax.bar(
+            xs,
             vals,
             width,
             label=r.name,
@@ -108,6 +108,7 @@ def plot_tasks(rows: list[Row], tasks: list[str], path: Path) -> Path | None:
             edgecolor="white",
             lw=0.5,
         )
+        ax.bar_label(bars, labels=_bar_texts(vals, len(tasks) * len(drawn)), fontsize=6)
     notes = [f"{r.name}: failed, not drawn" for r in rows if not r.scores]
     if not any(r.kind == "merge" for r in rows):
         notes.insert(0, "no merge succeeded")
@@ -120,6 +121,12 @@ def plot_tasks(rows: list[Row], tasks: list[str], path: Path) -> Path | None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
     return _save(fig, path)
+
+
+def _bar_texts(vals: list[float], n_bars: int) -> list[str]:
+    """Every value when the bars are few; otherwise only zeros, which have no bar to see."""
+    few = n_bars <= 24
+    return ["" if math.isnan(v) else f"{v:.2f}" if few or v == 0 else "" for v in vals]
 
 
 def plot_genes(names: list[str], values: list[float], title: str, path: Path) -> Path | None:
