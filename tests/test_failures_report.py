@@ -200,3 +200,27 @@ def test_report_html_renders_in_a_headless_browser(flaky):
     text = re.sub(r"<[^>]+>", "", dom.split("<body", 1)[1])
     assert "`" not in text.replace("'return'", "")  # code spans became <code>, no backticks
     assert "stopped: budget.max_evals reached" in text
+
+
+def test_reasons_differ_only_in_numbers_group_together():
+    from evomerge.failures import FailureLog, group_failures
+
+    fails = [
+        ("candidate 3", "took 12.5 s > timeout 10 s"),
+        ("candidate 4", "fitness is not finite: task 'a' scored nan (task scores {'a': nan})"),
+        ("candidate 7", "took 11.0 s > timeout 10 s"),
+        ("candidate 9", "ValueError: shape\n  (3, 4) is wrong"),
+    ]
+    groups = group_failures(fails)
+    assert [(g.count, g.first) for g in groups] == [
+        (2, "candidate 3"),
+        (1, "candidate 4"),
+        (1, "candidate 9"),
+    ]
+    assert groups[0].reason == "took 12.5 s > timeout 10 s"  # the first one, verbatim
+    assert groups[2].reason == "ValueError: shape (3, 4) is wrong"  # one line
+    printed: list[str] = []
+    log = FailureLog(printed.append)
+    for who, error in fails:
+        log.note(who, error)
+    assert printed[0] == "candidate 3 failed: took 12.5 s > timeout 10 s" and len(printed) == 3
