@@ -18,7 +18,7 @@ from rich.console import Console
 
 from evomerge.errors import UserInputError
 from evomerge.loop import Progress
-from evomerge.recipe import ModelRef, Recipe
+from evomerge.recipe import Recipe
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)  # paths and digests must stay copy-pasteable
@@ -45,7 +45,7 @@ def search(
     stop, relay = threading.Event(), _Relay()
     # Every user error surfaces here, before any progress display starts.
     s = open_search(cfg, run_dir, on_generation=relay, stop_event=stop)
-    return _drive(s, stop, relay, baselines=True)
+    return _drive(s, stop, relay)
 
 
 def resume(
@@ -75,7 +75,7 @@ def resume(
         new_cfg = parse_experiment(data, origin="resume options")
     stop, relay = threading.Event(), _Relay()
     s = open_resume(run_dir, new_cfg=new_cfg, on_generation=relay, stop_event=stop)
-    return _drive(s, stop, relay, baselines=True)  # scored only if missing or all failed
+    return _drive(s, stop, relay)  # baselines are scored only if missing or all failed
 
 
 class _Relay:
@@ -98,15 +98,15 @@ def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _drive(s, stop: threading.Event, relay: _Relay, *, baselines: bool) -> int:
+def _drive(s, stop: threading.Event, relay: _Relay) -> int:
+    from evomerge.baselines import score_baselines
     from evomerge.failures import FailureLog
 
     log = FailureLog(_say)
     relay.failures = (log, s.store)
     try:
         with _signals(stop):
-            if baselines:
-                _baselines(s, log)
+            score_baselines(s, log, _say)
             log.note_new_trials(s.store, quiet=True)  # a resume: earlier reasons are not news
             with _live(s.cfg.budget.max_evals) as live:
                 relay.target = live
@@ -130,56 +130,6 @@ def _overrides(max_evals, max_seconds, seed, workers, ray_address) -> dict:
     return {k: v for k, v in o.items() if v is not None}
 
 
-def _baselines(s, log) -> None:
-    """Score each expert (and the base model) once, so the winner is printed against them (not
-    search candidates). A run whose baselines all failed scores them again (on resume, after
-    the user fixed the fitness) and stops if they still all fail."""
-    from evomerge.failures import baseline_failures
-
-    stored = json.loads(s.store.get_meta("baselines") or "null")
-    if stored is not None and len(baseline_failures(stored)) < len(stored):
-        return
-    refs = s.cfg.resolved_models()
-    labels = [f"expert {Path(m).name}" for m in refs]
-    base = s.cfg.resolved_base()
-    if base is not None and base not in refs:
-        name = Path(base).name
-        refs, labels = [*refs, base], [*labels, "base" if name == "base" else f"base {name}"]
-    recipes = [Recipe(merge_method="passthrough", models=[ModelRef(model=m)]) for m in refs]
-    results = s.evaluator.evaluate(recipes)
-    data = {
-        label: {
-            "fitness": r.fitness if r.ok else None,
-            "error": r.error,
-            "scores": r.result.scores if r.result else {},
-        }
-        for label, r in zip(labels, results, strict=True)
-    }
-    s.store.set_meta("baselines", json.dumps(data))
-    for label, b in data.items():
-        if b["fitness"] is not None:
-            _say(f"{label}: fitness {b['fitness']:.4f}")
-        elif not log.note(label, b["error"]):
-            _say(f"{label}: fitness FAIL (a reason printed above)")
-    if data and len(baseline_failures(data)) == len(data):
-        _stop_on_failed_baselines(s, data)
-
-
-def _stop_on_failed_baselines(s, data: dict) -> None:
-    """Every unmerged model failing means the fitness is broken: stop before the budget goes."""
-    from evomerge.failures import baseline_failures, group_failures
-    from evomerge.stop_reason import record_stop
-
-    groups = group_failures(baseline_failures(data))
-    more = f" (and {len(groups) - 1} other reasons)" if len(groups) > 1 else ""
-    record_stop(s.store, "baselines_failed", groups[0].reason + more)
-    raise UserInputError(
-        f"fitness: every baseline ({', '.join(data)}) failed, so the fitness is broken, not "
-        f"the merges: {groups[0].reason}{more}; fix the fitness, then `evomerge resume "
-        f"{s.run_dir}` scores the baselines again and searches"
-    )
-
-
 def _finish(final: Progress, run_dir: Path) -> int:
     from evomerge.store import RunStore
 
@@ -190,7 +140,7 @@ def _finish(final: Progress, run_dir: Path) -> int:
         f"{final.n_failed} failed, {final.elapsed:.0f} s"
     )
     if final.best_digest is None:
-        out.print("no candidate succeeded")
+        out.print(f"no candidate succeeded; failures by reason: evomerge status {run_dir}")
         return 1
     out.print(f"winner {final.best_digest[:12]}  fitness {final.best_fitness:.4f}")
     for name, b in baselines.items():
@@ -263,13 +213,14 @@ def _signals(stop: threading.Event) -> Iterator[None]:
 # ---- status / export / report -----------------------------------------------------------------
 def status(run_dir: Path) -> int:
     from evomerge.config import experiment_from_json
+    from evomerge.outcome import outcome_lines
     from evomerge.store import RunStore
 
     with RunStore.open(run_dir, readonly=True) as st:
         cfg = experiment_from_json(st.config_json())
         c, cp, archive = st.counts(), st.last_checkpoint(), st.archive()
         top = [st.trial(e.idx) for e in archive]
-        outcome = _outcome_lines(st)
+        outcome = outcome_lines(st)
     budget = cfg.budget.max_evals
     out.print(f"run {run_dir} ({cfg.name}): driver {cfg.driver.name}, space {cfg.space.kind}")
     out.print(
@@ -286,25 +237,6 @@ def status(run_dir: Path) -> int:
     for line in outcome:
         out.print(line, markup=False, highlight=False)
     return 0
-
-
-def _outcome_lines(st) -> list[str]:
-    """Why the search stopped, the baselines, and the failures grouped by reason."""
-    from evomerge.failures import group_lines, run_failure_groups
-    from evomerge.stop_reason import read_stop
-
-    stop = read_stop(st)
-    lines = [f"stop: {stop.describe()}"] if stop is not None else []
-    baselines = json.loads(st.get_meta("baselines") or "{}")
-    if baselines:
-        fits = [(n, b.get("fitness")) for n, b in baselines.items()]
-        shown = ", ".join(f"{n} {'FAIL' if f is None else f'{f:.4f}'}" for n, f in fits)
-        lines.append(f"baselines: {shown}")
-    groups = run_failure_groups(st)
-    if groups:
-        lines.append(f"failures by reason ({sum(g.count for g in groups)}):")
-        lines += group_lines(groups)
-    return lines
 
 
 def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) -> int:
