@@ -1,5 +1,5 @@
-"""Why candidates failed, grouped by reason: what ``search`` prints as failures happen and what
-``status`` and ``report`` list.
+"""Why candidates failed, grouped by reason: what ``search`` prints as each generation commits
+(the first occurrence of each reason only) and what ``status`` and ``report`` list.
 
 A failure's error text (see ``workers.job``) is specific to its candidate only in its numbers
 (a score, a duration, a line of a long message), so two failures share a reason when their texts
