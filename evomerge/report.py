@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from evomerge.failures import FailureGroup, run_failure_groups
@@ -61,9 +62,16 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     plots = [p for p in plots if p is not None]
     facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop)
     blocks = _blocks(run_dir, facts, rows, tasks, groups, plots)
-    (out / "report.md").write_text(to_markdown(blocks))
-    (out / "report.html").write_text(to_html(blocks, f"evomerge run {run_dir}"))
+    _write(out / "report.md", to_markdown(blocks))
+    _write(out / "report.html", to_html(blocks, f"evomerge run {run_dir}"))
     return [*plots, out / "report.md", out / "report.html"]
+
+
+def _write(path: Path, text: str) -> None:
+    """Temp file, then rename: a browser refreshing the report never reads half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _facts(run_dir, cfg: dict, trials: list[Trial], top: list[Trial], stop) -> list[str]:

@@ -7,6 +7,7 @@ never as a value; a failed baseline is named in the legend and not drawn.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,12 @@ BASE_COLOR = "#7f7f7f"
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
+    tmp = path.with_name(f".{path.name}.tmp")  # then rename: never a half-written PNG
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
