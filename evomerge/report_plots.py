@@ -36,9 +36,14 @@ def plot_fitness(trials: list[Trial], rows: list[Row], path: Path) -> Path | Non
 
     if not trials:
         return None
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    draw_fitness(ax, trials, rows)
+    return _save(fig, path)
+
+
+def draw_fitness(ax, trials: list[Trial], rows: list[Row]) -> None:
     xs, best, med = best_and_median(trials)
     levels = [r for r in rows if r.kind != "merge" and r.fitness is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
     if any(math.isfinite(v) for v in best):
         ax.plot(xs, best, label="best so far", lw=2, marker="o", ms=3, color=WINNER_COLORS[0])
         ax.plot(xs, med, label="generation median", lw=1, ls="--", color="#444")
@@ -57,7 +62,6 @@ def plot_fitness(trials: list[Trial], rows: list[Row], path: Path) -> Path | Non
     ax.set_ylabel("fitness (higher is better)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
-    return _save(fig, path)
 
 
 def _mark_failures(ax, xs: list[int]) -> None:
@@ -95,8 +99,14 @@ def plot_tasks(rows: list[Row], tasks: list[str], path: Path) -> Path | None:
     drawn = [r for r in rows if r.scores]
     if not drawn or not tasks:
         return None
-    width = 0.8 / len(drawn)
     fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(tasks) * len(drawn) + 2), 4))
+    draw_tasks(ax, rows, tasks)
+    return _save(fig, path)
+
+
+def draw_tasks(ax, rows: list[Row], tasks: list[str]) -> None:
+    drawn = [r for r in rows if r.scores]
+    width = 0.8 / len(drawn)
     for i, r in enumerate(drawn):
         vals = [r.scores.get(k, math.nan) for k in tasks]
         hatch = "//" if r.kind == "base" else None
@@ -123,7 +133,6 @@ def plot_tasks(rows: list[Row], tasks: list[str], path: Path) -> Path | None:
     ax.set_ylabel("score (higher is better)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
-    return _save(fig, path)
 
 
 def _bar_texts(vals: list[float], n_bars: int) -> list[str]:

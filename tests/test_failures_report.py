@@ -33,6 +33,11 @@ def score(model, tokenizer):
 
 def broken(model, tokenizer):
     raise KeyError("labels")
+
+def only_baselines(model, tokenizer):
+    if next(_calls) < 3:
+        return 0.25
+    raise ValueError("no merge can be scored")
 """
 
 EXPERIMENT = """
@@ -87,6 +92,13 @@ def flaky(tmp_path_factory):
 def broken(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("broken")
     run_dir, res = _search(tmp, "broken", "broken")
+    return tmp, run_dir, res, _report(tmp, run_dir)
+
+
+@pytest.fixture(scope="module")
+def allfail(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("allfail")
+    run_dir, res = _search(tmp, "allfail", "only_baselines")
     return tmp, run_dir, res, _report(tmp, run_dir)
 
 
@@ -172,6 +184,41 @@ def test_report_of_a_run_whose_baselines_all_failed(broken):
     assert "0.0000" not in md  # a failure is never shown as a score
     assert "| 3 | expert cipher | `KeyError: 'labels'" in md
     assert not list(broken[3].glob("*.png"))  # nothing to plot: no trial, no score
+
+
+def test_a_run_where_every_candidate_failed(allfail):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from evomerge.report_data import model_rows, task_names
+    from evomerge.report_plots import draw_fitness, draw_tasks
+
+    tmp, run_dir, res, rep = allfail
+    assert res.returncode == 1
+    assert (
+        f"no candidate succeeded; failures by reason: evomerge status {run_dir.name}" in res.stdout
+    )
+    md = (rep / "report.md").read_text()
+    assert "- best fitness: none, no candidate succeeded" in md
+    rows = _check_tables(md)
+    assert set(rows) == {"expert cipher", "expert shift", "base"}  # no merge row of zeros
+    assert "| 10 | candidate 0 (" in md and "ValueError: no merge can be scored" in md
+    with RunStore.open(run_dir, readonly=True) as st:
+        trials, baselines = st.trials(), json.loads(st.get_meta("baselines"))
+    fig, (a, b) = plt.subplots(1, 2)
+    draw_fitness(a, trials, model_rows([], baselines))
+    assert [t.get_text() for t in a.texts] == ["no candidate succeeded"]
+    assert not [ln for ln in a.lines if ln.get_transform() is a.transData]  # no fitness values
+    fails = [ln for ln in a.lines if ln.get_label() == "failed candidate (10)"]
+    assert list(fails[0].get_xdata()) == list(range(1, 11))  # marks on the x axis
+    rows = model_rows([], baselines)
+    draw_tasks(b, rows, task_names(rows))
+    labels = [t.get_text() for t in b.get_legend().get_texts()]
+    assert sorted(labels) == ["base", "expert cipher", "expert shift", "no merge succeeded"]
+    assert b.get_title() and b.get_xlabel() == "task" and a.get_title() and a.get_xlabel()
+    plt.close(fig)
 
 
 def _chromium() -> str | None:
