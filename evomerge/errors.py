@@ -15,3 +15,9 @@ class UserInputError(EvomergeError):
 class NonFiniteInput(EvomergeError):
     """An operator that reads its inputs as stored (``OpSpec.raw_bf16``) found NaN/Inf in one.
     Internal: the merge engine turns it into a UserInputError naming the model and tensor."""
+
+
+class FitnessReturnError(EvomergeError, TypeError):
+    """A fitness function returned something that is not a finite score (a string, None, NaN).
+    Recorded as the candidate's FAIL reason; the message names the function and what it must
+    return, so the job stores it without a traceback (the frames would point into evomerge)."""

@@ -35,6 +35,7 @@ from evomerge.archive import Archive, rank_top_k
 from evomerge.drivers.base import Candidate, Driver
 from evomerge.recipe import Recipe
 from evomerge.spaces.base import SearchSpace
+from evomerge.stop_reason import record_stop
 from evomerge.store import CandidateRecord as _CandRec
 from evomerge.store import Checkpoint, RunStore
 from evomerge.workers.base import Evaluator, JobResult
@@ -149,6 +150,7 @@ class SearchLoop:
     def run(self) -> Progress:
         t_start, elapsed0 = time.monotonic(), self.state.elapsed
         reason = None
+        record_stop(self.store, None)  # a kill from here on must not read as the last stop
         while True:
             self.state.elapsed = elapsed0 + time.monotonic() - t_start
             reason = self._stop_reason()
@@ -159,6 +161,8 @@ class SearchLoop:
             self._commit_pending()
             if self.on_generation:
                 self.on_generation(self.progress())
+        s = self.state
+        record_stop(self.store, reason, f"{s.n_evals} evaluations, {s.n_failed} failed")
         return dataclasses.replace(self.progress(), stop_reason=reason)
 
     def progress(self) -> Progress:

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from evomerge.errors import UserInputError
 from evomerge.loop import Progress
-from evomerge.recipe import ModelRef, Recipe
+from evomerge.recipe import Recipe
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)  # paths and digests must stay copy-pasteable
@@ -45,7 +45,7 @@ def search(
     stop, relay = threading.Event(), _Relay()
     # Every user error surfaces here, before any progress display starts.
     s = open_search(cfg, run_dir, on_generation=relay, stop_event=stop)
-    return _drive(s, stop, relay, baselines=True)
+    return _drive(s, stop, relay)
 
 
 def resume(
@@ -75,25 +75,40 @@ def resume(
         new_cfg = parse_experiment(data, origin="resume options")
     stop, relay = threading.Event(), _Relay()
     s = open_resume(run_dir, new_cfg=new_cfg, on_generation=relay, stop_event=stop)
-    return _drive(s, stop, relay, baselines=False)
+    return _drive(s, stop, relay)  # baselines are scored only if missing or all failed
 
 
 class _Relay:
-    """The loop's progress callback, pointed at the live display once it exists."""
+    """The loop's progress callback, pointed at the live display once it exists; it also prints
+    the first occurrence of each new failure reason the generation committed."""
 
     target = None
+    failures = None  # (FailureLog, store) once the search is open
 
     def __call__(self, p: Progress) -> None:
+        if self.failures is not None:
+            log, store = self.failures
+            log.note_new_trials(store)
         if self.target is not None:
             self.target.update(p)
 
 
-def _drive(s, stop: threading.Event, relay: _Relay, *, baselines: bool) -> int:
+def _say(text: str) -> None:
+    # Error texts hold [brackets] (not markup) and must stay one line (grep-able logs).
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _drive(s, stop: threading.Event, relay: _Relay) -> int:
+    from evomerge.baselines import score_baselines
+    from evomerge.failures import FailureLog
+
+    log = FailureLog(_say)
+    relay.failures = (log, s.store)
     try:
         with _signals(stop):
-            console.print(f"threads: {s.store.get_meta('threads')}")
-            if baselines:
-                _baselines(s)
+            _say(f"threads: {s.store.get_meta('threads')}")
+            score_baselines(s, log, _say)
+            log.note_new_trials(s.store, quiet=True)  # a resume: earlier reasons are not news
             with _live(s.cfg.budget.max_evals) as live:
                 relay.target = live
                 live.update(s.loop.progress())
@@ -116,32 +131,6 @@ def _overrides(max_evals, max_seconds, seed, workers, ray_address) -> dict:
     return {k: v for k, v in o.items() if v is not None}
 
 
-def _baselines(s) -> None:
-    """Score each expert (and the base model) once, so the winner is printed against them (not
-    search candidates)."""
-    if s.store.get_meta("baselines") is not None:
-        return
-    refs = s.cfg.resolved_models()
-    labels = [f"expert {Path(m).name}" for m in refs]
-    base = s.cfg.resolved_base()
-    if base is not None and base not in refs:
-        refs, labels = [*refs, base], [*labels, f"base {Path(base).name}"]
-    recipes = [Recipe(merge_method="passthrough", models=[ModelRef(model=m)]) for m in refs]
-    results = s.evaluator.evaluate(recipes)
-    data = {
-        label: {
-            "fitness": r.fitness if r.ok else None,
-            "error": r.error,
-            "scores": r.result.scores if r.result else {},
-        }
-        for label, r in zip(labels, results, strict=True)
-    }
-    s.store.set_meta("baselines", json.dumps(data))
-    for label, b in data.items():
-        fit = "FAIL" if b["fitness"] is None else f"{b['fitness']:.4f}"
-        console.print(f"{label}: fitness {fit}")
-
-
 def _finish(final: Progress, run_dir: Path) -> int:
     from evomerge.store import RunStore
 
@@ -152,7 +141,7 @@ def _finish(final: Progress, run_dir: Path) -> int:
         f"{final.n_failed} failed, {final.elapsed:.0f} s"
     )
     if final.best_digest is None:
-        out.print("no candidate succeeded")
+        out.print(f"no candidate succeeded; failures by reason: evomerge status {run_dir}")
         return 1
     out.print(f"winner {final.best_digest[:12]}  fitness {final.best_fitness:.4f}")
     for name, b in baselines.items():
@@ -225,6 +214,7 @@ def _signals(stop: threading.Event) -> Iterator[None]:
 # ---- status / export / report -----------------------------------------------------------------
 def status(run_dir: Path) -> int:
     from evomerge.config import experiment_from_json
+    from evomerge.outcome import outcome_lines
     from evomerge.store import RunStore
 
     with RunStore.open(run_dir, readonly=True) as st:
@@ -232,6 +222,7 @@ def status(run_dir: Path) -> int:
         c, cp, archive = st.counts(), st.last_checkpoint(), st.archive()
         top = [st.trial(e.idx) for e in archive]
         threads = st.get_meta("threads")
+        outcome = outcome_lines(st)
     budget = cfg.budget.max_evals
     out.print(f"run {run_dir} ({cfg.name}): driver {cfg.driver.name}, space {cfg.space.kind}")
     out.print(
@@ -247,6 +238,8 @@ def status(run_dir: Path) -> int:
         out.print(f"  #{rank} {t.digest[:12]} fitness {t.fitness:.4f}  ({scores})")
     if not top:
         out.print("  no successful candidate yet")
+    for line in outcome:
+        out.print(line, markup=False, highlight=False)
     return 0
 
 

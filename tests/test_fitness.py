@@ -127,11 +127,40 @@ def test_python_plugin_errors(plugin, tmp_path):
     with pytest.raises(UserInputError, match="importing"):
         build_fitness(_cfg({"kind": "python", "function": f"{broken}:f"}))
     fit = build_fitness(_cfg({"kind": "python", "function": f"{plugin}:bad_type"}))
-    with pytest.raises(TypeError, match="returned str; return a float"):
+    with pytest.raises(TypeError, match="returned str .*must return a finite float"):
         fit(tiny_model(), tiny_tokenizer())
     fit = build_fitness(_cfg({"kind": "python", "function": f"{plugin}:boom"}))
     with pytest.raises(RuntimeError, match="exploded"):
         fit(tiny_model(), tiny_tokenizer())
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        ("'abc'", "returned str 'abc'"),
+        ("None", "returned None (does the function end without `return`?)"),
+        ("math.nan", "returned nan"),
+        ("-math.inf", "returned -inf"),
+        ("True", "returned bool True"),
+        ("{'a': 0.5, 'b': math.nan}", "returned 'b': nan"),
+        ("{}", "returned an empty dict"),
+        ("TaskScore(score=math.inf)", "returned 'ret': inf"),
+    ],
+)
+def test_python_plugin_non_scores_name_the_function_and_what_it_must_return(
+    source, shown, tmp_path
+):
+    from evomerge.errors import FitnessReturnError
+    from evomerge.workers.job import _describe
+
+    header = "import math\nfrom evomerge.fitness import TaskScore\n"
+    (tmp_path / "ret.py").write_text(f"{header}def ret(model, tokenizer):\n    return {source}\n")
+    fit = build_fitness(_cfg({"kind": "python", "function": f"{tmp_path}/ret.py:ret"}))
+    with pytest.raises(FitnessReturnError) as err:
+        fit(tiny_model(), tiny_tokenizer())
+    msg = _describe(err.value)  # what the candidate's FAIL row stores
+    assert msg.startswith(f"python fitness '{tmp_path}/ret.py:ret' {shown}"), msg
+    assert "it must return a finite float" in msg and "[at " not in msg
 
 
 def test_objectives_vector_and_nan(plugin):

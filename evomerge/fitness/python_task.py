@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import UserInputError
+from evomerge.errors import FitnessReturnError, UserInputError
 from evomerge.fitness.result import EvalResult, TaskScore
 
 
@@ -48,34 +48,51 @@ def load_function(ref: str, base_dir: Path | None = None) -> Callable[..., Any]:
     return fn
 
 
-def _number(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{where} must be a number, got {type(v).__name__}")
-    return float(v)
+MUST_RETURN = (
+    "it must return a finite float (higher is better), a dict of finite floats, a TaskScore "
+    "or an EvalResult"
+)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "None (does the function end without `return`?)"
+    if isinstance(value, float):
+        return repr(value)
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:39] + "…"
+    return f"{type(value).__name__} {text}"
+
+
+def _score(value: Any, ref: str, key: str | None = None) -> float:
+    """A finite float, or a FitnessReturnError naming the function and what it must return."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if ok and math.isfinite(float(value)):
+        return float(value)
+    where = f"python fitness {ref!r} returned " + (f"{key!r}: " if key is not None else "")
+    raise FitnessReturnError(f"{where}{_shown(value)}; {MUST_RETURN}")
 
 
 def to_task_scores(label: str, value: Any, ref: str) -> dict[str, TaskScore]:
     """Normalize a user function's return value into named TaskScores."""
-    where = f"python fitness {ref!r} returned"
     if isinstance(value, EvalResult):
-        return {f"{label}/{k}": t for k, t in value.tasks.items()}
-    if isinstance(value, TaskScore):
-        return {label: value}
-    if isinstance(value, Mapping):
+        out = {f"{label}/{k}": t for k, t in value.tasks.items()}
+    elif isinstance(value, TaskScore):
+        out = {label: value}
+    elif isinstance(value, Mapping):
         if not value:
-            raise TypeError(f"{where} an empty dict; return at least one score")
+            raise FitnessReturnError(
+                f"python fitness {ref!r} returned an empty dict; {MUST_RETURN}"
+            )
         return {
-            f"{label}/{k}": TaskScore(score=_number(v, f"{where} {k!r}:"), metric="python")
+            f"{label}/{k}": TaskScore(score=_score(v, ref, k), metric="python")
             for k, v in value.items()
         }
-    try:
-        score = _number(value, where)
-    except TypeError:
-        raise TypeError(
-            f"{where} {type(value).__name__}; return a float, a dict of floats, a TaskScore "
-            "or an EvalResult"
-        ) from None
-    return {label: TaskScore(score=score, metric="python")}
+    else:
+        return {label: TaskScore(score=_score(value, ref), metric="python")}
+    for name, t in out.items():  # TaskScore / EvalResult: the score inside must be finite too
+        _score(t.score, ref, name)
+    return out
 
 
 class PythonTask:
@@ -85,8 +102,4 @@ class PythonTask:
         self.fn = load_function(ref, base_dir)
 
     def run(self, model: Any, tokenizer: Any) -> dict[str, TaskScore]:
-        out = to_task_scores(self.label, self.fn(model, tokenizer), self.ref)
-        for name, t in out.items():
-            if math.isinf(t.score):
-                raise ValueError(f"python fitness {self.ref!r}: {name} scored {t.score}")
-        return out
+        return to_task_scores(self.label, self.fn(model, tokenizer), self.ref)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from evomerge.errors import FitnessReturnError
 from evomerge.fitness.result import EvalResult
 from evomerge.recipe import Recipe
 from evomerge.workers.base import OK, JobResult
@@ -75,14 +76,13 @@ def run_job(ctx: WorkerContext, recipe: Recipe, *, timeout_s: float | None) -> J
         )
     bad = [v for v in (fitness, *objectives) if not _finite(v)]
     if bad:
-        scores = {k: round(v, 6) for k, v in result.scores.items()}
         return JobResult(
             digest=digest,
             status="FAIL",
             fitness=math.nan,
             objectives=objectives,
             result=result,
-            error=f"fitness is not finite (task scores {scores})",
+            error=_not_finite(result),
             seconds=seconds,
             worker=ctx.worker,
         )
@@ -104,8 +104,21 @@ def _finite(v: Any) -> bool:
         return False
 
 
+def _not_finite(result: EvalResult) -> str:
+    """Which task scores made the fitness NaN or infinite, and what a task must give."""
+    bad = sorted(k for k, v in result.scores.items() if not _finite(v))
+    scores = {k: round(v, 6) for k, v in result.scores.items()}
+    which = f"task {', '.join(map(repr, bad))} scored {result.scores[bad[0]]}" if bad else ""
+    return (
+        f"fitness is not finite: {which or 'no task gave a score'} (task scores {scores}); "
+        "every task must give a finite score"
+    )
+
+
 def _describe(err: BaseException) -> str:
     """The error and the innermost frames: enough to debug, short enough to store per row."""
+    if isinstance(err, FitnessReturnError):  # its message says it all; frames are evomerge's
+        return str(err)
     frames = traceback.extract_tb(err.__traceback__)[-3:]
     where = " <- ".join(
         f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames)

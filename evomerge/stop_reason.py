@@ -1,0 +1,51 @@
+"""Why a search stopped, kept in the store's ``meta`` table (key ``stop``) so that ``status`` and
+``report`` can say it after the process is gone.
+
+The loop writes ``{"reason": null}`` when it starts and the reason when it returns, so a store
+whose search was killed (SIGKILL, a lost node) reads as "running or killed", never as the reason
+of an earlier, resumed-from stop. ``search`` writes ``baselines_failed`` when every expert and the
+base failed the fitness before any candidate was asked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+META_KEY = "stop"
+
+_TEXT = {
+    "max_evals": "budget.max_evals reached",
+    "max_candidates": "budget.max_candidates reached (most asked recipes were repeats)",
+    "max_seconds": "budget.max_seconds reached",
+    "driver": "the driver's own stop criterion (converged or exhausted)",
+    "interrupted": "interrupted (Ctrl-C or SIGTERM); `evomerge resume` continues it",
+    "baselines_failed": "every expert and the base failed the fitness, so no candidate was asked",
+}
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    reason: str | None  # None: the search is running, or was killed before it could stop
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.reason is None:
+            return "not stopped: the search is still running or was killed; `evomerge resume` continues it"
+        text = _TEXT.get(self.reason, self.reason)
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+def record_stop(store, reason: str | None, detail: str = "") -> None:
+    payload = {"reason": reason, "detail": detail, "time": time.time()}
+    store.set_meta(META_KEY, json.dumps(payload))
+
+
+def read_stop(store) -> StopRecord | None:
+    """The stored stop, or None for a store written before stops were recorded."""
+    raw = store.get_meta(META_KEY)
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return StopRecord(reason=data.get("reason"), detail=data.get("detail") or "")
