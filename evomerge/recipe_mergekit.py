@@ -112,7 +112,27 @@ def to_mergekit_dict(recipe: Recipe) -> dict[str, Any]:
     d = recipe.to_dict()
     d["merge_method"] = spec.mergekit_name
     d.pop("seed", None)
+    _lora_refs_for_mergekit(d)
     return d
+
+
+def _lora_refs_for_mergekit(d: dict[str, Any]) -> None:
+    """An adapter folder source becomes mergekit's BASE+ADAPTER (mergekit would read the
+    folder as a model and find no weights)."""
+    from evomerge.io.adapter_folder import adapter_for
+
+    def fix(ref: str) -> str:
+        if "+" in ref or not Path(ref, "adapter_config.json").is_file():
+            return ref
+        return f"{adapter_for(ref).base}+{ref}"  # type: ignore[union-attr]
+
+    if d.get("base_model"):
+        d["base_model"] = fix(d["base_model"])
+    for m in d.get("models") or []:
+        m["model"] = fix(m["model"])
+    for sl in d.get("slices") or []:
+        for src in sl.get("sources") or []:
+            src["model"] = fix(src["model"])
 
 
 def _has_weight_rule(recipe: Recipe) -> bool:

@@ -259,7 +259,8 @@ def test_search_with_adapter_expert_writes_only_the_run(lora, tmp_path) -> None:
 
     adapter = shutil.copytree(lora["plain"], tmp_path / "adapter")
     before = _tree(tmp_path)
-    exp = _experiment(tmp_path, [str(adapter), "zoo:lm-skills/cipher"], "zoo:lm-skills/base")
+    # a path relative to the experiment file
+    exp = _experiment(tmp_path, ["adapter", "zoo:lm-skills/cipher"], "zoo:lm-skills/base")
     res = CliRunner().invoke(app, ["search", str(exp), "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     store = RunStore.open(tmp_path / "run")
@@ -336,3 +337,83 @@ def test_smollm2_adapter_equals_merge_and_unload(smollm2, tmp_path) -> None:
     assert len(targeted) == 60
     for n in [*targeted, names[0], names[-1]]:
         torch.testing.assert_close(src.tensor(str(adapter), n), ref[n], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_ray_search_with_adapter_expert_equals_serial(lora, tmp_path) -> None:
+    """A local Ray cluster (loopback) loads the adapter on its node (ray_cache's loader task):
+    same candidates and fitness as the serial run."""
+    pytest.importorskip("ray")
+    import ray
+
+    from evomerge import search_cli
+    from evomerge.store import RunStore
+    from evomerge.workers.ray_cluster import local_cluster
+
+    shutil.copytree(lora["plain"], tmp_path / "ad")
+    # mergekit's syntax in an experiment: a zoo base + a path relative to the experiment file
+    exp = _experiment(
+        tmp_path, ["zoo:lm-skills/base+ad", "zoo:lm-skills/cipher"], "zoo:lm-skills/base"
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the serial run does the same arithmetic as 1-CPU Ray workers
+    cluster = local_cluster([{"num_cpus": 1}], object_store_memory=100 * 2**20)
+    try:
+        assert search_cli.search(exp, tmp_path / "serial", workers=1) == 0
+        assert search_cli.search(exp, tmp_path / "ray", workers=1, ray_address=cluster.address) == 0
+    finally:
+        torch.set_num_threads(threads)
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+    runs = []
+    for name in ("serial", "ray"):
+        with RunStore.open(tmp_path / name, readonly=True) as store:
+            runs.append([(t.digest, t.status, t.fitness) for t in store.trials()])
+    assert runs[0] == runs[1] and all(s == "OK" for _, s, _ in runs[0])
+
+
+MK_LORA = """
+import sys, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+conf = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))
+opts = MergeOptions(copy_tokenizer=False, write_model_card=False, lazy_unpickle=False,
+                    lora_merge_cache=sys.argv[3], lora_merge_dtype="float32")
+run_merge(conf, sys.argv[2], opts)
+"""
+
+
+def test_export_matches_mergekit(lora, skills, tmp_path) -> None:
+    """A recipe with an adapter folder, exported for mergekit (BASE+ADAPTER) and merged by
+    mergekit 0.1.5 (which merges the adapter with peft into its lora_merge_cache), equals
+    evomerge's in-memory merge of the recipe."""
+    import subprocess
+    import sys
+
+    from evomerge.recipe_mergekit import load_config, to_mergekit_yaml
+
+    pytest.importorskip("mergekit")
+    b, c = skills["base"], skills["cipher"]
+    recipe_cfg = _merge_cfg(tmp_path, str(lora["rs"]), b, c, "recipe.yaml")
+    text = to_mergekit_yaml(load_config(recipe_cfg))
+    assert f"{b}+{lora['rs']}" in text
+    cfg = tmp_path / "mergekit.yaml"
+    cfg.write_text(text)
+    mk, cache = tmp_path / "mk", tmp_path / "lora_cache"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", MK_LORA, str(cfg), str(mk), str(cache)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = {}
+    for f in sorted(mk.glob("*.safetensors")):
+        want.update(load_file(str(f)))
+    got = _merge(recipe_cfg, tmp_path / "em")
+    assert set(got) == set(want)
+    for n, t in got.items():
+        torch.testing.assert_close(t, want[n], rtol=1e-5, atol=1e-5, msg=n)
