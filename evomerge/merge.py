@@ -241,6 +241,8 @@ def _dtype(source: Any, task: TensorTask) -> torch.dtype:
 
 
 def _generation_config(source: Any, p: MergePlan) -> list[Path]:
+    from evomerge.io.adapter_folder import base_folder
+
     ref = p.recipe.base_model or p.refs[0]
-    f = Path(source.folder(ref)) / "generation_config.json"
+    f = base_folder(source.folder(ref)) / "generation_config.json"  # (an adapter's: its base's)
     return [f] if f.is_file() else []

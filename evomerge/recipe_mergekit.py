@@ -119,10 +119,10 @@ def to_mergekit_dict(recipe: Recipe) -> dict[str, Any]:
 def _lora_refs_for_mergekit(d: dict[str, Any]) -> None:
     """An adapter folder source becomes mergekit's BASE+ADAPTER (mergekit would read the
     folder as a model and find no weights)."""
-    from evomerge.io.adapter_folder import adapter_for
+    from evomerge.io.adapter_folder import adapter_for, is_adapter_folder
 
     def fix(ref: str) -> str:
-        if "+" in ref or not Path(ref, "adapter_config.json").is_file():
+        if "+" in ref or not is_adapter_folder(ref):
             return ref
         return f"{adapter_for(ref).base}+{ref}"  # type: ignore[union-attr]
 

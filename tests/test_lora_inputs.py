@@ -70,8 +70,8 @@ def other_base(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def lora(skills, tmp_path_factory) -> dict[str, Path]:
-    """Two adapters on the lm-skills base and peft's merged folders of them: plain LoRA with an
-    embedding target, and rsLoRA with a rank and an alpha pattern."""
+    """Adapters on the lm-skills base and peft's merged folders of them: plain LoRA with an
+    embedding target, rsLoRA with a rank and an alpha pattern, and DoRA."""
     root = tmp_path_factory.mktemp("lora")
     plain = make_adapter(
         skills["base"],
@@ -92,12 +92,19 @@ def lora(skills, tmp_path_factory) -> dict[str, Path]:
         rank_pattern={"o_proj": 2},
         alpha_pattern={r"layers\.1\.mlp\.up_proj": 3},
     )
-    return {
-        "plain": plain,
-        "rs": rs,
-        "plain_merged": merge_and_unload(skills["base"], plain, root / "plain_merged"),
-        "rs_merged": merge_and_unload(skills["base"], rs, root / "rs_merged"),
-    }
+    dora = make_adapter(
+        skills["base"],
+        root / "dora",
+        2,
+        r=4,
+        lora_alpha=8,
+        use_dora=True,
+        target_modules=["q_proj", "gate_proj"],
+    )
+    out = {"plain": plain, "rs": rs, "dora": dora}
+    for k, ad in list(out.items()):
+        out[f"{k}_merged"] = merge_and_unload(skills["base"], ad, root / f"{k}_merged")
+    return out
 
 
 def _assert_same(tensors: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
@@ -106,12 +113,12 @@ def _assert_same(tensors: dict[str, torch.Tensor], ref: dict[str, torch.Tensor])
         torch.testing.assert_close(t, ref[n], rtol=1e-6, atol=1e-7, msg=n)
 
 
-@pytest.mark.parametrize("kind", ["plain", "rs"])
+@pytest.mark.parametrize("kind", ["plain", "rs", "dora"])
 def test_applied_weights_equal_merge_and_unload(lora, skills, kind) -> None:
     ref = load_file(str(lora[f"{kind}_merged"] / "model.safetensors"))
     base = load_file(str(Path(skills["base"]) / "model.safetensors"))
     changed = [n for n in ref if not torch.equal(ref[n], base[n])]
-    assert len(changed) >= 12  # the adapter really changes the weights it targets
+    assert len(changed) >= 8  # the adapter really changes the weights it targets
     src, ad = DiskSource(), str(lora[kind])
     _assert_same({n: src.tensor(ad, n) for n in src.names(ad)}, ref)
     cache = ExpertCache()
@@ -159,6 +166,20 @@ def test_merge_with_adapter_equals_merge_with_merged_folder(lora, skills, tmp_pa
     want = _merge(_merge_cfg(tmp_path, str(lora["plain_merged"]), b, c, "m.yaml"), tmp_path / "m")
     _assert_same(got, want)
     assert (tmp_path / "a" / "tokenizer.json").is_file()
+
+
+def test_adapter_alone_merges_to_the_applied_model(lora, tmp_path) -> None:
+    # the adapter is the only (so the first) source: config, tokenizer and generation config
+    # come from its base
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text(
+        f"merge_method: linear\nmodels: [{{model: {lora['dora']}, parameters: {{weight: 1}}}}]\n"
+        "dtype: float32\n"
+    )
+    got = _merge(cfg, tmp_path / "one")
+    _assert_same(got, load_file(str(lora["dora_merged"] / "model.safetensors")))
+    for f in ("config.json", "tokenizer.json", "generation_config.json"):
+        assert (tmp_path / "one" / f).is_file(), f
 
 
 def test_mergekit_base_plus_lora_syntax(lora, skills, tmp_path) -> None:
@@ -211,7 +232,8 @@ def test_adapter_for_another_base_is_refused(lora, skills, other_base, tmp_path)
 @pytest.mark.parametrize(
     "change, needle",
     [
-        ({"use_dora": True}, "use_dora"),
+        ({"use_qalora": True}, "use_qalora"),
+        ({"alora_invocation_tokens": [3, 4]}, "alora_invocation_tokens"),
         ({"peft_type": "IA3"}, "peft_type"),
         ({"init_lora_weights": "pissa"}, "init_lora_weights"),
         ({"base_model_name_or_path": None}, "no base_model_name_or_path"),

@@ -52,9 +52,25 @@ def adapter_for(path: str | Path) -> LoraAdapter | None:
                 "before the '+'"
             )
         return LoraAdapter(adapter, base=base)
-    if (Path(path) / ADAPTER_CONFIG).is_file():
+    if is_adapter_folder(path):
         return LoraAdapter(path)
     return None
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """A PEFT adapter folder: ``adapter_config.json`` and no model weights of its own (a folder
+    holding both is read as the model it holds, as mergekit does)."""
+    p = Path(path)
+    if not (p / ADAPTER_CONFIG).is_file():
+        return False
+    own = [f for f in p.glob("*.safetensors") if not f.name.startswith("adapter_model")]
+    return not own and not (p / "model.safetensors.index.json").is_file()
+
+
+def base_folder(path: str | Path) -> Path:
+    """The folder that holds a model's own files (generation config...): a LoRA adapter's base."""
+    adapter = adapter_for(path)
+    return Path(path) if adapter is None else adapter.base
 
 
 def open_model_folder(path: str | Path, *, allow_pickle: bool = False) -> Any:

@@ -10,8 +10,10 @@ in memory, one tensor at a time, when a merge or a worker reads the tensor: noth
 Also understood: per-module ``rank_pattern`` / ``alpha_pattern`` (PEFT's own matching), LoRA on
 embeddings, ``lora_bias`` (b += s·b_B), and full tensors the adapter saved (``modules_to_save``,
 ``bias: all``, the embedding saved with a resized vocabulary), which replace the base's.
-PEFT variants whose merged weight is not W + s·B·A (DoRA, aLoRA, KaSA, ...) and adapters that
-expect a base modified at init (PiSSA, OLoRA, CorDA, LoftQ) are refused with the key to blame.
+DoRA on linear layers (Liu et al., 2024, *DoRA: Weight-Decomposed Low-Rank Adaptation*) is
+applied as peft merges it: W' = m / ||W + s·B·A||_row · (W + s·B·A).
+Other PEFT variants (aLoRA, KaSA, ...) and adapters that expect a base modified at init (PiSSA,
+OLoRA, CorDA, LoftQ) are refused with the key to blame.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ PREFIX = "base_model.model."
 MERGE_FIX = "merge it with peft's merge_and_unload() and give the saved folder instead"
 # config keys whose truthy value means the merged weight is not W + s·B·A
 UNSUPPORTED_KEYS = {
-    "use_dora": "DoRA",
     "alora_invocation_tokens": "aLoRA (activated only after its invocation tokens)",
     "use_qalora": "QALoRA",
     "use_bdlora": "BD-LoRA",
@@ -59,6 +60,7 @@ class Target:
     embedding: bool = False  # lora_embedding_A/B: the product is transposed
     bias_of: str | None = None  # lora_B.bias of this module's LoRA
     full: TensorInfo | None = None  # a whole tensor saved by the adapter: replaces the base's
+    magnitude: TensorInfo | None = None  # DoRA's m: one magnitude per output row
 
 
 class LoraAdapter:
@@ -103,6 +105,16 @@ class LoraAdapter:
                 " — re-save it"
             )
         a, b = t.a.shape, t.b.shape
+        if t.magnitude is not None and (t.embedding or self.config.get("fan_in_fan_out")):
+            raise UserInputError(
+                f"{self.file}: DoRA on {t.module} (an embedding or fan_in_fan_out layer) is not "
+                f"supported, only on linear layers; {MERGE_FIX}"
+            )
+        if t.magnitude is not None and tuple(t.magnitude.shape) != (b[0],):
+            raise UserInputError(
+                f"{self.file}: {t.module}'s lora_magnitude_vector {list(t.magnitude.shape)} does "
+                f"not match its lora_B {list(b)}; re-save the adapter"
+            )
         r = self.rank(t.module)
         if len(a) != 2 or len(b) != 2 or a[0] != r or b[1] != r:
             raise UserInputError(
@@ -138,7 +150,17 @@ class LoraAdapter:
             return w.float() + bias * self.scaling(t.module)
         if t.a is None:
             return w.float() if w.is_floating_point() else w
-        return w.float() + self.delta(t)
+        w = w.float()
+        if t.magnitude is None:
+            return w + self.delta(t)
+        return self._dora(t, w, self.delta(t))
+
+    def _dora(self, t: Target, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """DoRA (Liu et al., 2024): W' = m / ||W + ΔW||_row · (W + ΔW), as peft's
+        ``DoraLinearVariant.merge_unsafe`` computes it (the norm of each output row)."""
+        norm = torch.linalg.norm(w + 1 * delta, dim=1)  # (peft: get_weight_norm, scaling=1)
+        factor = read_tensor(t.magnitude).float() / norm  # type: ignore[arg-type]
+        return factor.view(-1, 1) * (w + delta)
 
     def delta(self, t: Target) -> torch.Tensor:
         a, b = read_tensor(t.a).float(), read_tensor(t.b).float()  # type: ignore[arg-type]
@@ -219,6 +241,7 @@ def _targets(infos: dict[str, TensorInfo], file: Path) -> dict[str, Target]:
 
 _LORA = re.compile(r"^(.+)\.(lora_A|lora_B)\.(weight|bias)$")
 _EMB = re.compile(r"^(.+)\.(lora_embedding_A|lora_embedding_B)$")
+_MAG = re.compile(r"^(.+)\.lora_magnitude_vector(?:\.weight)?$")
 
 
 def _add(out: dict[str, Target], key: str, info: TensorInfo, file: Path) -> None:
@@ -241,7 +264,12 @@ def _add(out: dict[str, Target], key: str, info: TensorInfo, file: Path) -> None
         t.embedding = True
         setattr(t, "a" if which.endswith("A") else "b", info)
         return
-    if "lora_" in key:  # e.g. DoRA's lora_magnitude_vector
+    m = _MAG.match(key)
+    if m:
+        module = m.group(1)
+        out.setdefault(f"{module}.weight", Target(module)).magnitude = info
+        return
+    if "lora_" in key:
         raise UserInputError(f"{file}: tensor {key!r} is not plain LoRA; {MERGE_FIX}")
     # a whole tensor (modules_to_save, bias: all, a saved embedding): replaces the base's
     name = key.replace(".base_layer.", ".").replace(".modules_to_save.", ".")
