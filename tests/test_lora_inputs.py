@@ -128,13 +128,33 @@ def test_applied_weights_equal_merge_and_unload(lora, skills, kind) -> None:
     assert cache.tensor(ad, untouched) is cache.tensor(skills["base"], untouched)
 
 
-def test_ray_loader_packs_the_applied_weights(lora) -> None:
-    # what each node's Ray loader task runs (workers/ray_cache.py), without starting Ray
-    from evomerge.workers.ray_cache import load_packed, unpack_tensors
+def test_ray_node_store_holds_only_what_the_adapter_changes(lora, skills) -> None:
+    # what each node's loader task returns and each worker maps (workers/ray_cache.py),
+    # without starting Ray: the adapter ships its applied tensors, the rest is the base's
+    from evomerge.workers.ray_cache import LORA_BASE, SharedExpertCache, load_packed
 
+    ad, base = str(lora["plain"]), skills["base"]
+    packed = {r: load_packed(r, lambda r: r, "float32") for r in (ad, base)}
+    n_targets = len(lora_targets(lora["plain"]))
+    assert len(packed[ad]) == n_targets + 1 and LORA_BASE in packed[ad]
     ref = load_file(str(lora["plain_merged"] / "model.safetensors"))
-    packed = load_packed(str(lora["plain"]), lambda r: r, "float32")
-    _assert_same(unpack_tensors(packed), ref)
+    full = sum(t.numel() * 4 for t in ref.values())
+    changed = sum(t.numel() * 4 for n, t in ref.items() if n in lora_targets(lora["plain"]))
+    assert changed < full / 2
+    for shared in (packed, {ad: packed[ad]}):  # the base shared too, or read by the worker
+        cache = SharedExpertCache(lambda r: r, shared)
+        _assert_same(cache.tensors(ad), ref)
+        untouched = next(n for n in ref if n not in cache.model(ad).adapter.targets)
+        assert cache.tensor(ad, untouched) is cache.tensor(base, untouched)
+        # the store holds the adapter's tensors (+ its base's name) and, when shared, the base
+        expect = changed + (full if base in shared else 0)
+        assert expect <= cache.shared_nbytes < expect + 1024
+
+
+def lora_targets(folder: Path) -> list[str]:
+    from evomerge.io.lora import LoraAdapter
+
+    return list(LoraAdapter(folder).targets)
 
 
 def _merge_cfg(tmp: Path, expert: str, base: str, other: str, name: str = "cfg.yaml") -> Path:

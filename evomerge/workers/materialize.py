@@ -105,6 +105,14 @@ class ExpertCache:
                     self._real[real] = ref
         return self._models[ref]
 
+    def _remember(self, ref: str) -> None:
+        """Note the folder of a model added from elsewhere (e.g. Ray's object store), so that a
+        LoRA adapter over it finds its tensors instead of reading the base again."""
+        try:
+            self._real.setdefault(os.path.realpath(self.folder(ref)), ref)
+        except Exception:  # noqa: BLE001 - a reference this node cannot resolve is not a base
+            pass
+
     def _adapted(self, folder: Any) -> dict[str, torch.Tensor]:
         """A LoRA adapter's applied weights, computed once: its base's tensors (shared with the
         base's own entry) with each targeted one replaced by W + s·B·A (``evomerge.io.lora``)."""
