@@ -75,6 +75,8 @@ def build_space(cfg: ExperimentConfig, run_dir: Path) -> SearchSpace:
             raise UserInputError(f"model {m}: folder not found; check the experiment's models")
     resolve = resolver_for(cfg, run_dir)
     counts = [num_layers_of(resolve(m)) for m in models]
+    if base and ("+" in base or Path(base, "adapter_config.json").is_file()):
+        num_layers_of(resolve(base))  # a LoRA adapter as base_model: checked against its base
     _materialize_hybrid_winner(cfg, run_dir)
     return _build(cfg.space, base=base, models=models, num_layers=counts)
 

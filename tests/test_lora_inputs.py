@@ -320,9 +320,11 @@ def test_search_with_adapter_expert_writes_only_the_run(lora, tmp_path) -> None:
     assert _tree(adapter) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
 
 
-def test_search_refuses_an_adapter_for_another_base(lora, other_base, tmp_path) -> None:
-    other = other_base
-    exp = _experiment(tmp_path, [f"{other}+{lora['plain']}"], other)
+@pytest.mark.parametrize("where", ["models", "base_model"])
+def test_search_refuses_an_adapter_for_another_base(lora, other_base, tmp_path, where) -> None:
+    bad = f"{other_base}+{lora['plain']}"
+    models, base = ([bad], other_base) if where == "models" else ([other_base], bad)
+    exp = _experiment(tmp_path, models, base)
     res = CliRunner().invoke(app, ["search", str(exp), "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 2 and "another base" in res.output, res.output
     assert not (tmp_path / "run").exists()
