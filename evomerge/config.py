@@ -190,12 +190,18 @@ class ExperimentConfig(_Frozen):
         return str(path.resolve())
 
     def resolved_models(self) -> list[str]:
-        return [resolve_model_ref(self.resolve_path(m)) for m in self.models]
+        return [self.resolve_model(m) for m in self.models]
 
     def resolved_base(self) -> str | None:
         if self.base_model is None:
             return None
-        return resolve_model_ref(self.resolve_path(self.base_model))
+        return self.resolve_model(self.base_model)
+
+    def resolve_model(self, m: str) -> str:
+        """A model's folder; mergekit's LoRA reference BASE+ADAPTER resolves each side."""
+        if "+" in m and not m.startswith("recipe:") and not Path(self.resolve_path(m)).exists():
+            return "+".join(resolve_model_ref(self.resolve_path(p)) for p in m.split("+"))
+        return resolve_model_ref(self.resolve_path(m))
 
 
 # ---- loading ------------------------------------------------------------------------------------

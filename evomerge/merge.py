@@ -183,7 +183,8 @@ def run_merge(
     """Merge ``recipe`` into a HF model folder ``out_dir`` (atomically). ``pipeline`` overlaps
     reading the next tensor's inputs and writing the previous output with each merge (the same
     bytes as ``pipeline=False``, which does one thing at a time)."""
-    from evomerge.io.folder import DiskSource, ModelFolder
+    from evomerge.io.adapter_folder import open_model_folder
+    from evomerge.io.folder import DiskSource
     from evomerge.io.writer import DEFAULT_SHARD_BYTES, prepare_out, write_model_folder
 
     t0 = time.perf_counter()
@@ -197,7 +198,9 @@ def run_merge(
         for t in p.tasks
     ]
     tok_files = (
-        ModelFolder(source.folder(p.tokenizer_ref)).tokenizer_files() if p.tokenizer_ref else []
+        open_model_folder(source.folder(p.tokenizer_ref)).tokenizer_files()
+        if p.tokenizer_ref
+        else []
     )
     digest = recipe.digest()
     res = write_model_folder(
@@ -241,6 +244,8 @@ def _dtype(source: Any, task: TensorTask) -> torch.dtype:
 
 
 def _generation_config(source: Any, p: MergePlan) -> list[Path]:
+    from evomerge.io.adapter_folder import base_folder
+
     ref = p.recipe.base_model or p.refs[0]
-    f = Path(source.folder(ref)) / "generation_config.json"
+    f = base_folder(source.folder(ref)) / "generation_config.json"  # (an adapter's: its base's)
     return [f] if f.is_file() else []

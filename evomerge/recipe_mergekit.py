@@ -2,8 +2,8 @@
 
 An evomerge recipe is mergekit-shaped, so import is mostly validation: mergekit features with no
 evomerge meaning (``modules``, per-slice ``base_model``, ``residual_weight``, ``tokenizer``
-blocks, ``chat_template``, ``union`` tokenizers, LoRA ``model+lora`` references) are refused
-with a line naming the key. Export refuses what mergekit cannot express (operators it lacks,
+blocks, ``chat_template``, ``union`` tokenizers) are refused with a line naming the key.
+LoRA references ``model+lora`` keep mergekit's meaning (``evomerge.io.adapter_folder``). Export refuses what mergekit cannot express (operators it lacks,
 ``recipe:<digest>`` sources, a data-flow path whose ends are not on the base model) and notes
 in a comment what it expresses differently (random masks: mergekit draws them from its global
 RNG, so dare/della merges are not bit-identical).
@@ -44,21 +44,8 @@ def from_mergekit_dict(data: Any, *, origin: str = "config") -> Recipe:
                 )
             if isinstance(sl, dict):
                 sl.pop(key, None)
-    for ref in _refs(data):
-        if isinstance(ref, str) and "+" in ref and not ref.startswith(RECIPE_REF_PREFIX):
-            raise UserInputError(
-                f"{origin}: model {ref!r}: LoRA references (model+lora) are not supported; merge the LoRA first"
-            )
     _normalize_params(data)
     return Recipe.from_dict(data, origin=origin)
-
-
-def _refs(data: dict) -> list[Any]:
-    out = [data.get("base_model")]
-    out += [m.get("model") for m in data.get("models") or [] if isinstance(m, dict)]
-    for sl in data.get("slices") or []:
-        out += [s.get("model") for s in (sl or {}).get("sources") or [] if isinstance(s, dict)]
-    return [r for r in out if r]
 
 
 def _normalize_params(node: Any) -> None:
@@ -125,7 +112,27 @@ def to_mergekit_dict(recipe: Recipe) -> dict[str, Any]:
     d = recipe.to_dict()
     d["merge_method"] = spec.mergekit_name
     d.pop("seed", None)
+    _lora_refs_for_mergekit(d)
     return d
+
+
+def _lora_refs_for_mergekit(d: dict[str, Any]) -> None:
+    """An adapter folder source becomes mergekit's BASE+ADAPTER (mergekit would read the
+    folder as a model and find no weights)."""
+    from evomerge.io.adapter_folder import adapter_for, is_adapter_folder
+
+    def fix(ref: str) -> str:
+        if "+" in ref or not is_adapter_folder(ref):
+            return ref
+        return f"{adapter_for(ref).base}+{ref}"  # type: ignore[union-attr]
+
+    if d.get("base_model"):
+        d["base_model"] = fix(d["base_model"])
+    for m in d.get("models") or []:
+        m["model"] = fix(m["model"])
+    for sl in d.get("slices") or []:
+        for src in sl.get("sources") or []:
+            src["model"] = fix(src["model"])
 
 
 def _has_weight_rule(recipe: Recipe) -> bool:

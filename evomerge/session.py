@@ -50,6 +50,12 @@ def resolver_for(cfg: ExperimentConfig, run_dir: Path) -> RecipeResolver:
 
 
 def num_layers_of(folder: str) -> int:
+    from evomerge.io.adapter_folder import adapter_for, open_model_folder
+
+    adapter = adapter_for(folder)  # a LoRA adapter has its base's layers
+    if adapter is not None:
+        _ = open_model_folder(folder).config  # (headers) refuses an adapter its base cannot take
+        folder = str(adapter.base)
     cfg_path = Path(folder) / "config.json"
     if not cfg_path.is_file():
         raise UserInputError(f"model {folder}: no config.json; give a Hugging Face model folder")
@@ -65,10 +71,12 @@ def build_space(cfg: ExperimentConfig, run_dir: Path) -> SearchSpace:
 
     models, base = cfg.resolved_models(), cfg.resolved_base()
     for m in [*models, *([base] if base else [])]:
-        if not m.startswith("recipe:") and not Path(m).is_dir():
+        if not m.startswith("recipe:") and not Path(m).is_dir() and "+" not in m:
             raise UserInputError(f"model {m}: folder not found; check the experiment's models")
     resolve = resolver_for(cfg, run_dir)
     counts = [num_layers_of(resolve(m)) for m in models]
+    if base and ("+" in base or Path(base, "adapter_config.json").is_file()):
+        num_layers_of(resolve(base))  # a LoRA adapter as base_model: checked against its base
     _materialize_hybrid_winner(cfg, run_dir)
     return _build(cfg.space, base=base, models=models, num_layers=counts)
 

@@ -53,11 +53,12 @@ def test_import_refuses_unsupported(extra: str, needle: str) -> None:
         from_mergekit_yaml(MK + extra)
 
 
-def test_import_refuses_lora_refs() -> None:
-    with pytest.raises(UserInputError, match="LoRA"):
-        from_mergekit_yaml(
-            "merge_method: linear\nmodels: [{model: a+b, parameters: {weight: 1}}]\n"
-        )
+def test_import_keeps_lora_refs() -> None:
+    # mergekit's BASE+ADAPTER is opened when merging (tests/test_lora_inputs.py)
+    r = from_mergekit_yaml(
+        "merge_method: linear\nmodels: [{model: a+b, parameters: {weight: 1}}]\n"
+    )
+    assert r.models[0].model == "a+b"
 
 
 def test_export_refuses_inexpressible() -> None:

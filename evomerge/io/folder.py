@@ -140,11 +140,14 @@ class DiskSource:
         self.resolver = resolver or (lambda ref: ref)
         self.allow_pickle = allow_pickle
         self.dtype = dtype
-        self._folders: dict[str, ModelFolder] = {}
+        self._folders: dict[str, Any] = {}
 
-    def model(self, ref: str) -> ModelFolder:
+    def model(self, ref: str) -> Any:
         if ref not in self._folders:
-            self._folders[ref] = ModelFolder(self.folder(ref), allow_pickle=self.allow_pickle)
+            from evomerge.io.adapter_folder import open_model_folder  # (it imports this module)
+
+            # a LoRA adapter (folder or BASE+ADAPTER) opens as its base with the adapter applied
+            self._folders[ref] = open_model_folder(self.folder(ref), allow_pickle=self.allow_pickle)
         return self._folders[ref]
 
     def folder(self, ref: str) -> Path:

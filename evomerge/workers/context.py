@@ -56,7 +56,9 @@ class ResidentWorker:
         source = cfg.resolved_base() or cfg.resolved_models()[0]
         if cfg.space.kind == "hybrid":  # the data-flow path starts from model A's embeddings
             source = cfg.resolved_models()[0]
-        self.tokenizer = load_tokenizer(resolver(source))
+        from evomerge.io.adapter_folder import tokenizer_folder
+
+        self.tokenizer = load_tokenizer(tokenizer_folder(resolver(source)))
 
     def materialize(self, recipe: Recipe) -> Any:
         return self.materializer.materialize(recipe)

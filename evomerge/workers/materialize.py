@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class ExpertCache:
         self._folders: dict[str, Any] = {}
         self._nbytes = 0
         self._layouts: dict[str, Any] = {}
+        self._real: dict[str, str] = {}  # a loaded folder's real path -> its first reference
         budget = None if stats_ratio is None else (lambda: int(stats_ratio * self.nbytes))
         self.stats = ResidentCache(budget) if stats else None
 
@@ -73,9 +75,9 @@ class ExpertCache:
     def model(self, ref: str) -> Any:
         """The model's folder (its config.json read once, for every candidate's plan)."""
         if ref not in self._folders:
-            from evomerge.io.folder import ModelFolder
+            from evomerge.io.adapter_folder import open_model_folder
 
-            self._folders[ref] = ModelFolder(self.folder(ref))
+            self._folders[ref] = open_model_folder(self.folder(ref))  # (or a LoRA adapter's)
         return self._folders[ref]
 
     def layout(self, ref: str) -> Any:
@@ -88,12 +90,49 @@ class ExpertCache:
 
     def tensors(self, ref: str) -> dict[str, torch.Tensor]:
         if ref not in self._models:
-            self._add(ref, self._load(self.folder(ref)))
+            from evomerge.io.adapter_folder import AdapterFolder
+
+            folder = self.model(ref)
+            if isinstance(folder, AdapterFolder):
+                self._add(ref, self._adapted(folder), only=folder.adapter.targets)
+            else:
+                real = os.path.realpath(self.folder(ref))
+                same = self._real.get(real)  # e.g. loaded already as a LoRA adapter's base
+                if same is not None:
+                    self._models[ref] = self._models[same]
+                else:
+                    self._add(ref, self._load(self.folder(ref)))
+                    self._real[real] = ref
         return self._models[ref]
 
-    def _add(self, ref: str, tensors: dict[str, torch.Tensor]) -> None:
+    def _remember(self, ref: str) -> None:
+        """Note the folder of a model added from elsewhere (e.g. Ray's object store), so that a
+        LoRA adapter over it finds its tensors instead of reading the base again."""
+        try:
+            self._real.setdefault(os.path.realpath(self.folder(ref)), ref)
+        except Exception:  # noqa: BLE001 - a reference this node cannot resolve is not a base
+            pass
+
+    def _adapted(self, folder: Any) -> dict[str, torch.Tensor]:
+        """A LoRA adapter's applied weights, computed once: its base's tensors (shared with the
+        base's own entry) with each targeted one replaced by W + s·B·A (``evomerge.io.lora``)."""
+        from evomerge.checks import check_finite
+
+        adapter = folder.adapter
+        base = self.tensors(str(adapter.base))
+        adapter.check_base({n: tuple(t.shape) for n, t in base.items()})
+        out = dict(base)
+        for name in adapter.targets:
+            value = adapter.apply(name, base[name].cpu())
+            check_finite(value, str(adapter.file), name)
+            out[name] = value.to(device=self.device, dtype=self.dtype)
+        return out
+
+    def _add(self, ref: str, tensors: dict[str, torch.Tensor], only: Any = None) -> None:
+        """``only``: the names whose tensors are new (the others are shared, counted once)."""
         self._models[ref] = tensors
-        self._nbytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        names = tensors if only is None else only
+        self._nbytes += sum(tensors[n].numel() * tensors[n].element_size() for n in names)
 
     def tensor(self, ref: str, name: str) -> torch.Tensor:
         tensors = self.tensors(ref)

@@ -63,10 +63,24 @@ def unpack_tensors(packed: Packed) -> dict[str, torch.Tensor]:
     return out
 
 
+LORA_BASE = "__evomerge_lora_base__"  # a packed adapter's entry naming its base folder
+
+
 def load_packed(ref: str, resolver: Resolver, dtype_name: str) -> Packed:
-    """Read one model's tensors the way ``ExpertCache`` does and pack them for the store."""
+    """Read one model's tensors the way ``ExpertCache`` does and pack them for the store.
+
+    A LoRA adapter (``evomerge.io.adapter_folder``) ships only the tensors it changes, applied,
+    and the name of its base: a worker takes the other tensors from the base (shared as well
+    when the base is a source of the search), so the node does not hold a second copy of them.
+    """
     cache = ExpertCache(resolver, dtype=getattr(torch, dtype_name))
-    return pack_tensors(cache.tensors(ref))
+    tensors = cache.tensors(ref)
+    adapter = getattr(cache.model(ref), "adapter", None)
+    if adapter is None:
+        return pack_tensors(tensors)
+    packed = pack_tensors({n: tensors[n] for n in adapter.targets})
+    packed[LORA_BASE] = (LORA_BASE, np.frombuffer(str(adapter.base).encode(), dtype=np.uint8))
+    return packed
 
 
 class SharedExpertCache(ExpertCache):
@@ -89,8 +103,23 @@ class SharedExpertCache(ExpertCache):
     ) -> None:
         super().__init__(resolver, dtype=dtype, device=device, stats=stats, stats_ratio=stats_ratio)
         self.shared_refs = frozenset(shared)
+        self._shared_nbytes = sum(a.nbytes for p in shared.values() for _, a in p.values())
+        adapters = {r: p for r, p in shared.items() if LORA_BASE in p}
         for ref, packed in shared.items():
-            self._add(ref, unpack_tensors(packed))
+            if ref not in adapters:
+                self._add(ref, unpack_tensors(packed))
+                self._remember(ref)
+        for ref, packed in adapters.items():  # after the plain models: their base may be one
+            self._add_adapter(ref, packed)
+
+    def _add_adapter(self, ref: str, packed: Packed) -> None:
+        """An adapter's applied tensors from the store over its base's tensors."""
+        rest = dict(packed)
+        base = bytes(rest.pop(LORA_BASE)[1]).decode()
+        changed = unpack_tensors(rest)
+        tensors = dict(self.tensors(base))  # shared when the base is, else read by this worker
+        tensors.update(changed)
+        self._add(ref, tensors, only=changed)
 
     def task_vector(self, ref: str, base: str, name: str) -> torch.Tensor:
         # Computed on demand: a cached delta would be a private copy per worker.
@@ -98,11 +127,8 @@ class SharedExpertCache(ExpertCache):
 
     @property
     def shared_nbytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for ref in self.shared_refs
-            for t in self._models[ref].values()
-        )
+        """Bytes mapped from the store (an adapter's untouched tensors are not: its base's)."""
+        return self._shared_nbytes
 
 
 def node_loader(ray: Any) -> Any:
