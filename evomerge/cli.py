@@ -110,15 +110,21 @@ def _merge(
 
 
 # ---- search commands: bodies in evomerge.search_cli ------------------------------------------
+_EVALS_HELP = "total evaluations over the search and its resumes (on resume: the new total)"
+_SECONDS_HELP = "wall-clock seconds of this search or resume, counted from its own start"
+_TOTAL_HELP = "search seconds summed over the search and all its resumes"
+
+
 @app.command()
 def search(
     experiment: Path = typer.Argument(..., help="experiment YAML"),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="folder holding the run's store"),
-    max_evals: int | None = typer.Option(None, "--max-evals"),
-    max_seconds: float | None = typer.Option(None, "--max-seconds"),
+    max_evals: int | None = typer.Option(None, "--max-evals", help=_EVALS_HELP),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", help=_SECONDS_HELP),
     seed: int | None = typer.Option(None, "--seed"),
     workers: int | None = typer.Option(None, "--workers"),
     ray_address: str | None = typer.Option(None, "--ray-address"),
+    max_total_seconds: float | None = typer.Option(None, "--max-total-seconds", help=_TOTAL_HELP),
 ) -> None:
     """Run an evolutionary search."""
     from evomerge import search_cli
@@ -132,6 +138,7 @@ def search(
             seed=seed,
             workers=workers,
             ray_address=ray_address,
+            max_total_seconds=max_total_seconds,
         )
     )
 
@@ -142,10 +149,16 @@ def resume(
     config: Path | None = typer.Option(
         None, "--config", help="changed experiment YAML (non-structural changes only)"
     ),
-    max_evals: int | None = typer.Option(None, "--max-evals"),
-    max_seconds: float | None = typer.Option(None, "--max-seconds"),
+    max_evals: int | None = typer.Option(None, "--max-evals", help=_EVALS_HELP),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", help=_SECONDS_HELP),
     workers: int | None = typer.Option(None, "--workers"),
     ray_address: str | None = typer.Option(None, "--ray-address"),
+    max_total_seconds: float | None = typer.Option(None, "--max-total-seconds", help=_TOTAL_HELP),
+    allow_changed_fitness: bool = typer.Option(
+        False,
+        "--allow-changed-fitness",
+        help="continue although the fitness file or task folders changed (recorded in the store)",
+    ),
 ) -> None:
     """Continue a stopped search exactly where it stopped."""
     from evomerge import search_cli
@@ -158,6 +171,8 @@ def resume(
             max_seconds=max_seconds,
             workers=workers,
             ray_address=ray_address,
+            max_total_seconds=max_total_seconds,
+            allow_changed_fitness=allow_changed_fitness,
         )
     )
 

@@ -1,0 +1,28 @@
+"""One writer per run folder: ``<run_dir>/run.lock``, held for the life of a search or resume.
+
+Two writers on one store would both run a generation and then collide on its candidate
+indices, and each would evict the other's half-written archive folders. The lock is an fcntl
+lock (``evomerge.io.lock``): it dies with its process, so a killed search never leaves the
+folder locked. Readers (``status``, ``export``, ``report``) never take it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evomerge.errors import UserInputError
+from evomerge.io.lock import FileLock
+
+LOCK_FILE = "run.lock"
+
+
+def lock_run(run_dir: Path) -> FileLock:
+    """Take the run folder's lock (the folder must exist) or refuse at once, naming the
+    holder."""
+    lock = FileLock(Path(run_dir) / LOCK_FILE)
+    if not lock.try_acquire():
+        raise UserInputError(
+            f"{run_dir}: in use by {lock.holder()} (a search or resume holds {LOCK_FILE}); "
+            "wait for it to end or stop it, then `evomerge resume` continues the run"
+        )
+    return lock
