@@ -12,7 +12,8 @@ import pytest
 from evomerge.fitness.config import parse_fitness_config
 from evomerge.fitness.digest import fitness_digests
 from tests.helpers.search_fixtures import make_family, write_experiment
-from tests.test_run_lock import assert_refused, evaluated, run_cli, start_writer, store_bytes
+from tests.test_run_lock import evaluated, start_writer, store_bytes
+from tests.test_search_start import invoke, refused
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,25 +29,26 @@ def test_refused_resumes_write_nothing_and_fitness_changes_are_recorded(tmp_path
     assert "store.sqlite-wal" in before  # a killed writer leaves its WAL unfolded
 
     changed = write_experiment(tmp_path, family, max_evals=100000, popsize=5, seed=7, name="c.yaml")
-    assert_refused(run_cli("resume", str(run), "--config", str(changed)), "structural config")
+    # In process from here on (the CLI's own code path, without a torch import per command).
+    refused(invoke("resume", str(run), "--config", str(changed)), "structural config")
     assert store_bytes(run) == before
 
     score = tmp_path / "score.py"
     score.write_text(score.read_text().replace("logp.mean()", "logp.mean() * 2"))
     n = evaluated(run)
-    res = run_cli("resume", str(run), "--max-evals", str(n + 5))
-    assert_refused(res, "fitness code changed", str(score), "--allow-changed-fitness")
+    res = invoke("resume", str(run), "--max-evals", str(n + 5))
+    refused(res, "fitness code changed", str(score), "--allow-changed-fitness")
     assert store_bytes(run) == before
 
-    ok = run_cli("resume", str(run), "--max-evals", str(n + 5), "--allow-changed-fitness")
-    assert ok.returncode == 0, ok.stderr
+    ok = invoke("resume", str(run), "--max-evals", str(n + 5), "--allow-changed-fitness")
+    assert ok.exit_code == 0, ok.output
     with sqlite3.connect(run / "store.sqlite") as conn:
         meta = dict(conn.execute("SELECT key, value FROM meta"))
     log = json.loads(meta["fitness_changes"])
     assert len(log) == 1 and log[0]["changed"] == [f"score: {score}"]
     assert json.loads(meta["fitness_digest"]) == log[0]["after"] != log[0]["before"]
     # Accepted once, the new code is the reference: the next resume goes on without the flag.
-    assert run_cli("resume", str(run), "--max-evals", str(n + 10)).returncode == 0
+    assert invoke("resume", str(run), "--max-evals", str(n + 10)).exit_code == 0
 
 
 def test_lm_eval_task_folder_is_digested(tmp_path):

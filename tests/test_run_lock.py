@@ -69,17 +69,19 @@ def assert_refused(res: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def test_second_writer_is_refused_and_readers_keep_working(tmp_path):
+    from tests.test_search_start import invoke, refused
+
     family = make_family(tmp_path / "models")
     exp = write_experiment(tmp_path, family, max_evals=100000, popsize=5)
     run = tmp_path / "run"
     search = start_writer(["search", str(exp), "--run-dir", str(run)], run)
     try:
         holder = f"PID {search.pid} on host {socket.gethostname()}"
+        # the user's view in a real process once, then the CLI in process (no torch import each)
         assert_refused(run_cli("resume", str(run)), holder, "in use")
-        again = run_cli("search", str(exp), "--run-dir", str(run))
-        assert_refused(again, "already holds a run")
-        assert run_cli("status", str(run)).returncode == 0
-        assert run_cli("export", str(run), "--out", str(tmp_path / "w.yaml")).returncode == 0
+        refused(invoke("search", str(exp), "--run-dir", str(run)), "already holds a run")
+        assert invoke("status", str(run)).exit_code == 0
+        assert invoke("export", str(run), "--out", str(tmp_path / "w.yaml")).exit_code == 0
         assert search.poll() is None  # the refusals did not disturb the search
     finally:
         search.kill()
@@ -87,8 +89,7 @@ def test_second_writer_is_refused_and_readers_keep_working(tmp_path):
     # The lock died with the process: a resume proceeds, and a second one is refused.
     first = start_writer(["resume", str(run)], run)
     try:
-        second = run_cli("resume", str(run))
-        assert_refused(second, f"PID {first.pid} on host")
+        refused(invoke("resume", str(run)), f"PID {first.pid} on host")
     finally:
         first.send_signal(signal.SIGTERM)  # stops after the generation in flight
         assert first.wait(timeout=120) == 0
