@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from evomerge.drivers.base import Driver
 from evomerge.errors import UserInputError
 from evomerge.fitness.digest import fitness_digests
 from evomerge.io.lock import FileLock
-from evomerge.loop import Budget, Progress, SearchLoop, seed_globals
+from evomerge.loop import Budget, Progress, SearchLoop, capture_rng, restore_rng, seed_globals
 from evomerge.resume_check import FITNESS_META, check_resume
 from evomerge.run_lock import LOCK_FILE, lock_run
 from evomerge.spaces.base import SearchSpace
@@ -106,7 +107,13 @@ def _materialize_hybrid_winner(cfg: ExperimentConfig, run_dir: Path) -> None:
     out = archive.root.parent / recipe.digest()
     if not out.is_dir():
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_model(recipe, out, resolver_for(cfg, run_dir))
+        # A fresh run has seeded its global RNGs by now; writing the winner must not draw from
+        # them (a resume finds the folder and skips this).
+        state = capture_rng()
+        try:
+            write_model(recipe, out, resolver_for(cfg, run_dir))
+        finally:
+            restore_rng(state)
 
 
 def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
@@ -164,7 +171,6 @@ def validate_fitness(cfg: ExperimentConfig) -> None:
 def _assemble(cfg, run_dir, store, space, driver, evaluator, resumed, lock, hooks) -> Search:
     from evomerge.workers.materialize import write_model
 
-    _materialize_hybrid_winner(cfg, run_dir)
     resolver = resolver_for(cfg, run_dir)
     archive = Archive(run_dir, cfg.archive.top_k, lambda r, out: write_model(r, out, resolver))
     b = cfg.budget
@@ -199,21 +205,21 @@ def _parts(cfg: ExperimentConfig, run_dir: Path, *, fresh: bool) -> tuple[Search
 
 
 def _locked_new_folder(run_dir: Path) -> tuple[FileLock, bool]:
-    """Create the run folder (if needed) and take its lock; on a refusal, remove what we made."""
+    """Create the run folder (if needed) and take its lock. On a refusal the lock file is the
+    holder's (another search made the folder at the same moment): leave both alone."""
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return lock_run(run_dir), made
-    except BaseException:
-        if made:
-            _remove_new_folder(run_dir)
-        raise
+    return lock_run(run_dir), made
 
 
-def _remove_new_folder(run_dir: Path) -> None:
-    """Undo ``_locked_new_folder`` after a failed start: the lock file and the empty folder."""
-    if not (run_dir / STORE_FILE).exists():
+def _undo_new_folder(run_dir: Path, lock: FileLock, made: bool) -> None:
+    """After a failed start: remove the lock file while still holding it (so nobody can have
+    locked it meanwhile), release, and remove the folder if we made it and it is empty."""
+    if made and not (run_dir / STORE_FILE).exists():
+        shutil.rmtree(run_dir / SOURCES_DIR, ignore_errors=True)
         (run_dir / LOCK_FILE).unlink(missing_ok=True)
+    lock.release()
+    if made:
         with contextlib.suppress(OSError):
             run_dir.rmdir()  # only if empty: never remove what someone else put there
 
@@ -235,6 +241,7 @@ def open_search(
     try:
         refuse_existing(run_dir)  # another search may have started it meanwhile
         evaluator = evaluator or build_evaluator(cfg, run_dir)
+        _materialize_hybrid_winner(cfg, run_dir)
         meta = {FITNESS_META: json.dumps(digests, sort_keys=True)}
         store = RunStore.create(run_dir, cfg.to_json(), cfg.structural_hash(), meta)
         hooks = (on_generation, stop_event)
@@ -244,9 +251,7 @@ def open_search(
             evaluator.close()
         if store is not None:
             store.close()
-        lock.release()
-        if made and store is None:
-            _remove_new_folder(run_dir)
+        _undo_new_folder(run_dir, lock, made)
         raise
 
 
@@ -270,6 +275,7 @@ def open_resume(
         plan = check_resume(run_dir, new_cfg, allow_changed_fitness, max_evals)
         space, driver = _parts(plan.cfg, run_dir, fresh=not plan.resumed)
         evaluator = evaluator or build_evaluator(plan.cfg, run_dir)
+        _materialize_hybrid_winner(plan.cfg, run_dir)
         store = RunStore.open(run_dir)  # the first write access: everything was checked
         plan.record(store)
         hooks = (on_generation, stop_event)
