@@ -20,7 +20,14 @@ def lock_run(run_dir: Path) -> FileLock:
     """Take the run folder's lock (the folder must exist) or refuse at once, naming the
     holder."""
     lock = FileLock(Path(run_dir) / LOCK_FILE)
-    if not lock.try_acquire():
+    try:
+        acquired = lock.try_acquire()
+    except OSError as err:  # a read-only folder, or a filesystem without locks
+        raise UserInputError(
+            f"{run_dir}: cannot lock {LOCK_FILE} ({err.strerror}); a search or resume needs a "
+            "writable run folder on a filesystem with POSIX locks (docs/cluster.md)"
+        ) from None
+    if not acquired:
         raise UserInputError(
             f"{run_dir}: in use by {lock.holder()} (a search or resume holds {LOCK_FILE}); "
             "wait for it to end or stop it, then `evomerge resume` continues the run"
