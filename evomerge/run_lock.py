@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evomerge.errors import UserInputError
-from evomerge.io.lock import FileLock
+from evomerge.io.lock import FileLock, probe
 
 LOCK_FILE = "run.lock"
 
@@ -28,8 +28,20 @@ def lock_run(run_dir: Path) -> FileLock:
             "writable run folder on a filesystem with POSIX locks (docs/cluster.md)"
         ) from None
     if not acquired:
-        raise UserInputError(
-            f"{run_dir}: in use by {lock.holder()} (a search or resume holds {LOCK_FILE}); "
-            "wait for it to end or stop it, then `evomerge resume` continues the run"
-        )
+        raise _in_use(run_dir, lock)
     return lock
+
+
+def refuse_if_locked(run_dir: Path) -> None:
+    """Refuse a folder some writer holds, without creating a lock file (a search still starting
+    holds the lock before its store exists)."""
+    lock = FileLock(Path(run_dir) / LOCK_FILE)
+    if probe(lock.path):
+        raise _in_use(run_dir, lock)
+
+
+def _in_use(run_dir: Path, lock: FileLock) -> UserInputError:
+    return UserInputError(
+        f"{run_dir}: in use by {lock.holder()} (a search or resume holds {LOCK_FILE}); "
+        "wait for it to end or stop it, then `evomerge resume` continues the run"
+    )

@@ -30,7 +30,7 @@ from evomerge.fitness.digest import fitness_digests
 from evomerge.io.lock import FileLock
 from evomerge.loop import Budget, Progress, SearchLoop, capture_rng, restore_rng, seed_globals
 from evomerge.resume_check import FITNESS_META, check_resume
-from evomerge.run_lock import LOCK_FILE, lock_run
+from evomerge.run_lock import LOCK_FILE, lock_run, refuse_if_locked
 from evomerge.spaces.base import SearchSpace
 from evomerge.store import STORE_FILE, RunStore, refuse_existing
 from evomerge.workers.base import Evaluator
@@ -268,6 +268,7 @@ def open_resume(
     """Reopen a run. ``max_evals`` is the total the user asked for on the command line (a
     total at or below what the run has done is refused: it would do nothing)."""
     run_dir = Path(run_dir)
+    refuse_if_locked(run_dir)
     RunStore.open(run_dir, readonly=True).close()  # "no run store here" before any lock file
     lock = lock_run(run_dir)
     store = None

@@ -101,7 +101,9 @@ def test_second_writer_is_refused_and_readers_keep_working(tmp_path):
 
 
 def test_lock_dies_with_its_process_and_names_its_holder(tmp_path):
-    path = tmp_path / "x.lock"
+    from tests.test_search_start import invoke, refused
+
+    path = tmp_path / "run.lock"  # as a search holds it before its store exists
     code = (
         "import sys, time; from evomerge.io.lock import FileLock; "
         f"l = FileLock({str(path)!r}); assert l.try_acquire(); print('held', flush=True); "
@@ -113,6 +115,7 @@ def test_lock_dies_with_its_process_and_names_its_holder(tmp_path):
         mine = FileLock(path)
         assert probe(path) is True and not mine.try_acquire()
         assert mine.holder() == f"PID {holder.pid} on host {socket.gethostname()}"
+        refused(invoke("resume", str(tmp_path)), f"in use by PID {holder.pid}")
     finally:
         holder.kill()
         holder.wait()
