@@ -82,6 +82,7 @@ def test_second_writer_is_refused_and_readers_keep_working(tmp_path):
         refused(invoke("search", str(exp), "--run-dir", str(run)), "already holds a run")
         assert invoke("status", str(run)).exit_code == 0
         assert invoke("export", str(run), "--out", str(tmp_path / "w.yaml")).exit_code == 0
+        assert invoke("report", str(run), "--out", str(tmp_path / "rep")).exit_code == 0
         assert search.poll() is None  # the refusals did not disturb the search
     finally:
         search.kill()
