@@ -67,12 +67,14 @@ class Archive:
             os.replace(tmp, final)
 
     def evict(self, entries: Sequence[ArchiveEntry]) -> None:
-        """Remove folders of non-members and leftovers of interrupted writes."""
+        """Remove folders of non-members and leftovers of interrupted writes: every hidden
+        entry (``.tmp-*`` and the merge writer's ``..tmp-*``), since the run lock guarantees
+        that no other process writes here."""
         if not self.root.is_dir():
             return
         keep = {e.digest for e in entries}
         for child in self.root.iterdir():
-            if child.name.startswith(TMP_PREFIX) or (child.is_dir() and child.name not in keep):
+            if child.name.startswith(".") or (child.is_dir() and child.name not in keep):
                 shutil.rmtree(child, ignore_errors=True)
 
     def reconcile(self, entries: Sequence[ArchiveEntry], recipes: dict[str, Recipe]) -> None:

@@ -131,6 +131,11 @@ def _merge(
 
 
 # ---- search commands: bodies in evomerge.search_cli ------------------------------------------
+_EVALS_HELP = "total evaluations over the search and its resumes (on resume: the new total)"
+_SECONDS_HELP = "wall-clock seconds of this search or resume, counted from its own start"
+_TOTAL_HELP = "search seconds summed over the search and all its resumes"
+
+
 @app.command(cls=FlagCommand)
 def search(
     experiment: Path = typer.Argument(
@@ -139,12 +144,8 @@ def search(
     run_dir: Path = typer.Option(
         ..., "--run-dir", help="new folder for the run: store, archive, logs"
     ),
-    max_evals: int | None = typer.Option(
-        None, "--max-evals", help="stop after N fresh evaluations (overrides budget.max_evals)"
-    ),
-    max_seconds: float | None = typer.Option(
-        None, "--max-seconds", help="stop after S seconds (overrides budget.max_seconds)"
-    ),
+    max_evals: int | None = typer.Option(None, "--max-evals", help=_EVALS_HELP),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", help=_SECONDS_HELP),
     seed: int | None = typer.Option(None, "--seed", help="experiment seed (overrides seed)"),
     workers: int | None = typer.Option(
         None, "--workers", help="N > 1: N local Ray workers on loopback (overrides workers)"
@@ -152,6 +153,7 @@ def search(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="join a running Ray cluster at HOST:PORT (e.g. 10.0.0.1:6379)"
     ),
+    max_total_seconds: float | None = typer.Option(None, "--max-total-seconds", help=_TOTAL_HELP),
 ) -> None:
     """Run an evolutionary search."""
     from evomerge import search_cli
@@ -165,6 +167,7 @@ def search(
             seed=seed,
             workers=workers,
             ray_address=ray_address,
+            max_total_seconds=max_total_seconds,
         )
     )
 
@@ -175,17 +178,19 @@ def resume(
     config: Path | None = typer.Option(
         None, "--config", help="changed experiment YAML (non-structural changes only)"
     ),
-    max_evals: int | None = typer.Option(
-        None, "--max-evals", help="new total of fresh evaluations (overrides budget.max_evals)"
-    ),
-    max_seconds: float | None = typer.Option(
-        None, "--max-seconds", help="new wall-clock cap in seconds (overrides budget.max_seconds)"
-    ),
+    max_evals: int | None = typer.Option(None, "--max-evals", help=_EVALS_HELP),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", help=_SECONDS_HELP),
     workers: int | None = typer.Option(
         None, "--workers", help="N > 1: N local Ray workers on loopback (overrides workers)"
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="join a running Ray cluster at HOST:PORT (e.g. 10.0.0.1:6379)"
+    ),
+    max_total_seconds: float | None = typer.Option(None, "--max-total-seconds", help=_TOTAL_HELP),
+    allow_changed_fitness: bool = typer.Option(
+        False,
+        "--allow-changed-fitness",
+        help="continue although the fitness file or task folders changed (recorded in the store)",
     ),
 ) -> None:
     """Continue a stopped search exactly where it stopped."""
@@ -199,6 +204,8 @@ def resume(
             max_seconds=max_seconds,
             workers=workers,
             ray_address=ray_address,
+            max_total_seconds=max_total_seconds,
+            allow_changed_fitness=allow_changed_fitness,
         )
     )
 

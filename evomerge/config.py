@@ -9,7 +9,7 @@ YAML shape (``experiments/toy_ps_cmaes.yaml`` is a commented example)::
     space: ps_dare_ties                 # preset name/path, {preset: NAME, <overrides>}, or inline
     fitness: lm_cross                   # suite name (fitness/<name>.yaml), a path, or inline
     driver: {name: cma_es, options: {popsize: 8}}
-    budget: {max_evals: 200, max_seconds: 600}
+    budget: {max_evals: 200, max_seconds: 600}   # see BudgetConfig (totals vs per run)
     seed: 0
     workers: 1                          # >1 or ray_address: the Ray evaluator
     ray_address: null
@@ -64,18 +64,25 @@ class BudgetConfig(_Frozen):
     """``max_evals`` counts fresh evaluations (a recipe already scored is reused for free);
     ``max_candidates`` caps told candidates (default 10 x max_evals) so a driver that keeps
     proposing known recipes still stops. A fixed-batch driver (CMA-ES) finishes its generation,
-    so the last generation may overshoot ``max_evals`` by less than one population."""
+    so the last generation may overshoot ``max_evals`` by less than one population.
+
+    ``max_evals`` and ``max_candidates`` are totals over the search and all its resumes (raise
+    them to continue a finished run); ``max_seconds`` is the wall-clock time of each search or
+    resume, counted from its own start; ``max_total_seconds`` caps search time summed over the
+    search and all its resumes."""
 
     max_evals: int | None = Field(None, ge=1)
     """stop after this many fresh evaluations (repeats of a scored recipe are free)"""
     max_seconds: float | None = Field(None, gt=0)
-    """stop after this many seconds of wall-clock time"""
+    """stop after this many seconds of wall-clock time, counted from each search or resume's start"""
     max_candidates: int | None = Field(None, ge=1)
     """stop after this many told candidates, repeats included (default 10 x max_evals)"""
+    max_total_seconds: float | None = Field(None, gt=0)
+    """cap on search seconds summed over the search and all its resumes"""
 
     @model_validator(mode="after")
     def _some_budget(self) -> BudgetConfig:
-        if self.max_evals is None and self.max_seconds is None:
+        if self.max_evals is None and self.max_seconds is None and not self.max_total_seconds:
             raise ValueError("give max_evals and/or max_seconds (e.g. budget: {max_evals: 200})")
         return self
 

@@ -13,7 +13,8 @@ repeats exactly what the uninterrupted search would have done:
   depends on which worker finished first.
 
 Stop conditions, checked at each generation boundary: ``budget.max_evals`` (fresh evaluations),
-``budget.max_candidates``, ``budget.max_seconds`` (search time summed over resumes), the
+``budget.max_candidates``, ``budget.max_seconds`` (seconds of this search or resume, from its
+own start: a resume gets a fresh clock), ``budget.max_total_seconds`` (summed over resumes), the
 driver's own ``stop()``, and a stop request (SIGINT/SIGTERM: the generation in flight finishes,
 is committed, and the loop returns).
 """
@@ -46,6 +47,7 @@ class Budget:
     max_evals: int | None = None
     max_seconds: float | None = None
     max_candidates: int | None = None
+    max_total_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class SearchLoop:
         self.on_generation = on_generation
         self.stop_event = stop_event or threading.Event()
         self.state = _State()
+        self.session_elapsed = 0.0  # seconds of this run() (max_seconds); state.elapsed: all runs
         self.scored: dict[str, int] = {}
         self.top = []
         self.recipes: dict[str, Recipe] = {}
@@ -149,15 +152,20 @@ class SearchLoop:
     # ---- the loop ---------------------------------------------------------------------------------
     def run(self) -> Progress:
         t_start, elapsed0 = time.monotonic(), self.state.elapsed
+
+        def tick() -> None:
+            self.session_elapsed = time.monotonic() - t_start
+            self.state.elapsed = elapsed0 + self.session_elapsed
+
         reason = None
         record_stop(self.store, None)  # a kill from here on must not read as the last stop
         while True:
-            self.state.elapsed = elapsed0 + time.monotonic() - t_start
+            tick()
             reason = self._stop_reason()
             if reason:
                 break
             self._generation()
-            self.state.elapsed = elapsed0 + time.monotonic() - t_start
+            tick()
             self._commit_pending()
             if self.on_generation:
                 self.on_generation(self.progress())
@@ -186,8 +194,10 @@ class SearchLoop:
             return "max_evals"
         if b.max_candidates is not None and s.n_candidates >= b.max_candidates:
             return "max_candidates"
-        if b.max_seconds is not None and s.elapsed >= b.max_seconds:
+        if b.max_seconds is not None and self.session_elapsed >= b.max_seconds:
             return "max_seconds"
+        if b.max_total_seconds is not None and s.elapsed >= b.max_total_seconds:
+            return "max_total_seconds"
         if self.driver.stop():
             return "driver"
         return None

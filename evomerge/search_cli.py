@@ -34,11 +34,13 @@ def search(
     seed: int | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
+    max_total_seconds: float | None = None,
 ) -> int:
     from evomerge.config import load_experiment
     from evomerge.session import open_search
 
     overrides = _overrides(max_evals, max_seconds, seed, workers, ray_address)
+    overrides.update(_total(max_total_seconds))
     cfg = load_experiment(experiment, overrides)
     if run_dir is None:
         raise UserInputError("--run-dir is required: the folder that will hold the run's store")
@@ -56,7 +58,10 @@ def resume(
     max_seconds: float | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
+    max_total_seconds: float | None = None,
+    allow_changed_fitness: bool = False,
 ) -> int:
+    """``max_evals`` is the run's new total; ``max_seconds`` counts from this resume's start."""
     from evomerge.config import load_experiment, parse_experiment
     from evomerge.session import open_resume
     from evomerge.store import RunStore
@@ -64,6 +69,7 @@ def resume(
     new_cfg = None
     # workers / ray_address are not structural: a requeued SLURM job resumes on a new cluster.
     overrides = _overrides(max_evals, max_seconds, None, workers, ray_address)
+    overrides.update(_total(max_total_seconds))
     if config is not None:
         new_cfg = load_experiment(config, overrides)
     elif overrides:
@@ -74,7 +80,14 @@ def resume(
             data[section] = {**data.get(section, {}), leaf: value} if leaf else value
         new_cfg = parse_experiment(data, origin="resume options")
     stop, relay = threading.Event(), _Relay()
-    s = open_resume(run_dir, new_cfg=new_cfg, on_generation=relay, stop_event=stop)
+    s = open_resume(
+        run_dir,
+        new_cfg=new_cfg,
+        allow_changed_fitness=allow_changed_fitness,
+        max_evals=max_evals,
+        on_generation=relay,
+        stop_event=stop,
+    )
     return _drive(s, stop, relay)  # baselines are scored only if missing or all failed
 
 
@@ -112,10 +125,9 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
             with _live(s.cfg.budget.max_evals) as live:
                 relay.target = live
                 live.update(s.loop.progress())
-                final = s.run()  # closes the evaluator and the store
+                final = s.run()  # closes the evaluator and the store, releases the lock
     except BaseException:
-        s.evaluator.close()
-        s.store.close()
+        s.close()
         raise
     return _finish(final, s.run_dir)
 
@@ -129,6 +141,10 @@ def _overrides(max_evals, max_seconds, seed, workers, ray_address) -> dict:
         "ray_address": ray_address,
     }
     return {k: v for k, v in o.items() if v is not None}
+
+
+def _total(max_total_seconds: float | None) -> dict:
+    return {} if max_total_seconds is None else {"budget.max_total_seconds": max_total_seconds}
 
 
 def _finish(final: Progress, run_dir: Path) -> int:

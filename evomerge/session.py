@@ -1,25 +1,38 @@
 """Build a search from an ExperimentConfig: store, space, driver, evaluator, archive, loop.
 
 ``open_search(cfg, run_dir)`` starts a new run; ``open_resume(run_dir, new_cfg=None)`` reopens
-one, refusing a structurally different config (see ``evomerge.config`` for what is structural).
-Both return a ``Search`` whose ``run()`` drives ``evomerge.loop.SearchLoop``.
+one, refusing a structurally different config (see ``evomerge.config`` for what is structural)
+or changed fitness code (``evomerge.fitness.digest``). Both return a ``Search`` whose ``run()``
+drives ``evomerge.loop.SearchLoop``.
+
+Order matters for "nothing written on a refusal": every user error (config, fitness file,
+driver options, a driver that does not fit the space, a changed resume config) surfaces while
+nothing has been written and a resumed store is open read-only; then the run folder's lock is
+taken (one writer per folder, ``evomerge.run_lock``) and only then is the store created or
+opened for writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from evomerge.archive import Archive, RecipeResolver
-from evomerge.config import ExperimentConfig, experiment_from_json
+from evomerge.config import ExperimentConfig
 from evomerge.drivers.base import Driver
 from evomerge.errors import UserInputError
-from evomerge.loop import Budget, Progress, SearchLoop, seed_globals
+from evomerge.fitness.digest import fitness_digests
+from evomerge.io.lock import FileLock
+from evomerge.loop import Budget, Progress, SearchLoop, capture_rng, restore_rng, seed_globals
+from evomerge.resume_check import FITNESS_META, check_resume
+from evomerge.run_lock import LOCK_FILE, lock_run, refuse_if_locked
 from evomerge.spaces.base import SearchSpace
-from evomerge.store import RunStore
+from evomerge.store import STORE_FILE, RunStore, refuse_existing
 from evomerge.workers.base import Evaluator
 
 SOURCES_DIR = "sources"  # recipes the space refers to that had to be materialized first
@@ -35,13 +48,20 @@ class Search:
     evaluator: Evaluator
     loop: SearchLoop
     resumed: bool
+    lock: FileLock | None = None
 
     def run(self) -> Progress:
         try:
             return self.loop.run()
         finally:
-            self.evaluator.close()
-            self.store.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the evaluator and the store, then let the next writer in (idempotent)."""
+        self.evaluator.close()
+        self.store.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def resolver_for(cfg: ExperimentConfig, run_dir: Path) -> RecipeResolver:
@@ -77,7 +97,6 @@ def build_space(cfg: ExperimentConfig, run_dir: Path) -> SearchSpace:
     counts = [num_layers_of(resolve(m)) for m in models]
     if base and ("+" in base or Path(base, "adapter_config.json").is_file()):
         num_layers_of(resolve(base))  # a LoRA adapter as base_model: checked against its base
-    _materialize_hybrid_winner(cfg, run_dir)
     return _build(cfg.space, base=base, models=models, num_layers=counts)
 
 
@@ -96,7 +115,13 @@ def _materialize_hybrid_winner(cfg: ExperimentConfig, run_dir: Path) -> None:
     out = archive.root.parent / recipe.digest()
     if not out.is_dir():
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_model(recipe, out, resolver_for(cfg, run_dir))
+        # A fresh run has seeded its global RNGs by now; writing the winner must not draw from
+        # them (a resume finds the folder and skips this).
+        state = capture_rng()
+        try:
+            write_model(recipe, out, resolver_for(cfg, run_dir))
+        finally:
+            restore_rng(state)
 
 
 def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
@@ -154,14 +179,18 @@ def thread_summary(cfg: ExperimentConfig, evaluator: Evaluator) -> str:
     return f"{torch.get_num_threads()} torch thread(s) (set by the caller), serial evaluator"
 
 
-def _assemble(cfg, run_dir, store, resumed, evaluator, on_generation, stop_event) -> Search:
+def validate_fitness(cfg: ExperimentConfig) -> None:
+    """Build the fitness once (imports a python fitness file, resolves task folders) so that a
+    missing file or function, or a module that raises on import, is refused before any write.
+    Workers build their own later; this copy is dropped."""
+    from evomerge.fitness import build_fitness
+
+    build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
+
+
+def _assemble(cfg, run_dir, store, space, driver, evaluator, resumed, lock, hooks) -> Search:
     from evomerge.workers.materialize import write_model
 
-    space = build_space(cfg, run_dir)
-    if not resumed:
-        seed_globals(cfg.seed)
-    driver = build_driver(cfg, space)
-    evaluator = evaluator or build_evaluator(cfg, run_dir)
     store.set_meta("threads", thread_summary(cfg, evaluator))
     resolver = resolver_for(cfg, run_dir)
     archive = Archive(run_dir, cfg.archive.top_k, lambda r, out: write_model(r, out, resolver))
@@ -178,12 +207,45 @@ def _assemble(cfg, run_dir, store, resumed, evaluator, on_generation, stop_event
         driver=driver,
         evaluator=evaluator,
         archive=archive,
-        budget=Budget(b.max_evals, b.max_seconds, max_cand),
-        on_generation=on_generation,
-        stop_event=stop_event,
+        budget=Budget(b.max_evals, b.max_seconds, max_cand, b.max_total_seconds),
+        on_generation=hooks[0],
+        stop_event=hooks[1],
     )
     loop.restore()
-    return Search(cfg, run_dir, store, space, driver, evaluator, loop, resumed)
+    return Search(cfg, run_dir, store, space, driver, evaluator, loop, resumed, lock)
+
+
+def _parts(cfg: ExperimentConfig, run_dir: Path, *, fresh: bool) -> tuple[SearchSpace, Driver]:
+    """Space and driver, built with no write. A fresh run seeds the global RNGs after the space
+    (whose zoo build may draw from them) and before the driver, as it always did."""
+    from evomerge.drivers import check_fit
+
+    check_fit(cfg.driver.name, cfg.space)  # a driver that cannot walk the space: before any I/O
+    validate_fitness(cfg)
+    space = build_space(cfg, run_dir)
+    if fresh:
+        seed_globals(cfg.seed)
+    return space, build_driver(cfg, space)
+
+
+def _locked_new_folder(run_dir: Path) -> tuple[FileLock, bool]:
+    """Create the run folder (if needed) and take its lock. On a refusal the lock file is the
+    holder's (another search made the folder at the same moment): leave both alone."""
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return lock_run(run_dir), made
+
+
+def _undo_new_folder(run_dir: Path, lock: FileLock, made: bool) -> None:
+    """After a failed start: remove the lock file while still holding it (so nobody can have
+    locked it meanwhile), release, and remove the folder if we made it and it is empty."""
+    if made and not (run_dir / STORE_FILE).exists():
+        shutil.rmtree(run_dir / SOURCES_DIR, ignore_errors=True)
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+    lock.release()
+    if made:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only if empty: never remove what someone else put there
 
 
 def open_search(
@@ -194,16 +256,26 @@ def open_search(
     on_generation: Callable[[Progress], None] | None = None,
     stop_event: threading.Event | None = None,
 ) -> Search:
-    from evomerge.drivers import check_fit
-
     run_dir = Path(run_dir)
-    check_fit(cfg.driver.name, cfg.space)  # a driver that cannot walk the space: before any I/O
-    build_space(cfg, run_dir)  # every user error surfaces before the run folder is created
-    store = RunStore.create(run_dir, cfg.to_json(), cfg.structural_hash())
+    refuse_existing(run_dir)
+    space, driver = _parts(cfg, run_dir, fresh=True)
+    digests = fitness_digests(cfg.fitness, cfg.base_dir)
+    lock, made = _locked_new_folder(run_dir)
+    store = None
     try:
-        return _assemble(cfg, run_dir, store, False, evaluator, on_generation, stop_event)
+        refuse_existing(run_dir)  # another search may have started it meanwhile
+        evaluator = evaluator or build_evaluator(cfg, run_dir)
+        _materialize_hybrid_winner(cfg, run_dir)
+        meta = {FITNESS_META: json.dumps(digests, sort_keys=True)}
+        store = RunStore.create(run_dir, cfg.to_json(), cfg.structural_hash(), meta)
+        hooks = (on_generation, stop_event)
+        return _assemble(cfg, run_dir, store, space, driver, evaluator, False, lock, hooks)
     except BaseException:
-        store.close()
+        if evaluator is not None:
+            evaluator.close()
+        if store is not None:
+            store.close()
+        _undo_new_folder(run_dir, lock, made)
         raise
 
 
@@ -211,26 +283,33 @@ def open_resume(
     run_dir: str | Path,
     *,
     new_cfg: ExperimentConfig | None = None,
+    allow_changed_fitness: bool = False,
+    max_evals: int | None = None,
     evaluator: Evaluator | None = None,
     on_generation: Callable[[Progress], None] | None = None,
     stop_event: threading.Event | None = None,
 ) -> Search:
+    """Reopen a run. ``max_evals`` is the total the user asked for on the command line (a
+    total at or below what the run has done is refused: it would do nothing)."""
     run_dir = Path(run_dir)
-    store = RunStore.open(run_dir)
+    refuse_if_locked(run_dir)
+    RunStore.open(run_dir, readonly=True).close()  # "no run store here" before any lock file
+    lock = lock_run(run_dir)
+    store = None
     try:
-        cfg = experiment_from_json(store.config_json(), origin=f"{run_dir}/store config")
-        if new_cfg is not None:
-            changed = cfg.structural_diff(new_cfg)
-            if changed:
-                raise UserInputError(
-                    f"resume {run_dir}: the structural config changed ({', '.join(changed)}); "
-                    "a resumed search must keep models, base_model, space, fitness, driver and "
-                    "seed — start a new run (--run-dir) to search something else"
-                )
-            store.update_config(new_cfg.to_json())
-            cfg = new_cfg
-        resumed = store.last_checkpoint() is not None
-        return _assemble(cfg, run_dir, store, resumed, evaluator, on_generation, stop_event)
+        plan = check_resume(run_dir, new_cfg, allow_changed_fitness, max_evals)
+        space, driver = _parts(plan.cfg, run_dir, fresh=not plan.resumed)
+        evaluator = evaluator or build_evaluator(plan.cfg, run_dir)
+        _materialize_hybrid_winner(plan.cfg, run_dir)
+        store = RunStore.open(run_dir)  # the first write access: everything was checked
+        plan.record(store)
+        hooks = (on_generation, stop_event)
+        args = (plan.cfg, run_dir, store, space, driver, evaluator, plan.resumed, lock, hooks)
+        return _assemble(*args)
     except BaseException:
-        store.close()
+        if evaluator is not None:
+            evaluator.close()
+        if store is not None:
+            store.close()
+        lock.release()
         raise

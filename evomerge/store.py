@@ -106,15 +106,18 @@ class RunStore:
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, run_dir: str | Path, config_json: str, structural_hash: str) -> RunStore:
+    def create(
+        cls,
+        run_dir: str | Path,
+        config_json: str,
+        structural_hash: str,
+        meta: dict[str, str] | None = None,
+    ) -> RunStore:
+        """A new store in ``run_dir``; ``meta`` rows land in the same first transaction."""
         run_dir = Path(run_dir)
+        refuse_existing(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / STORE_FILE
-        if path.exists():
-            raise UserInputError(
-                f"{run_dir}: already holds a run; continue it with `evomerge resume {run_dir}` "
-                "or pick another --run-dir"
-            )
         store = cls(_connect(path, readonly=False), path, readonly=False)
         from evomerge import __version__
 
@@ -124,7 +127,11 @@ class RunStore:
                     store.conn.execute(stmt)
             store.conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("schema_version", str(SCHEMA_VERSION)), ("evomerge_version", __version__)],
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("evomerge_version", __version__),
+                    *(meta or {}).items(),
+                ],
             )
             store.conn.execute(
                 "INSERT INTO run (id, config_json, structural_hash, created) VALUES (1, ?, ?, ?)",
@@ -316,6 +323,15 @@ class RunStore:
             "failed": row[2] or 0,
             "generations": (row[3] + 1) if row[3] is not None else 0,
         }
+
+
+def refuse_existing(run_dir: Path) -> None:
+    """A new search never writes into a folder that already holds a run."""
+    if (Path(run_dir) / STORE_FILE).exists():
+        raise UserInputError(
+            f"{run_dir}: already holds a run; continue it with `evomerge resume {run_dir}` "
+            "or pick another --run-dir"
+        )
 
 
 class _Transaction:

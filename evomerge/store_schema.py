@@ -4,14 +4,19 @@ One file per run folder, WAL journal (a reader such as ``evomerge status`` never
 search, and the search never blocks it). Every generation is written by ONE transaction that
 holds its candidates, their results, the driver's state, the loop's RNG state, the generation
 counter and the archive table, so after a crash (SIGKILL included) the file is exactly the state
-after some generation boundary and ``evomerge resume`` continues from there.
+after some generation boundary and ``evomerge resume`` continues from there. One writer at a
+time: a search or resume holds ``<run_dir>/run.lock`` (``evomerge.run_lock``) while it runs.
 
 Tables
 ------
 ``meta``          key/value: ``schema_version``, ``evomerge_version``, ``baselines`` (JSON: each
                   expert's fitness and task scores, measured once at the start of the search),
                   ``stop`` (JSON ``{reason, detail, time}``: why the last search stopped; reason
-                  null while one runs or after it was killed; see ``evomerge.stop_reason``).
+                  null while one runs or after it was killed; see ``evomerge.stop_reason``),
+                  ``fitness_digest`` (JSON {"<task>: <path>": sha256[:16]} of the fitness files
+                  and task folders, ``evomerge.fitness.digest``; resume compares it),
+                  ``fitness_changes`` (JSON list of changes accepted with
+                  ``--allow-changed-fitness``: time, changed entries, digests before/after).
 ``run``           a single row (id = 1): ``config_json`` is the resolved ExperimentConfig,
                   ``structural_hash`` the sha256 of its structural part (see
                   ``evomerge.config.ExperimentConfig.structural_hash``), ``created`` (unix time).

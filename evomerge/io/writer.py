@@ -2,6 +2,12 @@
 
 Everything is written into a temporary folder next to ``out`` and renamed into place at the end,
 so an interrupted or failed merge never leaves a half-written model where the user looks.
+
+A killed writer leaves its temporary folder behind (``.<out>.tmp-<id>``, as big as the model).
+Each writer holds an fcntl lock on ``.writer.lock`` inside its own temporary folder while it
+writes, so the next write into the same place can tell a dead writer's leftovers (lock free)
+from a live writer's (lock held, even on another node of a shared filesystem) and removes only
+the former.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,10 +24,15 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import UserInputError
+from evomerge.io.lock import FileLock, probe
 from evomerge.io.pipeline import WriteBehind
 from evomerge.io.safetensors_io import ConversionBuffer, PlannedShard, tensor_nbytes
 
 DEFAULT_SHARD_BYTES = 5_000_000_000
+WRITER_LOCK = ".writer.lock"
+# A leftover without a lock file (an older evomerge's, or a writer killed between its mkdir and
+# its lock) counts as dead once it is this old: a live writer creates its lock at once.
+UNLOCKED_GRACE_S = 60.0
 Entry = tuple[str, tuple[int, ...], torch.dtype]
 
 
@@ -55,6 +67,26 @@ def prepare_out(out: Path, overwrite: bool) -> None:
         )
 
 
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove temporary folders of dead writers into ``out`` (see the module docstring)."""
+    removed = []
+    for p in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        if p.is_dir() and _is_dead(p):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _is_dead(tmp: Path) -> bool:
+    held = probe(tmp / WRITER_LOCK)
+    if held is not None:
+        return not held
+    try:
+        return time.time() - tmp.stat().st_mtime > UNLOCKED_GRACE_S
+    except FileNotFoundError:
+        return False  # its writer just published or removed it
+
+
 def _publish(tmp: Path, out: Path) -> None:
     trash = None
     if out.is_dir():
@@ -83,8 +115,11 @@ def write_model_folder(
     out = Path(out)
     prepare_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    lock = FileLock(tmp / WRITER_LOCK)
+    lock.try_acquire()  # a fresh file in our own folder: always ours
     try:
         meta = {"format": "pt", **(metadata or {})}
         total = _write_shards(tmp, entries, tensors, meta, max_shard_bytes, on_tensor, write_behind)
@@ -93,8 +128,12 @@ def write_model_folder(
             shutil.copyfile(f, tmp / f.name)
         for name, text in (texts or {}).items():
             (tmp / name).write_text(text)
+        # unlink before unlocking: a cleaner never sees our lock file free
+        (tmp / WRITER_LOCK).unlink()
+        lock.release()
         _publish(tmp, out)
     except BaseException:
+        lock.release()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return WriteResult(out, len(entries), total[0], total[1])

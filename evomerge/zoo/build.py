@@ -4,6 +4,11 @@ Without ``out`` the zoo is cached under ``${EVOMERGE_CACHE:-~/.cache/evomerge}/z
 where the hash covers the zoo's whole recipe (config, seed, quick flag, format version), so a
 change to any of them builds afresh and an unchanged one is reused. Every build writes to a
 temporary sibling folder first and is moved into place with ``os.replace``.
+
+Concurrent builders (two searches starting at once on a cluster, each asking for the same zoo)
+serialize on a lock file next to the target (``.<name>.lock``, an fcntl lock that dies with
+its process: ``evomerge.io.lock``): the first builds, the others wait and then reuse its build.
+The lock holder also removes temporary folders left by builders that were killed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +26,7 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import UserInputError
+from evomerge.io.lock import FileLock
 from evomerge.zoo import pinned
 from evomerge.zoo.specs import ZOOS, ZooSpec
 
@@ -100,15 +107,41 @@ def build(
     spec = get_spec(name, quick)
     digest = config_hash(name, seed=seed, quick=quick)
     target = Path(out) if out is not None else cache_root() / "zoo" / f"{name}-{digest}"
-    if (target / MANIFEST).is_file():
-        if load_manifest(target).get("config_hash") == digest:
-            return target
-        shutil.rmtree(target)  # an older zoo build in the same place: replace it
-    elif target.exists() and any(target.iterdir()):
-        raise UserInputError(f"{target}: folder exists and is not a zoo; choose an empty --out")
+    if _is_built(target, digest):
+        return target  # the common case takes no lock
     target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(target.parent / f".{target.name}.lock")
+
+    def waiting(holder: str) -> None:
+        if progress:
+            print(f"zoo {name}: {holder} is building it; waiting to reuse it", file=sys.stderr)
+
+    lock.acquire(on_wait=waiting)
+    try:
+        if _is_built(target, digest):
+            return target  # another builder finished while we waited
+        _build_locked(spec, name, digest, target, seed=seed, quick=quick, progress=progress)
+    finally:
+        lock.release()
+    return target
+
+
+def _is_built(target: Path, digest: str) -> bool:
+    """True for a finished build of this recipe; refuses a folder that is not a zoo."""
+    if (target / MANIFEST).is_file():
+        return load_manifest(target).get("config_hash") == digest
+    if target.exists() and any(target.iterdir()):
+        raise UserInputError(f"{target}: folder exists and is not a zoo; choose an empty --out")
+    return False
+
+
+def _build_locked(spec, name, digest, target, *, seed, quick, progress) -> None:
+    """Train into a temporary sibling and move it into place (the caller holds the lock)."""
+    for old in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(old, ignore_errors=True)  # a killed builder's: no other builder runs
+    if target.exists():
+        shutil.rmtree(target)  # an older zoo build in the same place (or an empty folder)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         start = time.perf_counter()
@@ -131,9 +164,6 @@ def build(
             "weights_sha256": weights_digest(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            target.rmdir()  # empty (checked above)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
