@@ -3,7 +3,8 @@
 Without ``out`` the zoo is cached under ``${EVOMERGE_CACHE:-~/.cache/evomerge}/zoo/<name>-<hash>``
 where the hash covers the zoo's whole recipe (config, seed, quick flag, format version), so a
 change to any of them builds afresh and an unchanged one is reused. Every build writes to a
-temporary sibling folder first and is moved into place with ``os.replace``.
+temporary sibling folder first and is moved into place with ``os.replace``, under a file lock
+(``evomerge.io.locks``) so concurrent builds of one folder build it once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import UserInputError
+from evomerge.io.locks import exclusive_lock
 from evomerge.zoo.specs import ZOOS, ZooSpec
 
 FORMAT_VERSION = 1
@@ -68,6 +70,16 @@ def load_manifest(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _is_built(target: Path, digest: str) -> bool:
+    return (target / MANIFEST).is_file() and load_manifest(target).get("config_hash") == digest
+
+
+def _lock_path(target: Path) -> Path:
+    # in the cache, not beside an explicit --out: one lock per target folder
+    key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    return cache_root() / "locks" / f"zoo-{key}.lock"
+
+
 def build(
     name: str,
     out: Path | str | None = None,
@@ -76,13 +88,25 @@ def build(
     quick: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Build zoo ``name`` (or reuse an identical earlier build) and return its folder."""
+    """Build zoo ``name`` (or reuse an identical earlier build) and return its folder.
+
+    Two processes building the same folder at once: one builds, the other waits on a file lock
+    and then finds the build done."""
     spec = get_spec(name, quick)
     digest = config_hash(name, seed=seed, quick=quick)
     target = Path(out) if out is not None else cache_root() / "zoo" / f"{name}-{digest}"
+    if _is_built(target, digest):
+        return target
+    with exclusive_lock(_lock_path(target)):
+        if not _is_built(target, digest):  # else: built by another process while we waited
+            _build_into(spec, name, digest, target, seed=seed, quick=quick, progress=progress)
+    return target
+
+
+def _build_into(
+    spec: ZooSpec, name: str, digest: str, target: Path, *, seed: int, quick: bool, progress: bool
+) -> None:
     if (target / MANIFEST).is_file():
-        if load_manifest(target).get("config_hash") == digest:
-            return target
         shutil.rmtree(target)  # an older zoo build in the same place: replace it
     elif target.exists() and any(target.iterdir()):
         raise UserInputError(f"{target}: folder exists and is not a zoo; choose an empty --out")
@@ -115,4 +139,3 @@ def build(
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
