@@ -99,8 +99,14 @@ def _resolve_in_subprocess(ref: Path, cache: Path) -> subprocess.Popen:
 def converted(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
     """(private cache, converted folder, the two GGUF paths): the SmolLM2 GGUF under two names,
     resolved by two processes at once into an empty cache."""
+    from evomerge.zoo.build import cache_root
+
     root = tmp_path_factory.mktemp("gguf")
     cache, link = root / "cache", root / "renamed.gguf"
+    # the C merge kernel is compiled once per machine: share it rather than build it again here
+    (cache_root() / "kernels").mkdir(parents=True, exist_ok=True)
+    cache.mkdir()
+    (cache / "kernels").symlink_to(cache_root() / "kernels", target_is_directory=True)
     link.symlink_to(smollm2_gguf())
     procs = [_resolve_in_subprocess(p, cache) for p in (smollm2_gguf(), link)]
     outs = [p.communicate(timeout=900) for p in procs]
@@ -138,6 +144,24 @@ def test_merge_config_takes_gguf_paths(converted, tmp_path, monkeypatch):
     for name, t in source.items():
         assert torch.equal(merged[name], t), name
     assert (tmp_path / "out" / "chat_template.jinja").is_file()  # tokenizer files come along
+
+
+def test_experiment_models_and_base_take_gguf_paths(converted, tmp_path, monkeypatch):
+    from evomerge.config import load_experiment
+
+    cache, folder, (gguf, link) = converted
+    zoo_folder = smollm2_dir()  # from the zoo cache, before the private cache is set
+    monkeypatch.setenv("EVOMERGE_CACHE", str(cache))
+    (tmp_path / "m.gguf").symlink_to(link)  # relative to the experiment file, like any path
+    (tmp_path / "score.py").write_text("def score(model, tok):\n    return 1.0\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        f"models: [m.gguf, {zoo_folder}]\nbase_model: {gguf}\nspace: ps_linear\n"
+        "fitness: {python: score.py:score}\nbudget: {max_evals: 2}\n"
+    )
+    cfg = load_experiment(exp)
+    assert cfg.resolved_models() == [str(folder), str(zoo_folder)]
+    assert cfg.resolved_base() == str(folder)
 
 
 def test_bogus_gguf_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
