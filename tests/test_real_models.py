@@ -213,3 +213,30 @@ def test_missing_gguf_file_and_missing_package_errors(tmp_path):
         _versions("smollm2", "no-such-package-for-evomerge")
     assert "pip install 'evomerge[real]'" in str(err.value)
     assert "no-such-package-for-evomerge" in str(err.value)
+
+
+def test_zoo_build_waits_for_a_concurrent_build_of_the_same_folder(tmp_path):
+    """A second `zoo build` of a folder another process is building waits on the lock, then
+    finds the build done instead of converting again."""
+    import shutil
+    import time
+
+    from evomerge.io.locks import exclusive_lock
+    from evomerge.zoo.build import _lock_path
+
+    built, target = smollm2_dir().parent, tmp_path / "zoo"
+    code = "import sys; from evomerge.zoo.build import build; print(build('smollm2', sys.argv[1]))"
+    with exclusive_lock(_lock_path(target)):  # we are "the other process", mid-build
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(target)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(3)
+        assert proc.poll() is None  # waiting on the lock
+        shutil.copytree(built, target, copy_function=os.link)  # our build lands
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip() == str(target) and "dequantized" not in err
