@@ -198,7 +198,7 @@ def zoo_build(
     seed: int = typer.Option(0, "--seed"),
     quick: bool = typer.Option(False, "--quick"),
 ) -> None:
-    """Build a zoo of tiny local experts."""
+    """Build a zoo of tiny local experts, or a real model from its PyPI package (smollm2, gemma3)."""
 
     def body() -> int:
         from evomerge.zoo.build import build
