@@ -209,6 +209,8 @@ def test_missing_gguf_file_and_missing_package_errors(tmp_path):
 
     with pytest.raises(UserInputError, match=r"missing\.gguf: GGUF file not found"):
         resolve_model_ref(str(tmp_path / "missing.gguf"))
+    (tmp_path / "hf-folder.gguf").mkdir()  # a folder is a folder, whatever its name
+    assert resolve_model_ref(str(tmp_path / "hf-folder.gguf")) == str(tmp_path / "hf-folder.gguf")
     with pytest.raises(UserInputError) as err:
         _versions("smollm2", "no-such-package-for-evomerge")
     assert "pip install 'evomerge[real]'" in str(err.value)

@@ -24,7 +24,10 @@ _KEY_CHARS = 24
 
 
 def is_gguf_ref(ref: str) -> bool:
-    return ref.lower().endswith(SUFFIX) and not ref.startswith(("zoo:", "recipe:"))
+    """A path ending in .gguf that is not a folder (a HF folder may be named anything)."""
+    if not ref.lower().endswith(SUFFIX) or ref.startswith(("zoo:", "recipe:")):
+        return False
+    return not Path(ref).expanduser().is_dir()
 
 
 def resolve_gguf(ref: str) -> str:
