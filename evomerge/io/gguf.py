@@ -108,9 +108,6 @@ def convert(
     """Write the GGUF file ``src`` as a bf16 HF folder ``out`` (created; the caller publishes it
     atomically). ``eos_tokens``: extra stop tokens for generation_config (a chat turn's end);
     ``label``: what the log line calls the file (default: its path)."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
     arch, qtype = describe(src)
     link = out.parent / f".{out.name}.src"
     link.mkdir(parents=True, exist_ok=True)
@@ -121,9 +118,33 @@ def convert(
     finally:
         (link / src.name).unlink(missing_ok=True)
         link.rmdir()
-    config = _clean_config(model.config)
-    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
-    del model
+    config, state = _bf16_state(model)
+    del model  # the float32 copy goes before the bf16 model is built and saved
+    _save(config, state, tok, out, eos_tokens)
+    log.warning(
+        "%s: %s GGUF (%s) dequantized to bfloat16 -- these are the quantized weights expanded "
+        "to floats, not the original checkpoint's",
+        label or src,
+        arch,
+        qtype,
+    )
+
+
+def _bf16_state(model: Any) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    state, cast = {}, {}
+    for name, t in model.state_dict().items():  # a tied head is the embedding: cast it once
+        key = (t.data_ptr(), tuple(t.shape))
+        state[name] = cast[key] = cast[key] if key in cast else t.to(torch.bfloat16)
+    return _clean_config(model.config), state
+
+
+def _save(config: Any, state: dict, tok: Any, out: Path, eos_tokens: Sequence[str]) -> None:
+    """Save through a fresh bf16 model: transformers will not save the GGUF-loaded one."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
     with torch.device("meta"):  # no second allocation: the bf16 tensors are assigned as is
         fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     fresh.load_state_dict(state, assign=True, strict=True)
@@ -137,13 +158,6 @@ def convert(
     fresh.save_pretrained(out, max_shard_size="50GB")
     tok.save_pretrained(out)
     _strip_load_keys(out / "tokenizer_config.json")
-    log.warning(
-        "%s: %s GGUF (%s) dequantized to bfloat16 -- these are the quantized weights expanded "
-        "to floats, not the original checkpoint's",
-        label or src,
-        arch,
-        qtype,
-    )
 
 
 def _strip_load_keys(path: Path) -> None:
