@@ -140,7 +140,8 @@ def test_merge_config_takes_gguf_paths(converted, tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["merge", str(cfg), "--out", str(tmp_path / "out"), "-q"])
     assert res.exit_code == 0, res.output
     merged, source = _tensors(tmp_path / "out"), _tensors(folder)
-    assert set(merged) - {"lm_head.weight"} == set(source)
+    assert set(merged) == set(source)  # still tied: no lm_head written
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"]
     for name, t in source.items():
         assert torch.equal(merged[name], t), name
     assert (tmp_path / "out" / "chat_template.jinja").is_file()  # tokenizer files come along
