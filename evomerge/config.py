@@ -316,10 +316,13 @@ def _load_suite(name: str, base_dir: Path) -> dict[str, Any]:
 
 
 def resolve_model_ref(ref: str) -> str:
-    """A model folder for ``ref``: a path is returned as is, ``zoo:<zoo>/<model>`` is built (or
+    """A model folder for ``ref``: a path is returned as is, a ``.gguf`` file is converted once
+    into a cached HF folder (``evomerge.io.gguf_cache``), ``zoo:<zoo>/<model>`` is built (or
     found already built) by ``evomerge.zoo`` and looked up in its ``zoo.json`` manifest."""
     if not ref.startswith(ZOO_PREFIX):
-        return ref
+        from evomerge.io.gguf_cache import resolve_gguf
+
+        return resolve_gguf(ref)
     zoo_name, sep, model = ref[len(ZOO_PREFIX) :].partition("/")
     if not sep or not zoo_name or not model:
         raise UserInputError(

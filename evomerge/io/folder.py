@@ -151,8 +151,10 @@ class DiskSource:
         return self._folders[ref]
 
     def folder(self, ref: str) -> Path:
-        try:
-            return Path(self.resolver(ref))
+        from evomerge.io.gguf_cache import resolve_gguf
+
+        try:  # a .gguf file reads through its converted folder (merge configs name them too)
+            return Path(resolve_gguf(self.resolver(ref)))
         except KeyError:
             raise UserInputError(f"model {ref!r}: unknown reference; no folder for it") from None
 

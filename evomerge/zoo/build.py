@@ -95,6 +95,16 @@ def load_manifest(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _is_built(target: Path, digest: str) -> bool:
+    return (target / MANIFEST).is_file() and load_manifest(target).get("config_hash") == digest
+
+
+def _lock_path(target: Path) -> Path:
+    # in the cache, not beside an explicit --out: one lock per target folder
+    key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    return cache_root() / "locks" / f"zoo-{key}.lock"
+
+
 def build(
     name: str,
     out: Path | str | None = None,
@@ -103,7 +113,10 @@ def build(
     quick: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Build zoo ``name`` (or reuse an identical earlier build) and return its folder."""
+    """Build zoo ``name`` (or reuse an identical earlier build) and return its folder.
+
+    Two processes building the same folder at once: one builds, the other waits on a file lock
+    and then finds the build done."""
     spec = get_spec(name, quick)
     digest = config_hash(name, seed=seed, quick=quick)
     target = Path(out) if out is not None else cache_root() / "zoo" / f"{name}-{digest}"

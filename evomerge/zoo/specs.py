@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evomerge.zoo.lm import LMShape, Phase
+from evomerge.zoo.real import RealZooSpec, gemma3, smollm2
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class DigitsZooSpec:
         return build_digits_zoo(self, out, seed=seed, progress=progress)
 
 
-ZooSpec = LMZooSpec | DigitsZooSpec
+ZooSpec = LMZooSpec | DigitsZooSpec | RealZooSpec
 
 
 def _scale(steps: int, quick: bool) -> int:
@@ -210,4 +211,7 @@ ZOOS: dict[str, Callable[[bool], ZooSpec]] = {
     "lm-skills": lm_skills,
     "lm-cross": lm_cross,
     "digits": digits,
+    # real pretrained models, converted from GGUF files shipped on PyPI (evomerge[real])
+    "smollm2": smollm2,
+    "gemma3": gemma3,
 }
