@@ -236,6 +236,21 @@ def test_ray_search_with_two_workers(fam: dict, tmp_path: Path) -> None:
     assert HEAD not in _tensors(folder) and _config(folder)["tie_word_embeddings"] is True
 
 
+def test_split_placement_keeps_the_tied_head_with_the_embedding(fam: dict, serial_run) -> None:
+    """A model split over devices puts a tied head on the embedding's device (one tensor)."""
+    from evomerge.workers.ray_placement import PlacedMaterializer, Placement, plan_device_map
+
+    assert plan_device_map(3, ("cuda:0", "cuda:1"), tied=True)["lm_head"] == "cuda:0"
+    assert plan_device_map(3, ("cuda:0", "cuda:1"))["lm_head"] == "cuda:1"
+    recipe = Recipe.load(serial_run[2] / "recipe.yaml")
+    split = PlacedMaterializer(ExpertCache(), Placement(("cpu", "cpu")))
+    model = split.materialize(recipe)
+    assert split.device_map()["lm_head"] == split.device_map()["model.embed_tokens"]
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    whole = Materializer(ExpertCache()).materialize(recipe)
+    torch.testing.assert_close(_logits(model), _logits(whole), atol=1e-6, rtol=0)
+
+
 # ---- data-flow and hybrid paths ------------------------------------------------------------
 def _check_path_recipe(recipe: Recipe, out: Path) -> None:
     """The path merged to disk loads, is tied and generates; in place it is the same model."""
