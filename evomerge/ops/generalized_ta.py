@@ -167,15 +167,19 @@ def _streamed(
     resident: Any = None,
     dst: torch.Tensor | None = None,
     taus: list[torch.Tensor] | None = None,
+    cuts: list[sparsify.TopK | None] | None = None,
 ) -> torch.Tensor:
     """The whole-tensor computation, block by block (each model's top-k threshold first);
-    ``taus``: the cached task vectors (no sparsification)."""
+    ``taus``: the cached task vectors (no sparsification); ``cuts``: the top-k rules."""
     flat = [t.reshape(-1) for t in tensors]
     b = base.reshape(-1)
-    cuts: list[sparsify.TopK | None] = [None] * len(flat)
-    if sparsification == "magnitude":
+    if cuts is not None:  # computed by the caller (the fused path, declining ties)
+        pass
+    elif sparsification == "magnitude":
         dens = per_model(p, "density", len(flat))
         cuts = [_top_k_rule(t, b, d, i, resident) for i, (t, d) in enumerate(zip(flat, dens))]
+    else:
+        cuts = [None] * len(flat)
     result = torch.empty_like(base) if dst is None else dst
     out = result.view(-1)
     for s in range(0, b.numel(), _BLOCK):
@@ -210,13 +214,18 @@ def _top_k_rule(
     if resident is None:
         if fused_gta.usable(b, [t], None):  # radix selection in C: the same rule, ~5× faster
             v, split = fused_gta.top_k_rule(t, b, k)
-            return sparsify.TopK(b.new_tensor(v), split, v)
+            if split >= n or v == 0:  # (ties straddling v > 0: mergekit's argsort order)
+                return sparsify.TopK(b.new_tensor(v), split, v)
         return sparsify.top_k((t - b).abs_(), k)
     srt = resident.sorted_abs(i, lambda: sparsify.sorted_abs(t - b))
     locate = None
     if fused:  # ties at the threshold: found in one C read of t and b
         locate = lambda v, count, nth: fused_gta.nth_equal(t, b, v, count, nth)  # noqa: E731
-    return sparsify.top_k_sorted(srt, k, lambda: (t - b).abs_(), locate)
+    mag = lambda: (t - b).abs_()  # noqa: E731
+    order = None
+    if hasattr(resident, "descending_order"):  # mergekit's tie order, sorted once per expert
+        order = lambda: resident.descending_order(i, lambda: _order32(mag()))  # noqa: E731
+    return sparsify.top_k_sorted(srt, k, mag, locate, order)
 
 
 def _sum(xs: list[torch.Tensor], inplace: bool = False) -> torch.Tensor:
@@ -265,3 +274,8 @@ def _agreeing_sum(
         return mixed, None
     divisor = _weight_sum([k.sign_() for k in kept], w)
     return mixed, divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))  # 0 -> 1
+
+
+def _order32(mag: torch.Tensor) -> torch.Tensor:
+    """``sparsify.descending_order`` kept as int32: half the cache's bytes (n < 2**31)."""
+    return sparsify.descending_order(mag).to(torch.int32)

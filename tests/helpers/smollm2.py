@@ -76,7 +76,7 @@ def load_base() -> tuple[object, object]:
 
 
 def build_family(root: Path, n_experts: int = 2, layers_changed: int = 6) -> dict:
-    """{"base", "experts"} float32 HF folders under ``root``: experts change q/v/down
+    """{"base", "experts"} bfloat16 HF folders under ``root``: experts change q/v/down
     projections of ``layers_changed`` evenly spread layers by rank-4 deltas."""
     from tests.helpers.tied_models import low_rank_delta
 
@@ -97,6 +97,9 @@ def build_family(root: Path, n_experts: int = 2, layers_changed: int = 6) -> dic
 
 
 def _save(model, tok, folder: Path) -> str:
-    model.save_pretrained(str(folder), safe_serialization=True)
+    """As bfloat16, as released checkpoints are: their task vectors then hold many equal
+    magnitudes (differences of bf16 grids), which is where top-k tie rules show."""
+    model.to(torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
+    model.to(torch.float32)
     tok.save_pretrained(str(folder))
     return str(folder)
