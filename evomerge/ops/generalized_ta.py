@@ -167,19 +167,15 @@ def _streamed(
     resident: Any = None,
     dst: torch.Tensor | None = None,
     taus: list[torch.Tensor] | None = None,
-    cuts: list[sparsify.TopK | None] | None = None,
 ) -> torch.Tensor:
     """The whole-tensor computation, block by block (each model's top-k threshold first);
-    ``taus``: the cached task vectors (no sparsification); ``cuts``: the top-k rules."""
+    ``taus``: the cached task vectors (no sparsification)."""
     flat = [t.reshape(-1) for t in tensors]
     b = base.reshape(-1)
-    if cuts is not None:  # computed by the caller (the fused path, declining ties)
-        pass
-    elif sparsification == "magnitude":
+    cuts: list[sparsify.TopK | None] = [None] * len(flat)
+    if sparsification == "magnitude":
         dens = per_model(p, "density", len(flat))
         cuts = [_top_k_rule(t, b, d, i, resident) for i, (t, d) in enumerate(zip(flat, dens))]
-    else:
-        cuts = [None] * len(flat)
     result = torch.empty_like(base) if dst is None else dst
     out = result.view(-1)
     for s in range(0, b.numel(), _BLOCK):
@@ -214,8 +210,10 @@ def _top_k_rule(
     if resident is None:
         if fused_gta.usable(b, [t], None):  # radix selection in C: the same rule, ~5× faster
             v, split = fused_gta.top_k_rule(t, b, k)
-            if split >= n or v == 0:  # (ties straddling v > 0: mergekit's argsort order)
+            if split >= n or v == 0:
                 return sparsify.TopK(b.new_tensor(v), split, v)
+            # ties straddle v > 0: mergekit's argsort order picks the kept ones
+            return sparsify.argsort_ties((t - b).abs_(), k, b.new_tensor(v))
         return sparsify.top_k((t - b).abs_(), k)
     srt = resident.sorted_abs(i, lambda: sparsify.sorted_abs(t - b))
     locate = None
