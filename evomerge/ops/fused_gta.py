@@ -408,9 +408,11 @@ def linear_bf16(
 
 
 def top_k_rule(src: torch.Tensor, base: torch.Tensor | None, k: int) -> tuple[float, int]:
-    """``sparsify.top_k``'s rule for |src − base| (|src| without a base), 1 ≤ k < n, by radix
-    selection in C: (the k-th largest magnitude v, the split index: |d| ≥ v is kept below it,
-    |d| > v from it on). The same (v, split) as the eager selection, which is exact too."""
+    """The top-k rule for |src − base| (|src| without a base), 1 ≤ k < n, by radix selection
+    in C: (the k-th largest magnitude v, the split index: |d| ≥ v is kept below it, |d| > v
+    from it on; ties at v kept lowest index first). A split inside the tensor says that ties
+    straddle v: where v > 0 the engine then keeps mergekit's argsort order instead
+    (``sparsify.argsort_ties``)."""
     lib = library()
     assert lib is not None and usable(src, [src] if base is None else [base], None)
     found = _bracketed(lib, src, base, k)

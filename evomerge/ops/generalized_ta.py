@@ -210,13 +210,20 @@ def _top_k_rule(
     if resident is None:
         if fused_gta.usable(b, [t], None):  # radix selection in C: the same rule, ~5× faster
             v, split = fused_gta.top_k_rule(t, b, k)
-            return sparsify.TopK(b.new_tensor(v), split, v)
+            if split >= n or v == 0:
+                return sparsify.TopK(b.new_tensor(v), split, v)
+            # ties straddle v > 0: mergekit's argsort order picks the kept ones
+            return sparsify.argsort_ties((t - b).abs_(), k, b.new_tensor(v))
         return sparsify.top_k((t - b).abs_(), k)
     srt = resident.sorted_abs(i, lambda: sparsify.sorted_abs(t - b))
     locate = None
     if fused:  # ties at the threshold: found in one C read of t and b
         locate = lambda v, count, nth: fused_gta.nth_equal(t, b, v, count, nth)  # noqa: E731
-    return sparsify.top_k_sorted(srt, k, lambda: (t - b).abs_(), locate)
+    mag = lambda: (t - b).abs_()  # noqa: E731
+    order = None
+    if hasattr(resident, "descending_order"):  # mergekit's tie order, sorted once per expert
+        order = lambda: resident.descending_order(i, lambda: _order32(mag()))  # noqa: E731
+    return sparsify.top_k_sorted(srt, k, mag, locate, order)
 
 
 def _sum(xs: list[torch.Tensor], inplace: bool = False) -> torch.Tensor:
@@ -265,3 +272,8 @@ def _agreeing_sum(
         return mixed, None
     divisor = _weight_sum([k.sign_() for k in kept], w)
     return mixed, divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))  # 0 -> 1
+
+
+def _order32(mag: torch.Tensor) -> torch.Tensor:
+    """``sparsify.descending_order`` kept as int32: half the cache's bytes (n < 2**31)."""
+    return sparsify.descending_order(mag).to(torch.int32)

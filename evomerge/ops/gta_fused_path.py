@@ -36,9 +36,11 @@ def fused_merge(
     dare: dict[str, Any] = {}
     if sparsification == "magnitude":
         dens = per_model(p, "density", len(sources))
-        for i, (t, d) in enumerate(zip(flat, dens)):
-            cut = gta._top_k_rule(t, b, d, i, resident, fused=True)
-            thresholds[i] = None if cut is None else cut.threshold()
+        rule = gta._top_k_rule
+        cuts = [rule(t, b, d, i, resident, fused=True) for i, (t, d) in enumerate(zip(flat, dens))]
+        # mergekit's tie order (an argsort) is no (value, split) rule: the kernel keeps
+        # |τ| > v for those models, and the kept ties are patched afterwards (_patch_ties)
+        thresholds = [None if c is None else _kernel_rule(c) for c in cuts]
     elif sparsification == "random":
         dare = _dare_rule(flat, b, tuple(base.shape), p, generator, resident)
     normalize = bool(p.get("normalize", False))
@@ -62,7 +64,40 @@ def fused_merge(
         out=result.view(-1),
         **dare,
     )
+    if sparsification == "magnitude" and any(c is not None and c.ties is not None for c in cuts):
+        fused_gta.finish()  # (a deferred kernel may still be writing the output)
+        _patch_ties(result.view(-1), flat, b, weights, cuts, consensus, p)
     return result
+
+
+def _kernel_rule(cut: sparsify.TopK) -> tuple[float, int]:
+    v, split = cut.threshold()
+    return (v, 0) if cut.ties is not None else (v, split)  # split 0: |τ| > v everywhere
+
+
+def _patch_ties(
+    out: torch.Tensor,
+    flat: list[torch.Tensor],
+    b: torch.Tensor,
+    weights: list[float],
+    cuts: list[Any],
+    consensus: str | None,
+    p: dict[str, Any],
+) -> None:
+    """Recompute, with the eager path's elementwise arithmetic (``_combine``), the outputs at
+    the flat positions where some model keeps a tie by mergekit's argsort order: every other
+    position's keep decisions are the kernel's, so these few overwrite it with the same bits
+    the eager path gives there."""
+    pos = torch.unique(torch.cat([c.ties for c in cuts if c is not None and c.ties is not None]))
+    bp = b[pos]
+    w = [b.new_tensor(x) for x in weights]  # rounded as the eager path's weights are
+    weighted = []
+    for t, cut, wi in zip(flat, cuts, w):
+        d = t[pos] - bp
+        if cut is not None:
+            d.mul_(cut.mask_at(d.abs(), pos))
+        weighted.append(d.mul_(wi))
+    out[pos] = _gta()._combine(weighted, w, bp, consensus, p)
 
 
 def _dare_rule(

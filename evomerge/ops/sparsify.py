@@ -15,9 +15,13 @@ Top-k by magnitude is a selection, not a sort: ``top_k_mask`` finds the k-th lar
 exactly (a strided sample brackets it, ``kthvalue`` finishes on the few elements inside the
 bracket) and keeps everything at or above it — O(n) passes instead of mergekit's O(n log n)
 ``argsort`` (11 s vs 0.3 s on a 16M-element embedding on 2 cores). The kept set is the same
-whenever magnitudes are distinct. Tie rule at the threshold: among elements whose magnitude
-equals the k-th largest, the lowest flat indices are kept, so exactly k survive; mergekit's
-unstable ``argsort`` keeps an unspecified subset of those ties.
+whenever no ties straddle the threshold. Tie rule at the threshold, mergekit 0.1.5's exactly:
+``magnitude`` keeps ``torch.argsort(|τ|, descending=True)[:k]``, and torch's CPU argsort is not
+stable (an introsort: which of the entries equal to the k-th largest magnitude v come first
+depends on the whole tensor). Task vectors of real bf16 weights are full of equal magnitudes,
+so when entries equal to v straddle k (v > 0), the kept ones are read off that same argsort
+(``argsort_ties``: O(n log n), only then). Where v = 0 the tied entries are zeros, which are
+the same kept or not: the lowest flat indices are kept (no sort).
 
 Resident (search) path: every sparsifier takes optional candidate-independent inputs that a
 worker caches per expert tensor (``evomerge.workers.resident_cache``): ``sorted_abs`` (the
@@ -121,11 +125,13 @@ def top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class TopK:
     """The k largest entries of a flat tensor as a rule that can be applied block by block:
-    keep |x| ≥ v at flat indices below ``split``, |x| > v from ``split`` on."""
+    keep |x| ≥ v at flat indices below ``split``, |x| > v from ``split`` on; with ``ties``
+    (mergekit's argsort order, ``argsort_ties``) keep |x| > v and the flat indices ``ties``."""
 
     v: torch.Tensor
     split: int
     value: float | None = None  # v as a Python float, where it came for free (CPU lookups)
+    ties: torch.Tensor | None = None  # ascending flat indices of the kept entries equal to v
 
     def threshold(self) -> tuple[float, int]:
         """(v, split) as Python numbers (the fused kernel's arguments)."""
@@ -136,6 +142,8 @@ class TopK:
     ) -> torch.Tensor:
         """Keep mask for ``mag``, the magnitudes at flat indices [start, start + len(mag)),
         as ``dtype`` (0/1: float32 masks are built and applied ~10× faster on CPU)."""
+        if self.ties is not None:
+            return self._mask_ties(mag, start, dtype)
         q = min(max(self.split - start, 0), mag.numel())
         keep = torch.empty_like(mag, dtype=dtype)
         if q == mag.numel():
@@ -146,23 +154,61 @@ class TopK:
         torch.gt(mag[q:], self.v, out=keep[q:])
         return keep
 
+    def mask_at(self, mag: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """float32 0/1 keep mask of the magnitudes ``mag`` at the flat indices ``pos``."""
+        if self.ties is not None:
+            keep = torch.gt(mag, self.v) | torch.isin(pos, self.ties)
+        else:
+            keep = torch.where(pos < self.split, mag >= self.v, mag > self.v)
+        return keep.to(torch.float32)
+
+    def _mask_ties(self, mag: torch.Tensor, start: int, dtype: torch.dtype) -> torch.Tensor:
+        keep = torch.gt(mag, self.v, out=torch.empty_like(mag, dtype=dtype))
+        ties = self.ties
+        lo, hi = torch.searchsorted(ties, torch.tensor([start, start + mag.numel()])).tolist()
+        keep[ties[lo:hi] - start] = 1
+        return keep
+
+
+def argsort_ties(mag: torch.Tensor, k: int, v: torch.Tensor, order: Lazy | None = None) -> TopK:
+    """mergekit's rule when entries equal to ``v`` (the k-th largest) straddle k: those among
+    ``torch.argsort(mag, descending=True)[:k]`` (``order``: that argsort, if cached)."""
+    top = (order() if order is not None else descending_order(mag))[:k]
+    ties = top[mag[top] == v].to(torch.int64).sort().values
+    return TopK(v, 0, float(v), ties)
+
+
+def descending_order(mag: torch.Tensor) -> torch.Tensor:
+    """mergekit's ``torch.argsort(w, descending=True)`` of the flat magnitudes (float32 on
+    CPU, as mergekit sorts them): the order its top-k keeps."""
+    return torch.argsort(mag.float() if mag.device.type == "cpu" else mag, descending=True)
+
 
 def top_k(mag: torch.Tensor, k: int) -> TopK:
     """The rule keeping exactly the ``k`` (< n) largest of the flat tensor ``mag``."""
     v, greater, equal = _kth(mag, k)
-    need = k - greater  # entries equal to v that are kept: the first `need` by index
+    need = k - greater  # entries equal to v that are kept
     if need >= equal:
         return TopK(v, mag.numel())
-    return TopK(v, _nth_equal(mag, v, need) + 1)
+    if v > 0:
+        return argsort_ties(mag, k, v)
+    return TopK(v, _nth_equal(mag, v, need) + 1)  # zeros: the first `need` by index
 
 
 Locate = Callable[[float, int, int], int]  # (v, count equal to v, nth) -> flat index
 
 
-def top_k_sorted(sorted_mag: torch.Tensor, k: int, mag: Lazy, locate: Locate | None = None) -> TopK:
+def top_k_sorted(
+    sorted_mag: torch.Tensor,
+    k: int,
+    mag: Lazy,
+    locate: Locate | None = None,
+    order: Lazy | None = None,
+) -> TopK:
     """``top_k``'s rule from the ascending magnitudes (two binary searches instead of a
-    selection); ``mag`` (the flat magnitudes) is read only when ties straddle the threshold,
-    to find the last kept one (``locate``, when given, finds it instead)."""
+    selection); ``mag`` (the flat magnitudes) is read only when ties straddle the threshold:
+    ``argsort_ties`` (``order``: its cached argsort), or at v = 0 the last kept zero
+    (``locate``, when given, finds it instead)."""
     n = sorted_mag.numel()
     v = sorted_mag[n - k]
     value = None
@@ -173,9 +219,11 @@ def top_k_sorted(sorted_mag: torch.Tensor, k: int, mag: Lazy, locate: Locate | N
     else:
         hi = int(torch.searchsorted(sorted_mag, v, right=True))
         lo = int(torch.searchsorted(sorted_mag, v))
-    need = k - (n - hi)  # entries equal to v that are kept: the first `need` by index
+    need = k - (n - hi)  # entries equal to v that are kept
     if need >= hi - lo:
         return TopK(v, n, value)
+    if v > 0:
+        return argsort_ties(mag(), k, v, order)
     if locate is not None:
         return TopK(v, locate(float(v), hi - lo, need) + 1, value)
     return TopK(v, _nth_equal(mag(), v, need) + 1, value)

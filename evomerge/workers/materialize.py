@@ -263,6 +263,10 @@ class Materializer:
             from transformers.modeling_utils import no_init_weights
         with no_init_weights():  # (a copy: the model keeps and changes its config)
             model = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=torch.float32)
+        # transformers (5.x) ties the head to the embedding while initializing weights, which
+        # no_init_weights skips: without this a tied model's head would be a second, unwritten
+        # matrix instead of the merged embedding.
+        model.tie_weights()
         model.to(self.device).eval()
         model.requires_grad_(False)
         self.model = model
@@ -291,11 +295,14 @@ class Materializer:
 
     def _index_targets(self) -> None:
         model = self.model
-        self._targets = dict(model.named_parameters(remove_duplicate=False))
+        # A tied alias (lm_head.weight) is no target: the merge writes the embedding, and the
+        # plan writes no head for a tied config (evomerge.tied_embeddings).
+        tied = _tied_names(model)
+        params = model.named_parameters(remove_duplicate=False)
+        self._targets = {n: p for n, p in params if n not in tied}
         persistent = {n for n, _ in model.named_buffers()} - _non_persistent(model)
         self._targets.update({n: b for n, b in model.named_buffers() if n in persistent})
-        tied = _tied_names(model)
-        self._required = [n for n in self._targets if n not in tied]
+        self._required = list(self._targets)
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

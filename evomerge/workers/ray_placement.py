@@ -57,15 +57,24 @@ def placement_from(evaluation: Any) -> Placement:
     return Placement((device,), "float32" if dtype == "auto" else dtype)
 
 
-def plan_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
-    """Module name -> device: embeddings first, layers in contiguous near-equal runs, head last."""
+def plan_device_map(
+    num_layers: int, devices: tuple[str, ...], tied: bool = False
+) -> dict[str, str]:
+    """Module name -> device: embeddings first, layers in contiguous near-equal runs, head last;
+    a ``tied`` head is the embedding's own matrix, so it stays with the embedding (one tensor
+    cannot live on two devices; the last GPU sends the final hidden state back)."""
     k = len(devices)
     plan = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}
     for i in range(num_layers):
         plan[f"model.layers.{i}"] = devices[min(k - 1, i * k // max(num_layers, 1))]
     plan["model.norm"] = devices[-1]
-    plan["lm_head"] = devices[-1]
+    plan["lm_head"] = devices[0] if tied else devices[-1]
     return plan
+
+
+def _tied_head(model: Any) -> bool:
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and embed is not None and head.weight is embed.weight
 
 
 def _move(obj: Any, device: torch.device) -> Any:
@@ -117,13 +126,15 @@ class PlacedMaterializer(Materializer):
         self.model.to(getattr(torch, self.placement.dtype))
         if self.placement.split:
             n = len(_decoder_layers(self.model))
-            dispatch(self.model, plan_device_map(n, self.placement.devices), self._hooked)
+            devices = self.placement.devices
+            dispatch(self.model, plan_device_map(n, devices, _tied_head(self.model)), self._hooked)
         self._index_targets()
 
     def device_map(self) -> dict[str, str]:
         if self.model is None or not self.placement.split:
             return {}
-        return plan_device_map(len(_decoder_layers(self.model)), self.placement.devices)
+        n = len(_decoder_layers(self.model))
+        return plan_device_map(n, self.placement.devices, _tied_head(self.model))
 
     def _build(self, config: Any) -> None:
         super()._build(config)

@@ -163,6 +163,10 @@ class TaskStats:
         """Ascending flat |τ_i| of the i-th input against the base."""
         return self.cache.get(("sorted", self.task.inputs[i], self.task.base), make)
 
+    def descending_order(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """mergekit's ``argsort(|τ_i|, descending=True)`` (its tie order at a top-k threshold)."""
+        return self.cache.get(("order", self.task.inputs[i], self.task.base), make)
+
     def rank01(self, i: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """DELLA's per-row magnitude rank fractions of τ_i."""
         return self.cache.get(("rank01", self.task.inputs[i], self.task.base), make)
