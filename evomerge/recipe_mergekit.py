@@ -1,8 +1,8 @@
 """mergekit YAML import and export.
 
 An evomerge recipe is mergekit-shaped, so import is mostly validation: mergekit features with no
-evomerge meaning (``modules``, per-slice ``base_model``, ``residual_weight``, ``tokenizer``
-blocks, ``chat_template``, ``union`` tokenizers, LoRA ``model+lora`` references) are refused
+evomerge meaning (``modules``, per-slice ``base_model``, ``residual_weight``,
+``chat_template``, LoRA ``model+lora`` references) are refused
 with a line naming the key. Export refuses what mergekit cannot express (operators it lacks,
 ``recipe:<digest>`` sources, a data-flow path whose ends are not on the base model) and notes
 in a comment what it expresses differently (random masks: mergekit draws them from its global
@@ -21,7 +21,6 @@ from evomerge.recipe import RECIPE_REF_PREFIX, Recipe
 
 UNSUPPORTED_TOP = {
     "modules": "per-module configs are not supported; use 'models' or 'slices'",
-    "tokenizer": "the 'tokenizer' block is not supported; use tokenizer_source: <model>",
     "chat_template": "chat_template is not supported; edit tokenizer_config.json after merging",
 }
 

@@ -99,7 +99,8 @@ def _compute(
     first = base if base is not None else tensors[0]
     takes = _keywords(spec.fn)
     extra: dict[str, Any] = {}
-    if stats is not None and "resident" in takes:
+    # (rows realigned to a merged vocabulary are not the cache's tensors: no resident view)
+    if stats is not None and "resident" in takes and task.vocab is None:
         extra["resident"] = stats.for_task(task, seed)
     out = dest(task.name) if dest is not None and "out" in takes else None
     if out is not None and _fits(out, first):
