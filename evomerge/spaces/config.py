@@ -12,6 +12,7 @@ YAML shapes (every key but ``kind`` is optional)::
     global_params: []          # global params to search, e.g. [lambda] or [t]
     bounds: {density: [0.1, 1.0]}   # override the operator's bounds (param units)
     x0: {weight: 0.5}          # starting value in param units (default: mid-box, Sakana's 0.5)
+    tokenizer_source: union    # experts with other vocabularies: base | union | model index
     log_scale: []              # params whose gene maps log-uniformly onto their bounds
     fixed: {normalize: false}  # global params held fixed (emitted as-is into the recipe)
     dtype: float32
@@ -60,6 +61,9 @@ class ParameterSpaceConfig(_Frozen):
     x0: dict[str, float] = Field(default_factory=dict)
     log_scale: list[str] = Field(default_factory=list)
     fixed: dict[str, ParamValue] = Field(default_factory=dict)
+    # experts whose tokenizers differ: base | union | the index of one of the experiment's
+    # models (or its path); each recipe carries it (mergekit's tokenizer_source)
+    tokenizer_source: str | int | None = None
     dtype: str = "float32"
     seed: int = 0
 
