@@ -312,3 +312,39 @@ def test_space_carries_tokenizer_source(skills: dict) -> None:
         build_space(
             ParameterSpaceConfig(tokenizer_source=5), base=skills["B"], models=models, num_layers=4
         )
+
+
+SCORE_PY = """\
+import torch
+
+
+def score(model, tokenizer):
+    # the candidate is scored at the merged vocabulary, with the merged tokenizer
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert len(tokenizer) == rows == model.config.vocab_size, (len(tokenizer), rows)
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(["a", "<a1>", "b", "<b1>", "c"])])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1]
+    return float(torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).mean())
+"""
+
+
+def test_search_over_experts_with_other_vocabularies(skills: dict, tmp_path: Path) -> None:
+    """A parameter-space search whose experts added different tokens runs in place: every
+    candidate is built at the union's size and scored with the union tokenizer."""
+    from evomerge.config import load_experiment
+    from evomerge.session import open_search
+    from evomerge.store import RunStore
+
+    (tmp_path / "score.py").write_text(SCORE_PY)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        f"name: vocab\nmodels: [{skills['E1']}, {skills['E2']}]\nbase_model: {skills['B']}\n"
+        "space: {kind: parameter, merge_method: ties, params: [weight], tokenizer_source: union}\n"
+        "fitness: {python: score.py:score}\ndriver: {name: random, options: {batch_size: 3}}\n"
+        "budget: {max_evals: 3}\nseed: 0\narchive: {top_k: 1}\n"
+    )
+    open_search(load_experiment(exp), tmp_path / "run").run()
+    trials = RunStore.open(tmp_path / "run").trials()
+    assert len(trials) == 3 and all(t.status == "OK" for t in trials), [t.error for t in trials]
+    assert "tokenizer_source: union" in trials[0].recipe_yaml
