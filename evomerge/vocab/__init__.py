@@ -13,6 +13,7 @@ The planner calls ``plan_vocab`` once and ``vocab_shape`` per output tensor; the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,8 @@ def plan_vocab(
         size = -(-n // pad) * pad if pad else n
         if len(_MEMO) >= 8:
             _MEMO.clear()
-        hit = _MEMO[key] = Vocab(built, cfg, recipe.base_model, size)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        hit = _MEMO[key] = Vocab(built, cfg, recipe.base_model, size, key=digest)
     return hit
 
 

@@ -46,6 +46,7 @@ class Vocab:
     cfg: TokenizerConfig
     base_model: str | None  # the recipe's base_model: its row wins when several models have one
     size: int  # output rows: the vocabulary padded to pad_to_multiple_of
+    key: str = ""  # identifies the vocabulary (and its sources' files) across candidates
     _plans: dict[tuple[str, ...], RowPlan] = field(default_factory=dict, repr=False)
 
     @property
