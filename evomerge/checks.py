@@ -24,8 +24,7 @@ ARCH_FIELDS = (
     "num_attention_heads",
     "num_key_value_heads",
     "head_dim",
-    "vocab_size",
-)
+)  # (vocab_size may differ: evomerge.vocab merges the tokenizers, or names tokenizer_source)
 
 
 def check_architectures(refs: list[str], config_of: Callable[[str], dict[str, Any]]) -> None:

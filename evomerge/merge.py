@@ -11,6 +11,7 @@ The workers call the same ``plan``/``iter_merged_tensors`` with their in-memory 
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -62,7 +63,8 @@ def load_inputs(
     operator that widens them itself (``OpSpec.raw_bf16``, e.g. linear) stay as stored on CPU,
     and that operator checks them in its own read (``compute`` names the culprit)."""
 
-    raw = device == "cpu" and OPS[task.op].raw_bf16  # the operator widens bf16 itself
+    # the operator widens bf16 itself; rows realigned to another vocabulary are float32 copies
+    raw = device == "cpu" and OPS[task.op].raw_bf16 and task.vocab is None
 
     def load(ref: str, name: str) -> torch.Tensor:
         stored = getattr(source, "stored", None)  # DiskSource: no float32 copy yet
@@ -75,7 +77,10 @@ def load_inputs(
             t = t.float()
         return t.to(device) if device != "cpu" else t
 
-    return [load(r, n) for r, n in task.inputs], load(*task.base) if task.base else None
+    inputs = [load(r, n) for r, n in task.inputs], load(*task.base) if task.base else None
+    if task.vocab is not None:  # one row per token of the merged vocabulary (evomerge.vocab)
+        return task.vocab.align(task, *inputs)
+    return inputs
 
 
 def compute(
@@ -197,25 +202,28 @@ def run_merge(
         (t.name, t.shape, p.out_dtype if _is_float(source, t) else _dtype(source, t))
         for t in p.tasks
     ]
-    tok_files = (
-        open_model_folder(source.folder(p.tokenizer_ref)).tokenizer_files()
-        if p.tokenizer_ref
-        else []
-    )
     digest = recipe.digest()
-    res = write_model_folder(
-        out_dir,
-        entries,
-        iter_merged_tensors(p, source, device=device, prefetch=1 if pipeline else 0),
-        config=p.config_dict,
-        files=tok_files + _generation_config(source, p),
-        texts={"recipe.yaml": recipe.to_yaml()},
-        metadata={"evomerge_recipe_digest": digest},
-        max_shard_bytes=max_shard_bytes or DEFAULT_SHARD_BYTES,
-        overwrite=overwrite,
-        on_tensor=on_tensor,
-        write_behind=pipeline,
-    )
+    with tempfile.TemporaryDirectory(prefix="evomerge-tok-") as tok_tmp:
+        if p.vocab is not None:  # the merged vocabulary's tokenizer, saved as mergekit does
+            p.vocab.tokenizer.save_pretrained(tok_tmp)
+            tok_files = sorted(Path(tok_tmp).iterdir())
+        elif p.tokenizer_ref:
+            tok_files = open_model_folder(source.folder(p.tokenizer_ref)).tokenizer_files()
+        else:
+            tok_files = []
+        res = write_model_folder(
+            out_dir,
+            entries,
+            iter_merged_tensors(p, source, device=device, prefetch=1 if pipeline else 0),
+            config=p.config_dict,
+            files=tok_files + _generation_config(source, p),
+            texts={"recipe.yaml": recipe.to_yaml()},
+            metadata={"evomerge_recipe_digest": digest},
+            max_shard_bytes=max_shard_bytes or DEFAULT_SHARD_BYTES,
+            overwrite=overwrite,
+            on_tensor=on_tensor,
+            write_behind=pipeline,
+        )
     return MergeSummary(
         out_dir,
         res.n_tensors,

@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 
-from evomerge.checks import check_architectures, check_model_count, check_shapes
+from evomerge.checks import check_architectures, check_model_count, check_shapes, shape_of
 from evomerge.errors import UserInputError
 from evomerge.ops import OpSpec, get_op
 from evomerge.params import resolve
 from evomerge.recipe import Recipe
 from evomerge.tied_embeddings import embedding_for_head, is_head, untie_if_head
+from evomerge.vocab import plan_vocab, vocab_shape
 
 LAYER_RE = re.compile(r"^(.*?\.layers\.)(\d+)\.(.+)$")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,6 +53,9 @@ class TensorTask:
     params: dict[str, Any]
     op: str
     shape: tuple[int, ...]
+    # a tensor indexed by token, merged into the recipe's own vocabulary: the engine realigns
+    # its loaded rows with ``vocab.align`` (evomerge.vocab)
+    vocab: Any = field(default=None, compare=False)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class MergePlan:
     tokenizer_ref: str | None
     out_dtype: torch.dtype
     refs: list[str] = field(default_factory=list)
+    vocab: Any = None  # evomerge.vocab.Vocab when the recipe sets a tokenizer; else None
 
     @cached_property
     def config(self) -> Any:
@@ -118,6 +123,7 @@ class Planner:
         self._layouts: dict[str, Layout] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self.tasks: list[TensorTask] = []
+        self.vocab: Any = None
 
     def layout(self, ref: str) -> Layout:
         if ref not in self._layouts:
@@ -167,6 +173,7 @@ class Planner:
             )
         )
         check_architectures(refs, self.model_config)
+        self.vocab = plan_vocab(self.recipe, refs, self.source.folder, self.model_config)
         for gi, (srcs, _) in enumerate(groups):
             for s in srcs:
                 if s.end > self.n_layers(s.ref):
@@ -193,6 +200,7 @@ class Planner:
             tokenizer_ref=self._tokenizer_ref(refs),
             out_dtype=TORCH_DTYPES[self.recipe.out_dtype or self.recipe.dtype],
             refs=refs,
+            vocab=self.vocab,
         )
 
     def _layer(
@@ -266,8 +274,12 @@ class Planner:
                 for s, n in entries
             ]
         inputs = tuple((s.ref, n) for s, n in entries)
-        shape = check_shapes(self.source, ([base] if base else []) + list(inputs), out)
-        self.tasks.append(TensorTask(out, inputs, base, params, op.name, shape))
+        pairs = ([base] if base else []) + list(inputs)
+        shapes = [(ref, n, shape_of(self.source, ref, n)) for ref, n in pairs]
+        shape = vocab_shape(shapes, out, self.model_config, self.vocab)
+        vocab = self.vocab if shape is not None else None
+        shape = shape or check_shapes(self.source, pairs, out)
+        self.tasks.append(TensorTask(out, inputs, base, params, op.name, shape, vocab))
 
     def _present(self, ref: str, name: str, out: str) -> str:
         if self.source.has(ref, name):
@@ -289,6 +301,8 @@ class Planner:
         cfg["num_hidden_layers"] = len(slots)
         if isinstance(cfg.get("layer_types"), list):
             cfg["layer_types"] = [self._layer_type(r, i) for r, i in slots]
+        if self.vocab is not None:  # (mergekit: the output tokenizer's length, padded)
+            cfg["vocab_size"] = self.vocab.size
         name = self.recipe.out_dtype or self.recipe.dtype
         for key in ("dtype", "torch_dtype"):
             if key in cfg:
@@ -305,14 +319,10 @@ class Planner:
         return types[i] if isinstance(types, list) and i < len(types) else "full_attention"
 
     def _tokenizer_ref(self, refs: list[str]) -> str | None:
-        ts = self.recipe.tokenizer_source
-        if ts == "union":
-            raise UserInputError(
-                "tokenizer_source: 'union' is not supported; name one model (or 'base') whose tokenizer to copy"
-            )
-        if ts in (None, "base"):
+        tc = self.recipe.tokenizer_config()
+        if tc is None or tc.source in ("base", "union"):  # (a merged one is saved: plan.vocab)
             return self.recipe.base_model or refs[0]
-        return ts
+        return tc.source
 
 
 def plan(

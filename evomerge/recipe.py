@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.errors import UserInputError
+from evomerge.vocab.config import TokenizerConfig
 
 RECIPE_REF_PREFIX = "recipe:"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -116,6 +117,7 @@ class Recipe(_Frozen):
     dtype: str = "float32"
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerConfig | None = None  # mergekit's block (source, tokens, padding)
     seed: int = 0
 
     @field_validator("dtype", "out_dtype")
@@ -131,12 +133,29 @@ class Recipe(_Frozen):
             raise ValueError("give exactly one of 'models' or 'slices'")
         if self.models is not None and not self.models:
             raise ValueError("'models' is empty; list at least one model")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError(
+                "give tokenizer_source or a tokenizer block, not both (tokenizer.source says "
+                "the same as tokenizer_source)"
+            )
         return self
+
+    def tokenizer_config(self) -> TokenizerConfig | None:
+        """The output vocabulary's settings (None: every model's vocabulary must be the same)."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_source is not None:
+            return TokenizerConfig(source=self.tokenizer_source)
+        return None
 
     # ---- identity -------------------------------------------------------------------------
     def canonical_json(self) -> str:
-        """Sorted-key JSON of every field (defaults included): the digest's preimage."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Sorted-key JSON of every field (defaults included): the digest's preimage. An absent
+        ``tokenizer`` block is left out, so recipes written before it existed keep their digest."""
+        data = self.model_dump(mode="json")
+        if data.get("tokenizer") is None:
+            data.pop("tokenizer", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()

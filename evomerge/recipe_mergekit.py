@@ -1,9 +1,9 @@
 """mergekit YAML import and export.
 
 An evomerge recipe is mergekit-shaped, so import is mostly validation: mergekit features with no
-evomerge meaning (``modules``, per-slice ``base_model``, ``residual_weight``, ``tokenizer``
-blocks, ``chat_template``, ``union`` tokenizers) are refused with a line naming the key.
-LoRA references ``model+lora`` keep mergekit's meaning (``evomerge.io.adapter_folder``). Export refuses what mergekit cannot express (operators it lacks,
+evomerge meaning (``modules``, per-slice ``base_model``, ``residual_weight``,
+``chat_template``) are refused with a line naming the key. LoRA references ``model+lora`` keep
+mergekit's meaning (``evomerge.io.adapter_folder``). Export refuses what mergekit cannot express (operators it lacks,
 ``recipe:<digest>`` sources, a data-flow path whose ends are not on the base model) and notes
 in a comment what it expresses differently (random masks: mergekit draws them from its global
 RNG, so dare/della merges are not bit-identical).
@@ -21,7 +21,6 @@ from evomerge.recipe import RECIPE_REF_PREFIX, Recipe
 
 UNSUPPORTED_TOP = {
     "modules": "per-module configs are not supported; use 'models' or 'slices'",
-    "tokenizer": "the 'tokenizer' block is not supported; use tokenizer_source: <model>",
     "chat_template": "chat_template is not supported; edit tokenizer_config.json after merging",
 }
 

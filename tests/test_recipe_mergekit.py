@@ -45,7 +45,7 @@ def test_import_mergekit_slices_gradients_filters() -> None:
     [
         ("modules: {}\n", "modules"),
         ("chat_template: chatml\n", "chat_template"),
-        ("tokenizer: {source: union}\n", "tokenizer"),
+        ("tokenizer: {source: union}\n", "tokenizer_source or a tokenizer block"),
     ],
 )
 def test_import_refuses_unsupported(extra: str, needle: str) -> None:
@@ -59,6 +59,27 @@ def test_import_keeps_lora_refs() -> None:
         "merge_method: linear\nmodels: [{model: a+b, parameters: {weight: 1}}]\n"
     )
     assert r.models[0].model == "a+b"
+
+
+def test_tokenizer_block_round_trip_and_old_digests() -> None:
+    """mergekit's tokenizer block imports and exports as written; a recipe without one keeps
+    the digest it had before the block existed (no 'tokenizer' key in its preimage)."""
+    block = (
+        "tokenizer:\n  source: union\n  pad_to_multiple_of: 8\n  tokens:\n"
+        "    <t>: {source: {kind: zero}, force: true}\n"
+        "    <u>: {source: {kind: model_token, model: /m/a, token_id: 3}}\n"
+    )
+    r = from_mergekit_yaml(MK.replace("tokenizer_source: base\n", block))
+    assert r.tokenizer_config().pad_to_multiple_of == 8
+    assert r.tokenizer.tokens["<t>"].force
+    back = yaml.safe_load(to_mergekit_yaml(r))
+    assert back["tokenizer"]["tokens"]["<u>"]["source"]["token_id"] == 3
+    assert from_mergekit_yaml(yaml.safe_dump(back)).tokenizer == r.tokenizer
+    plain = from_mergekit_yaml(MK)
+    assert '"tokenizer"' not in plain.canonical_json()
+    assert plain.tokenizer_config().source == "base"
+    with pytest.raises(UserInputError, match="token_id or token"):
+        from_mergekit_yaml(MK.replace("tokenizer_source: base\n", block.replace("token_id: 3", "")))
 
 
 def test_export_refuses_inexpressible() -> None:

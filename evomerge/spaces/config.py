@@ -12,6 +12,7 @@ YAML shapes (every key but ``kind`` is optional)::
     global_params: []          # global params to search, e.g. [lambda] or [t]
     bounds: {density: [0.1, 1.0]}   # override the operator's bounds (param units)
     x0: {weight: 0.5}          # starting value in param units (default: mid-box, Sakana's 0.5)
+    tokenizer_source: union    # experts with other vocabularies: base | union | model index
     log_scale: []              # params whose gene maps log-uniformly onto their bounds
     fixed: {normalize: false}  # global params held fixed (emitted as-is into the recipe)
     dtype: float32
@@ -72,6 +73,10 @@ class ParameterSpaceConfig(_Frozen):
     """parameters whose gene maps log-uniformly onto their bounds"""
     fixed: dict[str, ParamValue] = Field(default_factory=dict)
     """operator parameters held at a value, e.g. {normalize: false}"""
+    # experts whose tokenizers differ: base | union | the index of one of the experiment's
+    # models (or its path); each recipe carries it (mergekit's tokenizer_source)
+    tokenizer_source: str | int | None = None
+    """experts whose tokenizers differ: base, union, or one model's index or path (mergekit's tokenizer_source)"""
     dtype: str = "float32"
     """dtype the merge is computed in"""
     seed: int = 0

@@ -67,6 +67,22 @@ def layer_group_ranges(num_layers: int, groups: int) -> list[tuple[int, int]]:
     return [(edges[g], edges[g + 1]) for g in range(groups)]
 
 
+def _tokenizer_source(value: str | int | None, models: list[str], base: str | None) -> str | None:
+    """The recipes' tokenizer_source: base / union as they are, a model index or path -> its
+    (resolved) path."""
+    if value is None or value in ("base", "union"):
+        return value  # type: ignore[return-value]
+    if isinstance(value, int) and 0 <= value < len(models):
+        return models[value]
+    known = models + ([base] if base else [])
+    if isinstance(value, str) and value in known:
+        return value
+    raise UserInputError(
+        f"space.tokenizer_source: {value!r} is not base, union, a model index "
+        f"(0..{len(models) - 1}) or one of the models' paths; use one of those"
+    )
+
+
 def model_tag(path: str, index: int) -> str:
     """Short readable label for gene names: index plus the folder's basename."""
     name = path.rstrip("/").split("/")[-1] or path
@@ -98,6 +114,7 @@ class ParameterSpace(SearchSpace):
         if not self.models:
             raise UserInputError("models: list at least one source model besides the base")
         self.num_layers = num_layers
+        self.tokenizer_source = _tokenizer_source(cfg.tokenizer_source, list(models), base)
         if cfg.smooth:  # control points of a gradient over the whole depth, any number
             self.groups = [(0, num_layers)] * cfg.layer_groups
         else:
@@ -249,6 +266,7 @@ class ParameterSpace(SearchSpace):
             base_model=self.base,
             dtype=self.cfg.dtype,
             seed=self.cfg.seed,
+            tokenizer_source=self.tokenizer_source,
             **layout,
         )
 

@@ -58,10 +58,23 @@ class ResidentWorker:
             source = cfg.resolved_models()[0]
         from evomerge.io.adapter_folder import tokenizer_folder
 
-        self.tokenizer = load_tokenizer(tokenizer_folder(resolver(source)))
+        self.tokenizer = self._own_tokenizer = load_tokenizer(tokenizer_folder(resolver(source)))
 
     def materialize(self, recipe: Recipe) -> Any:
-        return self.materializer.materialize(recipe)
+        model = self.materializer.materialize(recipe)
+        self.tokenizer = self._tokenizer_for(recipe)
+        return model
+
+    def _tokenizer_for(self, recipe: Recipe) -> Any:
+        """A recipe with tokenizer_source is scored with its merged tokenizer (the one its plan
+        built: ``plan_vocab`` keeps it), any other with the base's."""
+        if recipe.tokenizer_config() is None:
+            return self._own_tokenizer
+        from evomerge.vocab import plan_vocab
+
+        cache = self.cache
+        refs = recipe.source_paths()
+        return plan_vocab(recipe, refs, cache.folder, lambda r: cache.model(r).config).tokenizer
 
     def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
         result = self.fitness(model, tokenizer)

@@ -78,7 +78,7 @@ def _iter_tensors(
         for task in plan.tasks:
             # The cache checked every expert tensor for NaN/Inf once, when it loaded it:
             # re-checking all inputs for every candidate would add a pass over the experts.
-            inputs = engine.load_inputs(task, cache, check=False)
+            inputs = _load(engine, task, cache, stats)
             with torch.no_grad(), fused_gta.deferred():
                 value = _compute(engine, task, inputs, seed, stats, dest)
             target = dest(task.name) if dest is not None else None
@@ -87,6 +87,21 @@ def _iter_tensors(
             yield task.name, value
     finally:
         fused_gta.finish()
+
+
+def _load(engine: Any, task: Any, cache: Any, stats: Any) -> Any:
+    """A task's inputs. Rows realigned to a merged vocabulary (``task.vocab``) are the same for
+    every candidate: the resident cache keeps them, stacked, within its budget."""
+    if task.vocab is None or stats is None:
+        return engine.load_inputs(task, cache, check=False)
+
+    def stacked() -> torch.Tensor:
+        tensors, base = engine.load_inputs(task, cache, check=False)
+        return torch.stack([*tensors, *([base] if base is not None else [])])
+
+    rows = stats.get(("vocab_rows", task.vocab.key, task.inputs, task.base), stacked)
+    n = len(task.inputs)
+    return list(rows[:n].unbind(0)), rows[n] if task.base else None
 
 
 def _compute(
@@ -99,7 +114,8 @@ def _compute(
     first = base if base is not None else tensors[0]
     takes = _keywords(spec.fn)
     extra: dict[str, Any] = {}
-    if stats is not None and "resident" in takes:
+    # (rows realigned to a merged vocabulary are not the cache's tensors: no resident view)
+    if stats is not None and "resident" in takes and task.vocab is None:
         extra["resident"] = stats.for_task(task, seed)
     out = dest(task.name) if dest is not None and "out" in takes else None
     if out is not None and _fits(out, first):
