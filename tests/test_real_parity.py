@@ -112,14 +112,10 @@ def _check(name: str, fam: dict, mk_dir, em_dir) -> None:
     base = tensors(fam["BASE"])
     experts = [tensors(fam[f"V{i}"]) for i in range(n_exp)]
     for k in mk:
-        if k not in base:  # passthrough-only names do not occur for these configs
-            continue
+        # the differing elements must all be ties at a cut; everywhere else, the same bits
         pos = _cut_positions(name, mk[k].numel(), density, gamma)
         diff, unexplained = tie_report(mk[k], em[k], base[k], [e[k] for e in experts], pos)
         assert unexplained == 0, f"{k}: {unexplained} of {diff} differences are not ties"
-        # away from the ties the two merges are the same bits
-        same = mk[k] == em[k]
-        assert int((~same).sum()) == diff
 
 
 @pytest.mark.parametrize("name", [*CONFIGS, "ties_one"])
