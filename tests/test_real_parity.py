@@ -137,26 +137,29 @@ def test_gemma3_float32_parity(gemma: tuple, name: str) -> None:
 
 
 @pytest.mark.parametrize("which", ["smol", "smol_bf16"])
-def test_ties_keeps_as_many_as_mergekit(which: str, request: pytest.FixtureRequest) -> None:
-    """One expert: merge - base is the kept part of τ. Both tools keep the same count on every
-    tensor (k = int(0.4 n), less the zeros of τ among them), and where the kept sets differ
-    at all, the differing members are exact ties at the cut."""
+def test_ties_keeps_mergekits_entries_among_ties(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """One expert: merge - base is the kept part of τ. Real task vectors hold many equal
+    magnitudes at the top-k cut (asserted, so the rule is exercised), and evomerge keeps exactly
+    the tied entries mergekit's argsort keeps (docs/methods.md, "Top-k at the density
+    threshold"), not merely as many."""
     fam, out = request.getfixturevalue(which)
     mk, em = (tensors(d) for d in out["ties_one"])
     base, v0 = tensors(fam["BASE"]), tensors(fam["V0"])
-    differing = 0
+    straddling = 0
     for k in mk:
         tau = (v0[k] - base[k]).reshape(-1)
         if not tau.any():
             continue
         kept_mk = (mk[k] != base[k]).reshape(-1)
         kept_em = (em[k] != base[k]).reshape(-1)
-        assert int(kept_mk.sum()) == int(kept_em.sum()), k
+        assert torch.equal(kept_mk, kept_em), k
         thr = torch.topk(tau.abs(), max(1, int(0.4 * tau.numel()))).values[-1]
-        assert bool((tau[kept_mk ^ kept_em].abs() == thr).all()), k
-        differing += int((kept_mk ^ kept_em).sum())
-    # real task vectors do tie at the cut: this test exercises the tie rule (measured: > 0)
-    assert differing > 0
+        at_cut = tau.abs() == thr
+        if thr > 0 and bool((at_cut & ~kept_mk).any()) and bool((at_cut & kept_mk).any()):
+            straddling += 1  # equal magnitudes on both sides of the cut
+    assert straddling > 0
 
 
 def _kept(fam: dict, out: dict, name: str, tensor: str) -> tuple[torch.Tensor, ...]:
