@@ -35,10 +35,17 @@ class Search:
     evaluator: Evaluator
     loop: SearchLoop
     resumed: bool
+    say: Callable[[str], None] | None = None
 
     def run(self) -> Progress:
         try:
-            return self.loop.run()
+            final = self.loop.run()
+            if final.stop_reason != "interrupted":  # Ctrl-C: resume validates later
+                from evomerge.validation import rescore_archive
+
+                self.evaluator.close()  # its workers go before the validation workers come
+                rescore_archive(self.cfg, self.run_dir, self.store, self.say)
+            return final
         finally:
             self.evaluator.close()
             self.store.close()
@@ -116,7 +123,7 @@ def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
         ) from None
 
 
-def build_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Evaluator:
+def build_evaluator(cfg: ExperimentConfig, run_dir: Path, split: str = "search") -> Evaluator:
     if cfg.workers > 1 or cfg.ray_address:
         try:
             from evomerge.workers.ray_evaluator import RayEvaluator
@@ -125,14 +132,14 @@ def build_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Evaluator:
                 "workers > 1 / ray_address need the Ray evaluator, which this build does not "
                 "have yet; use workers: 1 (the serial evaluator)"
             ) from None
-        return RayEvaluator.from_config(cfg, resolver_for(cfg, run_dir))
+        return RayEvaluator.from_config(cfg, resolver_for(cfg, run_dir), split)
     from evomerge.workers import threads
     from evomerge.workers.context import ResidentWorker
     from evomerge.workers.serial import SerialEvaluator
 
     resolver = resolver_for(cfg, run_dir)
     return SerialEvaluator(
-        lambda: ResidentWorker(cfg, resolver=resolver, worker="serial"),
+        lambda: ResidentWorker(cfg, resolver=resolver, worker="serial", split=split),
         timeout_s=cfg.evaluation.timeout_s,
         threads=threads.choose_serial(cfg.evaluation.threads),
     )
