@@ -11,7 +11,9 @@ Tables
 ``meta``          key/value: ``schema_version``, ``evomerge_version``, ``baselines`` (JSON: each
                   expert's fitness and task scores, measured once at the start of the search),
                   ``stop`` (JSON ``{reason, detail, time}``: why the last search stopped; reason
-                  null while one runs or after it was killed; see ``evomerge.stop_reason``).
+                  null while one runs or after it was killed; see ``evomerge.stop_reason``),
+                  ``validation`` (JSON ``{digest: {fitness, scores, error}}``: archive members
+                  re-scored on held-out items; see ``evomerge.validation``).
 ``run``           a single row (id = 1): ``config_json`` is the resolved ExperimentConfig,
                   ``structural_hash`` the sha256 of its structural part (see
                   ``evomerge.config.ExperimentConfig.structural_hash``), ``created`` (unix time).
