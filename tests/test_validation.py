@@ -270,3 +270,27 @@ def test_validation_through_ray_equals_serial(family, tmp_path):
     for k, v in got[0].items():
         assert got[1][k] == pytest.approx(v, rel=1e-6)
     assert _calls(ray_dir) == 2
+
+
+def test_interrupted_run_says_validation_is_pending_until_resumed(family, tmp_path, capsys):
+    import threading
+
+    exp = _experiment(tmp_path, family)
+    stop = threading.Event()
+    s = open_search(load_experiment(exp), tmp_path / "run", stop_event=stop)
+    s.loop.on_generation = lambda p: stop.set()  # Ctrl-C after the first generation
+    assert s.run().stop_reason == "interrupted"
+    run = tmp_path / "run"
+    with RunStore.open(run, readonly=True) as st:
+        assert stored(st) == {} and len(st.archive()) == 2
+        best = st.archive()[0].digest
+    capsys.readouterr()
+    assert export(run, tmp_path / "w.yaml") == 0  # the search order until validation is done
+    assert Recipe.load(tmp_path / "w.yaml").digest() == best
+    assert "2 archived model(s) not validated yet" in capsys.readouterr().out
+    assert status(run) == 0
+    assert "ranked by search fitness" in capsys.readouterr().out
+    assert resume(run) == 0
+    with RunStore.open(run, readonly=True) as st:
+        assert set(stored(st)) == {e.digest for e in st.archive()}
+        assert ranking(st, True).by == "validation score"
