@@ -50,7 +50,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
         trials, archive = store.trials(), store.archive()
         baselines = json.loads(store.get_meta("baselines") or "{}")
         cfg_json, stop, groups = store.config_json(), read_stop(store), run_failure_groups(store)
-        ranked = ranking(store, json.loads(cfg_json)["fitness"].get("validation") is not None)
+        ranked = ranking(store)
     by_idx = {t.idx: t for t in trials}
     top = [by_idx[e.idx] for e in archive if e.idx in by_idx]
     rows = model_rows(top, baselines)

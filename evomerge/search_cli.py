@@ -139,8 +139,7 @@ def _finish(final: Progress, run_dir: Path) -> int:
 
     with RunStore.open(run_dir, readonly=True) as st:
         baselines = json.loads(st.get_meta("baselines") or "{}")
-        enabled = json.loads(st.config_json())["fitness"].get("validation") is not None
-        ranked = ranking(st, enabled)
+        ranked = ranking(st)
     out.print(
         f"stopped: {final.stop_reason}; {final.n_evals} evaluations, "
         f"{final.n_failed} failed, {final.elapsed:.0f} s"
@@ -148,7 +147,7 @@ def _finish(final: Progress, run_dir: Path) -> int:
     if final.best_digest is None:
         out.print(f"no candidate succeeded; failures by reason: evomerge status {run_dir}")
         return 1
-    if enabled and ranked.members:  # the winner is chosen on the held-out items
+    if ranked.enabled and ranked.members:  # the winner is chosen on the held-out items
         w = ranked.members[0]
         final = dataclasses.replace(final, best_digest=w.digest)
         out.print(f"winner {w.digest[:12]}  {member_line(w)}  ({ranked.winner_note()})")
@@ -231,7 +230,7 @@ def status(run_dir: Path) -> int:
     with RunStore.open(run_dir, readonly=True) as st:
         cfg = experiment_from_json(st.config_json())
         c, cp = st.counts(), st.last_checkpoint()
-        ranked = ranking(st, cfg.fitness.validation is not None)
+        ranked = ranking(st)
         top = [st.trial(m.idx) for m in ranked.members]
         threads = st.get_meta("threads")
         outcome = outcome_lines(st)
@@ -267,8 +266,7 @@ def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) 
     if fmt not in ("evomerge", "mergekit"):
         raise UserInputError(f"--format {fmt!r}: use evomerge or mergekit")
     with RunStore.open(run_dir, readonly=True) as st:
-        enabled = json.loads(st.config_json())["fitness"].get("validation") is not None
-        ranked = ranking(st, enabled)  # by validation score when the run has one
+        ranked = ranking(st)  # by validation score when the run has one
         archive = ranked.members
         if not 1 <= rank <= len(archive):
             raise UserInputError(
@@ -280,7 +278,7 @@ def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) 
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(text)
-    if enabled:
+    if ranked.enabled:
         m = archive[rank - 1]
         out.print(
             f"wrote {out_file} ({fmt}; rank {rank} by {ranked.by}, {member_line(m)}, "

@@ -206,6 +206,9 @@ def open_search(
     run_dir = Path(run_dir)
     check_fit(cfg.driver.name, cfg.space)  # a driver that cannot walk the space: before any I/O
     build_space(cfg, run_dir)  # every user error surfaces before the run folder is created
+    from evomerge.validation import check_buildable
+
+    check_buildable(cfg)  # (fitness.validation: its items and functions too)
     store = RunStore.create(run_dir, cfg.to_json(), cfg.structural_hash())
     try:
         return _assemble(cfg, run_dir, store, False, evaluator, on_generation, stop_event)

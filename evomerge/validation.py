@@ -66,9 +66,20 @@ def stored(store: Any) -> dict[str, dict]:
     return json.loads(store.get_meta(META_KEY) or "{}")
 
 
-def ranking(store: Any, enabled: bool) -> Ranking:
+def check_buildable(cfg: Any) -> None:
+    """Build the validation fitness once here (files, functions, item windows), so a split
+    that cannot be scored stops the search before it starts, not after its budget."""
+    if cfg.fitness.validation is not None:
+        from evomerge.fitness import build_fitness
+
+        build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split="validation")
+
+
+def ranking(store: Any, enabled: bool | None = None) -> Ranking:
     """The archive in winner order: by validation when every member has a score, else as the
-    search ranked it. Failed validations go last."""
+    search ranked it. Failed validations go last. ``enabled`` None: as the run's config says."""
+    if enabled is None:
+        enabled = json.loads(store.config_json())["fitness"].get("validation") is not None
     done = stored(store) if enabled else {}
     members = []
     for e in store.archive():

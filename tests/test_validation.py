@@ -196,10 +196,18 @@ def test_a_split_without_items_left_is_refused(task, match):
         parse_fitness_config({"tasks": [task], "validation": {"items": 5}})
 
 
-def test_refused_before_the_run_folder_exists(family, tmp_path):
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (", validation_function: heldout.py:heldout", "tasks.0.validation_function"),
+        ("heldout.py:heldout", "has no function 'nope'"),  # found only when built
+    ],
+)
+def test_refused_before_the_run_folder_exists(family, tmp_path, edit, match):
     exp = _experiment(tmp_path, family)
-    exp.write_text(exp.read_text().replace(", validation_function: heldout.py:heldout", ""))
-    with pytest.raises(UserInputError, match="validation_function"):
+    new = "" if edit.startswith(",") else "heldout.py:nope"
+    exp.write_text(exp.read_text().replace(edit, new))
+    with pytest.raises(UserInputError, match=match):
         search(exp, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
