@@ -302,3 +302,18 @@ def test_interrupted_run_says_validation_is_pending_until_resumed(family, tmp_pa
     with RunStore.open(run, readonly=True) as st:
         assert set(stored(st)) == {e.digest for e in st.archive()}
         assert ranking(st, True).by == "validation score"
+
+
+def test_perplexity_validation_windows_follow_the_search_windows(tmp_path):
+    from tests.test_fitness_lm_eval import tiny_model, tiny_tokenizer
+
+    model, tok = tiny_model(), tiny_tokenizer()
+    f = tmp_path / "text.txt"
+    f.write_text("1+2=3\n4+5=9\nabc def ghij\n" * 6)
+    task = {"kind": "perplexity", "text_file": str(f), "max_length": 8}
+    every = build_fitness(parse_fitness_config({"tasks": [task]}))(model, tok)
+    cfg = parse_fitness_config({"tasks": [{**task, "max_windows": 3}], "validation": {"items": 2}})
+    search_ = build_fitness(cfg)(model, tok).tasks["perplexity"].per_example
+    val = build_fitness(cfg, split="validation")(model, tok).tasks["perplexity"].per_example
+    assert search_ == every.tasks["perplexity"].per_example[:3]
+    assert val == every.tasks["perplexity"].per_example[3:5]
