@@ -225,7 +225,9 @@ def export(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run folder"),
     out: Path = typer.Option(..., "--out", help="YAML file to write"),
     fmt: str = typer.Option("evomerge", "--format", help="evomerge or mergekit"),
-    rank: int = typer.Option(1, "--rank", help="which archived model: 1 = the best"),
+    rank: int = typer.Option(
+        1, "--rank", help="which archived model: 1 = the best (on validation when the run has it)"
+    ),
 ) -> None:
     """Write the rank-K recipe of a run as evomerge or mergekit YAML."""
     from evomerge import search_cli

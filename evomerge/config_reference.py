@@ -78,7 +78,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
             rows.append((key, TOP_PARTS[key], "required", field.description or ""))
             continue
         if sub is not None:
-            rows.append((key, "mapping", "", field.description or ""))
+            optional = field.default is None  # an optional section: absent = off
+            rows.append((key, "mapping", "null" if optional else "", field.description or ""))
             rows += _rows(sub, key + ".")
             continue
         typ = "list of tasks (below)" if key == "fitness.tasks" else type_name(field.annotation)
@@ -89,6 +90,9 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
 def _submodel(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return _submodel(args[0])  # an optional section (fitness.validation): its keys too
     return None
 
 

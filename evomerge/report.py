@@ -33,6 +33,7 @@ from evomerge.report_doc import (
 )
 from evomerge.stop_reason import StopRecord, read_stop
 from evomerge.store import RunStore, Trial
+from evomerge.validation import Ranking, ranking
 
 __all__ = ["best_and_median", "write_report"]
 
@@ -49,6 +50,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
         trials, archive = store.trials(), store.archive()
         baselines = json.loads(store.get_meta("baselines") or "{}")
         cfg_json, stop, groups = store.config_json(), read_stop(store), run_failure_groups(store)
+        ranked = ranking(store)
     by_idx = {t.idx: t for t in trials}
     top = [by_idx[e.idx] for e in archive if e.idx in by_idx]
     rows = model_rows(top, baselines)
@@ -61,7 +63,9 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     ]
     plots = [p for p in plots if p is not None]
     facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop)
-    blocks = _blocks(run_dir, facts, rows, tasks, groups, plots)
+    if ranked.enabled:
+        facts.append(_winner_fact(ranked))
+    blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked)
     _write(out / "report.md", to_markdown(blocks))
     _write(out / "report.html", to_html(blocks, f"evomerge run {run_dir}"))
     return [*plots, out / "report.md", out / "report.html"]
@@ -100,8 +104,37 @@ def _stop_text(stop) -> str:
     return stop.describe()
 
 
-def _blocks(run_dir, facts, rows, tasks, groups, plots) -> list[Block]:
+def _winner_fact(ranked: Ranking) -> str:
+    if not ranked.members:
+        return "validation: no archived model to score"
+    w = ranked.members[0]
+    if ranked.by != "validation score":
+        return f"validation: {ranked.winner_note()} (`evomerge resume` scores them)"
+    return (
+        f"{ranked.winner_note()}: {code(w.digest[:12])}, validation {_num(w.validation)}, "
+        f"search fitness {_num(w.fitness)}, gap {w.gap:+.4f}"
+    )
+
+
+def _validation_table(ranked: Ranking) -> list[Block]:
+    """Search fitness against the held-out score per archived model: the gap is selection."""
+    body = [
+        [
+            f"#{i + 1} {code(m.digest[:12])}",
+            _num(m.fitness),
+            _num(m.validation) if m.validated else "-",
+            f"{m.gap:+.4f}" if m.validated and math.isfinite(m.gap) else "-",
+        ]
+        for i, m in enumerate(ranked.members)
+    ]
+    head = Heading(f"Validation: archive ranked by {ranked.by} (gap = search - validation)")
+    return [head, Table(["model", "search fitness", "validation", "gap"], body)]
+
+
+def _blocks(run_dir, facts, rows, tasks, groups, plots, ranked=None) -> list[Block]:
     blocks: list[Block] = [Heading(f"evomerge run {code(run_dir)}", 1), Bullets(facts)]
+    if ranked is not None and ranked.enabled:
+        blocks += _validation_table(ranked)
     blocks += [Heading("Per task: best merges, experts and base"), _task_table(rows, tasks)]
     if not tasks:
         blocks.append(Para("No task scores: every model failed (reasons below)."))

@@ -7,6 +7,7 @@ prints it as one line and exits 2.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -117,6 +118,7 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
 
     log = FailureLog(_say)
     relay.failures = (log, s.store)
+    s.say = _say
     try:
         with _signals(stop):
             _say(f"threads: {s.store.get_meta('threads')}")
@@ -149,9 +151,11 @@ def _total(max_total_seconds: float | None) -> dict:
 
 def _finish(final: Progress, run_dir: Path) -> int:
     from evomerge.store import RunStore
+    from evomerge.validation import member_line, ranking
 
     with RunStore.open(run_dir, readonly=True) as st:
         baselines = json.loads(st.get_meta("baselines") or "{}")
+        ranked = ranking(st)
     out.print(
         f"stopped: {final.stop_reason}; {final.n_evals} evaluations, "
         f"{final.n_failed} failed, {final.elapsed:.0f} s"
@@ -159,7 +163,12 @@ def _finish(final: Progress, run_dir: Path) -> int:
     if final.best_digest is None:
         out.print(f"no candidate succeeded; failures by reason: evomerge status {run_dir}")
         return 1
-    out.print(f"winner {final.best_digest[:12]}  fitness {final.best_fitness:.4f}")
+    if ranked.enabled and ranked.members:  # the winner is chosen on the held-out items
+        w = ranked.members[0]
+        final = dataclasses.replace(final, best_digest=w.digest)
+        out.print(f"winner {w.digest[:12]}  {member_line(w)}  ({ranked.winner_note()})")
+    else:
+        out.print(f"winner {final.best_digest[:12]}  fitness {final.best_fitness:.4f}")
     for name, b in baselines.items():
         fit = b.get("fitness")
         out.print(f"  {name:<31} fitness {'FAIL' if fit is None else f'{fit:.4f}'}")
@@ -232,11 +241,13 @@ def status(run_dir: Path) -> int:
     from evomerge.config import experiment_from_json
     from evomerge.outcome import outcome_lines
     from evomerge.store import RunStore
+    from evomerge.validation import member_line, ranking
 
     with RunStore.open(run_dir, readonly=True) as st:
         cfg = experiment_from_json(st.config_json())
-        c, cp, archive = st.counts(), st.last_checkpoint(), st.archive()
-        top = [st.trial(e.idx) for e in archive]
+        c, cp = st.counts(), st.last_checkpoint()
+        ranked = ranking(st)
+        top = [st.trial(m.idx) for m in ranked.members]
         threads = st.get_meta("threads")
         outcome = outcome_lines(st)
     budget = cfg.budget.max_evals
@@ -249,9 +260,14 @@ def status(run_dir: Path) -> int:
         out.print(f"search time {cp.elapsed:.0f} s")
     if threads:
         out.print(f"threads {threads}")
-    for rank, t in enumerate(top, 1):
+    if ranked.enabled and top:
+        out.print(
+            f"archive ranked by {ranked.by} ({ranked.winner_note()}; gap = search - validation)"
+        )
+    for rank, (t, m) in enumerate(zip(top, ranked.members, strict=True), 1):
         scores = ", ".join(f"{k} {v:.3f}" for k, v in t.scores.items())
-        out.print(f"  #{rank} {t.digest[:12]} fitness {t.fitness:.4f}  ({scores})")
+        score = member_line(m) if ranked.enabled else f"fitness {t.fitness:.4f}"
+        out.print(f"  #{rank} {t.digest[:12]} {score}  ({scores})")
     if not top:
         out.print("  no successful candidate yet")
     for line in outcome:
@@ -261,11 +277,13 @@ def status(run_dir: Path) -> int:
 
 def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) -> int:
     from evomerge.store import RunStore
+    from evomerge.validation import member_line, ranking
 
     if fmt not in ("evomerge", "mergekit"):
         raise UserInputError(f"--format {fmt!r}: use evomerge or mergekit")
     with RunStore.open(run_dir, readonly=True) as st:
-        archive = st.archive()
+        ranked = ranking(st)  # by validation score when the run has one
+        archive = ranked.members
         if not 1 <= rank <= len(archive):
             raise UserInputError(
                 f"--rank {rank}: the archive of {run_dir} holds {len(archive)} models (1 = best)"
@@ -276,6 +294,13 @@ def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) 
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(text)
+    if ranked.enabled:
+        m = archive[rank - 1]
+        out.print(
+            f"wrote {out_file} ({fmt}; rank {rank} by {ranked.by}, {member_line(m)}, "
+            f"digest {trial.digest[:12]}; {ranked.winner_note()})"
+        )
+        return 0
     out.print(
         f"wrote {out_file} ({fmt}; rank {rank}, fitness {trial.fitness:.4f}, "
         f"digest {trial.digest[:12]})"

@@ -49,10 +49,17 @@ class Search:
     loop: SearchLoop
     resumed: bool
     lock: FileLock | None = None
+    say: Callable[[str], None] | None = None
 
     def run(self) -> Progress:
         try:
-            return self.loop.run()
+            final = self.loop.run()
+            if final.stop_reason != "interrupted":  # Ctrl-C: resume validates later
+                from evomerge.validation import rescore_archive
+
+                self.evaluator.close()  # its workers go before the validation workers come
+                rescore_archive(self.cfg, self.run_dir, self.store, self.say)
+            return final
         finally:
             self.close()
 
@@ -141,7 +148,7 @@ def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
         ) from None
 
 
-def build_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Evaluator:
+def build_evaluator(cfg: ExperimentConfig, run_dir: Path, split: str = "search") -> Evaluator:
     if cfg.workers > 1 or cfg.ray_address:
         try:
             from evomerge.workers.ray_evaluator import RayEvaluator
@@ -150,14 +157,14 @@ def build_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Evaluator:
                 "workers > 1 / ray_address need the Ray evaluator, which this build does not "
                 "have yet; use workers: 1 (the serial evaluator)"
             ) from None
-        return RayEvaluator.from_config(cfg, resolver_for(cfg, run_dir))
+        return RayEvaluator.from_config(cfg, resolver_for(cfg, run_dir), split)
     from evomerge.workers import threads
     from evomerge.workers.context import ResidentWorker
     from evomerge.workers.serial import SerialEvaluator
 
     resolver = resolver_for(cfg, run_dir)
     return SerialEvaluator(
-        lambda: ResidentWorker(cfg, resolver=resolver, worker="serial"),
+        lambda: ResidentWorker(cfg, resolver=resolver, worker="serial", split=split),
         timeout_s=cfg.evaluation.timeout_s,
         threads=threads.choose_serial(cfg.evaluation.threads),
     )
@@ -222,6 +229,9 @@ def _parts(cfg: ExperimentConfig, run_dir: Path, *, fresh: bool) -> tuple[Search
 
     check_fit(cfg.driver.name, cfg.space)  # a driver that cannot walk the space: before any I/O
     validate_fitness(cfg)
+    from evomerge.validation import check_buildable
+
+    check_buildable(cfg)  # (fitness.validation: its items and functions too)
     space = build_space(cfg, run_dir)
     if fresh:
         seed_globals(cfg.seed)

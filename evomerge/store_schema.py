@@ -16,7 +16,9 @@ Tables
                   ``fitness_digest`` (JSON {"<task>: <path>": sha256[:16]} of the fitness files
                   and task folders, ``evomerge.fitness.digest``; resume compares it),
                   ``fitness_changes`` (JSON list of changes accepted with
-                  ``--allow-changed-fitness``: time, changed entries, digests before/after).
+                  ``--allow-changed-fitness``: time, changed entries, digests before/after),
+                  ``validation`` (JSON ``{digest: {fitness, scores, error}}``: archive members
+                  re-scored on held-out items; see ``evomerge.validation``).
 ``run``           a single row (id = 1): ``config_json`` is the resolved ExperimentConfig,
                   ``structural_hash`` the sha256 of its structural part (see
                   ``evomerge.config.ExperimentConfig.structural_hash``), ``created`` (unix time).

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evomerge.errors import UserInputError
 from evomerge.fitness.base import Fitness, TaskRunner
 from evomerge.fitness.config import (
     FitnessConfig,
     LmEvalTaskConfig,
     PerplexityTaskConfig,
     PythonTaskConfig,
+    ValidationConfig,
     ZooTaskConfig,
     parse_fitness_config,
     task_label,
@@ -64,14 +66,25 @@ FITNESS_KINDS: dict[str, Callable[[str, Any, Path | None], TaskRunner]] = {
 }
 
 
-def build_fitness(cfg: FitnessConfig, *, base_dir: str | Path | None = None) -> Fitness:
+def build_fitness(
+    cfg: FitnessConfig, *, base_dir: str | Path | None = None, split: str = "search"
+) -> Fitness:
     """Build every task's runner (files and functions are checked here, before any search).
 
     Relative paths (include_path, text_file, python files) are tried against ``base_dir`` (the
-    experiment file's folder) first, then the current directory.
+    experiment file's folder) first, then the current directory. ``split="validation"``
+    scores each task's validation items instead (``fitness.validation``; same weights).
     """
     bd = Path(base_dir) if base_dir is not None else None
-    runners = [FITNESS_KINDS[t.kind](task_label(t), t, bd) for t in cfg.tasks]
+    if split == "validation":
+        from evomerge.fitness.validation import validation_runner
+
+        if cfg.validation is None:
+            raise UserInputError("fitness.validation is not set; there is no validation split")
+        items = cfg.validation.items
+        runners = [validation_runner(task_label(t), t, items, bd) for t in cfg.tasks]
+    else:
+        runners = [FITNESS_KINDS[t.kind](task_label(t), t, bd) for t in cfg.tasks]
     return Fitness(cfg, runners)
 
 
@@ -86,6 +99,7 @@ __all__ = [
     "PythonTaskConfig",
     "TaskRunner",
     "TaskScore",
+    "ValidationConfig",
     "ZooTaskConfig",
     "build_fitness",
     "parse_fitness_config",

@@ -24,10 +24,14 @@ YAML shape::
         options: {n: 200}
       - kind: python                 # your function: fn(model, tokenizer) -> float|dict|EvalResult
         function: fitness/my.py:score
+        validation_function: fitness/my.py:score_heldout   # with validation: below
       - kind: perplexity             # on a text file; score -log(ppl) (or 1/ppl)
         text_file: data/heldout.txt
         max_length: 256
         score: neg_log_ppl
+
+    validation:                      # the winner is chosen on items the search never saw
+      items: 100                     # per task, after its search items (null: all the rest)
 
 Shorthand: ``{python: "fitness/my.py:score"}`` is one python task.
 """
@@ -37,7 +41,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from evomerge.errors import UserInputError
 from evomerge.fitness.guard import public_benchmark_match, refusal_message
@@ -123,15 +134,25 @@ class PythonTaskConfig(_TaskBase):
     """python: your function fn(model, tokenizer) -> float, dict, TaskScore or EvalResult"""
     function: str
     """path/to/file.py:function_name, relative to the experiment"""
+    validation_function: str | None = None
+    """with fitness.validation: the same score on items disjoint from the search's (yours)"""
 
     @model_validator(mode="after")
     def _ref(self) -> PythonTaskConfig:
-        path, sep, fn = self.function.rpartition(":")
-        if not sep or not path.endswith(".py") or not fn.isidentifier():
+        for key in ("function", "validation_function"):
+            ref = getattr(self, key)
+            path, sep, fn = (ref or "x.py:f").rpartition(":")
+            if not sep or not path.endswith(".py") or not fn.isidentifier():
+                raise ValueError(f"{key} {ref!r} must look like 'path/to/file.py:function_name'")
+        if self.validation_function == self.function:
             raise ValueError(
-                f"function {self.function!r} must look like 'path/to/file.py:function_name'"
+                "validation_function is the search's own function; give one that scores other items"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        return _drop_none(handler(self), "validation_function")
 
 
 class PerplexityTaskConfig(_TaskBase):
@@ -166,11 +187,20 @@ def task_label(t: Any) -> str:
     return "perplexity"
 
 
+class ValidationConfig(_Frozen):
+    # The search's best on its own items is biased upwards (it was selected on them); the
+    # archive is re-scored on items it never saw and the winner is the best there.
+    items: int | None = Field(None, ge=1)
+    """validation items per task, taken after its search items (null: every item left)"""
+
+
 class FitnessConfig(_Frozen):
     tasks: list[TaskConfig]
     """the tasks scored per candidate (one kind per entry: lm_eval, zoo, python, perplexity)"""
     allow_public_benchmarks: bool = False
     """allow public benchmark names as search fitness (contamination risk)"""
+    validation: ValidationConfig | None = None
+    """re-score the archive on held-out items and pick the winner there (null: off)"""
 
     @model_validator(mode="before")
     @classmethod
@@ -198,7 +228,17 @@ class FitnessConfig(_Frozen):
                 for n in filter(None, names):
                     if pat := public_benchmark_match(n):
                         raise ValueError(refusal_message(n, pat, f"tasks.{i}"))
+        if self.validation is not None:
+            from evomerge.fitness.validation import check_split
+
+            for i, t in enumerate(self.tasks):
+                check_split(t, f"tasks.{i}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        # Without validation the dump (and the run's structural hash) is what it always was.
+        return _drop_none(handler(self), "validation")
 
     @property
     def labels(self) -> list[str]:
@@ -207,6 +247,14 @@ class FitnessConfig(_Frozen):
     @property
     def objective_names(self) -> list[str]:
         return list(dict.fromkeys(t.objective for t in self.tasks))
+
+
+def _drop_none(data: Any, key: str) -> Any:
+    """A dump without ``key`` when it is unset: configs (and the structural hash of runs)
+    written before the key existed stay byte for byte the same."""
+    if isinstance(data, dict) and data.get(key, 0) is None:
+        data.pop(key)
+    return data
 
 
 def parse_fitness_config(data: Any, *, origin: str = "fitness") -> FitnessConfig:

@@ -61,9 +61,19 @@ def _leaf_tasks(task_dict: dict) -> dict[str, Any]:
 
 
 class LmEvalTask:
-    def __init__(self, label: str, cfg: LmEvalTaskConfig, base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        cfg: LmEvalTaskConfig,
+        base_dir: Path | None = None,
+        *,
+        validation: bool = False,
+        validation_items: int | None = None,
+    ) -> None:
         self.label = label
         self.cfg = cfg
+        self.validation = validation  # score the docs the search leaves out (fitness.validation)
+        self.validation_items = validation_items
         self.include_path = tuple(self._resolve(p, base_dir) for p in cfg.include_path)
         self._tm: Any = None
         self._samples: dict[str, list[int]] | None = None
@@ -97,7 +107,7 @@ class LmEvalTask:
         """Doc ids per leaf task, or None where lm-eval's own ``limit`` (the first n) serves:
         the docs after ``offset``, the first ``limit`` of them or a seeded ``subsample``."""
         c = self.cfg
-        if c.subsample is None and c.offset == 0:
+        if c.subsample is None and c.offset == 0 and not self.validation:
             return None
         if self._samples is None:
             import numpy as np
@@ -112,13 +122,32 @@ class LmEvalTask:
                         f"lm_eval task {name!r}: offset {c.offset} skips all of its {n_docs} "
                         "docs; lower offset"
                     )
-                ids = np.arange(c.offset, n_docs)
+                after = np.arange(c.offset, n_docs)
+                ids = after
                 if c.limit is not None:
-                    ids = ids[: _count(c.limit, ids.size)]
+                    ids = after[: _count(c.limit, after.size)]
                 elif c.subsample is not None:
-                    ids = np.sort(rng.choice(ids, _count(c.subsample, ids.size), replace=False))
+                    ids = np.sort(rng.choice(after, _count(c.subsample, after.size), replace=False))
+                if self.validation:
+                    ids = self._held_out(name, after, ids, rng)
                 self._samples[name] = [int(i) for i in ids]
         return self._samples
+
+    def _held_out(self, name: str, after: Any, search: Any, rng: Any) -> Any:
+        """Validation docs: after ``offset`` and not scored by the search; the next ones after a
+        ``limit`` window, else a draw that continues the subsample's seeded stream."""
+        import numpy as np
+
+        rest = np.setdiff1d(after, search)
+        if rest.size == 0:
+            raise UserInputError(
+                f"fitness.validation: lm_eval task {name!r} has no docs left after the search's "
+                f"{search.size}; lower limit or subsample"
+            )
+        k = rest.size if self.validation_items is None else min(self.validation_items, rest.size)
+        if self.cfg.limit is not None:
+            return rest[:k]
+        return np.sort(rng.choice(rest, k, replace=False))
 
     @property
     def sample_ids(self) -> dict[str, list[int]] | None:
@@ -138,12 +167,13 @@ class LmEvalTask:
         from lm_eval import simple_evaluate
 
         c = self.cfg
+        samples = self._subsample()
         out = simple_evaluate(
             model=self._model(model, tokenizer),
             tasks=[c.task],
             task_manager=self.manager(),
-            limit=c.limit if c.offset == 0 else None,  # (with an offset: in the ids)
-            samples=self._subsample(),
+            limit=c.limit if samples is None else None,  # (else: in the ids)
+            samples=samples,
             num_fewshot=c.num_fewshot,
             apply_chat_template=c.apply_chat_template,
             log_samples=True,

@@ -38,6 +38,7 @@ class PerplexityTask:
         *,
         max_length: int = 256,
         max_windows: int | None = None,
+        skip_windows: int = 0,
         score: str = "neg_log_ppl",
         base_dir: Path | None = None,
     ) -> None:
@@ -48,6 +49,7 @@ class PerplexityTask:
             raise UserInputError(f"{label}.text_file: {self.path} is empty")
         self.max_length = max_length
         self.max_windows = max_windows
+        self.skip_windows = skip_windows  # validation: the windows after the search's
         self.score = score
         self._ids: Any = None  # token ids, cached per tokenizer
 
@@ -58,13 +60,18 @@ class PerplexityTask:
             self._ids = (tokenizer, ([bos] if bos is not None else []) + list(ids))
         ids = self._ids[1]
         wins = [ids[i : i + self.max_length] for i in range(0, len(ids), self.max_length)]
-        wins = [w for w in wins if len(w) >= 2]
+        wins = [w for w in wins if len(w) >= 2][self.skip_windows :]
         return wins[: self.max_windows] if self.max_windows else wins
 
     def run(self, model: Any, tokenizer: Any) -> dict[str, TaskScore]:
         import torch  # late: keep `import evomerge.fitness` light
 
         wins = self._windows(tokenizer)
+        if not wins and self.skip_windows:
+            raise UserInputError(
+                f"fitness.validation: {self.path} has no windows after the search's first "
+                f"{self.skip_windows}; lower max_windows or give a longer text_file"
+            )
         if not wins:
             raise UserInputError(f"{self.label}: {self.path} has fewer than 2 tokens")
         device = next(model.parameters()).device

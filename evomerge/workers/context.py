@@ -38,13 +38,15 @@ class ResidentWorker:
         resolver: Callable[[str], str],
         worker: str = "local",
         cache: ExpertCache | None = None,
+        split: str = "search",
     ) -> None:
         from evomerge.fitness import build_fitness
 
         self.worker = worker
         self.seed = cfg.seed
         self.resolver = resolver
-        self.fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
+        # split="validation": the same worker scores the archive on held-out items
+        self.fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split=split)
         ratio = cfg.evaluation.stats_cache
         self.cache = cache or ExpertCache(resolver, stats=ratio > 0, stats_ratio=ratio)
         self.materializer = Materializer(self.cache, device=cfg.evaluation.device)

@@ -112,13 +112,15 @@ class RayEvaluator(Evaluator):
         self.stats = RayStats()
 
     @classmethod
-    def from_config(cls, cfg: Any, resolver: Callable[[str], str]) -> RayEvaluator:
+    def from_config(
+        cls, cfg: Any, resolver: Callable[[str], str], split: str = "search"
+    ) -> RayEvaluator:
         from evomerge.workers.ray_factory import ConfigWorkerFactory
 
         ev = cfg.evaluation
         workers = None if (cfg.ray_address and cfg.workers == 1) else cfg.workers
         return cls(
-            ConfigWorkerFactory(cfg, resolver),
+            ConfigWorkerFactory(cfg, resolver, split),
             num_workers=workers,
             address=cfg.ray_address,
             num_cpus_per_worker=getattr(ev, "cpus_per_worker", 1.0),

@@ -16,8 +16,9 @@ from evomerge.workers.ray_placement import PlacedMaterializer, Placement
 
 
 class ConfigWorkerFactory(WorkerFactory):
-    def __init__(self, cfg: Any, resolver: Callable[[str], str]) -> None:
+    def __init__(self, cfg: Any, resolver: Callable[[str], str], split: str = "search") -> None:
         self.cfg = cfg
+        self.split = split  # "validation": the actors score held-out items (fitness.validation)
         self.resolver = resolver
         self.cache_dtype = getattr(cfg.evaluation, "cache_dtype", "float32")
         self.stats_ratio = cfg.evaluation.stats_cache
@@ -33,7 +34,9 @@ class ConfigWorkerFactory(WorkerFactory):
 
         ev = self.cfg.evaluation.model_copy(update={"device": placement.device})
         cfg = self.cfg.model_copy(update={"evaluation": ev})
-        ctx = ResidentWorker(cfg, resolver=self.resolver, worker=worker, cache=cache)
+        ctx = ResidentWorker(
+            cfg, resolver=self.resolver, worker=worker, cache=cache, split=self.split
+        )
         ctx.materializer = PlacedMaterializer(
             ctx.cache, placement, merge_fn=getattr(ctx.materializer, "merge_fn", None)
         )

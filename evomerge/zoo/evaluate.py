@@ -172,15 +172,19 @@ def evaluate_skills(
     }
 
 
+def item_tasks(name: str) -> list[str]:
+    """The zoo tasks whose test items evaluator ``name`` scores (none: digits, a fixed split)."""
+    from evomerge.zoo.tasks import TASKS
+
+    tasks = {"cross": _cross_tasks, "skills": _skills_tasks}.get(name)
+    return tasks() if tasks else ([name] if name in TASKS else [])
+
+
 def check_options(name: str, options: dict[str, object]) -> None:
     """Validate an LM evaluator's ``offset``/``limit`` against its tasks' files when the fitness
     is built, so a bad window stops the search before it starts instead of failing every
     candidate."""
-    from evomerge.zoo.tasks import TASKS
-
-    tasks = {"cross": _cross_tasks, "skills": _skills_tasks}.get(name)
-    names = tasks() if tasks else ([name] if name in TASKS else [])
-    for t in names:
+    for t in item_tasks(name):
         item_window(
             load_task_items(task_dir(t)), options.get("offset", 0), options.get("limit"), task=t
         )

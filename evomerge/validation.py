@@ -1,0 +1,148 @@
+"""Validation re-scoring of a run's archive, and the ranking that picks the winner.
+
+The search ranks candidates on its own items; its best there is biased upwards (selection over
+many noisy candidates). With ``fitness.validation`` set, every archive member is scored once on
+the validation items (``evomerge.fitness.validation``) through the same evaluator code, serial
+or Ray, after the search and after each resume. The scores live in the store's ``meta`` table
+under ``validation`` (JSON ``{digest: {fitness, scores, error}}``), written after each chunk of
+workers' results: a digest already there is never scored again, and a killed re-scoring
+continues where it stopped. A member's validation score depends only on its recipe and the
+seed (``run_job`` seeds each job from them), so a resumed run gets the same numbers.
+
+The winner (``export`` without ``--rank``, ``search``'s winner line, ``status``'s #1) is the
+best on validation once every member has its validation score; until then the search order
+stands and the output says that validation is pending.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evomerge.recipe import Recipe
+
+META_KEY = "validation"
+BY_VALIDATION = "validation score"
+BY_SEARCH = "search fitness"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One archive member: its search fitness and, once scored, its validation score."""
+
+    digest: str
+    idx: int
+    fitness: float
+    validated: bool = False
+    validation: float = math.nan  # NaN: validation failed (see error)
+    error: str | None = None
+
+    @property
+    def gap(self) -> float:
+        """search fitness - validation score: how much of the lead was selection."""
+        return self.fitness - self.validation
+
+
+@dataclass(frozen=True)
+class Ranking:
+    members: list[Member]
+    by: str  # BY_VALIDATION or BY_SEARCH
+    enabled: bool  # fitness.validation is set
+    pending: int  # members still without a validation score
+
+    def winner_note(self) -> str:
+        if self.by == BY_VALIDATION:
+            return "winner by validation score"
+        if self.enabled and self.pending:
+            return f"winner by search fitness: {self.pending} archived model(s) not validated yet"
+        return "winner by search fitness"
+
+
+def stored(store: Any) -> dict[str, dict]:
+    return json.loads(store.get_meta(META_KEY) or "{}")
+
+
+def check_buildable(cfg: Any) -> None:
+    """Build the validation fitness once here (files, functions, item windows), so a split
+    that cannot be scored stops the search before it starts, not after its budget."""
+    if cfg.fitness.validation is not None:
+        from evomerge.fitness import build_fitness
+
+        build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split="validation")
+
+
+def ranking(store: Any, enabled: bool | None = None) -> Ranking:
+    """The archive in winner order: by validation when every member has a score, else as the
+    search ranked it. Failed validations go last. ``enabled`` None: as the run's config says."""
+    if enabled is None:
+        enabled = json.loads(store.config_json())["fitness"].get("validation") is not None
+    done = stored(store) if enabled else {}
+    members = []
+    for e in store.archive():
+        v = done.get(e.digest)
+        val = math.nan if v is None or v.get("fitness") is None else float(v["fitness"])
+        err = v.get("error") if v else None
+        members.append(Member(e.digest, e.idx, e.fitness, v is not None, val, err))
+    pending = sum(1 for m in members if not m.validated)
+    if not enabled or pending or not members:
+        return Ranking(members, BY_SEARCH, enabled, pending)
+    order = sorted(
+        range(len(members)),
+        key=lambda i: (math.isnan(members[i].validation), -members[i].validation, i),
+    )
+    return Ranking([members[i] for i in order], BY_VALIDATION, enabled, 0)
+
+
+def rescore_archive(
+    cfg: Any, run_dir: Path, store: Any, say: Callable[[str], None] | None = None
+) -> int:
+    """Score every archive member that has no validation score yet; returns how many."""
+    if cfg.fitness.validation is None:
+        return 0
+    done = stored(store)
+    todo = [e for e in store.archive() if e.digest not in done]
+    if not todo:
+        return 0
+    from evomerge.session import build_evaluator
+
+    if say:
+        say(f"validation: scoring {len(todo)} archived model(s) on held-out items")
+    chunk = max(1, cfg.workers)  # one result per worker at a time reaches the store
+    evaluator = build_evaluator(cfg, Path(run_dir), split="validation")
+    try:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            recipes = [Recipe.from_yaml(store.trial(e.idx).recipe_yaml) for e in part]
+            for e, r in zip(part, evaluator.evaluate(recipes), strict=True):
+                done[e.digest] = _entry(r)
+                if say and not r.ok:
+                    say(f"validation of {e.digest[:12]} failed: {r.error}")
+            store.set_meta(META_KEY, json.dumps(done, sort_keys=True))
+    finally:
+        evaluator.close()
+    return len(todo)
+
+
+def _entry(r: Any) -> dict:
+    def finite(v: float) -> float | None:
+        return float(v) if v is not None and math.isfinite(v) else None
+
+    scores = r.result.scores if r.result is not None else {}
+    return {
+        "fitness": finite(r.fitness) if r.ok else None,
+        "scores": {k: finite(v) for k, v in scores.items()},
+        "error": r.error,
+    }
+
+
+def member_line(m: Member) -> str:
+    """``validation 0.6100  search 0.6500  gap +0.0400`` (or why it has none)."""
+    if not m.validated:
+        return f"search {m.fitness:.4f}  validation pending"
+    if math.isnan(m.validation):
+        return f"search {m.fitness:.4f}  validation FAIL"
+    return f"validation {m.validation:.4f}  search {m.fitness:.4f}  gap {m.gap:+.4f}"

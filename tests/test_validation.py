@@ -1,0 +1,319 @@
+"""The validation split: the archive re-scored on items the search never saw, the winner chosen
+there. Real searches over a tiny Llama family (python fitness), real SQLite, a real SIGKILL;
+the zoo and lm-eval splits on lm-skills' real task files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from evomerge.config import load_experiment
+from evomerge.errors import UserInputError
+from evomerge.fitness import build_fitness, parse_fitness_config
+from evomerge.recipe import Recipe
+from evomerge.search_cli import export, resume, search, status
+from evomerge.session import open_search
+from evomerge.store import RunStore
+from evomerge.validation import ranking, stored
+from tests.helpers.search_fixtures import make_family, write_experiment
+
+pytestmark = pytest.mark.timeout(600)
+
+# The held-out score ranks the archive in reverse of the search's own score, so the
+# validation-best is the search's worst member: a search that picked on its own items picks
+# wrong. Each finished call appends a line, so the test counts how often a model was scored.
+HELDOUT_PY = """
+import os, sys, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # (Ray workers too) score.py beside this file
+from score import score
+
+LOG = Path(__file__).with_name("heldout_calls.log")
+
+
+def heldout(model, tokenizer):
+    value = -score(model, tokenizer)
+    time.sleep(float(os.environ.get("HELDOUT_SLEEP", "0")))
+    with LOG.open("a") as f:
+        f.write(f"{value!r}\\n")
+    return value
+"""
+
+
+def _experiment(tmp, family, *, max_evals=10, validation=True):
+    path = write_experiment(tmp, family, max_evals=max_evals, popsize=5)
+    (tmp / "heldout.py").write_text(HELDOUT_PY)
+    if validation:
+        text = path.read_text().replace(
+            "fitness: {python: score.py:score}",
+            "fitness:\n  tasks: [{kind: python, name: score, function: score.py:score,"
+            " validation_function: heldout.py:heldout}]\n  validation: {}",
+        )
+        path.write_text(text)
+    return path
+
+
+def _calls(tmp) -> int:
+    log = tmp / "heldout_calls.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return make_family(tmp_path_factory.mktemp("models"))
+
+
+def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
+    exp = _experiment(tmp_path, family)
+    run = tmp_path / "run"
+    assert search(exp, run) == 0
+    printed = capsys.readouterr().out
+    with RunStore.open(run, readonly=True) as st:
+        archive, val = st.archive(), stored(st)
+        ranked = ranking(st, True)
+    assert len(archive) == 2 and set(val) == {e.digest for e in archive}  # every member scored
+    assert _calls(tmp_path) == 2
+    assert ranked.by == "validation score"
+    # heldout = -score: the validation winner is the search's rank-2 member
+    assert ranked.members[0].digest == archive[1].digest != archive[0].digest
+    assert val[archive[1].digest]["fitness"] == pytest.approx(-archive[1].fitness)
+    assert f"winner {archive[1].digest[:12]}" in printed
+    assert "winner by validation score" in printed and "gap" in printed
+
+    assert export(run, tmp_path / "w.yaml") == 0  # no --rank: the validation winner
+    assert Recipe.load(tmp_path / "w.yaml").digest() == archive[1].digest
+    assert export(run, tmp_path / "r2.yaml", rank=2) == 0
+    assert Recipe.load(tmp_path / "r2.yaml").digest() == archive[0].digest
+    assert "winner by validation score" in capsys.readouterr().out
+
+    assert status(run) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, ln in enumerate(lines) if "#1" in ln)
+    assert "ranked by validation score" in lines[first - 1]
+    assert archive[1].digest[:12] in lines[first] and "gap" in lines[first]
+
+    from evomerge.report import write_report
+
+    write_report(run, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "winner by validation score" in md and "| validation | gap |" in md
+
+    # a finished run resumed: nothing is scored again
+    assert resume(run) == 0
+    assert _calls(tmp_path) == 2
+
+
+def test_killed_while_validating_resumes_without_rescoring(family, tmp_path):
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    exp_ref = _experiment(ref_dir, family)
+    open_search(load_experiment(exp_ref), ref_dir / "run").run()
+    with RunStore.open(ref_dir / "run", readonly=True) as st:
+        expected = stored(st)
+
+    work = tmp_path / "work"
+    work.mkdir()
+    exp = _experiment(work, family)
+    run = work / "run"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HELDOUT_SLEEP": "2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evomerge.cli", "search", str(exp), "--run-dir", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:  # the store may be half created: tables come in the first transaction
+            with RunStore.open(run, readonly=True) as st:
+                done = len(stored(st))
+        except (UserInputError, sqlite3.OperationalError):
+            done = 0
+        if done == 1:  # one member validated and stored, the other in flight
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done == 1, "the search ended before the kill"
+    with RunStore.open(run, readonly=True) as st:
+        at_kill = len(stored(st))
+    calls_at_kill = _calls(work)
+
+    assert resume(run) == 0
+    with RunStore.open(run, readonly=True) as st:
+        got = stored(st)
+    assert got == expected  # same archive, same validation scores as the uninterrupted run
+    assert _calls(work) == calls_at_kill + (2 - at_kill)  # stored members not scored again
+
+
+def test_without_validation_nothing_changes(family, tmp_path, capsys):
+    exp = _experiment(tmp_path, family, validation=False)
+    cfg = load_experiment(exp)
+    dumped = json.loads(cfg.to_json())["fitness"]
+    assert "validation" not in dumped and "validation_function" not in str(dumped)
+    run = tmp_path / "run"
+    assert search(exp, run) == 0
+    assert "winner by" not in capsys.readouterr().out
+    with RunStore.open(run, readonly=True) as st:
+        assert st.get_meta("validation") is None and ranking(st, False).by == "search fitness"
+        best = st.archive()[0].digest
+    assert export(run, tmp_path / "w.yaml") == 0
+    assert Recipe.load(tmp_path / "w.yaml").digest() == best
+    capsys.readouterr()
+    assert status(run) == 0
+    text = capsys.readouterr().out  # (the tmp path itself holds the word validation)
+    assert "ranked by" not in text and "gap" not in text and "pending" not in text
+
+
+@pytest.mark.parametrize(
+    ("task", "match"),
+    [
+        ({"kind": "zoo", "evaluator": "skills"}, r"tasks\.0\.options\.limit"),
+        ({"kind": "python", "function": "f.py:g"}, r"tasks\.0\.validation_function"),
+        ({"kind": "lm_eval", "task": "zoo_cipher"}, r"tasks\.0: the search scores every doc"),
+        ({"kind": "perplexity", "text_file": "t.txt"}, r"tasks\.0\.max_windows"),
+        (
+            {"kind": "python", "function": "f.py:g", "validation_function": "f.py:g"},
+            "search's own function",
+        ),
+    ],
+)
+def test_a_split_without_items_left_is_refused(task, match):
+    with pytest.raises(UserInputError, match=match):
+        parse_fitness_config({"tasks": [task], "validation": {"items": 5}})
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (", validation_function: heldout.py:heldout", "tasks.0.validation_function"),
+        ("heldout.py:heldout", "has no function 'nope'"),  # found only when built
+    ],
+)
+def test_refused_before_the_run_folder_exists(family, tmp_path, edit, match):
+    exp = _experiment(tmp_path, family)
+    new = "" if edit.startswith(",") else "heldout.py:nope"
+    exp.write_text(exp.read_text().replace(edit, new))
+    with pytest.raises(UserInputError, match=match):
+        search(exp, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_zoo_validation_items_follow_the_search_items():
+    cfg = parse_fitness_config(
+        {
+            "tasks": [
+                {"kind": "zoo", "evaluator": "skills", "options": {"offset": 10, "limit": 50}}
+            ],
+            "validation": {"items": 30},
+        }
+    )
+    assert build_fitness(cfg).runners[0].options == {"offset": 10, "limit": 50}
+    assert build_fitness(cfg, split="validation").runners[0].options == {"offset": 60, "limit": 30}
+    far = parse_fitness_config(
+        {
+            "tasks": [{"kind": "zoo", "evaluator": "skills", "options": {"limit": 200}}],
+            "validation": {},
+        }
+    )
+    with pytest.raises(UserInputError, match="no items after its search items"):
+        build_fitness(far, split="validation")
+    digits = parse_fitness_config(
+        {
+            "tasks": [{"kind": "zoo", "evaluator": "digits", "options": {"limit": 5}}],
+            "validation": {},
+        }
+    )
+    with pytest.raises(UserInputError, match="no items to hold out"):
+        build_fitness(digits, split="validation")
+
+
+@pytest.mark.parametrize("pick", [{"subsample": 40}, {"limit": 40, "offset": 5}])
+def test_lm_eval_validation_docs_are_disjoint_and_seeded(pick):
+    pytest.importorskip("lm_eval")
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parents[1] / "fitness" / "zoo_cipher")
+    task = {"kind": "lm_eval", "task": "zoo_cipher", "include_path": folder, **pick}
+    cfg = parse_fitness_config({"tasks": [task], "validation": {"items": 25}})
+    search_ids = build_fitness(cfg).runners[0].sample_ids["zoo_cipher"]
+    val_ids = build_fitness(cfg, split="validation").runners[0].sample_ids["zoo_cipher"]
+    again = build_fitness(cfg, split="validation").runners[0].sample_ids["zoo_cipher"]
+    assert len(search_ids) == 40 and len(val_ids) == 25 and val_ids == again
+    assert not set(search_ids) & set(val_ids)
+    assert min(val_ids) >= pick.get("offset", 0)
+    if "limit" in pick:  # the docs right after the search window, as lm-eval's limit reads
+        assert val_ids == list(range(45, 70))
+
+
+def test_validation_through_ray_equals_serial(family, tmp_path):
+    """The re-scoring goes through the Ray evaluator too (2 workers on loopback) and gives the
+    serial run's validation scores."""
+    pytest.importorskip("ray")
+    serial, ray_dir = tmp_path / "serial", tmp_path / "ray"
+    for d in (serial, ray_dir):
+        d.mkdir()
+        exp = _experiment(d, family)
+        exp.write_text(exp.read_text().replace("timeout_s: 60}", "timeout_s: 60, threads: 1}"))
+    assert search(serial / "exp.yaml", serial / "run", workers=1) == 0
+    assert search(ray_dir / "exp.yaml", ray_dir / "run", workers=2) == 0
+    got = []
+    for d in (serial, ray_dir):
+        with RunStore.open(d / "run", readonly=True) as st:
+            got.append({k: v["fitness"] for k, v in stored(st).items()})
+    assert got[0].keys() == got[1].keys() and len(got[0]) == 2
+    for k, v in got[0].items():
+        assert got[1][k] == pytest.approx(v, rel=1e-6)
+    assert _calls(ray_dir) == 2
+
+
+def test_interrupted_run_says_validation_is_pending_until_resumed(family, tmp_path, capsys):
+    import threading
+
+    exp = _experiment(tmp_path, family)
+    stop = threading.Event()
+    s = open_search(load_experiment(exp), tmp_path / "run", stop_event=stop)
+    s.loop.on_generation = lambda p: stop.set()  # Ctrl-C after the first generation
+    assert s.run().stop_reason == "interrupted"
+    run = tmp_path / "run"
+    with RunStore.open(run, readonly=True) as st:
+        assert stored(st) == {} and len(st.archive()) == 2
+        best = st.archive()[0].digest
+    capsys.readouterr()
+    assert export(run, tmp_path / "w.yaml") == 0  # the search order until validation is done
+    assert Recipe.load(tmp_path / "w.yaml").digest() == best
+    assert "2 archived model(s) not validated yet" in capsys.readouterr().out
+    assert status(run) == 0
+    assert "ranked by search fitness" in capsys.readouterr().out
+    assert resume(run) == 0
+    with RunStore.open(run, readonly=True) as st:
+        assert set(stored(st)) == {e.digest for e in st.archive()}
+        assert ranking(st, True).by == "validation score"
+
+
+def test_perplexity_validation_windows_follow_the_search_windows(tmp_path):
+    from tests.test_fitness_lm_eval import tiny_model, tiny_tokenizer
+
+    model, tok = tiny_model(), tiny_tokenizer()
+    f = tmp_path / "text.txt"
+    f.write_text("1+2=3\n4+5=9\nabc def ghij\n" * 6)
+    task = {"kind": "perplexity", "text_file": str(f), "max_length": 8}
+    every = build_fitness(parse_fitness_config({"tasks": [task]}))(model, tok)
+    cfg = parse_fitness_config({"tasks": [{**task, "max_windows": 3}], "validation": {"items": 2}})
+    search_ = build_fitness(cfg)(model, tok).tasks["perplexity"].per_example
+    val = build_fitness(cfg, split="validation")(model, tok).tasks["perplexity"].per_example
+    assert search_ == every.tasks["perplexity"].per_example[:3]
+    assert val == every.tasks["perplexity"].per_example[3:5]
