@@ -138,6 +138,11 @@ class LmEvalTask:
         from lm_eval import simple_evaluate
 
         c = self.cfg
+        if c.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserInputError(
+                f"lm_eval task {c.task!r}: apply_chat_template is on but the model's tokenizer "
+                "has no chat template; set apply_chat_template: false for a base model"
+            )
         out = simple_evaluate(
             model=self._model(model, tokenizer),
             tasks=[c.task],
@@ -146,7 +151,9 @@ class LmEvalTask:
             samples=self._subsample(),
             num_fewshot=c.num_fewshot,
             apply_chat_template=c.apply_chat_template,
+            system_instruction=c.system_instruction,
             log_samples=True,
+            **self._chat_args(),
             **c.extra_args,
         )
         if not out or "samples" not in out:
@@ -156,6 +163,11 @@ class LmEvalTask:
         if len(scores) == 1:
             return {self.label: next(iter(scores.values()))}
         return {f"{self.label}/{n}": s for n, s in scores.items()}
+
+    def _chat_args(self) -> dict[str, Any]:
+        """fewshot_as_multiturn only when set: lm-eval's default differs between versions."""
+        m = self.cfg.fewshot_as_multiturn
+        return {} if m is None else {"fewshot_as_multiturn": m}
 
     def _task_score(self, name: str, out: dict) -> TaskScore:
         samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
