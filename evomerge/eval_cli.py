@@ -48,9 +48,12 @@ def load_model(folder: Path, device: str = "cpu", dtype: str = "auto") -> tuple[
     """(model, tokenizer) from a HF folder: safetensors only, no remote code."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from evomerge.workers.context import load_tokenizer
 
+    tokenizer = load_tokenizer(str(folder))  # (a folder without one fails before the weights)
+    hf_logging.disable_progress_bar()  # one model, loaded in a second: no bar in the report
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "bfloat16"
     try:
@@ -63,7 +66,7 @@ def load_model(folder: Path, device: str = "cpu", dtype: str = "auto") -> tuple[
             f"model {folder}: transformers cannot load it ({first}); give a HF model folder "
             "with config.json and safetensors weights"
         ) from None
-    return model.to(device).eval(), load_tokenizer(str(folder))
+    return model.to(device).eval(), tokenizer
 
 
 def _report(t: Target, experiment: Path, agg: float, objectives: dict, result: EvalResult) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +55,7 @@ def kind_of(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def open_target(path: Path, *, rank: int = 1, recipe_paths: list[str] = ()) -> Iterator[Target]:
+def open_target(path: Path, *, rank: int = 1, recipe_paths: Sequence[str] = ()) -> Iterator[Target]:
     """The model folder behind ``path`` (a recipe's merge is deleted when the context ends).
     ``recipe_paths``: where ``recipe:<digest>`` sources of a recipe are looked up."""
     path = Path(path)
@@ -77,7 +77,7 @@ def open_target(path: Path, *, rank: int = 1, recipe_paths: list[str] = ()) -> I
             yield Target("recipe", str(path), folder, recipe.digest())
 
 
-def _resolver(roots: list[str] | tuple[str, ...]):
+def _resolver(roots: Sequence[str]) -> Callable[[str], str]:
     """Source references of a recipe: paths as they are, ``zoo:`` names built or found in the
     zoo cache, ``recipe:<digest>`` looked up in ``roots`` (run or archive folders)."""
     from evomerge.archive import RecipeResolver
@@ -88,7 +88,7 @@ def _resolver(roots: list[str] | tuple[str, ...]):
 
 
 @contextlib.contextmanager
-def _merged(recipe: Recipe, resolver) -> Iterator[Path]:
+def _merged(recipe: Recipe, resolver: Callable[[str], str]) -> Iterator[Path]:
     from evomerge.workers.materialize import write_model
 
     with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:

@@ -8,6 +8,9 @@ draws a seeded random subset of doc ids once (numpy ``default_rng(subsample_seed
 as ``samples=``, so every candidate is scored on the same items. Local task folders are given by
 ``include_path``; lm-eval's installed tasks are indexed only when the task is not found there
 (indexing them costs seconds), and they work offline when their datasets are in the HF cache.
+Instruct models: ``apply_chat_template``, ``fewshot_as_multiturn`` and ``system_instruction`` go
+to lm-eval as they are; each item then scores as in a fresh lm-eval ``hf`` run on the model's
+folder (docs/evaluation.md).
 """
 
 from __future__ import annotations
