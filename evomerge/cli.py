@@ -196,7 +196,9 @@ def eval_cmd(
     target: Path = typer.Argument(
         ..., metavar="MODEL|RECIPE|RUN", help="HF model folder, recipe YAML or run folder"
     ),
-    experiment: Path = typer.Argument(..., help="experiment YAML whose fitness scores it"),
+    experiment: Path = typer.Argument(
+        ..., metavar="EXPERIMENT.yaml", help="experiment YAML whose fitness scores it"
+    ),
     rank: int = typer.Option(1, "--rank", help="a run's archive member (1 = best)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
