@@ -246,6 +246,23 @@ def report(
     _run(lambda: search_cli.report(run_dir, out))
 
 
+@app.command("eval", cls=FlagCommand)
+def eval_cmd(
+    target: Path = typer.Argument(
+        ..., metavar="MODEL|RECIPE|RUN", help="HF model folder, recipe YAML or run folder"
+    ),
+    experiment: Path = typer.Argument(
+        ..., metavar="EXPERIMENT.yaml", help="experiment YAML whose fitness scores it"
+    ),
+    rank: int = typer.Option(1, "--rank", help="a run's archive member (1 = best)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+) -> None:
+    """Score one model with an experiment's fitness: aggregate and per-task scores."""
+    from evomerge import eval_cli
+
+    _run(lambda: eval_cli.evaluate(target, experiment, rank=rank, as_json=as_json))
+
+
 @app.command(cls=FlagCommand)
 def schema() -> None:
     """Print the experiment YAML reference (every key, type, default; docs/config.md)."""

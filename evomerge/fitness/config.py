@@ -14,7 +14,9 @@ YAML shape::
         subsample: 32                # seeded random subset: n items or a fraction
         subsample_seed: 0            # (or ``limit``: the first n items after the offset)
         num_fewshot: null
-        apply_chat_template: false
+        apply_chat_template: false   # instruct models: true (or a template name)
+        fewshot_as_multiturn: null   # chat few-shot as earlier turns (null: lm-eval's default)
+        system_instruction: null     # a system prompt (lm-eval's --system_instruction)
         batch_size: 16
         extra_args: {gen_kwargs: {max_gen_toks: 8}}   # passed to simple_evaluate as-is
         weight: 1.0
@@ -90,6 +92,10 @@ class LmEvalTaskConfig(_TaskBase):
     """few-shot examples per prompt (null: the task's default)"""
     apply_chat_template: bool | str = False
     """wrap prompts in the tokenizer's chat template (or a template name)"""
+    fewshot_as_multiturn: bool | None = None
+    """few-shot examples as earlier chat turns (null: lm-eval's default)"""
+    system_instruction: str | None = None
+    """a system message prepended to every prompt"""
     batch_size: int | str = 8
     """lm-eval batch size (an int or auto)"""
     extra_args: dict[str, Any] = Field(default_factory=dict)
@@ -115,8 +121,12 @@ class LmEvalTaskConfig(_TaskBase):
             if v is not None and (v <= 0 or (isinstance(v, float) and v > 1)):
                 raise ValueError(f"{key} must be a positive count or a fraction in (0, 1]")
         reserved = {"model", "tasks", "task_manager", "limit", "samples", "log_samples"}
+        reserved |= {"apply_chat_template", "fewshot_as_multiturn", "system_instruction"}
         if bad := reserved & set(self.extra_args):
-            raise ValueError(f"extra_args may not set {sorted(bad)}: evomerge sets them")
+            raise ValueError(
+                f"extra_args may not set {sorted(bad)}: evomerge sets them (the chat settings "
+                "are task fields: apply_chat_template, fewshot_as_multiturn, system_instruction)"
+            )
         return self
 
 

@@ -8,6 +8,9 @@ draws a seeded random subset of doc ids once (numpy ``default_rng(subsample_seed
 as ``samples=``, so every candidate is scored on the same items. Local task folders are given by
 ``include_path``; lm-eval's installed tasks are indexed only when the task is not found there
 (indexing them costs seconds), and they work offline when their datasets are in the HF cache.
+Instruct models: ``apply_chat_template``, ``fewshot_as_multiturn`` and ``system_instruction`` go
+to lm-eval as they are; each item then scores as in a fresh lm-eval ``hf`` run on the model's
+folder (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -167,6 +170,11 @@ class LmEvalTask:
         from lm_eval import simple_evaluate
 
         c = self.cfg
+        if c.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserInputError(
+                f"lm_eval task {c.task!r}: apply_chat_template is on but the model's tokenizer "
+                "has no chat template; set apply_chat_template: false for a base model"
+            )
         samples = self._subsample()
         out = simple_evaluate(
             model=self._model(model, tokenizer),
@@ -176,7 +184,9 @@ class LmEvalTask:
             samples=samples,
             num_fewshot=c.num_fewshot,
             apply_chat_template=c.apply_chat_template,
+            system_instruction=c.system_instruction,
             log_samples=True,
+            **self._chat_args(),
             **c.extra_args,
         )
         if not out or "samples" not in out:
@@ -186,6 +196,11 @@ class LmEvalTask:
         if len(scores) == 1:
             return {self.label: next(iter(scores.values()))}
         return {f"{self.label}/{n}": s for n, s in scores.items()}
+
+    def _chat_args(self) -> dict[str, Any]:
+        """fewshot_as_multiturn only when set: lm-eval's default differs between versions."""
+        m = self.cfg.fewshot_as_multiturn
+        return {} if m is None else {"fewshot_as_multiturn": m}
 
     def _task_score(self, name: str, out: dict) -> TaskScore:
         samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
