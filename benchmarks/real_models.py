@@ -86,9 +86,7 @@ def recipes(experts: list[str], base: str) -> dict[str, Recipe]:
         ),
         "dataflow": Recipe(
             merge_method="passthrough",
-            slices=[
-                Slice(sources=[SliceSource(model=m, layer_range=(i, i + 1))]) for m, i in path
-            ],
+            slices=[Slice(sources=[SliceSource(model=m, layer_range=(i, i + 1))]) for m, i in path],
             dtype="float32",
         ),
     }
@@ -180,9 +178,7 @@ def on_disk(recipe: Recipe, items: int, scratch: Path) -> tuple[float, float, fl
 
 
 def rss_mib() -> tuple[float, float]:
-    fields = dict(
-        line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
-    )
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     kib = lambda k: float(fields[k].split()[0]) / 1024  # noqa: E731
     return kib("VmRSS"), kib("VmHWM")
 
@@ -205,8 +201,10 @@ def main() -> None:
     experts = derive_experts(Path(base), root)
     cfg = load_experiment(experiment(root, base, experts, args.items))
     ctx = Timed(ResidentWorker(cfg, resolver=resolver_for(cfg, root), worker="bench"))
-    print(f"load before {os.getloadavg()[0]:.2f}; torch threads {torch.get_num_threads()}; "
-          f"{args.items} items of {TASK}; medians of {args.runs} runs")
+    print(
+        f"load before {os.getloadavg()[0]:.2f}; torch threads {torch.get_num_threads()}; "
+        f"{args.items} items of {TASK}; medians of {args.runs} runs"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name, recipe in recipes(experts, base).items():
