@@ -205,17 +205,20 @@ def main() -> None:
         f"load before {os.getloadavg()[0]:.2f}; torch threads {torch.get_num_threads()}; "
         f"{args.items} items of {TASK}; medians of {args.runs} runs"
     )
-    rows = []
+    rows, todo = [], recipes(experts, base)
+    inplace = {}
+    for name, recipe in todo.items():
+        in_place(ctx, recipe)  # warm: the first candidate builds the resident model
+        inplace[name] = [in_place(ctx, recipe) for _ in range(args.runs)]
+    rss, peak = rss_mib()  # the worker alone: before any disk-path model is loaded here
+    med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
     with tempfile.TemporaryDirectory() as scratch:
-        for name, recipe in recipes(experts, base).items():
-            in_place(ctx, recipe)  # warm: the first candidate builds the resident model
-            ip = [in_place(ctx, recipe) for _ in range(args.runs)]
+        for name, recipe in todo.items():
+            ip = inplace[name]
             dk = [on_disk(recipe, args.items, Path(scratch)) for _ in range(args.runs)]
-            med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
             rows.append((name, *(med(ip, i) for i in range(3)), med(dk, 0), med(dk, 1)))
             if abs(ip[0][3] - dk[0][2]) > 1e-9:
                 print(f"  note: {name} scored {ip[0][3]:.3f} in place, {dk[0][2]:.3f} on disk")
-    rss, peak = rss_mib()
     print(f"load after {os.getloadavg()[0]:.2f}")
     head = ("recipe", "mat s", "eval s", "other s", "in place", "disk merge", "disk eval", "disk")
     print("".join(f"{h:>11}" for h in head) + "    disk/in place")
