@@ -58,6 +58,10 @@ def kind_of(path: Path) -> str:
 def open_target(path: Path, *, rank: int = 1, recipe_paths: Sequence[str] = ()) -> Iterator[Target]:
     """The model folder behind ``path`` (a recipe's merge is deleted when the context ends).
     ``recipe_paths``: where ``recipe:<digest>`` sources of a recipe are looked up."""
+    if str(path).startswith("zoo:"):  # zoo:<zoo>/<model>, built on first use like a search's
+        from evomerge.config import resolve_model_ref
+
+        path = Path(resolve_model_ref(str(path)))
     path = Path(path)
     kind = kind_of(path)
     if rank != 1 and kind != "run":

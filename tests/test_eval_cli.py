@@ -75,6 +75,9 @@ def test_model_folder_scores_as_the_search_scored_it(run):
     assert got["tasks"]["skills/zoo_cipher"]["n"] == 8
     code, out, _ = run_eval(base, run["exp"])  # the text report
     assert code == 0 and f"fitness {got['fitness']:.4f}" in out and "skills/zoo_sort_u" in out
+    # a zoo reference names the same folder (as in an experiment's models)
+    by_ref = eval_json("zoo:lm-skills/base", run["exp"])
+    assert by_ref["folder"] == got["folder"] and by_ref["fitness"] == got["fitness"]
 
 
 def test_run_members_score_their_recorded_fitness(run):
