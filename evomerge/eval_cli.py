@@ -19,7 +19,7 @@ from typing import Any
 
 from evomerge.errors import UserInputError
 from evomerge.eval_target import Target, open_target
-from evomerge.fitness.result import EvalResult
+from evomerge.results import EvalResult
 
 
 def evaluate(target: Path, experiment: Path, *, rank: int = 1, as_json: bool = False) -> int:

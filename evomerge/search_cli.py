@@ -309,7 +309,7 @@ def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) 
 
 
 def _to_mergekit(recipe: Recipe) -> str:
-    from evomerge.recipe import to_mergekit_yaml  # a clear error names what mergekit lacks
+    from evomerge.recipe_mergekit import to_mergekit_yaml  # a clear error names what it lacks
 
     return to_mergekit_yaml(recipe)
 

@@ -58,10 +58,13 @@ class Search:
                 from evomerge.validation import rescore_archive
 
                 self.evaluator.close()  # its workers go before the validation workers come
-                rescore_archive(self.cfg, self.run_dir, self.store, self.say)
+                rescore_archive(self.cfg, self.store, self._validation_evaluator, self.say)
             return final
         finally:
             self.close()
+
+    def _validation_evaluator(self) -> Evaluator:
+        return build_evaluator(self.cfg, self.run_dir, split="validation")
 
     def close(self) -> None:
         """Close the evaluator and the store, then let the next writer in (idempotent)."""

@@ -13,8 +13,8 @@ from typing import Any
 
 from evomerge.config import ExperimentConfig
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import EvalResult
 from evomerge.recipe import Recipe
+from evomerge.results import EvalResult
 from evomerge.workers.materialize import ExpertCache, Materializer
 
 

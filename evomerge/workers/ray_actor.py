@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.recipe import Recipe
-from evomerge.workers.base import JobResult
+from evomerge.results import JobResult
 from evomerge.workers.job import WorkerContext, run_job
 from evomerge.workers.materialize import Resolver
 from evomerge.workers.ray_placement import Placement, placement_for
