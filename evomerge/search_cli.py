@@ -37,8 +37,8 @@ def search(
     ray_address: str | None = None,
     max_total_seconds: float | None = None,
 ) -> int:
+    from evomerge.build import open_search
     from evomerge.config import load_experiment
-    from evomerge.session import open_search
 
     overrides = _overrides(max_evals, max_seconds, seed, workers, ray_address)
     overrides.update(_total(max_total_seconds))
@@ -63,8 +63,8 @@ def resume(
     allow_changed_fitness: bool = False,
 ) -> int:
     """``max_evals`` is the run's new total; ``max_seconds`` counts from this resume's start."""
+    from evomerge.build import open_resume
     from evomerge.config import load_experiment, parse_experiment
-    from evomerge.session import open_resume
     from evomerge.store import RunStore
 
     new_cfg = None

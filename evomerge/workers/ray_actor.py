@@ -34,6 +34,7 @@ class WorkerFactory(ABC):
 
     resolver: Resolver | None = None
     cache_dtype: str = "float32"
+    stats_ratio: float = 1.0  # each worker's statistics cache, x the experts' bytes (0: off)
 
     @abstractmethod
     def shared_models(self) -> list[str]:
@@ -168,7 +169,7 @@ class EvalWorker:
             )[node]
         names = list(refs or {})
         packed = dict(zip(names, ray.get([refs[n] for n in names]), strict=True)) if names else {}
-        ratio = getattr(self.factory, "stats_ratio", 1.0)  # a private copy per worker
+        ratio = self.factory.stats_ratio  # a private cache per worker
         return SharedExpertCache(
             self.factory.resolver,
             packed,
