@@ -31,12 +31,7 @@ from evomerge.archive import Archive
 from evomerge.config import ExperimentConfig
 from evomerge.drivers.base import Driver
 from evomerge.errors import UserInputError
-from evomerge.experiment import (
-    SOURCES_DIR,
-    Experiment,
-    recipe_resolver,
-    resolve_experiment,
-)
+from evomerge.experiment import SOURCES_DIR, Experiment, resolve_experiment
 from evomerge.fitness.digest import fitness_digests
 from evomerge.io.lock import FileLock
 from evomerge.loop import Budget, Progress, SearchLoop, capture_rng, restore_rng, seed_globals
@@ -83,11 +78,6 @@ class Search:
         self.store.close()
         if self.lock is not None:
             self.lock.release()
-
-
-def resolver_for(cfg: ExperimentConfig, run_dir: Path):
-    """``recipe:<digest>`` -> folder for a run (``evomerge.experiment.recipe_resolver``)."""
-    return recipe_resolver(cfg, Path(run_dir))
 
 
 def space_for(experiment: Experiment) -> SearchSpace:

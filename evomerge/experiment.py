@@ -62,7 +62,9 @@ class Experiment:
         )
 
 
-def recipe_resolver(cfg: ExperimentConfig, run_dir: Path) -> RecipeResolver:
+def recipe_resolver(cfg: ExperimentConfig, run_dir: str | Path) -> RecipeResolver:
+    """``recipe:<digest>`` -> folder: the run's archive, its sources/, the config's recipe_paths."""
+    run_dir = Path(run_dir)
     roots = [run_dir, run_dir / SOURCES_DIR, *(cfg.resolve_path(p) for p in cfg.recipe_paths)]
     return RecipeResolver(roots)
 

@@ -9,11 +9,11 @@ from evomerge.build import (
     build_space,
     open_resume,
     open_search,
-    resolver_for,
     thread_summary,
     validate_fitness,
 )
 from evomerge.experiment import SOURCES_DIR, num_layers_of
+from evomerge.experiment import recipe_resolver as resolver_for
 
 __all__ = [
     "SOURCES_DIR",
