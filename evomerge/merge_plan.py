@@ -137,7 +137,7 @@ class Planner:
             if model is not None:
                 self._configs[ref] = model(ref).config
             else:
-                from evomerge.io.model_folder import ModelFolder
+                from evomerge.io.folder import ModelFolder
 
                 self._configs[ref] = ModelFolder(self.source.folder(ref)).config
         return self._configs[ref]
