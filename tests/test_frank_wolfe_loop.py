@@ -10,8 +10,10 @@ import torch
 from evomerge.archive import Archive
 from evomerge.drivers.frank_wolfe import FrankWolfe
 from evomerge.fitness.result import EvalResult, TaskScore
-from evomerge.fw import FWPoolSpace, Meter, build_theta
-from evomerge.fw.digits_pool import TARGETS, build_digits_pool
+from evomerge.io.lazy_checkpoint import Meter
+from evomerge.spaces.fw_pool import FWPoolSpace
+from evomerge.workers.pool_weights import build_theta
+from evomerge.zoo.digits_pool import TARGETS, build_digits_pool
 from evomerge.loop import Budget, SearchLoop, seed_globals
 from evomerge.store import RunStore
 from evomerge.workers.serial import SerialEvaluator
