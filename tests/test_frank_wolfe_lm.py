@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from evomerge.config import load_experiment
+from evomerge.session import build_driver, build_space
 from evomerge.workers.gradient_runner import run_frank_wolfe
 from evomerge.zoo.lm_pool import build_lm_pool, lm_exact_match
-from evomerge.session import build_driver, build_space
 
 YAML = """
 name: fw_test

@@ -11,13 +11,13 @@ from evomerge.archive import Archive
 from evomerge.drivers.frank_wolfe import FrankWolfe
 from evomerge.fitness.result import EvalResult, TaskScore
 from evomerge.io.lazy_checkpoint import Meter
-from evomerge.spaces.fw_pool import FWPoolSpace
-from evomerge.workers.pool_weights import build_theta
-from evomerge.zoo.digits_pool import TARGETS, build_digits_pool
 from evomerge.loop import Budget, SearchLoop, seed_globals
+from evomerge.spaces.fw_pool import FWPoolSpace
 from evomerge.store import RunStore
+from evomerge.workers.pool_weights import build_theta
 from evomerge.workers.serial import SerialEvaluator
 from evomerge.zoo.digits import digits_correct, load_digits_model
+from evomerge.zoo.digits_pool import TARGETS, build_digits_pool
 
 PROXY = {"kind": "digits", "transform": list(TARGETS), "n": 48}
 
