@@ -19,15 +19,16 @@ CENTER = np.array([0.2, 0.8, 0.3, 0.6])
 DRIVERS = list_drivers()
 # their steps follow the gradient from a fixed start: the seed never enters
 SEEDLESS = {"frank_wolfe", "adamerging"}
+MEMBERS = 2  # their pool: two members x two tensor groups (DIM genes)
 OPTIONS = {
     "cma_es": {"popsize": 6},
     "random": {"batch_size": 6},
     "optuna": {"batch_size": 6},
     "m2n2": {},
-    # two pool members x two tensor groups; the objective is never read here (``answer``)
-    "frank_wolfe": {"n_members": 2, "iterations": 40, "proxy": {"kind": "digits"}},
+    # the objective is never read here: ``answer`` gives the sphere's gradient
+    "frank_wolfe": {"n_members": MEMBERS, "iterations": 40, "proxy": {"kind": "digits"}},
     "adamerging": {
-        "n_members": 2,
+        "n_members": MEMBERS,
         "steps": 60,
         "lr": 0.05,
         "objective": {"kind": "digits", "transforms": ["flip"]},
@@ -49,9 +50,8 @@ def answer(request) -> Alignment:
     """The gradient of the loss -sphere at the request's genes, reduced to the alignment a pool
     gradient job returns, for a pool whose base is 0 and whose task vectors are the unit vectors
     (theta = the genes, member k of group G = unit vector (G, k))."""
-    k = OPTIONS["frank_wolfe"]["n_members"]
-    w = np.asarray(request.x, dtype=float).reshape(-1, k)
-    g = 2.0 * (w - CENTER.reshape(-1, k))
+    w = np.asarray(request.x, dtype=float).reshape(-1, MEMBERS)
+    g = 2.0 * (w - CENTER.reshape(-1, MEMBERS))
     return Alignment(
         tv_dots=g.T.copy(),  # <g_G, tau_kG> = g[G, k]
         tv_norms=np.ones_like(g.T),

@@ -30,7 +30,9 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    return build_digits_pool(tmp_path_factory.mktemp("gradjobs"), n_irrelevant=1, hidden=32, epochs=2)
+    return build_digits_pool(
+        tmp_path_factory.mktemp("gradjobs"), n_irrelevant=1, hidden=32, epochs=2
+    )
 
 
 def test_failed_gradient_reaches_the_driver_even_for_a_reused_recipe(tmp_path, pool):

@@ -316,13 +316,13 @@ class RayEvaluator(Evaluator):
         if t not in self._recipes:  # already answered (cannot score a ticket twice)
             return
         del self._recipes[t]
-        self._wants.pop(t, None)
+        wants_job = self._wants.pop(t, None) is not None
         self._attempts.pop(t, None)
         self._done[t] = result
         self.stats.completed += 1
         if result.worker:
             self.stats.per_worker[result.worker] = self.stats.per_worker.get(result.worker, 0) + 1
-        if self.on_result is not None:
+        if self.on_result is not None and not wants_job:  # (as serial: scores only)
             self.on_result(result)
 
     # ---- introspection and shutdown -------------------------------------------------------------
