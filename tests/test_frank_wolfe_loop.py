@@ -1,5 +1,5 @@
-"""Frank-Wolfe through the real search loop: SQLite store, serial evaluator and job, the loop's
-gradient hook, and an interrupted-then-resumed run identical to an uninterrupted one."""
+"""Frank-Wolfe through the real search loop: SQLite store, serial evaluator, its fitness and
+gradient (wants) jobs, and an interrupted-then-resumed run identical to an uninterrupted one."""
 
 from __future__ import annotations
 
