@@ -197,10 +197,10 @@ def run_op(op: str, zoo: Zoo, work: Path) -> Row:
 
 
 def run_adamerging_row(zoo: Zoo, granularity: str, steps: int, work: Path) -> Row:
-    from evomerge.adamerging import run_adamerging
     from evomerge.drivers.adamerging import AdaMerging
-    from evomerge.fw.space import FWPoolSpace
     from evomerge.merge import run_merge
+    from evomerge.spaces.fw_pool import FWPoolSpace
+    from evomerge.workers.gradient_runner import run_adamerging
 
     if zoo.kind == "digits":
         obj = {"kind": "digits", "transforms": [t.removeprefix("digits_") for t in zoo.tasks]}
@@ -213,7 +213,7 @@ def run_adamerging_row(zoo: Zoo, granularity: str, steps: int, work: Path) -> Ro
     out = work / f"adamerging_{granularity}"
     run_merge(space.decode(drv.coefficients.reshape(-1)), out)
     seconds = time.perf_counter() - t0
-    h0, h1 = steps_run[0].entropy, steps_run[-1].entropy
+    h0, h1 = steps_run[0].loss, steps_run[-1].loss
     lam = drv.coefficients
     lam_txt = (
         "λ=" + ",".join(f"{v:.2f}" for v in lam[0])

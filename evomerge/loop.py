@@ -40,6 +40,7 @@ from evomerge.stop_reason import record_stop
 from evomerge.store import CandidateRecord as _CandRec
 from evomerge.store import Checkpoint, RunStore
 from evomerge.workers.base import Evaluator, JobResult
+from evomerge.workers.wants import tell_wanted
 
 
 @dataclass(frozen=True)
@@ -220,10 +221,8 @@ class SearchLoop:
         recipes = [self._decode(c) for c in cands]
         records, results = self._evaluate(cands, recipes)
         fitness = [r.fitness if r.ok else math.nan for r in results]
-        extra = {}
-        if getattr(self.driver, "needs_gradient", False):  # Frank-Wolfe: gradient alignment
-            extra["alignment"] = self.driver.alignments(cands, self.space)
-        self.driver.tell(cands, fitness, [r.result for r in results], **extra)
+        wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
+        self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
         self._pending = (records, results, recipes)
 
     def _decode(self, c: Candidate) -> Recipe | Exception:

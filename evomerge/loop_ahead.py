@@ -27,6 +27,7 @@ from evomerge.drivers.base import Candidate
 from evomerge.loop import SearchLoop
 from evomerge.recipe import Recipe
 from evomerge.workers.base import Evaluator, JobResult
+from evomerge.workers.wants import tell_wanted
 
 _KEY = "__ask_ahead__"
 
@@ -42,7 +43,11 @@ class _StateWithPending:
 
     def state_dict(self) -> dict[str, Any]:
         ahead = self._loop._ahead
-        pending = [] if ahead is None else [(c.index, c.x, c.meta) for c in ahead[0]]
+        # wants only when there are some: the state of a driver without any stays as it was
+        pending = [
+            (c.index, c.x, c.meta, *((c.wants,) if c.wants else ()))
+            for c in (ahead[0] if ahead is not None else [])
+        ]
         return {_KEY: {"driver": self._driver.state_dict(), "pending": pending}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -51,9 +56,13 @@ class _StateWithPending:
             return
         self._driver.load_state_dict(state[_KEY]["driver"])
         self._loop._restored = [
-            Candidate(index=i, x=np.asarray(x), meta=dict(meta))
-            for i, x, meta in state[_KEY]["pending"]
+            Candidate(index=p[0], x=np.asarray(p[1]), meta=dict(p[2]), wants=_wants_of(p))
+            for p in state[_KEY]["pending"]
         ]
+
+
+def _wants_of(pending: tuple) -> dict:
+    return dict(pending[3]) if len(pending) > 3 else {}
 
 
 class _Submitted(Evaluator):
@@ -97,7 +106,8 @@ class AskAheadLoop(SearchLoop):
         finally:
             self.evaluator = self._real
         fitness = [r.fitness if r.ok else math.nan for r in results]
-        self.driver.tell(cands, fitness, [r.result for r in results])
+        wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
+        self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
         self._pending = (records, results, recipes)
 
     def _submit(self, cands: list[Candidate], busy: set[str] = frozenset()) -> tuple:

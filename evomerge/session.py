@@ -136,11 +136,8 @@ def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
 
     check_fit(cfg.driver.name, cfg.space)
     cls = get_driver(cfg.driver.name)
-    lo, hi = space.bounds
     try:
-        if hasattr(cls, "for_space"):  # drivers that need the space's layout (frank_wolfe)
-            return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
-        return cls(space.dim, lo, hi, space.x0(), seed=cfg.seed, **cfg.driver.options)
+        return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
     except TypeError as err:
         raise UserInputError(
             f"driver.options {sorted(cfg.driver.options)} for {cfg.driver.name!r}: {err}; "

@@ -153,7 +153,7 @@ class HybridSpaceConfig(DataflowSpaceConfig):
 
 
 class FWPoolSpaceConfig(_Frozen):
-    """Frank-Wolfe merging's pool space (``evomerge.fw.space.FWPoolSpace``): the experiment's
+    """Frank-Wolfe merging's pool space (``evomerge.spaces.fw_pool.FWPoolSpace``): the experiment's
     models are the pool, ``base_model`` is required; pair it with the ``frank_wolfe`` driver."""
 
     kind: Literal["fw_pool"] = "fw_pool"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from evomerge.fitness.result import EvalResult
 from evomerge.recipe import Recipe
@@ -30,6 +31,8 @@ class JobResult:
     error: str | None = None
     seconds: float = 0.0
     worker: str = ""
+    #: a wants job's answers (``workers.wants``: e.g. a gradient); never stored
+    wanted: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def failed(cls, digest: str, error: str, seconds: float = 0.0, worker: str = "") -> JobResult:
@@ -53,6 +56,15 @@ class Evaluator(ABC):
     @abstractmethod
     def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
         """Score every recipe; results in input order; never raises for a bad candidate."""
+
+    def evaluate_wants(
+        self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]
+    ) -> list[JobResult]:
+        """Compute what each candidate wants besides its fitness (``Candidate.wants``, e.g. a
+        gradient): one wants job per recipe, answers in ``JobResult.wanted``, input order."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot compute what candidates want (e.g. gradients)"
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers and resident models."""

@@ -44,6 +44,7 @@ class ResidentWorker:
 
         self.worker = worker
         self.seed = cfg.seed
+        self._space_cfg, self._space = cfg, None
         self.resolver = resolver
         # split="validation": the same worker scores the archive on held-out items
         self.fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split=split)
@@ -77,6 +78,22 @@ class ResidentWorker:
         cache = self.cache
         refs = recipe.source_paths()
         return plan_vocab(recipe, refs, cache.folder, lambda r: cache.model(r).config).tokenizer
+
+    @property
+    def space(self) -> Any:
+        """The run's pool space, for wants jobs (a gradient is taken with respect to its genes);
+        built on first use from the config, as the search builds it."""
+        if self._space is None:
+            from evomerge.spaces import build_space
+
+            cfg = self._space_cfg
+            if cfg.space.kind != "fw_pool":
+                raise ValueError(
+                    f"a worker computes gradients over an fw_pool space, not {cfg.space.kind!r}"
+                )
+            base, models = cfg.resolved_base(), cfg.resolved_models()
+            self._space = build_space(cfg.space, base=base, models=models, num_layers=0)
+        return self._space
 
     def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
         result = self.fitness(model, tokenizer)

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,6 +47,8 @@ class WorkerContext(Protocol):
 
     def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
         """(result, aggregate fitness, objectives)."""
+
+    # ``space`` (the run's search space) is read only by a wants job (``run_wants_job``)
 
 
 def job_seed(seed: int, digest: str) -> int:
@@ -95,6 +97,28 @@ def run_job(ctx: WorkerContext, recipe: Recipe, *, timeout_s: float | None) -> J
         seconds=seconds,
         worker=ctx.worker,
     )
+
+
+def run_wants_job(
+    ctx: WorkerContext, recipe: Recipe, wants: Mapping[str, Any], *, timeout_s: float | None
+) -> JobResult:
+    """What the candidate of ``recipe`` wants besides its fitness (``workers.wants``), computed
+    over the worker's search space (``ctx.space``), with the fitness job's seeding, timeout and
+    failure handling; the fitness is not scored (NaN)."""
+    from evomerge.workers.wants import compute_wants
+
+    digest = recipe.digest()
+    t0 = time.perf_counter()
+    try:
+        with _seeded(job_seed(ctx.seed, digest)), _deadline(timeout_s):
+            wanted = compute_wants(ctx.space, wants)
+    except JobTimeout:
+        why = f"timed out after {timeout_s:g} s (evaluation.timeout_s)"
+        return JobResult.failed(digest, why, time.perf_counter() - t0, ctx.worker)
+    except Exception as err:  # noqa: BLE001 - failures are data
+        return JobResult.failed(digest, _describe(err), time.perf_counter() - t0, ctx.worker)
+    seconds = time.perf_counter() - t0
+    return JobResult(digest, OK, math.nan, seconds=seconds, worker=ctx.worker, wanted=wanted)
 
 
 def _finite(v: Any) -> bool:

@@ -7,11 +7,12 @@ evaluator's actors run, so a failure is a FAIL result and never stops the search
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from evomerge.recipe import Recipe
 from evomerge.workers.base import Evaluator, JobResult
-from evomerge.workers.job import WorkerContext, run_job
+from evomerge.workers.job import WorkerContext, run_job, run_wants_job
 from evomerge.workers.threads import ThreadChoice
 from evomerge.workers.threads import apply as apply_threads
 
@@ -53,6 +54,14 @@ class SerialEvaluator(Evaluator):
                 self.on_result(result)
             out.append(result)
         return out
+
+    def evaluate_wants(
+        self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]
+    ) -> list[JobResult]:
+        return [
+            run_wants_job(self.context, r, w, timeout_s=self.timeout_s)
+            for r, w in zip(recipes, wants, strict=True)
+        ]
 
     def close(self) -> None:
         ctx, self._ctx = self._ctx, None

@@ -1,4 +1,7 @@
-"""The pool space of Frank-Wolfe merging: coefficients of a task-arithmetic merge over the pool.
+"""The pool space (kind ``fw_pool``): coefficients of a task-arithmetic merge over a pool.
+
+Searched by the frank_wolfe and adamerging drivers, whose gradient jobs
+(``evomerge.workers.gradient_job``) rebuild a candidate's weights from its genes.
 
 FW-Merging (Chen et al., "FW-Merging: Scaling Model Merging with Frank-Wolfe Optimization",
 ICCV 2025) moves inside the hull of the pool's checkpoints. Every hard task-arithmetic step and
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from evomerge.errors import UserInputError
-from evomerge.fw.checkpoint import float_tensor_names
+from evomerge.io.lazy_checkpoint import float_tensor_names
 from evomerge.recipe import RECIPE_REF_PREFIX, FilterRule, ModelRef, Recipe
 from evomerge.spaces.base import SearchSpace
 

@@ -15,6 +15,7 @@ labels; a fresh batch of 16 per task each iteration). Two model families:
   (newline or EOS). The answers in the data are never read, so the inputs stay unlabelled.
 
 Batches are drawn from (objective seed, step, task) alone, so a resumed run sees the same data.
+The gradient job (``evomerge.workers.gradient_job``) differentiates ``EntropyObjective.value``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -70,6 +71,14 @@ class EntropyObjective(BaseModel):
             raise UserInputError(format_validation_error(err, ORIGIN)) from None
         _check_sources(spec)
         return spec
+
+    label: ClassVar[str] = "entropy"  # names the objective in a failed gradient's message
+
+    def value(self, model: torch.nn.Module, step: int, base_folder: str) -> torch.Tensor:
+        """The summed entropy on the batches of ``step`` (the gradient job differentiates it)."""
+        return entropy_loss(
+            model, self, step, _tokenizer(base_folder) if self.kind == "lm" else None
+        )
 
     @property
     def n_tasks(self) -> int:
@@ -180,6 +189,13 @@ def _greedy(model, ids: torch.Tensor, n: int) -> torch.Tensor:
         nxt = model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
         seq = torch.cat([seq, nxt], 1)
     return seq[:, ids.shape[1] :]
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(folder: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def _newline_id(tokenizer) -> int | None:

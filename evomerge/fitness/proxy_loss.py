@@ -1,16 +1,17 @@
-"""FW-Merging's objective: a loss on a small proxy set, evaluated on a resident model.
+"""Frank-Wolfe merging's objective: a loss on a small proxy set (``driver.options.proxy``).
 
-The paper minimises cross-entropy on a small labelled proxy set, or the prediction entropy on
-unlabelled inputs (AdaMerging's objective). Two model families are supported: the ``digits``
-zoo's MLP classifiers and causal LMs (``lm``: prompt/answer pairs from a JSONL file, loss on
-the answer tokens only).
+FW-Merging (Chen et al., ICCV 2025) minimises cross-entropy on a small labelled proxy set, or
+the prediction entropy on unlabelled inputs (AdaMerging's objective). Two model families are
+supported: the ``digits`` zoo's MLP classifiers and causal LMs (``lm``: prompt/answer pairs from
+a JSONL file, loss on the answer tokens only). The gradient job
+(``evomerge.workers.gradient_job``) differentiates ``ProxySpec.loss`` in a worker.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,25 +46,11 @@ class ProxySpec(BaseModel):
             raise UserInputError("driver.options.proxy.data: give a JSONL of prompt/answer pairs")
         return spec
 
+    label: ClassVar[str] = "proxy loss"  # names the objective in a failed gradient's message
 
-_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
-
-
-def resident_model(spec: ProxySpec, base_folder: str) -> torch.nn.Module:
-    """One model skeleton per (kind, base), kept for the whole search (weights overwritten)."""
-    key = (spec.kind, str(base_folder))
-    if key not in _MODELS:
-        if spec.kind == "digits":
-            from evomerge.zoo.digits import load_digits_model
-
-            model = load_digits_model(base_folder)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(base_folder, torch_dtype=torch.float32)
-        _MODELS.clear()  # only one resident model: a new base replaces the old one
-        _MODELS[key] = model.eval()
-    return _MODELS[key]
+    def value(self, model: torch.nn.Module, step: int, base_folder: str) -> torch.Tensor:
+        """The proxy loss of ``model`` (the same batch at every step)."""
+        return proxy_loss(model, self, base_folder)
 
 
 def proxy_loss(model: torch.nn.Module, spec: ProxySpec, base_folder: str) -> torch.Tensor:

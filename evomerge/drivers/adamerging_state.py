@@ -38,7 +38,7 @@ class AdaParams:
             )
         if int(self.max_retries) < 0:
             raise UserInputError("adamerging: driver.options.max_retries must be >= 0")
-        from evomerge.adamerging.objective import EntropyObjective
+        from evomerge.fitness.entropy_loss import EntropyObjective
 
         EntropyObjective.parse(self.objective)  # a bad objective fails before the search
 

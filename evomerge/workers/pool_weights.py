@@ -1,49 +1,37 @@
-"""The Frank-Wolfe gradient job: theta_t, one backward pass, then the pool streamed past it.
+"""The weights of a pool-space candidate and the gradient's alignment with the pool, two ways.
 
-FW-Merging (Chen et al., ICCV 2025) needs, per iteration, the gradient g of the proxy loss at
-the current merge and the alignment of g with every pool member. The reference code keeps every
-checkpoint in memory; here only theta_t (the resident model), g and ONE pool tensor at a time
-are alive: theta_t is built tensor by tensor from lazily opened checkpoints, and the alignment
-pass opens one member at a time and reads one tensor at a time. Peak memory is therefore
-independent of the pool size (``Alignment.peak_bytes`` reports the streamed part).
+Shared by the Frank-Wolfe and AdaMerging gradient jobs (``evomerge.workers.gradient_job``).
+With theta = theta_base + sum_k W[G, k] tau_k (tau_k the task vector of member k, one row of W
+per tensor group G), the drivers need, per member and group, <g, tau_k> and a few norms of the
+gradient g at theta (``Alignment``):
 
-``run_lmo_job`` never raises: a failure comes back as ``Alignment.failed`` with the error text.
+* streamed (``build_theta``, ``stream_alignment``): only theta, g and ONE pool tensor at a time
+  are alive; members are opened one at a time and read one tensor at a time, so peak memory
+  does not depend on the pool size (``Meter``; FW-Merging's reference code keeps every
+  checkpoint in memory). The TIES variant's step history is replayed here too.
+* resident (``TaskVectors``): the base and the stacked task vectors stay in the process, as
+  AdaMerging's reference code keeps every model in memory: no disk read per step, the same sum
+  in the same order and dtype, and only ``tv_dots`` and the gradient's norms filled in.
 """
 
 from __future__ import annotations
 
-import math
-import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from evomerge.fw.checkpoint import LazyCheckpoint, Meter
-from evomerge.fw.lmo import Alignment
-from evomerge.fw.proxy import ProxySpec, proxy_loss, resident_model
-from evomerge.fw.space import FWPoolSpace
+from evomerge.io.lazy_checkpoint import LazyCheckpoint, Meter
+from evomerge.spaces.fw_pool import FWPoolSpace
 
 Resolver = Callable[[str], str]
-
-
-@dataclass(frozen=True)
-class LmoRequest:
-    """What a worker needs for one FW candidate: its genes and the proxy objective."""
-
-    index: int
-    x: np.ndarray
-    proxy: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
 def build_theta(space: FWPoolSpace, x: np.ndarray, resolve: Resolver, meter: Meter) -> dict:
     """The merge the genes describe, as {tensor name: float32 tensor}, streaming the pool."""
     w, hist = space.split(x)
-    group_of = {n: gi for gi, g in enumerate(space.groups) for n in g}
+    group_of = _group_of(space)
     with LazyCheckpoint(resolve(space.base)) as base:
         theta = {n: base.get(n) for n in space.tensors}
         for k, member in enumerate(space.members):
@@ -95,29 +83,6 @@ def trim(d: torch.Tensor, density: float) -> torch.Tensor:
     return torch.where(d.abs() >= cut, d, torch.zeros_like(d))
 
 
-def gradient(model: torch.nn.Module, theta: dict, spec: ProxySpec, base_folder: str):
-    """Load theta into the resident model, one backward pass; returns (loss, {name: grad})."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, p in params.items():
-            if n in theta:
-                p.copy_(theta[n])
-    model.requires_grad_(True)
-    model.zero_grad(set_to_none=True)
-    try:
-        loss = proxy_loss(model, spec, base_folder)
-        loss.backward()
-        grads = {
-            n: p.grad.detach().clone()
-            for n, p in params.items()
-            if p.grad is not None and n in theta
-        }
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.requires_grad_(False)
-    return float(loss.detach()), grads
-
-
 @torch.no_grad()
 def stream_alignment(
     space: FWPoolSpace, theta: dict, grads: dict, resolve: Resolver, meter: Meter
@@ -154,26 +119,64 @@ def stream_alignment(
     }
 
 
-def run_lmo_job(
-    space: FWPoolSpace, request: LmoRequest, resolve: Resolver | None = None
-) -> Alignment:
-    """Build theta_t, take its proxy gradient and stream the pool; never raises."""
-    resolve = resolve or (lambda ref: ref)
-    t0 = time.perf_counter()
-    try:
-        spec = ProxySpec.parse(request.proxy)
-        meter = Meter()
-        theta = build_theta(space, request.x, resolve, meter)
-        model = resident_model(spec, resolve(space.base))
-        loss, grads = gradient(model, theta, spec, resolve(space.base))
-        if not math.isfinite(loss):
-            return Alignment.failed(f"proxy loss is {loss} at candidate {request.index}")
-        arrays = stream_alignment(space, theta, grads, resolve, meter)
-        resident = sum(t.numel() * t.element_size() for t in (*theta.values(), *grads.values()))
-        return Alignment(**arrays, loss=loss, peak_bytes=meter.peak, resident_bytes=resident)
-    except Exception as err:  # noqa: BLE001 - failures are data
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        return Alignment.failed(
-            f"{type(err).__name__}: {err} [at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}]"
-            f" after {time.perf_counter() - t0:.1f} s"
-        )
+class TaskVectors:
+    """The base tensors and, per tensor, the experts' task vectors stacked (K, *shape)."""
+
+    def __init__(self, space: FWPoolSpace, resolve: Resolver) -> None:
+        with LazyCheckpoint(resolve(space.base)) as b:
+            self.base = {n: b.get(n) for n in space.tensors}
+        stacks: dict[str, list[torch.Tensor]] = {n: [] for n in space.tensors}
+        for member in space.members:
+            with LazyCheckpoint(resolve(member)) as ck:
+                for n in space.tensors:
+                    stacks[n].append(ck.get(n) - self.base[n])
+        self.tv = {n: torch.stack(v) for n, v in stacks.items()}
+
+    @torch.no_grad()
+    def theta(self, space: FWPoolSpace, x: np.ndarray) -> dict[str, torch.Tensor]:
+        """theta_0 + sum_k W[G, k] tau_k, the same sum (order and dtype) as ``build_theta``."""
+        w, _ = space.split(x)
+        group_of = _group_of(space)
+        out = {}
+        for n, base in self.base.items():
+            t = base.clone()
+            for k, c in enumerate(w[group_of[n]]):
+                if c != 0.0:
+                    t += float(c) * self.tv[n][k]
+            out[n] = t
+        return out
+
+    @torch.no_grad()
+    def alignment(self, space: FWPoolSpace, grads: dict) -> dict[str, np.ndarray]:
+        k_n, g_n = space.n_members, space.n_groups
+        dots, grad_sq = np.zeros((k_n, g_n)), np.zeros(g_n)
+        group_of = _group_of(space)
+        for n, g in grads.items():
+            gi, flat = group_of[n], g.double().reshape(-1)
+            dots[:, gi] += (self.tv[n].double().reshape(k_n, -1) @ flat).numpy()
+            grad_sq[gi] += float(flat @ flat)
+        zeros_kg, zeros_g = np.zeros((k_n, g_n)), np.zeros(g_n)
+        return {
+            "tv_dots": dots,
+            "tv_norms": zeros_kg,  # not needed by AdaMerging: left at zero
+            "w_norms": zeros_kg.copy(),
+            "base_dots": zeros_g,
+            "theta_dots": zeros_g.copy(),
+            "grad_norms": np.sqrt(grad_sq),
+        }
+
+
+def _group_of(space: FWPoolSpace) -> dict[str, int]:
+    return {n: gi for gi, g in enumerate(space.groups) for n in g}
+
+
+_RESIDENT: dict[tuple, TaskVectors] = {}
+
+
+def resident_task_vectors(space: FWPoolSpace, resolve: Resolver) -> TaskVectors:
+    """One resident set of task vectors per process (a new space replaces the old one)."""
+    key = (resolve(space.base), tuple(resolve(m) for m in space.members), tuple(space.tensors))
+    if key not in _RESIDENT:
+        _RESIDENT.clear()
+        _RESIDENT[key] = TaskVectors(space, resolve)
+    return _RESIDENT[key]

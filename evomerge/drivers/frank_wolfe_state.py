@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evomerge.drivers import frank_wolfe_lmo as L
 from evomerge.errors import UserInputError
-from evomerge.fw import lmo as L
 
 VARIANTS = ("task_arithmetic", "ties", "soft")
 
@@ -46,7 +46,7 @@ class FWParams:
         for name in ("n_members", "iterations", "soft_steps"):
             if int(getattr(self, name)) < 1:
                 raise UserInputError(f"driver.options.{name} must be >= 1")
-        from evomerge.fw.proxy import ProxySpec
+        from evomerge.fitness.proxy_loss import ProxySpec
 
         ProxySpec.parse(self.proxy)  # a bad proxy block fails before the search starts
         if not (self.step_size > 0 and self.lam > 0 and self.soft_lr > 0):
