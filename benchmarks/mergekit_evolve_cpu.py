@@ -3,7 +3,7 @@
     python benchmarks/mergekit_evolve_cpu.py --cpus 1 -- GENOME.yaml --storage-path DIR ...
 
 Everything after ``--`` goes to mergekit-evolve's own command (``mergekit.scripts.evolve``),
-unchanged. Two things stand in the way on a CPU machine, and this launcher changes only those:
+unchanged. These things stand in the way on a CPU machine, and this launcher changes only them:
 
 * mergekit 0.1.5's evolve modules import ``lm_eval.models.vllm_causallms``, which imports
   vLLM at module level: without vLLM installed mergekit-evolve fails before it parses its
@@ -14,6 +14,13 @@ unchanged. Two things stand in the way on a CPU machine, and this launcher chang
   ``lm_eval.models.vllm_causallms.VLLM`` in a class annotation without importing that module:
   the module is imported first, here and in every Ray worker (a worker setup hook), or the
   import of mergekit-evolve fails even with vLLM installed.
+* Its actor calls ``torch.<device>.empty_cache()`` before each candidate, and ``torch.cpu``
+  has none (the CPU has no caching allocator to empty): the same hook gives ``torch.cpu`` a
+  no-op ``empty_cache``.
+* Its evaluator calls ``lm_eval.simple_evaluate(model="huggingface", ...)`` without a device,
+  and lm-eval's ``HFLM`` then defaults to ``device="cuda"`` (it does not fall back when CUDA is
+  absent and a device is given, and "cuda" is its default): the hook makes that default "cpu"
+  when CUDA is not available. An explicit device is left alone.
 * Its evaluators are Ray actors and tasks that ask for one GPU each (``num_gpus=1``): this
   starts the local Ray cluster (on loopback) with ``num_gpus=1`` as a placeholder resource, so
   its one actor is scheduled; torch then runs on the CPU (``--no-merge-cuda``, and lm-eval's
@@ -47,8 +54,32 @@ def placeholder_vllm(root: Path) -> Path:
     return root
 
 
-def _import_lm_eval_vllm() -> None:
+def _worker_setup() -> None:
+    """Run in this process and in every Ray worker before mergekit's modules load."""
     import lm_eval.models.vllm_causallms  # noqa: F401  (see the module docstring)
+    import torch
+
+    if not hasattr(torch.cpu, "empty_cache"):
+        torch.cpu.empty_cache = lambda: None  # nothing is cached on the CPU
+    if not torch.cuda.is_available():
+        _hflm_defaults_to_cpu()
+
+
+def _hflm_defaults_to_cpu() -> None:
+    import functools
+
+    from lm_eval.models.huggingface import HFLM
+
+    if getattr(HFLM.__init__, "_cpu_default", False):
+        return
+    init = HFLM.__init__
+
+    @functools.wraps(init)
+    def cpu_default(self, *args, device: str | None = "cpu", **kwargs):
+        init(self, *args, device=device, **kwargs)
+
+    cpu_default._cpu_default = True
+    HFLM.__init__ = cpu_default
 
 
 def main() -> None:
@@ -71,9 +102,9 @@ def main() -> None:
         _node_ip_address="127.0.0.1",
         logging_level="warning",
         _temp_dir=args.ray_temp_dir,
-        runtime_env={"worker_process_setup_hook": _import_lm_eval_vllm},
+        runtime_env={"worker_process_setup_hook": _worker_setup},
     )
-    _import_lm_eval_vllm()
+    _worker_setup()
     from mergekit.scripts.evolve import main as evolve_main
 
     evolve_main(args=sys.argv[split + 1 :], prog_name="mergekit-evolve")

@@ -156,7 +156,8 @@ def run_mergekit(tmp: Path, experts, base, a, seed: int) -> dict:
     stub = placeholder_vllm(tmp / "placeholder_vllm")
     cmd = [sys.executable, str(Path(__file__).with_name("mergekit_evolve_cpu.py"))]
     cmd += ["--cpus", "1", "--ray-temp-dir", str(tmp / "ray"), "--", str(cfg)]
-    cmd += ["--storage-path", str(storage), "--max-fevals", str(a.candidates)]
+    # pycma stops once it has evaluated MORE than maxfevals: N - 1 gives N (a whole generation)
+    cmd += ["--storage-path", str(storage), "--max-fevals", str(a.candidates - 1)]
     cmd += ["--no-vllm", "--no-merge-cuda", "--random-seed", str(seed)]
     cmd += ["--batch-size", str(a.batch_size), "--force-population-size", str(a.popsize)]
     for t in TASKS:
