@@ -41,12 +41,12 @@ import tempfile
 from pathlib import Path
 
 import yaml
-
 from mergekit_evolve_cpu import placeholder_vllm
 from process_watch import Watched, run_watched
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("zoo_cipher", "zoo_shift_u", "zoo_sort_u", "zoo_reverse")
+GROUP = "vs_mkevolve_skills"
 EXPERTS = ("cipher", "shift", "sort", "reverse")
 MIB = 2**20
 
@@ -77,21 +77,37 @@ def genome_yaml(experts: list[str], base: str, a: argparse.Namespace) -> dict:
     }
 
 
-def lm_eval_tasks(a: argparse.Namespace) -> list[dict]:
+def group_folder(tmp: Path) -> Path:
+    """An lm-eval group of the four tasks (their mean exact match), so that evomerge scores a
+    candidate with one ``simple_evaluate`` call, as mergekit-evolve does (one call, all tasks)."""
+    folder = tmp / "group"
+    folder.mkdir(exist_ok=True)
+    group = {
+        "group": GROUP,
+        "task": list(TASKS),
+        "aggregate_metric_list": [{"metric": "exact_match", "weight_by_size": False}],
+        "metadata": {"version": 1.0},
+    }
+    (folder / f"{GROUP}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+    return folder
+
+
+def lm_eval_tasks(a: argparse.Namespace, group: Path) -> list[dict]:
+    """evomerge's fitness tasks: the group (one lm-eval call per candidate), or with
+    ``--evomerge-tasks separate`` one entry per task (one call each: slower, same score)."""
+    folders = [str(REPO / "fitness" / t) for t in TASKS]
+    common = {"metric": "exact_match", "limit": a.items, "batch_size": a.batch_size}
+    if a.evomerge_tasks == "group":
+        return [
+            {"kind": "lm_eval", "task": GROUP, "include_path": [str(group), *folders], **common}
+        ]
     return [
-        {
-            "kind": "lm_eval",
-            "task": t,
-            "include_path": [str(REPO / "fitness" / t)],
-            "metric": "exact_match",
-            "limit": a.items,
-            "batch_size": a.batch_size,
-        }
-        for t in TASKS
+        {"kind": "lm_eval", "task": t, "include_path": [f], **common}
+        for t, f in zip(TASKS, folders)
     ]
 
 
-def experiment_yaml(experts: list[str], base: str, a: argparse.Namespace, seed: int) -> dict:
+def experiment_yaml(experts, base: str, a: argparse.Namespace, seed: int, group: Path) -> dict:
     return {
         "name": "vs_mergekit_evolve",
         "models": experts,
@@ -106,7 +122,7 @@ def experiment_yaml(experts: list[str], base: str, a: argparse.Namespace, seed: 
             "fixed": {"normalize": True},  # mergekit-evolve's default for dare_ties
             "dtype": a.dtype,
         },
-        "fitness": {"tasks": lm_eval_tasks(a)},
+        "fitness": {"tasks": lm_eval_tasks(a, group)},
         "driver": {"name": "cma_es", "options": {"sigma0": 1 / 6, "popsize": a.popsize}},
         "budget": {"max_evals": a.candidates},
         "seed": seed,
@@ -177,7 +193,7 @@ def run_evomerge(tmp: Path, experts, base, a, seed: int) -> dict:
     root = tmp / "evomerge"
     root.mkdir()
     exp = root / "experiment.yaml"
-    exp.write_text(yaml.safe_dump(experiment_yaml(experts, base, a, seed)))
+    exp.write_text(yaml.safe_dump(experiment_yaml(experts, base, a, seed, group_folder(tmp))))
     run_dir = root / "run"
     cmd = [sys.executable, "-m", "evomerge", "search", str(exp), "--run-dir", str(run_dir)]
     log = root / "evomerge.log"
@@ -208,13 +224,14 @@ def summary(w: Watched, n: int, search_s: float, best: float, winner: Path, merg
     }
 
 
-def validation_score(folder: Path, a: argparse.Namespace) -> float:
+def validation_score(folder: Path, a: argparse.Namespace, group: Path) -> float:
     """The winner's mean exact match on the --val-items docs after each task's search items,
     scored the same way for both tools (evomerge's validation split, on the saved folder)."""
     from evomerge.eval_cli import load_model
     from evomerge.fitness import build_fitness, parse_fitness_config
 
-    cfg = parse_fitness_config({"tasks": lm_eval_tasks(a), "validation": {"items": a.val_items}})
+    tasks = lm_eval_tasks(a, group)
+    cfg = parse_fitness_config({"tasks": tasks, "validation": {"items": a.val_items}})
     fitness = build_fitness(cfg, split="validation")
     model, tokenizer = load_model(folder, dtype=a.dtype)
     return fitness.aggregate(fitness(model, tokenizer))
@@ -256,6 +273,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each evaluator")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--evomerge-tasks",
+        choices=("group", "separate"),
+        default="group",
+        help="evomerge's fitness: the four tasks as one lm-eval group (one call, as "
+        "mergekit-evolve) or as four entries (four calls a candidate)",
+    )
     ap.add_argument("--out", help="also write the per-run figures and medians to this JSON")
     a = ap.parse_args()
     if a.quick:
@@ -272,7 +296,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     a = parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's bars while this script validates
+    import logging
+
     import torch
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
     torch.set_num_threads(a.threads)
     experts, base = zoo_models()
@@ -288,7 +317,8 @@ def main() -> None:
             one = {}
             for tool, fn in zip(TOOLS, (run_mergekit, run_evomerge), strict=True):
                 res = fn(Path(tmp), experts, base, a, seed)
-                res["validation"] = validation_score(Path(res.pop("winner")), a)
+                winner = Path(res.pop("winner"))
+                res["validation"] = validation_score(winner, a, group_folder(Path(tmp)))
                 one[tool] = res
                 print(f"run {r + 1} {tool}: {json.dumps(res)}", flush=True)
         runs.append(one)

@@ -79,7 +79,9 @@ def evomerge_fitness():
 @pytest.fixture(scope="module")
 def mergekit_scored(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mkevolve")
-    experts = [resolve_model_ref(f"zoo:lm-skills/{e}") for e in ("cipher", "shift", "sort", "reverse")]
+    experts = [
+        resolve_model_ref(f"zoo:lm-skills/{e}") for e in ("cipher", "shift", "sort", "reverse")
+    ]
     genome = {
         "genome": {
             "models": experts,
@@ -94,7 +96,10 @@ def mergekit_scored(tmp_path_factory):
     }
     (tmp / "genome.yml").write_text(yaml.safe_dump(genome))
     stub = placeholder_vllm(tmp / "stub")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stub), str(REPO / "benchmarks"), str(REPO)])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(stub), str(REPO / "benchmarks"), str(REPO)]),
+    }
     args = [str(tmp / "genome.yml"), json.dumps(GENOTYPE), str(tmp / "merged"), str(tmp / "kept")]
     args += [str(REPO / "fitness" / t) for t in TASKS]
     out = subprocess.run(
