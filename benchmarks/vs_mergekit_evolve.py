@@ -243,7 +243,7 @@ ROWS = (  # (key, label, format)
     ("wall_s", "whole command s", "{:.1f}"),
     ("best_search", "best search score", "{:.4f}"),
     ("validation", "winner's validation score", "{:.4f}"),
-    ("disk_total_mib", "MiB written (total)", "{:.1f}"),
+    ("disk_total_mib", "MiB written (every file, largest size)", "{:.1f}"),
     ("disk_peak_mib", "MiB on disk at once (peak)", "{:.1f}"),
     ("rss_tree_peak_mib", "peak RSS, process tree MiB", "{:.0f}"),
     ("rss_proc_peak_mib", "peak RSS, largest process MiB", "{:.0f}"),
@@ -253,10 +253,10 @@ TOOLS = ("mergekit-evolve", "evomerge")
 
 def table(runs: list[dict]) -> str:
     med = {t: {k: statistics.median(r[t][k] for r in runs) for k, _, _ in ROWS} for t in TOOLS}
-    lines = [f"{'medians of ' + str(len(runs)) + ' run(s)':<38}{TOOLS[0]:>17}{TOOLS[1]:>12}"]
+    lines = [f"{'medians of ' + str(len(runs)) + ' run(s)':<40}{TOOLS[0]:>17}{TOOLS[1]:>12}"]
     for key, label, fmt in ROWS:
         a, b = (fmt.format(med[t][key]) for t in TOOLS)
-        lines.append(f"{label:<38}{a:>17}{b:>12}")
+        lines.append(f"{label:<40}{a:>17}{b:>12}")
     return "\n".join(lines)
 
 
