@@ -75,12 +75,18 @@ def _rss(proc: psutil.Process) -> tuple[int, int]:
 def run_watched(
     cmd: list[str], *, env: dict[str, str], watch: Path, log: Path, interval: float = 0.05
 ) -> Watched:
-    """Run ``cmd`` to completion; its stdout+stderr go to ``log`` and, timestamped, to
-    ``Watched.lines``."""
+    """Run ``cmd`` in the folder ``watch`` to completion; its stdout+stderr go to ``log`` (keep
+    it outside ``watch``) and, timestamped, to ``Watched.lines``."""
     out = Watched()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd,
+        cwd=watch,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     )
     ps = psutil.Process(proc.pid)
     done = threading.Event()

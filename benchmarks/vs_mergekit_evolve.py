@@ -164,10 +164,10 @@ def fail(tool: str, w: Watched, log: Path) -> None:
 
 
 def run_mergekit(tmp: Path, experts, base, a, seed: int) -> dict:
-    root = tmp / "mergekit"
-    storage = root / "storage"
+    work = tmp / "mergekit"  # its working dir (pycma writes outcmaes/ there) and storage
+    storage = work / "storage"
     storage.mkdir(parents=True)
-    cfg = root / "genome.yml"
+    cfg = tmp / "genome.yml"
     cfg.write_text(yaml.safe_dump(genome_yaml(experts, base, a)))
     stub = placeholder_vllm(tmp / "placeholder_vllm")
     cmd = [sys.executable, str(Path(__file__).with_name("mergekit_evolve_cpu.py"))]
@@ -178,8 +178,8 @@ def run_mergekit(tmp: Path, experts, base, a, seed: int) -> dict:
     cmd += ["--batch-size", str(a.batch_size), "--force-population-size", str(a.popsize)]
     for t in TASKS:
         cmd += ["--task-search-path", str(REPO / "fitness" / t)]
-    log = root / "mergekit-evolve.log"
-    w = run_watched(cmd, env=child_env(tmp, a, stub), watch=storage, log=log)
+    log = tmp / "mergekit-evolve.log"
+    w = run_watched(cmd, env=child_env(tmp, a, stub), watch=work, log=log)
     if w.rc != 0:
         fail("mergekit-evolve", w, log)
     cost = score_of(w, r"Best cost: (-?[\d.]+)")
@@ -190,14 +190,13 @@ def run_mergekit(tmp: Path, experts, base, a, seed: int) -> dict:
 
 
 def run_evomerge(tmp: Path, experts, base, a, seed: int) -> dict:
-    root = tmp / "evomerge"
-    root.mkdir()
-    exp = root / "experiment.yaml"
+    work = tmp / "evomerge"  # its working dir and run dir
+    work.mkdir()
+    exp = tmp / "experiment.yaml"
     exp.write_text(yaml.safe_dump(experiment_yaml(experts, base, a, seed, group_folder(tmp))))
-    run_dir = root / "run"
-    cmd = [sys.executable, "-m", "evomerge", "search", str(exp), "--run-dir", str(run_dir)]
-    log = root / "evomerge.log"
-    w = run_watched(cmd, env=child_env(tmp, a), watch=root, log=log)
+    cmd = [sys.executable, "-m", "evomerge", "search", str(exp), "--run-dir", str(work / "run")]
+    log = tmp / "evomerge.log"
+    w = run_watched(cmd, env=child_env(tmp, a), watch=work, log=log)
     if w.rc != 0:
         fail("evomerge search", w, log)
     n = int(score_of(w, r"stopped: \w+; (\d+) evaluations"))

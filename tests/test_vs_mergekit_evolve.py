@@ -103,7 +103,11 @@ def mergekit_scored(tmp_path_factory):
     args = [str(tmp / "genome.yml"), json.dumps(GENOTYPE), str(tmp / "merged"), str(tmp / "kept")]
     args += [str(REPO / "fitness" / t) for t in TASKS]
     out = subprocess.run(
-        [sys.executable, "-c", MERGEKIT_SIDE, *args], env=env, capture_output=True, text=True
+        [sys.executable, "-c", MERGEKIT_SIDE, *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
