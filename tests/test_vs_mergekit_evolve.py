@@ -24,6 +24,9 @@ import yaml
 from evomerge.config import resolve_model_ref
 from evomerge.fitness import build_fitness, parse_fitness_config
 
+pytest.importorskip("mergekit")  # the dev extra: mergekit 0.1.5 (its evolve code included)
+pytest.importorskip("ray")  # mergekit.evo imports Ray and lm-eval
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from mergekit_evolve_cpu import placeholder_vllm  # noqa: E402
