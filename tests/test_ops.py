@@ -191,7 +191,7 @@ def test_magnitude_matches_mergekit(density):
 def test_sign_consensus_matches_mergekit():
     from mergekit.merge_methods.generalized_task_arithmetic import get_mask
 
-    from evomerge.ops.generalized_ta import consensus_mask
+    from evomerge.ops.task_arithmetic import consensus_mask
 
     d = torch.randn(4, 10, 7, generator=torch.Generator().manual_seed(5))
     for method in ("sum", "count"):

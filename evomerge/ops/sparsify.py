@@ -23,12 +23,13 @@ so when entries equal to v straddle k (v > 0), the kept ones are read off that s
 (``argsort_ties``: O(n log n), only then). Where v = 0 the tied entries are zeros, which are
 the same kept or not: the lowest flat indices are kept (no sort).
 
-Resident (search) path: every sparsifier takes optional candidate-independent inputs that a
-worker caches per expert tensor (``evomerge.workers.resident_cache``): ``sorted_abs`` (the
-ascending |τ|, which turns top-k into a lookup), ``rank01`` (DELLA's rank fractions) and
-``draw`` (the generator's uniform draws). Random keep masks are ``u < p`` over uniforms u drawn
-with the seeded generator: the same bits ``torch.bernoulli(p, generator)`` gives, so a cached
-u serves every keep rate. With or without these inputs the result is the same, bit for bit.
+Every sparsifier takes ``aids`` (``Aids``): optional providers of parts it computes, which
+the fast path (``evomerge.ops._fast``) fills with cached or faster ones — a search worker's
+per-expert ``sorted_abs`` (the ascending |τ|, which turns top-k into a lookup), ``rank01``
+(DELLA's rank fractions), ``draw`` (the generator's uniforms, cached or drawn in C), ``l1``
+(Σ|τ|) and ``norm`` (the exact L1 norm in C). Random keep masks are ``u < p`` over uniforms u
+drawn with the seeded generator: the same bits ``torch.bernoulli(p, generator)`` gives, so a
+cached u serves every keep rate. With or without aids the result is the same, bit for bit.
 """
 
 from __future__ import annotations
@@ -40,12 +41,28 @@ import numpy as np
 import torch
 
 from evomerge.errors import UserInputError
-from evomerge.ops import mt_uniform
 from evomerge.ops.exact_l1 import l1_norm
-from evomerge.ops.packed_uniform import Packed
 
 Lazy = Callable[[], torch.Tensor]  # computed only if the operator needs it
 Draw = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> float32 uniforms in [0, 1), CPU
+Norm = Callable[[torch.Tensor], torch.Tensor]  # the exact L1 norm (exact_l1.l1_norm's bits)
+
+
+@dataclass(frozen=True)
+class Aids:
+    """Providers of parts a sparsifier computes, each giving exactly what it would compute
+    itself (None: it does): ``sorted_abs`` the ascending flat |τ|, ``rank01`` DELLA's rank
+    fractions of τ's rows, ``draw`` the generator's next uniforms, ``l1`` Σ|τ| before masking,
+    ``norm`` the exact L1 norm of any tensor."""
+
+    sorted_abs: Lazy | None = None
+    rank01: Lazy | None = None
+    draw: Draw | None = None
+    l1: Lazy | None = None
+    norm: Norm | None = None
+
+
+EAGER = Aids()
 
 EPS = 1e-7  # below it an L1 norm counts as zero: no rescale
 
@@ -56,15 +73,17 @@ def _rescaled(
     rescale: bool,
     l1: Lazy | None = None,
     inplace: bool = False,
+    norm: Norm | None = None,
 ) -> torch.Tensor:
     """``tensor * mask`` (L1-rescaled); ``l1``: the cached ``tensor.abs().sum()``; ``inplace``:
     the caller owns ``tensor`` (a fresh τ), which is masked in place (no new buffer)."""
-    before = (l1() if l1 is not None else l1_norm(tensor)) if rescale else None
+    norm = norm or l1_norm
+    before = (l1() if l1 is not None else norm(tensor)) if rescale else None
     # a bool or 0/1 mask: the same bits either way
     masked = tensor.mul_(mask) if inplace else tensor * mask
     if before is None:
         return masked
-    after = l1_norm(masked)
+    after = norm(masked)
     if before < EPS or after < EPS:
         return masked
     return masked.mul_(before / after)
@@ -81,7 +100,8 @@ def magnitude(
     tensor: torch.Tensor,
     density: float,
     rescale: bool,
-    sorted_abs: Lazy | None = None,
+    *,
+    aids: Aids = EAGER,
     inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
@@ -90,8 +110,8 @@ def magnitude(
         return torch.zeros_like(tensor)
     k = max(1, int(density * tensor.numel()))
     mag = tensor.abs().reshape(-1)
-    keep = _largest(mag, k, sorted_abs).reshape(tensor.shape)
-    return _rescaled(tensor, keep, rescale, inplace=inplace)
+    keep = _largest(mag, k, aids.sorted_abs).reshape(tensor.shape)
+    return _rescaled(tensor, keep, rescale, inplace=inplace, norm=aids.norm)
 
 
 def sorted_abs(tensor: torch.Tensor) -> torch.Tensor:
@@ -294,7 +314,8 @@ def magnitude_outliers(
     density: float,
     gamma: float,
     rescale: bool,
-    sorted_abs: Lazy | None = None,
+    *,
+    aids: Aids = EAGER,
     inplace: bool = False,
 ) -> torch.Tensor:
     """Keep ascending magnitude ranks [bottom, bottom + keep): the ``n - bottom`` largest minus
@@ -305,29 +326,16 @@ def magnitude_outliers(
     keep, top = int(density * n), int(gamma * n)
     bottom = max(0, n - keep - top)  # shrink the outlier cut when density asks for it
     mag = tensor.abs().reshape(-1)
-    mask = _largest(mag, n - bottom, sorted_abs)
-    mask.sub_(_largest(mag, n - bottom - keep, sorted_abs))  # 1 − 1, 1 − 0, 0 − 0: exact
-    return _rescaled(tensor, mask.reshape(tensor.shape), rescale, inplace=inplace)
+    mask = _largest(mag, n - bottom, aids.sorted_abs)
+    mask.sub_(_largest(mag, n - bottom - keep, aids.sorted_abs))  # 1 − 1, 1 − 0, 0 − 0: exact
+    return _rescaled(tensor, mask.reshape(tensor.shape), rescale, inplace=inplace, norm=aids.norm)
 
 
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-    """float32 uniforms from the recipe's generator, drawn on the CPU (same bits anywhere): in C
-    when the kernel is there (``mt_uniform``, the same values ~8× faster), else torch.rand."""
-    fast = mt_uniform.draw(shape, _needed(generator))
-    return fast if fast is not None else torch.rand(shape, generator=generator, dtype=torch.float32)
-
-
-def uniform_packed(shape: tuple[int, ...], generator: torch.Generator | None) -> Packed:
-    """``uniform``'s values, flat and packed (``packed_uniform``: what DARE's fused kernel
-    reads), advancing the generator exactly as ``uniform`` does."""
-    fast = mt_uniform.draw(shape, _needed(generator), packed=True)
-    return fast if fast is not None else Packed.of(uniform(shape, generator))
-
-
-def _needed(generator: torch.Generator | None) -> torch.Generator:
+    """float32 uniforms from the recipe's generator, drawn on the CPU (same bits anywhere)."""
     if generator is None:
         raise UserInputError("a stochastic operator needs a generator (recipe seed)")
-    return generator
+    return torch.rand(shape, generator=generator, dtype=torch.float32)
 
 
 def _keep_mask(u: torch.Tensor, probs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -340,15 +348,16 @@ def random(
     density: float,
     rescale: bool,
     generator: torch.Generator | None,
-    draw: Draw | None = None,
-    l1: Lazy | None = None,
+    *,
+    aids: Aids = EAGER,
     inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
-    u = draw(tuple(tensor.shape)) if draw else uniform(tuple(tensor.shape), generator)
+    shape = tuple(tensor.shape)
+    u = aids.draw(shape) if aids.draw else uniform(shape, generator)
     mask = _keep_mask(u, torch.tensor(density, dtype=torch.float32), tensor)
-    return _rescaled(tensor, mask, rescale, l1, inplace)
+    return _rescaled(tensor, mask, rescale, aids.l1, inplace, aids.norm)
 
 
 def della_rank01(rows: torch.Tensor) -> torch.Tensor:
@@ -364,9 +373,8 @@ def della_magprune(
     epsilon: float,
     rescale: bool,
     generator: torch.Generator | None,
-    rank01: Lazy | None = None,
-    draw: Draw | None = None,
-    l1: Lazy | None = None,
+    *,
+    aids: Aids = EAGER,
     inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
@@ -379,8 +387,9 @@ def della_magprune(
             "choose epsilon < min(density, 1 - density)"
         )
     rows = tensor if tensor.dim() >= 2 else tensor.unsqueeze(0)
-    r01 = rank01() if rank01 is not None else della_rank01(rows)
+    r01 = aids.rank01() if aids.rank01 is not None else della_rank01(rows)
     probs = (density - epsilon) + r01 * 2 * epsilon
-    u = draw(tuple(rows.shape)) if draw else uniform(tuple(rows.shape), generator)
+    shape = tuple(rows.shape)
+    u = aids.draw(shape) if aids.draw else uniform(shape, generator)
     mask = _keep_mask(u, probs, rows)
-    return _rescaled(rows, mask, rescale, l1, inplace).reshape(tensor.shape)
+    return _rescaled(rows, mask, rescale, aids.l1, inplace, aids.norm).reshape(tensor.shape)
