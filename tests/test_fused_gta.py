@@ -164,7 +164,7 @@ def test_nth_equal_over_threads_is_the_eager_scan():
         for v in mag.unique()[[1, 7, 30]]:
             count = int((mag == v).sum())
             for nth in sorted({1, count // 2 + 1, count}):
-                want = sparsify._nth_equal(mag, v, nth)
+                want = sparsify.nth_equal(mag, v, nth)
                 got = fused_gta.nth_equal(t.reshape(-1), base.reshape(-1), float(v), count, nth)
                 assert got == want, (float(v), nth)
     finally:

@@ -138,7 +138,7 @@ def test_dare_members_follow_the_search_when_the_budget_is_full():
 def test_sorted_abs_is_torch_sort_of_the_magnitudes():
     """The cache's sorted |τ| comes from numpy's sort on CPU: the same values, bit for bit, as
     torch.sort (signed zeros, subnormals, repeats and infinities included)."""
-    from evomerge.ops import sparsify
+    from evomerge.ops._fast.top_k import sorted_abs
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(300, 257, generator=g) * 0.02
@@ -148,7 +148,7 @@ def test_sorted_abs_is_torch_sort_of_the_magnitudes():
     x[3::13] = x[0, 0]
     x[4, :3] = torch.tensor([float("inf"), -float("inf"), 3.4e38])
     want = x.abs().reshape(-1).sort().values
-    assert _same_bits(sparsify.sorted_abs(x), want)
+    assert _same_bits(sorted_abs(x), want)
 
 
 def test_changed_seed_is_not_served_from_the_cache():

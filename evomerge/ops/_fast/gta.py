@@ -23,7 +23,7 @@ from evomerge.ops import sparsify
 from evomerge.ops._fast import fused_gta, mt_uniform
 from evomerge.ops._fast.gta_fused_path import fused_merge
 from evomerge.ops._fast.l1 import l1_norm
-from evomerge.ops._fast.top_k import top_k_rule
+from evomerge.ops._fast.top_k import sorted_abs, top_k_rule, top_k_sorted
 from evomerge.ops._registry import per_model
 from evomerge.ops.task_arithmetic import PRESETS, combine, sparsify_one
 
@@ -90,7 +90,9 @@ def _aids(delta: torch.Tensor, i: int, resident: Any, generator: Any) -> sparsif
     if resident is None:
         return sparsify.Aids(draw=lambda shape: mt_uniform.uniform(shape, generator), norm=l1_norm)
     return sparsify.Aids(
-        sorted_abs=lambda: resident.sorted_abs(i, lambda: sparsify.sorted_abs(delta)),
+        top_k=lambda mag, k: top_k_sorted(
+            resident.sorted_abs(i, lambda: sorted_abs(delta)), k, lambda: mag
+        ),
         rank01=lambda: resident.rank01(i, lambda: sparsify.della_rank01(_rows(delta))),
         draw=resident.draw(generator),
         l1=lambda: resident.l1(i, lambda: l1_norm(delta)),

@@ -4,7 +4,7 @@ A search merges the same experts thousands of times with new weights and densiti
 merge that do not change between candidates, and dominate their cost:
 
 * magnitude top-k (TIES, Breadcrumbs): the k-th largest |τ_i| of an expert tensor is, for any
-  density, a lookup in the ascending sorted |τ_i| (``sparsify.top_k_sorted``); the selection
+  density, a lookup in the ascending sorted |τ_i| (``top_k.top_k_sorted``); the selection
   (``kthvalue``, ~2/3 of a TIES candidate) becomes two binary searches, the mask one comparison;
 * random keep masks (DARE, DELLA): with the recipe's seed the generator of a tensor yields the
   same uniforms u for every candidate, and the mask for keep rate p is ``u < p``; caching u
