@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from evomerge.errors import UserInputError
 from evomerge.ops import sparsify
 from evomerge.ops._fast import fused_gta
 from evomerge.ops._fast.packed_uniform import Packed
@@ -83,5 +84,5 @@ def uniform_packed(shape: tuple[int, ...], generator: torch.Generator | None) ->
 
 def _needed(generator: torch.Generator | None) -> torch.Generator:
     if generator is None:
-        sparsify.uniform((0,), None)  # its error: a stochastic operator needs a generator
+        raise UserInputError("a stochastic operator needs a generator (recipe seed)")
     return generator
