@@ -4,15 +4,15 @@ A search merges the same experts thousands of times with new weights and densiti
 merge that do not change between candidates, and dominate their cost:
 
 * magnitude top-k (TIES, Breadcrumbs): the k-th largest |τ_i| of an expert tensor is, for any
-  density, a lookup in the ascending sorted |τ_i| (``sparsify.top_k_sorted``); the selection
+  density, a lookup in the ascending sorted |τ_i| (``top_k.top_k_sorted``); the selection
   (``kthvalue``, ~2/3 of a TIES candidate) becomes two binary searches, the mask one comparison;
 * random keep masks (DARE, DELLA): with the recipe's seed the generator of a tensor yields the
   same uniforms u for every candidate, and the mask for keep rate p is ``u < p``; caching u
   skips the draw (most of a DARE candidate). DARE's fused kernel takes them packed, 3 bytes
-  each (``evomerge.ops.packed_uniform``). DELLA's per-row magnitude ranks are cached too;
+  each (``packed_uniform``). DELLA's per-row magnitude ranks are cached too;
 * Σ|τ_i| (the L1 rescale of DARE/DELLA, a scalar) and, for task arithmetic, τ_i itself;
 * DARE's kept Σ|τ_i| for any keep rate: a per-bucket table of exact sums and, for each bucket
-  a candidate's rate has fallen in, that bucket's members (``evomerge.ops.dare_l1``).
+  a candidate's rate has fallen in, that bucket's members (``dare_l1``).
 
 Every entry is exactly what the uncached operator computes, so results are bit for bit those of
 ``evomerge merge`` (which never uses this cache).
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 Budget = int | Callable[[], int] | None
-_TABLE_BYTES = 1 << 17  # a DARE L1 table's typical size (evomerge.ops.dare_l1)
+_TABLE_BYTES = 1 << 17  # a DARE L1 table's typical size (dare_l1.py)
 
 
 class ResidentCache:
@@ -81,7 +81,7 @@ class ResidentCache:
         return value
 
     def put(self, key: tuple, value: Any) -> None:
-        size = value.nbytes  # a tensor, or a table with its own nbytes (evomerge.ops.dare_l1)
+        size = value.nbytes  # a tensor, or a table with its own nbytes (dare_l1.py)
         if key not in self._entries and self.nbytes + size <= self._limit():
             self._entries[key] = value
             self.nbytes += size
@@ -180,7 +180,7 @@ class TaskStats:
         return self.cache.get(("l1", self.task.inputs[i], self.task.base), make)
 
     def dare_table(self, i: int, make: Callable[[], Any]) -> Any:
-        """DARE's bucketed L1 table (``evomerge.ops.dare_l1``) of τ_i and the uniforms drawn
+        """DARE's bucketed L1 table (``dare_l1``) of τ_i and the uniforms drawn
         last (model i's: the operator asks right after drawing them)."""
         key = self._dare_key(i)
         if key not in self.cache._entries and not self.cache.has_room(_TABLE_BYTES):
@@ -202,11 +202,11 @@ class TaskStats:
         self, shape: tuple[int, ...], generator: torch.Generator | None, packed: bool = False
     ) -> Any:
         """The next block of uniforms: a float32 tensor of ``shape``, or with ``packed`` the
-        same values flat and packed (``evomerge.ops.packed_uniform``, DARE's fused kernel);
+        same values flat and packed (``packed_uniform``, DARE's fused kernel);
         each form is cached under its own key."""
-        from evomerge.ops import sparsify
+        from evomerge.ops._fast import mt_uniform
 
-        uniform = sparsify.uniform_packed if packed else sparsify.uniform
+        uniform = mt_uniform.uniform_packed if packed else mt_uniform.uniform
         j = self._next
         self._next += 1
         self._shapes.append(shape)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from evomerge.errors import NonFiniteInput
-from evomerge.ops.packed_uniform import Packed, below
+from evomerge.ops._fast.packed_uniform import Packed, below
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Generalized task arithmetic through the fused C kernel (``fused_gta``): the per-model scalars
 the kernel needs — top-k thresholds (TIES), DARE's uniforms, keep rates and L1 rescale
-factors — computed exactly as the eager path in generalized_ta.py computes them, so the bits
-are the same. generalized_ta.general_task_arithmetic calls ``fused_merge`` when the kernel
-serves the tensors (``fused_gta.usable``).
+factors — computed exactly as the operator (evomerge/ops/task_arithmetic.py) computes them, so
+the bits are the same. The fast path (``gta.py``) calls ``fused_merge`` when the kernel serves
+the tensors (``fused_gta.usable``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from evomerge.ops import dare_l1, exact_l1, fused_gta, sparsify
+from evomerge.ops import sparsify
+from evomerge.ops._fast import dare_l1, fused_gta, mt_uniform
+from evomerge.ops._fast.l1 import l1_from_bins
+from evomerge.ops._fast.packed_uniform import Packed
+from evomerge.ops._fast.top_k import top_k_rule
 from evomerge.ops._registry import per_model
-from evomerge.ops.packed_uniform import Packed
+from evomerge.ops.task_arithmetic import combine
 
 
 def fused_merge(
@@ -29,15 +33,15 @@ def fused_merge(
     The caller has checked ``fused_gta.usable`` (float32 CPU tensors)."""
     sparsification, consensus, p, resident, generator = fuse
     w = [np.float32(x) for x in weights]  # rounded as the eager path's float32 weights are
-    gta = _gta()
     b = base.reshape(-1)
     flat = [t.reshape(-1) for t in sources]
     thresholds: list[tuple[float, int] | None] = [None] * len(sources)
     dare: dict[str, Any] = {}
     if sparsification == "magnitude":
         dens = per_model(p, "density", len(sources))
-        rule = gta._top_k_rule
-        cuts = [rule(t, b, d, i, resident, fused=True) for i, (t, d) in enumerate(zip(flat, dens))]
+        cuts = [
+            top_k_rule(t, b, d, i, resident, fused=True) for i, (t, d) in enumerate(zip(flat, dens))
+        ]
         # mergekit's tie order (an argsort) is no (value, split) rule: the kernel keeps
         # |τ| > v for those models, and the kept ties are patched afterwards (_patch_ties)
         thresholds = [None if c is None else _kernel_rule(c) for c in cuts]
@@ -46,7 +50,7 @@ def fused_merge(
     normalize = bool(p.get("normalize", False))
     divisor = 1.0
     if normalize and not consensus:
-        total = w[0]  # as _combine's _sum: the weights' float32 sum in order, ~0 -> 1
+        total = w[0]  # as combine's sum_in_order: the weights' float32 sum in order, ~0 -> 1
         for x in w[1:]:
             total = total + x
         divisor = 1.0 if abs(total) < np.float32(1e-8) else float(total)
@@ -84,7 +88,7 @@ def _patch_ties(
     consensus: str | None,
     p: dict[str, Any],
 ) -> None:
-    """Recompute, with the eager path's elementwise arithmetic (``_combine``), the outputs at
+    """Recompute, with the operator's elementwise arithmetic (``combine``), the outputs at
     the flat positions where some model keeps a tie by mergekit's argsort order: every other
     position's keep decisions are the kernel's, so these few overwrite it with the same bits
     the eager path gives there."""
@@ -97,7 +101,7 @@ def _patch_ties(
         if cut is not None:
             d.mul_(cut.mask_at(d.abs(), pos))
         weighted.append(d.mul_(wi))
-    out[pos] = _gta()._combine(weighted, w, bp, consensus, p)
+    out[pos] = combine(weighted, w, bp, consensus, p)
 
 
 def _dare_rule(
@@ -122,7 +126,7 @@ def _dare_rule(
             rates.append(1.0)
             scales.append(1.0)
             continue
-        u = draw(shape) if draw else sparsify.uniform_packed(shape, generator)
+        u = draw(shape) if draw else mt_uniform.uniform_packed(shape, generator)
         rate = float(np.float32(d))  # as sparsify's comparison with float32 probs
         uniforms.append(u)
         rates.append(rate)
@@ -139,8 +143,8 @@ def _l1_rescale(
     """``sparsify._rescaled``'s factor Σ|τ| / Σ|kept τ| (1 when either is ~0), both exact."""
     if resident is None:  # merging to disk: both sums in one read
         whole, kept = fused_gta.l1_bins_both(t, b, u, rate)
-        return _factor(exact_l1.l1_from_bins(whole), exact_l1.l1_from_bins(kept))
-    whole = lambda: b.new_tensor(exact_l1.l1_from_bins(fused_gta.l1_bins(t, b)))  # noqa: E731
+        return _factor(l1_from_bins(whole), l1_from_bins(kept))
+    whole = lambda: b.new_tensor(l1_from_bins(fused_gta.l1_bins(t, b)))  # noqa: E731
     before = resident.l1(i, whole)
     table = None
     if t.numel() >= _TABLE_MIN:  # a search: no pass per candidate
@@ -150,7 +154,7 @@ def _l1_rescale(
         members = lambda q, make: resident.dare_members(i, q, make)  # noqa: E731
         kept = dare_l1.kept_l1(table, t, b, u, rate, members)
     else:
-        kept = exact_l1.l1_from_bins(fused_gta.l1_bins(t, b, u, rate))
+        kept = l1_from_bins(fused_gta.l1_bins(t, b, u, rate))
     return _factor(float(before), kept)
 
 
@@ -160,10 +164,3 @@ def _factor(before: float, after: float) -> float:
     if before32 < eps or after32 < eps:
         return 1.0
     return float(before32 / after32)
-
-
-def _gta():
-    # generalized_ta imports this module; its helpers are looked up at call time
-    from evomerge.ops import generalized_ta
-
-    return generalized_ta

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evomerge.ops import exact_l1, fused_gta
-from evomerge.ops.packed_uniform import Packed, below
+from evomerge.ops import exact_l1
+from evomerge.ops._fast import fused_gta
+from evomerge.ops._fast.packed_uniform import Packed, below
 
 Q = 256
 
@@ -90,4 +91,4 @@ def kept_l1(
     bins[table.e_lo : table.e_lo + row.size] = row
     if listed is not None:
         bins += fused_gta.l1_bins_listed(listed, p)
-    return exact_l1.l1_from_bins_py(bins)
+    return exact_l1.l1_from_bins(bins)
