@@ -31,6 +31,9 @@ class OpSpec:
     # dtype): the merge engine then skips their float32 copies, their separate NaN/Inf pass and
     # the float32 result's narrowing copy
     raw_bf16: bool = False
+    # the operator reads the base model's activations on the recipe's calibration data: the
+    # planner passes each tensor's statistics as ``activation`` (evomerge.calibration; AIM)
+    needs_activations: bool = False
 
     @property
     def required(self) -> tuple[str, ...]:
