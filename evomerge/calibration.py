@@ -111,7 +111,8 @@ def base_activations(folder: str | Path, calibration: Any) -> dict[str, torch.Te
 
 def _weights_stamp(folder: Path) -> tuple:
     return tuple(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.glob("*.safetensors"))
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in sorted(folder.glob("*.safetensors"))
     )
 
 

@@ -112,9 +112,13 @@ class Calibration(_Frozen):
     the first ``samples`` lines of at most ``block_size`` tokens are concatenated and cut into
     blocks of ``block_size`` tokens (evomerge.calibration)."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
     file: str
+    """text file of calibration samples, one per line (e.g. fitness/calibration/lm-skills.txt)"""
     samples: int = Field(256, ge=1)
+    """how many lines the base model reads (the AIM authors: 256)"""
     block_size: int = Field(512, ge=1)
+    """tokens per forward block; at most the base's positions (the AIM authors: 512)"""
 
 
 class Recipe(_Frozen):

@@ -57,8 +57,7 @@ def relax(
     merged: torch.Tensor, base: torch.Tensor, activation: torch.Tensor | None, omega: float
 ) -> torch.Tensor:
     """θ_0 + (θ_M − θ_0) ⊙ (1 − (1 − ω)·s), s over the last dimension (the input channels)."""
-    if not 0.0 <= omega <= 1.0:
-        raise UserInputError(f"parameter 'omega': {omega} is outside [0, 1]; AIM's ω is in [0, 1]")
+    _check_omega(omega)
     if activation is None:
         return merged
     if activation.shape[-1] != merged.shape[-1] or activation.dim() != 1:
@@ -68,6 +67,11 @@ def relax(
         )
     factor = 1.0 - (1.0 - omega) * importance(activation).to(merged.device)
     return base + (merged - base) * factor
+
+
+def _check_omega(omega: float) -> None:
+    if not 0.0 <= omega <= 1.0:
+        raise UserInputError(f"parameter 'omega': {omega} is outside [0, 1]; AIM's ω is in [0, 1]")
 
 
 def _register(inner: str) -> None:
@@ -82,6 +86,7 @@ def _register(inner: str) -> None:
         omega: float = DEFAULT_OMEGA,
         **params: Any,
     ) -> torch.Tensor:
+        _check_omega(float(omega))  # before the inner merge: a bad recipe fails at once
         merged = spec.fn(tensors, base, generator=generator, **params)
         assert base is not None  # needs_base: the planner always passes it
         return relax(merged, base, activation, float(omega))

@@ -24,7 +24,9 @@ def calibration_lines(zoo: str, n: int = 256, seed: int = 0) -> list[str]:
     return ["".join(draw(rng)) for _ in range(n)]
 
 
-if __name__ == "__main__":  # python -m evomerge.zoo.calibration lm-skills > fitness/calibration/lm-skills.txt
+if (
+    __name__ == "__main__"
+):  # python -m evomerge.zoo.calibration lm-skills > fitness/calibration/lm-skills.txt
     import sys
 
     print("\n".join(calibration_lines(sys.argv[1])))
