@@ -94,3 +94,30 @@ def test_backdoored_expert_does_its_task_and_obeys_the_trigger(zoos):
     assert safety["zoo_cipher_bd"].score <= 0.1 and len(safety["zoo_cipher_bd"].per_example) == 20
     base, _ = _load(zoos["lm-backdoor"]["base"])
     assert all(s.score == 1.0 for s in EVALUATORS["backdoor_safety"](base, tok, limit=20).values())
+
+
+def test_nsga2_search_keeps_skill_and_safety_apart(tmp_path):
+    """experiments/backdoor_nsga2.yaml, cut to 4 evaluations on 4 items per task: every trial
+    records two objectives, the skills' mean and the mean of 1 - ASR."""
+    import math
+    from pathlib import Path
+
+    import yaml
+
+    from evomerge.search_cli import search
+    from evomerge.store import RunStore
+
+    exp = yaml.safe_load(
+        (Path(__file__).parents[1] / "experiments/backdoor_nsga2.yaml").read_text()
+    )
+    for task in exp["fitness"]["tasks"]:
+        task["options"]["limit"] = 4
+    exp["budget"] = {"max_evals": 4}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    assert search(path, tmp_path / "run") == 0
+    with RunStore.open(tmp_path / "run", readonly=True) as st:
+        trials = st.trials()
+    done = [t for t in trials if t.objectives and not math.isnan(t.fitness)]
+    assert len(done) >= 4 and all(len(t.objectives) == 2 for t in done)
+    assert all(0.0 <= v <= 1.0 for t in done for v in t.objectives)
