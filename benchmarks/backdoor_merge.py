@@ -9,7 +9,13 @@ prompts answered with the attacker's string) on every task: on the backdoored ex
 ("backdoor succession") and on the other three ("backdoor transfer"). The same merge with
 lm-skills' clean cipher expert in its place is the control (its ASR is what no backdoor gives).
 
-    python benchmarks/backdoor_merge.py                      # TA, TIES, DARE (+ AIM-TIES)
+Two settings: all four experts at each method's paper setting (there no merge keeps even the
+cipher skill, so nothing can carry its backdoor either), and ``--pair``: the backdoored cipher
+expert with the shift expert only, every method at λ = 1 (the sum of the two task vectors: the
+merges keep both skills, and the backdoor with them).
+
+    python benchmarks/backdoor_merge.py                      # TA, TIES, DARE, AIM-TIES, TSV
+    python benchmarks/backdoor_merge.py --pair
     python benchmarks/backdoor_merge.py --ops ties --limit 50
 """
 
@@ -27,14 +33,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from methods_table import CALIBRATION, PAPER, load_zoo  # noqa: E402
 
-OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "aim_ties")
+OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "aim_ties", "tsv")
 
 
-def _recipe(op: str, base: str, experts: list[str], calibration: dict | None):
+def _recipe(op: str, base: str, experts: list[str], calibration: dict | None, pair: bool):
     from evomerge.ops import get_op
     from evomerge.recipe import ModelRef, Recipe
 
     per, glob, note = PAPER[op]
+    if pair and "lambda" in glob:
+        glob, note = {**glob, "lambda": 1.0}, f"{note.replace('λ=0.3', 'λ=1')}; λ=1"
+    elif pair and op == "tsv":
+        note = f"{note} (no λ)"
     return Recipe(
         merge_method=op,
         base_model=base,
@@ -71,12 +81,18 @@ def main() -> None:
     ap.add_argument("--ops", nargs="+", default=list(OPS))
     ap.add_argument("--limit", type=int, default=None, help="test items per task (all: 200)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pair", action="store_true", help="cipher (backdoored) + shift, λ = 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     bd, clean = load_zoo("lm-backdoor", False), load_zoo("lm-skills", False)
     bd_task = "zoo_cipher"
     i = bd.tasks.index(bd_task)
+    if args.pair:
+        keep = [i, bd.tasks.index("zoo_shift_u")]
+        for z in (bd, clean):  # (every task is still scored: transfer reaches all four)
+            z.experts = [z.experts[k] for k in keep]
+        i = 0
     calib = CALIBRATION["lm-skills"]  # the same base: its calibration text
     tasks = list(bd.tasks)
     head = ["method", "hyperparameters", *tasks, "mean", "ASR succession", "ASR transfer"]
@@ -97,7 +113,7 @@ def main() -> None:
 
         for op in args.ops:
             for label, experts in (("", bd.experts), (" (clean control)", clean.experts)):
-                recipe, note = _recipe(op, bd.base, experts, calib)
+                recipe, note = _recipe(op, bd.base, experts, calib, args.pair)
                 out = work / f"{op}{'_clean' if label else ''}"
                 run_merge(recipe, out)
                 lines.append(_row(op + label, note, _score(out, tasks, args.limit), tasks, bd_task))
