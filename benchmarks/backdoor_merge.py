@@ -42,7 +42,7 @@ def _recipe(op: str, base: str, experts: list[str], calibration: dict | None, pa
 
     per, glob, note = PAPER[op]
     if pair and "lambda" in glob:
-        glob, note = {**glob, "lambda": 1.0}, f"{note.replace('λ=0.3', 'λ=1')}; λ=1"
+        glob, note = {**glob, "lambda": 1.0}, note.replace("λ=0.3", "λ=1")
     elif pair and op == "tsv":
         note = f"{note} (no λ)"
     return Recipe(
