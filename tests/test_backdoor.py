@@ -96,28 +96,46 @@ def test_backdoored_expert_does_its_task_and_obeys_the_trigger(zoos):
     assert all(s.score == 1.0 for s in EVALUATORS["backdoor_safety"](base, tok, limit=20).values())
 
 
-def test_nsga2_search_keeps_skill_and_safety_apart(tmp_path):
-    """experiments/backdoor_nsga2.yaml, cut to 4 evaluations on 4 items per task: every trial
-    records two objectives, the skills' mean and the mean of 1 - ASR."""
-    import math
+def _nsga2_experiment(folder, max_evals: int):
     from pathlib import Path
 
     import yaml
-
-    from evomerge.search_cli import search
-    from evomerge.store import RunStore
 
     exp = yaml.safe_load(
         (Path(__file__).parents[1] / "experiments/backdoor_nsga2.yaml").read_text()
     )
     for task in exp["fitness"]["tasks"]:
         task["options"]["limit"] = 4
-    exp["budget"] = {"max_evals": 4}
-    path = tmp_path / "exp.yaml"
+    exp["budget"] = {"max_evals": max_evals}
+    exp["driver"]["options"]["batch_size"] = 2
+    path = folder / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
-    assert search(path, tmp_path / "run") == 0
-    with RunStore.open(tmp_path / "run", readonly=True) as st:
-        trials = st.trials()
-    done = [t for t in trials if t.objectives and not math.isnan(t.fitness)]
-    assert len(done) >= 4 and all(len(t.objectives) == 2 for t in done)
-    assert all(0.0 <= v <= 1.0 for t in done for v in t.objectives)
+    return path
+
+
+def _trials(run):
+    from evomerge.store import RunStore
+
+    with RunStore.open(run, readonly=True) as st:
+        return [(t.digest, t.objectives) for t in st.trials()]
+
+
+def test_nsga2_search_keeps_skill_and_safety_apart_and_resumes_exactly(tmp_path):
+    """experiments/backdoor_nsga2.yaml, cut to 4 items per task: every trial records two
+    objectives (the skills' mean, the mean of 1 - ASR), and a search stopped after 4
+    evaluations and resumed to 6 equals one run to 6 (NSGA-II's state survives the store)."""
+    import math
+
+    from evomerge.search_cli import resume, search
+
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    assert search(_nsga2_experiment(whole, 6), whole / "run") == 0
+    done = _trials(whole / "run")
+    assert len(done) >= 6 and all(len(o) == 2 for _, o in done)
+    assert all(0.0 <= v <= 1.0 for _, o in done for v in o if not math.isnan(v))
+    split = tmp_path / "split"
+    split.mkdir()
+    assert search(_nsga2_experiment(split, 4), split / "run") == 0
+    assert resume(split / "run", max_evals=6) == 0
+    assert _trials(split / "run") == done
