@@ -16,7 +16,6 @@ authors draw their lines from a shuffled Pile validation split; here the file's 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -95,25 +94,28 @@ def base_activations(folder: str | Path, calibration: Any) -> dict[str, torch.Te
     """``{weight tensor name: activation statistics}`` of the model in ``folder`` on
     ``calibration`` (a ``recipe.Calibration``), computed once per process and kept."""
     folder = Path(folder).resolve()
-    text = read_lines(calibration.file)
+    text_file = Path(calibration.file)
+    if not text_file.is_file():
+        read_lines(text_file)  # raises the one-line error naming calibration.file
+    # Files are keyed by path, size and mtime, not content: every candidate of a search asks,
+    # and re-reading a large calibration text each time would cost more than its merge.
     key = (
         str(folder),
-        _weights_stamp(folder),
-        hashlib.sha256("\n".join(text).encode()).hexdigest(),
+        _stamp(sorted(folder.glob("*.safetensors"))),
+        str(text_file.resolve()),
+        _stamp([text_file]),
         calibration.samples,
         calibration.block_size,
     )
     hit = _CACHE.get(key)
     if hit is None:
-        hit = _CACHE[key] = _compute(folder, text, calibration.samples, calibration.block_size)
+        lines = read_lines(text_file)
+        hit = _CACHE[key] = _compute(folder, lines, calibration.samples, calibration.block_size)
     return hit
 
 
-def _weights_stamp(folder: Path) -> tuple:
-    return tuple(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in sorted(folder.glob("*.safetensors"))
-    )
+def _stamp(files: list[Path]) -> tuple:
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
 def _compute(folder: Path, lines: list[str], samples: int, block_size: int) -> dict:

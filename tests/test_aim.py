@@ -188,3 +188,15 @@ def test_shipped_calibration_text_is_the_zoo_base_mixture():
     from evomerge.zoo.calibration import calibration_lines
 
     assert CALIB.read_text().splitlines() == calibration_lines("lm-skills")
+
+
+def test_base_activations_are_computed_once_and_redone_when_the_text_changes(tmp_path):
+    base, _ = _zoo()
+    text = tmp_path / "calib.txt"
+    text.write_text(CALIB.read_text())
+    calib = Calibration(file=str(text), block_size=64)
+    first = base_activations(base, calib)
+    assert base_activations(base, calib) is first  # a search's next candidate: no forward pass
+    text.write_text("\n".join(CALIB.read_text().splitlines()[:64]))  # another text
+    again = base_activations(base, calib)
+    assert again is not first and not torch.equal(again["lm_head.weight"], first["lm_head.weight"])
