@@ -220,7 +220,7 @@ class SearchLoop:
         cands = self.driver.ask(self._batch_size())
         recipes = [self._decode(c) for c in cands]
         records, results = self._evaluate(cands, recipes)
-        fitness = [r.fitness if r.ok else math.nan for r in results]
+        fitness = told_values(self.driver, results)
         wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
         self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
         self._pending = (records, results, recipes)
@@ -307,6 +307,16 @@ class SearchLoop:
             if rec.reused_from is None and rec.digest:
                 self.scored.setdefault(rec.digest, rec.idx)
         s.generation += 1
+
+
+def told_values(driver: Driver, results: Sequence[JobResult]) -> list:
+    """What ``driver.tell`` receives per result: the aggregate fitness, or, for a driver
+    configured with several objectives (Optuna's NSGA-II), the objective vector; NaN for a
+    failure."""
+    k = int(getattr(driver, "objectives", 1) or 1)
+    if k > 1:
+        return [tuple(r.objectives) if r.ok else (math.nan,) * k for r in results]
+    return [r.fitness if r.ok else math.nan for r in results]
 
 
 def _as_reused(r: JobResult) -> JobResult:

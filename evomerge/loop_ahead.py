@@ -17,14 +17,13 @@ not submitted again; it is reused from the store once g is committed (as ``Searc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from evomerge.drivers.base import Candidate
-from evomerge.loop import SearchLoop
+from evomerge.loop import SearchLoop, told_values
 from evomerge.recipe import Recipe
 from evomerge.workers.base import Evaluator, JobResult
 from evomerge.workers.wants import tell_wanted
@@ -105,7 +104,7 @@ class AskAheadLoop(SearchLoop):
             records, results = self._evaluate(cands, recipes)
         finally:
             self.evaluator = self._real
-        fitness = [r.fitness if r.ok else math.nan for r in results]
+        fitness = told_values(self.driver, results)
         wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
         self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
         self._pending = (records, results, recipes)

@@ -179,6 +179,10 @@ def test_optuna_multi_objective():
     for _ in range(3):
         cands = d.ask()
         d.tell(cands, [(sphere(c.x), -float(c.x.sum())) for c in cands])
+    # NSGA-II's state round-trips (optuna 5's sampler holds a lock pickle refuses)
+    twin = cls(DIM, np.zeros(DIM), np.ones(DIM), np.full(DIM, 0.5), seed=0, objectives=2)
+    twin.load_state_dict(d.state_dict())
+    assert np.array_equal([c.x for c in twin.ask(4)], [c.x for c in d.ask(4)])
     with pytest.raises(UserInputError, match="objective"):
         cands = d.ask(1)
         d.tell(cands, [1.0])

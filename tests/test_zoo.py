@@ -144,7 +144,9 @@ def test_evaluator_registry_covers_the_zoo():
 def test_unknown_zoo_is_a_clear_error(tmp_path):
     from evomerge.cli import app
 
-    with pytest.raises(UserInputError, match="valid: digits, gemma3, lm-cross, lm-skills, smollm2"):
+    with pytest.raises(
+        UserInputError, match="valid: digits, gemma3, lm-backdoor, lm-cross, lm-skills, smollm2"
+    ):
         build("lm-crosss", tmp_path / "x")
     res = CliRunner().invoke(app, ["zoo", "build", "nope", "--out", str(tmp_path / "y")])
     assert res.exit_code == 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 # Importing the operator modules registers them.
 from evomerge.ops import (  # noqa: E402,F401  (import for registration side effects)
+    aim,
     consensus,
     linear,
     model_stock,

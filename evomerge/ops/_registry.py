@@ -26,6 +26,9 @@ class OpSpec:
     min_models: int = 1
     max_models: int | None = None
     param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the operator reads the base model's activations on the recipe's calibration data: the
+    # planner passes each tensor's statistics as ``activation`` (evomerge.calibration; AIM)
+    needs_activations: bool = False
 
     @property
     def required(self) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
-/* CPU kernels of evomerge's merge operators, loaded by evomerge/ops/fused_gta.py:
+/* CPU kernels of evomerge's merge operators, loaded by evomerge/ops/_fast/fused_gta.py:
  *   gta_fused       one-pass generalized task arithmetic (TIES, DARE, task arithmetic) on
- *                   float32 tensors; generalized_ta.py is the reference;
+ *                   float32 tensors; ops/task_arithmetic.py is the reference;
  *   abs_delta_*     the exact top-k threshold of |src - base| (radix selection);
  *   abs_l1_bins*    exact L1 norms (per-exponent integer sums) for the L1 rescale;
  *   u_bucket_members  the entries of one bucket of DARE's packed uniforms (dare_l1.py);
@@ -9,7 +9,7 @@
  *                   as floats or packed (packed_uniform.py).
  *
  * Every element goes through exactly the float32 operations of the eager torch path, in the
- * same order (see _streamed / _combine / _agreeing_sum in generalized_ta.py), so the result is
+ * same order (see combine / _agreeing_sum in ops/task_arithmetic.py), so the result is
  * the same bits: IEEE add, mul, div, fabs and copysign are correctly rounded whichever unit
  * runs them. Build with -ffp-contract=off (no fused multiply-add: a*b+c must round twice, as
  * torch's separate kernels do), without -ffast-math, and with -fno-trapping-math (the
