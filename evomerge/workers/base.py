@@ -51,8 +51,11 @@ class Evaluator(ABC):
     """Scores recipes. Implementations: ``SerialEvaluator`` (in process), ``RayEvaluator``."""
 
     @abstractmethod
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
-        """Score every recipe; results in input order; never raises for a bad candidate."""
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
+        """Score every recipe; results in input order; never raises for a bad candidate.
+        ``items`` (racing): per recipe, the item positions to score instead of every item."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers and resident models."""

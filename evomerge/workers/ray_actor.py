@@ -109,7 +109,11 @@ class EvalWorker:
 
     # ---- the per-candidate path ---------------------------------------------------------------
     def run(
-        self, recipe: Recipe, node_refs: Mapping[str, Mapping[str, Any]], timeout_s: float | None
+        self,
+        recipe: Recipe,
+        node_refs: Mapping[str, Mapping[str, Any]],
+        timeout_s: float | None,
+        items: dict[str, list[int]] | None = None,
     ) -> JobResult:
         ctx = self._context(node_refs)
         if ctx is None:
@@ -121,7 +125,7 @@ class EvalWorker:
         os.environ["TMPDIR"] = str(job_dir)
         tempfile.tempdir = None  # re-read TMPDIR
         try:
-            return run_job(ctx, recipe, timeout_s=timeout_s)
+            return run_job(ctx, recipe, timeout_s=timeout_s, items=items)
         finally:
             if old_tmp is None:
                 os.environ.pop("TMPDIR", None)

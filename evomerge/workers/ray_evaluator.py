@@ -105,6 +105,7 @@ class RayEvaluator(Evaluator):
         for s in self._slots:
             s.warm_ref = s.actor.warmup.remote(self._node_refs)
         self._queue: deque[int] = deque()
+        self._items: dict[int, dict[str, list[int]]] = {}  # racing: the items a ticket scores
         self._recipes: dict[int, Recipe] = {}
         self._attempts: dict[int, int] = {}
         self._done: dict[int, JobResult] = {}
@@ -150,11 +151,14 @@ class RayEvaluator(Evaluator):
         )
 
     # ---- streaming interface ----------------------------------------------------------------
-    def submit(self, recipe: Recipe) -> int:
-        """Queue one candidate; returns its ticket (tickets count up in submission order)."""
+    def submit(self, recipe: Recipe, items: dict[str, list[int]] | None = None) -> int:
+        """Queue one candidate (``items``: only those item positions, racing); returns its
+        ticket (tickets count up in submission order)."""
         t = self._next_ticket
         self._next_ticket += 1
         self._recipes[t] = recipe
+        if items is not None:
+            self._items[t] = items
         self._attempts[t] = 0
         self._queue.append(t)
         self.stats.submitted += 1
@@ -182,8 +186,12 @@ class RayEvaluator(Evaluator):
                 return []
             self._step(wait)
 
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
-        tickets = [self.submit(r) for r in recipes]
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
+        tickets = [
+            self.submit(r, None if items is None else items[i]) for i, r in enumerate(recipes)
+        ]
         want, got = set(tickets), {}
         while len(got) < len(tickets):
             for t, res in self.poll():
@@ -199,7 +207,9 @@ class RayEvaluator(Evaluator):
             if s.warm_ref is None and s.ticket is None:
                 t = self._queue.popleft()
                 s.ticket, s.started = t, time.monotonic()
-                s.run_ref = s.actor.run.remote(self._recipes[t], self._node_refs, self.timeout_s)
+                s.run_ref = s.actor.run.remote(
+                    self._recipes[t], self._node_refs, self.timeout_s, self._items.get(t)
+                )
 
     def _wait_budget(self, deadline: float | None) -> float | None:
         budgets = [] if deadline is None else [deadline - time.monotonic()]
@@ -302,6 +312,7 @@ class RayEvaluator(Evaluator):
             return
         del self._recipes[t]
         self._attempts.pop(t, None)
+        self._items.pop(t, None)
         self._done[t] = result
         self.stats.completed += 1
         if result.worker:
