@@ -280,20 +280,20 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
 
 
 # ---- refusals -----------------------------------------------------------------------------------
-def test_racing_is_refused_where_it_cannot_work(tmp_path, capsys):
+def test_racing_is_refused_where_it_cannot_work(tmp_path):
     m2n2 = _experiment(
         tmp_path,
         racing=RACE,
         driver="{name: m2n2, options: {batch_size: 4}}",
         budget="{max_evals: 4}",
     )
-    assert search(m2n2, tmp_path / "m") == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "error: fitness.racing: driver m2n2 competes on every candidate's per-item scores (its "
+    with pytest.raises(UserInputError) as err:
+        search(m2n2, tmp_path / "m")
+    assert str(err.value) == (
+        "fitness.racing: driver m2n2 competes on every candidate's per-item scores (its "
         "resource competition); remove fitness.racing (or set enabled: false) or use cma_es, "
         "random or optuna"
-    ]
+    )
     assert not (tmp_path / "m").exists()
     lm = {"kind": "lm_eval", "task": "zoo_cipher", "include_path": "fitness/zoo_cipher", "limit": 8}
     with pytest.raises(UserInputError, match=r"tasks\.0: racing scores items a slice at a time"):
