@@ -67,7 +67,8 @@ class _Submitted(Evaluator):
         self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
     ) -> list[JobResult]:
         if self.tickets is None:
-            return self.loop._real.evaluate(recipes, items)
+            real = self.loop._real
+            return real.evaluate(recipes) if items is None else real.evaluate(recipes, items)
         return [self.loop._result(self.tickets[r.digest()]) for r in recipes]
 
 
