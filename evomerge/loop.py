@@ -139,7 +139,7 @@ class SearchLoop:
         self.top = []
         self.recipes: dict[str, Recipe] = {}
         self.racer = racer
-        self._floor: tuple[int, np.ndarray] | None = None  # archive k-th member's item values
+        self._values: dict[int, np.ndarray] = {}  # racing: archive members' item values
 
     # ---- start / resume ----------------------------------------------------------------------
     def restore(self) -> bool:
@@ -314,17 +314,20 @@ class SearchLoop:
         if self.racer is None:
             results = self.evaluator.evaluate(recipes)
             return results, [_items_in(r) for r in results]
-        out = self.racer.race(self.evaluator, recipes, self._archive_floor())
+        out = self.racer.race(self.evaluator, recipes, self._archive_values())
         return out.results, out.items
 
-    def _archive_floor(self) -> np.ndarray | None:
-        """The archive's k-th member's item values in racing order (None: not full yet)."""
-        if len(self.top) < self.archive.top_k:
-            return None
-        kth = self.top[self.archive.top_k - 1]
-        if self._floor is None or self._floor[0] != kth.idx:
-            self._floor = (kth.idx, self.racer.pool.full_values(self.store.eval_result(kth.idx)))
-        return self._floor[1]
+    def _archive_values(self) -> list[np.ndarray]:
+        """The archive members' item values in racing order (read from the store once)."""
+        pool = self.racer.pool
+        self._values = {
+            e.idx: self._values.get(e.idx)
+            if e.idx in self._values
+            else pool.full_values(self.store.eval_result(e.idx))
+            for e in self.top
+            if math.isfinite(e.fitness)
+        }
+        return list(self._values.values())
 
     def _commit_pending(self) -> None:
         records, results, recipes = self._pending

@@ -11,9 +11,10 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    item by item on the items both saw, with the k-th best: a candidate whose one-sided upper
    bound on the mean paired difference, ``mean(d) + z * sd(d) / sqrt(m)`` (z from
    ``confidence``, a normal bound, not a finite-sample guarantee), is below 0 cannot be among
-   the best k. It stops only when it also cannot enter the archive: the same bound, against
-   the archive's k-th member (fully scored, so its values on these items are known), is below
-   0 (an archive not yet full takes anyone);
+   the best k. It stops only when it also cannot enter the archive: the same bound is below 0
+   against the archive's ``top_k``-th best once this generation joins it (its members are
+   fully scored, so their values on these items are known; the generation's candidates
+   count with their means so far);
 3. the others get the next ``slice`` items, and so on until only survivors are left, which
    are scored on every item, or every item is used.
 
@@ -55,30 +56,41 @@ def paired_upper(a: np.ndarray, b: np.ndarray, z: float) -> float:
 
 
 def sure_losers(
-    values: dict[int, np.ndarray], need: int, floor: np.ndarray | None, z: float
+    values: dict[int, np.ndarray], need: int, archive: Sequence[np.ndarray], top_k: int, z: float
 ) -> set[int]:
-    """Candidates (keys of ``values``, equal-length arrays) that surely are neither among the
-    best ``need`` of them nor above the archive's floor (None: the archive takes anyone)."""
-    if floor is None or len(values) <= need:
+    """Candidates (keys of ``values``, equal-length arrays of their first m item values) that
+    surely are neither among the best ``need`` of them nor able to enter the archive: below
+    the ``top_k``-th best of the archive's members (``archive``: their values on every item)
+    and the candidates together, ranked on these m items."""
+    if len(values) <= need or len(values) + len(archive) <= top_k:
         return set()
     order = sorted(values, key=lambda i: (-float(values[i].mean()), i))
     ref = values[order[need - 1]]
     m = len(ref)
+    both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
+    both += [(float(values[i].mean()), i, values[i]) for i in order]
+    both.sort(key=lambda row: (-row[0], row[1]))
+    gate = both[top_k - 1][2]  # the archive's k-th after this generation, as it stands
+    inside = {row[1] for row in both[:top_k]}
     return {
         i
         for i in order[need:]
-        if paired_upper(values[i], ref, z) < 0 and paired_upper(values[i], floor[:m], z) < 0
+        if i not in inside
+        and paired_upper(values[i], ref, z) < 0
+        and paired_upper(values[i], gate, z) < 0
     }
 
 
 class Racer:
-    def __init__(self, cfg: Any, pool: ItemPool, fitness: Any, need: int) -> None:
+    def __init__(self, cfg: Any, pool: ItemPool, fitness: Any, need: int, top_k: int) -> None:
         self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
+        self.top_k = top_k  # the archive's size
         self.z = NormalDist().inv_cdf(cfg.confidence)
 
     def race(
-        self, evaluator: Any, recipes: Sequence[Recipe], floor: np.ndarray | None
+        self, evaluator: Any, recipes: Sequence[Recipe], archive: Sequence[np.ndarray]
     ) -> RaceOutcome:
+        """Race ``recipes``; ``archive``: the archive members' values on every item."""
         n, size = len(recipes), self.pool.size
         parts: list[list[tuple[Any, int, int]]] = [[] for _ in range(n)]
         values = [np.empty(0) for _ in range(n)]
@@ -104,7 +116,8 @@ class Racer:
             alive = [i for i in alive if i not in failed]
             start, stop = stop, min(size, stop + self.cfg.slice)
             if start < size:
-                out = sure_losers({i: values[i] for i in alive}, self.need, floor, self.z)
+                live = {i: values[i] for i in alive}
+                out = sure_losers(live, self.need, archive, self.top_k, self.z)
                 alive = [i for i in alive if i not in out]
         results = []
         for i in range(n):

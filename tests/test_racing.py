@@ -84,16 +84,21 @@ def test_sure_losers_on_a_known_case():
     bad = np.zeros(40)
     floor = (rng.random(40) < 0.5).astype(float)
     vals = {0: mid, 1: good, 2: bad}
-    # k = 1: the best is 'good'; 'bad' is below it and below the archive's floor on every item
-    assert sure_losers(vals, 1, floor, 1.645) == {2}
-    # an archive that is not full takes anyone: nobody is dropped
-    assert sure_losers(vals, 1, None, 1.645) == set()
+    # k = 1, an archive of 2: 'good' and 'mid' would fill it; 'bad' is below both on every item
+    assert sure_losers(vals, 1, [floor], 2, 1.645) == {2}
+    # an archive of 1: only 'good' would enter it, and 'mid' is surely below 'good' too
+    assert sure_losers(vals, 1, [floor], 1, 1.645) == {0, 2}
+    # an empty archive of 3 takes all three: nobody is dropped; of 2 it takes good and mid
+    assert sure_losers(vals, 1, [], 3, 1.645) == set()
+    assert sure_losers(vals, 1, [], 2, 1.645) == {2}
     # k = 2: 'mid' and 'good' are the best two, 'bad' still goes
-    assert sure_losers(vals, 2, floor, 1.645) == {2}
+    assert sure_losers(vals, 2, [floor], 1, 1.645) == {2}
+    # k = 3: every candidate is needed
+    assert sure_losers(vals, 3, [floor], 1, 1.645) == set()
     # a candidate equal to the reference on every item is never dropped (paired: no evidence)
-    assert sure_losers({0: good, 1: good.copy()}, 1, np.zeros(40), 1.645) == set()
+    assert sure_losers({0: good, 1: good.copy()}, 1, [np.ones(40)], 1, 1.645) == set()
     # above the archive's floor: it could enter the archive, so it stays although it loses
-    assert sure_losers({0: good, 1: mid}, 1, np.zeros(40), 1.645) == set()
+    assert sure_losers({0: good, 1: mid}, 1, [np.zeros(40)], 2, 1.645) == set()
     assert paired_upper(bad, good, 1.645) < 0 < paired_upper(good, bad, 1.645)
 
 
@@ -147,9 +152,9 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
         assert np.isclose(pool.full_values(r.result).mean(), r.fitness)
     order = sorted(range(len(plain)), key=lambda i: (-plain[i].fitness, i))
     assert plain[order[-1]].fitness < 0.05 < plain[order[0]].fitness - 0.2  # the known answer
-    racer = Racer(cfg.fitness.racing, pool, fitness, need=1)
-    # the archive's k-th member is the second best: only the best can still enter it
-    out = racer.race(evaluator, recipes, pool.full_values(plain[order[1]].result))
+    racer = Racer(cfg.fitness.racing, pool, fitness, need=1, top_k=1)
+    # the archive holds the second best: only the best can still enter it
+    out = racer.race(evaluator, recipes, [pool.full_values(plain[order[1]].result)])
     best = order[0]
     assert out.items[best] == pool.size
     for i, (r, p) in enumerate(zip(out.results, plain, strict=True)):
