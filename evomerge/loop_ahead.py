@@ -71,9 +71,12 @@ class _Submitted(Evaluator):
     def __init__(self, loop: AskAheadLoop, tickets: dict[str, int] | None) -> None:
         self.loop, self.tickets = loop, tickets
 
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
         if self.tickets is None:
-            return self.loop._real.evaluate(recipes)
+            real = self.loop._real
+            return real.evaluate(recipes) if items is None else real.evaluate(recipes, items)
         return [self.loop._result(self.tickets[r.digest()]) for r in recipes]
 
 
@@ -82,7 +85,9 @@ class AskAheadLoop(SearchLoop):
         super().__init__(**kwargs)
         self.driver = _StateWithPending(self.driver, self)
         self._real: Evaluator = self.evaluator
-        self._streaming = hasattr(self._real, "submit") and hasattr(self._real, "poll")
+        # racing decides a generation's next slices from its last ones: no streaming ahead
+        streams = hasattr(self._real, "submit") and hasattr(self._real, "poll")
+        self._streaming = streams and self.racer is None
         self._ahead: tuple[list[Candidate], list[Recipe | Exception], dict | None] | None = None
         self._restored: list[Candidate] | None = None
         self._early: dict[int, JobResult] = {}

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evomerge.archive import Archive, RecipeResolver
 from evomerge.config import ExperimentConfig
@@ -211,9 +212,10 @@ def _assemble(cfg, run_dir, store, space, driver, evaluator, resumed, lock, hook
         driver=driver,
         evaluator=evaluator,
         archive=archive,
-        budget=Budget(b.max_evals, b.max_seconds, max_cand, b.max_total_seconds),
+        budget=Budget(b.max_evals, b.max_seconds, max_cand, b.max_total_seconds, b.max_item_evals),
         on_generation=hooks[0],
         stop_event=hooks[1],
+        racer=build_racer(cfg, driver),
     )
     loop.restore()
     return Search(cfg, run_dir, store, space, driver, evaluator, loop, resumed, lock)
@@ -232,7 +234,29 @@ def _parts(cfg: ExperimentConfig, run_dir: Path, *, fresh: bool) -> tuple[Search
     space = build_space(cfg, run_dir)
     if fresh:
         seed_globals(cfg.seed)
-    return space, build_driver(cfg, space)
+    driver = build_driver(cfg, space)
+    build_racer(cfg, driver)  # a driver racing cannot serve: refused before any write
+    return space, driver
+
+
+def build_racer(cfg: ExperimentConfig, driver: Driver) -> Any:
+    """The racer of ``fitness.racing`` (None when off); refuses a driver that needs every
+    candidate scored on every item, and a budget in item evaluations nothing counts."""
+    r = cfg.fitness.racing
+    if r is None or not r.enabled:
+        return None
+    need = driver.racing_need()
+    if need is None:
+        raise UserInputError(
+            f"fitness.racing: driver {cfg.driver.name} {driver.racing_refusal()}; remove "
+            "fitness.racing (or set enabled: false) or use cma_es, random or optuna"
+        )
+    from evomerge.fitness import build_fitness
+    from evomerge.fitness.items import ItemPool
+    from evomerge.racing import Racer
+
+    fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
+    return Racer(r, ItemPool.build(fitness, cfg.seed), fitness, need, cfg.archive.top_k)
 
 
 def _locked_new_folder(run_dir: Path) -> tuple[FileLock, bool]:

@@ -46,6 +46,18 @@ class Driver(ABC):
     #: A dataclass the options are parsed into; None: they are ``__init__``'s keywords.
     options_cls: ClassVar[type | None] = None
 
+    def racing_need(self) -> int | None:
+        """Racing (``fitness.racing``): how many of a generation's best this driver needs
+        ranked on every item; the others may be told an estimate from fewer items. None: it
+        needs every candidate's every item (``racing_refusal`` says why)."""
+        return None
+
+    @classmethod
+    def racing_refusal(cls) -> str:
+        if getattr(cls, "needs_gradient", False):
+            return "follows gradients, not a ranking of scored candidates"
+        return "needs every candidate scored on every item"
+
     @classmethod
     def misfit(cls, space: Any) -> str | None:
         """Why this driver cannot search a space of this config (a ``SpaceConfig``), or None.

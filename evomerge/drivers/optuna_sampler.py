@@ -76,6 +76,10 @@ class OptunaDriver(Driver):
         self._pending: dict[int, int] = {}  # candidate index -> trial number
         self._best: tuple[Candidate, float] | None = None
 
+    def racing_need(self) -> int | None:
+        # single objective: only the best matters (TPE is told the others' estimates)
+        return 1 if self.objectives == 1 else None
+
     def ask(self, n: int | None = None) -> list[Candidate]:
         out = []
         for _ in range(n or self.batch_size):

@@ -54,8 +54,11 @@ class Evaluator(ABC):
     """Scores recipes. Implementations: ``SerialEvaluator`` (in process), ``RayEvaluator``."""
 
     @abstractmethod
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
-        """Score every recipe; results in input order; never raises for a bad candidate."""
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
+        """Score every recipe; results in input order; never raises for a bad candidate.
+        ``items`` (racing): per recipe, the item positions to score instead of every item."""
 
     def evaluate_wants(
         self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]

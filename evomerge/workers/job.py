@@ -46,7 +46,7 @@ class WorkerContext(Protocol):
     def materialize(self, recipe: Recipe) -> Any: ...
 
     def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
-        """(result, aggregate fitness, objectives)."""
+        """(result, aggregate fitness, objectives); with ``items`` (racing) only those items."""
 
     # ``space`` (the run's search space) is read only by a wants job (``run_wants_job``)
 
@@ -55,13 +55,24 @@ def job_seed(seed: int, digest: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{digest}".encode()).digest()[:8], "little") >> 1
 
 
-def run_job(ctx: WorkerContext, recipe: Recipe, *, timeout_s: float | None) -> JobResult:
+def run_job(
+    ctx: WorkerContext,
+    recipe: Recipe,
+    *,
+    timeout_s: float | None,
+    items: dict[str, list[int]] | None = None,
+) -> JobResult:
+    """Score ``recipe``; ``items`` (entry label -> item positions) scores only those items
+    (racing), seeded exactly as the whole evaluation is."""
     digest = recipe.digest()
     t0 = time.perf_counter()
     try:
         with _seeded(job_seed(ctx.seed, digest)), _deadline(timeout_s):
             model = ctx.materialize(recipe)
-            result, fitness, objectives = ctx.score(model, ctx.tokenizer)
+            scored = (
+                ctx.score(model, ctx.tokenizer, items) if items else ctx.score(model, ctx.tokenizer)
+            )
+            result, fitness, objectives = scored
     except JobTimeout:
         return JobResult.failed(
             digest,

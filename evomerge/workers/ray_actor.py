@@ -114,6 +114,7 @@ class EvalWorker:
         node_refs: Mapping[str, Mapping[str, Any]],
         timeout_s: float | None,
         wants: Mapping[str, Any] | None = None,
+        items: dict[str, list[int]] | None = None,
     ) -> JobResult:
         """The candidate's fitness job, or with ``wants`` its wants job (``workers.wants``)."""
         ctx = self._context(node_refs)
@@ -128,7 +129,7 @@ class EvalWorker:
         try:
             if wants:
                 return run_wants_job(ctx, recipe, wants, timeout_s=timeout_s)
-            return run_job(ctx, recipe, timeout_s=timeout_s)
+            return run_job(ctx, recipe, timeout_s=timeout_s, items=items)
         finally:
             if old_tmp is None:
                 os.environ.pop("TMPDIR", None)

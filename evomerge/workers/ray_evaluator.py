@@ -105,6 +105,7 @@ class RayEvaluator(Evaluator):
         for s in self._slots:
             s.warm_ref = s.actor.warmup.remote(self._node_refs)
         self._queue: deque[int] = deque()
+        self._items: dict[int, dict[str, list[int]]] = {}  # racing: the items a ticket scores
         self._recipes: dict[int, Recipe] = {}
         self._wants: dict[int, Mapping[str, Any]] = {}
         self._attempts: dict[int, int] = {}
@@ -151,14 +152,22 @@ class RayEvaluator(Evaluator):
         )
 
     # ---- streaming interface ----------------------------------------------------------------
-    def submit(self, recipe: Recipe, wants: Mapping[str, Any] | None = None) -> int:
+    def submit(
+        self,
+        recipe: Recipe,
+        wants: Mapping[str, Any] | None = None,
+        items: dict[str, list[int]] | None = None,
+    ) -> int:
         """Queue one candidate (with ``wants``: its wants job instead of its fitness job,
-        ``workers.wants``); returns its ticket (tickets count up in submission order)."""
+        ``workers.wants``; with ``items``: only those item positions, racing); returns its
+        ticket (tickets count up in submission order)."""
         t = self._next_ticket
         self._next_ticket += 1
         self._recipes[t] = recipe
         if wants:
             self._wants[t] = wants
+        if items is not None:
+            self._items[t] = items
         self._attempts[t] = 0
         self._queue.append(t)
         self.stats.submitted += 1
@@ -186,8 +195,15 @@ class RayEvaluator(Evaluator):
                 return []
             self._step(wait)
 
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
-        return self._collect([self.submit(r) for r in recipes])
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
+        return self._collect(
+            [
+                self.submit(r, items=None if items is None else items[i])
+                for i, r in enumerate(recipes)
+            ]
+        )
 
     def evaluate_wants(
         self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]
@@ -213,7 +229,11 @@ class RayEvaluator(Evaluator):
                 t = self._queue.popleft()
                 s.ticket, s.started = t, time.monotonic()
                 s.run_ref = s.actor.run.remote(
-                    self._recipes[t], self._node_refs, self.timeout_s, self._wants.get(t)
+                    self._recipes[t],
+                    self._node_refs,
+                    self.timeout_s,
+                    self._wants.get(t),
+                    self._items.get(t),
                 )
 
     def _wait_budget(self, deadline: float | None) -> float | None:
@@ -318,6 +338,7 @@ class RayEvaluator(Evaluator):
         del self._recipes[t]
         wants_job = self._wants.pop(t, None) is not None
         self._attempts.pop(t, None)
+        self._items.pop(t, None)
         self._done[t] = result
         self.stats.completed += 1
         if result.worker:

@@ -46,10 +46,13 @@ class SerialEvaluator(Evaluator):
             self._ctx = self._factory()  # type: ignore[misc]
         return self._ctx
 
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
         out = []
-        for recipe in recipes:
-            result = run_job(self.context, recipe, timeout_s=self.timeout_s)
+        for i, recipe in enumerate(recipes):
+            sel = None if items is None else items[i]
+            result = run_job(self.context, recipe, timeout_s=self.timeout_s, items=sel)
             if self.on_result is not None:
                 self.on_result(result)
             out.append(result)

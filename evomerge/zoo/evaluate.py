@@ -132,6 +132,34 @@ def evaluate_lm_task(
     )
 
 
+def evaluate_positions(
+    model, tokenizer, task: str, positions: Sequence[int], limit: int | None = None, offset: int = 0
+) -> TaskScore:
+    """Exact match on the items at ``positions`` of task ``task``'s window ``[offset, offset +
+    limit)``, in the order given (racing scores a candidate one slice of items at a time)."""
+    folder = task_dir(task)
+    window = item_window(load_task_items(folder), offset, limit, task=task)
+    items = [window[p] for p in positions]
+    answers = generate_answers(model, tokenizer, [p for p, _ in items], _max_gen_toks(folder))
+    return TaskScore.from_examples(
+        [float(a == ref) for a, (_, ref) in zip(answers, items)], metric="exact_match"
+    )
+
+
+def item_entries(name: str) -> list[tuple[str | None, str]]:
+    """(result key, zoo task) of each entry evaluator ``name`` returns: ``skills`` gives one
+    keyed entry per skill, a one-task evaluator one unkeyed score; digits none."""
+    tasks = item_tasks(name)
+    if name == "skills":
+        return [(t, t) for t in tasks]
+    return [(None, t) for t in tasks]
+
+
+def window_size(task: str, limit: int | None = None, offset: int = 0) -> int:
+    """How many items the window ``[offset, offset + limit)`` of ``task`` holds."""
+    return len(item_window(load_task_items(task_dir(task)), offset, limit, task=task))
+
+
 def evaluate_digits(model, transform: str = "identity") -> TaskScore:
     """Accuracy on the digits test split under ``transform`` (per-example correctness)."""
     from evomerge.zoo.digits import digits_correct
