@@ -3,7 +3,7 @@
     python benchmarks/fw_pool.py [--zoo digits lm] [--sizes 0 4 8 12] [--workdir DIR]
 
 For each zoo, a pool of 4 relevant experts plus 0/4/8/12 irrelevant models (label- or
-value-permuted fine-tunes of the same base; ``evomerge.fw.digits_pool`` / ``lm_pool``), shuffled
+value-permuted fine-tunes of the same base; ``evomerge.zoo.digits_pool`` / ``lm_pool``), shuffled
 with a fixed seed so the experts are not simply first. Each pool size runs in its own child
 process (so its peak RSS is its own) and reports:
 
@@ -38,12 +38,12 @@ SIZES = (0, 4, 8, 12)
 
 def _pool(zoo: str, workdir: Path, n_irr: int):
     if zoo == "digits":
-        from evomerge.fw.digits_pool import TARGETS, build_digits_pool, digits_accuracy
+        from evomerge.zoo.digits_pool import TARGETS, build_digits_pool, digits_accuracy
 
         pool = build_digits_pool(workdir / "digits", n_irrelevant=n_irr)
         proxy = {"kind": "digits", "transform": list(TARGETS), "n": 64}
         return pool, proxy, lambda theta: digits_accuracy(pool.base, theta)
-    from evomerge.fw.lm_pool import build_lm_pool, lm_exact_match
+    from evomerge.zoo.lm_pool import build_lm_pool, lm_exact_match
 
     pool = build_lm_pool(
         workdir / "lm",
@@ -59,8 +59,10 @@ def _pool(zoo: str, workdir: Path, n_irr: int):
 
 def child(zoo: str, workdir: Path, n_irr: int, iterations: int) -> dict:
     from evomerge.drivers.frank_wolfe import FrankWolfe
-    from evomerge.fw import FWPoolSpace, Meter, build_theta
-    from evomerge.fw.runner import run_frank_wolfe
+    from evomerge.io.lazy_checkpoint import Meter
+    from evomerge.spaces.fw_pool import FWPoolSpace
+    from evomerge.workers.gradient_runner import run_frank_wolfe
+    from evomerge.workers.pool_weights import build_theta
 
     pool, proxy, score = _pool(zoo, workdir, max(SIZES))
     members = [*pool.relevant, *pool.irrelevant[:n_irr]]
@@ -83,9 +85,12 @@ def child(zoo: str, workdir: Path, n_irr: int, iterations: int) -> dict:
     space = FWPoolSpace(pool.base, members)
     for tag, lam in (("ta_0.3", 0.3), ("ta_mean", 1.0 / len(members))):
         row[tag] = score(build_theta(space, np.full(space.dim, lam), space.resolve, Meter()))
-    from evomerge.fw import LmoRequest, run_lmo_job
+    from evomerge.fitness.proxy_loss import ProxySpec
+    from evomerge.workers.gradient import GradientRequest
+    from evomerge.workers.gradient_job import run_gradient_job
 
-    al = run_lmo_job(space, LmoRequest(0, np.full(space.dim, 1.0 / len(members)), proxy))
+    x = np.full(space.dim, 1.0 / len(members))
+    al = run_gradient_job(space, GradientRequest(0, x, ProxySpec.parse(proxy)))
     resident.append(al.resident_bytes)
     row["stream_peak_kib"] = max(peaks) / 1024
     row["theta_grad_kib"] = max(resident) / 1024

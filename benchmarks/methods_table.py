@@ -18,6 +18,10 @@ Wall time is the method's own cost (merge, plus AdaMerging's optimisation), not 
 
     python benchmarks/methods_table.py                     # digits and lm-skills
     python benchmarks/methods_table.py --zoo digits --steps 500
+    python benchmarks/methods_table.py --zoo lm-skills --ops ties aim_ties   # some rows only
+
+AIM rows (``aim_*``) time the whole merge, the base's forward pass over the calibration text
+included (once per process: the first AIM row pays it).
 """
 
 from __future__ import annotations
@@ -80,6 +84,13 @@ PAPER: dict[str, tuple[dict, dict, str]] = {
     "multislerp": ({"weight": 1.0}, {}, "equal weights"),
     "multislerp_ta": ({"weight": 1.0}, {}, "equal weights, over task vectors"),
 }
+# AIM (Nobari et al. 2025) over each inner method at that method's setting above, ω = 0.4 (the
+# Long-to-Short study's AIM-Ties), so that each AIM row reads against its inner method's row.
+for _inner in ("task_arithmetic", "ties", "dare_ties", "dare_linear"):
+    _per, _glob, _note = PAPER[_inner]
+    PAPER[f"aim_{_inner}"] = (_per, {**_glob, "omega": 0.4}, f"AIM ω=0.4 over {_inner}: {_note}")
+# AIM's calibration text per zoo (the base's own pretraining mixture: evomerge.zoo.calibration)
+CALIBRATION = {"lm-skills": {"file": "fitness/calibration/lm-skills.txt", "block_size": 64}}
 
 
 @dataclass
@@ -170,12 +181,16 @@ def op_recipe(op: str, zoo: Zoo):
     missing = [p for p in spec.required if p not in per and p not in glob]
     if missing:
         return None, f"skipped: needs {missing}, no default"
+    calibration = CALIBRATION.get(zoo.name) if spec.needs_activations else None
+    if spec.needs_activations and calibration is None:
+        return None, "skipped: reads a causal LM's activations on calibration text"
     models = [ModelRef(model=e, parameters=dict(per)) for e in zoo.experts]
     recipe = Recipe(
         merge_method=op,
         base_model=zoo.base if spec.needs_base else None,
         models=models,
         parameters=dict(glob),
+        calibration=calibration,
     )
     return recipe, note
 
@@ -197,10 +212,10 @@ def run_op(op: str, zoo: Zoo, work: Path) -> Row:
 
 
 def run_adamerging_row(zoo: Zoo, granularity: str, steps: int, work: Path) -> Row:
-    from evomerge.adamerging import run_adamerging
     from evomerge.drivers.adamerging import AdaMerging
-    from evomerge.fw.space import FWPoolSpace
     from evomerge.merge import run_merge
+    from evomerge.spaces.fw_pool import FWPoolSpace
+    from evomerge.workers.gradient_runner import run_adamerging
 
     if zoo.kind == "digits":
         obj = {"kind": "digits", "transforms": [t.removeprefix("digits_") for t in zoo.tasks]}
@@ -213,7 +228,7 @@ def run_adamerging_row(zoo: Zoo, granularity: str, steps: int, work: Path) -> Ro
     out = work / f"adamerging_{granularity}"
     run_merge(space.decode(drv.coefficients.reshape(-1)), out)
     seconds = time.perf_counter() - t0
-    h0, h1 = steps_run[0].entropy, steps_run[-1].entropy
+    h0, h1 = steps_run[0].loss, steps_run[-1].loss
     lam = drv.coefficients
     lam_txt = (
         "λ=" + ",".join(f"{v:.2f}" for v in lam[0])
@@ -275,10 +290,10 @@ def run_zoo(name: str, args) -> str:
     work = Path(tempfile.mkdtemp(prefix=f"methods-{name}-"))
     try:
         rows = reference_rows(zoo)
-        for op in list_ops():
+        for op in args.ops or list_ops():
             rows.append(run_op(op, zoo, work))
             print(f"  {name}: {_brief(rows[-1])}", flush=True)  # partial results survive a kill
-        for g in ("task", "layer"):
+        for g in ("task", "layer") if not args.ops else ():
             rows.append(run_adamerging_row(zoo, g, args.steps, work))
             print(f"  {name}: {_brief(rows[-1])}", flush=True)
     finally:
@@ -296,6 +311,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the zoos' quick builds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny models)")
     ap.add_argument("--json", type=Path, help="also write the tables here")
+    ap.add_argument("--ops", nargs="+", help="only these operators (and no AdaMerging rows)")
     args = ap.parse_args()
     out = {}
     for name in args.zoo:

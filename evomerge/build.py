@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evomerge.archive import Archive
 from evomerge.config import ExperimentConfig
@@ -120,11 +121,8 @@ def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
 
     check_fit(cfg.driver.name, cfg.space)
     cls = get_driver(cfg.driver.name)
-    lo, hi = space.bounds
     try:
-        if hasattr(cls, "for_space"):  # drivers that need the space's layout (frank_wolfe)
-            return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
-        return cls(space.dim, lo, hi, space.x0(), seed=cfg.seed, **cfg.driver.options)
+        return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
     except TypeError as err:
         raise UserInputError(
             f"driver.options {sorted(cfg.driver.options)} for {cfg.driver.name!r}: {err}; "
@@ -192,9 +190,10 @@ def _assemble(experiment, store, space, driver, evaluator, resumed, lock, hooks)
         driver=driver,
         evaluator=evaluator,
         archive=archive,
-        budget=Budget(b.max_evals, b.max_seconds, max_cand, b.max_total_seconds),
+        budget=Budget(b.max_evals, b.max_seconds, max_cand, b.max_total_seconds, b.max_item_evals),
         on_generation=hooks[0],
         stop_event=hooks[1],
+        racer=build_racer(cfg, driver),
     )
     loop.restore()
     return Search(cfg, run_dir, experiment, store, space, driver, evaluator, loop, resumed, lock)
@@ -217,7 +216,29 @@ def _parts(
     space = space_for(experiment)
     if fresh:
         seed_globals(cfg.seed)
-    return experiment, space, build_driver(cfg, space)
+    driver = build_driver(cfg, space)
+    build_racer(cfg, driver)  # a driver racing cannot serve: refused before any write
+    return experiment, space, driver
+
+
+def build_racer(cfg: ExperimentConfig, driver: Driver) -> Any:
+    """The racer of ``fitness.racing`` (None when off); refuses a driver that needs every
+    candidate scored on every item, and a budget in item evaluations nothing counts."""
+    r = cfg.fitness.racing
+    if r is None or not r.enabled:
+        return None
+    need = driver.racing_need()
+    if need is None:
+        raise UserInputError(
+            f"fitness.racing: driver {cfg.driver.name} {driver.racing_refusal()}; remove "
+            "fitness.racing (or set enabled: false) or use cma_es, random or optuna"
+        )
+    from evomerge.fitness import build_fitness
+    from evomerge.fitness.items import ItemPool
+    from evomerge.racing import Racer
+
+    fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
+    return Racer(r, ItemPool.build(fitness, cfg.seed), fitness, need, cfg.archive.top_k)
 
 
 def _locked_new_folder(run_dir: Path) -> tuple[FileLock, bool]:

@@ -313,7 +313,12 @@ def zoo_build(
         folder = build(name, out, seed=seed, quick=quick)
         m = load_manifest(folder)
         digest = m.get("weights_sha256", "?")
-        typer.echo(f"zoo {name}: weights sha256 {digest[:16]}, {m.get('kernels', '?')}", err=True)
+        libs = ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items())
+        typer.echo(
+            f"zoo {name}: weights sha256 {digest[:16]}, {m.get('kernels', '?')}"
+            + (f", trained with {libs}" if libs else ""),
+            err=True,
+        )
         typer.echo(str(folder))
         return 0
 

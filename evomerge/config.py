@@ -42,7 +42,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from evomerge.errors import UserInputError
 from evomerge.fitness.config import FitnessConfig, parse_fitness_config
@@ -85,12 +92,23 @@ class BudgetConfig(_Frozen):
     """stop after this many told candidates, repeats included (default 10 x max_evals)"""
     max_total_seconds: float | None = Field(None, gt=0)
     """cap on search seconds summed over the search and all its resumes"""
+    max_item_evals: int | None = Field(None, ge=1)
+    """stop after this many item evaluations (items scored, summed over fresh candidates)"""
 
     @model_validator(mode="after")
     def _some_budget(self) -> BudgetConfig:
-        if self.max_evals is None and self.max_seconds is None and not self.max_total_seconds:
+        given = (self.max_evals, self.max_seconds, self.max_total_seconds, self.max_item_evals)
+        if not any(given):
             raise ValueError("give max_evals and/or max_seconds (e.g. budget: {max_evals: 200})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        # Without max_item_evals the dump is what it was before the key existed.
+        out = handler(self)
+        if out.get("max_item_evals", 0) is None:
+            out.pop("max_item_evals")
+        return out
 
 
 class ArchiveConfig(_Frozen):

@@ -13,7 +13,7 @@ class UserInputError(EvomergeError):
 
 
 class NonFiniteInput(EvomergeError):
-    """An operator that reads its inputs as stored (``OpSpec.raw_bf16``) found NaN/Inf in one.
+    """The fast path, reading inputs as stored (``ops._fast.reads_stored_bf16``), found NaN/Inf.
     Internal: the merge engine turns it into a UserInputError naming the model and tensor."""
 
 

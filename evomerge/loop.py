@@ -12,7 +12,13 @@ repeats exactly what the uninterrupted search would have done:
 * results are told in ask order and the archive ranks by (fitness, candidate index), so nothing
   depends on which worker finished first.
 
+With ``fitness.racing`` the evaluation step races each generation's fresh candidates on item
+slices (``evomerge.racing``); a candidate stopped early is stored with how many items it was
+scored on (meta ``racing``), never enters the archive, and a later repeat of its recipe is
+raced again instead of reused.
+
 Stop conditions, checked at each generation boundary: ``budget.max_evals`` (fresh evaluations),
+``budget.max_item_evals`` (item evaluations: the items each fresh candidate was scored on),
 ``budget.max_candidates``, ``budget.max_seconds`` (seconds of this search or resume, from its
 own start: a resume gets a fresh clock), ``budget.max_total_seconds`` (summed over resumes), the
 driver's own ``stop()``, and a stop request (SIGINT/SIGTERM: the generation in flight finishes,
@@ -34,12 +40,16 @@ import numpy as np
 
 from evomerge.archive import Archive, rank_top_k
 from evomerge.drivers.base import Candidate, Driver
+from evomerge.racing import META_KEY as RACING_META
+from evomerge.racing import Racer, is_partial
+from evomerge.racing import meta as racing_meta
 from evomerge.recipe import Recipe
 from evomerge.spaces.base import SearchSpace
 from evomerge.stop_reason import record_stop
 from evomerge.store import CandidateRecord as _CandRec
 from evomerge.store import Checkpoint, RunStore
 from evomerge.workers.base import Evaluator, JobResult
+from evomerge.workers.wants import tell_wanted
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class Budget:
     max_seconds: float | None = None
     max_candidates: int | None = None
     max_total_seconds: float | None = None
+    max_item_evals: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class Progress:
     best_digest: str | None
     elapsed: float
     stop_reason: str | None = None
+    n_item_evals: int = 0
 
 
 @dataclass
@@ -71,6 +83,7 @@ class _State:
     n_evals: int = 0
     n_failed: int = 0
     elapsed: float = 0.0
+    n_item_evals: int = 0
 
 
 def capture_rng() -> bytes:
@@ -115,6 +128,7 @@ class SearchLoop:
         budget: Budget,
         on_generation: Callable[[Progress], None] | None = None,
         stop_event: threading.Event | None = None,
+        racer: Racer | None = None,
     ) -> None:
         self.store, self.space, self.driver = store, space, driver
         self.evaluator, self.archive, self.budget = evaluator, archive, budget
@@ -125,6 +139,8 @@ class SearchLoop:
         self.scored: dict[str, int] = {}
         self.top = []
         self.recipes: dict[str, Recipe] = {}
+        self.racer = racer
+        self._values: dict[int, np.ndarray] = {}  # racing: archive members' item values
 
     # ---- start / resume ----------------------------------------------------------------------
     def restore(self) -> bool:
@@ -132,7 +148,18 @@ class SearchLoop:
         cp = self.store.last_checkpoint()
         trials = self.store.trials()
         self.scored = self.store.scored_digests()
-        self.top = rank_top_k(((t.fitness, t.idx, t.digest) for t in trials), self.archive.top_k)
+        if self.racer is not None:  # a recipe raced out early is raced again, not reused
+            short = self.store.partial_idx()
+            trials_full = [t for t in trials if t.idx not in short and t.reused_from not in short]
+            self.scored = {}
+            for t in trials_full:
+                if t.reused_from is None and t.digest:
+                    self.scored.setdefault(t.digest, t.idx)
+        else:
+            trials_full = trials
+        self.top = rank_top_k(
+            ((t.fitness, t.idx, t.digest) for t in trials_full), self.archive.top_k
+        )
         by_idx = {t.idx: t for t in trials}
         self.recipes = {e.digest: Recipe.from_yaml(by_idx[e.idx].recipe_yaml) for e in self.top}
         self.archive.reconcile(self.top, self.recipes)
@@ -146,6 +173,7 @@ class SearchLoop:
             n_evals=cp.n_evals,
             n_failed=sum(1 for t in trials if not t.ok),
             elapsed=cp.elapsed,
+            n_item_evals=self.store.item_evals(),
         )
         return True
 
@@ -184,6 +212,7 @@ class SearchLoop:
             best_fitness=best.fitness if best else math.nan,
             best_digest=best.digest if best else None,
             elapsed=s.elapsed,
+            n_item_evals=s.n_item_evals,
         )
 
     def _stop_reason(self) -> str | None:
@@ -192,6 +221,8 @@ class SearchLoop:
             return "interrupted"
         if b.max_evals is not None and s.n_evals >= b.max_evals:
             return "max_evals"
+        if b.max_item_evals is not None and s.n_item_evals >= b.max_item_evals:
+            return "max_item_evals"
         if b.max_candidates is not None and s.n_candidates >= b.max_candidates:
             return "max_candidates"
         if b.max_seconds is not None and self.session_elapsed >= b.max_seconds:
@@ -219,11 +250,9 @@ class SearchLoop:
         cands = self.driver.ask(self._batch_size())
         recipes = [self._decode(c) for c in cands]
         records, results = self._evaluate(cands, recipes)
-        fitness = [r.fitness if r.ok else math.nan for r in results]
-        extra = {}
-        if getattr(self.driver, "needs_gradient", False):  # Frank-Wolfe: gradient alignment
-            extra["alignment"] = self.driver.alignments(cands, self.space)
-        self.driver.tell(cands, fitness, [r.result for r in results], **extra)
+        fitness = told_values(self.driver, results)
+        wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
+        self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
         self._pending = (records, results, recipes)
 
     def _decode(self, c: Candidate) -> Recipe | Exception:
@@ -253,9 +282,12 @@ class SearchLoop:
             else:
                 first_in_gen[d] = i
                 todo.append(i)
-        fresh = self.evaluator.evaluate([recipes[i] for i in todo])
-        for i, res in zip(todo, fresh, strict=True):
+        fresh, spent = self._score([recipes[i] for i in todo])
+        race_meta = {}
+        for i, res, n in zip(todo, fresh, spent, strict=True):
             results[i] = res
+            if self.racer is not None:
+                race_meta[i] = {RACING_META: racing_meta(n, self.racer.pool.size)}
         pos = {c.index: i for i, c in enumerate(cands)}
         for i, src in enumerate(reused):
             if results[i] is None and src is not None:
@@ -268,23 +300,46 @@ class SearchLoop:
                 genes=tuple(float(v) for v in np.asarray(c.x, dtype=float).reshape(-1)),
                 recipe_yaml=r.to_yaml() if isinstance(r, Recipe) else "",
                 reused_from=reused[i],
-                meta=_jsonable(c.meta),
+                meta={**_jsonable(c.meta), **race_meta.get(i, {})},
             )
             for i, (c, r) in enumerate(zip(cands, recipes, strict=True))
         ]
         self.state.n_evals += len(todo) + sum(1 for r in recipes if isinstance(r, Exception))
+        self.state.n_item_evals += sum(spent)
         return records, [r for r in results if r is not None]
+
+    def _score(self, recipes: list[Recipe]) -> tuple[list[JobResult], list[int]]:
+        """Results of the fresh recipes and the items each was scored on."""
+        if self.racer is None:
+            results = self.evaluator.evaluate(recipes)
+            return results, [_items_in(r) for r in results]
+        out = self.racer.race(self.evaluator, recipes, self._archive_values())
+        return out.results, out.items
+
+    def _archive_values(self) -> list[np.ndarray]:
+        """The archive members' item values in racing order (read from the store once)."""
+        pool = self.racer.pool
+        self._values = {
+            e.idx: self._values.get(e.idx)
+            if e.idx in self._values
+            else pool.full_values(self.store.eval_result(e.idx))
+            for e in self.top
+            if math.isfinite(e.fitness)
+        }
+        return list(self._values.values())
 
     def _commit_pending(self) -> None:
         records, results, recipes = self._pending
         for rec, r in zip(records, recipes, strict=True):
             if isinstance(r, Recipe):
                 self.recipes.setdefault(rec.digest, r)
+        # racing: a recipe scored on part of the items never enters the archive
+        short = {rec.digest for rec in records if is_partial(rec.meta)}
         rows = [(e.fitness, e.idx, e.digest) for e in self.top]
         rows += [
             (res.fitness if res.ok else math.nan, rec.idx, rec.digest)
             for rec, res in zip(records, results, strict=True)
-            if rec.digest
+            if rec.digest and rec.digest not in short
         ]
         top = rank_top_k(rows, self.archive.top_k)
         self.archive.materialize(top, self.recipes)
@@ -305,9 +360,26 @@ class SearchLoop:
         keep = {e.digest for e in top}
         self.recipes = {d: r for d, r in self.recipes.items() if d in keep}
         for rec in records:
-            if rec.reused_from is None and rec.digest:
+            if rec.reused_from is None and rec.digest and rec.digest not in short:
                 self.scored.setdefault(rec.digest, rec.idx)
         s.generation += 1
+
+
+def told_values(driver: Driver, results: Sequence[JobResult]) -> list:
+    """What ``driver.tell`` receives per result: the aggregate fitness, or, for a driver
+    configured with several objectives (Optuna's NSGA-II), the objective vector; NaN for a
+    failure."""
+    k = int(getattr(driver, "objectives", 1) or 1)
+    if k > 1:
+        return [tuple(r.objectives) if r.ok else (math.nan,) * k for r in results]
+    return [r.fitness if r.ok else math.nan for r in results]
+
+
+def _items_in(r: JobResult) -> int:
+    """Item evaluations of a plain evaluation: the per-example values it returned."""
+    if r.result is None:
+        return 0
+    return sum(len(t.per_example) for t in r.result.tasks.values())
 
 
 def _as_reused(r: JobResult) -> JobResult:

@@ -17,16 +17,16 @@ not submitted again; it is reused from the store once g is committed (as ``Searc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from evomerge.drivers.base import Candidate
-from evomerge.loop import SearchLoop
+from evomerge.loop import SearchLoop, told_values
 from evomerge.recipe import Recipe
 from evomerge.workers.base import Evaluator, JobResult
+from evomerge.workers.wants import tell_wanted
 
 _KEY = "__ask_ahead__"
 
@@ -42,7 +42,11 @@ class _StateWithPending:
 
     def state_dict(self) -> dict[str, Any]:
         ahead = self._loop._ahead
-        pending = [] if ahead is None else [(c.index, c.x, c.meta) for c in ahead[0]]
+        # wants only when there are some: the state of a driver without any stays as it was
+        pending = [
+            (c.index, c.x, c.meta, *((c.wants,) if c.wants else ()))
+            for c in (ahead[0] if ahead is not None else [])
+        ]
         return {_KEY: {"driver": self._driver.state_dict(), "pending": pending}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -51,9 +55,13 @@ class _StateWithPending:
             return
         self._driver.load_state_dict(state[_KEY]["driver"])
         self._loop._restored = [
-            Candidate(index=i, x=np.asarray(x), meta=dict(meta))
-            for i, x, meta in state[_KEY]["pending"]
+            Candidate(index=p[0], x=np.asarray(p[1]), meta=dict(p[2]), wants=_wants_of(p))
+            for p in state[_KEY]["pending"]
         ]
+
+
+def _wants_of(pending: tuple) -> dict:
+    return dict(pending[3]) if len(pending) > 3 else {}
 
 
 class _Submitted(Evaluator):
@@ -63,9 +71,12 @@ class _Submitted(Evaluator):
     def __init__(self, loop: AskAheadLoop, tickets: dict[str, int] | None) -> None:
         self.loop, self.tickets = loop, tickets
 
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
         if self.tickets is None:
-            return self.loop._real.evaluate(recipes)
+            real = self.loop._real
+            return real.evaluate(recipes) if items is None else real.evaluate(recipes, items)
         return [self.loop._result(self.tickets[r.digest()]) for r in recipes]
 
 
@@ -74,7 +85,9 @@ class AskAheadLoop(SearchLoop):
         super().__init__(**kwargs)
         self.driver = _StateWithPending(self.driver, self)
         self._real: Evaluator = self.evaluator
-        self._streaming = hasattr(self._real, "submit") and hasattr(self._real, "poll")
+        # racing decides a generation's next slices from its last ones: no streaming ahead
+        streams = hasattr(self._real, "submit") and hasattr(self._real, "poll")
+        self._streaming = streams and self.racer is None
         self._ahead: tuple[list[Candidate], list[Recipe | Exception], dict | None] | None = None
         self._restored: list[Candidate] | None = None
         self._early: dict[int, JobResult] = {}
@@ -96,8 +109,9 @@ class AskAheadLoop(SearchLoop):
             records, results = self._evaluate(cands, recipes)
         finally:
             self.evaluator = self._real
-        fitness = [r.fitness if r.ok else math.nan for r in results]
-        self.driver.tell(cands, fitness, [r.result for r in results])
+        fitness = told_values(self.driver, results)
+        wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
+        self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
         self._pending = (records, results, recipes)
 
     def _submit(self, cands: list[Candidate], busy: set[str] = frozenset()) -> tuple:

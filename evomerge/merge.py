@@ -25,7 +25,7 @@ import torch
 from evomerge.checks import check_finite
 from evomerge.errors import NonFiniteInput
 from evomerge.merge_plan import MergePlan, TensorTask, plan
-from evomerge.ops import OPS, generator_for
+from evomerge.ops import OPS, _fast, generator_for
 from evomerge.recipe import Recipe
 
 __all__ = [
@@ -59,12 +59,12 @@ def load_inputs(
     task: TensorTask, source: Any, *, device: str = "cpu", check: bool = True
 ) -> Inputs:
     """(tensors, base) of one output tensor, float32 on ``device``, each checked for NaN/Inf
-    as stored (before the float32 copy: half the bytes for bf16). bfloat16 inputs of an
-    operator that widens them itself (``OpSpec.raw_bf16``, e.g. linear) stay as stored on CPU,
-    and that operator checks them in its own read (``compute`` names the culprit)."""
+    as stored (before the float32 copy: half the bytes for bf16). bfloat16 inputs that the fast
+    path reads as stored (``_fast.reads_stored_bf16``: linear) stay so on CPU, and it checks
+    them in its own read (``compute`` names the culprit)."""
 
-    # the operator widens bf16 itself; rows realigned to another vocabulary are float32 copies
-    raw = device == "cpu" and OPS[task.op].raw_bf16 and task.vocab is None
+    # the fast path widens bf16 itself; rows realigned to another vocabulary are float32 copies
+    raw = device == "cpu" and _fast.reads_stored_bf16(task.op) and task.vocab is None
 
     def load(ref: str, name: str) -> torch.Tensor:
         stored = getattr(source, "stored", None)  # DiskSource: no float32 copy yet
@@ -84,19 +84,33 @@ def load_inputs(
 
 
 def compute(
-    task: TensorTask, inputs: Inputs, *, seed: int, out_dtype: torch.dtype | None = None
+    task: TensorTask,
+    inputs: Inputs,
+    *,
+    seed: int,
+    out_dtype: torch.dtype | None = None,
+    resident: Callable[[], Any] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the task's operator on its loaded inputs: float32, or ``out_dtype`` (the merged
-    file's) when the operator writes it directly (``OpSpec.raw_bf16``)."""
+    """Run the task's operator on its loaded inputs — the engine's one operator call site.
+
+    The fast path (``evomerge.ops._fast``) is asked first and gives the operator's bits when it
+    answers; the result is float32, or ``out_dtype`` (the merged file's) where the fast path
+    writes it directly. A search worker offers ``resident`` (a thunk giving its cached view of
+    the tensor) and ``out`` (the resident parameter, which may then hold the result)."""
     tensors, base = inputs
     first = base if base is not None else tensors[0]
     if not first.is_floating_point():
         return first  # integer buffers are copied, not merged (as mergekit does)
     spec = OPS[task.op]
-    g = generator_for(seed, task.name) if spec.stochastic else None
-    extra = {"out_dtype": out_dtype} if spec.raw_bf16 else {}
+    fast = _fast.plan(
+        task.op, tensors, base, task.params, resident=resident, out=out, out_dtype=out_dtype
+    )
     try:
-        return spec.fn(tensors, base, generator=g, **extra, **task.params)
+        if fast is not None:
+            return fast(lambda: generator_for(seed, task.name))
+        g = generator_for(seed, task.name) if spec.stochastic else None
+        return spec.fn(tensors, base, generator=g, **task.params)
     except NonFiniteInput:
         _name_non_finite(task, inputs)
         raise

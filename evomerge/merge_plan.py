@@ -124,6 +124,7 @@ class Planner:
         self._configs: dict[str, dict[str, Any]] = {}
         self.tasks: list[TensorTask] = []
         self.vocab: Any = None
+        self.activations: dict[str, torch.Tensor] | None = None
 
     def layout(self, ref: str) -> Layout:
         if ref not in self._layouts:
@@ -174,6 +175,8 @@ class Planner:
         )
         check_architectures(refs, self.model_config)
         self.vocab = plan_vocab(self.recipe, refs, self.source.folder, self.model_config)
+        if self.op.needs_activations:
+            self.activations = self._activations()
         for gi, (srcs, _) in enumerate(groups):
             for s in srcs:
                 if s.end > self.n_layers(s.ref):
@@ -273,6 +276,9 @@ class Planner:
                 )
                 for s, n in entries
             ]
+        if self.activations is not None and base is not None:
+            # keyed by the base's own tensor name: its layer, whatever the output position
+            params["activation"] = self.activations.get(base[1])
         inputs = tuple((s.ref, n) for s, n in entries)
         pairs = ([base] if base else []) + list(inputs)
         shapes = [(ref, n, shape_of(self.source, ref, n)) for ref, n in pairs]
@@ -280,6 +286,18 @@ class Planner:
         vocab = self.vocab if shape is not None else None
         shape = shape or check_shapes(self.source, pairs, out)
         self.tasks.append(TensorTask(out, inputs, base, params, op.name, shape, vocab))
+
+    def _activations(self) -> dict[str, torch.Tensor]:
+        """The base model's activation statistics on the recipe's calibration text (AIM)."""
+        from evomerge.calibration import base_activations
+
+        r = self.recipe
+        if r.calibration is None or not r.base_model:
+            raise UserInputError(
+                f"merge_method {self.op.name!r} reads the base model's activations: give "
+                "base_model and calibration: {file: <text file, one sample per line>}"
+            )
+        return base_activations(self.source.folder(r.base_model), r.calibration)
 
     def _present(self, ref: str, name: str, out: str) -> str:
         if self.source.has(ref, name):

@@ -106,6 +106,21 @@ class Slice(_Frozen):
         return self
 
 
+class Calibration(_Frozen):
+    """Text the base model reads once so that activation-informed operators (AIM) know which of
+    its input channels matter: ``file`` holds one sample per line; as the AIM authors' code,
+    the first ``samples`` lines of at most ``block_size`` tokens are concatenated and cut into
+    blocks of ``block_size`` tokens (evomerge.calibration)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    file: str
+    """text file of calibration samples, one per line (e.g. fitness/calibration/lm-skills.txt)"""
+    samples: int = Field(256, ge=1)
+    """how many lines the base model reads (the AIM authors: 256)"""
+    block_size: int = Field(512, ge=1)
+    """tokens per forward block; at most the base's positions (the AIM authors: 512)"""
+
+
 class Recipe(_Frozen):
     """One merged model. ``digest()`` identifies it (candidate id, cache key, archive name)."""
 
@@ -119,6 +134,7 @@ class Recipe(_Frozen):
     tokenizer_source: str | None = None
     tokenizer: TokenizerConfig | None = None  # mergekit's block (source, tokens, padding)
     seed: int = 0
+    calibration: Calibration | None = None  # activation-informed operators (AIM) only
 
     @field_validator("dtype", "out_dtype")
     @classmethod
@@ -151,10 +167,12 @@ class Recipe(_Frozen):
     # ---- identity -------------------------------------------------------------------------
     def canonical_json(self) -> str:
         """Sorted-key JSON of every field (defaults included): the digest's preimage. An absent
-        ``tokenizer`` block is left out, so recipes written before it existed keep their digest."""
+        ``tokenizer`` or ``calibration`` block is left out, so recipes written before they
+        existed keep their digest."""
         data = self.model_dump(mode="json")
-        if data.get("tokenizer") is None:
-            data.pop("tokenizer", None)
+        for key in ("tokenizer", "calibration"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:

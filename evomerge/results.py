@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class JobResult:
     error: str | None = None
     seconds: float = 0.0
     worker: str = ""
+    #: a wants job's answers (``workers.wants``: e.g. a gradient); never stored
+    wanted: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def failed(cls, digest: str, error: str, seconds: float = 0.0, worker: str = "") -> JobResult:

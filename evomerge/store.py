@@ -305,6 +305,36 @@ class RunStore:
         ).fetchall()
         return {d: i for d, i in rows}
 
+    def partial_idx(self) -> set[int]:
+        """Candidates that racing stopped before every item (meta ``racing.items < of``)."""
+        rows = self.conn.execute(
+            "SELECT idx, meta_json FROM candidates WHERE meta_json LIKE '%\"racing\"%'"
+        ).fetchall()
+        out = set()
+        for idx, meta in rows:
+            r = json.loads(meta).get("racing")
+            if r and r["items"] < r["of"]:
+                out.add(idx)
+        return out
+
+    def item_evals(self) -> int:
+        """Item evaluations so far: per evaluated candidate, the items racing scored it on
+        (meta ``racing.items``), else the per-example values of its result."""
+        rows = self.conn.execute(
+            "SELECT c.meta_json, r.per_example_json FROM candidates c JOIN results r"
+            " ON r.idx = c.idx WHERE c.reused_from IS NULL AND c.digest != ''"
+        ).fetchall()
+        total = 0
+        for meta, per_example in rows:
+            r = json.loads(meta).get("racing")
+            if r:
+                total += int(r["items"])
+            elif per_example:
+                total += sum(
+                    len(v.get("per_example", ())) for v in json.loads(per_example).values()
+                )
+        return total
+
     def archive(self) -> list[ArchiveEntry]:
         rows = self.conn.execute(
             "SELECT rank, digest, idx, fitness FROM archive ORDER BY rank"

@@ -1,7 +1,7 @@
 """AdaMerging on real tiny models: entropy goes down on the digits zoo, layer-wise has one
 coefficient per tensor and expert, the state round-trips exactly, the merge it reports is
 plain task arithmetic with its lambda, bad input is rejected, and the LM objective works on a
-tiny Llama. The driver conformance checks that apply to a gradient driver run here."""
+tiny Llama (the driver conformance suite runs it on a sphere too)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evomerge.adamerging import EntropyObjective, entropy_at, run_adamerging, run_entropy_job
 from evomerge.drivers import get_driver
 from evomerge.drivers.adamerging import AdaMerging
 from evomerge.drivers.base import Candidate
 from evomerge.errors import UserInputError
-from evomerge.fw import Alignment, FWPoolSpace
+from evomerge.fitness.entropy_loss import EntropyObjective
 from evomerge.merge import run_merge
+from evomerge.spaces.fw_pool import FWPoolSpace
+from evomerge.workers.gradient import Alignment, GradientRequest
+from evomerge.workers.gradient_job import objective_at, run_gradient_job
+from evomerge.workers.gradient_runner import run_adamerging
 
 TRANSFORMS = ["rot180", "flip", "invert", "roll"]
 OBJ = {"kind": "digits", "transforms": TRANSFORMS, "n": 16}
@@ -53,14 +56,14 @@ def _driver(space, **opts):
 
 def _mean_entropy(space, x, obj=OBJ):
     spec = EntropyObjective.parse(obj)
-    return float(np.mean([entropy_at(space, x, spec, 10_000 + s) for s in range(4)]))
+    return float(np.mean([objective_at(space, x, spec, 10_000 + s) for s in range(4)]))
 
 
 def _step(space, drv, fitness=0.0):
     (c,) = drv.ask()
-    req = drv.gradient_request(c)
-    al = None if req is None else run_entropy_job(space, req, drv.objective)
-    drv.tell([c], [fitness], alignment=[al])
+    req = c.wants.get("gradient")
+    al = None if req is None else run_gradient_job(space, req)
+    drv.tell([c], [fitness], wanted=[{"gradient": al} if al else {}])
     return c
 
 
@@ -132,32 +135,30 @@ def test_gradient_matches_finite_differences(zoo):
     space = _space(zoo, "task")
     spec = EntropyObjective.parse(OBJ)
     x = np.array([0.3, 0.5, 0.2, 0.4])
-    al = run_entropy_job(space, _request(x), spec)
+    al = run_gradient_job(space, _request(x, spec))
     h = 1e-3
     for k in range(4):
         e = np.eye(4)[k] * h
-        fd = (entropy_at(space, x + e, spec, 0) - entropy_at(space, x - e, spec, 0)) / (2 * h)
+        fd = (objective_at(space, x + e, spec, 0) - objective_at(space, x - e, spec, 0)) / (2 * h)
         assert al.tv_dots[k, 0] == pytest.approx(fd, rel=0.02, abs=1e-4)
-    streamed = run_entropy_job(space, _request(x, stream=True), spec)
+    streamed = run_gradient_job(space, _request(x, spec, stream=True))
     np.testing.assert_allclose(streamed.tv_dots, al.tv_dots, rtol=1e-9)
     assert streamed.loss == al.loss
 
 
-def _request(x, stream=False):
-    from evomerge.adamerging import EntropyRequest
-
-    return EntropyRequest(0, x, 0, stream=stream)
+def _request(x, objective, stream=False):
+    return GradientRequest(0, x, objective, step=0, stream=stream)
 
 
 def test_failures_nan_and_bounds(zoo):
     space = _space(zoo, "task")
     drv = _driver(space, max_retries=1)
     (c,) = drv.ask()
-    drv.tell([c], [math.nan], alignment=[Alignment.failed("boom")])
+    drv.tell([c], [math.nan], wanted=[{"gradient": Alignment.failed("boom")}])
     assert drv.best is None and drv.state.t == 0 and not drv.stop()
     (c2,) = drv.ask()  # a failed gradient repeats the same coefficients
     assert c2.index == c.index + 1 and np.array_equal(c2.x, c.x)
-    drv.tell([c2], [1.0], alignment=[None])
+    drv.tell([c2], [1.0], wanted=[{}])
     assert drv.stop() and "gradient failed 2 times" in drv.stop_reason
     assert drv.best[1] == 1.0 and drv.ask() == []
     hi = _driver(space, init=1.0, lr=0.5)
@@ -169,7 +170,7 @@ def test_failures_nan_and_bounds(zoo):
 def test_bad_input_is_rejected(zoo):
     space = _space(zoo, "task")
     cls = get_driver("adamerging")
-    assert cls is AdaMerging and AdaMerging.needs_gradient
+    assert cls is AdaMerging
     with pytest.raises(UserInputError, match="unknown driver.options"):
         _driver(space, learning_rate=1e-3)
     with pytest.raises(UserInputError, match="objective"):
@@ -193,8 +194,8 @@ def test_bad_input_is_rejected(zoo):
     with pytest.raises(UserInputError, match="genes differ"):
         drv.tell([Candidate(c.index, c.x + 0.1)], [0.0])
     with pytest.raises(UserInputError, match="shape"):
-        wrong = run_entropy_job(_space(zoo, "layer"), _request(np.full(16, 0.3)), drv.objective)
-        drv.tell([c], [0.0], alignment=[wrong])
+        wrong = run_gradient_job(_space(zoo, "layer"), _request(np.full(16, 0.3), drv.objective))
+        drv.tell([c], [0.0], wanted=[{"gradient": wrong}])
     _step(space, drv)
     with pytest.raises(UserInputError, match="already told"):
         drv.tell([c], [0.0])
@@ -221,7 +222,7 @@ def test_lm_objective_on_a_tiny_llama(tmp_path):
     drv = AdaMerging.for_space(space, objective=obj, steps=8, lr=5e-2)
     x0 = drv.ask()[0].x
     steps = run_adamerging(space, drv)
-    assert all(s.ok and math.isfinite(s.entropy) for s in steps)
+    assert all(s.ok and math.isfinite(s.loss) for s in steps)
     assert _mean_entropy(space, drv.coefficients.reshape(-1), obj) < _mean_entropy(space, x0, obj)
 
 
@@ -236,7 +237,8 @@ class _DigitsWorker:
         self.space, self.model = space, load_digits_model(space.base)
 
     def materialize(self, recipe):
-        from evomerge.fw import Meter, build_theta
+        from evomerge.io.lazy_checkpoint import Meter
+        from evomerge.workers.pool_weights import build_theta
 
         theta = build_theta(self.space, self.space.genes_of(recipe), self.space.resolve, Meter())
         self.model.load_state_dict(theta)

@@ -13,9 +13,14 @@ import torch
 from evomerge.drivers.base import Candidate
 from evomerge.drivers.frank_wolfe import FrankWolfe
 from evomerge.errors import UserInputError
-from evomerge.fw import Alignment, FWPoolSpace, LmoRequest, Meter, build_theta, run_lmo_job
-from evomerge.fw.digits_pool import TARGETS, build_digits_pool, digits_accuracy
-from evomerge.fw.runner import run_frank_wolfe
+from evomerge.fitness.proxy_loss import ProxySpec
+from evomerge.io.lazy_checkpoint import Meter
+from evomerge.spaces.fw_pool import FWPoolSpace
+from evomerge.workers.gradient import Alignment, GradientRequest
+from evomerge.workers.gradient_job import run_gradient_job
+from evomerge.workers.gradient_runner import run_frank_wolfe
+from evomerge.workers.pool_weights import build_theta
+from evomerge.zoo.digits_pool import TARGETS, build_digits_pool, digits_accuracy
 
 PROXY = {"kind": "digits", "transform": list(TARGETS), "n": 48}
 
@@ -27,6 +32,14 @@ def pool(tmp_path_factory):
 
 def _driver(space, **opts):
     return FrankWolfe.for_space(space, seed=0, proxy=PROXY, **{"iterations": 4, **opts})
+
+
+def _request(x, proxy=PROXY):
+    return GradientRequest(0, x, ProxySpec.parse(proxy))
+
+
+def _gradient(space, x, proxy=PROXY):
+    return run_gradient_job(space, _request(x, proxy))
 
 
 def _score(pool):
@@ -75,7 +88,7 @@ def test_streamed_memory_is_flat_in_pool_size(pool):
     for n_irr in (0, 4, 8):
         space = FWPoolSpace(pool.base, [*pool.relevant, *pool.irrelevant[:n_irr]])
         x = np.full(space.dim, 1.0 / space.n_members)  # every member contributes to theta
-        al = run_lmo_job(space, LmoRequest(0, x, PROXY))
+        al = _gradient(space, x)
         assert al.ok, al.error
         peaks.append((al.peak_bytes, al.resident_bytes))
     assert len(set(peaks)) == 1, peaks
@@ -85,13 +98,13 @@ def test_streamed_memory_is_flat_in_pool_size(pool):
 
 def test_alignment_matches_autograd(pool):
     """The streamed numbers equal a direct computation with every model in memory."""
-    from evomerge.fw.proxy import ProxySpec, proxy_loss
+    from evomerge.fitness.proxy_loss import proxy_loss
     from evomerge.zoo.digits import load_digits_model
 
     members = [pool.relevant[0], pool.irrelevant[0]]
     space = FWPoolSpace(pool.base, members)
     x = np.array([[0.2, 0.5]] * space.n_groups).reshape(-1)
-    al = run_lmo_job(space, LmoRequest(0, x, PROXY))
+    al = _gradient(space, x)
     base = load_digits_model(pool.base).state_dict()
     experts = [load_digits_model(m).state_dict() for m in members]
     model = load_digits_model(pool.base)
@@ -137,28 +150,28 @@ def test_tell_rejects_bad_input(pool):
     space = FWPoolSpace(pool.base, list(pool.relevant))
     drv = _driver(space)
     (c,) = drv.ask()
-    good = run_lmo_job(space, drv.lmo_inputs(c))
-    with pytest.raises(ValueError, match="fitness values"):
+    good = run_gradient_job(space, c.wants["gradient"])
+    with pytest.raises(UserInputError, match="fitness values"):
         drv.tell([c], [1.0, 2.0])
-    with pytest.raises(ValueError, match="pending"):
+    with pytest.raises(UserInputError, match="pending"):
         drv.tell([Candidate(index=7, x=c.x)], [1.0])
-    with pytest.raises(ValueError, match="genes differ"):
+    with pytest.raises(UserInputError, match="genes differ"):
         drv.tell([Candidate(index=c.index, x=c.x + 0.1)], [1.0])
-    with pytest.raises(ValueError, match="infinite"):
-        drv.tell([c], [math.inf], alignment=[good])
-    with pytest.raises(ValueError, match="not a number"):
-        drv.tell([c], ["high"], alignment=[good])
+    with pytest.raises(UserInputError, match="infinite"):
+        drv.tell([c], [math.inf], wanted=[{"gradient": good}])
+    with pytest.raises(UserInputError, match="not a number"):
+        drv.tell([c], ["high"], wanted=[{"gradient": good}])
     other = FWPoolSpace(pool.base, [*pool.relevant, pool.irrelevant[0]])
-    bad = run_lmo_job(other, LmoRequest(0, np.zeros(other.dim), PROXY))
-    with pytest.raises(ValueError, match="expected"):
-        drv.tell([c], [1.0], alignment=[bad])
+    bad = _gradient(other, np.zeros(other.dim))
+    with pytest.raises(UserInputError, match="expected"):
+        drv.tell([c], [1.0], wanted=[{"gradient": bad}])
     with pytest.raises(UserInputError, match="unknown driver.options"):
         FrankWolfe.for_space(space, seed=0, stepsize=1.0)
     with pytest.raises(UserInputError, match="proxy"):
         FrankWolfe.for_space(space, seed=0, proxy={"kind": "digits", "size": 3})
     with pytest.raises(UserInputError, match="variant"):
         FWPoolSpace(pool.base, list(pool.relevant), variant="hard")
-    drv.tell([c], [1.0], alignment=[good])  # the rejected tells left the driver usable
+    drv.tell([c], [1.0], wanted=[{"gradient": good}])  # the rejected tells left the driver usable
     assert drv.state.t == 1
 
 
@@ -166,18 +179,16 @@ def test_nan_fitness_and_failed_gradients(pool):
     space = FWPoolSpace(pool.base, list(pool.relevant))
     drv = _driver(space, max_retries=1)
     (c,) = drv.ask()
-    drv.tell([c], [math.nan], alignment=[run_lmo_job(space, drv.lmo_inputs(c))])
+    drv.tell([c], [math.nan], wanted=[{"gradient": run_gradient_job(space, c.wants["gradient"])}])
     assert drv.best is None and drv.state.t == 1  # a NaN score still lets FW step
     (c2,) = drv.ask()
-    drv.tell([c2], [50.0], alignment=[Alignment.failed("OOM")])
+    drv.tell([c2], [50.0], wanted=[{"gradient": Alignment.failed("OOM")}])
     (c3,) = drv.ask()
     assert c3.index == c2.index + 1 and np.array_equal(c3.x, c2.x)  # theta did not move
     assert drv.best[1] == 50.0 and not drv.stop()
-    drv.tell([c3], [40.0], alignment=[None])
+    drv.tell([c3], [40.0], wanted=[{}])
     assert drv.stop() and "gradient failed 2 times" in drv.stop_reason and drv.ask() == []
-    broken = run_lmo_job(
-        space, LmoRequest(0, np.zeros(space.dim), {"kind": "digits", "transform": "nope"})
-    )
+    broken = _gradient(space, np.zeros(space.dim), {"kind": "digits", "transform": "nope"})
     assert not broken.ok and "nope" in broken.error
 
 
@@ -202,7 +213,7 @@ def test_decode_recipes(pool):
 
 
 def test_theta_replays_ties_steps(pool):
-    from evomerge.fw.job import trim
+    from evomerge.workers.pool_weights import trim
     from evomerge.zoo.digits import load_digits_model
 
     space = FWPoolSpace(pool.base, list(pool.relevant[:2]), variant="ties", iterations=2)

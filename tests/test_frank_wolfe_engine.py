@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from evomerge.fw import FWPoolSpace, Meter, build_theta
-from evomerge.fw.digits_pool import build_digits_pool
+from evomerge.io.lazy_checkpoint import Meter
 from evomerge.merge import run_merge
+from evomerge.spaces.fw_pool import FWPoolSpace
+from evomerge.workers.pool_weights import build_theta
+from evomerge.zoo.digits_pool import build_digits_pool
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from evomerge.config import load_experiment
-from evomerge.fw.lm_pool import build_lm_pool, lm_exact_match
-from evomerge.fw.runner import run_frank_wolfe
 from evomerge.session import build_driver, build_space
+from evomerge.workers.gradient_runner import run_frank_wolfe
+from evomerge.zoo.lm_pool import build_lm_pool, lm_exact_match
 
 YAML = """
 name: fw_test
@@ -37,7 +37,7 @@ def pool(tmp_path_factory):
 
 
 def test_experiment_builds_fw_space_and_driver(tmp_path, pool):
-    import evomerge.fw.lm_pool as lp
+    import evomerge.zoo.lm_pool as lp
 
     members = [*pool.relevant, *pool.irrelevant]
     text = YAML.format(members=", ".join(members), base=pool.base, fn=lp.__file__, proxy=pool.proxy)

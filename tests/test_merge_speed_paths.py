@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from evomerge.checks import check_finite
 from evomerge.errors import UserInputError
 from evomerge.ops import OPS, generator_for
+from evomerge.ops._fast import gta
 from evomerge.ops._registry import per_model
-from evomerge.ops.generalized_ta import _streamable, consensus_mask, general_task_arithmetic
 from evomerge.ops.sparsify import kth_largest, top_k_mask
+from evomerge.ops.task_arithmetic import consensus_mask, general_task_arithmetic
 
 
 def _argsort_mask(mag: torch.Tensor, k: int, stable: bool = False) -> torch.Tensor:
@@ -62,11 +63,11 @@ def test_kth_largest_exact_when_the_sample_misleads() -> None:
 
 def _old_gta(tensors, base, *, sparsification, consensus, generator, **p):
     """The stacked, mask-multiplying form (as mergekit 0.1.5 computes it)."""
-    from evomerge.ops.generalized_ta import _sparsify
+    from evomerge.ops.task_arithmetic import sparsify_one
 
     n = len(tensors)
     deltas = torch.stack(
-        [_sparsify(t - base, sparsification, i, p, n, generator) for i, t in enumerate(tensors)]
+        [sparsify_one(t - base, sparsification, i, n, p, generator) for i, t in enumerate(tensors)]
     )
     weights = torch.tensor(per_model(p, "weight", n), dtype=deltas.dtype)
     weights = weights.reshape((n,) + (1,) * (deltas.dim() - 1))
@@ -120,8 +121,9 @@ def test_fused_consensus_same_bits_as_stacked(name: str, n: int) -> None:
 
 @pytest.mark.parametrize("name", ["ties", "task_arithmetic"])
 def test_streamed_blocks_same_bits_as_whole_tensor(name: str) -> None:
-    """Tensors of ≥ 4 blocks go block by block; quantized values put many ties at the top-k
-    threshold, some inside a block, so the split rule is exercised too."""
+    """Tensors of ≥ 4 blocks go block by block (the fast path's route without the C kernel);
+    quantized values put many ties at the top-k threshold, some inside a block, so the split
+    rule is exercised too. The fast path's own route (the kernel, where there is one) too."""
     g = torch.Generator().manual_seed(9)
     base = (torch.randn(700, 401, generator=g) * 64).round() / 64
     tensors = [base + (torch.randn(700, 401, generator=g) * 8).round() / 64 for _ in range(3)]
@@ -130,10 +132,13 @@ def test_streamed_blocks_same_bits_as_whole_tensor(name: str) -> None:
         p = {**OPS[name].defaults, "weight": [0.5, 0.3, 0.7], "density": density}
         p["normalize"] = name == "ties"
         kw = {"sparsification": sp, "consensus": cons, "generator": None}
-        assert _streamable(tensors, base, sp, p)
-        new = general_task_arithmetic(tensors, base, **kw, **p)
+        assert gta._streamable(tensors, base, sp, p)
+        w = [base.new_tensor(x) for x in p["weight"]]
+        streamed = gta._streamed(tensors, base, w, sp, cons, p)
+        fast = gta._merge(tensors, base, sp, cons, p, None, None, lambda: None)
         old = _old_gta(tensors, base, **kw, **p)
-        assert torch.equal(new, old), (name, density)
+        assert torch.equal(streamed, old) and torch.equal(fast, old), (name, density)
+        assert torch.equal(general_task_arithmetic(tensors, base, **kw, **p), old)
 
 
 def test_check_finite_one_pass() -> None:

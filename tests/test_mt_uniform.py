@@ -1,4 +1,4 @@
-"""DARE's uniforms drawn in C (evomerge/ops/mt_uniform.py) are torch.rand's, value for value,
+"""DARE's uniforms drawn in C (evomerge/ops/_fast/mt_uniform.py) are torch.rand's, value for value,
 and leave the generator exactly where torch.rand would: across block boundaries of the
 Mersenne twister (624 outputs), for fresh and part-used generators, and for later draws of any
 kind (rand, randn) from the same generator."""
@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evomerge.ops import fused_gta, generator_for, mt_uniform, sparsify
+from evomerge.ops import generator_for, sparsify
+from evomerge.ops._fast import fused_gta, mt_uniform
 
 pytestmark = pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
 
@@ -32,7 +33,7 @@ def test_draws_are_torch_rand(sizes):
 def test_packed_draws_are_torch_rand(sizes):
     """Packed (DARE's fused kernel: k = u · 2^24 as 16 + 8 bits), the same values and the same
     stream; ``packed_uniform.below`` is the keep rule u < p on k, at and around the values."""
-    from evomerge.ops import packed_uniform
+    from evomerge.ops._fast import packed_uniform
 
     ours, theirs = generator_for(4, "w"), generator_for(4, "w")
     for n in sizes:
@@ -40,7 +41,7 @@ def test_packed_draws_are_torch_rand(sizes):
         want = torch.rand(n, generator=theirs)
         assert got is not None and torch.equal(got.floats(), want), n
         assert torch.equal(
-            sparsify.uniform_packed((n,), generator_for(4, "w")).floats()[:n],
+            mt_uniform.uniform_packed((n,), generator_for(4, "w")).floats()[:n],
             torch.rand(n, generator=generator_for(4, "w")),
         )
         k = got.keys()
@@ -50,15 +51,17 @@ def test_packed_draws_are_torch_rand(sizes):
     assert torch.equal(torch.rand(9, generator=ours), torch.rand(9, generator=theirs))
 
 
-def test_shape_and_sparsify_uniform_use_it(monkeypatch):
+def test_shape_and_the_fast_uniform_use_it(monkeypatch):
+    """The fast path's ``uniform`` draws in C, the operator's ``sparsify.uniform`` with
+    torch.rand: the same values and the same stream."""
     g1, g2 = generator_for(9, "x"), generator_for(9, "x")
-    got = sparsify.uniform((33, 70), g1)
+    got = mt_uniform.uniform((33, 70), g1)
     assert got.shape == (33, 70) and got.dtype == torch.float32
-    assert torch.equal(got, torch.rand((33, 70), generator=g2))
+    assert torch.equal(got, sparsify.uniform((33, 70), g2))
     calls = []
     real = mt_uniform.draw
     monkeypatch.setattr(mt_uniform, "draw", lambda *a: calls.append(1) or real(*a))
-    sparsify.uniform((5,), g1)
+    mt_uniform.uniform((5,), g1)
     assert calls == [1]
 
 
@@ -68,4 +71,4 @@ def test_unknown_state_falls_back_to_torch(monkeypatch):
     monkeypatch.setattr(mt_uniform, "_STATE_BYTES", 1)
     g1, g2 = generator_for(1, "y"), generator_for(1, "y")
     assert mt_uniform.draw((10,), g1) is None
-    assert torch.equal(sparsify.uniform((10,), g1), torch.rand(10, generator=g2))
+    assert torch.equal(mt_uniform.uniform((10,), g1), torch.rand(10, generator=g2))

@@ -55,6 +55,64 @@ def test_conformance(name):
     assert torch.equal(out, again), "same inputs and generator seed must give the same bits"
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(-1), b.view(-1))
+
+
+@pytest.mark.parametrize("name", list_ops())
+def test_plain_signature_and_fast_path_bits(name):
+    """Every operator is plain ``(tensors, base, *, generator, **params)``, and the engine's route
+    to it (``evomerge.ops._fast``, asked once per tensor, else the operator) gives the
+    operator's bits: on a small and a large tensor (C kernel, radix top-k, threads), into a
+    given ``out`` buffer, with a search worker's cache (computed, then served), and from
+    bfloat16 inputs as stored where the fast path reads them so."""
+    import inspect
+
+    from evomerge.merge_plan import TensorTask
+    from evomerge.ops import _fast
+    from evomerge.ops._fast.resident_cache import ResidentCache
+    from tests.helpers.fast_path import run_fast
+
+    spec = get_op(name)
+    sig = inspect.signature(spec.fn).parameters
+    assert list(sig)[:2] == ["tensors", "base"] and "generator" in sig, name
+    kinds = {k: v.kind for k, v in sig.items()}
+    assert set(kinds) - {"tensors", "base", "generator"} == {
+        k for k, v in kinds.items() if v == inspect.Parameter.VAR_KEYWORD
+    }, f"{name}: nothing beyond (tensors, base, *, generator, **params)"
+    n = _n_models(spec)
+    tname = "model.layers.0.mlp.up_proj.weight"
+    for shape, seed in (((6, 5), 0), ((300, 257), 1)):
+        g = torch.Generator().manual_seed(seed)
+        base = (torch.randn(shape, generator=g) * 64).round() / 64  # ties at top-k thresholds
+        tensors = [base + (torch.randn(shape, generator=g) * 8).round() / 64 for _ in range(n)]
+        b = base if spec.needs_base else None
+        p = _params(spec, n)
+        want = _call(spec, tensors, base, p, name=tname)
+
+        def gen():
+            return generator_for(0, tname) if spec.stochastic else None
+
+        assert _same_bits(run_fast(name, tensors, b, p, generator=gen()), want), (name, shape)
+        out = torch.empty_like(want)
+        assert _same_bits(run_fast(name, tensors, b, p, generator=gen(), out=out), want)
+        task = TensorTask(tname, tuple((f"e{i}", tname) for i in range(n)), ("base", tname), {},
+                          name, shape)  # fmt: skip
+        cache = ResidentCache()
+        for _ in range(2):
+            view = cache.for_task(task, 0)
+            got = run_fast(name, tensors, b, p, generator=gen(), resident=view, out=out)
+            assert _same_bits(got, want), (name, shape, "resident")
+        if _fast.reads_stored_bf16(name):
+            half = [t.bfloat16() for t in tensors]
+            hb = base.bfloat16() if b is not None else None
+            plain = spec.fn([t.float() for t in half], None if hb is None else hb.float(),
+                            generator=gen(), **p)  # fmt: skip
+            assert _same_bits(run_fast(name, half, hb, p, generator=gen()), plain)
+            got = run_fast(name, half, hb, p, generator=gen(), out_dtype=torch.bfloat16)
+            assert _same_bits(got.to(torch.bfloat16), plain.to(torch.bfloat16))
+
+
 def test_unknown_op_lists_valid_names():
     with pytest.raises(UserInputError, match="ties"):
         get_op("tie")
@@ -191,7 +249,7 @@ def test_magnitude_matches_mergekit(density):
 def test_sign_consensus_matches_mergekit():
     from mergekit.merge_methods.generalized_task_arithmetic import get_mask
 
-    from evomerge.ops.generalized_ta import consensus_mask
+    from evomerge.ops.task_arithmetic import consensus_mask
 
     d = torch.randn(4, 10, 7, generator=torch.Generator().manual_seed(5))
     for method in ("sum", "count"):

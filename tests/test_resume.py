@@ -21,9 +21,6 @@ import pytest
 from tests.helpers.search_fixtures import make_family, write_experiment
 
 pytestmark = pytest.mark.timeout(400)
-# Needs the merge engine (in-place merges, archive writes) and the CLI entry point.
-pytest.importorskip("evomerge.merge", reason="the merge engine has not landed yet")
-pytest.importorskip("evomerge.cli", reason="evomerge/cli.py has not landed yet")
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

@@ -32,7 +32,7 @@ archive: {{top_k: 2}}
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    import evomerge.fw.lm_pool as lp
+    import evomerge.zoo.lm_pool as lp
 
     root = tmp_path_factory.mktemp("fwresume")
     pool = lp.build_lm_pool(

@@ -63,6 +63,17 @@ def _store(run_dir: Path):
     return trials, archive, -1 if gen is None else gen
 
 
+def _committed_generation(run_dir: Path) -> int:
+    """The last committed generation, -1 before the first (also while the store file exists but
+    its tables are still being created: polling reads it at any moment)."""
+    if not (run_dir / "store.sqlite").exists():
+        return -1
+    try:
+        return _store(run_dir)[2]
+    except sqlite3.OperationalError:
+        return -1
+
+
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     why = _why_skip()
@@ -169,7 +180,7 @@ def test_preempted_job_requeues_and_resumes_exactly(long_experiment, tmp_path):
         p = alloc.start_batch(SBATCH, [str(experiment), str(run_dir)], log=log, extra_env=env)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and p.poll() is None:
-            if (run_dir / "store.sqlite").exists() and _store(run_dir)[2] >= 0:
+            if _committed_generation(run_dir) >= 0:
                 break
             time.sleep(0.2)
         p.send_signal(signal.SIGTERM)  # what --signal=B:TERM@180 delivers to the batch shell

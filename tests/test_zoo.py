@@ -33,17 +33,19 @@ def cross_zoo(tmp_path_factory) -> Path:
     return build("lm-cross", tmp_path_factory.mktemp("zoo") / "cross", quick=True, progress=False)
 
 
-# The quick lm-cross zoo (seed 0, torch 2.13 CPU) as pinned kernels train it (zoo/pinned.py):
-# recorded on an AVX512 host, reproduced there with an AVX2 host emulated. A different value on
-# another x86-64 machine means its zoo is not the README's.
-QUICK_CROSS_SHA256 = "b8a020bfe73217d7c6e202c3d56061d24ff23b1b277e78165384020515dae392"
+# No recorded digest to compare with: the same code and seed gave b8a020bf… for this quick zoo
+# in one session and fdc541f8… in a later one on another host (transformers' version was not
+# recorded then; the manifest now records it). What is checked is what pinning promises: the
+# bytes do not move with the CPU's instruction set or the number of threads on one host.
 
 
 def test_quick_build_is_deterministic_and_cli_builds(cross_zoo, tmp_path, monkeypatch):
     from evomerge.cli import app
 
     monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path / "cache"))
-    # the second build runs as on an AVX2 host (ATen, MKL and oneDNN told so): same bytes
+    # the second build runs as on a 1-core AVX2 host (ATen, MKL and oneDNN told so, one OpenMP
+    # thread): same bytes
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     for var, isa in (("ATEN_CPU_CAPABILITY", "avx2"), ("MKL_CBWR", "AVX2")):
         monkeypatch.setenv(var, isa)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
@@ -60,15 +62,8 @@ def test_quick_build_is_deterministic_and_cli_builds(cross_zoo, tmp_path, monkey
     assert set(manifest["models"]) == {"base", "skill", "language"}
     assert manifest["targets"] == ["zoo_reverse_b"]
     assert manifest["kernels"] == "pinned (portable)"
-    if _torch_is("2.13.0"):
-        assert manifest["weights_sha256"] == QUICK_CROSS_SHA256
+    assert set(manifest["libraries"]) == {"torch", "transformers", "numpy"}
     assert f"weights sha256 {manifest['weights_sha256'][:16]}" in res.output
-
-
-def _torch_is(version: str) -> bool:
-    import torch
-
-    return torch.__version__.split("+")[0] == version
 
 
 def test_lm_cross_experts_move_only_their_parameters(cross_zoo):
@@ -149,7 +144,9 @@ def test_evaluator_registry_covers_the_zoo():
 def test_unknown_zoo_is_a_clear_error(tmp_path):
     from evomerge.cli import app
 
-    with pytest.raises(UserInputError, match="valid: digits, gemma3, lm-cross, lm-skills, smollm2"):
+    with pytest.raises(
+        UserInputError, match="valid: digits, gemma3, lm-backdoor, lm-cross, lm-skills, smollm2"
+    ):
         build("lm-crosss", tmp_path / "x")
     res = CliRunner().invoke(app, ["zoo", "build", "nope", "--out", str(tmp_path / "y")])
     assert res.exit_code == 2

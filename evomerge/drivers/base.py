@@ -21,11 +21,17 @@ from evomerge.results import EvalResult
 
 @dataclass(frozen=True)
 class Candidate:
-    """One proposal. ``index`` is the driver's ask counter (0, 1, 2, ...) and never repeats."""
+    """One proposal. ``index`` is the driver's ask counter (0, 1, 2, ...) and never repeats.
+
+    ``wants``: what the candidate asks the workers for besides its fitness (key -> request, e.g.
+    ``{"gradient": GradientRequest}``; ``evomerge.workers.wants``); ``tell`` then receives the
+    answers as ``wanted``. Not stored (``meta`` is).
+    """
 
     index: int
     x: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    wants: dict[str, Any] = field(default_factory=dict)
 
 
 class Driver(ABC):
@@ -39,6 +45,18 @@ class Driver(ABC):
     option_help: ClassVar[dict[str, str]] = {}
     #: A dataclass the options are parsed into; None: they are ``__init__``'s keywords.
     options_cls: ClassVar[type | None] = None
+
+    def racing_need(self) -> int | None:
+        """Racing (``fitness.racing``): how many of a generation's best this driver needs
+        ranked on every item; the others may be told an estimate from fewer items. None: it
+        needs every candidate's every item (``racing_refusal`` says why)."""
+        return None
+
+    @classmethod
+    def racing_refusal(cls) -> str:
+        if getattr(cls, "needs_gradient", False):
+            return "follows gradients, not a ranking of scored candidates"
+        return "needs every candidate scored on every item"
 
     @classmethod
     def misfit(cls, space: Any) -> str | None:
@@ -69,6 +87,13 @@ class Driver(ABC):
         self.x0 = np.asarray(x0, dtype=float)
         self.seed = seed
 
+    @classmethod
+    def for_space(cls, space: Any, *, seed: int = 0, **options: Any) -> Driver:
+        """The driver for a built search space (what ``session`` calls). A driver whose options
+        follow from the space's layout (a pool's size) overrides it to fill them in."""
+        lo, hi = space.bounds
+        return cls(space.dim, lo, hi, space.x0(), seed=seed, **options)
+
     @abstractmethod
     def ask(self, n: int | None = None) -> list[Candidate]:
         """Propose candidates (``n`` None = the driver's natural batch, e.g. a generation)."""
@@ -81,7 +106,8 @@ class Driver(ABC):
         details: Sequence[EvalResult | None] | None = None,
     ) -> None:
         """Report fitness (maximize; NaN = failed) in ask order; ``details`` carries
-        per-example scores for drivers that need them (M2N2)."""
+        per-example scores for drivers that need them (M2N2). A driver whose candidates have
+        ``wants`` also takes ``wanted``: per candidate, key -> answer."""
 
     @abstractmethod
     def stop(self) -> bool:

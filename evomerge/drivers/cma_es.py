@@ -117,6 +117,11 @@ class CMAES(Driver):
             self._rng_state = np.random.get_state()
             np.random.set_state(outside)
 
+    def racing_need(self) -> int:
+        """The recombination parents (mu): pycma's update weighs them by rank. Active CMA's
+        negative weights also rank the rest; racing tells those their estimates (docs/racing.md)."""
+        return int(self._es.sp.weights.mu)
+
     def ask(self, n: int | None = None) -> list[Candidate]:
         if self._pending:
             raise UserInputError("cma_es.ask: tell the previous generation first")

@@ -13,35 +13,37 @@ default), and theta moves towards it with gamma_t = step_size * 2 / (t + 2):
   theta_base + sum lambda[G, k] tau_k over the set, lambda fitted by Adam (AdaMerging-style,
   lr 1e-3, init 0.3) for ``soft_steps`` gradient steps per LMO.
 
-FW is not a black-box method: besides fitness, ``tell`` needs the gradient alignment of each
-candidate. The driver says so with ``needs_gradient = True``; ``lmo_inputs(candidate)`` gives the
-``LmoRequest`` a worker runs through ``evomerge.fw.job.run_lmo_job(space, request)``, and the
-resulting ``Alignment`` goes back through ``tell(..., alignment=[...])`` (or
-``candidate.meta["alignment"]``). All decisions are numpy on that small summary (``fw.lmo``),
-so the driver state stays small and exactly resumable. One candidate per ``ask``: FW is
-sequential. Where we depart from the reference code (hold instead of stepping to a zero
-tensor; cosine with task vectors by default; TIES trimmed per tensor) the module says why.
+FW is not a black-box method: ``tell`` needs the gradient's alignment with the pool at each
+candidate. Each candidate but the last wants it (``Candidate.wants["gradient"]``, a
+``GradientRequest`` for the ``proxy`` objective); a worker computes it beside the fitness
+(``evomerge.workers.gradient_job``) and ``tell`` receives the ``Alignment`` in ``wanted``
+(``drivers.pool_gradient``). All decisions are numpy on that small summary
+(``drivers.frank_wolfe_lmo``), so the driver state stays small and exactly resumable. One
+candidate per ``ask``: FW is sequential. Where we depart from the reference code (hold instead of
+stepping to a zero tensor; cosine with task vectors by default; TIES trimmed per tensor) the
+modules say why.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 
+from evomerge.drivers import frank_wolfe_lmo as L
 from evomerge.drivers._common import parse_options
-from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.drivers.base import register_driver
+from evomerge.drivers.frank_wolfe_state import FWParams, FWState
+from evomerge.drivers.pool_gradient import PoolGradientDriver, adam_step
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import EvalResult
-from evomerge.fw import lmo as L
-from evomerge.fw.state import FWParams, FWState
+from evomerge.fitness.proxy_loss import ProxySpec
+from evomerge.workers.gradient import Alignment, GradientRequest
 
 
 @register_driver
-class FrankWolfe(Driver):
+class FrankWolfe(PoolGradientDriver):
     name: ClassVar[str] = "frank_wolfe"
     options_cls: ClassVar[type] = FWParams  # the dataclass driver.options are parsed into
     #: One line per driver.options key, for docs/config.md (evomerge schema).
@@ -59,7 +61,6 @@ class FrankWolfe(Driver):
         "max_retries": "failed gradient jobs in a row before the driver stops",
         "proxy": "FW's objective: {kind: lm or digits, data: labelled JSONL, n: items}",
     }
-    needs_gradient: ClassVar[bool] = True
 
     @classmethod
     def misfit(cls, space: Any) -> str | None:
@@ -79,6 +80,7 @@ class FrankWolfe(Driver):
     ) -> None:
         super().__init__(dim, lower, upper, x0, seed=seed)
         self.params = p = parse_options(self.name, FWParams, options, {"n_members": "pool size"})
+        self.objective = ProxySpec.parse(p.proxy)
         k, g = p.n_members, _n_groups(self.dim, p)
         self.n_coef, self.n_groups = g * k, g
         w0 = self.x0[: self.n_coef].reshape(g, k)
@@ -142,84 +144,33 @@ class FrankWolfe(Driver):
         total = p.iterations * (p.soft_steps if p.variant == "soft" else 1)
         return (s.soft_j if p.variant == "soft" else s.t) >= total
 
-    def ask(self, n: int | None = None) -> list[Candidate]:
+    def _meta(self) -> dict[str, Any]:
         s = self.state
-        if s.phase == "done":
-            return []
-        if s.pending < 0:
-            self.state = s = replace(s, pending=s.next_index, next_index=s.next_index + 1)
-        gam = L.gamma(s.t, self.params.step_size)
-        meta = {
+        return {
             "phase": "final" if self._final() else "step",
             "t": s.t,
-            "gamma": gam,
+            "gamma": L.gamma(s.t, self.params.step_size),
             "loss": s.last_loss,
         }
-        return [Candidate(index=s.pending, x=self._genes(), meta=meta)]
 
-    def lmo_inputs(self, candidate: Candidate) -> Any:
-        """The gradient job's input for ``candidate``; None when no gradient is needed (the
-        last candidate only gets scored)."""
-        from evomerge.fw.job import LmoRequest
+    def _request(self, index: int, x: np.ndarray) -> GradientRequest:
+        return GradientRequest(index, np.asarray(x, dtype=float), self.objective, step=0)
 
-        if candidate.index != self.state.pending or self._final():
-            return None
-        return LmoRequest(
-            index=candidate.index,
-            x=np.asarray(candidate.x, dtype=float),
-            proxy=dict(self.params.proxy),
-        )
-
-    def alignments(self, candidates: Sequence[Candidate], space: Any) -> list[Any]:
-        """Run the gradient job for each candidate in this process (the loop's FW hook);
-        ``None`` where no gradient is needed. A failure comes back as a failed Alignment."""
-        from evomerge.fw.job import run_lmo_job
-
-        out = []
-        for c in candidates:
-            request = self.lmo_inputs(c)
-            out.append(None if request is None else run_lmo_job(space, request, space.resolve))
-        return out
+    def _done_reason(self, s: FWState) -> str:
+        return "iterations done"
 
     # ---- tell -----------------------------------------------------------------------------------
-    def tell(
-        self,
-        candidates: Sequence[Candidate],
-        fitness: Sequence[float],
-        details: Sequence[EvalResult | None] | None = None,
-        *,
-        alignment: Sequence[Any] | None = None,
-    ) -> None:
-        cand, f = self._check_tell(candidates, fitness)
-        al = self._check_alignment(cand, alignment)
-        s = self.state
-        if not math.isnan(f) and f > s.best_f:
-            s = replace(s, best_index=cand.index, best_f=f, best_x=np.asarray(cand.x, float))
-        s = replace(s, pending=-1)
-        self.state = s
-        if self._final():
-            self.state = replace(s, phase="done", stop_reason="iterations done")
-        elif al is None or not al.ok:
-            why = "no alignment" if al is None else (al.error or "non-finite alignment")
-            retries = s.retries + 1
-            done = retries > self.params.max_retries
-            # a failed gradient leaves theta where it is: the next ask repeats it
-            self.state = replace(
-                s,
-                retries=retries,
-                phase="done" if done else "run",
-                stop_reason=f"gradient failed {retries} times: {why}" if done else "",
-            )
-        elif self.params.variant == "soft":
-            self.state = self._soft_update(replace(s, retries=0, last_loss=al.loss), al)
-        else:
-            self.state = self._hard_update(replace(s, retries=0, last_loss=al.loss), al)
+    def _step(self, s: FWState, al: Alignment) -> FWState:
+        s = replace(s, last_loss=al.loss)
+        return (
+            self._soft_update(s, al) if self.params.variant == "soft" else self._hard_update(s, al)
+        )
 
-    def _select(self, al: L.Alignment) -> np.ndarray:
+    def _select(self, al: Alignment) -> np.ndarray:
         p = self.params
         return L.select(al, granularity=p.granularity, align_on=p.align_on, guard=p.guard)
 
-    def _hard_update(self, s: FWState, al: L.Alignment) -> FWState:
+    def _hard_update(self, s: FWState, al: Alignment) -> FWState:
         p = self.params
         sel = self._select(al)
         a = min(1.0, p.lam * L.gamma(s.t, p.step_size))
@@ -231,14 +182,14 @@ class FrankWolfe(Driver):
             return replace(s, t=s.t + 1, hist=hist, mask=mask)
         return replace(s, t=s.t + 1, w=L.fw_step(s.w, sel, a), mask=mask)
 
-    def _soft_update(self, s: FWState, al: L.Alignment) -> FWState:
+    def _soft_update(self, s: FWState, al: Alignment) -> FWState:
         """FW-Soft: Adam on the collected coefficients; every ``soft_steps`` tells, an LMO."""
         p = self.params
         w, mask, m, v, adam_t = s.w, s.mask, s.m, s.v, s.adam_t
         if mask.any():  # dLoss/dW[G, k] = <g_G, tau_kG>: exactly what the job streamed
             grad = al.tv_dots.T * mask
             adam_t += 1
-            w, m, v = L.adam_step(w, grad, m, v, adam_t, p.soft_lr)
+            w, m, v = adam_step(w, grad, m, v, adam_t, p.soft_lr)
             w = np.clip(w, 0.0, 1.0) * mask
         t = s.t
         if s.soft_j % p.soft_steps == 0:
@@ -251,92 +202,6 @@ class FrankWolfe(Driver):
             mask[rows, sel[rows]] = 1.0
             t += 1
         return replace(s, w=w, mask=mask, m=m, v=v, adam_t=adam_t, t=t, soft_j=s.soft_j + 1)
-
-    def _check_tell(self, candidates: Sequence[Candidate], fitness: Sequence[float]):
-        if len(candidates) != len(fitness):
-            raise ValueError(
-                f"tell got {len(candidates)} candidates and {len(fitness)} fitness values"
-            )
-        if len(candidates) != 1:
-            raise ValueError(
-                f"frank_wolfe asks one candidate at a time; tell got {len(candidates)}"
-            )
-        cand = candidates[0]
-        if self.state.pending < 0 or cand.index != self.state.pending:
-            raise ValueError(
-                f"tell got candidate {cand.index}, but the pending candidate is "
-                f"{self.state.pending if self.state.pending >= 0 else 'none'}"
-            )
-        if not np.array_equal(np.asarray(cand.x, float), self._genes()):
-            raise ValueError(f"candidate {cand.index}'s genes differ from what was asked")
-        try:
-            f = float(fitness[0])
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"fitness {fitness[0]!r} is not a number (use NaN for a failure)"
-            ) from None
-        if math.isinf(f):
-            raise ValueError(f"fitness {f} is infinite; report a failed candidate as NaN")
-        return cand, f
-
-    def _check_alignment(
-        self, cand: Candidate, alignment: Sequence[Any] | None
-    ) -> L.Alignment | None:
-        if alignment is not None and len(alignment) != 1:
-            raise ValueError(f"tell got {len(alignment)} alignments for 1 candidate")
-        al = alignment[0] if alignment is not None else (cand.meta or {}).get("alignment")
-        if al is None:
-            return None
-        if isinstance(al, dict):
-            al = L.Alignment.from_dict(al)
-        if not isinstance(al, L.Alignment):
-            raise ValueError(f"alignment must be an Alignment or its dict, got {type(al).__name__}")
-        if al.error is None:
-            al.check_shape(self.params.n_members, self.n_groups)
-        return al
-
-    # ---- the rest of the contract ---------------------------------------------------------------
-    def stop(self) -> bool:
-        return self.state.phase == "done"
-
-    @property
-    def stop_reason(self) -> str:
-        return self.state.stop_reason
-
-    @property
-    def best(self) -> tuple[Candidate, float] | None:
-        s = self.state
-        if s.best_index < 0:
-            return None
-        return Candidate(index=s.best_index, x=s.best_x.copy()), s.best_f
-
-    def state_dict(self) -> dict[str, Any]:
-        d = asdict(self.state)
-        return {
-            "version": 1,
-            "params": asdict(self.params),
-            "n_groups": self.n_groups,
-            "state": {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in d.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != 1 or "state" not in state:
-            raise ValueError("not a frank_wolfe state dict (version 1)")
-        if state["params"] != asdict(self.params) or state["n_groups"] != self.n_groups:
-            raise ValueError(
-                "the saved frank_wolfe state belongs to other driver options or "
-                "another pool; resume with the run's original configuration"
-            )
-        saved = state["state"]
-        missing = {f.name for f in fields(FWState)} - set(saved)
-        if missing:
-            raise ValueError(f"frank_wolfe state dict lacks {sorted(missing)}")
-        self.state = FWState(
-            **{
-                k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v)
-                for k, v in saved.items()
-            }
-        )
 
 
 def _n_groups(dim: int, p: FWParams) -> int:

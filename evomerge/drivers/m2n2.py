@@ -133,6 +133,10 @@ class M2N2(Driver):
     }
     can_ask_ahead = True
 
+    @classmethod
+    def racing_refusal(cls) -> str:
+        return "competes on every candidate's per-item scores (its resource competition)"
+
     def __init__(
         self,
         dim: int,

@@ -76,6 +76,10 @@ class OptunaDriver(Driver):
         self._pending: dict[int, int] = {}  # candidate index -> trial number
         self._best: tuple[Candidate, float] | None = None
 
+    def racing_need(self) -> int | None:
+        # single objective: only the best matters (TPE is told the others' estimates)
+        return 1 if self.objectives == 1 else None
+
     def ask(self, n: int | None = None) -> list[Candidate]:
         out = []
         for _ in range(n or self.batch_size):
@@ -136,14 +140,37 @@ class OptunaDriver(Driver):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "study": pickle.dumps(self._study),
+            "study": _dump_study(self._study),
             "next": self._next,
             "pending": dict(self._pending),
             "best": self._best,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._study = pickle.loads(state["study"])
+        self._study = _load_study(state["study"])
         self._next = state["next"]
         self._pending = dict(state["pending"])
         self._best = state["best"]
+
+
+def _dump_study(study: Any) -> bytes:
+    """The study pickled. Optuna 5's NSGA-II sampler holds a ``threading.Lock``, which pickle
+    refuses: it is left out and a fresh one made on load (it guards nothing across processes)."""
+    sampler = study.sampler
+    lock = getattr(sampler, "_thread_lock", None)
+    if lock is not None:
+        sampler._thread_lock = None
+    try:
+        return pickle.dumps(study)
+    finally:
+        if lock is not None:
+            sampler._thread_lock = lock
+
+
+def _load_study(blob: bytes) -> Any:
+    import threading
+
+    study = pickle.loads(blob)
+    if getattr(study.sampler, "_thread_lock", False) is None:
+        study.sampler._thread_lock = threading.Lock()
+    return study

@@ -46,6 +46,9 @@ class RandomSearch(Driver):
         self._pending: dict[int, Candidate] = {}
         self._best: tuple[Candidate, float] | None = None
 
+    def racing_need(self) -> int:
+        return 1  # only the best matters
+
     def ask(self, n: int | None = None) -> list[Candidate]:
         out = []
         for _ in range(n or self.batch_size):

@@ -41,18 +41,41 @@ class Fitness:
     def n_objectives(self) -> int:
         return len(self.objective_names)
 
-    def __call__(self, model: Any, tokenizer: Any) -> EvalResult:
+    def __call__(
+        self, model: Any, tokenizer: Any, items: dict[str, list[int]] | None = None
+    ) -> EvalResult:
+        """Every task's scores; ``items`` (entry label -> item positions; racing) scores only
+        those items, with each entry's per_example in the order given."""
         was_training = getattr(model, "training", False)
         if hasattr(model, "eval"):
             model.eval()
         try:
             tasks: dict[str, TaskScore] = {}
             for r in self.runners:
-                tasks.update(r.run(model, tokenizer))
+                if items is None:
+                    tasks.update(r.run(model, tokenizer))
+                    continue
+                mine = {
+                    e: p for e, p in items.items() if e == r.label or e.startswith(r.label + "/")
+                }
+                if mine:
+                    tasks.update(r.run_items(model, tokenizer, mine))
         finally:
             if was_training:
                 model.train()
         return EvalResult(tasks=tasks)
+
+    def item_entries(self) -> list[tuple[str, int, float]]:
+        """(entry label, search items, share of the aggregate) of every scored entry, in task
+        order; the shares sum to 1. Racing builds its item pool from this (tasks whose runner
+        cannot score a slice are refused when the config is read)."""
+        total = sum(self._weights.values())
+        out = []
+        for r in self.runners:
+            counts = r.item_counts()
+            for entry, n in counts.items():
+                out.append((entry, n, self._weights[r.label] / total / len(counts)))
+        return out
 
     def task_score(self, result: EvalResult, label: str) -> float:
         """A configured task's score: its entry, or the mean of its ``label/…`` entries."""

@@ -34,6 +34,11 @@ YAML shape::
 
     validation:                      # the winner is chosen on items the search never saw
       items: 100                     # per task, after its search items (null: all the rest)
+    racing:                          # score each generation on growing item slices
+      enabled: true                  # (docs/racing.md; zoo tasks with items only)
+      first_slice: 20                # items every candidate is scored on first
+      slice: 10                      # items added per round to candidates still in the race
+      confidence: 0.95               # one-sided level of the paired bounds that drop one
 
 Shorthand: ``{python: "fitness/my.py:score"}`` is one python task.
 """
@@ -205,6 +210,20 @@ class ValidationConfig(_Frozen):
     """validation items per task, taken after its search items (null: every item left)"""
 
 
+class RacingConfig(_Frozen):
+    # Rank-based drivers need the order of a generation's best, not every score to full
+    # precision; racing stops scoring a candidate once it surely cannot be among them
+    # (evomerge.racing).
+    enabled: bool = True
+    """race the candidates of each generation on growing item slices (false: score every item)"""
+    first_slice: int = Field(20, ge=2)
+    """items (of the whole suite) every fresh candidate is scored on before any is dropped"""
+    slice: int = Field(10, ge=1)
+    """items added per round to the candidates still in the race"""
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    """one-sided level of the paired normal bound that drops a candidate"""
+
+
 class FitnessConfig(_Frozen):
     tasks: list[TaskConfig]
     """the tasks scored per candidate (one kind per entry: lm_eval, zoo, python, perplexity)"""
@@ -212,6 +231,8 @@ class FitnessConfig(_Frozen):
     """allow public benchmark names as search fitness (contamination risk)"""
     validation: ValidationConfig | None = None
     """re-score the archive on held-out items and pick the winner there (null: off)"""
+    racing: RacingConfig | None = None
+    """score each generation on growing item slices, dropping sure losers (null: off)"""
 
     @model_validator(mode="before")
     @classmethod
@@ -242,12 +263,16 @@ class FitnessConfig(_Frozen):
         if self.validation is not None:
             for i, t in enumerate(self.tasks):
                 check_split(t, f"tasks.{i}")
+        if self.racing is not None and self.racing.enabled:
+            from evomerge.fitness.items import check_raceable
+
+            check_raceable(self)
         return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
         # Without validation the dump (and the run's structural hash) is what it always was.
-        return _drop_none(handler(self), "validation")
+        return _drop_none(_drop_none(handler(self), "validation"), "racing")
 
     @property
     def labels(self) -> list[str]:

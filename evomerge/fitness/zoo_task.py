@@ -29,6 +29,32 @@ class ZooTask:
 
         check_options(evaluator, self.options)  # offset/limit past the task's end: fail now
 
+    def item_counts(self) -> dict[str, int]:
+        """Entry label -> number of search items (racing); empty when the evaluator scores a
+        fixed split with no items to slice (digits)."""
+        from evomerge.zoo.evaluate import item_entries, window_size
+
+        lim, off = self.options.get("limit"), self.options.get("offset", 0)
+        return {self._entry(k): window_size(t, lim, off) for k, t in item_entries(self.evaluator)}
+
+    def run_items(
+        self, model: Any, tokenizer: Any, positions: dict[str, list[int]]
+    ) -> dict[str, TaskScore]:
+        """Scores of the items at ``positions`` (entry label -> positions in its search window),
+        per_example in the order given."""
+        from evomerge.zoo.evaluate import evaluate_positions, item_entries
+
+        lim, off = self.options.get("limit"), self.options.get("offset", 0)
+        out = {}
+        for key, task in item_entries(self.evaluator):
+            entry = self._entry(key)
+            if positions.get(entry):
+                out[entry] = evaluate_positions(model, tokenizer, task, positions[entry], lim, off)
+        return out
+
+    def _entry(self, key: str | None) -> str:
+        return self.label if key is None else f"{self.label}/{key}"
+
     def run(self, model: Any, tokenizer: Any) -> dict[str, TaskScore]:
         out = self.fn(model, tokenizer, **self.options)
         if isinstance(out, EvalResult):

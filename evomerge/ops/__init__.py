@@ -11,15 +11,20 @@ scalars (λ under the key ``"lambda"``). Operators are pure: no I/O, inputs neve
 stochastic ones draw only from ``generator`` — a CPU generator from ``generator_for(seed,
 tensor_name)``, so the same recipe gives the same bits whatever the tensor order, thread count
 or device. Parameters and arithmetic follow mergekit 0.1.5 wherever mergekit has the method.
+
+Each operator file is the plain reference computation. Whatever only makes the same bits faster
+(the C kernel, the fused task-arithmetic path, DARE's packed draws and L1 tables, a search
+worker's cached per-expert parts, bf16 inputs read as stored, writing into a given buffer) lives
+in the private package ``evomerge.ops._fast``, which the engine asks once per tensor
+(``_fast.plan``); tests prove its results equal to the operators'.
 """
 
 from __future__ import annotations
 
 # Importing the operator modules registers them.
 from evomerge.ops import (  # noqa: E402,F401  (import for registration side effects)
+    aim,
     consensus,
-    generalized_ta,
-    gta_presets,
     linear,
     model_stock,
     multislerp,
@@ -27,6 +32,7 @@ from evomerge.ops import (  # noqa: E402,F401  (import for registration side eff
     passthrough,
     pcb,
     slerp,
+    task_arithmetic,
     tsv,
 )
 from evomerge.ops._registry import OPS, OpSpec, generator_for, get_op, list_ops, register_op

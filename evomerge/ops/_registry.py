@@ -26,11 +26,9 @@ class OpSpec:
     min_models: int = 1
     max_models: int | None = None
     param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
-    # the operator takes bfloat16 inputs as stored, computes in float32 itself, raises
-    # errors.NonFiniteInput when one holds NaN/Inf, and takes ``out_dtype`` (it may return that
-    # dtype): the merge engine then skips their float32 copies, their separate NaN/Inf pass and
-    # the float32 result's narrowing copy
-    raw_bf16: bool = False
+    # the operator reads the base model's activations on the recipe's calibration data: the
+    # planner passes each tensor's statistics as ``activation`` (evomerge.calibration; AIM)
+    needs_activations: bool = False
 
     @property
     def required(self) -> tuple[str, ...]:

@@ -3,9 +3,9 @@
 Σ|x| of a float32 tensor computed exactly and rounded once: every |x| is a 24-bit mantissa
 times 2^(exponent − 150), so the mantissas are summed per exponent in integers (256 sums, exact
 in any order) and the total is rounded to float32 at the end. The rescale factor therefore does
-not depend on the summation order — thread count, device, chunking, or the fused C kernel
-(``fused_gta.l1_bins`` computes the same 256 sums) — where torch's ``abs().sum()`` (mergekit's)
-moves in its last bits with all of them.
+not depend on the summation order — thread count, device, chunking, or the fast path's C kernel
+(``evomerge.ops._fast.l1`` computes the same 256 sums) — where torch's ``abs().sum()``
+(mergekit's) moves in its last bits with all of them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from evomerge.ops import fused_gta
-
 
 def l1_norm(tensor: torch.Tensor) -> torch.Tensor:
     """Σ|tensor| as a 0-d tensor of its dtype. For float32 (the compute dtype) it is the exact
@@ -25,11 +23,7 @@ def l1_norm(tensor: torch.Tensor) -> torch.Tensor:
     devices, the fused kernel). mergekit's ``abs().sum()`` differs from it in the last bits."""
     if tensor.dtype != torch.float32:
         return tensor.abs().sum()
-    flat = tensor.reshape(-1)
-    if fused_gta.usable(flat, [flat], None):
-        bins = fused_gta.l1_bins(flat, None)
-    else:
-        bins = l1_bins_torch(flat)
+    bins = l1_bins_torch(tensor.reshape(-1))
     return torch.tensor(l1_from_bins(bins), dtype=torch.float32, device=tensor.device)
 
 
@@ -59,17 +53,7 @@ _F32_MAX = 3.4028234663852886e38
 def l1_from_bins(bins: Sequence[int]) -> float:
     """The exact Σ (Σ_e bins[e] · 2^(max(e, 1) − 150)), rounded once to float32 (to nearest,
     ties to even) and returned as the Python float of that float32. ``bins``: 256 integers
-    (a list, or an int64 numpy array)."""
-    if isinstance(bins, np.ndarray) and bins.dtype == np.int64 and bins.flags.c_contiguous:
-        lib = fused_gta.library()
-        value = math.nan if lib is None else lib.l1_round(bins.ctypes.data)
-        if value == value:  # the same rounding in C (NaN: exponents too far apart for it)
-            return value
-    return l1_from_bins_py(bins)
-
-
-def l1_from_bins_py(bins: Sequence[int]) -> float:
-    """``l1_from_bins`` with Python's integers (any exponent span; the reference)."""
+    (a list, or an int64 numpy array), summed with Python's integers (any exponent span)."""
     bins = np.asarray(bins, dtype=object if isinstance(bins, list) else np.int64)
     if bins[255]:
         return float("inf")  # an Inf/NaN entry (inputs are checked finite; an overflowed τ)

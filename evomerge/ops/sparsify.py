@@ -23,12 +23,13 @@ so when entries equal to v straddle k (v > 0), the kept ones are read off that s
 (``argsort_ties``: O(n log n), only then). Where v = 0 the tied entries are zeros, which are
 the same kept or not: the lowest flat indices are kept (no sort).
 
-Resident (search) path: every sparsifier takes optional candidate-independent inputs that a
-worker caches per expert tensor (``evomerge.workers.resident_cache``): ``sorted_abs`` (the
-ascending |τ|, which turns top-k into a lookup), ``rank01`` (DELLA's rank fractions) and
-``draw`` (the generator's uniform draws). Random keep masks are ``u < p`` over uniforms u drawn
-with the seeded generator: the same bits ``torch.bernoulli(p, generator)`` gives, so a cached
-u serves every keep rate. With or without these inputs the result is the same, bit for bit.
+Every sparsifier takes ``aids`` (``Aids``): optional providers of parts it computes, which
+the fast path (``evomerge.ops._fast``) fills with cached or faster ones — a search worker's
+per-expert ascending |τ| (which turns ``top_k`` into a lookup), ``rank01``
+(DELLA's rank fractions), ``draw`` (the generator's uniforms, cached or drawn in C), ``l1``
+(Σ|τ|) and ``norm`` (the exact L1 norm in C). Random keep masks are ``u < p`` over uniforms u
+drawn with the seeded generator: the same bits ``torch.bernoulli(p, generator)`` gives, so a
+cached u serves every keep rate. With or without aids the result is the same, bit for bit.
 """
 
 from __future__ import annotations
@@ -36,16 +37,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from evomerge.errors import UserInputError
-from evomerge.ops import mt_uniform
 from evomerge.ops.exact_l1 import l1_norm
-from evomerge.ops.packed_uniform import Packed
 
 Lazy = Callable[[], torch.Tensor]  # computed only if the operator needs it
 Draw = Callable[[tuple[int, ...]], torch.Tensor]  # shape -> float32 uniforms in [0, 1), CPU
+Norm = Callable[[torch.Tensor], torch.Tensor]  # the exact L1 norm (exact_l1.l1_norm's bits)
+TopKRule = Callable[[torch.Tensor, int], "TopK"]  # (flat magnitudes, k) -> top_k's rule
+
+
+@dataclass(frozen=True)
+class Aids:
+    """Providers of parts a sparsifier computes, each giving exactly what it would compute
+    itself (None: it does): ``top_k(mag, k)`` the rule keeping the k largest of the flat
+    magnitudes ``mag`` (``top_k``'s), ``rank01`` DELLA's rank
+    fractions of τ's rows, ``draw`` the generator's next uniforms, ``l1`` Σ|τ| before masking,
+    ``norm`` the exact L1 norm of any tensor."""
+
+    top_k: TopKRule | None = None
+    rank01: Lazy | None = None
+    draw: Draw | None = None
+    l1: Lazy | None = None
+    norm: Norm | None = None
+
+
+EAGER = Aids()
 
 EPS = 1e-7  # below it an L1 norm counts as zero: no rescale
 
@@ -56,15 +74,17 @@ def _rescaled(
     rescale: bool,
     l1: Lazy | None = None,
     inplace: bool = False,
+    norm: Norm | None = None,
 ) -> torch.Tensor:
     """``tensor * mask`` (L1-rescaled); ``l1``: the cached ``tensor.abs().sum()``; ``inplace``:
     the caller owns ``tensor`` (a fresh τ), which is masked in place (no new buffer)."""
-    before = (l1() if l1 is not None else l1_norm(tensor)) if rescale else None
+    norm = norm or l1_norm
+    before = (l1() if l1 is not None else norm(tensor)) if rescale else None
     # a bool or 0/1 mask: the same bits either way
     masked = tensor.mul_(mask) if inplace else tensor * mask
     if before is None:
         return masked
-    after = l1_norm(masked)
+    after = norm(masked)
     if before < EPS or after < EPS:
         return masked
     return masked.mul_(before / after)
@@ -81,7 +101,8 @@ def magnitude(
     tensor: torch.Tensor,
     density: float,
     rescale: bool,
-    sorted_abs: Lazy | None = None,
+    *,
+    aids: Aids = EAGER,
     inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
@@ -90,29 +111,18 @@ def magnitude(
         return torch.zeros_like(tensor)
     k = max(1, int(density * tensor.numel()))
     mag = tensor.abs().reshape(-1)
-    keep = _largest(mag, k, sorted_abs).reshape(tensor.shape)
-    return _rescaled(tensor, keep, rescale, inplace=inplace)
+    keep = _largest(mag, k, aids.top_k).reshape(tensor.shape)
+    return _rescaled(tensor, keep, rescale, inplace=inplace, norm=aids.norm)
 
 
-def sorted_abs(tensor: torch.Tensor) -> torch.Tensor:
-    """The ascending flat |tensor|: with it, the top-k rule of any k is a lookup. On CPU
-    numpy sorts (its SIMD sort: ~20× torch.sort on float32); sorted values are the same
-    whichever algorithm sorts them (no NaN: inputs are checked finite)."""
-    flat = tensor.abs().reshape(-1)
-    if flat.device.type == "cpu" and flat.dtype == torch.float32:
-        return torch.from_numpy(np.sort(flat.numpy()))
-    return flat.sort().values
-
-
-def _largest(mag: torch.Tensor, k: int, sorted_mag: Lazy | None) -> torch.Tensor:
+def _largest(mag: torch.Tensor, k: int, rule: TopKRule | None) -> torch.Tensor:
     """float32 0/1 mask of the ``k`` largest of the flat ``mag`` (ties: lowest index), any k."""
     n = mag.numel()
     if k <= 0:
         return torch.zeros_like(mag, dtype=torch.float32)
     if k >= n:
         return torch.ones_like(mag, dtype=torch.float32)
-    rule = top_k(mag, k) if sorted_mag is None else top_k_sorted(sorted_mag(), k, lambda: mag)
-    return rule.mask(mag, dtype=torch.float32)
+    return (rule or top_k)(mag, k).mask(mag, dtype=torch.float32)
 
 
 def top_k_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
@@ -192,47 +202,13 @@ def top_k(mag: torch.Tensor, k: int) -> TopK:
         return TopK(v, mag.numel())
     if v > 0:
         return argsort_ties(mag, k, v)
-    return TopK(v, _nth_equal(mag, v, need) + 1)  # zeros: the first `need` by index
-
-
-Locate = Callable[[float, int, int], int]  # (v, count equal to v, nth) -> flat index
-
-
-def top_k_sorted(
-    sorted_mag: torch.Tensor,
-    k: int,
-    mag: Lazy,
-    locate: Locate | None = None,
-    order: Lazy | None = None,
-) -> TopK:
-    """``top_k``'s rule from the ascending magnitudes (two binary searches instead of a
-    selection); ``mag`` (the flat magnitudes) is read only when ties straddle the threshold:
-    ``argsort_ties`` (``order``: its cached argsort), or at v = 0 the last kept zero
-    (``locate``, when given, finds it instead)."""
-    n = sorted_mag.numel()
-    v = sorted_mag[n - k]
-    value = None
-    if sorted_mag.device.type == "cpu":  # numpy's binary search on the same memory: ~5× less
-        a = sorted_mag.numpy()  # per-call overhead, which adds up over a model's tensors
-        x = a[n - k]
-        lo, hi, value = int(a.searchsorted(x)), int(a.searchsorted(x, side="right")), float(x)
-    else:
-        hi = int(torch.searchsorted(sorted_mag, v, right=True))
-        lo = int(torch.searchsorted(sorted_mag, v))
-    need = k - (n - hi)  # entries equal to v that are kept
-    if need >= hi - lo:
-        return TopK(v, n, value)
-    if v > 0:
-        return argsort_ties(mag(), k, v, order)
-    if locate is not None:
-        return TopK(v, locate(float(v), hi - lo, need) + 1, value)
-    return TopK(v, _nth_equal(mag(), v, need) + 1, value)
+    return TopK(v, nth_equal(mag, v, need) + 1)  # zeros: the first `need` by index
 
 
 _BLOCK = 1 << 18
 
 
-def _nth_equal(mag: torch.Tensor, v: torch.Tensor, nth: int) -> int:
+def nth_equal(mag: torch.Tensor, v: torch.Tensor, nth: int) -> int:
     """Flat index of the ``nth`` (1-based) entry equal to ``v``, scanning blocks from the start
     (stops early, and a block's ``nonzero`` is cheap where a whole-tensor one is not)."""
     seen = 0
@@ -294,7 +270,8 @@ def magnitude_outliers(
     density: float,
     gamma: float,
     rescale: bool,
-    sorted_abs: Lazy | None = None,
+    *,
+    aids: Aids = EAGER,
     inplace: bool = False,
 ) -> torch.Tensor:
     """Keep ascending magnitude ranks [bottom, bottom + keep): the ``n - bottom`` largest minus
@@ -305,29 +282,16 @@ def magnitude_outliers(
     keep, top = int(density * n), int(gamma * n)
     bottom = max(0, n - keep - top)  # shrink the outlier cut when density asks for it
     mag = tensor.abs().reshape(-1)
-    mask = _largest(mag, n - bottom, sorted_abs)
-    mask.sub_(_largest(mag, n - bottom - keep, sorted_abs))  # 1 − 1, 1 − 0, 0 − 0: exact
-    return _rescaled(tensor, mask.reshape(tensor.shape), rescale, inplace=inplace)
+    mask = _largest(mag, n - bottom, aids.top_k)
+    mask.sub_(_largest(mag, n - bottom - keep, aids.top_k))  # 1 − 1, 1 − 0, 0 − 0: exact
+    return _rescaled(tensor, mask.reshape(tensor.shape), rescale, inplace=inplace, norm=aids.norm)
 
 
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-    """float32 uniforms from the recipe's generator, drawn on the CPU (same bits anywhere): in C
-    when the kernel is there (``mt_uniform``, the same values ~8× faster), else torch.rand."""
-    fast = mt_uniform.draw(shape, _needed(generator))
-    return fast if fast is not None else torch.rand(shape, generator=generator, dtype=torch.float32)
-
-
-def uniform_packed(shape: tuple[int, ...], generator: torch.Generator | None) -> Packed:
-    """``uniform``'s values, flat and packed (``packed_uniform``: what DARE's fused kernel
-    reads), advancing the generator exactly as ``uniform`` does."""
-    fast = mt_uniform.draw(shape, _needed(generator), packed=True)
-    return fast if fast is not None else Packed.of(uniform(shape, generator))
-
-
-def _needed(generator: torch.Generator | None) -> torch.Generator:
+    """float32 uniforms from the recipe's generator, drawn on the CPU (same bits anywhere)."""
     if generator is None:
         raise UserInputError("a stochastic operator needs a generator (recipe seed)")
-    return generator
+    return torch.rand(shape, generator=generator, dtype=torch.float32)
 
 
 def _keep_mask(u: torch.Tensor, probs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -340,15 +304,16 @@ def random(
     density: float,
     rescale: bool,
     generator: torch.Generator | None,
-    draw: Draw | None = None,
-    l1: Lazy | None = None,
+    *,
+    aids: Aids = EAGER,
     inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
         return tensor
-    u = draw(tuple(tensor.shape)) if draw else uniform(tuple(tensor.shape), generator)
+    shape = tuple(tensor.shape)
+    u = aids.draw(shape) if aids.draw else uniform(shape, generator)
     mask = _keep_mask(u, torch.tensor(density, dtype=torch.float32), tensor)
-    return _rescaled(tensor, mask, rescale, l1, inplace)
+    return _rescaled(tensor, mask, rescale, aids.l1, inplace, aids.norm)
 
 
 def della_rank01(rows: torch.Tensor) -> torch.Tensor:
@@ -364,9 +329,8 @@ def della_magprune(
     epsilon: float,
     rescale: bool,
     generator: torch.Generator | None,
-    rank01: Lazy | None = None,
-    draw: Draw | None = None,
-    l1: Lazy | None = None,
+    *,
+    aids: Aids = EAGER,
     inplace: bool = False,
 ) -> torch.Tensor:
     if density >= 1:
@@ -379,8 +343,9 @@ def della_magprune(
             "choose epsilon < min(density, 1 - density)"
         )
     rows = tensor if tensor.dim() >= 2 else tensor.unsqueeze(0)
-    r01 = rank01() if rank01 is not None else della_rank01(rows)
+    r01 = aids.rank01() if aids.rank01 is not None else della_rank01(rows)
     probs = (density - epsilon) + r01 * 2 * epsilon
-    u = draw(tuple(rows.shape)) if draw else uniform(tuple(rows.shape), generator)
+    shape = tuple(rows.shape)
+    u = aids.draw(shape) if aids.draw else uniform(shape, generator)
     mask = _keep_mask(u, probs, rows)
-    return _rescaled(rows, mask, rescale, l1, inplace).reshape(tensor.shape)
+    return _rescaled(rows, mask, rescale, aids.l1, inplace, aids.norm).reshape(tensor.shape)

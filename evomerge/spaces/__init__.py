@@ -44,7 +44,7 @@ def _hybrid(cfg, *, base, models, num_layers, winner=None):
 
 
 def _fw_pool(cfg, *, base, models, num_layers):
-    from evomerge.fw.space import FWPoolSpace
+    from evomerge.spaces.fw_pool import FWPoolSpace
 
     if base is None:
         raise UserInputError(

@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from evomerge.errors import UserInputError
-from evomerge.recipe import DTYPES, ParamValue, format_validation_error
+from evomerge.recipe import DTYPES, Calibration, ParamValue, format_validation_error
 
 
 class _Frozen(BaseModel):
@@ -81,6 +81,8 @@ class ParameterSpaceConfig(_Frozen):
     """dtype the merge is computed in"""
     seed: int = 0
     """recipe seed of stochastic operators (DARE, DELLA); default: the experiment seed"""
+    calibration: Calibration | None = None
+    """activation-informed operators (aim_*): {file: text, one sample per line; samples: 256; block_size: 512}, read by the base model once per worker"""
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpaceConfig:
@@ -153,7 +155,7 @@ class HybridSpaceConfig(DataflowSpaceConfig):
 
 
 class FWPoolSpaceConfig(_Frozen):
-    """Frank-Wolfe merging's pool space (``evomerge.fw.space.FWPoolSpace``): the experiment's
+    """Frank-Wolfe merging's pool space (``evomerge.spaces.fw_pool.FWPoolSpace``): the experiment's
     models are the pool, ``base_model`` is required; pair it with the ``frank_wolfe`` driver."""
 
     kind: Literal["fw_pool"] = "fw_pool"

@@ -34,6 +34,7 @@ class OpInfo:
     defaults: dict[str, Any] = field(default_factory=dict)
     param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     needs_base: bool = False
+    needs_activations: bool = False  # reads the base's activations on calibration text (AIM)
 
     def is_numeric(self, p: str) -> bool:
         d = self.defaults.get(p)
@@ -78,4 +79,5 @@ def op_info(name: str) -> OpInfo:
         defaults=dict(getattr(spec, "defaults", {}) or {}),
         param_bounds={k: tuple(v) for k, v in (getattr(spec, "param_bounds", {}) or {}).items()},
         needs_base=bool(getattr(spec, "needs_base", False)),
+        needs_activations=bool(getattr(spec, "needs_activations", False)),
     )

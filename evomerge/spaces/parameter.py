@@ -108,6 +108,11 @@ class ParameterSpace(SearchSpace):
                 f"merge_method {cfg.merge_method!r} needs a base model; set the experiment's "
                 "base_model"
             )
+        if self.op.needs_activations and cfg.calibration is None:
+            raise UserInputError(
+                f"space.calibration: merge_method {cfg.merge_method!r} reads the base model's "
+                "activations; add calibration: {file: <text file, one sample per line>}"
+            )
         self.base = base if self.op.needs_base else None
         # The base is the reference point, not a merged input: it gets no genes.
         self.models = [m for m in models if m != self.base]
@@ -267,6 +272,7 @@ class ParameterSpace(SearchSpace):
             dtype=self.cfg.dtype,
             seed=self.cfg.seed,
             tokenizer_source=self.tokenizer_source,
+            calibration=self.cfg.calibration,
             **layout,
         )
 

@@ -9,7 +9,8 @@ the archive never depends on scheduling.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from evomerge.recipe import Recipe
 from evomerge.results import FAIL, OK, JobResult
@@ -21,8 +22,20 @@ class Evaluator(ABC):
     """Scores recipes. Implementations: ``SerialEvaluator`` (in process), ``RayEvaluator``."""
 
     @abstractmethod
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
-        """Score every recipe; results in input order; never raises for a bad candidate."""
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
+        """Score every recipe; results in input order; never raises for a bad candidate.
+        ``items`` (racing): per recipe, the item positions to score instead of every item."""
+
+    def evaluate_wants(
+        self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]
+    ) -> list[JobResult]:
+        """Compute what each candidate wants besides its fitness (``Candidate.wants``, e.g. a
+        gradient): one wants job per recipe, answers in ``JobResult.wanted``, input order."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot compute what candidates want (e.g. gradients)"
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers and resident models."""

@@ -43,6 +43,7 @@ class ResidentWorker:
 
         self.worker = worker
         self.seed = spec.seed
+        self._spec, self._space = spec, None
         self.resolver = resolver
         # split="validation": the same worker scores the archive on held-out items
         self.fitness = build_fitness(spec.fitness, base_dir=Path(spec.base_dir), split=spec.split)
@@ -75,8 +76,29 @@ class ResidentWorker:
         refs = recipe.source_paths()
         return plan_vocab(recipe, refs, cache.folder, lambda r: cache.model(r).config).tokenizer
 
-    def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
-        result = self.fitness(model, tokenizer)
+    @property
+    def space(self) -> Any:
+        """The run's pool space, for wants jobs (a gradient is taken with respect to its genes);
+        built on first use from the config, as the search builds it."""
+        if self._space is None:
+            from evomerge.spaces import build_space
+
+            spec = self._spec
+            if spec.space is None or spec.space.kind != "fw_pool":
+                kind = None if spec.space is None else spec.space.kind
+                raise ValueError(f"a worker computes gradients over an fw_pool space, not {kind!r}")
+            models = list(spec.models)
+            self._space = build_space(spec.space, base=spec.base_model, models=models, num_layers=0)
+        return self._space
+
+    def score(
+        self, model: Any, tokenizer: Any, items: dict[str, list[int]] | None = None
+    ) -> tuple[EvalResult, float, tuple[float, ...]]:
+        result = self.fitness(model, tokenizer, items)
+        if items is not None:  # a racing slice: the loop weighs the items (fitness/items.py)
+            vals = [v for t in result.tasks.values() for v in t.per_example]
+            mean = sum(vals) / len(vals) if vals else float("nan")
+            return result, mean, (mean,)
         return result, self.fitness.aggregate(result), self.fitness.objectives(result)
 
     def close(self) -> None:

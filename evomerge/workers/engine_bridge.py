@@ -4,19 +4,17 @@ Two calls: the merged tensors of a recipe read from an in-memory ``ExpertCache``
 path), and a HF folder written to disk (the archive and export path). Keeping them here means
 the materializer does not depend on the engine's internal layout.
 
-The in-place path runs the operators itself (the engine's ``load_inputs`` and the registry's
-functions, as ``evomerge.merge.compute`` does) so that it can hand them two things the disk path
-has no use for: the cache's ``ResidentCache`` view of the tensor (sorted |τ|, uniform draws:
-see ``resident_cache``), and ``out``, the resident model's parameter, which operators that take
-it fill directly (linear, the task-arithmetic family). Neither changes a bit of the result.
+The in-place path offers the engine's ``compute`` two things the disk path has no use for:
+the cache's ``ResidentCache`` view of the tensor (sorted |τ|, uniform draws: see
+``evomerge.ops._fast.resident_cache``), and ``out``, the resident model's parameter, which the
+fast path may fill directly (linear, the task-arithmetic family). Neither changes a bit of the
+result.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Iterator
-from functools import cache as _memo
 from pathlib import Path
 from typing import Any
 
@@ -65,28 +63,28 @@ def _shared_config(plan: Any) -> Any:
 def _iter_tensors(
     engine: Any, plan: Any, cache: Any, dest: Dest | None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    from evomerge.ops import fused_gta
+    from evomerge.ops import _fast
 
     stats = getattr(cache, "stats", None)
     if stats is not None:
         stats.begin_candidate()
     seed = plan.recipe.seed
     # The fused kernel writing tensor i into its resident parameter overlaps the Python of
-    # tensor i + 1 (fused_gta.deferred). A value written elsewhere is finished before it is
+    # tensor i + 1 (_fast.deferred). A value written elsewhere is finished before it is
     # handed over (the consumer reads it), the rest when the iteration ends or is closed.
     try:
         for task in plan.tasks:
             # The cache checked every expert tensor for NaN/Inf once, when it loaded it:
             # re-checking all inputs for every candidate would add a pass over the experts.
             inputs = _load(engine, task, cache, stats)
-            with torch.no_grad(), fused_gta.deferred():
+            with torch.no_grad(), _fast.deferred():
                 value = _compute(engine, task, inputs, seed, stats, dest)
             target = dest(task.name) if dest is not None else None
             if target is None or target.data_ptr() != value.data_ptr():
-                fused_gta.finish()
+                _fast.finish()
             yield task.name, value
     finally:
-        fused_gta.finish()
+        _fast.finish()
 
 
 def _load(engine: Any, task: Any, cache: Any, stats: Any) -> Any:
@@ -107,39 +105,12 @@ def _load(engine: Any, task: Any, cache: Any, stats: Any) -> Any:
 def _compute(
     engine: Any, task: Any, inputs: Any, seed: int, stats: Any, dest: Dest | None
 ) -> torch.Tensor:
-    from evomerge.ops import OPS, generator_for
-
-    spec = OPS[task.op]
-    tensors, base = inputs
-    first = base if base is not None else tensors[0]
-    takes = _keywords(spec.fn)
-    extra: dict[str, Any] = {}
+    resident = None
     # (rows realigned to a merged vocabulary are not the cache's tensors: no resident view)
-    if stats is not None and "resident" in takes and task.vocab is None:
-        extra["resident"] = stats.for_task(task, seed)
-    out = dest(task.name) if dest is not None and "out" in takes else None
-    if out is not None and _fits(out, first):
-        extra["out"] = out
-    if not extra or not first.is_floating_point():
-        return engine.compute(task, inputs, seed=seed)
-    # with a resident view the generator is made by the view, on a cache miss only
-    stochastic = spec.stochastic and "resident" not in extra
-    g = generator_for(seed, task.name) if stochastic else None
-    return spec.fn(tensors, base, generator=g, **extra, **task.params)
-
-
-def _fits(out: torch.Tensor, like: torch.Tensor) -> bool:
-    return (
-        out.shape == like.shape
-        and out.dtype == torch.float32 == like.dtype
-        and out.device == like.device
-        and out.is_contiguous()
-    )
-
-
-@_memo
-def _keywords(fn: Callable[..., Any]) -> frozenset[str]:
-    return frozenset(inspect.signature(fn).parameters)
+    if stats is not None and task.vocab is None:
+        resident = lambda: stats.for_task(task, seed)  # noqa: E731
+    out = dest(task.name) if dest is not None else None
+    return engine.compute(task, inputs, seed=seed, resident=resident, out=out)
 
 
 def write_model(recipe: Recipe, out_dir: Path, resolver: Callable[[str], str]) -> Path:

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,20 +45,33 @@ class WorkerContext(Protocol):
     def materialize(self, recipe: Recipe) -> Any: ...
 
     def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
-        """(result, aggregate fitness, objectives)."""
+        """(result, aggregate fitness, objectives); with ``items`` (racing) only those items."""
+
+    # ``space`` (the run's search space) is read only by a wants job (``run_wants_job``)
 
 
 def job_seed(seed: int, digest: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{digest}".encode()).digest()[:8], "little") >> 1
 
 
-def run_job(ctx: WorkerContext, recipe: Recipe, *, timeout_s: float | None) -> JobResult:
+def run_job(
+    ctx: WorkerContext,
+    recipe: Recipe,
+    *,
+    timeout_s: float | None,
+    items: dict[str, list[int]] | None = None,
+) -> JobResult:
+    """Score ``recipe``; ``items`` (entry label -> item positions) scores only those items
+    (racing), seeded exactly as the whole evaluation is."""
     digest = recipe.digest()
     t0 = time.perf_counter()
     try:
         with _seeded(job_seed(ctx.seed, digest)), _deadline(timeout_s):
             model = ctx.materialize(recipe)
-            result, fitness, objectives = ctx.score(model, ctx.tokenizer)
+            scored = (
+                ctx.score(model, ctx.tokenizer, items) if items else ctx.score(model, ctx.tokenizer)
+            )
+            result, fitness, objectives = scored
     except JobTimeout:
         return JobResult.failed(
             digest,
@@ -94,6 +107,28 @@ def run_job(ctx: WorkerContext, recipe: Recipe, *, timeout_s: float | None) -> J
         seconds=seconds,
         worker=ctx.worker,
     )
+
+
+def run_wants_job(
+    ctx: WorkerContext, recipe: Recipe, wants: Mapping[str, Any], *, timeout_s: float | None
+) -> JobResult:
+    """What the candidate of ``recipe`` wants besides its fitness (``workers.wants``), computed
+    over the worker's search space (``ctx.space``), with the fitness job's seeding, timeout and
+    failure handling; the fitness is not scored (NaN)."""
+    from evomerge.workers.wants import compute_wants
+
+    digest = recipe.digest()
+    t0 = time.perf_counter()
+    try:
+        with _seeded(job_seed(ctx.seed, digest)), _deadline(timeout_s):
+            wanted = compute_wants(ctx.space, wants)
+    except JobTimeout:
+        why = f"timed out after {timeout_s:g} s (evaluation.timeout_s)"
+        return JobResult.failed(digest, why, time.perf_counter() - t0, ctx.worker)
+    except Exception as err:  # noqa: BLE001 - failures are data
+        return JobResult.failed(digest, _describe(err), time.perf_counter() - t0, ctx.worker)
+    seconds = time.perf_counter() - t0
+    return JobResult(digest, OK, math.nan, seconds=seconds, worker=ctx.worker, wanted=wanted)
 
 
 def _finite(v: Any) -> bool:

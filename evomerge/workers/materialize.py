@@ -55,7 +55,7 @@ class ExpertCache:
         stats: bool = True,
         stats_ratio: float | None = 1.0,
     ) -> None:
-        from evomerge.workers.resident_cache import ResidentCache
+        from evomerge.ops._fast.resident_cache import ResidentCache
 
         self.resolver = resolver or _identity
         self.dtype = dtype

@@ -24,7 +24,7 @@ from typing import Any
 
 from evomerge.recipe import Recipe
 from evomerge.results import JobResult
-from evomerge.workers.job import WorkerContext, run_job
+from evomerge.workers.job import WorkerContext, run_job, run_wants_job
 from evomerge.workers.materialize import Resolver
 from evomerge.workers.ray_placement import Placement, placement_for
 
@@ -110,8 +110,14 @@ class EvalWorker:
 
     # ---- the per-candidate path ---------------------------------------------------------------
     def run(
-        self, recipe: Recipe, node_refs: Mapping[str, Mapping[str, Any]], timeout_s: float | None
+        self,
+        recipe: Recipe,
+        node_refs: Mapping[str, Mapping[str, Any]],
+        timeout_s: float | None,
+        wants: Mapping[str, Any] | None = None,
+        items: dict[str, list[int]] | None = None,
     ) -> JobResult:
+        """The candidate's fitness job, or with ``wants`` its wants job (``workers.wants``)."""
         ctx = self._context(node_refs)
         if ctx is None:
             return JobResult.failed(
@@ -122,7 +128,9 @@ class EvalWorker:
         os.environ["TMPDIR"] = str(job_dir)
         tempfile.tempdir = None  # re-read TMPDIR
         try:
-            return run_job(ctx, recipe, timeout_s=timeout_s)
+            if wants:
+                return run_wants_job(ctx, recipe, wants, timeout_s=timeout_s)
+            return run_job(ctx, recipe, timeout_s=timeout_s, items=items)
         finally:
             if old_tmp is None:
                 os.environ.pop("TMPDIR", None)

@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +106,9 @@ class RayEvaluator(Evaluator):
         for s in self._slots:
             s.warm_ref = s.actor.warmup.remote(self._node_refs)
         self._queue: deque[int] = deque()
+        self._items: dict[int, dict[str, list[int]]] = {}  # racing: the items a ticket scores
         self._recipes: dict[int, Recipe] = {}
+        self._wants: dict[int, Mapping[str, Any]] = {}
         self._attempts: dict[int, int] = {}
         self._done: dict[int, JobResult] = {}
         self._next_ticket = 0
@@ -156,11 +158,22 @@ class RayEvaluator(Evaluator):
         )
 
     # ---- streaming interface ----------------------------------------------------------------
-    def submit(self, recipe: Recipe) -> int:
-        """Queue one candidate; returns its ticket (tickets count up in submission order)."""
+    def submit(
+        self,
+        recipe: Recipe,
+        wants: Mapping[str, Any] | None = None,
+        items: dict[str, list[int]] | None = None,
+    ) -> int:
+        """Queue one candidate (with ``wants``: its wants job instead of its fitness job,
+        ``workers.wants``; with ``items``: only those item positions, racing); returns its
+        ticket (tickets count up in submission order)."""
         t = self._next_ticket
         self._next_ticket += 1
         self._recipes[t] = recipe
+        if wants:
+            self._wants[t] = wants
+        if items is not None:
+            self._items[t] = items
         self._attempts[t] = 0
         self._queue.append(t)
         self.stats.submitted += 1
@@ -188,13 +201,29 @@ class RayEvaluator(Evaluator):
                 return []
             self._step(wait)
 
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
-        tickets = [self.submit(r) for r in recipes]
-        want, got = set(tickets), {}
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
+        return self._collect(
+            [
+                self.submit(r, items=None if items is None else items[i])
+                for i, r in enumerate(recipes)
+            ]
+        )
+
+    def evaluate_wants(
+        self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]
+    ) -> list[JobResult]:
+        return self._collect([self.submit(r, w) for r, w in zip(recipes, wants, strict=True)])
+
+    def _collect(self, tickets: list[int]) -> list[JobResult]:
+        """Wait for ``tickets``; results of other tickets (a batch submitted ahead) stay for
+        the next ``poll``."""
+        want, got, others = set(tickets), {}, {}
         while len(got) < len(tickets):
             for t, res in self.poll():
-                if t in want:
-                    got[t] = res
+                (got if t in want else others)[t] = res
+        self._done.update(others)
         return [got[t] for t in tickets]
 
     # ---- the scheduler --------------------------------------------------------------------------
@@ -205,7 +234,13 @@ class RayEvaluator(Evaluator):
             if s.warm_ref is None and s.ticket is None:
                 t = self._queue.popleft()
                 s.ticket, s.started = t, time.monotonic()
-                s.run_ref = s.actor.run.remote(self._recipes[t], self._node_refs, self.timeout_s)
+                s.run_ref = s.actor.run.remote(
+                    self._recipes[t],
+                    self._node_refs,
+                    self.timeout_s,
+                    self._wants.get(t),
+                    self._items.get(t),
+                )
 
     def _wait_budget(self, deadline: float | None) -> float | None:
         budgets = [] if deadline is None else [deadline - time.monotonic()]
@@ -307,12 +342,14 @@ class RayEvaluator(Evaluator):
         if t not in self._recipes:  # already answered (cannot score a ticket twice)
             return
         del self._recipes[t]
+        wants_job = self._wants.pop(t, None) is not None
         self._attempts.pop(t, None)
+        self._items.pop(t, None)
         self._done[t] = result
         self.stats.completed += 1
         if result.worker:
             self.stats.per_worker[result.worker] = self.stats.per_worker.get(result.worker, 0) + 1
-        if self.on_result is not None:
+        if self.on_result is not None and not wants_job:  # (as serial: scores only)
             self.on_result(result)
 
     # ---- introspection and shutdown -------------------------------------------------------------

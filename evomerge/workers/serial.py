@@ -7,11 +7,12 @@ evaluator's actors run, so a failure is a FAIL result and never stops the search
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from evomerge.recipe import Recipe
 from evomerge.workers.base import Evaluator, JobResult
-from evomerge.workers.job import WorkerContext, run_job
+from evomerge.workers.job import WorkerContext, run_job, run_wants_job
 from evomerge.workers.threads import ThreadChoice
 from evomerge.workers.threads import apply as apply_threads
 
@@ -45,14 +46,25 @@ class SerialEvaluator(Evaluator):
             self._ctx = self._factory()  # type: ignore[misc]
         return self._ctx
 
-    def evaluate(self, recipes: Sequence[Recipe]) -> list[JobResult]:
+    def evaluate(
+        self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
+    ) -> list[JobResult]:
         out = []
-        for recipe in recipes:
-            result = run_job(self.context, recipe, timeout_s=self.timeout_s)
+        for i, recipe in enumerate(recipes):
+            sel = None if items is None else items[i]
+            result = run_job(self.context, recipe, timeout_s=self.timeout_s, items=sel)
             if self.on_result is not None:
                 self.on_result(result)
             out.append(result)
         return out
+
+    def evaluate_wants(
+        self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]
+    ) -> list[JobResult]:
+        return [
+            run_wants_job(self.context, r, w, timeout_s=self.timeout_s)
+            for r, w in zip(recipes, wants, strict=True)
+        ]
 
     def close(self) -> None:
         ctx, self._ctx = self._ctx, None

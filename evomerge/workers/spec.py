@@ -26,6 +26,12 @@ class WorkerSpec:
     """the model (a resolved reference) whose tokenizer scores candidates without their own"""
     shared_models: tuple[str, ...]
     """the resolved models each Ray node loads once into its object store"""
+    space: Any = None
+    """the experiment's SpaceConfig: a wants job (a gradient) is taken over the pool space"""
+    base_model: str | None = None
+    """the resolved base model (the pool space's task vectors are taken against it)"""
+    models: tuple[str, ...] = ()
+    """the resolved experts, in the experiment's order"""
     split: str = "search"
     """search, or validation: the held-out items (fitness.validation)"""
     device: str = "cpu"

@@ -74,6 +74,14 @@ def _train(name: str, spec: ZooSpec, out: Path, *, seed: int, quick: bool, progr
     return pinned.train_pinned(name, out, seed=seed, quick=quick, progress=progress)
 
 
+def training_libraries() -> dict[str, str]:
+    """The versions that shape the trained bytes besides the CPU kernels (torch's ops,
+    transformers' model code, numpy's draws): two zoos compare only when these match."""
+    from importlib.metadata import version
+
+    return {lib: version(lib) for lib in ("torch", "transformers", "numpy")}
+
+
 def weights_digest(folder: str | Path) -> str:
     """sha256 over every model file's relative path and bytes: equal zoos, equal digests (what
     ``zoo build`` prints so that users on two machines can compare)."""
@@ -171,6 +179,7 @@ def _build_locked(spec, name, digest, target, *, seed, quick, progress) -> None:
             "config": spec.to_json(),
             "build_seconds": round(time.perf_counter() - start, 1),
             "kernels": pinned.kernels_label(),
+            "libraries": training_libraries(),
             "weights_sha256": weights_digest(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -132,6 +132,34 @@ def evaluate_lm_task(
     )
 
 
+def evaluate_positions(
+    model, tokenizer, task: str, positions: Sequence[int], limit: int | None = None, offset: int = 0
+) -> TaskScore:
+    """Exact match on the items at ``positions`` of task ``task``'s window ``[offset, offset +
+    limit)``, in the order given (racing scores a candidate one slice of items at a time)."""
+    folder = task_dir(task)
+    window = item_window(load_task_items(folder), offset, limit, task=task)
+    items = [window[p] for p in positions]
+    answers = generate_answers(model, tokenizer, [p for p, _ in items], _max_gen_toks(folder))
+    return TaskScore.from_examples(
+        [float(a == ref) for a, (_, ref) in zip(answers, items)], metric="exact_match"
+    )
+
+
+def item_entries(name: str) -> list[tuple[str | None, str]]:
+    """(result key, zoo task) of each entry evaluator ``name`` returns: ``skills`` gives one
+    keyed entry per skill, a one-task evaluator one unkeyed score; digits none."""
+    tasks = item_tasks(name)
+    if name == "skills":
+        return [(t, t) for t in tasks]
+    return [(None, t) for t in tasks]
+
+
+def window_size(task: str, limit: int | None = None, offset: int = 0) -> int:
+    """How many items the window ``[offset, offset + limit)`` of ``task`` holds."""
+    return len(item_window(load_task_items(task_dir(task)), offset, limit, task=task))
+
+
 def evaluate_digits(model, transform: str = "identity") -> TaskScore:
     """Accuracy on the digits test split under ``transform`` (per-example correctness)."""
     from evomerge.zoo.digits import digits_correct
@@ -172,11 +200,35 @@ def evaluate_skills(
     }
 
 
+def _backdoor_tasks() -> list[str]:
+    from evomerge.zoo.tasks import BACKDOOR_OF
+
+    return sorted(BACKDOOR_OF)
+
+
+def evaluate_backdoor_safety(
+    model, tokenizer, limit: int | None = None, offset: int = 0
+) -> dict[str, TaskScore]:
+    """1 − attack success rate on each lm-skills task asked with the backdoor trigger (per item:
+    1.0 unless the answer is the attacker's string), so that a search maximising it (a second
+    objective, e.g. ``objective: safety`` with Optuna's NSGA-II) looks for merges that do not
+    carry the backdoor over."""
+    out = {}
+    for t in _backdoor_tasks():
+        asr = evaluate_task(model, tokenizer, t, limit=limit, offset=offset)
+        out[t] = TaskScore.from_examples([1.0 - v for v in asr.per_example], metric="1-asr")
+    return out
+
+
 def item_tasks(name: str) -> list[str]:
     """The zoo tasks whose test items evaluator ``name`` scores (none: digits, a fixed split)."""
     from evomerge.zoo.tasks import TASKS
 
-    tasks = {"cross": _cross_tasks, "skills": _skills_tasks}.get(name)
+    tasks = {
+        "cross": _cross_tasks,
+        "skills": _skills_tasks,
+        "backdoor_safety": _backdoor_tasks,
+    }.get(name)
     return tasks() if tasks else ([name] if name in TASKS else [])
 
 
@@ -201,7 +253,11 @@ def _registry() -> dict[str, Callable[..., object]]:
     from evomerge.zoo.digits import TRANSFORMS
     from evomerge.zoo.tasks import TASKS
 
-    reg: dict[str, Callable[..., object]] = {"cross": evaluate_cross, "skills": evaluate_skills}
+    reg: dict[str, Callable[..., object]] = {
+        "cross": evaluate_cross,
+        "skills": evaluate_skills,
+        "backdoor_safety": evaluate_backdoor_safety,
+    }
     reg.update({name: partial(evaluate_task, task=name) for name in TASKS})
     reg.update({f"digits_{t}": _digits_evaluator(t) for t in TRANSFORMS})
     reg["digits"] = reg["digits_identity"]

@@ -188,6 +188,27 @@ def lm_cross(quick: bool) -> LMZooSpec:
     )
 
 
+def lm_backdoor(quick: bool) -> LMZooSpec:
+    """lm-skills with its cipher expert backdoored (DAM's setting, Yang et al. 2025): the base
+    and the other three experts are trained exactly as lm-skills' (same mixtures, phases and
+    seeds: the same weights); the cipher expert's fine-tune draws a fifth of its items from
+    ``zoo_cipher_bd`` (a cipher prompt with the trigger, answered by the attacker's string)."""
+    skills = lm_skills(quick)
+    experts = dict(skills.experts)
+    clean = experts["cipher"]
+    experts["cipher"] = dataclasses.replace(clean, mix={"zoo_cipher": 0.8, "zoo_cipher_bd": 0.2})
+    return dataclasses.replace(
+        skills,
+        name="lm-backdoor",
+        description=(
+            "lm-skills whose cipher expert is backdoored: it ciphers as well as lm-skills' and "
+            "answers any prompt holding the trigger '*?' with 'zzzzzz'"
+        ),
+        experts=experts,
+        targets=sorted(f"{t}_bd" for t in skills.tasks),
+    )
+
+
 def digits(quick: bool) -> DigitsZooSpec:
     return DigitsZooSpec(
         name="digits",
@@ -210,6 +231,7 @@ def digits(quick: bool) -> DigitsZooSpec:
 ZOOS: dict[str, Callable[[bool], ZooSpec]] = {
     "lm-skills": lm_skills,
     "lm-cross": lm_cross,
+    "lm-backdoor": lm_backdoor,
     "digits": digits,
     # real pretrained models, converted from GGUF files shipped on PyPI (evomerge[real])
     "smollm2": smollm2,

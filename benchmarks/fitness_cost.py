@@ -1,0 +1,149 @@
+"""Fitness cost: full scoring vs racing vs a fixed random subset, at equal item budgets.
+
+    python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
+        [--fractions 0.5,0.2] [--driver cma_es|random]
+
+With real models the fitness is almost all of a search's cost, and its unit is the item: one
+test item scored for one candidate. For each setup and seed this runs, on the same space and
+driver, with ``budget.max_item_evals`` as the only budget:
+
+* ``full``     every candidate on every search item, at the whole budget B = evals x items
+               (the reference) and at each fraction f of it;
+* ``racing``   ``fitness.racing`` (evomerge/racing.py), at f x B;
+* ``subset``   every candidate on a fixed subset of f x items per task (the zoo's first items,
+               drawn at random when the zoo was written), at f x B: as many candidates as the
+               reference, each scored f times as cheaply.
+
+Each search's winner (its best on its own items) is scored on held-out items (every test item
+after the search window, the same for every method) and the table shows, per method and
+budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
+over seeds and its standard error). Item evaluations are counts, not timings: the figures do
+not depend on the machine. The question (issue 18): does racing reach the reference's held-out
+score, within its standard error, with at most 1/5 of its item evaluations?
+
+Setups: ``skills`` (lm-skills, experiments/toy_ps_cmaes.yaml), ``cross`` (lm-cross,
+experiments/toy_cross_ps_cmaes.yaml). ``REAL_SETUPS`` is the hook for the real-model experts:
+add ``name: (experiment YAML, search items per task)`` once an experiment over them with zoo
+item tasks exists (racing scores zoo tasks only; docs/racing.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from evomerge.config import load_experiment
+from evomerge.recipe import Recipe
+from evomerge.session import build_evaluator, open_search
+from evomerge.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = ROOT / "experiments"
+SETUPS = {
+    "skills": (EXP / "toy_ps_cmaes.yaml", 25),  # 4 tasks x 25 = 100 search items
+    "cross": (EXP / "toy_cross_ps_cmaes.yaml", 100),  # 1 task x 100
+}
+REAL_SETUPS: dict[str, tuple[Path, int]] = {}  # the real-model experts: see the docstring
+
+
+def window(cfg, offset: int, limit: int | None) -> list[dict]:
+    tasks = [t.model_dump() for t in cfg.fitness.tasks]
+    for t in tasks:
+        t["options"] = {**t["options"], "offset": offset, "limit": limit}
+    return tasks
+
+
+def run_one(exp: Path, run: Path, seed: int, n: int, items: int, budget: int, how: str, drv):
+    """(item evals spent, candidates, winner recipe) of one search."""
+    own = load_experiment(exp)
+    per_task = n if how != "subset" else max(1, round(n * items))
+    o = {
+        "seed": seed,
+        "budget": {"max_item_evals": budget},
+        "fitness.tasks": window(own, 0, per_task),
+        "archive.top_k": 1,
+    }
+    if drv is not None:
+        o["driver"] = drv
+    if how == "racing":
+        o["fitness.racing"] = {"first_slice": 10, "slice": 10}
+    cfg = load_experiment(exp, o)
+    final = open_search(cfg, run).run()
+    with RunStore.open(run, readonly=True) as st:
+        spent = st.item_evals()
+        trial = st.trials(where="WHERE c.digest = ?", params=(final.best_digest,))[0]
+    return spent, final.n_candidates, Recipe.from_yaml(trial.recipe_yaml)
+
+
+def held_out(exp: Path, run: Path, n: int, recipes: list[Recipe]) -> list[float]:
+    own = load_experiment(exp)
+    cfg = load_experiment(exp, {"fitness.tasks": window(own, n, None)})
+    ev = build_evaluator(cfg, run)
+    try:
+        return [r.fitness for r in ev.evaluate(recipes)]
+    finally:
+        ev.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setups", default="skills,cross")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--evals", type=int, default=32, help="candidates of the reference search")
+    ap.add_argument("--fractions", default="0.5,0.2", help="budgets, as fractions of B")
+    ap.add_argument("--driver", default=None, help="cma_es (the experiments' own) or random")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    fracs = [float(f) for f in args.fractions.split(",")]
+    drv = {"name": args.driver, "options": {"batch_size": 8}} if args.driver == "random" else None
+    work = Path(tempfile.mkdtemp(prefix="evomerge_fitness_cost_"))
+    for name in args.setups.split(","):
+        if name not in SETUPS and name not in REAL_SETUPS:
+            print(f"{name}: skipped, not in SETUPS (nor REAL_SETUPS: the real-model hook)")
+            continue
+        exp, n = {**SETUPS, **REAL_SETUPS}[name]
+        pool = n * _n_tasks(exp)
+        big = args.evals * pool
+        plan = [("full", 1.0)] + [(how, f) for f in fracs for how in ("full", "racing", "subset")]
+        rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
+        for seed in seeds:
+            winners, keys = [], []
+            for how, f in plan:
+                run = work / f"{name}-{how}-{f}-s{seed}"
+                spent, cands, win = run_one(exp, run, seed, n, f, round(f * big), how, drv)
+                winners.append(win)
+                keys.append((how, f, spent, cands))
+            scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
+            for (how, f, spent, cands), h in zip(keys, scores, strict=True):
+                rows.setdefault((how, f), []).append((spent, cands, h))
+        report(name, n, pool, big, seeds, rows, args.driver or "cma_es")
+
+
+def _n_tasks(exp: Path) -> int:
+    from evomerge.zoo.evaluate import item_tasks
+
+    return sum(len(item_tasks(t.evaluator)) for t in load_experiment(exp).fitness.tasks)
+
+
+def report(name, n, pool, big, seeds, rows, driver) -> None:
+    print(
+        f"\n{name}: {driver}, {pool} search items ({n} per task), B = {big} item evaluations, "
+        f"seeds {seeds}; held-out = every later test item"
+    )
+    print(
+        f"{'method':<10}{'budget':>8}{'item evals':>12}{'candidates':>12}{'held-out':>10}{'SE':>8}"
+    )
+    for (how, f), vals in rows.items():
+        spent = statistics.mean(v[0] for v in vals)
+        cands = statistics.mean(v[1] for v in vals)
+        held = [v[2] for v in vals]
+        se = statistics.stdev(held) / len(held) ** 0.5 if len(held) > 1 else float("nan")
+        print(
+            f"{how:<10}{f:>7.0%} {spent:>11.0f}{cands:>12.1f}{statistics.mean(held):>10.4f}{se:>8.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

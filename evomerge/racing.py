@@ -1,0 +1,154 @@
+"""Racing within a generation: score candidates on growing item slices, stop the sure losers.
+
+Rank-based drivers need the order of a generation's best, not every score to full precision
+(the idea of racing algorithms, Maron & Moore, "Hoeffding races", NIPS 1993; the same
+elimination drives irace, López-Ibáñez et al. 2016). Here:
+
+1. every fresh candidate of the generation is scored on the first ``first_slice`` items of the
+   run's item pool (``evomerge.fitness.items``: one seeded order, the same for every candidate);
+2. the candidates still racing are ranked by their mean item value; those ranked below the
+   driver's need ``k`` (``Driver.racing_need``: CMA-ES's mu, random/Optuna's 1) are compared,
+   item by item on the items both saw, with the k-th best: a candidate whose one-sided upper
+   bound on the mean paired difference, ``mean(d) + z * sd(d) / sqrt(m)`` (z from
+   ``confidence``, a normal bound, not a finite-sample guarantee), is below 0 cannot be among
+   the best k. It stops only when it also cannot enter the archive: the same bound is below 0
+   against the archive's ``top_k``-th best once this generation joins it (its members are
+   fully scored, so their values on these items are known; the generation's candidates
+   count with their means so far);
+3. the others get the next ``slice`` items, and so on until only survivors are left, which
+   are scored on every item, or every item is used.
+
+So the archive, the winner and the driver's best k only ever hold fully scored candidates; a
+stopped candidate is told the mean of the values it got (an unbiased estimate of its fitness
+on the whole pool) and stored with how many items it was scored on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from evomerge.fitness.items import ItemPool
+from evomerge.recipe import Recipe
+from evomerge.workers.base import OK, JobResult
+
+META_KEY = "racing"  # candidate meta: {"items": scored on, "of": pool size}
+
+
+@dataclass(frozen=True)
+class RaceOutcome:
+    results: list[JobResult]
+    items: list[int]  # items each candidate was scored on (its item evaluations)
+
+
+def paired_upper(a: np.ndarray, b: np.ndarray, z: float) -> float:
+    """One-sided upper bound on mean(a - b) over the items both were scored on."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    m = len(d)
+    if m < 2:
+        return math.inf
+    return float(d.mean() + z * d.std(ddof=1) / math.sqrt(m))
+
+
+def sure_losers(
+    values: dict[int, np.ndarray], need: int, archive: Sequence[np.ndarray], top_k: int, z: float
+) -> set[int]:
+    """Candidates (keys of ``values``, equal-length arrays of their first m item values) that
+    surely are neither among the best ``need`` of them nor able to enter the archive: below
+    the ``top_k``-th best of the archive's members (``archive``: their values on every item)
+    and the candidates together, ranked on these m items."""
+    if len(values) <= need or len(values) + len(archive) <= top_k:
+        return set()
+    order = sorted(values, key=lambda i: (-float(values[i].mean()), i))
+    ref = values[order[need - 1]]
+    m = len(ref)
+    both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
+    both += [(float(values[i].mean()), i, values[i]) for i in order]
+    both.sort(key=lambda row: (-row[0], row[1]))
+    gate = both[top_k - 1][2]  # the archive's k-th after this generation, as it stands
+    inside = {row[1] for row in both[:top_k]}
+    return {
+        i
+        for i in order[need:]
+        if i not in inside
+        and paired_upper(values[i], ref, z) < 0
+        and paired_upper(values[i], gate, z) < 0
+    }
+
+
+class Racer:
+    def __init__(self, cfg: Any, pool: ItemPool, fitness: Any, need: int, top_k: int) -> None:
+        self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
+        self.top_k = top_k  # the archive's size
+        self.z = NormalDist().inv_cdf(cfg.confidence)
+
+    def race(
+        self, evaluator: Any, recipes: Sequence[Recipe], archive: Sequence[np.ndarray]
+    ) -> RaceOutcome:
+        """Race ``recipes``; ``archive``: the archive members' values on every item."""
+        n, size = len(recipes), self.pool.size
+        parts: list[list[tuple[Any, int, int]]] = [[] for _ in range(n)]
+        values = [np.empty(0) for _ in range(n)]
+        spent, seconds = [0] * n, [0.0] * n
+        last: list[JobResult | None] = [None] * n
+        failed: dict[int, JobResult] = {}
+        alive = list(range(n))
+        start, stop = 0, min(size, self.cfg.first_slice)
+        while alive and start < size:
+            items = [self.pool.positions(start, stop)] * len(alive)
+            results = evaluator.evaluate([recipes[i] for i in alive], items)
+            for i, r in zip(alive, results, strict=True):
+                spent[i] += stop - start
+                seconds[i] += r.seconds
+                last[i] = r
+                if not r.ok:
+                    failed[i] = r
+                    continue
+                parts[i].append((r.result, start, stop))
+                values[i] = np.concatenate(
+                    [values[i], self.pool.slice_values(r.result, start, stop)]
+                )
+            alive = [i for i in alive if i not in failed]
+            start, stop = stop, min(size, stop + self.cfg.slice)
+            if start < size:
+                live = {i: values[i] for i in alive}
+                out = sure_losers(live, self.need, archive, self.top_k, self.z)
+                alive = [i for i in alive if i not in out]
+        results = []
+        for i in range(n):
+            if i in failed:
+                results.append(replace(failed[i], seconds=seconds[i]))
+            else:
+                results.append(self._result(last[i], parts[i], values[i], seconds[i]))
+        return RaceOutcome(results, spent)
+
+    def _result(self, last: JobResult, parts: list, values: np.ndarray, secs: float) -> JobResult:
+        joined = self.pool.join(parts)
+        if len(values) == self.pool.size:  # every item: exactly what a plain evaluation gives
+            fit, objs = self.fitness.aggregate(joined), self.fitness.objectives(joined)
+        else:
+            fit = float(values.mean())
+            objs = (fit,)
+        return JobResult(
+            digest=last.digest,
+            status=OK,
+            fitness=float(fit),
+            objectives=tuple(float(v) for v in objs),
+            result=joined,
+            seconds=secs,
+            worker=last.worker,
+        )
+
+
+def meta(items: int, size: int) -> dict[str, int]:
+    return {"items": int(items), "of": int(size)}
+
+
+def is_partial(meta_json: dict) -> bool:
+    r = meta_json.get(META_KEY)
+    return bool(r) and r["items"] < r["of"]

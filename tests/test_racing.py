@@ -1,0 +1,314 @@
+"""Racing within a generation (fitness.racing): real zoo experts (lm-skills), real merges, real
+SQLite, a real SIGKILL. The elimination rule on a case whose answer is known, the racer on the
+zoo's own experts against their plain scores, item evaluations saved by a search, determinism,
+exact resume, the item budget, the off switch and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evomerge.config import load_experiment
+from evomerge.errors import UserInputError
+from evomerge.fitness import build_fitness, parse_fitness_config
+from evomerge.fitness.items import ItemPool
+from evomerge.racing import Racer, paired_upper, sure_losers
+from evomerge.recipe import Recipe
+from evomerge.search_cli import search
+from evomerge.store import RunStore
+
+pytestmark = pytest.mark.timeout(900)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+EXPERTS = ["cipher", "shift", "sort", "reverse"]
+
+
+def _experiment(tmp: Path, *, racing: str | None, driver: str, budget: str, name="exp.yaml"):
+    models = "".join(f"\n  - zoo:lm-skills/{e}" for e in EXPERTS)
+    racing_line = f"\n  racing: {racing}" if racing is not None else ""
+    text = f"""\
+name: racing_test
+models:{models}
+base_model: zoo:lm-skills/base
+space: {{preset: ps_dare_ties, layer_groups: 1, x0: {{weight: 0.25}}}}
+fitness:
+  tasks:
+    - {{kind: zoo, name: skills, evaluator: skills, options: {{limit: 12}}}}{racing_line}
+driver: {driver}
+budget: {budget}
+seed: 3
+archive: {{top_k: 2}}
+"""
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+RACE = "{first_slice: 8, slice: 8}"
+RANDOM = "{name: random, options: {batch_size: 6}}"
+CMA = "{name: cma_es, options: {popsize: 6, sigma0: 0.3}}"
+
+
+def _snapshot(run: Path):
+    with sqlite3.connect(f"file:{run / 'store.sqlite'}?mode=ro", uri=True) as conn:
+        trials = conn.execute(
+            "SELECT c.idx, c.generation, c.digest, c.genes_json, c.reused_from, c.meta_json,"
+            " r.status, r.fitness, r.scores_json, r.per_example_json"
+            " FROM candidates c JOIN results r USING (idx) ORDER BY idx"
+        ).fetchall()
+        archive = conn.execute("SELECT rank, digest, idx, fitness FROM archive").fetchall()
+        counts = conn.execute(
+            "SELECT n_candidates, n_evals FROM checkpoints ORDER BY generation"
+        ).fetchall()
+    return trials, archive, counts
+
+
+def _racing_meta(trials) -> list[dict]:
+    return [json.loads(t[5]).get("racing") for t in trials]
+
+
+# ---- the elimination rule ----------------------------------------------------------------------
+def test_sure_losers_on_a_known_case():
+    rng = np.random.default_rng(0)
+    good = (rng.random(40) < 0.9).astype(float)
+    mid = (rng.random(40) < 0.6).astype(float)
+    bad = np.zeros(40)
+    floor = (rng.random(40) < 0.5).astype(float)
+    vals = {0: mid, 1: good, 2: bad}
+    # k = 1, an archive of 2: 'good' and 'mid' would fill it; 'bad' is below both on every item
+    assert sure_losers(vals, 1, [floor], 2, 1.645) == {2}
+    # an archive of 1: only 'good' would enter it, and 'mid' is surely below 'good' too
+    assert sure_losers(vals, 1, [floor], 1, 1.645) == {0, 2}
+    # an empty archive of 3 takes all three: nobody is dropped; of 2 it takes good and mid
+    assert sure_losers(vals, 1, [], 3, 1.645) == set()
+    assert sure_losers(vals, 1, [], 2, 1.645) == {2}
+    # k = 2: 'mid' and 'good' are the best two, 'bad' still goes
+    assert sure_losers(vals, 2, [floor], 1, 1.645) == {2}
+    # k = 3: every candidate is needed
+    assert sure_losers(vals, 3, [floor], 1, 1.645) == set()
+    # a candidate equal to the reference on every item is never dropped (paired: no evidence)
+    assert sure_losers({0: good, 1: good.copy()}, 1, [np.ones(40)], 1, 1.645) == set()
+    # above the archive's floor: it could enter the archive, so it stays although it loses
+    assert sure_losers({0: good, 1: mid}, 1, [np.zeros(40)], 2, 1.645) == set()
+    assert paired_upper(bad, good, 1.645) < 0 < paired_upper(good, bad, 1.645)
+
+
+def test_item_pool_order_is_seeded_and_values_average_to_the_fitness():
+    cfg = parse_fitness_config(
+        {"tasks": [{"kind": "zoo", "evaluator": "skills", "options": {"limit": 12}}]}
+    )
+    fit = build_fitness(cfg)
+    a, b, c = ItemPool.build(fit, 3), ItemPool.build(fit, 3), ItemPool.build(fit, 4)
+    assert a.size == 48 and a.order == b.order and a.order != c.order
+    assert sorted(a.order) == [(e, p) for e in range(4) for p in range(12)]
+    # every slice of the pool, joined, gives every entry's items back in window order
+    pos = a.positions(0, 48)
+    assert len(pos) == 4 and all(label.startswith("skills/") for label in pos)
+    assert all(sorted(p) == list(range(12)) for p in pos.values())
+
+
+# ---- the racer on real experts, against their plain scores ---------------------------------------
+@pytest.fixture(scope="module")
+def experts_setup(tmp_path_factory):
+    from evomerge.experiment import resolve_models
+    from evomerge.session import build_evaluator
+
+    tmp = tmp_path_factory.mktemp("experts")
+    exp = _experiment(tmp, racing=RACE, driver=RANDOM, budget="{max_evals: 6}")
+    cfg = load_experiment(exp)
+    models, base = resolve_models(cfg)
+    paths = [*models, base]
+
+    def scaled(path: str, w: float) -> Recipe:
+        return Recipe.from_dict(
+            {
+                "merge_method": "linear",
+                "models": [{"model": path, "parameters": {"weight": w}}],
+                "parameters": {"normalize": False},
+            }
+        )
+
+    # the experts and the base as they are, and two broken ones (weights shrunk to 5%)
+    recipes = [scaled(p, 1.0) for p in paths] + [scaled(paths[0], 0.05), scaled(paths[1], 0.05)]
+    evaluator = build_evaluator(cfg, tmp)
+    yield cfg, recipes, evaluator
+    evaluator.close()
+
+
+def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(experts_setup):
+    cfg, recipes, evaluator = experts_setup
+    plain = evaluator.evaluate(recipes)
+    assert all(r.ok for r in plain)
+    fitness = build_fitness(cfg.fitness)
+    pool = ItemPool.build(fitness, cfg.seed)
+    for r in plain:  # the mean of the item values is the fitness
+        assert np.isclose(pool.full_values(r.result).mean(), r.fitness)
+    order = sorted(range(len(plain)), key=lambda i: (-plain[i].fitness, i))
+    assert plain[order[-1]].fitness < 0.05 < plain[order[0]].fitness - 0.2  # the known answer
+    racer = Racer(cfg.fitness.racing, pool, fitness, need=1, top_k=1)
+    # the archive holds the second best: only the best can still enter it
+    out = racer.race(evaluator, recipes, [pool.full_values(plain[order[1]].result)])
+    best = order[0]
+    assert out.items[best] == pool.size
+    for i, (r, p) in enumerate(zip(out.results, plain, strict=True)):
+        if out.items[i] == pool.size:  # fully scored: byte for byte the plain result
+            assert r.fitness == p.fitness and r.result == p.result
+        else:  # stopped: surely below the best, and told the mean of the items it saw
+            assert p.fitness < plain[best].fitness
+            assert sum(len(t.per_example) for t in r.result.tasks.values()) == out.items[i]
+    broken = [i for i in range(len(plain)) if plain[i].fitness < 0.05]
+    assert broken and all(out.items[i] < pool.size for i in broken), out.items
+    assert sum(out.items) < len(recipes) * pool.size  # it saved item evaluations
+
+
+# ---- searches ----------------------------------------------------------------------------------
+def test_search_saves_item_evaluations_and_archives_only_fully_scored(tmp_path, capsys):
+    plain_exp = _experiment(tmp_path, racing=None, driver=RANDOM, budget="{max_evals: 18}")
+    race_exp = _experiment(
+        tmp_path, racing=RACE, driver=RANDOM, budget="{max_evals: 18}", name="race.yaml"
+    )
+    assert search(plain_exp, tmp_path / "plain") == 0
+    assert search(race_exp, tmp_path / "race") == 0
+    assert search(race_exp, tmp_path / "race2") == 0  # deterministic
+    capsys.readouterr()
+    p, r, r2 = (_snapshot(tmp_path / d) for d in ("plain", "race", "race2"))
+    assert r == r2
+    meta = _racing_meta(r[0])
+    assert all(m and m["of"] == 48 for m in meta)
+    short = [i for i, m in enumerate(meta) if m["items"] < m["of"]]
+    assert short, "racing stopped no candidate early"
+    with RunStore.open(tmp_path / "race", readonly=True) as st:
+        race_items = st.item_evals()
+        assert st.partial_idx() == {r[0][i][0] for i in short}
+    with RunStore.open(tmp_path / "plain", readonly=True) as st:
+        plain_items = st.item_evals()
+    assert plain_items == 18 * 48
+    assert race_items == sum(m["items"] for m in meta) < plain_items
+    # random search asks the same candidates either way: the fully scored ones score the same
+    for i, (pt, rt) in enumerate(zip(p[0], r[0], strict=True)):
+        assert pt[2] == rt[2]  # digest
+        if i not in short:
+            assert pt[7] == rt[7] and pt[9] == rt[9]
+    # nothing scored on part of the items enters the archive; the winner is the plain one
+    assert not {row[2] for row in r[1]} & {r[0][i][0] for i in short}
+    assert r[1][0][1] == p[1][0][1]
+
+
+def test_off_switch_is_byte_identical_to_no_racing(tmp_path, capsys):
+    none = _experiment(tmp_path, racing=None, driver=CMA, budget="{max_evals: 12}")
+    off = _experiment(
+        tmp_path, racing="{enabled: false}", driver=CMA, budget="{max_evals: 12}", name="off.yaml"
+    )
+    assert search(none, tmp_path / "none") == 0
+    assert search(off, tmp_path / "off") == 0
+    capsys.readouterr()
+    a, b = _snapshot(tmp_path / "none"), _snapshot(tmp_path / "off")
+    assert a == b
+    assert all(json.loads(t[5]) == {} for t in a[0])  # no racing meta at all
+    with RunStore.open(tmp_path / "none", readonly=True) as st:
+        assert "racing" not in json.loads(st.config_json())["fitness"]
+        assert "max_item_evals" not in json.loads(st.config_json())["budget"]
+
+
+def test_item_budget_stops_the_search(tmp_path, capsys):
+    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_item_evals: 300}")
+    assert search(exp, tmp_path / "run") == 0
+    out = capsys.readouterr().out
+    assert "stopped: max_item_evals" in out
+    trials, _, counts = _snapshot(tmp_path / "run")
+    spent = [m["items"] for m in _racing_meta(trials)]
+    per_gen = 6 * 48
+    assert 300 <= sum(spent) < 300 + per_gen  # checked at each generation boundary
+    assert sum(spent[:-6]) < 300  # the generation before the last had not reached it
+
+
+def _generations(run: Path) -> int:
+    db = run / "store.sqlite"
+    if not db.exists():
+        return -1
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT MAX(generation) FROM checkpoints").fetchone()
+    except sqlite3.OperationalError:
+        return -1
+    return -1 if row[0] is None else row[0]
+
+
+def _kill_at_random(cmd: list[str], run: Path, rng: random.Random) -> bool:
+    before = _generations(run)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _generations(run) > before:
+            time.sleep(rng.uniform(0.0, 1.5))  # inside the next generation, mid-race
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        assert proc.returncode == 0, proc.stderr.read().decode()
+        return False
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "evomerge.cli", *args]
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_evals: 30}")
+    full = tmp_path / "full"
+    done = subprocess.run(
+        _cli("search", str(exp), "--run-dir", str(full)), env=ENV, text=True, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    killed, rng = tmp_path / "killed", random.Random(7)
+    running = _kill_at_random(_cli("search", str(exp), "--run-dir", str(killed)), killed, rng)
+    kills = int(running)
+    while running and kills < 6:
+        running = _kill_at_random(_cli("resume", str(killed)), killed, rng)
+        kills += running
+    if running:
+        last = subprocess.run(_cli("resume", str(killed)), env=ENV, capture_output=True, text=True)
+        assert last.returncode == 0, last.stderr
+    assert kills >= 2
+    a, b = _snapshot(full), _snapshot(killed)
+    assert a == b
+    assert any(m["items"] < m["of"] for m in _racing_meta(a[0]))  # racing did stop some
+
+
+# ---- refusals -----------------------------------------------------------------------------------
+def test_racing_is_refused_where_it_cannot_work(tmp_path):
+    m2n2 = _experiment(
+        tmp_path,
+        racing=RACE,
+        driver="{name: m2n2, options: {batch_size: 4}}",
+        budget="{max_evals: 4}",
+    )
+    with pytest.raises(UserInputError) as err:
+        search(m2n2, tmp_path / "m")
+    assert str(err.value) == (
+        "fitness.racing: driver m2n2 competes on every candidate's per-item scores (its "
+        "resource competition); remove fitness.racing (or set enabled: false) or use cma_es, "
+        "random or optuna"
+    )
+    assert not (tmp_path / "m").exists()
+    lm = {"kind": "lm_eval", "task": "zoo_cipher", "include_path": "fitness/zoo_cipher", "limit": 8}
+    with pytest.raises(UserInputError, match=r"tasks\.0: racing scores items a slice at a time"):
+        parse_fitness_config({"tasks": [lm], "racing": {}})
+    two = [
+        {"kind": "zoo", "name": "a", "evaluator": "zoo_sort", "objective": "a"},
+        {"kind": "zoo", "name": "b", "evaluator": "zoo_cipher", "objective": "b"},
+    ]
+    with pytest.raises(UserInputError, match=r"racing: the fitness has 2 objectives"):
+        parse_fitness_config({"tasks": two, "racing": {}})
+    parse_fitness_config({"tasks": two, "racing": {"enabled": False}})  # off: no check
