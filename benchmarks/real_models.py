@@ -191,8 +191,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "evomerge-real-bench"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from evomerge.config import load_experiment, resolve_model_ref
-    from evomerge.session import resolver_for
+    from evomerge.config import load_experiment
+    from evomerge.experiment import resolve_experiment
+    from evomerge.model_refs import resolve_model_ref
     from evomerge.workers.context import ResidentWorker
 
     root = Path(args.workdir)
@@ -200,7 +201,8 @@ def main() -> None:
     base = resolve_model_ref("zoo:smollm2/instruct")
     experts = derive_experts(Path(base), root)
     cfg = load_experiment(experiment(root, base, experts, args.items))
-    ctx = Timed(ResidentWorker(cfg, resolver=resolver_for(cfg, root), worker="bench"))
+    exp = resolve_experiment(cfg, root)
+    ctx = Timed(ResidentWorker(exp.worker_spec(), resolver=exp.resolver, worker="bench"))
     print(
         f"load before {os.getloadavg()[0]:.2f}; torch threads {torch.get_num_threads()}; "
         f"{args.items} items of {TASK}; medians of {args.runs} runs"

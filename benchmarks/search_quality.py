@@ -36,9 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from evomerge.build import build_evaluator, open_search
 from evomerge.config import ExperimentConfig, load_experiment
+from evomerge.experiment import resolve_models
 from evomerge.recipe import ModelRef, Recipe
-from evomerge.session import build_evaluator, open_search
 from evomerge.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,8 @@ def main() -> None:
     ps0 = load_experiment(ps_exp)
     n = args.search_items or zoo_limit(ps0) or 100
     ps = load_experiment(ps_exp, window(ps0, 0, n))
-    base, models = ps.resolved_base(), ps.resolved_models()
+    models, base = resolve_models(ps)
+    models = list(models)
     simple = simple_merges(models, base)
     grid = score_recipes(ps, work, simple)
     grid_held = score_recipes(load_experiment(ps_exp, window(ps0, n, None)), work, simple)

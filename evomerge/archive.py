@@ -86,10 +86,13 @@ class RecipeResolver:
     """``recipe:<digest>`` -> a materialized model folder."""
 
     def __init__(self, roots: Sequence[str | Path]) -> None:
-        self.roots: list[Path] = []
-        for r in roots:
-            p = Path(r)
-            self.roots.append(p / ARCHIVE_DIR if (p / ARCHIVE_DIR).is_dir() else p)
+        self._given = [Path(r) for r in roots]
+
+    @property
+    def roots(self) -> list[Path]:
+        # Looked at on each call, not once: a run folder made after this resolver (a fresh
+        # search builds it before the folder exists) gains its archive/ during the search.
+        return [p / ARCHIVE_DIR if (p / ARCHIVE_DIR).is_dir() else p for p in self._given]
 
     def __call__(self, ref: str) -> str:
         if not ref.startswith(RECIPE_REF_PREFIX):

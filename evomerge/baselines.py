@@ -25,9 +25,9 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     stored = json.loads(s.store.get_meta("baselines") or "null")
     if stored is not None and len(baseline_failures(stored)) < len(stored):
         return
-    refs = s.cfg.resolved_models()
+    refs = list(s.experiment.models)
     labels = [f"expert {Path(m).name}" for m in refs]
-    base = s.cfg.resolved_base()
+    base = s.experiment.base
     if base is not None and base not in refs:
         name = Path(base).name
         refs, labels = [*refs, base], [*labels, "base" if name == "base" else f"base {name}"]

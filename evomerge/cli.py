@@ -1,5 +1,5 @@
 """The ``evomerge`` command line: parse, call, print. Bodies live elsewhere (merge.py,
-search_cli.py, zoo). A user error prints one line and exits 2 — no traceback."""
+commands/, zoo). A user error prints one line and exits 2 — no traceback."""
 
 # ruff: noqa: B008  (typer declares options as argument defaults)
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _merge(
     return 0
 
 
-# ---- search commands: bodies in evomerge.search_cli ------------------------------------------
+# ---- search commands: bodies in evomerge/commands/ --------------------------------------------
 _EVALS_HELP = "total evaluations over the search and its resumes (on resume: the new total)"
 _SECONDS_HELP = "wall-clock seconds of this search or resume, counted from its own start"
 _TOTAL_HELP = "search seconds summed over the search and all its resumes"
@@ -156,10 +156,10 @@ def search(
     max_total_seconds: float | None = typer.Option(None, "--max-total-seconds", help=_TOTAL_HELP),
 ) -> None:
     """Run an evolutionary search."""
-    from evomerge import search_cli
+    from evomerge.commands import search as cmd
 
     _run(
-        lambda: search_cli.search(
+        lambda: cmd.search(
             experiment,
             run_dir,
             max_evals=max_evals,
@@ -194,10 +194,10 @@ def resume(
     ),
 ) -> None:
     """Continue a stopped search exactly where it stopped."""
-    from evomerge import search_cli
+    from evomerge.commands import search as cmd
 
     _run(
-        lambda: search_cli.resume(
+        lambda: cmd.resume(
             run_dir,
             config=config,
             max_evals=max_evals,
@@ -215,9 +215,9 @@ def status(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run folder (may be running)"),
 ) -> None:
     """Progress, best so far, failures."""
-    from evomerge import search_cli
+    from evomerge.commands import status as cmd
 
-    _run(lambda: search_cli.status(run_dir))
+    _run(lambda: cmd.status(run_dir))
 
 
 @app.command(cls=FlagCommand)
@@ -230,9 +230,9 @@ def export(
     ),
 ) -> None:
     """Write the rank-K recipe of a run as evomerge or mergekit YAML."""
-    from evomerge import search_cli
+    from evomerge.commands import export as cmd
 
-    _run(lambda: search_cli.export(run_dir, out, fmt, rank))
+    _run(lambda: cmd.export(run_dir, out, fmt, rank))
 
 
 @app.command(cls=FlagCommand)
@@ -241,9 +241,9 @@ def report(
     out: Path = typer.Option(..., "--out", help="folder for the plots and report.md/html"),
 ) -> None:
     """PNG plots and an HTML/markdown summary of a run."""
-    from evomerge import search_cli
+    from evomerge.commands import report as cmd
 
-    _run(lambda: search_cli.report(run_dir, out))
+    _run(lambda: cmd.report(run_dir, out))
 
 
 @app.command("eval", cls=FlagCommand)
@@ -258,9 +258,9 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
     """Score one model with an experiment's fitness: aggregate and per-task scores."""
-    from evomerge import eval_cli
+    from evomerge.commands import evaluate as cmd
 
-    _run(lambda: eval_cli.evaluate(target, experiment, rank=rank, as_json=as_json))
+    _run(lambda: cmd.evaluate(target, experiment, rank=rank, as_json=as_json))
 
 
 @app.command(cls=FlagCommand)

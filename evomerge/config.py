@@ -1,6 +1,11 @@
 """ExperimentConfig: one search, as written in ``experiments/*.yaml``. Frozen pydantic, unknown
 keys rejected, every error names the field and the fix.
 
+Validators only validate. ``load_experiment`` (a YAML file) and ``parse_experiment`` (a mapping)
+first read the files the experiment names (its space preset, its fitness suite) and fill in
+what follows from it (seeds, absolute paths); the models are resolved to folders (zoo builds,
+GGUF conversions) later, once, by ``evomerge.experiment.resolve_experiment``.
+
 YAML shape (``experiments/toy_ps_cmaes.yaml`` is a commented example)::
 
     name: toy_ps_cmaes                  # a label for reports (optional)
@@ -48,11 +53,12 @@ from pydantic import (
 
 from evomerge.errors import UserInputError
 from evomerge.fitness.config import FitnessConfig, parse_fitness_config
+from evomerge.model_refs import ZOO_PREFIX
+from evomerge.model_refs import resolve_model_ref as resolve_model_ref  # (its old home)
 from evomerge.recipe import format_validation_error
 from evomerge.spaces.config import SpaceConfig, parse_space_config
 
 STRUCTURAL_FIELDS = ("models", "base_model", "space", "fitness", "driver", "seed")
-ZOO_PREFIX = "zoo:"
 
 
 class _Frozen(BaseModel):
@@ -165,20 +171,6 @@ class ExperimentConfig(_Frozen):
     base_dir: str = "."  # folder of the experiment file: relative paths are resolved from it
     """set by evomerge to the experiment file's folder; do not write it"""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _resolve_parts(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        base_dir = Path(data.get("base_dir") or ".")
-        seed = data.get("seed", 0)
-        if "space" in data:
-            data["space"] = _resolve_space(data["space"], base_dir, seed)
-        if "fitness" in data:
-            data["fitness"] = _resolve_fitness(data["fitness"], base_dir, seed)
-        return data
-
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         if not self.models:
@@ -214,20 +206,6 @@ class ExperimentConfig(_Frozen):
             path = Path(self.base_dir) / path
         return str(path.resolve())
 
-    def resolved_models(self) -> list[str]:
-        return [self.resolve_model(m) for m in self.models]
-
-    def resolved_base(self) -> str | None:
-        if self.base_model is None:
-            return None
-        return self.resolve_model(self.base_model)
-
-    def resolve_model(self, m: str) -> str:
-        """A model's folder; mergekit's LoRA reference BASE+ADAPTER resolves each side."""
-        if "+" in m and not m.startswith("recipe:") and not Path(self.resolve_path(m)).exists():
-            return "+".join(resolve_model_ref(self.resolve_path(p)) for p in m.split("+"))
-        return resolve_model_ref(self.resolve_path(m))
-
 
 # ---- loading ------------------------------------------------------------------------------------
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -251,8 +229,11 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
 
 
 def parse_experiment(data: dict[str, Any], *, origin: str = "experiment") -> ExperimentConfig:
+    """Validate ``data`` after looking up the files it names (the space preset, the fitness
+    suite) and filling the seeds and paths that follow from the experiment: the validators
+    themselves only validate."""
     try:
-        return ExperimentConfig.model_validate(data)
+        return ExperimentConfig.model_validate(_resolve_parts(data))
     except ValidationError as err:
         raise UserInputError(format_validation_error(err, origin)) from None
 
@@ -272,6 +253,21 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 # ---- parts --------------------------------------------------------------------------------------
+def _resolve_parts(data: Any) -> Any:
+    """The space and fitness as mappings: a preset or suite name read from its file, the seed
+    filled in where the experiment's applies, hybrid file references made absolute."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    base_dir = Path(data.get("base_dir") or ".")
+    seed = data.get("seed", 0)
+    if "space" in data:
+        data["space"] = _resolve_space(data["space"], base_dir, seed)
+    if "fitness" in data:
+        data["fitness"] = _resolve_fitness(data["fitness"], base_dir, seed)
+    return data
+
+
 def _resolve_space(raw: Any, base_dir: Path, seed: int) -> Any:
     from evomerge.spaces.presets import load_space_preset
 
@@ -331,33 +327,3 @@ def _load_suite(name: str, base_dir: Path) -> dict[str, Any]:
         f"fitness: suite {name!r} not found (looked for fitness/{name}.yaml near the experiment, "
         "in the current directory and in the repository); give a path or an inline mapping"
     )
-
-
-def resolve_model_ref(ref: str) -> str:
-    """A model folder for ``ref``: a path is returned as is, a ``.gguf`` file is converted once
-    into a cached HF folder (``evomerge.io.gguf_cache``), ``zoo:<zoo>/<model>`` is built (or
-    found already built) by ``evomerge.zoo`` and looked up in its ``zoo.json`` manifest."""
-    if not ref.startswith(ZOO_PREFIX):
-        from evomerge.io.gguf_cache import resolve_gguf
-
-        return resolve_gguf(ref)
-    zoo_name, sep, model = ref[len(ZOO_PREFIX) :].partition("/")
-    if not sep or not zoo_name or not model:
-        raise UserInputError(
-            f"model {ref!r}: zoo names look like zoo:<zoo>/<model>, e.g. zoo:lm/base"
-        )
-    from evomerge.zoo import build as build_zoo
-
-    if not callable(build_zoo):  # the module evomerge.zoo.build, not a re-exported function
-        build_zoo = build_zoo.build
-    folder = Path(build_zoo(zoo_name))
-    manifest = json.loads((folder / "zoo.json").read_text())
-    models = manifest.get("models", {})
-    entry = models.get(model) if isinstance(models, dict) else None
-    if entry is None:
-        names = list(models) if isinstance(models, dict) else []
-        raise UserInputError(
-            f"model {ref!r}: zoo {zoo_name!r} has no model {model!r}; it has {names}"
-        )
-    rel = entry.get("path", model) if isinstance(entry, dict) else str(entry)
-    return str((folder / rel).resolve())

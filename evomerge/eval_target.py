@@ -59,7 +59,7 @@ def open_target(path: Path, *, rank: int = 1, recipe_paths: Sequence[str] = ()) 
     """The model folder behind ``path`` (a recipe's merge is deleted when the context ends).
     ``recipe_paths``: where ``recipe:<digest>`` sources of a recipe are looked up."""
     if str(path).startswith("zoo:"):  # zoo:<zoo>/<model>, built on first use like a search's
-        from evomerge.config import resolve_model_ref
+        from evomerge.model_refs import resolve_model_ref
 
         path = Path(resolve_model_ref(str(path)))
     path = Path(path)
@@ -85,7 +85,7 @@ def _resolver(roots: Sequence[str]) -> Callable[[str], str]:
     """Source references of a recipe: paths as they are, ``zoo:`` names built or found in the
     zoo cache, ``recipe:<digest>`` looked up in ``roots`` (run or archive folders)."""
     from evomerge.archive import RecipeResolver
-    from evomerge.config import resolve_model_ref
+    from evomerge.model_refs import resolve_model_ref
 
     recipes = RecipeResolver(roots)
     return lambda ref: recipes(resolve_model_ref(ref))
@@ -122,8 +122,8 @@ def _run_member(run_dir: Path, rank: int) -> Iterator[Target]:
     if (folder / "config.json").is_file():
         yield Target("run", label, folder.resolve(), trial.digest, trial.fitness, rank)
         return
-    from evomerge.session import resolver_for
+    from evomerge.experiment import recipe_resolver
 
     recipe = Recipe.from_yaml(trial.recipe_yaml, origin=f"{run_dir} candidate {trial.idx}")
-    with _merged(recipe, resolver_for(run_cfg, run_dir)) as merged:
+    with _merged(recipe, recipe_resolver(run_cfg, run_dir)) as merged:
         yield Target("run", label, merged, trial.digest, trial.fitness, rank)

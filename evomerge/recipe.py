@@ -236,11 +236,3 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
         else:
             lines.append(f"{origin}: field '{loc}': {e['msg']}")
     return "\n".join(lines)
-
-
-def to_mergekit_yaml(recipe: Recipe) -> str:
-    """mergekit YAML for ``recipe`` (see ``evomerge.recipe_mergekit``; raises UserInputError
-    naming what mergekit cannot express)."""
-    from evomerge.recipe_mergekit import to_mergekit_yaml as _to_mergekit
-
-    return _to_mergekit(recipe)

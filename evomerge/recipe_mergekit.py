@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from evomerge.errors import UserInputError
-from evomerge.recipe import RECIPE_REF_PREFIX, Recipe
+from evomerge.recipe import RECIPE_REF_PREFIX, Recipe, WeightRule
 
 UNSUPPORTED_TOP = {
     "modules": "per-module configs are not supported; use 'models' or 'slices'",
@@ -135,8 +135,6 @@ def _lora_refs_for_mergekit(d: dict[str, Any]) -> None:
 
 
 def _has_weight_rule(recipe: Recipe) -> bool:
-    from evomerge.recipe import WeightRule
-
     scopes = [recipe.parameters, *(m.parameters for m in recipe.models or [])]
     for sl in recipe.slices or []:
         scopes += [sl.parameters, *(s.parameters for s in sl.sources)]

@@ -92,8 +92,8 @@ def best_genes(best: Trial | None, cfg_json: str, run_dir) -> tuple[list[str], l
         return [], [], ""
     x = np.asarray(best.genes, dtype=float)
     try:
+        from evomerge.build import build_space
         from evomerge.config import experiment_from_json
-        from evomerge.session import build_space
 
         space = build_space(experiment_from_json(cfg_json), Path(run_dir))
         if hasattr(space, "path_hops"):

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import EvalResult
+from evomerge.results import OK, EvalResult, JobResult
 from evomerge.store_schema import DDL, KEEP_CHECKPOINTS, SCHEMA_VERSION
-from evomerge.workers.base import OK, JobResult
 
 STORE_FILE = "store.sqlite"
 

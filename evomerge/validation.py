@@ -98,21 +98,24 @@ def ranking(store: Any, enabled: bool | None = None) -> Ranking:
 
 
 def rescore_archive(
-    cfg: Any, run_dir: Path, store: Any, say: Callable[[str], None] | None = None
+    cfg: Any,
+    store: Any,
+    make_evaluator: Callable[[], Any],
+    say: Callable[[str], None] | None = None,
 ) -> int:
-    """Score every archive member that has no validation score yet; returns how many."""
+    """Score every archive member that has no validation score yet; returns how many.
+    ``make_evaluator()`` builds the search's evaluator on the validation split (the builder
+    passes it, so this module needs no builder)."""
     if cfg.fitness.validation is None:
         return 0
     done = stored(store)
     todo = [e for e in store.archive() if e.digest not in done]
     if not todo:
         return 0
-    from evomerge.session import build_evaluator
-
     if say:
         say(f"validation: scoring {len(todo)} archived model(s) on held-out items")
     chunk = max(1, cfg.workers)  # one result per worker at a time reaches the store
-    evaluator = build_evaluator(cfg, Path(run_dir), split="validation")
+    evaluator = make_evaluator()
     try:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]

@@ -8,6 +8,7 @@ import pytest
 
 from evomerge.config import experiment_from_json, load_experiment
 from evomerge.errors import UserInputError
+from evomerge.experiment import resolve_models
 
 FITNESS = "fitness: {python: score.py:score}\n"
 
@@ -36,7 +37,9 @@ def test_preset_is_resolved_and_seeds_follow_the_experiment(tmp_path):
     assert cfg.space.seed == 7  # DARE masks follow the experiment seed unless set
     assert cfg.base_dir == str(tmp_path.resolve())
     assert cfg.resolve_path("a") == str((tmp_path / "a").resolve())
-    assert cfg.resolved_models() == [str((tmp_path / m).resolve()) for m in "ab"]
+    models, base = resolve_models(cfg)
+    assert models == tuple(str((tmp_path / m).resolve()) for m in "ab")
+    assert base == str((tmp_path / "base").resolve())
     # round trip through the store's JSON gives the same config and hash
     again = experiment_from_json(cfg.to_json())
     assert again == cfg and again.structural_hash() == cfg.structural_hash()
@@ -90,7 +93,7 @@ def test_missing_file_and_base_dir_key(tmp_path):
 def test_zoo_reference_errors_are_clear(tmp_path):
     cfg = load_experiment(_write(tmp_path, BASIC.replace("[a, b]", "[zoo:lm, b]")))
     with pytest.raises(UserInputError, match="zoo:<zoo>/<model>"):
-        cfg.resolved_models()
+        resolve_models(cfg)
 
 
 def test_every_shipped_experiment_validates():

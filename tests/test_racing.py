@@ -119,12 +119,14 @@ def test_item_pool_order_is_seeded_and_values_average_to_the_fitness():
 # ---- the racer on real experts, against their plain scores ---------------------------------------
 @pytest.fixture(scope="module")
 def experts_setup(tmp_path_factory):
+    from evomerge.experiment import resolve_models
     from evomerge.session import build_evaluator
 
     tmp = tmp_path_factory.mktemp("experts")
     exp = _experiment(tmp, racing=RACE, driver=RANDOM, budget="{max_evals: 6}")
     cfg = load_experiment(exp)
-    paths = [cfg.resolve_model(m) for m in (*cfg.models, cfg.base_model)]
+    models, base = resolve_models(cfg)
+    paths = [*models, base]
 
     def scaled(path: str, w: float) -> Recipe:
         return Recipe.from_dict(

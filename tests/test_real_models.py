@@ -149,6 +149,7 @@ def test_merge_config_takes_gguf_paths(converted, tmp_path, monkeypatch):
 
 def test_experiment_models_and_base_take_gguf_paths(converted, tmp_path, monkeypatch):
     from evomerge.config import load_experiment
+    from evomerge.experiment import resolve_models
 
     cache, folder, (gguf, link) = converted
     zoo_folder = smollm2_dir()  # from the zoo cache, before the private cache is set
@@ -161,8 +162,7 @@ def test_experiment_models_and_base_take_gguf_paths(converted, tmp_path, monkeyp
         "fitness: {python: score.py:score}\nbudget: {max_evals: 2}\n"
     )
     cfg = load_experiment(exp)
-    assert cfg.resolved_models() == [str(folder), str(zoo_folder)]
-    assert cfg.resolved_base() == str(folder)
+    assert resolve_models(cfg) == ((str(folder), str(zoo_folder)), str(folder))
 
 
 def test_bogus_gguf_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):

@@ -10,9 +10,8 @@ import pytest
 
 from evomerge.archive import rank_top_k
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import EvalResult, TaskScore
+from evomerge.results import OK, EvalResult, JobResult, TaskScore
 from evomerge.store import ArchiveEntry, CandidateRecord, Checkpoint, RunStore
-from evomerge.workers.base import OK, JobResult
 
 
 def _gen(gen: int, start: int, fits: list[float]):

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.fitness.result import EvalResult
+from evomerge.results import EvalResult
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from evomerge.drivers.base import Candidate, Driver, register_driver
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import EvalResult
+from evomerge.results import EvalResult
 
 
 @register_driver

@@ -12,7 +12,7 @@ import numpy as np
 from evomerge.drivers._common import check_tell
 from evomerge.drivers.base import Candidate, Driver, register_driver
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import EvalResult
+from evomerge.results import EvalResult
 
 
 @register_driver

@@ -24,7 +24,7 @@ from evomerge.fitness.config import (
     task_label,
 )
 from evomerge.fitness.guard import PUBLIC_BENCHMARKS, public_benchmark_match
-from evomerge.fitness.result import EvalResult, TaskScore
+from evomerge.results import EvalResult, TaskScore
 
 
 def _lm_eval(label: str, t: Any, base_dir: Path | None) -> TaskRunner:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from evomerge.fitness.config import FitnessConfig
-from evomerge.fitness.result import EvalResult, TaskScore
+from evomerge.results import EvalResult, TaskScore
 
 
 class TaskRunner(Protocol):

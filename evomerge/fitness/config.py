@@ -59,6 +59,7 @@ from pydantic import (
 
 from evomerge.errors import UserInputError
 from evomerge.fitness.guard import public_benchmark_match, refusal_message
+from evomerge.fitness.validation_split import check_split
 from evomerge.recipe import format_validation_error
 
 
@@ -260,8 +261,6 @@ class FitnessConfig(_Frozen):
                     if pat := public_benchmark_match(n):
                         raise ValueError(refusal_message(n, pat, f"tasks.{i}"))
         if self.validation is not None:
-            from evomerge.fitness.validation import check_split
-
             for i, t in enumerate(self.tasks):
                 check_split(t, f"tasks.{i}")
         if self.racing is not None and self.racing.enabled:

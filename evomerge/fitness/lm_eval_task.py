@@ -20,7 +20,7 @@ from typing import Any
 
 from evomerge.errors import UserInputError
 from evomerge.fitness.config import LmEvalTaskConfig
-from evomerge.fitness.result import TaskScore
+from evomerge.results import TaskScore
 
 _MANAGERS: dict[tuple, Any] = {}
 

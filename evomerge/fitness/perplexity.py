@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import TaskScore
+from evomerge.results import TaskScore
 
 
 def resolve_file(path_s: str, base_dir: Path | None, field: str) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import FitnessReturnError, UserInputError
-from evomerge.fitness.result import EvalResult, TaskScore
+from evomerge.results import EvalResult, TaskScore
 
 
 def load_function(ref: str, base_dir: Path | None = None) -> Callable[..., Any]:

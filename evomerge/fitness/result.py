@@ -1,66 +1,8 @@
-"""What a fitness returns: a score per task and the per-example correctness behind it.
-
-Per-example vectors are first-class: M2N2's shared fitness needs them, and so do subsample
-estimates and the report's per-task plots.
-"""
+"""``TaskScore`` and ``EvalResult`` live in ``evomerge.results`` (a neutral module the zoo, the
+workers and the store import without importing the fitness package); re-exported here."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from evomerge.results import EvalResult, TaskScore
 
-
-@dataclass(frozen=True)
-class TaskScore:
-    """One task's score (higher is better) and the per-example values it averages."""
-
-    score: float
-    per_example: tuple[float, ...] = ()
-    metric: str = "acc"
-
-    @classmethod
-    def from_examples(cls, values: Sequence[float], metric: str = "acc") -> TaskScore:
-        vals = tuple(float(v) for v in values)
-        score = sum(vals) / len(vals) if vals else math.nan
-        return cls(score=score, per_example=vals, metric=metric)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Scores of one candidate model on every task of a fitness suite."""
-
-    tasks: Mapping[str, TaskScore] = field(default_factory=dict)
-
-    @property
-    def scores(self) -> dict[str, float]:
-        return {name: t.score for name, t in self.tasks.items()}
-
-    def aggregate(self, weights: Mapping[str, float] | None = None) -> float:
-        """Weighted mean of task scores (uniform when ``weights`` is None); NaN if any is NaN."""
-        if not self.tasks:
-            return math.nan
-        w = {name: 1.0 for name in self.tasks} if weights is None else dict(weights)
-        total = sum(w.get(name, 0.0) for name in self.tasks)
-        if total <= 0:
-            return math.nan
-        return sum(w.get(n, 0.0) * t.score for n, t in self.tasks.items()) / total
-
-    def to_json(self) -> dict:
-        return {
-            n: {"score": t.score, "metric": t.metric, "per_example": list(t.per_example)}
-            for n, t in self.tasks.items()
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> EvalResult:
-        return cls(
-            tasks={
-                n: TaskScore(
-                    score=float(d["score"]),
-                    per_example=tuple(d.get("per_example", ())),
-                    metric=d.get("metric", "acc"),
-                )
-                for n, d in data.items()
-            }
-        )
+__all__ = ["EvalResult", "TaskScore"]

@@ -12,7 +12,8 @@ items of each task come after its search items, so the two are disjoint by const
 * ``perplexity``: the ``items`` windows after the search's ``max_windows``;
 * ``python``: your ``validation_function`` (evomerge cannot see your items: keep them apart).
 
-``check_split`` refuses, when the config is read, a task whose search already takes every item.
+``check_split`` (``validation_split.py``, which the config imports) refuses, when the config is
+read, a task whose search already takes every item.
 """
 
 from __future__ import annotations
@@ -21,31 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import UserInputError
-
-
-def check_split(t: Any, where: str) -> None:
-    """ValueError (shown as one config error line) when task ``t`` leaves nothing to validate."""
-    fix = "set it, or remove fitness.validation"
-    if t.kind == "lm_eval" and t.limit is None and t.subsample is None:
-        raise ValueError(
-            f"{where}: the search scores every doc of lm_eval task {t.task!r}, none is left for "
-            "validation; set limit or subsample"
-        )
-    if t.kind == "zoo" and t.options.get("limit") is None:
-        raise ValueError(
-            f"{where}.options.limit: the search scores every item of zoo task {t.evaluator!r}, "
-            f"none is left for validation; {fix}"
-        )
-    if t.kind == "python" and t.validation_function is None:
-        raise ValueError(
-            f"{where}.validation_function: fitness.validation needs the held-out version of "
-            f"{t.function!r}; {fix}"
-        )
-    if t.kind == "perplexity" and t.max_windows is None:
-        raise ValueError(
-            f"{where}.max_windows: the search scores every window of {t.text_file!r}, none is "
-            f"left for validation; {fix}"
-        )
 
 
 def validation_runner(label: str, t: Any, items: int | None, base_dir: Path | None) -> Any:

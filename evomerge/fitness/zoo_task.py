@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import EvalResult, TaskScore
+from evomerge.results import EvalResult, TaskScore
 
 
 def zoo_evaluator(name: str) -> Any:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from evomerge.errors import UserInputError
-from evomerge.io.folder import ModelFolder
 from evomerge.io.lora import ADAPTER_CONFIG, LoraAdapter
+from evomerge.io.model_folder import TOKENIZER_FILES, ModelFolder
 from evomerge.io.safetensors_io import TensorInfo
 
 
@@ -125,6 +125,4 @@ class AdapterFolder:
 
     @staticmethod
     def own_tokenizer(adapter: LoraAdapter) -> list[Path]:
-        from evomerge.io.folder import TOKENIZER_FILES
-
         return [adapter.folder / f for f in TOKENIZER_FILES if (adapter.folder / f).is_file()]

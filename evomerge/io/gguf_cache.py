@@ -36,7 +36,7 @@ def resolve_gguf(ref: str) -> str:
 
 
 def cache_dir() -> Path:
-    from evomerge.zoo.build import cache_root
+    from evomerge.io.cache import cache_root
 
     return cache_root() / "gguf"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from evomerge.errors import UserInputError
+from evomerge.recipe import Recipe
 from evomerge.spaces.base import SearchSpace
 from evomerge.spaces.config import (
     DataflowSpaceConfig,
@@ -38,8 +39,8 @@ def _dataflow(cfg, *, base, models, num_layers):
     return DataflowSpace(cfg, models=models, num_layers=num_layers)
 
 
-def _hybrid(cfg, *, base, models, num_layers):
-    return HybridSpace(cfg, models=models, num_layers=num_layers)
+def _hybrid(cfg, *, base, models, num_layers, winner=None):
+    return HybridSpace(cfg, models=models, num_layers=num_layers, winner=winner)
 
 
 def _fw_pool(cfg, *, base, models, num_layers):
@@ -67,16 +68,19 @@ def build_space(
     base: str | None,
     models: list[str],
     num_layers: int | Sequence[int],
+    winner: Recipe | None = None,
 ) -> SearchSpace:
     """Build the space ``cfg`` describes over ``models`` (``num_layers``: one count for all, or
-    one per model; data flow allows different depths)."""
+    one per model; data flow allows different depths). ``winner``: a hybrid space's winner
+    recipe, read by the builder (``evomerge.experiment``) so that the space reads no file."""
     try:
         factory = SPACES[cfg.kind]
     except KeyError:
         raise UserInputError(
             f"unknown space kind {cfg.kind!r}; valid: {', '.join(SPACES)}"
         ) from None
-    return factory(cfg, base=base, models=list(models), num_layers=num_layers)
+    extra = {"winner": winner} if winner is not None else {}
+    return factory(cfg, base=base, models=list(models), num_layers=num_layers, **extra)
 
 
 __all__ = [

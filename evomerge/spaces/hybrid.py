@@ -49,9 +49,19 @@ def resolve_partner(partner: int | str, models: Sequence[str]) -> str:
 
 class HybridSpace(DataflowSpace):
     def __init__(
-        self, cfg: HybridSpaceConfig, *, models: Sequence[str], num_layers: int | Sequence[int]
+        self,
+        cfg: HybridSpaceConfig,
+        *,
+        models: Sequence[str],
+        num_layers: int | Sequence[int],
+        winner: Recipe | None = None,
     ) -> None:
-        winner, self.winner_recipe = resolve_winner(cfg.winner)
+        # ``winner``: the recipe of a winner recipe file, already read by the builder (a space
+        # reads no disk then); without it the file is read here.
+        if winner is not None:
+            winner_ref, self.winner_recipe = RECIPE_REF_PREFIX + winner.digest(), winner
+        else:
+            winner_ref, self.winner_recipe = resolve_winner(cfg.winner)
         partner = resolve_partner(cfg.partner, models)
         if isinstance(num_layers, int):
             counts: int | list[int] = num_layers
@@ -59,4 +69,4 @@ class HybridSpace(DataflowSpace):
             # layer counts follow the experiment's models; the winner has the first's depth
             known = dict(zip(models, num_layers, strict=False))
             counts = [num_layers[0], known.get(partner, num_layers[0])]
-        super().__init__(cfg, models=[winner, partner], num_layers=counts)
+        super().__init__(cfg, models=[winner_ref, partner], num_layers=counts)

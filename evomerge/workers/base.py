@@ -1,53 +1,21 @@
 """The evaluator contract shared by the serial and the Ray evaluator.
 
 The per-candidate job never raises: any exception, timeout or NaN score comes back as a
-``JobResult`` with status FAIL and the error text, so the search records it and goes on.
+``JobResult`` (``evomerge.results``) with status FAIL and the error text, so the search records it and goes on.
 ``evaluate`` returns results in the order of its input, whatever order workers finish in, so
 the archive never depends on scheduling.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from evomerge.fitness.result import EvalResult
 from evomerge.recipe import Recipe
+from evomerge.results import FAIL, OK, JobResult
 
-OK = "OK"
-FAIL = "FAIL"
-
-
-@dataclass(frozen=True)
-class JobResult:
-    digest: str
-    status: str
-    fitness: float
-    objectives: tuple[float, ...] = ()
-    result: EvalResult | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    worker: str = ""
-    #: a wants job's answers (``workers.wants``: e.g. a gradient); never stored
-    wanted: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def failed(cls, digest: str, error: str, seconds: float = 0.0, worker: str = "") -> JobResult:
-        return cls(
-            digest=digest,
-            status=FAIL,
-            fitness=math.nan,
-            error=error,
-            seconds=seconds,
-            worker=worker,
-        )
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK
+__all__ = ["FAIL", "OK", "Evaluator", "JobResult"]  # JobResult's home is evomerge.results
 
 
 class Evaluator(ABC):

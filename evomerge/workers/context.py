@@ -1,8 +1,8 @@
 """ResidentWorker: what one worker keeps in memory for a whole search.
 
 The experts (an ``ExpertCache``), one resident model that each candidate is materialized into
-in place (a ``Materializer``), the tokenizer and the fitness. Built from the ExperimentConfig
-alone, so a Ray actor can build its own from the config it is shipped.
+in place (a ``Materializer``), the tokenizer and the fitness. Built from a ``WorkerSpec`` alone
+(``workers/spec.py``), so a Ray actor builds its own from the small spec it is shipped.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evomerge.config import ExperimentConfig
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import EvalResult
 from evomerge.recipe import Recipe
+from evomerge.results import EvalResult
 from evomerge.workers.materialize import ExpertCache, Materializer
+from evomerge.workers.spec import WorkerSpec
 
 
 def load_tokenizer(folder: str) -> Any:
@@ -33,35 +33,32 @@ def load_tokenizer(folder: str) -> Any:
 class ResidentWorker:
     def __init__(
         self,
-        cfg: ExperimentConfig,
+        spec: WorkerSpec,
         *,
         resolver: Callable[[str], str],
         worker: str = "local",
         cache: ExpertCache | None = None,
-        split: str = "search",
     ) -> None:
         from evomerge.fitness import build_fitness
 
         self.worker = worker
-        self.seed = cfg.seed
-        self._space_cfg, self._space = cfg, None
+        self.seed = spec.seed
+        self._spec, self._space = spec, None
         self.resolver = resolver
         # split="validation": the same worker scores the archive on held-out items
-        self.fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split=split)
-        ratio = cfg.evaluation.stats_cache
+        self.fitness = build_fitness(spec.fitness, base_dir=Path(spec.base_dir), split=spec.split)
+        ratio = spec.stats_cache
         self.cache = cache or ExpertCache(resolver, stats=ratio > 0, stats_ratio=ratio)
-        self.materializer = Materializer(self.cache, device=cfg.evaluation.device)
-        if cfg.evaluation.device != "cpu" or cfg.evaluation.dtype not in ("auto", "float32"):
+        self.materializer = Materializer(self.cache, device=spec.device)
+        if spec.needs_placement:
             from evomerge.workers.ray_placement import PlacedMaterializer, placement_from
 
             # GPU: bf16 resident model, split over gpus_per_worker GPUs when > 1
-            self.materializer = PlacedMaterializer(self.cache, placement_from(cfg.evaluation))
-        source = cfg.resolved_base() or cfg.resolved_models()[0]
-        if cfg.space.kind == "hybrid":  # the data-flow path starts from model A's embeddings
-            source = cfg.resolved_models()[0]
+            self.materializer = PlacedMaterializer(self.cache, placement_from(spec))
         from evomerge.io.adapter_folder import tokenizer_folder
 
-        self.tokenizer = self._own_tokenizer = load_tokenizer(tokenizer_folder(resolver(source)))
+        folder = tokenizer_folder(resolver(spec.tokenizer_model))
+        self.tokenizer = self._own_tokenizer = load_tokenizer(folder)
 
     def materialize(self, recipe: Recipe) -> Any:
         model = self.materializer.materialize(recipe)
@@ -86,13 +83,12 @@ class ResidentWorker:
         if self._space is None:
             from evomerge.spaces import build_space
 
-            cfg = self._space_cfg
-            if cfg.space.kind != "fw_pool":
-                raise ValueError(
-                    f"a worker computes gradients over an fw_pool space, not {cfg.space.kind!r}"
-                )
-            base, models = cfg.resolved_base(), cfg.resolved_models()
-            self._space = build_space(cfg.space, base=base, models=models, num_layers=0)
+            spec = self._spec
+            if spec.space is None or spec.space.kind != "fw_pool":
+                kind = None if spec.space is None else spec.space.kind
+                raise ValueError(f"a worker computes gradients over an fw_pool space, not {kind!r}")
+            models = list(spec.models)
+            self._space = build_space(spec.space, base=spec.base_model, models=models, num_layers=0)
         return self._space
 
     def score(

@@ -27,9 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from evomerge.errors import FitnessReturnError
-from evomerge.fitness.result import EvalResult
 from evomerge.recipe import Recipe
-from evomerge.workers.base import OK, JobResult
+from evomerge.results import OK, EvalResult, JobResult
 
 
 class JobTimeout(Exception):

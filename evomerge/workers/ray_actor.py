@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.recipe import Recipe
-from evomerge.workers.base import JobResult
+from evomerge.results import JobResult
 from evomerge.workers.job import WorkerContext, run_job, run_wants_job
 from evomerge.workers.materialize import Resolver
 from evomerge.workers.ray_placement import Placement, placement_for
@@ -34,6 +34,7 @@ class WorkerFactory(ABC):
 
     resolver: Resolver | None = None
     cache_dtype: str = "float32"
+    stats_ratio: float = 1.0  # each worker's statistics cache, x the experts' bytes (0: off)
 
     @abstractmethod
     def shared_models(self) -> list[str]:
@@ -176,7 +177,7 @@ class EvalWorker:
             )[node]
         names = list(refs or {})
         packed = dict(zip(names, ray.get([refs[n] for n in names]), strict=True)) if names else {}
-        ratio = getattr(self.factory, "stats_ratio", 1.0)  # a private copy per worker
+        ratio = self.factory.stats_ratio  # a private cache per worker
         return SharedExpertCache(
             self.factory.resolver,
             packed,

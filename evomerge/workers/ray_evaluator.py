@@ -31,6 +31,7 @@ from evomerge.workers.base import Evaluator, JobResult
 from evomerge.workers.ray_actor import EvalWorker, WorkerFactory
 from evomerge.workers.ray_cache import put_on_nodes
 from evomerge.workers.ray_cluster import cluster_capacity, connect
+from evomerge.workers.spec import WorkerSpec
 
 
 @dataclass
@@ -114,22 +115,27 @@ class RayEvaluator(Evaluator):
         self.stats = RayStats()
 
     @classmethod
-    def from_config(
-        cls, cfg: Any, resolver: Callable[[str], str], split: str = "search"
+    def from_spec(
+        cls,
+        spec: WorkerSpec,
+        resolver: Callable[[str], str],
+        *,
+        workers: int | None,
+        address: str | None = None,
     ) -> RayEvaluator:
-        from evomerge.workers.ray_factory import ConfigWorkerFactory
+        """``workers`` actors (None: as many as the cluster at ``address`` has room for), each
+        building its worker from ``spec``."""
+        from evomerge.workers.ray_factory import SpecWorkerFactory
 
-        ev = cfg.evaluation
-        workers = None if (cfg.ray_address and cfg.workers == 1) else cfg.workers
         return cls(
-            ConfigWorkerFactory(cfg, resolver, split),
+            SpecWorkerFactory(spec, resolver),
             num_workers=workers,
-            address=cfg.ray_address,
-            num_cpus_per_worker=getattr(ev, "cpus_per_worker", 1.0),
-            num_gpus_per_worker=getattr(ev, "gpus_per_worker", 0.0),
-            dtype=getattr(ev, "dtype", "auto"),
-            threads=ev.threads,
-            timeout_s=ev.timeout_s,
+            address=address,
+            num_cpus_per_worker=spec.cpus_per_worker,
+            num_gpus_per_worker=spec.gpus_per_worker,
+            dtype=spec.dtype,
+            threads=spec.threads,
+            timeout_s=spec.timeout_s,
         )
 
     # ---- start-up ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import UserInputError
+from evomerge.io.cache import cache_root
 from evomerge.io.lock import FileLock
 from evomerge.zoo import pinned
 from evomerge.zoo.specs import ZOOS, ZooSpec
@@ -51,10 +52,6 @@ def config_hash(name: str, *, seed: int = 0, quick: bool = False) -> str:
     payload = {"spec": spec.to_json(), "seed": seed, "quick": quick, "format": FORMAT_VERSION}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EVOMERGE_CACHE", Path.home() / ".cache" / "evomerge")).expanduser()
 
 
 @contextlib.contextmanager

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import UserInputError
-from evomerge.fitness.result import TaskScore
+from evomerge.results import TaskScore
 
 
 def task_dir(name: str) -> Path:
     """The lm-eval folder of zoo task ``name``: the repository's ``fitness/<name>`` when present
     (the files lm-eval reads), else a copy written once under the zoo cache (installed package)."""
-    from evomerge.zoo.build import cache_root
+    from evomerge.io.cache import cache_root
     from evomerge.zoo.tasks import get_task, write_task_folder
 
     get_task(name)  # unknown names fail here with the list of valid ones

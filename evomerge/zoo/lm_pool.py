@@ -118,7 +118,7 @@ def exact_match_per_item(model, tok, items) -> list[float]:
 def dictionary_fitness(model, tokenizer):
     """A python fitness (``fitness: {python: evomerge/zoo/lm_pool.py:dictionary_fitness}``):
     exact match on the benchmark's default 100-word target dictionary."""
-    from evomerge.fitness.result import EvalResult, TaskScore
+    from evomerge.results import EvalResult, TaskScore
 
     per_item = exact_match_per_item(model, tokenizer, dictionary())
     return EvalResult({"dictionary": TaskScore.from_examples(per_item, metric="exact_match")})

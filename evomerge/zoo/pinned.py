@@ -34,7 +34,7 @@ PINNED_ENV = {
     "ONEDNN_MAX_CPU_ISA": "SSE41",
     "DNNL_MAX_CPU_ISA": "SSE41",  # oneDNN's name before v2
 }
-_RESULT = ".models.json"
+RESULT_FILE = ".models.json"  # the child writes its models dict here
 
 
 def native_requested() -> bool:
@@ -50,11 +50,11 @@ def train_pinned(name: str, out: Path, *, seed: int, quick: bool, progress: bool
     """Run ``spec.build`` for zoo ``name`` in a child process with the pinned kernels; return
     its models dict. The child's progress bars go to this process's stderr."""
     env = {**os.environ, **PINNED_ENV}
-    args = [sys.executable, "-m", "evomerge.zoo.pinned", name, str(out), str(seed)]
+    args = [sys.executable, "-m", "evomerge.zoo.pinned_child", name, str(out), str(seed)]
     args += ["--quick"] if quick else []
     args += [] if progress else ["--no-progress"]
     proc = subprocess.run(args, env=env, stdout=subprocess.DEVNULL)
-    result = out / _RESULT
+    result = out / RESULT_FILE
     if proc.returncode != 0 or not result.is_file():
         raise UserInputError(
             f"zoo {name}: training failed in its child process (exit {proc.returncode}; see the "
@@ -63,19 +63,3 @@ def train_pinned(name: str, out: Path, *, seed: int, quick: bool, progress: bool
     models = json.loads(result.read_text())
     result.unlink()
     return models
-
-
-def _main(argv: list[str]) -> int:
-    from evomerge.zoo.build import deterministic_cpu, get_spec
-
-    name, out, seed = argv[0], Path(argv[1]), int(argv[2])
-    quick, progress = "--quick" in argv, "--no-progress" not in argv
-    spec = get_spec(name, quick)
-    with deterministic_cpu(getattr(spec, "threads", 2)):
-        models = spec.build(out, seed=seed, progress=progress)
-    (out / _RESULT).write_text(json.dumps(models))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))

@@ -1,0 +1,49 @@
+"""``evomerge export DIR --out FILE [--format evomerge|mergekit] [--rank K]``: the rank-K
+archive member's recipe (rank 1: the winner, by validation score when the run has one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evomerge.commands.console import out
+from evomerge.errors import UserInputError
+from evomerge.recipe import Recipe
+
+
+def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) -> int:
+    from evomerge.store import RunStore
+    from evomerge.validation import member_line, ranking
+
+    if fmt not in ("evomerge", "mergekit"):
+        raise UserInputError(f"--format {fmt!r}: use evomerge or mergekit")
+    with RunStore.open(run_dir, readonly=True) as st:
+        ranked = ranking(st)  # by validation score when the run has one
+        archive = ranked.members
+        if not 1 <= rank <= len(archive):
+            raise UserInputError(
+                f"--rank {rank}: the archive of {run_dir} holds {len(archive)} models (1 = best)"
+            )
+        trial = st.trial(archive[rank - 1].idx)
+    recipe = Recipe.from_yaml(trial.recipe_yaml, origin=f"{run_dir} candidate {trial.idx}")
+    text = recipe.to_yaml() if fmt == "evomerge" else _to_mergekit(recipe)
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(text)
+    if ranked.enabled:
+        m = archive[rank - 1]
+        out.print(
+            f"wrote {out_file} ({fmt}; rank {rank} by {ranked.by}, {member_line(m)}, "
+            f"digest {trial.digest[:12]}; {ranked.winner_note()})"
+        )
+        return 0
+    out.print(
+        f"wrote {out_file} ({fmt}; rank {rank}, fitness {trial.fitness:.4f}, "
+        f"digest {trial.digest[:12]})"
+    )
+    return 0
+
+
+def _to_mergekit(recipe: Recipe) -> str:
+    from evomerge.recipe_mergekit import to_mergekit_yaml  # a clear error names what it lacks
+
+    return to_mergekit_yaml(recipe)

@@ -1,0 +1,46 @@
+"""``evomerge status DIR``: progress, the archive in winner order, threads, why the search
+stopped and its failures by reason (the store is read only; a running search may go on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evomerge.commands.console import out
+
+
+def status(run_dir: Path) -> int:
+    from evomerge.config import experiment_from_json
+    from evomerge.outcome import outcome_lines
+    from evomerge.store import RunStore
+    from evomerge.validation import member_line, ranking
+
+    with RunStore.open(run_dir, readonly=True) as st:
+        cfg = experiment_from_json(st.config_json())
+        c, cp = st.counts(), st.last_checkpoint()
+        ranked = ranking(st)
+        top = [st.trial(m.idx) for m in ranked.members]
+        threads = st.get_meta("threads")
+        outcome = outcome_lines(st)
+    budget = cfg.budget.max_evals
+    out.print(f"run {run_dir} ({cfg.name}): driver {cfg.driver.name}, space {cfg.space.kind}")
+    out.print(
+        f"generations {c['generations']}  candidates {c['candidates']}  evaluated "
+        f"{c['evaluated']}{f'/{budget}' if budget else ''}  failed {c['failed']}"
+    )
+    if cp is not None:
+        out.print(f"search time {cp.elapsed:.0f} s")
+    if threads:
+        out.print(f"threads {threads}")
+    if ranked.enabled and top:
+        out.print(
+            f"archive ranked by {ranked.by} ({ranked.winner_note()}; gap = search - validation)"
+        )
+    for rank, (t, m) in enumerate(zip(top, ranked.members, strict=True), 1):
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in t.scores.items())
+        score = member_line(m) if ranked.enabled else f"fitness {t.fitness:.4f}"
+        out.print(f"  #{rank} {t.digest[:12]} {score}  ({scores})")
+    if not top:
+        out.print("  no successful candidate yet")
+    for line in outcome:
+        out.print(line, markup=False, highlight=False)
+    return 0
