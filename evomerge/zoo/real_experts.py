@@ -60,10 +60,37 @@ class RealExpertsSpec:
 
         base = Path(resolve_model_ref(self.base_ref))
         models = {"instruct": {"path": str(base), "role": "base", "expert_in": None}}
+        jobs = []
         for i, (name, ex) in enumerate(self.experts.items()):
-            train_adapter(base, ex, out / name, seed=seed * 1000 + 10 + i, progress=progress)
+            jobs.append((name, ex, seed * 1000 + 10 + i))
             models[name] = {"path": name, "role": "expert", "expert_in": ex.expert_in}
+        _train_side_by_side(base, jobs, out, self.threads, progress)
         return models
+
+
+def _train_side_by_side(base: Path, jobs: list, out: Path, threads: int, progress: bool) -> None:
+    """One child process per expert, all at once: the experts are independent, and on a machine
+    with more than one core (or shared with other work) two one-thread trainings finish in about
+    the time of one. Each child inherits this process's environment (the pinned kernels)."""
+    import json
+    import os
+    import subprocess
+
+    procs = []
+    for name, ex, seed in jobs:
+        spec = json.dumps({"expert": dataclasses.asdict(ex), "seed": seed, "threads": threads})
+        args = [sys.executable, "-m", "evomerge.zoo.real_experts", str(base), str(out / name), spec]
+        args += [] if progress else ["--no-progress"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        procs.append((name, subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)))
+    failed = [name for name, p in procs if p.wait() != 0]
+    if failed:
+        from evomerge.errors import UserInputError
+
+        raise UserInputError(
+            f"zoo smollm2-experts: training expert(s) {', '.join(failed)} failed (see the lines "
+            "above); rebuild with `evomerge zoo build smollm2-experts`"
+        )
 
 
 def _batch(tok, draw, size: int):
@@ -158,11 +185,11 @@ def smollm2_experts(quick: bool) -> RealExpertsSpec:
         ),
         base_ref="zoo:smollm2/instruct",
         experts={
-            "skill": AdapterExpert("real_shift", {"shift": 1.0}, steps(30), 2e-3),
+            "skill": AdapterExpert("real_shift", {"shift": 1.0}, steps(20), 2e-3),
             "language": AdapterExpert(
                 "real_zel",
                 {"zel_digit": 1.0, "zel_write": 2.0, "zel_read": 1.0, "zel_repeat": 0.5},
-                steps(100),
+                steps(80),
                 3e-3,
             ),
         },
@@ -171,3 +198,28 @@ def smollm2_experts(quick: bool) -> RealExpertsSpec:
         versions=_versions(),
         task_folders=["real_target", "real_shift", "real_zel"],
     )
+
+
+def _main(argv: list[str]) -> int:
+    """Child process of ``_train_side_by_side``: BASE OUT SPEC_JSON [--no-progress]."""
+    import json
+
+    import torch
+
+    from evomerge.zoo.build import deterministic_cpu
+
+    base, out, spec = Path(argv[0]), Path(argv[1]), json.loads(argv[2])
+    torch.set_num_interop_threads(1)
+    with deterministic_cpu(spec["threads"]):
+        train_adapter(
+            base,
+            AdapterExpert(**spec["expert"]),
+            out,
+            seed=spec["seed"],
+            progress="--no-progress" not in argv,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
