@@ -44,7 +44,7 @@ def _fitness_configs():
     target = cfg.fitness.tasks[0]
     out = {}
     for label, task in TASKS.items():
-        t = target.model_copy(update={"task": task, "include_path": f"../fitness/{task}"})
+        t = target.model_copy(update={"task": task, "include_path": [f"../fitness/{task}"]})
         out[label] = cfg.fitness.model_copy(update={"tasks": [t]})
     return out, Path(cfg.base_dir)
 

@@ -80,3 +80,9 @@ def test_expert_training_is_deterministic(smollm2_dir, tmp_path):
     assert out["a"] != out["c"]
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(smollm2_dir)
+    # evomerge eval takes the adapter folder as a model: applied to its base in a temp folder
+    from evomerge.eval_target import open_target
+
+    with open_target(tmp_path / "a") as target:
+        assert target.kind == "adapter"
+        assert (target.folder / "config.json").is_file()
