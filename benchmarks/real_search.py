@@ -36,8 +36,9 @@ TASKS = {"target": "real_target", "skill": "real_shift", "language": "real_zel"}
 SKILL, LANGUAGE, BASE = (f"zoo:smollm2-experts/{m}" for m in ("skill", "language", "instruct"))
 
 
-def _fitness_configs():
-    """One FitnessConfig per task (target, skill's, language's), as real_ps.yaml scores them."""
+def _fitness_configs(shots: int = 0):
+    """One FitnessConfig per task (target, skill's, language's), as real_ps.yaml scores them
+    (zero-shot); ``shots``: that many worked examples as earlier chat turns instead."""
     from evomerge.config import load_experiment
 
     cfg = load_experiment(EXPERIMENTS / "real_ps.yaml")
@@ -45,17 +46,21 @@ def _fitness_configs():
     out = {}
     for label, task in TASKS.items():
         t = target.model_copy(update={"task": task, "include_path": [f"../fitness/{task}"]})
+        if shots:
+            t = t.model_copy(update={"num_fewshot": shots, "fewshot_as_multiturn": True})
         out[label] = cfg.fitness.model_copy(update={"tasks": [t]})
     return out, Path(cfg.base_dir)
 
 
-def score(path: Path | str, splits: dict[str, str], recipe_paths: list[str] = ()) -> dict:
+def score(
+    path: Path | str, splits: dict[str, str], recipe_paths: list[str] = (), shots: int = 0
+) -> dict:
     """{task label: exact match} of a model folder, zoo model, recipe YAML or run folder."""
     from evomerge.eval_cli import load_model
     from evomerge.eval_target import open_target
     from evomerge.fitness import build_fitness
 
-    configs, base_dir = _fitness_configs()
+    configs, base_dir = _fitness_configs(shots)
     out = {}
     with open_target(Path(path) if ":" not in str(path) else path, recipe_paths=recipe_paths) as t:
         model, tok = load_model(t.folder)
@@ -65,11 +70,11 @@ def score(path: Path | str, splits: dict[str, str], recipe_paths: list[str] = ()
     return out
 
 
-def _score_job(job: tuple[str, dict]) -> dict:
+def _score_job(job: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)  # one thread per process: see README, Threads
-    return score(job[0], job[1])
+    return score(job[0], job[1], shots=job[2] if len(job) > 2 else 0)
 
 
 def _pool(jobs: int):
@@ -164,12 +169,15 @@ def main() -> None:
     val = dict.fromkeys(TASKS, "validation")
     sources = {"instruct": BASE, "skill expert": SKILL, "language expert": LANGUAGE}
     recipes = simple_merges(args.out)
-    jobs = [(str(ref), val) for ref in sources.values()]
+    # the experiments score zero-shot, as the experts were trained; the instruct model also
+    # gets two worked examples (its best prompt: zero-shot it explains instead of answering)
+    jobs = [(BASE, val, 2)] + [(str(ref), val) for ref in sources.values()]
     jobs += [(str(path), {"target": "search"}) for path in recipes.values()]
     with _pool(args.jobs) as pool:
         results = list(pool.map(_score_job, jobs))
-    rows = [{"model": k, **r} for k, r in zip(sources, results, strict=False)]
-    merges = {k: r["target"] for k, r in zip(recipes, results[len(sources) :], strict=True)}
+    rows = [{"model": "instruct, 2 worked examples", **results[0]}]
+    rows += [{"model": k, **r} for k, r in zip(sources, results[1:], strict=False)]
+    merges = {k: r["target"] for k, r in zip(recipes, results[1 + len(sources) :], strict=True)}
     for name, got in merges.items():
         print(f"  {name}: target (search items) {got}", flush=True)
     best = max(merges, key=merges.get)
