@@ -118,6 +118,7 @@ def _experiment(name: str, out: Path, seed: int, evals: int, **space) -> Path:
     """A copy of experiments/NAME.yaml with the seed and budget set and paths made absolute."""
     body = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
     body["seed"], body["budget"] = seed, {"max_evals": evals}
+    body["evaluation"] = {**body.get("evaluation", {}), "threads": 1}  # searches run side by side
     for task in body["fitness"]["tasks"]:
         task["include_path"] = str((EXPERIMENTS / task["include_path"]).resolve())
     body["space"] |= space
@@ -138,8 +139,55 @@ def run_search(name: str, experiment: Path, run_dir: Path) -> dict:
         _cli("search", str(experiment), "--run-dir", str(run_dir))
     best = run_dir / "best.yaml"
     _cli("export", str(run_dir), "--out", str(best))
+    import torch
+
+    torch.set_num_threads(1)
     scores = score(best, dict.fromkeys(TASKS, "validation"), [str(run_dir)])
     return {"search": name, **scores, "seconds": round(time.perf_counter() - start)}
+
+
+def sources_and_merges(out: Path, workers: int) -> tuple[list[dict], dict]:
+    """Validation scores of the instruct model, the experts and the best simple merge (chosen
+    on the target's search items), and every simple merge's score on those search items."""
+    val = dict.fromkeys(TASKS, "validation")
+    sources = {"instruct": BASE, "skill expert": SKILL, "language expert": LANGUAGE}
+    recipes = simple_merges(out)
+    # the experiments score zero-shot, as the experts were trained; the instruct model also
+    # gets two worked examples (its best prompt: zero-shot it explains instead of answering)
+    todo = [(BASE, val, 2)] + [(str(ref), val) for ref in sources.values()]
+    todo += [(str(path), {"target": "search"}) for path in recipes.values()]
+    with _pool(workers) as pool:
+        results = list(pool.map(_score_job, todo))
+    rows = [{"model": "instruct, 2 worked examples", **results[0]}]
+    rows += [{"model": k, **r} for k, r in zip(sources, results[1:], strict=False)]
+    merges = {k: r["target"] for k, r in zip(recipes, results[1 + len(sources) :], strict=True)}
+    for name, got in merges.items():
+        print(f"  {name}: target (search items) {got}", flush=True)
+    best = max(merges, key=merges.get)
+    rows.append({"model": f"best simple merge ({best})", **score(recipes[best], val)})
+    for r in rows:
+        print(r, flush=True)
+    return rows, merges
+
+
+def _searches(folder: Path, seed: int, evals: int, jobs: int) -> list[dict]:
+    """PS, random (PS space) and data flow side by side (``jobs`` processes), then the hybrid
+    over this seed's PS winner."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ps = _experiment("real_ps", folder, seed, evals)
+    body = yaml.safe_load(ps.read_text())
+    body["driver"] = {"name": "random"}
+    runs = [
+        ("parameter space", ps, folder / "ps"),
+        ("random (PS space)", _recipe(folder, "real_random", body), folder / "random"),
+        ("data flow", _experiment("real_dfs", folder, seed, evals), folder / "dfs"),
+    ]
+    with _pool(jobs) as pool:
+        got = list(pool.map(run_search, *zip(*runs, strict=True)))
+    winner = str(folder / "ps" / "best.yaml")
+    hybrid = _experiment("real_hybrid", folder, seed, evals, winner=winner)
+    got.append(run_search("hybrid", hybrid, folder / "hybrid"))
+    return [{"seed": seed, **g} for g in got]
 
 
 def main() -> None:
@@ -148,6 +196,7 @@ def main() -> None:
     ap.add_argument("--evals", type=int, default=48, help="evaluations per search")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "real_bench")
     ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--skip-sources", action="store_true", help="only the searches")
     ap.add_argument("--jobs", type=int, default=2, help="processes scoring models side by side")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,40 +215,14 @@ def main() -> None:
         flush=True,
     )
 
-    val = dict.fromkeys(TASKS, "validation")
-    sources = {"instruct": BASE, "skill expert": SKILL, "language expert": LANGUAGE}
-    recipes = simple_merges(args.out)
-    # the experiments score zero-shot, as the experts were trained; the instruct model also
-    # gets two worked examples (its best prompt: zero-shot it explains instead of answering)
-    jobs = [(BASE, val, 2)] + [(str(ref), val) for ref in sources.values()]
-    jobs += [(str(path), {"target": "search"}) for path in recipes.values()]
-    with _pool(args.jobs) as pool:
-        results = list(pool.map(_score_job, jobs))
-    rows = [{"model": "instruct, 2 worked examples", **results[0]}]
-    rows += [{"model": k, **r} for k, r in zip(sources, results[1:], strict=False)]
-    merges = {k: r["target"] for k, r in zip(recipes, results[1 + len(sources) :], strict=True)}
-    for name, got in merges.items():
-        print(f"  {name}: target (search items) {got}", flush=True)
-    best = max(merges, key=merges.get)
-    rows.append({"model": f"best simple merge ({best})", **score(recipes[best], val)})
-    for r in rows:
-        print(r, flush=True)
+    rows: list[dict] = []
+    merges: dict = {}
+    if not args.skip_sources:
+        rows, merges = sources_and_merges(args.out, args.jobs)
 
     searches: list[dict] = []
     for seed in [] if args.skip_search else args.seeds:
-        d = args.out / f"seed{seed}"
-        d.mkdir(exist_ok=True)
-        ps = run_search("parameter space", _experiment("real_ps", d, seed, args.evals), d / "ps")
-        searches.append({"seed": seed, **ps})
-        rnd = _experiment("real_ps", d, seed, args.evals)
-        body = yaml.safe_load(rnd.read_text())
-        body["driver"] = {"name": "random"}
-        rnd = _recipe(d, "real_random", body)
-        searches.append({"seed": seed, **run_search("random (PS space)", rnd, d / "random")})
-        dfs = _experiment("real_dfs", d, seed, args.evals)
-        searches.append({"seed": seed, **run_search("data flow", dfs, d / "dfs")})
-        hyb = _experiment("real_hybrid", d, seed, args.evals, winner=str(d / "ps" / "best.yaml"))
-        searches.append({"seed": seed, **run_search("hybrid", hyb, d / "hybrid")})
+        searches += _searches(args.out / f"seed{seed}", seed, args.evals, args.jobs)
         for s in searches[-4:]:
             print(s, flush=True)
 
