@@ -132,7 +132,7 @@ def _cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "evomerge", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_search(name: str, experiment: Path, run_dir: Path) -> dict:
+def run_search(name: str, experiment: Path, run_dir: Path, sources: tuple[str, ...] = ()) -> dict:
     """Search, export the winner (by validation) and score it on every task's validation items."""
     start = time.perf_counter()
     if not (run_dir / "store.sqlite").is_file():
@@ -142,7 +142,7 @@ def run_search(name: str, experiment: Path, run_dir: Path) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    scores = score(best, dict.fromkeys(TASKS, "validation"), [str(run_dir)])
+    scores = score(best, dict.fromkeys(TASKS, "validation"), [str(run_dir), *sources])
     return {"search": name, **scores, "seconds": round(time.perf_counter() - start)}
 
 
@@ -186,7 +186,8 @@ def _searches(folder: Path, seed: int, evals: int, jobs: int) -> list[dict]:
         got = list(pool.map(run_search, *zip(*runs, strict=True)))
     winner = str(folder / "ps" / "best.yaml")
     hybrid = _experiment("real_hybrid", folder, seed, evals, winner=winner)
-    got.append(run_search("hybrid", hybrid, folder / "hybrid"))
+    # the hybrid's winner is a merge over recipe:<PS winner>: found in the PS run's archive
+    got.append(run_search("hybrid", hybrid, folder / "hybrid", (str(folder / "ps"),)))
     return [{"seed": seed, **g} for g in got]
 
 
