@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 RUN := source scripts/env.sh && source .venv/bin/activate &&
 
-.PHONY: setup demo test lint
+.PHONY: setup demo demo-real test lint
 setup:
 	@bash scripts/setup.sh
 
@@ -10,6 +10,18 @@ setup:
 demo: setup
 	@$(RUN) if [ -e runs/demo/store.sqlite ]; then evomerge resume runs/demo; \
 	else evomerge search experiments/toy_ps_cmaes.yaml --run-dir runs/demo; fi
+
+# The second demo, on a real model (docs/real_experts.md): builds the smollm2-experts zoo if it is
+# missing (two LoRA experts trained from SmolLM2-135M-Instruct on CPU), runs the parameter-space
+# search whose winner the hybrid starts from, then the hybrid (PS+DFS) search. A second run
+# reuses the zoo and the PS run and continues the hybrid.
+demo-real: setup
+	@$(RUN) evomerge zoo build smollm2-experts && \
+	if [ ! -e runs/real_ps/store.sqlite ]; then \
+	  evomerge search experiments/real_ps.yaml --run-dir runs/real_ps; fi && \
+	evomerge export runs/real_ps --out runs/real_ps/best.yaml && \
+	if [ -e runs/real_hybrid/store.sqlite ]; then evomerge resume runs/real_hybrid; \
+	else evomerge search experiments/real_hybrid.yaml --run-dir runs/real_hybrid; fi
 
 test: setup
 	@$(RUN) python -m pytest -q -p no:cacheprovider tests

@@ -23,7 +23,7 @@ ARGUMENT = "MODEL|RECIPE|RUN"
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # "model", "recipe" or "run"
+    kind: str  # "model", "adapter", "recipe" or "run"
     label: str  # what the user named, for the printout
     folder: Path  # the HF model folder to score
     digest: str  # recipe digest (a model folder: its passthrough recipe's)
@@ -32,7 +32,8 @@ class Target:
 
 
 def kind_of(path: Path) -> str:
-    """'model' (a folder with config.json), 'run' (a folder with a run store) or 'recipe'."""
+    """'model' (a folder with config.json), 'adapter' (a LoRA adapter folder), 'run' (a folder
+    with a run store) or 'recipe'."""
     from evomerge.store import STORE_FILE
 
     if path.is_dir():
@@ -40,6 +41,8 @@ def kind_of(path: Path) -> str:
             return "run"
         if (path / "config.json").is_file():
             return "model"
+        if (path / "adapter_config.json").is_file():
+            return "adapter"  # a PEFT LoRA folder: applied to its base (docs/lora.md)
         raise UserInputError(
             f"{ARGUMENT} {path}: a folder with neither config.json (a model) nor {STORE_FILE} "
             "(a run folder); give a HF model folder, a recipe YAML or a run folder"
@@ -70,6 +73,10 @@ def open_target(path: Path, *, rank: int = 1, recipe_paths: Sequence[str] = ()) 
         folder = path.resolve()
         digest = Recipe(merge_method="passthrough", models=[ModelRef(model=str(folder))]).digest()
         yield Target("model", str(path), folder, digest)
+    elif kind == "adapter":
+        recipe = Recipe(merge_method="passthrough", models=[ModelRef(model=str(path.resolve()))])
+        with _merged(recipe, _resolver(recipe_paths)) as folder:
+            yield Target("adapter", str(path), folder, recipe.digest())
     elif kind == "run":
         with _run_member(path, rank) as target:
             yield target

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from evomerge.zoo.lm import LMShape, Phase
 from evomerge.zoo.real import RealZooSpec, gemma3, smollm2
+from evomerge.zoo.real_experts import RealExpertsSpec, smollm2_experts
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class DigitsZooSpec:
         return build_digits_zoo(self, out, seed=seed, progress=progress)
 
 
-ZooSpec = LMZooSpec | DigitsZooSpec | RealZooSpec
+ZooSpec = LMZooSpec | DigitsZooSpec | RealZooSpec | RealExpertsSpec
 
 
 def _scale(steps: int, quick: bool) -> int:
@@ -236,4 +237,6 @@ ZOOS: dict[str, Callable[[bool], ZooSpec]] = {
     # real pretrained models, converted from GGUF files shipped on PyPI (evomerge[real])
     "smollm2": smollm2,
     "gemma3": gemma3,
+    # LoRA experts trained here from zoo:smollm2/instruct (docs/real_experts.md)
+    "smollm2-experts": smollm2_experts,
 }

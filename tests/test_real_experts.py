@@ -1,0 +1,88 @@
+"""The smollm2-experts zoo: its task folders (what the search and validation score) and the
+determinism of its LoRA training on the real SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from evomerge.zoo import real_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ["real_ps.yaml", "real_dfs.yaml", "real_hybrid.yaml"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_committed_folders_are_the_generated_ones(tmp_path):
+    real_tasks.write_task_folders(tmp_path)
+    for name in real_tasks.TASKS:
+        for f in sorted((tmp_path / name).iterdir()):
+            committed = REPO / "fitness" / name / f.name
+            assert committed.read_text() == f.read_text(), f"regenerate {committed}"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_search_and_validation_items_are_disjoint(experiment):
+    from evomerge.config import load_experiment
+
+    cfg = load_experiment(REPO / "experiments" / experiment)
+    for task in cfg.fitness.tasks:
+        rows = _rows(REPO / "fitness" / task.task / "test.jsonl")
+        search = rows[: task.limit]
+        validation = rows[task.limit : task.limit + cfg.fitness.validation.items]
+        assert len(search) == task.limit and len(validation) == cfg.fitness.validation.items
+        shots = {r["question"] for r in _rows(REPO / "fitness" / task.task / "train.jsonl")}
+        questions = [r["question"] for r in search + validation]
+        assert len(set(questions)) == len(questions)  # no item both searched and validated
+        assert not shots & set(questions)  # the few-shot examples are not scored
+
+
+def test_answers_follow_the_rules():
+    for q, a in real_tasks.items("real_target")[0][:20]:
+        words = q.split(" of ")[1].removesuffix(" up by one.").split()
+        digits = "".join(str(real_tasks.ZEL.index(w)) for w in words)
+        assert a == real_tasks.to_zel(real_tasks.shifted(digits))
+    assert real_tasks.shifted("0919") == "1020"
+    assert real_tasks.to_zel("472") == "pe vi mi"
+
+
+def test_training_never_draws_a_scored_question():
+    held = real_tasks.held_out()
+    mix = {name: 1.0 for name in real_tasks.GENERATORS}
+    draw = real_tasks.sampler(mix, random.Random(0))
+    drawn = [draw()[0] for _ in range(3000)]
+    assert not held & set(drawn)
+    # the generators do produce held-out questions: the filter is what keeps them out
+    raw = random.Random(0)
+    assert any(real_tasks.target_item(raw)[0] in held for _ in range(20000))
+
+
+def test_expert_training_is_deterministic(smollm2_dir, tmp_path):
+    """Two trainings of a tiny expert (2 steps, batch 2) write the same adapter bytes; a third
+    with another seed does not (so the check can fail)."""
+    pytest.importorskip("peft")
+    from evomerge.zoo.build import deterministic_cpu
+    from evomerge.zoo.real_experts import AdapterExpert, train_adapter
+
+    ex = AdapterExpert("real_shift", {"shift": 1.0, "zel_write": 1.0}, steps=2, lr=2e-3, batch=2)
+    out = {}
+    with deterministic_cpu(1):
+        for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+            train_adapter(smollm2_dir, ex, tmp_path / name, seed=seed, progress=False)
+            out[name] = (tmp_path / name / "adapter_model.safetensors").read_bytes()
+    assert out["a"] == out["b"]
+    assert out["a"] != out["c"]
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(smollm2_dir)
+    # evomerge eval takes the adapter folder as a model: applied to its base in a temp folder
+    from evomerge.eval_target import open_target
+
+    with open_target(tmp_path / "a") as target:
+        assert target.kind == "adapter"
+        assert (target.folder / "config.json").is_file()
