@@ -13,22 +13,19 @@ The lock holder also removes temporary folders left by builders that were killed
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import torch
 
 from evomerge.errors import UserInputError
 from evomerge.io.cache import cache_root
 from evomerge.io.lock import FileLock
 from evomerge.zoo import pinned
+from evomerge.zoo.cpu import deterministic_cpu
 from evomerge.zoo.specs import ZOOS, ZooSpec
 
 # 2: trained with pinned, machine-independent kernels (zoo/pinned.py); manifest has a digest
@@ -54,23 +51,10 @@ def config_hash(name: str, *, seed: int = 0, quick: bool = False) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def deterministic_cpu(threads: int = 2) -> Iterator[None]:
-    """Pin threads and deterministic kernels while training; restore the caller's settings."""
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(min(threads, old_threads))
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-
-
 def _train(name: str, spec: ZooSpec, out: Path, *, seed: int, quick: bool, progress: bool):
     if pinned.native_requested():
         with deterministic_cpu(getattr(spec, "threads", 2)):
-            return spec.build(out, seed=seed, progress=progress)
+            return spec.build(out, seed=seed, progress=progress, **zoo_inputs(spec))
     return pinned.train_pinned(name, out, seed=seed, quick=quick, progress=progress)
 
 
@@ -91,6 +75,19 @@ def weights_digest(folder: str | Path) -> str:
         h.update(str(f.relative_to(folder)).encode() + b"\0")
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def zoo_inputs(spec: ZooSpec) -> dict[str, Path]:
+    """The built models a zoo is trained from (a zoo of adapters names its base model as
+    ``base_ref = "zoo:<zoo>/<model>"``), built here first and handed to ``spec.build``, so that
+    no zoo module imports the model resolver (which imports this module)."""
+    ref = getattr(spec, "base_ref", None)
+    if ref is None:
+        return {}
+    zoo_name, _, model = ref.removeprefix("zoo:").partition("/")
+    folder = Path(build(zoo_name))
+    entry = load_manifest(folder)["models"][model]
+    return {"base": (folder / entry.get("path", model)).resolve()}
 
 
 def load_manifest(folder: str | Path) -> dict:

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from evomerge.zoo.build import deterministic_cpu, get_spec
+from evomerge.zoo.build import get_spec, zoo_inputs
+from evomerge.zoo.cpu import deterministic_cpu
 from evomerge.zoo.pinned import RESULT_FILE
 
 
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> int:
     quick, progress = "--quick" in argv, "--no-progress" not in argv
     spec = get_spec(name, quick)
     with deterministic_cpu(getattr(spec, "threads", 2)):
-        models = spec.build(out, seed=seed, progress=progress)
+        models = spec.build(out, seed=seed, progress=progress, **zoo_inputs(spec))
     (out / RESULT_FILE).write_text(json.dumps(models))
     return 0
 

@@ -55,10 +55,8 @@ class RealExpertsSpec:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def build(self, out: Path, *, seed: int, progress: bool) -> dict:
-        from evomerge.config import resolve_model_ref
-
-        base = Path(resolve_model_ref(self.base_ref))
+    def build(self, out: Path, *, seed: int, progress: bool, base: Path) -> dict:
+        """``base``: the folder of ``base_ref``, built first by zoo/build.py (zoo_inputs)."""
         models = {"instruct": {"path": str(base), "role": "base", "expert_in": None}}
         jobs = []
         for i, (name, ex) in enumerate(self.experts.items()):
@@ -206,7 +204,7 @@ def _main(argv: list[str]) -> int:
 
     import torch
 
-    from evomerge.zoo.build import deterministic_cpu
+    from evomerge.zoo.cpu import deterministic_cpu
 
     base, out, spec = Path(argv[0]), Path(argv[1]), json.loads(argv[2])
     torch.set_num_interop_threads(1)
