@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from evomerge.racing import Racer, paired_upper, sure_losers
 from evomerge.recipe import Recipe
 from evomerge.search_cli import search
 from evomerge.store import RunStore
+from tests.helpers.kill_resume import cli, kill_at_random
 
 pytestmark = pytest.mark.timeout(900)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -231,37 +229,12 @@ def test_item_budget_stops_the_search(tmp_path, capsys):
     assert sum(spent[:-6]) < 300  # the generation before the last had not reached it
 
 
-def _generations(run: Path) -> int:
-    db = run / "store.sqlite"
-    if not db.exists():
-        return -1
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute("SELECT MAX(generation) FROM checkpoints").fetchone()
-    except sqlite3.OperationalError:
-        return -1
-    return -1 if row[0] is None else row[0]
-
-
 def _kill_at_random(cmd: list[str], run: Path, rng: random.Random) -> bool:
-    before = _generations(run)
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if _generations(run) > before:
-            time.sleep(rng.uniform(0.0, 1.5))  # inside the next generation, mid-race
-            break
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        assert proc.returncode == 0, proc.stderr.read().decode()
-        return False
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return True
+    # inside the next generation, mid-race
+    return kill_at_random(cmd, run, rng, ENV, within_s=1.5, deadline_s=300)
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "evomerge.cli", *args]
+_cli = cli
 
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):

@@ -26,6 +26,7 @@ from evomerge.workers.materialize import ExpertCache
 from evomerge.workers.ray_actor import WorkerFactory
 from evomerge.workers.ray_placement import PlacedMaterializer, Placement
 from evomerge.workers.serial import SerialEvaluator
+from tests.helpers.kill_resume import committed_generation
 
 ray = pytest.importorskip("ray")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors need this module's classes
@@ -292,7 +293,7 @@ def _kill_a_busy_worker_once(run_dir: Path, done: threading.Event, killed: list)
 
     me = psutil.Process()
     while not done.is_set() and not killed:
-        if (run_dir / "store.sqlite").exists() and _generations(run_dir) >= 0:
+        if committed_generation(run_dir) >= 0:
             for p in me.children(recursive=True):
                 try:
                     title = " ".join(p.cmdline())
@@ -303,17 +304,6 @@ def _kill_a_busy_worker_once(run_dir: Path, done: threading.Event, killed: list)
                     killed.append(p.pid)
                     return
         time.sleep(0.05)
-
-
-def _generations(run_dir: Path) -> int:
-    import sqlite3
-
-    try:
-        with sqlite3.connect(f"file:{run_dir / 'store.sqlite'}?mode=ro", uri=True) as conn:
-            row = conn.execute("SELECT MAX(generation) FROM checkpoints").fetchone()
-    except sqlite3.OperationalError:
-        return -1
-    return -1 if row[0] is None else row[0]
 
 
 def _trials(run_dir: Path):

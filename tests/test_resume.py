@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.kill_resume import cli, kill_at_random
 from tests.helpers.search_fixtures import make_family, write_experiment
 
 pytestmark = pytest.mark.timeout(400)
@@ -25,20 +23,7 @@ pytestmark = pytest.mark.timeout(400)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "evomerge.cli", *args]
-
-
-def _generations(run_dir: Path) -> int:
-    db = run_dir / "store.sqlite"
-    if not db.exists():
-        return -1
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute("SELECT MAX(generation) FROM checkpoints").fetchone()
-    except sqlite3.OperationalError:
-        return -1
-    return -1 if row[0] is None else row[0]
+_cli = cli
 
 
 def _snapshot(run_dir: Path):
@@ -55,23 +40,8 @@ def _snapshot(run_dir: Path):
 
 
 def _kill_at_random(cmd: list[str], run_dir: Path, rng: random.Random) -> bool:
-    """Start ``cmd``; SIGKILL it shortly after it commits a new generation. True if it was
-    killed, False if it finished first."""
-    before = _generations(run_dir)
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if _generations(run_dir) > before:
-            time.sleep(rng.uniform(0.0, 0.25))  # land anywhere inside the next generation (~0.3 s)
-            break
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        err = proc.stderr.read().decode()
-        assert proc.returncode == 0, err
-        return False
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return True
+    # land anywhere inside the next generation (~0.3 s)
+    return kill_at_random(cmd, run_dir, rng, ENV, within_s=0.25, deadline_s=120)
 
 
 def kill_and_resume_to_the_end(exp: Path, run_dir: Path, rng: random.Random) -> None:

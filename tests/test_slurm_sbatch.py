@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fake_slurm import harness
+from tests.helpers.kill_resume import committed_generation
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "slurm" / "search.sbatch"
@@ -61,17 +62,6 @@ def _store(run_dir: Path):
         archive = conn.execute("SELECT rank, digest, idx FROM archive ORDER BY rank").fetchall()
         gen = conn.execute("SELECT MAX(generation) FROM checkpoints").fetchone()[0]
     return trials, archive, -1 if gen is None else gen
-
-
-def _committed_generation(run_dir: Path) -> int:
-    """The last committed generation, -1 before the first (also while the store file exists but
-    its tables are still being created: polling reads it at any moment)."""
-    if not (run_dir / "store.sqlite").exists():
-        return -1
-    try:
-        return _store(run_dir)[2]
-    except sqlite3.OperationalError:
-        return -1
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +170,7 @@ def test_preempted_job_requeues_and_resumes_exactly(long_experiment, tmp_path):
         p = alloc.start_batch(SBATCH, [str(experiment), str(run_dir)], log=log, extra_env=env)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and p.poll() is None:
-            if _committed_generation(run_dir) >= 0:
+            if committed_generation(run_dir) >= 0:
                 break
             time.sleep(0.2)
         p.send_signal(signal.SIGTERM)  # what --signal=B:TERM@180 delivers to the batch shell
