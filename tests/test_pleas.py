@@ -63,6 +63,9 @@ def test_merging_a_permuted_copy_gives_the_model_back(twins, method: str, size: 
     assert [u.width for u in units[1:-1]] == [round(12 * size), round(10 * size)]
     fresh = torch.randn(100, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     torch.testing.assert_close(_run(merged, fresh), _run(a, fresh))
+    one = sum(w.numel() + b.numel() for w, b in a)
+    expected = {1.0: one, 2.0: 2 * one - 3}  # size 2: two models side by side, one output bias
+    assert pleas.parameter_count(units) == expected.get(size, pleas.parameter_count(units))
     if size == 1.0:  # one model's width: A's own weights (B's units were matched to A's)
         for (wm, bm), (wa, ba) in zip(merged, a):
             torch.testing.assert_close(wm, wa)

@@ -204,6 +204,13 @@ def allowed_inputs(prev: Units, cur: Units) -> torch.Tensor:
     return mask
 
 
+def parameter_count(units: list[Units]) -> int:
+    """Weights and biases of the merged model that are not structural zeros (A's kept units
+    reading B's): the size a sparse layout would store, the authors' FLOPs count."""
+    pairs = zip(units[:-1], units[1:])
+    return sum(int(allowed_inputs(prev, cur).sum()) + cur.width for prev, cur in pairs)
+
+
 def solve_layer(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> Layer:
     """min ‖x W^T + b − target‖² with W[o, i] = 0 where ``mask`` is False, one least-squares
     problem per group of rows that read the same inputs (minimum norm where x is rank-deficient)."""
