@@ -10,7 +10,12 @@ from evomerge.errors import UserInputError
 from evomerge.model_merges import pleas
 from evomerge.model_merges.digits import layers_of, merge_digits
 from evomerge.zoo.build import build
-from evomerge.zoo.digits import digits_correct, load_digits_model
+from evomerge.zoo.digits import (
+    digits_correct,
+    digits_data,
+    load_digits_model,
+    save_digits_model,
+)
 
 
 def _chain(widths: list[int], seed: int) -> list[pleas.Layer]:
@@ -124,7 +129,7 @@ def _accuracy(model) -> float:
     return sum(correct) / len(correct)
 
 
-def test_pleas_merges_different_inits_where_averaging_fails(digits_zoo) -> None:
+def test_pleas_merges_different_inits_where_averaging_fails(digits_zoo, tmp_path) -> None:
     a, b = (load_digits_model(digits_zoo / name) for name in ("init_0", "init_1"))
     assert a.depth == 2 and layers_of(a)[1][0].shape == (128, 128)
     sources = min(_accuracy(a), _accuracy(b))
@@ -132,6 +137,11 @@ def test_pleas_merges_different_inits_where_averaging_fails(digits_zoo) -> None:
     merged = _accuracy(merge_digits(a, b, size=1.0))
     assert merged > average + 0.1  # measured: 0.95 against 0.73
     assert merged > sources - 0.02
+    wider = merge_digits(a, b, size=1.5)  # a digits model folder like any other, 192 units wide
+    save_digits_model(wider, tmp_path / "merged")
+    x = digits_data("test")[0]
+    torch.testing.assert_close(load_digits_model(tmp_path / "merged")(x), wider(x))
+    assert [m.out_features for m in wider.hidden_layers()] == [192, 192]
 
 
 def test_least_squares_beats_permutation_alone_on_different_data(digits_zoo) -> None:
