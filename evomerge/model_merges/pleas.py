@@ -14,7 +14,7 @@ task's training inputs, or public proxy inputs when there are none, as the paper
    negative Euclidean distance between their columns of features, summed over the layer's
    pre-activations and post-ReLU activations (the two nodes of its permutation group in their
    code); a linear assignment gives the permutation π maximizing Σ_i S[i, π(i)].
-2. Partial matching. With keep fraction r = size − 1, the ⌈r·d⌋ matched pairs of lowest
+2. Partial matching. With keep fraction r = size − 1, the round(r·d) matched pairs of lowest
    similarity are not merged: both units are kept, A's and B's. The merged layer's units are
    [merged pairs, A's kept units, B's kept units], width (1 + r)·d. Its features are
    z_M = R_A z_A + R_B z_B (a merged unit is the mean of its pair); U_A, U_B read each model's
@@ -147,8 +147,8 @@ def split_units(perm: torch.Tensor, s: torch.Tensor, keep_fraction: float) -> Un
     d = len(perm)
     matched = s[torch.arange(d), perm]
     order = torch.argsort(matched, stable=True)  # least similar first
-    kept = order[: round(keep_fraction * d)].sort().values
-    merged = order[round(keep_fraction * d) :].sort().values
+    n_kept = round(keep_fraction * d)
+    kept, merged = order[:n_kept].sort().values, order[n_kept:].sort().values
     return Units(merged, perm[merged], kept, perm[kept])
 
 
@@ -186,9 +186,9 @@ def permute_merge(layers_a: list[Layer], layers_b: list[Layer], units: list[Unit
     merged = []
     for lay, ((wa, ba), (wb, bb)) in enumerate(zip(layers_a, layers_b)):
         prev, cur = units[lay], units[lay + 1]
-        w = cur.zip("a") @ wa.double() @ prev.unzip("a") + cur.zip("b") @ wb.double() @ prev.unzip(
-            "b"
-        )
+        w_a = cur.zip("a") @ wa.double() @ prev.unzip("a")
+        w_b = cur.zip("b") @ wb.double() @ prev.unzip("b")
+        w = w_a + w_b
         b = cur.zip("a") @ ba.double() + cur.zip("b") @ bb.double()
         merged.append((w, b))
     return merged
