@@ -25,15 +25,28 @@ SPLIT_SEED = 0
 
 
 class DigitsMLP(nn.Module):
-    """64 -> hidden (ReLU) -> 10. Tensor names: ``hidden.weight/bias``, ``head.weight/bias``."""
+    """64 -> hidden (ReLU) -> 10. Tensor names: ``hidden.weight/bias``, ``head.weight/bias``.
 
-    def __init__(self, in_features: int = 64, hidden: int = 256, classes: int = 10) -> None:
+    ``depth`` > 1 stacks more hidden layers of the same width (``hidden_2``, ``hidden_3``, ...):
+    PLeaS's different-init pair is two hidden layers deep, where weight averaging fails."""
+
+    def __init__(
+        self, in_features: int = 64, hidden: int = 256, classes: int = 10, depth: int = 1
+    ) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_features, hidden)
+        for i in range(2, depth + 1):
+            setattr(self, f"hidden_{i}", nn.Linear(hidden, hidden))
         self.head = nn.Linear(hidden, classes)
+        self.depth = depth
+
+    def hidden_layers(self) -> list[nn.Linear]:
+        return [self.hidden] + [getattr(self, f"hidden_{i}") for i in range(2, self.depth + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.hidden(x)))
+        for layer in self.hidden_layers():
+            x = torch.relu(layer(x))
+        return self.head(x)
 
 
 def _images(x: torch.Tensor) -> torch.Tensor:
@@ -77,9 +90,9 @@ def digits_data(split: str, transform: str = "identity") -> tuple[torch.Tensor, 
     return TRANSFORMS[transform](x).contiguous(), y.clone()
 
 
-def new_digits_model(seed: int, hidden: int = 256) -> DigitsMLP:
+def new_digits_model(seed: int, hidden: int = 256, depth: int = 1) -> DigitsMLP:
     torch.manual_seed(seed)
-    return DigitsMLP(hidden=hidden)
+    return DigitsMLP(hidden=hidden, depth=depth)
 
 
 def train_digits(
@@ -115,6 +128,7 @@ def save_digits_model(model: DigitsMLP, out: Path) -> None:
         "in_features": model.hidden.in_features,
         "hidden_size": model.hidden.out_features,
         "num_classes": model.head.out_features,
+        **({"hidden_layers": model.depth} if model.depth > 1 else {}),
         "torch_dtype": "float32",
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -137,7 +151,9 @@ def load_digits_model(path: str | Path) -> DigitsMLP:
         raise UserInputError(
             f"{cfg_path}: model_type is {cfg.get('model_type')!r}, expected {MODEL_TYPE!r}"
         )
-    model = DigitsMLP(cfg["in_features"], cfg["hidden_size"], cfg["num_classes"])
+    model = DigitsMLP(
+        cfg["in_features"], cfg["hidden_size"], cfg["num_classes"], cfg.get("hidden_layers", 1)
+    )
     state = load_file(str(weights))
     missing = set(model.state_dict()) - set(state)
     if missing:

@@ -26,7 +26,7 @@ def build_digits_zoo(spec, out: Path, *, seed: int, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     models: dict[str, dict] = {}
-    total = 3 + len(spec.transforms) + spec.scratch_models
+    total = 5 + len(spec.transforms) + spec.scratch_models
     with tqdm(total=total, desc=f"zoo {spec.name}", disable=not progress, leave=False) as bar:
         base = new_digits_model(seed, spec.hidden)
         xb, yb = _base_data(spec)
@@ -84,6 +84,18 @@ def build_digits_zoo(spec, out: Path, *, seed: int, progress: bool) -> dict:
                 "expert_in": f"digits {lo}-{hi}",
                 "group": "halves",
             }
+            bar.update()
+        for i in range(2):
+            # PLeaS's setting: the same data and training, different random inits
+            model = new_digits_model(
+                seed * 1000 + 300 + i, spec.init_pair_hidden, depth=spec.init_pair_depth
+            )
+            train_digits(
+                model, x, y, epochs=spec.init_pair_epochs, lr=1e-3, seed=seed * 1000 + 310 + i
+            )
+            name = f"init_{i}"
+            save_digits_model(model, out / name)
+            models[name] = {"path": name, "role": "expert", "expert_in": "digits", "group": "inits"}
             bar.update()
         bar.update()
     return models
