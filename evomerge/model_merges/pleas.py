@@ -43,7 +43,7 @@ Where this departs from the authors' code:
 - Per-layer keep fractions: the paper spreads a size budget over layers non-uniformly, by a QP
   over per-layer loss tables read from the authors' files (``qp_ratios``, Gurobi) or ZipIt's
   ratios; neither is given as a formula. One fraction is used for every hidden layer (the
-  digits zoo's init pair has two hidden layers of equal width, so the choice matters little).
+  digits zoo's init pair has two hidden layers; an uneven split between them was not tried).
 - The paper's method section could not be read from here (only its abstract and summaries);
   the steps above are read from the authors' code and agree with the abstract.
 """
