@@ -160,9 +160,11 @@ def build_twin(
         torch_dtype="float32",
     )
     model = TwinMergingForCausalLM(TwinMergingConfig(**fields)).float()
-    missing = set(model.state_dict()) - set(tensors) - {
-        k for k in model.state_dict() if k.startswith("router.")
-    }
+    missing = (
+        set(model.state_dict())
+        - set(tensors)
+        - {k for k in model.state_dict() if k.startswith("router.")}
+    )
     if missing:
         raise UserInputError(
             f"base_model: {base} lacks tensors the Llama layout needs ({sorted(missing)[0]}, "
