@@ -124,6 +124,31 @@ def test_lm_eval_hf_backend_scores_the_folder_as_the_zoo_evaluator(full_rank):
     assert ours.score > 0.5  # the router sends shift prompts to the shift expert
 
 
+def test_evomerge_eval_scores_the_folder_without_remote_code(full_rank, tmp_path):
+    """``evomerge eval`` loads a Twin-Merging folder with evomerge's own class (it runs no code
+    from the folder) and scores it as the zoo evaluator does on the model transformers loads."""
+    import json
+
+    from evomerge.zoo.evaluate import evaluate_skills
+
+    out, _, model, tok = full_rank
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "models: [zoo:lm-skills/cipher, zoo:lm-skills/shift]\n"
+        "base_model: zoo:lm-skills/base\n"
+        "space: {kind: parameter, merge_method: task_arithmetic, layer_groups: 1}\n"
+        "fitness: {tasks: [{kind: zoo, name: skills, evaluator: skills, options: {limit: 8}}]}\n"
+        "budget: {max_evals: 4}\n"
+    )
+    res = CliRunner().invoke(app, ["eval", str(out), str(exp), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)["tasks"]
+    want = evaluate_skills(model, tok, limit=8)
+    assert {t: v["per_example"] for t, v in got.items()} == {
+        f"skills/{t}": list(v.per_example) for t, v in want.items()
+    }
+
+
 def test_router_training_is_seeded(full_rank):
     from evomerge.twin.modeling_twin_merging import TwinRouter
     from evomerge.twin.router_train import shared_features, train_router

@@ -78,7 +78,8 @@ def shared_merge(cfg: TwinConfig, base: str, experts: dict[str, str]) -> dict[st
         recipe = Recipe(
             merge_method=cfg.shared.merge_method,
             base_model=base,
-            models=[ModelRef(model=p, parameters=params) for p in experts.values()],
+            models=[ModelRef(model=p) for p in experts.values()],
+            parameters=params,
             dtype="float32",
         )
     except ValueError as err:

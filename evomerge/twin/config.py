@@ -42,7 +42,9 @@ class SharedMerge(_Strict):
     merge_method: str = "task_arithmetic"
     """The static merge that makes the shared expert θ* (the paper: task arithmetic or TIES)."""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"weight": 0.3})
-    """The operator's parameters, given to every expert (the authors' config: weight 0.3)."""
+    """The operator's parameters, as mergekit's top-level ``parameters``: defaults for every
+    expert and the operator's global ones, e.g. TIES's ``lambda`` (the authors' config: task
+    arithmetic, weight 0.3)."""
 
 
 class RouterConfig(_Strict):
