@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.model_refs import resolve_model_ref
-from evomerge.twin.config import parse_twin_config
 from evomerge.zoo.evaluate import evaluate_lm_task, load_task_items, task_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,15 +32,23 @@ def _config(rank: int, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def full_rank(tmp_path_factory):
-    """A Twin-Merging folder at full rank (every matrix's exclusive part kept whole), loaded
-    back through transformers' custom code as a user would."""
+    """A Twin-Merging folder at full rank (every matrix's exclusive part kept whole), built by
+    the command line and loaded back through transformers' custom code as a user would."""
+    import json
+
+    import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evomerge.twin.build import build_twin
+    from evomerge.twin.build import SUMMARY
 
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("twin") / "full"
-    summary = build_twin(parse_twin_config(_config(rank=1000), "test"), out)
+    root = tmp_path_factory.mktemp("twin")
+    (root / "twin.yaml").write_text(yaml.safe_dump(_config(rank=1000)))
+    out = root / "full"
+    res = CliRunner().invoke(app, ["twin-merge", str(root / "twin.yaml"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out}" in res.stdout and "router accuracy" in res.stdout
+    summary = json.loads((out / SUMMARY).read_text())
     model = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
     tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
     return out, summary, model.eval(), tok
@@ -66,8 +73,8 @@ def test_loads_as_custom_code_and_keeps_every_exclusive_part(full_rank):
     assert type(model).__name__ == "TwinMergingForCausalLM"
     assert (out / "modeling_twin_merging.py").is_file()
     assert model.config.twin_experts == list(SKILLS)
-    assert all(v == pytest.approx(1.0) for v in summary.kept_energy.values())
-    assert summary.router_train_accuracy == 1.0  # the task prefix is in every prompt
+    assert all(v == pytest.approx(1.0) for v in summary["kept_energy"].values())
+    assert summary["router_train_accuracy"] == 1.0  # the task prefix is in every prompt
 
 
 @pytest.mark.parametrize("name", list(SKILLS))
