@@ -88,6 +88,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--search", type=int, default=50, help="search items per task")
     ap.add_argument("--ranks", type=int, nargs="+", default=[4, 16], help="SVD ranks")
+    ap.add_argument(
+        "--shared",
+        nargs="+",
+        default=[],
+        help="also build Twin-Merging on these grid entries as shared experts (e.g. 'ties d=0.6 λ=0.5')",
+    )
     ap.add_argument("--out", type=Path, default=None, help="keep the Twin-Merging folders here")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
@@ -107,6 +113,10 @@ def main() -> None:
 
     for name in ["base", *tasks]:
         rows.append((name, val(_load(paths[name])), ""))
+    # the paper's "fine-tuned" bound: each task answered by its own expert
+    own = {t: next(sc[t] for n, sc, _ in rows if n == e) for e, t in tasks.items()}
+    own["mean"] = sum(own.values()) / len(tasks)
+    rows.append(("each expert on its own task (fine-tuned bound)", own, ""))
 
     plain = _load(paths["base"])
     search_scores = {}
@@ -121,6 +131,10 @@ def main() -> None:
     shareds = {f"{default} (authors' default)": static_grid()[default]}
     if best != default:
         shareds[f"{best} (best static)"] = static_grid()[best]
+    for label in args.shared:
+        if label not in static_grid():
+            raise SystemExit(f"--shared {label!r}: not in the grid ({', '.join(static_grid())})")
+        shareds[label] = static_grid()[label]
     experts = {n: {"model": paths[n], "prompts": f"zoo:{t}"} for n, t in tasks.items()}
     sizes = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,9 +157,10 @@ def main() -> None:
             summary = build_twin(cfg, out, overwrite=True)
             model = _load(str(out))
             sizes[f"Twin-Merging r={rank}"] = summary.bytes
+            kept = sum(summary.kept_energy.values()) / len(tasks)
             note = (
                 f"route acc {route_accuracy(model, tok, tasks, s):.3f}, "
-                f"{summary.bytes / 1e6:.2f} MB"
+                f"‖v_t‖² kept {kept:.2f}, {summary.bytes / 1e6:.2f} MB"
             )
             rows.append((f"Twin-Merging r={rank}, shared {shared_label}", val(model), note))
 
