@@ -108,6 +108,28 @@ def test_each_row_of_a_batch_is_merged_with_its_own_weights(full_rank):
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
 
 
+def test_generate_routes_once_on_the_prompt(full_rank, monkeypatch):
+    """The route is computed on the prompt and kept for every generated token."""
+    _, _, model, _ = full_rank
+    seen = []
+    real = model.route
+
+    def spy(ids, mask=None):
+        seen.append(tuple(ids.shape))
+        return real(ids, mask)
+
+    monkeypatch.setattr(model, "route", spy)
+    ids = _prompts("zoo_reverse", 3)
+    model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=5,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    assert seen == [tuple(ids.shape)]
+
+
 def test_lm_eval_hf_backend_scores_the_folder_as_the_zoo_evaluator(full_rank):
     from lm_eval import simple_evaluate
 

@@ -16,7 +16,9 @@ tokens) and gives weights w = softmax(R(Emb(x))), and the input runs through
 each layer's forward ((W* + Σ_t w_t B_t A_t) x = W* x + Σ_t w_t B_t (A_t x)), which is the same
 linear map as materialising the merged weights, but lets each row of a batch have its own
 weights. During generation the weights are computed once, on the prompt (the first forward of
-``generate``), and kept for the tokens that follow, as the paper routes once per input.
+``generate``, with an empty cache), and kept for the tokens that follow, as the paper routes
+once per input; a forward without a cache (``use_cache=False``, lm-eval's log-likelihoods)
+routes on the whole sequence it is given.
 """
 
 from __future__ import annotations
@@ -179,7 +181,8 @@ class TwinMergingForCausalLM(LlamaForCausalLM):
     def route(self, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
         """Merge weights [batch, experts] for each row: softmax(R(Emb(x)))."""
         if self.forced_route is not None:
-            return self.forced_route.to(torch.float32).expand(input_ids.shape[0], -1)
+            w = self.forced_route.to(device=input_ids.device, dtype=torch.float32)
+            return w.expand(input_ids.shape[0], -1)
         feats = self.shared_embedding(input_ids, attention_mask)
         return torch.softmax(self.router(feats).float(), dim=-1)
 
