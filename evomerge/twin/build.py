@@ -84,7 +84,12 @@ def shared_merge(cfg: TwinConfig, base: str, experts: dict[str, str]) -> dict[st
         )
     except ValueError as err:
         raise UserInputError(f"field 'shared': {str(err).splitlines()[0]}") from None
-    return {k: v.float() for k, v in iter_merged_tensors(plan(recipe))}
+    try:
+        return {k: v.float() for k, v in iter_merged_tensors(plan(recipe))}
+    except UserInputError as err:  # the engine speaks of a recipe: say where that is here
+        raise UserInputError(
+            f"shared merge (shared.parameters are its recipe's global 'parameters'): {err}"
+        ) from None
 
 
 def twin_state(
