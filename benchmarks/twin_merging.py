@@ -1,14 +1,15 @@
 """Twin-Merging (Lu et al., NeurIPS 2024, arXiv 2406.15479) against the best static merge on the
 lm-skills zoo's mixed-task evaluation (every skill's items, each scored by exact match).
 
-    python benchmarks/twin_merging.py [--search 50] [--ranks 4 16] [--out DIR]
+    python benchmarks/twin_merging.py [--search 50] [--ranks 4 16] [--shared LABEL ...] [--out DIR]
 
 Items: per task, the first ``--search`` test items choose the static merge (and train the
 router); every score in the table is on the items after them (validation), which neither saw.
 Rows: the base, each expert, every static merge of a small grid (task arithmetic, TIES) with
 the best one by search score marked, and Twin-Merging at each rank with two shared experts: the
-authors' default (task arithmetic, weight 0.3) and the chosen static merge. For Twin-Merging the
-table also gives how often the router's top weight goes to the expert of the item's task, and
+authors' default (task arithmetic, weight 0.3) and the chosen static merge (and any given with
+``--shared``). Two ablations: no shared knowledge (θ* = the base, v_t the whole task vector),
+and each build's parts weighted 1/T without the router. For Twin-Merging the table also gives how often the router's top weight goes to the expert of the item's task, and
 the bytes of the saved model (next to one plain model's and the five zoo models').
 Deterministic: same zoo, same table (no timings).
 """
@@ -131,6 +132,8 @@ def main() -> None:
     shareds = {f"{default} (authors' default)": static_grid()[default]}
     if best != default:
         shareds[f"{best} (best static)"] = static_grid()[best]
+    # ablation: no shared knowledge (θ* = the base, so v_t is the whole task vector)
+    shareds["none (θ* = base)"] = ("task_arithmetic", {"weight": 0.0})
     for label in args.shared:
         if label not in static_grid():
             raise SystemExit(f"--shared {label!r}: not in the grid ({', '.join(static_grid())})")
@@ -163,6 +166,9 @@ def main() -> None:
                 f"‖v_t‖² kept {kept:.2f}, {summary.bytes / 1e6:.2f} MB"
             )
             rows.append((f"Twin-Merging r={rank}, shared {shared_label}", val(model), note))
+            # ablation: the same parts merged statically, every expert weighted 1/T (no router)
+            model.forced_route = torch.full((len(tasks),), 1.0 / len(tasks))
+            rows.append((f"  same, uniform weights 1/{len(tasks)} (no router)", val(model), ""))
 
     one = sum(f.stat().st_size for f in Path(paths["base"]).glob("*.safetensors"))
     task_names = list(tasks.values())
