@@ -263,6 +263,20 @@ def eval_cmd(
     _run(lambda: cmd.evaluate(target, experiment, rank=rank, as_json=as_json))
 
 
+@app.command("twin-merge", cls=FlagCommand)
+def twin_merge(
+    config: Path = typer.Argument(
+        ..., metavar="CONFIG", help="Twin-Merging YAML: base_model, experts, shared, rank, router"
+    ),
+    out: Path = typer.Option(..., "--out", help="output model folder (written atomically)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out"),
+) -> None:
+    """Twin-Merging: a shared merge plus SVD-compressed expert parts mixed per input by a router."""
+    from evomerge.commands import twin as cmd
+
+    _run(lambda: cmd.twin_merge(config, out, overwrite))
+
+
 @app.command(cls=FlagCommand)
 def schema() -> None:
     """Print the experiment YAML reference (every key, type, default; docs/config.md)."""
