@@ -51,8 +51,8 @@ def output_kmeans_groups(
         from sklearn.cluster import KMeans
     except ImportError:
         raise UserInputError(
-            "--method sub-moe/average cluster with scikit-learn's K-means: "
-            "pip install 'evomerge[zoo]'"
+            "--method sub-moe and average cluster with scikit-learn's K-means: "
+            "pip install 'evomerge[moe]'"
         ) from None
     flat = torch.nn.functional.normalize(outputs.reshape(outputs.shape[0], -1).double(), dim=-1)
     labels = KMeans(n_clusters=keep, n_init=10, random_state=seed).fit_predict(flat.numpy())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from evomerge.errors import UserInputError
 from evomerge.moe.experts import Expert
 
 
@@ -21,7 +22,13 @@ def neuron_features(ex: Expert) -> torch.Tensor:
 
 def match_neurons(reference: Expert, other: Expert) -> torch.Tensor:
     """``perm`` with ``other``'s neuron ``perm[j]`` matched to ``reference``'s neuron ``j``."""
-    from scipy.optimize import linear_sum_assignment
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:
+        raise UserInputError(
+            "--method mc-smoe aligns experts with scipy's linear_sum_assignment: "
+            "pip install 'evomerge[moe]'"
+        ) from None
 
     score = neuron_features(reference) @ neuron_features(other).T  # [I, I]
     rows, cols = linear_sum_assignment(score.numpy(), maximize=True)
