@@ -153,6 +153,11 @@ def test_moe_reduce_user_errors_are_one_line(moe_zoo, calibration_64, tmp_path):
         ([str(moe_zoo), "--method", "average", "--keep", "1"], "--keep 1"),
         ([str(moe_zoo), "--method", "average", "--keep", "8"], "keep between 2 and 7"),
         ([llama, "--method", "average", "--keep", "2"], "Mixtral-style"),
+        (
+            [str(moe_zoo), "--method", "average", "--keep", "4", "--rank-fraction", "0.5"],
+            "sub-moe only",
+        ),
+        ([str(moe_zoo), "--method", "sub-moe", "--keep", "4", "--rank-fraction", "0"], "in (0, 1]"),
     ]
     for args, expected in cases:
         res = CliRunner().invoke(

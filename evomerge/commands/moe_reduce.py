@@ -34,6 +34,7 @@ def moe_reduce(
     from evomerge.calibration import read_lines
     from evomerge.model_refs import resolve_model_ref
     from evomerge.moe.reduce import (
+        check_request,
         merge_layers,
         reduced_model,
         reduction_report,
@@ -43,6 +44,7 @@ def moe_reduce(
 
     lines = read_lines(calibration)
     model, tok = load_moe(resolve_model_ref(source))
+    check_request(model, method, keep, rank_fraction)
     stats = routing_stats(model, tok, lines)
     layers = merge_layers(model, stats, method, keep, seed=seed, rank_fraction=rank_fraction)
     options = {"seed": seed, "calibration_lines": len(lines), "source": source}

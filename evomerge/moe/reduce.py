@@ -49,6 +49,19 @@ METHODS: dict[str, Callable[..., MergedLayer]] = {
 }
 
 
+def check_request(model, method: str, keep: int, rank_fraction: float = 1.0) -> None:
+    """Refuse what cannot run, before any calibration pass: one line naming the option."""
+    if method not in METHODS:
+        raise UserInputError(f"--method {method!r} is unknown; valid: {', '.join(METHODS)}")
+    if method != "sub-moe" and rank_fraction != 1.0:
+        raise UserInputError(f"--rank-fraction applies to --method sub-moe only, not {method}")
+    if not 0.0 < rank_fraction <= 1.0:
+        raise UserInputError(f"--rank-fraction {rank_fraction}: give a number in (0, 1]")
+    moe_blocks(model)  # a model that is not Mixtral-style fails here
+    cfg = model.config
+    check_keep(keep, cfg.num_local_experts, cfg.num_experts_per_tok)
+
+
 def merge_layers(
     model,
     stats: list[LayerStats],
@@ -58,10 +71,7 @@ def merge_layers(
     seed: int = 0,
     rank_fraction: float = 1.0,
 ) -> list[MergedLayer]:
-    if method not in METHODS:
-        raise UserInputError(f"--method {method!r} is unknown; valid: {', '.join(METHODS)}")
-    cfg = model.config
-    check_keep(keep, cfg.num_local_experts, cfg.num_experts_per_tok)
+    check_request(model, method, keep, rank_fraction)
     fn = METHODS[method]
     return [
         fn(layer_experts(b), router_weight(b), s, keep, seed=seed, rank_fraction=rank_fraction)
