@@ -23,10 +23,8 @@ import torch
 
 from evomerge.calibration import read_lines
 from evomerge.commands.moe_reduce import load_moe
-from evomerge.moe import sub_moe
 from evomerge.moe.experts import layer_experts, moe_blocks, router_weight
-from evomerge.moe.grouping import dominant_groups
-from evomerge.moe.merged_layer import MergedLayer, representative_rows
+from evomerge.moe.mc_smoe import mc_smoe_layer
 from evomerge.moe.reduce import merge_layers, reduced_model, shared_model
 from evomerge.moe.routing_stats import routing_stats
 from evomerge.zoo.build import build
@@ -40,22 +38,20 @@ VARIANTS = [
     ("Sub-MoE, full rank", "sub-moe", 1.0),
     ("Sub-MoE, half rank", "sub-moe", 0.5),
     ("average within groups", "average", 1.0),
-    # a diagnostic, not a paper's method: Sub-MoE's merge on MC-SMoE's groups, which separates
-    # what the grouping does from what the merge does
-    ("Sub-MoE merge on MC-SMoE's groups", "sub-moe-merge-on-dominant-groups", 1.0),
+    # the authors' Mixtral script: MC-SMoE's groups and weights, no neuron alignment. It is also
+    # Sub-MoE's full-rank merge on MC-SMoE's groups (a tested identity), so it separates what
+    # Sub-MoE's grouping does from what its merge does
+    ("MC-SMoE without alignment", "mc-smoe-unaligned", 1.0),
 ]
 
 
 def layers_for(model, stats, method: str, keep: int, seed: int, rank: float):
-    if method != "sub-moe-merge-on-dominant-groups":
+    if method != "mc-smoe-unaligned":
         return merge_layers(model, stats, method, keep, seed=seed, rank_fraction=rank)
-    out = []
-    for block, s in zip(moe_blocks(model), stats):
-        experts, router = layer_experts(block), router_weight(block)
-        groups = dominant_groups(s.frequency, s.logits, keep)
-        merged = [sub_moe.merge_group(experts, g, s.frequency, rank) for g in groups]
-        out.append(MergedLayer(groups, merged, representative_rows(router, groups)))
-    return out
+    return [
+        mc_smoe_layer(layer_experts(b), router_weight(b), s, keep, align=False)
+        for b, s in zip(moe_blocks(model), stats)
+    ]
 
 
 def score(model, tok, tasks: list[str], limit: int) -> float:

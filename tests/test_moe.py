@@ -68,6 +68,8 @@ def test_identical_experts_merge_to_the_same_expert():
     freq = torch.tensor([0.7, 0.3])
     # MC-SMoE aligns the permuted copy first: the merge is the expert itself, not a blur of it
     assert_same_expert(mc_smoe.merge_group([ex, permute(ex, perm)], [0, 1], freq), ex)
+    blurred = mc_smoe.merge_group([ex, permute(ex, perm)], [0, 1], freq, align=False)
+    assert not torch.allclose(blurred.gate, ex.gate, atol=1e-2)  # the alignment did the work
     assert_same_expert(sub_moe.merge_group([ex, ex], [0, 1], freq, 1.0), ex)
     assert_same_expert(weighted_sum([ex, ex], torch.tensor([0.5, 0.5])), ex)
 
