@@ -295,7 +295,7 @@ def list_names(
     what: str | None = typer.Argument(
         None,
         metavar="WHAT",
-        help="one of drivers, operators, spaces, presets, suites, evaluators, zoos (default: all)",
+        help="one of drivers, operators, spaces, presets, suites, evaluators, zoos, moe (default: all)",
     ),
 ) -> None:
     """Names an experiment may use: drivers, operators, space kinds and presets, fitness suites."""

@@ -94,6 +94,12 @@ def test_sub_moe_is_the_frequency_average_at_full_rank_and_its_projection_below(
     assert not torch.allclose(half.down, avg.down, atol=1e-3)
 
 
+def test_methods_are_listed():
+    from evomerge.catalog import catalog
+
+    assert catalog("moe") == ["moe (evomerge moe-reduce --method NAME): mc-smoe, sub-moe, average"]
+
+
 def test_calibration_file_is_the_zoo_training_mixture():
     from evomerge.zoo.calibration import calibration_lines
 
