@@ -295,7 +295,7 @@ def list_names(
     what: str | None = typer.Argument(
         None,
         metavar="WHAT",
-        help="one of drivers, operators, spaces, presets, suites, evaluators, zoos (default: all)",
+        help="one of drivers, operators, spaces, presets, suites, evaluators, zoos, moe (default: all)",
     ),
 ) -> None:
     """Names an experiment may use: drivers, operators, space kinds and presets, fitness suites."""
@@ -308,6 +308,42 @@ def list_names(
         return 0
 
     _run(body)
+
+
+@app.command("moe-reduce", cls=FlagCommand)
+def moe_reduce(
+    source: str = typer.Argument(
+        ..., metavar="IN", help="Mixtral-style model folder or zoo: name (e.g. zoo:lm-moe/moe)"
+    ),
+    out: Path = typer.Argument(..., metavar="OUT", help="folder for the reduced model"),
+    method: str = typer.Option(..., "--method", help="mc-smoe, sub-moe or average"),
+    keep: int = typer.Option(..., "--keep", help="experts per layer in the reduced model"),
+    calibration: Path = typer.Option(
+        ...,
+        "--calibration",
+        help="text file, one calibration sample a line (fitness/calibration/lm-moe.txt)",
+    ),
+    seed: int = typer.Option(0, "--seed", help="K-means seed (sub-moe, average)"),
+    rank_fraction: float = typer.Option(
+        1.0, "--rank-fraction", help="sub-moe: share of the joint SVD's rank kept, in (0, 1]"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty OUT"),
+) -> None:
+    """Merge a mixture-of-experts model's experts into fewer (MC-SMoE, Sub-MoE, average)."""
+    from evomerge.commands import moe_reduce as cmd
+
+    _run(
+        lambda: cmd.moe_reduce(
+            source,
+            out,
+            method=method,
+            keep=keep,
+            calibration=calibration,
+            seed=seed,
+            rank_fraction=rank_fraction,
+            overwrite=overwrite,
+        )
+    )
 
 
 @zoo_app.command("build", cls=FlagCommand)
