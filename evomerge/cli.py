@@ -348,7 +348,7 @@ def moe_reduce(
 
 @zoo_app.command("build", cls=FlagCommand)
 def zoo_build(
-    name: str = typer.Argument(..., metavar="NAME", help="lm-skills, lm-cross or digits"),
+    name: str = typer.Argument(..., metavar="NAME", help="a zoo name (evomerge list zoos)"),
     out: Path | None = typer.Option(
         None, "--out", help="folder to write (default: the cache that zoo:NAME/... reads)"
     ),
