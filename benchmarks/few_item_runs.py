@@ -56,7 +56,7 @@ def flat_items(result) -> tuple[list[float], list[float]]:
 
 def generate(setup: str, seed: int, evals: int) -> Path:
     out = cache_file(setup, seed, evals)
-    if out.exists():
+    if out.exists() and "entries" in json.loads(out.read_text())["models"][0]:
         return out
     run = Path(tempfile.mkdtemp(prefix="evomerge_few_item_")) / "run"
     cfg = load_experiment(SETUPS[setup], {"seed": seed, "budget": {"max_evals": evals}})
@@ -89,7 +89,15 @@ def _model(name: str, generation: int, fitness: float, result) -> dict:
     # wrong thing.
     if not math.isclose(float(np.dot(y, w)), fitness, abs_tol=1e-9):
         raise RuntimeError(f"{name}: item mean {np.dot(y, w)} != fitness {fitness}")
-    return {"name": name, "generation": generation, "fitness": fitness, "y": y, "w": w}
+    entries = [[label, len(result.tasks[label].per_example)] for label in sorted(result.tasks)]
+    return {
+        "name": name,
+        "generation": generation,
+        "fitness": fitness,
+        "y": y,
+        "w": w,
+        "entries": entries,  # (task entry, items) in the order of y
+    }
 
 
 def main() -> None:

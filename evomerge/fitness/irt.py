@@ -145,33 +145,32 @@ def anchor_estimate(anchors: Anchors, scores: np.ndarray) -> float:
     return float(np.dot(anchors.weights, scores))
 
 
-def irt_estimate(model: IRTModel, anchors: Anchors, scores: np.ndarray, w: np.ndarray) -> float:
-    """IRT: the weighted mean of the predicted P(correct) over every item, ability fitted on
-    the anchors."""
-    return float(np.dot(w, model.prob(fit_ability(model, anchors.items, scores))))
+def irt_estimates(
+    model: IRTModel, anchors: Anchors, scores: np.ndarray, w: np.ndarray, lams=()
+) -> dict[str, float]:
+    """One ability fit on the anchors, and from it:
 
-
-def pirt_estimate(model: IRTModel, anchors: Anchors, scores: np.ndarray, w: np.ndarray) -> float:
-    """p-IRT: ``lambda`` x (weighted mean of the observed anchors) + (1 - lambda) x (weighted
-    mean of the predictions on the unseen items), ``lambda`` = the share of the item weight
-    seen."""
+    * ``irt``: the weighted mean of the predicted P(correct) over every item;
+    * ``pirt``: ``lambda`` x (weighted mean of the observed anchors) + (1 - lambda) x (weighted
+      mean of the predictions on the unseen items), ``lambda`` = the share of the item weight
+      seen;
+    * ``gpirt@<lam>`` for each ``lam`` of ``lams``: ``lam`` x anchor-weighted mean +
+      (1 - lam) x p-IRT.
+    """
+    scores = np.asarray(scores, dtype=float)
     p = model.prob(fit_ability(model, anchors.items, scores))
     seen = np.zeros(len(w), dtype=bool)
     seen[anchors.items] = True
-    lam = float(w[seen].sum())
-    observed = float(np.dot(w[seen], scores) / w[seen].sum())
-    if lam >= 1.0:
-        return observed
-    return lam * observed + (1 - lam) * float(np.dot(w[~seen], p[~seen]) / w[~seen].sum())
-
-
-def gp_irt_estimate(
-    model: IRTModel, anchors: Anchors, scores: np.ndarray, w: np.ndarray, lam: float
-) -> float:
-    """gp-IRT: ``lam`` x anchor-weighted mean + (1 - lam) x p-IRT."""
-    return lam * anchor_estimate(anchors, scores) + (1 - lam) * pirt_estimate(
-        model, anchors, scores, w
-    )
+    share = float(w[seen].sum())
+    # anchors.items is sorted and unique, so w[seen] lines up with scores
+    observed = float(np.dot(w[seen], scores) / share)
+    unseen = float(np.dot(w[~seen], p[~seen]) / w[~seen].sum()) if share < 1.0 else 0.0
+    pirt = observed if share >= 1.0 else share * observed + (1 - share) * unseen
+    out = {"irt": float(np.dot(w, p)), "pirt": pirt}
+    a = anchor_estimate(anchors, scores)
+    for lam in lams:
+        out[f"gpirt@{lam:g}"] = lam * a + (1 - lam) * pirt
+    return out
 
 
 def gp_irt_lambda(y: np.ndarray, w: np.ndarray, k: int, dims: int = 1, seed: int = 0) -> float:
@@ -189,6 +188,6 @@ def gp_irt_lambda(y: np.ndarray, w: np.ndarray, k: int, dims: int = 1, seed: int
     anchors = select_anchors(irt_embedding(model), k, w, seed=seed)
     truth = val @ w
     a = np.array([anchor_estimate(anchors, r[anchors.items]) for r in val])
-    p = np.array([pirt_estimate(model, anchors, r[anchors.items], w) for r in val])
+    p = np.array([irt_estimates(model, anchors, r[anchors.items], w)["pirt"] for r in val])
     errors = [np.mean(np.abs(lam * a + (1 - lam) * p - truth)) for lam in LAMBDA_GRID]
     return float(LAMBDA_GRID[int(np.argmin(errors))])
