@@ -1,13 +1,16 @@
 """Few-item fitness estimators replayed on real searches: does IRT beat a random subset?
 
     python benchmarks/few_item_estimators.py [--setups skills,cross] [--seeds 0,1,2,3,4]
-        [--evals 48] [--ks 5,10,20,0.2] [--dims 1] [--draws 20] [--first-gen 1]
+        [--evals 48] [--ks 5,10,20,0.2] [--dims 1] [--draws 20] [--first-gen 1] [--no-refit]
 
 The per-item scores of real searches (benchmarks/few_item_runs.py: lm-skills and lm-cross,
 CMA-ES, racing off, every candidate on every item; cached, so this replays and never reruns a
 search) are replayed in scoring order. Each candidate of generation ``--first-gen`` and later
 is estimated from k of its item scores, with everything fitted only on the models scored
-before its generation (the experts, the base, and the earlier generations' candidates):
+before its generation (the experts, the base, and the earlier generations' candidates, all
+fully scored: the most the estimators can be given; with ``--no-refit`` only on the models
+before ``--first-gen``, which is what a search scoring its later candidates on the anchors
+only would have):
 
 * ``random``       mean of the item values over a uniform random k-subset (``--draws`` seeded
                    draws per generation, each shared by its candidates; the item value is
@@ -120,13 +123,18 @@ def stratified_subset(entry: np.ndarray, k: int, rng) -> tuple[np.ndarray, np.nd
     return np.concatenate(picks), np.concatenate(weights)
 
 
-def replay(run: Run, k: int, seed: int, draws: int, dims: int, first_gen: int) -> list[dict]:
-    """One record per replayed candidate: its generation, full score, whether it is a new best,
-    and each estimator's estimate (``random``: one per draw)."""
+def replay(
+    run: Run, k: int, seed: int, draws: int, dims: int, first_gen: int, refit: bool = True
+) -> list[dict]:
+    """One record per replayed candidate: its generation, full score, whether it is a new best
+    (beats every model scored before its generation), and each estimator's estimate (the
+    random ones: one per draw). ``refit``: the estimators are fitted on every model scored
+    before the candidate's generation; else only on those before ``first_gen`` (what a search
+    that scores later candidates on the anchors only would have)."""
     out = []
     for g in sorted({int(x) for x in run.generation if x >= first_gen}):
-        train = run.y[run.generation < g]
-        best_before = float(np.max(train @ run.w))
+        train = run.y[run.generation < (g if refit else first_gen)]
+        best_before = float(np.max(run.full[run.generation < g]))
         model = fit_irt(train, dims=dims, seed=seed)
         corr = select_anchors(train.T, k, run.w, seed=seed)
         anchors = select_anchors(irt_embedding(model), k, run.w, seed=seed)
@@ -208,6 +216,11 @@ def main() -> None:
     ap.add_argument("--dims", type=int, default=1, help="IRT dimensions")
     ap.add_argument("--draws", type=int, default=20, help="random subsets per candidate")
     ap.add_argument("--first-gen", type=int, default=1, help="first generation replayed")
+    ap.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="fit only on the models before --first-gen (not on every earlier generation)",
+    )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     print(
@@ -222,7 +235,7 @@ def main() -> None:
             per_seed = {e: [] for e in ESTIMATORS}
             n_new = 0
             for s, run in zip(seeds, runs):
-                recs = replay(run, k, s, args.draws, args.dims, args.first_gen)
+                recs = replay(run, k, s, args.draws, args.dims, args.first_gen, not args.no_refit)
                 n_new += sum(r["new_best"] for r in recs)
                 for e in ESTIMATORS:
                     per_seed[e].append(run_metrics(recs, e))

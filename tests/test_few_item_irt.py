@@ -62,10 +62,8 @@ def test_ability_fit_on_anchors_predicts_a_new_models_accuracy(synthetic):
         y_new = (rng.random(100) < p_new).astype(float)
         # the ability from every item, then from the 30 anchors only
         assert abs(sign * fit_ability(model, np.arange(100), y_new)[0] - true_theta) < 0.4
-        assert (
-            abs(sign * fit_ability(model, anchors.items, y_new[anchors.items])[0] - true_theta)
-            < 0.7
-        )
+        t_anchors = fit_ability(model, anchors.items, y_new[anchors.items])[0]
+        assert abs(sign * t_anchors - true_theta) < 0.5
         est = irt_estimates(model, anchors, y_new[anchors.items], w, (0.5,))
         assert abs(est["pirt"] - y_new.mean()) < 0.06
         assert est["gpirt@0.5"] == pytest.approx(

@@ -34,6 +34,7 @@ scipy (L-BFGS) and scikit-learn (k-means) come with the ``zoo`` extra.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,16 +114,22 @@ def select_anchors(
 ) -> Anchors:
     """k anchor items by weighted k-means on per-item ``embedding`` rows (the items' correctness
     vectors over the fitted models, or their IRT parameters); each anchor is the member of its
-    cluster closest to the centroid and weighs its cluster's share of the item weights.
-    Deterministic for a given seed."""
+    cluster closest to the centroid and weighs its cluster's share of the item weights. Fewer
+    than k anchors come back when fewer than k distinct rows exist. Deterministic for a given
+    seed."""
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     x = np.asarray(embedding, dtype=float)
     n = x.shape[0]
     w = np.full(n, 1.0 / n) if item_weights is None else np.asarray(item_weights, dtype=float)
     if not 1 <= k <= n:
         raise ValueError(f"anchors: k = {k} must be between 1 and the {n} items of the pool")
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x, sample_weight=w)
+    with warnings.catch_warnings():
+        # items with identical rows (e.g. every fitted model wrong) leave fewer distinct
+        # clusters than k: expected here, the empty clusters are skipped below
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x, sample_weight=w)
     items, weights = [], []
     for c in range(k):
         members = np.flatnonzero(km.labels_ == c)
