@@ -113,3 +113,13 @@ def test_replay_with_k_equal_to_the_pool_gives_the_full_score_exactly():
             assert r["est"][name] == pytest.approx(r["full"], abs=1e-12), name
     m = fe.run_metrics(records, "random")
     assert m["mae"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_replay_is_deterministic():
+    rng = np.random.default_rng(4)
+    gens = np.repeat([-1, 0, 1, 2], [4, 6, 6, 6])
+    y = (rng.random((len(gens), 30)) < 0.5).astype(float)
+    run = fe.Run(y=y, w=np.full(30, 1 / 30), generation=gens, entry=np.repeat([0, 1, 2], 10))
+    first = fe.replay(run, 6, seed=1, draws=2, dims=1, first_gen=1)
+    assert first == fe.replay(run, 6, seed=1, draws=2, dims=1, first_gen=1)
+    assert [r["gen"] for r in first] == [1] * 6 + [2] * 6

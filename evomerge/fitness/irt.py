@@ -25,6 +25,9 @@ Where this departs from them, and why:
   the most recently scored quarter of the fitted models is held out, the IRT model is refitted
   on the rest, and the ``lambda`` of the grid 0, 0.1, ..., 1 with the smallest mean absolute
   error on the held-out models is kept. A fixed ``lambda`` (MERGE3's 0.5) can be given instead.
+* A new model's ability is fitted as the paper's tool does (maximum likelihood, no prior,
+  BFGS from zero), so anchors all right (or all wrong) push it far out and the predictions on
+  the unseen items towards 1 (or 0); the benchmark measures that as it is.
 * Each anchor is the member of its cluster closest to the centroid (the paper takes the item
   closest to the centroid), so two clusters never share an anchor.
 * Items carry weights (their share of the fitness, summing to 1); a uniform pool has 1/N each.
