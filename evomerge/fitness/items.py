@@ -32,11 +32,13 @@ def check_raceable(cfg: Any) -> None:
             "fitness.racing or use one objective"
         )
     for i, t in enumerate(cfg.tasks):
+        if t.kind == "lm_eval":
+            continue  # its metric must average over items: checked once its tasks are built
         if t.kind != "zoo" or str(t.evaluator).startswith("digits"):
             what = t.kind if t.kind != "zoo" else f"zoo evaluator {t.evaluator!r}"
             raise ValueError(
                 f"tasks.{i}: racing scores items a slice at a time, which only zoo tasks with "
-                f"test items can do yet ({what} cannot); remove fitness.racing"
+                f"test items and lm_eval tasks can do yet ({what} cannot); remove fitness.racing"
             )
 
 
