@@ -8,6 +8,7 @@ trusting lm-eval: the adapter must return exactly that pattern, for the items it
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -228,7 +229,7 @@ def test_unknown_task_and_metric(setup):
 GROUP = {"name": "both", "task": "tiny_both"}  # two copies of tiny_add: two entries of one runner
 
 
-def test_run_items_scores_the_given_docs_as_the_full_run_does(setup):
+def test_run_items_scores_the_given_docs_as_the_full_run_does(setup, monkeypatch):
     """Racing's slices: ``run_items`` scores the window docs at the positions given, in that
     order, each exactly as a full run scores it; only the entries asked for are run; the task
     objects and the HFLM wrapper are built once and reused by every call."""
@@ -239,6 +240,14 @@ def test_run_items_scores_the_given_docs_as_the_full_run_does(setup):
     assert sorted(full.tasks) == ["both/tiny_add", "both/tiny_add2"]
     assert fit.item_entries() == [("both/tiny_add", 8, 0.5), ("both/tiny_add2", 8, 0.5)]
     leaves, lm = runner.leaves(), runner._lm[2]
+    # simple_evaluate's environment report ran pip and git in subprocesses on every call
+    started = []
+    popen = subprocess.Popen.__init__
+    monkeypatch.setattr(
+        subprocess.Popen,
+        "__init__",
+        lambda self, *a, **k: started.append(a) or popen(self, *a, **k),
+    )
     want = tuple(float(i % 2 == 0) for i in range(2, 10))  # window docs 2..9
     assert full.tasks["both/tiny_add"].per_example == want
     pos = [5, 0, 7, 2]
@@ -253,6 +262,7 @@ def test_run_items_scores_the_given_docs_as_the_full_run_does(setup):
     assert all(a is b for a, b in zip(leaves.values(), again.leaves().values(), strict=True))
     assert runner._lm[2] is lm  # one HFLM for every call on this model
     assert fit(model, tok) == full  # the reused task objects score as the first call did
+    assert started == []
 
 
 def test_racing_refuses_a_metric_a_slice_cannot_estimate(setup):
