@@ -274,3 +274,9 @@ def test_racing_refuses_a_metric_a_slice_cannot_estimate(setup):
         "a mean over items, so a slice cannot estimate it; remove fitness.racing or set the "
         "task's metric to a per-item mean"
     )
+    with pytest.raises(UserInputError) as err:
+        _fitness(setup, metric="accuracy").item_entries()
+    assert str(err.value) == (
+        "lm_eval task 'tiny_add': metric 'accuracy' is not one of its metrics; use one of "
+        "['exact_match']"
+    )

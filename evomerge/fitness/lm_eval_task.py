@@ -32,8 +32,8 @@ from evomerge.fitness.config import LmEvalTaskConfig
 from evomerge.results import TaskScore
 
 _MANAGERS: dict[tuple, Any] = {}
-# (manager, task, num_fewshot, extra_args) -> {leaf name: Task}. simple_evaluate re-applies
-# num_fewshot and gen_kwargs to the objects on every call; a runner with other values of
+# (manager, task, num_fewshot, extra_args) -> {leaf name: Task}. Each run re-applies
+# num_fewshot and gen_kwargs to the objects (lm_eval_run); a runner with other values of
 # those gets its own objects (lm-eval keeps a num_fewshot once set to 0).
 _TASKS: dict[tuple, dict[str, Any]] = {}
 
@@ -109,6 +109,7 @@ class LmEvalTask:
         self.include_path = tuple(self._resolve(p, base_dir) for p in cfg.include_path)
         self._tm: Any = None
         self._samples: dict[str, list[int]] | None = None
+        self._window: dict[str, list[int]] | None = None  # lm-eval's own limit: first n docs
         self._lm: tuple[Any, Any, Any] | None = None
 
     @staticmethod
@@ -205,10 +206,12 @@ class LmEvalTask:
         ids = self._subsample()
         if ids is not None:
             return ids
-        return {
-            name: list(range(_first_n(len(list(task.eval_docs)), self.cfg.limit)))
-            for name, task in self.leaves().items()
-        }
+        if self._window is None:  # counting the docs walks the dataset: once
+            self._window = {
+                name: list(range(_first_n(len(list(task.eval_docs)), self.cfg.limit)))
+                for name, task in self.leaves().items()
+            }
+        return self._window
 
     def _entry(self, name: str) -> str:
         """The result entry of a leaf task: the label, or ``label/name`` for a group's."""
@@ -224,7 +227,12 @@ class LmEvalTask:
             listed = [m.get("metric") for m in task.config.metric_list or [] if isinstance(m, dict)]
             metric = self.cfg.metric or next((m for m in listed if m in aggs), None)
             metric = metric or next(iter(aggs), None)
-            agg = aggs.get(metric)
+            if metric not in aggs:
+                raise UserInputError(
+                    f"lm_eval task {name!r}: metric {metric!r} is not one of its metrics; "
+                    f"use one of {sorted(aggs)}"
+                )
+            agg = aggs[metric]
             if agg is not mean:
                 how = getattr(agg, "__name__", repr(agg))
                 raise UserInputError(
