@@ -10,6 +10,7 @@ ends exactly where the uninterrupted run did.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from evomerge.commands.status import status
 from evomerge.loop import Progress
 from evomerge.search_cli import resume, search
 from evomerge.store import RunStore
-from tests.helpers.kill_resume import kill_fork_at_random
+from tests.helpers.kill_resume import cli, kill_at_random
 from tests.test_racing import _racing_meta, _snapshot
 
 pytestmark = pytest.mark.timeout(600)
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = ("cipher", "shift")
 ITEMS = 8  # per task: a pool of 16
 EVALS = 24  # 4 generations of 6
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _task_folder(root: Path, skill: str) -> str:
@@ -132,11 +134,9 @@ def test_racing_keeps_the_winner_and_archive_with_fewer_item_evaluations(runs, c
 def test_killed_and_resumed_equals_uninterrupted(runs, tmp_path):
     exp, full = runs["race"]
     killed, rng = tmp_path / "killed", random.Random(5)
-    # SIGKILL a forked search inside a later generation, mid-race; then resume to the end
-    was_killed = kill_fork_at_random(
-        lambda: search(exp, killed), killed, rng, within_s=0.4, deadline_s=300
-    )
-    assert was_killed, "the search ended before it could be killed"
+    cmd = cli("search", str(exp), "--run-dir", str(killed))
+    # SIGKILL the search inside a later generation, mid-race; then resume (here) to the end
+    assert kill_at_random(cmd, killed, rng, ENV, within_s=0.4, deadline_s=300)
     with RunStore.open(killed, readonly=True) as st:
         assert st.last_checkpoint().generation < EVALS // 6 - 1  # it stopped short
     assert resume(killed) == 0

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -55,34 +54,4 @@ def kill_at_random(
         return False
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    return True
-
-
-def kill_fork_at_random(
-    target: Callable[[], object],
-    run_dir: Path,
-    rng: random.Random,
-    *,
-    within_s: float,
-    deadline_s: float,
-) -> bool:
-    """``kill_at_random`` for ``target`` run in a forked child of this process: no interpreter
-    start and no imports, so a kill costs the search's time only. True if it was killed."""
-    import multiprocessing
-
-    before = committed_generation(run_dir)
-    proc = multiprocessing.get_context("fork").Process(target=target, daemon=True)
-    proc.start()
-    deadline = time.monotonic() + deadline_s
-    while proc.is_alive() and time.monotonic() < deadline:
-        if committed_generation(run_dir) > before:
-            time.sleep(rng.uniform(0.0, within_s))
-            break
-        time.sleep(0.05)
-    if not proc.is_alive():
-        proc.join()
-        assert proc.exitcode == 0, f"the search exited with {proc.exitcode}"
-        return False
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
     return True
