@@ -1,8 +1,9 @@
 """The search loop: ask -> decode -> dedupe -> evaluate -> record + tell + checkpoint.
 
 One generation is one SQLite transaction (candidates, results, pickled driver state, RNG state,
-counters, archive table), so a killed search resumes from its last generation boundary and
-repeats exactly what the uninterrupted search would have done:
+counters, archive table, and the batch asked ahead: table ``pending``), so a killed search
+resumes from its last generation boundary and repeats exactly what the uninterrupted search
+would have done:
 
 * the driver's ``state_dict`` round-trips its next ``ask``; the global RNGs (python, numpy,
   torch) are checkpointed too, because library drivers may sample from them (pycma draws from
