@@ -10,7 +10,10 @@ another:
     python benchmarks/loop_results_equal.py --record /tmp/before.json   # the old checkout
     python benchmarks/loop_results_equal.py --check /tmp/before.json    # the new one
 
-``--only NAME`` runs one search. The fast version on a cheap objective is tests/test_loop_golden.py.
+``--only NAME`` runs one search. ``--legacy-resume OLD_TREE`` (with ``--check``) also starts the
+random search with the old tree's code, SIGKILLs it once its first generation is committed (its
+checkpoint then holds the batch asked ahead in the old format), resumes it with this tree, and
+compares the result with the recorded uninterrupted one. The fast version on a cheap objective is tests/test_loop_golden.py.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import argparse
 import hashlib
 import json
 import os
+import pickle
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -49,16 +55,52 @@ SEARCHES = {
 }
 
 
-def run_search(name: str, work: Path) -> Path:
+def _search_cmd(name: str, work: Path) -> tuple[list[str], Path]:
     spec, max_evals, workers = SEARCHES[name]
     exp = EXP / spec if isinstance(spec, str) else _variant(*spec, work / f"{name}.yaml")
     run_dir = work / name
     cmd = [sys.executable, "-m", "evomerge.cli", "search", str(exp), "--run-dir", str(run_dir)]
     cmd += ["--max-evals", str(max_evals), "--max-seconds", "100000", "--workers", str(workers)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    return cmd, run_dir
+
+
+def _run(cmd: list[str], root: Path, what: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"{name}: search failed\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what}: failed\n{done.stderr[-3000:]}")
+
+
+def run_search(name: str, work: Path) -> Path:
+    cmd, run_dir = _search_cmd(name, work)
+    _run(cmd, ROOT, name)
+    return run_dir
+
+
+def legacy_resume(old_tree: Path, work: Path) -> Path:
+    """The random search started by the old code, killed after generation 0, resumed here."""
+    work.mkdir(parents=True, exist_ok=True)
+    cmd, run_dir = _search_cmd("random", work)
+    env = {**os.environ, "PYTHONPATH": str(old_tree)}
+    proc = subprocess.Popen(cmd, cwd=old_tree, env=env, stderr=subprocess.DEVNULL)
+    db = run_dir / "store.sqlite"
+    while proc.poll() is None:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                if conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]:
+                    break
+        except sqlite3.OperationalError:
+            pass  # not created yet
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        (blob,) = conn.execute("SELECT driver_state FROM checkpoints").fetchone()
+    if "__ask_ahead__" not in pickle.loads(blob):
+        raise SystemExit(
+            f"{old_tree}: its checkpoint has no __ask_ahead__ batch (not the old code)"
+        )
+    _run([sys.executable, "-m", "evomerge.cli", "resume", str(run_dir)], ROOT, "legacy resume")
     return run_dir
 
 
@@ -100,10 +142,13 @@ def main() -> None:
     mode.add_argument("--record", type=Path, help="write the snapshots to this JSON file")
     mode.add_argument("--check", type=Path, help="compare with snapshots recorded earlier")
     p.add_argument("--only", choices=sorted(SEARCHES), action="append")
+    p.add_argument("--legacy-resume", type=Path, metavar="OLD_TREE")
     args = p.parse_args()
     names = args.only or list(SEARCHES)
     with tempfile.TemporaryDirectory(prefix="loop-equal-") as tmp:
         got = {n: snapshot(run_search(n, Path(tmp))) for n in names}
+        if args.legacy_resume:
+            legacy = snapshot(legacy_resume(args.legacy_resume, Path(tmp) / "legacy"))
     for n in names:
         s = got[n]
         print(
@@ -115,6 +160,8 @@ def main() -> None:
         return
     old = json.loads(args.check.read_text())
     diffs = [d for n in names for d in differences(n, old[n], got[n])]
+    if args.legacy_resume:
+        diffs += differences("random (old code killed, resumed)", old["random"], legacy)
     print("\n".join(diffs) or f"identical: {', '.join(names)}")
     raise SystemExit(1 if diffs else 0)
 

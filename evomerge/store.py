@@ -164,10 +164,16 @@ class RunStore:
                 f"{path}: store schema version {version} is not the supported {SCHEMA_VERSION}; "
                 "use the evomerge version that wrote it"
             )
-        if not readonly:  # a store written before the pending table: add it (empty)
+        if not readonly and not store._has_table("pending"):  # written before the table existed
             with store._tx():
                 store.conn.execute(PENDING_DDL)
         return store
+
+    def _has_table(self, name: str) -> bool:
+        found = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
 
     def close(self) -> None:
         self.conn.close()
@@ -281,7 +287,10 @@ class RunStore:
         return Checkpoint(*row) if row else None
 
     def pending(self) -> list[PendingRecord]:
-        """The batch asked ahead at the last commit, in ask order (empty when none)."""
+        """The batch asked ahead at the last commit, in ask order (empty when none, and in a
+        store written before the table, opened read-only)."""
+        if not self._has_table("pending"):
+            return []
         rows = self.conn.execute(
             "SELECT idx, genes_json, meta_json, candidate FROM pending ORDER BY idx"
         ).fetchall()
