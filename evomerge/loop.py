@@ -272,8 +272,9 @@ class SearchLoop:
         return left if natural is None else min(int(natural), left)
 
     def _generation(self) -> None:
-        cands, recipes, tickets = self._ahead or self._submit(self._restored or self._ask())
-        self._ahead, self._restored = None, None
+        batch = self._ahead if self._ahead is not None else self._submit(self._take_asked())
+        cands, recipes, tickets = batch
+        self._ahead = None
         if self.driver.can_ask_ahead:
             self._ahead = self._ask_ahead(recipes, tickets)
         records, results = self._evaluate(cands, recipes, tickets)
@@ -281,6 +282,11 @@ class SearchLoop:
         wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
         self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
         self._pending = _Told(records, results, recipes)
+
+    def _take_asked(self) -> list[Candidate]:
+        """The batch resume found in the store's pending table, else a fresh ask."""
+        restored, self._restored = self._restored, None
+        return restored or self._ask()
 
     def _ask(self, running: int = 0) -> list[Candidate]:
         return self.driver.ask(self._batch_size(running))
