@@ -179,12 +179,7 @@ def _assemble(experiment, store, space, driver, evaluator, resumed, lock, hooks)
     archive = Archive(run_dir, cfg.archive.top_k, lambda r, out: write_model(r, out, resolver))
     b = cfg.budget
     max_cand = b.max_candidates or (10 * b.max_evals if b.max_evals else None)
-    # Drivers that can ask ahead get the pipelined loop (workers never idle at a barrier); its
-    # schedule is the same with every evaluator, so the archive does not depend on --workers.
-    loop_cls = SearchLoop
-    if driver.can_ask_ahead:
-        from evomerge.loop_ahead import AskAheadLoop as loop_cls
-    loop = loop_cls(
+    loop = SearchLoop(
         store=store,
         space=space,
         driver=driver,

@@ -1,8 +1,9 @@
 """The search loop: ask -> decode -> dedupe -> evaluate -> record + tell + checkpoint.
 
 One generation is one SQLite transaction (candidates, results, pickled driver state, RNG state,
-counters, archive table), so a killed search resumes from its last generation boundary and
-repeats exactly what the uninterrupted search would have done:
+counters, archive table, and the batch asked ahead: table ``pending``), so a killed search
+resumes from its last generation boundary and repeats exactly what the uninterrupted search
+would have done:
 
 * the driver's ``state_dict`` round-trips its next ``ask``; the global RNGs (python, numpy,
   torch) are checkpointed too, because library drivers may sample from them (pycma draws from
@@ -35,11 +36,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from evomerge.archive import Archive, rank_top_k
 from evomerge.drivers.base import Candidate, Driver
+from evomerge.loop_legacy import split_legacy_state
 from evomerge.racing import META_KEY as RACING_META
 from evomerge.racing import Racer, is_partial
 from evomerge.racing import meta as racing_meta
@@ -47,7 +50,7 @@ from evomerge.recipe import Recipe
 from evomerge.spaces.base import SearchSpace
 from evomerge.stop_reason import record_stop
 from evomerge.store import CandidateRecord as _CandRec
-from evomerge.store import Checkpoint, RunStore
+from evomerge.store import Checkpoint, PendingRecord, RunStore
 from evomerge.workers.base import Evaluator, JobResult
 from evomerge.workers.wants import tell_wanted
 
@@ -117,6 +120,20 @@ def seed_globals(seed: int) -> None:
 
 
 class SearchLoop:
+    """The one search loop. A generation reads top to bottom in ``_generation``: take the batch
+    (asked now, or asked ahead at the previous generation), ask the next batch ahead when the
+    driver can, evaluate, tell; then ``_commit``: archive folders, one transaction, eviction.
+
+    Asking ahead (``Driver.can_ask_ahead``: random, Optuna, steady-state M2N2): batch g+1 is
+    asked (and, with a streaming evaluator, submitted) before batch g is told, so workers that
+    finish g early start on g+1 instead of idling at the barrier. The schedule — ask g+1, tell
+    g, commit g — is the same with every evaluator and worker count, so the archive does not
+    depend on either (a serial evaluator simply runs g+1 later). Batch g+1 is recorded in the
+    store's ``pending`` table by g's transaction; resume evaluates it instead of asking again.
+    Dedupe spans the two batches: a recipe of g+1 that g is evaluating is not submitted again;
+    it is reused from the store once g is committed.
+    """
+
     def __init__(
         self,
         *,
@@ -141,6 +158,13 @@ class SearchLoop:
         self.recipes: dict[str, Recipe] = {}
         self.racer = racer
         self._values: dict[int, np.ndarray] = {}  # racing: archive members' item values
+        # racing decides a generation's next slices from its last ones: it never streams ahead
+        streams = hasattr(evaluator, "submit") and hasattr(evaluator, "poll")
+        self._streaming = driver.can_ask_ahead and streams and racer is None
+        self._restored: list[Candidate] | None = None  # the store's pending batch, at resume
+        self._ahead: _Batch | None = None  # asked (and maybe submitted), not yet evaluated
+        self._early: dict[int, JobResult] = {}  # streamed results polled before their turn
+        self._pending: _Told | None = None  # told, not yet committed
 
     # ---- start / resume ----------------------------------------------------------------------
     def restore(self) -> bool:
@@ -165,7 +189,10 @@ class SearchLoop:
         self.archive.reconcile(self.top, self.recipes)
         if cp is None:
             return False
-        self.driver.load_state_dict(pickle.loads(cp.driver_state))
+        state, legacy_pending = split_legacy_state(pickle.loads(cp.driver_state))
+        self.driver.load_state_dict(state)
+        pending = legacy_pending if legacy_pending is not None else self.store.pending()
+        self._restored = [pending_candidate(p) for p in pending] or None
         restore_rng(cp.rng_state)
         self.state = _State(
             generation=cp.generation + 1,
@@ -194,7 +221,7 @@ class SearchLoop:
                 break
             self._generation()
             tick()
-            self._commit_pending()
+            self._commit()
             if self.on_generation:
                 self.on_generation(self.progress())
         s = self.state
@@ -233,27 +260,67 @@ class SearchLoop:
             return "driver"
         return None
 
-    def _batch_size(self) -> int | None:
-        """None (the driver's natural batch), except that a driver able to ask any number gets
-        at most what the evaluation budget has left, so random search and Optuna stop on the
-        budget exactly (CMA-ES keeps whole generations)."""
+    def _batch_size(self, running: int = 0) -> int | None:
+        """None (the driver's natural batch), except that a driver able to ask ahead gets at
+        most what the evaluation budget has left, counting the ``running`` evaluations of the
+        batch in flight as spent, so random search and Optuna stop on the budget exactly
+        (CMA-ES keeps whole generations). ``Driver.batch_size`` None: any number."""
         if not self.driver.can_ask_ahead or self.budget.max_evals is None:
             return None
-        natural = next(
-            (int(v) for a in ("batch_size", "popsize") if (v := getattr(self.driver, a, None))),
-            None,
-        )
-        left = max(1, self.budget.max_evals - self.state.n_evals)
-        return left if natural is None else min(natural, left)
+        left = max(1, self.budget.max_evals - self.state.n_evals - running)
+        natural = self.driver.batch_size
+        return left if natural is None else min(int(natural), left)
 
     def _generation(self) -> None:
-        cands = self.driver.ask(self._batch_size())
-        recipes = [self._decode(c) for c in cands]
-        records, results = self._evaluate(cands, recipes)
+        batch = self._ahead if self._ahead is not None else self._submit(self._take_asked())
+        cands, recipes, tickets = batch
+        self._ahead = None
+        if self.driver.can_ask_ahead:
+            self._ahead = self._ask_ahead(recipes, tickets)
+        records, results = self._evaluate(cands, recipes, tickets)
         fitness = told_values(self.driver, results)
         wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
         self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
-        self._pending = (records, results, recipes)
+        self._pending = _Told(records, results, recipes)
+
+    def _take_asked(self) -> list[Candidate]:
+        """The batch resume found in the store's pending table, else a fresh ask."""
+        restored, self._restored = self._restored, None
+        return restored or self._ask()
+
+    def _ask(self, running: int = 0) -> list[Candidate]:
+        return self.driver.ask(self._batch_size(running))
+
+    def _ask_ahead(
+        self, recipes: Sequence[Recipe | Exception], tickets: dict | None
+    ) -> _Batch | None:
+        """Batch g+1, asked while batch g (``recipes``) is still to be evaluated, unless the
+        budget will be spent by g. Not the stop request: whether g+1 is asked before g is told
+        must not depend on when a signal came, or a resumed run would propose differently."""
+        busy = {r.digest() for r in recipes if isinstance(r, Recipe)}
+        # evaluations batch g will add: the same count with or without streaming
+        running = len(tickets) if tickets is not None else len(busy - set(self.scored))
+        b, s = self.budget, self.state
+        if b.max_evals is not None and s.n_evals + running >= b.max_evals:
+            return None
+        if b.max_candidates is not None and s.n_candidates + len(recipes) >= b.max_candidates:
+            return None
+        return self._submit(self._ask(running), busy)
+
+    def _submit(self, cands: list[Candidate], busy: set[str] = frozenset()) -> _Batch:
+        """Decode, and with a streaming evaluator submit, the recipes ``_evaluate`` will need:
+        not scored before, not in the batch still running, first of their digest here."""
+        recipes = [self._decode(c) for c in cands]
+        if not self._streaming:
+            return _Batch(cands, recipes, None)
+        tickets: dict[str, int] = {}
+        for r in recipes:
+            if not isinstance(r, Recipe):
+                continue
+            d = r.digest()
+            if d not in self.scored and d not in busy and d not in tickets:
+                tickets[d] = self.evaluator.submit(r)
+        return _Batch(cands, recipes, tickets)
 
     def _decode(self, c: Candidate) -> Recipe | Exception:
         try:
@@ -262,7 +329,10 @@ class SearchLoop:
             return err
 
     def _evaluate(
-        self, cands: Sequence[Candidate], recipes: Sequence[Recipe | Exception]
+        self,
+        cands: Sequence[Candidate],
+        recipes: Sequence[Recipe | Exception],
+        tickets: dict[str, int] | None = None,
     ) -> tuple[list[_CandRec], list[JobResult]]:
         gen = self.state.generation
         results: list[JobResult | None] = [None] * len(cands)
@@ -282,7 +352,7 @@ class SearchLoop:
             else:
                 first_in_gen[d] = i
                 todo.append(i)
-        fresh, spent = self._score([recipes[i] for i in todo])
+        fresh, spent = self._score([recipes[i] for i in todo], tickets)
         race_meta = {}
         for i, res, n in zip(todo, fresh, spent, strict=True):
             results[i] = res
@@ -308,13 +378,26 @@ class SearchLoop:
         self.state.n_item_evals += sum(spent)
         return records, [r for r in results if r is not None]
 
-    def _score(self, recipes: list[Recipe]) -> tuple[list[JobResult], list[int]]:
-        """Results of the fresh recipes and the items each was scored on."""
+    def _score(
+        self, recipes: list[Recipe], tickets: dict[str, int] | None
+    ) -> tuple[list[JobResult], list[int]]:
+        """Results of the fresh recipes (collected from the stream when they were submitted
+        ahead) and the items each was scored on."""
+        if tickets is not None:
+            results = [self._collect(tickets[r.digest()]) for r in recipes]
+            return results, [_items_in(r) for r in results]
         if self.racer is None:
             results = self.evaluator.evaluate(recipes)
             return results, [_items_in(r) for r in results]
         out = self.racer.race(self.evaluator, recipes, self._archive_values())
         return out.results, out.items
+
+    def _collect(self, ticket: int) -> JobResult:
+        """A submitted recipe's result; results of others that finish first wait in _early."""
+        while ticket not in self._early:
+            for t, res in self.evaluator.poll():
+                self._early[t] = res
+        return self._early.pop(ticket)
 
     def _archive_values(self) -> list[np.ndarray]:
         """The archive members' item values in racing order (read from the store once)."""
@@ -328,20 +411,19 @@ class SearchLoop:
         }
         return list(self._values.values())
 
-    def _commit_pending(self) -> None:
-        records, results, recipes = self._pending
-        for rec, r in zip(records, recipes, strict=True):
+    # ---- the commit ------------------------------------------------------------------------------
+    def _commit(self) -> None:
+        """Crash-safe order: new archive folders are written (atomically) before the
+        transaction and dropped members removed after it, so a kill at any point leaves extra
+        folders at most, and ``restore``'s reconcile makes them match the store again."""
+        told, self._pending = self._pending, None
+        records, results = told.records, told.results
+        for rec, r in zip(records, told.recipes, strict=True):
             if isinstance(r, Recipe):
                 self.recipes.setdefault(rec.digest, r)
         # racing: a recipe scored on part of the items never enters the archive
         short = {rec.digest for rec in records if is_partial(rec.meta)}
-        rows = [(e.fitness, e.idx, e.digest) for e in self.top]
-        rows += [
-            (res.fitness if res.ok else math.nan, rec.idx, rec.digest)
-            for rec, res in zip(records, results, strict=True)
-            if rec.digest and rec.digest not in short
-        ]
-        top = rank_top_k(rows, self.archive.top_k)
+        top = self._ranked(records, results, short)
         self.archive.materialize(top, self.recipes)
         s = self.state
         s.n_candidates += len(records)
@@ -354,7 +436,8 @@ class SearchLoop:
             n_evals=s.n_evals,
             elapsed=s.elapsed,
         )
-        self.store.commit_generation(cp, records, results, top)
+        ahead = [pending_record(c) for c in self._ahead.cands] if self._ahead else []
+        self.store.commit_generation(cp, records, results, top, ahead)
         self.archive.evict(top)
         self.top = top
         keep = {e.digest for e in top}
@@ -363,6 +446,49 @@ class SearchLoop:
             if rec.reused_from is None and rec.digest and rec.digest not in short:
                 self.scored.setdefault(rec.digest, rec.idx)
         s.generation += 1
+
+    def _ranked(
+        self, records: Sequence[_CandRec], results: Sequence[JobResult], short: set[str]
+    ) -> list:
+        rows = [(e.fitness, e.idx, e.digest) for e in self.top]
+        rows += [
+            (res.fitness if res.ok else math.nan, rec.idx, rec.digest)
+            for rec, res in zip(records, results, strict=True)
+            if rec.digest and rec.digest not in short
+        ]
+        return rank_top_k(rows, self.archive.top_k)
+
+
+class _Batch(NamedTuple):
+    """Asked candidates, their decoded recipes, and (streaming) digest -> evaluator ticket."""
+
+    cands: list[Candidate]
+    recipes: list[Recipe | Exception]
+    tickets: dict[str, int] | None
+
+
+class _Told(NamedTuple):
+    """A told generation waiting for its commit."""
+
+    records: list[_CandRec]
+    results: list[JobResult]
+    recipes: list[Recipe | Exception]
+
+
+def pending_record(c: Candidate) -> PendingRecord:
+    """A candidate asked ahead as the store's ``pending`` table keeps it (exact: pickled)."""
+    genes = tuple(float(v) for v in np.asarray(c.x, dtype=float).reshape(-1))
+    blob = pickle.dumps((c.x, c.meta, c.wants))
+    return PendingRecord(idx=c.index, genes=genes, meta=_jsonable(c.meta), candidate=blob)
+
+
+def pending_candidate(p: PendingRecord | tuple) -> Candidate:
+    """The candidate back from a pending row (or from a legacy ``(index, x, meta[, wants])``)."""
+    if isinstance(p, PendingRecord):
+        x, meta, wants = pickle.loads(p.candidate)
+        return Candidate(index=p.idx, x=x, meta=dict(meta), wants=dict(wants))
+    wants = dict(p[3]) if len(p) > 3 else {}
+    return Candidate(index=p[0], x=np.asarray(p[1]), meta=dict(p[2]), wants=wants)
 
 
 def told_values(driver: Driver, results: Sequence[JobResult]) -> list:

@@ -18,7 +18,7 @@ from typing import Any
 
 from evomerge.errors import UserInputError
 from evomerge.results import OK, EvalResult, JobResult
-from evomerge.store_schema import DDL, KEEP_CHECKPOINTS, SCHEMA_VERSION
+from evomerge.store_schema import DDL, KEEP_CHECKPOINTS, PENDING_DDL, SCHEMA_VERSION
 
 STORE_FILE = "store.sqlite"
 
@@ -32,6 +32,17 @@ class CandidateRecord:
     recipe_yaml: str
     reused_from: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """A candidate asked ahead and not yet told: ``candidate`` is the pickled
+    ``(x, meta, wants)`` resume hands back; ``genes`` and ``meta`` are JSON copies for readers."""
+
+    idx: int
+    genes: tuple[float, ...]
+    meta: dict[str, Any]
+    candidate: bytes
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ class RunStore:
         from evomerge import __version__
 
         with store._tx():
-            for stmt in DDL.split(";"):
+            for stmt in [*DDL.split(";"), PENDING_DDL]:
                 if stmt.strip():
                     store.conn.execute(stmt)
             store.conn.executemany(
@@ -153,7 +164,16 @@ class RunStore:
                 f"{path}: store schema version {version} is not the supported {SCHEMA_VERSION}; "
                 "use the evomerge version that wrote it"
             )
+        if not readonly and not store._has_table("pending"):  # written before the table existed
+            with store._tx():
+                store.conn.execute(PENDING_DDL)
         return store
+
+    def _has_table(self, name: str) -> bool:
+        found = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
 
     def close(self) -> None:
         self.conn.close()
@@ -202,7 +222,10 @@ class RunStore:
         candidates: Sequence[CandidateRecord],
         results: Sequence[JobResult],
         archive: Sequence[ArchiveEntry],
+        pending: Sequence[PendingRecord] = (),
     ) -> None:
+        """One generation: its candidates and results, the checkpoint, the archive table and
+        the batch asked ahead (``pending``, replacing the previous one), all or nothing."""
         if len(candidates) != len(results):
             raise ValueError("commit_generation: one result per candidate is required")
         with self._tx():
@@ -249,6 +272,11 @@ class RunStore:
                 "INSERT INTO archive (rank, digest, idx, fitness) VALUES (?, ?, ?, ?)",
                 [(a.rank, a.digest, a.idx, a.fitness) for a in archive],
             )
+            self.conn.execute("DELETE FROM pending")
+            self.conn.executemany(
+                "INSERT INTO pending (idx, genes_json, meta_json, candidate) VALUES (?, ?, ?, ?)",
+                [(p.idx, _dumps(list(p.genes)), _dumps(p.meta), p.candidate) for p in pending],
+            )
 
     # ---- reading ----------------------------------------------------------------------------------
     def last_checkpoint(self) -> Checkpoint | None:
@@ -257,6 +285,16 @@ class RunStore:
             " FROM checkpoints ORDER BY generation DESC LIMIT 1"
         ).fetchone()
         return Checkpoint(*row) if row else None
+
+    def pending(self) -> list[PendingRecord]:
+        """The batch asked ahead at the last commit, in ask order (empty when none, and in a
+        store written before the table, opened read-only)."""
+        if not self._has_table("pending"):
+            return []
+        rows = self.conn.execute(
+            "SELECT idx, genes_json, meta_json, candidate FROM pending ORDER BY idx"
+        ).fetchall()
+        return [PendingRecord(i, tuple(json.loads(g)), json.loads(m), c) for i, g, m, c in rows]
 
     def trials(self, *, where: str = "", params: Sequence[Any] = ()) -> list[Trial]:
         rows = self.conn.execute(

@@ -38,6 +38,14 @@ Tables
                   kept: resume needs the last one.
 ``archive``       the top-k: ``rank`` (0 = best), ``digest``, ``idx``, ``fitness``. The models
                   live in ``<run_dir>/archive/<digest>/`` (HF folders, written atomically).
+``pending``       the batch a driver that asks ahead (``Driver.can_ask_ahead``) has asked but
+                  not yet been told at the last commit: ``idx``, ``genes_json`` and ``meta_json``
+                  (for readers), ``candidate`` (pickled ``(x, meta, wants)`` exactly as asked).
+                  Rewritten by every generation's transaction, so it always belongs to the last
+                  checkpoint; resume evaluates these candidates instead of asking again. Empty
+                  for drivers that do not ask ahead. (Stores of evomerge before this table kept
+                  the batch inside ``driver_state`` under ``__ask_ahead__``; resume still reads
+                  them: ``evomerge.loop_ahead``.)
 """
 
 from __future__ import annotations
@@ -94,3 +102,13 @@ CREATE TABLE IF NOT EXISTS archive (
     fitness REAL NOT NULL
 );
 """
+
+# Also run when a writer opens a store made before the table existed (same schema version:
+# an older evomerge never reads it, and resume needs it).
+PENDING_DDL = """
+CREATE TABLE IF NOT EXISTS pending (
+    idx        INTEGER PRIMARY KEY,
+    genes_json TEXT NOT NULL,
+    meta_json  TEXT NOT NULL DEFAULT '{}',
+    candidate  BLOB NOT NULL
+)"""

@@ -145,6 +145,20 @@ def test_seeds(name):
 
 
 @pytest.mark.parametrize("name", DRIVERS)
+def test_batch_size_is_what_ask_returns(name):
+    """The loop sizes an ask-ahead driver's asks by ``batch_size`` (never guessing from other
+    attributes): it must be stated by such a driver, and ``ask(n)`` must return n."""
+    d = make(name)
+    if d.can_ask_ahead:
+        assert d.batch_size is not None and d.batch_size >= 1
+        cands = d.ask(2)
+        assert len(cands) == 2
+        tell(d, cands, [sphere(c.x) for c in cands])
+    if d.batch_size is not None:
+        assert len(d.ask()) == d.batch_size
+
+
+@pytest.mark.parametrize("name", DRIVERS)
 def test_within_bounds(name):
     d = make(name)
     for _ in range(5):

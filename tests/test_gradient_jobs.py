@@ -5,7 +5,6 @@ was scored before still gets its gradient computed."""
 from __future__ import annotations
 
 import json
-import pickle
 import sqlite3
 import subprocess
 
@@ -123,28 +122,3 @@ def test_frank_wolfe_on_ray_workers_equals_serial(tmp_path):
     # every step after the first was taken on a proxy loss the Ray workers computed
     losses = [m["loss"] for m in metas[1:]]
     assert all(isinstance(v, float) and np.isfinite(v) for v in losses), losses
-
-
-def test_ask_ahead_checkpoint_keeps_what_a_pending_candidate_wants():
-    from evomerge.drivers import get_driver
-    from evomerge.loop_ahead import _StateWithPending
-
-    class Loop:  # the part of AskAheadLoop the checkpoint reads and writes
-        _ahead, _restored = None, None
-
-    driver = get_driver("random")(2, np.zeros(2), np.ones(2), np.zeros(2), seed=0)
-    request = GradientRequest(4, np.array([0.1, 0.2]), ProxySpec.parse({"kind": "digits"}))
-    before = Loop()
-    before._ahead = (
-        [Candidate(4, request.x, {"t": 1}, {"gradient": request}), Candidate(5, request.x)],
-        [],
-        None,
-    )
-    state = pickle.loads(pickle.dumps(_StateWithPending(driver, before).state_dict()))
-    assert [len(p) for p in state["__ask_ahead__"]["pending"]] == [4, 3]  # none: as before
-    after = Loop()
-    _StateWithPending(driver, after).load_state_dict(state)
-    (c4, c5) = after._restored
-    got = c4.wants["gradient"]
-    assert (got.index, got.objective, got.step) == (4, request.objective, 0)
-    assert np.array_equal(got.x, request.x) and c4.meta == {"t": 1} and c5.wants == {}

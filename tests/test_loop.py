@@ -64,6 +64,7 @@ class SeededRandom(Driver):
     def __init__(self, dim, lower, upper, x0, *, seed, popsize=6):
         super().__init__(dim, lower, upper, x0, seed=seed)
         self.popsize, self.rng, self.count = popsize, np.random.default_rng(seed), 0
+        self.batch_size = popsize  # asks ahead: the loop asks at most this many
         self.told: list[tuple[int, float]] = []
 
     def ask(self, n=None):

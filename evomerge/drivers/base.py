@@ -41,6 +41,10 @@ class Driver(ABC):
     #: True when ``ask`` may be called again before the previous candidates are told
     #: (random, Optuna, steady-state M2N2): the Ray evaluator then keeps every worker busy.
     can_ask_ahead: ClassVar[bool] = False
+    #: How many candidates ``ask()`` (no ``n``) returns; a driver that asks ahead is asked for
+    #: at most this many, fewer when the evaluation budget has less left. None: any number
+    #: (the loop then asks for what the budget has left).
+    batch_size: int | None = None
     #: One line per ``driver.options`` key (docs/config.md, ``evomerge schema``).
     option_help: ClassVar[dict[str, str]] = {}
     #: A dataclass the options are parsed into; None: they are ``__init__``'s keywords.

@@ -69,6 +69,7 @@ class CMAES(Driver):
         import cma
 
         self.popsize = int(popsize or 4 + math.floor(3 * math.log(max(dim, 1))))
+        self.batch_size = self.popsize  # one generation per ask
         if self.popsize < 2:
             raise UserInputError(f"cma_es: popsize must be >= 2, got {self.popsize}")
         rules = {None: True, "csa": cma.sigma_adaptation.CMAAdaptSigmaCSA}
