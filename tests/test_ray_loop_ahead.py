@@ -1,7 +1,7 @@
-"""The ask-ahead loop: the next batch is asked and submitted before the current one is told, the
+"""The ask-ahead schedule of the search loop: the next batch is asked and submitted before the current one is told, the
 archive does not depend on the evaluator or on completion order, and resume stays exact with a
 batch in flight. (Cheap objective from test_loop; the Ray evaluator end to end lives in
-test_ray_search.py.)"""
+test_ray_evaluator.py.)"""
 
 from __future__ import annotations
 
