@@ -100,7 +100,39 @@ class DigitsZooSpec:
         return build_digits_zoo(self, out, seed=seed, progress=progress)
 
 
-ZooSpec = LMZooSpec | DigitsZooSpec | RealZooSpec | RealExpertsSpec
+@dataclass(frozen=True)
+class LMSeedsSpec:
+    """Tiny Llamas trained on one mixture from different random inits (``seeds``), no shared
+    base: PLeaS's setting (docs/pleas.md), where plain weight averaging fails."""
+
+    name: str
+    description: str
+    mix: dict[str, float]
+    phase: Phase
+    seeds: tuple[int, ...]
+    tasks: list[str]
+    shape: LMShape
+    threads: int = 1  # as LMZooSpec: one thread is fastest for models this small
+    kind: str = "lm"
+
+    @property
+    def targets(self) -> list[str]:
+        return []
+
+    @property
+    def task_folders(self) -> list[str]:
+        return list(self.tasks)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def build(self, out: Path, *, seed: int, progress: bool) -> dict:
+        from evomerge.zoo.train_lm import build_seed_models
+
+        return build_seed_models(self, out, seed=seed, progress=progress)
+
+
+ZooSpec = LMZooSpec | DigitsZooSpec | LMSeedsSpec | RealZooSpec | RealExpertsSpec
 
 
 def _scale(steps: int, quick: bool) -> int:
@@ -216,6 +248,23 @@ def lm_backdoor(quick: bool) -> LMZooSpec:
     )
 
 
+def lm_seeds(quick: bool) -> LMSeedsSpec:
+    """Two Llamas trained on lm-skills' base mixture from different random inits."""
+    return LMSeedsSpec(
+        name="lm-seeds",
+        description=(
+            "two 2-layer Llamas (0.1M parameters) trained from different random inits on "
+            "lm-skills' base mixture (digit copying, four letter skills on 14 letters): PLeaS's "
+            "setting, where plain weight averaging fails"
+        ),
+        mix=lm_skills(quick).base_mix,
+        phase=_phase(300, 3e-3, quick),
+        seeds=(0, 1),
+        tasks=["zoo_copy", "zoo_cipher_part", "zoo_shift_part", "zoo_sort_part"],
+        shape=LMShape(layers=2, hidden=64, intermediate=128, heads=4),
+    )
+
+
 def digits(quick: bool) -> DigitsZooSpec:
     return DigitsZooSpec(
         name="digits",
@@ -243,6 +292,7 @@ ZOOS: dict[str, Callable[[bool], ZooSpec]] = {
     "lm-skills": lm_skills,
     "lm-cross": lm_cross,
     "lm-backdoor": lm_backdoor,
+    "lm-seeds": lm_seeds,
     "digits": digits,
     # real pretrained models, converted from GGUF files shipped on PyPI (evomerge[real])
     "smollm2": smollm2,
