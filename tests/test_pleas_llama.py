@@ -5,6 +5,7 @@ gives the model back; the merged folder loads with transformers."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
@@ -156,3 +157,85 @@ def test_refusals_name_the_flag(twins) -> None:
         pleas_llama.merge_llama(a, _tiny_llama(0, num_key_value_heads=2), [], tok)
     with pytest.raises(UserInputError, match="--model-b: .*tensor shapes differ"):
         pleas_llama.merge_llama(a, _tiny_llama(0, intermediate_size=20), [], tok)
+
+
+@pytest.fixture(scope="module")
+def twin_folders(twins, tmp_path_factory):
+    a, b, _, tok = twins
+    root = tmp_path_factory.mktemp("twins")
+    for name, model in (("a", a), ("b", b)):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root
+
+
+def _pleas_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    return CliRunner().invoke(app, ["pleas", *args])
+
+
+def test_cli_writes_a_model_the_zoo_evaluator_scores(twins, twin_folders, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.zoo.evaluate import evaluate_lm_task, task_dir
+
+    a, _, _, tok = twins
+    out = tmp_path / "merged"
+    ends = ["--model-a", str(twin_folders / "a"), "--model-b", str(twin_folders / "b")]
+    res = _pleas_cli(*ends, "--size", "1.5", "--data", "zoo_cipher,zoo_reverse", str(out))
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out} (pleas, size 1.5: intermediate_size 36)" in res.output
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert merged.config.intermediate_size == 36
+    fresh = _texts(4, seed=5)
+    torch.testing.assert_close(
+        _logits(merged, tok, fresh), _logits(a, tok, fresh), atol=2e-3, rtol=1e-3
+    )
+    score = evaluate_lm_task(
+        merged, AutoTokenizer.from_pretrained(out), task_dir("zoo_copy"), limit=5
+    )
+    assert len(score.per_example) == 5  # a random model scores ~0; what matters is that it runs
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--size", "2.5"], "--size 2.5: give a number between 1"),
+        (["--method", "zip"], "--method 'zip' is unknown"),
+        (["--method", "average", "--size", "1.5"], "--size: plain averaging keeps one model's"),
+        ([], "--data: Llama models need data to match on"),
+        (["--data", "zoo_nope"], "--data: 'zoo_nope' names no zoo task"),
+        (["--data", "proxy:rot90"], "--data: 'proxy:rot90' names no zoo task"),
+    ],
+)
+def test_cli_refusals_are_one_line_and_write_nothing(twin_folders, tmp_path, args, says) -> None:
+    out = tmp_path / "merged"
+    ends = ["--model-a", str(twin_folders / "a"), "--model-b", str(twin_folders / "b")]
+    res = _pleas_cli(*ends, *args, str(out))
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], res.output
+    assert not out.exists()
+
+
+def test_cli_refuses_mixed_kinds_a_missing_model_and_a_full_out(twin_folders, tmp_path) -> None:
+    from evomerge.zoo.digits import new_digits_model, save_digits_model
+
+    save_digits_model(new_digits_model(0, hidden=8), tmp_path / "digits")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    a = ["--model-a", str(twin_folders / "a")]
+    cases = [
+        ([*a, "--model-b", str(tmp_path / "digits")], "new", "--model-b: .* is a digits model"),
+        ([*a, "--model-b", str(tmp_path / "none")], "new", "--model-b .*: no config.json there"),
+        ([*a, "--model-b", str(twin_folders / "b")], "full", "OUT .*: exists and is not an empty"),
+    ]
+    for args, out, says in cases:
+        res = _pleas_cli(*args, "--data", "zoo_copy", str(tmp_path / out))
+        assert res.exit_code == 2, res.output
+        assert re.search(says, res.output), res.output
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
