@@ -260,7 +260,7 @@ def lm_seeds(quick: bool) -> LMSeedsSpec:
         mix=lm_skills(quick).base_mix,
         phase=_phase(300, 3e-3, quick),
         seeds=(0, 1),
-        tasks=["zoo_copy", "zoo_cipher_part", "zoo_shift_part", "zoo_sort_part"],
+        tasks=list(lm_skills(quick).base_mix),  # scored on what they trained on
         shape=LMShape(layers=2, hidden=64, intermediate=128, heads=4),
     )
 
