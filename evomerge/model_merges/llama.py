@@ -41,11 +41,10 @@ Merges (``method``):
   the merged model's norm gains are set to 1: the fitted weights carry them. Those inputs are
   the authors' rule (each layer's inputs are the sources' own, merged). Tried instead: the
   unit-RMS of the merged residual ½(h_A + P h_B) (what the merged model's norm would compute if
-  its stream carried exactly that); on lm-seeds it raised the test loss (3.03 against 1.97).
-  The embeddings keep
-  the permutation merge: least squares on one-hot inputs gives exactly that average for every
-  token in the data (and zero for a token not in it, which the average does not lose). The head's
-  target is the mean of the two models' logits (outputs are not permuted, as in ``pleas.py``).
+  its stream carried exactly that); on lm-seeds it raised PLeaS's answer loss (3.01 against
+  2.25, docs/pleas.md). The embeddings keep the permutation merge: least squares on one-hot
+  inputs gives exactly that average for every token in the data (and zero for a token not in
+  it, which the average does not lose). The head's target is the mean of the two models' logits (outputs are not permuted, as in ``pleas.py``).
   Step 4 in the authors' code is Adam on this objective; closed form is its minimum.
 
 Not done: widening the residual stream or the heads (above); per-layer keep fractions (the paper's
@@ -71,15 +70,16 @@ NORM_BEFORE = {n: "input_layernorm" for n in ATTN} | {n: "post_attention_layerno
 def check_llama(model, label: str) -> None:
     """Refuse what this file does not handle, naming the model and the reason."""
     cfg = model.config
-    problems = {
-        getattr(cfg, "model_type", None) != "llama": f"model_type is {cfg.model_type!r}, not llama",
-        bool(cfg.tie_word_embeddings): "its embeddings are tied to the head",
-        cfg.num_key_value_heads != cfg.num_attention_heads: "it uses grouped-query attention",
-        bool(getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False)): (
-            "its projections have biases"
+    problems = [
+        (getattr(cfg, "model_type", None) != "llama", f"model_type is {cfg.model_type!r}"),
+        (bool(cfg.tie_word_embeddings), "its embeddings are tied to the head"),
+        (cfg.num_key_value_heads != cfg.num_attention_heads, "it uses grouped-query attention"),
+        (
+            bool(getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False)),
+            "its projections have biases",
         ),
-    }
-    for bad, why in problems.items():
+    ]
+    for bad, why in problems:
         if bad:
             raise UserInputError(
                 f"{label}: PLeaS for Llama merges untied, bias-free Llamas with one key/value "
