@@ -276,5 +276,5 @@ def test_pleas_beats_plain_averaging_on_the_lm_seed_pair() -> None:
         ),
         "pleas": _answer_loss(pleas_llama.merge_llama(a, b, texts, tok)[0], tok, tasks, 30),
     }
-    assert loss["average"] > max(loss["a"], loss["b"]) + 0.2  # measured: 3.12 against 2.75
-    assert loss["pleas"] < loss["average"] - 0.2  # measured: 2.71
+    assert loss["average"] > max(loss["a"], loss["b"]) + 0.2  # measured: 2.92 against 2.21
+    assert loss["pleas"] < loss["average"] - 0.2  # measured: 2.16
