@@ -41,8 +41,8 @@ Merges (``method``):
   the merged model's norm gains are set to 1: the fitted weights carry them. Those inputs are
   the authors' rule (each layer's inputs are the sources' own, merged). Tried instead: the
   unit-RMS of the merged residual ½(h_A + P h_B) (what the merged model's norm would compute if
-  its stream carried exactly that); on lm-seeds it raised PLeaS's answer loss (3.01 against
-  2.25, docs/pleas.md). The embeddings keep the permutation merge: least squares on one-hot
+  its stream carried exactly that); on the first, 64-wide lm-seeds pair it raised PLeaS's
+  answer loss (3.01 against 2.25, docs/pleas.md). The embeddings keep the permutation merge: least squares on one-hot
   inputs gives exactly that average for every token in the data (and zero for a token not in
   it, which the average does not lose). The head's target is the mean of the two models' logits (outputs are not permuted, as in ``pleas.py``).
   Step 4 in the authors' code is Adam on this objective; closed form is its minimum.
