@@ -22,9 +22,11 @@ not depend on the machine. The question (issue 18): does racing reach the refere
 score, within its standard error, with at most 1/5 of its item evaluations?
 
 Setups: ``skills`` (lm-skills, experiments/toy_ps_cmaes.yaml), ``cross`` (lm-cross,
-experiments/toy_cross_ps_cmaes.yaml). ``REAL_SETUPS`` is the hook for the real-model experts:
-add ``name: (experiment YAML, search items per task)`` once an experiment over them with zoo
-item tasks exists (racing scores zoo tasks only; docs/racing.md).
+experiments/toy_cross_ps_cmaes.yaml); ``real`` (the SmolLM2 experts, experiments/real_ps.yaml:
+an lm-eval task, 40 search items; each search costs minutes on CPU). A setup is
+``name: (experiment YAML, search items per task)`` over zoo or lm-eval tasks (racing scores
+both; docs/racing.md); the experiment's own ``fitness.validation`` is dropped, the held-out
+items here being every later doc.
 """
 
 from __future__ import annotations
@@ -45,31 +47,36 @@ SETUPS = {
     "skills": (EXP / "toy_ps_cmaes.yaml", 25),  # 4 tasks x 25 = 100 search items
     "cross": (EXP / "toy_cross_ps_cmaes.yaml", 100),  # 1 task x 100
 }
-REAL_SETUPS: dict[str, tuple[Path, int]] = {}  # the real-model experts: see the docstring
+REAL_SETUPS = {"real": (EXP / "real_ps.yaml", 40)}  # the real-model experts: see the docstring
 
 
 def window(cfg, offset: int, limit: int | None) -> list[dict]:
+    """The tasks of ``cfg`` on items ``[offset, offset + limit)`` of each (limit None: all)."""
     tasks = [t.model_dump() for t in cfg.fitness.tasks]
     for t in tasks:
-        t["options"] = {**t["options"], "offset": offset, "limit": limit}
+        if t["kind"] == "lm_eval":  # offset and limit are its own fields
+            t.update(offset=offset, limit=limit, subsample=None)
+        else:
+            t["options"] = {**t["options"], "offset": offset, "limit": limit}
     return tasks
+
+
+def windowed(exp: Path, offset: int, limit: int | None, more: dict | None = None):
+    """The experiment on that window, without its own validation split."""
+    own = load_experiment(exp)
+    o = {"fitness.tasks": window(own, offset, limit), "fitness.validation": None}
+    return load_experiment(exp, {**o, **(more or {})})
 
 
 def run_one(exp: Path, run: Path, seed: int, n: int, items: int, budget: int, how: str, drv):
     """(item evals spent, candidates, winner recipe) of one search."""
-    own = load_experiment(exp)
     per_task = n if how != "subset" else max(1, round(n * items))
-    o = {
-        "seed": seed,
-        "budget": {"max_item_evals": budget},
-        "fitness.tasks": window(own, 0, per_task),
-        "archive.top_k": 1,
-    }
+    o = {"seed": seed, "budget": {"max_item_evals": budget}, "archive.top_k": 1}
     if drv is not None:
         o["driver"] = drv
     if how == "racing":
         o["fitness.racing"] = {"first_slice": 10, "slice": 10}
-    cfg = load_experiment(exp, o)
+    cfg = windowed(exp, 0, per_task, o)
     final = open_search(cfg, run).run()
     with RunStore.open(run, readonly=True) as st:
         spent = st.item_evals()
@@ -78,8 +85,7 @@ def run_one(exp: Path, run: Path, seed: int, n: int, items: int, budget: int, ho
 
 
 def held_out(exp: Path, run: Path, n: int, recipes: list[Recipe]) -> list[float]:
-    own = load_experiment(exp)
-    cfg = load_experiment(exp, {"fitness.tasks": window(own, n, None)})
+    cfg = windowed(exp, n, None)
     ev = build_evaluator(cfg, run)
     try:
         return [r.fitness for r in ev.evaluate(recipes)]
@@ -104,7 +110,7 @@ def main() -> None:
             print(f"{name}: skipped, not in SETUPS (nor REAL_SETUPS: the real-model hook)")
             continue
         exp, n = {**SETUPS, **REAL_SETUPS}[name]
-        pool = n * _n_tasks(exp)
+        pool = _pool(exp, n)
         big = args.evals * pool
         plan = [("full", 1.0)] + [(how, f) for f in fracs for how in ("full", "racing", "subset")]
         rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
@@ -121,10 +127,12 @@ def main() -> None:
         report(name, n, pool, big, seeds, rows, args.driver or "cma_es")
 
 
-def _n_tasks(exp: Path) -> int:
-    from evomerge.zoo.evaluate import item_tasks
+def _pool(exp: Path, n: int) -> int:
+    """Search items of the whole suite with ``n`` per task (a group's subtasks count apart)."""
+    from evomerge.fitness import build_fitness
 
-    return sum(len(item_tasks(t.evaluator)) for t in load_experiment(exp).fitness.tasks)
+    cfg = windowed(exp, 0, n)
+    return sum(k for _, k, _ in build_fitness(cfg.fitness, base_dir=cfg.base_dir).item_entries())
 
 
 def report(name, n, pool, big, seeds, rows, driver) -> None:

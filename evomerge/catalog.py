@@ -59,6 +59,12 @@ def _zoos() -> list[str]:
     return list_zoos()
 
 
+def _moe_methods() -> list[str]:
+    from evomerge.moe.reduce import METHODS
+
+    return list(METHODS)
+
+
 # category -> (where it goes in an experiment, the names)
 CATEGORIES: dict[str, tuple[str, Callable[[], list[str]]]] = {
     "drivers": ("driver.name", _drivers),
@@ -68,6 +74,7 @@ CATEGORIES: dict[str, tuple[str, Callable[[], list[str]]]] = {
     "suites": ("fitness: NAME", _suites),
     "evaluators": ("fitness.tasks[].evaluator (kind zoo)", _evaluators),
     "zoos": ("models: [zoo:NAME/<model>], evomerge zoo build NAME", _zoos),
+    "moe": ("evomerge moe-reduce --method NAME", _moe_methods),
 }
 
 

@@ -263,6 +263,20 @@ def eval_cmd(
     _run(lambda: cmd.evaluate(target, experiment, rank=rank, as_json=as_json))
 
 
+@app.command("twin-merge", cls=FlagCommand)
+def twin_merge(
+    config: Path = typer.Argument(
+        ..., metavar="CONFIG", help="Twin-Merging YAML: base_model, experts, shared, rank, router"
+    ),
+    out: Path = typer.Option(..., "--out", help="output model folder (written atomically)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out"),
+) -> None:
+    """Twin-Merging: a shared merge plus SVD-compressed expert parts mixed per input by a router."""
+    from evomerge.commands import twin as cmd
+
+    _run(lambda: cmd.twin_merge(config, out, overwrite))
+
+
 @app.command(cls=FlagCommand)
 def pleas(
     out: Path = typer.Argument(..., metavar="OUT", help="new model folder to write"),
@@ -308,7 +322,7 @@ def list_names(
     what: str | None = typer.Argument(
         None,
         metavar="WHAT",
-        help="one of drivers, operators, spaces, presets, suites, evaluators, zoos (default: all)",
+        help="one of drivers, operators, spaces, presets, suites, evaluators, zoos, moe (default: all)",
     ),
 ) -> None:
     """Names an experiment may use: drivers, operators, space kinds and presets, fitness suites."""
@@ -323,9 +337,45 @@ def list_names(
     _run(body)
 
 
+@app.command("moe-reduce", cls=FlagCommand)
+def moe_reduce(
+    source: str = typer.Argument(
+        ..., metavar="IN", help="Mixtral-style model folder or zoo: name (e.g. zoo:lm-moe/moe)"
+    ),
+    out: Path = typer.Argument(..., metavar="OUT", help="folder for the reduced model"),
+    method: str = typer.Option(..., "--method", help="mc-smoe, sub-moe or average"),
+    keep: int = typer.Option(..., "--keep", help="experts per layer in the reduced model"),
+    calibration: Path = typer.Option(
+        ...,
+        "--calibration",
+        help="text file, one calibration sample a line (fitness/calibration/lm-moe.txt)",
+    ),
+    seed: int = typer.Option(0, "--seed", help="K-means seed (sub-moe, average)"),
+    rank_fraction: float = typer.Option(
+        1.0, "--rank-fraction", help="sub-moe: share of the joint SVD's rank kept, in (0, 1]"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty OUT"),
+) -> None:
+    """Merge a mixture-of-experts model's experts into fewer (MC-SMoE, Sub-MoE, average)."""
+    from evomerge.commands import moe_reduce as cmd
+
+    _run(
+        lambda: cmd.moe_reduce(
+            source,
+            out,
+            method=method,
+            keep=keep,
+            calibration=calibration,
+            seed=seed,
+            rank_fraction=rank_fraction,
+            overwrite=overwrite,
+        )
+    )
+
+
 @zoo_app.command("build", cls=FlagCommand)
 def zoo_build(
-    name: str = typer.Argument(..., metavar="NAME", help="lm-skills, lm-cross or digits"),
+    name: str = typer.Argument(..., metavar="NAME", help="a zoo name (evomerge list zoos)"),
     out: Path | None = typer.Option(
         None, "--out", help="folder to write (default: the cache that zoo:NAME/... reads)"
     ),

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from evomerge.errors import UserInputError
+from evomerge.errors import FitnessReturnError, UserInputError
 from evomerge.fitness import EvalResult, TaskScore, build_fitness, parse_fitness_config
 from tests.test_fitness_lm_eval import tiny_model, tiny_tokenizer
 
@@ -85,6 +85,21 @@ def bad_type(model, tokenizer):
 
 def boom(model, tokenizer):
     raise RuntimeError("model exploded")
+
+def by_item(model, tokenizer, items=None):
+    # item i: the sign of the model's next-token logit for token i (racing's opt-in)
+    import torch
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[3, 4, 5]])).logits[0, -1]
+    vals = [float(logits[i] > 0) for i in (range(by_item.n_items) if items is None else items)]
+    return vals if items is not None else sum(vals) / len(vals)
+
+by_item.n_items = 12
+
+def by_item_short(model, tokenizer, items=None):
+    return [1.0]
+
+by_item_short.n_items = 12
 """
 
 
@@ -228,3 +243,42 @@ def test_perplexity_prefers_the_model_that_fits(tmp_path):
 def test_perplexity_missing_file(tmp_path):
     with pytest.raises(UserInputError, match="not found"):
         build_fitness(_cfg({"kind": "perplexity", "text_file": str(tmp_path / "none.txt")}))
+
+
+def test_python_task_opts_in_to_racing(plugin):
+    """A function with ``n_items`` and ``items=`` scores the items asked, in that order, as its
+    full run does; one that does not opt in, or returns the wrong count, fails in one line."""
+    model, tok = tiny_model(), tiny_tokenizer()
+    racing = {"first_slice": 4}
+    cfg = parse_fitness_config(
+        {"tasks": [{"kind": "python", "function": f"{plugin}:by_item"}], "racing": racing}
+    )
+    fit = build_fitness(cfg)
+    assert fit.item_entries() == [("by_item", 12, 1.0)]
+    fn = fit.runners[0].fn
+    every = fn(model, tok, items=list(range(12)))
+    assert 0 < sum(every) < 12  # items right and wrong: the check has teeth
+    assert fit(model, tok).tasks["by_item"].score == sum(every) / 12
+    pos = [7, 0, 11, 3]
+    assert fit(model, tok, {"by_item": pos}).tasks["by_item"].per_example == tuple(
+        every[p] for p in pos
+    )
+    plain = build_fitness(
+        parse_fitness_config(
+            {"tasks": [{"kind": "python", "function": f"{plugin}:as_float"}], "racing": racing}
+        )
+    )
+    with pytest.raises(UserInputError) as err:
+        plain.item_entries()
+    assert str(err.value) == (
+        f"fitness.racing: python fitness '{plugin}:as_float' cannot score a slice of its items; "
+        "give the function an items=None parameter and an n_items attribute (docs/racing.md), "
+        "or remove fitness.racing"
+    )
+    short = build_fitness(_cfg({"kind": "python", "function": f"{plugin}:by_item_short"}))
+    with pytest.raises(FitnessReturnError) as err:
+        short(model, tok, {"by_item_short": [1, 2]})
+    assert str(err.value) == (
+        f"python fitness '{plugin}:by_item_short' called with items= returned list [1.0]; it "
+        "must return one finite score per item asked (2), in that order"
+    )

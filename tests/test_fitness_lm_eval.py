@@ -8,6 +8,7 @@ trusting lm-eval: the adapter must return exactly that pattern, for the items it
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -96,7 +97,20 @@ metric_list:
     higher_is_better: true
 """
     )
+    write_racing_tasks(root)
     return {"root": root, "model": model, "tok": tok}
+
+
+def write_racing_tasks(root) -> None:
+    """A group of two copies of tiny_add, and tiny_add with its metric aggregated by median
+    (which a slice of items cannot estimate); before any TaskManager indexes the folder."""
+    base = (root / "tiny_add.yaml").read_text()
+    (root / "tiny_add2.yaml").write_text(base.replace("task: tiny_add", "task: tiny_add2"))
+    median = base.replace("task: tiny_add", "task: tiny_median")
+    (root / "tiny_median.yaml").write_text(
+        median.replace("aggregation: mean", "aggregation: median")
+    )
+    (root / "tiny_both.yaml").write_text("group: tiny_both\ntask: [tiny_add, tiny_add2]\n")
 
 
 def _fitness(setup, **task):
@@ -209,3 +223,60 @@ def test_unknown_task_and_metric(setup):
         fit(setup["model"], setup["tok"])
     with pytest.raises(UserInputError, match="not found"):
         _fitness(setup, include_path="/nonexistent/folder")
+
+
+# ---- racing: a slice of the window at a time, on task objects built once -----------------------
+GROUP = {"name": "both", "task": "tiny_both"}  # two copies of tiny_add: two entries of one runner
+
+
+def test_run_items_scores_the_given_docs_as_the_full_run_does(setup, monkeypatch):
+    """Racing's slices: ``run_items`` scores the window docs at the positions given, in that
+    order, each exactly as a full run scores it; only the entries asked for are run; the task
+    objects and the HFLM wrapper are built once and reused by every call."""
+    model, tok = setup["model"], setup["tok"]
+    fit = _fitness(setup, offset=2, limit=8, **GROUP)
+    runner = fit.runners[0]
+    full = fit(model, tok)
+    assert sorted(full.tasks) == ["both/tiny_add", "both/tiny_add2"]
+    assert fit.item_entries() == [("both/tiny_add", 8, 0.5), ("both/tiny_add2", 8, 0.5)]
+    leaves, lm = runner.leaves(), runner._lm[2]
+    # simple_evaluate's environment report ran pip and git in subprocesses on every call
+    started = []
+    popen = subprocess.Popen.__init__
+    monkeypatch.setattr(
+        subprocess.Popen,
+        "__init__",
+        lambda self, *a, **k: started.append(a) or popen(self, *a, **k),
+    )
+    want = tuple(float(i % 2 == 0) for i in range(2, 10))  # window docs 2..9
+    assert full.tasks["both/tiny_add"].per_example == want
+    pos = [5, 0, 7, 2]
+    one = fit(model, tok, {"both/tiny_add2": pos})
+    assert list(one.tasks) == ["both/tiny_add2"]  # the other entry is not run at all
+    assert one.tasks["both/tiny_add2"].per_example == tuple(want[p] for p in pos)
+    rest = {"both/tiny_add": [1, 3, 4, 6], "both/tiny_add2": [1, 3, 4, 6]}
+    two = fit(model, tok, rest)
+    assert all(t.per_example == tuple(want[p] for p in rest[e]) for e, t in two.tasks.items())
+    again = build_fitness(fit.cfg).runners[0]  # a second runner of the same task: same objects
+    assert runner.leaves() is leaves and again.leaves() is leaves
+    assert all(a is b for a, b in zip(leaves.values(), again.leaves().values(), strict=True))
+    assert runner._lm[2] is lm  # one HFLM for every call on this model
+    assert fit(model, tok) == full  # the reused task objects score as the first call did
+    assert started == []
+
+
+def test_racing_refuses_a_metric_a_slice_cannot_estimate(setup):
+    fit = _fitness(setup, task="tiny_median")
+    with pytest.raises(UserInputError) as err:
+        fit.item_entries()
+    assert str(err.value) == (
+        "fitness.racing: lm_eval task 'tiny_median' aggregates 'exact_match' with median, not "
+        "a mean over items, so a slice cannot estimate it; remove fitness.racing or set the "
+        "task's metric to a per-item mean"
+    )
+    with pytest.raises(UserInputError) as err:
+        _fitness(setup, metric="accuracy").item_entries()
+    assert str(err.value) == (
+        "lm_eval task 'tiny_add': metric 'accuracy' is not one of its metrics; use one of "
+        "['exact_match']"
+    )

@@ -275,9 +275,15 @@ def test_racing_is_refused_where_it_cannot_work(tmp_path):
         "random or optuna"
     )
     assert not (tmp_path / "m").exists()
+    # lm_eval and opted-in python tasks race (test_racing_lm_eval.py, test_fitness.py); not perplexity
     lm = {"kind": "lm_eval", "task": "zoo_cipher", "include_path": "fitness/zoo_cipher", "limit": 8}
-    with pytest.raises(UserInputError, match=r"tasks\.0: racing scores items a slice at a time"):
-        parse_fitness_config({"tasks": [lm], "racing": {}})
+    ppl = {"kind": "perplexity", "text_file": "fitness/calibration/lm-skills.txt"}
+    with pytest.raises(UserInputError) as err:
+        parse_fitness_config({"tasks": [lm, ppl], "racing": {}})
+    assert "\n" not in str(err.value) and str(err.value).endswith(
+        "tasks.1: racing scores items a slice at a time, which zoo tasks with test items, "
+        "lm_eval and opted-in python tasks can do (perplexity cannot); remove fitness.racing"
+    )
     two = [
         {"kind": "zoo", "name": "a", "evaluator": "zoo_sort", "objective": "a"},
         {"kind": "zoo", "name": "b", "evaluator": "zoo_cipher", "objective": "b"},

@@ -44,19 +44,24 @@ def evaluate(target: Path, experiment: Path, *, rank: int = 1, as_json: bool = F
 
 
 def load_model(folder: Path, device: str = "cpu", dtype: str = "auto") -> tuple[Any, Any]:
-    """(model, tokenizer) from a HF folder: safetensors only, no remote code."""
+    """(model, tokenizer) from a HF folder: safetensors only, no remote code (a Twin-Merging
+    folder is loaded with evomerge's own copy of its class, not the code saved beside it)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from evomerge.twin import is_twin_folder
     from evomerge.workers.context import load_tokenizer
 
     tokenizer = load_tokenizer(str(folder))  # (a folder without one fails before the weights)
     hf_logging.disable_progress_bar()  # one model, loaded in a second: no bar in the report
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "bfloat16"
+    loader = AutoModelForCausalLM
+    if is_twin_folder(folder):
+        from evomerge.twin.modeling_twin_merging import TwinMergingForCausalLM as loader
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = loader.from_pretrained(
             folder, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False
         )
     except (OSError, ValueError) as err:

@@ -112,7 +112,7 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
             say(f"threads: {s.store.get_meta('threads')}")
             score_baselines(s, log, say)
             log.note_new_trials(s.store, quiet=True)  # a resume: earlier reasons are not news
-            with _live(s.cfg.budget.max_evals) as live:
+            with _live(s.cfg.budget.max_evals, s.cfg.budget.max_item_evals) as live:
                 relay.target = live
                 live.update(s.loop.progress())
                 final = s.run()  # closes the evaluator and the store, releases the lock
@@ -167,20 +167,25 @@ def _finish(final: Progress, run_dir: Path) -> int:
 
 
 class _LiveProgress:
-    def __init__(self, progress, task) -> None:
-        self.progress, self.task = progress, task
+    def __init__(self, progress, task, max_items: int | None = None) -> None:
+        self.progress, self.task, self.max_items = progress, task, max_items
 
     def update(self, p: Progress) -> None:
-        best = "-" if math.isnan(p.best_fitness) else f"{p.best_fitness:.4f}"
         self.progress.update(
-            self.task,
-            completed=p.n_evals,
-            description=f"gen {p.generation} best {best} failed {p.n_failed}",
+            self.task, completed=p.n_evals, description=progress_line(p, self.max_items)
         )
 
 
+def progress_line(p: Progress, max_items: int | None = None) -> str:
+    """The live line's text: generation, best, failures and item evaluations (the fitness's
+    unit of cost; racing spends fewer per candidate)."""
+    best = "-" if math.isnan(p.best_fitness) else f"{p.best_fitness:.4f}"
+    items = f"{p.n_item_evals}{f'/{max_items}' if max_items else ''}"
+    return f"gen {p.generation} best {best} failed {p.n_failed} items {items}"
+
+
 @contextlib.contextmanager
-def _live(total: int | None) -> Iterator[_LiveProgress]:
+def _live(total: int | None, max_items: int | None = None) -> Iterator[_LiveProgress]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -199,7 +204,7 @@ def _live(total: int | None) -> Iterator[_LiveProgress]:
         TimeRemainingColumn(),
     ]
     with RichProgress(*cols, console=console, transient=False) as prog:
-        yield _LiveProgress(prog, prog.add_task("starting", total=total))
+        yield _LiveProgress(prog, prog.add_task("starting", total=total), max_items)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ def status(run_dir: Path) -> int:
     with RunStore.open(run_dir, readonly=True) as st:
         cfg = experiment_from_json(st.config_json())
         c, cp = st.counts(), st.last_checkpoint()
+        items, stopped = st.item_evals(), len(st.partial_idx())
         ranked = ranking(st)
         top = [st.trial(m.idx) for m in ranked.members]
         threads = st.get_meta("threads")
@@ -27,6 +28,7 @@ def status(run_dir: Path) -> int:
         f"generations {c['generations']}  candidates {c['candidates']}  evaluated "
         f"{c['evaluated']}{f'/{budget}' if budget else ''}  failed {c['failed']}"
     )
+    out.print(item_line(items, cfg.budget.max_item_evals, cfg.fitness.racing, stopped))
     if cp is not None:
         out.print(f"search time {cp.elapsed:.0f} s")
     if threads:
@@ -44,3 +46,12 @@ def status(run_dir: Path) -> int:
     for line in outcome:
         out.print(line, markup=False, highlight=False)
     return 0
+
+
+def item_line(items: int, budget: int | None, racing, stopped: int) -> str:
+    """Item evaluations (one item scored for one candidate: the unit of fitness cost) and,
+    with racing on, how many candidates it stopped before every item."""
+    line = f"item evaluations {items}{f'/{budget}' if budget else ''}"
+    if racing is not None and racing.enabled:
+        line += f"  (racing stopped {stopped} candidate(s) early)"
+    return line

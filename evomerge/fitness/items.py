@@ -32,11 +32,14 @@ def check_raceable(cfg: Any) -> None:
             "fitness.racing or use one objective"
         )
     for i, t in enumerate(cfg.tasks):
+        if t.kind in ("lm_eval", "python"):
+            continue  # checked when the runner is built (lm_eval: a mean metric; python: opt-in)
         if t.kind != "zoo" or str(t.evaluator).startswith("digits"):
             what = t.kind if t.kind != "zoo" else f"zoo evaluator {t.evaluator!r}"
             raise ValueError(
-                f"tasks.{i}: racing scores items a slice at a time, which only zoo tasks with "
-                f"test items can do yet ({what} cannot); remove fitness.racing"
+                f"tasks.{i}: racing scores items a slice at a time, which zoo tasks with test "
+                f"items, lm_eval and opted-in python tasks can do ({what} cannot); remove "
+                "fitness.racing"
             )
 
 

@@ -1,8 +1,9 @@
 """lm-eval-harness tasks, run in process on the resident model (no disk, no server).
 
 Each call wraps the model the evaluator materialized in place in an ``HFLM`` (cached while the
-same model and tokenizer objects are passed, which is every candidate of a worker) and calls
-``lm_eval.simple_evaluate`` with ``log_samples=True``: the per-sample metric values are the
+same model and tokenizer objects are passed, which is every candidate of a worker) and runs
+lm-eval with ``log_samples=True`` (``lm_eval_run.evaluate_tasks``: simple_evaluate's steps
+without its per-call environment report): the per-sample metric values are the
 per-example correctness, ordered by ``doc_id``. ``limit`` is lm-eval's own first-n; ``subsample``
 draws a seeded random subset of doc ids once (numpy ``default_rng(subsample_seed)``) and passes it
 as ``samples=``, so every candidate is scored on the same items. Local task folders are given by
@@ -11,10 +12,18 @@ as ``samples=``, so every candidate is scored on the same items. Local task fold
 Instruct models: ``apply_chat_template``, ``fewshot_as_multiturn`` and ``system_instruction`` go
 to lm-eval as they are; each item then scores as in a fresh lm-eval ``hf`` run on the model's
 folder (docs/evaluation.md).
+
+The task objects (datasets loaded, prompts compiled) are built once per process and reused by
+every call: building them by name costs more than scoring a few items, and a fitness of several
+lm-eval entries paid it once per entry per candidate. Racing
+(``fitness.racing``, docs/racing.md) scores a slice of the search window at a time:
+``run_items`` passes the slice's doc ids as ``samples=`` to the same task objects and the same
+``HFLM`` wrapper, so a slice costs only its items.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,10 @@ from evomerge.fitness.config import LmEvalTaskConfig
 from evomerge.results import TaskScore
 
 _MANAGERS: dict[tuple, Any] = {}
+# (manager, task, num_fewshot, extra_args) -> {leaf name: Task}. Each run re-applies
+# num_fewshot and gen_kwargs to the objects (lm_eval_run); a runner with other values of
+# those gets its own objects (lm-eval keeps a num_fewshot once set to 0).
+_TASKS: dict[tuple, dict[str, Any]] = {}
 
 
 def task_manager(include_path: tuple[str, ...], include_defaults: bool) -> Any:
@@ -45,6 +58,22 @@ def _task_objects(manager: Any, task: str) -> dict[str, Any]:
     from lm_eval.tasks import get_task_dict  # older lm-eval: a nested, group-keyed dict
 
     return _leaf_tasks(get_task_dict([task], manager))
+
+
+def _leaves_of(manager: Any, cfg: LmEvalTaskConfig) -> dict[str, Any]:
+    """The leaf Task objects of ``cfg.task``, built once per process (see ``_TASKS``)."""
+    key = (manager, cfg.task, cfg.num_fewshot, repr(sorted(cfg.extra_args.items())))
+    if key not in _TASKS:
+        _TASKS[key] = dict(sorted(_task_objects(manager, cfg.task).items()))
+    return _TASKS[key]
+
+
+def _first_n(n_docs: int, limit: int | float | None) -> int:
+    """How many docs lm-eval's own ``limit`` scores (its ``get_sample_size``: a fraction below
+    1 is rounded up, anything else is a count)."""
+    if limit is None:
+        return n_docs
+    return min(n_docs, math.ceil(n_docs * limit) if limit < 1.0 else int(limit))
 
 
 def _count(k: int | float, n: int) -> int:
@@ -80,6 +109,7 @@ class LmEvalTask:
         self.include_path = tuple(self._resolve(p, base_dir) for p in cfg.include_path)
         self._tm: Any = None
         self._samples: dict[str, list[int]] | None = None
+        self._window: dict[str, list[int]] | None = None  # lm-eval's own limit: first n docs
         self._lm: tuple[Any, Any, Any] | None = None
 
     @staticmethod
@@ -106,6 +136,10 @@ class LmEvalTask:
             self._tm = tm
         return self._tm
 
+    def leaves(self) -> dict[str, Any]:
+        """{leaf task name: Task}, sorted by name (a group's subtasks; one for a plain task)."""
+        return _leaves_of(self.manager(), self.cfg)
+
     def _subsample(self) -> dict[str, list[int]] | None:
         """Doc ids per leaf task, or None where lm-eval's own ``limit`` (the first n) serves:
         the docs after ``offset``, the first ``limit`` of them or a seeded ``subsample``."""
@@ -115,7 +149,7 @@ class LmEvalTask:
         if self._samples is None:
             import numpy as np
 
-            leaves = _task_objects(self.manager(), c.task)
+            leaves = self.leaves()
             rng = np.random.default_rng(c.subsample_seed)
             self._samples = {}
             for name in sorted(leaves):
@@ -166,8 +200,80 @@ class LmEvalTask:
             self._lm = (model, tokenizer, lm)
         return self._lm[2]
 
+    def window(self) -> dict[str, list[int]]:
+        """The doc ids of the search window per leaf task, in doc order: the ids ``sample_ids``
+        gives, else the first docs lm-eval's ``limit`` takes (all without one)."""
+        ids = self._subsample()
+        if ids is not None:
+            return ids
+        if self._window is None:  # counting the docs walks the dataset: once
+            self._window = {
+                name: list(range(_first_n(len(list(task.eval_docs)), self.cfg.limit)))
+                for name, task in self.leaves().items()
+            }
+        return self._window
+
+    def _entry(self, name: str) -> str:
+        """The result entry of a leaf task: the label, or ``label/name`` for a group's."""
+        return self.label if len(self.leaves()) == 1 else f"{self.label}/{name}"
+
+    def item_counts(self) -> dict[str, int]:
+        """Entry label -> docs in the search window (racing's item pool). Refuses, in one line,
+        a metric lm-eval does not average over items (racing's values must average to it)."""
+        from lm_eval.api.metrics import mean
+
+        for name, task in self.leaves().items():
+            aggs = task.aggregation()
+            listed = [m.get("metric") for m in task.config.metric_list or [] if isinstance(m, dict)]
+            metric = self.cfg.metric or next((m for m in listed if m in aggs), None)
+            metric = metric or next(iter(aggs), None)
+            if metric not in aggs:
+                raise UserInputError(
+                    f"lm_eval task {name!r}: metric {metric!r} is not one of its metrics; "
+                    f"use one of {sorted(aggs)}"
+                )
+            agg = aggs[metric]
+            if agg is not mean:
+                how = getattr(agg, "__name__", repr(agg))
+                raise UserInputError(
+                    f"fitness.racing: lm_eval task {name!r} aggregates {metric!r} with {how}, "
+                    "not a mean over items, so a slice cannot estimate it; remove "
+                    "fitness.racing or set the task's metric to a per-item mean"
+                )
+        return {self._entry(name): len(ids) for name, ids in self.window().items()}
+
+    def run_items(
+        self, model: Any, tokenizer: Any, positions: dict[str, list[int]]
+    ) -> dict[str, TaskScore]:
+        """Scores of the window docs at ``positions`` (entry label -> positions in its window),
+        per_example in the order given: one lm-eval run over those docs only."""
+        window = self.window()
+        by_entry = {self._entry(name): name for name in window}
+        docs = {by_entry[e]: [window[by_entry[e]][p] for p in pos] for e, pos in positions.items()}
+        samples = {name: sorted(set(ids)) for name, ids in docs.items() if ids}
+        out = self._evaluate(model, tokenizer, samples, None)
+        scores = {}
+        for name, ids in samples.items():
+            ts = self._task_score(name, out)
+            if len(ts.per_example) != len(ids):
+                raise RuntimeError(
+                    f"lm_eval task {name!r} scored {len(ts.per_example)} of {len(ids)} docs"
+                )
+            value = dict(zip(ids, ts.per_example, strict=True))  # lm-eval runs them in doc order
+            got = [value[d] for d in docs[name]]
+            scores[self._entry(name)] = TaskScore.from_examples(got, metric=ts.metric)
+        return scores
+
     def run(self, model: Any, tokenizer: Any) -> dict[str, TaskScore]:
-        from lm_eval import simple_evaluate
+        samples = self._subsample()
+        out = self._evaluate(model, tokenizer, samples, self.cfg.limit if samples is None else None)
+        return {self._entry(n): self._task_score(n, out) for n in sorted(out["samples"])}
+
+    def _evaluate(
+        self, model: Any, tokenizer: Any, samples: dict[str, list[int]] | None, limit: Any
+    ) -> dict:
+        """lm-eval on this process's task objects: the leaves in ``samples`` (all without)."""
+        from evomerge.fitness.lm_eval_run import evaluate_tasks
 
         c = self.cfg
         if c.apply_chat_template and not getattr(tokenizer, "chat_template", None):
@@ -175,12 +281,13 @@ class LmEvalTask:
                 f"lm_eval task {c.task!r}: apply_chat_template is on but the model's tokenizer "
                 "has no chat template; set apply_chat_template: false for a base model"
             )
-        samples = self._subsample()
-        out = simple_evaluate(
-            model=self._model(model, tokenizer),
-            tasks=[c.task],
-            task_manager=self.manager(),
-            limit=c.limit if samples is None else None,  # (else: in the ids)
+        leaves = self.leaves()
+        tasks = [t for n, t in leaves.items() if samples is None or n in samples]
+        out = evaluate_tasks(
+            self._model(model, tokenizer),
+            tasks,
+            self.manager(),
+            limit=limit,
             samples=samples,
             num_fewshot=c.num_fewshot,
             apply_chat_template=c.apply_chat_template,
@@ -191,11 +298,7 @@ class LmEvalTask:
         )
         if not out or "samples" not in out:
             raise RuntimeError(f"lm_eval task {c.task!r} returned no samples")
-        names = sorted(out["samples"])
-        scores = {n: self._task_score(n, out) for n in names}
-        if len(scores) == 1:
-            return {self.label: next(iter(scores.values()))}
-        return {f"{self.label}/{n}": s for n, s in scores.items()}
+        return out
 
     def _chat_args(self) -> dict[str, Any]:
         """fewshot_as_multiturn only when set: lm-eval's default differs between versions."""

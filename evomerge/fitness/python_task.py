@@ -4,16 +4,23 @@ The function is called as ``fn(model, tokenizer)`` and returns a float, a dict o
 entry per sub-task), a TaskScore or an EvalResult (per-example correctness kept). Higher is
 better. The file is imported once, under a private module name, when the fitness is built, so a
 missing file or function fails before the search starts.
+
+Racing (``fitness.racing``, docs/racing.md) can score a python task a slice at a time if its
+function opts in: an ``n_items`` attribute (how many items it scores) and an ``items`` keyword;
+called with ``items=[positions in 0..n_items-1]`` it returns one finite score per position, in
+that order (a list of floats or a TaskScore whose per_example holds them). Its full score
+should be the mean of its item scores: racing tells a candidate raced on every item that mean.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import math
 import numbers
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +110,33 @@ class PythonTask:
 
     def run(self, model: Any, tokenizer: Any) -> dict[str, TaskScore]:
         return to_task_scores(self.label, self.fn(model, tokenizer), self.ref)
+
+    def item_counts(self) -> dict[str, int]:
+        """Racing's items: the function's ``n_items``; refused in one line unless it opts in."""
+        n = getattr(self.fn, "n_items", None)
+        ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+        if not ok or "items" not in inspect.signature(self.fn).parameters:
+            raise UserInputError(
+                f"fitness.racing: python fitness {self.ref!r} cannot score a slice of its items; "
+                "give the function an items=None parameter and an n_items attribute "
+                "(docs/racing.md), or remove fitness.racing"
+            )
+        return {self.label: n}
+
+    def run_items(
+        self, model: Any, tokenizer: Any, positions: dict[str, list[int]]
+    ) -> dict[str, TaskScore]:
+        pos = list(positions[self.label])
+        got = self.fn(model, tokenizer, items=pos)
+        return {self.label: TaskScore.from_examples(item_scores(got, len(pos), self.ref), "python")}
+
+
+def item_scores(value: Any, n: int, ref: str) -> list[float]:
+    """The ``n`` finite item scores a function called with ``items=`` returned."""
+    vals = value.per_example if isinstance(value, TaskScore) else value
+    if isinstance(vals, Sequence) and not isinstance(vals, str) and len(vals) == n:
+        return [_score(v, ref, f"item {i}") for i, v in enumerate(vals)]
+    raise FitnessReturnError(
+        f"python fitness {ref!r} called with items= returned {_shown(value)}; it must return "
+        f"one finite score per item asked ({n}), in that order"
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 from evomerge.zoo.lm import LMShape, Phase
 from evomerge.zoo.real import RealZooSpec, gemma3, smollm2
 from evomerge.zoo.real_experts import RealExpertsSpec, smollm2_experts
+from evomerge.zoo.train_moe import MoEShape
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,35 @@ class DigitsZooSpec:
 
 
 @dataclass(frozen=True)
+class MoEZooSpec:
+    """One sparse mixture-of-experts model (Mixtral) trained on ``base_mix``: what MoE expert
+    merging (``evomerge moe-reduce``, docs/moe.md) reduces. ``kind`` "lm": it is scored like
+    every LM zoo model, on ``tasks``."""
+
+    name: str
+    description: str
+    base_mix: dict[str, float]
+    base_phase: Phase
+    tasks: list[str]
+    shape: MoEShape = MoEShape()
+    threads: int = 1
+    targets: list[str] = field(default_factory=list)
+    kind: str = "lm"
+
+    @property
+    def task_folders(self) -> list[str]:
+        return list(self.tasks)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def build(self, out: Path, *, seed: int, progress: bool) -> dict:
+        from evomerge.zoo.train_moe import build_moe_zoo
+
+        return build_moe_zoo(self, out, seed=seed, progress=progress)
+
+
+@dataclass(frozen=True)
 class LMSeedsSpec:
     """Tiny Llamas trained on one mixture from different random inits (``seeds``), no shared
     base: PLeaS's setting (docs/pleas.md), where plain weight averaging fails."""
@@ -132,7 +162,7 @@ class LMSeedsSpec:
         return build_seed_models(self, out, seed=seed, progress=progress)
 
 
-ZooSpec = LMZooSpec | DigitsZooSpec | LMSeedsSpec | RealZooSpec | RealExpertsSpec
+ZooSpec = LMZooSpec | DigitsZooSpec | LMSeedsSpec | RealZooSpec | RealExpertsSpec | MoEZooSpec
 
 
 def _scale(steps: int, quick: bool) -> int:
@@ -248,6 +278,23 @@ def lm_backdoor(quick: bool) -> LMZooSpec:
     )
 
 
+def lm_moe(quick: bool) -> MoEZooSpec:
+    """lm-skills' four skills over all 16 letters, plus digit copying, learned by one Mixtral
+    whose experts the load-balancing loss spreads over the mixture."""
+    return MoEZooSpec(
+        name="lm-moe",
+        description=(
+            "2-layer Mixtral, 8 SwiGLU experts per layer, top-2 routing, trained on digit "
+            "copying and lm-skills' four skills over all 16 letters (cipher, shift, sort, "
+            "reversal): the model MoE expert merging reduces (docs/moe.md)"
+        ),
+        base_mix={"zoo_copy": 0.5, **{t: 1.0 for t in _SKILLS.values()}},
+        # 150 steps already cipher and shift (the tests' quick zoo); 600 learn all four (~0.98)
+        base_phase=Phase(steps=150 if quick else 600, lr=3e-3, warmup=10 if quick else 20),
+        tasks=list(_SKILLS.values()),
+    )
+
+
 def lm_seeds(quick: bool) -> LMSeedsSpec:
     """Two Llamas trained on lm-skills' base mixture from different random inits."""
     return LMSeedsSpec(
@@ -295,6 +342,7 @@ ZOOS: dict[str, Callable[[bool], ZooSpec]] = {
     "lm-cross": lm_cross,
     "lm-backdoor": lm_backdoor,
     "lm-seeds": lm_seeds,
+    "lm-moe": lm_moe,
     "digits": digits,
     # real pretrained models, converted from GGUF files shipped on PyPI (evomerge[real])
     "smollm2": smollm2,

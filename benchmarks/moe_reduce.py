@@ -1,0 +1,102 @@
+"""MoE reduction: the score a Mixtral keeps when MC-SMoE, Sub-MoE or the plain group average
+merge its 8 experts per layer into 6 (25% fewer) or 4 (50% fewer).
+
+    python benchmarks/moe_reduce.py [--quick] [--limit N] [--keep 6 4] [--seeds 0 1 2]
+
+Builds (or reuses) the lm-moe zoo, reads routing statistics on fitness/calibration/lm-moe.txt
+(the zoo's training mixture, never a test prompt), and scores with the zoo's fast evaluator
+(exact match, greedy) on the first ``--limit`` test items of each of the four skills. Two forms
+of each reduced model are scored: the smaller model that ``evomerge moe-reduce`` writes (one
+router row per merged expert: the representative member's), and the paper's form of MC-SMoE's
+inference (every router row kept, the members of a group sharing its merged expert). Sub-MoE
+and the average cluster with K-means: their rows are the mean over ``--seeds``. No timings:
+scores and kept fractions only, which do not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from evomerge.calibration import read_lines
+from evomerge.commands.moe_reduce import load_moe
+from evomerge.moe.experts import layer_experts, moe_blocks, router_weight
+from evomerge.moe.mc_smoe import mc_smoe_layer
+from evomerge.moe.reduce import merge_layers, reduced_model, shared_model
+from evomerge.moe.routing_stats import routing_stats
+from evomerge.zoo.build import build
+from evomerge.zoo.evaluate import evaluate_lm_task, task_dir
+from evomerge.zoo.specs import lm_moe
+
+CALIBRATION = Path(__file__).resolve().parents[1] / "fitness" / "calibration" / "lm-moe.txt"
+# (label, method, rank fraction); Sub-MoE at half rank shows what its truncation does
+VARIANTS = [
+    ("MC-SMoE (M-SMoE merge)", "mc-smoe", 1.0),
+    ("Sub-MoE, full rank", "sub-moe", 1.0),
+    ("Sub-MoE, half rank", "sub-moe", 0.5),
+    ("average within groups", "average", 1.0),
+    # the authors' Mixtral script: MC-SMoE's groups and weights, no neuron alignment. It is also
+    # Sub-MoE's full-rank merge on MC-SMoE's groups (a tested identity), so it separates what
+    # Sub-MoE's grouping does from what its merge does
+    ("MC-SMoE without alignment", "mc-smoe-unaligned", 1.0),
+]
+
+
+def layers_for(model, stats, method: str, keep: int, seed: int, rank: float):
+    if method != "mc-smoe-unaligned":
+        return merge_layers(model, stats, method, keep, seed=seed, rank_fraction=rank)
+    return [
+        mc_smoe_layer(layer_experts(b), router_weight(b), s, keep, align=False)
+        for b, s in zip(moe_blocks(model), stats)
+    ]
+
+
+def score(model, tok, tasks: list[str], limit: int) -> float:
+    return statistics.mean(evaluate_lm_task(model, tok, task_dir(t), limit).score for t in tasks)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the tests' quick zoo")
+    ap.add_argument("--limit", type=int, default=200, help="test items per skill")
+    ap.add_argument("--keep", type=int, nargs="+", default=[6, 4], help="experts kept per layer")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="K-means seeds")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    tasks = lm_moe(args.quick).tasks
+    model, tok = load_moe(str(build("lm-moe", quick=args.quick) / "moe"))
+    stats = routing_stats(model, tok, read_lines(CALIBRATION))
+    original = score(model, tok, tasks, args.limit)
+    experts = model.config.num_local_experts
+    print(f"lm-moe{' (quick)' if args.quick else ''}: {experts} experts per layer, top-2;")
+    print(f"mean exact match over {', '.join(tasks)} ({args.limit} items each)\n")
+    head = " | ".join(
+        f"{k} experts ({1 - k / experts:.0%} fewer): folder / shared" for k in args.keep
+    )
+    print(f"| method | {head} |")
+    print("|---|" + "---|" * len(args.keep))
+    print(
+        f"| original ({experts} experts) | "
+        + " | ".join(f"{original:.3f}" for _ in args.keep)
+        + " |"
+    )
+    for label, method, rank in VARIANTS:
+        seeds = args.seeds if method in ("sub-moe", "average") else [0]  # MC-SMoE draws nothing
+        cells = []
+        for keep in args.keep:
+            folder, shared = [], []
+            for seed in seeds:
+                layers = layers_for(model, stats, method, keep, seed, rank)
+                folder.append(score(reduced_model(model, layers), tok, tasks, args.limit))
+                shared.append(score(shared_model(model, layers), tok, tasks, args.limit))
+            f, s = statistics.mean(folder), statistics.mean(shared)
+            cells.append(f"{f:.3f} ({f / original:.0%}) / {s:.3f} ({s / original:.0%})")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
