@@ -278,6 +278,33 @@ def twin_merge(
 
 
 @app.command(cls=FlagCommand)
+def pleas(
+    out: Path = typer.Argument(..., metavar="OUT", help="new model folder to write"),
+    model_a: str = typer.Option(
+        ..., "--model-a", help="model folder or zoo:<zoo>/<model> (digits MLP or Llama)"
+    ),
+    model_b: str = typer.Option(..., "--model-b", help="the other model, same architecture"),
+    size: float = typer.Option(
+        1.0, "--size", help="merged width: 1 = one model's, 2 = both models' units side by side"
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="activations' data: digits 'train' or 'proxy:<transform>'; "
+        "Llama: zoo task names, comma-separated",
+    ),
+    method: str = typer.Option(
+        "pleas", "--method", help="pleas, permute (matching only) or average (plain average)"
+    ),
+    items: int = typer.Option(400, "--items", help="Llama: how many task items to read"),
+) -> None:
+    """Merge two models trained from different inits with PLeaS (docs/pleas.md) into OUT."""
+    from evomerge.commands import pleas as cmd
+
+    _run(lambda: cmd.pleas(model_a, model_b, out, size=size, data=data, method=method, items=items))
+
+
+@app.command(cls=FlagCommand)
 def schema() -> None:
     """Print the experiment YAML reference (every key, type, default; docs/config.md)."""
 

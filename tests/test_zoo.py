@@ -146,7 +146,7 @@ def test_unknown_zoo_is_a_clear_error(tmp_path):
 
     with pytest.raises(
         UserInputError,
-        match="valid: digits, gemma3, lm-backdoor, lm-cross, lm-moe, lm-skills, smollm2",
+        match="valid: digits, gemma3, lm-backdoor, lm-cross, lm-moe, lm-seeds, lm-skills, smollm2",
     ):
         build("lm-crosss", tmp_path / "x")
     res = CliRunner().invoke(app, ["zoo", "build", "nope", "--out", str(tmp_path / "y")])

@@ -130,7 +130,39 @@ class MoEZooSpec:
         return build_moe_zoo(self, out, seed=seed, progress=progress)
 
 
-ZooSpec = LMZooSpec | DigitsZooSpec | RealZooSpec | RealExpertsSpec | MoEZooSpec
+@dataclass(frozen=True)
+class LMSeedsSpec:
+    """Tiny Llamas trained on one mixture from different random inits (``seeds``), no shared
+    base: PLeaS's setting (docs/pleas.md), where plain weight averaging fails."""
+
+    name: str
+    description: str
+    mix: dict[str, float]
+    phase: Phase
+    seeds: tuple[int, ...]
+    tasks: list[str]
+    shape: LMShape
+    threads: int = 1  # as LMZooSpec: one thread is fastest for models this small
+    kind: str = "lm"
+
+    @property
+    def targets(self) -> list[str]:
+        return []
+
+    @property
+    def task_folders(self) -> list[str]:
+        return list(self.tasks)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def build(self, out: Path, *, seed: int, progress: bool) -> dict:
+        from evomerge.zoo.train_lm import build_seed_models
+
+        return build_seed_models(self, out, seed=seed, progress=progress)
+
+
+ZooSpec = LMZooSpec | DigitsZooSpec | LMSeedsSpec | RealZooSpec | RealExpertsSpec | MoEZooSpec
 
 
 def _scale(steps: int, quick: bool) -> int:
@@ -263,6 +295,25 @@ def lm_moe(quick: bool) -> MoEZooSpec:
     )
 
 
+def lm_seeds(quick: bool) -> LMSeedsSpec:
+    """Two Llamas trained on lm-skills' base mixture from different random inits."""
+    return LMSeedsSpec(
+        name="lm-seeds",
+        description=(
+            "two 2-layer Llamas (0.54M parameters) trained from different random inits on "
+            "lm-skills' base mixture (digit copying, four letter skills on 14 letters): PLeaS's "
+            "setting, where plain weight averaging fails"
+        ),
+        mix=lm_skills(quick).base_mix,
+        phase=_phase(300, 3e-3, quick),
+        seeds=(0, 1),
+        tasks=list(lm_skills(quick).base_mix),  # scored on what they trained on
+        # 64 wide (MLP 128) no merge worked (PLeaS 0.8% exact match): residual channels of two
+        # inits that narrow correlated 0.1-0.45 after matching; 128 wide PLeaS keeps about half
+        shape=LMShape(layers=2, hidden=128, intermediate=512, heads=4),
+    )
+
+
 def digits(quick: bool) -> DigitsZooSpec:
     return DigitsZooSpec(
         name="digits",
@@ -290,6 +341,7 @@ ZOOS: dict[str, Callable[[bool], ZooSpec]] = {
     "lm-skills": lm_skills,
     "lm-cross": lm_cross,
     "lm-backdoor": lm_backdoor,
+    "lm-seeds": lm_seeds,
     "lm-moe": lm_moe,
     "digits": digits,
     # real pretrained models, converted from GGUF files shipped on PyPI (evomerge[real])

@@ -57,3 +57,20 @@ def build_lm_zoo(spec, out: Path, *, seed: int, progress: bool) -> dict:
             save_lm(model, tok, out / name)
             models[name] = {"path": name, "role": "expert", "expert_in": ex.expert_in}
     return models
+
+
+def build_seed_models(spec, out: Path, *, seed: int, progress: bool) -> dict:
+    """Train one model per entry of ``spec.seeds`` from its own random init on ``spec.mix``
+    (same batches for all: only the init differs); returns the manifest's ``models``."""
+    tok = build_tokenizer()
+    mix = mixture([(w, train_sampler(t)) for t, w in spec.mix.items()])
+    models: dict[str, dict] = {}
+    with _progress_bar(spec.phase.steps * len(spec.seeds), progress, f"zoo {spec.name}") as bar:
+        for s in spec.seeds:
+            name = f"seed_{s}"
+            bar.set_postfix_str(name)
+            model = new_model(spec.shape, len(tok), seed * 1000 + 500 + s)
+            train(model, tok, mix, spec.phase, seed=seed * 1000 + 1, progress=bar.update)
+            save_lm(model, tok, out / name)
+            models[name] = {"path": name, "role": "source", "expert_in": None, "group": "seeds"}
+    return models
