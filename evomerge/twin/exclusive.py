@@ -1,7 +1,14 @@
 """Exclusive knowledge and its compression (Twin-Merging, Lu et al. 2024, arXiv 2406.15479,
 knowledge modularization): v_t = θ_t − θ*, each matrix kept as its rank-r truncated SVD
-U_r Σ_r V_rᵀ (the best rank-r approximation in Frobenius norm). The paper gives no rule for 1-D tensors (the authors'
-code compresses LoRA matrices only); a vector is its own SVD, so norm weights are kept whole."""
+U_r Σ_r V_rᵀ (the best rank-r approximation in Frobenius norm). The paper gives no rule for 1-D
+tensors (the authors' code compresses LoRA matrices only); a vector is its own SVD, so norm
+weights are kept whole.
+
+LoRA experts (θ_t = θ_0 + s_t B_t A_t): with a linear shared merge (task arithmetic), θ* − θ_0
+lies in the span of the adapters' factors, so v_t = Q_L C_t Q_Rᵀ with Q_L, Q_R orthonormal bases
+of that span and a small k × k core C_t (k = the adapters' ranks summed). The SVD of C_t is the
+SVD of v_t, so its rank-r truncation is the same best approximation ``compress`` gives, without
+forming v_t (standard linear algebra, not a formula of the paper)."""
 
 from __future__ import annotations
 
