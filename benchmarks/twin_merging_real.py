@@ -43,6 +43,29 @@ def router_prompts(task: str, items: int, out: Path) -> Path:
     return path
 
 
+def route_shares(folder: Path, start: int, items: int) -> dict[str, list[float]]:
+    """Per task, the mean merge weight of each expert on validation prompts start..start+items
+    (chat-templated as scored), from the folder loaded as transformers loads it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.zoo.real_tasks import messages
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
+    out = {}
+    for label, task in TASKS.items():
+        rows = (REPO / "fitness" / task / "test.jsonl").read_text().splitlines()
+        weights = []
+        for row in rows[start : start + items]:
+            chat = messages(json.loads(row)["question"])
+            ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
+            ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
+            weights.append(model.route(ids)[0])
+        out[label] = [round(float(w), 3) for w in torch.stack(weights).mean(0)]
+    return out
+
+
 def _static(folder: Path) -> Path:
     import yaml
 
@@ -92,6 +115,10 @@ def run(ranks: list[int], items: int, skip_sources: bool, out: Path | None) -> l
                 f"‖v_t‖² kept {min(s.kept_energy.values()):.3f}, {s.matrices_from_adapter_factors}"
                 f" matrices from LoRA factors, {s.matrices_by_full_svd} by full SVD, "
                 f"{s.bytes / 1e6:.1f} MB"
+            )
+            shares = route_shares(folder, items, items)
+            note += ", mean route weights (skill, language) " + ", ".join(
+                f"{k} {tuple(v)}" for k, v in shares.items()
             )
             rows.append({"model": f"Twin-Merging r={rank}", **score(folder, val), "notes": note})
             print(rows[-1], flush=True)

@@ -3,7 +3,9 @@
 1. Shared knowledge: one static merge of the experts, θ* (evomerge's merge engine, e.g. task
    arithmetic or TIES).
 2. Exclusive knowledge: v_t = θ_t − θ* per expert, each matrix compressed by SVD to rank r
-   (``exclusive.py``).
+   (``exclusive.py``); for LoRA experts from the adapters' factors, without forming the
+   matrices (``_from_adapters``). A tied embedding is one matrix with one exclusive part, which
+   the model applies at the input and at the head alike.
 3. Router: trained on a few labelled prompts per expert from θ*'s representation of the prompt
    (``router_train.py``).
 4. Saved as an HF folder whose ``config.json`` maps to ``modeling_twin_merging.py``, copied
