@@ -21,7 +21,7 @@ from tests.helpers.tied_models import make_tied_family
 from tests.test_lora_inputs import make_adapter
 
 PROMPTS = {"a": "zoo:zoo_cipher", "b": "zoo:zoo_shift_u"}
-LORA_TARGETS = ["q_proj", "v_proj", "down_proj"]
+LORA_TARGETS = ["q_proj", "v_proj", "down_proj", "embed_tokens"]  # embedding: Aᵀ Bᵀ, tied head
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,26 @@ def family(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tied")
     fam = make_tied_family(root, n_experts=2, layers=2)
     fam["adapters"] = [
-        str(make_adapter(fam["base"], root / f"lora{i}", 10 + i, r=2, target_modules=LORA_TARGETS))
+        _without_saved_embedding(
+            make_adapter(fam["base"], root / f"lora{i}", 10 + i, r=2, target_modules=LORA_TARGETS)
+        )
         for i in range(2)
     ]
     return fam
+
+
+def _without_saved_embedding(folder: Path) -> str:
+    """The adapter as ``save_pretrained(save_embedding_layers=False)`` writes it: peft otherwise
+    also saves the whole embedding when LoRA targets it (which evomerge reads as a tensor the
+    adapter replaces: not a product, so the full SVD)."""
+    from safetensors.torch import load_file, save_file
+
+    f = folder / "adapter_model.safetensors"
+    save_file(
+        {k: v for k, v in load_file(str(f)).items() if "embed_tokens.base_layer" not in k},
+        str(f),
+    )
+    return str(folder)
 
 
 def _build(root: Path, base: str, experts: list[str], rank: int, **extra) -> Path:
@@ -123,7 +139,7 @@ def lora_twin(family, tmp_path_factory, request) -> tuple[Path, dict]:
 
 def test_lora_exclusive_parts_come_from_the_factors(lora_twin):
     _, summary = lora_twin
-    assert summary["matrices_from_adapter_factors"] == 2 * len(LORA_TARGETS)  # 2 layers
+    assert summary["matrices_from_adapter_factors"] == 2 * 3 + 1  # 2 layers × 3, embedding
     assert summary["matrices_by_full_svd"] == 0
     assert all(v == pytest.approx(1.0) for v in summary["kept_energy"].values())
 
@@ -171,7 +187,7 @@ def test_lora_with_ties_shared_falls_back_to_the_full_svd(family, tmp_path):
     shared = {"merge_method": "ties", "parameters": {"weight": 0.5, "density": 0.5}}
     out = _build(tmp_path, family["base"], family["adapters"], rank=1000, shared=shared)
     summary = json.loads((out / SUMMARY).read_text())
-    assert summary["matrices_by_full_svd"] == 2 * len(LORA_TARGETS)
+    assert summary["matrices_by_full_svd"] == 2 * 3 + 1
     assert summary["matrices_from_adapter_factors"] == 0
 
 
