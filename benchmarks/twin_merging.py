@@ -2,6 +2,7 @@
 lm-skills zoo's mixed-task evaluation (every skill's items, each scored by exact match).
 
     python benchmarks/twin_merging.py [--search 50] [--ranks 4 16] [--shared LABEL ...] [--out DIR]
+    python benchmarks/twin_merging.py --real   # SmolLM2 (tied) with LoRA experts: twin_merging_real.py
 
 Items: per task, the first ``--search`` test items choose the static merge (and train the
 router); every score in the table is on the items after them (validation), which neither saw.
@@ -97,8 +98,18 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=None, help="keep the Twin-Merging folders here")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--real", action="store_true", help="SmolLM2 + LoRA experts instead")
+    ap.add_argument("--items", type=int, default=40, help="--real: router prompts per expert")
+    ap.add_argument("--skip-sources", action="store_true", help="--real: Twin-Merging rows only")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.real:
+        from twin_merging_real import run
+
+        rows = run(args.ranks, args.items, args.skip_sources, args.out)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return
     from transformers import AutoTokenizer
 
     from evomerge.twin.build import build_twin

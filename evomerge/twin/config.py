@@ -31,7 +31,9 @@ class _Strict(BaseModel):
 
 class ExpertEntry(_Strict):
     model: str
-    """The expert: a model folder or a zoo: reference."""
+    """The expert: a model folder, a zoo: reference, or a PEFT LoRA adapter folder (or
+    ``BASE+ADAPTER``) over base_model: then its exclusive part comes from the adapter's factors
+    (docs/twin_merging.md)."""
     prompts: str
     """Its router examples: ``zoo:<task>`` (the first ``router.items`` prompts of that zoo
     task's test items), a ``.txt`` file (one prompt a line) or a ``.jsonl`` file (a ``prompt``

@@ -19,6 +19,11 @@ weights. During generation the weights are computed once, on the prompt (the fir
 ``generate``, with an empty cache), and kept for the tokens that follow, as the paper routes
 once per input; a forward without a cache (``use_cache=False``, lm-eval's log-likelihoods)
 routes on the whole sequence it is given.
+
+Tied embeddings (``tie_word_embeddings: true``, e.g. SmolLM2): the embedding table is one
+parameter of θ, used at the input and as the LM head, so θ(x) = θ* + Σ_t w_t v_t changes it in
+both places alike: the head's exclusive factors are the embedding's (tied like the weights), and
+a tied head computes x (E* + Σ_t w_t B_t A_t)ᵀ, the transpose of the embedding's lookup.
 """
 
 from __future__ import annotations
@@ -136,7 +141,17 @@ def pooled(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.T
 
 class TwinMergingForCausalLM(LlamaForCausalLM):
     config_class = TwinMergingConfig
-    _tied_weights_keys = {}
+    # With ``tie_word_embeddings`` the head is the embedding matrix, and so is its exclusive
+    # part: the head's B_t, A_t are the embedding's (one tensor each, saved once), so θ(x)'s
+    # tied matrix gets the same w_t v_t at the input and at the head. Untied configs tie nothing
+    # (transformers reads this mapping only when the config says tied).
+    # (Set on the instance once the twin modules exist: Llama's own __init__ checks the
+    # mapping against the plain modules it builds first.)
+    _twin_tied_weights_keys = {
+        "lm_head.weight": "model.embed_tokens.weight",
+        "lm_head.twin_b": "model.embed_tokens.twin_b",
+        "lm_head.twin_a": "model.embed_tokens.twin_a",
+    }
 
     def __init__(self, config: TwinMergingConfig):
         super().__init__(config)
@@ -145,6 +160,7 @@ class TwinMergingForCausalLM(LlamaForCausalLM):
         self.forced_route: torch.Tensor | None = None  # [experts]: fixed weights, no router
         self._swap_modules(self, n, rank)
         self.router = TwinRouter(config.hidden_size, int(config.twin_router_hidden), n)
+        self._tied_weights_keys = dict(self._twin_tied_weights_keys)
         self.post_init()
 
     def _swap_modules(self, root: nn.Module, n: int, rank: int) -> None:
