@@ -68,6 +68,8 @@ def _load(folder):
 
 
 def test_shared_models_are_lm_skills_bit_for_bit(zoos):
+    """Equal recipes: the second zoo built takes them from the model cache (zoo/model_cache.py),
+    which is what keeps building both zoos to one training of the shared models."""
     from evomerge.zoo.build import weights_digest
 
     for m in ("base", "shift"):

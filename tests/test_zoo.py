@@ -153,3 +153,27 @@ def test_unknown_zoo_is_a_clear_error(tmp_path):
     assert res.exit_code == 2
     assert "zoo 'nope' is unknown" in res.output
     assert not (tmp_path / "y").exists()
+
+
+def test_a_second_zoo_with_the_same_models_reuses_them(cross_zoo, tmp_path):
+    """zoo/model_cache.py: a model trained once with a recipe is taken from the model cache by
+    any later build that trains the same recipe (lm-backdoor takes lm-skills' base and three
+    experts this way), hard-linked where the filesystem allows: the same files, no training."""
+    import os
+
+    from evomerge.io.cache import cache_root
+
+    again = build("lm-cross", tmp_path / "again", quick=True, progress=False)
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    try:
+        os.link(probe, cache_root() / f".link-probe-{os.getpid()}")
+        (cache_root() / f".link-probe-{os.getpid()}").unlink()
+        linked = True
+    except OSError:
+        linked = False  # another filesystem: the cache copies, and only the bytes can be checked
+    for model in ("base", "skill", "language"):
+        a, b = cross_zoo / model / "model.safetensors", again / model / "model.safetensors"
+        assert a.read_bytes() == b.read_bytes(), model
+        if linked:
+            assert b.stat().st_nlink >= 2, model  # the cache entry's file, not a new training

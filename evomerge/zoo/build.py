@@ -26,10 +26,9 @@ from evomerge.io.cache import cache_root
 from evomerge.io.lock import FileLock
 from evomerge.zoo import pinned
 from evomerge.zoo.cpu import deterministic_cpu
+from evomerge.zoo.provenance import FORMAT_VERSION, training_libraries
 from evomerge.zoo.specs import ZOOS, ZooSpec
 
-# 2: trained with pinned, machine-independent kernels (zoo/pinned.py); manifest has a digest
-FORMAT_VERSION = 2
 MANIFEST = "zoo.json"
 
 
@@ -56,14 +55,6 @@ def _train(name: str, spec: ZooSpec, out: Path, *, seed: int, quick: bool, progr
         with deterministic_cpu(getattr(spec, "threads", 2)):
             return spec.build(out, seed=seed, progress=progress, **zoo_inputs(spec))
     return pinned.train_pinned(name, out, seed=seed, quick=quick, progress=progress)
-
-
-def training_libraries() -> dict[str, str]:
-    """The versions that shape the trained bytes besides the CPU kernels (torch's ops,
-    transformers' model code, numpy's draws): two zoos compare only when these match."""
-    from importlib.metadata import version
-
-    return {lib: version(lib) for lib in ("torch", "transformers", "numpy")}
 
 
 def weights_digest(folder: str | Path) -> str:
@@ -95,10 +86,6 @@ def load_manifest(folder: str | Path) -> dict:
     if not path.is_file():
         raise UserInputError(f"{path}: no zoo manifest; build the zoo with `evomerge zoo build`")
     return json.loads(path.read_text())
-
-
-def _is_built(target: Path, digest: str) -> bool:
-    return (target / MANIFEST).is_file() and load_manifest(target).get("config_hash") == digest
 
 
 def _lock_path(target: Path) -> Path:
