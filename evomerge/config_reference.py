@@ -164,21 +164,17 @@ def _driver_options() -> str:
 
 
 def driver_options(cls: type) -> list[tuple[str, str, str, str]]:
-    """(option, type, default, meaning) of a driver: ``__init__``'s keywords after ``seed``,
-    then the fields of its ``options_cls`` dataclass."""
-    found: dict[str, tuple[str, str]] = {}
-    sig = inspect.signature(cls.__init__)
-    hints = typing.get_type_hints(cls.__init__)
-    for p in sig.parameters.values():
-        if p.kind is p.KEYWORD_ONLY and p.name != "seed":
-            default = "required" if p.default is p.empty else _show(p.default)
-            found[p.name] = (type_name(hints.get(p.name, Any)), default)
-    if cls.options_cls is not None:
-        hints = typing.get_type_hints(cls.options_cls)
-        for f in dataclasses.fields(cls.options_cls):
-            found[f.name] = (type_name(hints[f.name]), _dc_default(f))
-    found.pop("n_members", None)
-    return [(k, t, d, cls.option_help.get(k, "")) for k, (t, d) in found.items()]
+    """(option, type, default, meaning) of a driver: the fields of its ``options_cls``, the
+    dataclass ``driver.options`` are parsed into, with the help each was declared with."""
+    from evomerge.drivers.options import option_help
+
+    hints = typing.get_type_hints(cls.options_cls)
+    meaning = option_help(cls.options_cls)
+    return [
+        (f.name, type_name(hints[f.name]), _dc_default(f), meaning[f.name])
+        for f in dataclasses.fields(cls.options_cls)
+        if f.name != "n_members"  # filled in from the space
+    ]
 
 
 def _dc_default(f: dataclasses.Field) -> str:
