@@ -63,7 +63,8 @@ def parse_options(driver: str, options_cls: type, options: Mapping[str, Any]) ->
     unknown = sorted(set(options) - set(fields))
     if unknown:
         named = ", ".join(f"driver.options.{k}" for k in unknown)
-        raise UserInputError(f"{driver}: unknown {named}; valid: {', '.join(fields)}")
+        valid = f"valid: {', '.join(fields)}" if fields else "this driver takes no options"
+        raise UserInputError(f"{driver}: unknown {named}; {valid}")
     for name, f in fields.items():
         required = f.default is REQUIRED and f.default_factory is REQUIRED
         if required and name not in options:
