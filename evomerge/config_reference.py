@@ -5,7 +5,6 @@ compares."""
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import inspect
 import types
@@ -14,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
+
+from evomerge.type_names import type_name
 
 HIDDEN = {"base_dir"}  # set by evomerge itself; load_experiment refuses it in a file
 TOP_PARTS = {"space": "preset name or mapping", "fitness": "suite name or mapping"}
@@ -116,27 +117,6 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return str(list(value))
     return repr(value) if isinstance(value, str) else str(value)
-
-
-def type_name(annotation: Any) -> str:
-    """A YAML reader's name for a type: ``int or null``, ``list of str``, ``'a' | 'b'``."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return type_name(args[0])
-    if origin is typing.Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        names = [type_name(a) for a in args if a is not type(None)]
-        return " or ".join(names) + (" or null" if type(None) in args else "")
-    if origin in (list, collections.abc.Sequence):
-        return f"list of {type_name(args[0])}" if args else "list"
-    if origin is tuple:
-        return "[" + ", ".join(type_name(a) for a in args) + "]"
-    if origin is dict or annotation is dict:
-        return f"mapping of {type_name(args[1])}" if args else "mapping"
-    if annotation is Any:
-        return "any"
-    return getattr(annotation, "__name__", str(annotation))
 
 
 def _table(rows: list[tuple[str, str, str, str]]) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from evomerge.errors import UserInputError
+from evomerge.type_names import type_name
 
 REQUIRED: Any = dataclasses.MISSING
 
@@ -75,8 +76,8 @@ def parse_options(driver: str, options_cls: type, options: Mapping[str, Any]) ->
     for key, value in options.items():
         if not _fits(value, hints[key]):
             raise UserInputError(
-                f"{driver}: driver.options.{key} is {value!r}, not {_type_name(hints[key])}; "
-                f"give {_type_name(hints[key])} (see docs/config.md, driver {driver!r})"
+                f"{driver}: driver.options.{key} is {value!r}, not {type_name(hints[key])}; "
+                f"give {type_name(hints[key])} (see docs/config.md, driver {driver!r})"
             )
     try:
         return options_cls(**options)
@@ -108,9 +109,3 @@ def _fits(value: Any, annotation: Any) -> bool:
     if origin in (list, tuple) or annotation in (list, tuple):
         return isinstance(value, (list, tuple, np.ndarray))
     return True
-
-
-def _type_name(annotation: Any) -> str:
-    from evomerge.config_reference import type_name
-
-    return type_name(annotation)
