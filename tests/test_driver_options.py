@@ -19,37 +19,40 @@ DIM = 4
 CASES = {
     "cma_es": {
         "unknown": ({"sigma": 0.3}, "driver.options.sigma; valid: sigma0, popsize"),
-        "type": ({"popsize": "8"}, "driver.options.popsize is '8', not int or null"),
+        "type": ({"popsize": "8"}, "driver.options.popsize is '8' (str); it takes int or null"),
         "value": ({"popsize": 1}, "driver.options.popsize 1: must be >= 2"),
         "choice": ({"sigma_adaptation": "xnes"}, "valid: csa, tpa or null"),
     },
     "optuna": {
         "unknown": ({"n_trials": 5}, "driver.options.n_trials; valid: sampler, objectives"),
-        "type": ({"batch_size": 2.5}, "driver.options.batch_size is 2.5, not int"),
+        "type": ({"batch_size": 2.5}, "driver.options.batch_size is 2.5 (float); it takes int"),
         "value": ({"objectives": 0}, "driver.options.objectives 0: must be >= 1"),
         "choice": ({"sampler": "cmaes"}, "driver.options.sampler 'cmaes': valid: tpe, nsga2"),
     },
     "random": {
         "unknown": ({"batchsize": 4}, "driver.options.batchsize; valid: batch_size, include_x0"),
-        "type": ({"include_x0": "yes"}, "driver.options.include_x0 is 'yes', not bool"),
+        "type": ({"include_x0": "yes"}, "driver.options.include_x0 is 'yes' (str); it takes bool"),
         "value": ({"batch_size": 0}, "driver.options.batch_size 0: ask at least 1"),
     },
     "m2n2": {
         "unknown": ({"archive": 4}, "driver.options.archive; valid: init_points, archive_size"),
-        "type": ({"alpha": True}, "driver.options.alpha is True, not float"),
+        "type": ({"alpha": True}, "driver.options.alpha is True (bool); it takes float"),
         "value": ({"archive_size": 1}, "driver.options.archive_size 1: must be >= 2"),
         "needs": ({"init": "given"}, "driver.options.init 'given': needs init_points"),
     },
     "frank_wolfe": {
         "missing": ({}, "driver.options.n_members (pool size (filled in from the space)) is"),
         "unknown": ({"n_members": 2, "stepsize": 1.0}, "driver.options.stepsize; valid:"),
-        "type": ({"n_members": 2, "guard": 1}, "driver.options.guard is 1, not bool"),
+        "type": ({"n_members": 2, "guard": 1}, "driver.options.guard is 1 (int); it takes bool"),
         "value": ({"n_members": 2, "variant": "hard"}, "'hard': valid: task_arithmetic, ties"),
     },
     "adamerging": {
         "missing": ({}, "driver.options.n_members (number of experts"),
         "unknown": ({"n_members": 2, "learning_rate": 0.1}, "driver.options.learning_rate;"),
-        "type": ({"n_members": 2, "lr": "fast"}, "driver.options.lr is 'fast', not float"),
+        "type": (
+            {"n_members": 2, "lr": "fast"},
+            "driver.options.lr is 'fast' (str); it takes float",
+        ),
         "value": ({"n_members": 2, "init": 2.0}, "driver.options.init 2.0: must be in [0, 1]"),
     },
 }
@@ -81,7 +84,9 @@ def test_every_option_of_every_driver_is_checked_for_type():
             if f.name == "n_members" or "str" in str(f.type):
                 continue
             options = {"n_members": 2} if _needs_members(cls) else {}
-            with pytest.raises(UserInputError, match=f"driver.options.{f.name} is 'x', not"):
+            with pytest.raises(
+                UserInputError, match=f"driver.options.{f.name} is 'x' \\(str\\); it takes"
+            ):
                 _build(name, {**options, f.name: "x"})
 
 

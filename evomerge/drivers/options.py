@@ -76,8 +76,8 @@ def parse_options(driver: str, options_cls: type, options: Mapping[str, Any]) ->
     for key, value in options.items():
         if not _fits(value, hints[key]):
             raise UserInputError(
-                f"{driver}: driver.options.{key} is {value!r}, not {type_name(hints[key])}; "
-                f"give {type_name(hints[key])} (see docs/config.md, driver {driver!r})"
+                f"{driver}: driver.options.{key} is {value!r} ({type(value).__name__}); "
+                f"it takes {type_name(hints[key])} (docs/config.md, driver {driver!r})"
             )
     try:
         return options_cls(**options)
