@@ -56,8 +56,9 @@ class M2N2Params:
             raise invalid("init", self.init, "needs init_points (e.g. the experts' genomes)")
         if self.batch_size < 1:
             raise invalid("batch_size", self.batch_size, "ask at least 1 child per generation")
-        if self.mutation_std < 0 or self.init_std < 0:
-            raise invalid("mutation_std", self.mutation_std, "standard deviations must be >= 0")
+        for name in ("mutation_std", "init_std"):
+            if getattr(self, name) < 0:
+                raise invalid(name, getattr(self, name), "a standard deviation must be >= 0")
 
 
 @dataclass(frozen=True)
