@@ -64,7 +64,8 @@ def _build(name: str, options: dict) -> Driver:
 
 
 @pytest.mark.parametrize(
-    "name,case", [(n, c) for n, cases in CASES.items() for c in cases], ids="-".join
+    "name,case",
+    [pytest.param(n, c, id=f"{n}-{c}") for n, cases in CASES.items() for c in cases],
 )
 def test_a_bad_option_is_one_line_naming_the_key_and_the_fix(name, case):
     options, says = CASES[name][case]
