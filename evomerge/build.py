@@ -121,13 +121,8 @@ def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
 
     check_fit(cfg.driver.name, cfg.space)
     cls = get_driver(cfg.driver.name)
-    try:
-        return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
-    except TypeError as err:
-        raise UserInputError(
-            f"driver.options {sorted(cfg.driver.options)} for {cfg.driver.name!r}: {err}; "
-            "check the option names in the driver's docs"
-        ) from None
+    # driver.options are checked by the driver's options dataclass (drivers/options.py)
+    return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
 
 
 def evaluator_for(experiment: Experiment, split: str = "search") -> Evaluator:

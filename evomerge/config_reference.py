@@ -5,7 +5,6 @@ compares."""
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import inspect
 import types
@@ -14,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
+
+from evomerge.type_names import type_name
 
 HIDDEN = {"base_dir"}  # set by evomerge itself; load_experiment refuses it in a file
 TOP_PARTS = {"space": "preset name or mapping", "fitness": "suite name or mapping"}
@@ -118,27 +119,6 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def type_name(annotation: Any) -> str:
-    """A YAML reader's name for a type: ``int or null``, ``list of str``, ``'a' | 'b'``."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return type_name(args[0])
-    if origin is typing.Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        names = [type_name(a) for a in args if a is not type(None)]
-        return " or ".join(names) + (" or null" if type(None) in args else "")
-    if origin in (list, collections.abc.Sequence):
-        return f"list of {type_name(args[0])}" if args else "list"
-    if origin is tuple:
-        return "[" + ", ".join(type_name(a) for a in args) + "]"
-    if origin is dict or annotation is dict:
-        return f"mapping of {type_name(args[1])}" if args else "mapping"
-    if annotation is Any:
-        return "any"
-    return getattr(annotation, "__name__", str(annotation))
-
-
 def _table(rows: list[tuple[str, str, str, str]]) -> str:
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, typ, default, desc in rows:
@@ -164,21 +144,17 @@ def _driver_options() -> str:
 
 
 def driver_options(cls: type) -> list[tuple[str, str, str, str]]:
-    """(option, type, default, meaning) of a driver: ``__init__``'s keywords after ``seed``,
-    then the fields of its ``options_cls`` dataclass."""
-    found: dict[str, tuple[str, str]] = {}
-    sig = inspect.signature(cls.__init__)
-    hints = typing.get_type_hints(cls.__init__)
-    for p in sig.parameters.values():
-        if p.kind is p.KEYWORD_ONLY and p.name != "seed":
-            default = "required" if p.default is p.empty else _show(p.default)
-            found[p.name] = (type_name(hints.get(p.name, Any)), default)
-    if cls.options_cls is not None:
-        hints = typing.get_type_hints(cls.options_cls)
-        for f in dataclasses.fields(cls.options_cls):
-            found[f.name] = (type_name(hints[f.name]), _dc_default(f))
-    found.pop("n_members", None)
-    return [(k, t, d, cls.option_help.get(k, "")) for k, (t, d) in found.items()]
+    """(option, type, default, meaning) of a driver: the fields of its ``options_cls``, the
+    dataclass ``driver.options`` are parsed into, with the help each was declared with."""
+    from evomerge.drivers.options import option_help
+
+    hints = typing.get_type_hints(cls.options_cls)
+    meaning = option_help(cls.options_cls)
+    return [
+        (f.name, type_name(hints[f.name]), _dc_default(f), meaning[f.name])
+        for f in dataclasses.fields(cls.options_cls)
+        if f.name != "n_members"  # filled in from the space
+    ]
 
 
 def _dc_default(f: dataclasses.Field) -> str:

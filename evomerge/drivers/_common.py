@@ -1,9 +1,12 @@
-"""Input checks shared by the drivers' ``tell``: bad input is rejected with a clear error."""
+"""Shared by the drivers: the checks of ``tell`` (bad input is rejected with a clear error)
+and the RNG of a frozen state."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import numpy as np
 
 from evomerge.drivers.base import Candidate
 from evomerge.errors import UserInputError
@@ -43,18 +46,12 @@ def is_failure(f: float) -> bool:
     return math.isnan(f)
 
 
-def parse_options(name: str, params_cls: type, options: dict, required: dict[str, str]) -> object:
-    """``params_cls(**options)`` for a frozen dataclass of driver options: unknown keys and
-    missing ``required`` ones (key -> what it means) are rejected naming ``driver.options``."""
-    from dataclasses import fields
+def generator_at(state: dict) -> np.random.Generator:
+    """A numpy Generator positioned at a bit generator's saved state (``bit_generator.state``).
 
-    known = {f.name for f in fields(params_cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UserInputError(
-            f"{name}: unknown driver.options {unknown}; valid: {', '.join(sorted(known))}"
-        )
-    for key, meaning in required.items():
-        if key not in options:
-            raise UserInputError(f"{name}: driver.options.{key} ({meaning}) is required")
-    return params_cls(**options)
+    Frozen driver states keep the RNG as that plain dict; each ask draws from a Generator made
+    here and stores its new state, which continues exactly as one long-lived Generator would
+    (the dict holds the whole PCG64 position, buffered 32-bit half included)."""
+    rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+    rng.bit_generator.state = state
+    return rng

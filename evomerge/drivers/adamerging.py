@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.drivers._common import parse_options
 from evomerge.drivers.adamerging_state import AdaParams, AdaState
 from evomerge.drivers.base import register_driver
 from evomerge.drivers.pool_gradient import PoolGradientDriver, adam_step
@@ -47,15 +46,6 @@ from evomerge.workers.gradient import Alignment, GradientRequest
 class AdaMerging(PoolGradientDriver):
     name: ClassVar[str] = "adamerging"
     options_cls: ClassVar[type] = AdaParams  # the dataclass driver.options are parsed into
-    #: One line per driver.options key, for docs/config.md (evomerge schema).
-    option_help: ClassVar[dict[str, str]] = {
-        "steps": "Adam updates of the coefficients (the paper's 500)",
-        "lr": "Adam learning rate (the paper's 1e-3)",
-        "init": "initial coefficient of every expert and group (the paper's 0.3)",
-        "max_retries": "failed gradient jobs in a row before the driver stops",
-        "stream": "stream the experts from disk each step (memory flat in their number)",
-        "objective": "unlabelled inputs whose entropy is minimised, e.g. {kind: lm, tasks: [...]}",
-    }
 
     @classmethod
     def misfit(cls, space: Any) -> str | None:
@@ -73,10 +63,8 @@ class AdaMerging(PoolGradientDriver):
         seed: int,
         **options: Any,
     ) -> None:
-        super().__init__(dim, lower, upper, x0, seed=seed)
-        self.params = p = parse_options(
-            self.name, AdaParams, options, {"n_members": "number of experts"}
-        )
+        super().__init__(dim, lower, upper, x0, seed=seed, **options)
+        self.params = p = self.options
         self.objective = EntropyObjective.parse(p.objective)
         k = p.n_members
         if dim < k or dim % k:

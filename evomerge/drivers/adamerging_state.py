@@ -7,37 +7,44 @@ candidate and the best told fitness; ``asdict`` of it is the state dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from evomerge.errors import UserInputError
+from evomerge.drivers.options import invalid, option
 
 
 @dataclass(frozen=True)
 class AdaParams:
-    n_members: int  # K experts (task vectors)
-    steps: int = 500  # Adam updates (the paper's 500 iterations)
-    lr: float = 1e-3  # the paper's Adam learning rate
-    init: float = 0.3  # the paper's initial lambda (every task and group)
-    max_retries: int = 2  # failed gradient jobs in a row before the driver stops
-    stream: bool = False  # True: stream experts from disk each step (memory flat in K)
-    objective: dict = field(default_factory=dict)  # unlabelled inputs (EntropyObjective)
+    """``driver.options`` of adamerging (``evomerge.drivers.options``)."""
+
+    n_members: int = option(help="number of experts, K task vectors (filled in from the space)")
+    steps: int = option(500, "Adam updates of the coefficients (the paper's 500)")
+    lr: float = option(1e-3, "Adam learning rate (the paper's 1e-3)")
+    init: float = option(0.3, "initial coefficient of every expert and group (the paper's 0.3)")
+    max_retries: int = option(2, "failed gradient jobs in a row before the driver stops")
+    stream: bool = option(
+        False, "stream the experts from disk each step (memory flat in their number)"
+    )
+    objective: dict = option(
+        help="unlabelled inputs whose entropy is minimised, e.g. {kind: lm, tasks: [...]}",
+        factory=dict,
+    )
 
     def __post_init__(self) -> None:
         for name in ("n_members", "steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UserInputError(f"adamerging: driver.options.{name} must be an integer >= 1")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise UserInputError(f"adamerging: driver.options.lr {self.lr!r} must be > 0")
-        if not (isinstance(self.init, (int, float)) and 0.0 <= self.init <= 1.0):
-            raise UserInputError(
-                f"adamerging: driver.options.init {self.init!r} must be in [0, 1] "
-                "(coefficients are clipped to [0, 1]; the paper starts at 0.3)"
+            if getattr(self, name) < 1:
+                raise invalid(name, getattr(self, name), "must be an integer >= 1")
+        if not self.lr > 0:
+            raise invalid("lr", self.lr, "must be > 0 (the paper's is 1e-3)")
+        if not 0.0 <= self.init <= 1.0:
+            raise invalid(
+                "init",
+                self.init,
+                "must be in [0, 1] (coefficients are clipped to [0, 1]; the paper starts at 0.3)",
             )
-        if int(self.max_retries) < 0:
-            raise UserInputError("adamerging: driver.options.max_retries must be >= 0")
+        if self.max_retries < 0:
+            raise invalid("max_retries", self.max_retries, "must be >= 0")
         from evomerge.fitness.entropy_loss import EntropyObjective
 
         EntropyObjective.parse(self.objective)  # a bad objective fails before the search

@@ -9,6 +9,7 @@ hold numpy arrays and bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from evomerge.drivers.options import parse_options
 from evomerge.results import EvalResult
 
 
@@ -34,6 +36,11 @@ class Candidate:
     wants: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a driver that takes none: any ``driver.options`` key is refused."""
+
+
 class Driver(ABC):
     """Base class of all search drivers. Subclasses register with ``@register_driver``."""
 
@@ -45,10 +52,10 @@ class Driver(ABC):
     #: at most this many, fewer when the evaluation budget has less left. None: any number
     #: (the loop then asks for what the budget has left).
     batch_size: int | None = None
-    #: One line per ``driver.options`` key (docs/config.md, ``evomerge schema``).
-    option_help: ClassVar[dict[str, str]] = {}
-    #: A dataclass the options are parsed into; None: they are ``__init__``'s keywords.
-    options_cls: ClassVar[type | None] = None
+    #: The frozen dataclass ``driver.options`` are parsed into (``evomerge.drivers.options``):
+    #: its fields, made with ``option(default, help)``, are also the docs (``evomerge schema``).
+    #: The default is for a driver that takes no options.
+    options_cls: ClassVar[type] = NoOptions
 
     def racing_need(self) -> int | None:
         """Racing (``fitness.racing``): how many of a generation's best this driver needs
@@ -85,6 +92,8 @@ class Driver(ABC):
         seed: int,
         **options: Any,
     ) -> None:
+        #: ``driver.options`` parsed: an instance of ``options_cls``
+        self.options = parse_options(self.name, self.options_cls, options)
         self.dim = dim
         self.lower = np.asarray(lower, dtype=float)
         self.upper = np.asarray(upper, dtype=float)
@@ -135,5 +144,8 @@ DRIVERS: dict[str, type[Driver]] = {}
 def register_driver(cls: type[Driver]) -> type[Driver]:
     if not cls.name:
         raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    opts = getattr(cls, "options_cls", None)
+    if not (dataclasses.is_dataclass(opts) and opts.__dataclass_params__.frozen):
+        raise TypeError(f"{cls.__name__} needs options_cls, a frozen dataclass of its options")
     DRIVERS[cls.name] = cls
     return cls

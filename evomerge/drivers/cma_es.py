@@ -23,30 +23,52 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from evomerge.drivers._common import check_tell
 from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.drivers.options import invalid, option
 from evomerge.errors import UserInputError
 from evomerge.results import EvalResult
+
+
+@dataclass(frozen=True)
+class CMAESOptions:
+    """``driver.options`` of cma_es (``evomerge.drivers.options``)."""
+
+    sigma0: float = option(1 / 6, "initial step size in gene units (Sakana: 1/6 of the [0, 1] box)")
+    popsize: int | None = option(None, "candidates per generation (null: 4 + floor(3 ln dim))")
+    diagonal: bool = option(False, "learn a diagonal covariance only (sep-CMA: O(dim) per sample)")
+    max_evals: int | None = option(
+        None, "pycma's own evaluation cap (null: the experiment's budget decides)"
+    )
+    tolfun: float = option(
+        0.0, "stop when recent generations' fitness range falls below this (0: never)"
+    )
+    tolflatfitness: int = option(10**9, "stop after this many generations of equal fitness values")
+    sigma_adaptation: str | None = option(
+        None, "step-size rule: csa, tpa, or null for pycma's choice"
+    )
+    adapt_covariance: bool = option(
+        True, "false: hold the covariance at I (an isotropic ES, O(dim) per sample)"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.sigma0 > 0:
+            raise invalid("sigma0", self.sigma0, "must be > 0 (Sakana's is 1/6)")
+        if self.popsize is not None and self.popsize < 2:
+            raise invalid("popsize", self.popsize, "must be >= 2, or null for 4 + floor(3 ln dim)")
+        if self.sigma_adaptation not in (None, "csa", "tpa"):
+            raise invalid("sigma_adaptation", self.sigma_adaptation, "valid: csa, tpa or null")
 
 
 @register_driver
 class CMAES(Driver):
     name = "cma_es"
-    #: One line per driver.options key, for docs/config.md (evomerge schema).
-    option_help: ClassVar[dict[str, str]] = {
-        "sigma0": "initial step size in gene units (Sakana: 1/6 of the [0, 1] box)",
-        "popsize": "candidates per generation (null: 4 + floor(3 ln dim))",
-        "diagonal": "learn a diagonal covariance only (sep-CMA: O(dim) per sample)",
-        "max_evals": "pycma's own evaluation cap (null: the experiment's budget decides)",
-        "tolfun": "stop when recent generations' fitness range falls below this (0: never)",
-        "tolflatfitness": "stop after this many generations of equal fitness values",
-        "sigma_adaptation": "step-size rule: csa, tpa, or null for pycma's choice",
-        "adapt_covariance": "false: hold the covariance at I (an isotropic ES, O(dim) per sample)",
-    }
+    options_cls: ClassVar[type] = CMAESOptions
 
     def __init__(
         self,
@@ -56,52 +78,40 @@ class CMAES(Driver):
         x0: np.ndarray,
         *,
         seed: int,
-        sigma0: float = 1 / 6,
-        popsize: int | None = None,
-        diagonal: bool = False,
-        max_evals: int | None = None,
-        tolfun: float = 0.0,
-        tolflatfitness: int = 10**9,
-        sigma_adaptation: str | None = None,
-        adapt_covariance: bool = True,
+        **options: Any,
     ) -> None:
-        super().__init__(dim, lower, upper, x0, seed=seed)
+        super().__init__(dim, lower, upper, x0, seed=seed, **options)
         import cma
 
-        self.popsize = int(popsize or 4 + math.floor(3 * math.log(max(dim, 1))))
+        o = self.options
+        self.popsize = int(o.popsize or 4 + math.floor(3 * math.log(max(dim, 1))))
         self.batch_size = self.popsize  # one generation per ask
-        if self.popsize < 2:
-            raise UserInputError(f"cma_es: popsize must be >= 2, got {self.popsize}")
         rules = {None: True, "csa": cma.sigma_adaptation.CMAAdaptSigmaCSA}
         rules["tpa"] = cma.sigma_adaptation.CMAAdaptSigmaTPA
-        if sigma_adaptation not in rules:
-            raise UserInputError(
-                f"cma_es: sigma_adaptation must be 'csa', 'tpa' or null, got {sigma_adaptation!r}"
-            )
         opts = {
             "seed": seed + 1,  # pycma treats seed 0 as "random"
             "popsize": self.popsize,
             "bounds": [list(self.lower), list(self.upper)],
-            "CMA_diagonal": bool(diagonal),
-            "AdaptSigma": rules[sigma_adaptation],
-            "CMA_on": 1 if adapt_covariance else 0,
+            "CMA_diagonal": bool(o.diagonal),
+            "AdaptSigma": rules[o.sigma_adaptation],
+            "CMA_on": 1 if o.adapt_covariance else 0,
             "verbose": -9,
-            "tolfun": tolfun,
+            "tolfun": o.tolfun,
             # pycma stops when a generation's fitness values are all equal (tolfun, tolfunhist,
             # and tolflatfitness after one flat generation); exact-match scores are flat around
             # many starts (every candidate 0), and there widening sigma, which pycma does while
             # it continues, is the way out. Off by default: the budget decides, and tolx still
             # stops a search whose sigma has collapsed.
-            "tolflatfitness": tolflatfitness,
-            "tolfunhist": tolfun,  # the same test over the last generations' best values
+            "tolflatfitness": o.tolflatfitness,
+            "tolfunhist": o.tolfun,  # the same test over the last generations' best values
             # pycma's sampler: a RandomState of our own, pickled with the strategy, so a
             # resumed search draws exactly what the uninterrupted one would have drawn
             "randn": np.random.RandomState(seed).randn,
         }
-        if max_evals:
-            opts["maxfevals"] = int(max_evals)
+        if o.max_evals:
+            opts["maxfevals"] = int(o.max_evals)
         self._rng_state = np.random.RandomState(seed).get_state()
-        self._es = self._with_rng(lambda: cma.CMAEvolutionStrategy(list(self.x0), sigma0, opts))
+        self._es = self._with_rng(lambda: cma.CMAEvolutionStrategy(list(self.x0), o.sigma0, opts))
         self._next = 0
         self._pending: dict[int, Candidate] = {}
         self._generation: list[Candidate] = []

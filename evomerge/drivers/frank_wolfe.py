@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from evomerge.drivers import frank_wolfe_lmo as L
-from evomerge.drivers._common import parse_options
 from evomerge.drivers.base import register_driver
 from evomerge.drivers.frank_wolfe_state import FWParams, FWState
 from evomerge.drivers.pool_gradient import PoolGradientDriver, adam_step
@@ -46,21 +45,6 @@ from evomerge.workers.gradient import Alignment, GradientRequest
 class FrankWolfe(PoolGradientDriver):
     name: ClassVar[str] = "frank_wolfe"
     options_cls: ClassVar[type] = FWParams  # the dataclass driver.options are parsed into
-    #: One line per driver.options key, for docs/config.md (evomerge schema).
-    option_help: ClassVar[dict[str, str]] = {
-        "variant": "fixed by the fw_pool space",
-        "granularity": "fixed by the fw_pool space",
-        "iterations": "Frank-Wolfe iterations (default: the space's)",
-        "step_size": "gamma_t = step_size * 2 / (t + 2)",
-        "lam": "step scale (0.9 with variant ties, the paper's setting)",
-        "align_on": "task_vector: cosine with task vectors; weights: with the weights (reference code)",
-        "guard": "hold a group when stepping would not lower the linearised loss",
-        "soft_steps": "variant soft: Adam steps on the coefficients per iteration",
-        "soft_lr": "variant soft: Adam learning rate",
-        "soft_init": "variant soft: a new member's initial coefficient",
-        "max_retries": "failed gradient jobs in a row before the driver stops",
-        "proxy": "FW's objective: {kind: lm or digits, data: labelled JSONL, n: items}",
-    }
 
     @classmethod
     def misfit(cls, space: Any) -> str | None:
@@ -78,8 +62,8 @@ class FrankWolfe(PoolGradientDriver):
         seed: int,
         **options: Any,
     ) -> None:
-        super().__init__(dim, lower, upper, x0, seed=seed)
-        self.params = p = parse_options(self.name, FWParams, options, {"n_members": "pool size"})
+        super().__init__(dim, lower, upper, x0, seed=seed, **options)
+        self.params = p = self.options
         self.objective = ProxySpec.parse(p.proxy)
         k, g = p.n_members, _n_groups(self.dim, p)
         self.n_coef, self.n_groups = g * k, g

@@ -7,31 +7,38 @@ Adam moments, the pending candidate and the best so far; ``asdict`` of it is the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from evomerge.drivers import frank_wolfe_lmo as L
-from evomerge.errors import UserInputError
+from evomerge.drivers.options import invalid, option
 
 VARIANTS = ("task_arithmetic", "ties", "soft")
 
 
 @dataclass(frozen=True)
 class FWParams:
-    n_members: int
-    variant: str = "task_arithmetic"
-    granularity: str = "layer"
-    iterations: int = 10
-    step_size: float = 1.0
-    lam: float = 1.0
-    align_on: str = "task_vector"
-    guard: bool = True
-    soft_steps: int = 5
-    soft_lr: float = 1e-3
-    soft_init: float = 0.3
-    max_retries: int = 2
-    proxy: dict = field(default_factory=dict)
+    """``driver.options`` of frank_wolfe (``evomerge.drivers.options``)."""
+
+    n_members: int = option(help="pool size (filled in from the space)")
+    variant: str = option("task_arithmetic", "fixed by the fw_pool space")
+    granularity: str = option("layer", "fixed by the fw_pool space")
+    iterations: int = option(10, "Frank-Wolfe iterations (default: the space's)")
+    step_size: float = option(1.0, "gamma_t = step_size * 2 / (t + 2)")
+    lam: float = option(1.0, "step scale (0.9 with variant ties, the paper's setting)")
+    align_on: str = option(
+        "task_vector",
+        "task_vector: cosine with task vectors; weights: with the weights (reference code)",
+    )
+    guard: bool = option(True, "hold a group when stepping would not lower the linearised loss")
+    soft_steps: int = option(5, "variant soft: Adam steps on the coefficients per iteration")
+    soft_lr: float = option(1e-3, "variant soft: Adam learning rate")
+    soft_init: float = option(0.3, "variant soft: a new member's initial coefficient")
+    max_retries: int = option(2, "failed gradient jobs in a row before the driver stops")
+    proxy: dict = option(
+        help="FW's objective: {kind: lm or digits, data: labelled JSONL, n: items}", factory=dict
+    )
 
     def __post_init__(self) -> None:
         for name, value, valid in (
@@ -40,17 +47,16 @@ class FWParams:
             ("align_on", self.align_on, L.ALIGN_ON),
         ):
             if value not in valid:
-                raise UserInputError(
-                    f"driver.options.{name} {value!r} is unknown; valid: {', '.join(valid)}"
-                )
+                raise invalid(name, value, f"valid: {', '.join(valid)}")
         for name in ("n_members", "iterations", "soft_steps"):
-            if int(getattr(self, name)) < 1:
-                raise UserInputError(f"driver.options.{name} must be >= 1")
+            if getattr(self, name) < 1:
+                raise invalid(name, getattr(self, name), "must be >= 1")
+        for name in ("step_size", "lam", "soft_lr"):
+            if not getattr(self, name) > 0:
+                raise invalid(name, getattr(self, name), "must be > 0")
         from evomerge.fitness.proxy_loss import ProxySpec
 
         ProxySpec.parse(self.proxy)  # a bad proxy block fails before the search starts
-        if not (self.step_size > 0 and self.lam > 0 and self.soft_lr > 0):
-            raise UserInputError("driver.options: step_size, lam and soft_lr must be > 0")
 
 
 @dataclass(frozen=True)

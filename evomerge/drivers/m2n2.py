@@ -37,13 +37,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.drivers._common import check_tell
+from evomerge.drivers._common import check_tell, generator_at
 from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.drivers.m2n2_state import M2N2Params, M2N2State
 from evomerge.errors import UserInputError
 from evomerge.results import EvalResult
 
@@ -54,20 +55,6 @@ SCALAR_WARNING = (
     "evomerge.fitness.TaskScore.from_examples([one value per item]) from the fitness function "
     "for M2N2 proper, or use driver cma_es"
 )
-
-
-@dataclass(frozen=True)
-class M2N2Params:
-    archive_size: int = 20
-    alpha: float = 1.0
-    use_attraction: bool = True
-    use_splitpoint: bool = True
-    mutation_std: float = 0.0
-    init: str = (
-        "uniform"  # "normal" (from scratch: N(0, init_std^2)), "given" (x0 + init_points only)
-    )
-    init_std: float = 0.01
-    batch_size: int = 1
 
 
 def shared_fitness(scores: np.ndarray, alpha: float) -> np.ndarray:
@@ -118,19 +105,7 @@ def crossover(a: np.ndarray, b: np.ndarray, split: int, w: float) -> np.ndarray:
 @register_driver
 class M2N2(Driver):
     name = "m2n2"
-    options_cls: ClassVar[type] = M2N2Params  # the dataclass driver.options are parsed into
-    #: One line per driver.options key, for docs/config.md (evomerge schema).
-    option_help: ClassVar[dict[str, str]] = {
-        "init_points": "extra genomes that enter the initial archive after x0 (e.g. the experts)",
-        "archive_size": "P: genomes kept in the archive",
-        "alpha": "resource-sharing exponent: 1 is M2N2, 0 a plain GA (the paper's ablation)",
-        "use_attraction": "pick the second parent by what it solves that the first does not",
-        "use_splitpoint": "crossover with a random split point (false: one mixing ratio for all genes)",
-        "mutation_std": "Gaussian mutation per gene (0 when merging experts; 0.01 from scratch)",
-        "init": "initial archive: uniform in the box, normal (N(0, init_std^2)) or given (x0 + init_points)",
-        "init_std": "init normal: the standard deviation",
-        "batch_size": "children asked per generation",
-    }
+    options_cls: ClassVar[type] = M2N2Params
     can_ask_ahead = True
 
     @classmethod
@@ -145,68 +120,63 @@ class M2N2(Driver):
         x0: np.ndarray,
         *,
         seed: int,
-        init_points: Sequence[Sequence[float]] = (),
         **options: Any,
     ) -> None:
-        super().__init__(dim, lower, upper, x0, seed=seed)
-        try:
-            self.params = M2N2Params(**options)
-        except TypeError as err:
-            raise UserInputError(
-                f"m2n2: {err}; options are {list(M2N2Params.__annotations__)}"
-            ) from None
-        if self.params.archive_size < 2:
-            raise UserInputError("m2n2: archive_size must be >= 2")
-        if self.params.init not in ("uniform", "normal", "given"):
-            raise UserInputError(f"m2n2: init {self.params.init!r}; valid: uniform, normal, given")
-        if self.params.init == "given" and not init_points:
-            raise UserInputError("m2n2: init 'given' needs init_points (e.g. the experts' genomes)")
-        self.batch_size = self.params.batch_size
-        self._rng = np.random.default_rng(seed)
-        self._init = [np.asarray(x0, float)] + [np.asarray(p, float) for p in init_points]
-        self._genomes = np.zeros((0, dim))
-        self._scores: np.ndarray | None = None
-        self._fitness = np.zeros(0)
-        self._next = 0
-        self._pending: dict[int, Candidate] = {}
-        self._best: tuple[Candidate, float] | None = None
-        self._warned = False  # the scalar-fitness warning, once per process
+        super().__init__(dim, lower, upper, x0, seed=seed, **options)
+        self.params = p = self.options
+        self.batch_size = p.batch_size
+        self.state = M2N2State(
+            rng=np.random.default_rng(seed).bit_generator.state,
+            genomes=np.zeros((0, dim)),
+            scores=None,
+            fitness=np.zeros(0),
+            next=0,
+            pending={},
+            best=None,
+            init=[np.asarray(x0, float)] + [np.asarray(x, float) for x in p.init_points],
+        )
+        self._warned = False  # the scalar-fitness warning, once per process (not search state)
 
     # ---- ask ------------------------------------------------------------------------------
-    def _initial(self, i: int) -> np.ndarray:
-        if i < len(self._init):
-            return self._init[i].copy()
+    def _initial(self, rng: np.random.Generator, i: int) -> np.ndarray:
+        if i < len(self.state.init):
+            return self.state.init[i].copy()
         if self.params.init == "normal":
-            return self._rng.normal(0.0, self.params.init_std, self.dim)
-        return self._rng.uniform(self.lower, self.upper)
+            return rng.normal(0.0, self.params.init_std, self.dim)
+        return rng.uniform(self.lower, self.upper)
 
     def _n_initial(self) -> int:
         if self.params.init == "given":
-            return len(self._init)
+            return len(self.state.init)
         return self.params.archive_size
 
-    def _child(self) -> tuple[np.ndarray, dict[str, Any]]:
-        f = shared_fitness(self._scores, self.params.alpha)
-        p1, p2 = choose_parents(self._rng, f, self.params.use_attraction)
-        split = int(self._rng.integers(0, self.dim)) if self.params.use_splitpoint else self.dim
-        w = float(self._rng.uniform())
-        x = crossover(self._genomes[p1], self._genomes[p2], split, w)
+    def _child(self, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+        s = self.state
+        f = shared_fitness(s.scores, self.params.alpha)
+        p1, p2 = choose_parents(rng, f, self.params.use_attraction)
+        split = int(rng.integers(0, self.dim)) if self.params.use_splitpoint else self.dim
+        w = float(rng.uniform())
+        x = crossover(s.genomes[p1], s.genomes[p2], split, w)
         if self.params.mutation_std > 0:
-            x = x + self._rng.normal(0.0, self.params.mutation_std, self.dim)
+            x = x + rng.normal(0.0, self.params.mutation_std, self.dim)
         return x, {"parents": (p1, p2), "split": split, "w": w}
 
     def ask(self, n: int | None = None) -> list[Candidate]:
-        out = []
-        for _ in range(n or self.batch_size):
-            if self._next < self._n_initial() or len(self._genomes) < 2:
-                x, meta = self._initial(self._next), {"init": True}
+        s, out = self.state, []
+        rng = generator_at(s.rng)
+        # the archive does not change between asks (only tell admits), so one state serves all
+        for i in range(s.next, s.next + (n or self.batch_size)):
+            if i < self._n_initial() or len(s.genomes) < 2:
+                x, meta = self._initial(rng, i), {"init": True}
             else:
-                x, meta = self._child()
-            x = np.clip(x, self.lower, self.upper)
-            c = Candidate(self._next, x, meta)
-            self._pending[c.index] = c
-            self._next += 1
-            out.append(c)
+                x, meta = self._child(rng)
+            out.append(Candidate(i, np.clip(x, self.lower, self.upper), meta))
+        self.state = replace(
+            s,
+            rng=rng.bit_generator.state,
+            next=s.next + len(out),
+            pending={**s.pending, **{c.index: c for c in out}},
+        )
         return out
 
     # ---- tell -----------------------------------------------------------------------------
@@ -226,24 +196,25 @@ class M2N2(Driver):
             self._warned = True
             log.warning(SCALAR_WARNING.format(task=task))
 
-    def _admit(self, x: np.ndarray, row: np.ndarray, fitness: float) -> None:
-        if self._scores is not None and row.size != self._scores.shape[1]:
+    def _admitted(self, s: M2N2State, x: np.ndarray, row: np.ndarray, f: float) -> M2N2State:
+        """The state with the told child in the archive (or without, if it is the weakest)."""
+        if s.scores is not None and row.size != s.scores.shape[1]:
             raise UserInputError(
                 f"m2n2.tell: per-example row has {row.size} values, the archive has "
-                f"{self._scores.shape[1]}; every candidate must be scored on the same examples"
+                f"{s.scores.shape[1]}; every candidate must be scored on the same examples"
             )
-        if len(self._genomes) < self.params.archive_size:
-            self._genomes = np.vstack([self._genomes, x[None]])
-            self._scores = (
-                row[None] if self._scores is None else np.vstack([self._scores, row[None]])
-            )
-            self._fitness = np.append(self._fitness, fitness)
-            return
-        # full archive: compare the child with the P members, overwrite the loser in place
-        pool = np.vstack([self._scores, row[None]])
+        if len(s.genomes) < self.params.archive_size:
+            scores = row[None] if s.scores is None else np.vstack([s.scores, row[None]])
+            genomes = np.vstack([s.genomes, x[None]])
+            return replace(s, genomes=genomes, scores=scores, fitness=np.append(s.fitness, f))
+        # full archive: compare the child with the P members, the loser's row takes the child
+        pool = np.vstack([s.scores, row[None]])
         drop = int(np.argmin(shared_fitness(pool, self.params.alpha).sum(axis=1)))
-        if drop < len(self._genomes):
-            self._genomes[drop], self._scores[drop], self._fitness[drop] = x, row, fitness
+        if drop == len(s.genomes):
+            return s
+        genomes, scores, fitness = s.genomes.copy(), s.scores.copy(), s.fitness.copy()
+        genomes[drop], scores[drop], fitness[drop] = x, row, f
+        return replace(s, genomes=genomes, scores=scores, fitness=fitness)
 
     def tell(
         self,
@@ -251,46 +222,35 @@ class M2N2(Driver):
         fitness: Sequence[float],
         details: Sequence[EvalResult | None] | None = None,
     ) -> None:
-        values = check_tell(self.name, candidates, fitness, self._pending)
+        s = self.state
+        values = check_tell(self.name, candidates, fitness, s.pending)
         details = list(details) if details is not None else [None] * len(candidates)
         for c, f, d in zip(candidates, values, details):
-            del self._pending[c.index]
+            # stored after each step: a row refused below leaves the earlier children told
+            s = self.state = replace(
+                s, pending={i: p for i, p in s.pending.items() if i != c.index}
+            )
             if math.isnan(f):
                 continue  # a failed child never enters the archive
-            self._admit(c.x, self._row(f, d), f)
-            if self._best is None or f > self._best[1]:
-                self._best = (c, f)
+            s = self._admitted(s, c.x, self._row(f, d), f)
+            if s.best is None or f > s.best[1]:
+                s = replace(s, best=(c, f))
+            self.state = s
 
     def stop(self) -> bool:
         return False
 
     @property
     def best(self) -> tuple[Candidate, float] | None:
-        return self._best
+        return self.state.best
 
     @property
     def archive(self) -> tuple[np.ndarray, np.ndarray]:
         """(genomes P×D, raw fitness P) of the current archive."""
-        return self._genomes.copy(), self._fitness.copy()
+        return self.state.genomes.copy(), self.state.fitness.copy()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "rng": self._rng.bit_generator.state,
-            "genomes": self._genomes.copy(),
-            "scores": None if self._scores is None else self._scores.copy(),
-            "fitness": self._fitness.copy(),
-            "next": self._next,
-            "pending": dict(self._pending),
-            "best": self._best,
-            "init": list(self._init),
-        }
+        return self.state.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = state["rng"]
-        self._genomes = state["genomes"].copy()
-        self._scores = None if state["scores"] is None else state["scores"].copy()
-        self._fitness = state["fitness"].copy()
-        self._next = state["next"]
-        self._pending = dict(state["pending"])
-        self._best = state["best"]
-        self._init = list(state["init"])
+        self.state = M2N2State.from_state_dict(state)

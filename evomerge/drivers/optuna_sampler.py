@@ -14,26 +14,43 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.drivers.options import invalid, option
 from evomerge.errors import UserInputError
 from evomerge.results import EvalResult
+
+
+@dataclass(frozen=True)
+class OptunaOptions:
+    """``driver.options`` of optuna (``evomerge.drivers.options``)."""
+
+    sampler: str | None = option(
+        None, "tpe or nsga2 (null: tpe for one objective, nsga2 for several)"
+    )
+    objectives: int = option(1, "number of objectives (the fitness's objective names)")
+    batch_size: int = option(8, "trials asked per generation")
+    n_startup_trials: int = option(10, "TPE: random trials before the model-based ones")
+    enqueue_x0: bool = option(True, "evaluate the space's starting point first")
+
+    def __post_init__(self) -> None:
+        if self.sampler not in (None, "tpe", "nsga2"):
+            raise invalid("sampler", self.sampler, "valid: tpe, nsga2 or null")
+        for name in ("objectives", "batch_size"):
+            if getattr(self, name) < 1:
+                raise invalid(name, getattr(self, name), "must be >= 1")
+        if self.n_startup_trials < 0:
+            raise invalid("n_startup_trials", self.n_startup_trials, "must be >= 0")
 
 
 @register_driver
 class OptunaDriver(Driver):
     name = "optuna"
-    #: One line per driver.options key, for docs/config.md (evomerge schema).
-    option_help: ClassVar[dict[str, str]] = {
-        "sampler": "tpe or nsga2 (null: tpe for one objective, nsga2 for several)",
-        "objectives": "number of objectives (the fitness's objective names)",
-        "batch_size": "trials asked per generation",
-        "n_startup_trials": "TPE: random trials before the model-based ones",
-        "enqueue_x0": "evaluate the space's starting point first",
-    }
+    options_cls: ClassVar[type] = OptunaOptions
     can_ask_ahead = True
 
     def __init__(
@@ -44,33 +61,28 @@ class OptunaDriver(Driver):
         x0: np.ndarray,
         *,
         seed: int,
-        sampler: str | None = None,
-        objectives: int = 1,
-        batch_size: int = 8,
-        n_startup_trials: int = 10,
-        enqueue_x0: bool = True,
+        **options: Any,
     ) -> None:
-        super().__init__(dim, lower, upper, x0, seed=seed)
+        super().__init__(dim, lower, upper, x0, seed=seed, **options)
         import optuna
 
+        o = self.options
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.objectives = int(objectives)
-        self.batch_size = int(batch_size)
-        kind = sampler or ("nsga2" if self.objectives > 1 else "tpe")
+        self.objectives = int(o.objectives)
+        self.batch_size = int(o.batch_size)
+        kind = o.sampler or ("nsga2" if self.objectives > 1 else "tpe")
         if kind == "tpe":
             smp = optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=n_startup_trials, multivariate=True
+                seed=seed, n_startup_trials=o.n_startup_trials, multivariate=True
             )
-        elif kind == "nsga2":
-            smp = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(self.batch_size, 4))
         else:
-            raise UserInputError(f"optuna: unknown sampler {kind!r}; valid: tpe, nsga2")
+            smp = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(self.batch_size, 4))
         self._study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=smp)
         self._dists = {
             f"x{i}": optuna.distributions.FloatDistribution(float(lo), float(hi))
             for i, (lo, hi) in enumerate(zip(self.lower, self.upper))
         }
-        if enqueue_x0:
+        if o.enqueue_x0:
             self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
         self._next = 0
         self._pending: dict[int, int] = {}  # candidate index -> trial number

@@ -5,24 +5,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.drivers._common import check_tell
+from evomerge.drivers._common import check_tell, generator_at
 from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.drivers.options import invalid, option
 from evomerge.errors import UserInputError
 from evomerge.results import EvalResult
+
+
+@dataclass(frozen=True)
+class RandomOptions:
+    batch_size: int = option(8, "uniform samples asked per generation")
+    include_x0: bool = option(True, "evaluate the space's starting point first")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise invalid("batch_size", self.batch_size, "ask at least 1 sample per generation")
+
+
+@dataclass(frozen=True)
+class RandomState:
+    """Everything a resume needs; ``tell`` and ``ask`` return a new one. The state dict is its
+    fields by name (the keys checkpoints have always had)."""
+
+    rng: dict  # the PCG64 bit generator's state (``Generator.bit_generator.state``)
+    next: int  # the ask counter
+    pending: dict  # index -> Candidate asked and not yet told
+    best: tuple[Candidate, float] | None
 
 
 @register_driver
 class RandomSearch(Driver):
     name = "random"
-    #: One line per driver.options key, for docs/config.md (evomerge schema).
-    option_help: ClassVar[dict[str, str]] = {
-        "batch_size": "uniform samples asked per generation",
-        "include_x0": "evaluate the space's starting point first",
-    }
+    options_cls: ClassVar[type] = RandomOptions
     can_ask_ahead = True
 
     def __init__(
@@ -33,33 +52,32 @@ class RandomSearch(Driver):
         x0: np.ndarray,
         *,
         seed: int,
-        batch_size: int = 8,
-        include_x0: bool = True,
+        **options: Any,
     ) -> None:
-        super().__init__(dim, lower, upper, x0, seed=seed)
+        super().__init__(dim, lower, upper, x0, seed=seed, **options)
         if not (np.all(np.isfinite(self.lower)) and np.all(np.isfinite(self.upper))):
             raise UserInputError("random: needs finite bounds on every gene")
-        self.batch_size = int(batch_size)
-        self.include_x0 = include_x0
-        self._rng = np.random.default_rng(seed)
-        self._next = 0
-        self._pending: dict[int, Candidate] = {}
-        self._best: tuple[Candidate, float] | None = None
+        self.batch_size = int(self.options.batch_size)
+        self.include_x0 = self.options.include_x0
+        rng = np.random.default_rng(seed).bit_generator.state
+        self.state = RandomState(rng=rng, next=0, pending={}, best=None)
 
     def racing_need(self) -> int:
         return 1  # only the best matters
 
     def ask(self, n: int | None = None) -> list[Candidate]:
-        out = []
-        for _ in range(n or self.batch_size):
-            if self._next == 0 and self.include_x0:
+        s, out = self.state, []
+        rng = generator_at(s.rng)
+        for i in range(s.next, s.next + (n or self.batch_size)):
+            if i == 0 and self.include_x0:
                 x = self.x0.copy()
             else:
-                x = self._rng.uniform(self.lower, self.upper)
-            c = Candidate(self._next, x)
-            self._pending[c.index] = c
-            self._next += 1
-            out.append(c)
+                x = rng.uniform(self.lower, self.upper)
+            out.append(Candidate(i, x))
+        pending = {**s.pending, **{c.index: c for c in out}}
+        self.state = replace(
+            s, rng=rng.bit_generator.state, next=s.next + len(out), pending=pending
+        )
         return out
 
     def tell(
@@ -68,29 +86,27 @@ class RandomSearch(Driver):
         fitness: Sequence[float],
         details: Sequence[EvalResult | None] | None = None,
     ) -> None:
-        values = check_tell(self.name, candidates, fitness, self._pending)
+        s = self.state
+        values = check_tell(self.name, candidates, fitness, s.pending)
+        pending, best = dict(s.pending), s.best
         for c, f in zip(candidates, values):
-            del self._pending[c.index]
-            if not math.isnan(f) and (self._best is None or f > self._best[1]):
-                self._best = (c, f)
+            del pending[c.index]
+            if not math.isnan(f) and (best is None or f > best[1]):
+                best = (c, f)
+        self.state = replace(s, pending=pending, best=best)
 
     def stop(self) -> bool:
         return False
 
     @property
     def best(self) -> tuple[Candidate, float] | None:
-        return self._best
+        return self.state.best
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "rng": self._rng.bit_generator.state,
-            "next": self._next,
-            "pending": dict(self._pending),
-            "best": self._best,
-        }
+        s = self.state
+        return {"rng": s.rng, "next": s.next, "pending": dict(s.pending), "best": s.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = state["rng"]
-        self._next = state["next"]
-        self._pending = dict(state["pending"])
-        self._best = state["best"]
+        self.state = RandomState(
+            rng=state["rng"], next=state["next"], pending=dict(state["pending"]), best=state["best"]
+        )
