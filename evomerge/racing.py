@@ -16,7 +16,9 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    fully scored, so their values on these items are known; the generation's candidates
    count with their means so far);
 3. the others get the next ``slice`` items, and so on until only survivors are left, which
-   are scored on every item, or every item is used.
+   are scored on every item, or every item is used. Each round is submitted in the reverse
+   of the previous one's order (``submission_order``): the candidates scored last are still
+   resident on their workers and are scored first, without a merge (``Materializer``).
 
 So the archive, the winner and the driver's best k only ever hold fully scored candidates; a
 stopped candidate is told the mean of the values it got (an unbiased estimate of its fitness

@@ -161,3 +161,4 @@ def test_a_free_ray_worker_takes_its_resident_candidate_and_leaves_the_others():
     assert pick_ticket([None, "a"], "a", set()) == 1
     assert pick_ticket(["a", "a"], None, {"a"}) == 0  # only others' residents: take the first
     assert pick_ticket([None, "b"], None, {"b"}) == 0  # a wants job is nobody's
+    assert pick_ticket(["a", "b"], "c", set(), own_only=True) is None

@@ -42,7 +42,8 @@ class WorkerContext(Protocol):
     seed: int
     tokenizer: Any
 
-    def materialize(self, recipe: Recipe) -> Any: ...
+    def materialize(self, recipe: Recipe) -> Any:
+        """The resident model holding ``recipe`` (not merged again when it already does)."""
 
     def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
         """(result, aggregate fitness, objectives); with ``items`` (racing) only those items."""

@@ -238,28 +238,32 @@ class RayEvaluator(Evaluator):
 
     # ---- the scheduler --------------------------------------------------------------------------
     def _pump(self) -> None:
-        for s in self._slots:
-            if not self._queue:
-                return
-            if s.warm_ref is None and s.ticket is None:
-                t = self._take(s)
-                s.ticket, s.started = t, time.monotonic()
-                s.resident = self._digests.get(t)  # (a wants job: unknown)
-                s.run_ref = s.actor.run.remote(
-                    self._recipes[t],
-                    self._node_refs,
-                    self.timeout_s,
-                    self._wants.get(t),
-                    self._items.get(t),
-                )
+        free = [s for s in self._slots if s.warm_ref is None and s.ticket is None]
+        # every free worker takes its resident candidate's job first, then the queue's others
+        for own_only in (True, False):
+            for s in free:
+                if not self._queue:
+                    return
+                if s.ticket is None:
+                    self._start(s, own_only)
 
-    def _take(self, slot: _Slot) -> int:
-        """The queued ticket ``slot`` runs next: ``pick_ticket`` over the queue."""
-        held = {s.resident for s in self._slots if s is not slot and s.resident is not None}
-        i = pick_ticket([self._digests.get(t) for t in self._queue], slot.resident, held)
+    def _start(self, s: _Slot, own_only: bool) -> None:
+        held = {o.resident for o in self._slots if o is not s and o.resident is not None}
+        queued = [self._digests.get(t) for t in self._queue]
+        i = pick_ticket(queued, s.resident, held, own_only=own_only)
+        if i is None:
+            return
         t = self._queue[i]
         del self._queue[i]
-        return t
+        s.ticket, s.started = t, time.monotonic()
+        s.resident = self._digests.get(t)  # (a wants job: unknown)
+        s.run_ref = s.actor.run.remote(
+            self._recipes[t],
+            self._node_refs,
+            self.timeout_s,
+            self._wants.get(t),
+            self._items.get(t),
+        )
 
     def _wait_budget(self, deadline: float | None) -> float | None:
         budgets = [] if deadline is None else [deadline - time.monotonic()]
@@ -417,15 +421,20 @@ class RayEvaluator(Evaluator):
             self._owned = False
 
 
-def pick_ticket(queued: Sequence[str | None], mine: str | None, elsewhere: set[str]) -> int:
+def pick_ticket(
+    queued: Sequence[str | None], mine: str | None, elsewhere: set[str], own_only: bool = False
+) -> int | None:
     """Index in the queue (digests in queue order; None: a wants job) of the job a free worker
-    takes: the first of its resident candidate, else the first whose candidate is not resident
-    on another worker, else the first."""
+    takes: the first of its resident candidate (``own_only``: that or None), else the first
+    whose candidate is not resident on another worker, else the first (the worker holding it
+    is busy: a merge costs less than leaving this one idle)."""
     if mine is not None:
         for i, d in enumerate(queued):
             if d == mine:
                 return i
+    if own_only:
+        return None
     for i, d in enumerate(queued):
         if d is None or d not in elsewhere:
             return i
-    return 0
+    return 0 if queued else None
