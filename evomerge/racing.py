@@ -16,7 +16,9 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    fully scored, so their values on these items are known; the generation's candidates
    count with their means so far);
 3. the others get the next ``slice`` items, and so on until only survivors are left, which
-   are scored on every item, or every item is used.
+   are scored on every item, or every item is used. Each round is submitted in the reverse
+   of the previous one's order (``submission_order``): the candidates scored last are still
+   resident on their workers and are scored first, without a merge (``Materializer``).
 
 So the archive, the winner and the driver's best k only ever hold fully scored candidates; a
 stopped candidate is told the mean of the values it got (an unbiased estimate of its fitness
@@ -82,6 +84,9 @@ def sure_losers(
 
 
 class Racer:
+    # False submits every round in candidate order (to compare, in tests)
+    resident_order = True
+
     def __init__(self, cfg: Any, pool: ItemPool, fitness: Any, need: int, top_k: int) -> None:
         self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
         self.top_k = top_k  # the archive's size
@@ -99,10 +104,12 @@ class Racer:
         failed: dict[int, JobResult] = {}
         alive = list(range(n))
         start, stop = 0, min(size, self.cfg.first_slice)
+        order: list[int] = []
         while alive and start < size:
-            items = [self.pool.positions(start, stop)] * len(alive)
-            results = evaluator.evaluate([recipes[i] for i in alive], items)
-            for i, r in zip(alive, results, strict=True):
+            order = self.submission_order(order, alive)
+            items = [self.pool.positions(start, stop)] * len(order)
+            results = evaluator.evaluate([recipes[i] for i in order], items)
+            for i, r in zip(order, results, strict=True):
                 spent[i] += stop - start
                 seconds[i] += r.seconds
                 last[i] = r
@@ -126,6 +133,16 @@ class Racer:
             else:
                 results.append(self._result(last[i], parts[i], values[i], seconds[i]))
         return RaceOutcome(results, spent)
+
+    def submission_order(self, previous: list[int], alive: list[int]) -> list[int]:
+        """The order a round's slices are submitted in: the previous round's, reversed (the
+        candidates scored last are resident on the workers that scored them, so they go
+        first and need no merge), for those still racing. Each slice is a job seeded by its
+        recipe alone: the order changes no value, only how often a candidate is merged."""
+        if not self.resident_order or not previous:
+            return list(alive)
+        racing = set(alive)
+        return [i for i in reversed(previous) if i in racing]
 
     def _result(self, last: JobResult, parts: list, values: np.ndarray, secs: float) -> JobResult:
         joined = self.pool.join(parts)

@@ -170,6 +170,17 @@ class TestOneEvaluator:
         used = {w for w, n in evaluator.stats.per_worker.items() if n > before.get(w, 0)}
         assert len(used) >= 2  # candidates really went to several workers
 
+    def test_a_free_worker_takes_the_candidate_it_holds(self, evaluator, experts):
+        # racing submits a round, then the survivors again in reverse order: the candidate a
+        # worker ran last (resident there) goes back to that worker (no merge)
+        rs = recipes(experts, 4, seed=2)
+        first = evaluator.evaluate(rs)
+        last = {r.worker: r.digest for r in first}  # (results in ticket order)
+        again = evaluator.evaluate(rs[::-1])
+        ran = {r.digest: r.worker for r in again}
+        assert len(last) == 2 and all(ran[d] == w for w, d in last.items()), (last, ran)
+        assert [r.fitness for r in again] == [r.fitness for r in first[::-1]]
+
     def test_killed_worker_requeues_its_candidate(self, evaluator, experts):
         rs = recipes(experts, 10, seed=1)  # 0.5 s each: a kill lands while one runs
         killed: list[int] = []

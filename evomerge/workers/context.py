@@ -61,7 +61,8 @@ class ResidentWorker:
         self.tokenizer = self._own_tokenizer = load_tokenizer(folder)
 
     def materialize(self, recipe: Recipe) -> Any:
-        model = self.materializer.materialize(recipe)
+        # keyed by the digest: a racing slice of the candidate already resident merges nothing
+        model = self.materializer.materialize(recipe, key=recipe.digest())
         self.tokenizer = self._tokenizer_for(recipe)
         return model
 
@@ -75,6 +76,11 @@ class ResidentWorker:
         cache = self.cache
         refs = recipe.source_paths()
         return plan_vocab(recipe, refs, cache.folder, lambda r: cache.model(r).config).tokenizer
+
+    def forget_resident(self) -> None:
+        """Something other than a candidate's merge may have written into the resident model:
+        the next candidate is merged, even the one merged last."""
+        self.materializer.forget()
 
     @property
     def space(self) -> Any:

@@ -42,7 +42,8 @@ class WorkerContext(Protocol):
     seed: int
     tokenizer: Any
 
-    def materialize(self, recipe: Recipe) -> Any: ...
+    def materialize(self, recipe: Recipe) -> Any:
+        """The resident model holding ``recipe`` (not merged again when it already does)."""
 
     def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
         """(result, aggregate fitness, objectives); with ``items`` (racing) only those items."""
@@ -119,6 +120,9 @@ def run_wants_job(
 
     digest = recipe.digest()
     t0 = time.perf_counter()
+    # a gradient job may load its own weights into a model of the worker: whatever the
+    # resident model held is no longer trusted to be the last candidate merged
+    getattr(ctx, "forget_resident", lambda: None)()
     try:
         with _seeded(job_seed(ctx.seed, digest)), _deadline(timeout_s):
             wanted = compute_wants(ctx.space, wants)

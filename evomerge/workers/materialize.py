@@ -17,6 +17,13 @@ that does not depend on the candidate (sorted |τ| for top-k, DARE/DELLA uniform
 experts' float32 bytes at most by default (``stats_ratio``), ``stats=False`` turns it off. The
 engine's operators write straight into the resident parameters where they can (``out=``).
 
+A candidate already resident is not merged again (racing scores one candidate a slice at a
+time, each slice a job): ``materialize(recipe, key=...)`` returns the model as it is when the
+last merge was of the same key and nothing has written into the model since (see
+``_stamp``). The key is the recipe's digest: it covers everything that changes a merged byte
+(models, parameters, ``dtype``, ``seed`` of the stochastic operators); the experts, the
+resident dtype and placement are fixed for a materializer's life.
+
 ``write_model(recipe, out_dir)`` is the disk path (the archive, exports): the engine's run_merge.
 """
 
@@ -183,9 +190,24 @@ class ExpertCache:
 MergeFn = Callable[[Any, ExpertCache], tuple[Any, Any]]
 
 
+class MergeTally:
+    """Merges done and merges skipped (candidate already resident), over every materializer of
+    this process: what tests and benchmarks count (a merge is seconds on a real model)."""
+
+    def __init__(self) -> None:
+        self.merges = 0
+        self.reused = 0
+
+
+TALLY = MergeTally()
+
+
 class Materializer:
     """``merge_fn(recipe, cache) -> (output config, iterable of (name, tensor))``; default: the
     engine (``engine_bridge.merged_tensors``)."""
+
+    # False merges every candidate even when it is resident (to compare, in tests)
+    reuse_resident = True
 
     def __init__(
         self, cache: ExpertCache, *, device: str = "cpu", merge_fn: MergeFn | None = None
@@ -199,10 +221,47 @@ class Materializer:
         self._layer_pool: list[Any] = []
         self._targets: dict[str, torch.Tensor] = {}
         self._required: list[str] = []
+        self._holds: Any = None  # key of the candidate whose weights the model holds, or None
+        self._holds_stamp: Any = None  # _stamp() right after that merge
 
     # ---- the per-candidate path ----------------------------------------------------------------
     @torch.no_grad()
-    def materialize(self, recipe: Any) -> Any:
+    def materialize(self, recipe: Any, key: Any = None) -> Any:
+        """The resident model holding ``recipe``'s merge. With ``key`` (what identifies the
+        merged bytes, e.g. the recipe's digest): no merge when the model already holds it."""
+        if key is not None and self.holds(key):
+            TALLY.reused += 1
+            return self.model
+        self.forget()  # from here until the merge completes the model holds no candidate
+        model = self._merge(recipe)
+        TALLY.merges += 1
+        if key is not None and self.reuse_resident:
+            self._holds, self._holds_stamp = key, self._stamp()
+        return model
+
+    def holds(self, key: Any) -> bool:
+        """The model holds the merge of ``key``, untouched since (no in-place write into a
+        parameter or buffer, no parameter replaced, no rebuild or resize)."""
+        return (
+            self.reuse_resident
+            and self.model is not None
+            and self._holds == key
+            and self._holds_stamp == self._stamp()
+        )
+
+    def forget(self) -> None:
+        """Whatever the model holds is no longer a known candidate (call it after writing into
+        the resident model by other means than ``materialize``)."""
+        self._holds = self._holds_stamp = None
+
+    def _stamp(self) -> tuple:
+        """Each target's storage and version counter: torch bumps a tensor's ``_version`` on
+        every in-place write (``copy_``, ``add_``, an optimizer step, ``load_state_dict``), and
+        ``model.to`` or a rebuild changes the storage. (A write through ``.data`` escapes the
+        version counter: code that does so must call ``forget``.)"""
+        return tuple((t.data_ptr(), t._version) for t in self._targets.values())
+
+    def _merge(self, recipe: Any) -> Any:
         merge_fn = self.merge_fn
         if merge_fn is None:
             from evomerge.workers.engine_bridge import merged_tensors
@@ -237,6 +296,7 @@ class Materializer:
         return model
 
     def release(self) -> None:
+        self.forget()
         self.model, self._arch, self._layer_pool, self._targets = None, None, [], {}
         self._config = None
 
@@ -257,6 +317,7 @@ class Materializer:
     def _build(self, config: Any) -> None:
         from transformers import AutoModelForCausalLM
 
+        self.forget()
         try:
             from transformers.initialization import no_init_weights
         except ImportError:  # older transformers
@@ -275,6 +336,7 @@ class Materializer:
 
     def _resize(self, n: int, config: Any) -> None:
         """Grow or shrink the decoder stack in place, keeping every built layer for reuse."""
+        self.forget()
         model = self.model
         if isinstance(getattr(config, "layer_types", None), list):
             # a layer reads its attention kind from config.layer_types[layer_idx] when built

@@ -7,6 +7,12 @@ batch while the last ones of this batch still run (drivers that can ask ahead). 
 and the ordered stream both hand results back in submission (= ask) order, so what the driver
 and the store see never depends on which worker finished first.
 
+Affinity (racing): a worker whose resident model holds a candidate (the digest of the last
+fitness job it ran) takes that candidate's next queued job first, and no free worker takes a
+job whose candidate is resident on another worker while other jobs wait: racing submits a
+candidate's slices as separate jobs, and a job landing where its candidate is resident merges
+nothing (``Materializer.materialize``). Which worker runs a job changes no score.
+
 Faults: each actor has ``max_restarts``; when its process dies, its candidate goes back to the
 front of the queue (up to ``max_retries`` times, then FAIL) and the restarted actor rebuilds its
 state from the experts still held in its node's object store. A result is accepted once per
@@ -44,6 +50,7 @@ class _Slot:
     run_ref: Any = None
     started: float = 0.0
     warm_failures: int = 0
+    resident: str | None = None  # digest of the candidate its model last merged, if known
 
 
 @dataclass
@@ -108,6 +115,7 @@ class RayEvaluator(Evaluator):
         self._queue: deque[int] = deque()
         self._items: dict[int, dict[str, list[int]]] = {}  # racing: the items a ticket scores
         self._recipes: dict[int, Recipe] = {}
+        self._digests: dict[int, str] = {}  # fitness jobs: the recipe's digest (affinity)
         self._wants: dict[int, Mapping[str, Any]] = {}
         self._attempts: dict[int, int] = {}
         self._done: dict[int, JobResult] = {}
@@ -172,6 +180,8 @@ class RayEvaluator(Evaluator):
         self._recipes[t] = recipe
         if wants:
             self._wants[t] = wants
+        else:
+            self._digests[t] = recipe.digest()
         if items is not None:
             self._items[t] = items
         self._attempts[t] = 0
@@ -228,19 +238,32 @@ class RayEvaluator(Evaluator):
 
     # ---- the scheduler --------------------------------------------------------------------------
     def _pump(self) -> None:
-        for s in self._slots:
-            if not self._queue:
-                return
-            if s.warm_ref is None and s.ticket is None:
-                t = self._queue.popleft()
-                s.ticket, s.started = t, time.monotonic()
-                s.run_ref = s.actor.run.remote(
-                    self._recipes[t],
-                    self._node_refs,
-                    self.timeout_s,
-                    self._wants.get(t),
-                    self._items.get(t),
-                )
+        free = [s for s in self._slots if s.warm_ref is None and s.ticket is None]
+        # every free worker takes its resident candidate's job first, then the queue's others
+        for own_only in (True, False):
+            for s in free:
+                if not self._queue:
+                    return
+                if s.ticket is None:
+                    self._start(s, own_only)
+
+    def _start(self, s: _Slot, own_only: bool) -> None:
+        held = {o.resident for o in self._slots if o is not s and o.resident is not None}
+        queued = [self._digests.get(t) for t in self._queue]
+        i = pick_ticket(queued, s.resident, held, own_only=own_only)
+        if i is None:
+            return
+        t = self._queue[i]
+        del self._queue[i]
+        s.ticket, s.started = t, time.monotonic()
+        s.resident = self._digests.get(t)  # (a wants job: unknown)
+        s.run_ref = s.actor.run.remote(
+            self._recipes[t],
+            self._node_refs,
+            self.timeout_s,
+            self._wants.get(t),
+            self._items.get(t),
+        )
 
     def _wait_budget(self, deadline: float | None) -> float | None:
         budgets = [] if deadline is None else [deadline - time.monotonic()]
@@ -272,6 +295,7 @@ class RayEvaluator(Evaluator):
             s.warm_ref, s.warm_failures = None, 0
         except RayActorError:
             s.warm_failures += 1
+            s.resident = None
             if s.warm_failures >= 3:  # Ray gave up on it (or its node is gone): replace it
                 self.ray.kill(s.actor, no_restart=True)
                 self._replaced += 1
@@ -296,6 +320,7 @@ class RayEvaluator(Evaluator):
     def _worker_died(self, s: _Slot, t: int | None, why: str) -> None:
         self.stats.worker_deaths += 1
         s.warm_ref = s.actor.warmup.remote(self._node_refs)  # waits for the restart
+        s.resident = None
         if t is None or t not in self._recipes:
             return
         self._attempts[t] += 1
@@ -326,6 +351,7 @@ class RayEvaluator(Evaluator):
             s.ticket, s.run_ref = None, None
             self.stats.hard_timeouts += 1
             self.ray.kill(s.actor, no_restart=False)
+            s.resident = None
             self.stats.worker_deaths += 1
             s.warm_ref = s.actor.warmup.remote(self._node_refs)
             self._accept(
@@ -342,6 +368,7 @@ class RayEvaluator(Evaluator):
         if t not in self._recipes:  # already answered (cannot score a ticket twice)
             return
         del self._recipes[t]
+        self._digests.pop(t, None)
         wants_job = self._wants.pop(t, None) is not None
         self._attempts.pop(t, None)
         self._items.pop(t, None)
@@ -392,3 +419,22 @@ class RayEvaluator(Evaluator):
         if getattr(self, "_owned", False):
             self.ray.shutdown()
             self._owned = False
+
+
+def pick_ticket(
+    queued: Sequence[str | None], mine: str | None, elsewhere: set[str], own_only: bool = False
+) -> int | None:
+    """Index in the queue (digests in queue order; None: a wants job) of the job a free worker
+    takes: the first of its resident candidate (``own_only``: that or None), else the first
+    whose candidate is not resident on another worker, else the first (the worker holding it
+    is busy: a merge costs less than leaving this one idle)."""
+    if mine is not None:
+        for i, d in enumerate(queued):
+            if d == mine:
+                return i
+    if own_only:
+        return None
+    for i, d in enumerate(queued):
+        if d is None or d not in elsewhere:
+            return i
+    return 0 if queued else None
