@@ -102,6 +102,7 @@ def write_sources(experiment: Experiment) -> None:
     recipe = experiment.winner
     if recipe is None:
         return
+    from evomerge.fitness.constraints import Constraints
     from evomerge.workers.materialize import write_model
 
     out = experiment.run_dir / SOURCES_DIR / recipe.digest()
@@ -122,7 +123,10 @@ def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
     check_fit(cfg.driver.name, cfg.space)
     cls = get_driver(cfg.driver.name)
     # driver.options are checked by the driver's options dataclass (drivers/options.py)
-    return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
+    driver = cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
+    if cfg.fitness.constraints and getattr(driver, "native_constraints", False):
+        driver.use_constraints()  # Optuna: its sampler's constraints_func
+    return driver
 
 
 def evaluator_for(experiment: Experiment, split: str = "search") -> Evaluator:
@@ -184,6 +188,7 @@ def _assemble(experiment, store, space, driver, evaluator, resumed, lock, hooks)
         on_generation=hooks[0],
         stop_event=hooks[1],
         racer=build_racer(cfg, driver),
+        constraints=Constraints.of(cfg.fitness),
     )
     loop.restore()
     return Search(cfg, run_dir, experiment, store, space, driver, evaluator, loop, resumed, lock)

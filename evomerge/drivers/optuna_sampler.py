@@ -7,6 +7,10 @@ failures, which its samplers know to ignore). With ``objectives: k > 1`` each fi
 is a sequence of k floats (NaN anywhere = failed). The study lives in Optuna's in-memory
 storage; ``state_dict`` pickles it whole (trials and the sampler's RNG), so the next ``ask``
 after a resume is the one the uninterrupted run would have made.
+
+``fitness.constraints`` reach Optuna natively: the sampler gets a ``constraints_func`` (TPE and
+NSGA-II both take one) reading each trial's constraint values (<= 0 holds), which the loop hands
+over with ``tell_constraints`` before ``tell``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class OptunaDriver(Driver):
     name = "optuna"
     options_cls: ClassVar[type] = OptunaOptions
     can_ask_ahead = True
+    native_constraints = True  # told raw values; constraints through the sampler
 
     def __init__(
         self,
@@ -70,23 +75,52 @@ class OptunaDriver(Driver):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.objectives = int(o.objectives)
         self.batch_size = int(o.batch_size)
-        kind = o.sampler or ("nsga2" if self.objectives > 1 else "tpe")
-        if kind == "tpe":
-            smp = optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=o.n_startup_trials, multivariate=True
-            )
-        else:
-            smp = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(self.batch_size, 4))
-        self._study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=smp)
+        self._seed = seed
         self._dists = {
             f"x{i}": optuna.distributions.FloatDistribution(float(lo), float(hi))
             for i, (lo, hi) in enumerate(zip(self.lower, self.upper))
         }
-        if o.enqueue_x0:
-            self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
+        self._new_study(None)
+        self._constraints: dict[int, list[float]] = {}  # trial number -> values, until told
         self._next = 0
         self._pending: dict[int, int] = {}  # candidate index -> trial number
         self._best: tuple[Candidate, float] | None = None
+
+    def _new_study(self, constraints_func: Any) -> None:
+        import optuna
+
+        o, seed = self.options, self._seed
+        kind = o.sampler or ("nsga2" if self.objectives > 1 else "tpe")
+        if kind == "tpe":
+            smp = optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=o.n_startup_trials,
+                multivariate=True,
+                constraints_func=constraints_func,
+            )
+        else:
+            smp = optuna.samplers.NSGAIISampler(
+                seed=seed,
+                population_size=max(self.batch_size, 4),
+                constraints_func=constraints_func,
+            )
+        self._study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=smp)
+        if o.enqueue_x0:
+            self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
+
+    def use_constraints(self) -> None:
+        """Rebuild the (still empty) study with a sampler that honours fitness.constraints."""
+        if self._next:
+            raise RuntimeError("use_constraints must come before the first ask")
+        self._new_study(stored_constraints)
+
+    def tell_constraints(
+        self, candidates: Sequence[Candidate], values: Sequence[list[float] | None]
+    ) -> None:
+        """Each candidate's constraint values (None: a failure), used by the coming ``tell``."""
+        for c, v in zip(candidates, values, strict=True):
+            if v is not None and c.index in self._pending:
+                self._constraints[self._pending[c.index]] = [float(x) for x in v]
 
     def racing_need(self) -> int | None:
         # single objective: only the best matters (TPE is told the others' estimates)
@@ -135,10 +169,19 @@ class OptunaDriver(Driver):
         checked = [self._values(c, f) for c, f in zip(candidates, fitness)]
         for c, vals in zip(candidates, checked):
             number = self._pending.pop(c.index)
+            cons = self._constraints.pop(number, None)
             if vals is None:
                 self._study.tell(number, state=optuna.trial.TrialState.FAIL)
                 continue
+            if cons is not None:  # read back by stored_constraints when the trial completes
+                storage = self._study._storage
+                tid = storage.get_trial_id_from_study_id_trial_number(
+                    self._study._study_id, number
+                )
+                storage.set_trial_user_attr(tid, CONSTRAINTS_ATTR, cons)
             self._study.tell(number, vals if self.objectives > 1 else vals[0])
+            if cons is not None and max(cons) > 0:
+                continue  # infeasible: never the driver's best
             score = vals[0] if self.objectives == 1 else float(np.mean(vals))
             if self._best is None or score > self._best[1]:
                 self._best = (c, score)
@@ -163,6 +206,15 @@ class OptunaDriver(Driver):
         self._next = state["next"]
         self._pending = dict(state["pending"])
         self._best = state["best"]
+
+
+CONSTRAINTS_ATTR = "evomerge_constraints"
+
+
+def stored_constraints(trial: Any) -> list[float]:
+    """Optuna's constraints_func: the values the loop told (module level: the pickled study's
+    sampler refers to it by name)."""
+    return list(trial.user_attrs[CONSTRAINTS_ATTR])
 
 
 def _dump_study(study: Any) -> bytes:
