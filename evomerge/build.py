@@ -102,7 +102,6 @@ def write_sources(experiment: Experiment) -> None:
     recipe = experiment.winner
     if recipe is None:
         return
-    from evomerge.fitness.constraints import Constraints
     from evomerge.workers.materialize import write_model
 
     out = experiment.run_dir / SOURCES_DIR / recipe.digest()
@@ -123,10 +122,7 @@ def build_driver(cfg: ExperimentConfig, space: SearchSpace) -> Driver:
     check_fit(cfg.driver.name, cfg.space)
     cls = get_driver(cfg.driver.name)
     # driver.options are checked by the driver's options dataclass (drivers/options.py)
-    driver = cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
-    if cfg.fitness.constraints and getattr(driver, "native_constraints", False):
-        driver.use_constraints()  # Optuna: its sampler's constraints_func
-    return driver
+    return cls.for_space(space, seed=cfg.seed, **cfg.driver.options)
 
 
 def evaluator_for(experiment: Experiment, split: str = "search") -> Evaluator:
@@ -171,6 +167,7 @@ def validate_fitness(cfg: ExperimentConfig) -> None:
 
 
 def _assemble(experiment, store, space, driver, evaluator, resumed, lock, hooks) -> Search:
+    from evomerge.fitness.constraints import Constraints
     from evomerge.workers.materialize import write_model
 
     cfg, run_dir, resolver = experiment.cfg, experiment.run_dir, experiment.resolver

@@ -8,9 +8,10 @@ is a sequence of k floats (NaN anywhere = failed). The study lives in Optuna's i
 storage; ``state_dict`` pickles it whole (trials and the sampler's RNG), so the next ``ask``
 after a resume is the one the uninterrupted run would have made.
 
-``fitness.constraints`` reach Optuna natively: the sampler gets a ``constraints_func`` (TPE and
-NSGA-II both take one) reading each trial's constraint values (<= 0 holds), which the loop hands
-over with ``tell_constraints`` before ``tell``.
+``fitness.constraints`` reach Optuna natively: before ``tell`` the loop hands each trial's
+constraint values (<= 0 holds) to ``tell_constraints``; they are set with
+``Trial.set_constraint``, which Optuna 5's TPE and NSGA-II samplers read (the deprecated
+``constraints_func`` is not used). The values live in the pickled study, so resume keeps them.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class OptunaDriver(Driver):
     name = "optuna"
     options_cls: ClassVar[type] = OptunaOptions
     can_ask_ahead = True
-    native_constraints = True  # told raw values; constraints through the sampler
+    native_constraints = True  # told raw values; constraints set on the trials
 
     def __init__(
         self,
@@ -75,52 +76,42 @@ class OptunaDriver(Driver):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.objectives = int(o.objectives)
         self.batch_size = int(o.batch_size)
-        self._seed = seed
+        kind = o.sampler or ("nsga2" if self.objectives > 1 else "tpe")
+        if kind == "tpe":
+            smp = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=o.n_startup_trials, multivariate=True
+            )
+        else:
+            smp = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(self.batch_size, 4))
+        self._study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=smp)
         self._dists = {
             f"x{i}": optuna.distributions.FloatDistribution(float(lo), float(hi))
             for i, (lo, hi) in enumerate(zip(self.lower, self.upper))
         }
-        self._new_study(None)
-        self._constraints: dict[int, list[float]] = {}  # trial number -> values, until told
-        self._next = 0
-        self._pending: dict[int, int] = {}  # candidate index -> trial number
-        self._best: tuple[Candidate, float] | None = None
-
-    def _new_study(self, constraints_func: Any) -> None:
-        import optuna
-
-        o, seed = self.options, self._seed
-        kind = o.sampler or ("nsga2" if self.objectives > 1 else "tpe")
-        if kind == "tpe":
-            smp = optuna.samplers.TPESampler(
-                seed=seed,
-                n_startup_trials=o.n_startup_trials,
-                multivariate=True,
-                constraints_func=constraints_func,
-            )
-        else:
-            smp = optuna.samplers.NSGAIISampler(
-                seed=seed,
-                population_size=max(self.batch_size, 4),
-                constraints_func=constraints_func,
-            )
-        self._study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=smp)
         if o.enqueue_x0:
             self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
-
-    def use_constraints(self) -> None:
-        """Rebuild the (still empty) study with a sampler that honours fitness.constraints."""
-        if self._next:
-            raise RuntimeError("use_constraints must come before the first ask")
-        self._new_study(stored_constraints)
+        self._next = 0
+        self._constraints: dict[int, list[float]] = {}  # trial number -> values, until told
+        self._pending: dict[int, int] = {}  # candidate index -> trial number
+        self._best: tuple[Candidate, float] | None = None
 
     def tell_constraints(
         self, candidates: Sequence[Candidate], values: Sequence[list[float] | None]
     ) -> None:
-        """Each candidate's constraint values (None: a failure), used by the coming ``tell``."""
+        """Each candidate's constraint values (None: a failure), set by the coming ``tell``."""
         for c, v in zip(candidates, values, strict=True):
             if v is not None and c.index in self._pending:
                 self._constraints[self._pending[c.index]] = [float(x) for x in v]
+
+    def _set_constraints(self, number: int, values: list[float]) -> None:
+        import optuna
+
+        # the trial's storage id from its number (the driver keeps numbers, as its state did)
+        study = self._study
+        tid = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        trial = optuna.trial.Trial(study, tid)
+        for i, v in enumerate(values):
+            trial.set_constraint(str(i), v)
 
     def racing_need(self) -> int | None:
         # single objective: only the best matters (TPE is told the others' estimates)
@@ -173,12 +164,8 @@ class OptunaDriver(Driver):
             if vals is None:
                 self._study.tell(number, state=optuna.trial.TrialState.FAIL)
                 continue
-            if cons is not None:  # read back by stored_constraints when the trial completes
-                storage = self._study._storage
-                tid = storage.get_trial_id_from_study_id_trial_number(
-                    self._study._study_id, number
-                )
-                storage.set_trial_user_attr(tid, CONSTRAINTS_ATTR, cons)
+            if cons is not None:
+                self._set_constraints(number, cons)
             self._study.tell(number, vals if self.objectives > 1 else vals[0])
             if cons is not None and max(cons) > 0:
                 continue  # infeasible: never the driver's best
@@ -206,15 +193,6 @@ class OptunaDriver(Driver):
         self._next = state["next"]
         self._pending = dict(state["pending"])
         self._best = state["best"]
-
-
-CONSTRAINTS_ATTR = "evomerge_constraints"
-
-
-def stored_constraints(trial: Any) -> list[float]:
-    """Optuna's constraints_func: the values the loop told (module level: the pickled study's
-    sampler refers to it by name)."""
-    return list(trial.user_attrs[CONSTRAINTS_ATTR])
 
 
 def _dump_study(study: Any) -> bytes:

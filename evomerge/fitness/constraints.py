@@ -17,7 +17,8 @@ evomerge applies them so:
   for an infeasible candidate: ``INFEASIBLE_FLOOR - violation``. Rank-based drivers only use the
   order of the values, and this order is exactly Deb's (every feasible score lies above the
   floor; less violation ranks higher), with no state to carry across a resume;
-* Optuna is told the constraint values natively (its samplers' ``constraints_func``).
+* Optuna is told the constraint values natively (``Trial.set_constraint``, which its TPE and
+  NSGA-II samplers read).
 
 A constraint whose score is missing or NaN makes the candidate a failure, as a task does.
 """
@@ -67,6 +68,9 @@ class Constraints:
         """Optuna's form, one value per constraint: <= 0 holds, > 0 is the violation."""
         out = []
         for c, s in zip(self.items, self.scores(scores), strict=True):
+            if math.isnan(s):
+                out.append(math.nan)
+                continue
             v = -math.inf
             if c.min is not None:
                 v = max(v, c.min - s)
@@ -93,8 +97,35 @@ def penalised(fitness: float, violation: float) -> float:
     return fitness if violation == 0.0 else INFEASIBLE_FLOOR - violation
 
 
-def feasible_fitness(fitness: float, scores: Mapping[str, float], cons: Constraints | None) -> float:
+def feasible_fitness(
+    fitness: float, scores: Mapping[str, float], cons: Constraints | None
+) -> float:
     """The fitness the archive ranks by: NaN (never enters) for an infeasible candidate."""
     if cons is None or fitness is None or math.isnan(fitness):
         return fitness
     return fitness if cons.violation(scores) == 0.0 else math.nan
+
+
+def bound_text(c: Any) -> str:
+    """``label >= min``, ``label <= max`` or ``min <= label <= max``."""
+    from evomerge.fitness.config import task_label
+
+    label = task_label(c.task)
+    if c.min is not None and c.max is not None:
+        return f"{c.min:g} <= {label} <= {c.max:g}"
+    return f"{label} >= {c.min:g}" if c.min is not None else f"{label} <= {c.max:g}"
+
+
+def summary_lines(cons: Constraints, trials: Sequence[Any]) -> list[str]:
+    """What ``status`` and the report say about the constraints: each bound, and how many of
+    the successful candidates met them all."""
+    ok = [t for t in trials if t.ok and t.reused_from is None]
+    bad = sum(1 for t in ok if cons.violation(t.scores) != 0.0)
+    lines = [f"constraint {bound_text(c)}" for c in cons.items]
+    lines.append(
+        f"constraints: {len(ok) - bad} feasible, {bad} infeasible of {len(ok)} evaluated "
+        "(only feasible candidates enter the archive)"
+    )
+    if ok and bad == len(ok):
+        lines.append("no feasible candidate yet: the archive is empty and there is no winner")
+    return lines
