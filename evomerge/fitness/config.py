@@ -229,8 +229,7 @@ class ConstraintConfig(_Frozen):
     # infeasible; it never enters the archive and single-objective drivers rank it below every
     # feasible one.
     task: TaskConfig
-    """the task scored for this constraint (same form as an entry of tasks; its objective and
-    weight are unused)"""
+    """the task scored for this constraint, same form as a tasks entry (objective, weight unused)"""
     min: float | None = None
     """the task's score must be >= min (e.g. backdoor_safety = 1 - attack success rate)"""
     max: float | None = None
@@ -259,8 +258,7 @@ class FitnessConfig(_Frozen):
     racing: RacingConfig | None = None
     """score each generation on growing item slices, dropping sure losers (null: off)"""
     constraints: list[ConstraintConfig] = Field(default_factory=list)
-    """tasks whose score must stay within a bound (min/max): infeasible candidates never enter
-    the archive (docs/fitness.md, Constraints)"""
+    """tasks whose score must stay within bounds; infeasible candidates never enter the archive"""
 
     @model_validator(mode="before")
     @classmethod
