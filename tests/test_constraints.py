@@ -29,6 +29,11 @@ pytestmark = pytest.mark.timeout(300)
 CAP = -4.23  # between the tiny family's experts (about -4.26) and CMA-ES's best (about -4.19)
 
 
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> dict:
+    return make_family(tmp_path_factory.mktemp("models"))
+
+
 def _constrained(tmp: Path, family: dict, cap: float = CAP, name: str = "exp.yaml") -> Path:
     exp = write_experiment(tmp, family, max_evals=25, popsize=5, name=name)
     text = exp.read_text().replace(
@@ -46,10 +51,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(_cli(*args), env=ENV, capture_output=True, text=True)
 
 
-def test_constrained_cma_es_archives_only_feasible_and_resumes_exactly(tmp_path, capsys):
+def test_constrained_cma_es_archives_only_feasible_and_resumes_exactly(tmp_path, capsys, family):
     from evomerge.commands.status import status
 
-    family = make_family(tmp_path / "models")
     exp = _constrained(tmp_path, family)
     full = tmp_path / "full"
     done = _run("search", str(exp), "--run-dir", str(full))
@@ -97,6 +101,27 @@ def test_constrained_cma_es_archives_only_feasible_and_resumes_exactly(tmp_path,
     assert res.returncode == 2
     assert "structural config changed (fitness)" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_no_feasible_candidate_means_no_winner_and_no_export(tmp_path, capsys, family):
+    from evomerge.commands.export import export
+    from evomerge.commands.search import search
+    from evomerge.commands.status import status
+
+    exp = _constrained(tmp_path, family, cap=-100.0)  # no merge scores that low
+    text = exp.read_text().replace("max_evals: 25", "max_evals: 5")
+    exp.write_text(text)
+    run = tmp_path / "run"
+    assert search(exp, run) == 1
+    said = capsys.readouterr().out
+    assert "no feasible candidate: none met every bound of fitness.constraints" in said
+    assert not _snapshot(run)[1]  # the archive table is empty
+    status(run)
+    said = capsys.readouterr().out
+    assert "constraints: 0 feasible, 5 infeasible of 5 evaluated" in said
+    assert "no feasible candidate yet" in said
+    with pytest.raises(UserInputError, match="no candidate met every bound"):
+        export(run, tmp_path / "w.yaml")
 
 
 def test_penalised_values_rank_as_debs_rules():
@@ -182,3 +207,32 @@ def test_store_feasibility_reads_sub_entries():
     cons = Constraints.of(cfg)
     assert cons.violation({"s/x": 0.4, "s/y": 0.8}) == pytest.approx(0.1)
     assert cons.feasible({"s": 0.5}) and math.isnan(cons.violation({}))
+
+
+def test_the_loop_tells_cma_es_penalised_values_and_optuna_raw_ones():
+    from evomerge.drivers.cma_es import CMAES
+    from evomerge.drivers.optuna_sampler import OptunaDriver
+    from evomerge.loop import constraint_values, told_values
+    from evomerge.results import EvalResult, JobResult, TaskScore
+
+    cfg = parse_fitness_config(
+        {
+            "tasks": [{"kind": "python", "function": "f.py:a"}],
+            "constraints": [{"task": {"kind": "python", "function": "f.py:b"}, "min": 0.5}],
+        }
+    )
+    cons = Constraints.of(cfg)
+
+    def job(a: float, b: float) -> JobResult:
+        scores = {"a": TaskScore(a), "b": TaskScore(b)}
+        return JobResult("d", "OK", a, (a,), EvalResult(tasks=scores))
+
+    results = [job(0.9, 0.1), job(0.3, 0.6), JobResult.failed("d", "boom")]
+    box = (2, np.zeros(2), np.ones(2), np.full(2, 0.5))
+    cma = CMAES(*box, seed=0, popsize=4)
+    told = told_values(cma, results, cons)
+    assert told[0] == pytest.approx(INFEASIBLE_FLOOR - 0.4) and told[1] == 0.3
+    assert math.isnan(told[2])
+    optuna_driver = OptunaDriver(*box, seed=0)
+    assert told_values(optuna_driver, results, cons)[:2] == [0.9, 0.3]
+    assert constraint_values(results, cons) == [pytest.approx([0.4]), pytest.approx([-0.1]), None]
