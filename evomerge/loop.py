@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +48,7 @@ from evomerge.racing import META_KEY as RACING_META
 from evomerge.racing import Racer, is_partial
 from evomerge.racing import meta as racing_meta
 from evomerge.recipe import Recipe
+from evomerge.results import EvalResult
 from evomerge.spaces.base import SearchSpace
 from evomerge.stop_reason import record_stop
 from evomerge.store import CandidateRecord as _CandRec
@@ -287,7 +288,8 @@ class SearchLoop:
         wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
         if self.constraints is not None and getattr(self.driver, "native_constraints", False):
             self.driver.tell_constraints(cands, constraint_values(results, self.constraints))
-        self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
+        details = [objective_entries(r.result, self.constraints) for r in results]
+        self.driver.tell(cands, fitness, details, **wanted)
         self._pending = _Told(records, results, recipes)
 
     def _take_asked(self) -> list[Candidate]:
@@ -510,6 +512,11 @@ def told_values(
         return [tuple(r.objectives) if r.ok else (math.nan,) * k for r in results]
     if constraints is None or getattr(driver, "native_constraints", False):
         return [r.fitness if r.ok else math.nan for r in results]
+    if getattr(driver, "ranks_by_details", False):  # M2N2: a penalty would not keep one out
+        return [
+            r.fitness if r.ok and constraints.violation(_scores(r)) == 0.0 else math.nan
+            for r in results
+        ]
     return [
         penalised(r.fitness, constraints.violation(_scores(r))) if r.ok else math.nan
         for r in results
@@ -519,6 +526,20 @@ def told_values(
 def constraint_values(results: Sequence[JobResult], constraints: Constraints) -> list:
     """Per result, Optuna's constraint values (<= 0 holds); None for a failure."""
     return [constraints.values(_scores(r)) if r.ok else None for r in results]
+
+
+def objective_entries(result: EvalResult | None, constraints: Constraints | None) -> Any:
+    """The EvalResult a driver is told as details: without the constraints' entries, so a
+    driver using per-example rows (M2N2's resources) sees the objective's items only."""
+    if result is None or constraints is None:
+        return result
+    drop = tuple(constraints.labels)
+    keep = {
+        n: t
+        for n, t in result.tasks.items()
+        if not any(n == d or n.startswith(d + "/") for d in drop)
+    }
+    return dataclasses.replace(result, tasks=keep)
 
 
 def _scores(r: JobResult) -> dict[str, float]:

@@ -211,8 +211,9 @@ def test_store_feasibility_reads_sub_entries():
 
 def test_the_loop_tells_cma_es_penalised_values_and_optuna_raw_ones():
     from evomerge.drivers.cma_es import CMAES
+    from evomerge.drivers.m2n2 import M2N2
     from evomerge.drivers.optuna_sampler import OptunaDriver
-    from evomerge.loop import constraint_values, told_values
+    from evomerge.loop import constraint_values, objective_entries, told_values
     from evomerge.results import EvalResult, JobResult, TaskScore
 
     cfg = parse_fitness_config(
@@ -236,3 +237,9 @@ def test_the_loop_tells_cma_es_penalised_values_and_optuna_raw_ones():
     optuna_driver = OptunaDriver(*box, seed=0)
     assert told_values(optuna_driver, results, cons)[:2] == [0.9, 0.3]
     assert constraint_values(results, cons) == [pytest.approx([0.4]), pytest.approx([-0.1]), None]
+    # M2N2 ranks by per-example rows: an infeasible child is told as a failure, and the rows
+    # it is told hold the objective's entries only
+    m2n2 = M2N2(*box, seed=0, archive_size=4, batch_size=2)
+    told = told_values(m2n2, results, cons)
+    assert math.isnan(told[0]) and told[1] == 0.3 and math.isnan(told[2])
+    assert list(objective_entries(results[1].result, cons).tasks) == ["a"]

@@ -17,6 +17,9 @@ evomerge applies them so:
   for an infeasible candidate: ``INFEASIBLE_FLOOR - violation``. Rank-based drivers only use the
   order of the values, and this order is exactly Deb's (every feasible score lies above the
   floor; less violation ranks higher), with no state to carry across a resume;
+* M2N2 ranks its archive by per-example rows, not by the told value: an infeasible child is
+  told as a failure (it never enters M2N2's archive); no driver sees a constraint's entries
+  among its per-example details;
 * Optuna is told the constraint values natively (``Trial.set_constraint``, which its TPE and
   NSGA-II samplers read).
 
