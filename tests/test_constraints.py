@@ -243,3 +243,19 @@ def test_the_loop_tells_cma_es_penalised_values_and_optuna_raw_ones():
     told = told_values(m2n2, results, cons)
     assert math.isnan(told[0]) and told[1] == 0.3 and math.isnan(told[2])
     assert list(objective_entries(results[1].result, cons).tasks) == ["a"]
+
+
+def test_the_fitness_digest_covers_a_constraints_file(tmp_path):
+    from evomerge.fitness.digest import changed, fitness_digests
+
+    (tmp_path / "a.py").write_text("def a(model, tok):\n    return 1.0\n")
+    (tmp_path / "b.py").write_text("def b(model, tok):\n    return 1.0\n")
+    cfg = parse_fitness_config(
+        {
+            "tasks": [{"kind": "python", "function": "a.py:a"}],
+            "constraints": [{"task": {"kind": "python", "function": "b.py:b"}, "min": 0.5}],
+        }
+    )
+    before = fitness_digests(cfg, tmp_path)
+    (tmp_path / "b.py").write_text("def b(model, tok):\n    return 0.0\n")
+    assert changed(before, fitness_digests(cfg, tmp_path)) == [f"b: {tmp_path / 'b.py'}"]
