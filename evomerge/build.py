@@ -167,6 +167,7 @@ def validate_fitness(cfg: ExperimentConfig) -> None:
 
 
 def _assemble(experiment, store, space, driver, evaluator, resumed, lock, hooks) -> Search:
+    from evomerge.fitness.constraints import Constraints
     from evomerge.workers.materialize import write_model
 
     cfg, run_dir, resolver = experiment.cfg, experiment.run_dir, experiment.resolver
@@ -184,6 +185,7 @@ def _assemble(experiment, store, space, driver, evaluator, resumed, lock, hooks)
         on_generation=hooks[0],
         stop_event=hooks[1],
         racer=build_racer(cfg, driver),
+        constraints=Constraints.of(cfg.fitness),
     )
     loop.restore()
     return Search(cfg, run_dir, experiment, store, space, driver, evaluator, loop, resumed, lock)

@@ -52,6 +52,10 @@ def render() -> str:
     for cls in _task_classes():
         kind = cls.model_fields["kind"].default
         parts += [f"### task kind `{kind}`\n", _table(_rows(cls, "fitness.tasks[]."))]
+    from evomerge.fitness.config import ConstraintConfig
+
+    parts.append("Each entry of `fitness.constraints` (docs/fitness.md, Constraints):\n")
+    parts += [_table(_rows(ConstraintConfig, "fitness.constraints[]."))]
     parts += [_driver_options()]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p)
 
@@ -83,9 +87,16 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
             rows.append((key, "mapping", "null" if optional else "", field.description or ""))
             rows += _rows(sub, key + ".")
             continue
-        typ = "list of tasks (below)" if key == "fitness.tasks" else type_name(field.annotation)
+        typ = _LISTED.get(key) or type_name(field.annotation)
         rows.append((key, typ, _default(field), field.description or ""))
     return rows
+
+
+_LISTED = {
+    "fitness.tasks": "list of tasks (below)",
+    "fitness.constraints": "list of constraints (below)",
+    "fitness.constraints[].task": "a task (kinds above)",
+}
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:

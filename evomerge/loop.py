@@ -36,17 +36,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from evomerge.archive import Archive, rank_top_k
 from evomerge.drivers.base import Candidate, Driver
+from evomerge.fitness.constraints import Constraints, feasible_fitness, penalised
 from evomerge.loop_legacy import split_legacy_state
 from evomerge.racing import META_KEY as RACING_META
 from evomerge.racing import Racer, is_partial
 from evomerge.racing import meta as racing_meta
 from evomerge.recipe import Recipe
+from evomerge.results import EvalResult
 from evomerge.spaces.base import SearchSpace
 from evomerge.stop_reason import record_stop
 from evomerge.store import CandidateRecord as _CandRec
@@ -146,6 +148,7 @@ class SearchLoop:
         on_generation: Callable[[Progress], None] | None = None,
         stop_event: threading.Event | None = None,
         racer: Racer | None = None,
+        constraints: Constraints | None = None,
     ) -> None:
         self.store, self.space, self.driver = store, space, driver
         self.evaluator, self.archive, self.budget = evaluator, archive, budget
@@ -157,6 +160,7 @@ class SearchLoop:
         self.top = []
         self.recipes: dict[str, Recipe] = {}
         self.racer = racer
+        self.constraints = constraints  # fitness.constraints: infeasible never enters the archive
         self._values: dict[int, np.ndarray] = {}  # racing: archive members' item values
         # racing decides a generation's next slices from its last ones: it never streams ahead
         streams = hasattr(evaluator, "submit") and hasattr(evaluator, "poll")
@@ -181,8 +185,10 @@ class SearchLoop:
                     self.scored.setdefault(t.digest, t.idx)
         else:
             trials_full = trials
+        cons = self.constraints
         self.top = rank_top_k(
-            ((t.fitness, t.idx, t.digest) for t in trials_full), self.archive.top_k
+            ((feasible_fitness(t.fitness, t.scores, cons), t.idx, t.digest) for t in trials_full),
+            self.archive.top_k,
         )
         by_idx = {t.idx: t for t in trials}
         self.recipes = {e.digest: Recipe.from_yaml(by_idx[e.idx].recipe_yaml) for e in self.top}
@@ -278,9 +284,12 @@ class SearchLoop:
         if self.driver.can_ask_ahead:
             self._ahead = self._ask_ahead(recipes, tickets)
         records, results = self._evaluate(cands, recipes, tickets)
-        fitness = told_values(self.driver, results)
+        fitness = told_values(self.driver, results, self.constraints)
         wanted = tell_wanted(self.evaluator, cands, recipes)  # what candidates asked for
-        self.driver.tell(cands, fitness, [r.result for r in results], **wanted)
+        if self.constraints is not None and getattr(self.driver, "native_constraints", False):
+            self.driver.tell_constraints(cands, constraint_values(results, self.constraints))
+        details = [objective_entries(r.result, self.constraints) for r in results]
+        self.driver.tell(cands, fitness, details, **wanted)
         self._pending = _Told(records, results, recipes)
 
     def _take_asked(self) -> list[Candidate]:
@@ -452,7 +461,7 @@ class SearchLoop:
     ) -> list:
         rows = [(e.fitness, e.idx, e.digest) for e in self.top]
         rows += [
-            (res.fitness if res.ok else math.nan, rec.idx, rec.digest)
+            (_feasible(res, self.constraints), rec.idx, rec.digest)
             for rec, res in zip(records, results, strict=True)
             if rec.digest and rec.digest not in short
         ]
@@ -491,14 +500,55 @@ def pending_candidate(p: PendingRecord | tuple) -> Candidate:
     return Candidate(index=p[0], x=np.asarray(p[1]), meta=dict(p[2]), wants=wants)
 
 
-def told_values(driver: Driver, results: Sequence[JobResult]) -> list:
+def told_values(
+    driver: Driver, results: Sequence[JobResult], constraints: Constraints | None = None
+) -> list:
     """What ``driver.tell`` receives per result: the aggregate fitness, or, for a driver
     configured with several objectives (Optuna's NSGA-II), the objective vector; NaN for a
-    failure."""
+    failure. With ``fitness.constraints`` a driver without native constraints (every one but
+    Optuna) is told the penalised value of an infeasible candidate (fitness/constraints.py)."""
     k = int(getattr(driver, "objectives", 1) or 1)
     if k > 1:
         return [tuple(r.objectives) if r.ok else (math.nan,) * k for r in results]
-    return [r.fitness if r.ok else math.nan for r in results]
+    if constraints is None or getattr(driver, "native_constraints", False):
+        return [r.fitness if r.ok else math.nan for r in results]
+    if getattr(driver, "ranks_by_details", False):  # M2N2: a penalty would not keep one out
+        return [
+            r.fitness if r.ok and constraints.violation(_scores(r)) == 0.0 else math.nan
+            for r in results
+        ]
+    return [
+        penalised(r.fitness, constraints.violation(_scores(r))) if r.ok else math.nan
+        for r in results
+    ]
+
+
+def constraint_values(results: Sequence[JobResult], constraints: Constraints) -> list:
+    """Per result, Optuna's constraint values (<= 0 holds); None for a failure."""
+    return [constraints.values(_scores(r)) if r.ok else None for r in results]
+
+
+def objective_entries(result: EvalResult | None, constraints: Constraints | None) -> Any:
+    """The EvalResult a driver is told as details: without the constraints' entries, so a
+    driver using per-example rows (M2N2's resources) sees the objective's items only."""
+    if result is None or constraints is None:
+        return result
+    drop = tuple(constraints.labels)
+    keep = {
+        n: t
+        for n, t in result.tasks.items()
+        if not any(n == d or n.startswith(d + "/") for d in drop)
+    }
+    return dataclasses.replace(result, tasks=keep)
+
+
+def _scores(r: JobResult) -> dict[str, float]:
+    return r.result.scores if r.result is not None else {}
+
+
+def _feasible(r: JobResult, constraints: Constraints | None) -> float:
+    """The fitness the archive ranks a result by: NaN for a failure or an infeasible one."""
+    return feasible_fitness(r.fitness, _scores(r), constraints) if r.ok else math.nan
 
 
 def _items_in(r: JobResult) -> int:

@@ -63,6 +63,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     ]
     plots = [p for p in plots if p is not None]
     facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop)
+    facts += _constraint_facts(cfg_json, trials)
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
     blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked)
@@ -94,6 +95,15 @@ def _facts(run_dir, cfg: dict, trials: list[Trial], top: list[Trial], stop) -> l
     else:
         facts.append("best fitness: none, no candidate succeeded")
     return facts
+
+
+def _constraint_facts(cfg_json: str, trials: list[Trial]) -> list[str]:
+    """fitness.constraints: each bound and how many candidates met them (as ``status``)."""
+    from evomerge.config import experiment_from_json
+    from evomerge.fitness.constraints import Constraints, summary_lines
+
+    cons = Constraints.of(experiment_from_json(cfg_json).fitness)
+    return summary_lines(cons, trials) if cons is not None else []
 
 
 def _stop_text(stop) -> str:

@@ -3,6 +3,7 @@ archive member's recipe (rank 1: the winner, by validation score when the run ha
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from evomerge.commands.console import out
@@ -19,6 +20,11 @@ def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) 
     with RunStore.open(run_dir, readonly=True) as st:
         ranked = ranking(st)  # by validation score when the run has one
         archive = ranked.members
+        if not archive and json.loads(st.config_json())["fitness"].get("constraints"):
+            raise UserInputError(
+                f"{run_dir}: no candidate met every bound of fitness.constraints, so the "
+                "archive is empty; loosen a bound and search again (evomerge status shows them)"
+            )
         if not 1 <= rank <= len(archive):
             raise UserInputError(
                 f"--rank {rank}: the archive of {run_dir} holds {len(archive)} models (1 = best)"

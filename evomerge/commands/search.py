@@ -144,10 +144,17 @@ def _finish(final: Progress, run_dir: Path) -> int:
     with RunStore.open(run_dir, readonly=True) as st:
         baselines = json.loads(st.get_meta("baselines") or "{}")
         ranked = ranking(st)
+        constrained = bool(json.loads(st.config_json())["fitness"].get("constraints"))
     out.print(
         f"stopped: {final.stop_reason}; {final.n_evals} evaluations, "
         f"{final.n_failed} failed, {final.elapsed:.0f} s"
     )
+    if final.best_digest is None and constrained and final.n_evals > final.n_failed:
+        out.print(
+            "no feasible candidate: none met every bound of fitness.constraints, so there is no "
+            f"winner; loosen a bound or search longer (evomerge status {run_dir})"
+        )
+        return 1
     if final.best_digest is None:
         out.print(f"no candidate succeeded; failures by reason: evomerge status {run_dir}")
         return 1

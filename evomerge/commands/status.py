@@ -10,6 +10,7 @@ from evomerge.commands.console import out
 
 def status(run_dir: Path) -> int:
     from evomerge.config import experiment_from_json
+    from evomerge.fitness.constraints import Constraints, summary_lines
     from evomerge.outcome import outcome_lines
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
@@ -22,6 +23,8 @@ def status(run_dir: Path) -> int:
         top = [st.trial(m.idx) for m in ranked.members]
         threads = st.get_meta("threads")
         outcome = outcome_lines(st)
+        cons = Constraints.of(cfg.fitness)
+        feasibility = summary_lines(cons, st.trials()) if cons is not None else []
     budget = cfg.budget.max_evals
     out.print(f"run {run_dir} ({cfg.name}): driver {cfg.driver.name}, space {cfg.space.kind}")
     out.print(
@@ -33,6 +36,8 @@ def status(run_dir: Path) -> int:
         out.print(f"search time {cp.elapsed:.0f} s")
     if threads:
         out.print(f"threads {threads}")
+    for line in feasibility:
+        out.print(line, markup=False, highlight=False)
     if ranked.enabled and top:
         out.print(
             f"archive ranked by {ranked.by} ({ranked.winner_note()}; gap = search - validation)"

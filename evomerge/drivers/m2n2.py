@@ -107,6 +107,9 @@ class M2N2(Driver):
     name = "m2n2"
     options_cls: ClassVar[type] = M2N2Params
     can_ask_ahead = True
+    # the archive is ranked by shared fitness over the per-example rows, not by the told
+    # value: fitness.constraints tell an infeasible child as a failure (loop.told_values)
+    ranks_by_details = True
 
     @classmethod
     def racing_refusal(cls) -> str:

@@ -7,6 +7,11 @@ failures, which its samplers know to ignore). With ``objectives: k > 1`` each fi
 is a sequence of k floats (NaN anywhere = failed). The study lives in Optuna's in-memory
 storage; ``state_dict`` pickles it whole (trials and the sampler's RNG), so the next ``ask``
 after a resume is the one the uninterrupted run would have made.
+
+``fitness.constraints`` reach Optuna natively: before ``tell`` the loop hands each trial's
+constraint values (<= 0 holds) to ``tell_constraints``; they are set with
+``Trial.set_constraint``, which Optuna 5's TPE and NSGA-II samplers read (the deprecated
+``constraints_func`` is not used). The values live in the pickled study, so resume keeps them.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class OptunaDriver(Driver):
     name = "optuna"
     options_cls: ClassVar[type] = OptunaOptions
     can_ask_ahead = True
+    native_constraints = True  # told raw values; constraints set on the trials
 
     def __init__(
         self,
@@ -85,8 +91,27 @@ class OptunaDriver(Driver):
         if o.enqueue_x0:
             self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
         self._next = 0
+        self._constraints: dict[int, list[float]] = {}  # trial number -> values, until told
         self._pending: dict[int, int] = {}  # candidate index -> trial number
         self._best: tuple[Candidate, float] | None = None
+
+    def tell_constraints(
+        self, candidates: Sequence[Candidate], values: Sequence[list[float] | None]
+    ) -> None:
+        """Each candidate's constraint values (None: a failure), set by the coming ``tell``."""
+        for c, v in zip(candidates, values, strict=True):
+            if v is not None and c.index in self._pending:
+                self._constraints[self._pending[c.index]] = [float(x) for x in v]
+
+    def _set_constraints(self, number: int, values: list[float]) -> None:
+        import optuna
+
+        # the trial's storage id from its number (the driver keeps numbers, as its state did)
+        study = self._study
+        tid = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        trial = optuna.trial.Trial(study, tid)
+        for i, v in enumerate(values):
+            trial.set_constraint(str(i), v)
 
     def racing_need(self) -> int | None:
         # single objective: only the best matters (TPE is told the others' estimates)
@@ -135,10 +160,15 @@ class OptunaDriver(Driver):
         checked = [self._values(c, f) for c, f in zip(candidates, fitness)]
         for c, vals in zip(candidates, checked):
             number = self._pending.pop(c.index)
+            cons = self._constraints.pop(number, None)
             if vals is None:
                 self._study.tell(number, state=optuna.trial.TrialState.FAIL)
                 continue
+            if cons is not None:
+                self._set_constraints(number, cons)
             self._study.tell(number, vals if self.objectives > 1 else vals[0])
+            if cons is not None and max(cons) > 0:
+                continue  # infeasible: never the driver's best
             score = vals[0] if self.objectives == 1 else float(np.mean(vals))
             if self._best is None or score > self._best[1]:
                 self._best = (c, score)

@@ -85,6 +85,11 @@ def build_fitness(
         runners = [validation_runner(task_label(t), t, items, bd) for t in cfg.tasks]
     else:
         runners = [FITNESS_KINDS[t.kind](task_label(t), t, bd) for t in cfg.tasks]
+        # constraints are checked on the search's scores; the validation split re-scores the
+        # archive, whose members are all feasible already
+        runners += [
+            FITNESS_KINDS[c.task.kind](task_label(c.task), c.task, bd) for c in cfg.constraints
+        ]
     return Fitness(cfg, runners)
 
 

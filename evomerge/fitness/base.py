@@ -6,6 +6,10 @@ task scores (a task with several entries counts as their mean); ``objectives`` g
 mean per ``objective`` group, in first-appearance order: a 1-tuple for single-objective search,
 a vector for several (Optuna NSGA-II). Any missing or NaN task score makes the result NaN, which
 the loop records as a failed candidate. Every score is "higher is better".
+
+``fitness.constraints`` tasks run after the objective's tasks; their entries are in the result
+(and the store) but in no objective; a missing or NaN constraint score also makes the aggregate
+NaN (a failure). Feasibility is read from those entries (evomerge.fitness.constraints).
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ class Fitness:
     def __init__(self, cfg: FitnessConfig, runners: Sequence[TaskRunner]) -> None:
         self.cfg = cfg
         self.runners = list(runners)
-        self._weights = {r.label: t.weight for r, t in zip(self.runners, cfg.tasks, strict=True)}
-        self._groups = {r.label: t.objective for r, t in zip(self.runners, cfg.tasks, strict=True)}
+        # the objective's runners first; any after them score fitness.constraints (search only)
+        own = self.runners[: len(cfg.tasks)]
+        self._weights = {r.label: t.weight for r, t in zip(own, cfg.tasks, strict=True)}
+        self._groups = {r.label: t.objective for r, t in zip(own, cfg.tasks, strict=True)}
+        self.constraint_labels = [r.label for r in self.runners[len(cfg.tasks) :]]
 
     @property
     def objective_names(self) -> list[str]:
@@ -71,7 +78,7 @@ class Fitness:
         cannot score a slice are refused when the config is read)."""
         total = sum(self._weights.values())
         out = []
-        for r in self.runners:
+        for r in self.runners[: len(self._weights)]:
             counts = r.item_counts()
             for entry, n in counts.items():
                 out.append((entry, n, self._weights[r.label] / total / len(counts)))
@@ -99,6 +106,8 @@ class Fitness:
         return acc / total
 
     def aggregate(self, result: EvalResult) -> float:
+        if any(math.isnan(self.task_score(result, n)) for n in self.constraint_labels):
+            return math.nan
         return self._weighted(result, list(self._weights))
 
     def objectives(self, result: EvalResult) -> tuple[float, ...]:

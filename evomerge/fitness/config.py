@@ -224,6 +224,30 @@ class RacingConfig(_Frozen):
     """one-sided level of the paired normal bound that drops a candidate"""
 
 
+class ConstraintConfig(_Frozen):
+    # Deb's feasibility rules (evomerge.fitness.constraints): a candidate outside a bound is
+    # infeasible; it never enters the archive and single-objective drivers rank it below every
+    # feasible one.
+    task: TaskConfig
+    """the task scored for this constraint, same form as a tasks entry (objective, weight unused)"""
+    min: float | None = None
+    """the task's score must be >= min (e.g. backdoor_safety = 1 - attack success rate)"""
+    max: float | None = None
+    """the task's score must be <= max"""
+
+    @model_validator(mode="after")
+    def _bound(self) -> ConstraintConfig:
+        if self.min is None and self.max is None:
+            raise ValueError("give a bound: min (score >= min) and/or max (score <= max)")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}: no score can satisfy both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        return _drop_none(_drop_none(handler(self), "min"), "max")
+
+
 class FitnessConfig(_Frozen):
     tasks: list[TaskConfig]
     """the tasks scored per candidate (one kind per entry: lm_eval, zoo, python, perplexity)"""
@@ -233,6 +257,8 @@ class FitnessConfig(_Frozen):
     """re-score the archive on held-out items and pick the winner there (null: off)"""
     racing: RacingConfig | None = None
     """score each generation on growing item slices, dropping sure losers (null: off)"""
+    constraints: list[ConstraintConfig] = Field(default_factory=list)
+    """tasks whose score must stay within bounds; infeasible candidates never enter the archive"""
 
     @model_validator(mode="before")
     @classmethod
@@ -260,6 +286,25 @@ class FitnessConfig(_Frozen):
                 for n in filter(None, names):
                     if pat := public_benchmark_match(n):
                         raise ValueError(refusal_message(n, pat, f"tasks.{i}"))
+        for i, c in enumerate(self.constraints):
+            label = task_label(c.task)
+            if label in labels:
+                raise ValueError(
+                    f"constraints.{i}.task: name {label!r} is already a task's or another "
+                    "constraint's; give it a distinct 'name'"
+                )
+            labels.append(label)
+            if not self.allow_public_benchmarks:
+                t = c.task
+                names = [t.task, t.name] if t.kind == "lm_eval" else [t.name]
+                for n in filter(None, names):
+                    if pat := public_benchmark_match(n):
+                        raise ValueError(refusal_message(n, pat, f"constraints.{i}.task"))
+        if self.constraints and self.racing is not None and self.racing.enabled:
+            raise ValueError(
+                "racing: constraints need every item of a candidate scored; remove "
+                "fitness.racing (or set enabled: false) or remove fitness.constraints"
+            )
         if self.validation is not None:
             for i, t in enumerate(self.tasks):
                 check_split(t, f"tasks.{i}")
@@ -272,7 +317,10 @@ class FitnessConfig(_Frozen):
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
         # Without validation the dump (and the run's structural hash) is what it always was.
-        return _drop_none(_drop_none(handler(self), "validation"), "racing")
+        data = _drop_none(_drop_none(handler(self), "validation"), "racing")
+        if isinstance(data, dict) and not data.get("constraints", 1):
+            data.pop("constraints")  # unconstrained runs hash as they always did
+        return data
 
     @property
     def labels(self) -> list[str]:
@@ -307,6 +355,6 @@ def _format(err: ValidationError, origin: str) -> str:
     lines = []
     for line in format_validation_error(err, origin).splitlines():
         for k in kinds:
-            line = re.sub(rf"(tasks\.\d+)\.{k}\b", r"\1", line)
+            line = re.sub(rf"(tasks\.\d+|constraints\.\d+\.task)\.{k}\b", r"\1", line)
         lines.append(line)
     return "\n".join(lines)

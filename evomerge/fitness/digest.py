@@ -6,7 +6,7 @@ run records these digests when it starts; ``evomerge resume`` compares them and 
 the scores of two different functions unless told ``--allow-changed-fitness``.
 
 Covered: a python task's file, an lm_eval task's ``include_path`` folders, a perplexity task's
-text file. Zoo evaluators are evomerge's own code; installed lm-eval tasks are not digested.
+text file, and the same for the tasks of ``fitness.constraints``. Zoo evaluators are evomerge's own code; installed lm-eval tasks are not digested.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def fitness_digests(fitness: Any, base_dir: str | Path) -> dict[str, str]:
 
     bd = Path(base_dir)
     out: dict[str, str] = {}
-    for t in fitness.tasks:
+    for t in [*fitness.tasks, *(c.task for c in getattr(fitness, "constraints", []))]:
         if t.kind == "python":
             paths = [t.function.rpartition(":")[0]]
         elif t.kind == "lm_eval":
