@@ -37,7 +37,7 @@ OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "aim_ties", "tsv")
 
 
 def _recipe(op: str, base: str, experts: list[str], calibration: dict | None, pair: bool):
-    from evomerge.ops import get_op
+    from evomerge.merge.ops import get_op
     from evomerge.recipe import ModelRef, Recipe
 
     per, glob, note = PAPER[op]
@@ -109,7 +109,7 @@ def main() -> None:
     )
     work = Path(tempfile.mkdtemp(prefix="backdoor-merge-"))
     try:
-        from evomerge.merge import run_merge
+        from evomerge.merge.engine import run_merge
 
         for op in args.ops:
             for label, experts in (("", bd.experts), (" (clean control)", clean.experts)):

@@ -8,7 +8,7 @@ FusionBench's multi-task tables).
   with the zoo's fast evaluator (``evomerge.zoo.evaluate``), and their mean. A zoo that cannot be
   built yet is reported and skipped.
 
-The operator list is ``evomerge.ops.list_ops()`` at run time. ``PAPER`` holds the hyperparameters
+The operator list is ``evomerge.merge.ops.list_ops()`` at run time. ``PAPER`` holds the hyperparameters
 the papers use by default where they differ from the registry's (which follow mergekit); an
 operator not in ``PAPER`` runs with the registry defaults (weight 1 per model) and says so. An
 operator that cannot take the zoo's expert count (SLERP-style pairs, passthrough) is listed as
@@ -165,7 +165,7 @@ def _lm_scorer(tasks: list[str], base: str):
 # ---- methods ------------------------------------------------------------------------------------
 def op_recipe(op: str, zoo: Zoo):
     """(recipe, hyperparameter text) for ``op`` at its paper defaults, or (None, why skipped)."""
-    from evomerge.ops import get_op
+    from evomerge.merge.ops import get_op
     from evomerge.recipe import ModelRef, Recipe
 
     spec, k = get_op(op), len(zoo.experts)
@@ -196,7 +196,7 @@ def op_recipe(op: str, zoo: Zoo):
 
 
 def run_op(op: str, zoo: Zoo, work: Path) -> Row:
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
 
     recipe, note = op_recipe(op, zoo)
     if recipe is None:
@@ -213,7 +213,7 @@ def run_op(op: str, zoo: Zoo, work: Path) -> Row:
 
 def run_adamerging_row(zoo: Zoo, granularity: str, steps: int, work: Path) -> Row:
     from evomerge.drivers.adamerging import AdaMerging
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
     from evomerge.spaces.fw_pool import FWPoolSpace
     from evomerge.workers.gradient_runner import run_adamerging
 
@@ -280,7 +280,7 @@ def _brief(r: Row) -> str:
 
 
 def run_zoo(name: str, args) -> str:
-    from evomerge.ops import list_ops
+    from evomerge.merge.ops import list_ops
 
     try:
         zoo = load_zoo(name, args.quick)

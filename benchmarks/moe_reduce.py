@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from evomerge.calibration import read_lines
 from evomerge.commands.moe_reduce import load_moe
+from evomerge.merge.calibration import read_lines
 from evomerge.moe.experts import layer_experts, moe_blocks, router_weight
 from evomerge.moe.mc_smoe import mc_smoe_layer
 from evomerge.moe.reduce import merge_layers, reduced_model, shared_model

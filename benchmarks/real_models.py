@@ -154,7 +154,7 @@ def on_disk(recipe: Recipe, items: int, scratch: Path) -> tuple[float, float, fl
     import lm_eval
 
     from evomerge.io.folder import DiskSource
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
 
     out = scratch / "cand"
     t0 = time.perf_counter()

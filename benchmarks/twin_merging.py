@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.merge import iter_merged_tensors, plan
+from evomerge.merge.engine import iter_merged_tensors, plan
 from evomerge.recipe import ModelRef, Recipe
 from evomerge.zoo.build import build, load_manifest
 from evomerge.zoo.evaluate import evaluate_skills, load_task_items, task_dir

@@ -6,7 +6,7 @@ Builds each zoo (full build, timed; a cached build is reused and its recorded bu
 then scores the base, every expert and a coarse grid of simple merges on every task with the
 fast evaluator (``evomerge.zoo.evaluate``). One column repeats the zoo's headline task through
 lm-eval's ``hf`` model on a folder written by the merge engine, on the first ``--lm-eval-limit``
-items. Merges go through the engine (``evomerge.merge``: linear / task_arithmetic / ties), except
+items. Merges go through the engine (``evomerge.merge.engine``: linear / task_arithmetic / ties), except
 layer swapping ("Layer Swapping for Zero-Shot Cross-Lingual Transfer in Large Language Models",
 Bandarkar et al. 2024), which is a plain copy of whole layers: the bottom/top layers of the
 language expert replace those of the skill expert. These numbers are the bar a search must beat.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.merge import iter_merged_tensors, plan
+from evomerge.merge.engine import iter_merged_tensors, plan
 from evomerge.recipe import ModelRef, Recipe
 from evomerge.zoo.build import build, load_manifest
 from evomerge.zoo.evaluate import evaluate_task, task_dir

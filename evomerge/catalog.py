@@ -19,7 +19,7 @@ def _drivers() -> list[str]:
 
 
 def _operators() -> list[str]:
-    from evomerge.ops import list_ops
+    from evomerge.merge.ops import list_ops
 
     return list_ops()
 

@@ -1,4 +1,4 @@
-"""The ``evomerge`` command line: parse, call, print. Bodies live elsewhere (merge.py,
+"""The ``evomerge`` command line: parse, call, print. Bodies live elsewhere (merge/,
 commands/, zoo). A user error prints one line and exits 2 — no traceback."""
 
 # ruff: noqa: B008  (typer declares options as argument defaults)
@@ -90,7 +90,7 @@ def _merge(
 ) -> int:
     from tqdm import tqdm
 
-    from evomerge.merge import plan, run_merge
+    from evomerge.merge.engine import plan, run_merge
     from evomerge.recipe_mergekit import load_config
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):

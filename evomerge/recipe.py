@@ -10,7 +10,7 @@ recipe gives the same bits on any worker) and ``sources`` referencing other reci
 A parameter value is a scalar, a list (a gradient interpolated over layer depth) or a list of
 ``{filter, value}`` rules matched against tensor names — mergekit's semantics. A ``weight`` may
 also be a weight rule (``{rule: varm}``, ``{rule: mwa, ...}``), which planning replaces by
-explicit per-tensor filter rules (``evomerge.weight_rules.resolve_weight_rules``).
+explicit per-tensor filter rules (``evomerge.merge.weight_rules.resolve_weight_rules``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class FilterRule(BaseModel):
 
 
 class WeightRule(BaseModel):
-    """A weight computed from the models when the recipe is planned (``evomerge.weight_rules``):
+    """A weight computed from the models when the recipe is planned (``evomerge.merge.weight_rules``):
     ``{rule: varm}`` (FuseChat's variation ratio) or ``{rule: mwa, metric: loss|step,
     values: [...] (global) or value: x (per model), penalty: p}`` (metrics-weighted averaging)."""
 
@@ -110,7 +110,7 @@ class Calibration(_Frozen):
     """Text the base model reads once so that activation-informed operators (AIM) know which of
     its input channels matter: ``file`` holds one sample per line; as the AIM authors' code,
     the first ``samples`` lines of at most ``block_size`` tokens are concatenated and cut into
-    blocks of ``block_size`` tokens (evomerge.calibration)."""
+    blocks of ``block_size`` tokens (evomerge.merge.calibration)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
     file: str

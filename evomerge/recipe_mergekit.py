@@ -81,7 +81,7 @@ def load_config(path: str | Path) -> Recipe:
 
 
 def to_mergekit_dict(recipe: Recipe) -> dict[str, Any]:
-    from evomerge.merge_plan import op_for
+    from evomerge.merge.plan import op_for
 
     spec = op_for(recipe)
     if spec.mergekit_name is None:
@@ -106,7 +106,7 @@ def to_mergekit_dict(recipe: Recipe) -> dict[str, Any]:
     if _has_weight_rule(recipe):
         raise UserInputError(
             "weight rules ({rule: varm|mwa}) exist only in evomerge; resolve them to numbers "
-            "first (evomerge.weight_rules.resolve_weight_rules) or export with --format evomerge"
+            "first (evomerge.merge.weight_rules.resolve_weight_rules) or export with --format evomerge"
         )
     d = recipe.to_dict()
     d["merge_method"] = spec.mergekit_name
@@ -142,7 +142,7 @@ def _has_weight_rule(recipe: Recipe) -> bool:
 
 
 def to_mergekit_yaml(recipe: Recipe) -> str:
-    from evomerge.merge_plan import op_for
+    from evomerge.merge.plan import op_for
 
     text = yaml.safe_dump(to_mergekit_dict(recipe), sort_keys=False)
     if op_for(recipe).stochastic:

@@ -19,7 +19,7 @@ from evomerge.drivers.adamerging import AdaMerging
 from evomerge.drivers.base import Candidate
 from evomerge.errors import UserInputError
 from evomerge.fitness.entropy_loss import EntropyObjective
-from evomerge.merge import run_merge
+from evomerge.merge.engine import run_merge
 from evomerge.spaces.fw_pool import FWPoolSpace
 from evomerge.workers.gradient import Alignment, GradientRequest
 from evomerge.workers.gradient_job import objective_at, run_gradient_job

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evomerge.calibration import base_activations, calibration_blocks, input_activations
 from evomerge.errors import UserInputError
-from evomerge.ops import OPS
+from evomerge.merge.calibration import base_activations, calibration_blocks, input_activations
+from evomerge.merge.ops import OPS
 from evomerge.recipe import Calibration, ModelRef, Recipe
 
 CALIB = Path(__file__).parents[1] / "fitness" / "calibration" / "lm-skills.txt"
@@ -118,7 +118,7 @@ def _recipe(method, base, experts, **extra):
 def test_aim_ties_merge_of_the_zoo_on_disk_and_in_place(tmp_path):
     from safetensors.torch import load_file
 
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
     from evomerge.workers.engine_bridge import merged_tensors
     from evomerge.workers.materialize import ExpertCache
 
@@ -148,7 +148,7 @@ def test_aim_ties_merge_of_the_zoo_on_disk_and_in_place(tmp_path):
 
 
 def test_missing_calibration_is_one_line_naming_it(tmp_path):
-    from evomerge.merge import plan
+    from evomerge.merge.engine import plan
 
     base, experts = _zoo()
     with pytest.raises(UserInputError, match=r"calibration: \{file") as err:

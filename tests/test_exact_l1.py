@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from evomerge.ops import exact_l1
-from evomerge.ops._fast import dare_l1, fused_gta, l1
-from evomerge.ops._fast.packed_uniform import Packed
+from evomerge.merge.ops import exact_l1
+from evomerge.merge.ops._fast import dare_l1, fused_gta, l1
+from evomerge.merge.ops._fast.packed_uniform import Packed
 
 
 def _exact_f32(x: torch.Tensor) -> float:

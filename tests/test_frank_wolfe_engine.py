@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from evomerge.io.lazy_checkpoint import Meter
-from evomerge.merge import run_merge
+from evomerge.merge.engine import run_merge
 from evomerge.spaces.fw_pool import FWPoolSpace
 from evomerge.workers.pool_weights import build_theta
 from evomerge.zoo.digits_pool import build_digits_pool

@@ -1,4 +1,4 @@
-"""The fused C kernel (evomerge/ops/_fast/_fused_gta.c) gives the plain operators' bits for every
+"""The fused C kernel (evomerge/merge/ops/_fast/_fused_gta.c) gives the plain operators' bits for every
 operator it serves — weights of both signs, densities 0..1, ties at the top-k threshold, zero
 task vectors, normalize, both consensus rules, λ ≠ 1, the resident (cached τ) path, tensors
 split across threads — and is skipped where it does not apply."""
@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evomerge.ops import OPS, generator_for
-from evomerge.ops._fast import fused_gta
-from evomerge.ops._fast.packed_uniform import Packed
-from evomerge.ops._fast.resident_cache import ResidentCache
+from evomerge.merge.ops import OPS, generator_for
+from evomerge.merge.ops._fast import fused_gta
+from evomerge.merge.ops._fast.packed_uniform import Packed
+from evomerge.merge.ops._fast.resident_cache import ResidentCache
 from tests.helpers.fast_path import run_fast
 from tests.test_resident_cache import _family, _same_bits, _task
 
@@ -71,8 +71,8 @@ def test_fused_equals_eager_bits(monkeypatch, name, extra, shape, quantized):
 
 def test_consensus_count_and_four_models(monkeypatch):
     """The count election (sign majority) and the 4-model limit, called directly."""
-    from evomerge.ops._fast import gta
-    from evomerge.ops.task_arithmetic import general_task_arithmetic
+    from evomerge.merge.ops._fast import gta
+    from evomerge.merge.ops.task_arithmetic import general_task_arithmetic
 
     base, tensors = _family((51, 13), n=4, quantized=True, seed=5)
     calls = _spy(monkeypatch)
@@ -154,7 +154,7 @@ def test_radix_top_k_split_over_threads():
 def test_nth_equal_over_threads_is_the_eager_scan():
     """A search worker's top-k rule from the sorted |τ| finds the last kept entry equal to the
     threshold with one C read (``nth_equal``): the index the eager block scan finds."""
-    from evomerge.ops import sparsify
+    from evomerge.merge.ops import sparsify
 
     base, (t, *_) = _family((700, 401), quantized=True, seed=4)
     mag = (t - base).abs().reshape(-1)
@@ -245,8 +245,8 @@ def test_packed_uniforms_ties_redone_exactly(monkeypatch, name):
     high half equals the rule's (``packed_uniform``). Uniforms crafted so that many entries
     tie — low bits below, equal to and above the rule's, in every 4,096-entry span, on both
     threads, a model at density 1 beside them — give the eager path's bits, rescale included."""
-    from evomerge.ops import sparsify
-    from evomerge.ops._fast import mt_uniform, packed_uniform
+    from evomerge.merge.ops import sparsify
+    from evomerge.merge.ops._fast import mt_uniform, packed_uniform
 
     base, tensors = _family((600, 257), quantized=False, seed=8)
     n = base.numel()

@@ -62,7 +62,7 @@ def test_path_keeps_each_source_layers_attention(pair, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from evomerge.io.folder import DiskSource
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
 
     a, b = pair
     # 8 layers from 6-layer models, global layers moved and repeated
@@ -110,7 +110,7 @@ def test_real_gemma3_path_loads_and_generates(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evomerge.io.folder import DiskSource
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
     from tests.helpers.real_models import gemma3_dir
 
     src = str(gemma3_dir())

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from evomerge.merge import iter_merged_tensors, plan, run_merge
+from evomerge.merge.engine import iter_merged_tensors, plan, run_merge
 from evomerge.recipe import ModelRef, Recipe, Slice, SliceSource
 from evomerge.workers.materialize import ExpertCache
 from tests.helpers.tiny_models import make_tiny_llama_family

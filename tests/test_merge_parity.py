@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from evomerge.merge import run_merge
+from evomerge.merge.engine import run_merge
 from evomerge.recipe_mergekit import load_config
 from tests.helpers.tiny_models import make_tiny_llama_family
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evomerge.checks import check_finite
 from evomerge.errors import UserInputError
-from evomerge.ops import OPS, generator_for
-from evomerge.ops._fast import gta
-from evomerge.ops._registry import per_model
-from evomerge.ops.sparsify import kth_largest, top_k_mask
-from evomerge.ops.task_arithmetic import consensus_mask, general_task_arithmetic
+from evomerge.merge.checks import check_finite
+from evomerge.merge.ops import OPS, generator_for
+from evomerge.merge.ops._fast import gta
+from evomerge.merge.ops._registry import per_model
+from evomerge.merge.ops.sparsify import kth_largest, top_k_mask
+from evomerge.merge.ops.task_arithmetic import consensus_mask, general_task_arithmetic
 
 
 def _argsort_mask(mag: torch.Tensor, k: int, stable: bool = False) -> torch.Tensor:
@@ -63,7 +63,7 @@ def test_kth_largest_exact_when_the_sample_misleads() -> None:
 
 def _old_gta(tensors, base, *, sparsification, consensus, generator, **p):
     """The stacked, mask-multiplying form (as mergekit 0.1.5 computes it)."""
-    from evomerge.ops.task_arithmetic import sparsify_one
+    from evomerge.merge.ops.task_arithmetic import sparsify_one
 
     n = len(tensors)
     deltas = torch.stack(
@@ -175,7 +175,7 @@ def _recipe(base: str, experts: list[str], method: str):
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
 def test_pipelined_merge_writes_the_sequential_bytes(fam, tmp_path: Path, method: str) -> None:
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
 
     base, experts = fam
     r = _recipe(base, experts, method)
@@ -198,7 +198,7 @@ def test_pipelined_merge_writes_the_sequential_bytes(fam, tmp_path: Path, method
 
 
 def test_write_thread_error_reaches_caller_and_leaves_nothing(fam, tmp_path: Path) -> None:
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
 
     base, experts = fam
     seen: list[str] = []
@@ -219,7 +219,7 @@ def test_read_thread_error_and_early_close(fam, tmp_path: Path) -> None:
 
     from safetensors.torch import save_file
 
-    from evomerge.merge import iter_merged_tensors, plan, run_merge
+    from evomerge.merge.engine import iter_merged_tensors, plan, run_merge
 
     base, experts = fam
     bad = tmp_path / "bad"
@@ -238,7 +238,7 @@ def test_read_thread_error_and_early_close(fam, tmp_path: Path) -> None:
 def test_slerp_with_scratch_buffers_is_the_plain_formula() -> None:
     """slerp reuses two buffers for its normalised copies and the result: same bits as the
     expression written out (mergekit's)."""
-    from evomerge.ops.slerp import slerp_tensors
+    from evomerge.merge.ops.slerp import slerp_tensors
 
     def plain(t, v0, v1):
         a, b = v0.reshape(-1), v1.reshape(-1)

@@ -1,4 +1,4 @@
-"""DARE's uniforms drawn in C (evomerge/ops/_fast/mt_uniform.py) are torch.rand's, value for value,
+"""DARE's uniforms drawn in C (evomerge/merge/ops/_fast/mt_uniform.py) are torch.rand's, value for value,
 and leave the generator exactly where torch.rand would: across block boundaries of the
 Mersenne twister (624 outputs), for fresh and part-used generators, and for later draws of any
 kind (rand, randn) from the same generator."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evomerge.ops import generator_for, sparsify
-from evomerge.ops._fast import fused_gta, mt_uniform
+from evomerge.merge.ops import generator_for, sparsify
+from evomerge.merge.ops._fast import fused_gta, mt_uniform
 
 pytestmark = pytest.mark.skipif(fused_gta.library() is None, reason="no C compiler here")
 
@@ -33,7 +33,7 @@ def test_draws_are_torch_rand(sizes):
 def test_packed_draws_are_torch_rand(sizes):
     """Packed (DARE's fused kernel: k = u · 2^24 as 16 + 8 bits), the same values and the same
     stream; ``packed_uniform.below`` is the keep rule u < p on k, at and around the values."""
-    from evomerge.ops._fast import packed_uniform
+    from evomerge.merge.ops._fast import packed_uniform
 
     ours, theirs = generator_for(4, "w"), generator_for(4, "w")
     for n in sizes:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evomerge.errors import UserInputError
-from evomerge.ops import OPS, generator_for, get_op, list_ops
+from evomerge.merge.ops import OPS, generator_for, get_op, list_ops
 
 SHAPE = (6, 5)
 
@@ -62,15 +62,15 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 @pytest.mark.parametrize("name", list_ops())
 def test_plain_signature_and_fast_path_bits(name):
     """Every operator is plain ``(tensors, base, *, generator, **params)``, and the engine's route
-    to it (``evomerge.ops._fast``, asked once per tensor, else the operator) gives the
+    to it (``evomerge.merge.ops._fast``, asked once per tensor, else the operator) gives the
     operator's bits: on a small and a large tensor (C kernel, radix top-k, threads), into a
     given ``out`` buffer, with a search worker's cache (computed, then served), and from
     bfloat16 inputs as stored where the fast path reads them so."""
     import inspect
 
-    from evomerge.merge_plan import TensorTask
-    from evomerge.ops import _fast
-    from evomerge.ops._fast.resident_cache import ResidentCache
+    from evomerge.merge.ops import _fast
+    from evomerge.merge.ops._fast.resident_cache import ResidentCache
+    from evomerge.merge.plan import TensorTask
     from tests.helpers.fast_path import run_fast
 
     spec = get_op(name)
@@ -234,7 +234,7 @@ mk_sparsify = pytest.importorskip("mergekit.sparsify")
 
 @pytest.mark.parametrize("density", [0.1, 0.5, 0.9])
 def test_magnitude_matches_mergekit(density):
-    from evomerge.ops import sparsify
+    from evomerge.merge.ops import sparsify
 
     t = torch.randn(33, 17, generator=torch.Generator().manual_seed(4))
     for rescale in (False, True):
@@ -249,7 +249,7 @@ def test_magnitude_matches_mergekit(density):
 def test_sign_consensus_matches_mergekit():
     from mergekit.merge_methods.generalized_task_arithmetic import get_mask
 
-    from evomerge.ops.task_arithmetic import consensus_mask
+    from evomerge.merge.ops.task_arithmetic import consensus_mask
 
     d = torch.randn(4, 10, 7, generator=torch.Generator().manual_seed(5))
     for method in ("sum", "count"):

@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from evomerge.errors import UserInputError
 from evomerge.io.folder import DiskSource
-from evomerge.merge import run_merge
-from evomerge.ops import OPS, list_ops
+from evomerge.merge.engine import run_merge
+from evomerge.merge.ops import OPS, list_ops
+from evomerge.merge.weight_rules import mwa_weights, resolve_weight_rules, varm_weights
 from evomerge.recipe import ModelRef, Recipe, WeightRule
 from evomerge.recipe_mergekit import to_mergekit_yaml
-from evomerge.weight_rules import mwa_weights, resolve_weight_rules, varm_weights
 from tests.helpers.tiny_models import make_tiny_llama_family
 
 NEW_OPS = ("pcb", "tsv", "multislerp", "multislerp_ta", "aim_ties", "aim_task_arithmetic")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from evomerge.errors import UserInputError
-from evomerge.params import evaluate
+from evomerge.merge.params import evaluate
 from evomerge.recipe import FilterRule, ModelRef, Recipe, Slice, SliceSource
 from evomerge.recipe_mergekit import from_mergekit_yaml, to_mergekit_yaml
 

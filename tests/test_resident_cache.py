@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evomerge.merge import run_merge
-from evomerge.merge_plan import TensorTask
-from evomerge.ops import OPS, generator_for
-from evomerge.ops._fast.resident_cache import ResidentCache
+from evomerge.merge.engine import run_merge
+from evomerge.merge.ops import OPS, generator_for
+from evomerge.merge.ops._fast.resident_cache import ResidentCache
+from evomerge.merge.plan import TensorTask
 from evomerge.recipe import ModelRef, Recipe
 from evomerge.workers.materialize import ExpertCache, Materializer
 from tests.helpers.fast_path import run_fast
@@ -138,7 +138,7 @@ def test_dare_members_follow_the_search_when_the_budget_is_full():
 def test_sorted_abs_is_torch_sort_of_the_magnitudes():
     """The cache's sorted |τ| comes from numpy's sort on CPU: the same values, bit for bit, as
     torch.sort (signed zeros, subnormals, repeats and infinities included)."""
-    from evomerge.ops._fast.top_k import sorted_abs
+    from evomerge.merge.ops._fast.top_k import sorted_abs
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(300, 257, generator=g) * 0.02
@@ -222,7 +222,7 @@ def test_deferred_kernel_writes_the_bits_of_evomerge_merge(tmp_path):
     parameter while the next tensor is prepared (fused_gta.deferred). The materialized model is
     still `evomerge merge`'s, bit for bit, for consecutive candidates; a candidate that fails
     halfway leaves no kernel call running."""
-    from evomerge.ops._fast import fused_gta
+    from evomerge.merge.ops._fast import fused_gta
 
     if fused_gta.library() is None:
         pytest.skip("no C compiler here")

@@ -85,7 +85,7 @@ def test_mergekit_export_matches_within_1e5(run):
 
 @pytest.mark.parametrize("method", ["dare_ties", "passthrough_path"])
 def test_in_place_equals_merge_to_disk(run, method, tmp_path):
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
     from evomerge.recipe import ModelRef, Slice, SliceSource
 
     tmp, _ = run

@@ -45,7 +45,7 @@ def _why_skip() -> str | None:
     why = harness.available()
     if why:
         return why
-    for mod in ("evomerge.cli", "evomerge.merge"):
+    for mod in ("evomerge.cli", "evomerge.merge.engine"):
         if importlib.util.find_spec(mod) is None:
             return f"{mod} has not landed yet"
     if shutil.which("evomerge") is None and not (Path(sys.executable).parent / "evomerge").exists():

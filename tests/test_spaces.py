@@ -258,11 +258,11 @@ def test_preset_paths_and_errors(tmp_path, monkeypatch):
 
 # ---- every registered operator gets a working parameter space --------------------------------
 def _registry() -> dict:
-    import evomerge.ops as ops
+    import evomerge.merge.ops as ops
 
     reg = getattr(ops, "OPS", None) or getattr(ops, "REGISTRY", None)
     if not reg:
-        pytest.fail("evomerge.ops exposes no operator registry (OPS or REGISTRY)")
+        pytest.fail("evomerge.merge.ops exposes no operator registry (OPS or REGISTRY)")
     return reg
 
 

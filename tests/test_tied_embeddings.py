@@ -1,7 +1,7 @@
 """Tied input/output embeddings (no ``lm_head.weight`` on disk) through every path: ``evomerge
 merge`` (equal to mergekit 0.1.5), in-place search (serial and Ray workers, lm-eval on the
 resident model), data-flow and hybrid paths, the archive, and tied + untied merges (mergekit's
-rule, see ``evomerge.tied_embeddings``). The last test runs a search on the real SmolLM2-135M."""
+rule, see ``evomerge.merge.tied_embeddings``). The last test runs a search on the real SmolLM2-135M."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from evomerge.config import load_experiment
-from evomerge.merge import run_merge
+from evomerge.merge.engine import run_merge
 from evomerge.recipe import Recipe
 from evomerge.recipe_mergekit import load_config
 from evomerge.session import open_search

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from evomerge.errors import UserInputError
-from evomerge.merge import run_merge
+from evomerge.merge.engine import run_merge
 from evomerge.recipe_mergekit import from_mergekit_yaml, load_config
 
 pytest.importorskip("mergekit")

@@ -31,7 +31,7 @@ def moe_reduce(
     rank_fraction: float = 1.0,
     overwrite: bool = False,
 ) -> int:
-    from evomerge.calibration import read_lines
+    from evomerge.merge.calibration import read_lines
     from evomerge.model_refs import resolve_model_ref
     from evomerge.moe.reduce import (
         check_request,

@@ -4,7 +4,7 @@ an experiment) may say. Frozen pydantic models, unknown keys rejected, discrimin
 YAML shapes (every key but ``kind`` is optional)::
 
     kind: parameter            # Sakana PS: genes per model x layer group x filter x param
-    merge_method: dare_ties    # any registered operator (evomerge.ops)
+    merge_method: dare_ties    # any registered operator (evomerge.merge.ops)
     layer_groups: 1            # 1 = one value per model; num_layers = one per layer
     smooth: false              # true: genes are gradient control points (needs layer_groups >= 2)
     filters: []                # tensor-name filters with their own genes, e.g. [self_attn, mlp]

@@ -65,8 +65,8 @@ class OpInfo:
 
 
 def op_info(name: str) -> OpInfo:
-    """Look the operator up in ``evomerge.ops`` (an unknown name lists the registered ones)."""
-    from evomerge.ops import get_op  # late: the ops registry imports torch
+    """Look the operator up in ``evomerge.merge.ops`` (an unknown name lists the registered ones)."""
+    from evomerge.merge.ops import get_op  # late: the ops registry imports torch
 
     try:
         spec = get_op(name)

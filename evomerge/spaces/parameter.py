@@ -101,7 +101,7 @@ class ParameterSpace(SearchSpace):
     ) -> None:
         self.cfg = cfg
         # ``op`` lets a caller describe an operator the registry does not hold (e.g. a
-        # mergekit-only method for export); normally it is read from evomerge.ops.
+        # mergekit-only method for export); normally it is read from evomerge.merge.ops.
         self.op: OpInfo = op or op_info(cfg.merge_method)
         if self.op.needs_base and not base:
             raise UserInputError(

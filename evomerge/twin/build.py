@@ -53,7 +53,7 @@ class TwinSummary:
 
 
 def _check_expert(src: ExpertWeights, base_cfg, field: str, path: str) -> None:
-    from evomerge.tied_embeddings import ties_embeddings
+    from evomerge.merge.tied_embeddings import ties_embeddings
 
     cfg = src.config
     if cfg.get("model_type") != "llama":
@@ -82,7 +82,7 @@ def _llama_config(folder: str, field: str):
 
 def shared_merge(cfg: TwinConfig, base: str, experts: dict[str, str]) -> dict[str, torch.Tensor]:
     """θ*: the static merge of every expert with ``cfg.shared``, in float32."""
-    from evomerge.merge import iter_merged_tensors, plan
+    from evomerge.merge.engine import iter_merged_tensors, plan
     from evomerge.recipe import ModelRef, Recipe
 
     params = dict(cfg.shared.parameters)

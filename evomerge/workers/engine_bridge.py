@@ -1,4 +1,4 @@
-"""The one place the workers call the merge engine (``evomerge.merge``).
+"""The one place the workers call the merge engine (``evomerge.merge.engine``).
 
 Two calls: the merged tensors of a recipe read from an in-memory ``ExpertCache`` (the in-place
 path), and a HF folder written to disk (the archive and export path). Keeping them here means
@@ -6,7 +6,7 @@ the materializer does not depend on the engine's internal layout.
 
 The in-place path offers the engine's ``compute`` two things the disk path has no use for:
 the cache's ``ResidentCache`` view of the tensor (sorted |τ|, uniform draws: see
-``evomerge.ops._fast.resident_cache``), and ``out``, the resident model's parameter, which the
+``evomerge.merge.ops._fast.resident_cache``), and ``out``, the resident model's parameter, which the
 fast path may fill directly (linear, the task-arithmetic family). Neither changes a bit of the
 result.
 """
@@ -24,9 +24,9 @@ from evomerge.recipe import Recipe
 
 
 def _engine() -> Any:
-    from evomerge import merge
+    from evomerge.merge import engine
 
-    return merge
+    return engine
 
 
 Dest = Callable[[str], "torch.Tensor | None"]
@@ -63,7 +63,7 @@ def _shared_config(plan: Any) -> Any:
 def _iter_tensors(
     engine: Any, plan: Any, cache: Any, dest: Dest | None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    from evomerge.ops import _fast
+    from evomerge.merge.ops import _fast
 
     stats = getattr(cache, "stats", None)
     if stats is not None:

@@ -3,7 +3,7 @@
 mergekit-evolve writes every candidate to disk and loads it back; that costs a full write and
 read of the model per candidate. Here a worker loads the experts' tensors once (``ExpertCache``,
 which also caches task vectors theta_i - theta_base the first time an operator asks for them)
-and keeps ONE model resident. A candidate is merged by the engine (``evomerge.merge``: the same
+and keeps ONE model resident. A candidate is merged by the engine (``evomerge.merge.engine``: the same
 planning and operator code as ``evomerge merge``) reading from the cache instead of the disk,
 and each merged tensor is copied into the existing parameter (``param.copy_``): no
 ``load_state_dict``, no new model, no disk write. Same recipe => same bits as ``evomerge merge``.
@@ -62,7 +62,7 @@ class ExpertCache:
         stats: bool = True,
         stats_ratio: float | None = 1.0,
     ) -> None:
-        from evomerge.ops._fast.resident_cache import ResidentCache
+        from evomerge.merge.ops._fast.resident_cache import ResidentCache
 
         self.resolver = resolver or _identity
         self.dtype = dtype
@@ -88,9 +88,9 @@ class ExpertCache:
         return self._folders[ref]
 
     def layout(self, ref: str) -> Any:
-        """The model's tensor names split by layer (``merge_plan.Layout``), built once."""
+        """The model's tensor names split by layer (``merge.plan.Layout``), built once."""
         if ref not in self._layouts:
-            from evomerge.merge_plan import Layout
+            from evomerge.merge.plan import Layout
 
             self._layouts[ref] = Layout(self.names(ref))
         return self._layouts[ref]
@@ -123,7 +123,7 @@ class ExpertCache:
     def _adapted(self, folder: Any) -> dict[str, torch.Tensor]:
         """A LoRA adapter's applied weights, computed once: its base's tensors (shared with the
         base's own entry) with each targeted one replaced by W + s·B·A (``evomerge.io.lora``)."""
-        from evomerge.checks import check_finite
+        from evomerge.merge.checks import check_finite
 
         adapter = folder.adapter
         base = self.tensors(str(adapter.base))
@@ -177,7 +177,7 @@ class ExpertCache:
             from evomerge.errors import UserInputError
 
             raise UserInputError(f"{folder}: no .safetensors weights (pickle .bin is refused)")
-        from evomerge.checks import check_finite
+        from evomerge.merge.checks import check_finite
 
         out: dict[str, torch.Tensor] = {}
         for f in files:
@@ -358,7 +358,7 @@ class Materializer:
     def _index_targets(self) -> None:
         model = self.model
         # A tied alias (lm_head.weight) is no target: the merge writes the embedding, and the
-        # plan writes no head for a tied config (evomerge.tied_embeddings).
+        # plan writes no head for a tied config (evomerge.merge.tied_embeddings).
         tied = _tied_names(model)
         params = model.named_parameters(remove_duplicate=False)
         self._targets = {n: p for n, p in params if n not in tied}
@@ -382,7 +382,7 @@ def _decoder_layers(model: Any) -> torch.nn.ModuleList:
 
 def _apply_layer_types(model: Any, config: Any) -> None:
     """Give each resident layer the attention kind the plan chose for its slot (the source
-    layer's, merge_plan._layer_type): a pooled layer built for one slot may serve another, and
+    layer's, merge.plan._layer_type): a pooled layer built for one slot may serve another, and
     Gemma-3's layers fix sliding vs global attention (window, rotary base, mask) per layer."""
     types = getattr(config, "layer_types", None)
     if not isinstance(types, list) or not types:

@@ -1,5 +1,5 @@
 """The engine's route to an operator for tests: the fast path's run when it answers
-(``evomerge.ops._fast.plan``), else the operator itself — as ``evomerge.merge.compute``."""
+(``evomerge.merge.ops._fast.plan``), else the operator itself — as ``evomerge.merge.compute``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from evomerge.ops import OPS, _fast
+from evomerge.merge.ops import OPS, _fast
 
 
 def run_fast(

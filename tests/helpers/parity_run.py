@@ -45,7 +45,7 @@ def merge_both(
     configs: dict[str, str], fam: dict[str, str], root: Path, dtype: str = "float32"
 ) -> dict[str, tuple[Path, Path]]:
     """{name: (mergekit output, evomerge output)} for every config."""
-    from evomerge.merge import run_merge
+    from evomerge.merge.engine import run_merge
     from evomerge.recipe_mergekit import load_config
 
     jobs, out = [], {}
