@@ -5,11 +5,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evomerge.drivers.base import Candidate
 from evomerge.errors import UserInputError
+
+if TYPE_CHECKING:  # the base imports these checks
+    from evomerge.drivers.base import Candidate
+
+
+def check_asked(
+    name: str, candidates: Sequence[Candidate], fitness: Sequence[object], pending: dict
+) -> None:
+    """One fitness per candidate, and every candidate asked and not yet told."""
+    if len(candidates) != len(fitness):
+        raise UserInputError(
+            f"{name}.tell: {len(candidates)} candidates but {len(fitness)} fitness values"
+        )
+    for c in candidates:
+        if c.index not in pending:
+            raise UserInputError(
+                f"{name}.tell: candidate {c.index} was not asked or was already told"
+            )
 
 
 def check_tell(
@@ -19,16 +37,9 @@ def check_tell(
     pending: dict[int, Candidate],
 ) -> list[float]:
     """Validate a tell against the asked-but-untold candidates; return float fitness (NaN ok)."""
-    if len(candidates) != len(fitness):
-        raise UserInputError(
-            f"{name}.tell: {len(candidates)} candidates but {len(fitness)} fitness values"
-        )
+    check_asked(name, candidates, fitness, pending)
     values = []
     for c, f in zip(candidates, fitness):
-        if c.index not in pending:
-            raise UserInputError(
-                f"{name}.tell: candidate {c.index} was not asked or was already told"
-            )
         if f is None or isinstance(f, bool):
             raise UserInputError(
                 f"{name}.tell: fitness of candidate {c.index} is {f!r}; tell NaN for a failure"

@@ -10,13 +10,15 @@ hold numpy arrays and bytes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
+from evomerge.drivers._common import check_asked, check_tell
 from evomerge.drivers.options import parse_options
 from evomerge.results import EvalResult
 
@@ -41,8 +43,42 @@ class NoOptions:
     """The options of a driver that takes none: any ``driver.options`` key is refused."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Ledger:
+    """What every driver that asks candidates by number keeps: the ask counter, the candidates
+    asked and not yet told, and the best told so far. A driver's frozen state extends it (its
+    own fields are then the rest of the state dict); its fields are the state-dict keys these
+    drivers' checkpoints have always had (``next``, ``pending``, ``best``)."""
+
+    next: int = 0
+    #: index -> what the driver keeps until the tell (the Candidate unless it keeps another
+    #: handle, e.g. Optuna's trial number)
+    pending: dict[int, Any] = field(default_factory=dict)
+    best: tuple[Candidate, float] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next": self.next, "pending": dict(self.pending), "best": self.best}
+
+    @staticmethod
+    def saved(state: dict[str, Any]) -> dict[str, Any]:
+        """The ledger's fields read from a state dict (a subclass adds its own to build itself)."""
+        return {"next": state["next"], "pending": dict(state["pending"]), "best": state["best"]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Ledger:
+        return cls(**cls.saved(state))
+
+
 class Driver(ABC):
-    """Base class of all search drivers. Subclasses register with ``@register_driver``."""
+    """Base class of all search drivers. Subclasses register with ``@register_driver``.
+
+    The base keeps the :class:`Ledger` in ``self.state`` (a driver with a frozen state of its
+    own makes that state a subclass of ``Ledger``): a driver numbers its candidates with
+    ``_issue``, checks a tell with ``_check_tell`` (or ``_check_asked`` for non-scalar fitness),
+    and records it with ``_settle`` (or ``_told`` + ``_note_best`` one candidate at a time);
+    ``best`` then needs no code of its own. A driver with another kind of state (the pool
+    gradient drivers: one candidate at a time, re-asked until told) overrides ``best``.
+    """
 
     name: ClassVar[str] = ""
     #: True when ``ask`` may be called again before the previous candidates are told
@@ -99,6 +135,57 @@ class Driver(ABC):
         self.upper = np.asarray(upper, dtype=float)
         self.x0 = np.asarray(x0, dtype=float)
         self.seed = seed
+        self.state: Any = Ledger()
+
+    # ---- the ledger: ask counter, pending, best --------------------------------------------
+    def _issue(
+        self,
+        x: np.ndarray,
+        meta: dict[str, Any] | None = None,
+        wants: dict[str, Any] | None = None,
+        *,
+        keep: Any = None,
+    ) -> Candidate:
+        """The next candidate, numbered by the ask counter and pending until told. ``keep``:
+        what the driver needs back at the tell (default: the candidate itself)."""
+        led = self.state
+        c = Candidate(led.next, x, {} if meta is None else meta, {} if wants is None else wants)
+        held = c if keep is None else keep
+        self.state = replace(led, next=led.next + 1, pending={**led.pending, c.index: held})
+        return c
+
+    def _check_asked(self, candidates: Sequence[Candidate], fitness: Sequence[Any]) -> None:
+        """One fitness per candidate, and every candidate asked and not yet told."""
+        check_asked(self.name, candidates, fitness, self.state.pending)
+
+    def _check_tell(self, candidates: Sequence[Candidate], fitness: Sequence[float]) -> list[float]:
+        """``_check_asked`` and every fitness a number (NaN: failed); the floats. Changes nothing."""
+        return check_tell(self.name, candidates, fitness, self.state.pending)
+
+    def _told(self, c: Candidate) -> Any:
+        """Take ``c`` off the pending candidates; what ``_issue`` kept for it."""
+        led = self.state
+        pending = dict(led.pending)
+        held = pending.pop(c.index)
+        self.state = replace(led, pending=pending)
+        return held
+
+    def _note_best(self, c: Candidate, f: float) -> None:
+        """``best`` becomes (c, f) if f beats it (a failure, NaN, never does; ties keep the first)."""
+        best = self.state.best
+        if not math.isnan(f) and (best is None or f > best[1]):
+            self.state = replace(self.state, best=(c, f))
+
+    def _settle(self, candidates: Sequence[Candidate], values: Sequence[float]) -> None:
+        """Record checked tells: each candidate leaves pending, the best is updated."""
+        for c, f in zip(candidates, values):
+            self._told(c)
+            self._note_best(c, f)
+
+    @property
+    def best(self) -> tuple[Candidate, float] | None:
+        """Best told candidate and its fitness so far (None before any success)."""
+        return self.state.best
 
     @classmethod
     def for_space(cls, space: Any, *, seed: int = 0, **options: Any) -> Driver:
@@ -125,11 +212,6 @@ class Driver(ABC):
     @abstractmethod
     def stop(self) -> bool:
         """True when the driver's own termination criterion holds."""
-
-    @property
-    @abstractmethod
-    def best(self) -> tuple[Candidate, float] | None:
-        """Best told candidate and its fitness so far (None before any success)."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...

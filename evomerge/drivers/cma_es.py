@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.drivers._common import check_tell
-from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.drivers.base import Candidate, Driver, Ledger, register_driver
 from evomerge.drivers.options import invalid, option
 from evomerge.errors import UserInputError
 from evomerge.results import EvalResult
@@ -112,12 +111,9 @@ class CMAES(Driver):
             opts["maxfevals"] = int(o.max_evals)
         self._rng_state = np.random.RandomState(seed).get_state()
         self._es = self._with_rng(lambda: cma.CMAEvolutionStrategy(list(self.x0), o.sigma0, opts))
-        self._next = 0
-        self._pending: dict[int, Candidate] = {}
         self._generation: list[Candidate] = []
         self._asked: list[np.ndarray] = []
         self._worst_loss: float | None = None
-        self._best: tuple[Candidate, float] | None = None
 
     def _with_rng(self, fn: Any) -> Any:
         outside = np.random.get_state()
@@ -134,16 +130,11 @@ class CMAES(Driver):
         return int(self._es.sp.weights.mu)
 
     def ask(self, n: int | None = None) -> list[Candidate]:
-        if self._pending:
+        if self.state.pending:
             raise UserInputError("cma_es.ask: tell the previous generation first")
         xs = self._with_rng(self._es.ask)
         self._asked = [np.asarray(x, dtype=float) for x in xs]
-        out = []
-        for x in xs:
-            c = Candidate(self._next, np.clip(np.asarray(x, dtype=float), self.lower, self.upper))
-            self._next += 1
-            self._pending[c.index] = c
-            out.append(c)
+        out = [self._issue(np.clip(x, self.lower, self.upper)) for x in self._asked]
         self._generation = out
         return out
 
@@ -153,7 +144,7 @@ class CMAES(Driver):
         fitness: Sequence[float],
         details: Sequence[EvalResult | None] | None = None,
     ) -> None:
-        values = check_tell(self.name, candidates, fitness, self._pending)
+        values = self._check_tell(candidates, fitness)
         if [c.index for c in candidates] != [c.index for c in self._generation]:
             raise UserInputError("cma_es.tell: tell the whole generation, in ask order")
         losses = [-f for f in values if not math.isnan(f)]
@@ -164,36 +155,25 @@ class CMAES(Driver):
         told = [penalty if math.isnan(f) else -f for f in values]
         # pycma is told the genotype it asked for: the clipped copy is only what we evaluate
         self._with_rng(lambda: self._es.tell(self._asked, told))
-        for c, f in zip(candidates, values):
-            if not math.isnan(f) and (self._best is None or f > self._best[1]):
-                self._best = (c, f)
-        self._pending.clear()
+        self._settle(candidates, values)
 
     def stop(self) -> bool:
         return bool(self._es.stop())
-
-    @property
-    def best(self) -> tuple[Candidate, float] | None:
-        return self._best
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "es": pickle.dumps(self._es),
             "rng": self._rng_state,
-            "next": self._next,
-            "pending": dict(self._pending),
+            **self.state.state_dict(),  # next, pending, best
             "generation": list(self._generation),
             "asked": list(self._asked),
             "worst_loss": self._worst_loss,
-            "best": self._best,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._es = pickle.loads(state["es"])
         self._rng_state = state["rng"]
-        self._next = state["next"]
-        self._pending = dict(state["pending"])
+        self.state = Ledger.from_state_dict(state)
         self._generation = list(state["generation"])
         self._asked = list(state["asked"])
         self._worst_loss = state["worst_loss"]
-        self._best = state["best"]

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.drivers._common import check_tell, generator_at
+from evomerge.drivers._common import generator_at
 from evomerge.drivers.base import Candidate, Driver, register_driver
 from evomerge.drivers.m2n2_state import M2N2Params, M2N2State
 from evomerge.errors import UserInputError
@@ -133,9 +133,6 @@ class M2N2(Driver):
             genomes=np.zeros((0, dim)),
             scores=None,
             fitness=np.zeros(0),
-            next=0,
-            pending={},
-            best=None,
             init=[np.asarray(x0, float)] + [np.asarray(x, float) for x in p.init_points],
         )
         self._warned = False  # the scalar-fitness warning, once per process (not search state)
@@ -168,18 +165,14 @@ class M2N2(Driver):
         s, out = self.state, []
         rng = generator_at(s.rng)
         # the archive does not change between asks (only tell admits), so one state serves all
-        for i in range(s.next, s.next + (n or self.batch_size)):
+        for _ in range(n or self.batch_size):
+            i = self.state.next
             if i < self._n_initial() or len(s.genomes) < 2:
                 x, meta = self._initial(rng, i), {"init": True}
             else:
                 x, meta = self._child(rng)
-            out.append(Candidate(i, np.clip(x, self.lower, self.upper), meta))
-        self.state = replace(
-            s,
-            rng=rng.bit_generator.state,
-            next=s.next + len(out),
-            pending={**s.pending, **{c.index: c for c in out}},
-        )
+            out.append(self._issue(np.clip(x, self.lower, self.upper), meta))
+        self.state = replace(self.state, rng=rng.bit_generator.state)
         return out
 
     # ---- tell -----------------------------------------------------------------------------
@@ -225,27 +218,18 @@ class M2N2(Driver):
         fitness: Sequence[float],
         details: Sequence[EvalResult | None] | None = None,
     ) -> None:
-        s = self.state
-        values = check_tell(self.name, candidates, fitness, s.pending)
+        values = self._check_tell(candidates, fitness)
         details = list(details) if details is not None else [None] * len(candidates)
         for c, f, d in zip(candidates, values, details):
-            # stored after each step: a row refused below leaves the earlier children told
-            s = self.state = replace(
-                s, pending={i: p for i, p in s.pending.items() if i != c.index}
-            )
+            # told before the archive step: a row refused below leaves the earlier children told
+            self._told(c)
             if math.isnan(f):
                 continue  # a failed child never enters the archive
-            s = self._admitted(s, c.x, self._row(f, d), f)
-            if s.best is None or f > s.best[1]:
-                s = replace(s, best=(c, f))
-            self.state = s
+            self.state = self._admitted(self.state, c.x, self._row(f, d), f)
+            self._note_best(c, f)
 
     def stop(self) -> bool:
         return False
-
-    @property
-    def best(self) -> tuple[Candidate, float] | None:
-        return self.state.best
 
     @property
     def archive(self) -> tuple[np.ndarray, np.ndarray]:

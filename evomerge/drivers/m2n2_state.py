@@ -1,9 +1,10 @@
 """The m2n2 driver's frozen options and state (``evomerge.drivers.m2n2``).
 
 M2N2 (Abrantes, Lange & Tang, GECCO 2025). The state is the archive (genomes, per-example score
-rows, raw fitness), the RNG position, the ask counter, the candidates asked and not yet told,
-the best so far and the initial genomes still to ask; ``ask`` and ``tell`` return a new one. Its
-fields are the state dict's keys, the ones checkpoints have always had, so old ones still load.
+rows, raw fitness), the RNG position and the initial genomes still to ask, on top of the base's
+ledger (``evomerge.drivers.base.Ledger``: the ask counter, pending, best); ``ask`` and ``tell``
+return a new one. Its fields are the state dict's keys, the ones checkpoints have always had, so
+old ones still load.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.drivers.base import Candidate
+from evomerge.drivers.base import Ledger
 from evomerge.drivers.options import invalid, option
 
 INITS = ("uniform", "normal", "given")
@@ -62,14 +63,11 @@ class M2N2Params:
 
 
 @dataclass(frozen=True)
-class M2N2State:
+class M2N2State(Ledger):
     rng: dict  # the PCG64 bit generator's state (``Generator.bit_generator.state``)
     genomes: np.ndarray  # (P', D) archive genomes, P' <= archive_size
     scores: np.ndarray | None  # (P', N) per-example rows; None before the first admission
     fitness: np.ndarray  # (P',) raw fitness of the archive members
-    next: int  # the ask counter
-    pending: dict[int, Candidate]  # asked, not yet told
-    best: tuple[Candidate, float] | None
     init: list[np.ndarray]  # x0, then the init_points (the first asks)
 
     def state_dict(self) -> dict[str, Any]:
@@ -79,9 +77,7 @@ class M2N2State:
             "genomes": self.genomes.copy(),
             "scores": None if self.scores is None else self.scores.copy(),
             "fitness": self.fitness.copy(),
-            "next": self.next,
-            "pending": dict(self.pending),
-            "best": self.best,
+            **super().state_dict(),  # next, pending, best
             "init": list(self.init),
         }
 
@@ -92,8 +88,6 @@ class M2N2State:
             genomes=state["genomes"].copy(),
             scores=None if state["scores"] is None else state["scores"].copy(),
             fitness=state["fitness"].copy(),
-            next=state["next"],
-            pending=dict(state["pending"]),
-            best=state["best"],
             init=list(state["init"]),
+            **Ledger.saved(state),
         )

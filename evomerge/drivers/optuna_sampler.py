@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.drivers.base import Candidate, Driver, register_driver
+from evomerge.drivers.base import Candidate, Driver, Ledger, register_driver
 from evomerge.drivers.options import invalid, option
 from evomerge.errors import UserInputError
 from evomerge.results import EvalResult
@@ -90,18 +90,15 @@ class OptunaDriver(Driver):
         }
         if o.enqueue_x0:
             self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
-        self._next = 0
         self._constraints: dict[int, list[float]] = {}  # trial number -> values, until told
-        self._pending: dict[int, int] = {}  # candidate index -> trial number
-        self._best: tuple[Candidate, float] | None = None
 
     def tell_constraints(
         self, candidates: Sequence[Candidate], values: Sequence[list[float] | None]
     ) -> None:
         """Each candidate's constraint values (None: a failure), set by the coming ``tell``."""
         for c, v in zip(candidates, values, strict=True):
-            if v is not None and c.index in self._pending:
-                self._constraints[self._pending[c.index]] = [float(x) for x in v]
+            if v is not None and c.index in self.state.pending:  # pending keeps trial numbers
+                self._constraints[self.state.pending[c.index]] = [float(x) for x in v]
 
     def _set_constraints(self, number: int, values: list[float]) -> None:
         import optuna
@@ -122,10 +119,8 @@ class OptunaDriver(Driver):
         for _ in range(n or self.batch_size):
             trial = self._study.ask(self._dists)
             x = np.array([trial.params[f"x{i}"] for i in range(self.dim)], dtype=float)
-            c = Candidate(self._next, x, {"trial": trial.number})
-            self._pending[c.index] = trial.number
-            self._next += 1
-            out.append(c)
+            # pending keeps the trial number (the tell's handle into the study)
+            out.append(self._issue(x, {"trial": trial.number}, keep=trial.number))
         return out
 
     def _values(self, c: Candidate, f: Any) -> list[float] | None:
@@ -148,18 +143,10 @@ class OptunaDriver(Driver):
     ) -> None:
         import optuna
 
-        if len(candidates) != len(fitness):
-            raise UserInputError(
-                f"optuna.tell: {len(candidates)} candidates but {len(fitness)} fitness values"
-            )
-        for c in candidates:
-            if c.index not in self._pending:
-                raise UserInputError(
-                    f"optuna.tell: candidate {c.index} was not asked or already told"
-                )
+        self._check_asked(candidates, fitness)  # fitness may be a vector: checked below
         checked = [self._values(c, f) for c, f in zip(candidates, fitness)]
         for c, vals in zip(candidates, checked):
-            number = self._pending.pop(c.index)
+            number = self._told(c)
             cons = self._constraints.pop(number, None)
             if vals is None:
                 self._study.tell(number, state=optuna.trial.TrialState.FAIL)
@@ -170,29 +157,20 @@ class OptunaDriver(Driver):
             if cons is not None and max(cons) > 0:
                 continue  # infeasible: never the driver's best
             score = vals[0] if self.objectives == 1 else float(np.mean(vals))
-            if self._best is None or score > self._best[1]:
-                self._best = (c, score)
+            self._note_best(c, score)
 
     def stop(self) -> bool:
         return False
 
-    @property
-    def best(self) -> tuple[Candidate, float] | None:
-        return self._best
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "study": _dump_study(self._study),
-            "next": self._next,
-            "pending": dict(self._pending),
-            "best": self._best,
+            **self.state.state_dict(),  # next, pending (index -> trial number), best
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._study = _load_study(state["study"])
-        self._next = state["next"]
-        self._pending = dict(state["pending"])
-        self._best = state["best"]
+        self.state = Ledger.from_state_dict(state)
 
 
 def _dump_study(study: Any) -> bytes:
