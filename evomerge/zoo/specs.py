@@ -18,6 +18,18 @@ from evomerge.zoo.real_experts import RealExpertsSpec, smollm2_experts
 from evomerge.zoo.train_moe import MoEShape
 
 
+class _LMTasks:
+    """What every trained LM zoo shares: its task folders are its tasks, and its recipe (for
+    the zoo's config hash) is the dataclass's fields."""
+
+    @property
+    def task_folders(self) -> list[str]:
+        return list(self.tasks)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class ExpertSpec:
     """A model fine-tuned from the base on ``mix``; ``expert_in`` is the task it is expert in.
@@ -33,7 +45,7 @@ class ExpertSpec:
 
 
 @dataclass(frozen=True)
-class LMZooSpec:
+class LMZooSpec(_LMTasks):
     name: str
     description: str
     base_mix: dict[str, float]
@@ -46,13 +58,6 @@ class LMZooSpec:
     # two OpenMP threads fighting another process for two cores run ~10x slower than one.
     threads: int = 1
     kind: str = "lm"
-
-    @property
-    def task_folders(self) -> list[str]:
-        return list(self.tasks)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
     def build(self, out: Path, *, seed: int, progress: bool) -> dict:
         from evomerge.zoo.train_lm import build_lm_zoo
@@ -102,7 +107,7 @@ class DigitsZooSpec:
 
 
 @dataclass(frozen=True)
-class MoEZooSpec:
+class MoEZooSpec(_LMTasks):
     """One sparse mixture-of-experts model (Mixtral) trained on ``base_mix``: what MoE expert
     merging (``evomerge moe-reduce``, docs/moe.md) reduces. ``kind`` "lm": it is scored like
     every LM zoo model, on ``tasks``."""
@@ -117,13 +122,6 @@ class MoEZooSpec:
     targets: list[str] = field(default_factory=list)
     kind: str = "lm"
 
-    @property
-    def task_folders(self) -> list[str]:
-        return list(self.tasks)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
     def build(self, out: Path, *, seed: int, progress: bool) -> dict:
         from evomerge.zoo.train_moe import build_moe_zoo
 
@@ -131,7 +129,7 @@ class MoEZooSpec:
 
 
 @dataclass(frozen=True)
-class LMSeedsSpec:
+class LMSeedsSpec(_LMTasks):
     """Tiny Llamas trained on one mixture from different random inits (``seeds``), no shared
     base: PLeaS's setting (docs/pleas.md), where plain weight averaging fails."""
 
@@ -148,13 +146,6 @@ class LMSeedsSpec:
     @property
     def targets(self) -> list[str]:
         return []
-
-    @property
-    def task_folders(self) -> list[str]:
-        return list(self.tasks)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
     def build(self, out: Path, *, seed: int, progress: bool) -> dict:
         from evomerge.zoo.train_lm import build_seed_models
