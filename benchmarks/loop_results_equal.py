@@ -58,31 +58,42 @@ archive: {{top_k: 2}}
 """
 
 
-def _fw(variant: str, iterations: int, options: str = ""):
-    """A Frank-Wolfe experiment over a tiny LM pool (trained once per work folder, as
-    tests/test_resume_frank_wolfe.py's: seeded, one thread)."""
+def _fw_pool() -> dict:
+    """A tiny LM pool, trained once (as tests/test_resume_frank_wolfe.py's: seeded, one thread)
+    in a fixed folder of the cache: its paths are in every recipe, so two trees compared must
+    search the same folders."""
+    import torch
 
-    def write(work: Path, out: Path) -> Path:
-        import torch
+    import evomerge.zoo.lm_pool as lp
+    from evomerge.io.cache import cache_root
 
-        import evomerge.zoo.lm_pool as lp
-
+    root = cache_root() / "bench" / "loop_results_equal_fw_pool"
+    made = root / "pool.json"
+    if not made.is_file():
         torch.set_num_threads(1)
         pool = lp.build_lm_pool(
-            work / "fw-pool", n_irrelevant=1, per_expert=4, base_steps=6, expert_steps=6
+            root / "pool", n_irrelevant=1, per_expert=4, base_steps=6, expert_steps=6
         )
-        members = ", ".join([*pool.relevant, *pool.irrelevant])
-        out.write_text(
-            FW_YAML.format(
-                members=members,
-                base=pool.base,
-                fn=lp.__file__,
-                proxy=pool.proxy,
-                variant=variant,
-                iterations=iterations,
-                options=options,
-            )
+        fields = {"members": [*pool.relevant, *pool.irrelevant], "base": pool.base}
+        made.write_text(json.dumps({**fields, "proxy": pool.proxy}))
+    return {**json.loads(made.read_text()), "fn": lp.__file__}  # this tree's fitness
+
+
+def _fw(variant: str, iterations: int, options: str = ""):
+    """A Frank-Wolfe experiment over the tiny LM pool."""
+
+    def write(work: Path, out: Path) -> Path:
+        pool = _fw_pool()
+        text = FW_YAML.format(
+            members=", ".join(pool["members"]),
+            base=pool["base"],
+            fn=pool["fn"],
+            proxy=pool["proxy"],
+            variant=variant,
+            iterations=iterations,
+            options=options,
         )
+        out.write_text(text)
         return out
 
     return write

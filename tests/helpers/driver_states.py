@@ -150,13 +150,19 @@ def continuation_pool(driver, tells: int, first: int) -> list:
 
 
 def record_pool() -> dict:
+    """Per case: the genes asked, the state with a candidate pending and what follows it, and
+    the state once that candidate is told (what a store's checkpoint holds)."""
     out = {}
     for case in POOL_CASES:
         driver = make_pool(case)
         asked = play_pool(driver, 6)
         state = pickle.loads(pickle.dumps(driver.state_dict()))
         then = continuation_pool(driver, 40, 6)
-        out[case] = {"asked": asked, "state": state, "then": then}
+        told = make_pool(case)
+        play_pool(told, 6)
+        continuation_pool(told, 1, 6)
+        state_told = pickle.loads(pickle.dumps(told.state_dict()))
+        out[case] = {"asked": asked, "state": state, "then": then, "state_told": state_told}
     return out
 
 
