@@ -1,7 +1,8 @@
 """AdaMerging on real tiny models: entropy goes down on the digits zoo, layer-wise has one
 coefficient per tensor and expert, the state round-trips exactly, the merge it reports is
-plain task arithmetic with its lambda, bad input is rejected, and the LM objective works on a
-tiny Llama (the driver conformance suite runs it on a sphere too)."""
+plain task arithmetic with its lambda, bad input is rejected, the LM objective works on a
+tiny Llama, and its gradient jobs run on Ray workers with the serial result (the driver
+conformance suite runs it on a sphere too)."""
 
 from __future__ import annotations
 
