@@ -55,13 +55,17 @@ def distillation_loss(student_logits, teacher_logits, labels) -> torch.Tensor:
     return kl / student_logits.shape[0]
 
 
-def compress_and_finetune(student, teacher, tok, lines: Sequence[str], opts: CompressOptions):
-    """Factor ``student``'s experts, fine-tune it while pruning, write the dense products back.
+def compress_and_finetune(
+    student, teacher, tok, lines: Sequence[str], opts: CompressOptions, compress: bool = True
+):
+    """Factor ``student``'s experts, fine-tune it while pruning, write the dense products back
+    (``compress=False``: the same fine-tuning of the dense merged experts, nothing factored or
+    pruned; the benchmark's control for what fine-tuning alone does).
 
     Returns ``(factors, pruner, log)``: per MoE layer its ``FactoredExperts`` (L, R and the
     masked S, detached), the pruner (its row masks), and the loss at a few steps."""
     blocks = moe_blocks(student)
-    factored = [factorize_block(b, opts.rank) for b in blocks]
+    factored = [factorize_block(b, opts.rank) for b in blocks] if compress else []
     for b in blocks:
         b.gate.weight.requires_grad_(False)  # the authors freeze the routers
     sparse = {f"{i}.{m}": f.sparse[m] for i, f in enumerate(factored) for m in f.sparse}
@@ -96,14 +100,16 @@ def compress_and_finetune(student, teacher, tok, lines: Sequence[str], opts: Com
         opt.step()
         pruner.update()
         keep, mask = keep_fraction(step, opts.steps, 1.0 - opts.sparsity, warmup)
-        if mask:
+        if mask and compress:
             pruner.mask(keep)
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step in (0, opts.steps // 2, opts.steps - 1):
-            log.append({"step": step, "loss": round(loss.item(), 4), "keep": round(keep, 4)})
+            kept = round(keep, 4) if compress else 1.0
+            log.append({"step": step, "loss": round(loss.item(), 4), "keep": kept})
     for b in blocks:
-        unfactorize_block(b)
+        if compress:
+            unfactorize_block(b)
         b.gate.weight.requires_grad_(True)
     for f in factored:
         f.requires_grad_(False)

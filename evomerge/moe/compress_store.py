@@ -44,7 +44,7 @@ def dense_from_factors(tensors: dict[str, torch.Tensor], key: str, out_dim: int)
     return w
 
 
-def _linear_macs(cfg, expert_macs: float) -> float:
+def linear_macs(cfg, expert_macs: float) -> float:
     """Multiply-accumulates of one token through every weight matrix of a Mixtral: attention's
     four projections, the router, ``top_k`` experts at ``expert_macs`` each, the LM head
     (attention scores, norms and activations left out: they do not change here)."""
@@ -77,9 +77,9 @@ def compression_report(model, original, factors: dict[str, torch.Tensor], nbytes
         },
         "factors_file_bytes": nbytes,
         "macs_per_token": {
-            "original": _linear_macs(original.config, 3 * h * original.config.intermediate_size),
-            "dense_folder": _linear_macs(cfg, 3 * h * inter),
-            "factored": _linear_macs(cfg, mean_expert),
+            "original": linear_macs(original.config, 3 * h * original.config.intermediate_size),
+            "dense_folder": linear_macs(cfg, 3 * h * inter),
+            "factored": linear_macs(cfg, mean_expert),
         },
     }
 
