@@ -83,7 +83,9 @@ def compress_and_finetune(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda t: (
-            (t + 1) / warmup if t < warmup else max(0.0, (opts.steps - t) / (opts.steps - warmup))
+            (t + 1) / warmup
+            if t < warmup
+            else max(0.0, (opts.steps - t) / max(1, opts.steps - warmup))
         ),
     )
     rng = random.Random(f"mc-smoe-compress:{opts.seed}")
