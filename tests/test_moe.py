@@ -183,6 +183,18 @@ def test_moe_reduce_user_errors_are_one_line(moe_zoo, calibration_64, tmp_path):
                 "--keep",
                 "4",
                 "--compress",
+                "rank=8,sparsity=0.5,steps=2",
+            ],
+            "steps=2: give at least 3",
+        ),
+        (
+            [
+                str(moe_zoo),
+                "--method",
+                "mc-smoe",
+                "--keep",
+                "4",
+                "--compress",
                 "rank=96,sparsity=0",
             ],
             "rank below 96",

@@ -70,9 +70,12 @@ def parse_compress(text: str) -> CompressOptions:
         raise UserInputError(f"--compress rank={opts.rank}: give a rank of at least 1")
     if not 0.0 <= opts.sparsity <= 1.0:
         raise UserInputError(f"--compress sparsity={opts.sparsity}: give a share in [0, 1]")
-    for key in ("steps", "batch"):
-        if getattr(opts, key) < 1:
-            raise UserInputError(f"--compress {key}={getattr(opts, key)}: give at least 1")
+    if opts.steps < 3:  # the schedule leaves the first step unpruned and prunes at the last
+        raise UserInputError(
+            f"--compress steps={opts.steps}: give at least 3 (a warmup step, then pruning)"
+        )
+    if opts.batch < 1:
+        raise UserInputError(f"--compress batch={opts.batch}: give at least 1")
     if not opts.lr > 0:
         raise UserInputError(f"--compress lr={opts.lr}: give a positive learning rate")
     return opts
