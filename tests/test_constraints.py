@@ -153,6 +153,27 @@ def test_no_feasible_candidate_means_no_winner_and_no_export(tmp_path, capsys, f
     assert "no feasible candidate yet" in said
     with pytest.raises(UserInputError, match="no candidate met every bound"):
         export(run, tmp_path / "w.yaml")
+    _check_no_feasible_plot(run)
+
+
+def _check_no_feasible_plot(run: Path) -> None:
+    """Every candidate infeasible: the plot says so and draws no curve, only hollow points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from evomerge.report_data import model_rows
+    from evomerge.report_plots import draw_fitness
+    from evomerge.store import RunStore
+
+    with RunStore.open(run, readonly=True) as st:
+        trials = st.trials()
+    fig, ax = plt.subplots()
+    draw_fitness(ax, trials, model_rows([], {}), {t.idx for t in trials})
+    assert [t.get_text() for t in ax.texts] == ["no feasible candidate"]
+    assert [ln.get_label() for ln in ax.lines] == ["infeasible candidate (5)"]
+    plt.close(fig)
 
 
 def test_penalised_values_rank_as_debs_rules():
