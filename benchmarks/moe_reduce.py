@@ -2,6 +2,7 @@
 merge its 8 experts per layer into 6 (25% fewer) or 4 (50% fewer).
 
     python benchmarks/moe_reduce.py [--quick] [--limit N] [--keep 6 4] [--seeds 0 1 2]
+        [--tables merge compress] [--compress rank=16,sparsity=0.9 ...] [--compress-steps 300]
 
 Builds (or reuses) the lm-moe zoo, reads routing statistics on fitness/calibration/lm-moe.txt
 (the zoo's training mixture, never a test prompt), and scores with the zoo's fast evaluator
@@ -11,6 +12,15 @@ router row per merged expert: the representative member's), and the paper's form
 inference (every router row kept, the members of a group sharing its merged expert). Sub-MoE
 and the average cluster with K-means: their rows are the mean over ``--seeds``. No timings:
 scores and kept fractions only, which do not depend on the machine's load.
+
+The second table (``--tables compress``) is MC-SMoE's compression step (``--compress`` of
+``evomerge moe-reduce``): the M-SMoE merge as the folder form above, then its experts as low
+rank plus row-sparse, pruned during ``--compress-steps`` of fine-tuning with distillation from
+the original on 4096 lines of the zoo's training mixture (``calibration_lines(seed=1)``: other
+draws than the calibration file, never a test prompt). Beside it, the same fine-tuning of the
+uncompressed merge, to separate what fine-tuning does from what compression costs. Parameters
+are the factored form's (``mc_smoe_factors.safetensors``), MACs a token's multiply-accumulates
+through the weight matrices (``compress_store.linear_macs``): counts, not timings.
 """
 
 from __future__ import annotations
@@ -23,11 +33,15 @@ import torch
 
 from evomerge.commands.moe_reduce import load_moe
 from evomerge.merge.calibration import read_lines
+from evomerge.moe.compress import parse_compress
+from evomerge.moe.compress_finetune import compress_and_finetune
+from evomerge.moe.compress_store import compress_reduced, linear_macs
 from evomerge.moe.experts import layer_experts, moe_blocks, router_weight
 from evomerge.moe.mc_smoe import mc_smoe_layer
 from evomerge.moe.reduce import merge_layers, reduced_model, shared_model
 from evomerge.moe.routing_stats import routing_stats
 from evomerge.zoo.build import build
+from evomerge.zoo.calibration import calibration_lines
 from evomerge.zoo.evaluate import evaluate_lm_task, task_dir
 from evomerge.zoo.specs import lm_moe
 
@@ -64,6 +78,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200, help="test items per skill")
     ap.add_argument("--keep", type=int, nargs="+", default=[6, 4], help="experts kept per layer")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="K-means seeds")
+    ap.add_argument("--tables", nargs="+", default=["merge", "compress"], help="merge, compress")
+    ap.add_argument(
+        "--compress",
+        nargs="+",
+        default=["rank=16,sparsity=0.9", "rank=8,sparsity=0.9"],
+        help="MC-SMoE compression settings (--compress of moe-reduce)",
+    )
+    ap.add_argument("--compress-steps", type=int, default=300, help="fine-tuning steps")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -74,6 +96,10 @@ def main() -> None:
     experts = model.config.num_local_experts
     print(f"lm-moe{' (quick)' if args.quick else ''}: {experts} experts per layer, top-2;")
     print(f"mean exact match over {', '.join(tasks)} ({args.limit} items each)\n")
+    if "compress" in args.tables:
+        compression_table(model, tok, stats, tasks, args, original)
+    if "merge" not in args.tables:
+        return
     head = " | ".join(
         f"{k} experts ({1 - k / experts:.0%} fewer): folder / shared" for k in args.keep
     )
@@ -96,6 +122,58 @@ def main() -> None:
             f, s = statistics.mean(folder), statistics.mean(shared)
             cells.append(f"{f:.3f} ({f / original:.0%}) / {s:.3f} ({s / original:.0%})")
         print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def _dense_counts(model) -> tuple[int, float]:
+    cfg = model.config
+    macs = linear_macs(cfg, 3 * cfg.hidden_size * cfg.intermediate_size)
+    return sum(p.numel() for p in model.parameters()), macs
+
+
+def compression_table(model, tok, stats, tasks, args, original: float) -> None:
+    """Score kept, parameters and MACs a token, with and without MC-SMoE's compression."""
+    lines = calibration_lines("lm-moe", n=4096, seed=1)
+    params0, macs0 = _dense_counts(model)
+
+    def cell(score: float, params: int, macs: float) -> str:
+        return (
+            f"{score:.3f} ({score / original:.0%}) / {params:,} ({params / params0:.0%}) / "
+            f"{macs / macs0:.0%}"
+        )
+
+    rows: dict[str, list[str]] = {}
+    for keep in args.keep:
+        layers = layers_for(model, stats, "mc-smoe", keep, 0, 1.0)
+        small = reduced_model(model, layers)
+        rows.setdefault("M-SMoE merge, no fine-tuning", []).append(
+            cell(score(small, tok, tasks, args.limit), *_dense_counts(small))
+        )
+        opts = parse_compress(f"rank=1,sparsity=0,steps={args.compress_steps}")
+        tuned = reduced_model(model, layers)
+        compress_and_finetune(tuned, model, tok, lines, opts, compress=False)
+        rows.setdefault("M-SMoE merge + the same fine-tuning, dense", []).append(
+            cell(score(tuned, tok, tasks, args.limit), *_dense_counts(tuned))
+        )
+        for spec in args.compress:
+            opts = parse_compress(f"{spec},steps={args.compress_steps}")
+            small = reduced_model(model, layers)
+            report, _ = compress_reduced(small, model, tok, lines, opts)
+            p, m = report["parameters"]["factored"], report["macs_per_token"]["factored"]
+            label = f"MC-SMoE, rank {opts.rank}, sparsity {opts.sparsity}"
+            rows.setdefault(label, []).append(cell(score(small, tok, tasks, args.limit), p, m))
+    experts = model.config.num_local_experts
+    head = " | ".join(f"{k} experts ({1 - k / experts:.0%} fewer)" for k in args.keep)
+    print("score (kept) / parameters (of the original) / MACs a token (of the original)\n")
+    print(f"| form | {head} |")
+    print("|---|" + "---|" * len(args.keep))
+    print(
+        f"| original ({experts} experts) | "
+        + " | ".join(cell(original, params0, macs0) for _ in args.keep)
+        + " |"
+    )
+    for label, cells in rows.items():
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
 
 
 if __name__ == "__main__":

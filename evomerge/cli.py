@@ -355,6 +355,16 @@ def moe_reduce(
         1.0, "--rank-fraction", help="sub-moe: share of the joint SVD's rank kept, in (0, 1]"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty OUT"),
+    compress: str | None = typer.Option(
+        None,
+        "--compress",
+        help="mc-smoe: then compress the merged experts, rank=R,sparsity=X[,steps=N,lr=F,batch=B,seed=S]",
+    ),
+    finetune: Path | None = typer.Option(
+        None,
+        "--finetune",
+        help="--compress: fine-tuning text, one sample a line (default: --calibration)",
+    ),
 ) -> None:
     """Merge a mixture-of-experts model's experts into fewer (MC-SMoE, Sub-MoE, average)."""
     from evomerge.commands import moe_reduce as cmd
@@ -369,6 +379,8 @@ def moe_reduce(
             seed=seed,
             rank_fraction=rank_fraction,
             overwrite=overwrite,
+            compress=compress,
+            finetune=finetune,
         )
     )
 

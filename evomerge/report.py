@@ -2,6 +2,8 @@
 
 * ``fitness.png``   best-so-far and per-generation median fitness against evaluations, the
                     experts and the base as levels, failed candidates marked on the x axis;
+                    with fitness.constraints each candidate as a dot, hollow when infeasible,
+                    and the curves over the feasible ones;
 * ``tasks.png``     per-task scores of the top-k archive against each expert and the base;
 * ``genes.png``     the best recipe's genes per layer: a (model x param) by layer-group heat map
                     for parameter space, the layer path with its input scales for data flow;
@@ -19,6 +21,7 @@ import os
 from pathlib import Path
 
 from evomerge.failures import FailureGroup, run_failure_groups
+from evomerge.fitness.constraints import Constraints, summary_lines
 from evomerge.report_data import Row, best_and_median, best_genes, model_rows, task_names
 from evomerge.report_doc import (
     Block,
@@ -56,14 +59,15 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     rows = model_rows(top, baselines)
     tasks = task_names(rows)
     genes = best_genes(top[0] if top else None, cfg_json, run_dir)
+    cons = _constraints(cfg_json)
     plots = [
-        plot_fitness(trials, rows, out / "fitness.png"),
+        plot_fitness(trials, rows, out / "fitness.png", _infeasible(cons, trials)),
         plot_tasks(rows, tasks, out / "tasks.png"),
         plot_genes(*genes, out / "genes.png"),
     ]
     plots = [p for p in plots if p is not None]
     facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop)
-    facts += _constraint_facts(cfg_json, trials)
+    facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
     blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked)
@@ -97,13 +101,19 @@ def _facts(run_dir, cfg: dict, trials: list[Trial], top: list[Trial], stop) -> l
     return facts
 
 
-def _constraint_facts(cfg_json: str, trials: list[Trial]) -> list[str]:
-    """fitness.constraints: each bound and how many candidates met them (as ``status``)."""
+def _constraints(cfg_json: str) -> Constraints | None:
+    """The run's fitness.constraints (None: it has none)."""
     from evomerge.config import experiment_from_json
-    from evomerge.fitness.constraints import Constraints, summary_lines
 
-    cons = Constraints.of(experiment_from_json(cfg_json).fitness)
-    return summary_lines(cons, trials) if cons is not None else []
+    return Constraints.of(experiment_from_json(cfg_json).fitness)
+
+
+def _infeasible(cons: Constraints | None, trials: list[Trial]) -> set[int] | None:
+    """The successful candidates that broke a constraint (None: the run has no constraints);
+    ``status`` and the facts above count the same ones (``summary_lines``)."""
+    if cons is None:
+        return None
+    return {t.idx for t in trials if t.ok and not cons.feasible(t.scores)}
 
 
 def _stop_text(stop) -> str:

@@ -49,15 +49,20 @@ def task_names(rows: list[Row]) -> list[str]:
     return sorted({k for r in rows for k in r.scores})
 
 
-def best_and_median(trials: list[Trial]) -> tuple[list[int], list[float], list[float]]:
-    """(evaluations so far, best so far, generation median) at each generation's end."""
+def best_and_median(
+    trials: list[Trial], infeasible: set[int] | None = None
+) -> tuple[list[int], list[float], list[float]]:
+    """(evaluations so far, best so far, generation median) at each generation's end, over the
+    successful candidates not in ``infeasible`` (trial idx): with fitness.constraints the best
+    so far is then the best the archive could hold, and ends at the winner's fitness."""
     xs, best, med = [], [], []
     running, count = -math.inf, 0
+    skip = infeasible or set()
     gens = sorted({t.generation for t in trials})
     for g in gens:
         rows = [t for t in trials if t.generation == g]
         count += len(rows)
-        ok = [t.fitness for t in rows if t.ok]
+        ok = [t.fitness for t in rows if t.ok and t.idx not in skip]
         if ok:
             running = max(running, max(ok))
         xs.append(count)

@@ -1,7 +1,10 @@
 """The report's three plots (matplotlib, Agg backend, PNG at 110 dpi).
 
 A failed candidate has no fitness: it is drawn as a mark on the x axis (where it happened),
-never as a value; a failed baseline is named in the legend and not drawn.
+never as a value; a failed baseline is named in the legend and not drawn. With
+fitness.constraints every candidate is drawn at its objective fitness, feasible ones as small
+filled dots and infeasible ones as hollow circles, and the curves follow the feasible ones only
+(an infeasible candidate can never be the winner, however high it scores).
 """
 
 from __future__ import annotations
@@ -31,22 +34,36 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_fitness(trials: list[Trial], rows: list[Row], path: Path) -> Path | None:
+def plot_fitness(
+    trials: list[Trial], rows: list[Row], path: Path, infeasible: set[int] | None = None
+) -> Path | None:
     import matplotlib.pyplot as plt
 
     if not trials:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    draw_fitness(ax, trials, rows)
+    draw_fitness(ax, trials, rows, infeasible)
     return _save(fig, path)
 
 
-def draw_fitness(ax, trials: list[Trial], rows: list[Row]) -> None:
-    xs, best, med = best_and_median(trials)
+def draw_fitness(
+    ax, trials: list[Trial], rows: list[Row], infeasible: set[int] | None = None
+) -> None:
+    """``infeasible``: the idx of the successful candidates that broke a constraint; None when
+    the run has no fitness.constraints (then candidates are not drawn one by one)."""
+    xs, best, med = best_and_median(trials, infeasible)
     levels = [r for r in rows if r.kind != "merge" and r.fitness is not None]
+    which = "" if infeasible is None else " (feasible)"
+    if infeasible is not None:
+        _mark_feasibility(ax, trials, infeasible)
     if any(math.isfinite(v) for v in best):
-        ax.plot(xs, best, label="best so far", lw=2, marker="o", ms=3, color=WINNER_COLORS[0])
-        ax.plot(xs, med, label="generation median", lw=1, ls="--", color="#444")
+        ax.plot(
+            xs, best, label=f"best so far{which}", lw=2, marker="o", ms=3, color=WINNER_COLORS[0]
+        )
+        ax.plot(xs, med, label=f"generation median{which}", lw=1, ls="--", color="#444")
+    elif infeasible:
+        box = {"facecolor": "white", "edgecolor": "#999"}
+        ax.text(0.5, 0.6, "no feasible candidate", transform=ax.transAxes, ha="center", bbox=box)
     else:
         box = {"facecolor": "white", "edgecolor": "#999"}
         ax.text(0.5, 0.6, "no candidate succeeded", transform=ax.transAxes, ha="center", bbox=box)
@@ -62,6 +79,22 @@ def draw_fitness(ax, trials: list[Trial], rows: list[Row]) -> None:
     ax.set_ylabel("fitness (higher is better)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
+
+
+def _mark_feasibility(ax, trials: list[Trial], infeasible: set[int]) -> None:
+    """Each successful candidate at (its position, its objective fitness): filled when it met
+    every constraint, hollow when it did not (its fitness is real, but it cannot win)."""
+    spots = [(i + 1, t) for i, t in enumerate(trials) if t.ok and math.isfinite(t.fitness)]
+    good = [(x, t.fitness) for x, t in spots if t.idx not in infeasible]
+    bad = [(x, t.fitness) for x, t in spots if t.idx in infeasible]
+    if good:
+        gx, gy = zip(*good, strict=True)
+        label = f"feasible candidate ({len(good)})"
+        ax.plot(gx, gy, "o", ms=3, color=BASE_COLOR, alpha=0.6, ls="none", label=label)
+    if bad:
+        bx, by = zip(*bad, strict=True)
+        label = f"infeasible candidate ({len(bad)})"
+        ax.plot(bx, by, "o", ms=5, mfc="none", mec="#9467bd", mew=1, ls="none", label=label)
 
 
 def _mark_failures(ax, xs: list[int]) -> None:

@@ -76,6 +76,7 @@ def test_constrained_cma_es_archives_only_feasible_and_resumes_exactly(tmp_path,
     shown = capsys.readouterr().out
     assert "constraint cap <= -4.23" in shown, shown
     assert f"{len(infeasible)} infeasible" in shown
+    _check_fitness_plot(full, tmp_path / "report", set(infeasible), winner[3])
 
     # killed once in the search and once in its resume (2 kills keep the test short; the
     # exhaustive kill test is tests/test_resume.py), then resumed to the end
@@ -103,6 +104,36 @@ def test_constrained_cma_es_archives_only_feasible_and_resumes_exactly(tmp_path,
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def _check_fitness_plot(run: Path, out: Path, infeasible: set[int], winner: float) -> None:
+    """The report's fitness plot draws infeasible candidates hollow, under their own legend
+    entry, and its best-so-far curve ends at the (feasible) winner, not above it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from evomerge.report import write_report
+    from evomerge.report_data import model_rows
+    from evomerge.report_plots import draw_fitness
+    from evomerge.store import RunStore
+
+    assert (out / "fitness.png") in write_report(run, out)
+    assert f"{len(infeasible)} infeasible" in (out / "report.md").read_text()
+    with RunStore.open(run, readonly=True) as st:
+        trials = st.trials()
+    fig, ax = plt.subplots()
+    draw_fitness(ax, trials, model_rows([], {}), infeasible)
+    lines = {ln.get_label(): ln for ln in ax.lines}
+    hollow = lines[f"infeasible candidate ({len(infeasible)})"]
+    assert hollow.get_markerfacecolor() == "none"
+    at = {i + 1: t.fitness for i, t in enumerate(trials) if t.idx in infeasible}
+    assert dict(zip(hollow.get_xdata(), hollow.get_ydata(), strict=True)) == at
+    filled = lines[f"feasible candidate ({sum(t.ok for t in trials) - len(infeasible)})"]
+    assert filled.get_markerfacecolor() != "none"
+    assert lines["best so far (feasible)"].get_ydata()[-1] == winner < max(at.values())
+    plt.close(fig)
+
+
 def test_no_feasible_candidate_means_no_winner_and_no_export(tmp_path, capsys, family):
     from evomerge.commands.export import export
     from evomerge.commands.search import search
@@ -122,6 +153,27 @@ def test_no_feasible_candidate_means_no_winner_and_no_export(tmp_path, capsys, f
     assert "no feasible candidate yet" in said
     with pytest.raises(UserInputError, match="no candidate met every bound"):
         export(run, tmp_path / "w.yaml")
+    _check_no_feasible_plot(run)
+
+
+def _check_no_feasible_plot(run: Path) -> None:
+    """Every candidate infeasible: the plot says so and draws no curve, only hollow points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from evomerge.report_data import model_rows
+    from evomerge.report_plots import draw_fitness
+    from evomerge.store import RunStore
+
+    with RunStore.open(run, readonly=True) as st:
+        trials = st.trials()
+    fig, ax = plt.subplots()
+    draw_fitness(ax, trials, model_rows([], {}), {t.idx for t in trials})
+    assert [t.get_text() for t in ax.texts] == ["no feasible candidate"]
+    assert [ln.get_label() for ln in ax.lines] == ["infeasible candidate (5)"]
+    plt.close(fig)
 
 
 def test_penalised_values_rank_as_debs_rules():

@@ -48,7 +48,7 @@ class DigitsContext:
         return res, res.aggregate(), ()
 
 
-def _loop(run_dir, pool, budget):
+def _loop(run_dir, pool, budget, constraints=None):
     store = (
         RunStore.open(run_dir)
         if (run_dir / "store.sqlite").exists()
@@ -64,14 +64,21 @@ def _loop(run_dir, pool, budget):
         evaluator=SerialEvaluator(DigitsContext(space)),
         archive=Archive(run_dir, 2, None),
         budget=budget,
+        constraints=constraints,
     )
     loop.restore()
     return loop, store, driver
 
 
-def test_fw_search_loop_and_exact_resume(tmp_path, pool):
-    loop, store, driver = _loop(tmp_path / "full", pool, Budget(max_evals=50))
-    final = loop.run()
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, pool):
+    """One uninterrupted FW search (theta_0 .. theta_4), shared by the tests below."""
+    loop, store, driver = _loop(tmp_path_factory.mktemp("full"), pool, Budget(max_evals=50))
+    return loop.run(), store, driver
+
+
+def test_fw_search_loop_and_exact_resume(tmp_path, pool, full_run):
+    final, store, driver = full_run
     assert final.stop_reason == "driver" and final.n_candidates == 5  # theta_0 .. theta_4
     full = store.trials()
     assert all(t.ok for t in full)
@@ -89,3 +96,31 @@ def test_fw_search_loop_and_exact_resume(tmp_path, pool):
     ]
     assert driver2.best[1] == driver.best[1] == max(t.fitness for t in full)
     assert store2.archive()[0].digest == store.archive()[0].digest
+
+
+def test_a_constraint_filters_fw_iterates_but_never_steers_them(tmp_path, pool, full_run):
+    """docs/fitness.md (Constraints, gradient drivers): FW is told ``-1e9 - violation`` for an
+    infeasible iterate, which only its ``best`` reads; its steps follow the proxy gradient, so
+    the iterates are those of the unconstrained run, and only feasible ones are archived."""
+    from evomerge.fitness.config import parse_fitness_config
+    from evomerge.fitness.constraints import Constraints
+
+    plain = full_run[1].trials()
+    bound = float(np.median([t.scores["rot90"] for t in plain]))  # cuts the run in two
+    cfg = parse_fitness_config(
+        {
+            "tasks": [{"kind": "python", "function": "f.py:a"}],
+            "constraints": [
+                {"task": {"kind": "python", "function": "f.py:b", "name": "rot90"}, "min": bound}
+            ],
+        }
+    )
+    loop, store, driver = _loop(tmp_path, pool, Budget(max_evals=50), Constraints.of(cfg))
+    assert loop.run().stop_reason == "driver"
+    got = store.trials()
+    assert [(t.genes, t.fitness) for t in got] == [(t.genes, t.fitness) for t in plain]
+    feasible = {t.idx for t in got if t.scores["rot90"] >= bound}
+    assert feasible and len(feasible) < len(got)
+    assert store.archive() and {e.idx for e in store.archive()} <= feasible
+    best_feasible = max(t.fitness for t in got if t.idx in feasible)
+    assert driver.best[1] == store.archive()[0].fitness == best_feasible

@@ -166,6 +166,47 @@ def test_moe_reduce_user_errors_are_one_line(moe_zoo, calibration_64, tmp_path):
             "sub-moe only",
         ),
         ([str(moe_zoo), "--method", "sub-moe", "--keep", "4", "--rank-fraction", "0"], "in (0, 1]"),
+        ([str(moe_zoo), "--method", "mc-smoe", "--keep", "4", "--compress", "rank=8"], "sparsity"),
+        (
+            [str(moe_zoo), "--method", "mc-smoe", "--keep", "4", "--compress", "rank=8,spars=1"],
+            "--compress 'spars=1'",
+        ),
+        (
+            [str(moe_zoo), "--method", "mc-smoe", "--keep", "4", "--compress", "rank=8,sparsity=2"],
+            "in [0, 1]",
+        ),
+        (
+            [
+                str(moe_zoo),
+                "--method",
+                "mc-smoe",
+                "--keep",
+                "4",
+                "--compress",
+                "rank=8,sparsity=0.5,steps=2",
+            ],
+            "steps=2: give at least 3",
+        ),
+        (
+            [
+                str(moe_zoo),
+                "--method",
+                "mc-smoe",
+                "--keep",
+                "4",
+                "--compress",
+                "rank=96,sparsity=0",
+            ],
+            "rank below 96",
+        ),
+        (
+            [str(moe_zoo), "--method", "average", "--keep", "4", "--compress", "rank=8,sparsity=0"],
+            "--method mc-smoe",
+        ),
+        (
+            [str(moe_zoo), "--method", "mc-smoe", "--keep", "4", "--finetune", "x.txt"],
+            "only used with --compress",
+        ),
     ]
     for args, expected in cases:
         res = CliRunner().invoke(
@@ -182,3 +223,79 @@ def test_moe_reduce_user_errors_are_one_line(moe_zoo, calibration_64, tmp_path):
         + ["--calibration", str(tmp_path / "missing.txt")],
     )
     assert res.exit_code == 2 and "calibration.file" in res.output
+
+
+def test_compression_pieces_follow_the_authors_code():
+    from evomerge.moe.compress import low_rank_split
+    from evomerge.moe.compress_prune import RowPruner, keep_fraction
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 3, generator=g) @ torch.randn(3, 6, generator=g)  # rank 3
+    left, right = low_rank_split(w, 3)
+    torch.testing.assert_close(left @ right, w, atol=1e-5, rtol=0)
+    assert left.shape == (8, 3) and right.shape == (3, 6)
+    # cubic schedule, warmup 10 of 100 steps: nothing pruned up to step 10, the final share for
+    # the last 40 steps, halfway through the ramp final + (1 - final) / 8
+    assert keep_fraction(10, 100, 0.1, 10) == (1.0, False)
+    assert keep_fraction(61, 100, 0.1, 10) == (0.1, True)
+    assert keep_fraction(35, 100, 0.1, 10)[0] == pytest.approx(0.1 + 0.9 * 0.5**3)
+    # rows go whole, by the moving average of |s * grad| (one step behind), over all matrices
+    a = torch.nn.Parameter(torch.ones(1, 2, 4))  # 2 rows of 4 entries
+    b = torch.nn.Parameter(torch.ones(1, 2, 4))
+    pruner = RowPruner({"a": a, "b": b})
+    for _ in range(2):  # the second update folds in the sensitivities of the first
+        a.grad = torch.tensor([[[1.0] * 4, [0.1] * 4]])
+        b.grad = torch.tensor([[[0.5] * 4, [0.2] * 4]])
+        pruner.update()
+    # k = floor(16 * (1 - 0.4)) = 9: the 9th smallest entry score is row b0's; rows below it go
+    # (the authors' kthvalue and strict <): a1 and b1
+    pruner.mask(0.4)
+    assert pruner.kept["a"].tolist() == [[True, False]] and pruner.kept["b"].tolist() == [
+        [True, False]
+    ]
+    assert a[0, 1].abs().sum() == 0 and a[0, 0].abs().sum() == 4 and pruner.kept_share() == 0.5
+
+
+def test_moe_reduce_compress_stores_fewer_parameters_and_still_scores(
+    moe_zoo, calibration_64, tmp_path
+):
+    from safetensors.torch import load_file
+
+    from evomerge.moe.compress_store import FACTORS_FILE, dense_from_factors
+
+    out = tmp_path / "compressed"
+    rank, sparsity = 16, 0.9
+    res = CliRunner().invoke(
+        app,
+        ["moe-reduce", str(moe_zoo), str(out), "--method", "mc-smoe", "--keep", "4"]
+        + ["--calibration", str(calibration_64)]
+        + ["--compress", f"rank={rank},sparsity={sparsity},steps=20"],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "moe_reduction.json").read_text())["compression"]
+    factors = load_file(str(out / FACTORS_FILE))
+    h, inter, experts = 96, 128, 2 * 4  # lm-moe: hidden 96, width 128; 2 layers x 4 experts
+    # the factored form is what was stated: rank-16 L and R for each of the 3 matrices of each
+    # expert, plus the surviving rows of S (about 10% of S's entries, whole rows)
+    low_rank = experts * 3 * rank * (h + inter)
+    sparse = sum(v.numel() for k, v in factors.items() if k.endswith(".sparse_rows"))
+    assert abs(sparse / (experts * 3 * h * inter) - (1 - sparsity)) < 0.01
+    expert_params = sum(v.numel() for k, v in factors.items() if not k.endswith("_index"))
+    assert expert_params == low_rank + sparse
+    params = report["parameters"]
+    dense_experts = experts * 3 * h * inter
+    assert params["factored"] == params["dense_folder"] - dense_experts + low_rank + sparse
+    # 53% of the 4-expert folder, 30% of the 8-expert original
+    assert params["factored"] < 0.55 * params["dense_folder"] < 0.32 * params["original"]
+    assert report["factors_file_bytes"] == (out / FACTORS_FILE).stat().st_size
+    # the dense folder holds exactly the products of the stored factors
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        w2 = f.get_tensor("model.layers.1.block_sparse_moe.experts.3.w2.weight")
+    torch.testing.assert_close(
+        dense_from_factors(factors, "layers.1.experts.3.w2", h), w2, atol=1e-5, rtol=0
+    )
+    # transformers loads it, and it still ciphers (the quick zoo's first skill; chance is 0)
+    assert json.loads((out / "config.json").read_text())["num_local_experts"] == 4
+    assert _score(out) > 0.3

@@ -17,6 +17,9 @@ evomerge applies them so:
   for an infeasible candidate: ``INFEASIBLE_FLOOR - violation``. Rank-based drivers only use the
   order of the values, and this order is exactly Deb's (every feasible score lies above the
   floor; less violation ranks higher), with no state to carry across a resume;
+* Frank-Wolfe and AdaMerging read the told value only for their ``best``: their steps follow
+  their own objective's gradient, so a constraint filters their iterates (archive, winner) and
+  never steers them (neither paper bounds a score; docs/fitness.md);
 * M2N2 ranks its archive by per-example rows, not by the told value: an infeasible child is
   told as a failure (it never enters M2N2's archive); no driver sees a constraint's entries
   among its per-example details;

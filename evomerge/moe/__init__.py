@@ -9,6 +9,10 @@ and the experts' outputs, groups a layer's experts, and merges each group into o
 - ``average``: the plain average of each group (the baseline both papers compare against),
   ``group_average.py``.
 
+``compress.py`` (with ``compress_prune.py``, ``compress_finetune.py``, ``compress_store.py``)
+is MC-SMoE's second step, ``--compress``: the merged experts as low rank plus row-sparse,
+pruned while the model is fine-tuned.
+
 ``reduce.py`` writes the smaller model (fewer experts in the config, one router row per merged
 expert) as an HF folder that transformers loads.
 """

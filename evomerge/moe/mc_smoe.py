@@ -20,10 +20,9 @@ in ``evomerge.moe.reduce``. The smaller model that transformers loads has one ro
 expert; there the merged expert keeps its dominant expert's row (the tokens routed to a
 non-dominant member go wherever the remaining rows send them).
 
-Not done: the paper's compression step (the "C" of MC-SMoE: each merged expert further
-decomposed into a low-rank part plus a structurally sparse part, pruned by gradient-based
-sensitivity scores while the model is fine-tuned). It needs a training loop with its pruning
-schedule, which this training-free reduction does not have.
+The paper's compression step (the "C" of MC-SMoE: each merged expert decomposed into a low-rank
+part plus a row-sparse part, pruned by sensitivity while the model is fine-tuned) is
+``compress.py``, run after this merge by ``evomerge moe-reduce --compress``.
 """
 
 from __future__ import annotations

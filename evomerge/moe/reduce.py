@@ -132,9 +132,17 @@ def reduction_report(method: str, keep: int, layers, stats, **options) -> dict:
     }
 
 
-def save_reduced(small, tokenizer, out: Path, report: dict, overwrite: bool = False) -> Path:
-    """Write the reduced model, its tokenizer and ``moe_reduction.json`` to ``out`` (through a
-    temporary sibling folder, moved into place when complete)."""
+def save_reduced(
+    small,
+    tokenizer,
+    out: Path,
+    report: dict,
+    overwrite: bool = False,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Write the reduced model, its tokenizer, ``moe_reduction.json`` and any ``extra_files``
+    (name -> bytes) to ``out`` (through a temporary sibling folder, moved into place when
+    complete)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"OUT {out}: exists and is not a folder; choose another path")
@@ -148,6 +156,8 @@ def save_reduced(small, tokenizer, out: Path, report: dict, overwrite: bool = Fa
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        for name, blob in (extra_files or {}).items():
+            (tmp / name).write_bytes(blob)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
