@@ -174,7 +174,9 @@ class PoolGradientDriver(Driver):
                 f"the saved {name} state belongs to other driver options or another pool; "
                 "resume with the run's original configuration"
             )
-        saved, ask_again = (state["state"], False) if version > 1 else _from_v1(state["state"])
+        saved, ask_again = (
+            (state["state"], False) if version > 1 else _from_v1(name, state["state"])
+        )
         cls = type(self.state)
         missing = {f.name for f in fields(cls)} - set(saved)
         if missing:
@@ -185,14 +187,14 @@ class PoolGradientDriver(Driver):
             self._next_candidate()  # a v1 state held only the pending index: ask it again
 
 
-def _from_v1(saved: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def _from_v1(name: str, saved: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """A version-1 state (its own counter, pending index and best) in version 2's keys, and
     whether a candidate was pending. A pending index (asked, not told; the old counter is then
     one past it) becomes the counter, and the loader asks that candidate again from the state,
     as the old ``ask`` rebuilt it."""
     old = {"next_index", "pending", "best_index", "best_f", "best_x"}
     if old - set(saved):
-        raise UserInputError(f"state dict (version 1) lacks {sorted(old - set(saved))}")
+        raise UserInputError(f"{name} state dict (version 1) lacks {sorted(old - set(saved))}")
     pending = saved["pending"]
     best = None
     if saved["best_index"] >= 0:
