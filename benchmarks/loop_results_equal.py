@@ -1,7 +1,8 @@
 """Same searches, same results: a change to the search loop must not change what a search does.
 
 Runs small searches through the CLI (the README's demo, M2N2, random search, Optuna, CMA-ES,
-and M2N2 on 2 local Ray workers), then snapshots each store: every candidate (index,
+M2N2 on 2 local Ray workers, Frank-Wolfe and FW-Soft over a tiny LM pool built first, AdaMerging
+on the lm-skills zoo for a few steps), then snapshots each store: every candidate (index,
 generation, digest, genes, reuse, meta) with its result (status, fitness, objectives, scores,
 error), the archive table, and the sha256 of every file of every archive folder (the winner is
 rank 0). Timing columns (seconds, worker) are left out. Record with one checkout, check with
@@ -45,19 +46,92 @@ def _variant(src: str, driver: dict, out: Path) -> Path:
     return out
 
 
-# name -> (experiment file or variant, max_evals, workers)
+FW_YAML = """
+name: fw_equal
+models: [{members}]
+base_model: {base}
+space: {{kind: fw_pool, granularity: task, variant: {variant}, iterations: {iterations}}}
+fitness:
+  tasks: [{{kind: python, name: d, function: {fn}:dictionary_fitness}}]
+driver: {{name: frank_wolfe, options: {{{options}proxy: {{kind: lm, data: {proxy}, n: 12}}}}}}
+archive: {{top_k: 2}}
+"""
+
+
+def _fw_pool() -> dict:
+    """A tiny LM pool, trained once (as tests/test_resume_frank_wolfe.py's: seeded, one thread)
+    in a fixed folder of the cache: its paths are in every recipe, so two trees compared must
+    search the same folders."""
+    import torch
+
+    import evomerge.zoo.lm_pool as lp
+    from evomerge.io.cache import cache_root
+
+    root = cache_root() / "bench" / "loop_results_equal_fw_pool"
+    made = root / "pool.json"
+    if not made.is_file():
+        torch.set_num_threads(1)
+        pool = lp.build_lm_pool(
+            root / "pool", n_irrelevant=1, per_expert=4, base_steps=6, expert_steps=6
+        )
+        fields = {"members": [*pool.relevant, *pool.irrelevant], "base": pool.base}
+        made.write_text(json.dumps({**fields, "proxy": pool.proxy}))
+    return {**json.loads(made.read_text()), "fn": lp.__file__}  # this tree's fitness
+
+
+def _fw(variant: str, iterations: int, options: str = ""):
+    """A Frank-Wolfe experiment over the tiny LM pool."""
+
+    def write(work: Path, out: Path) -> Path:
+        pool = _fw_pool()
+        text = FW_YAML.format(
+            members=", ".join(pool["members"]),
+            base=pool["base"],
+            fn=pool["fn"],
+            proxy=pool["proxy"],
+            variant=variant,
+            iterations=iterations,
+            options=options,
+        )
+        out.write_text(text)
+        return out
+
+    return write
+
+
+def _adamerging(steps: int):
+    """The AdaMerging example with ``steps`` Adam updates instead of the paper's 500."""
+
+    def write(work: Path, out: Path) -> Path:
+        cfg = yaml.safe_load((EXP / "adamerging_lm_skills.yaml").read_text())
+        cfg["driver"]["options"]["steps"] = steps
+        out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return out
+
+    return write
+
+
+# name -> (experiment file, variant, or a function writing one; max_evals; workers)
 SEARCHES = {
     "demo_cmaes": ("toy_ps_cmaes.yaml", 24, 1),
     "m2n2": ("toy_m2n2.yaml", 16, 1),
     "random": (("toy_ps_cmaes.yaml", {"name": "random", "options": {"batch_size": 6}}), 16, 1),
     "optuna": ("toy_optuna.yaml", 16, 1),
     "m2n2_ray2": ("toy_m2n2.yaml", 16, 2),
+    "frank_wolfe": (_fw("task_arithmetic", 5), 20, 1),
+    "frank_wolfe_soft": (_fw("soft", 2, "soft_steps: 2, "), 20, 1),
+    "adamerging": (_adamerging(4), 20, 1),
 }
 
 
 def _search_cmd(name: str, work: Path) -> tuple[list[str], Path]:
     spec, max_evals, workers = SEARCHES[name]
-    exp = EXP / spec if isinstance(spec, str) else _variant(*spec, work / f"{name}.yaml")
+    if isinstance(spec, str):
+        exp = EXP / spec
+    elif callable(spec):
+        exp = spec(work, work / f"{name}.yaml")
+    else:
+        exp = _variant(*spec, work / f"{name}.yaml")
     run_dir = work / name
     cmd = [sys.executable, "-m", "evomerge.cli", "search", str(exp), "--run-dir", str(run_dir)]
     cmd += ["--max-evals", str(max_evals), "--max-seconds", "100000", "--workers", str(workers)]

@@ -1,7 +1,8 @@
 """AdaMerging on real tiny models: entropy goes down on the digits zoo, layer-wise has one
 coefficient per tensor and expert, the state round-trips exactly, the merge it reports is
-plain task arithmetic with its lambda, bad input is rejected, and the LM objective works on a
-tiny Llama (the driver conformance suite runs it on a sphere too)."""
+plain task arithmetic with its lambda, bad input is rejected, the LM objective works on a
+tiny Llama, and its gradient jobs run on Ray workers with the serial result (the driver
+conformance suite runs it on a sphere too)."""
 
 from __future__ import annotations
 
@@ -252,7 +253,7 @@ class _DigitsWorker:
         return res, res.aggregate(), ()
 
 
-def _loop(run_dir, zoo, budget):
+def _loop(run_dir, zoo, budget, evaluator=None):
     from evomerge.archive import Archive
     from evomerge.loop import SearchLoop, seed_globals
     from evomerge.store import RunStore
@@ -267,7 +268,7 @@ def _loop(run_dir, zoo, budget):
         store=store,
         space=space,
         driver=driver,
-        evaluator=SerialEvaluator(_DigitsWorker(space)),
+        evaluator=evaluator or SerialEvaluator(_DigitsWorker(space)),
         archive=Archive(run_dir, 2, None),
         budget=budget,
     )
@@ -290,3 +291,72 @@ def test_search_loop_serves_the_gradient_and_resumes_exactly(zoo, tmp_path):
     assert [(t.digest, t.fitness, t.genes) for t in store2.trials()] == key
     np.testing.assert_array_equal(driver2.state.lam, driver.state.lam)
     assert driver2.best[1] == max(t.fitness for t in full)
+
+
+class _MergingDigitsWorker(_DigitsWorker):
+    """Builds each candidate from its recipe with the merge engine, as a search worker does:
+    the recipe travels to the worker process, not the genes the driver's space decoded."""
+
+    def materialize(self, recipe):
+        from evomerge.merge.engine import iter_merged_tensors
+        from evomerge.merge.plan import plan
+
+        merged = iter_merged_tensors(plan(recipe, resolver=self.space.resolve), prefetch=0)
+        self.model.load_state_dict(dict(merged))
+        return self.model
+
+
+def _digits_factory(space):
+    """A Ray worker factory for ``_MergingDigitsWorker`` (built in each worker process, named
+    with its pid so a test can tell who answered)."""
+    from evomerge.workers.ray_actor import WorkerFactory
+
+    class DigitsFactory(WorkerFactory):
+        def shared_models(self) -> list[str]:
+            return []  # the worker reads the pool itself
+
+        def build(self, cache, placement, worker):
+            import os
+
+            torch.set_num_threads(1)  # the serial run's arithmetic
+            ctx = _MergingDigitsWorker(space)
+            ctx.worker = f"{worker} pid {os.getpid()}"
+            return ctx
+
+    return DigitsFactory()
+
+
+def test_gradient_jobs_run_on_ray_workers_and_equal_serial(zoo, tmp_path):
+    """AdaMerging through the loop on 2 local Ray workers (loopback): every entropy gradient is a
+    wants job the workers answer, and the search equals the serial one, step for step."""
+    import os
+
+    from evomerge.loop import Budget
+    from evomerge.workers.ray_evaluator import RayEvaluator
+    from evomerge.workers.serial import SerialEvaluator
+
+    space = _space(zoo, "task")
+    here = SerialEvaluator(_MergingDigitsWorker(space))
+    serial_loop, serial_store, serial = _loop(tmp_path / "serial", zoo, Budget(max_evals=50), here)
+    assert serial_loop.run().stop_reason == "driver"
+    ray_ev = RayEvaluator(_digits_factory(space), num_workers=2, threads=1)
+    try:
+        loop, store, driver = _loop(tmp_path / "ray", zoo, Budget(max_evals=50), ray_ev)
+        assert loop.run().stop_reason == "driver"
+        # one more wants job, asked directly: a worker process answers it, not this one
+        x = driver.coefficients.reshape(-1)
+        request = GradientRequest(99, x, driver.objective, step=driver.state.t)
+        (res,) = ray_ev.evaluate_wants([space.decode(x)], [{"gradient": request}])
+    finally:
+        ray_ev.close()
+    assert res.ok and res.wanted["gradient"].ok
+    assert " pid " in res.worker and not res.worker.endswith(f" pid {os.getpid()}")
+    key = [(t.digest, t.fitness, t.genes) for t in serial_store.trials()]
+    assert len(key) == 6 and all(t.ok for t in serial_store.trials())
+    assert [(t.digest, t.fitness, t.genes) for t in store.trials()] == key
+    assert all(" pid " in t.worker for t in store.trials())
+    assert not any(t.worker.endswith(f" pid {os.getpid()}") for t in store.trials())
+    # the entropies each Adam step started from came back from the workers' gradient jobs
+    assert len(driver.state.losses) == 5 and np.all(np.isfinite(driver.state.losses))
+    np.testing.assert_array_equal(driver.state.losses, serial.state.losses)
+    np.testing.assert_array_equal(driver.state.lam, serial.state.lam)

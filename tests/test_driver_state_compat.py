@@ -1,4 +1,5 @@
-"""M2N2 and random keep their state in frozen dataclasses; checkpoints written before that still
+"""M2N2 and random keep their state in frozen dataclasses, and Frank-Wolfe and AdaMerging their
+counter, pending and best in the base's Ledger; checkpoints written before either change still
 resume exactly (tests/data/driver_states_v1.pkl, from tests/helpers/driver_states.py)."""
 
 from __future__ import annotations
@@ -10,7 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.driver_states import CASES, continuation, make, play, record
+from tests.helpers.driver_states import (
+    CASES,
+    POOL_CASES,
+    continuation,
+    continuation_pool,
+    make,
+    make_pool,
+    play,
+    play_pool,
+    record,
+    record_pool,
+)
 
 OLD = pickle.loads((Path(__file__).parent / "data" / "driver_states_v1.pkl").read_bytes())
 
@@ -55,3 +67,40 @@ def test_state_is_frozen_and_replaced_not_mutated(name):
     continuation(driver, pending, 3)
     assert driver.state is not before
     assert _same(before, type(before)(**snapshot))  # the old state object was left as it was
+
+
+# ---- frank_wolfe, FW-Soft, adamerging: state dict version 1 (their own counter/pending/best) ----
+@pytest.mark.parametrize("case", sorted(POOL_CASES))
+def test_an_old_pool_checkpoint_resumes_as_the_old_code_would(case):
+    old = OLD[case]
+    for key, then in (("state", old["then"]), ("state_told", old["then"][1:])):
+        assert old[key]["version"] == 1
+        driver = make_pool(case)
+        driver.load_state_dict(pickle.loads(pickle.dumps(old[key])))
+        assert driver.state_dict()["version"] == 2
+        # with a candidate pending, the next ask returns it again, as the old code did
+        first = 6 if key == "state" else 7
+        assert _same(continuation_pool(driver, 40, first), then)
+
+
+@pytest.mark.parametrize("case", sorted(POOL_CASES))
+def test_the_same_pool_script_asks_what_the_old_code_asked(case):
+    now, old = record_pool()[case], OLD[case]
+    assert _same(now["asked"], old["asked"]) and _same(now["then"], old["then"])
+    for key in ("state", "state_told"):  # v1 read in equals the state the new code keeps
+        driver = make_pool(case)
+        driver.load_state_dict(old[key])
+        assert _same(driver.state_dict(), now[key])
+    ledger = now["state"]["state"]
+    assert ledger["next"] == 7 and list(ledger["pending"]) == [6]
+
+
+@pytest.mark.parametrize("case", sorted(POOL_CASES))
+def test_pool_state_is_frozen_and_replaced_not_mutated(case):
+    driver = make_pool(case)
+    play_pool(driver, 2)
+    before = driver.state
+    snapshot = pickle.loads(pickle.dumps(driver.state_dict()))
+    continuation_pool(driver, 3, 2)
+    assert driver.state is not before
+    assert _same(before, type(before)(**snapshot["state"]))

@@ -1,5 +1,5 @@
-"""The ask counter, pending and best hold for every registered driver (the base's ledger, or the
-pool gradient drivers' own): indices go up by one, a tell of a candidate not pending is one
+"""The ask counter, pending and best hold for every registered driver (the base's ledger):
+indices go up by one, a tell of a candidate not pending is one
 clear error that changes nothing, and ``best`` is the best told value."""
 
 from __future__ import annotations

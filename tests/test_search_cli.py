@@ -80,3 +80,36 @@ def test_report_curves_are_monotone(run):
 def test_missing_run_dir_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="no run store"):
         status(tmp_path / "nothing")
+
+
+def test_status_shows_the_batch_asked_ahead_until_it_is_scored(tmp_path, capsys):
+    """A real search (random, asks ahead) stopped after its first generation: the store's
+    ``pending`` table holds the next batch, and status says so on one line; in a store of the
+    old loop (the batch in the driver state) too; once resumed to the end, no such line."""
+    import threading
+
+    from tests.helpers.loop_golden import run as golden_run
+    from tests.test_loop_golden import _to_legacy
+
+    family = {"base": str(tmp_path / "base"), "experts": [str(tmp_path / "a"), str(tmp_path / "b")]}
+    cfg = load_experiment(write_experiment(tmp_path, family, max_evals=14, popsize=4))
+    run_dir = tmp_path / "run"
+    RunStore.create(run_dir, cfg.to_json(), cfg.structural_hash()).close()
+    stop = threading.Event()
+    golden_run("random", run_dir, stop_event=stop, on_generation=lambda _: stop.set())
+    with RunStore.open(run_dir, readonly=True) as st:
+        asked = [p.idx for p in st.pending()]
+        scored = st.counts()["candidates"]
+    assert asked == list(range(scored, scored + 4))  # random's batch_size 4, after those scored
+
+    want = f"in flight 4 candidate(s) asked ahead, not yet scored (#{asked[0]}-#{asked[-1]};"
+    for store_kind in ("pending table", "legacy driver state"):
+        if store_kind.startswith("legacy"):
+            _to_legacy(run_dir)
+        assert status(run_dir) == 0
+        lines = [ln for ln in capsys.readouterr().out.splitlines() if "in flight" in ln]
+        assert len(lines) == 1 and lines[0].startswith(want), (store_kind, lines)
+
+    golden_run("random", run_dir)  # resumed: scores the batch, then the rest of the budget
+    assert status(run_dir) == 0
+    assert "in flight" not in capsys.readouterr().out

@@ -1,5 +1,6 @@
-"""``evomerge status DIR``: progress, the archive in winner order, threads, why the search
-stopped and its failures by reason (the store is read only; a running search may go on)."""
+"""``evomerge status DIR``: progress, the batch asked ahead and not yet scored, the archive in
+winner order, threads, why the search stopped and its failures by reason (the store is read
+only; a running search may go on)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def status(run_dir: Path) -> int:
     with RunStore.open(run_dir, readonly=True) as st:
         cfg = experiment_from_json(st.config_json())
         c, cp = st.counts(), st.last_checkpoint()
+        in_flight = asked_ahead(st, cp)
         items, stopped = st.item_evals(), len(st.partial_idx())
         ranked = ranking(st)
         top = [st.trial(m.idx) for m in ranked.members]
@@ -32,6 +34,8 @@ def status(run_dir: Path) -> int:
         f"{c['evaluated']}{f'/{budget}' if budget else ''}  failed {c['failed']}"
     )
     out.print(item_line(items, cfg.budget.max_item_evals, cfg.fitness.racing, stopped))
+    if in_flight:
+        out.print(in_flight_line(in_flight))
     if cp is not None:
         out.print(f"search time {cp.elapsed:.0f} s")
     if threads:
@@ -60,3 +64,29 @@ def item_line(items: int, budget: int | None, racing, stopped: int) -> str:
     if racing is not None and racing.enabled:
         line += f"  (racing stopped {stopped} candidate(s) early)"
     return line
+
+
+def asked_ahead(store, checkpoint) -> list[int]:
+    """The indices of the batch the last commit asked ahead: the store's ``pending`` table, or,
+    in a store written before it, the batch pickled in the driver state (``loop_legacy``)."""
+    indices = [p.idx for p in store.pending()]
+    if indices or checkpoint is None:
+        return indices
+    from evomerge.loop_legacy import LEGACY_KEY, split_legacy_state
+
+    if LEGACY_KEY.encode() not in checkpoint.driver_state:  # skip unpickling every other state
+        return []
+    import pickle
+
+    _, legacy = split_legacy_state(pickle.loads(checkpoint.driver_state))
+    return [entry[0] for entry in legacy or ()]
+
+
+def in_flight_line(indices: list[int]) -> str:
+    """One line: how many candidates were asked ahead and are not scored yet (a running search
+    is scoring them; after a stop, ``resume`` scores them before asking more)."""
+    span = f"#{indices[0]}" if len(indices) == 1 else f"#{indices[0]}-#{indices[-1]}"
+    return (
+        f"in flight {len(indices)} candidate(s) asked ahead, not yet scored ({span}; "
+        "resume scores them first)"
+    )

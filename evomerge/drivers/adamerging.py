@@ -82,12 +82,7 @@ class AdaMerging(PoolGradientDriver):
             m=zeros.copy(),
             v=zeros.copy(),
             losses=np.zeros(0),
-            next_index=0,
-            pending=-1,
             retries=0,
-            best_index=-1,
-            best_f=-math.inf,
-            best_x=self._clip(lam),
         )
 
     @classmethod

@@ -1,8 +1,9 @@
 """The adamerging driver's frozen parameters and explicit state (``evomerge.drivers.adamerging``).
 
 AdaMerging (Yang et al., ICLR 2024). The state is small: the raw coefficients lambda (tensor
-groups x experts), Adam's moments and step count, the entropy after each step, the pending
-candidate and the best told fitness; ``asdict`` of it is the state dict.
+groups x experts), Adam's moments and step count, the entropy after each step; the ask counter,
+the pending candidate and the best told so far are the base's ``Ledger``, which it extends. Its
+fields by name are the state dict (``drivers.pool_gradient``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evomerge.drivers.base import Ledger
 from evomerge.drivers.options import invalid, option
 
 
@@ -51,17 +53,12 @@ class AdaParams:
 
 
 @dataclass(frozen=True)
-class AdaState:
+class AdaState(Ledger):
     t: int  # Adam updates taken
     phase: str  # "run" | "done"
     lam: np.ndarray  # (G, K) raw coefficients; the merge uses clip(lam, 0, 1)
     m: np.ndarray  # Adam moments
     v: np.ndarray
     losses: np.ndarray  # (t,) entropy at the coefficients each update started from
-    next_index: int
-    pending: int  # index of the asked, untold candidate, -1 if none
-    retries: int
-    best_index: int
-    best_f: float
-    best_x: np.ndarray
+    retries: int  # failed gradients in a row
     stop_reason: str = ""

@@ -76,8 +76,8 @@ class Driver(ABC):
     own makes that state a subclass of ``Ledger``): a driver numbers its candidates with
     ``_issue``, checks a tell with ``_check_tell`` (or ``_check_asked`` for non-scalar fitness),
     and records it with ``_settle`` (or ``_told`` + ``_note_best`` one candidate at a time);
-    ``best`` then needs no code of its own. A driver with another kind of state (the pool
-    gradient drivers: one candidate at a time, re-asked until told) overrides ``best``.
+    ``best`` then needs no code of its own. Every registered driver keeps its ledger here (the
+    pool gradient drivers too: one candidate at a time, asked again until told).
     """
 
     name: ClassVar[str] = ""

@@ -10,6 +10,10 @@ a ``RandomState`` given through its ``randn`` option (pickled with the strategy)
 of numpy's global RNG inside pycma happens under a private global state swapped in around each
 call, so other code using ``np.random`` cannot change the search and a resume is exact.
 
+The driver's own bookkeeping (that RNG state, the generation asked and the genotypes pycma
+proposed, the worst loss seen, and the base's ledger) is a frozen ``CMAState``, replaced by
+``ask`` and ``tell``; the pycma strategy is the one live object (docs/architecture.md says why).
+
 ``sigma_adaptation`` picks the step-size rule: "csa", "tpa", or None for pycma's own choice
 (pycma 4.5: TPA from 300 dimensions up whatever the covariance; pycma 4.0: TPA only for a
 diagonal covariance of 300+ dimensions, CSA otherwise). ``adapt_covariance=False`` freezes C at
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -62,6 +66,16 @@ class CMAESOptions:
             raise invalid("popsize", self.popsize, "must be >= 2, or null for 4 + floor(3 ln dim)")
         if self.sigma_adaptation not in (None, "csa", "tpa"):
             raise invalid("sigma_adaptation", self.sigma_adaptation, "valid: csa, tpa or null")
+
+
+@dataclass(frozen=True)
+class CMAState(Ledger):
+    """Everything but the strategy; the state dict's keys are its fields (lists for tuples)."""
+
+    rng: tuple  # numpy's global RandomState as pycma left it (``np.random.get_state()``)
+    generation: tuple[Candidate, ...] = ()  # the candidates of the generation asked, in order
+    asked: tuple[np.ndarray, ...] = ()  # the genotypes pycma proposed (before clipping)
+    worst_loss: float | None = None  # the largest loss told: a failure is told this + 1
 
 
 @register_driver
@@ -109,19 +123,16 @@ class CMAES(Driver):
         }
         if o.max_evals:
             opts["maxfevals"] = int(o.max_evals)
-        self._rng_state = np.random.RandomState(seed).get_state()
+        self.state = CMAState(rng=np.random.RandomState(seed).get_state())
         self._es = self._with_rng(lambda: cma.CMAEvolutionStrategy(list(self.x0), o.sigma0, opts))
-        self._generation: list[Candidate] = []
-        self._asked: list[np.ndarray] = []
-        self._worst_loss: float | None = None
 
     def _with_rng(self, fn: Any) -> Any:
         outside = np.random.get_state()
-        np.random.set_state(self._rng_state)
+        np.random.set_state(self.state.rng)
         try:
             return fn()
         finally:
-            self._rng_state = np.random.get_state()
+            self.state = replace(self.state, rng=np.random.get_state())
             np.random.set_state(outside)
 
     def racing_need(self) -> int:
@@ -133,9 +144,9 @@ class CMAES(Driver):
         if self.state.pending:
             raise UserInputError("cma_es.ask: tell the previous generation first")
         xs = self._with_rng(self._es.ask)
-        self._asked = [np.asarray(x, dtype=float) for x in xs]
-        out = [self._issue(np.clip(x, self.lower, self.upper)) for x in self._asked]
-        self._generation = out
+        asked = tuple(np.asarray(x, dtype=float) for x in xs)
+        out = [self._issue(np.clip(x, self.lower, self.upper)) for x in asked]
+        self.state = replace(self.state, generation=tuple(out), asked=asked)
         return out
 
     def tell(
@@ -145,35 +156,40 @@ class CMAES(Driver):
         details: Sequence[EvalResult | None] | None = None,
     ) -> None:
         values = self._check_tell(candidates, fitness)
-        if [c.index for c in candidates] != [c.index for c in self._generation]:
+        if [c.index for c in candidates] != [c.index for c in self.state.generation]:
             raise UserInputError("cma_es.tell: tell the whole generation, in ask order")
+        worst = self.state.worst_loss
         losses = [-f for f in values if not math.isnan(f)]
         if losses:
-            worst = max(losses)
-            self._worst_loss = worst if self._worst_loss is None else max(self._worst_loss, worst)
-        penalty = 1e6 if self._worst_loss is None else self._worst_loss + 1.0
+            worst = max(losses) if worst is None else max(worst, *losses)
+        penalty = 1e6 if worst is None else worst + 1.0
         told = [penalty if math.isnan(f) else -f for f in values]
         # pycma is told the genotype it asked for: the clipped copy is only what we evaluate
-        self._with_rng(lambda: self._es.tell(self._asked, told))
+        asked = list(self.state.asked)
+        self._with_rng(lambda: self._es.tell(asked, told))
+        self.state = replace(self.state, worst_loss=worst)
         self._settle(candidates, values)
 
     def stop(self) -> bool:
         return bool(self._es.stop())
 
     def state_dict(self) -> dict[str, Any]:
+        s = self.state
         return {
             "es": pickle.dumps(self._es),
-            "rng": self._rng_state,
-            **self.state.state_dict(),  # next, pending, best
-            "generation": list(self._generation),
-            "asked": list(self._asked),
-            "worst_loss": self._worst_loss,
+            "rng": s.rng,
+            **s.state_dict(),  # next, pending, best
+            "generation": list(s.generation),
+            "asked": list(s.asked),
+            "worst_loss": s.worst_loss,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._es = pickle.loads(state["es"])
-        self._rng_state = state["rng"]
-        self.state = Ledger.from_state_dict(state)
-        self._generation = list(state["generation"])
-        self._asked = list(state["asked"])
-        self._worst_loss = state["worst_loss"]
+        self.state = CMAState(
+            rng=state["rng"],
+            generation=tuple(state["generation"]),
+            asked=tuple(state["asked"]),
+            worst_loss=state["worst_loss"],
+            **Ledger.saved(state),
+        )

@@ -82,12 +82,7 @@ class FrankWolfe(PoolGradientDriver):
             v=zeros.copy(),
             adam_t=0,
             soft_j=0,
-            next_index=0,
-            pending=-1,
             retries=0,
-            best_index=-1,
-            best_f=-math.inf,
-            best_x=self.x0.copy(),
             last_loss=math.nan,
         )
 

@@ -2,7 +2,8 @@
 
 FW-Merging (Chen et al., ICCV 2025). The state is small and explicit: the LMO step count, the
 coefficient matrix W (groups x pool members), the TIES step history, FW-Soft's collected set and
-Adam moments, the pending candidate and the best so far; ``asdict`` of it is the state dict.
+Adam moments; the ask counter, the pending candidate and the best so far are the base's
+``Ledger``, which it extends. Its fields by name are the state dict (``drivers.pool_gradient``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evomerge.drivers import frank_wolfe_lmo as L
+from evomerge.drivers.base import Ledger
 from evomerge.drivers.options import invalid, option
 
 VARIANTS = ("task_arithmetic", "ties", "soft")
@@ -60,7 +62,7 @@ class FWParams:
 
 
 @dataclass(frozen=True)
-class FWState:
+class FWState(Ledger):
     t: int  # LMO steps taken
     phase: str  # "run" | "done"
     w: np.ndarray  # (G, K) coefficients (TIES: the start W0)
@@ -70,11 +72,6 @@ class FWState:
     v: np.ndarray
     adam_t: int
     soft_j: int  # successful gradient tells in FW-Soft
-    next_index: int
-    pending: int  # index of the asked, untold candidate, -1 if none
-    retries: int
-    best_index: int
-    best_f: float
-    best_x: np.ndarray
+    retries: int  # failed gradients in a row
     last_loss: float
     stop_reason: str = ""

@@ -12,6 +12,10 @@ after a resume is the one the uninterrupted run would have made.
 constraint values (<= 0 holds) to ``tell_constraints``; they are set with
 ``Trial.set_constraint``, which Optuna 5's TPE and NSGA-II samplers read (the deprecated
 ``constraints_func`` is not used). The values live in the pickled study, so resume keeps them.
+
+The driver's own bookkeeping (the base's ledger, and constraint values handed over and not yet
+told) is a frozen ``OptunaState``, replaced by ``ask``, ``tell_constraints`` and ``tell``; the
+study is the one live object (docs/architecture.md says why).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,6 +54,16 @@ class OptunaOptions:
                 raise invalid(name, getattr(self, name), "must be >= 1")
         if self.n_startup_trials < 0:
             raise invalid("n_startup_trials", self.n_startup_trials, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptunaState(Ledger):
+    """The ledger (pending keeps each candidate's trial number) and, until their ``tell``, the
+    constraint values handed over per trial number. The state dict holds the ledger's fields
+    only: the constraints live between ``tell_constraints`` and ``tell``, never across a commit.
+    """
+
+    constraints: dict[int, tuple[float, ...]] = field(default_factory=dict)
 
 
 @register_driver
@@ -90,17 +104,19 @@ class OptunaDriver(Driver):
         }
         if o.enqueue_x0:
             self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.x0)})
-        self._constraints: dict[int, list[float]] = {}  # trial number -> values, until told
+        self.state = OptunaState()
 
     def tell_constraints(
         self, candidates: Sequence[Candidate], values: Sequence[list[float] | None]
     ) -> None:
         """Each candidate's constraint values (None: a failure), set by the coming ``tell``."""
+        held = dict(self.state.constraints)
         for c, v in zip(candidates, values, strict=True):
             if v is not None and c.index in self.state.pending:  # pending keeps trial numbers
-                self._constraints[self.state.pending[c.index]] = [float(x) for x in v]
+                held[self.state.pending[c.index]] = tuple(float(x) for x in v)
+        self.state = replace(self.state, constraints=held)
 
-    def _set_constraints(self, number: int, values: list[float]) -> None:
+    def _set_constraints(self, number: int, values: Sequence[float]) -> None:
         import optuna
 
         # the trial's storage id from its number (the driver keeps numbers, as its state did)
@@ -147,7 +163,9 @@ class OptunaDriver(Driver):
         checked = [self._values(c, f) for c, f in zip(candidates, fitness)]
         for c, vals in zip(candidates, checked):
             number = self._told(c)
-            cons = self._constraints.pop(number, None)
+            held = dict(self.state.constraints)
+            cons = held.pop(number, None)
+            self.state = replace(self.state, constraints=held)
             if vals is None:
                 self._study.tell(number, state=optuna.trial.TrialState.FAIL)
                 continue
@@ -170,7 +188,7 @@ class OptunaDriver(Driver):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._study = _load_study(state["study"])
-        self.state = Ledger.from_state_dict(state)
+        self.state = OptunaState(**Ledger.saved(state))
 
 
 def _dump_study(study: Any) -> bytes:

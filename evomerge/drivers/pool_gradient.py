@@ -3,13 +3,19 @@ space, each (but the last) wanting the gradient at its genes, and a state small 
 checkpoint whole.
 
 FW-Merging (Chen et al., ICCV 2025) and AdaMerging (Yang et al., ICLR 2024) both step on the
-gradient of an objective with respect to task-arithmetic coefficients. ``ask`` returns the
-pending candidate with ``wants = {"gradient": GradientRequest}`` (``evomerge.workers.gradient``);
-a worker computes it like any evaluation, and ``tell(..., wanted=[{"gradient": Alignment}])``
-steps. A failed gradient leaves the coefficients where they are: the next ask repeats them, and
-after ``max_retries`` failures in a row the driver stops. The state is a frozen dataclass with
-``phase``, ``pending``, ``next_index``, ``retries``, ``best_*`` and ``stop_reason`` besides each
-method's own fields; ``asdict`` of it is the state dict.
+gradient of an objective with respect to task-arithmetic coefficients. ``ask`` returns one
+candidate with ``wants = {"gradient": GradientRequest}`` (``evomerge.workers.gradient``); a
+worker computes it like any evaluation, and ``tell(..., wanted=[{"gradient": Alignment}])``
+steps. Asked again before the tell, ``ask`` returns that same candidate: these methods are
+sequential. A failed gradient leaves the coefficients where they are: the next ask repeats them
+(as a new candidate), and after ``max_retries`` failures in a row the driver stops.
+
+The ask counter, the pending candidate and the best are the base's ``Ledger``; each method's
+frozen state extends it with ``phase``, ``retries``, ``stop_reason`` and its own fields. The
+state dict is version 2: ``{"version", "params", "n_groups", "state"}`` with the state's fields
+by name (the ledger's ``next``, ``pending``, ``best`` among them). Version 1, written before
+these drivers used the ledger, kept ``next_index``, ``pending`` (an index, -1 for none) and
+``best_index``/``best_f``/``best_x``; it still loads (``_from_v1``).
 """
 
 from __future__ import annotations
@@ -21,15 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.drivers.base import Candidate, Driver
+from evomerge.drivers.base import Candidate, Driver, Ledger
 from evomerge.errors import UserInputError
 from evomerge.fitness.result import EvalResult
 from evomerge.workers.gradient import Alignment, GradientRequest
 
+#: the state-dict version written; 1 still loads
+STATE_VERSION = 2
+_LEDGER = {f.name for f in fields(Ledger)}
+
 
 class PoolGradientDriver(Driver):
     params: Any  # a frozen dataclass with n_members and max_retries
-    state: Any
+    state: Any  # a frozen Ledger subclass with phase, retries and stop_reason
     n_groups: int
 
     # ---- what each method defines ---------------------------------------------------------------
@@ -37,7 +47,7 @@ class PoolGradientDriver(Driver):
         raise NotImplementedError
 
     def _final(self) -> bool:
-        """True when the pending candidate is the last one: scored, no gradient."""
+        """True when the next candidate is the last one: scored, no gradient."""
         raise NotImplementedError
 
     def _meta(self) -> dict[str, Any]:
@@ -55,14 +65,16 @@ class PoolGradientDriver(Driver):
 
     # ---- ask / tell ----------------------------------------------------------------------------
     def ask(self, n: int | None = None) -> list[Candidate]:
-        s = self.state
-        if s.phase == "done":
+        if self.state.phase == "done":
             return []
-        if s.pending < 0:
-            self.state = s = replace(s, pending=s.next_index, next_index=s.next_index + 1)
+        if self.state.pending:  # asked, not told: the same candidate again
+            return list(self.state.pending.values())
+        return [self._next_candidate()]
+
+    def _next_candidate(self) -> Candidate:
         x = self._genes()
-        wants = {} if self._final() else {"gradient": self._request(s.pending, x)}
-        return [Candidate(index=s.pending, x=x, meta=self._meta(), wants=wants)]
+        wants = {} if self._final() else {"gradient": self._request(self.state.next, x)}
+        return self._issue(x, self._meta(), wants)
 
     def tell(
         self,
@@ -72,13 +84,12 @@ class PoolGradientDriver(Driver):
         *,
         wanted: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        cand, f = self._check_tell(candidates, fitness)
+        cand, f = self._check_one(candidates, fitness)
         al = self._check_gradient(wanted)
+        self._told(cand)
+        # best keeps the genes only: the meta and the gradient request are the ask's business
+        self._note_best(Candidate(cand.index, np.array(cand.x, dtype=float)), f)
         s = self.state
-        if not math.isnan(f) and f > s.best_f:
-            s = replace(s, best_index=cand.index, best_f=f, best_x=np.array(cand.x, dtype=float))
-        s = replace(s, pending=-1)
-        self.state = s
         if self._final():
             self.state = replace(s, phase="done", stop_reason=self._done_reason(s))
         elif al is None or not al.ok:
@@ -95,32 +106,24 @@ class PoolGradientDriver(Driver):
         else:
             self.state = self._step(replace(s, retries=0), al)
 
-    def _check_tell(
+    def _check_one(
         self, candidates: Sequence[Candidate], fitness: Sequence[float]
     ) -> tuple[Candidate, float]:
+        """The base's checks (counts, pending, numbers), one candidate, the asked genes, and a
+        finite fitness or NaN. Changes nothing."""
         name, pending = self.name, self.state.pending
-        if len(candidates) != len(fitness):
-            raise UserInputError(
-                f"{name}.tell: {len(candidates)} candidates but {len(fitness)} fitness values"
-            )
-        if len(candidates) != 1:
+        if len(candidates) == len(fitness) != 1:
             raise UserInputError(f"{name} asks one candidate at a time; tell got {len(candidates)}")
-        cand, f = candidates[0], fitness[0]
-        if pending < 0 or cand.index != pending:
+        if len(candidates) == 1 and candidates[0].index not in pending:
             raise UserInputError(
-                f"{name}.tell: candidate {cand.index} is not the pending one "
-                f"({pending if pending >= 0 else 'none'}): not asked, or already told"
+                f"{name}.tell: candidate {candidates[0].index} is not the pending one "
+                f"({next(iter(pending), 'none')}): not asked, or already told"
             )
-        if not np.array_equal(np.asarray(cand.x, dtype=float), self._genes()):
+        (f,) = self._check_tell(candidates, fitness)
+        cand = candidates[0]
+        asked = pending[cand.index]
+        if not np.array_equal(np.asarray(cand.x, dtype=float), asked.x):
             raise UserInputError(f"{name}.tell: candidate {cand.index}'s genes differ from the ask")
-        if f is None or isinstance(f, bool):
-            raise UserInputError(f"{name}.tell: fitness {f!r}; tell NaN for a failed candidate")
-        try:
-            f = float(f)
-        except (TypeError, ValueError):
-            raise UserInputError(
-                f"{name}.tell: fitness {f!r} is not a number (tell NaN for a failure)"
-            ) from None
         if math.isinf(f):
             raise UserInputError(f"{name}.tell: fitness {f} is infinite; tell a failure as NaN")
         return cand, f
@@ -152,38 +155,57 @@ class PoolGradientDriver(Driver):
     def stop_reason(self) -> str:
         return self.state.stop_reason
 
-    @property
-    def best(self) -> tuple[Candidate, float] | None:
-        s = self.state
-        if s.best_index < 0:
-            return None
-        return Candidate(index=s.best_index, x=s.best_x.copy()), s.best_f
-
     def state_dict(self) -> dict[str, Any]:
-        d = {
-            k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in asdict(self.state).items()
+        own = {f.name: _copy(getattr(self.state, f.name)) for f in fields(self.state)}
+        return {
+            "version": STATE_VERSION,
+            "params": asdict(self.params),
+            "n_groups": self.n_groups,
+            "state": {**own, **self.state.state_dict()},
         }
-        return {"version": 1, "params": asdict(self.params), "n_groups": self.n_groups, "state": d}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         name = self.name
-        if not isinstance(state, dict) or state.get("version") != 1 or "state" not in state:
-            raise UserInputError(f"not a {name} state dict (version 1)")
+        version = state.get("version") if isinstance(state, dict) else None
+        if version not in (1, STATE_VERSION) or "state" not in state:
+            raise UserInputError(f"not a {name} state dict (version 1 or {STATE_VERSION})")
         if state["params"] != asdict(self.params) or state["n_groups"] != self.n_groups:
             raise UserInputError(
                 f"the saved {name} state belongs to other driver options or another pool; "
                 "resume with the run's original configuration"
             )
-        saved, cls = state["state"], type(self.state)
+        saved, ask_again = (
+            (state["state"], False) if version > 1 else _from_v1(name, state["state"])
+        )
+        cls = type(self.state)
         missing = {f.name for f in fields(cls)} - set(saved)
         if missing:
             raise UserInputError(f"{name} state dict lacks {sorted(missing)}")
-        self.state = cls(
-            **{
-                k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v)
-                for k, v in saved.items()
-            }
-        )
+        own = {k: _copy(v) for k, v in saved.items() if k not in _LEDGER}
+        self.state = cls(**own, **Ledger.saved(saved))
+        if ask_again:
+            self._next_candidate()  # a v1 state held only the pending index: ask it again
+
+
+def _from_v1(name: str, saved: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A version-1 state (its own counter, pending index and best) in version 2's keys, and
+    whether a candidate was pending. A pending index (asked, not told; the old counter is then
+    one past it) becomes the counter, and the loader asks that candidate again from the state,
+    as the old ``ask`` rebuilt it."""
+    old = {"next_index", "pending", "best_index", "best_f", "best_x"}
+    if old - set(saved):
+        raise UserInputError(f"{name} state dict (version 1) lacks {sorted(old - set(saved))}")
+    pending = saved["pending"]
+    best = None
+    if saved["best_index"] >= 0:
+        best = (Candidate(saved["best_index"], np.array(saved["best_x"])), saved["best_f"])
+    rest = {k: v for k, v in saved.items() if k not in old}
+    nxt = pending if pending >= 0 else saved["next_index"]
+    return {**rest, "next": nxt, "pending": {}, "best": best}, pending >= 0
+
+
+def _copy(v: Any) -> Any:
+    return v.copy() if isinstance(v, np.ndarray) else v
 
 
 def adam_step(
