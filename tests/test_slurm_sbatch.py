@@ -117,6 +117,7 @@ def _run(alloc, exp, run_dir, restart=0, launch="auto", timeout=300) -> tuple[in
     except subprocess.TimeoutExpired:
         p.kill()
         rc = -9
+    alloc.end_job()
     return rc, log.read_text(errors="replace")
 
 
@@ -175,6 +176,7 @@ def test_preempted_job_requeues_and_resumes_exactly(long_experiment, tmp_path):
             time.sleep(0.2)
         p.send_signal(signal.SIGTERM)  # what --signal=B:TERM@180 delivers to the batch shell
         assert p.wait(timeout=240) == 0, log.read_text(errors="replace")[-3000:]
+        alloc.end_job()
         assert alloc.requeued() == ["4242"]
         assert len(_store(run_dir)[0]) < 24  # stopped early, at a committed generation
         rc, out = _run(alloc, experiment, run_dir, restart=1, launch="explicit")

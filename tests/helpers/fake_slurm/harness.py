@@ -89,6 +89,14 @@ class FakeAllocation:
             except (ProcessLookupError, ValueError):
                 pass
 
+    def end_job(self) -> None:
+        """The batch job ended: kill what it left on its nodes, as slurmd does with a job's cgroup.
+
+        Without this, raylets of a pre-empted job that are still shutting down (slow under load)
+        reconnect to the requeued job's new head with the old job's token and crash it."""
+        for _name, ns, _addr in self.nodes:
+            self.kill_node(ns)
+
     def env(self, restart_count: int = 0, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
         # `ray start --address` refuses to join a cluster when this is 0; the fake nodes have no
