@@ -14,7 +14,10 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    the best k. It stops only when it also cannot enter the archive: the same bound is below 0
    against the archive's ``top_k``-th best once this generation joins it (its members are
    fully scored, so their values on these items are known; the generation's candidates
-   count with their means so far);
+   count with their means so far). A perplexity entry's score is a ratio of sums, not a
+   mean: its items enter these comparisons linearized (``ItemPool.linearize``: the delta
+   method for a ratio estimator), and no candidate is dropped before the first items hold
+   two of its windows;
 3. the others get the next ``slice`` items, and so on until only survivors are left, which
    are scored on every item, or every item is used. Each round is submitted in the reverse
    of the previous one's order (``submission_order``): the candidates scored last are still
@@ -93,12 +96,21 @@ class Racer:
         self.z = NormalDist().inv_cdf(cfg.confidence)
 
     def race(
-        self, evaluator: Any, recipes: Sequence[Recipe], archive: Sequence[np.ndarray]
+        self,
+        evaluator: Any,
+        recipes: Sequence[Recipe],
+        archive: Sequence[np.ndarray],
+        archive_weights: Sequence[np.ndarray] | None = None,
     ) -> RaceOutcome:
-        """Race ``recipes``; ``archive``: the archive members' values on every item."""
+        """Race ``recipes``; ``archive``: the archive members' values on every item
+        (``ItemPool.full_values``), ``archive_weights`` their item weights
+        (``ItemPool.full_weights``; None: every item weighs 1, as without ratio entries)."""
         n, size = len(recipes), self.pool.size
+        if archive_weights is None:
+            archive_weights = [np.ones(size) for _ in archive]
         parts: list[list[tuple[Any, int, int]]] = [[] for _ in range(n)]
         values = [np.empty(0) for _ in range(n)]
+        weights = [np.empty(0) for _ in range(n)]
         spent, seconds = [0] * n, [0.0] * n
         last: list[JobResult | None] = [None] * n
         failed: dict[int, JobResult] = {}
@@ -120,18 +132,26 @@ class Racer:
                 values[i] = np.concatenate(
                     [values[i], self.pool.slice_values(r.result, start, stop)]
                 )
+                weights[i] = np.concatenate(
+                    [weights[i], self.pool.slice_weights(r.result, start, stop)]
+                )
             alive = [i for i in alive if i not in failed]
             start, stop = stop, min(size, stop + self.cfg.slice)
-            if start < size:
-                live = {i: values[i] for i in alive}
-                out = sure_losers(live, self.need, archive, self.top_k, self.z)
+            if start < size and self.pool.bounded(start):
+                lin = self.pool.linearize
+                live = {i: lin(values[i], weights[i]) for i in alive}
+                floor = [
+                    lin(a[:start], w[:start]) for a, w in zip(archive, archive_weights, strict=True)
+                ]
+                out = sure_losers(live, self.need, floor, self.top_k, self.z)
                 alive = [i for i in alive if i not in out]
         results = []
         for i in range(n):
             if i in failed:
                 results.append(replace(failed[i], seconds=seconds[i]))
             else:
-                results.append(self._result(last[i], parts[i], values[i], seconds[i]))
+                est = self.pool.estimate(values[i], weights[i]) if len(values[i]) else math.nan
+                results.append(self._result(last[i], parts[i], len(values[i]), est, seconds[i]))
         return RaceOutcome(results, spent)
 
     def submission_order(self, previous: list[int], alive: list[int]) -> list[int]:
@@ -144,12 +164,12 @@ class Racer:
         racing = set(alive)
         return [i for i in reversed(previous) if i in racing]
 
-    def _result(self, last: JobResult, parts: list, values: np.ndarray, secs: float) -> JobResult:
+    def _result(self, last: JobResult, parts: list, m: int, est: float, secs: float) -> JobResult:
         joined = self.pool.join(parts)
-        if len(values) == self.pool.size:  # every item: exactly what a plain evaluation gives
+        if m == self.pool.size:  # every item: exactly what a plain evaluation gives
             fit, objs = self.fitness.aggregate(joined), self.fitness.objectives(joined)
-        else:
-            fit = float(values.mean())
+        else:  # the estimate from the m items it was scored on
+            fit = est
             objs = (fit,)
         return JobResult(
             digest=last.digest,

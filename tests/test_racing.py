@@ -28,10 +28,25 @@ from tests.helpers.kill_resume import cli, kill_at_random
 pytestmark = pytest.mark.timeout(900)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 EXPERTS = ["cipher", "shift", "sort", "reverse"]
+PPL_TEXT = Path(__file__).resolve().parents[1] / "fitness" / "calibration" / "lm-skills.txt"
 
 
-def _experiment(tmp: Path, *, racing: str | None, driver: str, budget: str, name="exp.yaml"):
+def _experiment(
+    tmp: Path,
+    *,
+    racing: str | None,
+    driver: str,
+    budget: str,
+    name="exp.yaml",
+    ppl: str = "",
+    zoo: bool = True,
+):
+    """``ppl``: a perplexity task's options (its score is a ratio of sums); ``zoo``: the zoo
+    task (48 items) too."""
     models = "".join(f"\n  - zoo:lm-skills/{e}" for e in EXPERTS)
+    tasks = "\n    - {kind: zoo, name: skills, evaluator: skills, options: {limit: 12}}" * zoo
+    if ppl:
+        tasks += f"\n    - {{kind: perplexity, text_file: {PPL_TEXT}, {ppl}}}"
     racing_line = f"\n  racing: {racing}" if racing is not None else ""
     text = f"""\
 name: racing_test
@@ -39,8 +54,7 @@ models:{models}
 base_model: zoo:lm-skills/base
 space: {{preset: ps_dare_ties, layer_groups: 1, x0: {{weight: 0.25}}}}
 fitness:
-  tasks:
-    - {{kind: zoo, name: skills, evaluator: skills, options: {{limit: 12}}}}{racing_line}
+  tasks:{tasks}{racing_line}
 driver: {driver}
 budget: {budget}
 seed: 3
@@ -238,7 +252,9 @@ _cli = cli
 
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_evals: 30}")
+    # a zoo task (items averaged) and a perplexity task (a ratio of sums, racing.md) in one pool
+    ppl = "max_length: 16, max_windows: 24"
+    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_evals: 30}", ppl=ppl)
     full = tmp_path / "full"
     done = subprocess.run(
         _cli("search", str(exp), "--run-dir", str(full)), env=ENV, text=True, capture_output=True
@@ -275,15 +291,20 @@ def test_racing_is_refused_where_it_cannot_work(tmp_path):
         "random or optuna"
     )
     assert not (tmp_path / "m").exists()
-    # lm_eval and opted-in python tasks race (test_racing_lm_eval.py, test_fitness.py); not perplexity
+    # lm_eval, perplexity and opted-in python tasks race (test_racing_lm_eval.py,
+    # test_racing_perplexity.py, test_fitness.py); perplexity must say how many windows
     lm = {"kind": "lm_eval", "task": "zoo_cipher", "include_path": "fitness/zoo_cipher", "limit": 8}
     ppl = {"kind": "perplexity", "text_file": "fitness/calibration/lm-skills.txt"}
     with pytest.raises(UserInputError) as err:
         parse_fitness_config({"tasks": [lm, ppl], "racing": {}})
     assert "\n" not in str(err.value) and str(err.value).endswith(
-        "tasks.1: racing scores items a slice at a time, which zoo tasks with test items, "
-        "lm_eval and opted-in python tasks can do (perplexity cannot); remove fitness.racing"
+        "tasks.1.max_windows: racing scores a perplexity task's windows a slice at a time and "
+        "must know how many it scores; set max_windows (or remove fitness.racing)"
     )
+    parse_fitness_config({"tasks": [lm, {**ppl, "max_windows": 8}], "racing": {}})
+    digits = {"kind": "zoo", "evaluator": "digits"}
+    with pytest.raises(UserInputError, match=r"\(zoo evaluator 'digits' cannot\)"):
+        parse_fitness_config({"tasks": [digits], "racing": {}})
     two = [
         {"kind": "zoo", "name": "a", "evaluator": "zoo_sort", "objective": "a"},
         {"kind": "zoo", "name": "b", "evaluator": "zoo_cipher", "objective": "b"},

@@ -35,7 +35,7 @@ YAML shape::
     validation:                      # the winner is chosen on items the search never saw
       items: 100                     # per task, after its search items (null: all the rest)
     racing:                          # score each generation on growing item slices
-      enabled: true                  # (docs/racing.md; zoo, lm_eval, opted-in python)
+      enabled: true                  # (docs/racing.md; zoo, lm_eval, perplexity, opted-in python)
       first_slice: 20                # items every candidate is scored on first
       slice: 10                      # items added per round to candidates still in the race
       confidence: 0.95               # one-sided level of the paired bounds that drop one
