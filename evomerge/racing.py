@@ -18,6 +18,9 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    mean: its items enter these comparisons linearized (``ItemPool.linearize``: the delta
    method for a ratio estimator), and no candidate is dropped before the first items hold
    two of its windows;
+   With ``settle: set`` a candidate also stops once it is surely among the best k (the same
+   bound puts it above the best candidate outside them) and cannot enter the archive: the
+   driver then gets the best k as a set, ordered by their means so far;
 3. the others get the next ``slice`` items, and so on until only survivors are left, which
    are scored on every item, or every item is used. Each round is submitted in the reverse
    of the previous one's order (``submission_order``): the candidates scored last are still
@@ -67,23 +70,50 @@ def sure_losers(
     surely are neither among the best ``need`` of them nor able to enter the archive: below
     the ``top_k``-th best of the archive's members (``archive``: their values on every item)
     and the candidates together, ranked on these m items."""
-    if len(values) <= need or len(values) + len(archive) <= top_k:
-        return set()
+    return settle(values, need, archive, top_k, z)[0]
+
+
+def settle(
+    values: dict[int, np.ndarray],
+    need: int,
+    archive: Sequence[np.ndarray],
+    top_k: int,
+    z: float,
+    inside: bool = False,
+) -> tuple[set[int], set[int]]:
+    """(losers, winners): the sure losers (``sure_losers``) and, with ``inside``, the
+    candidates surely among the best ``need`` (the same bound says they are above the best
+    candidate outside them) that cannot enter the archive either: both can stop. ``need`` 0:
+    the places are taken, every candidate that cannot enter the archive is a loser."""
     order = sorted(values, key=lambda i: (-float(values[i].mean()), i))
-    ref = values[order[need - 1]]
-    m = len(ref)
-    both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
-    both += [(float(values[i].mean()), i, values[i]) for i in order]
-    both.sort(key=lambda row: (-row[0], row[1]))
-    gate = both[top_k - 1][2]  # the archive's k-th after this generation, as it stands
-    inside = {row[1] for row in both[:top_k]}
-    return {
-        i
-        for i in order[need:]
-        if i not in inside
-        and paired_upper(values[i], ref, z) < 0
-        and paired_upper(values[i], gate, z) < 0
-    }
+    if not order:
+        return set(), set()
+    m = len(values[order[0]])
+    gate, entering = None, set()
+    if len(values) + len(archive) > top_k:
+        both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
+        both += [(float(values[i].mean()), i, values[i]) for i in order]
+        both.sort(key=lambda row: (-row[0], row[1]))
+        gate = both[top_k - 1][2]  # the archive's k-th after this generation, as it stands
+        entering = {row[1] for row in both[:top_k]}
+
+    def shut_out(i: int) -> bool:  # surely cannot enter the archive
+        return gate is not None and i not in entering and paired_upper(values[i], gate, z) < 0
+
+    losers: set[int] = set()
+    if len(values) > need:
+        if need == 0:
+            losers = {i for i in order if shut_out(i)}
+        else:
+            ref = values[order[need - 1]]
+            losers = {i for i in order[need:] if paired_upper(values[i], ref, z) < 0}
+            losers = {i for i in losers if shut_out(i)}
+    winners: set[int] = set()
+    if inside and 0 < need < len(values):
+        first_out = values[order[need]]
+        winners = {i for i in order[:need] if paired_upper(first_out, values[i], z) < 0}
+        winners = {i for i in winners if shut_out(i)}
+    return losers, winners
 
 
 class Racer:
@@ -115,6 +145,8 @@ class Racer:
         last: list[JobResult | None] = [None] * n
         failed: dict[int, JobResult] = {}
         alive = list(range(n))
+        need = self.need  # places among the best k not yet taken by a candidate settled inside
+        inside = getattr(self.cfg, "settle", "order") == "set"
         start, stop = 0, min(size, self.cfg.first_slice)
         order: list[int] = []
         while alive and start < size:
@@ -143,8 +175,9 @@ class Racer:
                 floor = [
                     lin(a[:start], w[:start]) for a, w in zip(archive, archive_weights, strict=True)
                 ]
-                out = sure_losers(live, self.need, floor, self.top_k, self.z)
-                alive = [i for i in alive if i not in out]
+                losers, winners = settle(live, need, floor, self.top_k, self.z, inside)
+                need -= len(winners)
+                alive = [i for i in alive if i not in losers and i not in winners]
         results = []
         for i in range(n):
             if i in failed:

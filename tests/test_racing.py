@@ -19,7 +19,7 @@ from evomerge.config import load_experiment
 from evomerge.errors import UserInputError
 from evomerge.fitness import build_fitness, parse_fitness_config
 from evomerge.fitness.items import ItemPool
-from evomerge.racing import Racer, paired_upper, sure_losers
+from evomerge.racing import Racer, paired_upper, settle, sure_losers
 from evomerge.recipe import Recipe
 from evomerge.search_cli import search
 from evomerge.store import RunStore
@@ -114,6 +114,34 @@ def test_sure_losers_on_a_known_case():
     assert paired_upper(bad, good, 1.645) < 0 < paired_upper(good, bad, 1.645)
 
 
+def test_settle_set_also_stops_the_sure_members_of_the_best_k():
+    rng = np.random.default_rng(0)
+    good = (rng.random(40) < 0.9).astype(float)
+    mid = (rng.random(40) < 0.6).astype(float)
+    bad = np.zeros(40)
+    vals = {0: mid, 1: good, 2: bad}
+    perfect = [np.ones(40)]  # an archive of 1 nobody here can enter
+    # the best 2 as an order: good and mid are scored on; as a set they are settled too
+    assert settle(vals, 2, perfect, 1, 1.645) == ({2}, set())
+    assert settle(vals, 2, perfect, 1, 1.645, inside=True) == ({2}, {0, 1})
+    # 'good' could enter an empty archive of 1: it goes on; 'mid' is surely below it
+    assert settle(vals, 2, [], 1, 1.645, inside=True) == ({2}, {0})
+    # every place taken (need 0): whoever cannot enter the archive stops
+    assert settle(vals, 0, perfect, 1, 1.645, inside=True) == ({0, 1, 2}, set())
+    # two equal candidates are never settled apart (paired: no evidence)
+    assert settle({0: good, 1: good.copy()}, 1, perfect, 1, 1.645, inside=True) == (set(), set())
+    # the default is left out of the stored config: earlier runs hash the same
+    fit = {"tasks": [{"kind": "zoo", "evaluator": "skills"}]}
+    assert parse_fitness_config({**fit, "racing": {}}).model_dump()["racing"] == {
+        "enabled": True,
+        "first_slice": 20,
+        "slice": 10,
+        "confidence": 0.95,
+    }
+    raced = parse_fitness_config({**fit, "racing": {"settle": "set"}})
+    assert raced.model_dump()["racing"]["settle"] == "set"
+
+
 def test_item_pool_order_is_seeded_and_values_average_to_the_fitness():
     cfg = parse_fitness_config(
         {"tasks": [{"kind": "zoo", "evaluator": "skills", "options": {"limit": 12}}]}
@@ -180,6 +208,16 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
     broken = [i for i in range(len(plain)) if plain[i].fitness < 0.05]
     assert broken and all(out.items[i] < pool.size for i in broken), out.items
     assert sum(out.items) < len(recipes) * pool.size  # it saved item evaluations
+    # settle: set, the best 5 (experts and base) as a set, under a perfect archive member
+    # nobody can pass: they stop once surely above the broken ones instead of being scored on
+    perfect = [np.ones(pool.size)]  # every item, as a set the same 5 are told best
+    as_set = cfg.fitness.racing.model_copy(update={"settle": "set"})
+    a = Racer(cfg.fitness.racing, pool, fitness, need=5, top_k=1).race(evaluator, recipes, perfect)
+    b = Racer(as_set, pool, fitness, need=5, top_k=1).race(evaluator, recipes, perfect)
+    assert sum(b.items) < sum(a.items), (a.items, b.items)
+    assert all(a.items[i] == pool.size for i in order[:5])  # by order: the 5 on every item
+    told = sorted(range(len(recipes)), key=lambda i: -b.results[i].fitness)
+    assert set(told[:5]) == set(order[:5])
 
 
 # ---- searches ----------------------------------------------------------------------------------
