@@ -2,7 +2,7 @@
 
     python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
         [--fractions 0.5,0.2] [--driver cma_es|random] [--methods full,racing,subset]
-        [--racing "{first_slice: 10, slice: 10}"]
+        [--racing "{first_slice: 10, slice: 10}"] [--budget items|candidates]
 
 With real models the fitness is almost all of a search's cost, and its unit is the item: one
 test item scored for one candidate. For each setup and seed this runs, on the same space and
@@ -16,7 +16,9 @@ driver, with ``budget.max_item_evals`` as the only budget:
                drawn at random when the zoo was written), at f x B: as many candidates as the
                reference, each scored f times as cheaply.
 
-Each search's winner (its best on its own items) is scored on held-out items (every test item
+``--budget candidates`` caps each search at f x evals candidates instead (racing then shows
+what its early stops cost the search at an equal number of candidates). Each search's winner
+(its best on its own items) is scored on held-out items (every test item
 after the search window, the same for every method) and the table shows, per method and
 budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
 over seeds and its standard error). Item evaluations are counts, not timings: the figures do
@@ -73,11 +75,11 @@ def windowed(exp: Path, offset: int, limit: int | None, more: dict | None = None
 
 
 def run_one(
-    exp: Path, run: Path, seed: int, n: int, items: float, budget: int, how: str, drv, racing
+    exp: Path, run: Path, seed: int, n: int, items: float, budget: dict, how: str, drv, racing
 ):
     """(item evals spent, candidates, winner recipe) of one search."""
     per_task = n if how != "subset" else max(1, round(n * items))
-    o = {"seed": seed, "budget": {"max_item_evals": budget}, "archive.top_k": 1}
+    o = {"seed": seed, "budget": budget, "archive.top_k": 1}
     if drv is not None:
         o["driver"] = drv
     if how == "racing":
@@ -108,6 +110,9 @@ def main() -> None:
     ap.add_argument("--driver", default=None, help="cma_es (the experiments' own) or random")
     ap.add_argument("--methods", default="full,racing,subset", help="rows below the reference")
     ap.add_argument("--racing", default="{first_slice: 10, slice: 10}", help="fitness.racing")
+    ap.add_argument(
+        "--budget", default="items", choices=["items", "candidates"], help="what f x B caps"
+    )
     args = ap.parse_args()
     racing = yaml.safe_load(args.racing)
     methods = args.methods.split(",")
@@ -128,7 +133,10 @@ def main() -> None:
             winners, keys = [], []
             for how, f in plan:
                 run = work / f"{name}-{how}-{f}-s{seed}"
-                spent, cands, win = run_one(exp, run, seed, n, f, round(f * big), how, drv, racing)
+                cap = {"max_item_evals": round(f * big)}
+                if args.budget == "candidates":  # the same candidates, whatever they cost
+                    cap = {"max_evals": round(f * args.evals)}
+                spent, cands, win = run_one(exp, run, seed, n, f, cap, how, drv, racing)
                 winners.append(win)
                 keys.append((how, f, spent, cands))
             scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
