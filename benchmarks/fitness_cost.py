@@ -1,7 +1,8 @@
 """Fitness cost: full scoring vs racing vs a fixed random subset, at equal item budgets.
 
     python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
-        [--fractions 0.5,0.2] [--driver cma_es|random]
+        [--fractions 0.5,0.2] [--driver cma_es|random] [--methods full,racing,subset]
+        [--racing "{first_slice: 10, slice: 10}"] [--budget items|candidates]
 
 With real models the fitness is almost all of a search's cost, and its unit is the item: one
 test item scored for one candidate. For each setup and seed this runs, on the same space and
@@ -9,12 +10,15 @@ driver, with ``budget.max_item_evals`` as the only budget:
 
 * ``full``     every candidate on every search item, at the whole budget B = evals x items
                (the reference) and at each fraction f of it;
-* ``racing``   ``fitness.racing`` (evomerge/racing.py), at f x B;
+* ``racing``   ``fitness.racing`` (evomerge/racing.py; its settings: ``--racing``, a YAML
+               mapping), at f x B;
 * ``subset``   every candidate on a fixed subset of f x items per task (the zoo's first items,
                drawn at random when the zoo was written), at f x B: as many candidates as the
                reference, each scored f times as cheaply.
 
-Each search's winner (its best on its own items) is scored on held-out items (every test item
+``--budget candidates`` caps each search at f x evals candidates instead (racing then shows
+what its early stops cost the search at an equal number of candidates). Each search's winner
+(its best on its own items) is scored on held-out items (every test item
 after the search window, the same for every method) and the table shows, per method and
 budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
 over seeds and its standard error). Item evaluations are counts, not timings: the figures do
@@ -35,6 +39,8 @@ import argparse
 import statistics
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from evomerge.config import load_experiment
 from evomerge.recipe import Recipe
@@ -68,14 +74,16 @@ def windowed(exp: Path, offset: int, limit: int | None, more: dict | None = None
     return load_experiment(exp, {**o, **(more or {})})
 
 
-def run_one(exp: Path, run: Path, seed: int, n: int, items: int, budget: int, how: str, drv):
+def run_one(
+    exp: Path, run: Path, seed: int, n: int, items: float, budget: dict, how: str, drv, racing
+):
     """(item evals spent, candidates, winner recipe) of one search."""
     per_task = n if how != "subset" else max(1, round(n * items))
-    o = {"seed": seed, "budget": {"max_item_evals": budget}, "archive.top_k": 1}
+    o = {"seed": seed, "budget": budget, "archive.top_k": 1}
     if drv is not None:
         o["driver"] = drv
     if how == "racing":
-        o["fitness.racing"] = {"first_slice": 10, "slice": 10}
+        o["fitness.racing"] = racing
     cfg = windowed(exp, 0, per_task, o)
     final = open_search(cfg, run).run()
     with RunStore.open(run, readonly=True) as st:
@@ -100,7 +108,14 @@ def main() -> None:
     ap.add_argument("--evals", type=int, default=32, help="candidates of the reference search")
     ap.add_argument("--fractions", default="0.5,0.2", help="budgets, as fractions of B")
     ap.add_argument("--driver", default=None, help="cma_es (the experiments' own) or random")
+    ap.add_argument("--methods", default="full,racing,subset", help="rows below the reference")
+    ap.add_argument("--racing", default="{first_slice: 10, slice: 10}", help="fitness.racing")
+    ap.add_argument(
+        "--budget", default="items", choices=["items", "candidates"], help="what f x B caps"
+    )
     args = ap.parse_args()
+    racing = yaml.safe_load(args.racing)
+    methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     fracs = [float(f) for f in args.fractions.split(",")]
     drv = {"name": args.driver, "options": {"batch_size": 8}} if args.driver == "random" else None
@@ -112,19 +127,24 @@ def main() -> None:
         exp, n = {**SETUPS, **REAL_SETUPS}[name]
         pool = _pool(exp, n)
         big = args.evals * pool
-        plan = [("full", 1.0)] + [(how, f) for f in fracs for how in ("full", "racing", "subset")]
+        plan = [("full", 1.0)] + [(how, f) for f in fracs for how in methods]
         rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
         for seed in seeds:
             winners, keys = [], []
             for how, f in plan:
                 run = work / f"{name}-{how}-{f}-s{seed}"
-                spent, cands, win = run_one(exp, run, seed, n, f, round(f * big), how, drv)
+                cap = {"max_item_evals": round(f * big)}
+                if args.budget == "candidates":  # the same candidates, whatever they cost
+                    cap = {"max_evals": round(f * args.evals)}
+                spent, cands, win = run_one(exp, run, seed, n, f, cap, how, drv, racing)
                 winners.append(win)
                 keys.append((how, f, spent, cands))
             scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
             for (how, f, spent, cands), h in zip(keys, scores, strict=True):
                 rows.setdefault((how, f), []).append((spent, cands, h))
         report(name, n, pool, big, seeds, rows, args.driver or "cma_es")
+        if "racing" in methods:
+            print(f"racing: {racing}")
 
 
 def _pool(exp: Path, n: int) -> int:

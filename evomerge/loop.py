@@ -161,7 +161,8 @@ class SearchLoop:
         self.recipes: dict[str, Recipe] = {}
         self.racer = racer
         self.constraints = constraints  # fitness.constraints: infeasible never enters the archive
-        self._values: dict[int, np.ndarray] = {}  # racing: archive members' item values
+        # racing: archive members' item values and weights
+        self._values: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         # racing decides a generation's next slices from its last ones: it never streams ahead
         streams = hasattr(evaluator, "submit") and hasattr(evaluator, "poll")
         self._streaming = driver.can_ask_ahead and streams and racer is None
@@ -398,7 +399,8 @@ class SearchLoop:
         if self.racer is None:
             results = self.evaluator.evaluate(recipes)
             return results, [_items_in(r) for r in results]
-        out = self.racer.race(self.evaluator, recipes, self._archive_values())
+        values, weights = self._archive_values()
+        out = self.racer.race(self.evaluator, recipes, values, weights)
         return out.results, out.items
 
     def _collect(self, ticket: int) -> JobResult:
@@ -408,17 +410,18 @@ class SearchLoop:
                 self._early[t] = res
         return self._early.pop(ticket)
 
-    def _archive_values(self) -> list[np.ndarray]:
-        """The archive members' item values in racing order (read from the store once)."""
+    def _archive_values(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The archive members' item values and weights in racing order (read from the store
+        once per member)."""
         pool = self.racer.pool
         self._values = {
-            e.idx: self._values.get(e.idx)
+            e.idx: self._values[e.idx]
             if e.idx in self._values
-            else pool.full_values(self.store.eval_result(e.idx))
+            else _item_arrays(pool, self.store, e.idx)
             for e in self.top
             if math.isfinite(e.fitness)
         }
-        return list(self._values.values())
+        return [v for v, _ in self._values.values()], [w for _, w in self._values.values()]
 
     # ---- the commit ------------------------------------------------------------------------------
     def _commit(self) -> None:
@@ -556,6 +559,12 @@ def _items_in(r: JobResult) -> int:
     if r.result is None:
         return 0
     return sum(len(t.per_example) for t in r.result.tasks.values())
+
+
+def _item_arrays(pool: Any, store: RunStore, idx: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fully scored member's item values and weights (racing), from its stored result."""
+    result = store.eval_result(idx)
+    return pool.full_values(result), pool.full_weights(result)
 
 
 def _as_reused(r: JobResult) -> JobResult:

@@ -14,7 +14,13 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    the best k. It stops only when it also cannot enter the archive: the same bound is below 0
    against the archive's ``top_k``-th best once this generation joins it (its members are
    fully scored, so their values on these items are known; the generation's candidates
-   count with their means so far);
+   count with their means so far). A perplexity entry's score is a ratio of sums, not a
+   mean: its items enter these comparisons linearized (``ItemPool.linearize``: the delta
+   method for a ratio estimator), and no candidate is dropped before the first items hold
+   two of its windows;
+   With ``settle: set`` a candidate also stops once it is surely among the best k (the same
+   bound puts it above the best candidate outside them) and cannot enter the archive: the
+   driver then gets the best k as a set, ordered by their means so far;
 3. the others get the next ``slice`` items, and so on until only survivors are left, which
    are scored on every item, or every item is used. Each round is submitted in the reverse
    of the previous one's order (``submission_order``): the candidates scored last are still
@@ -64,23 +70,50 @@ def sure_losers(
     surely are neither among the best ``need`` of them nor able to enter the archive: below
     the ``top_k``-th best of the archive's members (``archive``: their values on every item)
     and the candidates together, ranked on these m items."""
-    if len(values) <= need or len(values) + len(archive) <= top_k:
-        return set()
+    return settle(values, need, archive, top_k, z)[0]
+
+
+def settle(
+    values: dict[int, np.ndarray],
+    need: int,
+    archive: Sequence[np.ndarray],
+    top_k: int,
+    z: float,
+    inside: bool = False,
+) -> tuple[set[int], set[int]]:
+    """(losers, winners): the sure losers (``sure_losers``) and, with ``inside``, the
+    candidates surely among the best ``need`` (the same bound says they are above the best
+    candidate outside them) that cannot enter the archive either: both can stop. ``need`` 0:
+    the places are taken, every candidate that cannot enter the archive is a loser."""
     order = sorted(values, key=lambda i: (-float(values[i].mean()), i))
-    ref = values[order[need - 1]]
-    m = len(ref)
-    both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
-    both += [(float(values[i].mean()), i, values[i]) for i in order]
-    both.sort(key=lambda row: (-row[0], row[1]))
-    gate = both[top_k - 1][2]  # the archive's k-th after this generation, as it stands
-    inside = {row[1] for row in both[:top_k]}
-    return {
-        i
-        for i in order[need:]
-        if i not in inside
-        and paired_upper(values[i], ref, z) < 0
-        and paired_upper(values[i], gate, z) < 0
-    }
+    if not order:
+        return set(), set()
+    m = len(values[order[0]])
+    gate, entering = None, set()
+    if len(values) + len(archive) > top_k:
+        both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
+        both += [(float(values[i].mean()), i, values[i]) for i in order]
+        both.sort(key=lambda row: (-row[0], row[1]))
+        gate = both[top_k - 1][2]  # the archive's k-th after this generation, as it stands
+        entering = {row[1] for row in both[:top_k]}
+
+    def shut_out(i: int) -> bool:  # surely cannot enter the archive
+        return gate is not None and i not in entering and paired_upper(values[i], gate, z) < 0
+
+    losers: set[int] = set()
+    if len(values) > need:
+        if need == 0:
+            losers = {i for i in order if shut_out(i)}
+        else:
+            ref = values[order[need - 1]]
+            losers = {i for i in order[need:] if paired_upper(values[i], ref, z) < 0}
+            losers = {i for i in losers if shut_out(i)}
+    winners: set[int] = set()
+    if inside and 0 < need < len(values):
+        first_out = values[order[need]]
+        winners = {i for i in order[:need] if paired_upper(first_out, values[i], z) < 0}
+        winners = {i for i in winners if shut_out(i)}
+    return losers, winners
 
 
 class Racer:
@@ -93,16 +126,27 @@ class Racer:
         self.z = NormalDist().inv_cdf(cfg.confidence)
 
     def race(
-        self, evaluator: Any, recipes: Sequence[Recipe], archive: Sequence[np.ndarray]
+        self,
+        evaluator: Any,
+        recipes: Sequence[Recipe],
+        archive: Sequence[np.ndarray],
+        archive_weights: Sequence[np.ndarray] | None = None,
     ) -> RaceOutcome:
-        """Race ``recipes``; ``archive``: the archive members' values on every item."""
+        """Race ``recipes``; ``archive``: the archive members' values on every item
+        (``ItemPool.full_values``), ``archive_weights`` their item weights
+        (``ItemPool.full_weights``; None: every item weighs 1, as without ratio entries)."""
         n, size = len(recipes), self.pool.size
+        if archive_weights is None:
+            archive_weights = [np.ones(size) for _ in archive]
         parts: list[list[tuple[Any, int, int]]] = [[] for _ in range(n)]
         values = [np.empty(0) for _ in range(n)]
+        weights = [np.empty(0) for _ in range(n)]
         spent, seconds = [0] * n, [0.0] * n
         last: list[JobResult | None] = [None] * n
         failed: dict[int, JobResult] = {}
         alive = list(range(n))
+        need = self.need  # places among the best k not yet taken by a candidate settled inside
+        inside = getattr(self.cfg, "settle", "order") == "set"
         start, stop = 0, min(size, self.cfg.first_slice)
         order: list[int] = []
         while alive and start < size:
@@ -120,18 +164,27 @@ class Racer:
                 values[i] = np.concatenate(
                     [values[i], self.pool.slice_values(r.result, start, stop)]
                 )
+                weights[i] = np.concatenate(
+                    [weights[i], self.pool.slice_weights(r.result, start, stop)]
+                )
             alive = [i for i in alive if i not in failed]
             start, stop = stop, min(size, stop + self.cfg.slice)
-            if start < size:
-                live = {i: values[i] for i in alive}
-                out = sure_losers(live, self.need, archive, self.top_k, self.z)
-                alive = [i for i in alive if i not in out]
+            if start < size and self.pool.bounded(start):
+                lin = self.pool.linearize
+                live = {i: lin(values[i], weights[i]) for i in alive}
+                floor = [
+                    lin(a[:start], w[:start]) for a, w in zip(archive, archive_weights, strict=True)
+                ]
+                losers, winners = settle(live, need, floor, self.top_k, self.z, inside)
+                need -= len(winners)
+                alive = [i for i in alive if i not in losers and i not in winners]
         results = []
         for i in range(n):
             if i in failed:
                 results.append(replace(failed[i], seconds=seconds[i]))
             else:
-                results.append(self._result(last[i], parts[i], values[i], seconds[i]))
+                est = self.pool.estimate(values[i], weights[i]) if len(values[i]) else math.nan
+                results.append(self._result(last[i], parts[i], len(values[i]), est, seconds[i]))
         return RaceOutcome(results, spent)
 
     def submission_order(self, previous: list[int], alive: list[int]) -> list[int]:
@@ -144,12 +197,12 @@ class Racer:
         racing = set(alive)
         return [i for i in reversed(previous) if i in racing]
 
-    def _result(self, last: JobResult, parts: list, values: np.ndarray, secs: float) -> JobResult:
+    def _result(self, last: JobResult, parts: list, m: int, est: float, secs: float) -> JobResult:
         joined = self.pool.join(parts)
-        if len(values) == self.pool.size:  # every item: exactly what a plain evaluation gives
+        if m == self.pool.size:  # every item: exactly what a plain evaluation gives
             fit, objs = self.fitness.aggregate(joined), self.fitness.objectives(joined)
-        else:
-            fit = float(values.mean())
+        else:  # the estimate from the m items it was scored on
+            fit = est
             objs = (fit,)
         return JobResult(
             digest=last.digest,

@@ -23,6 +23,9 @@ class TaskScore:
     score: float
     per_example: tuple[float, ...] = ()
     metric: str = "acc"
+    # per-example weights of a score that is not the plain mean of per_example (perplexity:
+    # each window's predicted tokens, the score being over tokens); empty: a plain mean
+    weights: tuple[float, ...] = ()
 
     @classmethod
     def from_examples(cls, values: Sequence[float], metric: str = "acc") -> TaskScore:
@@ -52,10 +55,7 @@ class EvalResult:
         return sum(w.get(n, 0.0) * t.score for n, t in self.tasks.items()) / total
 
     def to_json(self) -> dict:
-        return {
-            n: {"score": t.score, "metric": t.metric, "per_example": list(t.per_example)}
-            for n, t in self.tasks.items()
-        }
+        return {n: _task_json(t) for n, t in self.tasks.items()}
 
     @classmethod
     def from_json(cls, data: Mapping) -> EvalResult:
@@ -65,10 +65,18 @@ class EvalResult:
                     score=float(d["score"]),
                     per_example=tuple(d.get("per_example", ())),
                     metric=d.get("metric", "acc"),
+                    weights=tuple(d.get("weights", ())),
                 )
                 for n, d in data.items()
             }
         )
+
+
+def _task_json(t: TaskScore) -> dict:
+    out = {"score": t.score, "metric": t.metric, "per_example": list(t.per_example)}
+    if t.weights:  # only weighted scores carry the key: other results store as they always did
+        out["weights"] = list(t.weights)
+    return out
 
 
 OK = "OK"

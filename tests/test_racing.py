@@ -19,7 +19,7 @@ from evomerge.config import load_experiment
 from evomerge.errors import UserInputError
 from evomerge.fitness import build_fitness, parse_fitness_config
 from evomerge.fitness.items import ItemPool
-from evomerge.racing import Racer, paired_upper, sure_losers
+from evomerge.racing import Racer, paired_upper, settle, sure_losers
 from evomerge.recipe import Recipe
 from evomerge.search_cli import search
 from evomerge.store import RunStore
@@ -28,10 +28,25 @@ from tests.helpers.kill_resume import cli, kill_at_random
 pytestmark = pytest.mark.timeout(900)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 EXPERTS = ["cipher", "shift", "sort", "reverse"]
+PPL_TEXT = Path(__file__).resolve().parents[1] / "fitness" / "calibration" / "lm-skills.txt"
 
 
-def _experiment(tmp: Path, *, racing: str | None, driver: str, budget: str, name="exp.yaml"):
+def _experiment(
+    tmp: Path,
+    *,
+    racing: str | None,
+    driver: str,
+    budget: str,
+    name="exp.yaml",
+    ppl: str = "",
+    zoo: bool = True,
+):
+    """``ppl``: a perplexity task's options (its score is a ratio of sums); ``zoo``: the zoo
+    task (48 items) too."""
     models = "".join(f"\n  - zoo:lm-skills/{e}" for e in EXPERTS)
+    tasks = "\n    - {kind: zoo, name: skills, evaluator: skills, options: {limit: 12}}" * zoo
+    if ppl:
+        tasks += f"\n    - {{kind: perplexity, text_file: {PPL_TEXT}, {ppl}}}"
     racing_line = f"\n  racing: {racing}" if racing is not None else ""
     text = f"""\
 name: racing_test
@@ -39,8 +54,7 @@ models:{models}
 base_model: zoo:lm-skills/base
 space: {{preset: ps_dare_ties, layer_groups: 1, x0: {{weight: 0.25}}}}
 fitness:
-  tasks:
-    - {{kind: zoo, name: skills, evaluator: skills, options: {{limit: 12}}}}{racing_line}
+  tasks:{tasks}{racing_line}
 driver: {driver}
 budget: {budget}
 seed: 3
@@ -98,6 +112,34 @@ def test_sure_losers_on_a_known_case():
     # above the archive's floor: it could enter the archive, so it stays although it loses
     assert sure_losers({0: good, 1: mid}, 1, [np.zeros(40)], 2, 1.645) == set()
     assert paired_upper(bad, good, 1.645) < 0 < paired_upper(good, bad, 1.645)
+
+
+def test_settle_set_also_stops_the_sure_members_of_the_best_k():
+    rng = np.random.default_rng(0)
+    good = (rng.random(40) < 0.9).astype(float)
+    mid = (rng.random(40) < 0.6).astype(float)
+    bad = np.zeros(40)
+    vals = {0: mid, 1: good, 2: bad}
+    perfect = [np.ones(40)]  # an archive of 1 nobody here can enter
+    # the best 2 as an order: good and mid are scored on; as a set they are settled too
+    assert settle(vals, 2, perfect, 1, 1.645) == ({2}, set())
+    assert settle(vals, 2, perfect, 1, 1.645, inside=True) == ({2}, {0, 1})
+    # 'good' could enter an empty archive of 1: it goes on; 'mid' is surely below it
+    assert settle(vals, 2, [], 1, 1.645, inside=True) == ({2}, {0})
+    # every place taken (need 0): whoever cannot enter the archive stops
+    assert settle(vals, 0, perfect, 1, 1.645, inside=True) == ({0, 1, 2}, set())
+    # two equal candidates are never settled apart (paired: no evidence)
+    assert settle({0: good, 1: good.copy()}, 1, perfect, 1, 1.645, inside=True) == (set(), set())
+    # the default is left out of the stored config: earlier runs hash the same
+    fit = {"tasks": [{"kind": "zoo", "evaluator": "skills"}]}
+    assert parse_fitness_config({**fit, "racing": {}}).model_dump()["racing"] == {
+        "enabled": True,
+        "first_slice": 20,
+        "slice": 10,
+        "confidence": 0.95,
+    }
+    raced = parse_fitness_config({**fit, "racing": {"settle": "set"}})
+    assert raced.model_dump()["racing"]["settle"] == "set"
 
 
 def test_item_pool_order_is_seeded_and_values_average_to_the_fitness():
@@ -166,6 +208,16 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
     broken = [i for i in range(len(plain)) if plain[i].fitness < 0.05]
     assert broken and all(out.items[i] < pool.size for i in broken), out.items
     assert sum(out.items) < len(recipes) * pool.size  # it saved item evaluations
+    # settle: set, the best 5 (experts and base) as a set, under a perfect archive member
+    # nobody can pass: they stop once surely above the broken ones instead of being scored on
+    perfect = [np.ones(pool.size)]  # every item, as a set the same 5 are told best
+    as_set = cfg.fitness.racing.model_copy(update={"settle": "set"})
+    a = Racer(cfg.fitness.racing, pool, fitness, need=5, top_k=1).race(evaluator, recipes, perfect)
+    b = Racer(as_set, pool, fitness, need=5, top_k=1).race(evaluator, recipes, perfect)
+    assert sum(b.items) < sum(a.items), (a.items, b.items)
+    assert all(a.items[i] == pool.size for i in order[:5])  # by order: the 5 on every item
+    told = sorted(range(len(recipes)), key=lambda i: -b.results[i].fitness)
+    assert set(told[:5]) == set(order[:5])
 
 
 # ---- searches ----------------------------------------------------------------------------------
@@ -238,7 +290,9 @@ _cli = cli
 
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_evals: 30}")
+    # a zoo task (items averaged) and a perplexity task (a ratio of sums, racing.md) in one pool
+    ppl = "max_length: 16, max_windows: 24"
+    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_evals: 30}", ppl=ppl)
     full = tmp_path / "full"
     done = subprocess.run(
         _cli("search", str(exp), "--run-dir", str(full)), env=ENV, text=True, capture_output=True
@@ -275,15 +329,20 @@ def test_racing_is_refused_where_it_cannot_work(tmp_path):
         "random or optuna"
     )
     assert not (tmp_path / "m").exists()
-    # lm_eval and opted-in python tasks race (test_racing_lm_eval.py, test_fitness.py); not perplexity
+    # lm_eval, perplexity and opted-in python tasks race (test_racing_lm_eval.py,
+    # test_racing_perplexity.py, test_fitness.py); perplexity must say how many windows
     lm = {"kind": "lm_eval", "task": "zoo_cipher", "include_path": "fitness/zoo_cipher", "limit": 8}
     ppl = {"kind": "perplexity", "text_file": "fitness/calibration/lm-skills.txt"}
     with pytest.raises(UserInputError) as err:
         parse_fitness_config({"tasks": [lm, ppl], "racing": {}})
     assert "\n" not in str(err.value) and str(err.value).endswith(
-        "tasks.1: racing scores items a slice at a time, which zoo tasks with test items, "
-        "lm_eval and opted-in python tasks can do (perplexity cannot); remove fitness.racing"
+        "tasks.1.max_windows: racing scores a perplexity task's windows a slice at a time and "
+        "must know how many it scores; set max_windows (or remove fitness.racing)"
     )
+    parse_fitness_config({"tasks": [lm, {**ppl, "max_windows": 8}], "racing": {}})
+    digits = {"kind": "zoo", "evaluator": "digits"}
+    with pytest.raises(UserInputError, match=r"\(zoo evaluator 'digits' cannot\)"):
+        parse_fitness_config({"tasks": [digits], "racing": {}})
     two = [
         {"kind": "zoo", "name": "a", "evaluator": "zoo_sort", "objective": "a"},
         {"kind": "zoo", "name": "b", "evaluator": "zoo_cipher", "objective": "b"},

@@ -84,6 +84,13 @@ class Fitness:
                 out.append((entry, n, self._weights[r.label] / total / len(counts)))
         return out
 
+    def ratio_entries(self) -> dict[str, str]:
+        """Entry label -> score kind of the entries whose score is a ratio of sums, not a mean
+        of their items (perplexity: log-likelihood over tokens); racing estimates those with a
+        ratio estimator (``evomerge.fitness.items``)."""
+        own = self.runners[: len(self._weights)]
+        return {r.label: r.ratio_score for r in own if getattr(r, "ratio_score", None)}
+
     def task_score(self, result: EvalResult, label: str) -> float:
         """A configured task's score: its entry, or the mean of its ``label/…`` entries."""
         if label in result.tasks:

@@ -35,7 +35,7 @@ YAML shape::
     validation:                      # the winner is chosen on items the search never saw
       items: 100                     # per task, after its search items (null: all the rest)
     racing:                          # score each generation on growing item slices
-      enabled: true                  # (docs/racing.md; zoo, lm_eval, opted-in python)
+      enabled: true                  # (docs/racing.md; zoo, lm_eval, perplexity, opted-in python)
       first_slice: 20                # items every candidate is scored on first
       slice: 10                      # items added per round to candidates still in the race
       confidence: 0.95               # one-sided level of the paired bounds that drop one
@@ -222,6 +222,17 @@ class RacingConfig(_Frozen):
     """items added per round to the candidates still in the race"""
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     """one-sided level of the paired normal bound that drops a candidate"""
+    settle: Literal["order", "set"] = "order"
+    """order: the driver's best k are scored on every item, so their order is exact; set: a
+    candidate also stops once it is surely among the best k and cannot enter the archive (the
+    k are then ordered by their means so far; docs/racing.md)"""
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        data = handler(self)  # "order" (the default) is left out: earlier runs hash the same
+        if isinstance(data, dict) and data.get("settle") == "order":
+            data.pop("settle")
+        return data
 
 
 class ConstraintConfig(_Frozen):
