@@ -293,6 +293,19 @@ def _experiment(tmp: Path, models: list[str], base: str) -> Path:
     return p
 
 
+def test_eval_scores_an_adapter_as_its_merged_folder(lora, skills, tmp_path) -> None:
+    """`evomerge eval ADAPTER EXP.yaml` (the form docs/real_experts.md shows for the SmolLM2
+    experts) applies the adapter to its base and scores it as peft's merged folder scores."""
+    exp = _experiment(tmp_path, [skills["cipher"]], skills["base"])
+    scores = {}
+    for what, label in (("plain", "LoRA adapter"), ("plain_merged", "model folder")):
+        res = CliRunner().invoke(app, ["eval", str(lora[what]), str(exp)])
+        assert res.exit_code == 0, res.stderr
+        assert res.stdout.startswith(label), res.stdout
+        scores[what] = res.stdout.splitlines()[1]
+    assert scores["plain"] == scores["plain_merged"]
+
+
 def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 

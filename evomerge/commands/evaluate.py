@@ -100,7 +100,12 @@ def _report(t: Target, experiment: Path, agg: float, objectives: dict, result: E
 
 
 def _print(t: Target, experiment: Path, agg: float, objectives: dict, result: EvalResult) -> None:
-    what = {"model": "model folder", "recipe": "recipe", "run": "run member"}[t.kind]
+    what = {
+        "model": "model folder",
+        "adapter": "LoRA adapter",
+        "recipe": "recipe",
+        "run": "run member",
+    }[t.kind]
     print(f"{what} {t.label} (digest {t.digest[:12]}), fitness of {experiment}")
     line = f"fitness {agg:.4f}"
     if t.search_fitness is not None:
