@@ -253,7 +253,7 @@ class _DigitsWorker:
         return res, res.aggregate(), ()
 
 
-def _loop(run_dir, zoo, budget, evaluator=None):
+def _loop(run_dir, zoo, budget, evaluator=None, constraints=None):
     from evomerge.archive import Archive
     from evomerge.loop import SearchLoop, seed_globals
     from evomerge.store import RunStore
@@ -271,6 +271,7 @@ def _loop(run_dir, zoo, budget, evaluator=None):
         evaluator=evaluator or SerialEvaluator(_DigitsWorker(space)),
         archive=Archive(run_dir, 2, None),
         budget=budget,
+        constraints=constraints,
     )
     loop.restore()
     return loop, store, driver
@@ -291,6 +292,38 @@ def test_search_loop_serves_the_gradient_and_resumes_exactly(zoo, tmp_path):
     assert [(t.digest, t.fitness, t.genes) for t in store2.trials()] == key
     np.testing.assert_array_equal(driver2.state.lam, driver.state.lam)
     assert driver2.best[1] == max(t.fitness for t in full)
+
+
+def test_a_constraint_filters_iterates_but_never_steers_them(zoo, tmp_path):
+    """docs/fitness.md (Constraints, gradient drivers): AdaMerging's steps follow the entropy
+    gradient, not the told value, so a constrained run has the unconstrained run's iterates and
+    only its feasible ones are archived."""
+    from evomerge.fitness.config import parse_fitness_config
+    from evomerge.fitness.constraints import Constraints
+    from evomerge.loop import Budget
+
+    loop0, plain_store, _ = _loop(tmp_path / "plain", zoo, Budget(max_evals=50))
+    assert loop0.run().stop_reason == "driver"
+    plain = plain_store.trials()
+    task = TRANSFORMS[1]
+    bound = float(np.median([t.scores[task] for t in plain]))
+    cfg = parse_fitness_config(
+        {
+            "tasks": [{"kind": "python", "function": "f.py:a"}],
+            "constraints": [
+                {"task": {"kind": "python", "function": "f.py:b", "name": task}, "min": bound}
+            ],
+        }
+    )
+    loop, store, driver = _loop(
+        tmp_path / "bound", zoo, Budget(max_evals=50), None, Constraints.of(cfg)
+    )
+    assert loop.run().stop_reason == "driver"
+    got = store.trials()
+    assert [(t.genes, t.fitness) for t in got] == [(t.genes, t.fitness) for t in plain]
+    feasible = {t.idx for t in got if t.scores[task] >= bound}
+    assert feasible and len(feasible) < len(got)
+    assert store.archive() and {e.idx for e in store.archive()} <= feasible
 
 
 class _MergingDigitsWorker(_DigitsWorker):
