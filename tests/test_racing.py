@@ -238,7 +238,9 @@ _cli = cli
 
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_evals: 30}")
+    # four generations: three chances to kill mid-race (a kill lands in the generation after a
+    # commit, so the last one never is), of which two must land
+    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_evals: 24}")
     full = tmp_path / "full"
     done = subprocess.run(
         _cli("search", str(exp), "--run-dir", str(full)), env=ENV, text=True, capture_output=True
