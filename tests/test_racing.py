@@ -170,9 +170,9 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
 
 # ---- searches ----------------------------------------------------------------------------------
 def test_search_saves_item_evaluations_and_archives_only_fully_scored(tmp_path, capsys):
-    plain_exp = _experiment(tmp_path, racing=None, driver=RANDOM, budget="{max_evals: 18}")
+    plain_exp = _experiment(tmp_path, racing=None, driver=RANDOM, budget="{max_evals: 12}")
     race_exp = _experiment(
-        tmp_path, racing=RACE, driver=RANDOM, budget="{max_evals: 18}", name="race.yaml"
+        tmp_path, racing=RACE, driver=RANDOM, budget="{max_evals: 12}", name="race.yaml"
     )
     assert search(plain_exp, tmp_path / "plain") == 0
     assert search(race_exp, tmp_path / "race") == 0
@@ -189,7 +189,7 @@ def test_search_saves_item_evaluations_and_archives_only_fully_scored(tmp_path, 
         assert st.partial_idx() == {r[0][i][0] for i in short}
     with RunStore.open(tmp_path / "plain", readonly=True) as st:
         plain_items = st.item_evals()
-    assert plain_items == 18 * 48
+    assert plain_items == 12 * 48
     assert race_items == sum(m["items"] for m in meta) < plain_items
     # random search asks the same candidates either way: the fully scored ones score the same
     for i, (pt, rt) in enumerate(zip(p[0], r[0], strict=True)):
