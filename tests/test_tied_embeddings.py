@@ -1,7 +1,8 @@
 """Tied input/output embeddings (no ``lm_head.weight`` on disk) through every path: ``evomerge
 merge`` (equal to mergekit 0.1.5), in-place search (serial and Ray workers, lm-eval on the
 resident model), data-flow and hybrid paths, the archive, and tied + untied merges (mergekit's
-rule, see ``evomerge.merge.tied_embeddings``). The last test runs a search on the real SmolLM2-135M."""
+rule, see ``evomerge.merge.tied_embeddings``). The last two run on the real SmolLM2-135M's
+weights (its first 6 layers, whole vocabulary, tied head): a search, and TIES against mergekit."""
 
 from __future__ import annotations
 
