@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from evomerge.failures import FailureGroup, run_failure_groups
-from evomerge.fitness.constraints import Constraints, summary_lines
+from evomerge.fitness.constraints import Constraints, infeasible, summary_lines
 from evomerge.report_data import Row, best_and_median, best_genes, model_rows, task_names
 from evomerge.report_doc import (
     Block,
@@ -109,11 +109,9 @@ def _constraints(cfg_json: str) -> Constraints | None:
 
 
 def _infeasible(cons: Constraints | None, trials: list[Trial]) -> set[int] | None:
-    """The successful candidates that broke a constraint (None: the run has no constraints);
-    ``status`` and the facts above count the same ones (``summary_lines``)."""
-    if cons is None:
-        return None
-    return {t.idx for t in trials if t.ok and not cons.feasible(t.scores)}
+    """The successful candidates that broke a constraint, reused ones included (each is a dot
+    of the plot); None: the run has no constraints."""
+    return None if cons is None else infeasible(cons, trials)
 
 
 def _stop_text(stop) -> str:

@@ -122,11 +122,16 @@ def bound_text(c: Any) -> str:
     return f"{label} >= {c.min:g}" if c.min is not None else f"{label} <= {c.max:g}"
 
 
+def infeasible(cons: Constraints, trials: Sequence[Any]) -> set[int]:
+    """The indices of the successful candidates that broke a constraint."""
+    return {t.idx for t in trials if t.ok and not cons.feasible(t.scores)}
+
+
 def summary_lines(cons: Constraints, trials: Sequence[Any]) -> list[str]:
     """What ``status`` and the report say about the constraints: each bound, and how many of
-    the successful candidates met them all."""
+    the successful candidates (reused ones counted once, where first evaluated) met them all."""
     ok = [t for t in trials if t.ok and t.reused_from is None]
-    bad = sum(1 for t in ok if cons.violation(t.scores) != 0.0)
+    bad = len(infeasible(cons, ok))
     lines = [f"constraint {bound_text(c)}" for c in cons.items]
     lines.append(
         f"constraints: {len(ok) - bad} feasible, {bad} infeasible of {len(ok)} evaluated "

@@ -43,13 +43,13 @@ def check_raceable(cfg: Any) -> None:
     for i, t in enumerate(cfg.tasks):
         if t.kind in ("lm_eval", "python"):
             continue  # checked when the runner is built (lm_eval: a mean metric; python: opt-in)
-        if t.kind == "perplexity" and t.max_windows is None:
-            raise ValueError(
-                f"tasks.{i}.max_windows: racing scores a perplexity task's windows a slice at "
-                "a time and must know how many it scores; set max_windows (or remove "
-                "fitness.racing)"
-            )
         if t.kind == "perplexity":
+            if t.max_windows is None:
+                raise ValueError(
+                    f"tasks.{i}.max_windows: racing scores a perplexity task's windows a slice "
+                    "at a time and must know how many it scores; set max_windows (or remove "
+                    "fitness.racing)"
+                )
             continue
         if t.kind != "zoo" or str(t.evaluator).startswith("digits"):
             what = t.kind if t.kind != "zoo" else f"zoo evaluator {t.evaluator!r}"

@@ -24,8 +24,10 @@ from dataclasses import dataclass, fields
 import torch
 
 from evomerge.errors import UserInputError
+from evomerge.moe.experts import layer_experts
 
-# Mixtral's expert matrices, in the order the per-expert checkpoint names them (w1, w3, w2)
+# Mixtral's expert matrices, in the order the per-expert checkpoint names them (w1, w3, w2),
+# named as ``moe.experts.Expert``'s fields
 MATRICES = ("gate", "up", "down")
 
 
@@ -122,13 +124,8 @@ class FactoredExperts(torch.nn.Module):
 
 def block_matrices(block) -> dict[str, torch.Tensor]:
     """``{gate, up, down}`` of one Mixtral MoE block, each [E, out, in], detached float32."""
-    gate_up = block.experts.gate_up_proj.detach().float()
-    inter = gate_up.shape[1] // 2
-    return {
-        "gate": gate_up[:, :inter].clone(),
-        "up": gate_up[:, inter:].clone(),
-        "down": block.experts.down_proj.detach().float().clone(),
-    }
+    experts = layer_experts(block)
+    return {m: torch.stack([getattr(ex, m) for ex in experts]) for m in MATRICES}
 
 
 def factorize_block(block, rank: int) -> FactoredExperts:
