@@ -182,3 +182,29 @@ def test_preempted_job_requeues_and_resumes_exactly(long_experiment, tmp_path):
         rc, out = _run(alloc, experiment, run_dir, restart=1, launch="explicit")
     assert rc == 0 and "resuming" in out, out[-3000:]
     _same_search(_store(run_dir), _serial_reference(experiment, tmp_path / "serial"))
+
+
+def test_sbatch_stops_at_once_when_the_ray_head_exits(experiment, tmp_path):
+    """Explicit launch whose head step dies at start (here a `ray` that exits 1): the job stops
+    with one line naming the head instead of retrying for minutes, and writes no run."""
+    fake_ray = tmp_path / "ray"
+    fake_ray.write_text("#!/usr/bin/env bash\necho 'ray: cannot start on this node' >&2\nexit 1\n")
+    fake_ray.chmod(0o755)
+    run_dir = tmp_path / "run"
+    env = {**ENV, "RAY_BIN": str(fake_ray), "EVOMERGE_RAY_LAUNCH": "explicit"}
+    with harness.FakeAllocation(tmp_path / "slurm", 2) as alloc:
+        env["EVOMERGE_RAY_TOKEN_DIR"] = str(alloc.root)
+        log = alloc.root / "headfail.out"
+        t0 = time.monotonic()
+        p = alloc.start_batch(SBATCH, [str(experiment), str(run_dir)], log=log, extra_env=env)
+        try:
+            rc = p.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = -9
+        alloc.end_job()
+    out = log.read_text(errors="replace")
+    assert rc != 0 and time.monotonic() - t0 < 120, out[-3000:]  # 60 retries would take ~25 min
+    assert "the Ray head on" in out and "exited before the cluster was up" in out, out[-3000:]
+    assert "cannot start on this node" in out  # the head's own output is shown above the line
+    assert not (run_dir / "store.sqlite").exists()
