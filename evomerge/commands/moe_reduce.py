@@ -90,7 +90,7 @@ def moe_reduce(
     if opts is not None:
         params = report["compression"]["parameters"]
         held = (
-            "OUT holds them (form=factored; load with trust_remote_code=True)"
+            "the form OUT holds: load it with trust_remote_code=True"
             if opts.form == "factored"
             else f"{FACTORS_FILE}; OUT holds the dense products"
         )
