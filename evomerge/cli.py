@@ -358,7 +358,7 @@ def moe_reduce(
     compress: str | None = typer.Option(
         None,
         "--compress",
-        help="mc-smoe: then compress the merged experts, rank=R,sparsity=X[,steps=N,lr=F,batch=B,seed=S]",
+        help="mc-smoe: then compress the merged experts, rank=R,sparsity=X[,steps=N,lr=F,batch=B,seed=S,form=dense|factored]",
     ),
     finetune: Path | None = typer.Option(
         None,

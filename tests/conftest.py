@@ -35,3 +35,13 @@ def smollm2_zoo_dir():
     from tests.helpers.real_models import smollm2_dir
 
     return smollm2_dir()
+
+
+@pytest.fixture(scope="session")
+def mc_smoe_compressed(tmp_path_factory):
+    """The quick lm-moe merged by MC-SMoE to 4 experts and compressed (rank 16, sparsity 0.9,
+    20 steps), in the default dense form: test_moe.py checks its factors and dense products,
+    test_moe_factored.py rewrites it in the factored form."""
+    from tests.helpers.moe import moe_reduce_compressed
+
+    return moe_reduce_compressed(tmp_path_factory.mktemp("mc_smoe"))

@@ -183,6 +183,18 @@ def test_moe_reduce_user_errors_are_one_line(moe_zoo, calibration_64, tmp_path):
                 "--keep",
                 "4",
                 "--compress",
+                "rank=8,sparsity=0.9,form=packed",
+            ],
+            "--compress form=packed: give form=dense",
+        ),
+        (
+            [
+                str(moe_zoo),
+                "--method",
+                "mc-smoe",
+                "--keep",
+                "4",
+                "--compress",
                 "rank=8,sparsity=0.5,steps=2",
             ],
             "steps=2: give at least 3",
@@ -256,22 +268,13 @@ def test_compression_pieces_follow_the_authors_code():
     assert a[0, 1].abs().sum() == 0 and a[0, 0].abs().sum() == 4 and pruner.kept_share() == 0.5
 
 
-def test_moe_reduce_compress_stores_fewer_parameters_and_still_scores(
-    moe_zoo, calibration_64, tmp_path
-):
+def test_moe_reduce_compress_stores_fewer_parameters_and_still_scores(mc_smoe_compressed):
     from safetensors.torch import load_file
 
     from evomerge.moe.compress_store import FACTORS_FILE, dense_from_factors
 
-    out = tmp_path / "compressed"
+    out = mc_smoe_compressed  # moe-reduce --keep 4 --compress rank=16,sparsity=0.9,steps=20
     rank, sparsity = 16, 0.9
-    res = CliRunner().invoke(
-        app,
-        ["moe-reduce", str(moe_zoo), str(out), "--method", "mc-smoe", "--keep", "4"]
-        + ["--calibration", str(calibration_64)]
-        + ["--compress", f"rank={rank},sparsity={sparsity},steps=20"],
-    )
-    assert res.exit_code == 0, res.output
     report = json.loads((out / "moe_reduction.json").read_text())["compression"]
     factors = load_file(str(out / FACTORS_FILE))
     h, inter, experts = 96, 128, 2 * 4  # lm-moe: hidden 96, width 128; 2 layers x 4 experts

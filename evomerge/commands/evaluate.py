@@ -45,11 +45,13 @@ def evaluate(target: Path, experiment: Path, *, rank: int = 1, as_json: bool = F
 
 def load_model(folder: Path, device: str = "cpu", dtype: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) from a HF folder: safetensors only, no remote code (a Twin-Merging
-    folder is loaded with evomerge's own copy of its class, not the code saved beside it)."""
+    or factored MC-SMoE folder is loaded with evomerge's own copy of its class, not the code
+    saved beside it)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from evomerge.moe.factored_folder import is_factored_folder
     from evomerge.twin import is_twin_folder
     from evomerge.workers.context import load_tokenizer
 
@@ -60,6 +62,8 @@ def load_model(folder: Path, device: str = "cpu", dtype: str = "auto") -> tuple[
     loader = AutoModelForCausalLM
     if is_twin_folder(folder):
         from evomerge.twin.modeling_twin_merging import TwinMergingForCausalLM as loader
+    elif is_factored_folder(folder):
+        from evomerge.moe.modeling_mc_smoe import McSmoeFactoredForCausalLM as loader
     try:
         model = loader.from_pretrained(
             folder, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False

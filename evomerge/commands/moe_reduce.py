@@ -2,7 +2,8 @@
 with K experts per layer instead of E, each a merge of a group of the original's (docs/moe.md).
 ``--compress rank=R,sparsity=X`` then runs MC-SMoE's compression step on the merged experts
 (low rank plus row-sparse, pruned while fine-tuning on ``--finetune``, default the calibration
-text; ``evomerge/moe/compress.py``).
+text; ``evomerge/moe/compress.py``); ``form=factored`` writes OUT as the folder that runs the
+factored experts (``evomerge/moe/factored_folder.py``) instead of a plain Mixtral.
 """
 
 from __future__ import annotations
@@ -76,15 +77,27 @@ def moe_reduce(
         report["compression"], extra[FACTORS_FILE] = compress_reduced(
             small, model, tok, tune_lines, opts
         )
-    save_reduced(small, tok, out, report, overwrite=overwrite, extra_files=extra)
+    if opts is not None and opts.form == "factored":
+        from safetensors.torch import load
+
+        from evomerge.moe.factored_folder import save_factored
+
+        save_factored(small, tok, load(extra[FACTORS_FILE]), out, report, overwrite=overwrite)
+    else:
+        save_reduced(small, tok, out, report, overwrite=overwrite, extra_files=extra)
     before = model.config.num_local_experts
     stdout.print(f"{method}: {before} -> {keep} experts per layer, wrote {out}")
     if opts is not None:
         params = report["compression"]["parameters"]
+        held = (
+            "the form OUT holds: load it with trust_remote_code=True"
+            if opts.form == "factored"
+            else f"{FACTORS_FILE}; OUT holds the dense products"
+        )
         stdout.print(
             f"compressed (rank {opts.rank}, sparsity {opts.sparsity}, {opts.steps} steps): "
-            f"{params['factored']:,} parameters factored ({FACTORS_FILE}), "
-            f"{params['dense_folder']:,} in the dense folder, {params['original']:,} originally"
+            f"{params['factored']:,} parameters factored ({held}), "
+            f"{params['dense_folder']:,} in the dense form, {params['original']:,} originally"
         )
     return 0
 

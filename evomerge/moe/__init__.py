@@ -11,7 +11,8 @@ and the experts' outputs, groups a layer's experts, and merges each group into o
 
 ``compress.py`` (with ``compress_prune.py``, ``compress_finetune.py``, ``compress_store.py``)
 is MC-SMoE's second step, ``--compress``: the merged experts as low rank plus row-sparse,
-pruned while the model is fine-tuned.
+pruned while the model is fine-tuned. ``factored_folder.py`` writes the compressed model as a
+folder that holds and runs those factors (``modeling_mc_smoe.py``, saved beside the weights).
 
 ``reduce.py`` writes the smaller model (fewer experts in the config, one router row per merged
 expert) as an HF folder that transformers loads.

@@ -29,11 +29,12 @@ from evomerge.moe.experts import layer_experts
 # Mixtral's expert matrices, in the order the per-expert checkpoint names them (w1, w3, w2),
 # named as ``moe.experts.Expert``'s fields
 MATRICES = ("gate", "up", "down")
+FORMS = ("dense", "factored")  # what ``moe-reduce --compress`` writes as OUT
 
 
 @dataclass(frozen=True)
 class CompressOptions:
-    """``--compress rank=R,sparsity=X[,steps=N,lr=F,batch=B,seed=S]``."""
+    """``--compress rank=R,sparsity=X[,steps=N,lr=F,batch=B,seed=S,form=F]``."""
 
     rank: int  # r of every L R (the authors' ``low_rank_factor``)
     sparsity: float  # share of all S entries pruned by the end (the authors' 1 - final_threshold)
@@ -41,6 +42,9 @@ class CompressOptions:
     lr: float = 1e-3  # AdamW peak rate, linear decay (ours: the zoo trained at 3e-3)
     batch: int = 32  # lines a step (the authors: 8 examples of their task)
     seed: int = 0  # the order of the fine-tuning lines
+    # what OUT holds: "dense" (a plain Mixtral of the products L R + S, the factors beside it)
+    # or "factored" (L, R and S's kept rows, run as such by modeling_mc_smoe.py; docs/moe.md)
+    form: str = "dense"
 
 
 def parse_compress(text: str) -> CompressOptions:
@@ -55,7 +59,7 @@ def parse_compress(text: str) -> CompressOptions:
                 f"--compress {part!r}: give key=value pairs from {', '.join(kinds)} "
                 "(e.g. --compress rank=16,sparsity=0.9)"
             )
-        cast = int if kinds[key] in ("int", int) else float
+        cast = {"int": int, "str": str}.get(getattr(kinds[key], "__name__", kinds[key]), float)
         try:
             given[key] = cast(value)
         except ValueError:
@@ -78,6 +82,11 @@ def parse_compress(text: str) -> CompressOptions:
         )
     if opts.batch < 1:
         raise UserInputError(f"--compress batch={opts.batch}: give at least 1")
+    if opts.form not in FORMS:
+        raise UserInputError(
+            f"--compress form={opts.form}: give form=dense (the default: a plain Mixtral folder) "
+            "or form=factored (L, R and S's kept rows, loaded with trust_remote_code=True)"
+        )
     if not opts.lr > 0:
         raise UserInputError(f"--compress lr={opts.lr}: give a positive learning rate")
     return opts

@@ -96,6 +96,7 @@ def compress_reduced(small, original, tok, lines, opts) -> tuple[dict, bytes]:
     blob = save(factors)
     report = {
         **{k: getattr(opts, k) for k in ("rank", "sparsity", "steps", "lr", "batch", "seed")},
+        "form": opts.form,
         "finetune_lines": len(lines),
         "sparse_entries_kept": round(pruner.kept_share(), 6),
         "training": log,

@@ -136,13 +136,14 @@ def save_reduced(
     small,
     tokenizer,
     out: Path,
-    report: dict,
+    report: dict | Callable[[Path], dict],
     overwrite: bool = False,
     extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write the reduced model, its tokenizer, ``moe_reduction.json`` and any ``extra_files``
     (name -> bytes) to ``out`` (through a temporary sibling folder, moved into place when
-    complete)."""
+    complete). ``report`` may be a function of the temporary folder, called once the weights
+    are written (to record their size)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"OUT {out}: exists and is not a folder; choose another path")
@@ -155,6 +156,8 @@ def save_reduced(
         small.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if callable(report):
+            report = report(tmp)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         for name, blob in (extra_files or {}).items():
             (tmp / name).write_bytes(blob)
