@@ -135,6 +135,10 @@ def library() -> ctypes.CDLL | None:
     lib.abs_l1_bins_listed.argtypes = [fp, fp, i64, ctypes.c_int32, fp]
     lib.abs_delta_bracket.restype = i64
     lib.abs_delta_bracket.argtypes = [i64, i64, fp, fp, u32, u32, fp, fp, i64, fp]
+    lib.tie_pairs.restype = None
+    lib.tie_pairs.argtypes = [i64, i64, fp, fp, fp]
+    lib.tie_select.restype = i64
+    lib.tie_select.argtypes = [i64, fp, i64, u32, fp, i64]
     _lib = lib
     return _lib
 

@@ -1,8 +1,9 @@
 """TIES' top-k rule of one model's τ = t − b (``sparsify.magnitude``'s kept set) found faster:
 by radix selection in C (``fused_gta.top_k_rule``), or on a search worker from its cached
 ascending |τ| (``top_k_sorted``: two binary searches) with mergekit's tie order sorted once per
-expert. The rule is ``sparsify.top_k``'s, so the kept entries are (tests/test_fused_gta.py,
-tests/test_resident_cache.py)."""
+expert; elsewhere the ties mergekit's argsort keeps come from ``kept_ties`` (no sort). The rule
+is ``sparsify.top_k``'s, so the kept entries are (tests/test_fused_gta.py,
+tests/test_resident_cache.py, tests/test_kept_ties.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from evomerge.merge.ops import sparsify
 from evomerge.merge.ops._fast import fused_gta
+from evomerge.merge.ops._fast.kept_ties import kept_ties
 
 Lazy = Callable[[], torch.Tensor]  # computed only if needed
 
@@ -38,7 +40,7 @@ def top_k_rule(
             if split >= n or v == 0:
                 return sparsify.TopK(b.new_tensor(v), split, v)
             # ties straddle v > 0: mergekit's argsort order picks the kept ones
-            return sparsify.argsort_ties((t - b).abs_(), k, b.new_tensor(v))
+            return argsort_rule(t, b, k, v)
         return sparsify.top_k((t - b).abs_(), k)
     srt = resident.sorted_abs(i, lambda: sorted_abs(t - b))
     locate = None
@@ -49,6 +51,28 @@ def top_k_rule(
     if hasattr(resident, "descending_order"):  # mergekit's tie order, sorted once per expert
         order = lambda: resident.descending_order(i, lambda: _order32(mag()))  # noqa: E731
     return top_k_sorted(srt, k, mag, locate, order)
+
+
+def top_k_of(mag: torch.Tensor, k: int) -> sparsify.TopK:
+    """``sparsify.top_k``'s rule for the flat magnitudes ``mag`` (0 < k < n), by radix
+    selection and ``kept_ties`` in C where the kernel serves ``mag``: the sparsifiers' top-k aid
+    (Breadcrumbs' two cuts, TIES with rescale or more than 4 models)."""
+    if not fused_gta.usable(mag, [mag], None):
+        return sparsify.top_k(mag, k)
+    v, split = fused_gta.top_k_rule(mag, None, k)
+    if split >= mag.numel() or v == 0:  # (zeros at v: the lowest indices, as top_k keeps them)
+        return sparsify.TopK(mag.new_tensor(v), split, v)
+    return argsort_rule(mag, None, k, v)
+
+
+def argsort_rule(t: torch.Tensor, b: torch.Tensor | None, k: int, v: float) -> sparsify.TopK:
+    """``sparsify.argsort_ties``' rule for the flat |t − b| (|t| without b) whose k-th largest
+    v > 0 has ties straddling k: from ``kept_ties``, or the argsort where it declines."""
+    ties = kept_ties(t, b, k, v)
+    if ties is None:
+        mag = (t - b).abs_() if b is not None else t.abs()
+        return sparsify.argsort_ties(mag, k, mag.new_tensor(v))
+    return sparsify.TopK(t.new_tensor(v), 0, v, ties)
 
 
 def _order32(mag: torch.Tensor) -> torch.Tensor:
@@ -94,6 +118,8 @@ def top_k_sorted(
     if need >= hi - lo:
         return sparsify.TopK(v, n, value)
     if v > 0:
+        if order is None and fused_gta.usable(m := mag(), [m], None):  # no cached argsort
+            return argsort_rule(m, None, k, float(v) if value is None else value)
         return sparsify.argsort_ties(mag(), k, v, order)
     if locate is not None:
         return sparsify.TopK(v, locate(float(v), hi - lo, need) + 1, value)
