@@ -256,6 +256,11 @@ def deferred() -> Iterator[None]:
         _local.overlap = False
 
 
+def in_flight() -> bool:
+    """Whether this thread's deferred ``run`` is still in flight (the helpers busy with it)."""
+    return getattr(_local, "pending", None) is not None
+
+
 def finish() -> None:
     """Complete this thread's deferred ``run`` (``deferred``), if any: its output is then
     written."""

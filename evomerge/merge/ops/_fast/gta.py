@@ -23,7 +23,7 @@ from evomerge.merge.ops import sparsify
 from evomerge.merge.ops._fast import fused_gta, mt_uniform
 from evomerge.merge.ops._fast.gta_fused_path import fused_merge
 from evomerge.merge.ops._fast.l1 import l1_norm
-from evomerge.merge.ops._fast.top_k import sorted_abs, top_k_of, top_k_rule, top_k_sorted
+from evomerge.merge.ops._fast.top_k import sorted_abs, top_k_of, top_k_rules, top_k_sorted
 from evomerge.merge.ops._registry import per_model
 from evomerge.merge.ops.task_arithmetic import PRESETS, combine, sparsify_one
 
@@ -145,7 +145,7 @@ def _streamed(
     cuts: list[sparsify.TopK | None] = [None] * len(flat)
     if sparsification == "magnitude":
         dens = per_model(p, "density", len(flat))
-        cuts = [top_k_rule(t, b, d, i, resident) for i, (t, d) in enumerate(zip(flat, dens))]
+        cuts = top_k_rules(flat, b, dens, resident)
     result = torch.empty_like(base) if dst is None else dst
     out = result.view(-1)
     for s in range(0, b.numel(), _BLOCK):

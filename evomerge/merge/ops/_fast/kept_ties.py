@@ -17,6 +17,7 @@ sorts. Tests: tests/test_kept_ties.py.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import torch
@@ -28,26 +29,66 @@ log = logging.getLogger(__name__)
 _checked: bool | None = None
 
 
+Request = tuple[torch.Tensor, torch.Tensor | None, int, float]  # src, base, k, v
+
+
 def kept_ties(
     src: torch.Tensor, base: torch.Tensor | None, k: int, v: float
 ) -> torch.Tensor | None:
     """Ascending flat indices (int64) of the entries with |src − base| == v (|src| without a
     base) among ``torch.argsort(|src − base|, descending=True)[:k]``, 0 < k < n; None where
     this process's argsort is not the sort reproduced here (the caller then sorts)."""
+    found = kept_ties_all([(src, base, k, v)])
+    return None if found is None else found[0]
+
+
+def kept_ties_all(requests: list[Request]) -> list[torch.Tensor] | None:
+    """``kept_ties`` of each request (a TIES tensor's models), several at once: one request a
+    thread, at most torch's thread count (each holds 8 bytes an entry meanwhile); a single
+    request builds its pairs on every thread."""
     lib = fused_gta.library()
-    n = src.numel()
-    if lib is None or n >= 1 << 32 or not reproduces_argsort():
+    if lib is None or not reproduces_argsort():
         return None
-    assert fused_gta.usable(src, [src] if base is None else [base], None) and 0 < k < n
-    return _select(lib, src, base, k, v)
+    for src, base, k, _ in requests:
+        assert fused_gta.usable(src, [src] if base is None else [base], None)
+        assert 0 < k < src.numel()
+        if src.numel() >= 1 << 32:
+            return None
+    threads = min(torch.get_num_threads(), len(requests))
+    if threads <= 1 or fused_gta.in_flight():
+        return [_select(lib, *r, shared=True) for r in requests]
+    found: list[torch.Tensor | None] = [None] * len(requests)
+    left = iter(range(len(requests)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                j = next(left, None)
+            if j is None:
+                return
+            found[j] = _select(lib, *requests[j], shared=False)
+
+    # (ctypes and numpy's sort release the GIL: the requests run in parallel)
+    helpers = [fused_gta._threads().submit(work) for _ in range(threads - 1)]
+    work()
+    for h in helpers:
+        h.result()
+    return found
 
 
-def _select(lib, src: torch.Tensor, base: torch.Tensor | None, k: int, v: float) -> torch.Tensor:
+def _select(
+    lib, src: torch.Tensor, base: torch.Tensor | None, k: int, v: float, shared: bool
+) -> torch.Tensor:
+    """One request; ``shared``: build the pairs on every thread (else on this one)."""
     n = src.numel()
     pairs = np.empty(n, dtype=np.uint64)  # (|d|'s bits << 32 | index): 8 bytes an entry
     bptr, sptr, at = (None if base is None else base.data_ptr()), src.data_ptr(), pairs.ctypes.data
-    chunks = fused_gta._chunks(n)
-    fused_gta._parallel(lambda c, _: lib.tie_pairs(c[0], c[1], bptr, sptr, at), chunks, chunks)
+    if shared:
+        chunks = fused_gta._chunks(n)
+        fused_gta._parallel(lambda c, _: lib.tie_pairs(c[0], c[1], bptr, sptr, at), chunks, chunks)
+    else:
+        lib.tie_pairs(0, n, bptr, sptr, at)
     out = np.empty(k, dtype=np.int64)  # (pages never written cost nothing)
     vbits = int(np.array(v, dtype=np.float32).view(np.uint32))
     count = lib.tie_select(n, at, k, vbits, out.ctypes.data, k)
@@ -78,6 +119,6 @@ def _agrees(lib, n: int, seed: int) -> bool:
         top = order[:k]
         v = float(mag[top[-1]])
         want = top[mag[top] == v].sort().values
-        if not torch.equal(_select(lib, mag, None, k, v), want):
+        if not torch.equal(_select(lib, mag, None, k, v, shared=True), want):
             return False
     return True
