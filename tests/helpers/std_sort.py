@@ -12,7 +12,7 @@ THRESHOLD = 16  # _S_threshold
 Less = Callable[[int, int], bool]
 
 
-def std_sort(a: list[int], less: Less, on_heap: Callable[[int, int], None] = lambda f, l: None):
+def std_sort(a: list[int], less: Less, on_heap: Callable[[int, int], None] = lambda f, last: None):
     """Sorts ``a`` in place as ``std::sort(a.begin(), a.end(), less)``; ``on_heap(first, last)``
     is told of each range the depth limit hands to the heap sort."""
 
