@@ -72,8 +72,9 @@ def kept_ties_all(requests: list[Request]) -> list[torch.Tensor] | None:
     # (ctypes and numpy's sort release the GIL: the requests run in parallel)
     helpers = [fused_gta._threads().submit(work) for _ in range(threads - 1)]
     work()
-    for h in helpers:
-        h.result()
+    for h in helpers:  # (one not started yet has nothing left to do: never wait for it)
+        if not h.cancel():
+            h.result()
     return found
 
 
