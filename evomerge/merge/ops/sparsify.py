@@ -167,7 +167,7 @@ class TopK:
     def mask_at(self, mag: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """float32 0/1 keep mask of the magnitudes ``mag`` at the flat indices ``pos``."""
         if self.ties is not None:
-            keep = torch.gt(mag, self.v) | torch.isin(pos, self.ties)
+            keep = torch.gt(mag, self.v) | _members(pos, self.ties)
         else:
             keep = torch.where(pos < self.split, mag >= self.v, mag > self.v)
         return keep.to(torch.float32)
@@ -178,6 +178,15 @@ class TopK:
         lo, hi = torch.searchsorted(ties, torch.tensor([start, start + mag.numel()])).tolist()
         keep[ties[lo:hi] - start] = 1
         return keep
+
+
+def _members(pos: torch.Tensor, ascending: torch.Tensor) -> torch.Tensor:
+    """``torch.isin(pos, ascending)`` for a sorted ``ascending``: a binary search per entry
+    (isin sorts both: ~5× slower on a TIES tensor's kept ties)."""
+    if ascending.numel() == 0:
+        return torch.zeros_like(pos, dtype=torch.bool)
+    at = torch.searchsorted(ascending, pos).clamp_(max=ascending.numel() - 1)
+    return ascending[at] == pos
 
 
 def argsort_ties(mag: torch.Tensor, k: int, v: torch.Tensor, order: Lazy | None = None) -> TopK:

@@ -12,8 +12,9 @@ parts (block-wise TIES, the resident cache) remain.
 
 Files: ``_fused_gta.c`` and its loader ``fused_gta.py`` (the one-pass kernel, radix top-k,
 exact L1 sums, Mersenne-twister draws, bf16 linear); ``gta.py`` (generalized task arithmetic's
-routes) with ``gta_fused_path.py`` (the kernel's per-model scalars), ``top_k.py``, ``l1.py``,
-``mt_uniform.py``, ``packed_uniform.py`` and ``dare_l1.py`` (DARE's L1 tables); ``linear.py``;
+routes) with ``gta_fused_path.py`` (the kernel's per-model scalars), ``top_k.py`` and
+``kept_ties.py`` (mergekit's argsort ties without the sort), ``l1.py``, ``mt_uniform.py``,
+``packed_uniform.py`` and ``dare_l1.py`` (DARE's L1 tables); ``linear.py``;
 ``resident_cache.py`` (a search worker's cache of candidate-independent parts).
 """
 

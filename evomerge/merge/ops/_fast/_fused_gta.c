@@ -2,6 +2,7 @@
  *   gta_fused       one-pass generalized task arithmetic (TIES, DARE, task arithmetic) on
  *                   float32 tensors; ops/task_arithmetic.py is the reference;
  *   abs_delta_*     the exact top-k threshold of |src - base| (radix selection);
+ *   tie_*           which entries equal to that threshold mergekit's argsort keeps;
  *   abs_l1_bins*    exact L1 norms (per-exponent integer sums) for the L1 rescale;
  *   u_bucket_members  the entries of one bucket of DARE's packed uniforms (dare_l1.py);
  *   linear_bf16     linear straight from bfloat16 checkpoints;
@@ -436,6 +437,177 @@ int64_t abs_delta_bracket(int64_t start, int64_t stop, const float *restrict bas
         }
     }
     *above = a;
+    return c;
+}
+
+/* ---- mergekit's kept ties: which entries equal to the k-th largest |d| torch.argsort keeps ----
+ * mergekit keeps torch.argsort(|d|, descending=True)[:k]. torch's CPU sort of a 1-D float32
+ * tensor is libstdc++'s std::sort (an introsort, not stable) of (value, index) pairs under
+ * "a before b iff value(a) > value(b)", so which of the entries equal to v (the k-th largest)
+ * land in the first k depends on every comparison the sort makes. std::sort only ever permutes
+ * within the range it is working on, so the set in the first k positions is decided by the
+ * ranges that contain the boundary at k: this is std::sort's own work on those ranges only
+ * (its pivots, its partition, its depth limit and heap sort, its final insertion sort), about
+ * 2-3 reads of the tensor instead of ~log2(n) (tie_select: ~10x less than the argsort).
+ * fused_gta.py checks once per process that torch's argsort is this algorithm (another
+ * standard library or torch build: it falls back to the argsort itself). libstdc++'s
+ * bits/stl_algo.h and bits/stl_heap.h are the reference for every step below. */
+
+typedef uint64_t tie_kv; /* |d|'s bits << 32 | flat index: |d| >= 0 orders as its bits */
+#define KV_KEY(a) ((uint32_t)((a) >> 32))
+#define KV_BEFORE(a, b) (KV_KEY(a) > KV_KEY(b)) /* the sort's comparator (descending) */
+#define SORT_THRESHOLD 16                       /* libstdc++'s _S_threshold */
+
+INLINE void kv_swap(tie_kv *a, tie_kv *b) {
+    const tie_kv t = *a;
+    *a = *b, *b = t;
+}
+
+/* std::__move_median_to_first */
+static void kv_median_to_first(tie_kv *result, tie_kv *a, tie_kv *b, tie_kv *c) {
+    if (KV_BEFORE(*a, *b)) {
+        if (KV_BEFORE(*b, *c)) kv_swap(result, b);
+        else if (KV_BEFORE(*a, *c)) kv_swap(result, c);
+        else kv_swap(result, a);
+    } else if (KV_BEFORE(*a, *c)) kv_swap(result, a);
+    else if (KV_BEFORE(*b, *c)) kv_swap(result, c);
+    else kv_swap(result, b);
+}
+
+#define PART_BLOCK 128
+
+/* std::__unguarded_partition(first, last, pivot) with the pivot's key pk: the same swaps, so the
+ * same arrangement and cut. Hoare's loop swaps the i-th entry from the left that may not pass
+ * the pivot (!(key > pk), an "L-stop") with the i-th from the right that may not (!(pk > key),
+ * an "R-stop") while the first lies left of the second. Where the two scanned regions cannot
+ * meet, those pairs are gathered block by block without branches (BlockQuicksort, Edelkamp &
+ * Weiss 2016: the random outcome of each comparison otherwise mispredicts); Hoare's own loop
+ * then continues from its state after the last pair swapped (f just past its left entry, l on
+ * its right entry) over the last few blocks. */
+static tie_kv *kv_partition(tie_kv *first, tie_kv *last, const uint32_t pk) {
+    tie_kv *f = first, *l = last;   /* Hoare's state */
+    tie_kv *lo = first, *hi = last; /* not yet scanned: [lo, hi) */
+    tie_kv *bl = first, *br = last; /* the current left block's start, right block's end */
+    uint8_t offl[PART_BLOCK], offr[PART_BLOCK];
+    int nl = 0, nr = 0, sl = 0, sr = 0; /* stops gathered and not yet paired: [s, s + n) */
+    while (hi - lo >= 2 * PART_BLOCK) {
+        if (nl == 0) {
+            sl = 0, bl = lo;
+            for (int j = 0; j < PART_BLOCK; j++) {
+                offl[nl] = (uint8_t)j;
+                nl += !(KV_KEY(lo[j]) > pk);
+            }
+            lo += PART_BLOCK;
+        }
+        if (nr == 0) {
+            sr = 0, br = hi;
+            for (int j = 0; j < PART_BLOCK; j++) {
+                offr[nr] = (uint8_t)j;
+                nr += !(pk > KV_KEY(hi[-1 - j]));
+            }
+            hi -= PART_BLOCK;
+        }
+        const int c = nl < nr ? nl : nr;
+        for (int j = 0; j < c; j++) kv_swap(bl + offl[sl + j], br - 1 - offr[sr + j]);
+        if (c) f = bl + offl[sl + c - 1] + 1, l = br - 1 - offr[sr + c - 1];
+        nl -= c, nr -= c, sl += c, sr += c;
+    }
+    for (;;) {
+        while (KV_KEY(*f) > pk) ++f;
+        --l;
+        while (pk > KV_KEY(*l)) --l;
+        if (!(f < l)) return f;
+        kv_swap(f, l);
+        ++f;
+    }
+}
+
+/* std::__adjust_heap with std::__push_heap */
+static void kv_adjust_heap(tie_kv *first, int64_t hole, int64_t len, tie_kv value) {
+    const int64_t top = hole;
+    int64_t child = hole;
+    while (child < (len - 1) / 2) {
+        child = 2 * (child + 1);
+        if (KV_BEFORE(first[child], first[child - 1])) child--;
+        first[hole] = first[child];
+        hole = child;
+    }
+    if ((len & 1) == 0 && child == (len - 2) / 2) {
+        child = 2 * (child + 1);
+        first[hole] = first[child - 1];
+        hole = child - 1;
+    }
+    int64_t parent = (hole - 1) / 2;
+    while (hole > top && KV_BEFORE(first[parent], value)) {
+        first[hole] = first[parent];
+        hole = parent;
+        parent = (hole - 1) / 2;
+    }
+    first[hole] = value;
+}
+
+/* std::__partial_sort(first, last, last): std::__make_heap, then std::__sort_heap */
+static void kv_heap_sort(tie_kv *first, tie_kv *last) {
+    const int64_t len = last - first;
+    if (len >= 2)
+        for (int64_t parent = (len - 2) / 2;; parent--) {
+            kv_adjust_heap(first, parent, len, first[parent]);
+            if (parent == 0) break;
+        }
+    while (last - first > 1) {
+        --last;
+        const tie_kv value = *last;
+        *last = *first;
+        kv_adjust_heap(first, 0, last - first, value);
+    }
+}
+
+/* std::__introsort_loop on [first, last) followed only into the part that holds position
+ * `kth` (the boundary: position kth is the first one not kept), then the final insertion sort
+ * on what is left of it. (std::__final_insertion_sort moves an entry only past entries it
+ * sorts before, so never out of the range a partition gave it: on that range it is this
+ * insertion sort, which keeps equal entries in their order.) */
+static void kv_select(tie_kv *first, tie_kv *last, tie_kv *kth) {
+    int depth = 2 * (63 - __builtin_clzll((uint64_t)(last - first))); /* 2 * std::__lg(n) */
+    while (last - first > SORT_THRESHOLD) {
+        if (depth == 0) {
+            kv_heap_sort(first, last);
+            return;
+        }
+        --depth;
+        kv_median_to_first(first, first + 1, first + (last - first) / 2, last - 1);
+        tie_kv *cut = kv_partition(first + 1, last, KV_KEY(*first));
+        if (kth == cut) return; /* the boundary falls between the parts: the set is decided */
+        if (kth < cut) last = cut;
+        else first = cut;
+    }
+    for (tie_kv *i = first + 1; i < last; i++) { /* std::__insertion_sort */
+        const tie_kv value = *i;
+        tie_kv *j = i;
+        for (; j > first && KV_BEFORE(value, j[-1]); j--) *j = j[-1];
+        *j = value;
+    }
+}
+
+/* The pairs of [start, stop): |src - base|'s bits and the flat index (threads fill parts). */
+void tie_pairs(int64_t start, int64_t stop, const float *restrict base, const float *restrict src,
+               tie_kv *restrict pairs) {
+    for (int64_t i = start; i < stop; i++)
+        pairs[i] = (tie_kv)abs_bits(base ? src[i] - base[i] : src[i]) << 32 | (uint64_t)i;
+}
+
+/* The flat indices (in sort order, not index order) of the entries with bits `vbits` that
+ * torch.argsort(|d|, descending=True)[:k] holds, from tie_pairs' n pairs (0 < k < n < 2^32),
+ * which it permutes; returns their count (at most `room` are written to out). */
+int64_t tie_select(int64_t n, tie_kv *pairs, int64_t k, uint32_t vbits, int64_t *out,
+                   int64_t room) {
+    kv_select(pairs, pairs + n, pairs + k);
+    int64_t c = 0;
+    for (int64_t i = 0; i < k; i++)
+        if (KV_KEY(pairs[i]) == vbits) {
+            if (c < room) out[c] = (int64_t)(uint32_t)pairs[i];
+            c++;
+        }
     return c;
 }
 

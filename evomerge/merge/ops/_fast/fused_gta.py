@@ -135,6 +135,10 @@ def library() -> ctypes.CDLL | None:
     lib.abs_l1_bins_listed.argtypes = [fp, fp, i64, ctypes.c_int32, fp]
     lib.abs_delta_bracket.restype = i64
     lib.abs_delta_bracket.argtypes = [i64, i64, fp, fp, u32, u32, fp, fp, i64, fp]
+    lib.tie_pairs.restype = None
+    lib.tie_pairs.argtypes = [i64, i64, fp, fp, fp]
+    lib.tie_select.restype = i64
+    lib.tie_select.argtypes = [i64, fp, i64, u32, fp, i64]
     _lib = lib
     return _lib
 
@@ -250,6 +254,11 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _local.overlap = False
+
+
+def in_flight() -> bool:
+    """Whether this thread's deferred ``run`` is still in flight (the helpers busy with it)."""
+    return getattr(_local, "pending", None) is not None
 
 
 def finish() -> None:

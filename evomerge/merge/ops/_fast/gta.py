@@ -5,9 +5,9 @@ steps and bits, by the cheapest route the tensors allow.
    no sparsification, top-k without rescale, or DARE;
 2. block by block (``_streamed``), where the kernel is missing or declines but one global
    top-k rule per model makes blocks independent: a block's temporaries stay in cache;
-3. the operator's own steps with its ``sparsify.Aids`` filled in: draws and L1 norms in C, and
-   on a search worker (``resident``: a ``resident_cache.TaskStats``) its cached sorted |τ|,
-   DELLA ranks, uniforms, Σ|τ| and task vectors.
+3. the operator's own steps with its ``sparsify.Aids`` filled in: top-k rules, draws and L1
+   norms in C, and on a search worker (``resident``: a ``resident_cache.TaskStats``) its
+   cached sorted |τ|, DELLA ranks, uniforms, Σ|τ| and task vectors.
 
 ``out``, when given (the resident model's float32 parameter), receives the result.
 """
@@ -23,7 +23,7 @@ from evomerge.merge.ops import sparsify
 from evomerge.merge.ops._fast import fused_gta, mt_uniform
 from evomerge.merge.ops._fast.gta_fused_path import fused_merge
 from evomerge.merge.ops._fast.l1 import l1_norm
-from evomerge.merge.ops._fast.top_k import sorted_abs, top_k_rule, top_k_sorted
+from evomerge.merge.ops._fast.top_k import sorted_abs, top_k_of, top_k_rules, top_k_sorted
 from evomerge.merge.ops._registry import per_model
 from evomerge.merge.ops.task_arithmetic import PRESETS, combine, sparsify_one
 
@@ -88,7 +88,8 @@ def _merge(
 def _aids(delta: torch.Tensor, i: int, resident: Any, generator: Any) -> sparsify.Aids:
     """Model i's sparsifier aids: C draws and norms; a search worker's cached parts."""
     if resident is None:
-        return sparsify.Aids(draw=lambda shape: mt_uniform.uniform(shape, generator), norm=l1_norm)
+        draw = lambda shape: mt_uniform.uniform(shape, generator)  # noqa: E731
+        return sparsify.Aids(top_k=top_k_of, draw=draw, norm=l1_norm)
     return sparsify.Aids(
         top_k=lambda mag, k: top_k_sorted(
             resident.sorted_abs(i, lambda: sorted_abs(delta)), k, lambda: mag
@@ -144,7 +145,7 @@ def _streamed(
     cuts: list[sparsify.TopK | None] = [None] * len(flat)
     if sparsification == "magnitude":
         dens = per_model(p, "density", len(flat))
-        cuts = [top_k_rule(t, b, d, i, resident) for i, (t, d) in enumerate(zip(flat, dens))]
+        cuts = top_k_rules(flat, b, dens, resident)
     result = torch.empty_like(base) if dst is None else dst
     out = result.view(-1)
     for s in range(0, b.numel(), _BLOCK):

@@ -16,7 +16,7 @@ from evomerge.merge.ops import sparsify
 from evomerge.merge.ops._fast import dare_l1, fused_gta, mt_uniform
 from evomerge.merge.ops._fast.l1 import l1_from_bins
 from evomerge.merge.ops._fast.packed_uniform import Packed
-from evomerge.merge.ops._fast.top_k import top_k_rule
+from evomerge.merge.ops._fast.top_k import top_k_rules
 from evomerge.merge.ops._registry import per_model
 from evomerge.merge.ops.task_arithmetic import combine
 
@@ -39,9 +39,7 @@ def fused_merge(
     dare: dict[str, Any] = {}
     if sparsification == "magnitude":
         dens = per_model(p, "density", len(sources))
-        cuts = [
-            top_k_rule(t, b, d, i, resident, fused=True) for i, (t, d) in enumerate(zip(flat, dens))
-        ]
+        cuts = top_k_rules(flat, b, dens, resident, fused=True)
         # mergekit's tie order (an argsort) is no (value, split) rule: the kernel keeps
         # |τ| > v for those models, and the kept ties are patched afterwards (_patch_ties)
         thresholds = [None if c is None else _kernel_rule(c) for c in cuts]

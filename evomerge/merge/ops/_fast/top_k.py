@@ -1,8 +1,9 @@
 """TIES' top-k rule of one model's τ = t − b (``sparsify.magnitude``'s kept set) found faster:
 by radix selection in C (``fused_gta.top_k_rule``), or on a search worker from its cached
 ascending |τ| (``top_k_sorted``: two binary searches) with mergekit's tie order sorted once per
-expert. The rule is ``sparsify.top_k``'s, so the kept entries are (tests/test_fused_gta.py,
-tests/test_resident_cache.py)."""
+expert; elsewhere the ties mergekit's argsort keeps come from ``kept_ties`` (no sort). The rule
+is ``sparsify.top_k``'s, so the kept entries are (tests/test_fused_gta.py,
+tests/test_resident_cache.py, tests/test_kept_ties.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from evomerge.merge.ops import sparsify
 from evomerge.merge.ops._fast import fused_gta
+from evomerge.merge.ops._fast.kept_ties import Request, kept_ties_all
 
 Lazy = Callable[[], torch.Tensor]  # computed only if needed
 
@@ -25,20 +27,12 @@ def top_k_rule(
     ``resident``: the worker's cached view of the tensor (or None); ``fused``: the caller
     checked ``fused_gta.usable`` for t and b."""
     n = b.numel()
-    if density >= 1:
-        return None
-    if density <= 0:
-        return sparsify.TopK(b.new_tensor(float("inf")), 0)  # keeps nothing
-    k = max(1, int(density * n))
-    if k >= n:
-        return None
+    k = keep_count(density, n)
+    if k in (0, n):
+        return _all_or_none(k, b)
     if resident is None:
-        if fused_gta.usable(b, [t], None):  # radix selection in C: the same rule, ~5× faster
-            v, split = fused_gta.top_k_rule(t, b, k)
-            if split >= n or v == 0:
-                return sparsify.TopK(b.new_tensor(v), split, v)
-            # ties straddle v > 0: mergekit's argsort order picks the kept ones
-            return sparsify.argsort_ties((t - b).abs_(), k, b.new_tensor(v))
+        if fused_gta.usable(b, [t], None):
+            return top_k_rules([t], b, [density])[0]
         return sparsify.top_k((t - b).abs_(), k)
     srt = resident.sorted_abs(i, lambda: sorted_abs(t - b))
     locate = None
@@ -49,6 +43,85 @@ def top_k_rule(
     if hasattr(resident, "descending_order"):  # mergekit's tie order, sorted once per expert
         order = lambda: resident.descending_order(i, lambda: _order32(mag()))  # noqa: E731
     return top_k_sorted(srt, k, mag, locate, order)
+
+
+def top_k_rules(
+    ts: list[torch.Tensor],
+    b: torch.Tensor,
+    densities: list[float],
+    resident: Any = None,
+    fused: bool = False,
+) -> list[sparsify.TopK | None]:
+    """``top_k_rule`` of each model's τ = t − b (flat). Off a search worker, by radix selection
+    in C (the same rule, ~5× faster than the eager selection), and the models whose ties
+    straddle the threshold find their kept ties at once (``kept_ties_all``)."""
+    if resident is not None or not fused_gta.usable(b, ts, None, most=None):
+        return [
+            top_k_rule(t, b, d, i, resident, fused) for i, (t, d) in enumerate(zip(ts, densities))
+        ]
+    n = b.numel()
+    rules: list[sparsify.TopK | None] = []
+    straddle = []
+    for i, (t, d) in enumerate(zip(ts, densities)):
+        k = keep_count(d, n)
+        if k in (0, n):
+            rules.append(_all_or_none(k, b))
+            continue
+        v, split = fused_gta.top_k_rule(t, b, k)
+        rules.append(sparsify.TopK(b.new_tensor(v), split, v))
+        if split < n and v != 0:  # ties straddle v > 0: mergekit's argsort order picks them
+            straddle.append((i, k, v))
+    found = argsort_rules([(ts[i], b, k, v) for i, k, v in straddle])
+    for (i, _, _), rule in zip(straddle, found):
+        rules[i] = rule
+    return rules
+
+
+def keep_count(density: float, n: int) -> int:
+    """How many entries ``sparsify.magnitude`` keeps of n: 0, n, or k in between."""
+    if density >= 1:
+        return n
+    if density <= 0:
+        return 0
+    return min(n, max(1, int(density * n)))
+
+
+def _all_or_none(k: int, like: torch.Tensor) -> sparsify.TopK | None:
+    return None if k else sparsify.TopK(like.new_tensor(float("inf")), 0)  # (inf: keeps none)
+
+
+def top_k_of(mag: torch.Tensor, k: int) -> sparsify.TopK:
+    """``sparsify.top_k``'s rule for the flat magnitudes ``mag`` (0 < k < n), by radix
+    selection and ``kept_ties`` in C where the kernel serves ``mag``: the sparsifiers' top-k aid
+    (Breadcrumbs' two cuts, TIES with rescale or more than 4 models)."""
+    if not fused_gta.usable(mag, [mag], None):
+        return sparsify.top_k(mag, k)
+    v, split = fused_gta.top_k_rule(mag, None, k)
+    if split >= mag.numel() or v == 0:  # (zeros at v: the lowest indices, as top_k keeps them)
+        return sparsify.TopK(mag.new_tensor(v), split, v)
+    return argsort_rule(mag, None, k, v)
+
+
+def argsort_rule(t: torch.Tensor, b: torch.Tensor | None, k: int, v: float) -> sparsify.TopK:
+    """``sparsify.argsort_ties``' rule for the flat |t − b| (|t| without b) whose k-th largest
+    v > 0 has ties straddling k."""
+    return argsort_rules([(t, b, k, v)])[0]
+
+
+def argsort_rules(requests: list[Request]) -> list[sparsify.TopK]:
+    """``argsort_rule`` of each request: from ``kept_ties_all``, or the argsort where it
+    declines."""
+    found = kept_ties_all(requests) if requests else []
+    if found is None:
+        found = [None] * len(requests)
+    rules = []
+    for (t, b, k, v), ties in zip(requests, found):
+        if ties is None:
+            mag = (t - b).abs_() if b is not None else t.abs()
+            rules.append(sparsify.argsort_ties(mag, k, mag.new_tensor(v)))
+        else:
+            rules.append(sparsify.TopK(t.new_tensor(v), 0, v, ties))
+    return rules
 
 
 def _order32(mag: torch.Tensor) -> torch.Tensor:
@@ -94,6 +167,8 @@ def top_k_sorted(
     if need >= hi - lo:
         return sparsify.TopK(v, n, value)
     if v > 0:
+        if order is None and fused_gta.usable(m := mag(), [m], None):  # no cached argsort
+            return argsort_rule(m, None, k, float(v) if value is None else value)
         return sparsify.argsort_ties(mag(), k, v, order)
     if locate is not None:
         return sparsify.TopK(v, locate(float(v), hi - lo, need) + 1, value)
