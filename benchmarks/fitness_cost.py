@@ -24,7 +24,8 @@ they go to a temp folder, deleted at the end: each run's archive holds its winne
 Each search's winner (its best on its own items) is scored on held-out items (every test item
 after the search window, the same for every method) and the table shows, per method and
 budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
-over seeds and its standard error). Item evaluations are counts, not timings: the figures do
+over seeds and its standard error; then its difference to the reference's, paired by seed, and
+that difference's standard error). Item evaluations are counts, not timings: the figures do
 not depend on the machine. The question (issue 18): does racing reach the reference's held-out
 score, within its standard error, with at most 1/5 of its item evaluations?
 
@@ -192,21 +193,29 @@ def _pool(exp: Path, n: int) -> int:
 
 
 def report(name, n, pool, big, seeds, rows, driver) -> None:
+    """Per method and budget: means over seeds, the held-out score's standard error, and its
+    difference to the reference's, paired by seed (the same seed starts both searches the same
+    way), with that difference's standard error."""
     print(
         f"\n{name}: {driver}, {pool} search items ({n} per task), B = {big} item evaluations, "
         f"seeds {seeds}; held-out = every later test item"
     )
-    print(
-        f"{'method':<10}{'budget':>8}{'item evals':>12}{'candidates':>12}{'held-out':>10}{'SE':>8}"
-    )
+    head = f"{'method':<10}{'budget':>8}{'item evals':>12}{'candidates':>12}{'held-out':>10}"
+    print(f"{head}{'SE':>8}{'vs full':>9}{'SE':>8}")
+    ref = [v[2] for v in rows[("full", 1.0)]]
     for (how, f), vals in rows.items():
         spent = statistics.mean(v[0] for v in vals)
         cands = statistics.mean(v[1] for v in vals)
         held = [v[2] for v in vals]
-        se = statistics.stdev(held) / len(held) ** 0.5 if len(held) > 1 else float("nan")
+        diff = [h - r for h, r in zip(held, ref, strict=True)]
         print(
-            f"{how:<10}{f:>7.0%} {spent:>11.0f}{cands:>12.1f}{statistics.mean(held):>10.4f}{se:>8.4f}"
+            f"{how:<10}{f:>7.0%} {spent:>11.0f}{cands:>12.1f}{statistics.mean(held):>10.4f}"
+            f"{_se(held):>8.4f}{statistics.mean(diff):>+9.4f}{_se(diff):>8.4f}"
         )
+
+
+def _se(xs: list[float]) -> float:
+    return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
 
 
 if __name__ == "__main__":
