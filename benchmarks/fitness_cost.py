@@ -3,6 +3,7 @@
     python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
         [--fractions 0.5,0.2] [--driver cma_es|random] [--methods full,racing,subset]
         [--racing "{first_slice: 10, slice: 10}"] [--budget items|candidates]
+        [--items N] [--work DIR]
 
 With real models the fitness is almost all of a search's cost, and its unit is the item: one
 test item scored for one candidate. For each setup and seed this runs, on the same space and
@@ -17,11 +18,14 @@ driver, with ``budget.max_item_evals`` as the only budget:
                reference, each scored f times as cheaply.
 
 ``--budget candidates`` caps each search at f x evals candidates instead (racing then shows
-what its early stops cost the search at an equal number of candidates). Each search's winner
-(its best on its own items) is scored on held-out items (every test item
+what its early stops cost the search at an equal number of candidates). ``--items N`` scores N
+search items per task instead of the setup's; ``--work DIR`` keeps the runs there (by default
+they go to a temp folder, deleted at the end: each run's archive holds its winner's model).
+Each search's winner (its best on its own items) is scored on held-out items (every test item
 after the search window, the same for every method) and the table shows, per method and
 budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
-over seeds and its standard error). Item evaluations are counts, not timings: the figures do
+over seeds and its standard error; then its difference to the reference's, paired by seed, and
+that difference's standard error). Item evaluations are counts, not timings: the figures do
 not depend on the machine. The question (issue 18): does racing reach the reference's held-out
 score, within its standard error, with at most 1/5 of its item evaluations?
 
@@ -36,6 +40,7 @@ items here being every later doc.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -101,50 +106,82 @@ def held_out(exp: Path, run: Path, n: int, recipes: list[Recipe]) -> list[float]
         ev.close()
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setups", default="skills,cross")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--evals", type=int, default=32, help="candidates of the reference search")
     ap.add_argument("--fractions", default="0.5,0.2", help="budgets, as fractions of B")
-    ap.add_argument("--driver", default=None, help="cma_es (the experiments' own) or random")
+    ap.add_argument(
+        "--driver", default="cma_es", choices=["cma_es", "random"], help="cma_es: the experiments'"
+    )
     ap.add_argument("--methods", default="full,racing,subset", help="rows below the reference")
     ap.add_argument("--racing", default="{first_slice: 10, slice: 10}", help="fitness.racing")
     ap.add_argument(
         "--budget", default="items", choices=["items", "candidates"], help="what f x B caps"
     )
-    args = ap.parse_args()
+    ap.add_argument("--items", type=int, default=None, help="search items per task (the setup's)")
+    ap.add_argument("--work", default=None, help="keep the runs here (default: a temp folder)")
+    return ap.parse_args(argv)
+
+
+def plan(methods: list[str], fracs: list[float]) -> list[tuple[str, float]]:
+    """(method, fraction) of each search per seed: the full-scoring reference first."""
+    unknown = sorted(set(methods) - {"full", "racing", "subset"})
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; use full, racing and/or subset")
+    return [("full", 1.0)] + [(how, f) for f in fracs for how in methods]
+
+
+def cap(budget: str, f: float, big: int, evals: int) -> dict:
+    """The search's budget at fraction ``f``: of the item evaluations B, or of the candidates
+    (the same candidates, whatever they cost)."""
+    if budget == "candidates":
+        return {"max_evals": round(f * evals)}
+    return {"max_item_evals": round(f * big)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    """Runs the searches, prints a table per setup; returns its rows per setup:
+    ``(method, fraction) -> [(item evals, candidates, held-out score) per seed]``."""
+    args = parse_args(argv)
     racing = yaml.safe_load(args.racing)
-    methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     fracs = [float(f) for f in args.fractions.split(",")]
-    drv = {"name": args.driver, "options": {"batch_size": 8}} if args.driver == "random" else None
-    work = Path(tempfile.mkdtemp(prefix="evomerge_fitness_cost_"))
-    for name in args.setups.split(","):
-        if name not in SETUPS and name not in REAL_SETUPS:
-            print(f"{name}: skipped, not in SETUPS (nor REAL_SETUPS: the real-model hook)")
-            continue
-        exp, n = {**SETUPS, **REAL_SETUPS}[name]
-        pool = _pool(exp, n)
-        big = args.evals * pool
-        plan = [("full", 1.0)] + [(how, f) for f in fracs for how in methods]
-        rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
-        for seed in seeds:
-            winners, keys = [], []
-            for how, f in plan:
-                run = work / f"{name}-{how}-{f}-s{seed}"
-                cap = {"max_item_evals": round(f * big)}
-                if args.budget == "candidates":  # the same candidates, whatever they cost
-                    cap = {"max_evals": round(f * args.evals)}
-                spent, cands, win = run_one(exp, run, seed, n, f, cap, how, drv, racing)
-                winners.append(win)
-                keys.append((how, f, spent, cands))
-            scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
-            for (how, f, spent, cands), h in zip(keys, scores, strict=True):
-                rows.setdefault((how, f), []).append((spent, cands, h))
-        report(name, n, pool, big, seeds, rows, args.driver or "cma_es")
-        if "racing" in methods:
-            print(f"racing: {racing}")
+    todo = plan(args.methods.split(","), fracs)
+    drv = {"name": "random", "options": {"batch_size": 8}} if args.driver == "random" else None
+    keep = args.work is not None
+    work = Path(args.work) if keep else Path(tempfile.mkdtemp(prefix="evomerge_fitness_cost_"))
+    tables = {}
+    try:
+        for name in args.setups.split(","):
+            if name not in SETUPS and name not in REAL_SETUPS:
+                print(f"{name}: skipped, not in SETUPS (nor REAL_SETUPS: the real-model hook)")
+                continue
+            exp, n = {**SETUPS, **REAL_SETUPS}[name]
+            n = args.items or n
+            pool = _pool(exp, n)
+            big = args.evals * pool
+            rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
+            for seed in seeds:
+                winners, keys = [], []
+                for how, f in todo:
+                    run = work / f"{name}-{how}-{f}-s{seed}"
+                    budget = cap(args.budget, f, big, args.evals)
+                    spent, cands, win = run_one(exp, run, seed, n, f, budget, how, drv, racing)
+                    winners.append(win)
+                    keys.append((how, f, spent, cands))
+                scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
+                for (how, f, spent, cands), h in zip(keys, scores, strict=True):
+                    rows.setdefault((how, f), []).append((spent, cands, h))
+            report(name, n, pool, big, seeds, rows, args.driver)
+            if any(how == "racing" for how, _ in todo):
+                print(f"racing: {racing}")
+            tables[name] = rows
+    finally:
+        if not keep:  # merged models of every winner live there: do not leave them behind
+            shutil.rmtree(work, ignore_errors=True)
+    return tables
 
 
 def _pool(exp: Path, n: int) -> int:
@@ -156,21 +193,29 @@ def _pool(exp: Path, n: int) -> int:
 
 
 def report(name, n, pool, big, seeds, rows, driver) -> None:
+    """Per method and budget: means over seeds, the held-out score's standard error, and its
+    difference to the reference's, paired by seed (the same seed starts both searches the same
+    way), with that difference's standard error."""
     print(
         f"\n{name}: {driver}, {pool} search items ({n} per task), B = {big} item evaluations, "
         f"seeds {seeds}; held-out = every later test item"
     )
-    print(
-        f"{'method':<10}{'budget':>8}{'item evals':>12}{'candidates':>12}{'held-out':>10}{'SE':>8}"
-    )
+    head = f"{'method':<10}{'budget':>8}{'item evals':>12}{'candidates':>12}{'held-out':>10}"
+    print(f"{head}{'SE':>8}{'vs full':>9}{'SE':>8}")
+    ref = [v[2] for v in rows[("full", 1.0)]]
     for (how, f), vals in rows.items():
         spent = statistics.mean(v[0] for v in vals)
         cands = statistics.mean(v[1] for v in vals)
         held = [v[2] for v in vals]
-        se = statistics.stdev(held) / len(held) ** 0.5 if len(held) > 1 else float("nan")
+        diff = [h - r for h, r in zip(held, ref, strict=True)]
         print(
-            f"{how:<10}{f:>7.0%} {spent:>11.0f}{cands:>12.1f}{statistics.mean(held):>10.4f}{se:>8.4f}"
+            f"{how:<10}{f:>7.0%} {spent:>11.0f}{cands:>12.1f}{statistics.mean(held):>10.4f}"
+            f"{_se(held):>8.4f}{statistics.mean(diff):>+9.4f}{_se(diff):>8.4f}"
         )
+
+
+def _se(xs: list[float]) -> float:
+    return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
 
 
 if __name__ == "__main__":

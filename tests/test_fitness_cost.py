@@ -1,0 +1,104 @@
+"""benchmarks/fitness_cost.py's flags do what its docstring says, on real lm-skills zoo searches
+(3 search items per task, CMA-ES popsize 8, two generations at most): ``--methods`` chooses the
+rows run beside the full-scoring reference, ``--budget`` what a fraction caps (item evaluations
+or candidates), ``--racing`` the stored ``fitness.racing``; and every fitness_cost command the
+docs show parses."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from evomerge.store import RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import fitness_cost  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+RACE = "{first_slice: 4, slice: 4, settle: set, confidence: 0.7}"
+ITEMS = 12  # 4 tasks x 3 search items
+
+
+def _stored(run: Path) -> tuple[dict, list[dict]]:
+    """The run's stored config, and each fresh candidate's meta."""
+    with RunStore.open(run, readonly=True) as st:
+        cfg = json.loads(st.config_json())
+        rows = st.conn.execute("SELECT meta_json FROM candidates WHERE reused_from IS NULL")
+        metas = [json.loads(m) for (m,) in rows]
+    return cfg, metas
+
+
+@pytest.fixture(scope="module")
+def raced(tmp_path_factory):
+    """One benchmark run: racing and subset at half the reference's 16 candidates."""
+    work = tmp_path_factory.mktemp("fitness_cost")
+    argv = ["--setups", "skills", "--items", "3", "--seeds", "0", "--evals", "16"]
+    argv += ["--fractions", "0.5", "--methods", "racing,subset", "--budget", "candidates"]
+    tables = fitness_cost.main([*argv, "--racing", RACE, "--work", str(work)])
+    return work, tables["skills"]
+
+
+def test_methods_choose_the_rows_beside_the_reference(raced):
+    work, rows = raced
+    assert list(rows) == [("full", 1.0), ("racing", 0.5), ("subset", 0.5)]
+    assert sorted(p.name for p in work.iterdir()) == [
+        "skills-full-1.0-s0",
+        "skills-racing-0.5-s0",
+        "skills-subset-0.5-s0",
+    ]
+    assert fitness_cost.plan(["full"], [0.5, 0.2]) == [("full", 1.0), ("full", 0.5), ("full", 0.2)]
+    with pytest.raises(SystemExit, match="--methods: unknown"):
+        fitness_cost.plan(["ful"], [0.5])
+    for _, _, held in [v for vals in rows.values() for v in vals]:
+        assert 0.0 < held < 1.0  # a real held-out score of a real winner
+
+
+def test_budget_candidates_caps_candidates_and_items_caps_item_evaluations(raced, tmp_path):
+    work, rows = raced
+    (ref,), (race,), (sub,) = rows.values()
+    assert ref[:2] == (16 * ITEMS, 16)
+    assert race[1] == sub[1] == 8  # the same candidates, whatever they cost
+    assert sub[0] == 8 * 4 * 2  # each on round(0.5 x 3) = 2 items per task
+    assert race[0] < 8 * ITEMS  # racing stopped some before every item
+    for run, cap in [("full-1.0", 16), ("racing-0.5", 8), ("subset-0.5", 8)]:
+        assert _stored(work / f"skills-{run}-s0")[0]["budget"]["max_evals"] == cap
+    # the default budget: half the reference's item evaluations, whatever the candidates
+    exp, _ = fitness_cost.SETUPS["skills"]
+    budget = fitness_cost.cap("items", 0.5, 16 * ITEMS, 16)
+    spent, cands, _ = fitness_cost.run_one(exp, tmp_path / "r", 0, 3, 0.5, budget, "full", None, {})
+    assert budget == {"max_item_evals": 8 * ITEMS} and (spent, cands) == (8 * ITEMS, 8)
+    assert _stored(tmp_path / "r")[0]["budget"]["max_item_evals"] == 8 * ITEMS
+
+
+def test_racing_yaml_reaches_the_raced_search_only(raced):
+    work, _ = raced
+    cfg, metas = _stored(work / "skills-racing-0.5-s0")
+    assert cfg["fitness"]["racing"] == {
+        "enabled": True,
+        "first_slice": 4,
+        "slice": 4,
+        "confidence": 0.7,
+        "settle": "set",
+    }
+    assert all(m["racing"]["of"] == ITEMS for m in metas)
+    assert any(m["racing"]["items"] < ITEMS for m in metas)
+    for run in ("full-1.0", "subset-0.5"):
+        cfg, metas = _stored(work / f"skills-{run}-s0")
+        assert cfg["fitness"].get("racing") is None and not any("racing" in m for m in metas)
+
+
+def test_the_commands_the_docs_show_parse():
+    shown = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = doc.read_text().replace("\\\n", " ")
+        shown += re.findall(r"python benchmarks/fitness_cost\.py([^\n`]*)", text)
+    assert len(shown) >= 3
+    for line in shown:
+        args = fitness_cost.parse_args(shlex.split(line))
+        fitness_cost.plan(args.methods.split(","), [float(f) for f in args.fractions.split(",")])
