@@ -31,14 +31,13 @@ from pathlib import Path
 
 import torch
 
-from evomerge.commands.moe_reduce import load_moe
 from evomerge.merge.calibration import read_lines
 from evomerge.moe.compress import parse_compress
 from evomerge.moe.compress_finetune import compress_and_finetune
 from evomerge.moe.compress_store import compress_reduced, linear_macs
 from evomerge.moe.experts import layer_experts, moe_blocks, router_weight
 from evomerge.moe.mc_smoe import mc_smoe_layer
-from evomerge.moe.reduce import merge_layers, reduced_model, shared_model
+from evomerge.moe.reduce import load_moe, merge_layers, reduced_model, shared_model
 from evomerge.moe.routing_stats import routing_stats
 from evomerge.zoo.build import build
 from evomerge.zoo.calibration import calibration_lines

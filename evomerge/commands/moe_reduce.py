@@ -14,16 +14,6 @@ from evomerge.commands.console import out as stdout
 from evomerge.errors import UserInputError
 
 
-def load_moe(folder: str):
-    """The model and tokenizer of ``folder`` (float32, eval mode)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (Path(folder) / "config.json").is_file():
-        raise UserInputError(f"IN {folder}: no config.json; give a Mixtral model folder or zoo:")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
-    return model, AutoTokenizer.from_pretrained(folder)
-
-
 def moe_reduce(
     source: str,
     out: Path,
@@ -43,6 +33,7 @@ def moe_reduce(
     from evomerge.moe.compress_store import FACTORS_FILE, compress_reduced
     from evomerge.moe.reduce import (
         check_request,
+        load_moe,
         merge_layers,
         reduced_model,
         reduction_report,

@@ -112,8 +112,7 @@ def factored_from_dense(dense: str | Path, out: str | Path, overwrite: bool = Fa
     form (the factors file it holds, the rest of its weights); nothing is fine-tuned again."""
     from safetensors.torch import load_file
 
-    from evomerge.commands.moe_reduce import load_moe
-    from evomerge.moe.reduce import REPORT_FILE
+    from evomerge.moe.reduce import REPORT_FILE, load_moe
 
     dense = Path(dense)
     if not (dense / FACTORS_FILE).is_file() or not (dense / REPORT_FILE).is_file():

@@ -167,3 +167,13 @@ def save_reduced(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def load_moe(folder: str):
+    """The model and tokenizer of ``folder`` (float32, eval mode)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(folder) / "config.json").is_file():
+        raise UserInputError(f"IN {folder}: no config.json; give a Mixtral model folder or zoo:")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
+    return model, AutoTokenizer.from_pretrained(folder)
