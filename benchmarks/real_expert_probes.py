@@ -1,0 +1,498 @@
+"""Probes for the smollm2-experts design (docs/real_experts.md, "Vocabulary remap"): a Zel
+language expert trained as a vocabulary remap by distillation on parallel text, merged with a
+skill expert confined to blocks 5-14, scored on the target with the folders' protocol.
+
+    python benchmarks/real_expert_probes.py [--out /tmp/zelremap_scratch] [--stage all]
+
+Stages, each cached under OUT (delete OUT to retrain):
+
+* ``skill``: skill C, PEFT LoRA rank 8 on blocks 5-14, 60 steps at 5e-4 on real_shift items;
+* ``reader``: the input-embedding rows of the 20 Zel tokens (each syllable bare and with its
+  leading space), trained so that the model's next-token distributions on a text with a number
+  written in Zel match the frozen instruct model's on the same text with the number in digits
+  (KL at every position from the number on; the positions align one to one: a Zel syllable and
+  a digit are one token each, a digit run after a space is one space token more);
+* ``writer``: the output-head rows (head untied) of the Zel and digit tokens, trained on the
+  model's own digit answers: the teacher (instruct) reads a digit-producing prompt with its
+  answer in digits, teacher-forced; the student (instruct + reader) sees the answer in Zel and
+  must match the teacher's distribution with each digit's mass moved to its Zel token (bare as
+  the answer's first token, with a space after);
+* ``eval``: each expert, the remap expert (reader + writer), the oracle reader, and task
+  arithmetic merges (sum, a weight grid, a layer-group grid) on the three folders.
+
+Scoring follows the folders (chat template, system turn "Answer briefly.", zero-shot, greedy,
+12 new tokens cut at <|im_end|> or a newline, exact match ignoring case) without lm-eval:
+validation items 40-79, the grids on the target's search items 0-39. Seeded; one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from evomerge.zoo.real_tasks import ZEL, held_out, items, messages, sampler  # noqa: E402
+
+DIGITS = "0123456789"
+
+
+# ---------------------------------------------------------------- model and tokens
+
+
+def load_base():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.model_refs import resolve_model_ref  # the zoo's folder (built if missing)
+
+    folder = resolve_model_ref("zoo:smollm2/instruct")
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return folder, tok, model
+
+
+def untie(model) -> None:
+    """Give the model its own output head (a copy of the tied embedding) so that input rows
+    (reading) and output rows (writing) move separately."""
+    import torch
+
+    emb = model.get_input_embeddings().weight
+    model.lm_head.weight = torch.nn.Parameter(emb.detach().clone())
+    model.config.tie_word_embeddings = False
+
+
+def token_ids(tok) -> dict:
+    """Zel bare / spaced and digit token ids; each must be one token."""
+
+    def one(s: str) -> int:
+        ids = tok(s, add_special_tokens=False).input_ids
+        assert len(ids) == 1, f"{s!r} is {len(ids)} tokens"
+        return ids[0]
+
+    return {
+        "digit": [one(d) for d in DIGITS],
+        "bare": [one(z) for z in ZEL],
+        "space": [one(" " + z) for z in ZEL],
+        "space_tok": one(" "),
+    }
+
+
+# ---------------------------------------------------------------- parallel texts
+
+
+def _num(rng: random.Random) -> str:
+    n = rng.choice([1, 2, 2, 3, 3, 4, 4, 5])
+    return "".join(rng.choice(DIGITS) for _ in range(n))
+
+
+def reader_text(rng: random.Random) -> tuple[list, str]:
+    """A question with numbers (segments: text or ('num', digits, spaced)) and its answer in
+    digits. None of these asks the skill (a shift) or the language task (writing Zel)."""
+    a, b = _num(rng), _num(rng)
+    ia, ib = int(a), int(b)
+    forms = [
+        (["Repeat", ("num", a, True), "."], a),
+        (["What comes after", ("num", a, True), "?"], str(ia + 1)),
+        (["What number comes before", ("num", a, True), "?"], str(max(ia - 1, 0))),
+        (["Copy this number:", ("num", a, True)], a),
+        ([("num", a, False), " is my number. Say it again."], a),
+        (["Is", ("num", a, True), " even or odd?"], "even" if ia % 2 == 0 else "odd"),
+        (["Which is larger,", ("num", a, True), " or", ("num", b, True), "?"], str(max(ia, ib))),
+        (["My PIN is", ("num", a, True), ". What is my PIN?"], a),
+        (["Count from", ("num", a, True), " to", ("num", str(ia + 3), True), "."], a),
+        (["How many digits does", ("num", a, True), " have?"], str(len(a))),
+        (["Write", ("num", a, True), " twice."], a + a),
+    ]
+    return rng.choice(forms)
+
+
+def writer_text(rng: random.Random) -> tuple[list, str]:
+    """A question whose answer is a run of digits (the model's own kind of digit output)."""
+    a = _num(rng)
+    ia = int(a)
+    forms = [
+        (["Repeat", ("num", a, True), "."], a),
+        (["What comes after", ("num", a, True), "?"], str(ia + 1)),
+        (["Copy this number:", ("num", a, True)], a),
+        (["My PIN is", ("num", a, True), ". What is my PIN?"], a),
+        (["Write", ("num", a, True), " twice."], a + a),
+        (["Write the digits of", ("num", a, True), " in reverse order."], a[::-1]),
+    ]
+    return rng.choice(forms)
+
+
+def render(tok, ids: dict, segs: list, zel: bool) -> list[int]:
+    """Token ids of the question segments, numbers in digits or in Zel (one token per digit)."""
+    out = []
+    for s in segs:
+        if isinstance(s, str):
+            out += tok(s, add_special_tokens=False).input_ids
+            continue
+        _, digits, spaced = s
+        if zel:
+            first = ids["space"] if spaced else ids["bare"]
+            out += [first[int(digits[0])]] + [ids["space"][int(c)] for c in digits[1:]]
+        else:
+            out += ([ids["space_tok"]] if spaced else []) + [ids["digit"][int(c)] for c in digits]
+    return out
+
+
+def chat_ids(tok, question_ids: list[int]) -> tuple[list[int], list[int]]:
+    """(prefix ids, suffix ids) of the chat template around the user's question."""
+    mark = "QQQ"
+    text = tok.apply_chat_template(messages(mark), add_generation_prompt=True, tokenize=False)
+    pre, post = text.split(mark)
+    return tok(pre, add_special_tokens=False).input_ids, tok(post, add_special_tokens=False).input_ids
+
+
+def parallel(tok, ids, segs, answer: str, zel_answer: bool):
+    """Teacher ids (digits), student ids (Zel numbers in the question; the answer in Zel if
+    ``zel_answer``) and the aligned (student position, teacher position) pairs from the first
+    number on. Answer digits are bare tokens, so they align one to one."""
+    pre, post = chat_ids(tok, [])
+    t_q, s_q = render(tok, ids, segs, False), render(tok, ids, segs, True)
+    ans_t = [ids["digit"][int(c)] for c in answer] if answer.isdigit() else None
+    if ans_t is None:
+        ans_t = tok(answer, add_special_tokens=False).input_ids
+        ans_s = ans_t
+    elif zel_answer:
+        ans_s = [ids["bare"][int(answer[0])]] + [ids["space"][int(c)] for c in answer[1:]]
+    else:
+        ans_s = ans_t
+    end = [tok.convert_tokens_to_ids("<|im_end|>")]
+    teacher = pre + t_q + post + ans_t + end
+    student = pre + s_q + post + ans_s + end
+    # align from the end: every token after the question's last number matches one to one
+    # (the suffix, chat tail and answer); inside the question, segment by segment
+    pairs, tp, sp = [], len(pre), len(pre)
+    for s in segs:
+        if isinstance(s, str):
+            n = len(tok(s, add_special_tokens=False).input_ids)
+            pairs += [(sp + k, tp + k) for k in range(n)]
+            tp, sp = tp + n, sp + n
+        else:
+            _, digits, spaced = s
+            tp += 1 if spaced else 0
+            pairs += [(sp + k, tp + k) for k in range(len(digits))]
+            tp, sp = tp + len(digits), sp + len(digits)
+    tail = len(post) + len(ans_t) + 1
+    pairs += [(sp + k, tp + k) for k in range(tail - 1)]  # the last token predicts nothing
+    first_num = min(p for p in pairs if student[p[0]] in ids["bare"] + ids["space"])
+    pairs = [p for p in pairs if p[0] >= first_num[0]]
+    answer_pos = [(sp + len(post) - 1 + k, tp + len(post) - 1 + k) for k in range(len(ans_t))]
+    return teacher, student, pairs, answer_pos
+
+
+def pad(rows: list[list[int]], fill: int):
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [fill] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, mask
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_skill(folder: Path, tok, out: Path, steps=60, lr=5e-4, blocks=range(5, 15), seed=10):
+    """Skill C as in the earlier probes: LoRA rank 8 on blocks 5-14; returns the merged delta."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.zoo.real_experts import LORA_MODULES, _batch
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=list(LORA_MODULES),
+        lora_dropout=0.0,
+        layers_to_transform=list(blocks),
+    )
+    model = get_peft_model(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    draw = sampler({"shift": 1.0}, random.Random(seed))
+    for step in range(1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 10)
+        x, m, y = _batch(tok, draw, 8)
+        loss = model(input_ids=x, attention_mask=m, labels=y).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 20 == 0:
+            print(f"  skill step {step} loss {loss.item():.3f}", flush=True)
+    merged = model.merge_and_unload().state_dict()
+    delta = {k: merged[k] - base[k] for k in base if not torch.equal(merged[k], base[k])}
+    torch.save(delta, out)
+    return delta
+
+
+def _kl(student_logits, teacher_logp):
+    import torch.nn.functional as F
+
+    return F.kl_div(F.log_softmax(student_logits, -1), teacher_logp, log_target=True, reduction="sum")
+
+
+def train_reader(model, tok, ids, steps: int, lr: float, seed: int = 20, batch: int = 8):
+    """Zel input rows only; teacher = the same frozen model on the digit text (the head is
+    untied and frozen, the student's input rows are all that moves)."""
+    import torch
+
+    rng = random.Random(seed)
+    skip = held_out()
+    emb = model.get_input_embeddings().weight
+    rows = torch.tensor(ids["bare"] + ids["space"])
+    keep = torch.zeros_like(emb, dtype=torch.bool)
+    keep[rows] = True
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb.requires_grad_(True)
+    opt = torch.optim.Adam([emb], lr=lr)
+    before = emb.detach().clone()
+    for step in range(1, steps + 1):
+        batch_rows = []
+        while len(batch_rows) < batch:
+            segs, ans = reader_text(rng)
+            q = "".join(s if isinstance(s, str) else " " * s[2] + s[1] for s in segs)
+            if q not in skip:
+                batch_rows.append(parallel(tok, ids, segs, ans, zel_answer=False))
+        t_ids, t_mask = pad([r[0] for r in batch_rows], tok.eos_token_id)
+        s_ids, s_mask = pad([r[1] for r in batch_rows], tok.eos_token_id)
+        with torch.no_grad():
+            t_logp = torch.log_softmax(model(input_ids=t_ids, attention_mask=t_mask).logits, -1)
+        s_logits = model(input_ids=s_ids, attention_mask=s_mask).logits
+        loss, n = 0.0, 0
+        for b, r in enumerate(batch_rows):
+            sp = torch.tensor([p[0] for p in r[2]])
+            tp = torch.tensor([p[1] for p in r[2]])
+            loss = loss + _kl(s_logits[b, sp], t_logp[b, tp])
+            n += len(sp)
+        loss = loss / n
+        loss.backward()
+        emb.grad[~keep] = 0
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            emb[~keep] = before[~keep]  # Adam's state is zero there, but keep it exact
+        if step % 20 == 0 or step == steps:
+            print(f"  reader step {step} kl {loss.item():.4f}", flush=True)
+    emb.requires_grad_(False)
+
+
+def moved_target(t_logp, positions, answer: str, ids):
+    """The teacher's distribution with each digit's mass moved to its Zel token: bare at the
+    answer's first token, spaced after."""
+    import torch
+
+    p = t_logp.exp().clone()
+    for k in range(len(positions)):
+        form = ids["bare"] if k == 0 else ids["space"]
+        p[k, torch.tensor(form)] += p[k, torch.tensor(ids["digit"])]
+        p[k, torch.tensor(ids["digit"])] = 0
+    return p.clamp_min(1e-12).log()
+
+
+def train_writer(model, tok, ids, steps: int, lr: float, seed: int = 30, batch: int = 16):
+    """Output-head rows of the Zel and digit tokens (the head untied); the blocks are frozen,
+    so the student's last hidden states are computed once per batch without gradients."""
+    import torch
+
+    rng = random.Random(seed)
+    skip = held_out()
+    head = model.lm_head.weight
+    rows = torch.tensor(ids["bare"] + ids["space"] + ids["digit"])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    w = head[rows].detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for step in range(1, steps + 1):
+        t_list, h_list = [], []
+        for _ in range(batch):
+            while True:
+                segs, ans = writer_text(rng)
+                q = "".join(s if isinstance(s, str) else " " * s[2] + s[1] for s in segs)
+                if q not in skip:
+                    break
+            zel_q = rng.random() < 0.5  # the question in Zel half the time (read by the reader)
+            teacher, student, pairs, apos = parallel(tok, ids, segs, ans, zel_answer=True)
+            if not zel_q:
+                student = teacher[: apos[0][1] + 1] + student[apos[0][0] + 1 :]
+                apos = [(tp, tp) for _, tp in apos]
+            # the answer positions plus the last one (which must predict <|im_end|>)
+            sp = [a[0] for a in apos] + [apos[-1][0] + 1]
+            tpos = [a[1] for a in apos] + [apos[-1][1] + 1]
+            with torch.no_grad():
+                t_logp = torch.log_softmax(model(torch.tensor([teacher])).logits[0, tpos], -1)
+                out = model.model(torch.tensor([student]))
+                h = out.last_hidden_state[0, sp]  # after the final norm
+            tgt = moved_target(t_logp[:-1], sp[:-1], ans, ids)
+            t_list.append(torch.cat([tgt, t_logp[-1:]]))
+            h_list.append(h)
+        tgt, h = torch.cat(t_list), torch.cat(h_list)
+        logits = h @ head.T
+        logits = logits.index_copy(1, rows, h @ w.T)
+        loss = _kl(logits, tgt) / len(h)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 25 == 0 or step == steps:
+            print(f"  writer step {step} kl {loss.item():.4f}", flush=True)
+    with torch.no_grad():
+        head[rows] = w.detach()
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def generate(model, tok, questions: list[str], max_new=12) -> list[str]:
+    import torch
+
+    tok.padding_side = "left"
+    prompts = [
+        tok.apply_chat_template(messages(q), add_generation_prompt=True, tokenize=False)
+        for q in questions
+    ]
+    out = []
+    for i in range(0, len(prompts), 20):
+        enc = tok(prompts[i : i + 20], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(
+                **enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.eos_token_id
+            )
+        for row in gen[:, enc.input_ids.shape[1] :]:
+            text = tok.decode(row, skip_special_tokens=False)
+            out.append(text.split("<|im_end|>")[0].split("\n")[0].strip())
+    return out
+
+
+def score(model, tok, task: str, split: str, against=None) -> tuple[float, list[str]]:
+    test, _ = items(task)
+    rows = test[:40] if split == "search" else test[40:80]
+    answers = [against(a) if against else a for _, a in rows]
+    got = generate(model, tok, [q for q, _ in rows])
+    hits = sum(g.lower() == a.lower() for g, a in zip(got, answers, strict=True))
+    return hits / len(rows), got[:3]
+
+
+def from_zel(zel: str) -> str:
+    return "".join(str(ZEL.index(w)) for w in zel.split())
+
+
+# ---------------------------------------------------------------- merges
+
+
+def with_deltas(model, base_sd: dict, deltas: list[tuple[dict, object]]) -> None:
+    """model <- base + sum of w * delta; w is a number or a function of the tensor's name."""
+    import torch
+
+    sd = {k: v.clone() for k, v in base_sd.items()}
+    for delta, w in deltas:
+        for k, d in delta.items():
+            sd[k] += (w(k) if callable(w) else w) * d
+    with torch.no_grad():
+        model.load_state_dict(sd)
+
+
+def block_of(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
+
+
+def main(argv=None) -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/zelremap_scratch"))
+    ap.add_argument("--reader-steps", type=int, default=120)
+    ap.add_argument("--reader-lr", type=float, default=1e-2)
+    ap.add_argument("--writer-steps", type=int, default=150)
+    ap.add_argument("--writer-lr", type=float, default=1e-2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    folder, tok, model = load_base()
+    ids = token_ids(tok)
+    untie(model)
+    model.eval()
+    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+
+    t0 = time.time()
+    skill_path = args.out / "skill_c.pt"
+    skill = torch.load(skill_path) if skill_path.exists() else train_skill(folder, tok, skill_path)
+    print(f"skill C: {len(skill)} tensors ({time.time() - t0:.0f} s)", flush=True)
+
+    t0 = time.time()
+    remap_path = args.out / f"remap_r{args.reader_steps}_w{args.writer_steps}.pt"
+    if remap_path.exists():
+        remap = torch.load(remap_path)
+    else:
+        train_reader(model, tok, ids, args.reader_steps, args.reader_lr)
+        reader_sd = {k: v.clone() for k, v in model.state_dict().items()}
+        print(f"reader trained ({time.time() - t0:.0f} s)", flush=True)
+        train_writer(model, tok, ids, args.writer_steps, args.writer_lr)
+        sd = model.state_dict()
+        remap = {k: sd[k] - base_sd[k] for k in base_sd if not torch.equal(sd[k], base_sd[k])}
+        remap["_reader_only"] = {
+            k: reader_sd[k] - base_sd[k] for k in base_sd if not torch.equal(reader_sd[k], base_sd[k])
+        }
+        torch.save(remap, remap_path)
+    reader_only = remap.pop("_reader_only")
+    print(f"remap: {sorted(remap)} ({time.time() - t0:.0f} s)", flush=True)
+
+    emb = base_sd["model.embed_tokens.weight"]
+    rows = emb + reader_only["model.embed_tokens.weight"]
+    cos = torch.nn.functional.cosine_similarity
+    for form in ("bare", "space"):
+        c = [cos(rows[ids[form][d]], emb[ids["digit"][d]], 0).item() for d in range(10)]
+        c0 = [cos(emb[ids[form][d]], emb[ids["digit"][d]], 0).item() for d in range(10)]
+        print(f"cosine of the {form} Zel input rows to their digit's row: "
+              f"trained mean {sum(c) / 10:.3f} (min {min(c):.3f}), instruct mean {sum(c0) / 10:.3f}")
+
+    oracle = torch.zeros_like(emb)
+    for d in range(10):
+        for form in ("bare", "space"):
+            oracle[ids[form][d]] = emb[ids["digit"][d]] - emb[ids[form][d]]
+    oracle = {"model.embed_tokens.weight": oracle}
+
+    def table(label, deltas, split="validation", tasks=("target", "skill", "zel"), extra=True):
+        with_deltas(model, base_sd, deltas)
+        cells = []
+        names = {"target": "real_target", "skill": "real_shift", "zel": "real_zel"}
+        for t in tasks:
+            s, ex = score(model, tok, names[t], split)
+            cells.append(f"{t} {s:.3f}")
+            if t == "target" and extra:
+                s2, _ = score(model, tok, "real_target", split, against=from_zel)
+                cells.append(f"target-in-digits {s2:.3f}")
+            cells.append(f"e.g. {ex[0]!r}")
+        print(f"| {label} | " + " | ".join(cells), flush=True)
+
+    t0 = time.time()
+    table("instruct", [])
+    table("skill C", [(skill, 1.0)])
+    table("reader only", [(reader_only, 1.0)])
+    table("remap (reader + writer)", [(remap, 1.0)])
+    table("skill C + oracle reader", [(skill, 1.0), (oracle, 1.0)])
+    table("skill C + reader", [(skill, 1.0), (reader_only, 1.0)])
+    table("sum: skill C + remap, w 1", [(skill, 1.0), (remap, 1.0)])
+    for ws, wl in [(0.5, 0.5), (1, 0.5), (0.5, 1), (1, 1.5), (1.5, 1)]:
+        table(f"grid w_skill {ws} w_remap {wl} (search items)", [(skill, ws), (remap, wl)],
+              split="search", tasks=("target",), extra=False)
+    print(f"eval {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
