@@ -244,22 +244,31 @@ def _kl(student_logits, teacher_logp):
     return F.kl_div(F.log_softmax(student_logits, -1), teacher_logp, log_target=True, reduction="sum")
 
 
+def _hidden_at(model, ids, mask, rows_pos, inputs_embeds=None):
+    """Last hidden states (after the final norm) at the given (row, position) pairs: the head
+    is applied only there, not at every position of the batch."""
+    out = model.model(input_ids=None if inputs_embeds is not None else ids,
+                      inputs_embeds=inputs_embeds, attention_mask=mask)
+    b, p = zip(*rows_pos, strict=True)
+    return out.last_hidden_state[list(b), list(p)]
+
+
 def train_reader(model, tok, ids, steps: int, lr: float, seed: int = 20, batch: int = 8):
-    """Zel input rows only; teacher = the same frozen model on the digit text (the head is
-    untied and frozen, the student's input rows are all that moves)."""
+    """Zel input rows only (a 20-row tensor put into the input embeddings); teacher = the same
+    frozen model on the digit text (the head is untied and frozen)."""
     import torch
 
     rng = random.Random(seed)
     skip = held_out()
     emb = model.get_input_embeddings().weight
-    rows = torch.tensor(ids["bare"] + ids["space"])
-    keep = torch.zeros_like(emb, dtype=torch.bool)
-    keep[rows] = True
+    zel = ids["bare"] + ids["space"]
+    slot = torch.full((emb.shape[0],), -1, dtype=torch.long)
+    slot[torch.tensor(zel)] = torch.arange(len(zel))
+    w = emb[torch.tensor(zel)].detach().clone().requires_grad_(True)
     for p in model.parameters():
         p.requires_grad_(False)
-    emb.requires_grad_(True)
-    opt = torch.optim.Adam([emb], lr=lr)
-    before = emb.detach().clone()
+    opt = torch.optim.Adam([w], lr=lr)
+    head = model.lm_head.weight
     for step in range(1, steps + 1):
         batch_rows = []
         while len(batch_rows) < batch:
@@ -269,84 +278,117 @@ def train_reader(model, tok, ids, steps: int, lr: float, seed: int = 20, batch: 
                 batch_rows.append(parallel(tok, ids, segs, ans, zel_answer=False))
         t_ids, t_mask = pad([r[0] for r in batch_rows], tok.eos_token_id)
         s_ids, s_mask = pad([r[1] for r in batch_rows], tok.eos_token_id)
+        s_pos = [(b, p[0]) for b, r in enumerate(batch_rows) for p in r[2]]
+        t_pos = [(b, p[1]) for b, r in enumerate(batch_rows) for p in r[2]]
         with torch.no_grad():
-            t_logp = torch.log_softmax(model(input_ids=t_ids, attention_mask=t_mask).logits, -1)
-        s_logits = model(input_ids=s_ids, attention_mask=s_mask).logits
-        loss, n = 0.0, 0
-        for b, r in enumerate(batch_rows):
-            sp = torch.tensor([p[0] for p in r[2]])
-            tp = torch.tensor([p[1] for p in r[2]])
-            loss = loss + _kl(s_logits[b, sp], t_logp[b, tp])
-            n += len(sp)
-        loss = loss / n
+            t_logp = torch.log_softmax(_hidden_at(model, t_ids, t_mask, t_pos) @ head.T, -1)
+        x = emb[s_ids]
+        is_zel = slot[s_ids] >= 0
+        x = torch.where(is_zel[..., None], w[slot[s_ids].clamp_min(0)], x)
+        h = _hidden_at(model, None, s_mask, s_pos, inputs_embeds=x)
+        loss = _kl(h @ head.T, t_logp) / len(s_pos)
         loss.backward()
-        emb.grad[~keep] = 0
         opt.step()
         opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            emb[~keep] = before[~keep]  # Adam's state is zero there, but keep it exact
         if step % 20 == 0 or step == steps:
             print(f"  reader step {step} kl {loss.item():.4f}", flush=True)
-    emb.requires_grad_(False)
+    with torch.no_grad():
+        emb[torch.tensor(zel)] = w.detach()
 
 
-def moved_target(t_logp, positions, answer: str, ids):
+def moved_target(t_logp, ids):
     """The teacher's distribution with each digit's mass moved to its Zel token: bare at the
     answer's first token, spaced after."""
     import torch
 
     p = t_logp.exp().clone()
-    for k in range(len(positions)):
+    for k in range(len(p)):
         form = ids["bare"] if k == 0 else ids["space"]
         p[k, torch.tensor(form)] += p[k, torch.tensor(ids["digit"])]
         p[k, torch.tensor(ids["digit"])] = 0
     return p.clamp_min(1e-12).log()
 
 
-def train_writer(model, tok, ids, steps: int, lr: float, seed: int = 30, batch: int = 16):
-    """Output-head rows of the Zel and digit tokens (the head untied); the blocks are frozen,
-    so the student's last hidden states are computed once per batch without gradients."""
+def writer_stats(model, tok, ids, n: int, seed: int = 30, batch: int = 16):
+    """What the head-row KL needs at every position from the question's first number to the
+    answer's end, for ``n`` writer texts: the student's last hidden states (the blocks and
+    input rows are fixed while the head rows train, so they are computed once), the target's
+    probabilities on the 30 trained rows, and the constant rest of the KL. The target is the
+    teacher's distribution with each digit's mass moved to its Zel token, bare at the answer's
+    first token, spaced elsewhere; positions that predict no digit teach the rows to stay low."""
     import torch
 
     rng = random.Random(seed)
     skip = held_out()
     head = model.lm_head.weight
     rows = torch.tensor(ids["bare"] + ids["space"] + ids["digit"])
-    for p in model.parameters():
-        p.requires_grad_(False)
+    texts = []
+    while len(texts) < n:
+        segs, ans = writer_text(rng)
+        q = "".join(s if isinstance(s, str) else " " * s[2] + s[1] for s in segs)
+        if q in skip:
+            continue
+        teacher, student, pairs, apos = parallel(tok, ids, segs, ans, zel_answer=True)
+        if rng.random() < 0.5:  # the question in digits half the time, in Zel the other half
+            student = teacher[: apos[0][1] + 1] + student[apos[0][0] + 1 :]
+            pairs = [(tp, tp) for _, tp in pairs if tp >= pairs[0][1]]
+            apos = [(tp, tp) for _, tp in apos]
+        texts.append((teacher, student, pairs, apos[0][0]))
+    out = {"h": [], "lse_fixed": [], "p_rows": [], "p_sum": [], "const": []}
+    for i in range(0, n, batch):
+        chunk = texts[i : i + batch]
+        t_ids, t_mask = pad([r[0] for r in chunk], tok.eos_token_id)
+        s_ids, s_mask = pad([r[1] for r in chunk], tok.eos_token_id)
+        t_pos = [(b, p[1]) for b, r in enumerate(chunk) for p in r[2]]
+        s_pos = [(b, p[0]) for b, r in enumerate(chunk) for p in r[2]]
+        first = torch.tensor([p[0] == r[3] for r in chunk for p in r[2]])
+        with torch.no_grad():
+            t_logp = torch.log_softmax(_hidden_at(model, t_ids, t_mask, t_pos) @ head.T, -1)
+            h = _hidden_at(model, s_ids, s_mask, s_pos)
+            p = t_logp.exp()
+            digit_mass = p[:, ids["digit"]]
+            p[:, ids["digit"]] = 0
+            for form, at in (("bare", first), ("space", ~first)):
+                k = at.nonzero().flatten()
+                p[k[:, None], torch.tensor(ids[form])] += digit_mass[k]
+            logq_fixed = h @ head.T
+            logq_fixed[:, rows] = float("-inf")
+            lse = torch.logsumexp(logq_fixed, -1)
+            logq_fixed[:, rows] = 0
+            logp = p.clamp_min(1e-12).log()
+            p_rows = p[:, rows]
+            rest = p.clone()
+            rest[:, rows] = 0
+            const = (rest * (logp - logq_fixed)).sum(-1) + (p_rows * logp[:, rows]).sum(-1)
+        out["h"].append(h)
+        out["lse_fixed"].append(lse)
+        out["p_rows"].append(p_rows)
+        out["p_sum"].append(p.sum(-1))
+        out["const"].append(const)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def train_writer(model, tok, ids, steps: int, lr: float, n_texts: int = 160):
+    """Output-head rows of the Zel and digit tokens (the head untied), full batch. Only those
+    30 logits move, so the KL is computed from them and the other tokens' fixed log-sum-exp
+    (the same loss as over the whole vocabulary)."""
+    import torch
+
+    head = model.lm_head.weight
+    st = writer_stats(model, tok, ids, n_texts)
+    print(f"  writer: {len(st['h'])} positions", flush=True)
+    rows = torch.tensor(ids["bare"] + ids["space"] + ids["digit"])
     w = head[rows].detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
     for step in range(1, steps + 1):
-        t_list, h_list = [], []
-        for _ in range(batch):
-            while True:
-                segs, ans = writer_text(rng)
-                q = "".join(s if isinstance(s, str) else " " * s[2] + s[1] for s in segs)
-                if q not in skip:
-                    break
-            zel_q = rng.random() < 0.5  # the question in Zel half the time (read by the reader)
-            teacher, student, pairs, apos = parallel(tok, ids, segs, ans, zel_answer=True)
-            if not zel_q:
-                student = teacher[: apos[0][1] + 1] + student[apos[0][0] + 1 :]
-                apos = [(tp, tp) for _, tp in apos]
-            # the answer positions plus the last one (which must predict <|im_end|>)
-            sp = [a[0] for a in apos] + [apos[-1][0] + 1]
-            tpos = [a[1] for a in apos] + [apos[-1][1] + 1]
-            with torch.no_grad():
-                t_logp = torch.log_softmax(model(torch.tensor([teacher])).logits[0, tpos], -1)
-                out = model.model(torch.tensor([student]))
-                h = out.last_hidden_state[0, sp]  # after the final norm
-            tgt = moved_target(t_logp[:-1], sp[:-1], ans, ids)
-            t_list.append(torch.cat([tgt, t_logp[-1:]]))
-            h_list.append(h)
-        tgt, h = torch.cat(t_list), torch.cat(h_list)
-        logits = h @ head.T
-        logits = logits.index_copy(1, rows, h @ w.T)
-        loss = _kl(logits, tgt) / len(h)
+        moving = st["h"] @ w.T
+        log_z = torch.logaddexp(st["lse_fixed"], torch.logsumexp(moving, -1))
+        kl = st["const"] - (st["p_rows"] * moving).sum(-1) + st["p_sum"] * log_z
+        loss = kl.mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % 25 == 0 or step == steps:
+        if step % 100 == 0 or step == steps:
             print(f"  writer step {step} kl {loss.item():.4f}", flush=True)
     with torch.no_grad():
         head[rows] = w.detach()
@@ -416,7 +458,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/zelremap_scratch"))
     ap.add_argument("--reader-steps", type=int, default=120)
     ap.add_argument("--reader-lr", type=float, default=1e-2)
-    ap.add_argument("--writer-steps", type=int, default=150)
+    ap.add_argument("--writer-steps", type=int, default=300)
     ap.add_argument("--writer-lr", type=float, default=1e-2)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -433,22 +475,28 @@ def main(argv=None) -> int:
     skill = torch.load(skill_path) if skill_path.exists() else train_skill(folder, tok, skill_path)
     print(f"skill C: {len(skill)} tensors ({time.time() - t0:.0f} s)", flush=True)
 
+    def delta_now() -> dict:
+        sd = model.state_dict()
+        return {k: sd[k] - base_sd[k] for k in base_sd if not torch.equal(sd[k], base_sd[k])}
+
     t0 = time.time()
-    remap_path = args.out / f"remap_r{args.reader_steps}_w{args.writer_steps}.pt"
+    reader_path = args.out / f"reader_s{args.reader_steps}_lr{args.reader_lr}.pt"
+    if reader_path.exists():
+        reader_only = torch.load(reader_path)
+        with_deltas(model, base_sd, [(reader_only, 1.0)])
+    else:
+        train_reader(model, tok, ids, args.reader_steps, args.reader_lr)
+        reader_only = delta_now()
+        torch.save(reader_only, reader_path)
+    print(f"reader: {sorted(reader_only)} ({time.time() - t0:.0f} s)", flush=True)
+    t0 = time.time()
+    remap_path = args.out / f"{reader_path.stem}_writer_s{args.writer_steps}_lr{args.writer_lr}.pt"
     if remap_path.exists():
         remap = torch.load(remap_path)
     else:
-        train_reader(model, tok, ids, args.reader_steps, args.reader_lr)
-        reader_sd = {k: v.clone() for k, v in model.state_dict().items()}
-        print(f"reader trained ({time.time() - t0:.0f} s)", flush=True)
         train_writer(model, tok, ids, args.writer_steps, args.writer_lr)
-        sd = model.state_dict()
-        remap = {k: sd[k] - base_sd[k] for k in base_sd if not torch.equal(sd[k], base_sd[k])}
-        remap["_reader_only"] = {
-            k: reader_sd[k] - base_sd[k] for k in base_sd if not torch.equal(reader_sd[k], base_sd[k])
-        }
+        remap = delta_now()
         torch.save(remap, remap_path)
-    reader_only = remap.pop("_reader_only")
     print(f"remap: {sorted(remap)} ({time.time() - t0:.0f} s)", flush=True)
 
     emb = base_sd["model.embed_tokens.weight"]
@@ -465,6 +513,14 @@ def main(argv=None) -> int:
         for form in ("bare", "space"):
             oracle[ids[form][d]] = emb[ids["digit"][d]] - emb[ids[form][d]]
     oracle = {"model.embed_tokens.weight": oracle}
+    # the oracle writer: the head's spaced Zel rows and digit rows swapped (a permutation of the
+    # output vocabulary: the model writes " z_d" wherever it would write d)
+    head0 = base_sd["lm_head.weight"]
+    swap = torch.zeros_like(head0)
+    for d in range(10):
+        z, g = ids["space"][d], ids["digit"][d]
+        swap[z], swap[g] = head0[g] - head0[z], head0[z] - head0[g]
+    oracle_writer = {"lm_head.weight": swap}
 
     def table(label, deltas, split="validation", tasks=("target", "skill", "zel"), extra=True):
         with_deltas(model, base_sd, deltas)
@@ -486,6 +542,8 @@ def main(argv=None) -> int:
     table("remap (reader + writer)", [(remap, 1.0)])
     table("skill C + oracle reader", [(skill, 1.0), (oracle, 1.0)])
     table("skill C + reader", [(skill, 1.0), (reader_only, 1.0)])
+    table("skill C + oracle reader + oracle writer", [(skill, 1.0), (oracle, 1.0), (oracle_writer, 1.0)])
+    table("skill C + reader + oracle writer", [(skill, 1.0), (reader_only, 1.0), (oracle_writer, 1.0)])
     table("sum: skill C + remap, w 1", [(skill, 1.0), (remap, 1.0)])
     for ws, wl in [(0.5, 0.5), (1, 0.5), (0.5, 1), (1, 1.5), (1.5, 1)]:
         table(f"grid w_skill {ws} w_remap {wl} (search items)", [(skill, ws), (remap, wl)],
