@@ -253,9 +253,11 @@ def _hidden_at(model, ids, mask, rows_pos, inputs_embeds=None):
     return out.last_hidden_state[list(b), list(p)]
 
 
-def train_reader(model, tok, ids, steps: int, lr: float, seed: int = 20, batch: int = 8):
+def train_reader(model, tok, ids, steps, lr, mse: float = 0.0, seed: int = 20, batch: int = 8):
     """Zel input rows only (a 20-row tensor put into the input embeddings); teacher = the same
-    frozen model on the digit text (the head is untied and frozen)."""
+    frozen model on the digit text (the head is untied and frozen). Loss: KL of the next-token
+    distributions at the aligned positions, plus ``mse`` times the mean squared difference of
+    the last hidden states there (divided by the teacher's mean square: a relative error)."""
     import torch
 
     rng = random.Random(seed)
@@ -281,12 +283,15 @@ def train_reader(model, tok, ids, steps: int, lr: float, seed: int = 20, batch: 
         s_pos = [(b, p[0]) for b, r in enumerate(batch_rows) for p in r[2]]
         t_pos = [(b, p[1]) for b, r in enumerate(batch_rows) for p in r[2]]
         with torch.no_grad():
-            t_logp = torch.log_softmax(_hidden_at(model, t_ids, t_mask, t_pos) @ head.T, -1)
+            t_h = _hidden_at(model, t_ids, t_mask, t_pos)
+            t_logp = torch.log_softmax(t_h @ head.T, -1)
         x = emb[s_ids]
         is_zel = slot[s_ids] >= 0
         x = torch.where(is_zel[..., None], w[slot[s_ids].clamp_min(0)], x)
         h = _hidden_at(model, None, s_mask, s_pos, inputs_embeds=x)
         loss = _kl(h @ head.T, t_logp) / len(s_pos)
+        if mse:
+            loss = loss + mse * ((h - t_h) ** 2).mean() / (t_h**2).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -309,13 +314,15 @@ def moved_target(t_logp, ids):
     return p.clamp_min(1e-12).log()
 
 
-def writer_stats(model, tok, ids, n: int, seed: int = 30, batch: int = 16):
+def writer_stats(model, tok, ids, n: int, on_teacher: bool, seed: int = 30, batch: int = 16):
     """What the head-row KL needs at every position from the question's first number to the
     answer's end, for ``n`` writer texts: the student's last hidden states (the blocks and
     input rows are fixed while the head rows train, so they are computed once), the target's
     probabilities on the 30 trained rows, and the constant rest of the KL. The target is the
     teacher's distribution with each digit's mass moved to its Zel token, bare at the answer's
-    first token, spaced elsewhere; positions that predict no digit teach the rows to stay low."""
+    first token, spaced elsewhere; positions that predict no digit teach the rows to stay low.
+    ``on_teacher``: the hidden states are the teacher's own on the digit text (the writer learns
+    to rewrite the digits the model produces, whatever reads them back)."""
     import torch
 
     rng = random.Random(seed)
@@ -344,7 +351,11 @@ def writer_stats(model, tok, ids, n: int, seed: int = 30, batch: int = 16):
         first = torch.tensor([p[0] == r[3] for r in chunk for p in r[2]])
         with torch.no_grad():
             t_logp = torch.log_softmax(_hidden_at(model, t_ids, t_mask, t_pos) @ head.T, -1)
-            h = _hidden_at(model, s_ids, s_mask, s_pos)
+            h = (
+                _hidden_at(model, t_ids, t_mask, t_pos)
+                if on_teacher
+                else _hidden_at(model, s_ids, s_mask, s_pos)
+            )
             p = t_logp.exp()
             digit_mass = p[:, ids["digit"]]
             p[:, ids["digit"]] = 0
@@ -368,14 +379,14 @@ def writer_stats(model, tok, ids, n: int, seed: int = 30, batch: int = 16):
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def train_writer(model, tok, ids, steps: int, lr: float, n_texts: int = 160):
+def train_writer(model, tok, ids, steps, lr, on_teacher: bool, n_texts: int = 160):
     """Output-head rows of the Zel and digit tokens (the head untied), full batch. Only those
     30 logits move, so the KL is computed from them and the other tokens' fixed log-sum-exp
     (the same loss as over the whole vocabulary)."""
     import torch
 
     head = model.lm_head.weight
-    st = writer_stats(model, tok, ids, n_texts)
+    st = writer_stats(model, tok, ids, n_texts, on_teacher)
     print(f"  writer: {len(st['h'])} positions", flush=True)
     rows = torch.tensor(ids["bare"] + ids["space"] + ids["digit"])
     w = head[rows].detach().clone().requires_grad_(True)
@@ -458,8 +469,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/zelremap_scratch"))
     ap.add_argument("--reader-steps", type=int, default=120)
     ap.add_argument("--reader-lr", type=float, default=1e-2)
+    ap.add_argument("--reader-mse", type=float, default=0.0)
+    ap.add_argument("--reader-from", type=Path, help="start from this cached reader")
     ap.add_argument("--writer-steps", type=int, default=300)
     ap.add_argument("--writer-lr", type=float, default=1e-2)
+    ap.add_argument("--writer-hidden", choices=["student", "teacher"], default="teacher")
+    ap.add_argument("--tables", choices=["all", "remap"], default="all")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -481,20 +496,28 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     reader_path = args.out / f"reader_s{args.reader_steps}_lr{args.reader_lr}.pt"
+    if args.reader_mse or args.reader_from:
+        start = f"_from_{args.reader_from.stem}" if args.reader_from else ""
+        reader_path = reader_path.with_stem(f"{reader_path.stem}_mse{args.reader_mse}{start}")
     if reader_path.exists():
         reader_only = torch.load(reader_path)
         with_deltas(model, base_sd, [(reader_only, 1.0)])
     else:
-        train_reader(model, tok, ids, args.reader_steps, args.reader_lr)
+        if args.reader_from:
+            with_deltas(model, base_sd, [(torch.load(args.reader_from), 1.0)])
+        seed = 21 if args.reader_from else 20  # a continued reader sees new texts
+        train_reader(model, tok, ids, args.reader_steps, args.reader_lr, args.reader_mse, seed)
         reader_only = delta_now()
         torch.save(reader_only, reader_path)
     print(f"reader: {sorted(reader_only)} ({time.time() - t0:.0f} s)", flush=True)
     t0 = time.time()
-    remap_path = args.out / f"{reader_path.stem}_writer_s{args.writer_steps}_lr{args.writer_lr}.pt"
+    tag = f"writer_s{args.writer_steps}_lr{args.writer_lr}_{args.writer_hidden}"
+    remap_path = args.out / f"{reader_path.stem}_{tag}.pt"
     if remap_path.exists():
         remap = torch.load(remap_path)
     else:
-        train_writer(model, tok, ids, args.writer_steps, args.writer_lr)
+        on_teacher = args.writer_hidden == "teacher"
+        train_writer(model, tok, ids, args.writer_steps, args.writer_lr, on_teacher)
         remap = delta_now()
         torch.save(remap, remap_path)
     print(f"remap: {sorted(remap)} ({time.time() - t0:.0f} s)", flush=True)
@@ -536,14 +559,15 @@ def main(argv=None) -> int:
         print(f"| {label} | " + " | ".join(cells), flush=True)
 
     t0 = time.time()
-    table("instruct", [])
-    table("skill C", [(skill, 1.0)])
-    table("reader only", [(reader_only, 1.0)])
+    if args.tables == "all":
+        table("instruct", [])
+        table("skill C", [(skill, 1.0)])
+        table("reader only", [(reader_only, 1.0)])
+        table("skill C + oracle reader", [(skill, 1.0), (oracle, 1.0)])
+        table("skill C + oracle reader + oracle writer", [(skill, 1.0), (oracle, 1.0), (oracle_writer, 1.0)])
     table("remap (reader + writer)", [(remap, 1.0)])
-    table("skill C + oracle reader", [(skill, 1.0), (oracle, 1.0)])
-    table("skill C + reader", [(skill, 1.0), (reader_only, 1.0)])
-    table("skill C + oracle reader + oracle writer", [(skill, 1.0), (oracle, 1.0), (oracle_writer, 1.0)])
-    table("skill C + reader + oracle writer", [(skill, 1.0), (reader_only, 1.0), (oracle_writer, 1.0)])
+    table("skill C + reader", [(skill, 1.0), (reader_only, 1.0)], tasks=("target",))
+    table("skill C + reader + oracle writer", [(skill, 1.0), (reader_only, 1.0), (oracle_writer, 1.0)], tasks=("target",))
     table("sum: skill C + remap, w 1", [(skill, 1.0), (remap, 1.0)])
     for ws, wl in [(0.5, 0.5), (1, 0.5), (0.5, 1), (1, 1.5), (1.5, 1)]:
         table(f"grid w_skill {ws} w_remap {wl} (search items)", [(skill, ws), (remap, wl)],
