@@ -238,6 +238,48 @@ def train_skill(folder: Path, tok, out: Path, steps=60, lr=5e-4, blocks=range(5,
     return delta
 
 
+def train_language_lora(model, tok, out: Path, steps: int, lr: float, blocks, seed: int = 11):
+    """A LoRA (rank 8, the seven projections of ``blocks``) trained on top of the remap (the
+    model as it is: base + reader + writer, frozen) on the language task's own items, writing
+    Zel numbers (answer-only loss); returns its merged delta."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from evomerge.zoo.real_experts import LORA_MODULES, _batch
+
+    torch.manual_seed(seed)
+    student = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=list(LORA_MODULES),
+        lora_dropout=0.0,
+        layers_to_transform=list(blocks),
+    )
+    student = get_peft_model(student, cfg)
+    student.train()
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    draw = sampler({"zel_write": 2.0, "zel_digit": 1.0}, random.Random(seed))
+    for step in range(1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 10)
+        x, m, y = _batch(tok, draw, 8)
+        loss = student(input_ids=x, attention_mask=m, labels=y).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 10 == 0:
+            print(f"  language LoRA step {step} loss {loss.item():.3f}", flush=True)
+    merged = student.merge_and_unload().state_dict()
+    delta = {k: merged[k] - before[k] for k in before if not torch.equal(merged[k], before[k])}
+    torch.save(delta, out)
+    return delta
+
+
 def _kl(student_logits, teacher_logp):
     import torch.nn.functional as F
 
@@ -462,6 +504,30 @@ def block_of(name: str) -> int | None:
     return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
 
 
+def lora_eval(args, model, tok, base_sd, remap, remap_path, skill, table) -> None:
+    """The remap expert plus a LoRA on blocks 0-4 and 25-29 trained on its own task: alone,
+    summed with skill C, a weight grid and a layer-group grid (rows vs LoRA weights)."""
+    import torch
+
+    t0 = time.time()
+    path = remap_path.with_stem(f"{remap_path.stem}_lora_s{args.lora_steps}_lr{args.lora_lr}")
+    if path.exists():
+        lora = torch.load(path)
+    else:
+        with_deltas(model, base_sd, [(remap, 1.0)])
+        lora = train_language_lora(model, tok, path, args.lora_steps, args.lora_lr,
+                                   [*range(0, 5), *range(25, 30)])
+    print(f"language LoRA: {len(lora)} tensors ({time.time() - t0:.0f} s)", flush=True)
+    table("language = remap + LoRA", [(remap, 1.0), (lora, 1.0)])
+    table("sum: skill C + language, w 1", [(skill, 1.0), (remap, 1.0), (lora, 1.0)])
+    for ws, wl in [(0.5, 0.5), (1, 0.5), (0.5, 1), (1, 1.5), (1.5, 1)]:
+        table(f"grid w_skill {ws} w_language {wl} (search items)",
+              [(skill, ws), (remap, wl), (lora, wl)], split="search", tasks=("target",), extra=False)
+    for wr, wlo in [(1, 0), (1, 0.5), (1.5, 0.5), (1.5, 1), (1, 1.5), (1.5, 0)]:
+        table(f"layer groups: skill 1, rows {wr}, LoRA {wlo} (search items)",
+              [(skill, 1.0), (remap, wr), (lora, wlo)], split="search", tasks=("target",), extra=False)
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -474,6 +540,8 @@ def main(argv=None) -> int:
     ap.add_argument("--writer-steps", type=int, default=300)
     ap.add_argument("--writer-lr", type=float, default=1e-2)
     ap.add_argument("--writer-hidden", choices=["student", "teacher"], default="teacher")
+    ap.add_argument("--lora-steps", type=int, default=0, help="0: no language LoRA")
+    ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--tables", choices=["all", "remap"], default="all")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -573,6 +641,8 @@ def main(argv=None) -> int:
         table(f"grid w_skill {ws} w_remap {wl} (search items)", [(skill, ws), (remap, wl)],
               split="search", tasks=("target",), extra=False)
     print(f"eval {time.time() - t0:.0f} s", flush=True)
+    if args.lora_steps:
+        lora_eval(args, model, tok, base_sd, remap, remap_path, skill, table)
     return 0
 
 
