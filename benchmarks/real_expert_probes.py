@@ -147,7 +147,9 @@ def chat_ids(tok, question_ids: list[int]) -> tuple[list[int], list[int]]:
     mark = "QQQ"
     text = tok.apply_chat_template(messages(mark), add_generation_prompt=True, tokenize=False)
     pre, post = text.split(mark)
-    return tok(pre, add_special_tokens=False).input_ids, tok(post, add_special_tokens=False).input_ids
+    return tok(pre, add_special_tokens=False).input_ids, tok(
+        post, add_special_tokens=False
+    ).input_ids
 
 
 def parallel(tok, ids, segs, answer: str, zel_answer: bool):
@@ -283,14 +285,19 @@ def train_language_lora(model, tok, out: Path, steps: int, lr: float, blocks, se
 def _kl(student_logits, teacher_logp):
     import torch.nn.functional as F
 
-    return F.kl_div(F.log_softmax(student_logits, -1), teacher_logp, log_target=True, reduction="sum")
+    return F.kl_div(
+        F.log_softmax(student_logits, -1), teacher_logp, log_target=True, reduction="sum"
+    )
 
 
 def _hidden_at(model, ids, mask, rows_pos, inputs_embeds=None):
     """Last hidden states (after the final norm) at the given (row, position) pairs: the head
     is applied only there, not at every position of the batch."""
-    out = model.model(input_ids=None if inputs_embeds is not None else ids,
-                      inputs_embeds=inputs_embeds, attention_mask=mask)
+    out = model.model(
+        input_ids=None if inputs_embeds is not None else ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=mask,
+    )
     b, p = zip(*rows_pos, strict=True)
     return out.last_hidden_state[list(b), list(p)]
 
@@ -515,17 +522,28 @@ def lora_eval(args, model, tok, base_sd, remap, remap_path, skill, table) -> Non
         lora = torch.load(path)
     else:
         with_deltas(model, base_sd, [(remap, 1.0)])
-        lora = train_language_lora(model, tok, path, args.lora_steps, args.lora_lr,
-                                   [*range(0, 5), *range(25, 30)])
+        lora = train_language_lora(
+            model, tok, path, args.lora_steps, args.lora_lr, [*range(0, 5), *range(25, 30)]
+        )
     print(f"language LoRA: {len(lora)} tensors ({time.time() - t0:.0f} s)", flush=True)
     table("language = remap + LoRA", [(remap, 1.0), (lora, 1.0)])
     table("sum: skill C + language, w 1", [(skill, 1.0), (remap, 1.0), (lora, 1.0)])
     for ws, wl in [(0.5, 0.5), (1, 0.5), (0.5, 1), (1, 1.5), (1.5, 1)]:
-        table(f"grid w_skill {ws} w_language {wl} (search items)",
-              [(skill, ws), (remap, wl), (lora, wl)], split="search", tasks=("target",), extra=False)
+        table(
+            f"grid w_skill {ws} w_language {wl} (search items)",
+            [(skill, ws), (remap, wl), (lora, wl)],
+            split="search",
+            tasks=("target",),
+            extra=False,
+        )
     for wr, wlo in [(1, 0), (1, 0.5), (1.5, 0.5), (1.5, 1), (1, 1.5), (1.5, 0)]:
-        table(f"layer groups: skill 1, rows {wr}, LoRA {wlo} (search items)",
-              [(skill, 1.0), (remap, wr), (lora, wlo)], split="search", tasks=("target",), extra=False)
+        table(
+            f"layer groups: skill 1, rows {wr}, LoRA {wlo} (search items)",
+            [(skill, 1.0), (remap, wr), (lora, wlo)],
+            split="search",
+            tasks=("target",),
+            extra=False,
+        )
 
 
 def main(argv=None) -> int:
@@ -596,8 +614,10 @@ def main(argv=None) -> int:
     for form in ("bare", "space"):
         c = [cos(rows[ids[form][d]], emb[ids["digit"][d]], 0).item() for d in range(10)]
         c0 = [cos(emb[ids[form][d]], emb[ids["digit"][d]], 0).item() for d in range(10)]
-        print(f"cosine of the {form} Zel input rows to their digit's row: "
-              f"trained mean {sum(c) / 10:.3f} (min {min(c):.3f}), instruct mean {sum(c0) / 10:.3f}")
+        print(
+            f"cosine of the {form} Zel input rows to their digit's row: "
+            f"trained mean {sum(c) / 10:.3f} (min {min(c):.3f}), instruct mean {sum(c0) / 10:.3f}"
+        )
 
     oracle = torch.zeros_like(emb)
     for d in range(10):
@@ -632,14 +652,26 @@ def main(argv=None) -> int:
         table("skill C", [(skill, 1.0)])
         table("reader only", [(reader_only, 1.0)])
         table("skill C + oracle reader", [(skill, 1.0), (oracle, 1.0)])
-        table("skill C + oracle reader + oracle writer", [(skill, 1.0), (oracle, 1.0), (oracle_writer, 1.0)])
+        table(
+            "skill C + oracle reader + oracle writer",
+            [(skill, 1.0), (oracle, 1.0), (oracle_writer, 1.0)],
+        )
     table("remap (reader + writer)", [(remap, 1.0)])
     table("skill C + reader", [(skill, 1.0), (reader_only, 1.0)], tasks=("target",))
-    table("skill C + reader + oracle writer", [(skill, 1.0), (reader_only, 1.0), (oracle_writer, 1.0)], tasks=("target",))
+    table(
+        "skill C + reader + oracle writer",
+        [(skill, 1.0), (reader_only, 1.0), (oracle_writer, 1.0)],
+        tasks=("target",),
+    )
     table("sum: skill C + remap, w 1", [(skill, 1.0), (remap, 1.0)])
     for ws, wl in [(0.5, 0.5), (1, 0.5), (0.5, 1), (1, 1.5), (1.5, 1)]:
-        table(f"grid w_skill {ws} w_remap {wl} (search items)", [(skill, ws), (remap, wl)],
-              split="search", tasks=("target",), extra=False)
+        table(
+            f"grid w_skill {ws} w_remap {wl} (search items)",
+            [(skill, ws), (remap, wl)],
+            split="search",
+            tasks=("target",),
+            extra=False,
+        )
     print(f"eval {time.time() - t0:.0f} s", flush=True)
     if args.lora_steps:
         lora_eval(args, model, tok, base_sd, remap, remap_path, skill, table)
