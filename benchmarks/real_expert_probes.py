@@ -546,6 +546,53 @@ def lora_eval(args, model, tok, base_sd, remap, remap_path, skill, table) -> Non
         )
 
 
+def export(args, model, tok, base_sd, skill, remap, remap_path) -> None:
+    """Full float32 folders (untied head): evomerge takes their task vectors against the
+    instruct folder (tied: its embedding stands in for the head, docs/real_models.md)."""
+    import torch
+
+    path = remap_path.with_stem(f"{remap_path.stem}_lora_s{args.lora_steps}_lr{args.lora_lr}")
+    lora = torch.load(path)
+    for name, deltas in [("skill", [(skill, 1.0)]), ("language", [(remap, 1.0), (lora, 1.0)])]:
+        with_deltas(model, base_sd, deltas)
+        model.save_pretrained(args.export / name)
+        tok.save_pretrained(args.export / name)
+        print(f"wrote {args.export / name}", flush=True)
+
+
+def lm_eval_grid(experts: Path, out: Path) -> None:
+    """The weight grid of task arithmetic over the exported experts as evomerge recipes, scored
+    by lm-eval through the experiment's fitness (benchmarks/real_search.py's scorer) on the
+    target's search and validation items: the best simple merge, chosen on search items."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from real_search import score as lm_eval_score
+
+    from evomerge.model_refs import resolve_model_ref
+
+    base = resolve_model_ref("zoo:smollm2/instruct")
+    for ws, wl in [(1, 1), (0.5, 0.5), (1, 0.5), (0.5, 1), (1, 1.5), (1.5, 1)]:
+        recipe = {
+            "merge_method": "task_arithmetic",
+            "base_model": str(base),
+            "models": [
+                {"model": str(experts / "skill"), "parameters": {"weight": ws}},
+                {"model": str(experts / "language"), "parameters": {"weight": wl}},
+            ],
+            "dtype": "float32",
+        }
+        path = out / f"ta_{ws}_{wl}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        got = lm_eval_score(path, {"target": "search"})["target"]
+        val = lm_eval_score(path, {"target": "validation"})["target"]
+        print(
+            f"| task arithmetic w_skill {ws} w_language {wl} | search {got:.3f} | "
+            f"validation {val:.3f} |",
+            flush=True,
+        )
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -560,9 +607,24 @@ def main(argv=None) -> int:
     ap.add_argument("--writer-hidden", choices=["student", "teacher"], default="teacher")
     ap.add_argument("--lora-steps", type=int, default=0, help="0: no language LoRA")
     ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--export",
+        type=Path,
+        help="write skill C and the language expert "
+        "(remap + LoRA) as model folders here for an evomerge search, then stop",
+    )
     ap.add_argument("--tables", choices=["all", "remap"], default="all")
+    ap.add_argument(
+        "--lm-eval-grid",
+        type=Path,
+        metavar="EXPERTS",
+        help="score the task-arithmetic grid over these exported experts with lm-eval",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.lm_eval_grid:
+        lm_eval_grid(args.lm_eval_grid, args.out)
+        return 0
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     folder, tok, model = load_base()
@@ -646,6 +708,9 @@ def main(argv=None) -> int:
             cells.append(f"e.g. {ex[0]!r}")
         print(f"| {label} | " + " | ".join(cells), flush=True)
 
+    if args.export:
+        export(args, model, tok, base_sd, skill, remap, remap_path)
+        return 0
     t0 = time.time()
     if args.tables == "all":
         table("instruct", [])
