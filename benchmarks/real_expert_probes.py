@@ -2,9 +2,13 @@
 language expert trained as a vocabulary remap by distillation on parallel text, merged with a
 skill expert confined to blocks 5-14, scored on the target with the folders' protocol.
 
-    python benchmarks/real_expert_probes.py [--out /tmp/zelremap_scratch] [--stage all]
+    python benchmarks/real_expert_probes.py [--out /tmp/zelremap_scratch] [--tables remap]
+        [--reader-steps 120] [--reader-mse 1.0 --reader-from OUT/reader_s120_lr0.01.pt]
+        [--writer-hidden teacher|student] [--lora-steps 40 --lora-lr 2e-3]
+        [--export DIR | --lm-eval-grid DIR]
 
-Stages, each cached under OUT (delete OUT to retrain):
+(docs/real_experts.md gives the commands behind its tables.) Stages, each cached under OUT
+(delete OUT to retrain):
 
 * ``skill``: skill C, PEFT LoRA rank 8 on blocks 5-14, 60 steps at 5e-4 on real_shift items;
 * ``reader``: the input-embedding rows of the 20 Zel tokens (each syllable bare and with its
@@ -14,11 +18,16 @@ Stages, each cached under OUT (delete OUT to retrain):
   a digit are one token each, a digit run after a space is one space token more);
 * ``writer``: the output-head rows (head untied) of the Zel and digit tokens, trained on the
   model's own digit answers: the teacher (instruct) reads a digit-producing prompt with its
-  answer in digits, teacher-forced; the student (instruct + reader) sees the answer in Zel and
-  must match the teacher's distribution with each digit's mass moved to its Zel token (bare as
-  the answer's first token, with a space after);
-* ``eval``: each expert, the remap expert (reader + writer), the oracle reader, and task
-  arithmetic merges (sum, a weight grid, a layer-group grid) on the three folders.
+  answer in digits, teacher-forced; the head rows must turn the hidden states into the
+  teacher's distribution with each digit's mass moved to its Zel token (bare as the answer's
+  first token, with a space after), at every position from the first number on. The hidden
+  states are the teacher's own (``--writer-hidden teacher``: rewrite the digits the model
+  produces) or the student's, which reads the answer in Zel through the reader (``student``);
+* the language LoRA (``--lora-steps``): blocks 0-4 and 25-29 trained over the remap on the
+  language task's own items, so that the expert answers "Write 472 in Zel." with the number;
+* the tables: each expert, the remap, the oracle reader and writer, and task arithmetic
+  merges (sum, a weight grid, a layer-group grid) on the three folders; ``--export`` writes the
+  experts as model folders and ``--lm-eval-grid`` scores the weight grid through lm-eval.
 
 Scoring follows the folders (chat template, system turn "Answer briefly.", zero-shot, greedy,
 12 new tokens cut at <|im_end|> or a newline, exact match ignoring case) without lm-eval:
