@@ -561,7 +561,15 @@ def export(args, model, tok, base_sd, skill, remap, remap_path) -> None:
     import torch
 
     path = remap_path.with_stem(f"{remap_path.stem}_lora_s{args.lora_steps}_lr{args.lora_lr}")
-    lora = torch.load(path)
+    if path.exists():
+        lora = torch.load(path)
+    elif args.lora_steps:  # train it here: the export needs no tables (seeded as in lora_eval)
+        with_deltas(model, base_sd, [(remap, 1.0)])
+        lora = train_language_lora(
+            model, tok, path, args.lora_steps, args.lora_lr, [*range(0, 5), *range(25, 30)]
+        )
+    else:
+        raise SystemExit("--export: the language expert needs its LoRA; pass --lora-steps 40")
     for name, deltas in [("skill", [(skill, 1.0)]), ("language", [(remap, 1.0), (lora, 1.0)])]:
         with_deltas(model, base_sd, deltas)
         model.save_pretrained(args.export / name)
