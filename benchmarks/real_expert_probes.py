@@ -217,7 +217,7 @@ def train_skill(folder: Path, tok, out: Path, steps=60, lr=5e-4, blocks=range(5,
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from evomerge.zoo.real_experts import LORA_MODULES, _batch
+    from evomerge.zoo.real_experts import LORA_MODULES, fit_lora
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -230,23 +230,22 @@ def train_skill(folder: Path, tok, out: Path, steps=60, lr=5e-4, blocks=range(5,
         layers_to_transform=list(blocks),
     )
     model = get_peft_model(model, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     draw = sampler({"shift": 1.0}, random.Random(seed))
-    for step in range(1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, step / 10)
-        x, m, y = _batch(tok, draw, 8)
-        loss = model(input_ids=x, attention_mask=m, labels=y).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 20 == 0:
-            print(f"  skill step {step} loss {loss.item():.3f}", flush=True)
+    fit_lora(model, tok, draw, steps=steps, lr=lr, warmup=10, batch=8, report=_every(20, "skill"))
     merged = model.merge_and_unload().state_dict()
     delta = {k: merged[k] - base[k] for k in base if not torch.equal(merged[k], base[k])}
     torch.save(delta, out)
     return delta
+
+
+def _every(n: int, label: str):
+    """A training report: the loss every ``n`` steps."""
+
+    def report(step: int, loss: float) -> None:
+        if step % n == 0:
+            print(f"  {label} step {step} loss {loss:.3f}", flush=True)
+
+    return report
 
 
 def train_language_lora(model, tok, out: Path, steps: int, lr: float, blocks, seed: int = 11):
@@ -258,7 +257,7 @@ def train_language_lora(model, tok, out: Path, steps: int, lr: float, blocks, se
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from evomerge.zoo.real_experts import LORA_MODULES, _batch
+    from evomerge.zoo.real_experts import LORA_MODULES, fit_lora
 
     torch.manual_seed(seed)
     student = copy.deepcopy(model)
@@ -272,19 +271,9 @@ def train_language_lora(model, tok, out: Path, steps: int, lr: float, blocks, se
     )
     student = get_peft_model(student, cfg)
     student.train()
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     draw = sampler({"zel_write": 2.0, "zel_digit": 1.0}, random.Random(seed))
-    for step in range(1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, step / 10)
-        x, m, y = _batch(tok, draw, 8)
-        loss = student(input_ids=x, attention_mask=m, labels=y).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 10 == 0:
-            print(f"  language LoRA step {step} loss {loss.item():.3f}", flush=True)
+    fit_lora(student, tok, draw, steps=steps, lr=lr, warmup=10, batch=8,
+             report=_every(10, "language LoRA"))  # fmt: skip
     merged = student.merge_and_unload().state_dict()
     delta = {k: merged[k] - before[k] for k in before if not torch.equal(merged[k], before[k])}
     torch.save(delta, out)

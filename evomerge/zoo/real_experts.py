@@ -131,22 +131,36 @@ def train_adapter(base: Path, ex: AdapterExpert, out: Path, *, seed: int, progre
     )
     model = get_peft_model(model, lora)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=ex.lr, weight_decay=0.0)
     draw = sampler(ex.mix, random.Random(seed))
-    for step in range(1, ex.steps + 1):
+
+    def report(step: int, loss: float) -> None:
+        if progress and (step % 10 == 0 or step == ex.steps):
+            print(f"  {out.name}: step {step}/{ex.steps} loss {loss:.3f}", file=sys.stderr)
+
+    fit_lora(model, tok, draw, steps=ex.steps, lr=ex.lr, warmup=ex.warmup, batch=ex.batch,
+             report=report)  # fmt: skip
+    model.save_pretrained(out)
+    _point_at_base(out, base)
+    tok.save_pretrained(out)
+
+
+def fit_lora(model, tok, draw, *, steps: int, lr: float, warmup: int, batch: int, report) -> None:
+    """The experts' training loop: AdamW over ``model``'s trainable parameters (a PEFT model's
+    LoRA), linear warmup then a constant rate, ``batch`` items from ``draw`` a step,
+    answer-only loss; ``report(step, loss)`` after each step."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    for step in range(1, steps + 1):
         for group in opt.param_groups:  # linear warmup, then constant
-            group["lr"] = ex.lr * min(1.0, step / ex.warmup)
-        ids, mask, labels = _batch(tok, draw, ex.batch)
+            group["lr"] = lr * min(1.0, step / warmup)
+        ids, mask, labels = _batch(tok, draw, batch)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if progress and (step % 10 == 0 or step == ex.steps):
-            print(f"  {out.name}: step {step}/{ex.steps} loss {loss.item():.3f}", file=sys.stderr)
-    model.save_pretrained(out)
-    _point_at_base(out, base)
-    tok.save_pretrained(out)
+        report(step, loss.item())
 
 
 def _point_at_base(adapter: Path, base: Path) -> None:
