@@ -175,7 +175,8 @@ class TopK:
     def _mask_ties(self, mag: torch.Tensor, start: int, dtype: torch.dtype) -> torch.Tensor:
         keep = torch.gt(mag, self.v, out=torch.empty_like(mag, dtype=dtype))
         ties = self.ties
-        lo, hi = torch.searchsorted(ties, torch.tensor([start, start + mag.numel()])).tolist()
+        bounds = torch.tensor([start, start + mag.numel()], device=ties.device)  # CUDA too
+        lo, hi = torch.searchsorted(ties, bounds).tolist()
         keep[ties[lo:hi] - start] = 1
         return keep
 
