@@ -45,10 +45,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evomerge.zoo.real_tasks import ZEL, held_out, items, messages, sampler  # noqa: E402
-
-DIGITS = "0123456789"
-
+from evomerge.zoo.real_tasks import ZEL, items, messages, sampler  # noqa: E402
+from evomerge.zoo.zel_remap import train_language_lora as fit_language_lora  # noqa: E402
+from evomerge.zoo.zel_remap import (  # noqa: E402  (the zoo's language-expert stages)
+    train_reader,
+    train_writer,
+    untie,
+)
+from evomerge.zoo.zel_texts import token_ids  # noqa: E402
 
 # ---------------------------------------------------------------- model and tokens
 
@@ -65,149 +69,6 @@ def load_base():
     return folder, tok, model
 
 
-def untie(model) -> None:
-    """Give the model its own output head (a copy of the tied embedding) so that input rows
-    (reading) and output rows (writing) move separately."""
-    import torch
-
-    emb = model.get_input_embeddings().weight
-    model.lm_head.weight = torch.nn.Parameter(emb.detach().clone())
-    model.config.tie_word_embeddings = False
-
-
-def token_ids(tok) -> dict:
-    """Zel bare / spaced and digit token ids; each must be one token."""
-
-    def one(s: str) -> int:
-        ids = tok(s, add_special_tokens=False).input_ids
-        assert len(ids) == 1, f"{s!r} is {len(ids)} tokens"
-        return ids[0]
-
-    return {
-        "digit": [one(d) for d in DIGITS],
-        "bare": [one(z) for z in ZEL],
-        "space": [one(" " + z) for z in ZEL],
-        "space_tok": one(" "),
-    }
-
-
-# ---------------------------------------------------------------- parallel texts
-
-
-def _num(rng: random.Random) -> str:
-    n = rng.choice([1, 2, 2, 3, 3, 4, 4, 5])
-    return "".join(rng.choice(DIGITS) for _ in range(n))
-
-
-def reader_text(rng: random.Random) -> tuple[list, str]:
-    """A question with numbers (segments: text or ('num', digits, spaced)) and its answer in
-    digits. None of these asks the skill (a shift) or the language task (writing Zel)."""
-    a, b = _num(rng), _num(rng)
-    ia, ib = int(a), int(b)
-    forms = [
-        (["Repeat", ("num", a, True), "."], a),
-        (["What comes after", ("num", a, True), "?"], str(ia + 1)),
-        (["What number comes before", ("num", a, True), "?"], str(max(ia - 1, 0))),
-        (["Copy this number:", ("num", a, True)], a),
-        ([("num", a, False), " is my number. Say it again."], a),
-        (["Is", ("num", a, True), " even or odd?"], "even" if ia % 2 == 0 else "odd"),
-        (["Which is larger,", ("num", a, True), " or", ("num", b, True), "?"], str(max(ia, ib))),
-        (["My PIN is", ("num", a, True), ". What is my PIN?"], a),
-        (["Count from", ("num", a, True), " to", ("num", str(ia + 3), True), "."], a),
-        (["How many digits does", ("num", a, True), " have?"], str(len(a))),
-        (["Write", ("num", a, True), " twice."], a + a),
-    ]
-    return rng.choice(forms)
-
-
-def writer_text(rng: random.Random) -> tuple[list, str]:
-    """A question whose answer is a run of digits (the model's own kind of digit output)."""
-    a = _num(rng)
-    ia = int(a)
-    forms = [
-        (["Repeat", ("num", a, True), "."], a),
-        (["What comes after", ("num", a, True), "?"], str(ia + 1)),
-        (["Copy this number:", ("num", a, True)], a),
-        (["My PIN is", ("num", a, True), ". What is my PIN?"], a),
-        (["Write", ("num", a, True), " twice."], a + a),
-        (["Write the digits of", ("num", a, True), " in reverse order."], a[::-1]),
-    ]
-    return rng.choice(forms)
-
-
-def render(tok, ids: dict, segs: list, zel: bool) -> list[int]:
-    """Token ids of the question segments, numbers in digits or in Zel (one token per digit)."""
-    out = []
-    for s in segs:
-        if isinstance(s, str):
-            out += tok(s, add_special_tokens=False).input_ids
-            continue
-        _, digits, spaced = s
-        if zel:
-            first = ids["space"] if spaced else ids["bare"]
-            out += [first[int(digits[0])]] + [ids["space"][int(c)] for c in digits[1:]]
-        else:
-            out += ([ids["space_tok"]] if spaced else []) + [ids["digit"][int(c)] for c in digits]
-    return out
-
-
-def chat_ids(tok, question_ids: list[int]) -> tuple[list[int], list[int]]:
-    """(prefix ids, suffix ids) of the chat template around the user's question."""
-    mark = "QQQ"
-    text = tok.apply_chat_template(messages(mark), add_generation_prompt=True, tokenize=False)
-    pre, post = text.split(mark)
-    return tok(pre, add_special_tokens=False).input_ids, tok(
-        post, add_special_tokens=False
-    ).input_ids
-
-
-def parallel(tok, ids, segs, answer: str, zel_answer: bool):
-    """Teacher ids (digits), student ids (Zel numbers in the question; the answer in Zel if
-    ``zel_answer``) and the aligned (student position, teacher position) pairs from the first
-    number on. Answer digits are bare tokens, so they align one to one."""
-    pre, post = chat_ids(tok, [])
-    t_q, s_q = render(tok, ids, segs, False), render(tok, ids, segs, True)
-    ans_t = [ids["digit"][int(c)] for c in answer] if answer.isdigit() else None
-    if ans_t is None:
-        ans_t = tok(answer, add_special_tokens=False).input_ids
-        ans_s = ans_t
-    elif zel_answer:
-        ans_s = [ids["bare"][int(answer[0])]] + [ids["space"][int(c)] for c in answer[1:]]
-    else:
-        ans_s = ans_t
-    end = [tok.convert_tokens_to_ids("<|im_end|>")]
-    teacher = pre + t_q + post + ans_t + end
-    student = pre + s_q + post + ans_s + end
-    # align from the end: every token after the question's last number matches one to one
-    # (the suffix, chat tail and answer); inside the question, segment by segment
-    pairs, tp, sp = [], len(pre), len(pre)
-    for s in segs:
-        if isinstance(s, str):
-            n = len(tok(s, add_special_tokens=False).input_ids)
-            pairs += [(sp + k, tp + k) for k in range(n)]
-            tp, sp = tp + n, sp + n
-        else:
-            _, digits, spaced = s
-            tp += 1 if spaced else 0
-            pairs += [(sp + k, tp + k) for k in range(len(digits))]
-            tp, sp = tp + len(digits), sp + len(digits)
-    tail = len(post) + len(ans_t) + 1
-    pairs += [(sp + k, tp + k) for k in range(tail - 1)]  # the last token predicts nothing
-    first_num = min(p for p in pairs if student[p[0]] in ids["bare"] + ids["space"])
-    pairs = [p for p in pairs if p[0] >= first_num[0]]
-    answer_pos = [(sp + len(post) - 1 + k, tp + len(post) - 1 + k) for k in range(len(ans_t))]
-    return teacher, student, pairs, answer_pos
-
-
-def pad(rows: list[list[int]], fill: int):
-    import torch
-
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [fill] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return ids, mask
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -217,7 +78,7 @@ def train_skill(folder: Path, tok, out: Path, steps=60, lr=5e-4, blocks=range(5,
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from evomerge.zoo.real_experts import LORA_MODULES, fit_lora
+    from evomerge.zoo.lora_fit import LORA_MODULES, fit_lora
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -249,207 +110,19 @@ def _every(n: int, label: str):
 
 
 def train_language_lora(model, tok, out: Path, steps: int, lr: float, blocks, seed: int = 11):
-    """A LoRA (rank 8, the seven projections of ``blocks``) trained on top of the remap (the
-    model as it is: base + reader + writer, frozen) on the language task's own items, writing
-    Zel numbers (answer-only loss); returns its merged delta."""
+    """The zoo's language LoRA (zoo/zel_remap.py) trained on a copy of the model as it is (base
+    + reader + writer); returns and caches its merged delta."""
     import copy
 
     import torch
-    from peft import LoraConfig, get_peft_model
 
-    from evomerge.zoo.real_experts import LORA_MODULES, fit_lora
-
-    torch.manual_seed(seed)
     student = copy.deepcopy(model)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    cfg = LoraConfig(
-        r=8,
-        lora_alpha=16,
-        target_modules=list(LORA_MODULES),
-        lora_dropout=0.0,
-        layers_to_transform=list(blocks),
-    )
-    student = get_peft_model(student, cfg)
-    student.train()
-    draw = sampler({"zel_write": 2.0, "zel_digit": 1.0}, random.Random(seed))
-    fit_lora(student, tok, draw, steps=steps, lr=lr, warmup=10, batch=8,
-             report=_every(10, "language LoRA"))  # fmt: skip
-    merged = student.merge_and_unload().state_dict()
+    mix = {"zel_write": 2.0, "zel_digit": 1.0}
+    merged = fit_language_lora(student, tok, steps, lr, blocks, mix, seed, log=print).state_dict()
     delta = {k: merged[k] - before[k] for k in before if not torch.equal(merged[k], before[k])}
     torch.save(delta, out)
     return delta
-
-
-def _kl(student_logits, teacher_logp):
-    import torch.nn.functional as F
-
-    return F.kl_div(
-        F.log_softmax(student_logits, -1), teacher_logp, log_target=True, reduction="sum"
-    )
-
-
-def _hidden_at(model, ids, mask, rows_pos, inputs_embeds=None):
-    """Last hidden states (after the final norm) at the given (row, position) pairs: the head
-    is applied only there, not at every position of the batch."""
-    out = model.model(
-        input_ids=None if inputs_embeds is not None else ids,
-        inputs_embeds=inputs_embeds,
-        attention_mask=mask,
-    )
-    b, p = zip(*rows_pos, strict=True)
-    return out.last_hidden_state[list(b), list(p)]
-
-
-def train_reader(model, tok, ids, steps, lr, mse: float = 0.0, seed: int = 20, batch: int = 8):
-    """Zel input rows only (a 20-row tensor put into the input embeddings); teacher = the same
-    frozen model on the digit text (the head is untied and frozen). Loss: KL of the next-token
-    distributions at the aligned positions, plus ``mse`` times the mean squared difference of
-    the last hidden states there (divided by the teacher's mean square: a relative error)."""
-    import torch
-
-    rng = random.Random(seed)
-    skip = held_out()
-    emb = model.get_input_embeddings().weight
-    zel = ids["bare"] + ids["space"]
-    slot = torch.full((emb.shape[0],), -1, dtype=torch.long)
-    slot[torch.tensor(zel)] = torch.arange(len(zel))
-    w = emb[torch.tensor(zel)].detach().clone().requires_grad_(True)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.Adam([w], lr=lr)
-    head = model.lm_head.weight
-    for step in range(1, steps + 1):
-        batch_rows = []
-        while len(batch_rows) < batch:
-            segs, ans = reader_text(rng)
-            q = "".join(s if isinstance(s, str) else " " * s[2] + s[1] for s in segs)
-            if q not in skip:
-                batch_rows.append(parallel(tok, ids, segs, ans, zel_answer=False))
-        t_ids, t_mask = pad([r[0] for r in batch_rows], tok.eos_token_id)
-        s_ids, s_mask = pad([r[1] for r in batch_rows], tok.eos_token_id)
-        s_pos = [(b, p[0]) for b, r in enumerate(batch_rows) for p in r[2]]
-        t_pos = [(b, p[1]) for b, r in enumerate(batch_rows) for p in r[2]]
-        with torch.no_grad():
-            t_h = _hidden_at(model, t_ids, t_mask, t_pos)
-            t_logp = torch.log_softmax(t_h @ head.T, -1)
-        x = emb[s_ids]
-        is_zel = slot[s_ids] >= 0
-        x = torch.where(is_zel[..., None], w[slot[s_ids].clamp_min(0)], x)
-        h = _hidden_at(model, None, s_mask, s_pos, inputs_embeds=x)
-        loss = _kl(h @ head.T, t_logp) / len(s_pos)
-        if mse:
-            loss = loss + mse * ((h - t_h) ** 2).mean() / (t_h**2).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 20 == 0 or step == steps:
-            print(f"  reader step {step} kl {loss.item():.4f}", flush=True)
-    with torch.no_grad():
-        emb[torch.tensor(zel)] = w.detach()
-
-
-def moved_target(t_logp, ids):
-    """The teacher's distribution with each digit's mass moved to its Zel token: bare at the
-    answer's first token, spaced after."""
-    import torch
-
-    p = t_logp.exp().clone()
-    for k in range(len(p)):
-        form = ids["bare"] if k == 0 else ids["space"]
-        p[k, torch.tensor(form)] += p[k, torch.tensor(ids["digit"])]
-        p[k, torch.tensor(ids["digit"])] = 0
-    return p.clamp_min(1e-12).log()
-
-
-def writer_stats(model, tok, ids, n: int, on_teacher: bool, seed: int = 30, batch: int = 16):
-    """What the head-row KL needs at every position from the question's first number to the
-    answer's end, for ``n`` writer texts: the student's last hidden states (the blocks and
-    input rows are fixed while the head rows train, so they are computed once), the target's
-    probabilities on the 30 trained rows, and the constant rest of the KL. The target is the
-    teacher's distribution with each digit's mass moved to its Zel token, bare at the answer's
-    first token, spaced elsewhere; positions that predict no digit teach the rows to stay low.
-    ``on_teacher``: the hidden states are the teacher's own on the digit text (the writer learns
-    to rewrite the digits the model produces, whatever reads them back)."""
-    import torch
-
-    rng = random.Random(seed)
-    skip = held_out()
-    head = model.lm_head.weight
-    rows = torch.tensor(ids["bare"] + ids["space"] + ids["digit"])
-    texts = []
-    while len(texts) < n:
-        segs, ans = writer_text(rng)
-        q = "".join(s if isinstance(s, str) else " " * s[2] + s[1] for s in segs)
-        if q in skip:
-            continue
-        teacher, student, pairs, apos = parallel(tok, ids, segs, ans, zel_answer=True)
-        if rng.random() < 0.5:  # the question in digits half the time, in Zel the other half
-            student = teacher[: apos[0][1] + 1] + student[apos[0][0] + 1 :]
-            pairs = [(tp, tp) for _, tp in pairs if tp >= pairs[0][1]]
-            apos = [(tp, tp) for _, tp in apos]
-        texts.append((teacher, student, pairs, apos[0][0]))
-    out = {"h": [], "lse_fixed": [], "p_rows": [], "p_sum": [], "const": []}
-    for i in range(0, n, batch):
-        chunk = texts[i : i + batch]
-        t_ids, t_mask = pad([r[0] for r in chunk], tok.eos_token_id)
-        s_ids, s_mask = pad([r[1] for r in chunk], tok.eos_token_id)
-        t_pos = [(b, p[1]) for b, r in enumerate(chunk) for p in r[2]]
-        s_pos = [(b, p[0]) for b, r in enumerate(chunk) for p in r[2]]
-        first = torch.tensor([p[0] == r[3] for r in chunk for p in r[2]])
-        with torch.no_grad():
-            t_logp = torch.log_softmax(_hidden_at(model, t_ids, t_mask, t_pos) @ head.T, -1)
-            h = (
-                _hidden_at(model, t_ids, t_mask, t_pos)
-                if on_teacher
-                else _hidden_at(model, s_ids, s_mask, s_pos)
-            )
-            p = t_logp.exp()
-            digit_mass = p[:, ids["digit"]]
-            p[:, ids["digit"]] = 0
-            for form, at in (("bare", first), ("space", ~first)):
-                k = at.nonzero().flatten()
-                p[k[:, None], torch.tensor(ids[form])] += digit_mass[k]
-            logq_fixed = h @ head.T
-            logq_fixed[:, rows] = float("-inf")
-            lse = torch.logsumexp(logq_fixed, -1)
-            logq_fixed[:, rows] = 0
-            logp = p.clamp_min(1e-12).log()
-            p_rows = p[:, rows]
-            rest = p.clone()
-            rest[:, rows] = 0
-            const = (rest * (logp - logq_fixed)).sum(-1) + (p_rows * logp[:, rows]).sum(-1)
-        out["h"].append(h)
-        out["lse_fixed"].append(lse)
-        out["p_rows"].append(p_rows)
-        out["p_sum"].append(p.sum(-1))
-        out["const"].append(const)
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def train_writer(model, tok, ids, steps, lr, on_teacher: bool, n_texts: int = 160):
-    """Output-head rows of the Zel and digit tokens (the head untied), full batch. Only those
-    30 logits move, so the KL is computed from them and the other tokens' fixed log-sum-exp
-    (the same loss as over the whole vocabulary)."""
-    import torch
-
-    head = model.lm_head.weight
-    st = writer_stats(model, tok, ids, n_texts, on_teacher)
-    print(f"  writer: {len(st['h'])} positions", flush=True)
-    rows = torch.tensor(ids["bare"] + ids["space"] + ids["digit"])
-    w = head[rows].detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=lr)
-    for step in range(1, steps + 1):
-        moving = st["h"] @ w.T
-        log_z = torch.logaddexp(st["lse_fixed"], torch.logsumexp(moving, -1))
-        kl = st["const"] - (st["p_rows"] * moving).sum(-1) + st["p_sum"] * log_z
-        loss = kl.mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == steps:
-            print(f"  writer step {step} kl {loss.item():.4f}", flush=True)
-    with torch.no_grad():
-        head[rows] = w.detach()
 
 
 # ---------------------------------------------------------------- scoring
@@ -660,7 +333,9 @@ def main(argv=None) -> int:
         if args.reader_from:
             with_deltas(model, base_sd, [(torch.load(args.reader_from), 1.0)])
         seed = 21 if args.reader_from else 20  # a continued reader sees new texts
-        train_reader(model, tok, ids, args.reader_steps, args.reader_lr, args.reader_mse, seed)
+        train_reader(
+            model, tok, ids, args.reader_steps, args.reader_lr, args.reader_mse, seed, log=print
+        )
         reader_only = delta_now()
         torch.save(reader_only, reader_path)
     print(f"reader: {sorted(reader_only)} ({time.time() - t0:.0f} s)", flush=True)
@@ -671,7 +346,7 @@ def main(argv=None) -> int:
         remap = torch.load(remap_path)
     else:
         on_teacher = args.writer_hidden == "teacher"
-        train_writer(model, tok, ids, args.writer_steps, args.writer_lr, on_teacher)
+        train_writer(model, tok, ids, args.writer_steps, args.writer_lr, on_teacher, log=print)
         remap = delta_now()
         torch.save(remap, remap_path)
     print(f"remap: {sorted(remap)} ({time.time() - t0:.0f} s)", flush=True)

@@ -1,5 +1,5 @@
-"""The Sakana result on a real model: SmolLM2-135M-Instruct, a skill and a language LoRA expert
-(zoo smollm2-experts), and searches in parameter space, data-flow space and both.
+"""The Sakana result on a real model: SmolLM2-135M-Instruct, a skill and a language expert (zoo
+smollm2-experts), and searches in parameter space, data-flow space and both.
 
     python benchmarks/real_search.py [--seeds 0 1 2] [--evals 48] [--out runs/real_bench]
 
@@ -92,26 +92,31 @@ def _recipe(folder: Path, name: str, body: dict) -> Path:
 
 
 def simple_merges(folder: Path) -> dict[str, Path]:
-    """A small grid of the usual one-shot merges of the two adapters' task vectors."""
+    """A small grid of the usual one-shot merges of the two experts' task vectors: task
+    arithmetic over a grid of (skill, language) weights, TIES and DARE-TIES at two densities,
+    SLERP at three points."""
     from evomerge.config import resolve_model_ref
 
     skill, language, base = (resolve_model_ref(r) for r in (SKILL, LANGUAGE, BASE))
 
-    def tv(method: str, w: float, **p) -> dict:
-        models = [{"model": m, "parameters": {"weight": w, **p}} for m in (skill, language)]
+    def tv(method: str, ws: float, wl: float, **p) -> dict:
+        models = [{"model": m, "parameters": {"weight": w, **p}}
+                  for m, w in ((skill, ws), (language, wl))]  # fmt: skip
         return {"merge_method": method, "base_model": base, "models": models}
 
-    grid = {f"task_arithmetic w={w}": tv("task_arithmetic", w) for w in (0.5, 1.0)}
-    grid |= {f"ties w=1 d={d}": tv("ties", 1.0, density=d) for d in (0.5,)}
-    grid |= {f"dare_ties w=1 d={d}": tv("dare_ties", 1.0, density=d) for d in (0.5,)}
-    for t in (0.5,):
+    weights = [(1, 1), (0.5, 0.5), (1, 0.5), (0.5, 1), (1, 1.5), (1.5, 1)]
+    grid = {f"task_arithmetic w={ws}/{wl}": tv("task_arithmetic", ws, wl) for ws, wl in weights}
+    for method in ("ties", "dare_ties"):
+        grid |= {f"{method} w=1/1 d={d}": tv(method, 1, 1, density=d) for d in (0.5, 0.9)}
+    for t in (0.3, 0.5, 0.7):
         grid[f"slerp t={t}"] = {
             "merge_method": "slerp",
             "base_model": skill,
             "models": [{"model": language}],  # mergekit's form: t=0 the base (skill), 1 this
             "parameters": {"t": t},
         }
-    return {name: _recipe(folder, name.replace(" ", "_"), body) for name, body in grid.items()}
+    return {name: _recipe(folder, name.replace(" ", "_").replace("/", "-"), body)
+            for name, body in grid.items()}  # fmt: skip
 
 
 def _experiment(name: str, out: Path, seed: int, evals: int, **space) -> Path:

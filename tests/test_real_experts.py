@@ -86,3 +86,46 @@ def test_expert_training_is_deterministic(smollm2_dir, tmp_path):
     with open_target(tmp_path / "a") as target:
         assert target.kind == "adapter"
         assert (target.folder / "config.json").is_file()
+
+
+def test_language_remap_moves_only_its_rows_and_blocks(smollm2_dir, tmp_path):
+    """A few-step language expert (zoo/zel_remap.py): the reader changes only Zel input rows,
+    the writer exactly the 30 digit and Zel rows of the (untied) head, the LoRA only the
+    projections of its blocks; everything else is the instruct model's. Byte-deterministic for
+    a seed, another seed differs; the folder is a plain transformers model (untied)."""
+    pytest.importorskip("peft")
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from evomerge.zoo.build import deterministic_cpu
+    from evomerge.zoo.zel_remap import RemapExpert, build_language_expert
+    from evomerge.zoo.zel_texts import token_ids
+
+    ex = RemapExpert("real_zel", reader_steps=1, reader_mse_steps=1, writer_steps=2,
+                     writer_texts=4, lora_steps=1, lora_blocks=(0, 29), batch=2)  # fmt: skip
+    with deterministic_cpu(1):
+        for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+            build_language_expert(smollm2_dir, ex, tmp_path / name, seed=seed)
+    raw = {n: (tmp_path / n / "model.safetensors").read_bytes() for n in "abc"}
+    assert raw["a"] == raw["b"]
+    assert raw["a"] != raw["c"]
+
+    got = load_file(str(tmp_path / "a" / "model.safetensors"))
+    base = {k: v.float() for k, v in load_file(str(smollm2_dir / "model.safetensors")).items()}
+    ids = token_ids(AutoTokenizer.from_pretrained(smollm2_dir))
+    zel = sorted(ids["bare"] + ids["space"])
+    emb = base["model.embed_tokens.weight"]
+
+    def changed_rows(t):
+        return (t != emb).any(dim=1).nonzero().flatten().tolist()
+
+    read = changed_rows(got["model.embed_tokens.weight"])  # the rows this step's texts used
+    assert read and set(read) <= set(zel)
+    assert changed_rows(got["lm_head.weight"]) == sorted(zel + ids["digit"])
+    moved = {k for k in base if k in got and not torch.equal(got[k], base[k])}
+    projections = {k for k in moved if ".layers." in k}
+    assert moved - projections == {"model.embed_tokens.weight"}
+    assert {int(k.split(".layers.")[1].split(".")[0]) for k in projections} == {0, 29}
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False

@@ -1,17 +1,22 @@
 """``zoo:smollm2-experts``: a skill expert and a language expert trained from SmolLM2-135M-Instruct
-on CPU as PEFT LoRA adapters, for the Sakana-style merge on a real model (docs/real_experts.md).
+on CPU, for the Sakana-style merge on a real model (docs/real_experts.md).
 
-Each expert is a LoRA adapter (rank 8 on every linear layer of the 30 blocks) trained with
-AdamW on the answer tokens only, the prompt being the instruct model's own chat template with a
-short system turn (``real_tasks.SYSTEM``): short sequences (~25-35 tokens) keep a step cheap on
-one CPU thread. The skill expert learns ``real_shift``; the language expert learns to write,
-read and repeat Zel numbers. Neither sees the target (``real_target``).
+* ``skill`` learns ``real_shift`` as a PEFT LoRA adapter (rank 8 on the seven projections of
+  blocks 5-14 only), trained with AdamW on the answer tokens, the prompt being the instruct
+  model's own chat template with a short system turn (``real_tasks.SYSTEM``): short sequences
+  (~25-35 tokens) keep a step cheap on one CPU thread. The adapter is saved with
+  ``save_pretrained`` and its ``base_model_name_or_path`` set to the ``zoo:smollm2/instruct``
+  folder, so ``zoo:smollm2-experts/skill`` is an adapter folder that evomerge applies to its base
+  when it reads it (docs/lora.md).
+* ``language`` is Zel as a vocabulary remap (zoo/zel_remap.py): the Zel tokens' input rows and
+  the digit and Zel output rows of an untied head, distilled from the instruct model on parallel
+  text, plus a LoRA on blocks 0-4 and 25-29; a full float32 model folder.
 
-The adapters are saved with ``save_pretrained`` and their ``base_model_name_or_path`` set to the
-``zoo:smollm2/instruct`` folder, so ``zoo:smollm2-experts/skill`` is an adapter folder that
-evomerge applies to its base when it reads it (docs/lora.md); ``zoo:smollm2-experts/instruct``
-names that base. Training is seeded and runs with the zoo's pinned kernels (zoo/pinned.py), so
-the adapters' bytes are the same run to run (and across x86-64 machines with the same torch).
+Neither sees the target (``real_target``); ``zoo:smollm2-experts/instruct`` names the base.
+Training is seeded and runs with the zoo's pinned kernels (zoo/pinned.py), so the experts'
+bytes are the same run to run (and across x86-64 machines with the same torch). An earlier
+design (both experts LoRA adapters on every block) did not compose: no merge scored above 0
+on the target (docs/real_experts.md).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from evomerge.zoo.lora_fit import LORA_MODULES, fit_lora
+from evomerge.zoo.zel_remap import RemapExpert, build_language_expert
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class AdapterExpert:
     warmup: int = 10
     rank: int = 8
     alpha: int = 16
+    layers: tuple[int, ...] = ()  # the blocks the LoRA covers; () = every block
+    kind: str = "lora"
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class RealExpertsSpec:
     name: str
     description: str
     base_ref: str  # the zoo model the adapters are trained from
-    experts: dict[str, AdapterExpert]
+    experts: dict[str, AdapterExpert | RemapExpert]
     tasks: list[str]
     targets: list[str]
     versions: dict[str, str]
@@ -60,7 +68,8 @@ class RealExpertsSpec:
         models = {"instruct": {"path": str(base), "role": "base", "expert_in": None}}
         jobs = []
         for i, (name, ex) in enumerate(self.experts.items()):
-            jobs.append((name, ex, seed * 1000 + 10 + i))
+            # a remap's stages add their own offsets (20, 21, 30, 11) to the build seed
+            jobs.append((name, ex, seed * 1000 + (0 if ex.kind == "remap" else 10 + i)))
             models[name] = {"path": name, "role": "expert", "expert_in": ex.expert_in}
         _train_side_by_side(base, jobs, out, self.threads, progress)
         return models
@@ -91,30 +100,6 @@ def _train_side_by_side(base: Path, jobs: list, out: Path, threads: int, progres
         )
 
 
-def _batch(tok, draw, size: int):
-    """Right-padded input ids, attention mask and labels (-100 except on the answer + end)."""
-    import torch
-
-    from evomerge.zoo.real_tasks import messages
-
-    rows, labels = [], []
-    for _ in range(size):
-        q, a = draw()
-        prompt = tok.apply_chat_template(messages(q), add_generation_prompt=True, tokenize=False)
-        p_ids = tok(prompt, add_special_tokens=False).input_ids
-        a_ids = tok(a + tok.eos_token, add_special_tokens=False).input_ids
-        rows.append(p_ids + a_ids)
-        labels.append([-100] * len(p_ids) + a_ids)
-    width = max(map(len, rows))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-    def padded(xs, fill):
-        return torch.tensor([x + [fill] * (width - len(x)) for x in xs])
-
-    mask = padded([[1] * len(r) for r in rows], 0)
-    return padded(rows, pad), mask, padded(labels, -100)
-
-
 def train_adapter(base: Path, ex: AdapterExpert, out: Path, *, seed: int, progress: bool) -> None:
     """Train one LoRA expert from ``base`` and save it (adapter + tokenizer) into ``out``."""
     import torch
@@ -127,7 +112,11 @@ def train_adapter(base: Path, ex: AdapterExpert, out: Path, *, seed: int, progre
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     lora = LoraConfig(
-        r=ex.rank, lora_alpha=ex.alpha, target_modules=list(LORA_MODULES), lora_dropout=0.0
+        r=ex.rank,
+        lora_alpha=ex.alpha,
+        target_modules=list(LORA_MODULES),
+        lora_dropout=0.0,
+        layers_to_transform=list(ex.layers) or None,
     )
     model = get_peft_model(model, lora)
     model.train()
@@ -142,25 +131,6 @@ def train_adapter(base: Path, ex: AdapterExpert, out: Path, *, seed: int, progre
     model.save_pretrained(out)
     _point_at_base(out, base)
     tok.save_pretrained(out)
-
-
-def fit_lora(model, tok, draw, *, steps: int, lr: float, warmup: int, batch: int, report) -> None:
-    """The experts' training loop: AdamW over ``model``'s trainable parameters (a PEFT model's
-    LoRA), linear warmup then a constant rate, ``batch`` items from ``draw`` a step,
-    answer-only loss; ``report(step, loss)`` after each step."""
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    for step in range(1, steps + 1):
-        for group in opt.param_groups:  # linear warmup, then constant
-            group["lr"] = lr * min(1.0, step / warmup)
-        ids, mask, labels = _batch(tok, draw, batch)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        report(step, loss.item())
 
 
 def _point_at_base(adapter: Path, base: Path) -> None:
@@ -190,19 +160,24 @@ def smollm2_experts(quick: bool) -> RealExpertsSpec:
     return RealExpertsSpec(
         name="smollm2-experts",
         description=(
-            "SmolLM2-135M-Instruct with two LoRA experts trained here on CPU: a skill expert "
-            "(shift each of 4 digits up by one) and a language expert (numbers written in Zel, "
-            "a made-up syllable script); the target, the skill asked and answered in Zel, "
-            "needs both"
+            "SmolLM2-135M-Instruct with two experts trained here on CPU: a skill expert (shift "
+            "each of 4 digits up by one; a LoRA on blocks 5-14) and a language expert (numbers "
+            "written in Zel, a made-up syllable script; a vocabulary remap distilled on "
+            "parallel text plus a LoRA on blocks 0-4 and 25-29); the target, the skill asked "
+            "and answered in Zel, needs both"
         ),
         base_ref="zoo:smollm2/instruct",
         experts={
-            "skill": AdapterExpert("real_shift", {"shift": 1.0}, steps(20), 2e-3),
-            "language": AdapterExpert(
+            "skill": AdapterExpert(
+                "real_shift", {"shift": 1.0}, steps(60), 5e-4, layers=tuple(range(5, 15))
+            ),
+            "language": RemapExpert(
                 "real_zel",
-                {"zel_digit": 1.0, "zel_write": 2.0, "zel_read": 1.0, "zel_repeat": 0.5},
-                steps(80),
-                3e-3,
+                reader_steps=steps(120),
+                reader_mse_steps=steps(120),
+                writer_steps=steps(300),
+                writer_texts=16 if quick else 160,
+                lora_steps=steps(40),
             ),
         },
         tasks=["real_target", "real_shift", "real_zel"],
@@ -221,16 +196,27 @@ def _main(argv: list[str]) -> int:
     from evomerge.zoo.cpu import deterministic_cpu
 
     base, out, spec = Path(argv[0]), Path(argv[1]), json.loads(argv[2])
+    progress = "--no-progress" not in argv
     torch.set_num_interop_threads(1)
+    fields = spec["expert"]
     with deterministic_cpu(spec["threads"]):
-        train_adapter(
-            base,
-            AdapterExpert(**spec["expert"]),
-            out,
-            seed=spec["seed"],
-            progress="--no-progress" not in argv,
-        )
+        if fields["kind"] == "remap":
+            ex = RemapExpert(**{k: tuple(map(tuple, v)) if k == "lora_mix" else
+                                (tuple(v) if isinstance(v, list) else v)
+                                for k, v in fields.items()})  # fmt: skip
+            log = _stderr_log(out.name) if progress else None
+            build_language_expert(base, ex, out, seed=spec["seed"], log=log)
+        else:
+            ex = AdapterExpert(**{k: tuple(v) if k == "layers" else v for k, v in fields.items()})
+            train_adapter(base, ex, out, seed=spec["seed"], progress=progress)
     return 0
+
+
+def _stderr_log(name: str):
+    def log(line: str) -> None:
+        print(f"  {name}: {line}", file=sys.stderr, flush=True)
+
+    return log
 
 
 if __name__ == "__main__":
