@@ -12,9 +12,9 @@ demo: setup
 	else evomerge search experiments/toy_ps_cmaes.yaml --run-dir runs/demo; fi
 
 # The second demo, on a real model (docs/real_experts.md): builds the smollm2-experts zoo if it is
-# missing (two LoRA experts trained from SmolLM2-135M-Instruct on CPU), runs the parameter-space
-# search whose winner the hybrid starts from, then the hybrid (PS+DFS) search. A second run
-# reuses the zoo and the PS run and continues the hybrid.
+# missing (a skill LoRA and a Zel vocabulary-remap expert trained from SmolLM2-135M-Instruct on
+# CPU, once), runs the parameter-space search whose winner the hybrid starts from, then the
+# hybrid (PS+DFS) search. A second run reuses the zoo and the PS run and continues the hybrid.
 demo-real: setup
 	@$(RUN) evomerge zoo build smollm2-experts && \
 	if [ ! -e runs/real_ps/store.sqlite ]; then \
