@@ -5,7 +5,7 @@ skill expert confined to blocks 5-14, scored on the target with the folders' pro
     python benchmarks/real_expert_probes.py [--out /tmp/zelremap_scratch] [--tables remap]
         [--reader-steps 120] [--reader-mse 1.0 --reader-from OUT/reader_s120_lr0.01.pt]
         [--writer-hidden teacher|student] [--lora-steps 40 --lora-lr 2e-3]
-        [--export DIR | --lm-eval-grid DIR]
+        [--export DIR | --lm-eval-grid DIR | --zoo-parts]
 
 (docs/real_experts.md gives the commands behind its tables.) Stages, each cached under OUT
 (delete OUT to retrain):
@@ -272,6 +272,47 @@ def lm_eval_grid(experts: Path, out: Path) -> None:
         )
 
 
+def zoo_parts() -> None:
+    """The built zoo's experts taken apart (zoo:smollm2-experts): the skill adapter with the
+    language expert's input rows only (target scored in digits: does the reader read?), with
+    its rows only (embedding and head, no LoRA), and with all of it; the probe's scorer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.model_refs import resolve_model_ref
+
+    folder, tok, model = load_base()
+    untie(model)
+    model.eval()
+    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    zoo = Path(resolve_model_ref("zoo:smollm2-experts/skill")).parent
+
+    def delta(sd: dict) -> dict:
+        return {k: sd[k] - base_sd[k] for k in sd
+                if k in base_sd and not torch.equal(sd[k], base_sd[k])}  # fmt: skip
+
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    skill = delta(
+        PeftModel.from_pretrained(plain, str(zoo / "skill")).merge_and_unload().state_dict()
+    )
+    lang = delta(
+        AutoModelForCausalLM.from_pretrained(zoo / "language", dtype=torch.float32).state_dict()
+    )
+    reader = {k: v for k, v in lang.items() if k == "model.embed_tokens.weight"}
+    rows = {k: v for k, v in lang.items() if k in ("model.embed_tokens.weight", "lm_head.weight")}
+    print(f"zoo {zoo.name}: skill {len(skill)} tensors, language {len(lang)}")
+    for label, deltas, against in [
+        ("skill + reader rows, target scored in digits", [(skill, 1), (reader, 1)], from_zel),
+        ("skill + rows (embedding, head), no LoRA", [(skill, 1), (rows, 1)], None),
+        ("skill + rows 1.5, no LoRA", [(skill, 1), (rows, 1.5)], None),
+        ("skill 1.5 + language 1 (task arithmetic)", [(skill, 1.5), (lang, 1)], None),
+    ]:
+        with_deltas(model, base_sd, deltas)
+        got, ex = score(model, tok, "real_target", "validation", against=against)
+        print(f"| {label} | {got:.3f} | e.g. {ex[0]!r} |", flush=True)
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -299,8 +340,12 @@ def main(argv=None) -> int:
         metavar="EXPERTS",
         help="score the task-arithmetic grid over these exported experts with lm-eval",
     )
+    ap.add_argument("--zoo-parts", action="store_true", help="the built zoo's experts taken apart")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.zoo_parts:
+        zoo_parts()
+        return 0
     if args.lm_eval_grid:
         lm_eval_grid(args.lm_eval_grid, args.out)
         return 0
