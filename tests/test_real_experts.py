@@ -129,3 +129,18 @@ def test_language_remap_moves_only_its_rows_and_blocks(smollm2_dir, tmp_path):
     assert {int(k.split(".layers.")[1].split(".")[0]) for k in projections} == {0, 29}
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is False
+
+
+def test_child_process_rebuilds_each_expert_from_its_json():
+    """The build sends each expert to its training process as JSON; the child must rebuild the
+    same recipe (tuples and nested pairs included), or a cached build would train another one."""
+    import dataclasses
+
+    from evomerge.zoo.real_experts import _expert_from_json, smollm2_experts
+
+    for quick in (False, True):
+        for ex in smollm2_experts(quick).experts.values():
+            sent = json.loads(json.dumps(dataclasses.asdict(ex)))
+            assert _expert_from_json(sent) == ex
+    sent["lora_blocks"] = [0]  # a different recipe is not read back as the same one
+    assert _expert_from_json(sent) != ex

@@ -198,18 +198,24 @@ def _main(argv: list[str]) -> int:
     base, out, spec = Path(argv[0]), Path(argv[1]), json.loads(argv[2])
     progress = "--no-progress" not in argv
     torch.set_num_interop_threads(1)
-    fields = spec["expert"]
+    ex = _expert_from_json(spec["expert"])
     with deterministic_cpu(spec["threads"]):
-        if fields["kind"] == "remap":
-            ex = RemapExpert(**{k: tuple(map(tuple, v)) if k == "lora_mix" else
-                                (tuple(v) if isinstance(v, list) else v)
-                                for k, v in fields.items()})  # fmt: skip
+        if isinstance(ex, RemapExpert):
             log = _stderr_log(out.name) if progress else None
             build_language_expert(base, ex, out, seed=spec["seed"], log=log)
         else:
-            ex = AdapterExpert(**{k: tuple(v) if k == "layers" else v for k, v in fields.items()})
             train_adapter(base, ex, out, seed=spec["seed"], progress=progress)
     return 0
+
+
+def _expert_from_json(fields: dict) -> AdapterExpert | RemapExpert:
+    """The expert the parent sent as JSON, which turned its tuples into lists."""
+
+    def tupled(v):
+        return tuple(tupled(x) for x in v) if isinstance(v, list) else v
+
+    cls = RemapExpert if fields["kind"] == "remap" else AdapterExpert
+    return cls(**{k: tupled(v) for k, v in fields.items()})
 
 
 def _stderr_log(name: str):
