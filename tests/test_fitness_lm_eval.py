@@ -141,6 +141,21 @@ def test_per_example_correctness_full(setup):
     assert fit.objectives(res) == (pytest.approx(0.5),)
 
 
+def test_a_search_evaluation_draws_no_lm_eval_bars(setup, capfd):
+    """lm-eval's two bars per call (requests built, requests run) stay off inside evomerge's
+    evaluation, and lm-eval's own bars are back after it (the swap is undone)."""
+    import lm_eval.api.task as lm_task
+    from tqdm import tqdm
+
+    fit = _fitness(setup)
+    fit(setup["model"], setup["tok"])  # the first call loads the task (datasets' own bar)
+    capfd.readouterr()
+    fit(setup["model"], setup["tok"])
+    err = capfd.readouterr().err
+    assert "it/s]" not in err and "requests" not in err
+    assert lm_task.tqdm is tqdm
+
+
 def test_seeded_subsample_and_limit(setup):
     a = _fitness(setup, subsample=5, subsample_seed=1)
     res = a(setup["model"], setup["tok"])

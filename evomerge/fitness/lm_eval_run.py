@@ -11,14 +11,24 @@ read from the installed simple_evaluate's signature. A keyword it does not repla
 ``predict_only``, ...) and a TaskManager without ``load`` (lm-eval before it had one) go through
 simple_evaluate itself, as before. tests/test_lm_eval_parity.py checks the scores against a
 fresh lm-eval ``hf`` run item by item.
+
+lm-eval draws two progress bars per call (building the requests, running them): one call per
+candidate, so a search printed two finished bars per candidate over its own progress line.
+``_no_lm_eval_bars`` turns those bars off for the call; lm-eval has no switch for the first
+(``Task.build_all_requests``), so the modules' ``tqdm`` names are swapped and put back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+# the lm-eval modules that draw a bar per call (requests built, requests run)
+_BAR_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
 
 REPLAYED = frozenset(
     {
@@ -53,6 +63,35 @@ def _defaults() -> dict[str, Any]:
 def evaluate_tasks(lm: Any, tasks: Sequence[Any], manager: Any, **kwargs: Any) -> dict | None:
     """lm-eval's results (with ``samples``) of ``lm`` on the Task objects ``tasks``; ``kwargs``
     as simple_evaluate takes them."""
+    with _no_lm_eval_bars():
+        return _evaluate(lm, tasks, manager, **kwargs)
+
+
+@contextlib.contextmanager
+def _no_lm_eval_bars() -> Iterator[None]:
+    """lm-eval's tqdm bars off inside the block (each module's own ``tqdm`` name)."""
+    swapped = []
+    for name in _BAR_MODULES:
+        module = importlib.import_module(name)
+        bar = getattr(module, "tqdm", None)
+        if bar is not None:
+            swapped.append((module, bar))
+            module.tqdm = _silent(bar)
+    try:
+        yield
+    finally:
+        for module, bar in swapped:
+            module.tqdm = bar
+
+
+def _silent(bar: Any) -> Any:
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        return bar(*args, **{**kwargs, "disable": True})
+
+    return quiet
+
+
+def _evaluate(lm: Any, tasks: Sequence[Any], manager: Any, **kwargs: Any) -> dict | None:
     from lm_eval import evaluator as ev
 
     if set(kwargs) - REPLAYED or not hasattr(manager, "load"):
