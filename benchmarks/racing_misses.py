@@ -57,13 +57,18 @@ def generations(run: Path) -> tuple[list[list[tuple[Recipe, float, bool]]], floa
     return list(gens.values()), best
 
 
-def misses(exp: Path, n: int, run: Path, mu: int) -> dict[str, float]:
-    gens, winner = generations(run)
-    ev = build_evaluator(windowed(exp, 0, n), run.parent / f"{run.name}-full")
+def rescore(exp: Path, n: int, gens: list, work: Path) -> list[list[float]]:
+    """Every candidate of ``gens`` scored on all ``n`` search items per task (full scoring);
+    ``work`` is the evaluator's folder."""
+    ev = build_evaluator(windowed(exp, 0, n), work)
     try:
-        full = [[r.fitness for r in ev.evaluate([c[0] for c in g])] for g in gens]
+        return [[r.fitness for r in ev.evaluate([c[0] for c in g])] for g in gens]
     finally:
         ev.close()
+
+
+def misses(gens: list, full: list[list[float]], winner: float, mu: int) -> dict[str, float]:
+    """The figures of the module docstring, from what the driver was told and the full scores."""
     stopped, kept, corr = [], [], []
     for g, f in zip(gens, full, strict=True):
         told = np.array([c[1] for c in g])
@@ -101,7 +106,10 @@ def main() -> None:
                 run = Path(tmp) / f"{name}-s{seed}"
                 budget = {"max_evals": args.evals}
                 run_one(exp, run, int(seed), n, 1.0, budget, "racing", None, racing)
-                per_seed.append(misses(exp, n, run, mu))
+                gens, winner = generations(run)
+                per_seed.append(
+                    misses(gens, rescore(exp, n, gens, run.parent / f"{run.name}-full"), winner, mu)
+                )
             print(f"\n{name}: {args.evals} candidates, mu = {mu}, seeds {args.seeds}, {racing}")
             for key in per_seed[0]:
                 vals = [s[key] for s in per_seed]

@@ -102,3 +102,23 @@ def test_the_commands_the_docs_show_parse():
     for line in shown:
         args = fitness_cost.parse_args(shlex.split(line))
         fitness_cost.plan(args.methods.split(","), [float(f) for f in args.fractions.split(",")])
+
+
+def test_racing_misses_rescores_what_racing_stopped(raced, tmp_path):
+    """benchmarks/racing_misses.py on the raced run: a candidate that raced over every item was
+    told its full score, the stopped ones were not rescored by the search, the winner is one of
+    the full scores, and the figures lie in their ranges."""
+    import racing_misses
+
+    work, _ = raced
+    exp, _ = fitness_cost.SETUPS["skills"]
+    gens, winner = racing_misses.generations(work / "skills-racing-0.5-s0")
+    full = racing_misses.rescore(exp, 3, gens, tmp_path)
+    pairs = [(c, f) for g, fs in zip(gens, full, strict=True) for c, f in zip(g, fs, strict=True)]
+    finished = [(told, f) for (_, told, stopped), f in pairs if not stopped]
+    assert finished and any(stopped for (_, _, stopped), _ in pairs)
+    assert all(told == pytest.approx(f) for told, f in finished)
+    assert winner == pytest.approx(max(f for _, f in finished))
+    out = racing_misses.misses(gens, full, winner, mu=4)
+    assert out["lost"] >= -1e-12 and 0.0 < out["stopped"] < 1.0
+    assert 0.0 <= out["top-mu kept"] <= 1.0 and 0.0 <= out["best stopped"] <= 1.0
