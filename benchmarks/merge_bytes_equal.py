@@ -89,7 +89,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated recipe names (default: all)")
     ap.add_argument("--paths", default="fused,eager", help="fused, eager or both (the default)")
     args = ap.parse_args()
-    if not args.paths or set(args.paths.split(",")) - {"fused", "eager"}:
+    paths = args.paths.split(",")
+    if set(paths) - {"fused", "eager"}:
         ap.error(f"--paths: {args.paths!r} is not fused, eager or fused,eager")
     cache = Path(os.environ.get("EVOMERGE_CACHE") or Path.home() / ".cache" / "evomerge")
     folders = merge_speed.build(cache / "bench", args.size)
@@ -100,7 +101,7 @@ def main() -> None:
         for name in names:
             f = root / f"{name}.yaml"
             f.write_text(recipe(name, folders))
-            for fused in [path == "fused" for path in args.paths.split(",")]:
+            for fused in [path == "fused" for path in paths]:
                 outs = []
                 for label, tree in (("old", args.old), ("new", args.new)):
                     out = root / f"{name}-{label}-{int(fused)}"
@@ -112,7 +113,7 @@ def main() -> None:
                 bad += [(name, mode)] if diff else []
                 for o in outs:
                     subprocess.run(["rm", "-rf", str(o)], check=True)
-    runs = len(names) * len(args.paths.split(","))
+    runs = len(names) * len(paths)
     print(f"{runs - len(bad)} of {runs} merges byte-identical")
     sys.exit(1 if bad else 0)
 
