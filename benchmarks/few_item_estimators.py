@@ -23,7 +23,10 @@ only would have):
 * ``irt``          IRT ability fitted on the anchor-irt items, predicted accuracy on all items;
 * ``pirt``         p-IRT (observed anchors + predictions, mixed by the share seen);
 * ``gpirt-val``    gp-IRT with lambda chosen on validation models (tinyBenchmarks' tool);
-* ``gpirt-0.5``    gp-IRT with MERGE3's fixed 0.5 mix
+* ``gpirt-0.5``    gp-IRT with MERGE3's fixed 0.5 mix;
+* ``mp-irt``       MERGE3's mp-IRT: p-IRT from an ability fitted as a linear combination of the
+                   experts' fitted abilities (the endpoints of the merge; not the base);
+* ``gmp-irt-0.5``  MERGE3's gmp-IRT: mp-IRT mixed 0.5 with the anchor-weighted mean
 (evomerge/fitness/irt.py names the papers and where it departs).
 
 Reported per setup, k and estimator, each as the mean over seeds and its standard error:
@@ -44,8 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
+from evomerge.config import load_experiment
+from evomerge.experiment import resolve_models
 from evomerge.fitness.irt import (
     anchor_estimate,
+    fit_ability_mp,
     fit_irt,
     gp_irt_lambda,
     irt_embedding,
@@ -54,7 +60,7 @@ from evomerge.fitness.irt import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from few_item_runs import generate  # noqa: E402  (a sibling script)
+from few_item_runs import SETUPS, generate  # noqa: E402  (a sibling script)
 
 ESTIMATORS = (
     "random",
@@ -65,6 +71,8 @@ ESTIMATORS = (
     "pirt",
     "gpirt-val",
     "gpirt-0.5",
+    "mp-irt",
+    "gmp-irt-0.5",
 )
 FIXED_MIX = 0.5  # MERGE3's released code (gmp-IRT, delta = 0.5)
 
@@ -75,6 +83,7 @@ class Run:
     w: np.ndarray  # item weights (sum 1): item i counts w_i in the fitness
     generation: np.ndarray  # -1 for the experts and the base
     entry: np.ndarray  # the task entry (0, 1, ...) of each item
+    names: tuple[str, ...] = ()  # "candidate <idx>", or the expert's / base's folder name
 
     @property
     def full(self) -> np.ndarray:
@@ -91,7 +100,18 @@ class Run:
             entry=np.repeat(
                 np.arange(len(models[0]["entries"])), [n for _, n in models[0]["entries"]]
             ),
+            names=tuple(m["name"] for m in models),
         )
+
+    def rows(self, names: set[str]) -> np.ndarray:
+        """The rows of the models called ``names`` (scored first: they sit at the top)."""
+        return np.array([i for i, n in enumerate(self.names) if n in names])
+
+
+def endpoint_names(setup: str) -> set[str]:
+    """The folder names of the setup's experts (the endpoints mp-IRT combines)."""
+    experts, _ = resolve_models(load_experiment(SETUPS[setup]))
+    return {Path(e).name for e in experts}
 
 
 def random_subset(n: int, k: int, rng) -> np.ndarray:
@@ -124,13 +144,23 @@ def stratified_subset(entry: np.ndarray, k: int, rng) -> tuple[np.ndarray, np.nd
 
 
 def replay(
-    run: Run, k: int, seed: int, draws: int, dims: int, first_gen: int, refit: bool = True
+    run: Run,
+    k: int,
+    seed: int,
+    draws: int,
+    dims: int,
+    first_gen: int,
+    refit: bool = True,
+    endpoints: np.ndarray | None = None,
 ) -> list[dict]:
     """One record per replayed candidate: its generation, full score, whether it is a new best
     (beats every model scored before its generation), and each estimator's estimate (the
     random ones: one per draw). ``refit``: the estimators are fitted on every model scored
     before the candidate's generation; else only on those before ``first_gen`` (what a search
-    that scores later candidates on the anchors only would have)."""
+    that scores later candidates on the anchors only would have). ``endpoints``: the experts'
+    rows, whose fitted abilities mp-IRT combines (default: every model before generation 0)."""
+    if endpoints is None:
+        endpoints = np.flatnonzero(run.generation < 0)
     out = []
     for g in sorted({int(x) for x in run.generation if x >= first_gen}):
         train = run.y[run.generation < (g if refit else first_gen)]
@@ -149,6 +179,13 @@ def replay(
         for c in np.flatnonzero(run.generation == g):
             row = run.y[c]
             fam = irt_estimates(model, anchors, row[anchors.items], run.w, (lam, FIXED_MIX))
+            # the experts are scored first, so their rows in ``train`` are their rows in run.y
+            mp_theta = fit_ability_mp(
+                model, anchors.items, row[anchors.items], model.theta[endpoints]
+            )
+            mp = irt_estimates(
+                model, anchors, row[anchors.items], run.w, (FIXED_MIX,), theta=mp_theta
+            )
             est = {
                 "random": [subset_mean(row, run.w, pick) for pick in uniform],
                 "random-strat": [
@@ -160,6 +197,8 @@ def replay(
                 "pirt": fam["pirt"],
                 "gpirt-val": fam[f"gpirt@{lam:g}"],
                 "gpirt-0.5": fam[f"gpirt@{FIXED_MIX:g}"],
+                "mp-irt": mp["pirt"],
+                "gmp-irt-0.5": mp[f"gpirt@{FIXED_MIX:g}"],
             }
             full = float(row @ run.w)
             out.append({"gen": g, "full": full, "new_best": full > best_before, "est": est})
@@ -229,13 +268,23 @@ def main() -> None:
     )
     for setup in args.setups.split(","):
         runs = [Run.load(generate(setup, s, args.evals)) for s in seeds]
+        experts = endpoint_names(setup)
         n_items = runs[0].y.shape[1]
         for kk in args.ks.split(","):
             k = round(float(kk) * n_items) if float(kk) < 1 else int(kk)
             per_seed = {e: [] for e in ESTIMATORS}
             n_new = 0
             for s, run in zip(seeds, runs):
-                recs = replay(run, k, s, args.draws, args.dims, args.first_gen, not args.no_refit)
+                recs = replay(
+                    run,
+                    k,
+                    s,
+                    args.draws,
+                    args.dims,
+                    args.first_gen,
+                    not args.no_refit,
+                    run.rows(experts),
+                )
                 n_new += sum(r["new_best"] for r in recs)
                 for e in ESTIMATORS:
                     per_seed[e].append(run_metrics(recs, e))

@@ -13,6 +13,7 @@ from evomerge.fitness.irt import (
     LAMBDA_GRID,
     anchor_estimate,
     fit_ability,
+    fit_ability_mp,
     fit_irt,
     gp_irt_lambda,
     irt_embedding,
@@ -71,6 +72,25 @@ def test_ability_fit_on_anchors_predicts_a_new_models_accuracy(synthetic):
         )
 
 
+def test_mp_irt_ability_is_the_free_fit_when_the_endpoints_span_the_space(synthetic):
+    """MERGE3's mp-IRT fits lambda in theta = lambda @ endpoints. With one dimension any
+    endpoint with theta != 0 spans it, and the likelihood is concave, so it lands on the free
+    maximum-likelihood ability; with two dimensions and one endpoint it stays on that
+    endpoint's line and so differs from the free fit."""
+    theta, alpha, beta, _, y, model = synthetic
+    items = np.arange(0, 100, 3)
+    for row in y[:5]:
+        free = fit_ability(model, items, row[items])
+        mp = fit_ability_mp(model, items, row[items], model.theta[[0, 7]])
+        np.testing.assert_allclose(mp, free, atol=1e-3)
+    two = fit_irt(y[:60], dims=2, seed=0)
+    end = two.theta[[3]]
+    mp2 = fit_ability_mp(two, items, y[70, items], end)
+    free2 = fit_ability(two, items, y[70, items])
+    assert abs(mp2[0] * end[0, 1] - mp2[1] * end[0, 0]) < 1e-9  # on the endpoint's line
+    assert np.linalg.norm(mp2 - free2) > 1e-3
+
+
 def test_anchor_selection_is_deterministic_and_weighs_clusters_by_their_items():
     rng = np.random.default_rng(2)
     sizes, centers = (10, 20, 30), (0.0, 10.0, 20.0)
@@ -109,7 +129,15 @@ def test_replay_with_k_equal_to_the_pool_gives_the_full_score_exactly():
     for r in records:
         for name in ("random", "random-strat"):
             np.testing.assert_allclose(r["est"][name], [r["full"]] * 3, rtol=0, atol=1e-12)
-        for name in ("anchor-corr", "anchor-irt", "pirt", "gpirt-val", "gpirt-0.5"):
+        for name in (
+            "anchor-corr",
+            "anchor-irt",
+            "pirt",
+            "gpirt-val",
+            "gpirt-0.5",
+            "mp-irt",
+            "gmp-irt-0.5",
+        ):
             assert r["est"][name] == pytest.approx(r["full"], abs=1e-12), name
     m = fe.run_metrics(records, "random")
     assert m["mae"] == pytest.approx(0.0, abs=1e-12)

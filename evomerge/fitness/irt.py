@@ -9,8 +9,15 @@ Papers:
   observed anchors and the IRT predictions for the other items mixed by the share of items seen
   (``lambda = k / N``); gp-IRT, ``lambda * anchor mean + (1 - lambda) * p-IRT``.
 * MERGE3 (Mencattini et al., ICML 2025, arXiv 2502.10436): the same estimators used as the
-  fitness of an evolutionary merge (its released code, mergenetic, mixes gmp-IRT with a fixed
-  ``delta = 0.5``).
+  fitness of an evolutionary merge, with mp-IRT: the merged model's ability is a linear
+  combination ``theta = sum_j lambda_j theta_j`` of its endpoint models' abilities, the
+  ``lambda`` fitted by maximum likelihood on the anchors (its released code, mergenetic:
+  unconstrained ``lambda``, BFGS from the even split), then p-IRT from that ability; gmp-IRT
+  mixes it with the anchors' weighted mean at a fixed ``delta = 0.5``. When the endpoints'
+  abilities span the ability space (one dimension: any endpoint with theta != 0), the
+  likelihood is concave in theta and the combination reaches the free fit's optimum: mp-IRT
+  then equals IRT's ability fit; it differs when there are fewer endpoints than dimensions (or
+  collinear ones), and in how BFGS stops when the optimum is at infinity (anchors all right).
 
 Where this departs from them, and why:
 * The IRT model is fitted by MAP with fixed N(0, 1) priors on every theta, alpha and beta
@@ -106,6 +113,26 @@ def fit_ability(model: IRTModel, items: np.ndarray, scores: np.ndarray) -> np.nd
     return minimize(loss, np.zeros(al.shape[1]), jac=True, method="BFGS").x
 
 
+def fit_ability_mp(
+    model: IRTModel, items: np.ndarray, scores: np.ndarray, endpoints: np.ndarray
+) -> np.ndarray:
+    """MERGE3's mp-IRT ability: ``lambda @ endpoints`` (rows: the endpoint models' fitted
+    abilities), ``lambda`` by maximum likelihood on ``items`` (unconstrained, BFGS from the
+    even split, as mergenetic's ``fit_lambda``)."""
+    from scipy.optimize import minimize
+
+    al, be, s = model.alpha[items], model.beta[items], np.asarray(scores, dtype=float)
+    th = np.asarray(endpoints, dtype=float)
+    proj = al @ th.T  # items x endpoints: z = proj @ lambda - beta
+
+    def loss(lam):
+        z = proj @ lam - be
+        return np.sum(np.logaddexp(0.0, z) - s * z), proj.T @ (_sigmoid(z) - s)
+
+    lam0 = np.full(th.shape[0], 1.0 / th.shape[0])
+    return minimize(loss, lam0, jac=True, method="BFGS").x @ th
+
+
 @dataclass(frozen=True)
 class Anchors:
     items: np.ndarray  # pool positions of the anchor items
@@ -156,9 +183,14 @@ def anchor_estimate(anchors: Anchors, scores: np.ndarray) -> float:
 
 
 def irt_estimates(
-    model: IRTModel, anchors: Anchors, scores: np.ndarray, w: np.ndarray, lams=()
+    model: IRTModel,
+    anchors: Anchors,
+    scores: np.ndarray,
+    w: np.ndarray,
+    lams=(),
+    theta: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """One ability fit on the anchors, and from it:
+    """One ability fit on the anchors (or ``theta`` as given: mp-IRT's), and from it:
 
     * ``irt``: the weighted mean of the predicted P(correct) over every item;
     * ``pirt``: ``lambda`` x (weighted mean of the observed anchors) + (1 - lambda) x (weighted
@@ -168,7 +200,9 @@ def irt_estimates(
       (1 - lam) x p-IRT.
     """
     scores = np.asarray(scores, dtype=float)
-    p = model.prob(fit_ability(model, anchors.items, scores))
+    if theta is None:
+        theta = fit_ability(model, anchors.items, scores)
+    p = model.prob(theta)
     seen = np.zeros(len(w), dtype=bool)
     seen[anchors.items] = True
     share = float(w[seen].sum())
