@@ -3,7 +3,8 @@
     python benchmarks/few_item_runs.py [--setups skills,cross] [--seeds 0,1,2] [--evals 48]
 
 Each (setup, seed) runs the setup's experiment (experiments/toy_ps_cmaes.yaml on lm-skills,
-experiments/toy_cross_ps_cmaes.yaml on lm-cross) with racing off, so every candidate is scored
+experiments/toy_cross_ps_cmaes.yaml on lm-cross, experiments/real_ps.yaml on the SmolLM2
+experts: 40 items of the real target, a few minutes a search on CPU) with racing off, so every candidate is scored
 on every item of the experiment's own window, and ``--evals`` fresh candidates as the only
 budget (no wall-clock cap: the runs must not depend on the machine). The experts and the base
 are scored once on the same items (the models a search knows before its first generation).
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUPS = {
     "skills": ROOT / "experiments" / "toy_ps_cmaes.yaml",
     "cross": ROOT / "experiments" / "toy_cross_ps_cmaes.yaml",
+    "real": ROOT / "experiments" / "real_ps.yaml",
 }
 
 
@@ -59,7 +61,10 @@ def generate(setup: str, seed: int, evals: int) -> Path:
     if out.exists() and "entries" in json.loads(out.read_text())["models"][0]:
         return out
     run = Path(tempfile.mkdtemp(prefix="evomerge_few_item_")) / "run"
-    cfg = load_experiment(SETUPS[setup], {"seed": seed, "budget": {"max_evals": evals}})
+    # the whole budget replaced: no wall-clock cap (real_ps.yaml has one); no validation
+    # re-scoring, which the replay does not use
+    over = {"seed": seed, "budget": {"max_evals": evals}, "fitness.validation": None}
+    cfg = load_experiment(SETUPS[setup], over)
     open_search(cfg, run).run()
     models = []
     with RunStore.open(run, readonly=True) as st:
