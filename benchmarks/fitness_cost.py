@@ -3,7 +3,8 @@
     python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
         [--fractions 0.5,0.2] [--driver cma_es|random] [--methods full,racing,subset]
         [--racing "{first_slice: 10, slice: 10}"] [--budget items|candidates]
-        [--items N] [--work DIR]
+        [--items N] [--work DIR] [--json OUT.json]
+    python benchmarks/fitness_cost.py --pool A.json,B.json     # one table from several runs
 
 With real models the fitness is almost all of a search's cost, and its unit is the item: one
 test item scored for one candidate. For each setup and seed this runs, on the same space and
@@ -21,6 +22,9 @@ driver, with ``budget.max_item_evals`` as the only budget:
 what its early stops cost the search at an equal number of candidates). ``--items N`` scores N
 search items per task instead of the setup's; ``--work DIR`` keeps the runs there (by default
 they go to a temp folder, deleted at the end: each run's archive holds its winner's model).
+``--json OUT.json`` also writes every seed's row (item evaluations, candidates, held-out
+score); ``--pool`` prints one table per setup from such files (runs of the same setup, budget
+and methods on different seeds, e.g. two halves run side by side), without running anything.
 Each search's winner (its best on its own items) is scored on held-out items (every test item
 after the search window, the same for every method) and the table shows, per method and
 budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
@@ -40,6 +44,7 @@ items here being every later doc.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -122,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--items", type=int, default=None, help="search items per task (the setup's)")
     ap.add_argument("--work", default=None, help="keep the runs here (default: a temp folder)")
+    ap.add_argument("--json", default=None, help="also write each seed's rows to this file")
+    ap.add_argument("--pool", default=None, help="A.json,B.json: report these runs as one")
     return ap.parse_args(argv)
 
 
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     """Runs the searches, prints a table per setup; returns its rows per setup:
     ``(method, fraction) -> [(item evals, candidates, held-out score) per seed]``."""
     args = parse_args(argv)
+    if args.pool:
+        return pool_report(args.pool.split(","))
     racing = yaml.safe_load(args.racing)
     seeds = [int(s) for s in args.seeds.split(",")]
     fracs = [float(f) for f in args.fractions.split(",")]
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     drv = {"name": "random", "options": {"batch_size": 8}} if args.driver == "random" else None
     keep = args.work is not None
     work = Path(args.work) if keep else Path(tempfile.mkdtemp(prefix="evomerge_fitness_cost_"))
-    tables = {}
+    tables, saved = {}, {}
     try:
         for name in args.setups.split(","):
             if name not in SETUPS and name not in REAL_SETUPS:
@@ -174,13 +183,47 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
                 for (how, f, spent, cands), h in zip(keys, scores, strict=True):
                     rows.setdefault((how, f), []).append((spent, cands, h))
-            report(name, n, pool, big, seeds, rows, args.driver)
+            head = {"n": n, "pool": pool, "big": big, "seeds": seeds, "driver": args.driver}
+            report(name, rows=rows, **head)
             if any(how == "racing" for how, _ in todo):
                 print(f"racing: {racing}")
             tables[name] = rows
+            saved[name] = {**head, "racing": racing, "rows": [[*k, v] for k, v in rows.items()]}
+            if args.json:  # after each setup, so a later failure keeps the finished ones
+                Path(args.json).write_text(json.dumps(saved, indent=1))
     finally:
         if not keep:  # merged models of every winner live there: do not leave them behind
             shutil.rmtree(work, ignore_errors=True)
+    return tables
+
+
+def pool_report(files: list[str]) -> dict[str, dict]:
+    """One table per setup from ``--json`` files: their seeds' rows concatenated (each row's
+    seeds stay in the reference's order, so the pairing by seed holds). The files must agree
+    on the setup's items, budget, driver, racing settings and rows, and not share a seed."""
+    merged: dict[str, dict] = {}
+    for f in files:
+        for name, run in json.loads(Path(f).read_text()).items():
+            if name not in merged:
+                merged[name] = run
+                continue
+            m = merged[name]
+            for key in ("n", "pool", "big", "driver", "racing"):
+                if m[key] != run[key]:
+                    raise SystemExit(f"--pool: {f}: {name}'s {key} {run[key]!r} != {m[key]!r}")
+            if [r[:2] for r in m["rows"]] != [r[:2] for r in run["rows"]]:
+                raise SystemExit(f"--pool: {f}: {name} has other rows (methods or fractions)")
+            if set(m["seeds"]) & set(run["seeds"]):
+                raise SystemExit(f"--pool: {f}: {name} repeats seeds {m['seeds']}")
+            m["seeds"] = m["seeds"] + run["seeds"]
+            for row, more in zip(m["rows"], run["rows"], strict=True):
+                row[2] = row[2] + more[2]
+    tables = {}
+    for name, m in merged.items():
+        rows = {(how, f): [tuple(v) for v in vals] for how, f, vals in m["rows"]}
+        report(name, m["n"], m["pool"], m["big"], m["seeds"], rows, m["driver"])
+        print(f"racing: {m['racing']}")
+        tables[name] = rows
     return tables
 
 

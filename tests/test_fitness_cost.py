@@ -38,14 +38,16 @@ def _stored(run: Path) -> tuple[dict, list[dict]]:
 def raced(tmp_path_factory):
     """One benchmark run: racing and subset at half the reference's 16 candidates."""
     work = tmp_path_factory.mktemp("fitness_cost")
+    rows_json = tmp_path_factory.mktemp("fitness_cost_json") / "rows.json"
     argv = ["--setups", "skills", "--items", "3", "--seeds", "0", "--evals", "16"]
     argv += ["--fractions", "0.5", "--methods", "racing,subset", "--budget", "candidates"]
+    argv += ["--json", str(rows_json)]
     tables = fitness_cost.main([*argv, "--racing", RACE, "--work", str(work)])
-    return work, tables["skills"]
+    return work, tables["skills"], rows_json
 
 
 def test_methods_choose_the_rows_beside_the_reference(raced):
-    work, rows = raced
+    work, rows, _ = raced
     assert list(rows) == [("full", 1.0), ("racing", 0.5), ("subset", 0.5)]
     assert sorted(p.name for p in work.iterdir()) == [
         "skills-full-1.0-s0",
@@ -60,7 +62,7 @@ def test_methods_choose_the_rows_beside_the_reference(raced):
 
 
 def test_budget_candidates_caps_candidates_and_items_caps_item_evaluations(raced, tmp_path):
-    work, rows = raced
+    work, rows, _ = raced
     (ref,), (race,), (sub,) = rows.values()
     assert ref[:2] == (16 * ITEMS, 16)
     assert race[1] == sub[1] == 8  # the same candidates, whatever they cost
@@ -77,7 +79,7 @@ def test_budget_candidates_caps_candidates_and_items_caps_item_evaluations(raced
 
 
 def test_racing_yaml_reaches_the_raced_search_only(raced):
-    work, _ = raced
+    work, _, _ = raced
     cfg, metas = _stored(work / "skills-racing-0.5-s0")
     assert cfg["fitness"]["racing"] == {
         "enabled": True,
@@ -110,7 +112,7 @@ def test_racing_misses_rescores_what_racing_stopped(raced, tmp_path):
     the full scores, and the figures lie in their ranges."""
     import racing_misses
 
-    work, _ = raced
+    work, _, _ = raced
     exp, _ = fitness_cost.SETUPS["skills"]
     gens, winner = racing_misses.generations(work / "skills-racing-0.5-s0")
     full = racing_misses.rescore(exp, 3, gens, tmp_path)
@@ -122,3 +124,28 @@ def test_racing_misses_rescores_what_racing_stopped(raced, tmp_path):
     out = racing_misses.misses(gens, full, winner, mu=4)
     assert out["lost"] >= -1e-12 and 0.0 < out["stopped"] < 1.0
     assert 0.0 <= out["top-mu kept"] <= 1.0 and 0.0 <= out["best stopped"] <= 1.0
+
+
+def test_json_rows_pool_into_one_table(raced, tmp_path, capsys):
+    """--json writes each seed's rows; --pool reports several such files as one run (seeds
+    concatenated, still paired with the reference), and refuses files that do not match."""
+    _, rows, rows_json = raced
+    saved = json.loads(rows_json.read_text())["skills"]
+    assert saved["seeds"] == [0] and saved["big"] == 16 * ITEMS
+    assert {(h, f): [tuple(v) for v in vals] for h, f, vals in saved["rows"]} == rows
+    other = json.loads(rows_json.read_text())
+    other["skills"]["seeds"] = [1]
+    for row in other["skills"]["rows"]:
+        row[2] = [[spent, cands, held / 2] for spent, cands, held in row[2]]
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    pooled = fitness_cost.main(["--pool", f"{rows_json},{tmp_path / 'b.json'}"])["skills"]
+    for key, vals in rows.items():
+        assert pooled[key] == [vals[0], (vals[0][0], vals[0][1], vals[0][2] / 2)]
+    assert "seeds [0, 1]" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="repeats seeds"):
+        fitness_cost.main(["--pool", f"{rows_json},{rows_json}"])
+    other["skills"]["big"] += 1
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="big"):
+        fitness_cost.main(["--pool", f"{rows_json},{tmp_path / 'c.json'}"])
