@@ -105,7 +105,12 @@ class Run:
 
     def rows(self, names: set[str]) -> np.ndarray:
         """The rows of the models called ``names`` (scored first: they sit at the top)."""
-        return np.array([i for i, n in enumerate(self.names) if n in names])
+        found = np.array([i for i, n in enumerate(self.names) if n in names], dtype=int)
+        if found.size == 0:
+            raise SystemExit(
+                f"none of {sorted(names)} among the cached models: rerun few_item_runs"
+            )
+        return found
 
 
 def endpoint_names(setup: str) -> set[str]:

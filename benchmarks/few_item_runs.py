@@ -4,10 +4,11 @@
 
 Each (setup, seed) runs the setup's experiment (experiments/toy_ps_cmaes.yaml on lm-skills,
 experiments/toy_cross_ps_cmaes.yaml on lm-cross, experiments/real_ps.yaml on the SmolLM2
-experts: 40 items of the real target, a few minutes a search on CPU) with racing off, so every candidate is scored
-on every item of the experiment's own window, and ``--evals`` fresh candidates as the only
-budget (no wall-clock cap: the runs must not depend on the machine). The experts and the base
-are scored once on the same items (the models a search knows before its first generation).
+experts: 40 items of the real target, a few minutes a search on CPU) with racing off, so
+every candidate is scored on every item of the experiment's own window, and ``--evals`` fresh
+candidates as the only budget (no wall-clock cap: the runs must not depend on the machine).
+The experts and the base are scored once on the same items (the models a search knows before
+its first generation).
 What is kept, one JSON file per run under ``$EVOMERGE_CACHE/bench/few_item/``: each model's
 per-item scores (tasks in label order, items in window order), its generation (-1 for the
 experts and the base) and its fitness; the estimator benchmark replays these and never reruns
