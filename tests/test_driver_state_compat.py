@@ -5,6 +5,7 @@ resume exactly (tests/data/driver_states_v1.pkl, from tests/helpers/driver_state
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 from pathlib import Path
 
@@ -27,15 +28,27 @@ from tests.helpers.driver_states import (
 OLD = pickle.loads((Path(__file__).parent / "data" / "driver_states_v1.pkl").read_bytes())
 
 
-def _same(a, b) -> bool:
+# What the old code computed on another CPU may differ from what any code computes here in the
+# last bit: SLERP's norm and dot (BLAS) and vectorised sin, CMA-ES's eigendecomposition (LAPACK)
+# run AVX-512 kernels on one host and AVX2 ones on another (measured: 1.1e-16 at most, the same
+# choices and fitness). Float values recorded by the old code are compared to this tolerance;
+# everything else, and every round trip on one host, exactly.
+ACROSS_CPUS = 1e-12
+
+
+def _same(a, b, tol: float = 0.0) -> bool:
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(_same(a[k], b[k], tol) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y, tol) for x, y in zip(a, b))
     if isinstance(a, np.ndarray):
+        if tol and a.dtype.kind == "f":
+            return a.shape == b.shape and np.allclose(a, b, rtol=0, atol=tol, equal_nan=True)
         return np.array_equal(a, b)
     if dataclasses.is_dataclass(a):
-        return type(a) is type(b) and _same(dataclasses.asdict(a), dataclasses.asdict(b))
+        return type(a) is type(b) and _same(dataclasses.asdict(a), dataclasses.asdict(b), tol)
+    if tol and isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=0, abs_tol=tol) or (math.isnan(a) and math.isnan(b))
     return a == b
 
 
@@ -48,12 +61,12 @@ def test_an_old_checkpoint_resumes_as_the_old_code_would(name):
     pending = list(old["state"]["pending"].values())
     then = continuation(driver, pending, 4)
     assert len(then) == len(old["then"]) > 0
-    assert all(np.array_equal(a, b) for a, b in zip(then, old["then"]))
+    assert _same(then, old["then"], ACROSS_CPUS)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_same_script_asks_what_the_old_code_asked(name):
-    assert _same(record()[name], OLD[name])
+    assert _same(record()[name], OLD[name], ACROSS_CPUS)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -80,13 +93,14 @@ def test_an_old_pool_checkpoint_resumes_as_the_old_code_would(case):
         assert driver.state_dict()["version"] == 2
         # with a candidate pending, the next ask returns it again, as the old code did
         first = 6 if key == "state" else 7
-        assert _same(continuation_pool(driver, 40, first), then)
+        assert _same(continuation_pool(driver, 40, first), then, ACROSS_CPUS)
 
 
 @pytest.mark.parametrize("case", sorted(POOL_CASES))
 def test_the_same_pool_script_asks_what_the_old_code_asked(case):
     now, old = record_pool()[case], OLD[case]
-    assert _same(now["asked"], old["asked"]) and _same(now["then"], old["then"])
+    assert _same(now["asked"], old["asked"], ACROSS_CPUS)
+    assert _same(now["then"], old["then"], ACROSS_CPUS)
     for key in ("state", "state_told"):  # v1 read in equals the state the new code keeps
         driver = make_pool(case)
         driver.load_state_dict(old[key])

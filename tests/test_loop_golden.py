@@ -23,9 +23,34 @@ from tests.helpers.loop_golden import GOLDEN, RUNS, run
 EXPECTED = json.loads(GOLDEN.read_text())
 
 
+# The golden file was recorded on a host whose BLAS / LAPACK / vector-math kernels are AVX-512
+# ones; on an AVX2 host CMA-ES's eigendecomposition and M2N2's SLERP (norm, dot, sin) give genes
+# that differ in the last bit (measured: 1.1e-16 at most) and everything else the same. Genes are
+# compared to this tolerance, every other field (digests, status, fitness, archive) exactly.
+GENES_ACROSS_CPUS = 1e-12
+
+
+def _same_run(got: dict, expected: dict) -> bool:
+    def same_trial(a, b):
+        genes_a, genes_b = a.pop(3), b.pop(3)
+        return a == b and np.allclose(genes_a, genes_b, rtol=0, atol=GENES_ACROSS_CPUS)
+
+    if {k: v for k, v in got.items() if k != "trials"} != {
+        k: v for k, v in expected.items() if k != "trials"
+    }:
+        return False
+    ga, ea = got["trials"], expected["trials"]
+    return len(ga) == len(ea) and all(same_trial(list(a), list(b)) for a, b in zip(ga, ea))
+
+
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_same_candidates_and_archive_as_before(tmp_path, name):
-    assert run(name, tmp_path / name) == EXPECTED[name]
+    got = run(name, tmp_path / name)
+    assert _same_run(got, EXPECTED[name])
+    if name == "random":  # the tolerance hides nothing a changed proposal would show
+        moved = json.loads(json.dumps(EXPECTED[name]))
+        moved["trials"][-1][3][0] += 1e-9
+        assert not _same_run(got, moved)
 
 
 def _to_legacy(run_dir):
@@ -56,7 +81,7 @@ def test_store_of_the_old_ask_ahead_loop_resumes_exactly(tmp_path):
     run_dir = tmp_path / "adaptive_stream"
     run("adaptive_stream", run_dir, stop_event=stop, on_generation=on_gen)
     _to_legacy(run_dir)
-    assert run("adaptive_stream", run_dir) == EXPECTED["adaptive_stream"]
+    assert _same_run(run("adaptive_stream", run_dir), EXPECTED["adaptive_stream"])
     with RunStore.open(run_dir, readonly=True) as store:  # the resume wrote the new format
         state = pickle.loads(store.last_checkpoint().driver_state)
     assert LEGACY_KEY not in state
