@@ -23,10 +23,11 @@ from tests.helpers.loop_golden import GOLDEN, RUNS, run
 EXPECTED = json.loads(GOLDEN.read_text())
 
 
-# The golden file was recorded on a host whose BLAS / LAPACK / vector-math kernels are AVX-512
-# ones; on an AVX2 host CMA-ES's eigendecomposition and M2N2's SLERP (norm, dot, sin) give genes
-# that differ in the last bit (measured: 1.1e-16 at most) and everything else the same. Genes are
-# compared to this tolerance, every other field (digests, status, fitness, archive) exactly.
+# The golden file was recorded on another host; on an AVX2-only host (numpy's X86_V3 dispatch,
+# OpenBLAS's Haswell kernels) CMA-ES's eigendecomposition and M2N2's SLERP (norm, dot, sin) give
+# genes that differ from it in the last bit (measured: 1.1e-16 at most), everything else the
+# same. Genes are compared to this tolerance, every other field (digests, status, fitness,
+# archive) exactly.
 GENES_ACROSS_CPUS = 1e-12
 
 
