@@ -34,7 +34,9 @@ GENES_ACROSS_CPUS = 1e-12
 def _same_run(got: dict, expected: dict) -> bool:
     def same_trial(a, b):
         genes_a, genes_b = a.pop(3), b.pop(3)
-        return a == b and np.allclose(genes_a, genes_b, rtol=0, atol=GENES_ACROSS_CPUS)
+        if a != b or len(genes_a) != len(genes_b):
+            return False
+        return np.allclose(genes_a, genes_b, rtol=0, atol=GENES_ACROSS_CPUS)
 
     if {k: v for k, v in got.items() if k != "trials"} != {
         k: v for k, v in expected.items() if k != "trials"
