@@ -21,6 +21,15 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    With ``settle: set`` a candidate also stops once it is surely among the best k (the same
    bound puts it above the best candidate outside them) and cannot enter the archive: the
    driver then gets the best k as a set, ordered by their means so far;
+   With ``indifference: eps`` > 0 every "surely below" above reads "surely not above by more
+   than eps" (the bound is compared with eps instead of 0): candidates within eps of each
+   other count as tied, which the driver does not care how it breaks, and stop. This is the
+   indifference zone of ranking and selection (Bechhofer, "A single-sample multiple decision
+   procedure for ranking means of normal populations with known variances", Ann. Math.
+   Statist. 1954: differences smaller than delta* are not worth detecting); putting it into
+   this paired bound is ours, not a formula from that paper. Without it two candidates equal
+   on every item so far (e.g. both 0 on a hard target) have a bound of exactly 0 and run to
+   the last item;
 3. the others get the next ``slice`` items, and so on until only survivors are left, which
    are scored on every item, or every item is used. Each round is submitted in the reverse
    of the previous one's order (``submission_order``): the candidates scored last are still
@@ -64,13 +73,19 @@ def paired_upper(a: np.ndarray, b: np.ndarray, z: float) -> float:
 
 
 def sure_losers(
-    values: dict[int, np.ndarray], need: int, archive: Sequence[np.ndarray], top_k: int, z: float
+    values: dict[int, np.ndarray],
+    need: int,
+    archive: Sequence[np.ndarray],
+    top_k: int,
+    z: float,
+    eps: float = 0.0,
 ) -> set[int]:
     """Candidates (keys of ``values``, equal-length arrays of their first m item values) that
     surely are neither among the best ``need`` of them nor able to enter the archive: below
     the ``top_k``-th best of the archive's members (``archive``: their values on every item)
-    and the candidates together, ranked on these m items."""
-    return settle(values, need, archive, top_k, z)[0]
+    and the candidates together, ranked on these m items. ``eps``: the indifference zone (a
+    candidate surely not above by more than eps counts as below)."""
+    return settle(values, need, archive, top_k, z, eps=eps)[0]
 
 
 def settle(
@@ -80,11 +95,13 @@ def settle(
     top_k: int,
     z: float,
     inside: bool = False,
+    eps: float = 0.0,
 ) -> tuple[set[int], set[int]]:
     """(losers, winners): the sure losers (``sure_losers``) and, with ``inside``, the
     candidates surely among the best ``need`` (the same bound says they are above the best
     candidate outside them) that cannot enter the archive either: both can stop. ``need`` 0:
-    the places are taken, every candidate that cannot enter the archive is a loser."""
+    the places are taken, every candidate that cannot enter the archive is a loser. Every
+    comparison is ``paired_upper(a, b) < eps``: a surely not above b by more than ``eps``."""
     order = sorted(values, key=lambda i: (-float(values[i].mean()), i))
     if not order:
         return set(), set()
@@ -98,7 +115,7 @@ def settle(
         entering = {row[1] for row in both[:top_k]}
 
     def shut_out(i: int) -> bool:  # surely cannot enter the archive
-        return gate is not None and i not in entering and paired_upper(values[i], gate, z) < 0
+        return gate is not None and i not in entering and paired_upper(values[i], gate, z) < eps
 
     losers: set[int] = set()
     if len(values) > need:
@@ -106,12 +123,12 @@ def settle(
             losers = {i for i in order if shut_out(i)}
         else:
             ref = values[order[need - 1]]
-            losers = {i for i in order[need:] if paired_upper(values[i], ref, z) < 0}
+            losers = {i for i in order[need:] if paired_upper(values[i], ref, z) < eps}
             losers = {i for i in losers if shut_out(i)}
     winners: set[int] = set()
     if inside and 0 < need < len(values):
         first_out = values[order[need]]
-        winners = {i for i in order[:need] if paired_upper(first_out, values[i], z) < 0}
+        winners = {i for i in order[:need] if paired_upper(first_out, values[i], z) < eps}
         winners = {i for i in winners if shut_out(i)}
     return losers, winners
 
@@ -124,6 +141,7 @@ class Racer:
         self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
         self.top_k = top_k  # the archive's size
         self.z = NormalDist().inv_cdf(cfg.confidence)
+        self.eps = getattr(cfg, "indifference", 0.0)
 
     def race(
         self,
@@ -175,7 +193,7 @@ class Racer:
                 floor = [
                     lin(a[:start], w[:start]) for a, w in zip(archive, archive_weights, strict=True)
                 ]
-                losers, winners = settle(live, need, floor, self.top_k, self.z, inside)
+                losers, winners = settle(live, need, floor, self.top_k, self.z, inside, self.eps)
                 need -= len(winners)
                 alive = [i for i in alive if i not in losers and i not in winners]
         results = []

@@ -142,6 +142,36 @@ def test_settle_set_also_stops_the_sure_members_of_the_best_k():
     assert raced.model_dump()["racing"]["settle"] == "set"
 
 
+def test_indifference_stops_ties_that_the_plain_bound_never_separates():
+    zero = np.zeros(10)  # a hard target: every candidate wrong on every item so far
+    one_more = zero.copy()
+    one_more[3] = 1.0  # one item right: 0.1 above the others on these 10
+    perfect = [np.ones(10)]  # an archive of 1 nobody here can enter
+    ties = {0: zero, 1: zero.copy(), 2: zero.copy()}
+    # equal on every item: the paired bound is exactly 0, never below it, so nobody stops
+    assert settle(ties, 1, perfect, 1, 0.52, inside=True) == (set(), set())
+    # within an indifference zone they count as tied: all stop, the best "1" settled inside
+    assert settle(ties, 1, perfect, 1, 0.52, inside=True, eps=0.01) == ({1, 2}, {0})
+    assert sure_losers(ties, 1, perfect, 1, 0.52, eps=0.01) == {1, 2}
+    # equal means on other items are not a sure tie: the bound on a paired difference of
+    # two single items in ten (mean 0, sd 0.471) is 0.52 x 0.471 / sqrt(10) = 0.077
+    other = zero.copy()
+    other[5] = 1.0
+    pair = {0: one_more, 1: other}
+    assert paired_upper(other, one_more, 0.52) == pytest.approx(0.52 * (2 / 9) ** 0.5 / 10**0.5)
+    assert settle(pair, 1, perfect, 1, 0.52, inside=True, eps=0.01) == (set(), set())
+    assert settle(pair, 1, perfect, 1, 0.52, inside=True, eps=0.1) == ({1}, {0})
+    # the zone also applies to the archive's gate: a tie with an empty archive's place enters
+    assert settle(ties, 1, [], 1, 0.52, inside=True, eps=0.01) == ({1, 2}, set())
+    # off by default: 0 is left out of the stored config, so earlier runs hash the same
+    fit = {"tasks": [{"kind": "zoo", "evaluator": "skills"}]}
+    assert "indifference" not in parse_fitness_config({**fit, "racing": {}}).model_dump()["racing"]
+    raced = parse_fitness_config({**fit, "racing": {"indifference": 0.01}})
+    assert raced.model_dump()["racing"]["indifference"] == 0.01
+    with pytest.raises(UserInputError, match="racing.indifference"):
+        parse_fitness_config({**fit, "racing": {"indifference": -0.1}})
+
+
 def test_item_pool_order_is_seeded_and_values_average_to_the_fitness():
     cfg = parse_fitness_config(
         {"tasks": [{"kind": "zoo", "evaluator": "skills", "options": {"limit": 12}}]}

@@ -226,12 +226,19 @@ class RacingConfig(_Frozen):
     """order: the driver's best k are scored on every item, so their order is exact; set: a
     candidate also stops once it is surely among the best k and cannot enter the archive (the
     k are then ordered by their means so far; docs/racing.md)"""
+    indifference: float = Field(0.0, ge=0.0, lt=1.0)
+    """indifference zone, in fitness units (e.g. 0.01 of accuracy): a candidate also stops once
+    it surely is not above the one it is compared with by more than this, so near-ties stop
+    instead of running to the last item (0: only sure differences stop; docs/racing.md)"""
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
-        data = handler(self)  # "order" (the default) is left out: earlier runs hash the same
-        if isinstance(data, dict) and data.get("settle") == "order":
-            data.pop("settle")
+        data = handler(self)  # the defaults of later fields are left out: earlier runs hash
+        if isinstance(data, dict):  # the same
+            if data.get("settle") == "order":
+                data.pop("settle")
+            if data.get("indifference") == 0.0:
+                data.pop("indifference")
         return data
 
 
