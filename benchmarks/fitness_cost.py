@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 continue
             exp, n = {**SETUPS, **REAL_SETUPS}[name]
             n = args.items or n
-            pool = _pool(exp, n)
+            pool = _search_items(exp, n)
             big = args.evals * pool
             rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
             for seed in seeds:
@@ -221,13 +221,14 @@ def pool_report(files: list[str]) -> dict[str, dict]:
     tables = {}
     for name, m in merged.items():
         rows = {(how, f): [tuple(v) for v in vals] for how, f, vals in m["rows"]}
-        report(name, m["n"], m["pool"], m["big"], m["seeds"], rows, m["driver"])
+        head = {k: m[k] for k in ("n", "pool", "big", "seeds", "driver")}
+        report(name, rows=rows, **head)
         print(f"racing: {m['racing']}")
         tables[name] = rows
     return tables
 
 
-def _pool(exp: Path, n: int) -> int:
+def _search_items(exp: Path, n: int) -> int:
     """Search items of the whole suite with ``n`` per task (a group's subtasks count apart)."""
     from evomerge.fitness import build_fitness
 

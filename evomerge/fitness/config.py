@@ -39,6 +39,7 @@ YAML shape::
       first_slice: 20                # items every candidate is scored on first
       slice: 10                      # items added per round to candidates still in the race
       confidence: 0.95               # one-sided level of the paired bounds that drop one
+      indifference: 0.0              # > 0: near-ties (within it) stop as ties
 
 Shorthand: ``{python: "fitness/my.py:score"}`` is one python task.
 """
