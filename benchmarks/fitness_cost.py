@@ -3,7 +3,7 @@
     python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
         [--fractions 0.5,0.2] [--driver cma_es|random] [--methods full,racing,subset]
         [--racing "{first_slice: 10, slice: 10}"] [--budget items|candidates]
-        [--items N] [--work DIR] [--json OUT.json]
+        [--items N] [--work DIR] [--json OUT.json] [--reference A.json,B.json]
     python benchmarks/fitness_cost.py --pool A.json,B.json     # one table from several runs
 
 With real models the fitness is almost all of a search's cost, and its unit is the item: one
@@ -25,6 +25,10 @@ they go to a temp folder, deleted at the end: each run's archive holds its winne
 ``--json OUT.json`` also writes every seed's row (item evaluations, candidates, held-out
 score); ``--pool`` prints one table per setup from such files (runs of the same setup, budget
 and methods on different seeds, e.g. two halves run side by side), without running anything.
+``--reference A.json,...`` takes each seed's full-scoring reference row from such files instead
+of running it again (the reference is seeded: the same setup, budget and seed give the same
+search), so other racing settings cost only their own searches; the files must hold the same
+setup (items, budget, driver) and every seed asked for.
 Each search's winner (its best on its own items) is scored on held-out items (every test item
 after the search window, the same for every method) and the table shows, per method and
 budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
@@ -129,6 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", default=None, help="keep the runs here (default: a temp folder)")
     ap.add_argument("--json", default=None, help="also write each seed's rows to this file")
     ap.add_argument("--pool", default=None, help="A.json,B.json: report these runs as one")
+    ap.add_argument(
+        "--reference", default=None, help="A.json,B.json: the reference rows of earlier --json runs"
+    )
     return ap.parse_args(argv)
 
 
@@ -171,10 +178,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             n = args.items or n
             pool = _search_items(exp, n)
             big = args.evals * pool
+            head = {"n": n, "pool": pool, "big": big, "seeds": seeds, "driver": args.driver}
+            known = reference_rows(args.reference.split(","), name, head) if args.reference else {}
             rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
             for seed in seeds:
                 winners, keys = [], []
-                for how, f in todo:
+                if known:
+                    rows.setdefault(("full", 1.0), []).append(known[seed])
+                for how, f in todo[1:] if known else todo:
                     run = work / f"{name}-{how}-{f}-s{seed}"
                     budget = cap(args.budget, f, big, args.evals)
                     spent, cands, win = run_one(exp, run, seed, n, f, budget, how, drv, racing)
@@ -183,7 +194,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
                 for (how, f, spent, cands), h in zip(keys, scores, strict=True):
                     rows.setdefault((how, f), []).append((spent, cands, h))
-            head = {"n": n, "pool": pool, "big": big, "seeds": seeds, "driver": args.driver}
             report(name, rows=rows, **head)
             if any(how == "racing" for how, _ in todo):
                 print(f"racing: {racing}")
@@ -195,6 +205,26 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         if not keep:  # merged models of every winner live there: do not leave them behind
             shutil.rmtree(work, ignore_errors=True)
     return tables
+
+
+def reference_rows(files: list[str], name: str, head: dict) -> dict[int, tuple[int, int, float]]:
+    """seed -> the full-scoring reference's (item evals, candidates, held-out) from ``--json``
+    files of setup ``name``; refuses files of another setup, budget or driver, or missing a
+    seed of ``head["seeds"]``."""
+    known: dict[int, tuple[int, int, float]] = {}
+    for f in files:
+        run = json.loads(Path(f).read_text()).get(name)
+        if run is None:
+            raise SystemExit(f"--reference: {f} has no {name} rows; give a --json file of {name}")
+        for key in ("n", "pool", "big", "driver"):
+            if run[key] != head[key]:
+                raise SystemExit(f"--reference: {f}: {name}'s {key} {run[key]!r} != {head[key]!r}")
+        ref = next(vals for how, frac, vals in run["rows"] if (how, frac) == ("full", 1.0))
+        known.update({s: tuple(v) for s, v in zip(run["seeds"], ref, strict=True)})
+    missing = [s for s in head["seeds"] if s not in known]
+    if missing:
+        raise SystemExit(f"--reference: no reference row for seeds {missing} in {','.join(files)}")
+    return known
 
 
 def pool_report(files: list[str]) -> dict[str, dict]:

@@ -149,3 +149,25 @@ def test_json_rows_pool_into_one_table(raced, tmp_path, capsys):
     (tmp_path / "c.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="big"):
         fitness_cost.main(["--pool", f"{rows_json},{tmp_path / 'c.json'}"])
+
+
+def test_reference_rows_are_reused_not_rerun(raced, tmp_path):
+    """--reference takes the full-scoring row of an earlier --json run for each seed: the
+    reference search is not run again, the other rows are, and a file of another setup or
+    without the seed is refused before anything runs."""
+    _, rows, rows_json = raced
+
+    def args(seeds: str = "0", evals: str = "16") -> list[str]:
+        argv = ["--setups", "skills", "--items", "3", "--seeds", seeds, "--evals", evals]
+        argv += ["--fractions", "0.5", "--methods", "subset", "--budget", "candidates"]
+        return [*argv, "--reference", str(rows_json)]
+
+    again = fitness_cost.main([*args(), "--work", str(tmp_path)])
+    assert again["skills"][("full", 1.0)] == rows[("full", 1.0)]
+    assert again["skills"][("subset", 0.5)] == rows[("subset", 0.5)]
+    assert not (tmp_path / "skills-full-1.0-s0").exists()
+    assert (tmp_path / "skills-subset-0.5-s0").exists()
+    with pytest.raises(SystemExit, match=r"no reference row for seeds \[1\]"):
+        fitness_cost.main(args(seeds="0,1"))
+    with pytest.raises(SystemExit, match="skills's big 192 != 96"):
+        fitness_cost.main(args(evals="8"))
