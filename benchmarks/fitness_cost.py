@@ -216,15 +216,20 @@ def reference_rows(files: list[str], name: str, head: dict) -> dict[int, tuple[i
         run = json.loads(Path(f).read_text()).get(name)
         if run is None:
             raise SystemExit(f"--reference: {f} has no {name} rows; give a --json file of {name}")
-        for key in ("n", "pool", "big", "driver"):
-            if run[key] != head[key]:
-                raise SystemExit(f"--reference: {f}: {name}'s {key} {run[key]!r} != {head[key]!r}")
+        _same_setup("--reference", f, name, run, head, ("n", "pool", "big", "driver"))
         ref = next(vals for how, frac, vals in run["rows"] if (how, frac) == ("full", 1.0))
         known.update({s: tuple(v) for s, v in zip(run["seeds"], ref, strict=True)})
     missing = [s for s in head["seeds"] if s not in known]
     if missing:
         raise SystemExit(f"--reference: no reference row for seeds {missing} in {','.join(files)}")
     return known
+
+
+def _same_setup(flag: str, f: str, name: str, run: dict, want: dict, keys: tuple) -> None:
+    """Refuses ``run`` (setup ``name`` of file ``f``) where it differs from ``want`` in ``keys``."""
+    for key in keys:
+        if run[key] != want[key]:
+            raise SystemExit(f"{flag}: {f}: {name}'s {key} {run[key]!r} != {want[key]!r}")
 
 
 def pool_report(files: list[str]) -> dict[str, dict]:
@@ -238,9 +243,7 @@ def pool_report(files: list[str]) -> dict[str, dict]:
                 merged[name] = run
                 continue
             m = merged[name]
-            for key in ("n", "pool", "big", "driver", "racing"):
-                if m[key] != run[key]:
-                    raise SystemExit(f"--pool: {f}: {name}'s {key} {run[key]!r} != {m[key]!r}")
+            _same_setup("--pool", f, name, run, m, ("n", "pool", "big", "driver", "racing"))
             if [r[:2] for r in m["rows"]] != [r[:2] for r in run["rows"]]:
                 raise SystemExit(f"--pool: {f}: {name} has other rows (methods or fractions)")
             if set(m["seeds"]) & set(run["seeds"]):

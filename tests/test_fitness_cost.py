@@ -153,7 +153,7 @@ def test_json_rows_pool_into_one_table(raced, tmp_path, capsys):
 
 def test_reference_rows_are_reused_not_rerun(raced, tmp_path):
     """--reference takes the full-scoring row of an earlier --json run for each seed: the
-    reference search is not run again, the other rows are, and a file of another setup or
+    reference search is not run again, the other rows are, and a file of another budget or
     without the seed is refused before anything runs."""
     _, rows, rows_json = raced
 

@@ -150,7 +150,7 @@ def test_indifference_stops_ties_that_the_plain_bound_never_separates():
     ties = {0: zero, 1: zero.copy(), 2: zero.copy()}
     # equal on every item: the paired bound is exactly 0, never below it, so nobody stops
     assert settle(ties, 1, perfect, 1, 0.52, inside=True) == (set(), set())
-    # within an indifference zone they count as tied: all stop, the best "1" settled inside
+    # within an indifference zone they count as tied: all stop, the first (0) settled inside
     assert settle(ties, 1, perfect, 1, 0.52, inside=True, eps=0.01) == ({1, 2}, {0})
     assert sure_losers(ties, 1, perfect, 1, 0.52, eps=0.01) == {1, 2}
     # equal means on other items are not a sure tie: the bound on a paired difference of
