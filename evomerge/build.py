@@ -230,7 +230,8 @@ def build_racer(cfg: ExperimentConfig, driver: Driver) -> Any:
     from evomerge.racing import Racer
 
     fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
-    return Racer(r, ItemPool.build(fitness, cfg.seed), fitness, need, cfg.archive.top_k)
+    pool = ItemPool.build(fitness, cfg.seed)
+    return Racer(r, pool, fitness, need, cfg.archive.top_k, seed=cfg.seed)
 
 
 def _locked_new_folder(run_dir: Path) -> tuple[FileLock, bool]:

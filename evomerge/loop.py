@@ -163,6 +163,7 @@ class SearchLoop:
         self.constraints = constraints  # fitness.constraints: infeasible never enters the archive
         # racing: archive members' item values and weights
         self._values: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._values_pool: Any = None  # the item pool (order) self._values are in
         # racing decides a generation's next slices from its last ones: it never streams ahead
         streams = hasattr(evaluator, "submit") and hasattr(evaluator, "poll")
         self._streaming = driver.can_ask_ahead and streams and racer is None
@@ -399,6 +400,7 @@ class SearchLoop:
         if self.racer is None:
             results = self.evaluator.evaluate(recipes)
             return results, [_items_in(r) for r in results]
+        self.racer.start_generation(self.state.generation)
         values, weights = self._archive_values()
         out = self.racer.race(self.evaluator, recipes, values, weights)
         return out.results, out.items
@@ -414,6 +416,8 @@ class SearchLoop:
         """The archive members' item values and weights in racing order (read from the store
         once per member)."""
         pool = self.racer.pool
+        if pool is not self._values_pool:  # racing order "generation": a new order
+            self._values, self._values_pool = {}, pool
         self._values = {
             e.idx: self._values[e.idx]
             if e.idx in self._values

@@ -5,7 +5,9 @@ Rank-based drivers need the order of a generation's best, not every score to ful
 elimination drives irace, López-Ibáñez et al. 2016). Here:
 
 1. every fresh candidate of the generation is scored on the first ``first_slice`` items of the
-   run's item pool (``evomerge.fitness.items``: one seeded order, the same for every candidate);
+   run's item pool (``evomerge.fitness.items``: one seeded order, the same for every candidate;
+   with ``order: generation`` a fresh seeded order each generation, the same for every
+   candidate of it);
 2. the candidates still racing are ranked by their mean item value; those ranked below the
    driver's need ``k`` (``Driver.racing_need``: CMA-ES's mu, random/Optuna's 1) are compared,
    item by item on the items both saw, with the k-th best: a candidate whose one-sided upper
@@ -137,11 +139,19 @@ class Racer:
     # False submits every round in candidate order (to compare, in tests)
     resident_order = True
 
-    def __init__(self, cfg: Any, pool: ItemPool, fitness: Any, need: int, top_k: int) -> None:
+    def __init__(
+        self, cfg: Any, pool: ItemPool, fitness: Any, need: int, top_k: int, seed: int = 0
+    ) -> None:
         self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
+        self.run_pool, self.seed = pool, seed  # order "generation" reorders run_pool per generation
         self.top_k = top_k  # the archive's size
         self.z = NormalDist().inv_cdf(cfg.confidence)
         self.eps = getattr(cfg, "indifference", 0.0)
+
+    def start_generation(self, generation: int) -> None:
+        """With ``order: generation``, race this generation on its own seeded item order."""
+        if getattr(self.cfg, "order", "run") == "generation":
+            self.pool = self.run_pool.for_generation(self.seed, generation)
 
     def race(
         self,

@@ -184,6 +184,12 @@ def test_item_pool_order_is_seeded_and_values_average_to_the_fitness():
     pos = a.positions(0, 48)
     assert len(pos) == 4 and all(label.startswith("skills/") for label in pos)
     assert all(sorted(p) == list(range(12)) for p in pos.values())
+    # order "generation": each generation its own seeded order of the same items; the run's
+    # seed and the generation alone decide it (a resumed run races on the same order)
+    g1, g2 = a.for_generation(3, 1), a.for_generation(3, 2)
+    assert g1.order == b.for_generation(3, 1).order != g2.order != a.order
+    assert sorted(g1.order) == sorted(a.order) and g1.entries == a.entries
+    assert g1.order != c.for_generation(4, 1).order
 
 
 # ---- the racer on real experts, against their plain scores ---------------------------------------
@@ -248,6 +254,20 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
     assert all(a.items[i] == pool.size for i in order[:5])  # by order: the 5 on every item
     told = sorted(range(len(recipes)), key=lambda i: -b.results[i].fitness)
     assert set(told[:5]) == set(order[:5])
+    # order "generation": generation 1's own item order; a stopped candidate is told the mean
+    # of that order's first items, the best is still scored exactly
+    by_gen = cfg.fitness.racing.model_copy(update={"order": "generation"})
+    racer = Racer(by_gen, pool, fitness, need=1, top_k=1, seed=cfg.seed)
+    racer.start_generation(1)
+    g = racer.pool
+    assert g.order != pool.order
+    out = racer.race(evaluator, recipes, [g.full_values(plain[order[1]].result)])
+    assert out.results[best].fitness == plain[best].fitness
+    stopped = [i for i in range(len(plain)) if out.items[i] < g.size]
+    assert stopped
+    for i in stopped:
+        first = g.full_values(plain[i].result)[: out.items[i]]
+        assert np.isclose(out.results[i].fitness, first.mean())
 
 
 # ---- searches ----------------------------------------------------------------------------------
@@ -281,6 +301,32 @@ def test_search_saves_item_evaluations_and_archives_only_fully_scored(tmp_path, 
     # nothing scored on part of the items enters the archive; the winner is the plain one
     assert not {row[2] for row in r[1]} & {r[0][i][0] for i in short}
     assert r[1][0][1] == p[1][0][1]
+
+
+def test_generation_order_races_each_generation_on_its_own_items(tmp_path, capsys):
+    # random search asks the same candidates with or without racing: a candidate stopped in
+    # generation g was told the mean of its plain item values over the first items of g's order
+    plain_exp = _experiment(tmp_path, racing=None, driver=RANDOM, budget="{max_evals: 12}")
+    race = "{first_slice: 8, slice: 8, order: generation}"
+    race_exp = _experiment(
+        tmp_path, racing=race, driver=RANDOM, budget="{max_evals: 12}", name="race.yaml"
+    )
+    assert search(plain_exp, tmp_path / "plain") == 0
+    assert search(race_exp, tmp_path / "race") == 0
+    capsys.readouterr()
+    trials = _snapshot(tmp_path / "race")[0]
+    cfg = load_experiment(race_exp)
+    pool = ItemPool.build(build_fitness(cfg.fitness), cfg.seed)
+    checked = set()
+    with RunStore.open(tmp_path / "plain", readonly=True) as st:
+        for t, m in zip(trials, _racing_meta(trials), strict=True):
+            if m["items"] == m["of"]:
+                continue
+            g = pool.for_generation(cfg.seed, t[1])
+            first = g.full_values(st.eval_result(t[0]))[: m["items"]]
+            assert np.isclose(t[7], first.mean()), (t[0], t[1])
+            checked.add(t[1])
+    assert checked == {0, 1}, "racing stopped no candidate early in some generation"
 
 
 def test_off_switch_is_byte_identical_to_no_racing(tmp_path, capsys):
@@ -319,12 +365,15 @@ def _kill_at_random(cmd: list[str], run: Path, rng: random.Random) -> bool:
 _cli = cli
 
 
-def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("order", ["run", "generation"])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, order):
     # a zoo task (items averaged) and a perplexity task (a ratio of sums, racing.md) in one pool;
     # four generations: three chances to kill mid-race (a kill lands in the generation after a
-    # commit, so the last one never is), of which two must land
+    # commit, so the last one never is), of which two must land. order "generation": each
+    # generation is raced on its own item order, which resume must find again
     ppl = "max_length: 16, max_windows: 24"
-    exp = _experiment(tmp_path, racing=RACE, driver=CMA, budget="{max_evals: 24}", ppl=ppl)
+    race = RACE if order == "run" else "{first_slice: 8, slice: 8, order: generation}"
+    exp = _experiment(tmp_path, racing=race, driver=CMA, budget="{max_evals: 24}", ppl=ppl)
     full = tmp_path / "full"
     done = subprocess.run(
         _cli("search", str(exp), "--run-dir", str(full)), env=ENV, text=True, capture_output=True

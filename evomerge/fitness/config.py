@@ -231,6 +231,10 @@ class RacingConfig(_Frozen):
     """indifference zone, in fitness units (e.g. 0.01 of accuracy): a candidate also stops once
     it surely is not above the one it is compared with by more than this, so near-ties stop
     instead of running to the last item (0: only sure differences stop; docs/racing.md)"""
+    order: Literal["run", "generation"] = "run"
+    """run: one seeded item order for the whole run, so every generation's first slice is the
+    same items; generation: a fresh seeded order each generation, so the search is not ranked
+    on the same few items generation after generation (docs/racing.md)"""
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
@@ -240,6 +244,8 @@ class RacingConfig(_Frozen):
                 data.pop("settle")
             if data.get("indifference") == 0.0:
                 data.pop("indifference")
+            if data.get("order") == "run":
+                data.pop("order")
         return data
 
 

@@ -69,11 +69,20 @@ class ItemPool:
     @classmethod
     def build(cls, fitness: Any, seed: int) -> ItemPool:
         entries = tuple(fitness.item_entries())
-        flat = [(e, p) for e, (_, n, _) in enumerate(entries) for p in range(n)]
-        perm = np.random.default_rng([_ORDER_SALT, int(seed)]).permutation(len(flat))
         kinds = fitness.ratio_entries()
         ratios = tuple((e, kinds[lab]) for e, (lab, _, _) in enumerate(entries) if lab in kinds)
-        return cls(entries, tuple(flat[i] for i in perm), ratios)
+        return cls(entries, (), ratios).reordered([_ORDER_SALT, int(seed)])
+
+    def for_generation(self, seed: int, generation: int) -> ItemPool:
+        """The same items in the order of generation ``generation`` (racing ``order:
+        generation``): seeded by the run's seed and the generation, so a resumed run races a
+        generation on the order it was raced on before."""
+        return self.reordered([_ORDER_SALT, int(seed), int(generation)])
+
+    def reordered(self, rng_seed: list[int]) -> ItemPool:
+        flat = [(e, p) for e, (_, n, _) in enumerate(self.entries) for p in range(n)]
+        perm = np.random.default_rng(rng_seed).permutation(len(flat))
+        return ItemPool(self.entries, tuple(flat[i] for i in perm), self.ratios)
 
     @property
     def size(self) -> int:
