@@ -80,6 +80,7 @@ class ItemPool:
         return self.reordered([_ORDER_SALT, int(seed), int(generation)])
 
     def reordered(self, rng_seed: list[int]) -> ItemPool:
+        """These items in the uniform random order ``rng_seed`` draws."""
         flat = [(e, p) for e, (_, n, _) in enumerate(self.entries) for p in range(n)]
         perm = np.random.default_rng(rng_seed).permutation(len(flat))
         return ItemPool(self.entries, tuple(flat[i] for i in perm), self.ratios)
