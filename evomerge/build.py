@@ -231,7 +231,7 @@ def build_racer(cfg: ExperimentConfig, driver: Driver) -> Any:
 
     fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
     pool = ItemPool.build(fitness, cfg.seed)
-    return Racer(r, pool, fitness, need, cfg.archive.top_k, seed=cfg.seed)
+    return Racer(r, pool, fitness, need, cfg.archive.top_k)
 
 
 def _locked_new_folder(run_dir: Path) -> tuple[FileLock, bool]:

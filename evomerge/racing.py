@@ -139,11 +139,9 @@ class Racer:
     # False submits every round in candidate order (to compare, in tests)
     resident_order = True
 
-    def __init__(
-        self, cfg: Any, pool: ItemPool, fitness: Any, need: int, top_k: int, seed: int = 0
-    ) -> None:
+    def __init__(self, cfg: Any, pool: ItemPool, fitness: Any, need: int, top_k: int) -> None:
         self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
-        self.run_pool, self.seed = pool, seed  # order "generation" reorders run_pool per generation
+        self.run_pool = pool  # order "generation" reorders it per generation
         self.top_k = top_k  # the archive's size
         self.z = NormalDist().inv_cdf(cfg.confidence)
         self.eps = getattr(cfg, "indifference", 0.0)
@@ -151,7 +149,7 @@ class Racer:
     def start_generation(self, generation: int) -> None:
         """With ``order: generation``, race this generation on its own seeded item order."""
         if getattr(self.cfg, "order", "run") == "generation":
-            self.pool = self.run_pool.for_generation(self.seed, generation)
+            self.pool = self.run_pool.for_generation(generation)
 
     def race(
         self,

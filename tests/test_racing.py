@@ -186,10 +186,10 @@ def test_item_pool_order_is_seeded_and_values_average_to_the_fitness():
     assert all(sorted(p) == list(range(12)) for p in pos.values())
     # order "generation": each generation its own seeded order of the same items; the run's
     # seed and the generation alone decide it (a resumed run races on the same order)
-    g1, g2 = a.for_generation(3, 1), a.for_generation(3, 2)
-    assert g1.order == b.for_generation(3, 1).order != g2.order != a.order
+    g1, g2 = a.for_generation(1), a.for_generation(2)
+    assert g1.order == b.for_generation(1).order != g2.order != a.order
     assert sorted(g1.order) == sorted(a.order) and g1.entries == a.entries
-    assert g1.order != c.for_generation(4, 1).order
+    assert g1.order != c.for_generation(1).order
 
 
 # ---- the racer on real experts, against their plain scores ---------------------------------------
@@ -257,7 +257,7 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
     # order "generation": generation 1's own item order; a stopped candidate is told the mean
     # of that order's first items, the best is still scored exactly
     by_gen = cfg.fitness.racing.model_copy(update={"order": "generation"})
-    racer = Racer(by_gen, pool, fitness, need=1, top_k=1, seed=cfg.seed)
+    racer = Racer(by_gen, pool, fitness, need=1, top_k=1)
     racer.start_generation(1)
     g = racer.pool
     assert g.order != pool.order
@@ -322,7 +322,7 @@ def test_generation_order_races_each_generation_on_its_own_items(tmp_path, capsy
         for t, m in zip(trials, _racing_meta(trials), strict=True):
             if m["items"] == m["of"]:
                 continue
-            g = pool.for_generation(cfg.seed, t[1])
+            g = pool.for_generation(t[1])
             first = g.full_values(st.eval_result(t[0]))[: m["items"]]
             assert np.isclose(t[7], first.mean()), (t[0], t[1])
             checked.add(t[1])

@@ -65,25 +65,26 @@ class ItemPool:
     entries: tuple[tuple[str, int, float], ...]  # (entry label, items, share of the fitness)
     order: tuple[tuple[int, int], ...]  # racing order: (entry index, position in the entry)
     ratios: tuple[tuple[int, str], ...] = ()  # (entry index, score kind) of the ratio entries
+    seed: int = 0  # the run's seed: it drew this order and draws each generation's
 
     @classmethod
     def build(cls, fitness: Any, seed: int) -> ItemPool:
         entries = tuple(fitness.item_entries())
         kinds = fitness.ratio_entries()
         ratios = tuple((e, kinds[lab]) for e, (lab, _, _) in enumerate(entries) if lab in kinds)
-        return cls(entries, (), ratios).reordered([_ORDER_SALT, int(seed)])
+        return cls(entries, (), ratios, int(seed)).reordered([_ORDER_SALT, int(seed)])
 
-    def for_generation(self, seed: int, generation: int) -> ItemPool:
+    def for_generation(self, generation: int) -> ItemPool:
         """The same items in the order of generation ``generation`` (racing ``order:
         generation``): seeded by the run's seed and the generation, so a resumed run races a
         generation on the order it was raced on before."""
-        return self.reordered([_ORDER_SALT, int(seed), int(generation)])
+        return self.reordered([_ORDER_SALT, self.seed, int(generation)])
 
     def reordered(self, rng_seed: list[int]) -> ItemPool:
         """These items in the uniform random order ``rng_seed`` draws."""
         flat = [(e, p) for e, (_, n, _) in enumerate(self.entries) for p in range(n)]
         perm = np.random.default_rng(rng_seed).permutation(len(flat))
-        return ItemPool(self.entries, tuple(flat[i] for i in perm), self.ratios)
+        return ItemPool(self.entries, tuple(flat[i] for i in perm), self.ratios, self.seed)
 
     @property
     def size(self) -> int:
