@@ -16,12 +16,10 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    the best k. It stops only when it also cannot enter the archive: the same bound is below 0
    against the archive's ``top_k``-th best once this generation joins it (its members are
    fully scored, so their values on these items are known; the generation's candidates
-   count with their means so far; ``archive_confidence``, if set, gives this comparison its
-   own level: a candidate stopped early never enters the archive, so a missed new best is
-   lost for good, where a misranked generation only misleads the driver one step). A
-   perplexity entry's score is a ratio of sums, not a mean: its items enter these
-   comparisons linearized (``ItemPool.linearize``: the delta method for a ratio estimator),
-   and no candidate is dropped before the first items hold two of its windows;
+   count with their means so far). A perplexity entry's score is a ratio of sums, not a
+   mean: its items enter these comparisons linearized (``ItemPool.linearize``: the delta
+   method for a ratio estimator), and no candidate is dropped before the first items hold
+   two of its windows;
    With ``settle: set`` a candidate also stops once it is surely among the best k (the same
    bound puts it above the best candidate outside them) and cannot enter the archive: the
    driver then gets the best k as a set, ordered by their means so far;
@@ -100,14 +98,12 @@ def settle(
     z: float,
     inside: bool = False,
     eps: float = 0.0,
-    z_gate: float | None = None,
 ) -> tuple[set[int], set[int]]:
     """(losers, winners): the sure losers (``sure_losers``) and, with ``inside``, the
     candidates surely among the best ``need`` (the same bound says they are above the best
     candidate outside them) that cannot enter the archive either: both can stop. ``need`` 0:
     the places are taken, every candidate that cannot enter the archive is a loser. Every
-    comparison is ``paired_upper(a, b) < eps``: a surely not above b by more than ``eps``;
-    ``z_gate`` (None: ``z``) is the bound's z in the archive comparison only."""
+    comparison is ``paired_upper(a, b) < eps``: a surely not above b by more than ``eps``."""
     order = sorted(values, key=lambda i: (-float(values[i].mean()), i))
     if not order:
         return set(), set()
@@ -120,10 +116,8 @@ def settle(
         gate = both[top_k - 1][2]  # the archive's k-th after this generation, as it stands
         entering = {row[1] for row in both[:top_k]}
 
-    zg = z if z_gate is None else z_gate
-
     def shut_out(i: int) -> bool:  # surely cannot enter the archive
-        return gate is not None and i not in entering and paired_upper(values[i], gate, zg) < eps
+        return gate is not None and i not in entering and paired_upper(values[i], gate, z) < eps
 
     losers: set[int] = set()
     if len(values) > need:
@@ -150,8 +144,6 @@ class Racer:
         self.run_pool = pool  # order "generation" reorders it per generation
         self.top_k = top_k  # the archive's size
         self.z = NormalDist().inv_cdf(cfg.confidence)
-        gate = getattr(cfg, "archive_confidence", None)  # the archive's bound, if its own
-        self.z_gate = None if gate is None else NormalDist().inv_cdf(gate)
         self.eps = getattr(cfg, "indifference", 0.0)
 
     def start_generation(self, generation: int) -> None:
@@ -209,9 +201,7 @@ class Racer:
                 floor = [
                     lin(a[:start], w[:start]) for a, w in zip(archive, archive_weights, strict=True)
                 ]
-                losers, winners = settle(
-                    live, need, floor, self.top_k, self.z, inside, self.eps, self.z_gate
-                )
+                losers, winners = settle(live, need, floor, self.top_k, self.z, inside, self.eps)
                 need -= len(winners)
                 alive = [i for i in alive if i not in losers and i not in winners]
         results = []

@@ -172,36 +172,6 @@ def test_indifference_stops_ties_that_the_plain_bound_never_separates():
         parse_fitness_config({**fit, "racing": {"indifference": -0.1}})
 
 
-def test_archive_confidence_keeps_likely_new_bests_racing():
-    gate = [np.ones(10)]  # an archive of 1 whose member is right on all 10 items
-    lead = np.ones(10)
-    lead[0] = 0.0  # 0.1 below the gate: paired bound -0.1 + z x 0.316 / sqrt(10)
-    near = np.ones(10)
-    near[1:3] = 0.0  # 0.2 below the gate, surely below 'lead' at z = 0.52
-    # every place taken (need 0): at z = 0.52 both surely cannot enter the archive and stop
-    assert settle({0: lead, 1: near}, 0, gate, 1, 0.52) == ({0, 1}, set())
-    # the archive's own bound at z = 1.645: 'lead' (-0.1 + 0.164 > 0) could still enter it
-    # and races on; 'near' (-0.2 + 1.645 x 0.422 / sqrt(10) = +0.019) too
-    assert settle({0: lead, 1: near}, 0, gate, 1, 0.52, z_gate=1.645) == (set(), set())
-    # the generation's own ranking keeps z: 'near' is surely below 'lead' (need 1) but stops
-    # only if it also cannot enter the archive
-    assert paired_upper(near, lead, 0.52) < 0
-    assert settle({0: lead, 1: near}, 1, gate, 1, 0.52) == ({1}, set())
-    assert settle({0: lead, 1: near}, 1, gate, 1, 0.52, z_gate=1.645) == (set(), set())
-    # and the gate's z alone decides the archive: a looser gate than the generation's bound
-    assert settle({0: lead, 1: near}, 0, gate, 1, 1.645, z_gate=0.52) == ({0, 1}, set())
-    # unset by default and left out of the stored config: earlier runs hash the same
-    fit = {"tasks": [{"kind": "zoo", "evaluator": "skills"}]}
-    assert (
-        "archive_confidence"
-        not in parse_fitness_config({**fit, "racing": {}}).model_dump()["racing"]
-    )
-    raced = parse_fitness_config({**fit, "racing": {"archive_confidence": 0.95}})
-    assert raced.model_dump()["racing"]["archive_confidence"] == 0.95
-    with pytest.raises(UserInputError, match="racing.archive_confidence"):
-        parse_fitness_config({**fit, "racing": {"archive_confidence": 1.5}})
-
-
 def test_item_pool_order_is_seeded_and_values_average_to_the_fitness():
     cfg = parse_fitness_config(
         {"tasks": [{"kind": "zoo", "evaluator": "skills", "options": {"limit": 12}}]}

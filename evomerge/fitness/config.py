@@ -231,10 +231,6 @@ class RacingConfig(_Frozen):
     """indifference zone, in fitness units (e.g. 0.01 of accuracy): a candidate also stops once
     it surely is not above the one it is compared with by more than this, so near-ties stop
     instead of running to the last item (0: only sure differences stop; docs/racing.md)"""
-    archive_confidence: float | None = Field(None, gt=0.5, lt=1.0)
-    """one-sided level of the bound that says a candidate cannot enter the archive (null: the
-    same as confidence); higher keeps likely new bests racing to the last item, since a
-    candidate stopped early never enters the archive and cannot win (docs/racing.md)"""
     order: Literal["run", "generation"] = "run"
     """run: one seeded item order for the whole run, so every generation's first slice is the
     same items; generation: a fresh seeded order each generation, so the search is not ranked
@@ -250,8 +246,6 @@ class RacingConfig(_Frozen):
                 data.pop("indifference")
             if data.get("order") == "run":
                 data.pop("order")
-            if data.get("archive_confidence") is None:
-                data.pop("archive_confidence", None)
         return data
 
 
