@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.fitness.config import RacingConfig
 from evomerge.fitness.items import ItemPool
 from evomerge.recipe import Recipe
 from evomerge.workers.base import OK, JobResult
@@ -139,16 +140,18 @@ class Racer:
     # False submits every round in candidate order (to compare, in tests)
     resident_order = True
 
-    def __init__(self, cfg: Any, pool: ItemPool, fitness: Any, need: int, top_k: int) -> None:
+    def __init__(
+        self, cfg: RacingConfig, pool: ItemPool, fitness: Any, need: int, top_k: int
+    ) -> None:
         self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
         self.run_pool = pool  # order "generation" reorders it per generation
         self.top_k = top_k  # the archive's size
         self.z = NormalDist().inv_cdf(cfg.confidence)
-        self.eps = getattr(cfg, "indifference", 0.0)
+        self.eps = cfg.indifference
 
     def start_generation(self, generation: int) -> None:
         """With ``order: generation``, race this generation on its own seeded item order."""
-        if getattr(self.cfg, "order", "run") == "generation":
+        if self.cfg.order == "generation":
             self.pool = self.run_pool.for_generation(generation)
 
     def race(
@@ -172,7 +175,7 @@ class Racer:
         failed: dict[int, JobResult] = {}
         alive = list(range(n))
         need = self.need  # places among the best k not yet taken by a candidate settled inside
-        inside = getattr(self.cfg, "settle", "order") == "set"
+        inside = self.cfg.settle == "set"
         start, stop = 0, min(size, self.cfg.first_slice)
         order: list[int] = []
         while alive and start < size:
