@@ -235,7 +235,7 @@ def parse_experiment(data: dict[str, Any], *, origin: str = "experiment") -> Exp
     try:
         return ExperimentConfig.model_validate(_resolve_parts(data))
     except ValidationError as err:
-        raise UserInputError(format_validation_error(err, origin)) from None
+        raise UserInputError(format_validation_error(err, origin, ExperimentConfig)) from None
 
 
 def experiment_from_json(text: str, *, origin: str = "stored config") -> ExperimentConfig:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evomerge.config_keys import unknown_key_hint
 from evomerge.errors import UserInputError
 from evomerge.vocab.config import TokenizerConfig
 
@@ -206,7 +207,7 @@ class Recipe(_Frozen):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise UserInputError(format_validation_error(err, origin)) from None
+            raise UserInputError(format_validation_error(err, origin, cls)) from None
 
     @classmethod
     def from_yaml(cls, text: str, *, origin: str = "recipe") -> Recipe:
@@ -224,13 +225,17 @@ class Recipe(_Frozen):
         return cls.from_yaml(p.read_text(), origin=str(p))
 
 
-def format_validation_error(err: ValidationError, origin: str) -> str:
-    """One line per problem, each naming the field path and what to do."""
+def format_validation_error(
+    err: ValidationError, origin: str, model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem, each naming the field path and what to do; ``model``, the class
+    validated, lets an unknown key's line name the keys valid there."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "<top level>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{origin}: unknown key '{loc}' — remove it or check its spelling")
+            hint = unknown_key_hint(model, e["loc"])
+            lines.append(f"{origin}: unknown key '{loc}' — {hint}")
         elif e["type"] == "missing":
             lines.append(f"{origin}: missing required field '{loc}'")
         else:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from evomerge.config import experiment_from_json, load_experiment
+from evomerge.config import ExperimentConfig, experiment_from_json, load_experiment
+from evomerge.config_keys import LIST_MAX, keys_at, unknown_key_hint
 from evomerge.errors import UserInputError
 from evomerge.experiment import resolve_models
+from evomerge.fitness.config import FitnessConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FITNESS = "fitness: {python: score.py:score}\n"
 
@@ -81,6 +86,44 @@ def test_errors_name_the_field(tmp_path, edit, message):
     assert body != BASIC
     with pytest.raises(UserInputError, match=message):
         load_experiment(_write(tmp_path, body))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"budget.max_eval": 3}, "unknown key 'budget.max_eval' — did you mean 'max_evals'?"),
+        ({"archive.topk": 2}, "unknown key 'archive.topk' — did you mean 'top_k'?"),
+        (
+            {"fitness.racing": {"confidance": 0.7}},
+            "'racing.confidance' — did you mean 'confidence'?",
+        ),
+        (
+            {"fitness.validation": {"limit": 30}},
+            "'validation.limit' — remove it or use one of: items$",
+        ),
+        (  # a tagged union's member: the zoo task's own keys
+            {"fitness.tasks": [{"kind": "zoo", "name": "s", "evaluator": "skills", "zz": 1}]},
+            "'tasks.0.zz' — remove it or use one of: evaluator, kind, name, objective, options, weight$",
+        ),
+        (  # a list of models inside a list: the constraint's task
+            {"fitness.constraints": [{"task": {"kind": "lm_eval", "task": "t", "lmit": 1}}]},
+            "'constraints.0.task.lmit' — did you mean 'limit'?",
+        ),
+    ],
+)
+def test_an_unknown_key_names_the_keys_valid_there(override, message):
+    with pytest.raises(UserInputError, match=message):
+        load_experiment(ROOT / "experiments" / "toy_ps_cmaes.yaml", override)
+
+
+def test_an_unknown_key_among_many_points_to_the_schema():
+    keys = keys_at(ExperimentConfig, ["no_such_key"])
+    assert "fitness" in keys and "driver" in keys and "seed" in keys
+    lm_eval = keys_at(FitnessConfig, ["tasks", 0, "lm_eval", "x"])
+    assert lm_eval is not None and len(lm_eval) > LIST_MAX
+    assert "evomerge schema" in unknown_key_hint(FitnessConfig, ["tasks", 0, "lm_eval", "qqqq"])
+    # a path the models cannot follow keeps the plain advice
+    assert unknown_key_hint(FitnessConfig, ["nope", "x"]) == "remove it or check its spelling"
 
 
 def test_missing_file_and_base_dir_key(tmp_path):

@@ -378,7 +378,7 @@ def _format(err: ValidationError, origin: str) -> str:
     ('tasks.0.lm_eval.limit' reads 'tasks.0.limit')."""
     kinds = {"lm_eval", "zoo", "python", "perplexity"}
     lines = []
-    for line in format_validation_error(err, origin).splitlines():
+    for line in format_validation_error(err, origin, FitnessConfig).splitlines():
         for k in kinds:
             line = re.sub(rf"(tasks\.\d+|constraints\.\d+\.task)\.{k}\b", r"\1", line)
         lines.append(line)

@@ -68,7 +68,7 @@ class EntropyObjective(BaseModel):
         try:
             spec = cls.model_validate(data)
         except ValidationError as err:
-            raise UserInputError(format_validation_error(err, ORIGIN)) from None
+            raise UserInputError(format_validation_error(err, ORIGIN, cls)) from None
         _check_sources(spec)
         return spec
 

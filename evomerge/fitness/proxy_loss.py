@@ -41,7 +41,9 @@ class ProxySpec(BaseModel):
         try:
             spec = cls.model_validate(data or {})
         except ValidationError as err:
-            raise UserInputError(format_validation_error(err, "driver.options.proxy")) from None
+            raise UserInputError(
+                format_validation_error(err, "driver.options.proxy", cls)
+            ) from None
         if spec.kind == "lm" and not spec.data:
             raise UserInputError("driver.options.proxy.data: give a JSONL of prompt/answer pairs")
         return spec

@@ -201,4 +201,4 @@ def parse_space_config(data: Any, *, origin: str = "space") -> SpaceConfig:
     try:
         return _CLASSES[data["kind"]].model_validate(data)
     except ValidationError as err:
-        raise UserInputError(format_validation_error(err, origin)) from None
+        raise UserInputError(format_validation_error(err, origin, _CLASSES[data["kind"]])) from None

@@ -81,7 +81,7 @@ def parse_twin_config(data: Any, origin: str) -> TwinConfig:
     try:
         cfg = TwinConfig.model_validate(data)
     except ValidationError as err:
-        raise UserInputError(format_validation_error(err, origin)) from None
+        raise UserInputError(format_validation_error(err, origin, TwinConfig)) from None
     if len(cfg.experts) < 2:
         raise UserInputError(f"{origin}: field 'experts': give two or more experts to merge")
     if cfg.shared.merge_method not in SHARED_METHODS:
