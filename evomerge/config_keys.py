@@ -73,10 +73,8 @@ def keys_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | Non
         if t is None:
             return None
     found = [m for m in _members(t) if _is_model(m)]
-    if len(found) == 1:
-        return sorted(_fields(found[0]))
-    # an untagged union of mappings may still be the last element's tag
-    return None
+    # several models (a union without its tag in the path): which keys apply is not known
+    return sorted(_fields(found[0])) if len(found) == 1 else None
 
 
 def unknown_key_hint(model: type[BaseModel] | None, loc: Sequence[str | int]) -> str:
