@@ -22,7 +22,14 @@ from pathlib import Path
 
 from evomerge.failures import FailureGroup, run_failure_groups
 from evomerge.fitness.constraints import Constraints, infeasible, summary_lines
-from evomerge.report_data import Row, best_and_median, best_genes, model_rows, task_names
+from evomerge.report_data import (
+    Row,
+    best_and_median,
+    best_genes,
+    item_line,
+    model_rows,
+    task_names,
+)
 from evomerge.report_doc import (
     Block,
     Bullets,
@@ -54,6 +61,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
         baselines = json.loads(store.get_meta("baselines") or "{}")
         cfg_json, stop, groups = store.config_json(), read_stop(store), run_failure_groups(store)
         ranked = ranking(store)
+        items, partial = store.item_evals(), store.partial_idx()
     by_idx = {t.idx: t for t in trials}
     top = [by_idx[e.idx] for e in archive if e.idx in by_idx]
     rows = model_rows(top, baselines)
@@ -61,12 +69,13 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     genes = best_genes(top[0] if top else None, cfg_json, run_dir)
     cons = _constraints(cfg_json)
     plots = [
-        plot_fitness(trials, rows, out / "fitness.png", _infeasible(cons, trials)),
+        plot_fitness(trials, rows, out / "fitness.png", _infeasible(cons, trials), partial),
         plot_tasks(rows, tasks, out / "tasks.png"),
         plot_genes(*genes, out / "genes.png"),
     ]
     plots = [p for p in plots if p is not None]
     facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop)
+    facts.insert(3, _items_fact(cfg_json, items, len(partial)))
     facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
@@ -99,6 +108,16 @@ def _facts(run_dir, cfg: dict, trials: list[Trial], top: list[Trial], stop) -> l
     else:
         facts.append("best fitness: none, no candidate succeeded")
     return facts
+
+
+def _items_fact(cfg_json: str, items: int, stopped: int) -> str:
+    """Item evaluations (the unit of fitness cost) and what racing stopped, as status says."""
+    from evomerge.config import experiment_from_json
+
+    cfg = experiment_from_json(cfg_json)
+    return item_line(items, cfg.budget.max_item_evals, cfg.fitness.racing, stopped).replace(
+        "item evaluations ", "item evaluations: ", 1
+    )
 
 
 def _constraints(cfg_json: str) -> Constraints | None:

@@ -50,21 +50,25 @@ def task_names(rows: list[Row]) -> list[str]:
 
 
 def best_and_median(
-    trials: list[Trial], infeasible: set[int] | None = None
+    trials: list[Trial], infeasible: set[int] | None = None, partial: set[int] | None = None
 ) -> tuple[list[int], list[float], list[float]]:
     """(evaluations so far, best so far, generation median) at each generation's end, over the
     successful candidates not in ``infeasible`` (trial idx): with fitness.constraints the best
-    so far is then the best the archive could hold, and ends at the winner's fitness."""
+    so far is then the best the archive could hold, and ends at the winner's fitness.
+    ``partial``: the candidates racing stopped before every item; their values are estimates
+    from a few items that never enter the archive, so the best so far leaves them out (a lucky
+    first slice would otherwise top the curve) and the median keeps them (unbiased estimates)."""
     xs, best, med = [], [], []
     running, count = -math.inf, 0
-    skip = infeasible or set()
+    skip, estimated = infeasible or set(), partial or set()
     gens = sorted({t.generation for t in trials})
     for g in gens:
         rows = [t for t in trials if t.generation == g]
         count += len(rows)
         ok = [t.fitness for t in rows if t.ok and t.idx not in skip]
-        if ok:
-            running = max(running, max(ok))
+        full = [t.fitness for t in rows if t.ok and t.idx not in skip and t.idx not in estimated]
+        if full:
+            running = max(running, max(full))
         xs.append(count)
         best.append(running if math.isfinite(running) else math.nan)
         med.append(median(ok) if ok else math.nan)
@@ -112,3 +116,12 @@ def best_genes(best: Trial | None, cfg_json: str, run_dir) -> tuple[list[str], l
         return space.gene_names(), [float(v) for v in vals], "best recipe: gene values"
     except Exception:  # noqa: BLE001 - the plot falls back to raw genes
         return [f"g{i}" for i in range(len(x))], list(x), "best candidate: raw genes"
+
+
+def item_line(items: int, budget: int | None, racing, stopped: int) -> str:
+    """Item evaluations (one item scored for one candidate: the unit of fitness cost) and,
+    with racing on, how many candidates it stopped before every item."""
+    line = f"item evaluations {items}{f'/{budget}' if budget else ''}"
+    if racing is not None and racing.enabled:
+        line += f"  (racing stopped {stopped} candidate(s) early)"
+    return line

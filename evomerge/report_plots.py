@@ -35,30 +35,46 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_fitness(
-    trials: list[Trial], rows: list[Row], path: Path, infeasible: set[int] | None = None
+    trials: list[Trial],
+    rows: list[Row],
+    path: Path,
+    infeasible: set[int] | None = None,
+    partial: set[int] | None = None,
 ) -> Path | None:
     import matplotlib.pyplot as plt
 
     if not trials:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    draw_fitness(ax, trials, rows, infeasible)
+    draw_fitness(ax, trials, rows, infeasible, partial)
     return _save(fig, path)
 
 
 def draw_fitness(
-    ax, trials: list[Trial], rows: list[Row], infeasible: set[int] | None = None
+    ax,
+    trials: list[Trial],
+    rows: list[Row],
+    infeasible: set[int] | None = None,
+    partial: set[int] | None = None,
 ) -> None:
     """``infeasible``: the idx of the successful candidates that broke a constraint; None when
-    the run has no fitness.constraints (then candidates are not drawn one by one)."""
-    xs, best, med = best_and_median(trials, infeasible)
+    the run has no fitness.constraints (then candidates are not drawn one by one).
+    ``partial``: the idx of the candidates racing stopped early (``best_and_median``)."""
+    xs, best, med = best_and_median(trials, infeasible, partial)
     levels = [r for r in rows if r.kind != "merge" and r.fitness is not None]
     which = "" if infeasible is None else " (feasible)"
+    scored = " (fully scored)" if partial else ""
     if infeasible is not None:
         _mark_feasibility(ax, trials, infeasible)
     if any(math.isfinite(v) for v in best):
         ax.plot(
-            xs, best, label=f"best so far{which}", lw=2, marker="o", ms=3, color=WINNER_COLORS[0]
+            xs,
+            best,
+            label=f"best so far{which}{scored}",
+            lw=2,
+            marker="o",
+            ms=3,
+            color=WINNER_COLORS[0],
         )
         ax.plot(xs, med, label=f"generation median{which}", lw=1, ls="--", color="#444")
     elif infeasible:

@@ -301,6 +301,34 @@ def test_search_saves_item_evaluations_and_archives_only_fully_scored(tmp_path, 
     # nothing scored on part of the items enters the archive; the winner is the plain one
     assert not {row[2] for row in r[1]} & {r[0][i][0] for i in short}
     assert r[1][0][1] == p[1][0][1]
+    # the report counts the items and its best-so-far curve, like the archive, rests only on
+    # fully scored candidates: it ends at the archive's best
+    from evomerge.report import best_and_median, write_report
+
+    write_report(tmp_path / "race", tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"item evaluations: {race_items}  (racing stopped {len(short)} candidate(s) early)" in md
+    with RunStore.open(tmp_path / "race", readonly=True) as st:
+        trials, partial = st.trials(), st.partial_idx()
+    assert best_and_median(trials, partial=partial)[1][-1] == r[1][0][3]
+
+
+def test_best_so_far_leaves_out_estimates_and_the_median_keeps_them():
+    from evomerge.report import best_and_median
+    from evomerge.store import Trial
+    from evomerge.workers.base import OK
+
+    def trial(idx: int, generation: int, fitness: float) -> Trial:
+        return Trial(
+            idx, generation, f"d{idx}", (), "", None, OK, fitness, (fitness,), {}, None, 0, ""
+        )
+
+    # generation 0: a fully scored 0.4 and a lucky first slice at 0.9 (stopped early)
+    trials = [trial(0, 0, 0.4), trial(1, 0, 0.9), trial(2, 1, 0.5), trial(3, 1, 0.3)]
+    xs, best, med = best_and_median(trials, partial={1})
+    assert xs == [2, 4] and best == [0.4, 0.5]
+    assert med == [0.65, 0.4]  # the estimate is still the candidate's value for the median
+    assert best_and_median(trials)[1] == [0.9, 0.9]  # without the set: what the report showed
 
 
 def test_generation_order_races_each_generation_on_its_own_items(tmp_path, capsys):

@@ -13,6 +13,7 @@ def status(run_dir: Path) -> int:
     from evomerge.config import experiment_from_json
     from evomerge.fitness.constraints import Constraints, summary_lines
     from evomerge.outcome import outcome_lines
+    from evomerge.report_data import item_line
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
 
@@ -55,15 +56,6 @@ def status(run_dir: Path) -> int:
     for line in outcome:
         out.print(line, markup=False, highlight=False)
     return 0
-
-
-def item_line(items: int, budget: int | None, racing, stopped: int) -> str:
-    """Item evaluations (one item scored for one candidate: the unit of fitness cost) and,
-    with racing on, how many candidates it stopped before every item."""
-    line = f"item evaluations {items}{f'/{budget}' if budget else ''}"
-    if racing is not None and racing.enabled:
-        line += f"  (racing stopped {stopped} candidate(s) early)"
-    return line
 
 
 def asked_ahead(store, checkpoint) -> list[int]:
