@@ -75,7 +75,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     ]
     plots = [p for p in plots if p is not None]
     facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop)
-    facts.insert(3, _items_fact(cfg_json, items, len(partial)))
+    facts += [_items_fact(cfg_json, items, len(partial))]
     facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
