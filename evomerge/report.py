@@ -26,7 +26,7 @@ from evomerge.report_data import (
     Row,
     best_and_median,
     best_genes,
-    item_line,
+    item_count,
     model_rows,
     task_names,
 )
@@ -52,6 +52,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
+    from evomerge.config import experiment_from_json
     from evomerge.report_plots import plot_fitness, plot_genes, plot_tasks
 
     out = Path(out)
@@ -67,7 +68,8 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     rows = model_rows(top, baselines)
     tasks = task_names(rows)
     genes = best_genes(top[0] if top else None, cfg_json, run_dir)
-    cons = _constraints(cfg_json)
+    exp = experiment_from_json(cfg_json)
+    cons = Constraints.of(exp.fitness)
     plots = [
         plot_fitness(trials, rows, out / "fitness.png", _infeasible(cons, trials), partial),
         plot_tasks(rows, tasks, out / "tasks.png"),
@@ -75,7 +77,8 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     ]
     plots = [p for p in plots if p is not None]
     facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop)
-    facts += [_items_fact(cfg_json, items, len(partial))]
+    count = item_count(items, exp.budget.max_item_evals, exp.fitness.racing, len(partial))
+    facts += [f"item evaluations: {count}"]
     facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
@@ -108,23 +111,6 @@ def _facts(run_dir, cfg: dict, trials: list[Trial], top: list[Trial], stop) -> l
     else:
         facts.append("best fitness: none, no candidate succeeded")
     return facts
-
-
-def _items_fact(cfg_json: str, items: int, stopped: int) -> str:
-    """Item evaluations (the unit of fitness cost) and what racing stopped, as status says."""
-    from evomerge.config import experiment_from_json
-
-    cfg = experiment_from_json(cfg_json)
-    return item_line(items, cfg.budget.max_item_evals, cfg.fitness.racing, stopped).replace(
-        "item evaluations ", "item evaluations: ", 1
-    )
-
-
-def _constraints(cfg_json: str) -> Constraints | None:
-    """The run's fitness.constraints (None: it has none)."""
-    from evomerge.config import experiment_from_json
-
-    return Constraints.of(experiment_from_json(cfg_json).fitness)
 
 
 def _infeasible(cons: Constraints | None, trials: list[Trial]) -> set[int] | None:

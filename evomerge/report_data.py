@@ -65,8 +65,9 @@ def best_and_median(
     for g in gens:
         rows = [t for t in trials if t.generation == g]
         count += len(rows)
-        ok = [t.fitness for t in rows if t.ok and t.idx not in skip]
-        full = [t.fitness for t in rows if t.ok and t.idx not in skip and t.idx not in estimated]
+        counted = [t for t in rows if t.ok and t.idx not in skip]
+        ok = [t.fitness for t in counted]
+        full = [t.fitness for t in counted if t.idx not in estimated]
         if full:
             running = max(running, max(full))
         xs.append(count)
@@ -118,10 +119,11 @@ def best_genes(best: Trial | None, cfg_json: str, run_dir) -> tuple[list[str], l
         return [f"g{i}" for i in range(len(x))], list(x), "best candidate: raw genes"
 
 
-def item_line(items: int, budget: int | None, racing, stopped: int) -> str:
-    """Item evaluations (one item scored for one candidate: the unit of fitness cost) and,
-    with racing on, how many candidates it stopped before every item."""
-    line = f"item evaluations {items}{f'/{budget}' if budget else ''}"
+def item_count(items: int, budget: int | None, racing, stopped: int) -> str:
+    """Item evaluations (one item scored for one candidate: the unit of fitness cost), of the
+    budget if there is one, and, with racing on, how many candidates it stopped before every
+    item: what follows "item evaluations" in status and the report."""
+    text = f"{items}{f'/{budget}' if budget else ''}"
     if racing is not None and racing.enabled:
-        line += f"  (racing stopped {stopped} candidate(s) early)"
-    return line
+        text += f"  (racing stopped {stopped} candidate(s) early)"
+    return text

@@ -13,7 +13,7 @@ def status(run_dir: Path) -> int:
     from evomerge.config import experiment_from_json
     from evomerge.fitness.constraints import Constraints, summary_lines
     from evomerge.outcome import outcome_lines
-    from evomerge.report_data import item_line
+    from evomerge.report_data import item_count
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
 
@@ -34,7 +34,8 @@ def status(run_dir: Path) -> int:
         f"generations {c['generations']}  candidates {c['candidates']}  evaluated "
         f"{c['evaluated']}{f'/{budget}' if budget else ''}  failed {c['failed']}"
     )
-    out.print(item_line(items, cfg.budget.max_item_evals, cfg.fitness.racing, stopped))
+    count = item_count(items, cfg.budget.max_item_evals, cfg.fitness.racing, stopped)
+    out.print(f"item evaluations {count}")
     if in_flight:
         out.print(in_flight_line(in_flight))
     if cp is not None:
