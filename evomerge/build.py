@@ -209,13 +209,15 @@ def _parts(
     if fresh:
         seed_globals(cfg.seed)
     driver = build_driver(cfg, space)
-    build_racer(cfg, driver)  # a driver racing cannot serve: refused before any write
+    build_racer(cfg, driver, new_run=fresh)  # what racing cannot serve: refused before any write
     return experiment, space, driver
 
 
-def build_racer(cfg: ExperimentConfig, driver: Driver) -> Any:
+def build_racer(cfg: ExperimentConfig, driver: Driver, *, new_run: bool = False) -> Any:
     """The racer of ``fitness.racing`` (None when off); refuses a driver that needs every
-    candidate scored on every item, and a budget in item evaluations nothing counts."""
+    candidate scored on every item and, for a new run, a first slice that holds every item
+    (racing would then score every candidate in full, only slower; a run started so before
+    this check still resumes)."""
     r = cfg.fitness.racing
     if r is None or not r.enabled:
         return None
@@ -231,6 +233,12 @@ def build_racer(cfg: ExperimentConfig, driver: Driver) -> Any:
 
     fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
     pool = ItemPool.build(fitness, cfg.seed)
+    if new_run and r.first_slice >= pool.size:
+        raise UserInputError(
+            f"fitness.racing.first_slice: {r.first_slice} is not below the {pool.size} search "
+            "items of the fitness, so racing would score every candidate on every item; give "
+            f"a smaller first slice (e.g. {max(2, pool.size // 5)}) or remove fitness.racing"
+        )
     return Racer(r, pool, fitness, need, cfg.archive.top_k)
 
 

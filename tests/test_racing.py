@@ -438,6 +438,18 @@ def test_racing_is_refused_where_it_cannot_work(tmp_path):
         "random or optuna"
     )
     assert not (tmp_path / "m").exists()
+    # a first slice as large as the pool (4 skills x 12 items) would race nothing
+    whole = _experiment(
+        tmp_path, racing="{first_slice: 48}", driver=RANDOM, budget="{max_evals: 4}", name="w.yaml"
+    )
+    with pytest.raises(UserInputError) as err:
+        search(whole, tmp_path / "w")
+    assert str(err.value) == (
+        "fitness.racing.first_slice: 48 is not below the 48 search items of the fitness, so "
+        "racing would score every candidate on every item; give a smaller first slice (e.g. 9) "
+        "or remove fitness.racing"
+    )
+    assert not (tmp_path / "w").exists()
     # lm_eval, perplexity and opted-in python tasks race (test_racing_lm_eval.py,
     # test_racing_perplexity.py, test_fitness.py); perplexity must say how many windows
     lm = {"kind": "lm_eval", "task": "zoo_cipher", "include_path": "fitness/zoo_cipher", "limit": 8}
