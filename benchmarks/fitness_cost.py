@@ -3,7 +3,8 @@
     python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
         [--fractions 0.5,0.2] [--driver cma_es|random] [--methods full,racing,subset]
         [--racing "{first_slice: 10, slice: 10}"] [--budget items|candidates]
-        [--items N] [--work DIR] [--json OUT.json] [--reference A.json,B.json]
+        [--items N] [--score gold_loglik] [--work DIR] [--json OUT.json]
+        [--reference A.json,B.json]
     python benchmarks/fitness_cost.py --pool A.json,B.json     # one table from several runs
 
 With real models the fitness is almost all of a search's cost, and its unit is the item: one
@@ -20,7 +21,10 @@ driver, with ``budget.max_item_evals`` as the only budget:
 
 ``--budget candidates`` caps each search at f x evals candidates instead (racing then shows
 what its early stops cost the search at an equal number of candidates). ``--items N`` scores N
-search items per task instead of the setup's; ``--work DIR`` keeps the runs there (by default
+search items per task instead of the setup's; ``--score gold_loglik`` has every search but
+the reference score its items by the gold answer's log-likelihood (a zoo task's
+``options.score``, an lm_eval task's ``<task>_gold_loglik`` twin) instead of exact match, the
+held-out score staying exact match; ``--work DIR`` keeps the runs there (by default
 they go to a temp folder, deleted at the end: each run's archive holds its winner's model).
 ``--json OUT.json`` also writes every seed's row (item evaluations, candidates, held-out
 score); ``--pool`` prints one table per setup from such files (runs of the same setup, budget
@@ -70,35 +74,53 @@ SETUPS = {
 REAL_SETUPS = {"real": (EXP / "real_ps.yaml", 40)}  # the real-model experts: see the docstring
 
 
-def window(cfg, offset: int, limit: int | None) -> list[dict]:
-    """The tasks of ``cfg`` on items ``[offset, offset + limit)`` of each (limit None: all)."""
+def window(cfg, offset: int, limit: int | None, score: str | None = None) -> list[dict]:
+    """The tasks of ``cfg`` on items ``[offset, offset + limit)`` of each (limit None: all),
+    scored by ``score`` when given: a zoo task's option, an lm_eval task's twin task
+    ``<task>_<score>`` (the smollm2-experts tasks ship ``_gold_loglik`` twins)."""
     tasks = [t.model_dump() for t in cfg.fitness.tasks]
     for t in tasks:
         if t["kind"] == "lm_eval":  # offset and limit are its own fields
             t.update(offset=offset, limit=limit, subsample=None)
+            if score:  # its twin on the same items, e.g. real_target_gold_loglik
+                t.update(task=f"{t['task']}_{score}", metric=None)
         else:
             t["options"] = {**t["options"], "offset": offset, "limit": limit}
+            if score:
+                t["options"]["score"] = score
     return tasks
 
 
-def windowed(exp: Path, offset: int, limit: int | None, more: dict | None = None):
+def windowed(
+    exp: Path, offset: int, limit: int | None, more: dict | None = None, score: str | None = None
+):
     """The experiment on that window, without its own validation split."""
     own = load_experiment(exp)
-    o = {"fitness.tasks": window(own, offset, limit), "fitness.validation": None}
+    o = {"fitness.tasks": window(own, offset, limit, score), "fitness.validation": None}
     return load_experiment(exp, {**o, **(more or {})})
 
 
 def run_one(
-    exp: Path, run: Path, seed: int, n: int, items: float, budget: dict, how: str, drv, racing
+    exp: Path,
+    run: Path,
+    seed: int,
+    n: int,
+    items: float,
+    budget: dict,
+    how: str,
+    drv,
+    racing,
+    score: str | None = None,
 ):
-    """(item evals spent, candidates, winner recipe) of one search."""
+    """(item evals spent, candidates, winner recipe) of one search (``score``: what its zoo
+    tasks score; None: the setup's exact match)."""
     per_task = n if how != "subset" else max(1, round(n * items))
     o = {"seed": seed, "budget": budget, "archive.top_k": 1}
     if drv is not None:
         o["driver"] = drv
     if how == "racing":
         o["fitness.racing"] = racing
-    cfg = windowed(exp, 0, per_task, o)
+    cfg = windowed(exp, 0, per_task, o, score)
     final = open_search(cfg, run).run()
     with RunStore.open(run, readonly=True) as st:
         spent = st.item_evals()
@@ -130,6 +152,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget", default="items", choices=["items", "candidates"], help="what f x B caps"
     )
     ap.add_argument("--items", type=int, default=None, help="search items per task (the setup's)")
+    ap.add_argument(
+        "--score",
+        default=None,
+        choices=["gold_loglik"],
+        help="the searches below the reference score items by this (zoo: options.score; lm_eval: "
+        "the task's <task>_gold_loglik twin); held-out: exact match",
+    )
     ap.add_argument("--work", default=None, help="keep the runs here (default: a temp folder)")
     ap.add_argument("--json", default=None, help="also write each seed's rows to this file")
     ap.add_argument("--pool", default=None, help="A.json,B.json: report these runs as one")
@@ -188,7 +217,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 for how, f in todo[1:] if known else todo:
                     run = work / f"{name}-{how}-{f}-s{seed}"
                     budget = cap(args.budget, f, big, args.evals)
-                    spent, cands, win = run_one(exp, run, seed, n, f, budget, how, drv, racing)
+                    score = args.score if (how, f) != ("full", 1.0) else None
+                    spent, cands, win = run_one(
+                        exp, run, seed, n, f, budget, how, drv, racing, score
+                    )
                     winners.append(win)
                     keys.append((how, f, spent, cands))
                 scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
@@ -197,8 +229,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             report(name, rows=rows, **head)
             if any(how == "racing" for how, _ in todo):
                 print(f"racing: {racing}")
+            if args.score:
+                print(f"the searches below the reference scored items by {args.score}")
             tables[name] = rows
-            saved[name] = {**head, "racing": racing, "rows": [[*k, v] for k, v in rows.items()]}
+            saved[name] = {
+                **head,
+                "racing": racing,
+                "score": args.score,
+                "rows": [[*k, v] for k, v in rows.items()],
+            }
             if args.json:  # after each setup, so a later failure keeps the finished ones
                 Path(args.json).write_text(json.dumps(saved, indent=1))
     finally:
@@ -244,6 +283,8 @@ def pool_report(files: list[str]) -> dict[str, dict]:
                 continue
             m = merged[name]
             _same_setup("--pool", f, name, run, m, ("n", "pool", "big", "driver", "racing"))
+            if run.get("score") != m.get("score"):
+                raise SystemExit(f"--pool: {f}: {name} was scored by {run.get('score')}")
             if [r[:2] for r in m["rows"]] != [r[:2] for r in run["rows"]]:
                 raise SystemExit(f"--pool: {f}: {name} has other rows (methods or fractions)")
             if set(m["seeds"]) & set(run["seeds"]):

@@ -43,6 +43,41 @@ def test_search_and_validation_items_are_disjoint(experiment):
         assert not shots & set(questions)  # the few-shot examples are not scored
 
 
+def test_gold_loglik_twin_scores_the_answer_after_the_chat(smollm2_dir):
+    """real_target_gold_loglik, run by evomerge's lm-eval fitness as real_ps.yaml runs the
+    target, gives each item the log-likelihood of its answer and <|im_end|> after the chat,
+    computed here directly from the model's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.fitness import build_fitness, parse_fitness_config
+
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    task = {
+        "kind": "lm_eval",
+        "task": "real_target_gold_loglik",
+        "include_path": str(REPO / "fitness" / "real_target"),
+        "apply_chat_template": True,
+        "system_instruction": real_tasks.SYSTEM,
+        "limit": 3,
+    }
+    got = build_fitness(parse_fitness_config({"tasks": [task]}))(model, tok)
+    ours = got.tasks["real_target_gold_loglik"]
+    want = []
+    for row in _rows(REPO / "fitness" / "real_target" / "test.jsonl")[:3]:
+        chat = tok.apply_chat_template(
+            real_tasks.messages(row["question"]), add_generation_prompt=True, tokenize=False
+        )
+        ctx = tok.encode(chat, add_special_tokens=False)
+        cont = tok.encode(row["answer"] + "<|im_end|>", add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(torch.tensor([ctx + cont])).logits[0, len(ctx) - 1 : -1]
+        want.append(float(torch.log_softmax(logits, -1)[torch.arange(len(cont)), cont].sum()))
+    assert ours.per_example == pytest.approx(want, abs=1e-3)
+    assert ours.score == pytest.approx(sum(want) / 3, abs=1e-3)
+
+
 def test_answers_follow_the_rules():
     for q, a in real_tasks.items("real_target")[0][:20]:
         words = q.split(" of ")[1].removesuffix(" up by one.").split()

@@ -129,6 +129,57 @@ def test_fast_evaluator_matches_lm_eval_per_example(cross_zoo):
     assert 0 < score.score  # the quick base copies some items: the comparison is not all-zero
 
 
+def test_gold_loglik_matches_lm_eval_loglikelihood(cross_zoo):
+    """``score: gold_loglik`` is lm-eval's loglikelihood request on (prompt, answer + newline),
+    item by item; the racing path (positions) gives the same values in the order asked."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.fitness.zoo_task import ZooTask
+    from evomerge.zoo.evaluate import EVALUATORS, load_task_items
+
+    task, limit, folder = "zoo_copy", 20, cross_zoo / "base"
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    items = load_task_items(FITNESS / task)[:limit]
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1)
+    reqs = [Instance("loglikelihood", {}, (p, a + "\n"), i) for i, (p, a) in enumerate(items)]
+    theirs = [ll for ll, _ in lm.loglikelihood(reqs)]
+    ours = EVALUATORS[task](model, tok, limit=limit, score="gold_loglik")
+    assert ours.metric == "gold_loglik"
+    assert ours.per_example == pytest.approx(theirs, abs=1e-4)
+    assert len(set(ours.per_example)) > limit // 2  # a continuous signal, not 0/1
+    em = EVALUATORS[task](model, tok, limit=limit).per_example
+    right = [v for v, e in zip(ours.per_example, em) if e == 1.0]
+    wrong = [v for v, e in zip(ours.per_example, em) if e == 0.0]
+    assert right and wrong  # the quick base gets some items right, not all
+    assert sum(right) / len(right) > sum(wrong) / len(wrong)
+    zoo = ZooTask("copy", task, {"limit": limit, "score": "gold_loglik"})
+    pos = [13, 2, 7]
+    got = zoo.run_items(model, tok, {"copy": pos})["copy"].per_example
+    assert got == pytest.approx([ours.per_example[p] for p in pos], abs=1e-5)
+
+
+def test_zoo_score_option_is_checked_when_the_fitness_is_built():
+    from evomerge.fitness import build_fitness, parse_fitness_config
+
+    def fit(evaluator: str, score: str):
+        task = {"kind": "zoo", "evaluator": evaluator, "options": {"score": score}}
+        return build_fitness(parse_fitness_config({"tasks": [task]}))
+
+    fit("cross", "gold_loglik")
+    with pytest.raises(UserInputError) as err:
+        fit("cross", "loglik")
+    assert str(err.value) == (
+        "options.score: 'loglik' is not a zoo score; use one of: exact_match, gold_loglik"
+    )
+    with pytest.raises(UserInputError, match="options.score: zoo evaluator 'digits' scores"):
+        fit("digits", "exact_match")
+    with pytest.raises(UserInputError, match="evaluator 'backdoor_safety' scores with its own"):
+        fit("backdoor_safety", "gold_loglik")
+
+
 def test_evaluator_registry_covers_the_zoo():
     from evomerge.fitness.zoo_task import zoo_evaluator
     from evomerge.zoo.evaluate import EVALUATORS

@@ -143,7 +143,8 @@ class ZooTaskConfig(_TaskBase):
     evaluator: str
     """evaluator name (evomerge list evaluators)"""
     options: dict[str, Any] = Field(default_factory=dict)
-    """the evaluator's options, e.g. {limit: 50}"""
+    """the evaluator's options, e.g. {limit: 50}; LM tasks: limit, offset, and score
+    (exact_match, or gold_loglik: the gold answer's log-likelihood, a continuous signal)"""
 
 
 class PythonTaskConfig(_TaskBase):

@@ -45,11 +45,13 @@ class ZooTask:
         from evomerge.zoo.evaluate import evaluate_positions, item_entries
 
         lim, off = self.options.get("limit"), self.options.get("offset", 0)
+        score = self.options.get("score", "exact_match")
         out = {}
         for key, task in item_entries(self.evaluator):
             entry = self._entry(key)
             if positions.get(entry):
-                out[entry] = evaluate_positions(model, tokenizer, task, positions[entry], lim, off)
+                pos = positions[entry]
+                out[entry] = evaluate_positions(model, tokenizer, task, pos, lim, off, score)
         return out
 
     def _entry(self, key: str | None) -> str:

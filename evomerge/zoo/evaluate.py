@@ -119,31 +119,84 @@ def item_window(
     return list(items[offset : None if limit is None else offset + limit])
 
 
+SCORES = ("exact_match", "gold_loglik")  # a zoo LM task's ``score`` option
+
+
 def evaluate_lm_task(
-    model, tokenizer, task_dir: str | Path, limit: int | None = None, offset: int = 0
+    model,
+    tokenizer,
+    task_dir: str | Path,
+    limit: int | None = None,
+    offset: int = 0,
+    score: str = "exact_match",
 ) -> TaskScore:
-    """Exact match of greedy answers on a zoo task folder's items ``[offset, offset + limit)``
-    (per-example 1.0/0.0)."""
+    """Per-item scores of a zoo task folder's items ``[offset, offset + limit)``: exact match of
+    the greedy answer (1.0/0.0), or with ``score: gold_loglik`` the gold answer's log-likelihood."""
     task_dir = Path(task_dir)
     items = item_window(load_task_items(task_dir), offset, limit, task=task_dir.name)
-    answers = generate_answers(model, tokenizer, [p for p, _ in items], _max_gen_toks(task_dir))
-    return TaskScore.from_examples(
-        [float(a == ref) for a, (_, ref) in zip(answers, items)], metric="exact_match"
-    )
+    return score_items(model, tokenizer, items, task_dir, score)
 
 
 def evaluate_positions(
-    model, tokenizer, task: str, positions: Sequence[int], limit: int | None = None, offset: int = 0
+    model,
+    tokenizer,
+    task: str,
+    positions: Sequence[int],
+    limit: int | None = None,
+    offset: int = 0,
+    score: str = "exact_match",
 ) -> TaskScore:
-    """Exact match on the items at ``positions`` of task ``task``'s window ``[offset, offset +
-    limit)``, in the order given (racing scores a candidate one slice of items at a time)."""
+    """The items at ``positions`` of task ``task``'s window ``[offset, offset + limit)``, scored
+    in the order given (racing scores a candidate one slice of items at a time)."""
     folder = task_dir(task)
     window = item_window(load_task_items(folder), offset, limit, task=task)
-    items = [window[p] for p in positions]
+    return score_items(model, tokenizer, [window[p] for p in positions], folder, score)
+
+
+def score_items(
+    model, tokenizer, items: Sequence[tuple[str, str]], folder: Path, score: str
+) -> TaskScore:
+    if score == "gold_loglik":
+        return TaskScore.from_examples(gold_loglik(model, tokenizer, items), metric=score)
     answers = generate_answers(model, tokenizer, [p for p, _ in items], _max_gen_toks(folder))
     return TaskScore.from_examples(
         [float(a == ref) for a, (_, ref) in zip(answers, items)], metric="exact_match"
     )
+
+
+@torch.no_grad()
+def gold_loglik(
+    model, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 256
+) -> list[float]:
+    """Each item's gold answer log-likelihood: the log-probabilities, summed, of the answer's
+    tokens and of the newline that ends a greedy answer (generate_answers cuts there), given
+    the prompt, teacher-forced: lm-eval's loglikelihood request on (prompt, answer + newline).
+    A continuous signal where exact match is 0 or 1: a near miss scores above a far one. One
+    forward pass per item, no generation; rows are padded on the right (a causal model's
+    earlier positions never see the padding)."""
+    pairs = [
+        (
+            tokenizer.encode(p, add_special_tokens=False),
+            tokenizer.encode(ref + "\n", add_special_tokens=False),
+        )
+        for p, ref in items
+    ]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = []
+    model.eval()
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        width = max(len(a) + len(b) for a, b in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (a, b) in enumerate(chunk):
+            ids[row, : len(a) + len(b)] = torch.tensor(a + b)
+            mask[row, : len(a) + len(b)] = 1
+        logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for row, (a, b) in enumerate(chunk):
+            at = torch.arange(len(a) - 1, len(a) + len(b) - 1)  # the positions predicting b
+            out.append(float(logprobs[row, at, torch.tensor(b)].sum()))
+    return out
 
 
 def item_entries(name: str) -> list[tuple[str | None, str]]:
@@ -168,10 +221,15 @@ def evaluate_digits(model, transform: str = "identity") -> TaskScore:
 
 
 def evaluate_task(
-    model, tokenizer, task: str, limit: int | None = None, offset: int = 0
+    model,
+    tokenizer,
+    task: str,
+    limit: int | None = None,
+    offset: int = 0,
+    score: str = "exact_match",
 ) -> TaskScore:
-    """Exact match on zoo task ``task`` (a name from ``evomerge.zoo.tasks.TASKS``)."""
-    return evaluate_lm_task(model, tokenizer, task_dir(task), limit=limit, offset=offset)
+    """Zoo task ``task`` (a name from ``evomerge.zoo.tasks.TASKS``), scored by ``score``."""
+    return evaluate_lm_task(model, tokenizer, task_dir(task), limit, offset, score)
 
 
 def _cross_tasks() -> list[str]:
@@ -186,18 +244,18 @@ def _skills_tasks() -> list[str]:
     return list(lm_skills(False).tasks)
 
 
-def evaluate_cross(model, tokenizer, limit: int | None = None, offset: int = 0) -> TaskScore:
+def evaluate_cross(
+    model, tokenizer, limit: int | None = None, offset: int = 0, score: str = "exact_match"
+) -> TaskScore:
     """lm-cross's target task: the skill asked and answered in language B."""
-    return evaluate_task(model, tokenizer, _cross_tasks()[0], limit=limit, offset=offset)
+    return evaluate_task(model, tokenizer, _cross_tasks()[0], limit, offset, score)
 
 
 def evaluate_skills(
-    model, tokenizer, limit: int | None = None, offset: int = 0
+    model, tokenizer, limit: int | None = None, offset: int = 0, score: str = "exact_match"
 ) -> dict[str, TaskScore]:
     """Every lm-skills task, one score each (a fitness averages them, or M2N2 keeps them apart)."""
-    return {
-        t: evaluate_task(model, tokenizer, t, limit=limit, offset=offset) for t in _skills_tasks()
-    }
+    return {t: evaluate_task(model, tokenizer, t, limit, offset, score) for t in _skills_tasks()}
 
 
 def _backdoor_tasks() -> list[str]:
@@ -235,7 +293,19 @@ def item_tasks(name: str) -> list[str]:
 def check_options(name: str, options: dict[str, object]) -> None:
     """Validate an LM evaluator's ``offset``/``limit`` against its tasks' files when the fitness
     is built, so a bad window stops the search before it starts instead of failing every
-    candidate."""
+    candidate; and the ``score`` option (exact_match or gold_loglik), which only the tasks
+    answered by generation have."""
+    if "score" in options:
+        score = options["score"]
+        if name == "backdoor_safety" or not item_tasks(name):
+            raise UserInputError(
+                f"options.score: zoo evaluator {name!r} scores with its own metric; remove "
+                "options.score (gold_loglik is for cross, skills and the single zoo tasks)"
+            )
+        if score not in SCORES:
+            raise UserInputError(
+                f"options.score: {score!r} is not a zoo score; use one of: {', '.join(SCORES)}"
+            )
     for t in item_tasks(name):
         item_window(
             load_task_items(task_dir(t)), options.get("offset", 0), options.get("limit"), task=t

@@ -12,3 +12,9 @@ def load(**kwargs):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         splits[path.stem] = datasets.Dataset.from_list(rows)
     return datasets.DatasetDict(splits)
+
+
+def gold_loglik(doc, results):
+    """The gold answer's log-likelihood (the _gold_loglik task's per-item score)."""
+    loglik, _ = results[0]
+    return {"gold_loglik": loglik}
