@@ -171,3 +171,21 @@ def test_reference_rows_are_reused_not_rerun(raced, tmp_path):
         fitness_cost.main(args(seeds="0,1"))
     with pytest.raises(SystemExit, match="skills's big 192 != 96"):
         fitness_cost.main(args(evals="8"))
+
+
+def test_score_ranks_the_searches_and_leaves_held_out_exact_match(raced, tmp_path):
+    """--score gold_loglik: the searches below the reference score their items by the gold
+    answer's log-likelihood (stored in their config, negative values), their winners are
+    scored on held-out items by exact match (in [0, 1]); the reference row stays exact match."""
+    _, rows, rows_json = raced
+    argv = ["--setups", "skills", "--items", "3", "--seeds", "0", "--evals", "16"]
+    argv += ["--fractions", "0.5", "--methods", "subset", "--budget", "candidates"]
+    argv += ["--reference", str(rows_json), "--score", "gold_loglik", "--work", str(tmp_path)]
+    got = fitness_cost.main(argv)["skills"]
+    assert got[("full", 1.0)] == rows[("full", 1.0)]
+    cfg, _ = _stored(tmp_path / "skills-subset-0.5-s0")
+    assert [t["options"]["score"] for t in cfg["fitness"]["tasks"]] == ["gold_loglik"]
+    with RunStore.open(tmp_path / "skills-subset-0.5-s0", readonly=True) as st:
+        assert max(t.fitness for t in st.trials()) < 0  # log-likelihoods, not accuracies
+    ((_, _, held),) = got[("subset", 0.5)]
+    assert 0.0 <= held <= 1.0
