@@ -112,8 +112,8 @@ def run_one(
     racing,
     score: str | None = None,
 ):
-    """(item evals spent, candidates, winner recipe) of one search (``score``: what its zoo
-    tasks score; None: the setup's exact match)."""
+    """(item evals spent, candidates, winner recipe) of one search (``score``: what its tasks
+    score, as ``window`` applies it; None: the setup's exact match)."""
     per_task = n if how != "subset" else max(1, round(n * items))
     o = {"seed": seed, "budget": budget, "archive.top_k": 1}
     if drv is not None:
@@ -298,6 +298,8 @@ def pool_report(files: list[str]) -> dict[str, dict]:
         head = {k: m[k] for k in ("n", "pool", "big", "seeds", "driver")}
         report(name, rows=rows, **head)
         print(f"racing: {m['racing']}")
+        if m.get("score"):
+            print(f"the searches below the reference scored items by {m['score']}")
         tables[name] = rows
     return tables
 
