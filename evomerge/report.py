@@ -135,7 +135,8 @@ def _winner_fact(ranked: Ranking) -> str:
         return f"validation: {ranked.winner_note()} (`evomerge resume` scores them)"
     return (
         f"{ranked.winner_note()}: {code(w.digest[:12])}, validation {_num(w.validation)}, "
-        f"search fitness {_num(w.fitness)}, gap {w.gap:+.4f}"
+        f"search fitness {_num(w.fitness)}"
+        + (f", gap {w.gap:+.4f}" if w.comparable else " (another metric: no gap)")
     )
 
 
@@ -150,7 +151,9 @@ def _validation_table(ranked: Ranking) -> list[Block]:
         ]
         for i, m in enumerate(ranked.members)
     ]
-    head = Heading(f"Validation: archive ranked by {ranked.by} (gap = search - validation)")
+    other = ranked.members and not ranked.members[0].comparable  # two metrics: no gap
+    gap = "" if other else " (gap = search - validation)"
+    head = Heading(f"Validation: archive ranked by {ranked.by}{gap}")
     return [head, Table(["model", "search fitness", "validation", "gap"], body)]
 
 

@@ -40,11 +40,13 @@ class Member:
     validated: bool = False
     validation: float = math.nan  # NaN: validation failed (see error)
     error: str | None = None
+    comparable: bool = True  # False: validation scores another metric than the search
 
     @property
     def gap(self) -> float:
-        """search fitness - validation score: how much of the lead was selection."""
-        return self.fitness - self.validation
+        """search fitness - validation score: how much of the lead was selection (NaN when
+        the two are different metrics, e.g. a log-likelihood and exact match)."""
+        return self.fitness - self.validation if self.comparable else math.nan
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,17 @@ def check_buildable(cfg: Any) -> None:
 def ranking(store: Any, enabled: bool | None = None) -> Ranking:
     """The archive in winner order: by validation when every member has a score, else as the
     search ranked it. Failed validations go last. ``enabled`` None: as the run's config says."""
+    fitness = json.loads(store.config_json())["fitness"]
     if enabled is None:
-        enabled = json.loads(store.config_json())["fitness"].get("validation") is not None
+        enabled = fitness.get("validation") is not None
     done = stored(store) if enabled else {}
+    same = same_metric(fitness)
     members = []
     for e in store.archive():
         v = done.get(e.digest)
         val = math.nan if v is None or v.get("fitness") is None else float(v["fitness"])
         err = v.get("error") if v else None
-        members.append(Member(e.digest, e.idx, e.fitness, v is not None, val, err))
+        members.append(Member(e.digest, e.idx, e.fitness, v is not None, val, err, same))
     pending = sum(1 for m in members if not m.validated)
     if not enabled or pending or not members:
         return Ranking(members, BY_SEARCH, enabled, pending)
@@ -95,6 +99,19 @@ def ranking(store: Any, enabled: bool | None = None) -> Ranking:
         key=lambda i: (math.isnan(members[i].validation), -members[i].validation, i),
     )
     return Ranking([members[i] for i in order], BY_VALIDATION, enabled, 0)
+
+
+def same_metric(fitness: dict) -> bool:
+    """Whether the validation split scores every task by the search's metric (a stored
+    fitness config): not when a task names another (``validation_task``,
+    ``validation_score``), so search and validation scores have no gap to show."""
+    for t in fitness["tasks"]:
+        if t.get("validation_task") not in (None, t.get("task")):
+            return False
+        score = t.get("options", {}).get("score", "exact_match")
+        if t.get("validation_score") not in (None, score):
+            return False
+    return True
 
 
 def rescore_archive(
@@ -148,4 +165,6 @@ def member_line(m: Member) -> str:
         return f"search {m.fitness:.4f}  validation pending"
     if math.isnan(m.validation):
         return f"search {m.fitness:.4f}  validation FAIL"
+    if not m.comparable:
+        return f"validation {m.validation:.4f}  search {m.fitness:.4f}  (another metric: no gap)"
     return f"validation {m.validation:.4f}  search {m.fitness:.4f}  gap {m.gap:+.4f}"

@@ -317,3 +317,82 @@ def test_perplexity_validation_windows_follow_the_search_windows(tmp_path):
     val = build_fitness(cfg, split="validation")(model, tok).tasks["perplexity"].per_example
     assert search_ == every.tasks["perplexity"].per_example[:3]
     assert val == every.tasks["perplexity"].per_example[3:5]
+
+
+def test_validation_can_score_another_metric_than_the_search():
+    """A search ranked on the gold answer's log-likelihood, its winner chosen on exact match:
+    the zoo's validation_score and lm-eval's validation_task swap the metric on the
+    validation items only; without fitness.validation they are refused; unset, the stored
+    config (and a run's hash) is what it was."""
+    pytest.importorskip("lm_eval")
+    from pathlib import Path
+
+    zoo = {"kind": "zoo", "evaluator": "skills", "options": {"limit": 50, "score": "gold_loglik"}}
+    cfg = parse_fitness_config(
+        {"tasks": [{**zoo, "validation_score": "exact_match"}], "validation": {"items": 30}}
+    )
+    assert build_fitness(cfg).runners[0].options["score"] == "gold_loglik"
+    assert build_fitness(cfg, split="validation").runners[0].options == {
+        "limit": 30,
+        "score": "exact_match",
+        "offset": 50,
+    }
+    assert "validation_score" not in parse_fitness_config({"tasks": [zoo]}).model_dump()["tasks"][0]
+    folder = str(Path(__file__).resolve().parents[1] / "fitness" / "real_target")
+    twin = {"kind": "lm_eval", "task": "real_target_gold_loglik", "include_path": folder}
+    twin |= {"limit": 40, "validation_task": "real_target"}
+    cfg = parse_fitness_config({"tasks": [twin], "validation": {"items": 40}})
+    assert build_fitness(cfg).runners[0].window() == {"real_target_gold_loglik": list(range(40))}
+    assert build_fitness(cfg, split="validation").runners[0].sample_ids == {
+        "real_target": list(range(40, 80))
+    }
+    with pytest.raises(UserInputError) as err:
+        parse_fitness_config({"tasks": [twin]})
+    assert str(err.value).endswith(
+        "tasks.0.validation_task: there is no fitness.validation to use it; set "
+        "fitness.validation or remove validation_task"
+    )
+
+
+def test_a_search_on_loglik_is_validated_on_exact_match(tmp_path, capsys):
+    """End to end on lm-skills: search fitness in log-likelihoods (negative), validation in
+    exact match (in [0, 1]), the winner chosen on the latter, and no gap between the two."""
+    models = "".join(f"\n  - zoo:lm-skills/{e}" for e in ("cipher", "shift", "sort", "reverse"))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        f"""\
+name: loglik_then_exact
+models:{models}
+base_model: zoo:lm-skills/base
+space: {{preset: ps_dare_ties, layer_groups: 1, x0: {{weight: 0.25}}}}
+fitness:
+  tasks:
+    - kind: zoo
+      evaluator: skills
+      options: {{limit: 5, score: gold_loglik}}
+      validation_score: exact_match
+  validation: {{items: 10}}
+driver: {{name: random, options: {{batch_size: 4}}}}
+budget: {{max_evals: 4}}
+seed: 1
+archive: {{top_k: 2}}
+"""
+    )
+    search(exp, tmp_path / "run")
+    with RunStore.open(tmp_path / "run", readonly=True) as st:
+        assert all(t.fitness < 0 for t in st.trials())
+        ranked = ranking(st)
+        done = stored(st)
+    assert ranked.by == "validation score" and len(ranked.members) == 2
+    assert all(0.0 <= m.validation <= 1.0 and not m.comparable for m in ranked.members)
+    assert ranked.members[0].validation >= ranked.members[1].validation
+    assert all(v["error"] is None for v in done.values())
+    capsys.readouterr()
+    status(tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "(another metric: no gap)" in out and "gap +" not in out and "gap -" not in out
+    from evomerge.report import write_report
+
+    write_report(tmp_path / "run", tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "(another metric: no gap)" in md and "gap = search - validation" not in md

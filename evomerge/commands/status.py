@@ -45,9 +45,8 @@ def status(run_dir: Path) -> int:
     for line in feasibility:
         out.print(line, markup=False, highlight=False)
     if ranked.enabled and top:
-        out.print(
-            f"archive ranked by {ranked.by} ({ranked.winner_note()}; gap = search - validation)"
-        )
+        gap = "; gap = search - validation" if ranked.members[0].comparable else ""
+        out.print(f"archive ranked by {ranked.by} ({ranked.winner_note()}{gap})")
     for rank, (t, m) in enumerate(zip(top, ranked.members, strict=True), 1):
         scores = ", ".join(f"{k} {v:.3f}" for k, v in t.scores.items())
         score = member_line(m) if ranked.enabled else f"fitness {t.fitness:.4f}"

@@ -107,6 +107,10 @@ class LmEvalTaskConfig(_TaskBase):
     """lm-eval batch size (an int or auto)"""
     extra_args: dict[str, Any] = Field(default_factory=dict)
     """passed to lm_eval.simple_evaluate as is, e.g. {gen_kwargs: {max_gen_toks: 8}}"""
+    validation_task: str | None = None
+    """the lm-eval task fitness.validation runs on this task's validation docs instead, with
+    its own first metric (e.g. real_target when the search ranks on its
+    real_target_gold_loglik twin; null: this task)"""
 
     @model_validator(mode="before")
     @classmethod
@@ -136,6 +140,10 @@ class LmEvalTaskConfig(_TaskBase):
             )
         return self
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        return _drop_none(handler(self), "validation_task")  # earlier runs hash the same
+
 
 class ZooTaskConfig(_TaskBase):
     kind: Literal["zoo"] = "zoo"
@@ -145,6 +153,13 @@ class ZooTaskConfig(_TaskBase):
     options: dict[str, Any] = Field(default_factory=dict)
     """the evaluator's options, e.g. {limit: 50}; LM tasks: limit, offset, and score
     (exact_match, or gold_loglik: the gold answer's log-likelihood, a continuous signal)"""
+    validation_score: Literal["exact_match", "gold_loglik"] | None = None
+    """the score fitness.validation uses instead of options.score (e.g. exact_match when the
+    search ranks on gold_loglik; null: the same)"""
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        return _drop_none(handler(self), "validation_score")  # earlier runs hash the same
 
 
 class PythonTaskConfig(_TaskBase):
@@ -334,6 +349,13 @@ class FitnessConfig(_Frozen):
         if self.validation is not None:
             for i, t in enumerate(self.tasks):
                 check_split(t, f"tasks.{i}")
+        for i, t in enumerate(self.tasks):
+            field = {"lm_eval": "validation_task", "zoo": "validation_score"}.get(t.kind)
+            if self.validation is None and field and getattr(t, field) is not None:
+                raise ValueError(
+                    f"tasks.{i}.{field}: there is no fitness.validation to use it; set "
+                    f"fitness.validation or remove {field}"
+                )
         if self.racing is not None and self.racing.enabled:
             from evomerge.fitness.items import check_raceable
 

@@ -25,7 +25,8 @@ from evomerge.errors import UserInputError
 
 
 def validation_runner(label: str, t: Any, items: int | None, base_dir: Path | None) -> Any:
-    """The runner of task ``t`` on its validation items (same label, same metric)."""
+    """The runner of task ``t`` on its validation items (same label; same metric unless the
+    task names another for validation: ``validation_task``, ``validation_score``)."""
     if t.kind == "zoo":
         return _zoo(label, t, items)
     if t.kind == "python":
@@ -35,6 +36,8 @@ def validation_runner(label: str, t: Any, items: int | None, base_dir: Path | No
     if t.kind == "lm_eval":
         from evomerge.fitness.lm_eval_task import LmEvalTask
 
+        if t.validation_task is not None:  # e.g. exact match after a search on a loglik twin
+            t = t.model_copy(update={"task": t.validation_task, "metric": None})
         return LmEvalTask(label, t, base_dir, validation_items=items, validation=True)
     from evomerge.fitness.perplexity import PerplexityTask
 
@@ -60,6 +63,8 @@ def _zoo(label: str, t: Any, items: int | None) -> Any:
         )
     start = t.options.get("offset", 0) + t.options["limit"]
     options = {**t.options, "offset": start, "limit": items}
+    if t.validation_score is not None:
+        options["score"] = t.validation_score
     try:
         return ZooTask(label, t.evaluator, options)
     except UserInputError:

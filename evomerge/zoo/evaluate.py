@@ -4,7 +4,10 @@
 greedy ``model.generate`` on the untouched prompt, decode without special tokens, cut at the
 stop strings, exact match — but batches prompts of equal length so no padding is ever needed
 (padding is the one thing that could make batched logits differ from lm-eval's). A test checks
-that both give the same per-example results.
+that both give the same per-example results. With ``options: {score: gold_loglik}`` an item
+scores its gold answer's teacher-forced log-likelihood instead (``gold_loglik``: lm-eval's
+loglikelihood request, rows padded on the right, which a causal model's earlier positions
+never see; a test checks it against lm-eval's to 1e-4).
 
 Every LM evaluator scores the items ``[offset, offset + limit)`` of each task's ``test.jsonl``
 (``limit`` None: to the end). A search optimises on the first ``limit`` items; scoring its
