@@ -103,7 +103,7 @@ def test_errors_name_the_field(tmp_path, edit, message):
         ),
         (  # a tagged union's member: the zoo task's own keys
             {"fitness.tasks": [{"kind": "zoo", "name": "s", "evaluator": "skills", "zz": 1}]},
-            "'tasks.0.zz' — remove it or use one of: evaluator, kind, name, objective, options, weight$",
+            "'tasks.0.zz' — remove it or use one of: evaluator, kind, name, objective, options, validation_score, weight$",
         ),
         (  # a list of models inside a list: the constraint's task
             {"fitness.constraints": [{"task": {"kind": "lm_eval", "task": "t", "lmit": 1}}]},
