@@ -151,8 +151,7 @@ def _validation_table(ranked: Ranking) -> list[Block]:
         ]
         for i, m in enumerate(ranked.members)
     ]
-    other = ranked.members and not ranked.members[0].comparable  # two metrics: no gap
-    gap = "" if other else " (gap = search - validation)"
+    gap = " (gap = search - validation)" if ranked.comparable else ""  # two metrics: none
     head = Heading(f"Validation: archive ranked by {ranked.by}{gap}")
     return [head, Table(["model", "search fitness", "validation", "gap"], body)]
 

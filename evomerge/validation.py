@@ -55,6 +55,7 @@ class Ranking:
     by: str  # BY_VALIDATION or BY_SEARCH
     enabled: bool  # fitness.validation is set
     pending: int  # members still without a validation score
+    comparable: bool = True  # False: validation scores another metric (``same_metric``)
 
     def winner_note(self) -> str:
         if self.by == BY_VALIDATION:
@@ -93,12 +94,12 @@ def ranking(store: Any, enabled: bool | None = None) -> Ranking:
         members.append(Member(e.digest, e.idx, e.fitness, v is not None, val, err, same))
     pending = sum(1 for m in members if not m.validated)
     if not enabled or pending or not members:
-        return Ranking(members, BY_SEARCH, enabled, pending)
+        return Ranking(members, BY_SEARCH, enabled, pending, same)
     order = sorted(
         range(len(members)),
         key=lambda i: (math.isnan(members[i].validation), -members[i].validation, i),
     )
-    return Ranking([members[i] for i in order], BY_VALIDATION, enabled, 0)
+    return Ranking([members[i] for i in order], BY_VALIDATION, enabled, 0, same)
 
 
 def same_metric(fitness: dict) -> bool:

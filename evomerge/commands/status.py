@@ -45,7 +45,7 @@ def status(run_dir: Path) -> int:
     for line in feasibility:
         out.print(line, markup=False, highlight=False)
     if ranked.enabled and top:
-        gap = "; gap = search - validation" if ranked.members[0].comparable else ""
+        gap = "; gap = search - validation" if ranked.comparable else ""
         out.print(f"archive ranked by {ranked.by} ({ranked.winner_note()}{gap})")
     for rank, (t, m) in enumerate(zip(top, ranked.members, strict=True), 1):
         scores = ", ".join(f"{k} {v:.3f}" for k, v in t.scores.items())
