@@ -3,8 +3,8 @@
     python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
         [--fractions 0.5,0.2] [--driver cma_es|random] [--methods full,racing,subset]
         [--racing "{first_slice: 10, slice: 10}"] [--budget items|candidates]
-        [--items N] [--score gold_loglik] [--work DIR] [--json OUT.json]
-        [--reference A.json,B.json]
+        [--items N] [--score gold_loglik] [--validation V [--top-k K]] [--work DIR]
+        [--json OUT.json] [--reference A.json,B.json]
     python benchmarks/fitness_cost.py --pool A.json,B.json     # one table from several runs
 
 With real models the fitness is almost all of a search's cost, and its unit is the item: one
@@ -24,7 +24,11 @@ what its early stops cost the search at an equal number of candidates). ``--item
 search items per task instead of the setup's; ``--score gold_loglik`` has every search but
 the reference score its items by the gold answer's log-likelihood (a zoo task's
 ``options.score``, an lm_eval task's ``<task>_gold_loglik`` twin) instead of exact match, the
-held-out score staying exact match; ``--work DIR`` keeps the runs there (by default
+held-out score staying exact match; ``--validation V`` has every search, the reference
+too, pick its winner as ``fitness.validation`` does (evomerge/validation.py): its archive's
+top ``--top-k`` (3) re-scored by exact match on the V items per task after the search window,
+the best there wins, and the held-out items start after those (the table then counts the
+validation's item evaluations, the same for every search, apart); ``--work DIR`` keeps the runs there (by default
 they go to a temp folder, deleted at the end: each run's archive holds its winner's model).
 ``--json OUT.json`` also writes every seed's row (item evaluations, candidates, held-out
 score); ``--pool`` prints one table per setup from such files (runs of the same setup, budget
@@ -33,7 +37,7 @@ and methods on different seeds, e.g. two halves run side by side), without runni
 of running it again (the reference is seeded: the same setup, budget and seed give the same
 search), so other racing settings cost only their own searches; the files must hold the same
 setup (items, budget, driver) and every seed asked for.
-Each search's winner (its best on its own items) is scored on held-out items (every test item
+Each search's winner (its best on its own items, or on validation) is scored on held-out items (every test item
 after the search window, the same for every method) and the table shows, per method and
 budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
 over seeds and its standard error; then its difference to the reference's, paired by seed, and
@@ -64,6 +68,7 @@ from evomerge.config import load_experiment
 from evomerge.recipe import Recipe
 from evomerge.session import build_evaluator, open_search
 from evomerge.store import RunStore
+from evomerge.validation import BY_VALIDATION, ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"
@@ -74,29 +79,47 @@ SETUPS = {
 REAL_SETUPS = {"real": (EXP / "real_ps.yaml", 40)}  # the real-model experts: see the docstring
 
 
-def window(cfg, offset: int, limit: int | None, score: str | None = None) -> list[dict]:
+def window(
+    cfg, offset: int, limit: int | None, score: str | None = None, validated: bool = False
+) -> list[dict]:
     """The tasks of ``cfg`` on items ``[offset, offset + limit)`` of each (limit None: all),
     scored by ``score`` when given: a zoo task's option, an lm_eval task's twin task
-    ``<task>_<score>`` (the smollm2-experts tasks ship ``_gold_loglik`` twins)."""
+    ``<task>_<score>`` (the smollm2-experts tasks ship ``_gold_loglik`` twins); ``validated``:
+    their validation split scores exact match whatever ``score`` is."""
     tasks = [t.model_dump() for t in cfg.fitness.tasks]
     for t in tasks:
         if t["kind"] == "lm_eval":  # offset and limit are its own fields
             t.update(offset=offset, limit=limit, subsample=None)
             if score:  # its twin on the same items, e.g. real_target_gold_loglik
-                t.update(task=f"{t['task']}_{score}", metric=None)
+                own = t["task"]
+                t.update(task=f"{own}_{score}", metric=None)
+                if validated:
+                    t["validation_task"] = own
         else:
             t["options"] = {**t["options"], "offset": offset, "limit": limit}
             if score:
                 t["options"]["score"] = score
+                if validated:
+                    t["validation_score"] = "exact_match"
     return tasks
 
 
 def windowed(
-    exp: Path, offset: int, limit: int | None, more: dict | None = None, score: str | None = None
+    exp: Path,
+    offset: int,
+    limit: int | None,
+    more: dict | None = None,
+    score: str | None = None,
+    validation: int | None = None,
 ):
-    """The experiment on that window, without its own validation split."""
+    """The experiment on that window, with a validation split of ``validation`` items per task
+    after it (None: none, the experiment's own dropped)."""
     own = load_experiment(exp)
-    o = {"fitness.tasks": window(own, offset, limit, score), "fitness.validation": None}
+    tasks = window(own, offset, limit, score, validated=validation is not None)
+    o = {
+        "fitness.tasks": tasks,
+        "fitness.validation": None if validation is None else {"items": validation},
+    }
     return load_experiment(exp, {**o, **(more or {})})
 
 
@@ -111,25 +134,38 @@ def run_one(
     drv,
     racing,
     score: str | None = None,
+    validation: int | None = None,
+    top_k: int = 1,
 ):
-    """(item evals spent, candidates, winner recipe) of one search (``score``: what its tasks
-    score, as ``window`` applies it; None: the setup's exact match)."""
+    """(item evals spent, candidates, winner recipe, validation item evals) of one search
+    (``score``: what its tasks score, as ``window`` applies it; None: the setup's exact match;
+    ``validation``: its winner is the best of its ``top_k`` on that many items per task after
+    the search window, else its best on its own items)."""
     per_task = n if how != "subset" else max(1, round(n * items))
-    o = {"seed": seed, "budget": budget, "archive.top_k": 1}
+    o = {"seed": seed, "budget": budget, "archive.top_k": top_k if validation else 1}
     if drv is not None:
         o["driver"] = drv
     if how == "racing":
         o["fitness.racing"] = racing
-    cfg = windowed(exp, 0, per_task, o, score)
+    # (a subset's validation items follow its own window: unseen by it, before the held-out)
+    cfg = windowed(exp, 0, per_task, o, score, validation)
     final = open_search(cfg, run).run()
     with RunStore.open(run, readonly=True) as st:
         spent = st.item_evals()
-        trial = st.trials(where="WHERE c.digest = ?", params=(final.best_digest,))[0]
-    return spent, final.n_candidates, Recipe.from_yaml(trial.recipe_yaml)
+        best, checked = final.best_digest, 0
+        if validation is not None:
+            ranked = ranking(st)
+            if ranked.by != BY_VALIDATION:
+                raise SystemExit(f"{run}: {ranked.winner_note()}; see its store")
+            best = ranked.members[0].digest
+            checked = len(ranked.members) * _items(cfg, "validation")
+        trial = st.trials(where="WHERE c.digest = ?", params=(best,))[0]
+    return spent, final.n_candidates, Recipe.from_yaml(trial.recipe_yaml), checked
 
 
-def held_out(exp: Path, run: Path, n: int, recipes: list[Recipe]) -> list[float]:
-    cfg = windowed(exp, n, None)
+def held_out(exp: Path, run: Path, start: int, recipes: list[Recipe]) -> list[float]:
+    """Exact match of ``recipes`` on every item per task from ``start`` on."""
+    cfg = windowed(exp, start, None)
     ev = build_evaluator(cfg, run)
     try:
         return [r.fitness for r in ev.evaluate(recipes)]
@@ -159,6 +195,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the searches below the reference score items by this (zoo: options.score; lm_eval: "
         "the task's <task>_gold_loglik twin); held-out: exact match",
     )
+    ap.add_argument(
+        "--validation",
+        type=int,
+        default=None,
+        help="V: each winner is the best of its top --top-k by exact match on the V items per "
+        "task after the search window (fitness.validation); held-out: the items after those",
+    )
+    ap.add_argument("--top-k", type=int, default=3, help="archive members --validation compares")
     ap.add_argument("--work", default=None, help="keep the runs here (default: a temp folder)")
     ap.add_argument("--json", default=None, help="also write each seed's rows to this file")
     ap.add_argument("--pool", default=None, help="A.json,B.json: report these runs as one")
@@ -208,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             pool = _search_items(exp, n)
             big = args.evals * pool
             head = {"n": n, "pool": pool, "big": big, "seeds": seeds, "driver": args.driver}
+            if args.validation is not None:
+                head.update(validation=args.validation, top_k=args.top_k)
             known = reference_rows(args.reference.split(","), name, head) if args.reference else {}
             rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
             for seed in seeds:
@@ -218,14 +264,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                     run = work / f"{name}-{how}-{f}-s{seed}"
                     budget = cap(args.budget, f, big, args.evals)
                     score = args.score if (how, f) != ("full", 1.0) else None
-                    spent, cands, win = run_one(
-                        exp, run, seed, n, f, budget, how, drv, racing, score
-                    )
+                    spent, cands, win, checked = run_one(
+                        exp, run, seed, n, f, budget, how, drv, racing, score,
+                        args.validation, args.top_k,
+                    )  # fmt: skip
                     winners.append(win)
-                    keys.append((how, f, spent, cands))
-                scores = held_out(exp, work / f"{name}-held-s{seed}", n, winners)
-                for (how, f, spent, cands), h in zip(keys, scores, strict=True):
-                    rows.setdefault((how, f), []).append((spent, cands, h))
+                    keys.append((how, f, spent, cands, checked))
+                start = n + (args.validation or 0)
+                scores = held_out(exp, work / f"{name}-held-s{seed}", start, winners)
+                for (how, f, spent, cands, checked), h in zip(keys, scores, strict=True):
+                    row = (spent, cands, h) + ((checked,) if args.validation else ())
+                    rows.setdefault((how, f), []).append(row)
             report(name, rows=rows, **head)
             if any(how == "racing" for how, _ in todo):
                 print(f"racing: {racing}")
@@ -255,7 +304,8 @@ def reference_rows(files: list[str], name: str, head: dict) -> dict[int, tuple[i
         run = json.loads(Path(f).read_text()).get(name)
         if run is None:
             raise SystemExit(f"--reference: {f} has no {name} rows; give a --json file of {name}")
-        _same_setup("--reference", f, name, run, head, ("n", "pool", "big", "driver"))
+        keys = ("n", "pool", "big", "driver", "validation", "top_k")
+        _same_setup("--reference", f, name, run, head, keys)
         ref = next(vals for how, frac, vals in run["rows"] if (how, frac) == ("full", 1.0))
         known.update({s: tuple(v) for s, v in zip(run["seeds"], ref, strict=True)})
     missing = [s for s in head["seeds"] if s not in known]
@@ -267,8 +317,8 @@ def reference_rows(files: list[str], name: str, head: dict) -> dict[int, tuple[i
 def _same_setup(flag: str, f: str, name: str, run: dict, want: dict, keys: tuple) -> None:
     """Refuses ``run`` (setup ``name`` of file ``f``) where it differs from ``want`` in ``keys``."""
     for key in keys:
-        if run[key] != want[key]:
-            raise SystemExit(f"{flag}: {f}: {name}'s {key} {run[key]!r} != {want[key]!r}")
+        if run.get(key) != want.get(key):  # (files before --validation have no such keys)
+            raise SystemExit(f"{flag}: {f}: {name}'s {key} {run.get(key)!r} != {want.get(key)!r}")
 
 
 def pool_report(files: list[str]) -> dict[str, dict]:
@@ -282,7 +332,8 @@ def pool_report(files: list[str]) -> dict[str, dict]:
                 merged[name] = run
                 continue
             m = merged[name]
-            _same_setup("--pool", f, name, run, m, ("n", "pool", "big", "driver", "racing"))
+            keys = ("n", "pool", "big", "driver", "racing", "validation", "top_k")
+            _same_setup("--pool", f, name, run, m, keys)
             if run.get("score") != m.get("score"):
                 raise SystemExit(f"--pool: {f}: {name} was scored by {run.get('score')}")
             if [r[:2] for r in m["rows"]] != [r[:2] for r in run["rows"]]:
@@ -296,6 +347,7 @@ def pool_report(files: list[str]) -> dict[str, dict]:
     for name, m in merged.items():
         rows = {(how, f): [tuple(v) for v in vals] for how, f, vals in m["rows"]}
         head = {k: m[k] for k in ("n", "pool", "big", "seeds", "driver")}
+        head.update({k: m[k] for k in ("validation", "top_k") if k in m})
         report(name, rows=rows, **head)
         print(f"racing: {m['racing']}")
         if m.get("score"):
@@ -306,22 +358,33 @@ def pool_report(files: list[str]) -> dict[str, dict]:
 
 def _search_items(exp: Path, n: int) -> int:
     """Search items of the whole suite with ``n`` per task (a group's subtasks count apart)."""
+    return _items(windowed(exp, 0, n), "search")
+
+
+def _items(cfg, split: str) -> int:
+    """Items of ``cfg``'s whole suite on ``split`` (search or validation)."""
     from evomerge.fitness import build_fitness
 
-    cfg = windowed(exp, 0, n)
-    return sum(k for _, k, _ in build_fitness(cfg.fitness, base_dir=cfg.base_dir).item_entries())
+    fit = build_fitness(cfg.fitness, base_dir=cfg.base_dir, split=split)
+    return sum(k for _, k, _ in fit.item_entries())
 
 
-def report(name, n, pool, big, seeds, rows, driver) -> None:
+def report(name, n, pool, big, seeds, rows, driver, validation=None, top_k=None) -> None:
     """Per method and budget: means over seeds, the held-out score's standard error, and its
     difference to the reference's, paired by seed (the same seed starts both searches the same
-    way), with that difference's standard error."""
+    way), with that difference's standard error; with ``validation``, the validation's item
+    evaluations per search too."""
     print(
         f"\n{name}: {driver}, {pool} search items ({n} per task), B = {big} item evaluations, "
         f"seeds {seeds}; held-out = every later test item"
     )
+    if validation is not None:
+        print(
+            f"winners: the best of each search's top {top_k} by exact match on {validation} "
+            "validation items per task after its window (column 'validation': their item evals)"
+        )
     head = f"{'method':<10}{'budget':>8}{'item evals':>12}{'candidates':>12}{'held-out':>10}"
-    print(f"{head}{'SE':>8}{'vs full':>9}{'SE':>8}")
+    print(f"{head}{'SE':>8}{'vs full':>9}{'SE':>8}" + ("  validation" if validation else ""))
     ref = [v[2] for v in rows[("full", 1.0)]]
     for (how, f), vals in rows.items():
         spent = statistics.mean(v[0] for v in vals)
@@ -331,6 +394,7 @@ def report(name, n, pool, big, seeds, rows, driver) -> None:
         print(
             f"{how:<10}{f:>7.0%} {spent:>11.0f}{cands:>12.1f}{statistics.mean(held):>10.4f}"
             f"{_se(held):>8.4f}{statistics.mean(diff):>+9.4f}{_se(diff):>8.4f}"
+            + (f"{statistics.mean(v[3] for v in vals):>12.0f}" if validation else "")
         )
 
 

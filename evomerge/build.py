@@ -166,10 +166,21 @@ def validate_fitness(cfg: ExperimentConfig) -> None:
     build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
 
 
-def _assemble(experiment, store, space, driver, evaluator, resumed, lock, hooks) -> Search:
+@dataclass(frozen=True)
+class Parts:
+    """What ``_parts`` builds before any write and ``_assemble`` puts together after it."""
+
+    experiment: Experiment
+    space: SearchSpace
+    driver: Driver
+    racer: Any  # evomerge.racing.Racer, or None when racing is off
+
+
+def _assemble(parts: Parts, store, evaluator, resumed, lock, hooks) -> Search:
     from evomerge.fitness.constraints import Constraints
     from evomerge.workers.materialize import write_model
 
+    experiment, space, driver = parts.experiment, parts.space, parts.driver
     cfg, run_dir, resolver = experiment.cfg, experiment.run_dir, experiment.resolver
     store.set_meta("threads", thread_summary(cfg, evaluator))
     archive = Archive(run_dir, cfg.archive.top_k, lambda r, out: write_model(r, out, resolver))
@@ -184,19 +195,17 @@ def _assemble(experiment, store, space, driver, evaluator, resumed, lock, hooks)
         budget=Budget(b.max_evals, b.max_seconds, max_cand, b.max_total_seconds, b.max_item_evals),
         on_generation=hooks[0],
         stop_event=hooks[1],
-        racer=build_racer(cfg, driver),
+        racer=parts.racer,
         constraints=Constraints.of(cfg.fitness),
     )
     loop.restore()
     return Search(cfg, run_dir, experiment, store, space, driver, evaluator, loop, resumed, lock)
 
 
-def _parts(
-    cfg: ExperimentConfig, run_dir: Path, *, fresh: bool
-) -> tuple[Experiment, SearchSpace, Driver]:
-    """The resolved experiment, space and driver, built with no write. A fresh run seeds the
-    global RNGs after resolving the models (whose zoo build may draw from them) and before the
-    driver, as it always did."""
+def _parts(cfg: ExperimentConfig, run_dir: Path, *, fresh: bool) -> Parts:
+    """The resolved experiment, space, driver and racer, built with no write. A fresh run
+    seeds the global RNGs after resolving the models (whose zoo build may draw from them) and
+    before the driver, as it always did."""
     from evomerge.drivers import check_fit
 
     check_fit(cfg.driver.name, cfg.space)  # a driver that cannot walk the space: before any I/O
@@ -209,8 +218,8 @@ def _parts(
     if fresh:
         seed_globals(cfg.seed)
     driver = build_driver(cfg, space)
-    build_racer(cfg, driver, new_run=fresh)  # what racing cannot serve: refused before any write
-    return experiment, space, driver
+    racer = build_racer(cfg, driver, new_run=fresh)  # what it cannot serve: refused before writes
+    return Parts(experiment, space, driver, racer)
 
 
 def build_racer(cfg: ExperimentConfig, driver: Driver, *, new_run: bool = False) -> Any:
@@ -272,18 +281,18 @@ def open_search(
 ) -> Search:
     run_dir = Path(run_dir)
     refuse_existing(run_dir)
-    experiment, space, driver = _parts(cfg, run_dir, fresh=True)
+    parts = _parts(cfg, run_dir, fresh=True)
     digests = fitness_digests(cfg.fitness, cfg.base_dir)
     lock, made = _locked_new_folder(run_dir)
     store = None
     try:
         refuse_existing(run_dir)  # another search may have started it meanwhile
-        evaluator = evaluator or evaluator_for(experiment)
-        write_sources(experiment)
+        evaluator = evaluator or evaluator_for(parts.experiment)
+        write_sources(parts.experiment)
         meta = {FITNESS_META: json.dumps(digests, sort_keys=True)}
         store = RunStore.create(run_dir, cfg.to_json(), cfg.structural_hash(), meta)
         hooks = (on_generation, stop_event)
-        return _assemble(experiment, store, space, driver, evaluator, False, lock, hooks)
+        return _assemble(parts, store, evaluator, False, lock, hooks)
     except BaseException:
         if evaluator is not None:
             evaluator.close()
@@ -312,14 +321,13 @@ def open_resume(
     store = None
     try:
         plan = check_resume(run_dir, new_cfg, allow_changed_fitness, max_evals)
-        experiment, space, driver = _parts(plan.cfg, run_dir, fresh=not plan.resumed)
-        evaluator = evaluator or evaluator_for(experiment)
-        write_sources(experiment)
+        parts = _parts(plan.cfg, run_dir, fresh=not plan.resumed)
+        evaluator = evaluator or evaluator_for(parts.experiment)
+        write_sources(parts.experiment)
         store = RunStore.open(run_dir)  # the first write access: everything was checked
         plan.record(store)
         hooks = (on_generation, stop_event)
-        args = (experiment, store, space, driver, evaluator, plan.resumed, lock, hooks)
-        return _assemble(*args)
+        return _assemble(parts, store, evaluator, plan.resumed, lock, hooks)
     except BaseException:
         if evaluator is not None:
             evaluator.close()

@@ -73,7 +73,9 @@ def test_budget_candidates_caps_candidates_and_items_caps_item_evaluations(raced
     # the default budget: half the reference's item evaluations, whatever the candidates
     exp, _ = fitness_cost.SETUPS["skills"]
     budget = fitness_cost.cap("items", 0.5, 16 * ITEMS, 16)
-    spent, cands, _ = fitness_cost.run_one(exp, tmp_path / "r", 0, 3, 0.5, budget, "full", None, {})
+    spent, cands, _, _ = fitness_cost.run_one(
+        exp, tmp_path / "r", 0, 3, 0.5, budget, "full", None, {}
+    )
     assert budget == {"max_item_evals": 8 * ITEMS} and (spent, cands) == (8 * ITEMS, 8)
     assert _stored(tmp_path / "r")[0]["budget"]["max_item_evals"] == 8 * ITEMS
 
@@ -189,3 +191,36 @@ def test_score_ranks_the_searches_and_leaves_held_out_exact_match(raced, tmp_pat
         assert max(t.fitness for t in st.trials()) < 0  # log-likelihoods, not accuracies
     ((_, _, held),) = got[("subset", 0.5)]
     assert 0.0 <= held <= 1.0
+
+
+def test_validation_picks_each_winner_on_later_items(raced, tmp_path):
+    """--validation V: every search, the reference too, keeps its top 3 and re-scores them by
+    exact match on the V items per task after its window (a gold_loglik search included); the
+    winner is the best there, the table counts those item evaluations apart, the held-out
+    items start after them, and a --reference file without validation is refused."""
+    _, _, rows_json = raced
+    argv = ["--setups", "skills", "--items", "3", "--seeds", "0", "--evals", "16"]
+    argv += ["--fractions", "0.5", "--methods", "subset", "--budget", "candidates"]
+    argv += ["--score", "gold_loglik", "--validation", "2", "--top-k", "3"]
+    got = fitness_cost.main([*argv, "--work", str(tmp_path)])["skills"]
+    winners = []
+    for how in ("full-1.0", "subset-0.5"):
+        run = tmp_path / f"skills-{how}-s0"
+        cfg, _ = _stored(run)
+        assert cfg["fitness"]["validation"]["items"] == 2 and cfg["archive"]["top_k"] == 3
+        with RunStore.open(run, readonly=True) as st:
+            ranked = fitness_cost.ranking(st)
+            assert ranked.by == fitness_cost.BY_VALIDATION and len(ranked.members) == 3
+            winners.append(
+                st.trials(where="WHERE c.digest = ?", params=(ranked.members[0].digest,))[0]
+            )
+    sub, _ = _stored(tmp_path / "skills-subset-0.5-s0")
+    assert {t["validation_score"] for t in sub["fitness"]["tasks"]} == {"exact_match"}
+    recipes = [fitness_cost.Recipe.from_yaml(w.recipe_yaml) for w in winners]
+    exp = fitness_cost.SETUPS["skills"][0]
+    again = fitness_cost.held_out(exp, tmp_path / "held", 3 + 2, recipes)  # after validation
+    rows = [got[("full", 1.0)][0], got[("subset", 0.5)][0]]
+    assert [held for _, _, held, _ in rows] == again
+    assert [checked for *_, checked in rows] == [3 * 2 * 4] * 2  # members x items x tasks
+    with pytest.raises(SystemExit, match="skills's validation None != 2"):
+        fitness_cost.main([*argv, "--reference", str(rows_json)])
