@@ -26,31 +26,32 @@ the reference score its items by the gold answer's log-likelihood (a zoo task's
 ``options.score``, an lm_eval task's ``<task>_gold_loglik`` twin) instead of exact match, the
 held-out score staying exact match; ``--validation V`` has every search, the reference
 too, pick its winner as ``fitness.validation`` does (evomerge/validation.py): its archive's
-top ``--top-k`` (3) re-scored by exact match on the V items per task after the search window,
-the best there wins, and the held-out items start after those (the table then counts the
-validation's item evaluations, the same for every search, apart); ``--work DIR`` keeps the runs there (by default
-they go to a temp folder, deleted at the end: each run's archive holds its winner's model).
+top ``--top-k`` (3) re-scored by exact match on the V items per task after its search
+window, the best there wins, and the held-out items start after the reference's validation
+items (the table counts the validation's item evaluations, the same for every search, in a
+column of their own). ``--work DIR`` keeps the runs there (by default they go to a temp
+folder, deleted at the end, and each run's archived models as soon as its winner is known).
 ``--json OUT.json`` also writes every seed's row (item evaluations, candidates, held-out
 score); ``--pool`` prints one table per setup from such files (runs of the same setup, budget
 and methods on different seeds, e.g. two halves run side by side), without running anything.
 ``--reference A.json,...`` takes each seed's full-scoring reference row from such files instead
 of running it again (the reference is seeded: the same setup, budget and seed give the same
 search), so other racing settings cost only their own searches; the files must hold the same
-setup (items, budget, driver) and every seed asked for.
-Each search's winner (its best on its own items, or on validation) is scored on held-out items (every test item
-after the search window, the same for every method) and the table shows, per method and
-budget, the item evaluations spent, the candidates told, and the winner's held-out score (mean
-over seeds and its standard error; then its difference to the reference's, paired by seed, and
-that difference's standard error). Item evaluations are counts, not timings: the figures do
-not depend on the machine. The question (issue 18): does racing reach the reference's held-out
+setup (items, budget, driver, validation) and every seed asked for.
+Each search's winner (its best on its own items, or on validation) is scored on held-out items
+(every test item after the search and validation windows, the same for every method) and the
+table shows, per method and budget, the item evaluations spent, the candidates told, and the
+winner's held-out score (mean over seeds and its standard error; then its difference to the
+reference's, paired by seed, and that difference's standard error). Item evaluations are
+counts, not timings: the figures do not depend on the machine. The question (issue 18): does racing reach the reference's held-out
 score, within its standard error, with at most 1/5 of its item evaluations?
 
 Setups: ``skills`` (lm-skills, experiments/toy_ps_cmaes.yaml), ``cross`` (lm-cross,
 experiments/toy_cross_ps_cmaes.yaml); ``real`` (the SmolLM2 experts, experiments/real_ps.yaml:
 an lm-eval task, 40 search items; each search costs minutes on CPU). A setup is
 ``name: (experiment YAML, search items per task)`` over zoo or lm-eval tasks (racing scores
-both; docs/racing.md); the experiment's own ``fitness.validation`` is dropped, the held-out
-items here being every later doc.
+both; docs/racing.md); the experiment's own ``fitness.validation`` is dropped (``--validation``
+sets one), the held-out items here being every later doc.
 """
 
 from __future__ import annotations
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                         exp, run, seed, n, f, budget, how, drv, racing, score,
                         args.validation, args.top_k,
                     )  # fmt: skip
+                    if not keep:  # its archived models (top-k merged models each): GBs a seed
+                        shutil.rmtree(run / "archive", ignore_errors=True)
                     winners.append(win)
                     keys.append((how, f, spent, cands, checked))
                 start = n + (args.validation or 0)
