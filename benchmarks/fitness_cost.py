@@ -43,8 +43,9 @@ Each search's winner (its best on its own items, or on validation) is scored on 
 table shows, per method and budget, the item evaluations spent, the candidates told, and the
 winner's held-out score (mean over seeds and its standard error; then its difference to the
 reference's, paired by seed, and that difference's standard error). Item evaluations are
-counts, not timings: the figures do not depend on the machine. The question (issue 18): does racing reach the reference's held-out
-score, within its standard error, with at most 1/5 of its item evaluations?
+counts, not timings: the figures do not depend on the machine. The question (issue 18): does
+racing reach the reference's held-out score, within its standard error, with at most 1/5 of
+its item evaluations?
 
 Setups: ``skills`` (lm-skills, experiments/toy_ps_cmaes.yaml), ``cross`` (lm-cross,
 experiments/toy_cross_ps_cmaes.yaml); ``real`` (the SmolLM2 experts, experiments/real_ps.yaml:
