@@ -24,7 +24,7 @@ demo-real: setup
 	else evomerge search experiments/real_hybrid.yaml --run-dir runs/real_hybrid; fi
 
 test: setup
-	@$(RUN) python -m pytest -q -p no:cacheprovider tests
+	@$(RUN) python -m pytest -q -p no:cacheprovider --durations=20 tests
 
 lint: setup
 	@$(RUN) ruff check evomerge tests benchmarks && ruff format --check evomerge tests benchmarks
