@@ -232,7 +232,8 @@ def cap(budget: str, f: float, big: int, evals: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     """Runs the searches, prints a table per setup; returns its rows per setup:
-    ``(method, fraction) -> [(item evals, candidates, held-out score) per seed]``."""
+    ``(method, fraction) -> [(item evals, candidates, held-out score) per seed]``, each row
+    with the validation's item evaluations after them under ``--validation``."""
     args = parse_args(argv)
     if args.pool:
         return pool_report(args.pool.split(","))
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             if args.validation is not None:
                 head.update(validation=args.validation, top_k=args.top_k)
             known = reference_rows(args.reference.split(","), name, head) if args.reference else {}
-            rows: dict[tuple[str, float], list[tuple[int, int, float]]] = {}
+            rows: dict[tuple[str, float], list[tuple]] = {}
             for seed in seeds:
                 winners, keys = [], []
                 if known:

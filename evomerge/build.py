@@ -1,9 +1,10 @@
 """The builder: a search from an ExperimentConfig: store, space, driver, evaluator, archive, loop.
 
 Each part is made once: ``resolve_experiment`` (``evomerge.experiment``) resolves the models and
-reads what the space needs, then the space, the driver, the workers' spec and the evaluator are
-built from it; the one file this writes before the store (a hybrid space's winner recipe, merged
-into ``RUN/sources/``) is written by ``write_sources``, after the run folder's lock is taken.
+reads what the space needs, then the space, the driver, the racer (``fitness.racing``), the
+workers' spec and the evaluator are built from it; the one file this writes before the store
+(a hybrid space's winner recipe, merged into ``RUN/sources/``) is written by
+``write_sources``, after the run folder's lock is taken.
 
 ``open_search(cfg, run_dir)`` starts a new run; ``open_resume(run_dir, new_cfg=None)`` reopens
 one, refusing a structurally different config (see ``evomerge.config`` for what is structural)
