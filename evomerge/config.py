@@ -138,7 +138,7 @@ class EvaluationConfig(_Frozen):
     # Unset: automatic (evomerge/workers/threads.py): the serial evaluator takes the cores that
     # are free when the search starts, a Ray worker floor(cpus_per_worker).
     threads: int | None = Field(None, ge=1)
-    """torch threads per worker (null: automatic, never more than the free cores)"""
+    """torch threads per worker (null: automatic, never more than the free cores; the serial evaluator takes OMP_NUM_THREADS when it is set)"""
 
 
 class ExperimentConfig(_Frozen):

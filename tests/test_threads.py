@@ -24,7 +24,21 @@ def test_an_explicit_count_is_obeyed_and_an_excess_warned():
     assert threads.choose_ray(None, 0.5).intra == 1  # a fractional CPU still runs one thread
 
 
-def test_auto_leaves_the_core_of_a_busy_process_alone():
+def test_omp_num_threads_is_obeyed_unless_the_experiment_sets_threads(monkeypatch):
+    """Two searches started at the same moment each see every core free; OMP_NUM_THREADS (as
+    torch reads it) pins them instead, and evaluation.threads still wins over it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.choose_serial(None) == threads.ThreadChoice(1, 1, "OMP_NUM_THREADS")
+    assert threads.choose_serial(2).intra == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1,1")  # nested levels: the first is ours
+    assert threads.choose_serial(None).intra == 1
+    for unusable in ("0", "abc", ""):  # not a positive count: the automatic choice
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert threads.choose_serial(None).reason.startswith("auto")
+
+
+def test_auto_leaves_the_core_of_a_busy_process_alone(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the automatic choice is measured
     cores = threads.available_cores()
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

@@ -7,6 +7,9 @@ process ran 10–13x slower with torch's default (2 threads) than with 1. So the
 
 - ``evaluation.threads`` set in the experiment: exactly that many (a warning if it exceeds the
   cores this worker can have).
+- otherwise ``OMP_NUM_THREADS`` in the serial evaluator's environment, as torch itself reads
+  it: the standard way to pin a process's threads, e.g. for several searches started on one
+  machine at the same moment (each would otherwise see every core free and take them all).
 - otherwise, the serial evaluator takes the cores that are free when the search starts: the
   cores this process may run on (affinity and cgroup quota), less those other processes keep
   busy (sampled from ``/proc/stat`` over a quarter second), at least 1.
@@ -103,10 +106,20 @@ def choose_serial(requested: int | None) -> ThreadChoice:
     if requested is not None:
         _warn_if_over(requested, cores, "evaluation.threads")
         return ThreadChoice(requested, 1, "evaluation.threads")
+    env = _omp_num_threads()
+    if env is not None:
+        _warn_if_over(env, cores, "OMP_NUM_THREADS")
+        return ThreadChoice(env, 1, "OMP_NUM_THREADS")
     busy = busy_cores()
     free = max(1, min(cores, round(cores - busy)))
     reason = f"auto: {cores} core(s)" + (f", {busy:.1f} busy elsewhere" if free < cores else "")
     return ThreadChoice(free, 1, reason)
+
+
+def _omp_num_threads() -> int | None:
+    """OMP_NUM_THREADS's first level ("4" or "4,2"), None when unset or not a positive int."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
 
 
 def choose_ray(requested: int | None, cpus_per_worker: float) -> ThreadChoice:
