@@ -135,8 +135,9 @@ class EvaluationConfig(_Frozen):
     # float32 size again, so size it to what the node can spare).
     stats_cache: float = Field(1.0, ge=0)
     """per-worker cache of TIES/DARE statistics, as a multiple of the experts' bytes (0: off)"""
-    # Unset: automatic (evomerge/workers/threads.py): the serial evaluator takes the cores that
-    # are free when the search starts, a Ray worker floor(cpus_per_worker).
+    # Unset: automatic (evomerge/workers/threads.py): the serial evaluator takes OMP_NUM_THREADS
+    # when it is set, else the cores that are free when the search starts; a Ray worker
+    # floor(cpus_per_worker).
     threads: int | None = Field(None, ge=1)
     """torch threads per worker (null: automatic, never more than the free cores; the serial evaluator takes OMP_NUM_THREADS when it is set)"""
 
