@@ -249,7 +249,13 @@ def build_racer(cfg: ExperimentConfig, driver: Driver, *, new_run: bool = False)
             "items of the fitness, so racing would score every candidate on every item; give "
             f"a smaller first slice (e.g. {max(2, pool.size // 5)}) or remove fitness.racing"
         )
-    return Racer(r, pool, fitness, need, cfg.archive.top_k)
+    places = cfg.archive.top_k if r.archive_places is None else r.archive_places
+    if places > cfg.archive.top_k:
+        raise UserInputError(
+            f"fitness.racing.archive_places: {places} is above archive.top_k "
+            f"({cfg.archive.top_k}); give at most {cfg.archive.top_k} or raise archive.top_k"
+        )
+    return Racer(r, pool, fitness, need, places)
 
 
 def _locked_new_folder(run_dir: Path) -> tuple[FileLock, bool]:

@@ -14,7 +14,8 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    bound on the mean paired difference, ``mean(d) + z * sd(d) / sqrt(m)`` (z from
    ``confidence``, a normal bound, not a finite-sample guarantee), is below 0 cannot be among
    the best k. It stops only when it also cannot enter the archive: the same bound is below 0
-   against the archive's ``top_k``-th best once this generation joins it (its members are
+   against the archive's ``top_k``-th best (``archive_places``-th when set: the later places
+   then take the best fully scored candidates) once this generation joins it (its members are
    fully scored, so their values on these items are known; the generation's candidates
    count with their means so far). A perplexity entry's score is a ratio of sums, not a
    mean: its items enter these comparisons linearized (``ItemPool.linearize``: the delta
@@ -145,7 +146,7 @@ class Racer:
     ) -> None:
         self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
         self.run_pool = pool  # order "generation" reorders it per generation
-        self.top_k = top_k  # the archive's size
+        self.top_k = top_k  # the archive places it races for (racing.archive_places)
         self.z = NormalDist().inv_cdf(cfg.confidence)
         self.eps = cfg.indifference
 

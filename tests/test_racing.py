@@ -313,6 +313,45 @@ def test_search_saves_item_evaluations_and_archives_only_fully_scored(tmp_path, 
     assert best_and_median(trials, partial=partial)[1][-1] == r[1][0][3]
 
 
+def test_archive_places_one_races_for_the_best_and_fills_the_rest_fully_scored(tmp_path, capsys):
+    # archive top 2; racing.archive_places 1 keeps a candidate only while it could be the best:
+    # one that could only have been second stops sooner, and the second place holds the best
+    # of the fully scored others (random search asks the same candidates either way)
+    one = RACE.replace("}", ", archive_places: 1}")
+    every = _experiment(tmp_path, racing=RACE, driver=RANDOM, budget="{max_evals: 12}")
+    first = _experiment(
+        tmp_path, racing=one, driver=RANDOM, budget="{max_evals: 12}", name="one.yaml"
+    )
+    assert search(every, tmp_path / "every") == 0
+    assert search(first, tmp_path / "one") == 0
+    capsys.readouterr()
+    a, b = _snapshot(tmp_path / "every"), _snapshot(tmp_path / "one")
+    spent_a = [m["items"] for m in _racing_meta(a[0])]
+    spent_b = [m["items"] for m in _racing_meta(b[0])]
+    assert [t[2] for t in a[0]] == [t[2] for t in b[0]]  # the same candidates
+    assert all(x <= y for x, y in zip(spent_b, spent_a, strict=True))
+    assert sum(spent_b) < sum(spent_a)
+    assert len(b[1]) == 2  # both places filled, by fully scored candidates only
+    full_b = {t[0] for t, m in zip(b[0], spent_b, strict=True) if m == 48}
+    assert {row[2] for row in b[1]} <= full_b
+    best_full = max((t for t in b[0] if t[0] in full_b), key=lambda t: (t[7], -t[0]))
+    assert b[1][0][2] == best_full[0]
+    assert b[1][0][1] == a[1][0][1]  # the same winner
+    with RunStore.open(tmp_path / "one", readonly=True) as st:
+        assert json.loads(st.config_json())["fitness"]["racing"]["archive_places"] == 1
+    # more places than the archive has: refused before anything is written
+    (tmp_path / "three.yaml").write_text(
+        first.read_text().replace("archive_places: 1", "archive_places: 3")
+    )
+    with pytest.raises(UserInputError) as err:
+        search(tmp_path / "three.yaml", tmp_path / "three")
+    assert str(err.value) == (
+        "fitness.racing.archive_places: 3 is above archive.top_k (2); give at most 2 or raise "
+        "archive.top_k"
+    )
+    assert not (tmp_path / "three").exists()
+
+
 def test_best_so_far_leaves_out_estimates_and_the_median_keeps_them():
     from evomerge.report import best_and_median
     from evomerge.store import Trial
@@ -393,14 +432,15 @@ def _kill_at_random(cmd: list[str], run: Path, rng: random.Random) -> bool:
 _cli = cli
 
 
-@pytest.mark.parametrize("order", ["run", "generation"])
-def test_killed_and_resumed_equals_uninterrupted(tmp_path, order):
+def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     # a zoo task (items averaged) and a perplexity task (a ratio of sums, racing.md) in one pool;
     # four generations: three chances to kill mid-race (a kill lands in the generation after a
     # commit, so the last one never is), of which two must land. order "generation": each
-    # generation is raced on its own item order, which resume must find again
+    # generation is raced on its own item order, which resume must find again; settle "set" and
+    # archive_places 1 (of top_k 2) stop more candidates mid-race. The default order's resume:
+    # test_racing_lm_eval.py
     ppl = "max_length: 16, max_windows: 24"
-    race = RACE if order == "run" else "{first_slice: 8, slice: 8, order: generation}"
+    race = "{first_slice: 8, slice: 8, order: generation, settle: set, archive_places: 1}"
     exp = _experiment(tmp_path, racing=race, driver=CMA, budget="{max_evals: 24}", ppl=ppl)
     full = tmp_path / "full"
     done = subprocess.run(

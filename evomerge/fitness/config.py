@@ -251,6 +251,11 @@ class RacingConfig(_Frozen):
     """run: one seeded item order for the whole run, so every generation's first slice is the
     same items; generation: a fresh seeded order each generation, so the search is not ranked
     on the same few items generation after generation (docs/racing.md)"""
+    archive_places: int | None = Field(None, ge=1, le=100)
+    """the archive's best places a candidate is raced for: it is scored on until it surely
+    cannot take one of them (default: all of archive.top_k). 1: racing guards only the best;
+    the archive's later places hold the best fully scored candidates, and fitness.validation
+    chooses among them (docs/racing.md)"""
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
@@ -262,6 +267,8 @@ class RacingConfig(_Frozen):
                 data.pop("indifference")
             if data.get("order") == "run":
                 data.pop("order")
+            if data.get("archive_places") is None:
+                data.pop("archive_places", None)
         return data
 
 
