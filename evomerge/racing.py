@@ -142,11 +142,11 @@ class Racer:
     resident_order = True
 
     def __init__(
-        self, cfg: RacingConfig, pool: ItemPool, fitness: Any, need: int, top_k: int
+        self, cfg: RacingConfig, pool: ItemPool, fitness: Any, need: int, places: int
     ) -> None:
         self.cfg, self.pool, self.fitness, self.need = cfg, pool, fitness, need
         self.run_pool = pool  # order "generation" reorders it per generation
-        self.top_k = top_k  # the archive places it races for (racing.archive_places)
+        self.places = places  # the archive's best places it races for (archive_places or top_k)
         self.z = NormalDist().inv_cdf(cfg.confidence)
         self.eps = cfg.indifference
 
@@ -205,7 +205,7 @@ class Racer:
                 floor = [
                     lin(a[:start], w[:start]) for a, w in zip(archive, archive_weights, strict=True)
                 ]
-                losers, winners = settle(live, need, floor, self.top_k, self.z, inside, self.eps)
+                losers, winners = settle(live, need, floor, self.places, self.z, inside, self.eps)
                 need -= len(winners)
                 alive = [i for i in alive if i not in losers and i not in winners]
         results = []

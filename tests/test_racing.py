@@ -230,7 +230,7 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
         assert np.isclose(pool.full_values(r.result).mean(), r.fitness)
     order = sorted(range(len(plain)), key=lambda i: (-plain[i].fitness, i))
     assert plain[order[-1]].fitness < 0.05 < plain[order[0]].fitness - 0.2  # the known answer
-    racer = Racer(cfg.fitness.racing, pool, fitness, need=1, top_k=1)
+    racer = Racer(cfg.fitness.racing, pool, fitness, need=1, places=1)
     # the archive holds the second best: only the best can still enter it
     out = racer.race(evaluator, recipes, [pool.full_values(plain[order[1]].result)])
     best = order[0]
@@ -248,8 +248,8 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
     # nobody can pass: they stop once surely above the broken ones instead of being scored on
     perfect = [np.ones(pool.size)]  # every item, as a set the same 5 are told best
     as_set = cfg.fitness.racing.model_copy(update={"settle": "set"})
-    a = Racer(cfg.fitness.racing, pool, fitness, need=5, top_k=1).race(evaluator, recipes, perfect)
-    b = Racer(as_set, pool, fitness, need=5, top_k=1).race(evaluator, recipes, perfect)
+    a = Racer(cfg.fitness.racing, pool, fitness, need=5, places=1).race(evaluator, recipes, perfect)
+    b = Racer(as_set, pool, fitness, need=5, places=1).race(evaluator, recipes, perfect)
     assert sum(b.items) < sum(a.items), (a.items, b.items)
     assert all(a.items[i] == pool.size for i in order[:5])  # by order: the 5 on every item
     told = sorted(range(len(recipes)), key=lambda i: -b.results[i].fitness)
@@ -257,7 +257,7 @@ def test_racer_keeps_the_best_and_scores_it_exactly_as_a_plain_evaluation(expert
     # order "generation": generation 1's own item order; a stopped candidate is told the mean
     # of that order's first items, the best is still scored exactly
     by_gen = cfg.fitness.racing.model_copy(update={"order": "generation"})
-    racer = Racer(by_gen, pool, fitness, need=1, top_k=1)
+    racer = Racer(by_gen, pool, fitness, need=1, places=1)
     racer.start_generation(1)
     g = racer.pool
     assert g.order != pool.order

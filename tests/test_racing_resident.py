@@ -67,7 +67,9 @@ def _race(cfg, recipes, evaluator, monkeypatch, *, resident: bool):
     evaluator.context.forget_resident()
     merges = TALLY.merges
     try:
-        out = Racer(cfg.fitness.racing, pool, fitness, need=1, top_k=1).race(evaluator, recipes, [])
+        out = Racer(cfg.fitness.racing, pool, fitness, need=1, places=1).race(
+            evaluator, recipes, []
+        )
     finally:
         evaluator.on_result = None
     return out, jobs, TALLY.merges - merges
