@@ -23,8 +23,13 @@ demo-real: setup
 	if [ -e runs/real_hybrid/store.sqlite ]; then evomerge resume runs/real_hybrid; \
 	else evomerge search experiments/real_hybrid.yaml --run-dir runs/real_hybrid; fi
 
+# The suite in TEST_WORKERS pytest-xdist processes, a test file per process at a time (its
+# module fixtures are built once); each gets cores / TEST_WORKERS torch threads (tests/conftest.py).
+# 2 suits the 2-core CI; a worker peaks at a few GB, so raise it with the cores and memory you have.
+TEST_WORKERS ?= 2
 test: setup
-	@$(RUN) python -m pytest -q -p no:cacheprovider --durations=20 tests
+	@$(RUN) python -m pytest -q -p no:cacheprovider --durations=20 \
+	  -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: setup
 	@$(RUN) ruff check evomerge tests benchmarks && ruff format --check evomerge tests benchmarks

@@ -1,5 +1,6 @@
 """Test-wide defaults: offline, loopback-only. Threads: the searches under test choose their own
-(evomerge/workers/threads.py); model code run by a test itself uses torch's default."""
+(evomerge/workers/threads.py); model code run by a test itself uses torch's default, except
+under pytest-xdist (below)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# `make test` runs the suite in pytest-xdist workers, one per core by default. Each worker gets
+# its share of the cores: torch's default (a thread per core in every worker) would put two
+# workers' OpenMP threads on each core, where they spin at each other's barriers (several
+# times slower: evomerge/workers/threads.py). Set before torch is imported; an explicit
+# OMP_NUM_THREADS wins. Searches under test read it as their thread count.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    _share = max(1, (_cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 
 @pytest.fixture(scope="session")
