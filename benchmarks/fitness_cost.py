@@ -354,7 +354,8 @@ def pool_report(files: list[str]) -> dict[str, dict]:
         head = {k: m[k] for k in ("n", "pool", "big", "seeds", "driver")}
         head.update({k: m[k] for k in ("validation", "top_k") if k in m})
         report(name, rows=rows, **head)
-        print(f"racing: {m['racing']}")
+        if any(how == "racing" for how, _ in rows):  # as main prints it
+            print(f"racing: {m['racing']}")
         if m.get("score"):
             print(f"the searches below the reference scored items by {m['score']}")
         tables[name] = rows
