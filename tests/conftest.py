@@ -15,8 +15,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# `make test` runs the suite in pytest-xdist workers, one per core by default. Each worker gets
-# its share of the cores: torch's default (a thread per core in every worker) would put two
+# `make test` runs the suite in pytest-xdist workers (TEST_WORKERS, 2 by default). Each worker
+# gets its share of the cores: torch's default (a thread per core in every worker) would put two
 # workers' OpenMP threads on each core, where they spin at each other's barriers (several
 # times slower: evomerge/workers/threads.py). Set before torch is imported; an explicit
 # OMP_NUM_THREADS wins. Searches under test read it as their thread count.
