@@ -80,23 +80,23 @@ def sure_losers(
     values: dict[int, np.ndarray],
     need: int,
     archive: Sequence[np.ndarray],
-    top_k: int,
+    places: int,
     z: float,
     eps: float = 0.0,
 ) -> set[int]:
     """Candidates (keys of ``values``, equal-length arrays of their first m item values) that
     surely are neither among the best ``need`` of them nor able to enter the archive: below
-    the ``top_k``-th best of the archive's members (``archive``: their values on every item)
+    the ``places``-th best of the archive's members (``archive``: their values on every item)
     and the candidates together, ranked on these m items. ``eps``: the indifference zone (a
     candidate surely not above by more than eps counts as below)."""
-    return settle(values, need, archive, top_k, z, eps=eps)[0]
+    return settle(values, need, archive, places, z, eps=eps)[0]
 
 
 def settle(
     values: dict[int, np.ndarray],
     need: int,
     archive: Sequence[np.ndarray],
-    top_k: int,
+    places: int,
     z: float,
     inside: bool = False,
     eps: float = 0.0,
@@ -111,12 +111,12 @@ def settle(
         return set(), set()
     m = len(values[order[0]])
     gate, entering = None, set()
-    if len(values) + len(archive) > top_k:
+    if len(values) + len(archive) > places:
         both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
         both += [(float(values[i].mean()), i, values[i]) for i in order]
         both.sort(key=lambda row: (-row[0], row[1]))
-        gate = both[top_k - 1][2]  # the archive's k-th after this generation, as it stands
-        entering = {row[1] for row in both[:top_k]}
+        gate = both[places - 1][2]  # the archive's k-th after this generation, as it stands
+        entering = {row[1] for row in both[:places]}
 
     def shut_out(i: int) -> bool:  # surely cannot enter the archive
         return gate is not None and i not in entering and paired_upper(values[i], gate, z) < eps

@@ -18,11 +18,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `make test` runs the suite in pytest-xdist workers (TEST_WORKERS, 2 by default). Each worker
 # gets its share of the cores: torch's default (a thread per core in every worker) would put two
 # workers' OpenMP threads on each core, where they spin at each other's barriers (several
-# times slower: evomerge/workers/threads.py). Set before torch is imported; an explicit
-# OMP_NUM_THREADS wins. Searches under test read it as their thread count.
+# times slower: evomerge/workers/threads.py, whose available_cores counts the cores from the
+# affinity mask and cgroup quota without importing torch). Set before torch is imported; an
+# explicit OMP_NUM_THREADS wins. Searches under test read it as their thread count.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    _share = max(1, (_cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    from evomerge.workers.threads import available_cores
+
+    _share = max(1, available_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 
