@@ -115,7 +115,7 @@ def settle(
         both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
         both += [(float(values[i].mean()), i, values[i]) for i in order]
         both.sort(key=lambda row: (-row[0], row[1]))
-        gate = both[places - 1][2]  # the archive's k-th after this generation, as it stands
+        gate = both[places - 1][2]  # the archive's places-th after this generation, as it stands
         entering = {row[1] for row in both[:places]}
 
     def shut_out(i: int) -> bool:  # surely cannot enter the archive
