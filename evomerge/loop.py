@@ -157,11 +157,7 @@ class SearchLoop:
         self.state = _State()
         self.session_elapsed = 0.0  # seconds of this run() (max_seconds); state.elapsed: all runs
         self.scored: dict[str, int] = {}
-        self.top = []  # the archive
-        # racing: the best fully scored candidates, which racing stops candidates against; the
-        # archive itself unless racing.archive_estimates lets estimates into it
-        self.full_top = []
-        self._partial: set[int] = set()  # archive_estimates: candidates racing stopped early
+        self.top = []
         self.recipes: dict[str, Recipe] = {}
         self.racer = racer
         self.constraints = constraints  # fitness.constraints: infeasible never enters the archive
@@ -175,10 +171,6 @@ class SearchLoop:
         self._ahead: _Batch | None = None  # asked (and maybe submitted), not yet evaluated
         self._early: dict[int, JobResult] = {}  # streamed results polled before their turn
         self._pending: _Told | None = None  # told, not yet committed
-
-    @property
-    def _estimates(self) -> bool:
-        return self.racer is not None and self.racer.cfg.archive_estimates
 
     # ---- start / resume ----------------------------------------------------------------------
     def restore(self) -> bool:
@@ -196,18 +188,10 @@ class SearchLoop:
         else:
             trials_full = trials
         cons = self.constraints
-
-        def best(ts: Sequence) -> list:
-            rows = ((feasible_fitness(t.fitness, t.scores, cons), t.idx, t.digest) for t in ts)
-            return rank_top_k(rows, self.archive.top_k)
-
-        self.full_top = best(trials_full)
-        if self._estimates:  # a digest scored in full is ranked on that score, never estimated
-            self._partial = short
-            full = {t.digest for t in trials_full}
-            self.top = best(trials_full + [t for t in trials if t.digest not in full])
-        else:
-            self.top = self.full_top
+        self.top = rank_top_k(
+            ((feasible_fitness(t.fitness, t.scores, cons), t.idx, t.digest) for t in trials_full),
+            self.archive.top_k,
+        )
         by_idx = {t.idx: t for t in trials}
         self.recipes = {e.digest: Recipe.from_yaml(by_idx[e.idx].recipe_yaml) for e in self.top}
         self.archive.reconcile(self.top, self.recipes)
@@ -253,7 +237,7 @@ class SearchLoop:
         return dataclasses.replace(self.progress(), stop_reason=reason)
 
     def progress(self) -> Progress:
-        best = self.full_top[0] if self.full_top else None  # never an estimate
+        best = self.top[0] if self.top else None
         s = self.state
         return Progress(
             generation=s.generation,
@@ -438,7 +422,7 @@ class SearchLoop:
             e.idx: self._values[e.idx]
             if e.idx in self._values
             else _item_arrays(pool, self.store, e.idx)
-            for e in self.full_top
+            for e in self.top
             if math.isfinite(e.fitness)
         }
         return [v for v, _ in self._values.values()], [w for _, w in self._values.values()]
@@ -453,11 +437,9 @@ class SearchLoop:
         for rec, r in zip(records, told.recipes, strict=True):
             if isinstance(r, Recipe):
                 self.recipes.setdefault(rec.digest, r)
-        # racing: a recipe scored on part of the items enters the archive only with
-        # archive_estimates, and never the fully scored ranking racing stops candidates against
+        # racing: a recipe scored on part of the items never enters the archive
         short = {rec.digest for rec in records if is_partial(rec.meta)}
-        self.full_top = self._ranked(self.full_top, records, results, short)
-        top = self._shortlist(records, results, short) if self._estimates else self.full_top
+        top = self._ranked(records, results, short)
         self.archive.materialize(top, self.recipes)
         s = self.state
         s.n_candidates += len(records)
@@ -482,36 +464,13 @@ class SearchLoop:
         s.generation += 1
 
     def _ranked(
-        self,
-        top: Sequence,
-        records: Sequence[_CandRec],
-        results: Sequence[JobResult],
-        short: set[str],
+        self, records: Sequence[_CandRec], results: Sequence[JobResult], short: set[str]
     ) -> list:
-        rows = [(e.fitness, e.idx, e.digest) for e in top]
+        rows = [(e.fitness, e.idx, e.digest) for e in self.top]
         rows += [
             (_feasible(res, self.constraints), rec.idx, rec.digest)
             for rec, res in zip(records, results, strict=True)
             if rec.digest and rec.digest not in short
-        ]
-        return rank_top_k(rows, self.archive.top_k)
-
-    def _shortlist(
-        self, records: Sequence[_CandRec], results: Sequence[JobResult], short: set[str]
-    ) -> list:
-        """The archive under racing.archive_estimates: the best by fitness, estimates from part
-        of the items included; a digest scored in full (now or before) counts by that score."""
-        full = set(self.scored) | {r.digest for r in records if r.digest and r.digest not in short}
-        self._partial |= {r.idx for r in records if r.digest in short}
-        rows = [
-            (e.fitness, e.idx, e.digest)
-            for e in self.top
-            if e.idx not in self._partial or e.digest not in full
-        ]
-        rows += [
-            (_feasible(res, self.constraints), rec.idx, rec.digest)
-            for rec, res in zip(records, results, strict=True)
-            if rec.digest and (rec.digest not in short or rec.digest not in full)
         ]
         return rank_top_k(rows, self.archive.top_k)
 

@@ -40,10 +40,7 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
 
 So the archive, the winner and the driver's best k only ever hold fully scored candidates; a
 stopped candidate is told the mean of the values it got (an unbiased estimate of its fitness
-on the whole pool) and stored with how many items it was scored on. With ``archive_estimates``
-(only with ``fitness.validation``) a stopped candidate may enter the archive on that mean, for
-validation to re-score on its own items; racing still stops candidates against the best fully
-scored ones (``Loop.full_top``), so what each candidate is scored on and told is unchanged.
+on the whole pool) and stored with how many items it was scored on.
 """
 
 from __future__ import annotations

@@ -136,7 +136,6 @@ def _winner_fact(ranked: Ranking) -> str:
     return (
         f"{ranked.winner_note()}: {code(w.digest[:12])}, validation {_num(w.validation)}, "
         f"search fitness {_num(w.fitness)}"
-        + (" (estimate)" if w.estimate else "")
         + (f", gap {w.gap:+.4f}" if w.comparable else " (another metric: no gap)")
     )
 
@@ -146,7 +145,7 @@ def _validation_table(ranked: Ranking) -> list[Block]:
     body = [
         [
             f"#{i + 1} {code(m.digest[:12])}",
-            _num(m.fitness) + (" (estimate)" if m.estimate else ""),
+            _num(m.fitness),
             _num(m.validation) if m.validated else "-",
             f"{m.gap:+.4f}" if m.validated and math.isfinite(m.gap) else "-",
         ]

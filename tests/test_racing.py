@@ -21,7 +21,7 @@ from evomerge.fitness import build_fitness, parse_fitness_config
 from evomerge.fitness.items import ItemPool
 from evomerge.racing import Racer, paired_upper, settle, sure_losers
 from evomerge.recipe import Recipe
-from evomerge.search_cli import resume, search, status
+from evomerge.search_cli import search
 from evomerge.store import RunStore
 from tests.helpers.kill_resume import cli, kill_at_random
 
@@ -350,60 +350,6 @@ def test_archive_places_one_races_for_the_best_and_fills_the_rest_fully_scored(t
         "archive.top_k"
     )
     assert not (tmp_path / "three").exists()
-
-
-def test_archive_estimates_shortlist_stopped_candidates_for_validation(tmp_path, capsys):
-    # racing.archive_estimates: a candidate stopped early may enter the archive on its estimate,
-    # for validation to re-score; racing itself (what each candidate is scored on, what the
-    # driver is told) is exactly the run without it, which stops against fully scored ones
-    import threading
-
-    from evomerge.archive import rank_top_k
-    from evomerge.session import open_search
-    from evomerge.validation import ranking, stored
-
-    race = "{first_slice: 8, slice: 8, settle: set, confidence: 0.8, indifference: 0.05, "
-    race += "archive_places: 1}"
-    val = "\n  validation: {items: 12}"
-    paths = {}
-    for name, r in (("plain", race), ("est", race.replace("}", ", archive_estimates: true}"))):
-        exp = _experiment(
-            tmp_path, racing=r, driver=CMA, budget="{max_evals: 18}", name=f"{name}.yaml"
-        )
-        exp.write_text(exp.read_text().replace("\ndriver:", val + "\ndriver:"))
-        paths[name] = exp
-        assert search(exp, tmp_path / name) == 0
-    a, b = _snapshot(tmp_path / "plain"), _snapshot(tmp_path / "est")
-    assert [t[:8] for t in a[0]] == [t[:8] for t in b[0]]  # the same race, the same told values
-    partial = {t[0] for t, m in zip(b[0], _racing_meta(b[0]), strict=True) if m["items"] < 48}
-    assert {row[2] for row in a[1]}.isdisjoint(partial)
-    want = rank_top_k(((t[7], t[0], t[2]) for t in b[0]), 2)  # every candidate, by fitness
-    assert [(row[1], row[2]) for row in b[1]] == [(e.digest, e.idx) for e in want]
-    assert {row[2] for row in b[1]} & partial  # an estimate is in the archive
-    with RunStore.open(tmp_path / "est", readonly=True) as st:
-        assert set(stored(st)) == {row[1] for row in b[1]}  # every member validated
-        ranked = ranking(st)
-    assert ranked.by == "validation score"
-    assert {m.idx for m in ranked.members if m.estimate} == {row[2] for row in b[1]} & partial
-    capsys.readouterr()
-    assert status(tmp_path / "est") == 0
-    assert "(estimate)  gap" in capsys.readouterr().out
-    # interrupted after its first generation and resumed: the same archive, the same run
-    stop = threading.Event()
-    s = open_search(load_experiment(paths["est"]), tmp_path / "again", stop_event=stop)
-    s.loop.on_generation = lambda p: stop.set()
-    assert s.run().stop_reason == "interrupted"
-    assert resume(tmp_path / "again") == 0
-    assert _snapshot(tmp_path / "again") == b
-    # without validation an estimate would be the winner: refused
-    tasks = [{"kind": "zoo", "evaluator": "skills", "options": {"limit": 12}}]
-    with pytest.raises(UserInputError) as err:
-        parse_fitness_config({"tasks": tasks, "racing": {"archive_estimates": True}})
-    assert str(err.value).endswith(
-        "racing.archive_estimates: an estimate from part of the items may only enter the "
-        "archive when validation re-scores it; set fitness.validation or remove "
-        "archive_estimates"
-    )
 
 
 def test_best_so_far_leaves_out_estimates_and_the_median_keeps_them():

@@ -254,13 +254,8 @@ class RacingConfig(_Frozen):
     archive_places: int | None = Field(None, ge=1, le=100)
     """the archive's best places a candidate is raced for: it is scored on until it surely
     cannot take one of them (default: all of archive.top_k). 1: racing guards only the best;
-    the archive's later places hold the best fully scored candidates (with archive_estimates
-    the best by estimate too), and fitness.validation chooses among them (docs/racing.md)"""
-    archive_estimates: bool = False
-    """with fitness.validation: a candidate stopped early may also enter the archive, on its
-    mean over the items it was scored on; validation re-scores every member on its own items,
-    so the winner still rests on whole validation scores. Racing still stops candidates
-    against the best fully scored ones (docs/racing.md)"""
+    the archive's later places hold the best fully scored candidates, and fitness.validation
+    chooses among them (docs/racing.md)"""
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
@@ -274,8 +269,6 @@ class RacingConfig(_Frozen):
                 data.pop("order")
             if data.get("archive_places") is None:
                 data.pop("archive_places", None)
-            if not data.get("archive_estimates", True):
-                data.pop("archive_estimates")
         return data
 
 
@@ -359,12 +352,6 @@ class FitnessConfig(_Frozen):
             raise ValueError(
                 "racing: constraints need every item of a candidate scored; remove "
                 "fitness.racing (or set enabled: false) or remove fitness.constraints"
-            )
-        if self.racing is not None and self.racing.archive_estimates and self.validation is None:
-            raise ValueError(
-                "racing.archive_estimates: an estimate from part of the items may only enter "
-                "the archive when validation re-scores it; set fitness.validation or remove "
-                "archive_estimates"
             )
         if self.validation is not None:
             for i, t in enumerate(self.tasks):
