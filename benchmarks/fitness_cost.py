@@ -68,7 +68,7 @@ import yaml
 
 from evomerge.config import load_experiment
 from evomerge.recipe import Recipe
-from evomerge.session import build_evaluator, open_search
+from evomerge.session import build_evaluator, open_resume, open_search
 from evomerge.store import RunStore
 from evomerge.validation import BY_VALIDATION, ranking
 
@@ -151,7 +151,9 @@ def run_one(
         o["fitness.racing"] = racing
     # (a subset's validation items follow its own window: unseen by it, before the held-out)
     cfg = windowed(exp, 0, per_task, o, score, validation)
-    final = open_search(cfg, run).run()
+    # a run already there (--work, a killed benchmark started again) is continued, exactly
+    resumed = (run / "store.sqlite").exists()
+    final = (open_resume(run, new_cfg=cfg) if resumed else open_search(cfg, run)).run()
     with RunStore.open(run, readonly=True) as st:
         spent = st.item_evals()
         best, checked = final.best_digest, 0
@@ -205,7 +207,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "task after the search window (fitness.validation); held-out: the items after those",
     )
     ap.add_argument("--top-k", type=int, default=3, help="archive members --validation compares")
-    ap.add_argument("--work", default=None, help="keep the runs here (default: a temp folder)")
+    ap.add_argument(
+        "--work",
+        default=None,
+        help="keep the runs here (default: a temp folder); runs already there are continued",
+    )
     ap.add_argument("--json", default=None, help="also write each seed's rows to this file")
     ap.add_argument("--pool", default=None, help="A.json,B.json: report these runs as one")
     ap.add_argument(
