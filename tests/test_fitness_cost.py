@@ -39,11 +39,22 @@ def raced(tmp_path_factory):
     """One benchmark run: racing and subset at half the reference's 16 candidates."""
     work = tmp_path_factory.mktemp("fitness_cost")
     rows_json = tmp_path_factory.mktemp("fitness_cost_json") / "rows.json"
+    tables = fitness_cost.main(_argv(work, rows_json))
+    return work, tables["skills"], rows_json
+
+
+def _argv(work: Path, rows_json: Path) -> list[str]:
     argv = ["--setups", "skills", "--items", "3", "--seeds", "0", "--evals", "16"]
     argv += ["--fractions", "0.5", "--methods", "racing,subset", "--budget", "candidates"]
-    argv += ["--json", str(rows_json)]
-    tables = fitness_cost.main([*argv, "--racing", RACE, "--work", str(work)])
-    return work, tables["skills"], rows_json
+    return [*argv, "--json", str(rows_json), "--racing", RACE, "--work", str(work)]
+
+
+def _candidates(work: Path) -> dict[str, int]:
+    counts = {}
+    for run in sorted(work.glob("skills-*-s0")):
+        with RunStore.open(run, readonly=True) as st:
+            counts[run.name] = len(st.trials())
+    return counts
 
 
 def test_methods_choose_the_rows_beside_the_reference(raced):
@@ -59,6 +70,16 @@ def test_methods_choose_the_rows_beside_the_reference(raced):
         fitness_cost.plan(["ful"], [0.5])
     for _, _, held in [v for vals in rows.values() for v in vals]:
         assert 0.0 < held < 1.0  # a real held-out score of a real winner
+
+
+def test_run_again_on_its_work_folder_it_continues_the_runs_there(raced, tmp_path):
+    # a benchmark killed and started again with the same --work: each finished search is
+    # reopened (resume), not refused as an existing run folder, and adds no candidate
+    work, rows, _ = raced
+    before = _candidates(work)
+    again = fitness_cost.main(_argv(work, tmp_path / "again.json"))
+    assert again["skills"] == rows
+    assert _candidates(work) == before
 
 
 def test_budget_candidates_caps_candidates_and_items_caps_item_evaluations(raced, tmp_path):
