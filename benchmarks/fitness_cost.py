@@ -69,7 +69,7 @@ import yaml
 from evomerge.config import load_experiment
 from evomerge.recipe import Recipe
 from evomerge.session import build_evaluator, open_resume, open_search
-from evomerge.store import RunStore
+from evomerge.store import STORE_FILE, RunStore
 from evomerge.validation import BY_VALIDATION, ranking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def run_one(
     # (a subset's validation items follow its own window: unseen by it, before the held-out)
     cfg = windowed(exp, 0, per_task, o, score, validation)
     # a run already there (--work, a killed benchmark started again) is continued, exactly
-    resumed = (run / "store.sqlite").exists()
+    resumed = (run / STORE_FILE).exists()
     final = (open_resume(run, new_cfg=cfg) if resumed else open_search(cfg, run)).run()
     with RunStore.open(run, readonly=True) as st:
         spent = st.item_evals()
