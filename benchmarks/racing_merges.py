@@ -18,7 +18,7 @@ from pathlib import Path
 
 from evomerge.racing import Racer
 from evomerge.search_cli import search
-from evomerge.store import RunStore
+from evomerge.store import STORE_FILE, RunStore
 from evomerge.workers.materialize import TALLY, Materializer
 
 DRIVERS = {
@@ -49,7 +49,7 @@ archive: {{top_k: 2}}
 
 
 def snapshot(run: Path) -> tuple:
-    with sqlite3.connect(f"file:{run / 'store.sqlite'}?mode=ro", uri=True) as conn:
+    with sqlite3.connect(f"file:{run / STORE_FILE}?mode=ro", uri=True) as conn:
         return tuple(
             conn.execute(q).fetchall()
             for q in (
