@@ -157,7 +157,8 @@ class SearchLoop:
         self.state = _State()
         self.session_elapsed = 0.0  # seconds of this run() (max_seconds); state.elapsed: all runs
         self.scored: dict[str, int] = {}
-        self.top = []
+        self.top = []  # the archive
+        self._partial: set[int] = set()  # archive_places 0: candidates racing stopped early
         self.recipes: dict[str, Recipe] = {}
         self.racer = racer
         self.constraints = constraints  # fitness.constraints: infeasible never enters the archive
@@ -171,6 +172,11 @@ class SearchLoop:
         self._ahead: _Batch | None = None  # asked (and maybe submitted), not yet evaluated
         self._early: dict[int, JobResult] = {}  # streamed results polled before their turn
         self._pending: _Told | None = None  # told, not yet committed
+
+    @property
+    def _estimates(self) -> bool:
+        """racing.archive_places 0: the archive takes candidates on their means so far."""
+        return self.racer is not None and self.racer.places == 0
 
     # ---- start / resume ----------------------------------------------------------------------
     def restore(self) -> bool:
@@ -188,10 +194,17 @@ class SearchLoop:
         else:
             trials_full = trials
         cons = self.constraints
-        self.top = rank_top_k(
-            ((feasible_fitness(t.fitness, t.scores, cons), t.idx, t.digest) for t in trials_full),
-            self.archive.top_k,
-        )
+
+        def best(ts: Sequence) -> list:
+            rows = ((feasible_fitness(t.fitness, t.scores, cons), t.idx, t.digest) for t in ts)
+            return rank_top_k(rows, self.archive.top_k)
+
+        if self._estimates:  # a digest scored in full is ranked on that score, never estimated
+            self._partial = short
+            full = {t.digest for t in trials_full}
+            self.top = best(trials_full + [t for t in trials if t.digest not in full])
+        else:
+            self.top = best(trials_full)
         by_idx = {t.idx: t for t in trials}
         self.recipes = {e.digest: Recipe.from_yaml(by_idx[e.idx].recipe_yaml) for e in self.top}
         self.archive.reconcile(self.top, self.recipes)
@@ -415,6 +428,8 @@ class SearchLoop:
     def _archive_values(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The archive members' item values and weights in racing order (read from the store
         once per member)."""
+        if self._estimates:  # archive_places 0: no archive place is raced for
+            return [], []
         pool = self.racer.pool
         if pool is not self._values_pool:  # racing order "generation": a new order
             self._values, self._values_pool = {}, pool
@@ -437,9 +452,11 @@ class SearchLoop:
         for rec, r in zip(records, told.recipes, strict=True):
             if isinstance(r, Recipe):
                 self.recipes.setdefault(rec.digest, r)
-        # racing: a recipe scored on part of the items never enters the archive
+        # racing: a recipe scored on part of the items enters the archive only under
+        # archive_places 0
         short = {rec.digest for rec in records if is_partial(rec.meta)}
-        top = self._ranked(records, results, short)
+        rank = self._shortlist if self._estimates else self._ranked
+        top = rank(records, results, short)
         self.archive.materialize(top, self.recipes)
         s = self.state
         s.n_candidates += len(records)
@@ -471,6 +488,25 @@ class SearchLoop:
             (_feasible(res, self.constraints), rec.idx, rec.digest)
             for rec, res in zip(records, results, strict=True)
             if rec.digest and rec.digest not in short
+        ]
+        return rank_top_k(rows, self.archive.top_k)
+
+    def _shortlist(
+        self, records: Sequence[_CandRec], results: Sequence[JobResult], short: set[str]
+    ) -> list:
+        """The archive under racing.archive_places 0: the best by fitness, means over part of
+        the items included; a digest scored in full (now or before) counts by that score."""
+        full = set(self.scored) | {r.digest for r in records if r.digest and r.digest not in short}
+        self._partial |= {r.idx for r in records if r.digest in short}
+        rows = [
+            (e.fitness, e.idx, e.digest)
+            for e in self.top
+            if e.idx not in self._partial or e.digest not in full
+        ]
+        rows += [
+            (_feasible(res, self.constraints), rec.idx, rec.digest)
+            for rec, res in zip(records, results, strict=True)
+            if rec.digest and (rec.digest not in short or rec.digest not in full)
         ]
         return rank_top_k(rows, self.archive.top_k)
 

@@ -38,9 +38,13 @@ elimination drives irace, López-Ibáñez et al. 2016). Here:
    of the previous one's order (``submission_order``): the candidates scored last are still
    resident on their workers and are scored first, without a merge (``Materializer``).
 
-So the archive, the winner and the driver's best k only ever hold fully scored candidates; a
-stopped candidate is told the mean of the values it got (an unbiased estimate of its fitness
-on the whole pool) and stored with how many items it was scored on.
+So the archive, the winner and the driver's best k only ever hold fully scored candidates
+(but see ``archive_places: 0`` below); a stopped candidate is told the mean of the values it
+got (an unbiased estimate of its fitness on the whole pool) and stored with how many items it
+was scored on. With ``archive_places: 0`` (only with ``fitness.validation``) racing guards no
+archive place, only the driver's need, and the archive holds the best candidates by those
+means, for validation to re-score on its own items (``SearchLoop``; what this is worth is
+measured in docs/racing.md).
 """
 
 from __future__ import annotations
@@ -87,8 +91,9 @@ def sure_losers(
     """Candidates (keys of ``values``, equal-length arrays of their first m item values) that
     surely are neither among the best ``need`` of them nor able to enter the archive: below
     the ``places``-th best of the archive's members (``archive``: their values on every item)
-    and the candidates together, ranked on these m items. ``eps``: the indifference zone (a
-    candidate surely not above by more than eps counts as below)."""
+    and the candidates together, ranked on these m items (``places`` 0: no archive place is
+    raced for). ``eps``: the indifference zone (a candidate surely not above by more than eps
+    counts as below)."""
     return settle(values, need, archive, places, z, eps=eps)[0]
 
 
@@ -111,7 +116,7 @@ def settle(
         return set(), set()
     m = len(values[order[0]])
     gate, entering = None, set()
-    if len(values) + len(archive) > places:
+    if places and len(values) + len(archive) > places:
         both = [(float(a[:m].mean()), -1, a[:m]) for a in archive]
         both += [(float(values[i].mean()), i, values[i]) for i in order]
         both.sort(key=lambda row: (-row[0], row[1]))
@@ -119,6 +124,8 @@ def settle(
         entering = {row[1] for row in both[:places]}
 
     def shut_out(i: int) -> bool:  # surely cannot enter the archive
+        if places == 0:  # archive_places 0: no place is raced for
+            return True
         return gate is not None and i not in entering and paired_upper(values[i], gate, z) < eps
 
     losers: set[int] = set()

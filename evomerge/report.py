@@ -76,7 +76,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
         plot_genes(*genes, out / "genes.png"),
     ]
     plots = [p for p in plots if p is not None]
-    facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop)
+    facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop, partial)
     count = item_count(items, exp.budget.max_item_evals, exp.fitness.racing, len(partial))
     facts += [f"item evaluations: {count}"]
     facts += summary_lines(cons, trials) if cons is not None else []
@@ -95,7 +95,9 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _facts(run_dir, cfg: dict, trials: list[Trial], top: list[Trial], stop) -> list[str]:
+def _facts(
+    run_dir, cfg: dict, trials: list[Trial], top: list[Trial], stop, partial: set[int]
+) -> list[str]:
     n_fail = sum(1 for t in trials if not t.ok)
     n_eval = sum(1 for t in trials if t.reused_from is None)
     space = cfg.get("space", {})
@@ -107,7 +109,8 @@ def _facts(run_dir, cfg: dict, trials: list[Trial], top: list[Trial], stop) -> l
         f" failed {n_fail}); generations: {len({t.generation for t in trials})}",
     ]
     if top:
-        facts.append(f"best fitness: {top[0].fitness:.4f} ({code(top[0].digest[:12])})")
+        est = " (estimate)" if top[0].idx in partial else ""  # racing.archive_places 0
+        facts.append(f"best fitness: {top[0].fitness:.4f}{est} ({code(top[0].digest[:12])})")
     else:
         facts.append("best fitness: none, no candidate succeeded")
     return facts
@@ -136,6 +139,7 @@ def _winner_fact(ranked: Ranking) -> str:
     return (
         f"{ranked.winner_note()}: {code(w.digest[:12])}, validation {_num(w.validation)}, "
         f"search fitness {_num(w.fitness)}"
+        + (" (estimate)" if w.estimate else "")
         + (f", gap {w.gap:+.4f}" if w.comparable else " (another metric: no gap)")
     )
 
@@ -145,7 +149,7 @@ def _validation_table(ranked: Ranking) -> list[Block]:
     body = [
         [
             f"#{i + 1} {code(m.digest[:12])}",
-            _num(m.fitness),
+            _num(m.fitness) + (" (estimate)" if m.estimate else ""),
             _num(m.validation) if m.validated else "-",
             f"{m.gap:+.4f}" if m.validated and math.isfinite(m.gap) else "-",
         ]

@@ -56,8 +56,9 @@ def best_and_median(
     successful candidates not in ``infeasible`` (trial idx): with fitness.constraints the best
     so far is then the best the archive could hold, and ends at the winner's fitness.
     ``partial``: the candidates racing stopped before every item; their values are estimates
-    from a few items that never enter the archive, so the best so far leaves them out (a lucky
-    first slice would otherwise top the curve) and the median keeps them (unbiased estimates)."""
+    from a few items (in the archive only under racing.archive_places 0), so the best so far
+    leaves them out (a lucky first slice would otherwise top the curve) and the median keeps
+    them (unbiased estimates)."""
     xs, best, med = [], [], []
     running, count = -math.inf, 0
     skip, estimated = infeasible or set(), partial or set()

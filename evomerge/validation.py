@@ -41,6 +41,7 @@ class Member:
     validation: float = math.nan  # NaN: validation failed (see error)
     error: str | None = None
     comparable: bool = True  # False: validation scores another metric than the search
+    estimate: bool = False  # racing.archive_estimates: fitness is a mean over part of the items
 
     @property
     def gap(self) -> float:
@@ -86,12 +87,15 @@ def ranking(store: Any, enabled: bool | None = None) -> Ranking:
         enabled = fitness.get("validation") is not None
     done = stored(store) if enabled else {}
     same = same_metric(fitness)
+    partial = store.partial_idx()
     members = []
     for e in store.archive():
         v = done.get(e.digest)
         val = math.nan if v is None or v.get("fitness") is None else float(v["fitness"])
         err = v.get("error") if v else None
-        members.append(Member(e.digest, e.idx, e.fitness, v is not None, val, err, same))
+        members.append(
+            Member(e.digest, e.idx, e.fitness, v is not None, val, err, same, e.idx in partial)
+        )
     pending = sum(1 for m in members if not m.validated)
     if not enabled or pending or not members:
         return Ranking(members, BY_SEARCH, enabled, pending, same)
@@ -161,11 +165,13 @@ def _entry(r: Any) -> dict:
 
 
 def member_line(m: Member) -> str:
-    """``validation 0.6100  search 0.6500  gap +0.0400`` (or why it has none)."""
+    """``validation 0.6100  search 0.6500  gap +0.0400`` (or why it has none); a search
+    fitness racing estimated from part of the items reads ``search 0.6500 (estimate)``."""
+    search = f"search {m.fitness:.4f}" + (" (estimate)" if m.estimate else "")
     if not m.validated:
-        return f"search {m.fitness:.4f}  validation pending"
+        return f"{search}  validation pending"
     if math.isnan(m.validation):
-        return f"search {m.fitness:.4f}  validation FAIL"
+        return f"{search}  validation FAIL"
     if not m.comparable:
-        return f"validation {m.validation:.4f}  search {m.fitness:.4f}  (another metric: no gap)"
-    return f"validation {m.validation:.4f}  search {m.fitness:.4f}  gap {m.gap:+.4f}"
+        return f"validation {m.validation:.4f}  {search}  (another metric: no gap)"
+    return f"validation {m.validation:.4f}  {search}  gap {m.gap:+.4f}"

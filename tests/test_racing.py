@@ -21,7 +21,7 @@ from evomerge.fitness import build_fitness, parse_fitness_config
 from evomerge.fitness.items import ItemPool
 from evomerge.racing import Racer, paired_upper, settle, sure_losers
 from evomerge.recipe import Recipe
-from evomerge.search_cli import search
+from evomerge.search_cli import resume, search, status
 from evomerge.store import RunStore
 from tests.helpers.kill_resume import cli, kill_at_random
 
@@ -130,6 +130,10 @@ def test_settle_set_also_stops_the_sure_members_of_the_best_k():
     assert settle(vals, 0, perfect, 1, 1.645, inside=True) == ({0, 1, 2}, set())
     # two equal candidates are never settled apart (paired: no evidence)
     assert settle({0: good, 1: good.copy()}, 1, perfect, 1, 1.645, inside=True) == (set(), set())
+    # archive_places 0: no archive place is raced for, only the driver's need: 'good', which
+    # could take an empty archive's place, stops as soon as it is surely among the best 2
+    assert settle(vals, 2, [], 0, 1.645, inside=True) == ({2}, {0, 1})
+    assert sure_losers({0: good, 1: mid}, 1, [np.zeros(40)], 0, 1.645) == {1}
     # the default is left out of the stored config: earlier runs hash the same
     fit = {"tasks": [{"kind": "zoo", "evaluator": "skills"}]}
     assert parse_fitness_config({**fit, "racing": {}}).model_dump()["racing"] == {
@@ -350,6 +354,71 @@ def test_archive_places_one_races_for_the_best_and_fills_the_rest_fully_scored(t
         "archive.top_k"
     )
     assert not (tmp_path / "three").exists()
+
+
+def test_archive_places_zero_races_for_the_driver_only_and_validation_chooses(tmp_path, capsys):
+    # racing.archive_places 0: no candidate is scored on to guard an archive place; the archive
+    # takes the best by their means so far (estimates included), which validation re-scores
+    import threading
+
+    from evomerge.archive import rank_top_k
+    from evomerge.session import open_search
+    from evomerge.validation import ranking, stored
+
+    race = "{first_slice: 8, slice: 8, settle: set, confidence: 0.8, indifference: 0.05, "
+    val = "\n  validation: {items: 12}"
+    paths = {}
+    for name, places in (("one", 1), ("zero", 0)):
+        exp = _experiment(
+            tmp_path,
+            racing=f"{race}archive_places: {places}}}",
+            driver=CMA,
+            budget="{max_evals: 18}",
+            name=f"{name}.yaml",
+        )
+        exp.write_text(exp.read_text().replace("\ndriver:", val + "\ndriver:"))
+        paths[name] = exp
+        assert search(exp, tmp_path / name) == 0
+    a, b = _snapshot(tmp_path / "one"), _snapshot(tmp_path / "zero")
+    items = [[m["items"] for m in _racing_meta(run[0])] for run in (a, b)]
+    # the same first generation; archive_places 1 scores its best on to every item, 0 does not
+    assert [t[3] for t in a[0][:6]] == [t[3] for t in b[0][:6]]
+    assert max(items[0]) == 48 and max(items[1]) < 48
+    assert sum(items[1]) < sum(items[0])
+    partial = {t[0] for t, n in zip(b[0], items[1], strict=True) if n < 48}
+    want = rank_top_k(((t[7], t[0], t[2]) for t in b[0]), 2)  # every candidate, by fitness
+    assert [(row[1], row[2]) for row in b[1]] == [(e.digest, e.idx) for e in want]
+    assert {row[2] for row in b[1]} <= partial  # the archive holds estimates
+    with RunStore.open(tmp_path / "zero", readonly=True) as st:
+        assert set(stored(st)) == {row[1] for row in b[1]}  # every member validated
+        ranked = ranking(st)
+    assert ranked.by == "validation score"
+    assert all(m.estimate for m in ranked.members)
+    capsys.readouterr()
+    assert status(tmp_path / "zero") == 0
+    assert "(estimate)  gap" in capsys.readouterr().out
+    from evomerge.report import write_report
+
+    write_report(tmp_path / "zero", tmp_path / "rep")
+    assert (
+        f"best fitness: {b[1][0][3]:.4f} (estimate) (" in (tmp_path / "rep/report.md").read_text()
+    )
+    # interrupted after its first generation and resumed: the same archive, the same run
+    stop = threading.Event()
+    s = open_search(load_experiment(paths["zero"]), tmp_path / "again", stop_event=stop)
+    s.loop.on_generation = lambda p: stop.set()
+    assert s.run().stop_reason == "interrupted"
+    assert resume(tmp_path / "again") == 0
+    assert _snapshot(tmp_path / "again") == b
+    # without validation an estimate would be the winner: refused
+    tasks = [{"kind": "zoo", "evaluator": "skills", "options": {"limit": 12}}]
+    with pytest.raises(UserInputError) as err:
+        parse_fitness_config({"tasks": tasks, "racing": {"archive_places": 0}})
+    assert str(err.value).endswith(
+        "racing.archive_places: 0 lets candidates into the archive on a mean over part of the "
+        "items, which only fitness.validation re-scores; set fitness.validation or "
+        "archive_places: 1 or more"
+    )
 
 
 def test_best_so_far_leaves_out_estimates_and_the_median_keeps_them():

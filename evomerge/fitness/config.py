@@ -251,11 +251,13 @@ class RacingConfig(_Frozen):
     """run: one seeded item order for the whole run, so every generation's first slice is the
     same items; generation: a fresh seeded order each generation, so the search is not ranked
     on the same few items generation after generation (docs/racing.md)"""
-    archive_places: int | None = Field(None, ge=1, le=100)
+    archive_places: int | None = Field(None, ge=0, le=100)
     """the archive's best places a candidate is raced for: it is scored on until it surely
     cannot take one of them (default: all of archive.top_k). 1: racing guards only the best;
-    the archive's later places hold the best fully scored candidates, and fitness.validation
-    chooses among them (docs/racing.md)"""
+    the archive's later places hold the best fully scored candidates. 0: racing guards no
+    place, only the driver's need, and the archive holds the best candidates by their means
+    so far (a stopped one's over the items it was scored on), for fitness.validation, which
+    it needs, to re-score on its own items (docs/racing.md)"""
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
@@ -352,6 +354,13 @@ class FitnessConfig(_Frozen):
             raise ValueError(
                 "racing: constraints need every item of a candidate scored; remove "
                 "fitness.racing (or set enabled: false) or remove fitness.constraints"
+            )
+        r = self.racing
+        if r is not None and r.enabled and r.archive_places == 0 and self.validation is None:
+            raise ValueError(
+                "racing.archive_places: 0 lets candidates into the archive on a mean over part "
+                "of the items, which only fitness.validation re-scores; set fitness.validation "
+                "or archive_places: 1 or more"
             )
         if self.validation is not None:
             for i, t in enumerate(self.tasks):
