@@ -12,7 +12,7 @@ import pytest
 from evomerge.zoo import real_tasks
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ["real_ps.yaml", "real_dfs.yaml", "real_hybrid.yaml"]
+EXPERIMENTS = ["real_ps.yaml", "real_ps_racing.yaml", "real_dfs.yaml", "real_hybrid.yaml"]
 
 
 def _rows(path: Path) -> list[dict]:
