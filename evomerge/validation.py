@@ -41,7 +41,7 @@ class Member:
     validation: float = math.nan  # NaN: validation failed (see error)
     error: str | None = None
     comparable: bool = True  # False: validation scores another metric than the search
-    estimate: bool = False  # racing.archive_estimates: fitness is a mean over part of the items
+    estimate: bool = False  # racing.archive_places 0: fitness is a mean over part of the items
 
     @property
     def gap(self) -> float:
