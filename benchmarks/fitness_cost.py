@@ -3,7 +3,8 @@
     python benchmarks/fitness_cost.py [--setups skills,cross] [--seeds 0,1,2] [--evals 32]
         [--fractions 0.5,0.2] [--driver cma_es|random] [--methods full,racing,subset]
         [--racing "{first_slice: 10, slice: 10}"] [--budget items|candidates]
-        [--items N] [--score gold_loglik] [--validation V [--top-k K]] [--work DIR]
+        [--items N] [--score gold_loglik] [--validation V [--top-k K]]
+        [--racing-top-k K] [--racing-validation "{first_slice: 12, slice: 8}"] [--work DIR]
         [--json OUT.json] [--reference A.json,B.json]
     python benchmarks/fitness_cost.py --pool A.json,B.json     # one table from several runs
 
@@ -29,7 +30,10 @@ too, pick its winner as ``fitness.validation`` does (evomerge/validation.py): it
 top ``--top-k`` (3) re-scored by exact match on the V items per task after its search
 window, the best there wins, and the held-out items start after the reference's validation
 items (the table counts the validation's item evaluations, the same for every search, in a
-column of their own). ``--work DIR`` keeps the runs there (by default they go to a temp
+column of their own). ``--racing-top-k K`` gives the racing searches an archive of K
+instead, and ``--racing-validation YAML`` has their validation race the archive's members for
+the best (``fitness.validation.racing``) instead of scoring each on every item; the
+validation column then counts the items the race spent. ``--work DIR`` keeps the runs there (by default they go to a temp
 folder, deleted at the end, and each run's archived models as soon as its winner is known).
 ``--json OUT.json`` also writes every seed's row (item evaluations, candidates, held-out
 score); ``--pool`` prints one table per setup from such files (runs of the same setup, budget
@@ -70,7 +74,7 @@ from evomerge.config import load_experiment
 from evomerge.recipe import Recipe
 from evomerge.session import build_evaluator, open_resume, open_search
 from evomerge.store import STORE_FILE, RunStore
-from evomerge.validation import BY_VALIDATION, ranking
+from evomerge.validation import BY_VALIDATION, ranking, stored
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"
@@ -113,15 +117,16 @@ def windowed(
     more: dict | None = None,
     score: str | None = None,
     validation: int | None = None,
+    validation_racing: dict | None = None,
 ):
     """The experiment on that window, with a validation split of ``validation`` items per task
-    after it (None: none, the experiment's own dropped)."""
+    after it (None: none, the experiment's own dropped), raced by ``validation_racing``."""
     own = load_experiment(exp)
     tasks = window(own, offset, limit, score, validated=validation is not None)
-    o = {
-        "fitness.tasks": tasks,
-        "fitness.validation": None if validation is None else {"items": validation},
-    }
+    split = None if validation is None else {"items": validation}
+    if split is not None and validation_racing is not None:
+        split["racing"] = validation_racing
+    o = {"fitness.tasks": tasks, "fitness.validation": split}
     return load_experiment(exp, {**o, **(more or {})})
 
 
@@ -138,11 +143,13 @@ def run_one(
     score: str | None = None,
     validation: int | None = None,
     top_k: int = 1,
+    validation_racing: dict | None = None,
 ):
     """(item evals spent, candidates, winner recipe, validation item evals) of one search
     (``score``: what its tasks score, as ``window`` applies it; None: the setup's exact match;
     ``validation``: its winner is the best of its ``top_k`` on that many items per task after
-    the search window, else its best on its own items)."""
+    the search window, raced by ``validation_racing`` when given, else its best on its own
+    items)."""
     per_task = n if how != "subset" else max(1, round(n * items))
     o = {"seed": seed, "budget": budget, "archive.top_k": top_k if validation else 1}
     if drv is not None:
@@ -150,7 +157,7 @@ def run_one(
     if how == "racing":
         o["fitness.racing"] = racing
     # (a subset's validation items follow its own window: unseen by it, before the held-out)
-    cfg = windowed(exp, 0, per_task, o, score, validation)
+    cfg = windowed(exp, 0, per_task, o, score, validation, validation_racing)
     # a run already there (--work, a killed benchmark started again) is continued, exactly
     resumed = (run / STORE_FILE).exists()
     final = (open_resume(run, new_cfg=cfg) if resumed else open_search(cfg, run)).run()
@@ -162,7 +169,9 @@ def run_one(
             if ranked.by != BY_VALIDATION:
                 raise SystemExit(f"{run}: {ranked.winner_note()}; see its store")
             best = ranked.members[0].digest
-            checked = len(ranked.members) * _items(cfg, "validation")
+            full = _items(cfg, "validation")  # a raced member: the items it got
+            done = stored(st)
+            checked = sum(done[m.digest].get("items", full) for m in ranked.members)
         trial = st.trials(where="WHERE c.digest = ?", params=(best,))[0]
     return spent, final.n_candidates, Recipe.from_yaml(trial.recipe_yaml), checked
 
@@ -208,6 +217,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--top-k", type=int, default=3, help="archive members --validation compares")
     ap.add_argument(
+        "--racing-top-k", type=int, default=None, help="the racing searches' archive (--top-k)"
+    )
+    ap.add_argument(
+        "--racing-validation",
+        default=None,
+        help="fitness.validation.racing of the racing searches, a YAML mapping (default: none)",
+    )
+    ap.add_argument(
         "--work",
         default=None,
         help="keep the runs here (default: a temp folder); runs already there are continued",
@@ -244,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     if args.pool:
         return pool_report(args.pool.split(","))
     racing = yaml.safe_load(args.racing)
+    raced_val = yaml.safe_load(args.racing_validation) if args.racing_validation else None
     seeds = [int(s) for s in args.seeds.split(",")]
     fracs = [float(f) for f in args.fractions.split(",")]
     todo = plan(args.methods.split(","), fracs)
@@ -273,9 +291,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                     run = work / f"{name}-{how}-{f}-s{seed}"
                     budget = cap(args.budget, f, big, args.evals)
                     score = args.score if (how, f) != ("full", 1.0) else None
+                    top_k, vr = args.top_k, None
+                    if how == "racing":
+                        top_k, vr = args.racing_top_k or args.top_k, raced_val
                     spent, cands, win, checked = run_one(
                         exp, run, seed, n, f, budget, how, drv, racing, score,
-                        args.validation, args.top_k,
+                        args.validation, top_k, vr,
                     )  # fmt: skip
                     if not keep:  # its archived models (top-k merged models each): GBs a seed
                         shutil.rmtree(run / "archive", ignore_errors=True)
@@ -289,12 +310,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             report(name, rows=rows, **head)
             if any(how == "racing" for how, _ in todo):
                 print(f"racing: {racing}")
+                if args.racing_top_k or raced_val:
+                    print(f"racing searches' archive: {args.racing_top_k or args.top_k}, "
+                          f"validation racing: {raced_val}")  # fmt: skip
             if args.score:
                 print(f"the searches below the reference scored items by {args.score}")
             tables[name] = rows
             saved[name] = {
                 **head,
                 "racing": racing,
+                "racing_top_k": args.racing_top_k,
+                "racing_validation": raced_val,
                 "score": args.score,
                 "rows": [[*k, v] for k, v in rows.items()],
             }

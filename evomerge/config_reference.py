@@ -133,7 +133,8 @@ def _show(value: Any) -> str:
 def _table(rows: list[tuple[str, str, str, str]]) -> str:
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, typ, default, desc in rows:
-        cells = [f"`{key}`", typ, f"`{default}`" if default else "", desc]
+        # a docstring wrapped over lines is one cell: a newline would end the table's row
+        cells = [f"`{key}`", typ, f"`{default}`" if default else "", " ".join(desc.split())]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,7 @@ class Progress:
     elapsed: float
     stop_reason: str | None = None
     n_item_evals: int = 0
+    best_estimate: bool = False  # racing.archive_places 0: best_fitness is a partial mean
 
 
 @dataclass
@@ -261,6 +262,7 @@ class SearchLoop:
             best_digest=best.digest if best else None,
             elapsed=s.elapsed,
             n_item_evals=s.n_item_evals,
+            best_estimate=best is not None and best.idx in self._partial,
         )
 
     def _stop_reason(self) -> str | None:

@@ -42,6 +42,17 @@ class Member:
     error: str | None = None
     comparable: bool = True  # False: validation scores another metric than the search
     estimate: bool = False  # racing.archive_places 0: fitness is a mean over part of the items
+    # fitness.validation.racing: the validation items this member was scored on, of how many
+    # (a member stopped below the leader has a mean over part of them; None: every item)
+    validation_items: tuple[int, int] | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped in validation's race: its score is a mean over part of the items."""
+        return (
+            self.validation_items is not None
+            and self.validation_items[0] < self.validation_items[1]
+        )
 
     @property
     def gap(self) -> float:
@@ -93,15 +104,23 @@ def ranking(store: Any, enabled: bool | None = None) -> Ranking:
         v = done.get(e.digest)
         val = math.nan if v is None or v.get("fitness") is None else float(v["fitness"])
         err = v.get("error") if v else None
+        got = (int(v["items"]), int(v["of"])) if v and "items" in v else None
         members.append(
-            Member(e.digest, e.idx, e.fitness, v is not None, val, err, same, e.idx in partial)
+            Member(e.digest, e.idx, e.fitness, v is not None, val, err, same, e.idx in partial, got)
         )
     pending = sum(1 for m in members if not m.validated)
     if not enabled or pending or not members:
         return Ranking(members, BY_SEARCH, enabled, pending, same)
+    # a member validation's race stopped has a mean over part of the items: it ranks after
+    # those scored on every item (the race stopped it below one of them, on the same items)
     order = sorted(
         range(len(members)),
-        key=lambda i: (math.isnan(members[i].validation), -members[i].validation, i),
+        key=lambda i: (
+            math.isnan(members[i].validation),
+            members[i].stopped,
+            -members[i].validation,
+            i,
+        ),
     )
     return Ranking([members[i] for i in order], BY_VALIDATION, enabled, 0, same)
 
@@ -134,6 +153,8 @@ def rescore_archive(
     todo = [e for e in store.archive() if e.digest not in done]
     if not todo:
         return 0
+    if cfg.fitness.validation.racing is not None:
+        return _race_archive(cfg, store, make_evaluator, done, say)
     if say:
         say(f"validation: scoring {len(todo)} archived model(s) on held-out items")
     chunk = max(1, cfg.workers)  # one result per worker at a time reaches the store
@@ -150,6 +171,50 @@ def rescore_archive(
     finally:
         evaluator.close()
     return len(todo)
+
+
+def _race_archive(
+    cfg: Any,
+    store: Any,
+    make_evaluator: Callable[[], Any],
+    done: dict[str, dict],
+    say: Callable[[str], None] | None,
+) -> int:
+    """``fitness.validation.racing``: every archive member races for the best on the
+    validation items (``evomerge.racing`` with a need of 1 and no archive place): the leader
+    is scored on every item, the others stop once surely below it and keep their mean over
+    the items they got (``items`` in their entry). The race is one unit, stored when it ends:
+    a killed race runs again, the same (each slice is a job seeded by its recipe), and an
+    archive that changed since (a resumed search) races again as a whole, so every score in
+    the winner's race was drawn against the same leader."""
+    from evomerge.fitness import build_fitness
+    from evomerge.fitness.config import RacingConfig
+    from evomerge.fitness.items import ItemPool
+    from evomerge.racing import Racer
+
+    members = store.archive()
+    v = cfg.fitness.validation.racing
+    fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split="validation")
+    pool = ItemPool.build(fitness, cfg.seed)
+    rules = RacingConfig(first_slice=v.first_slice, slice=v.slice, confidence=v.confidence)
+    racer = Racer(rules, pool, fitness, need=1, places=0)
+    if say:
+        say(
+            f"validation: racing {len(members)} archived model(s) for the best on "
+            f"{pool.size} held-out items"
+        )
+    recipes = [Recipe.from_yaml(store.trial(e.idx).recipe_yaml) for e in members]
+    evaluator = make_evaluator()
+    try:
+        outcome = racer.race(evaluator, recipes, [])
+    finally:
+        evaluator.close()
+    for e, r, m in zip(members, outcome.results, outcome.items, strict=True):
+        done[e.digest] = {**_entry(r), "items": m, "of": pool.size}
+        if say and not r.ok:
+            say(f"validation of {e.digest[:12]} failed: {r.error}")
+    store.set_meta(META_KEY, json.dumps(done, sort_keys=True))
+    return len(members)
 
 
 def _entry(r: Any) -> dict:
@@ -172,6 +237,10 @@ def member_line(m: Member) -> str:
         return f"{search}  validation pending"
     if math.isnan(m.validation):
         return f"{search}  validation FAIL"
+    val = f"validation {m.validation:.4f}"
+    if m.stopped:
+        got, of = m.validation_items
+        val += f" (stopped at {got} of {of} items)"
     if not m.comparable:
-        return f"validation {m.validation:.4f}  {search}  (another metric: no gap)"
-    return f"validation {m.validation:.4f}  {search}  gap {m.gap:+.4f}"
+        return f"{val}  {search}  (another metric: no gap)"
+    return f"{val}  {search}  gap {m.gap:+.4f}"

@@ -99,7 +99,7 @@ def test_errors_name_the_field(tmp_path, edit, message):
         ),
         (
             {"fitness.validation": {"limit": 30}},
-            "'validation.limit' — remove it or use one of: items$",
+            "'validation.limit' — remove it or use one of: items, racing$",
         ),
         (  # a tagged union's member: the zoo task's own keys
             {"fitness.tasks": [{"kind": "zoo", "name": "s", "evaluator": "skills", "zz": 1}]},

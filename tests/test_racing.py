@@ -408,6 +408,12 @@ def test_archive_places_zero_races_for_the_driver_only_and_validation_chooses(tm
     s = open_search(load_experiment(paths["zero"]), tmp_path / "again", stop_event=stop)
     s.loop.on_generation = lambda p: stop.set()
     assert s.run().stop_reason == "interrupted"
+    from evomerge.commands.search import progress_line
+
+    # the live line marks a best that is a mean over part of the items, as status does
+    assert s.loop.progress().best_estimate
+    assert progress_line(s.loop.progress()).startswith("gen 1 best 0.")
+    assert " (estimate) failed 0 items " in progress_line(s.loop.progress())
     assert resume(tmp_path / "again") == 0
     assert _snapshot(tmp_path / "again") == b
     # without validation an estimate would be the winner: refused

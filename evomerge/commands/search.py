@@ -187,6 +187,8 @@ def progress_line(p: Progress, max_items: int | None = None) -> str:
     """The live line's text: generation, best, failures and item evaluations (the fitness's
     unit of cost; racing spends fewer per candidate)."""
     best = "-" if math.isnan(p.best_fitness) else f"{p.best_fitness:.4f}"
+    if p.best_estimate:  # racing.archive_places 0: a mean over the items it was scored on
+        best += " (estimate)"
     items = f"{p.n_item_evals}{f'/{max_items}' if max_items else ''}"
     return f"gen {p.generation} best {best} failed {p.n_failed} items {items}"
 

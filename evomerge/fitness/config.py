@@ -220,11 +220,30 @@ def task_label(t: Any) -> str:
     return "perplexity"
 
 
+class ValidationRacingConfig(_Frozen):
+    # The archive's members race for the best on the validation items (evomerge.racing with a
+    # need of 1): a member stops once it is surely below the leader, so a wide archive costs
+    # little more validation than a narrow one scored in full (docs/racing.md).
+    first_slice: int = Field(12, ge=2)
+    """validation items (of the whole suite) every member is scored on before any stops"""
+    slice: int = Field(8, ge=1)
+    """items added per round to the members still in the race"""
+    confidence: float = Field(0.8, gt=0.5, lt=1.0)
+    """one-sided level of the paired normal bound that stops a member below the leader"""
+
+
 class ValidationConfig(_Frozen):
     # The search's best on its own items is biased upwards (it was selected on them); the
     # archive is re-scored on items it never saw and the winner is the best there.
     items: int | None = Field(None, ge=1)
     """validation items per task, taken after its search items (null: every item left)"""
+    racing: ValidationRacingConfig | None = None
+    """race the archive's members for the best on the validation items instead of scoring
+    each on all of them: the winner gets every item, the others stop once surely below it"""
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        return _drop_none(handler(self), "racing")  # earlier runs hash the same
 
 
 class RacingConfig(_Frozen):
@@ -372,10 +391,13 @@ class FitnessConfig(_Frozen):
                     f"tasks.{i}.{field}: there is no fitness.validation to use it; set "
                     f"fitness.validation or remove {field}"
                 )
-        if self.racing is not None and self.racing.enabled:
+        raced = [] if self.racing is None or not self.racing.enabled else ["fitness.racing"]
+        if self.validation is not None and self.validation.racing is not None:
+            raced.append("fitness.validation.racing")
+        for field in raced:
             from evomerge.fitness.items import check_raceable
 
-            check_raceable(self)
+            check_raceable(self, field)
         return self
 
     @model_serializer(mode="wrap")

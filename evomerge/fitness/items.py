@@ -32,13 +32,14 @@ from evomerge.fitness.result import EvalResult, TaskScore
 _ORDER_SALT = 0x5ACE
 
 
-def check_raceable(cfg: Any) -> None:
-    """ValueError (one config error line) when ``fitness.racing`` cannot work on these tasks."""
+def check_raceable(cfg: Any, field: str = "fitness.racing") -> None:
+    """ValueError (one config error line) when racing (``field``: fitness.racing or
+    fitness.validation.racing) cannot work on these tasks."""
     if len(cfg.objective_names) > 1:
         raise ValueError(
-            f"racing: the fitness has {len(cfg.objective_names)} objectives "
-            f"({', '.join(cfg.objective_names)}); racing ranks one score, so remove "
-            "fitness.racing or use one objective"
+            f"{field.removeprefix('fitness.')}: the fitness has {len(cfg.objective_names)} "
+            f"objectives ({', '.join(cfg.objective_names)}); racing ranks one score, so remove "
+            f"{field} or use one objective"
         )
     for i, t in enumerate(cfg.tasks):
         if t.kind in ("lm_eval", "python"):
@@ -47,8 +48,8 @@ def check_raceable(cfg: Any) -> None:
             if t.max_windows is None:
                 raise ValueError(
                     f"tasks.{i}.max_windows: racing scores a perplexity task's windows a slice "
-                    "at a time and must know how many it scores; set max_windows (or remove "
-                    "fitness.racing)"
+                    f"at a time and must know how many it scores; set max_windows (or remove "
+                    f"{field})"
                 )
             continue
         if t.kind != "zoo" or str(t.evaluator).startswith("digits"):
@@ -56,7 +57,7 @@ def check_raceable(cfg: Any) -> None:
             raise ValueError(
                 f"tasks.{i}: racing scores items a slice at a time, which zoo tasks with test "
                 f"items, lm_eval, perplexity and opted-in python tasks can do ({what} cannot); "
-                "remove fitness.racing"
+                f"remove {field}"
             )
 
 

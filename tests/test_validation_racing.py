@@ -1,0 +1,80 @@
+"""fitness.validation.racing: the archive's members race for the best on the validation items
+(evomerge.validation._race_archive), on the zoo's lm-skills experts with a real store."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+
+from evomerge.errors import UserInputError
+from evomerge.fitness import parse_fitness_config
+from evomerge.search_cli import resume, search, status
+from evomerge.store import RunStore
+from evomerge.validation import member_line, ranking, stored
+from tests.test_racing import CMA, _experiment
+
+LIMIT = {"options": {"limit": 12}}  # the other 38 items per task are left for validation
+RACED = "{items: 12, racing: {first_slice: 8, slice: 8}}"
+
+
+def _run(tmp_path, name: str, validation: str):
+    exp = _experiment(
+        tmp_path, racing=None, driver=CMA, budget="{max_evals: 18}", name=f"{name}.yaml"
+    )
+    text = exp.read_text().replace("\ndriver:", f"\n  validation: {validation}\ndriver:")
+    exp.write_text(text.replace("top_k: 2", "top_k: 6"))
+    assert search(exp, tmp_path / name) == 0
+    with RunStore.open(tmp_path / name, readonly=True) as st:
+        return stored(st), ranking(st)
+
+
+def test_raced_validation_scores_the_winner_in_full_and_stops_the_others(tmp_path, capsys):
+    plain, by_all = _run(tmp_path, "plain", "{items: 12}")
+    raced, ranked = _run(tmp_path, "raced", RACED)
+    # the same search (validation runs after it): the same six archive members
+    assert {m.digest for m in ranked.members} == {m.digest for m in by_all.members}
+    assert set(raced) == set(plain) and len(raced) == 6
+    assert ranked.by == "validation score"
+    got = {d: e["items"] for d, e in raced.items()}
+    assert all(e["of"] == 48 for e in raced.values())  # 4 tasks x 12 validation items
+    winner = ranked.members[0]
+    # the winner was scored on every item, in slices: exactly its plain validation score
+    assert got[winner.digest] == 48 and not winner.stopped
+    assert raced[winner.digest]["fitness"] == plain[winner.digest]["fitness"]
+    # the others stopped below it on part of the items, and rank after it, even those whose
+    # mean over their few items is above the winner's over all of them
+    stopped = [m for m in ranked.members if m.stopped]
+    assert stopped and sum(got.values()) < 6 * 48
+    assert all(got[m.digest] < 48 for m in stopped)
+    assert ranked.members[-len(stopped) :] == stopped
+    assert f"(stopped at {got[stopped[0].digest]} of 48 items)" in member_line(stopped[0])
+    capsys.readouterr()
+    assert status(tmp_path / "raced") == 0
+    assert "(stopped at" in capsys.readouterr().out
+    # a race killed before it was stored runs again on resume, to the same scores
+    shutil.copytree(tmp_path / "raced", tmp_path / "again")
+    with sqlite3.connect(tmp_path / "again" / "store.sqlite") as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'validation'")
+    assert resume(tmp_path / "again") == 0
+    with RunStore.open(tmp_path / "again", readonly=True) as st:
+        assert stored(st) == raced
+
+
+def test_raced_validation_is_refused_where_racing_cannot_rank():
+    tasks = [
+        {"kind": "zoo", "name": "one", "evaluator": "skills", "objective": "a", **LIMIT},
+        {"kind": "zoo", "name": "two", "evaluator": "skills", "objective": "b", **LIMIT},
+    ]
+    with pytest.raises(UserInputError) as err:
+        parse_fitness_config({"tasks": tasks, "validation": {"racing": {}}})
+    assert "validation.racing: the fitness has 2 objectives (a, b); racing ranks one score, " in (
+        str(err.value)
+    )
+    assert str(err.value).endswith("so remove fitness.validation.racing or use one objective")
+    # unset, it is left out of the stored config: earlier runs hash the same
+    one = [{"kind": "zoo", "evaluator": "skills", **LIMIT}]
+    assert parse_fitness_config({"tasks": one, "validation": {}}).model_dump()["validation"] == {
+        "items": None
+    }
