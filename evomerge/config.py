@@ -113,7 +113,7 @@ class BudgetConfig(_Frozen):
 
 class ArchiveConfig(_Frozen):
     top_k: int = Field(3, ge=1, le=100)
-    """how many of the best merged models the run keeps under RUN_DIR/archive/ (validation picks the winner among them; under racing each place costs items: keep it small, e.g. 2)"""
+    """how many of the best merged models the run keeps under RUN_DIR/archive/ (validation picks the winner among them; under racing each place costs items unless racing.archive_places is 0; with fitness.validation.racing a wider archive, e.g. 10, costs little more validation)"""
 
 
 class EvaluationConfig(_Frozen):

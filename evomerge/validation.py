@@ -7,7 +7,9 @@ or Ray, after the search and after each resume. The scores live in the store's `
 under ``validation`` (JSON ``{digest: {fitness, scores, error}}``), written after each chunk of
 workers' results: a digest already there is never scored again, and a killed re-scoring
 continues where it stopped. A member's validation score depends only on its recipe and the
-seed (``run_job`` seeds each job from them), so a resumed run gets the same numbers.
+seed (``run_job`` seeds each job from them), so a resumed run gets the same numbers. With
+``fitness.validation.racing`` the members race for the best on the validation items instead
+(``_race_archive``): the winner is scored on all of them, the others stop once surely below it.
 
 The winner (``export`` without ``--rank``, ``search``'s winner line, ``status``'s #1) is the
 best on validation once every member has its validation score; until then the search order
