@@ -49,10 +49,15 @@ def test_raced_validation_scores_the_winner_in_full_and_stops_the_others(tmp_pat
     assert stopped and sum(got.values()) < 6 * 48
     assert all(got[m.digest] < 48 for m in stopped)
     assert ranked.members[-len(stopped) :] == stopped
+    assert any(m.validation > winner.validation for m in stopped)  # a lucky first slice
     assert f"(stopped at {got[stopped[0].digest]} of 48 items)" in member_line(stopped[0])
     capsys.readouterr()
     assert status(tmp_path / "raced") == 0
     assert "(stopped at" in capsys.readouterr().out
+    from evomerge.report import write_report
+
+    write_report(tmp_path / "raced", tmp_path / "rep")
+    assert " of 48 items) |" in (tmp_path / "rep" / "report.md").read_text()
     # a race killed before it was stored runs again on resume, to the same scores
     shutil.copytree(tmp_path / "raced", tmp_path / "again")
     with sqlite3.connect(tmp_path / "again" / "store.sqlite") as conn:
