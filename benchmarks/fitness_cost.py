@@ -33,8 +33,9 @@ items (the table counts the validation's item evaluations, the same for every se
 column of their own). ``--racing-top-k K`` gives the racing searches an archive of K
 instead, and ``--racing-validation YAML`` has their validation race the archive's members for
 the best (``fitness.validation.racing``) instead of scoring each on every item; the
-validation column then counts the items the race spent. ``--work DIR`` keeps the runs there (by default they go to a temp
-folder, deleted at the end, and each run's archived models as soon as its winner is known).
+validation column then counts the items the race spent. ``--work DIR`` keeps the runs there
+(by default they go to a temp folder, deleted at the end, and each run's archived models as
+soon as its winner is known).
 ``--json OUT.json`` also writes every seed's row (item evaluations, candidates, held-out
 score); ``--pool`` prints one table per setup from such files (runs of the same setup, budget
 and methods on different seeds, e.g. two halves run side by side), without running anything.
