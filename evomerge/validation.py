@@ -198,7 +198,12 @@ def _race_archive(
     v = cfg.fitness.validation.racing
     fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split="validation")
     pool = ItemPool.build(fitness, cfg.seed)
-    rules = RacingConfig(first_slice=v.first_slice, slice=v.slice, confidence=v.confidence)
+    rules = RacingConfig(
+        first_slice=v.first_slice,
+        slice=v.slice,
+        confidence=v.confidence,
+        indifference=v.indifference,
+    )
     racer = Racer(rules, pool, fitness, need=1, places=0)
     if say:
         say(

@@ -65,6 +65,12 @@ def test_raced_validation_scores_the_winner_in_full_and_stops_the_others(tmp_pat
     assert resume(tmp_path / "again") == 0
     with RunStore.open(tmp_path / "again", readonly=True) as st:
         assert stored(st) == raced
+    # an indifference zone wider than any mean difference: all but the leader stop after the
+    # first slice (as members tied on every item would with a small one)
+    wide, ranked = _run(tmp_path, "wide", RACED.replace("}}", ", indifference: 0.5}}"))
+    assert sorted(e["items"] for e in wide.values()) == [8] * 5 + [48]
+    assert ranked.members[0].digest == winner.digest  # the same leader after that slice
+    assert wide[winner.digest] == raced[winner.digest]
 
 
 def test_raced_validation_is_refused_where_racing_cannot_rank():

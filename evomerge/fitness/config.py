@@ -230,6 +230,10 @@ class ValidationRacingConfig(_Frozen):
     """items added per round to the members still in the race"""
     confidence: float = Field(0.8, gt=0.5, lt=1.0)
     """one-sided level of the paired normal bound that stops a member below the leader"""
+    indifference: float = Field(0.0, ge=0.0, lt=1.0)
+    """a member also stops once it surely is not above the leader by more than this (e.g.
+    0.01): members tied on every item (all 0 on a hard task) stop instead of all running to
+    the last item (0: only sure differences stop)"""
 
 
 class ValidationConfig(_Frozen):
