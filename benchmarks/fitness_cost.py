@@ -75,7 +75,7 @@ from evomerge.config import load_experiment
 from evomerge.recipe import Recipe
 from evomerge.session import build_evaluator, open_resume, open_search
 from evomerge.store import STORE_FILE, RunStore
-from evomerge.validation import BY_VALIDATION, ranking, stored
+from evomerge.validation import BY_VALIDATION, ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"
@@ -171,8 +171,9 @@ def run_one(
                 raise SystemExit(f"{run}: {ranked.winner_note()}; see its store")
             best = ranked.members[0].digest
             full = _items(cfg, "validation")  # a raced member: the items it got
-            done = stored(st)
-            checked = sum(done[m.digest].get("items", full) for m in ranked.members)
+            checked = sum(
+                m.validation_items[0] if m.validation_items else full for m in ranked.members
+            )
         trial = st.trials(where="WHERE c.digest = ?", params=(best,))[0]
     return spent, final.n_candidates, Recipe.from_yaml(trial.recipe_yaml), checked
 

@@ -498,17 +498,21 @@ class SearchLoop:
     ) -> list:
         """The archive under racing.archive_places 0: the best by fitness, means over part of
         the items included; a digest scored in full (now or before) counts by that score."""
-        full = set(self.scored) | {r.digest for r in records if r.digest and r.digest not in short}
+        fresh = {r.digest for r in records if r.digest and r.digest not in short}
+
+        def full(digest: str) -> bool:  # scored in full, now or before (no copy of scored)
+            return digest in fresh or digest in self.scored
+
         self._partial |= {r.idx for r in records if r.digest in short}
         rows = [
             (e.fitness, e.idx, e.digest)
             for e in self.top
-            if e.idx not in self._partial or e.digest not in full
+            if e.idx not in self._partial or not full(e.digest)
         ]
         rows += [
             (_feasible(res, self.constraints), rec.idx, rec.digest)
             for rec, res in zip(records, results, strict=True)
-            if rec.digest and (rec.digest not in short or rec.digest not in full)
+            if rec.digest and (rec.digest not in short or not full(rec.digest))
         ]
         return rank_top_k(rows, self.archive.top_k)
 

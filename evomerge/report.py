@@ -43,7 +43,7 @@ from evomerge.report_doc import (
 )
 from evomerge.stop_reason import StopRecord, read_stop
 from evomerge.store import RunStore, Trial
-from evomerge.validation import Member, Ranking, ranking
+from evomerge.validation import Ranking, ranking
 
 __all__ = ["best_and_median", "write_report"]
 
@@ -144,21 +144,13 @@ def _winner_fact(ranked: Ranking) -> str:
     )
 
 
-def _validation_cell(m: Member) -> str:
-    if not m.validated:
-        return "-"
-    if m.stopped:  # fitness.validation.racing stopped it below the leader
-        return f"{_num(m.validation)} (stopped at {m.validation_items[0]} of {m.validation_items[1]} items)"
-    return _num(m.validation)
-
-
 def _validation_table(ranked: Ranking) -> list[Block]:
     """Search fitness against the held-out score per archived model: the gap is selection."""
     body = [
         [
             f"#{i + 1} {code(m.digest[:12])}",
             _num(m.fitness) + (" (estimate)" if m.estimate else ""),
-            _validation_cell(m),
+            _num(m.validation) + m.stop_note if m.validated else "-",
             f"{m.gap:+.4f}" if m.validated and math.isfinite(m.gap) else "-",
         ]
         for i, m in enumerate(ranked.members)

@@ -57,6 +57,14 @@ class Member:
         )
 
     @property
+    def stop_note(self) -> str:
+        """`` (stopped at k of N items)`` after a stopped member's validation score, else ''."""
+        if not self.stopped:
+            return ""
+        got, of = self.validation_items
+        return f" (stopped at {got} of {of} items)"
+
+    @property
     def gap(self) -> float:
         """search fitness - validation score: how much of the lead was selection (NaN when
         the two are different metrics, e.g. a log-likelihood and exact match)."""
@@ -198,12 +206,7 @@ def _race_archive(
     v = cfg.fitness.validation.racing
     fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split="validation")
     pool = ItemPool.build(fitness, cfg.seed)
-    rules = RacingConfig(
-        first_slice=v.first_slice,
-        slice=v.slice,
-        confidence=v.confidence,
-        indifference=v.indifference,
-    )
+    rules = RacingConfig(**v.model_dump())  # its fields are a subset of fitness.racing's
     racer = Racer(rules, pool, fitness, need=1, places=0)
     if say:
         say(
@@ -244,10 +247,7 @@ def member_line(m: Member) -> str:
         return f"{search}  validation pending"
     if math.isnan(m.validation):
         return f"{search}  validation FAIL"
-    val = f"validation {m.validation:.4f}"
-    if m.stopped:
-        got, of = m.validation_items
-        val += f" (stopped at {got} of {of} items)"
+    val = f"validation {m.validation:.4f}{m.stop_note}"
     if not m.comparable:
         return f"{val}  {search}  (another metric: no gap)"
     return f"{val}  {search}  gap {m.gap:+.4f}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from evomerge.store import RunStore
+from evomerge.validation import stored
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -262,7 +263,7 @@ def test_racing_top_k_and_validation_race_reach_the_raced_searches_only(tmp_path
     assert raced["archive"]["top_k"] == 5
     assert raced["fitness"]["validation"]["racing"]["first_slice"] == 4
     with RunStore.open(tmp_path / "skills-racing-0.5-s0", readonly=True) as st:
-        entries = fitness_cost.stored(st)
+        entries = stored(st)
         members = fitness_cost.ranking(st).members
     assert len(members) == 5 and all(entries[m.digest]["of"] == 16 for m in members)
     assert got[("racing", 0.5)][0][3] == sum(entries[m.digest]["items"] for m in members)
