@@ -233,7 +233,8 @@ class ValidationRacingConfig(_Frozen):
     indifference: float = Field(0.0, ge=0.0, lt=1.0)
     """a member also stops once it surely is not above the leader by more than this (e.g.
     0.01): members tied on every item (all 0 on a hard task) stop instead of all running to
-    the last item (0: only sure differences stop)"""
+    the last item (0: only sure differences stop; 0.01 lost 0.012 of held-out accuracy on
+    lm-skills, docs/racing.md)"""
 
 
 class ValidationConfig(_Frozen):
