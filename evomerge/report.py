@@ -43,7 +43,7 @@ from evomerge.report_doc import (
 )
 from evomerge.stop_reason import StopRecord, read_stop
 from evomerge.store import RunStore, Trial
-from evomerge.validation import Ranking, ranking
+from evomerge.validation import ESTIMATE_NOTE, Ranking, ranking
 
 __all__ = ["best_and_median", "write_report"]
 
@@ -109,7 +109,7 @@ def _facts(
         f" failed {n_fail}); generations: {len({t.generation for t in trials})}",
     ]
     if top:
-        est = " (estimate)" if top[0].idx in partial else ""  # racing.archive_places 0
+        est = ESTIMATE_NOTE if top[0].idx in partial else ""  # racing.archive_places 0
         facts.append(f"best fitness: {top[0].fitness:.4f}{est} ({code(top[0].digest[:12])})")
     else:
         facts.append("best fitness: none, no candidate succeeded")
@@ -139,7 +139,7 @@ def _winner_fact(ranked: Ranking) -> str:
     return (
         f"{ranked.winner_note()}: {code(w.digest[:12])}, validation {_num(w.validation)}, "
         f"search fitness {_num(w.fitness)}"
-        + (" (estimate)" if w.estimate else "")
+        + w.estimate_note
         + (f", gap {w.gap:+.4f}" if w.comparable else " (another metric: no gap)")
     )
 
@@ -149,7 +149,7 @@ def _validation_table(ranked: Ranking) -> list[Block]:
     body = [
         [
             f"#{i + 1} {code(m.digest[:12])}",
-            _num(m.fitness) + (" (estimate)" if m.estimate else ""),
+            _num(m.fitness) + m.estimate_note,
             _num(m.validation) + m.stop_note if m.validated else "-",
             f"{m.gap:+.4f}" if m.validated and math.isfinite(m.gap) else "-",
         ]

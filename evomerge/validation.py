@@ -30,6 +30,8 @@ from evomerge.recipe import Recipe
 META_KEY = "validation"
 BY_VALIDATION = "validation score"
 BY_SEARCH = "search fitness"
+# after a search fitness that racing.archive_places 0 left as a mean over part of the items
+ESTIMATE_NOTE = " (estimate)"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class Member:
             return ""
         got, of = self.validation_items
         return f" (stopped at {got} of {of} items)"
+
+    @property
+    def estimate_note(self) -> str:
+        """``ESTIMATE_NOTE`` after an estimated search fitness, else ''."""
+        return ESTIMATE_NOTE if self.estimate else ""
 
     @property
     def gap(self) -> float:
@@ -242,7 +249,7 @@ def _entry(r: Any) -> dict:
 def member_line(m: Member) -> str:
     """``validation 0.6100  search 0.6500  gap +0.0400`` (or why it has none); a search
     fitness racing estimated from part of the items reads ``search 0.6500 (estimate)``."""
-    search = f"search {m.fitness:.4f}" + (" (estimate)" if m.estimate else "")
+    search = f"search {m.fitness:.4f}{m.estimate_note}"
     if not m.validated:
         return f"{search}  validation pending"
     if math.isnan(m.validation):

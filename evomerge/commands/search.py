@@ -17,6 +17,7 @@ from pathlib import Path
 from evomerge.commands.console import console, out, say
 from evomerge.errors import UserInputError
 from evomerge.loop import Progress
+from evomerge.validation import ESTIMATE_NOTE
 
 
 def search(
@@ -188,7 +189,7 @@ def progress_line(p: Progress, max_items: int | None = None) -> str:
     unit of cost; racing spends fewer per candidate)."""
     best = "-" if math.isnan(p.best_fitness) else f"{p.best_fitness:.4f}"
     if p.best_estimate:  # racing.archive_places 0: a mean over the items it was scored on
-        best += " (estimate)"
+        best += ESTIMATE_NOTE
     items = f"{p.n_item_evals}{f'/{max_items}' if max_items else ''}"
     return f"gen {p.generation} best {best} failed {p.n_failed} items {items}"
 
