@@ -145,16 +145,19 @@ def run_one(
     validation: int | None = None,
     top_k: int = 1,
     validation_racing: dict | None = None,
+    driver_options: dict | None = None,
 ):
     """(item evals spent, candidates, winner recipe, validation item evals) of one search
     (``score``: what its tasks score, as ``window`` applies it; None: the setup's exact match;
     ``validation``: its winner is the best of its ``top_k`` on that many items per task after
     the search window, raced by ``validation_racing`` when given, else its best on its own
-    items)."""
+    items; ``driver_options``: set over the experiment's ``driver.options``)."""
     per_task = n if how != "subset" else max(1, round(n * items))
     o = {"seed": seed, "budget": budget, "archive.top_k": top_k if validation else 1}
     if drv is not None:
         o["driver"] = drv
+    for key, value in (driver_options or {}).items():
+        o[f"driver.options.{key}"] = value
     if how == "racing":
         o["fitness.racing"] = racing
     # (a subset's validation items follow its own window: unseen by it, before the held-out)
@@ -227,6 +230,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fitness.validation.racing of the racing searches, a YAML mapping (default: none)",
     )
     ap.add_argument(
+        "--racing-driver",
+        default=None,
+        help="driver.options of the racing searches, a YAML mapping set over the experiment's "
+        "(e.g. '{popsize: 12}'; default: the experiment's)",
+    )
+    ap.add_argument(
         "--work",
         default=None,
         help="keep the runs here (default: a temp folder); runs already there are continued",
@@ -264,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         return pool_report(args.pool.split(","))
     racing = yaml.safe_load(args.racing)
     raced_val = yaml.safe_load(args.racing_validation) if args.racing_validation else None
+    raced_drv = yaml.safe_load(args.racing_driver) if args.racing_driver else None
     seeds = [int(s) for s in args.seeds.split(",")]
     fracs = [float(f) for f in args.fractions.split(",")]
     todo = plan(args.methods.split(","), fracs)
@@ -293,12 +303,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                     run = work / f"{name}-{how}-{f}-s{seed}"
                     budget = cap(args.budget, f, big, args.evals)
                     score = args.score if (how, f) != ("full", 1.0) else None
-                    top_k, vr = args.top_k, None
+                    top_k, vr, dro = args.top_k, None, None
                     if how == "racing":
                         top_k, vr = args.racing_top_k or args.top_k, raced_val
+                        dro = raced_drv
                     spent, cands, win, checked = run_one(
                         exp, run, seed, n, f, budget, how, drv, racing, score,
-                        args.validation, top_k, vr,
+                        args.validation, top_k, vr, dro,
                     )  # fmt: skip
                     if not keep:  # its archived models (top-k merged models each): GBs a seed
                         shutil.rmtree(run / "archive", ignore_errors=True)
@@ -315,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 if args.racing_top_k or raced_val:
                     print(f"racing searches' archive: {args.racing_top_k or args.top_k}, "
                           f"validation racing: {raced_val}")  # fmt: skip
+                if raced_drv:
+                    print(f"racing searches' driver options: {raced_drv}")
             if args.score:
                 print(f"the searches below the reference scored items by {args.score}")
             tables[name] = rows
@@ -323,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 "racing": racing,
                 "racing_top_k": args.racing_top_k,
                 "racing_validation": raced_val,
+                "racing_driver": raced_drv,
                 "score": args.score,
                 "rows": [[*k, v] for k, v in rows.items()],
             }
@@ -371,7 +385,7 @@ def pool_report(files: list[str]) -> dict[str, dict]:
                 merged[name] = run
                 continue
             m = merged[name]
-            keys = ("n", "pool", "big", "driver", "racing", "validation", "top_k")
+            keys = ("n", "pool", "big", "driver", "racing", "racing_driver", "validation", "top_k")
             _same_setup("--pool", f, name, run, m, keys)
             if run.get("score") != m.get("score"):
                 raise SystemExit(f"--pool: {f}: {name} was scored by {run.get('score')}")

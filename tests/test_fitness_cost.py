@@ -248,19 +248,22 @@ def test_validation_picks_each_winner_on_later_items(raced, tmp_path):
         fitness_cost.main([*argv, "--reference", str(rows_json)])
 
 
-def test_racing_top_k_and_validation_race_reach_the_raced_searches_only(tmp_path):
+def test_racing_top_k_validation_race_and_driver_reach_the_raced_searches_only(tmp_path):
     """--racing-top-k K and --racing-validation YAML: the racing search keeps K members and
     races them on validation (fitness.validation.racing); the reference keeps --top-k scored
-    in full; the validation column counts the items the race spent."""
+    in full; the validation column counts the items the race spent. --racing-driver YAML is
+    set over the racing search's driver.options only."""
     argv = ["--setups", "skills", "--items", "3", "--seeds", "0", "--evals", "16"]
     argv += ["--fractions", "0.5", "--methods", "racing", "--budget", "candidates"]
     argv += ["--racing", RACE, "--validation", "4", "--top-k", "2", "--racing-top-k", "5"]
     argv += ["--racing-validation", "{first_slice: 4, slice: 4}", "--work", str(tmp_path)]
+    argv += ["--racing-driver", "{popsize: 6}"]
     got = fitness_cost.main(argv)["skills"]
     full, _ = _stored(tmp_path / "skills-full-1.0-s0")
     raced, _ = _stored(tmp_path / "skills-racing-0.5-s0")
     assert full["archive"]["top_k"] == 2 and "racing" not in full["fitness"]["validation"]
     assert raced["archive"]["top_k"] == 5
+    assert full["driver"]["options"]["popsize"] == 8 and raced["driver"]["options"]["popsize"] == 6
     assert raced["fitness"]["validation"]["racing"]["first_slice"] == 4
     with RunStore.open(tmp_path / "skills-racing-0.5-s0", readonly=True) as st:
         entries = stored(st)
