@@ -11,6 +11,8 @@ the same settings; every item's metric must be equal, and so the score.
   does not yet tie SmolLM2's embeddings to its LM head.
 * The zoo's lm-skills base on a generation task, with the model a search's worker holds (the
   materializer's resident model, materialized from the folder).
+* Racing's slices on SmolLM2: a few items at a time, in a shuffled order, score each item as
+  the full run does.
 """
 
 from __future__ import annotations
@@ -99,3 +101,28 @@ def test_resident_model_equals_fresh_hf_run():
     ours = in_process(model, load_tokenizer(folder), task)
     want = hf_run(Path(folder), task)
     assert list(ours.per_example) == want and 0 < ours.score < 1
+
+
+@pytest.mark.parametrize("task", [MC, GEN], ids=["loglikelihood_mc", "generate_fewshot"])
+def test_racing_slices_score_each_item_as_the_full_run(smollm2, task):
+    """Racing scores a few items at a time, in its own order: lm-eval's batches then hold
+    other items and other padding (left padding for generation). On the real model every
+    item's metric is the full run's, whatever the slice's size and order."""
+    import random
+
+    _, model, tokenizer = smollm2
+    task = {k: v for k, v in task.items() if k != "limit"}  # all 12 items of the task
+    include = str(REPO / "fitness" / task["task"])
+    cfg = parse_fitness_config({"tasks": [{"kind": "lm_eval", "include_path": include, **task}]})
+    fit = build_fitness(cfg)
+    want = fit(model, tokenizer).tasks[task["task"]].per_example
+    assert 0 < sum(want) < len(want)
+    for size in (3, 5):
+        order = list(range(len(want)))
+        random.Random(size).shuffle(order)
+        got = {}
+        for i in range(0, len(order), size):
+            pos = order[i : i + size]
+            scored = fit(model, tokenizer, {task["task"]: pos}).tasks[task["task"]]
+            got.update(zip(pos, scored.per_example, strict=True))
+        assert [got[p] for p in range(len(want))] == list(want), f"slices of {size}"
