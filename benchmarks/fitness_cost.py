@@ -303,13 +303,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                     run = work / f"{name}-{how}-{f}-s{seed}"
                     budget = cap(args.budget, f, big, args.evals)
                     score = args.score if (how, f) != ("full", 1.0) else None
-                    top_k, vr, dro = args.top_k, None, None
+                    top_k, vr, options = args.top_k, None, None
                     if how == "racing":
                         top_k, vr = args.racing_top_k or args.top_k, raced_val
-                        dro = raced_drv
+                        options = raced_drv
                     spent, cands, win, checked = run_one(
                         exp, run, seed, n, f, budget, how, drv, racing, score,
-                        args.validation, top_k, vr, dro,
+                        args.validation, top_k, vr, options,
                     )  # fmt: skip
                     if not keep:  # its archived models (top-k merged models each): GBs a seed
                         shutil.rmtree(run / "archive", ignore_errors=True)
