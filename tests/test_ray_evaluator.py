@@ -171,15 +171,21 @@ class TestOneEvaluator:
         assert len(used) >= 2  # candidates really went to several workers
 
     def test_a_free_worker_takes_the_candidate_it_holds(self, evaluator, experts):
-        # racing submits a round, then the survivors again in reverse order: the candidate a
-        # worker ran last (resident there) goes back to that worker (no merge)
+        # racing submits a round, then the survivors again: the candidate a worker ran last
+        # (resident there) goes back to that worker (no merge), even when it comes last in the
+        # batch (the batch is queued whole before any free worker picks)
         rs = recipes(experts, 4, seed=2)
         first = evaluator.evaluate(rs)
         last = {r.worker: r.digest for r in first}  # (results in ticket order)
-        again = evaluator.evaluate(rs[::-1])
+        assert len(last) == 2, last
+        resident = set(last.values())
+        again_rs = [r for r in rs if r.digest() not in resident]
+        again_rs += [r for r in rs if r.digest() in resident]
+        again = evaluator.evaluate(again_rs)
         ran = {r.digest: r.worker for r in again}
-        assert len(last) == 2 and all(ran[d] == w for w, d in last.items()), (last, ran)
-        assert [r.fitness for r in again] == [r.fitness for r in first[::-1]]
+        assert all(ran[d] == w for w, d in last.items()), (last, ran)
+        by_digest = {r.digest: r.fitness for r in first}
+        assert [r.fitness for r in again] == [by_digest[r.digest()] for r in again_rs]
 
     def test_killed_worker_requeues_its_candidate(self, evaluator, experts):
         rs = recipes(experts, 10, seed=1)  # 0.5 s each: a kill lands while one runs

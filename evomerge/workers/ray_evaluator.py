@@ -175,6 +175,16 @@ class RayEvaluator(Evaluator):
         """Queue one candidate (with ``wants``: its wants job instead of its fitness job,
         ``workers.wants``; with ``items``: only those item positions, racing); returns its
         ticket (tickets count up in submission order)."""
+        t = self._enqueue(recipe, wants, items)
+        self._pump()
+        return t
+
+    def _enqueue(
+        self,
+        recipe: Recipe,
+        wants: Mapping[str, Any] | None = None,
+        items: dict[str, list[int]] | None = None,
+    ) -> int:
         t = self._next_ticket
         self._next_ticket += 1
         self._recipes[t] = recipe
@@ -187,7 +197,6 @@ class RayEvaluator(Evaluator):
         self._attempts[t] = 0
         self._queue.append(t)
         self.stats.submitted += 1
-        self._pump()
         return t
 
     @property
@@ -214,17 +223,22 @@ class RayEvaluator(Evaluator):
     def evaluate(
         self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
     ) -> list[JobResult]:
-        return self._collect(
-            [
-                self.submit(r, items=None if items is None else items[i])
-                for i, r in enumerate(recipes)
-            ]
-        )
+        # the whole batch is queued before any worker takes a job: a free worker whose
+        # resident candidate comes late in the batch still finds it (affinity), instead of
+        # taking the first job because its own was not queued yet
+        tickets = [
+            self._enqueue(r, items=None if items is None else items[i])
+            for i, r in enumerate(recipes)
+        ]
+        self._pump()
+        return self._collect(tickets)
 
     def evaluate_wants(
         self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]
     ) -> list[JobResult]:
-        return self._collect([self.submit(r, w) for r, w in zip(recipes, wants, strict=True)])
+        tickets = [self._enqueue(r, w) for r, w in zip(recipes, wants, strict=True)]
+        self._pump()
+        return self._collect(tickets)
 
     def _collect(self, tickets: list[int]) -> list[JobResult]:
         """Wait for ``tickets``; results of other tickets (a batch submitted ahead) stay for
