@@ -157,6 +157,7 @@ class TestOneEvaluator:
     def test_results_in_order_equal_serial_and_cache_is_shared(self, evaluator, experts):
         rs = recipes(experts)
         before = dict(evaluator.stats.per_worker)
+        evaluator.worker_info()  # both warmed up (queued behind warmup): neither is left out
         got = evaluator.evaluate(rs)
         info = evaluator.worker_info()
         # 1 CPU reserved per worker: 1 torch thread, 1 interop thread (workers/threads.py)
