@@ -1,0 +1,114 @@
+"""experiments/real_ps_racing.yaml end to end on a real model, in CI time.
+
+The experiment as committed needs the smollm2-experts zoo (a 34-minute build), so no CI test
+can run it. Here its YAML is loaded and run with what CI can afford swapped in: the experts are
+two LoRA adapters with random weights on SmolLM2-135M-Instruct (tied head, chat template;
+applied in memory), the task is smollm2_chat_mc (12 hand-written chat questions scored by
+log-likelihood: 8 searched, 4 for validation) instead of real_target (which an untrained
+SmolLM2 nearly never answers, so every candidate would tie), and racing gets slices and a
+budget for 8 items (first slice 4, then 2; no indifference zone, which on slices of 4 items
+ties every candidate; 4 candidates a generation, about two generations). Everything else is
+the experiment's: task arithmetic over three layer groups, racing for CMA-ES's best mu with
+``settle: set`` and ``archive_places: 0``, the winner chosen on the validation items.
+
+What must hold on a real model: racing scores some candidates on fewer items than the search
+set and others on more than its first slice, the store counts exactly those item
+evaluations, the archive is ranked by validation, and the winner's stored validation score is
+what a fresh lm-eval ``hf`` run of the archived folder gives on the 4 items after the search's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from evomerge.commands.status import status
+from evomerge.search_cli import search
+from evomerge.store import RunStore
+from evomerge.validation import ranking
+from tests.helpers.real_models import require_package
+from tests.test_lm_eval_parity import hf_run
+from tests.test_racing import _racing_meta, _snapshot
+
+pytestmark = pytest.mark.timeout(600)
+REPO = Path(__file__).resolve().parents[1]
+TASK = "smollm2_chat_mc"
+SEARCH_ITEMS, VALIDATION_ITEMS = 8, 4  # the task has 12
+FIRST_SLICE = 4
+
+
+def random_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A peft LoRA on ``base`` with random A and B, large enough that merges with it answer
+    some items differently (as merges of real experts do)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj", "down_proj"]
+    )
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(0.3)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def experiment(root: Path, smollm2: Path) -> Path:
+    exp = yaml.safe_load((REPO / "experiments" / "real_ps_racing.yaml").read_text())
+    exp["name"] = "real_ps_racing_ci"
+    exp["models"] = [str(random_adapter(smollm2, root / f"expert{i}", i)) for i in (1, 2)]
+    exp["base_model"] = str(smollm2)
+    task = exp["fitness"]["tasks"][0]
+    del task["system_instruction"]
+    task.update(
+        task=TASK, include_path=str(REPO / "fitness" / TASK), limit=SEARCH_ITEMS, batch_size=8
+    )
+    exp["fitness"]["validation"]["items"] = VALIDATION_ITEMS
+    exp["fitness"]["racing"].update(first_slice=FIRST_SLICE, slice=2, indifference=0.0)
+    exp["driver"]["options"]["popsize"] = 4
+    exp["budget"] = {"max_item_evals": 48}
+    path = root / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def test_real_ps_racing_settings_on_smollm2(smollm2_dir, tmp_path, capsys):
+    require_package("peft")
+    run = tmp_path / "run"
+    assert search(experiment(tmp_path, smollm2_dir), run) == 0
+    meta = _racing_meta(_snapshot(run)[0])
+    with RunStore.open(run, readonly=True) as store:
+        n, items, partial = len(store.trials()), store.item_evals(), store.partial_idx()
+        ranked = ranking(store)
+    assert n >= 8 and all(m and m["of"] == SEARCH_ITEMS for m in meta), meta
+    assert partial, "racing stopped no candidate early"
+    assert any(m["items"] > FIRST_SLICE for m in meta), "no candidate raced past its first slice"
+    assert items == sum(m["items"] for m in meta) < n * SEARCH_ITEMS
+
+    assert ranked.enabled and ranked.by == "validation score"
+    assert all(m.validated and m.error is None for m in ranked.members)
+    scores = [m.validation for m in ranked.members]
+    assert scores == sorted(scores, reverse=True)
+    status(run)
+    out = capsys.readouterr().out
+    assert "racing stopped" in out and "winner by validation score" in out
+
+    # the stored validation score is a fresh lm-eval run's on the items after the search's
+    winner = ranked.members[0]
+    fresh = hf_run(
+        run / "archive" / winner.digest,
+        {
+            "task": TASK,
+            "limit": SEARCH_ITEMS + VALIDATION_ITEMS,
+            "batch_size": 8,
+            "apply_chat_template": True,
+        },
+    )
+    assert winner.validation == pytest.approx(sum(fresh[SEARCH_ITEMS:]) / VALIDATION_ITEMS)
