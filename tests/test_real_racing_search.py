@@ -6,15 +6,18 @@ two LoRA adapters with random weights on SmolLM2-135M-Instruct (tied head, chat 
 applied in memory), the task is smollm2_chat_mc (12 hand-written chat questions scored by
 log-likelihood: 8 searched, 4 for validation) instead of real_target (which an untrained
 SmolLM2 nearly never answers, so every candidate would tie), and racing gets slices and a
-budget for 8 items (first slice 4, then 2; no indifference zone, which on slices of 4 items
-ties every candidate; 4 candidates a generation, about two generations). Everything else is
-the experiment's: task arithmetic over three layer groups, racing for CMA-ES's best mu with
-``settle: set`` and ``archive_places: 0``, the winner chosen on the validation items.
+budget sized for 8 items (a first slice of 4, then 2; 4 candidates a generation, 48 item
+evaluations). Everything else is the experiment's: task arithmetic over three layer groups,
+racing for CMA-ES's best mu with ``settle: set``, ``confidence: 0.8``, ``indifference: 0.01``
+and ``archive_places: 0``, the winner chosen on the validation items. With that indifference
+zone every candidate here stops after its first slice (seeds 0-5 on the machine the test was
+written on), as every one of the experiment's own 64 did after its 10 items: racing as a
+first-slice screen, validation as the judge.
 
-What must hold on a real model: racing scores some candidates on fewer items than the search
-set and others on more than its first slice, the store counts exactly those item
-evaluations, the archive is ranked by validation, and the winner's stored validation score is
-what a fresh lm-eval ``hf`` run of the archived folder gives on the 4 items after the search's.
+What must hold on a real model: racing stops candidates before the search's items are all
+scored and the store counts exactly the items it scored, the archive is ranked by validation,
+``status`` says both, and the winner's stored validation score is what a fresh lm-eval ``hf``
+run of the archived folder gives on the 4 items after the search's.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def experiment(root: Path, smollm2: Path) -> Path:
         task=TASK, include_path=str(REPO / "fitness" / TASK), limit=SEARCH_ITEMS, batch_size=8
     )
     exp["fitness"]["validation"]["items"] = VALIDATION_ITEMS
-    exp["fitness"]["racing"].update(first_slice=FIRST_SLICE, slice=2, indifference=0.0)
+    exp["fitness"]["racing"].update(first_slice=FIRST_SLICE, slice=2)
     exp["driver"]["options"]["popsize"] = 4
     exp["budget"] = {"max_item_evals": 48}
     path = root / "exp.yaml"
@@ -89,7 +92,7 @@ def test_real_ps_racing_settings_on_smollm2(smollm2_dir, tmp_path, capsys):
         ranked = ranking(store)
     assert n >= 8 and all(m and m["of"] == SEARCH_ITEMS for m in meta), meta
     assert partial, "racing stopped no candidate early"
-    assert any(m["items"] > FIRST_SLICE for m in meta), "no candidate raced past its first slice"
+    assert all(m["items"] >= FIRST_SLICE for m in meta), meta
     assert items == sum(m["items"] for m in meta) < n * SEARCH_ITEMS
 
     assert ranked.enabled and ranked.by == "validation score"
