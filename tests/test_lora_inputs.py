@@ -25,8 +25,11 @@ from tests.helpers.real_models import require_package, smollm2_gguf
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
-def make_adapter(base: str, out: Path, seed: int, **lora: object) -> Path:
-    """A peft LoRA adapter on ``base`` with random A and B (init_lora_weights=False)."""
+def make_adapter(
+    base: str | Path, out: Path, seed: int, b_scale: float = 0.05, **lora: object
+) -> Path:
+    """A peft LoRA adapter on ``base`` with random A and B (init_lora_weights=False), B
+    scaled by ``b_scale``."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -34,10 +37,10 @@ def make_adapter(base: str, out: Path, seed: int, **lora: object) -> Path:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     cfg = LoraConfig(init_lora_weights=False, **lora)  # type: ignore[arg-type]
     peft_model = get_peft_model(model, cfg)
-    with torch.no_grad():  # B small: the adapted model stays a working skills model
+    with torch.no_grad():  # B small: the adapted model stays a working model
         for n, p in peft_model.named_parameters():
             if "lora_B" in n or "lora_embedding_B" in n:
-                p.mul_(0.05)
+                p.mul_(b_scale)
     peft_model.save_pretrained(out)
     return out
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from evomerge.commands.status import status
@@ -34,6 +33,7 @@ from evomerge.store import RunStore
 from evomerge.validation import ranking
 from tests.helpers.real_models import require_package
 from tests.test_lm_eval_parity import hf_run
+from tests.test_lora_inputs import make_adapter
 from tests.test_racing import _racing_meta, _snapshot
 
 pytestmark = pytest.mark.timeout(600)
@@ -41,32 +41,16 @@ REPO = Path(__file__).resolve().parents[1]
 TASK = "smollm2_chat_mc"
 SEARCH_ITEMS, VALIDATION_ITEMS = 8, 4  # the task has 12
 FIRST_SLICE = 4
-
-
-def random_adapter(base: Path, out: Path, seed: int) -> Path:
-    """A peft LoRA on ``base`` with random A and B, large enough that merges with it answer
-    some items differently (as merges of real experts do)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    cfg = LoraConfig(
-        r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj", "down_proj"]
-    )
-    peft_model = get_peft_model(model, cfg)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.mul_(0.3)
-    peft_model.save_pretrained(out)
-    return out
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 
 
 def experiment(root: Path, smollm2: Path) -> Path:
     exp = yaml.safe_load((REPO / "experiments" / "real_ps_racing.yaml").read_text())
     exp["name"] = "real_ps_racing_ci"
-    exp["models"] = [str(random_adapter(smollm2, root / f"expert{i}", i)) for i in (1, 2)]
+    # B at 0.3 (not make_adapter's 0.05): merges then answer some items differently
+    exp["models"] = [
+        str(make_adapter(smollm2, root / f"expert{i}", i, b_scale=0.3, **LORA)) for i in (1, 2)
+    ]
     exp["base_model"] = str(smollm2)
     task = exp["fitness"]["tasks"][0]
     del task["system_instruction"]
@@ -88,8 +72,8 @@ def test_real_ps_racing_settings_on_smollm2(smollm2_dir, tmp_path, capsys):
     assert search(experiment(tmp_path, smollm2_dir), run) == 0
     meta = _racing_meta(_snapshot(run)[0])
     with RunStore.open(run, readonly=True) as store:
-        n, items, partial = len(store.trials()), store.item_evals(), store.partial_idx()
-        ranked = ranking(store)
+        items, partial, ranked = store.item_evals(), store.partial_idx(), ranking(store)
+    n = len(meta)
     assert n >= 8 and all(m and m["of"] == SEARCH_ITEMS for m in meta), meta
     assert partial, "racing stopped no candidate early"
     assert all(m["items"] >= FIRST_SLICE for m in meta), meta

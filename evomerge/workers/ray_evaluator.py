@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,20 +223,22 @@ class RayEvaluator(Evaluator):
     def evaluate(
         self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
     ) -> list[JobResult]:
-        # the whole batch is queued before any worker takes a job: a free worker whose
-        # resident candidate comes late in the batch still finds it (affinity), instead of
-        # taking the first job because its own was not queued yet
-        tickets = [
+        return self._batch(
             self._enqueue(r, items=None if items is None else items[i])
             for i, r in enumerate(recipes)
-        ]
-        self._pump()
-        return self._collect(tickets)
+        )
 
     def evaluate_wants(
         self, recipes: Sequence[Recipe], wants: Sequence[Mapping[str, Any]]
     ) -> list[JobResult]:
-        tickets = [self._enqueue(r, w) for r, w in zip(recipes, wants, strict=True)]
+        return self._batch(self._enqueue(r, w) for r, w in zip(recipes, wants, strict=True))
+
+    def _batch(self, enqueued: Iterable[int]) -> list[JobResult]:
+        """Results of the jobs ``enqueued`` yields, in their order. The whole batch is queued
+        before any worker takes a job: a free worker whose resident candidate comes late in
+        the batch still finds it (affinity), instead of taking the first job because its own
+        was not queued yet."""
+        tickets = list(enqueued)
         self._pump()
         return self._collect(tickets)
 
