@@ -17,7 +17,7 @@ the full scores:
 * ``lost``: the best full score of the run minus the full score of racing's winner (> 0: a
   better candidate was seen and stopped).
 
-Counts and scores, not timings (docs/racing.md, "Why racing loses on lm-cross").
+Counts and scores, not timings (docs/racing_measurements.md, "lm-cross: racing does not reach 1/5").
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ got (an unbiased estimate of its fitness on the whole pool) and stored with how 
 was scored on. With ``archive_places: 0`` (only with ``fitness.validation``) racing guards no
 archive place, only the driver's need, and the archive holds the best candidates by those
 means, for validation to re-score on its own items (``SearchLoop``; what this is worth is
-measured in docs/racing.md).
+measured in docs/racing_measurements.md).
 """
 
 from __future__ import annotations

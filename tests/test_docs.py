@@ -1,6 +1,7 @@
 """The docs a reader gets with a clone: no link leaves the repository, every relative link
-resolves, and every `evomerge ...` command the README and docs show is a real command with real
-options (the README's "Then:" block first puts the command on PATH)."""
+resolves (a link to a heading finds it), and every `evomerge ...` command the README and docs
+show is a real command with real options (the README's "Then:" block first puts the command on
+PATH)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,28 @@ def test_relative_links_resolve(doc):
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", doc.read_text()):
         if "://" not in target:
             assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+def _heading_anchors(doc: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation but `-`
+    and `_` dropped, spaces to `-`, a repeated heading suffixed -1, -2, ..."""
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)  # a `# comment` is no heading
+    anchors, seen = set(), {}
+    for heading in re.findall(r"^#{1,6} +(.+?)\s*$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_links_to_a_heading_find_it(doc):
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", doc.read_text()):
+        linked = doc.parent / target if target else doc
+        if "://" not in target and linked.suffix == ".md":
+            assert anchor in _heading_anchors(linked), (
+                f"{doc.name}: no heading for {target}#{anchor}"
+            )
 
 
 def _commands() -> dict[tuple[str, ...], set[str]]:

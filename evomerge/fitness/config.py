@@ -223,7 +223,7 @@ def task_label(t: Any) -> str:
 class ValidationRacingConfig(_Frozen):
     # The archive's members race for the best on the validation items (evomerge.racing with a
     # need of 1): a member stops once it is surely below the leader, so a wide archive costs
-    # little more validation than a narrow one scored in full (docs/racing.md).
+    # little more validation than a narrow one scored in full (docs/racing_measurements.md).
     first_slice: int = Field(12, ge=2)
     """validation items (of the whole suite) every member is scored on before any stops"""
     slice: int = Field(8, ge=1)
@@ -234,7 +234,7 @@ class ValidationRacingConfig(_Frozen):
     """a member also stops once it surely is not above the leader by more than this (e.g.
     0.01): members tied on every item (all 0 on a hard task) stop instead of all running to
     the last item (0: only sure differences stop; 0.01 lost 0.012 of held-out accuracy on
-    lm-skills, docs/racing.md)"""
+    lm-skills, docs/racing_measurements.md)"""
 
 
 class ValidationConfig(_Frozen):
