@@ -156,6 +156,33 @@ def test_a_search_evaluation_draws_no_lm_eval_bars(setup, capfd):
     assert lm_task.tqdm is tqdm
 
 
+def test_lm_eval_advice_that_does_not_apply_is_not_shown(setup, tmp_path, caplog):
+    """lm-eval's warnings for a model object passed as `pretrained` (evomerge's resident model)
+    and for a custom_dataset task (`--metadata` in lm-eval's console) are dropped; any other
+    warning from the same loggers still shows."""
+    import logging
+
+    (tmp_path / "loader.py").write_text(
+        "import json, pathlib, datasets\n"
+        "def load(**kwargs):\n"
+        f"    rows = [json.loads(x) for x in pathlib.Path({str(setup['root'] / 'data.jsonl')!r})"
+        ".read_text().splitlines()]\n"
+        "    return datasets.DatasetDict({'test': datasets.Dataset.from_list(rows)})\n"
+    )
+    rest = (setup["root"] / "tiny_add.yaml").read_text().partition("test_split:")[2]
+    (tmp_path / "tiny_custom.yaml").write_text(
+        "task: tiny_custom\ncustom_dataset: !function loader.load\ntest_split:" + rest
+    )
+    caplog.set_level(logging.WARNING)
+    fit = _fitness(setup, task="tiny_custom", include_path=str(tmp_path))
+    assert fit(setup["model"], setup["tok"]).tasks["tiny_custom"].score == pytest.approx(0.5)
+    for name in ("lm_eval.models.huggingface", "lm_eval.api.task"):
+        logging.getLogger(name).warning("a warning evomerge keeps")
+    shown = [r.getMessage() for r in caplog.records if r.name.startswith("lm_eval")]
+    assert shown.count("a warning evomerge keeps") == 2, shown
+    assert not [m for m in shown if "pretrained" in m or "--metadata" in m], shown
+
+
 def test_seeded_subsample_and_limit(setup):
     a = _fitness(setup, subsample=5, subsample_seed=1)
     res = a(setup["model"], setup["tok"])

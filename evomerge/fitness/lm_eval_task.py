@@ -23,6 +23,7 @@ lm-eval entries paid it once per entry per candidate. Racing
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,34 @@ from typing import Any
 from evomerge.errors import UserInputError
 from evomerge.fitness.config import LmEvalTaskConfig
 from evomerge.results import TaskScore
+
+# lm-eval warns whenever HFLM wraps a model object instead of loading a name (other model
+# arguments "may be ignored", "do not launch via accelerate") and whenever a task with a
+# custom_dataset is loaded (pass custom kwargs with `--metadata` in lm-eval's console).
+# evomerge wraps its resident model on purpose, one process per worker, and is not that
+# console: advice that does not apply, shown several times per search and per worker. Only
+# these notices are dropped; every other lm-eval message is shown.
+_NOTICES_NOT_FOR_EVOMERGE = {
+    "lm_eval.models.huggingface": (
+        "`pretrained` model kwarg is not of type `str`",
+        "Passed an already-initialized model through `pretrained`",
+    ),
+    "lm_eval.api.task": ("Custom kwargs can be passed to `--metadata`",),
+}
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, texts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.texts = texts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in self.texts)
+
+
+for _name, _texts in _NOTICES_NOT_FOR_EVOMERGE.items():
+    logging.getLogger(_name).addFilter(_DropNotices(_texts))  # once: a module runs once
 
 _MANAGERS: dict[tuple, Any] = {}
 # (manager, task, num_fewshot, extra_args) -> {leaf name: Task}. Each run re-applies
