@@ -65,7 +65,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
         items, partial = store.item_evals(), store.partial_idx()
     by_idx = {t.idx: t for t in trials}
     top = [by_idx[e.idx] for e in archive if e.idx in by_idx]
-    rows = model_rows(top, baselines)
+    rows = model_rows(top, baselines, partial)
     tasks = task_names(rows)
     genes = best_genes(top[0] if top else None, cfg_json, run_dir)
     exp = experiment_from_json(cfg_json)
@@ -183,7 +183,7 @@ def _task_table(rows: list[Row], tasks: list[str]) -> Table:
     for r in rows:
         name = f"{r.name} {code(r.digest[:12])}" if r.digest else r.name
         cells = [_num(r.scores[k]) if k in r.scores else "-" for k in tasks]
-        body.append([name, _num(r.fitness), *cells])
+        body.append([name, _num(r.fitness) + (ESTIMATE_NOTE if r.estimate else ""), *cells])
     return Table(["model", "fitness", *(code(t) for t in tasks)], body)
 
 

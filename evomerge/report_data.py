@@ -4,6 +4,7 @@ merges, each expert, the base), the fitness curves and the best recipe's genes."
 from __future__ import annotations
 
 import math
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -22,6 +23,7 @@ class Row:
     fitness: float | None  # None: failed
     scores: dict[str, float] = field(default_factory=dict)  # finite scores only
     digest: str = ""
+    estimate: bool = False  # a merge racing stopped early: means over the items it was scored on
 
 
 def _finite(scores: dict) -> dict[str, float]:
@@ -33,9 +35,11 @@ def baseline_label(label: str) -> str:
     return "base" if label == "base base" else label
 
 
-def model_rows(top: list[Trial], baselines: dict) -> list[Row]:
+def model_rows(top: list[Trial], baselines: dict, partial: Set[int] = frozenset()) -> list[Row]:
+    """The archive's merges (``partial``: those racing stopped early, racing.archive_places 0),
+    then the experts and the base."""
     rows = [
-        Row(f"#{i + 1} merge", "merge", t.fitness, _finite(t.scores), t.digest)
+        Row(f"#{i + 1} merge", "merge", t.fitness, _finite(t.scores), t.digest, t.idx in partial)
         for i, t in enumerate(top)
     ]
     for label, b in baselines.items():
