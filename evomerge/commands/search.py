@@ -175,13 +175,36 @@ def _finish(final: Progress, run_dir: Path) -> int:
 
 
 class _LiveProgress:
-    def __init__(self, progress, task, max_items: int | None = None) -> None:
-        self.progress, self.task, self.max_items = progress, task, max_items
+    def __init__(self, progress, task, max_evals: int | None, max_items: int | None) -> None:
+        self.progress, self.task = progress, task
+        self.max_evals, self.max_items = max_evals, max_items
+        self.unit: str | None = None  # what the bar counts, fixed at the first progress
 
     def update(self, p: Progress) -> None:
+        self.unit, done, total = bar_position(p, self.max_evals, self.max_items, self.unit)
+        if not (p.n_evals or p.n_item_evals):
+            self.unit = None  # nothing done yet: the unit is chosen on the first progress
+        budget = None if self.unit == "items" else self.max_items  # the bar's M of N shows it
         self.progress.update(
-            self.task, completed=p.n_evals, description=progress_line(p, self.max_items)
+            self.task, completed=done, total=total, description=progress_line(p, budget)
         )
+
+
+def bar_position(
+    p: Progress, max_evals: int | None, max_items: int | None, unit: str | None = None
+) -> tuple[str, int, int | None]:
+    """What the live bar counts (unit, done, total), and so what its ETA extrapolates:
+    evaluations against ``budget.max_evals`` or item evaluations against
+    ``budget.max_item_evals``; with both, the one nearer its end when the bar first moves (a
+    raced search stops on items long before its candidate cap), kept after that so the rate
+    is never a mix of the two. No count budget: evaluations, no total (no ETA)."""
+    budgets = {"evals": (p.n_evals, max_evals), "items": (p.n_item_evals, max_items)}
+    given = {k: b for k, b in budgets.items() if b[1]}
+    if not given:
+        return "evals", p.n_evals, None
+    if unit not in given:
+        unit = max(given, key=lambda k: given[k][0] / given[k][1])
+    return unit, *given[unit]
 
 
 def progress_line(p: Progress, max_items: int | None = None) -> str:
@@ -214,7 +237,7 @@ def _live(total: int | None, max_items: int | None = None) -> Iterator[_LiveProg
         TimeRemainingColumn(),
     ]
     with RichProgress(*cols, console=console, transient=False) as prog:
-        yield _LiveProgress(prog, prog.add_task("starting", total=total), max_items)
+        yield _LiveProgress(prog, prog.add_task("starting", total=total), total, max_items)
 
 
 @contextlib.contextmanager
