@@ -28,18 +28,23 @@ def test_the_bar_counts_the_budget_nearer_its_end_and_keeps_it():
     assert bar_position(_p(190, 300), 200, 640) == ("evals", 190, 200)
 
 
-def test_the_live_bar_follows_items_from_the_first_generation_on(monkeypatch):
+def test_the_live_bar_follows_items_and_has_an_eta_for_slow_generations(monkeypatch):
     from evomerge.commands import search
 
+    now = [0.0]
     shown = io.StringIO()
-    monkeypatch.setattr(search, "console", Console(file=shown, width=120))
+    console = Console(file=shown, width=120, get_time=lambda: now[0])
+    monkeypatch.setattr(search, "console", console)
     with search._live(200, 640) as live:  # max_evals 200, max_item_evals 640
         live.update(_p(0, 0))  # before the first generation: nothing chosen yet
         assert live.unit is None
-        live.update(_p(8, 80))
-        live.update(_p(16, 150))
+        for minutes, (n, items) in enumerate([(8, 80), (16, 150), (24, 220)], start=1):
+            now[0] = 600.0 * minutes  # a generation every 10 minutes, as on a real model
+            live.update(_p(n, items))
         task = live.progress.tasks[0]
-        assert (live.unit, task.completed, task.total) == ("items", 150, 640)
-        # the bar's "150/640" says the budget; the text says the items once
-        assert task.description == "gen 1 best 0.5000 failed 0 items 150"
-    assert "items 150 " in shown.getvalue() and " 150/640 " in shown.getvalue()
+        assert (live.unit, task.completed, task.total) == ("items", 220, 640)
+        # 140 items in 20 minutes: 420 left take an hour
+        assert task.time_remaining == 3600.0
+        # the bar's "220/640" says the budget; the text says the items once
+        assert task.description == "gen 1 best 0.5000 failed 0 items 220"
+    assert "items 220 " in shown.getvalue() and " 220/640 " in shown.getvalue()

@@ -181,10 +181,10 @@ class _LiveProgress:
         self.unit: str | None = None  # what the bar counts, fixed at the first progress
 
     def update(self, p: Progress) -> None:
-        self.unit, done, total = bar_position(p, self.max_evals, self.max_items, self.unit)
-        if not (p.n_evals or p.n_item_evals):
-            self.unit = None  # nothing done yet: the unit is chosen on the first progress
-        budget = None if self.unit == "items" else self.max_items  # the bar's M of N shows it
+        unit, done, total = bar_position(p, self.max_evals, self.max_items, self.unit)
+        # nothing done yet: the unit is chosen on the first progress
+        self.unit = unit if (p.n_evals or p.n_item_evals) else None
+        budget = None if unit == "items" else self.max_items  # the bar's M of N shows it
         self.progress.update(
             self.task, completed=done, total=total, description=progress_line(p, budget)
         )
@@ -236,7 +236,13 @@ def _live(total: int | None, max_items: int | None = None) -> Iterator[_LiveProg
         TextColumn("ETA"),
         TimeRemainingColumn(),
     ]
-    with RichProgress(*cols, console=console, transient=False) as prog:
+    # rich's rate (and so its ETA) is taken over the last 30 s of updates by default; the bar
+    # moves once a generation, and a real model's generations take longer than that, so there
+    # was never a rate and no ETA: take it over a week of updates, in effect the whole search
+    period = 7 * 24 * 3600.0
+    with RichProgress(
+        *cols, console=console, transient=False, speed_estimate_period=period
+    ) as prog:
         yield _LiveProgress(prog, prog.add_task("starting", total=total), total, max_items)
 
 
