@@ -410,7 +410,7 @@ def test_archive_places_zero_races_for_the_driver_only_and_validation_chooses(tm
     s = open_search(load_experiment(paths["zero"]), tmp_path / "again", stop_event=stop)
     s.loop.on_generation = lambda p: stop.set()
     assert s.run().stop_reason == "interrupted"
-    from evomerge.commands.search import progress_line
+    from evomerge.commands.progress import progress_line
 
     # the live line marks a best that is a mean over part of the items, as status does
     assert s.loop.progress().best_estimate

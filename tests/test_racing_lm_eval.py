@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.commands.search import progress_line
+from evomerge.commands.progress import progress_line
 from evomerge.commands.status import status
 from evomerge.loop import Progress
 from evomerge.search_cli import resume, search

@@ -1,6 +1,7 @@
 """``evomerge search EXPERIMENT --run-dir DIR`` and ``evomerge resume DIR``: build the search
-(``evomerge.build``), score the baselines, run the loop under a live progress bar, print the
-winner. The first SIGINT/SIGTERM finishes the generation in flight; a second SIGINT aborts.
+(``evomerge.build``), score the baselines, run the loop under a live progress display
+(``evomerge.commands.progress``: a bar on a terminal, a line per generation in a log), print
+the winner. The first SIGINT/SIGTERM finishes the generation in flight; a second SIGINT aborts.
 """
 
 from __future__ import annotations
@@ -8,16 +9,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from evomerge.commands.console import console, out, say
+from evomerge.commands.progress import live_progress
 from evomerge.errors import UserInputError
 from evomerge.loop import Progress
-from evomerge.validation import ESTIMATE_NOTE
 
 
 def search(
@@ -113,7 +113,7 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
             say(f"threads: {s.store.get_meta('threads')}")
             score_baselines(s, log, say)
             log.note_new_trials(s.store, quiet=True)  # a resume: earlier reasons are not news
-            with _live(s.cfg.budget.max_evals, s.cfg.budget.max_item_evals) as live:
+            with live_progress(s.cfg.budget.max_evals, s.cfg.budget.max_item_evals) as live:
                 relay.target = live
                 live.update(s.loop.progress())
                 final = s.run()  # closes the evaluator and the store, releases the lock
@@ -172,78 +172,6 @@ def _finish(final: Progress, run_dir: Path) -> int:
     if final.stop_reason == "interrupted":
         out.print(f"interrupted at a generation boundary; continue with: evomerge resume {run_dir}")
     return 0
-
-
-class _LiveProgress:
-    def __init__(self, progress, task, max_evals: int | None, max_items: int | None) -> None:
-        self.progress, self.task = progress, task
-        self.max_evals, self.max_items = max_evals, max_items
-        self.unit: str | None = None  # what the bar counts, fixed at the first progress
-
-    def update(self, p: Progress) -> None:
-        unit, done, total = bar_position(p, self.max_evals, self.max_items, self.unit)
-        # nothing done yet: the unit is chosen on the first progress
-        self.unit = unit if (p.n_evals or p.n_item_evals) else None
-        budget = None if unit == "items" else self.max_items  # the bar's M of N shows it
-        self.progress.update(
-            self.task, completed=done, total=total, description=progress_line(p, budget)
-        )
-
-
-def bar_position(
-    p: Progress, max_evals: int | None, max_items: int | None, unit: str | None = None
-) -> tuple[str, int, int | None]:
-    """What the live bar counts (unit, done, total), and so what its ETA extrapolates:
-    evaluations against ``budget.max_evals`` or item evaluations against
-    ``budget.max_item_evals``; with both, the one nearer its end when the bar first moves (a
-    raced search stops on items long before its candidate cap), kept after that so the rate
-    is never a mix of the two. No count budget: evaluations, no total (no ETA)."""
-    budgets = {"evals": (p.n_evals, max_evals), "items": (p.n_item_evals, max_items)}
-    given = {k: b for k, b in budgets.items() if b[1]}
-    if not given:
-        return "evals", p.n_evals, None
-    if unit not in given:
-        unit = max(given, key=lambda k: given[k][0] / given[k][1])
-    return unit, *given[unit]
-
-
-def progress_line(p: Progress, max_items: int | None = None) -> str:
-    """The live line's text: generation, best, failures and item evaluations (the fitness's
-    unit of cost; racing spends fewer per candidate)."""
-    best = "-" if math.isnan(p.best_fitness) else f"{p.best_fitness:.4f}"
-    if p.best_estimate:  # racing.archive_places 0: a mean over the items it was scored on
-        best += ESTIMATE_NOTE
-    items = f"{p.n_item_evals}{f'/{max_items}' if max_items else ''}"
-    return f"gen {p.generation} best {best} failed {p.n_failed} items {items}"
-
-
-@contextlib.contextmanager
-def _live(total: int | None, max_items: int | None = None) -> Iterator[_LiveProgress]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.progress import Progress as RichProgress
-
-    cols = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    ]
-    # rich's rate (and so its ETA) is taken over the last 30 s of updates by default; the bar
-    # moves once a generation, and a real model's generations take longer than that, so there
-    # was never a rate and no ETA: take it over a week of updates, in effect the whole search
-    period = 7 * 24 * 3600.0
-    with RichProgress(
-        *cols, console=console, transient=False, speed_estimate_period=period
-    ) as prog:
-        yield _LiveProgress(prog, prog.add_task("starting", total=total), total, max_items)
 
 
 @contextlib.contextmanager
