@@ -56,8 +56,8 @@ class _Counted:
         self.unit: str | None = None
 
     def position(self, p: Progress) -> tuple[str, int, int | None, str]:
-        """(unit, done, total, the line's text: the items' budget left to the count's M of N
-        when the count is items)."""
+        """(unit, done, total, text); when items are counted, the text leaves their budget to
+        the count (``items 80`` beside ``80/640``)."""
         unit, done, total = bar_position(p, self.max_evals, self.max_items, self.unit)
         self.unit = unit if (p.n_evals or p.n_item_evals) else None  # nothing done yet
         text = progress_line(p, None if unit == "items" else self.max_items)
