@@ -11,6 +11,7 @@ import re
 
 from rich.console import Console
 
+from evomerge.commands import console as console_module
 from evomerge.commands import progress
 from evomerge.commands.progress import bar_position
 from evomerge.loop import Progress
@@ -24,6 +25,7 @@ def _console(monkeypatch, terminal: bool, now: list[float]) -> io.StringIO:
     shown = io.StringIO()
     console = Console(file=shown, width=120, force_terminal=terminal, get_time=lambda: now[0])
     monkeypatch.setattr(progress, "console", console)
+    monkeypatch.setattr(console_module, "console", console)  # what `say` prints to
     return shown
 
 

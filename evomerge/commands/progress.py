@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 
-from evomerge.commands.console import console
+from evomerge.commands.console import console, say
 from evomerge.loop import Progress
 from evomerge.validation import ESTIMATE_NOTE
 
@@ -97,18 +97,18 @@ class _Lines(_Counted):
         now = self.clock()
         if self.first is None:  # the search's start: 0 in any unit, or a resume's counts
             self.first = (now, done)
+        if self.unit is None:  # a fresh search's start: nothing to say yet
+            return
         line = f"{text}  {done}/{total if total else '?'} {unit}  {_clock(now - self.start)}"
         if total:
             line += f"  ETA {self._eta(now, done, total)}"
-        if self.unit is None:  # a fresh search's start: nothing to say yet
-            return
         self.pending = line
         if now - self.last_said >= self.every_s:
             self.flush(now)
 
     def flush(self, now: float | None = None) -> None:
         if self.pending is not None:
-            console.print(self.pending, markup=False, highlight=False, soft_wrap=True)
+            say(self.pending)
             self.pending, self.last_said = None, self.clock() if now is None else now
 
     def _eta(self, now: float, done: int, total: int) -> str:
