@@ -36,8 +36,9 @@ from evomerge.errors import UserInputError
 from evomerge.experiment import SOURCES_DIR, Experiment, resolve_experiment
 from evomerge.fitness.digest import fitness_digests
 from evomerge.io.lock import FileLock
-from evomerge.loop import Budget, Progress, SearchLoop, capture_rng, restore_rng, seed_globals
+from evomerge.loop import Budget, Progress, SearchLoop
 from evomerge.resume_check import FITNESS_META, check_resume
+from evomerge.rng_state import capture_rng, restore_rng, seed_globals
 from evomerge.run_lock import LOCK_FILE, lock_run, refuse_if_locked
 from evomerge.spaces.base import SearchSpace
 from evomerge.store import STORE_FILE, RunStore, refuse_existing

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,17 +41,19 @@ import numpy as np
 
 from evomerge.archive import Archive, rank_top_k
 from evomerge.drivers.base import Candidate, Driver
-from evomerge.fitness.constraints import Constraints, feasible_fitness, penalised
+from evomerge.fitness.constraints import Constraints, feasible_fitness
 from evomerge.loop_legacy import split_legacy_state
+from evomerge.pending import jsonable_meta, pending_candidate, pending_record
 from evomerge.racing import META_KEY as RACING_META
 from evomerge.racing import Racer, is_partial
 from evomerge.racing import meta as racing_meta
 from evomerge.recipe import Recipe
-from evomerge.results import EvalResult
+from evomerge.rng_state import capture_rng, restore_rng
 from evomerge.spaces.base import SearchSpace
 from evomerge.stop_reason import record_stop
 from evomerge.store import CandidateRecord as _CandRec
-from evomerge.store import Checkpoint, PendingRecord, RunStore
+from evomerge.store import Checkpoint, RunStore
+from evomerge.told import archive_fitness, constraint_values, objective_entries, told_values
 from evomerge.workers.base import Evaluator, JobResult
 from evomerge.workers.wants import tell_wanted
 
@@ -90,36 +91,6 @@ class _State:
     n_failed: int = 0
     elapsed: float = 0.0
     n_item_evals: int = 0
-
-
-def capture_rng() -> bytes:
-    import torch
-
-    return pickle.dumps(
-        {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-        }
-    )
-
-
-def restore_rng(blob: bytes) -> None:
-    import torch
-
-    state = pickle.loads(blob)
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-def seed_globals(seed: int) -> None:
-    """Fresh runs start every global RNG from the experiment seed (before the driver exists)."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class SearchLoop:
@@ -396,7 +367,7 @@ class SearchLoop:
                 genes=tuple(float(v) for v in np.asarray(c.x, dtype=float).reshape(-1)),
                 recipe_yaml=r.to_yaml() if isinstance(r, Recipe) else "",
                 reused_from=reused[i],
-                meta={**_jsonable(c.meta), **race_meta.get(i, {})},
+                meta={**jsonable_meta(c.meta), **race_meta.get(i, {})},
             )
             for i, (c, r) in enumerate(zip(cands, recipes, strict=True))
         ]
@@ -487,7 +458,7 @@ class SearchLoop:
     ) -> list:
         rows = [(e.fitness, e.idx, e.digest) for e in self.top]
         rows += [
-            (_feasible(res, self.constraints), rec.idx, rec.digest)
+            (archive_fitness(res, self.constraints), rec.idx, rec.digest)
             for rec, res in zip(records, results, strict=True)
             if rec.digest and rec.digest not in short
         ]
@@ -510,7 +481,7 @@ class SearchLoop:
             if e.idx not in self._partial or not full(e.digest)
         ]
         rows += [
-            (_feasible(res, self.constraints), rec.idx, rec.digest)
+            (archive_fitness(res, self.constraints), rec.idx, rec.digest)
             for rec, res in zip(records, results, strict=True)
             if rec.digest and (rec.digest not in short or not full(rec.digest))
         ]
@@ -533,73 +504,6 @@ class _Told(NamedTuple):
     recipes: list[Recipe | Exception]
 
 
-def pending_record(c: Candidate) -> PendingRecord:
-    """A candidate asked ahead as the store's ``pending`` table keeps it (exact: pickled)."""
-    genes = tuple(float(v) for v in np.asarray(c.x, dtype=float).reshape(-1))
-    blob = pickle.dumps((c.x, c.meta, c.wants))
-    return PendingRecord(idx=c.index, genes=genes, meta=_jsonable(c.meta), candidate=blob)
-
-
-def pending_candidate(p: PendingRecord | tuple) -> Candidate:
-    """The candidate back from a pending row (or from a legacy ``(index, x, meta[, wants])``)."""
-    if isinstance(p, PendingRecord):
-        x, meta, wants = pickle.loads(p.candidate)
-        return Candidate(index=p.idx, x=x, meta=dict(meta), wants=dict(wants))
-    wants = dict(p[3]) if len(p) > 3 else {}
-    return Candidate(index=p[0], x=np.asarray(p[1]), meta=dict(p[2]), wants=wants)
-
-
-def told_values(
-    driver: Driver, results: Sequence[JobResult], constraints: Constraints | None = None
-) -> list:
-    """What ``driver.tell`` receives per result: the aggregate fitness, or, for a driver
-    configured with several objectives (Optuna's NSGA-II), the objective vector; NaN for a
-    failure. With ``fitness.constraints`` a driver without native constraints (every one but
-    Optuna) is told the penalised value of an infeasible candidate (fitness/constraints.py)."""
-    k = int(getattr(driver, "objectives", 1) or 1)
-    if k > 1:
-        return [tuple(r.objectives) if r.ok else (math.nan,) * k for r in results]
-    if constraints is None or getattr(driver, "native_constraints", False):
-        return [r.fitness if r.ok else math.nan for r in results]
-    if getattr(driver, "ranks_by_details", False):  # M2N2: a penalty would not keep one out
-        return [
-            r.fitness if r.ok and constraints.violation(_scores(r)) == 0.0 else math.nan
-            for r in results
-        ]
-    return [
-        penalised(r.fitness, constraints.violation(_scores(r))) if r.ok else math.nan
-        for r in results
-    ]
-
-
-def constraint_values(results: Sequence[JobResult], constraints: Constraints) -> list:
-    """Per result, Optuna's constraint values (<= 0 holds); None for a failure."""
-    return [constraints.values(_scores(r)) if r.ok else None for r in results]
-
-
-def objective_entries(result: EvalResult | None, constraints: Constraints | None) -> Any:
-    """The EvalResult a driver is told as details: without the constraints' entries, so a
-    driver using per-example rows (M2N2's resources) sees the objective's items only."""
-    if result is None or constraints is None:
-        return result
-    drop = tuple(constraints.labels)
-    keep = {
-        n: t
-        for n, t in result.tasks.items()
-        if not any(n == d or n.startswith(d + "/") for d in drop)
-    }
-    return dataclasses.replace(result, tasks=keep)
-
-
-def _scores(r: JobResult) -> dict[str, float]:
-    return r.result.scores if r.result is not None else {}
-
-
-def _feasible(r: JobResult, constraints: Constraints | None) -> float:
-    """The fitness the archive ranks a result by: NaN for a failure or an infeasible one."""
-    return feasible_fitness(r.fitness, _scores(r), constraints) if r.ok else math.nan
-
-
 def _items_in(r: JobResult) -> int:
     """Item evaluations of a plain evaluation: the per-example values it returned."""
     if r.result is None:
@@ -615,16 +519,3 @@ def _item_arrays(pool: Any, store: RunStore, idx: int) -> tuple[np.ndarray, np.n
 
 def _as_reused(r: JobResult) -> JobResult:
     return dataclasses.replace(r, seconds=0.0, worker="reused")
-
-
-def _jsonable(meta: dict) -> dict:
-    out = {}
-    for k, v in (meta or {}).items():
-        if isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[str(k)] = (
-            v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else repr(v)
-        )
-    return out

@@ -255,7 +255,8 @@ class _DigitsWorker:
 
 def _loop(run_dir, zoo, budget, evaluator=None, constraints=None):
     from evomerge.archive import Archive
-    from evomerge.loop import SearchLoop, seed_globals
+    from evomerge.loop import SearchLoop
+    from evomerge.rng_state import seed_globals
     from evomerge.store import RunStore
     from evomerge.workers.serial import SerialEvaluator
 

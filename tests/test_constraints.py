@@ -265,8 +265,8 @@ def test_the_loop_tells_cma_es_penalised_values_and_optuna_raw_ones():
     from evomerge.drivers.cma_es import CMAES
     from evomerge.drivers.m2n2 import M2N2
     from evomerge.drivers.optuna_sampler import OptunaDriver
-    from evomerge.loop import constraint_values, objective_entries, told_values
     from evomerge.results import EvalResult, JobResult, TaskScore
+    from evomerge.told import constraint_values, objective_entries, told_values
 
     cfg = parse_fitness_config(
         {

@@ -11,7 +11,8 @@ from evomerge.archive import Archive
 from evomerge.drivers.frank_wolfe import FrankWolfe
 from evomerge.fitness.result import EvalResult, TaskScore
 from evomerge.io.lazy_checkpoint import Meter
-from evomerge.loop import Budget, SearchLoop, seed_globals
+from evomerge.loop import Budget, SearchLoop
+from evomerge.rng_state import seed_globals
 from evomerge.spaces.fw_pool import FWPoolSpace
 from evomerge.store import RunStore
 from evomerge.workers.pool_weights import build_theta

@@ -15,7 +15,8 @@ from evomerge.archive import Archive
 from evomerge.drivers.base import Candidate
 from evomerge.drivers.frank_wolfe import FrankWolfe
 from evomerge.fitness.proxy_loss import ProxySpec
-from evomerge.loop import Budget, SearchLoop, seed_globals
+from evomerge.loop import Budget, SearchLoop
+from evomerge.rng_state import seed_globals
 from evomerge.spaces.fw_pool import FWPoolSpace
 from evomerge.store import RunStore
 from evomerge.workers.gradient import GradientRequest

@@ -13,8 +13,9 @@ import numpy as np
 
 from evomerge.archive import Archive
 from evomerge.drivers.base import Candidate, Driver
-from evomerge.loop import Budget, SearchLoop, seed_globals
+from evomerge.loop import Budget, SearchLoop
 from evomerge.recipe import ModelRef, Recipe
+from evomerge.rng_state import seed_globals
 from evomerge.spaces.base import SearchSpace
 from evomerge.store import RunStore
 from evomerge.workers.base import OK, Evaluator, JobResult

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from evomerge.drivers.base import Candidate
-from evomerge.loop import pending_candidate, pending_record
 from evomerge.loop_legacy import LEGACY_KEY
+from evomerge.pending import pending_candidate, pending_record
 from evomerge.store import Checkpoint, RunStore
 from tests.helpers.loop_golden import GOLDEN, RUNS, run
 

@@ -13,9 +13,10 @@ import numpy as np
 
 from evomerge.archive import Archive
 from evomerge.drivers.base import Candidate
-from evomerge.loop import Budget, seed_globals
+from evomerge.loop import Budget
 from evomerge.loop_ahead import AskAheadLoop
 from evomerge.recipe import Recipe
+from evomerge.rng_state import seed_globals
 from evomerge.store import RunStore
 from evomerge.workers.base import JobResult
 from tests.test_loop import GridSpace, Objective, SeededRandom, _writer

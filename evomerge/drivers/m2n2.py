@@ -108,7 +108,7 @@ class M2N2(Driver):
     options_cls: ClassVar[type] = M2N2Params
     can_ask_ahead = True
     # the archive is ranked by shared fitness over the per-example rows, not by the told
-    # value: fitness.constraints tell an infeasible child as a failure (loop.told_values)
+    # value: fitness.constraints tell an infeasible child as a failure (told.told_values)
     ranks_by_details = True
 
     @classmethod

@@ -39,7 +39,8 @@ def _driver(name: str, options: dict, space):
 def run(name: str, run_dir: Path, stop_event=None, on_generation=None) -> dict:
     """Run (or resume, when ``run_dir`` holds a store) one of RUNS; its snapshot."""
     from evomerge.archive import Archive
-    from evomerge.loop import Budget, SearchLoop, seed_globals
+    from evomerge.loop import Budget, SearchLoop
+    from evomerge.rng_state import seed_globals
     from evomerge.store import RunStore
     from tests.test_loop import GridSpace, Objective, _writer
     from tests.test_ray_loop_ahead import ScrambledStream
