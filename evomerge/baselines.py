@@ -18,6 +18,18 @@ from evomerge.recipe import ModelRef, Recipe
 from evomerge.stop_reason import record_stop
 
 
+def baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
+    """(label, recipe) of each expert and the base: each model alone, unmerged."""
+    refs = list(experiment.models)
+    labels = [f"expert {Path(m).name}" for m in refs]
+    base = experiment.base
+    if base is not None and base not in refs:
+        name = Path(base).name
+        refs, labels = [*refs, base], [*labels, "base" if name == "base" else f"base {name}"]
+    recipes = [Recipe(merge_method="passthrough", models=[ModelRef(model=m)]) for m in refs]
+    return list(zip(labels, recipes, strict=True))
+
+
 def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     """Score each expert (and the base model) once, so the winner is printed against them (not
     search candidates). A run whose baselines all failed scores them again (on resume, after
@@ -25,14 +37,8 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     stored = json.loads(s.store.get_meta("baselines") or "null")
     if stored is not None and len(baseline_failures(stored)) < len(stored):
         return
-    refs = list(s.experiment.models)
-    labels = [f"expert {Path(m).name}" for m in refs]
-    base = s.experiment.base
-    if base is not None and base not in refs:
-        name = Path(base).name
-        refs, labels = [*refs, base], [*labels, "base" if name == "base" else f"base {name}"]
-    recipes = [Recipe(merge_method="passthrough", models=[ModelRef(model=m)]) for m in refs]
-    results = s.evaluator.evaluate(recipes)
+    labels, recipes = zip(*baseline_recipes(s.experiment), strict=True)
+    results = s.evaluator.evaluate(list(recipes))
     data = {
         label: {
             "fitness": r.fitness if r.ok else None,

@@ -64,10 +64,12 @@ class Search:
         try:
             final = self.loop.run()
             if final.stop_reason != "interrupted":  # Ctrl-C: resume validates later
+                from evomerge.baselines import baseline_recipes
                 from evomerge.validation import rescore_archive
 
                 self.evaluator.close()  # its workers go before the validation workers come
-                rescore_archive(self.cfg, self.store, self._validation_evaluator, self.say)
+                experts = baseline_recipes(self.experiment)  # and base: scored there too
+                rescore_archive(self.cfg, self.store, self._validation_evaluator, self.say, experts)
             return final
         finally:
             self.close()

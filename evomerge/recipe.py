@@ -232,12 +232,20 @@ def format_validation_error(
     validated, lets an unknown key's line name the keys valid there."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "<top level>"
+        loc = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
             hint = unknown_key_hint(model, e["loc"])
             lines.append(f"{origin}: unknown key '{loc}' — {hint}")
         elif e["type"] == "missing":
             lines.append(f"{origin}: missing required field '{loc}'")
         else:
-            lines.append(f"{origin}: field '{loc}': {e['msg']}")
+            where = f"field '{loc}': " if loc else ""  # a whole-model check names its fields
+            lines.append(f"{origin}: {where}{_message(e)}")
     return "\n".join(lines)
+
+
+def _message(e: Any) -> str:
+    """pydantic's text, without the "Value error, " it puts before a validator's own message."""
+    if e["type"] == "value_error" and "error" in e.get("ctx", {}):
+        return str(e["ctx"]["error"])
+    return e["msg"]

@@ -44,6 +44,7 @@ from evomerge.report_doc import (
 from evomerge.stop_reason import StopRecord, read_stop
 from evomerge.store import RunStore, Trial
 from evomerge.validation import ESTIMATE_NOTE, Ranking, ranking
+from evomerge.validation_baselines import baseline_scores, score_text, winner_note
 
 __all__ = ["best_and_median", "write_report"]
 
@@ -62,6 +63,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
         baselines = json.loads(store.get_meta("baselines") or "{}")
         cfg_json, stop, groups = store.config_json(), read_stop(store), run_failure_groups(store)
         ranked = ranking(store)
+        experts = baseline_scores(store)
         items, partial = store.item_evals(), store.partial_idx()
     by_idx = {t.idx: t for t in trials}
     top = [by_idx[e.idx] for e in archive if e.idx in by_idx]
@@ -82,7 +84,9 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
-    blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked)
+    note = winner_note(ranked, experts) if ranked.members else None
+    facts += [note] if note else []
+    blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked, experts)
     _write(out / "report.md", to_markdown(blocks))
     _write(out / "report.html", to_html(blocks, f"evomerge run {run_dir}"))
     return [*plots, out / "report.md", out / "report.html"]
@@ -144,8 +148,9 @@ def _winner_fact(ranked: Ranking) -> str:
     )
 
 
-def _validation_table(ranked: Ranking) -> list[Block]:
-    """Search fitness against the held-out score per archived model: the gap is selection."""
+def _validation_table(ranked: Ranking, experts: dict | None = None) -> list[Block]:
+    """Search fitness against the held-out score per archived model (the gap is selection),
+    then the experts and the base on the same items: what the winner has to beat."""
     body = [
         [
             f"#{i + 1} {code(m.digest[:12])}",
@@ -155,15 +160,19 @@ def _validation_table(ranked: Ranking) -> list[Block]:
         ]
         for i, m in enumerate(ranked.members)
     ]
+    for label, (fit, val) in (experts or {}).items():
+        gap = fit - val if ranked.comparable and None not in (fit, val) else math.nan
+        row = [label, _num(fit), score_text(val, "-"), f"{gap:+.4f}" if math.isfinite(gap) else "-"]
+        body.append(row)
     gap = " (gap = search - validation)" if ranked.comparable else ""  # two metrics: none
-    head = Heading(f"Validation: archive ranked by {ranked.by}{gap}")
+    head = Heading(f"Validation: archive ranked by {ranked.by}, then experts and base{gap}")
     return [head, Table(["model", "search fitness", "validation", "gap"], body)]
 
 
-def _blocks(run_dir, facts, rows, tasks, groups, plots, ranked=None) -> list[Block]:
+def _blocks(run_dir, facts, rows, tasks, groups, plots, ranked=None, experts=None) -> list[Block]:
     blocks: list[Block] = [Heading(f"evomerge run {code(run_dir)}", 1), Bullets(facts)]
     if ranked is not None and ranked.enabled:
-        blocks += _validation_table(ranked)
+        blocks += _validation_table(ranked, experts)
     blocks += [Heading("Per task: best merges, experts and base"), _task_table(rows, tasks)]
     if not tasks:
         blocks.append(Para("No task scores: every model failed (reasons below)."))

@@ -18,7 +18,9 @@ Tables
                   ``fitness_changes`` (JSON list of changes accepted with
                   ``--allow-changed-fitness``: time, changed entries, digests before/after),
                   ``validation`` (JSON ``{digest: {fitness, scores, error}}``: archive members
-                  re-scored on held-out items; see ``evomerge.validation``).
+                  re-scored on held-out items; see ``evomerge.validation``),
+                  ``validation_baselines`` (JSON ``{label: {fitness, scores, error}}``: the
+                  baselines on the same items; ``evomerge.validation_baselines``).
 ``run``           a single row (id = 1): ``config_json`` is the resolved ExperimentConfig,
                   ``structural_hash`` the sha256 of its structural part (see
                   ``evomerge.config.ExperimentConfig.structural_hash``), ``created`` (unix time).

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,43 +160,56 @@ def rescore_archive(
     store: Any,
     make_evaluator: Callable[[], Any],
     say: Callable[[str], None] | None = None,
+    baselines: Sequence[tuple[str, Recipe]] = (),
 ) -> int:
-    """Score every archive member that has no validation score yet; returns how many.
-    ``make_evaluator()`` builds the search's evaluator on the validation split (the builder
-    passes it, so this module needs no builder)."""
+    """Score every archive member that has no validation score yet, then the ``baselines``
+    (label, recipe: the experts and the base, ``evomerge.validation_baselines``) that have
+    none, with one evaluator; returns how many members. ``make_evaluator()`` builds the
+    search's evaluator on the validation split (the builder passes it, so this module needs
+    no builder)."""
+    from evomerge.validation_baselines import baselines_to_validate, validate_baselines
+
     if cfg.fitness.validation is None:
         return 0
     done = stored(store)
     todo = [e for e in store.archive() if e.digest not in done]
-    if not todo:
+    base_todo = baselines_to_validate(store, baselines)
+    if not todo and not base_todo:
         return 0
-    if cfg.fitness.validation.racing is not None:
-        return _race_archive(cfg, store, make_evaluator, done, say)
-    if say:
-        say(f"validation: scoring {len(todo)} archived model(s) on held-out items")
     chunk = max(1, cfg.workers)  # one result per worker at a time reaches the store
     evaluator = make_evaluator()
     try:
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            recipes = [Recipe.from_yaml(store.trial(e.idx).recipe_yaml) for e in part]
-            for e, r in zip(part, evaluator.evaluate(recipes), strict=True):
-                done[e.digest] = _entry(r)
-                if say and not r.ok:
-                    say(f"validation of {e.digest[:12]} failed: {r.error}")
-            store.set_meta(META_KEY, json.dumps(done, sort_keys=True))
+        if todo and cfg.fitness.validation.racing is not None:
+            todo = _race_archive(cfg, store, evaluator, done, say)  # the whole archive races
+        elif todo:
+            _score_archive(store, evaluator, todo, done, chunk, say)
+        validate_baselines(evaluator, store, base_todo, chunk, _entry, say)
     finally:
         evaluator.close()
     return len(todo)
 
 
+def _score_archive(store, evaluator, todo: list, done: dict, chunk: int, say) -> None:
+    """Each member in ``todo`` on every validation item, stored after each ``chunk``."""
+    if say:
+        say(f"validation: scoring {len(todo)} archived model(s) on held-out items")
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        recipes = [Recipe.from_yaml(store.trial(e.idx).recipe_yaml) for e in part]
+        for e, r in zip(part, evaluator.evaluate(recipes), strict=True):
+            done[e.digest] = _entry(r)
+            if say and not r.ok:
+                say(f"validation of {e.digest[:12]} failed: {r.error}")
+        store.set_meta(META_KEY, json.dumps(done, sort_keys=True))
+
+
 def _race_archive(
     cfg: Any,
     store: Any,
-    make_evaluator: Callable[[], Any],
+    evaluator: Any,
     done: dict[str, dict],
     say: Callable[[str], None] | None,
-) -> int:
+) -> list:
     """``fitness.validation.racing``: every archive member races for the best on the
     validation items (``evomerge.racing`` with a need of 1 and no archive place): the leader
     is scored on every item, the others stop once surely below it and keep their mean over
@@ -221,17 +234,13 @@ def _race_archive(
             f"{pool.size} held-out items"
         )
     recipes = [Recipe.from_yaml(store.trial(e.idx).recipe_yaml) for e in members]
-    evaluator = make_evaluator()
-    try:
-        outcome = racer.race(evaluator, recipes, [])
-    finally:
-        evaluator.close()
+    outcome = racer.race(evaluator, recipes, [])
     for e, r, m in zip(members, outcome.results, outcome.items, strict=True):
         done[e.digest] = {**_entry(r), "items": m, "of": pool.size}
         if say and not r.ok:
             say(f"validation of {e.digest[:12]} failed: {r.error}")
     store.set_meta(META_KEY, json.dumps(done, sort_keys=True))
-    return len(members)
+    return members
 
 
 def _entry(r: Any) -> dict:

@@ -88,6 +88,14 @@ def test_errors_name_the_field(tmp_path, edit, message):
         load_experiment(_write(tmp_path, body))
 
 
+def test_a_whole_experiment_check_reads_as_its_own_message(tmp_path):
+    """A check across fields (here: models) is one plain line, not pydantic's wording."""
+    with pytest.raises(UserInputError) as err:
+        load_experiment(_write(tmp_path, BASIC.replace("models: [a, b]", "models: [a, a]")))
+    assert str(err.value).endswith(": models ['a', 'a'] repeat a model; list each once")
+    assert "Value error" not in str(err.value) and "top level" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -22,6 +22,7 @@ from evomerge.search_cli import export, resume, search, status
 from evomerge.session import open_search
 from evomerge.store import RunStore
 from evomerge.validation import ranking, stored
+from evomerge.validation_baselines import baseline_scores
 from tests.helpers.search_fixtures import make_family, write_experiment
 
 pytestmark = pytest.mark.timeout(600)
@@ -61,6 +62,12 @@ def _experiment(tmp, family, *, max_evals=10, validation=True):
     return path
 
 
+def _experts(run) -> dict:
+    """label -> (search fitness, validation score) of the run's experts and base."""
+    with RunStore.open(run, readonly=True) as st:
+        return baseline_scores(st)
+
+
 def _calls(tmp) -> int:
     log = tmp / "heldout_calls.log"
     return len(log.read_text().splitlines()) if log.exists() else 0
@@ -80,13 +87,23 @@ def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
         archive, val = st.archive(), stored(st)
         ranked = ranking(st, True)
     assert len(archive) == 2 and set(val) == {e.digest for e in archive}  # every member scored
-    assert _calls(tmp_path) == 2
+    assert _calls(tmp_path) == 2 + 3  # the archive, then the two experts and the base
     assert ranked.by == "validation score"
     # heldout = -score: the validation winner is the search's rank-2 member
     assert ranked.members[0].digest == archive[1].digest != archive[0].digest
     assert val[archive[1].digest]["fitness"] == pytest.approx(-archive[1].fitness)
     assert f"winner {archive[1].digest[:12]}" in printed
     assert "winner by validation score" in printed and "gap" in printed
+    # the experts and the base on the same held-out items (heldout = -score), beside the winner
+    experts = _experts(run)
+    assert list(experts) == ["expert expert0", "expert expert1", "base"]
+    for label, (fit, held_out) in experts.items():
+        assert held_out == pytest.approx(-fit)
+        assert f"{label:<31} validation {held_out:.4f}  search {fit:.4f}" in printed
+    winner = ranked.members[0].validation
+    best = max(experts.items(), key=lambda kv: kv[1][1])
+    above = f"note: {best[0]} scores {best[1][1]:.4f} on the validation items, above the winner"
+    assert (above in printed) == (best[1][1] > winner)
 
     assert export(run, tmp_path / "w.yaml") == 0  # no --rank: the validation winner
     assert Recipe.load(tmp_path / "w.yaml").digest() == archive[1].digest
@@ -99,16 +116,21 @@ def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
     first = next(i for i, ln in enumerate(lines) if "#1" in ln)
     assert "ranked by validation score" in lines[first - 1]
     assert archive[1].digest[:12] in lines[first] and "gap" in lines[first]
+    shown = next(ln for ln in lines if ln.startswith("baselines: "))
+    fit, held_out = experts["base"]
+    assert f"base {fit:.4f} (validation {held_out:.4f})" in shown
 
     from evomerge.report import write_report
 
     write_report(run, tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "winner by validation score" in md and "| validation | gap |" in md
+    fit, held_out = experts["expert expert0"]
+    assert f"| expert expert0 | {fit:.4f} | {held_out:.4f} | {fit - held_out:+.4f} |" in md
 
     # a finished run resumed: nothing is scored again
     assert resume(run) == 0
-    assert _calls(tmp_path) == 2
+    assert _calls(tmp_path) == 2 + 3
 
 
 def test_killed_while_validating_resumes_without_rescoring(family, tmp_path):
@@ -156,7 +178,9 @@ def test_killed_while_validating_resumes_without_rescoring(family, tmp_path):
     with RunStore.open(run, readonly=True) as st:
         got = stored(st)
     assert got == expected  # same archive, same validation scores as the uninterrupted run
-    assert _calls(work) == calls_at_kill + (2 - at_kill)  # stored members not scored again
+    assert _calls(work) == calls_at_kill + (2 - at_kill) + 3  # stored members not scored again
+    experts = _experts(run)  # scored once, after the archive (heldout = -score)
+    assert len(experts) == 3 and all(v == pytest.approx(-f) for f, v in experts.values())
 
 
 def test_without_validation_nothing_changes(family, tmp_path, capsys):
@@ -166,10 +190,16 @@ def test_without_validation_nothing_changes(family, tmp_path, capsys):
     assert "validation" not in dumped and "validation_function" not in str(dumped)
     run = tmp_path / "run"
     assert search(exp, run) == 0
-    assert "winner by" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "winner by" not in printed
     with RunStore.open(run, readonly=True) as st:
         assert st.get_meta("validation") is None and ranking(st, False).by == "search fitness"
-        best = st.archive()[0].digest
+        assert st.get_meta("validation_baselines") is None
+        best, top = st.archive()[0].digest, st.archive()[0].fitness
+    # a baseline above the winner is said, on the items both were scored on: the search's
+    label, (fit, _) = max(_experts(run).items(), key=lambda kv: kv[1][0])
+    above = f"note: {label} scores {fit:.4f} on the search's items, above the winner's {top:.4f}"
+    assert (above in printed) == (fit > top)
     assert export(run, tmp_path / "w.yaml") == 0
     assert Recipe.load(tmp_path / "w.yaml").digest() == best
     capsys.readouterr()
@@ -277,7 +307,11 @@ def test_validation_through_ray_equals_serial(family, tmp_path):
     assert got[0].keys() == got[1].keys() and len(got[0]) == 2
     for k, v in got[0].items():
         assert got[1][k] == pytest.approx(v, rel=1e-6)
-    assert _calls(ray_dir) == 2
+    assert _calls(ray_dir) == 2 + 3  # the archive, then the experts and the base
+    experts = [_experts(d / "run") for d in (serial, ray_dir)]
+    assert experts[0].keys() == experts[1].keys() and len(experts[0]) == 3
+    for k, (_, v) in experts[0].items():
+        assert experts[1][k][1] == pytest.approx(v, rel=1e-6)
 
 
 def test_interrupted_run_says_validation_is_pending_until_resumed(family, tmp_path, capsys):

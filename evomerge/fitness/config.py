@@ -239,7 +239,8 @@ class ValidationRacingConfig(_Frozen):
 
 class ValidationConfig(_Frozen):
     # The search's best on its own items is biased upwards (it was selected on them); the
-    # archive is re-scored on items it never saw and the winner is the best there.
+    # archive is re-scored on items it never saw and the winner is the best there; the
+    # experts and the base are scored there too, to compare the winner with.
     items: int | None = Field(None, ge=1)
     """validation items per task, taken after its search items (null: every item left)"""
     racing: ValidationRacingConfig | None = None
