@@ -84,7 +84,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
-    note = winner_note(ranked, experts) if ranked.members else None
+    note = winner_note(ranked, experts)
     facts += [note] if note else []
     blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked, experts)
     _write(out / "report.md", to_markdown(blocks))
@@ -165,7 +165,8 @@ def _validation_table(ranked: Ranking, experts: dict | None = None) -> list[Bloc
         row = [label, _num(fit), score_text(val, "-"), f"{gap:+.4f}" if math.isfinite(gap) else "-"]
         body.append(row)
     gap = " (gap = search - validation)" if ranked.comparable else ""  # two metrics: none
-    head = Heading(f"Validation: archive ranked by {ranked.by}, then experts and base{gap}")
+    then = ", then experts and base" if experts else ""
+    head = Heading(f"Validation: archive ranked by {ranked.by}{then}{gap}")
     return [head, Table(["model", "search fitness", "validation", "gap"], body)]
 
 

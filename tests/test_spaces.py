@@ -13,6 +13,7 @@ from evomerge.recipe import Recipe
 from evomerge.spaces import (
     ParameterSpace,
     available_presets,
+    build_space,
     layer_group_ranges,
     load_space_preset,
     parse_space_config,
@@ -161,6 +162,9 @@ def test_user_errors():
         parse_space_config({"kind": "params"})
     with pytest.raises(UserInputError, match="no genes"):
         _space(SLERP, models=["/m/a", "/m/base"])
+    with pytest.raises(UserInputError, match=r"counts \(/m/a: 4, /m/b: 6\); .* fine-tunes"):
+        cfg = parse_space_config({"kind": "parameter", "merge_method": "dare_ties"})
+        build_space(cfg, base="/m/base", models=["/m/a", "/m/b"], num_layers=(4, 6))
 
 
 # ---- real merges: the decoded recipes are valid and mean what the genes say ------------------

@@ -27,9 +27,10 @@ from evomerge.spaces.presets import available_presets, find_preset, load_space_p
 def _parameter(cfg, *, base, models, num_layers):
     if not isinstance(num_layers, int):
         if len(set(num_layers)) != 1:
+            depths = ", ".join(f"{m}: {n}" for m, n in zip(models, num_layers, strict=True))
             raise UserInputError(
-                f"parameter space: the models have different layer counts {list(num_layers)}; "
-                "merging tensors layer by layer needs equal depths"
+                f"parameter space: the models have different layer counts ({depths}); it "
+                "merges tensors layer by layer, so list fine-tunes of one base model"
             )
         num_layers = num_layers[0]
     return ParameterSpace(cfg, base=base, models=models, num_layers=num_layers)
