@@ -41,7 +41,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -53,6 +52,7 @@ from pydantic import (
 
 from evomerge.errors import UserInputError
 from evomerge.fitness.config import FitnessConfig, parse_fitness_config
+from evomerge.io.yaml_read import read_yaml
 from evomerge.model_refs import ZOO_PREFIX
 from evomerge.model_refs import resolve_model_ref as resolve_model_ref  # (its old home)
 from evomerge.recipe import format_validation_error
@@ -215,10 +215,7 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     p = Path(path)
     if not p.is_file():
         raise UserInputError(f"{p}: experiment file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise UserInputError(f"{p}: not valid YAML ({err})") from None
+    data = read_yaml(p.read_text(), str(p))
     if not isinstance(data, dict):
         raise UserInputError(f"{p}: expected a mapping at the top level")
     if "base_dir" in data:
@@ -320,7 +317,7 @@ def _load_suite(name: str, base_dir: Path) -> dict[str, Any]:
         candidates += [root / "fitness" / f"{name}.yaml", root / "fitness" / name / "suite.yaml"]
     for c in candidates:
         if c.is_file():
-            data = yaml.safe_load(c.read_text())
+            data = read_yaml(c.read_text(), str(c))
             if not isinstance(data, dict):
                 raise UserInputError(f"{c}: a fitness suite must be a mapping")
             return data

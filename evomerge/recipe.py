@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evomerge.config_keys import unknown_key_hint
 from evomerge.errors import UserInputError
+from evomerge.io.yaml_read import read_yaml
 from evomerge.vocab.config import TokenizerConfig
 
 RECIPE_REF_PREFIX = "recipe:"
@@ -211,11 +212,7 @@ class Recipe(_Frozen):
 
     @classmethod
     def from_yaml(cls, text: str, *, origin: str = "recipe") -> Recipe:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise UserInputError(f"{origin}: not valid YAML ({err})") from None
-        return cls.from_dict(data, origin=origin)
+        return cls.from_dict(read_yaml(text, origin), origin=origin)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from evomerge.errors import UserInputError
+from evomerge.io.yaml_read import read_yaml
 from evomerge.recipe import RECIPE_REF_PREFIX, Recipe, WeightRule
 
 UNSUPPORTED_TOP = {
@@ -65,11 +66,7 @@ def _normalize_params(node: Any) -> None:
 
 
 def from_mergekit_yaml(text: str, *, origin: str = "config") -> Recipe:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise UserInputError(f"{origin}: not valid YAML ({err})") from None
-    return from_mergekit_dict(data, origin=origin)
+    return from_mergekit_dict(read_yaml(text, origin), origin=origin)
 
 
 def load_config(path: str | Path) -> Recipe:

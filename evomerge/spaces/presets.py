@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from evomerge.errors import UserInputError
+from evomerge.io.yaml_read import read_yaml
 from evomerge.spaces.config import SpaceConfig, parse_space_config
 
 ENV_VAR = "EVOMERGE_SEARCH_SPACES"
@@ -91,10 +92,7 @@ def load_space_preset(
 ) -> SpaceConfig:
     """Read a preset, apply ``overrides`` (top-level keys replace the preset's), validate."""
     path = find_preset(name_or_path, extra_dirs)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserInputError(f"{path}: not valid YAML ({err})") from None
+    data = read_yaml(path.read_text(), str(path))
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: expected a mapping at the top level")
     data = {**data, **dict(overrides or {})}

@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomerge.errors import UserInputError
+from evomerge.io.yaml_read import read_yaml
 
 SHARED_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "linear")
 
@@ -96,11 +96,7 @@ def load_twin_config(path: str | Path) -> TwinConfig:
     p = Path(path)
     if not p.is_file():
         raise UserInputError(f"{p}: Twin-Merging config not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise UserInputError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_twin_config(data, str(p))
+    return parse_twin_config(read_yaml(p.read_text(), str(p)), str(p))
 
 
 def load_prompts(source: str, items: int, base_dir: Path, field: str) -> list[str]:
