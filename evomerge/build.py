@@ -211,8 +211,10 @@ def _parts(cfg: ExperimentConfig, run_dir: Path, *, fresh: bool) -> Parts:
     seeds the global RNGs after resolving the models (whose zoo build may draw from them) and
     before the driver, as it always did."""
     from evomerge.drivers import check_fit
+    from evomerge.workers.device_check import check_device
 
     check_fit(cfg.driver.name, cfg.space)  # a driver that cannot walk the space: before any I/O
+    check_device(cfg.evaluation, in_process=in_process(cfg))
     validate_fitness(cfg)
     from evomerge.validation import check_buildable
 
@@ -224,6 +226,11 @@ def _parts(cfg: ExperimentConfig, run_dir: Path, *, fresh: bool) -> Parts:
     driver = build_driver(cfg, space)
     racer = build_racer(cfg, driver, new_run=fresh)  # what it cannot serve: refused before writes
     return Parts(experiment, space, driver, racer)
+
+
+def in_process(cfg: ExperimentConfig) -> bool:
+    """Whether candidates are scored in this process (the serial evaluator), not on Ray."""
+    return cfg.workers == 1 and not cfg.ray_address
 
 
 def build_racer(cfg: ExperimentConfig, driver: Driver, *, new_run: bool = False) -> Any:

@@ -24,9 +24,11 @@ from evomerge.results import EvalResult
 def evaluate(target: Path, experiment: Path, *, rank: int = 1, as_json: bool = False) -> int:
     from evomerge.config import load_experiment
     from evomerge.fitness import build_fitness
+    from evomerge.workers.device_check import check_device
     from evomerge.workers.job import _seeded, job_seed
 
     cfg = load_experiment(experiment)
+    check_device(cfg.evaluation, in_process=True)
     fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
     roots = [cfg.resolve_path(p) for p in cfg.recipe_paths]
     with open_target(Path(target), rank=rank, recipe_paths=roots) as t:

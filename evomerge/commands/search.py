@@ -103,7 +103,9 @@ class _Relay:
 
 def _drive(s, stop: threading.Event, relay: _Relay) -> int:
     from evomerge.baselines import score_baselines
+    from evomerge.build import in_process
     from evomerge.failures import FailureLog
+    from evomerge.workers.device_check import idle_gpu_note
 
     log = FailureLog(say)
     relay.failures = (log, s.store)
@@ -111,6 +113,9 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
     try:
         with _signals(stop):
             say(f"threads: {s.store.get_meta('threads')}")
+            gpu = idle_gpu_note(s.cfg.evaluation, in_process=in_process(s.cfg))
+            if gpu:
+                say(gpu)
             score_baselines(s, log, say)
             log.note_new_trials(s.store, quiet=True)  # a resume: earlier reasons are not news
             with live_progress(s.cfg.budget.max_evals, s.cfg.budget.max_item_evals) as live:

@@ -52,8 +52,10 @@ def placement_from(evaluation: Any) -> Placement:
     device = str(evaluation.device)
     gpus = float(getattr(evaluation, "gpus_per_worker", 0.0) or 0.0)
     dtype = getattr(evaluation, "dtype", "auto")
-    if device.startswith("cuda"):
-        return placement_for(max(gpus, 1.0), dtype)
+    if device.startswith("cuda"):  # cuda:N: from GPU N on (placement_for counts from 0)
+        first = torch.device(device).index or 0
+        devices = tuple(f"cuda:{first + i}" for i in range(max(1, int(max(gpus, 1.0)))))
+        return Placement(devices, "bfloat16" if dtype == "auto" else dtype)
     return Placement((device,), "float32" if dtype == "auto" else dtype)
 
 
