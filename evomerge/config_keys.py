@@ -90,3 +90,10 @@ def unknown_key_hint(model: type[BaseModel] | None, loc: Sequence[str | int]) ->
     if len(keys) > LIST_MAX:
         return "remove it or check its spelling (`evomerge schema` lists the valid keys)"
     return f"remove it or use one of: {', '.join(keys)}"
+
+
+def valid_names(name: str, valid: Sequence[str]) -> str:
+    """``did you mean 'dare_ties'? valid: ...`` (or just the valid list) for an unknown name."""
+    close = difflib.get_close_matches(name.replace("-", "_").lower(), valid, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}valid: {', '.join(valid)}"

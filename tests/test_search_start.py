@@ -37,7 +37,17 @@ def refused(res, *needles: str) -> str:
 
 
 BAD = {
-    "unknown driver": ("driver: {name: cma_es", "driver: {name: cmaes", "unknown name 'cmaes'"),
+    "unknown driver": (
+        "driver: {name: cma_es",
+        "driver: {name: cmaes",
+        "unknown name 'cmaes'; did you mean 'cma_es'? valid: adamerging, cma_es,",
+    ),
+    "a device this machine lacks": ("timeout_s: 60", "timeout_s: 60, device: 'cuda:7'", "'cuda:7'"),
+    "unknown operator": (
+        "merge_method: task_arithmetic",
+        "merge_method: task-arithmetic",
+        "unknown operator 'task-arithmetic'; did you mean 'task_arithmetic'?",
+    ),
     "unknown option": ("{popsize: 5}", "{popsize: 5, sigma: 3}", "driver.options"),
     "missing file": ("score.py:score", "nope.py:score", "nope.py not found"),
     "missing function": ("score.py:score", "score.py:scor", "no function 'scor'"),

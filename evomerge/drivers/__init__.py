@@ -37,7 +37,9 @@ def get_driver(name: str) -> type[Driver]:
                 f"driver {name!r} needs the package {err.name!r}: pip install 'evomerge[search]'"
             ) from None
     if name not in DRIVERS:
-        raise UserInputError(f"driver: unknown name {name!r}; valid: {', '.join(list_drivers())}")
+        from evomerge.config_keys import valid_names
+
+        raise UserInputError(f"driver: unknown name {name!r}; {valid_names(name, list_drivers())}")
     return DRIVERS[name]
 
 

@@ -63,8 +63,10 @@ def get_op(name: str) -> OpSpec:
     try:
         return OPS[name]
     except KeyError:
+        from evomerge.config_keys import valid_names
+
         raise UserInputError(
-            f"merge_method: unknown operator {name!r}; valid: {', '.join(sorted(OPS))}"
+            f"merge_method: unknown operator {name!r}; {valid_names(str(name), sorted(OPS))}"
         ) from None
 
 
