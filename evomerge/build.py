@@ -162,12 +162,17 @@ def thread_summary(cfg: ExperimentConfig, evaluator: Evaluator) -> str:
 
 
 def validate_fitness(cfg: ExperimentConfig) -> None:
-    """Build the fitness once (imports a python fitness file, resolves task folders) so that a
-    missing file or function, or a module that raises on import, is refused before any write.
-    Workers build their own later; this copy is dropped."""
+    """Build the fitness once (imports a python fitness file, resolves task folders, loads
+    lm-eval tasks' documents) so that a missing file, function or dataset, or a module that
+    raises on import, is refused before any write. Workers build their own later; this copy
+    is dropped (an in-process worker reuses lm-eval's loaded tasks: they are cached per
+    process)."""
     from evomerge.fitness import build_fitness
 
-    build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
+    fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
+    for runner in fitness.runners:
+        if hasattr(runner, "leaves"):  # lm_eval: the task's documents
+            runner.leaves()
 
 
 @dataclass(frozen=True)

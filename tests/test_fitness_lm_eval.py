@@ -322,3 +322,38 @@ def test_racing_refuses_a_metric_a_slice_cannot_estimate(setup):
         "lm_eval task 'tiny_add': metric 'accuracy' is not one of its metrics; use one of "
         "['exact_match']"
     )
+
+
+HUB_TASK = """task: hub_only_task
+dataset_path: evomerge-tests/not-on-this-machine
+test_split: test
+output_type: generate_until
+doc_to_text: "{{q}}"
+doc_to_target: "{{a}}"
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_a_dataset_that_cannot_load_is_refused_before_the_run_folder(tmp_path):
+    """A task whose dataset is on the hub, on an offline machine (the suite runs with
+    HF_DATASETS_OFFLINE=1): one line naming the task and what to do, before any write (it was
+    a multi-line traceback in `eval`, and in `search` every baseline failed after the run
+    folder was made)."""
+    from evomerge.build import open_search
+    from evomerge.config import load_experiment
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hub_only_task.yaml").write_text(HUB_TASK)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "models: [a, b]\nbase_model: base\nspace: ps_dare_ties\nbudget: {max_evals: 4}\n"
+        "fitness:\n  tasks: [{kind: lm_eval, task: hub_only_task, include_path: tasks}]\n"
+    )
+    with pytest.raises(UserInputError) as err:
+        open_search(load_experiment(exp), tmp_path / "run")
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith("lm_eval task 'hub_only_task': its documents could not be loaded (")
+    assert "HF_DATASETS_OFFLINE=1" in text and "include_path" in text
+    assert not (tmp_path / "run").exists()

@@ -86,6 +86,6 @@ def refusal_message(name: str, pattern: str, field: str) -> str:
         f"{field}: {name!r} is a well-known public benchmark (matches {pattern!r}) and is "
         "refused as search fitness: the search would select recipes on its test items, "
         "contaminating any later report of that benchmark. Use a private or held-out task, "
-        "evaluate on the benchmark after the search, or set allow_public_benchmarks: true "
+        "evaluate on the benchmark after the search, or set fitness.allow_public_benchmarks: true "
         "to accept the risk."
     )

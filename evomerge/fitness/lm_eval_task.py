@@ -93,8 +93,24 @@ def _leaves_of(manager: Any, cfg: LmEvalTaskConfig) -> dict[str, Any]:
     """The leaf Task objects of ``cfg.task``, built once per process (see ``_TASKS``)."""
     key = (manager, cfg.task, cfg.num_fewshot, repr(sorted(cfg.extra_args.items())))
     if key not in _TASKS:
-        _TASKS[key] = dict(sorted(_task_objects(manager, cfg.task).items()))
+        try:
+            tasks = _task_objects(manager, cfg.task)
+        except Exception as err:  # noqa: BLE001 - the dataset, its files or the task's code
+            raise UserInputError(_not_loaded(cfg.task, err)) from None
+        _TASKS[key] = dict(sorted(tasks.items()))
     return _TASKS[key]
+
+
+def _not_loaded(task: str, err: Exception) -> str:
+    """One line for a task whose documents lm-eval could not load (often: a hub dataset on an
+    offline machine, which lm-eval reports as a multi-line ConnectionError)."""
+    what = " ".join(str(err).split()) or "no message"
+    return (
+        f"lm_eval task {task!r}: its documents could not be loaded ({type(err).__name__}: "
+        f"{what}); offline (HF_DATASETS_OFFLINE=1) its dataset must already be in the HF "
+        "datasets cache, or give a local task folder (include_path) whose YAML reads local "
+        "files (dataset_path: json)"
+    )
 
 
 def _first_n(n_docs: int, limit: int | float | None) -> int:
