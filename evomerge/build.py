@@ -33,7 +33,7 @@ from evomerge.archive import Archive
 from evomerge.config import ExperimentConfig
 from evomerge.drivers.base import Driver
 from evomerge.errors import UserInputError
-from evomerge.experiment import SOURCES_DIR, Experiment, resolve_experiment
+from evomerge.experiment import SOURCES_DIR, Experiment, check_space_merges, resolve_experiment
 from evomerge.fitness.digest import fitness_digests
 from evomerge.io.lock import FileLock
 from evomerge.loop import Budget, Progress, SearchLoop
@@ -226,6 +226,7 @@ def _parts(cfg: ExperimentConfig, run_dir: Path, *, fresh: bool) -> Parts:
     check_buildable(cfg)  # (fitness.validation: its items and functions too)
     experiment = resolve_experiment(cfg, run_dir)
     space = space_for(experiment)
+    check_space_merges(space, experiment)  # experts the merge cannot combine: before writes
     if fresh:
         seed_globals(cfg.seed)
     driver = build_driver(cfg, space)

@@ -115,3 +115,22 @@ def num_layers_of(folder: str) -> int:
     if not isinstance(n, int):
         raise UserInputError(f"{cfg_path}: no num_hidden_layers; is this a decoder LM folder?")
     return n
+
+
+def check_space_merges(space, experiment: Experiment) -> None:
+    """Plan the space's starting recipe from the models' headers (no tensor is read) so that
+    experts the merge cannot combine are refused before any write: a vocabulary of another
+    size without ``tokenizer_source``, a missing tensor, another shape. Without it every
+    candidate of the search failed on the same line and the budget went on failures."""
+    from evomerge.io.folder import DiskSource
+    from evomerge.merge.plan import Planner
+    from evomerge.merge.weight_rules import has_weight_rules
+
+    recipe = space.decode(space.x0())
+    if has_weight_rules(recipe):  # VaRM reads tensor data: the workers check those
+        return
+    try:
+        Planner(recipe, DiskSource(experiment.resolver)).build()
+    except UserInputError as err:  # the planner's advice names a recipe's key: here, the space's
+        text = str(err).replace("set tokenizer_source:", "set space.tokenizer_source:")
+        raise UserInputError(f"space: {text}") from None

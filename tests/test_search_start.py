@@ -9,6 +9,7 @@ import json
 import sqlite3
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from evomerge.cli import app
@@ -75,6 +76,33 @@ def test_failed_start_writes_nothing_and_the_fixed_yaml_starts(tmp_path, family,
         ok = invoke("search", str(good), "--run-dir", str(run))
         assert ok.exit_code == 0, ok.output
         assert "winner" in ok.output
+
+
+def test_experts_the_merge_cannot_combine_are_refused_before_the_run(tmp_path, family):
+    """An expert with one more token row (a token added, embeddings resized) and no
+    tokenizer_source: every candidate used to fail on this, spending the budget on failures."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    wide = tmp_path / "wide"
+    shutil.copytree(family["experts"][1], wide)
+    (weights,) = wide.glob("*.safetensors")
+    tensors = load_file(weights)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        tensors[name] = torch.cat([tensors[name], tensors[name][:1]])
+    save_file(tensors, weights, metadata={"format": "pt"})
+    config = json.loads((wide / "config.json").read_text())
+    config["vocab_size"] += 1
+    (wide / "config.json").write_text(json.dumps(config))
+    good = write_experiment(tmp_path, family, max_evals=5, popsize=5)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace(family["experts"][1], str(wide)))
+    run = tmp_path / "run"
+    line = refused(invoke("search", str(bad), "--run-dir", str(run)), "space: ")
+    assert f"model {wide}: model.embed_tokens.weight has " in line
+    assert "set space.tokenizer_source: base, union or one model's" in line
+    assert not run.exists()
 
 
 def evaluated(run) -> int:
