@@ -18,7 +18,7 @@ from evomerge.archive import RecipeResolver
 from evomerge.config import ExperimentConfig
 from evomerge.errors import UserInputError
 from evomerge.model_refs import resolve_model
-from evomerge.recipe import Recipe
+from evomerge.recipe import RECIPE_REF_PREFIX, Recipe
 from evomerge.workers.spec import WorkerSpec
 
 SOURCES_DIR = "sources"  # recipes the space refers to that had to be materialized first
@@ -129,6 +129,8 @@ def check_space_merges(space, experiment: Experiment) -> None:
     recipe = space.decode(space.x0())
     if has_weight_rules(recipe):  # VaRM reads tensor data: the workers check those
         return
+    if any(ref.startswith(RECIPE_REF_PREFIX) for ref in recipe.source_paths()):
+        return  # a merge of merges: its sources are materialized once the run folder exists
     try:
         Planner(recipe, DiskSource(experiment.resolver)).build()
     except UserInputError as err:  # the planner's advice names a recipe's key: here, the space's
