@@ -86,6 +86,11 @@ class Ranking:
     pending: int  # members still without a validation score
     comparable: bool = True  # False: validation scores another metric (``same_metric``)
 
+    @property
+    def on_validation(self) -> bool:
+        """The winner was chosen on the validation items (every member has its score)."""
+        return self.by == BY_VALIDATION
+
     def winner_note(self) -> str:
         if self.by == BY_VALIDATION:
             return "winner by validation score"

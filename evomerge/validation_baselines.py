@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from evomerge.recipe import Recipe
-from evomerge.validation import BY_VALIDATION
 
 META_KEY = "validation_baselines"
 
@@ -114,7 +113,7 @@ def winner_note(ranked: Any, baselines: dict) -> str | None:
     if not ranked.members:
         return None
     w = ranked.members[0]
-    if ranked.by == BY_VALIDATION:
+    if ranked.on_validation:
         vals = {label: val for label, (_, val) in baselines.items()}
         return above_winner(w.validation, vals, "the validation items")
     if w.estimate:

@@ -145,7 +145,7 @@ def _total(max_total_seconds: float | None) -> dict:
 
 def _finish(final: Progress, run_dir: Path) -> int:
     from evomerge.store import RunStore
-    from evomerge.validation import BY_VALIDATION, member_line, ranking
+    from evomerge.validation import member_line, ranking
     from evomerge.validation_baselines import baseline_line, baseline_scores, winner_note
 
     with RunStore.open(run_dir, readonly=True) as st:
@@ -165,7 +165,6 @@ def _finish(final: Progress, run_dir: Path) -> int:
     if final.best_digest is None:
         out.print(f"no candidate succeeded; failures by reason: evomerge status {run_dir}")
         return 1
-    by_validation = ranked.by == BY_VALIDATION
     if ranked.enabled and ranked.members:  # the winner is chosen on the held-out items
         w = ranked.members[0]
         final = dataclasses.replace(final, best_digest=w.digest)
@@ -173,7 +172,7 @@ def _finish(final: Progress, run_dir: Path) -> int:
     else:
         out.print(f"winner {final.best_digest[:12]}  fitness {final.best_fitness:.4f}")
     for name, (fit, val) in baselines.items():
-        out.print(f"  {name:<31} {baseline_line(fit, val, by_validation)}")
+        out.print(f"  {name:<31} {baseline_line(fit, val, ranked.on_validation)}")
     out.print(f"archive: {Path(run_dir) / 'archive' / final.best_digest}")
     note = winner_note(ranked, baselines)
     if note:
