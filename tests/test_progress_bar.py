@@ -76,7 +76,9 @@ def test_a_log_file_gets_a_line_per_generation_while_the_search_runs(monkeypatch
         assert len(shown.getvalue().splitlines()) == 1
         now[0] = 620.0
         live.update(_p(24, 240, 3))
-    # ...but the last one is always written
+        live.say("validation: scoring 3 archived model(s) on held-out items")
+    # ...but the last one is always written, before what the search says after it
     assert shown.getvalue().splitlines()[1:] == [
-        "gen 3 best 0.5000 failed 0 items 240  240/640 items  0:10:20  ETA 0:17:13"
+        "gen 3 best 0.5000 failed 0 items 240  240/640 items  0:10:20  ETA 0:17:13",
+        "validation: scoring 3 archived model(s) on held-out items",
     ]

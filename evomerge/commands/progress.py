@@ -63,6 +63,14 @@ class _Counted:
         text = progress_line(p, None if unit == "items" else self.max_items)
         return unit, done, total, text
 
+    def flush(self) -> None:
+        """Write what is held back (a log's last generation line); a bar holds nothing."""
+
+    def say(self, text: str) -> None:
+        """A line of the search's own (validation): after the generation lines it follows."""
+        self.flush()
+        say(text)
+
 
 class _Bar(_Counted):
     def __init__(self, progress, task, max_evals: int | None, max_items: int | None) -> None:

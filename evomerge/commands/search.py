@@ -120,6 +120,7 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
             log.note_new_trials(s.store, quiet=True)  # a resume: earlier reasons are not news
             with live_progress(s.cfg.budget.max_evals, s.cfg.budget.max_item_evals) as live:
                 relay.target = live
+                s.say = live.say  # validation's lines come after the last generation's
                 live.update(s.loop.progress())
                 final = s.run()  # closes the evaluator and the store, releases the lock
     except BaseException:
