@@ -256,11 +256,14 @@ def eval_cmd(
     ),
     rank: int = typer.Option(1, "--rank", help="a run's archive member (1 = best)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+    split: str = typer.Option(
+        "search", "--split", help="search (its items) or validation (fitness.validation's)"
+    ),
 ) -> None:
     """Score one model with an experiment's fitness: aggregate and per-task scores."""
     from evomerge.commands import evaluate as cmd
 
-    _run(lambda: cmd.evaluate(target, experiment, rank=rank, as_json=as_json))
+    _run(lambda: cmd.evaluate(target, experiment, rank=rank, as_json=as_json, split=split))
 
 
 @app.command("twin-merge", cls=FlagCommand)

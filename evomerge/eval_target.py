@@ -10,6 +10,7 @@ from the merged model itself (``evomerge merge`` then lm-eval's ``hf`` model).
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Target:
     digest: str  # recipe digest (a model folder: its passthrough recipe's)
     search_fitness: float | None = None  # a run's member: the fitness its search recorded
     rank: int | None = None
+    validation: float | None = None  # a run's member: its recorded validation score, if any
 
 
 def kind_of(path: Path) -> str:
@@ -110,27 +112,32 @@ def _merged(recipe: Recipe, resolver: Callable[[str], str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _run_member(run_dir: Path, rank: int) -> Iterator[Target]:
-    """The rank-``rank`` archive member of a run: its archived folder, or (when the folder is
-    gone) its recipe merged again with the run's own sources."""
+    """The rank-``rank`` archive member of a run, in winner order (``export``'s: by validation
+    score once the run has them): its archived folder, or (when the folder is gone) its recipe
+    merged again with the run's own sources."""
     from evomerge.archive import ARCHIVE_DIR
     from evomerge.config import experiment_from_json
     from evomerge.store import RunStore
+    from evomerge.validation import ranking
 
     with RunStore.open(run_dir, readonly=True) as st:
-        archive = st.archive()
-        if not 1 <= rank <= len(archive):
+        members = ranking(st).members
+        if not 1 <= rank <= len(members):
             raise UserInputError(
-                f"--rank {rank}: the archive of {run_dir} holds {len(archive)} models (1 = best)"
+                f"--rank {rank}: the archive of {run_dir} holds {len(members)} models (1 = best)"
             )
-        trial = st.trial(archive[rank - 1].idx)
+        m = members[rank - 1]
+        trial = st.trial(m.idx)
         run_cfg = experiment_from_json(st.config_json(), origin=f"{run_dir} store config")
     label = f"{run_dir} rank {rank}"
+    full = m.validated and not m.stopped and math.isfinite(m.validation)  # a full score only
+    held_out = m.validation if full else None
     folder = run_dir / ARCHIVE_DIR / trial.digest
     if (folder / "config.json").is_file():
-        yield Target("run", label, folder.resolve(), trial.digest, trial.fitness, rank)
+        yield Target("run", label, folder.resolve(), trial.digest, trial.fitness, rank, held_out)
         return
     from evomerge.experiment import recipe_resolver
 
     recipe = Recipe.from_yaml(trial.recipe_yaml, origin=f"{run_dir} candidate {trial.idx}")
     with _merged(recipe, recipe_resolver(run_cfg, run_dir)) as merged:
-        yield Target("run", label, merged, trial.digest, trial.fitness, rank)
+        yield Target("run", label, merged, trial.digest, trial.fitness, rank, held_out)

@@ -98,6 +98,35 @@ def test_exported_mergekit_recipe_scores_as_the_winner(run, tmp_path):
     assert got["fitness"] == pytest.approx(run["archive"][0], abs=1e-12)
 
 
+VALIDATED = FITNESS[:-1] + ", validation: {items: 8}}"
+
+
+def test_split_validation_reproduces_the_winners_validation_score(tmp_path):
+    """On a run whose winner was chosen on validation: rank 1 is that winner (as in export),
+    and --split validation scores it on the items it was chosen on, as the run recorded."""
+    from evomerge.search_cli import search
+    from evomerge.store import RunStore
+    from evomerge.validation import ranking
+
+    exp = experiment(tmp_path, VALIDATED)
+    assert search(exp, tmp_path / "run") == 0
+    with RunStore.open(tmp_path / "run", readonly=True) as st:
+        ranked = ranking(st)
+    assert ranked.on_validation
+    winner = ranked.members[0]
+    got = eval_json(tmp_path / "run", exp, "--split", "validation")
+    assert (got["split"], got["digest"], got["rank"]) == ("validation", winner.digest, 1)
+    assert got["fitness"] == pytest.approx(winner.validation, abs=1e-12)
+    assert got["validation_fitness"] == pytest.approx(winner.validation, abs=1e-12)
+    assert got["tasks"]["skills/zoo_cipher"]["n"] == 8
+    on_search = eval_json(tmp_path / "run", exp)  # the same member, on the search's items
+    assert (on_search["split"], on_search["digest"]) == ("search", winner.digest)
+    assert on_search["fitness"] == pytest.approx(winner.fitness, abs=1e-12)
+    code, out, _ = run_eval(tmp_path / "run", exp, "--split", "validation")
+    assert code == 0 and "validation items" in out
+    assert f"(the search recorded {winner.validation:.4f} on validation)" in out
+
+
 def test_user_errors_are_one_line_exit_2(run, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("x")
@@ -114,6 +143,8 @@ def test_user_errors_are_one_line_exit_2(run, tmp_path):
         ((run["dir"], run["exp"], "--rank", "3"), "holds 2 models"),
         ((run["dir"], tmp_path / "nope.yaml"), "experiment file not found"),
         ((run["dir"], chat), "has no chat template"),
+        ((run["dir"], run["exp"], "--split", "validation"), "has no fitness.validation; add"),
+        ((run["dir"], run["exp"], "--split", "held_out"), "--split held_out: give search or"),
     ]
     for args, words in cases:
         code, out, err = run_eval(*args)

@@ -110,6 +110,13 @@ def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
     assert export(run, tmp_path / "r2.yaml", rank=2) == 0
     assert Recipe.load(tmp_path / "r2.yaml").digest() == archive[0].digest
     assert "winner by validation score" in capsys.readouterr().out
+    # eval's rank 1 is export's: the validation winner, scored on the items it was chosen on
+    from evomerge.commands.evaluate import evaluate
+
+    assert evaluate(run, exp, as_json=True, split="validation") == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["digest"] == archive[1].digest
+    assert got["fitness"] == pytest.approx(val[archive[1].digest]["fitness"])
 
     assert status(run) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -128,9 +135,9 @@ def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
     fit, held_out = experts["expert expert0"]
     assert f"| expert expert0 | {fit:.4f} | {held_out:.4f} | {fit - held_out:+.4f} |" in md
 
-    # a finished run resumed: nothing is scored again
+    # a finished run resumed: nothing is scored again (the one eval above aside)
     assert resume(run) == 0
-    assert _calls(tmp_path) == 2 + 3
+    assert _calls(tmp_path) == 2 + 3 + 1
 
 
 def test_killed_while_validating_resumes_without_rescoring(family, tmp_path):

@@ -21,7 +21,11 @@ from evomerge.eval_target import Target, open_target
 from evomerge.results import EvalResult
 
 
-def evaluate(target: Path, experiment: Path, *, rank: int = 1, as_json: bool = False) -> int:
+def evaluate(
+    target: Path, experiment: Path, *, rank: int = 1, as_json: bool = False, split: str = "search"
+) -> int:
+    """``split``: ``search`` (the items a search scores) or ``validation`` (the experiment's
+    ``fitness.validation`` items, those a run's winner is chosen on)."""
     from evomerge.config import load_experiment
     from evomerge.fitness import build_fitness
     from evomerge.workers.device_check import check_device
@@ -29,7 +33,14 @@ def evaluate(target: Path, experiment: Path, *, rank: int = 1, as_json: bool = F
 
     cfg = load_experiment(experiment)
     check_device(cfg.evaluation, in_process=True)
-    fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir))
+    if split not in ("search", "validation"):
+        raise UserInputError(f"--split {split}: give search or validation")
+    if split == "validation" and cfg.fitness.validation is None:
+        raise UserInputError(
+            f"--split validation: {experiment} has no fitness.validation; add `validation: "
+            "{items: N}` to its fitness (the items after the search's), or drop --split"
+        )
+    fitness = build_fitness(cfg.fitness, base_dir=Path(cfg.base_dir), split=split)
     roots = [cfg.resolve_path(p) for p in cfg.recipe_paths]
     with open_target(Path(target), rank=rank, recipe_paths=roots) as t:
         model, tokenizer = load_model(t.folder, cfg.evaluation.device, cfg.evaluation.dtype)
@@ -39,9 +50,9 @@ def evaluate(target: Path, experiment: Path, *, rank: int = 1, as_json: bool = F
     agg = fitness.aggregate(result)
     objectives = dict(zip(fitness.objective_names, fitness.objectives(result), strict=True))
     if as_json:
-        print(json.dumps(_report(t, experiment, agg, objectives, result), indent=1))
+        print(json.dumps(_report(t, experiment, agg, objectives, result, split), indent=1))
     else:
-        _print(t, experiment, agg, objectives, result)
+        _print(t, experiment, agg, objectives, result, split)
     return 0 if math.isfinite(agg) else 1
 
 
@@ -79,11 +90,15 @@ def load_model(folder: Path, device: str = "cpu", dtype: str = "auto") -> tuple[
     return model.to(device).eval(), tokenizer
 
 
-def _report(t: Target, experiment: Path, agg: float, objectives: dict, result: EvalResult) -> dict:
+def _report(
+    t: Target, experiment: Path, agg: float, objectives: dict, result: EvalResult, split: str
+) -> dict:
     def num(v: float) -> float | None:  # JSON has no NaN
         return float(v) if math.isfinite(v) else None
 
     return {
+        "split": split,
+        "validation_fitness": t.validation,
         "target": t.label,
         "kind": t.kind,
         "folder": str(t.folder) if t.kind != "recipe" else None,
@@ -105,17 +120,21 @@ def _report(t: Target, experiment: Path, agg: float, objectives: dict, result: E
     }
 
 
-def _print(t: Target, experiment: Path, agg: float, objectives: dict, result: EvalResult) -> None:
+def _print(
+    t: Target, experiment: Path, agg: float, objectives: dict, result: EvalResult, split: str
+) -> None:
     what = {
         "model": "model folder",
         "adapter": "LoRA adapter",
         "recipe": "recipe",
         "run": "run member",
     }[t.kind]
-    print(f"{what} {t.label} (digest {t.digest[:12]}), fitness of {experiment}")
+    items = ", validation items" if split == "validation" else ""
+    print(f"{what} {t.label} (digest {t.digest[:12]}), fitness of {experiment}{items}")
     line = f"fitness {agg:.4f}"
-    if t.search_fitness is not None:
-        line += f"  (the search recorded {t.search_fitness:.4f})"
+    recorded = t.validation if split == "validation" else t.search_fitness
+    if recorded is not None:
+        line += f"  (the search recorded {recorded:.4f}{' on validation' if items else ''})"
     print(line)
     if len(objectives) > 1:
         for name, v in objectives.items():
