@@ -3,6 +3,8 @@ baselines, and the failures grouped by reason."""
 
 from __future__ import annotations
 
+import json
+
 from evomerge.failures import group_lines, run_failure_groups
 from evomerge.stop_reason import read_stop
 from evomerge.validation import ranking
@@ -17,7 +19,8 @@ def outcome_lines(st) -> list[str]:
     if baselines:
         shown = ", ".join(_baseline(n, f, v) for n, (f, v) in baselines.items())
         lines.append(f"baselines: {shown}")
-        note = winner_note(ranking(st), baselines)
+        constrained = bool(json.loads(st.config_json())["fitness"].get("constraints"))
+        note = winner_note(ranking(st), baselines, constrained)
         lines += [note] if note else []
     groups = run_failure_groups(st)
     if groups:

@@ -84,7 +84,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
-    note = winner_note(ranked, experts)
+    note = winner_note(ranked, experts, cons is not None)
     facts += [note] if note else []
     blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked, experts)
     _write(out / "report.md", to_markdown(blocks))

@@ -107,10 +107,11 @@ def score_text(v: float | None, missing: str = "FAIL") -> str:
     return f"{v:.4f}" if math.isfinite(v) else "FAIL"
 
 
-def winner_note(ranked: Any, baselines: dict) -> str | None:
+def winner_note(ranked: Any, baselines: dict, constrained: bool = False) -> str | None:
     """The ``above_winner`` line on the items the winner was chosen on: validation's when it
-    was chosen there, else the search's (not against a racing estimate: other items)."""
-    if not ranked.members:
+    was chosen there, else the search's (not against a racing estimate: other items; not
+    under fitness.constraints, which the baselines need not meet)."""
+    if not ranked.members or constrained:
         return None
     w = ranked.members[0]
     if ranked.on_validation:

@@ -437,3 +437,20 @@ archive: {{top_k: 2}}
     write_report(tmp_path / "run", tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "(another metric: no gap)" in md and "gap = search - validation" not in md
+
+
+def test_the_note_compares_on_the_winners_items_and_not_under_constraints():
+    from evomerge.validation import BY_SEARCH, BY_VALIDATION, Member, Ranking
+    from evomerge.validation_baselines import winner_note
+
+    won = Member("d" * 64, 5, fitness=0.60, validated=True, validation=0.50)
+    experts = {"expert a": (0.55, 0.52), "base": (0.65, 0.40)}
+    on_val = Ranking([won], BY_VALIDATION, enabled=True, pending=0)
+    assert winner_note(on_val, experts) == (
+        "note: expert a scores 0.5200 on the validation items, above the winner's 0.5000: "
+        "no merge this search kept beats it"
+    )
+    on_search = Ranking([won], BY_SEARCH, enabled=False, pending=0)
+    assert winner_note(on_search, experts).startswith("note: base scores 0.6500 on the search's")
+    assert winner_note(on_val, experts, constrained=True) is None  # baselines may break a bound
+    assert winner_note(on_val, {"base": (0.65, 0.45)}) is None  # the winner is ahead there

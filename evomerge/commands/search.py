@@ -175,7 +175,7 @@ def _finish(final: Progress, run_dir: Path) -> int:
     for name, (fit, val) in baselines.items():
         out.print(f"  {name:<31} {baseline_line(fit, val, ranked.on_validation)}")
     out.print(f"archive: {Path(run_dir) / 'archive' / final.best_digest}")
-    note = winner_note(ranked, baselines)
+    note = winner_note(ranked, baselines, constrained)
     if note:
         out.print(note)
     if final.stop_reason == "interrupted":
