@@ -22,8 +22,10 @@ Stop conditions, checked at each generation boundary: ``budget.max_evals`` (fres
 ``budget.max_item_evals`` (item evaluations: the items each fresh candidate was scored on),
 ``budget.max_candidates``, ``budget.max_seconds`` (seconds of this search or resume, from its
 own start: a resume gets a fresh clock), ``budget.max_total_seconds`` (summed over resumes), the
-driver's own ``stop()``, and a stop request (SIGINT/SIGTERM: the generation in flight finishes,
-is committed, and the loop returns).
+driver's own ``stop()``, a stop request (SIGINT/SIGTERM: the generation in flight finishes,
+is committed, and the loop returns), and ``all_failed``: the first ``ALL_FAILED_AFTER`` fresh
+evaluations of this search or resume all failed (a broken setup; like ``max_seconds`` it counts
+from the run's start, and ``resume`` continues).
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ from evomerge.store import Checkpoint, RunStore
 from evomerge.told import archive_fitness, constraint_values, objective_entries, told_values
 from evomerge.workers.base import Evaluator, JobResult
 from evomerge.workers.wants import tell_wanted
+
+# A search (or resume) whose first this-many fresh evaluations all failed stops: the merges or
+# their scoring are broken (a timeout too short for the model, memory, a tensor the start check
+# cannot see), and the rest of the budget would only fail the same way.
+ALL_FAILED_AFTER = 8
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class SearchLoop:
         self.stop_event = stop_event or threading.Event()
         self.state = _State()
         self.session_elapsed = 0.0  # seconds of this run() (max_seconds); state.elapsed: all runs
+        self.session_fresh = self.session_ok = 0  # this run()'s fresh evaluations, successes
         self.scored: dict[str, int] = {}
         self.top = []  # the archive
         self._partial: set[int] = set()  # archive_places 0: candidates racing stopped early
@@ -250,6 +258,8 @@ class SearchLoop:
             return "max_seconds"
         if b.max_total_seconds is not None and s.elapsed >= b.max_total_seconds:
             return "max_total_seconds"
+        if self.session_fresh >= ALL_FAILED_AFTER and self.session_ok == 0:
+            return "all_failed"
         if self.driver.stop():
             return "driver"
         return None
@@ -371,7 +381,10 @@ class SearchLoop:
             )
             for i, (c, r) in enumerate(zip(cands, recipes, strict=True))
         ]
-        self.state.n_evals += len(todo) + sum(1 for r in recipes if isinstance(r, Exception))
+        fresh = len(todo) + sum(1 for r in recipes if isinstance(r, Exception))
+        self.state.n_evals += fresh
+        self.session_fresh += fresh
+        self.session_ok += sum(1 for i in todo if results[i].ok)
         self.state.n_item_evals += sum(spent)
         return records, [r for r in results if r is not None]
 

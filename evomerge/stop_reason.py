@@ -22,6 +22,8 @@ _TEXT = {
     "driver": "the driver's own stop criterion (converged or exhausted)",
     "interrupted": "interrupted (Ctrl-C or SIGTERM); `evomerge resume` continues it",
     "baselines_failed": "every expert and the base failed the fitness, so no candidate was asked",
+    "all_failed": "every candidate of this search (or resume) failed, so it stopped early; "
+    "fix the cause (failures by reason below), then `evomerge resume` continues it",
 }
 
 

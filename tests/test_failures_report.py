@@ -186,6 +186,28 @@ def test_report_of_a_run_whose_baselines_all_failed(broken):
     assert not list(broken[3].glob("*.png"))  # nothing to plot: no trial, no score
 
 
+def test_a_run_whose_candidates_all_fail_stops_early_then_resumes(tmp_path):
+    """Baselines fine, every merge failing: the search stops after its first 8 evaluations
+    (two generations of 5) instead of failing its whole budget, says why in one line, and
+    resume, after the fix, continues the same run."""
+    (tmp_path / "fit.py").write_text(FLAKY)
+    exp = EXPERIMENT.format(name="stops", fn="only_baselines").replace(
+        "max_evals: 10", "max_evals: 40"
+    )
+    (tmp_path / "stops.yaml").write_text(exp)
+    res = evomerge("search", "stops.yaml", "--run-dir", "stops", cwd=tmp_path)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "stopped: all_failed; 10 evaluations, 10 failed" in res.stdout
+    assert "stopped early: every candidate of this run failed" in res.stdout
+    assert "`evomerge resume stops` continues" in res.stdout
+    status = evomerge("status", "stops", cwd=tmp_path).stdout
+    assert "stop: every candidate of this search (or resume) failed, so it stopped early" in status
+    (tmp_path / "fit.py").write_text("def only_baselines(model, tokenizer):\n    return 0.5\n")
+    res = evomerge("resume", "stops", "--allow-changed-fitness", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "stopped: max_evals; 40 evaluations, 10 failed" in res.stdout
+
+
 def test_a_run_where_every_candidate_failed(allfail):
     import matplotlib
 

@@ -163,6 +163,11 @@ def _finish(final: Progress, run_dir: Path) -> int:
             f"winner; loosen a bound or search longer (evomerge status {run_dir})"
         )
         return 1
+    if final.stop_reason == "all_failed":  # the reasons were printed as they first came
+        out.print(
+            "stopped early: every candidate of this run failed, so the rest of the budget "
+            f"would too; fix the cause above, then `evomerge resume {run_dir}` continues"
+        )
     if final.best_digest is None:
         out.print(f"no candidate succeeded; failures by reason: evomerge status {run_dir}")
         return 1
