@@ -106,6 +106,7 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
     from evomerge.build import in_process
     from evomerge.failures import FailureLog
     from evomerge.workers.device_check import idle_gpu_note
+    from evomerge.workers.memory_check import memory_note
 
     log = FailureLog(say)
     relay.failures = (log, s.store)
@@ -113,9 +114,13 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
     try:
         with _signals(stop):
             say(f"threads: {s.store.get_meta('threads')}")
-            gpu = idle_gpu_note(s.cfg.evaluation, in_process=in_process(s.cfg))
-            if gpu:
-                say(gpu)
+            local = in_process(s.cfg)
+            for note in (
+                idle_gpu_note(s.cfg.evaluation, in_process=local),
+                memory_note(s.experiment, in_process=local),
+            ):
+                if note:
+                    say(note)
             score_baselines(s, log, say)
             log.note_new_trials(s.store, quiet=True)  # a resume: earlier reasons are not news
             with live_progress(s.cfg.budget.max_evals, s.cfg.budget.max_item_evals) as live:
