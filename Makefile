@@ -25,7 +25,7 @@ demo-real: setup
 
 # The suite in TEST_WORKERS pytest-xdist processes, a test file per process at a time (its
 # module fixtures are built once); each gets cores / TEST_WORKERS torch threads (tests/conftest.py).
-# 2 suits the 2-core CI; the largest process peaked at 6.5 GB there, so raise it with the cores
+# 2 suits the 2-core CI; the largest process peaked at 6.2-7.6 GB there, so raise it with the cores
 # and the memory you have.
 TEST_WORKERS ?= 2
 test: setup
