@@ -155,7 +155,7 @@ def thread_summary(cfg: ExperimentConfig, evaluator: Evaluator) -> str:
     if choice is not None:
         interop = torch.get_num_interop_threads()  # set once per process: may predate us
         return f"{choice.intra} torch thread(s), {interop} interop ({choice.reason}), serial"
-    if cfg.workers > 1 or cfg.ray_address:
+    if not in_process(cfg):
         ev = cfg.evaluation
         return f"{threads.choose_ray(ev.threads, ev.cpus_per_worker).describe()} per Ray worker"
     return f"{torch.get_num_threads()} torch thread(s) (set by the caller), serial evaluator"

@@ -141,8 +141,8 @@ def _winner_fact(ranked: Ranking) -> str:
     if ranked.by != "validation score":
         return f"validation: {ranked.winner_note()} (`evomerge resume` scores them)"
     return (
-        f"{ranked.winner_note()}: {code(w.digest[:12])}, validation {_num(w.validation)}, "
-        f"search fitness {_num(w.fitness)}"
+        f"{ranked.winner_note()}: {code(w.digest[:12])}, validation {score_text(w.validation)}, "
+        f"search fitness {score_text(w.fitness)}"
         + w.estimate_note
         + (f", gap {w.gap:+.4f}" if w.comparable else " (another metric: no gap)")
     )
@@ -154,15 +154,20 @@ def _validation_table(ranked: Ranking, experts: dict | None = None) -> list[Bloc
     body = [
         [
             f"#{i + 1} {code(m.digest[:12])}",
-            _num(m.fitness) + m.estimate_note,
-            _num(m.validation) + m.stop_note if m.validated else "-",
+            score_text(m.fitness) + m.estimate_note,
+            score_text(m.validation) + m.stop_note if m.validated else "-",
             f"{m.gap:+.4f}" if m.validated and math.isfinite(m.gap) else "-",
         ]
         for i, m in enumerate(ranked.members)
     ]
     for label, (fit, val) in (experts or {}).items():
         gap = fit - val if ranked.comparable and None not in (fit, val) else math.nan
-        row = [label, _num(fit), score_text(val, "-"), f"{gap:+.4f}" if math.isfinite(gap) else "-"]
+        row = [
+            label,
+            score_text(fit),
+            score_text(val, "-"),
+            f"{gap:+.4f}" if math.isfinite(gap) else "-",
+        ]
         body.append(row)
     gap = " (gap = search - validation)" if ranked.comparable else ""  # two metrics: none
     then = ", then experts and base" if experts else ""
@@ -184,16 +189,12 @@ def _blocks(run_dir, facts, rows, tasks, groups, plots, ranked=None, experts=Non
     return blocks
 
 
-def _num(v: float | None) -> str:
-    return "FAIL" if v is None or not math.isfinite(v) else f"{v:.4f}"
-
-
 def _task_table(rows: list[Row], tasks: list[str]) -> Table:
     body = []
     for r in rows:
         name = f"{r.name} {code(r.digest[:12])}" if r.digest else r.name
-        cells = [_num(r.scores[k]) if k in r.scores else "-" for k in tasks]
-        body.append([name, _num(r.fitness) + (ESTIMATE_NOTE if r.estimate else ""), *cells])
+        cells = [score_text(r.scores[k]) if k in r.scores else "-" for k in tasks]
+        body.append([name, score_text(r.fitness) + (ESTIMATE_NOTE if r.estimate else ""), *cells])
     return Table(["model", "fitness", *(code(t) for t in tasks)], body)
 
 

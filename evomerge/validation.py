@@ -172,7 +172,8 @@ def rescore_archive(
     none, with one evaluator; returns how many members. ``make_evaluator()`` builds the
     search's evaluator on the validation split (the builder passes it, so this module needs
     no builder)."""
-    from evomerge.validation_baselines import baselines_to_validate, validate_baselines
+    from evomerge.validation_baselines import META_KEY as BASELINES_KEY
+    from evomerge.validation_baselines import baselines_to_validate, stored_baselines
 
     if cfg.fitness.validation is None:
         return 0
@@ -187,25 +188,34 @@ def rescore_archive(
         if todo and cfg.fitness.validation.racing is not None:
             todo = _race_archive(cfg, store, evaluator, done, say)  # the whole archive races
         elif todo:
-            _score_archive(store, evaluator, todo, done, chunk, say)
-        validate_baselines(evaluator, store, base_todo, chunk, _entry, say)
+            if say:
+                say(f"validation: scoring {len(todo)} archived model(s) on held-out items")
+            recipes = [Recipe.from_yaml(store.trial(e.idx).recipe_yaml) for e in todo]
+            named = [(e.digest, e.digest[:12], r) for e, r in zip(todo, recipes, strict=True)]
+            _score_in_chunks(evaluator, store, META_KEY, named, done, chunk, say)
+        if base_todo and say:
+            n = len(base_todo)
+            say(f"validation: scoring the {n} baseline(s) (experts, base) on held-out items")
+        named = [(label, label, r) for label, r in base_todo]
+        _score_in_chunks(
+            evaluator, store, BASELINES_KEY, named, stored_baselines(store), chunk, say
+        )
     finally:
         evaluator.close()
     return len(todo)
 
 
-def _score_archive(store, evaluator, todo: list, done: dict, chunk: int, say) -> None:
-    """Each member in ``todo`` on every validation item, stored after each ``chunk``."""
-    if say:
-        say(f"validation: scoring {len(todo)} archived model(s) on held-out items")
+def _score_in_chunks(evaluator, store, key: str, todo: list, done: dict, chunk: int, say) -> None:
+    """Score ``todo`` ((entry key, name shown, recipe)) on every validation item, storing
+    ``done`` under the meta ``key`` after each ``chunk`` of results."""
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
-        recipes = [Recipe.from_yaml(store.trial(e.idx).recipe_yaml) for e in part]
-        for e, r in zip(part, evaluator.evaluate(recipes), strict=True):
-            done[e.digest] = _entry(r)
+        results = evaluator.evaluate([recipe for *_, recipe in part])
+        for (k, shown, _), r in zip(part, results, strict=True):
+            done[k] = _entry(r)
             if say and not r.ok:
-                say(f"validation of {e.digest[:12]} failed: {r.error}")
-        store.set_meta(META_KEY, json.dumps(done, sort_keys=True))
+                say(f"validation of {shown} failed: {r.error}")
+        store.set_meta(key, json.dumps(done, sort_keys=True))
 
 
 def _race_archive(

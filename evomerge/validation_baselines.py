@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from evomerge.recipe import Recipe
@@ -36,30 +36,6 @@ def baselines_to_validate(store: Any, labelled: Sequence[tuple[str, Recipe]]) ->
         for label, r in labelled
         if label not in done and searched.get(label, {}).get("fitness") is not None
     ]
-
-
-def validate_baselines(
-    evaluator: Any,
-    store: Any,
-    todo: Sequence[tuple[str, Recipe]],
-    chunk: int,
-    entry: Callable[[Any], dict],
-    say: Callable[[str], None] | None = None,
-) -> None:
-    """Score ``todo`` with the validation evaluator, storing after each ``chunk`` results."""
-    if not todo:
-        return
-    if say:
-        say(f"validation: scoring the {len(todo)} baseline(s) (experts, base) on held-out items")
-    done = stored_baselines(store)
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
-        results = evaluator.evaluate([r for _, r in part])
-        for (label, _), res in zip(part, results, strict=True):
-            done[label] = entry(res)
-            if say and not res.ok:
-                say(f"validation of {label} failed: {res.error}")
-        store.set_meta(META_KEY, json.dumps(done, sort_keys=True))
 
 
 def baseline_scores(store: Any) -> dict[str, tuple[float | None, float | None]]:

@@ -26,18 +26,19 @@ def floor_bytes(experiment: Any) -> int:
     from evomerge.io.model_folder import ModelFolder
 
     refs = [*experiment.models, *([experiment.base] if experiment.base else [])]
-    full: dict[str, int] = {}  # model folder -> parameters
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}  # model folder -> its tensors' shapes
     changed = 0  # parameters the adapters replace
     for ref in dict.fromkeys(refs):
         folder = experiment.resolver(ref)
         adapter = adapter_for(folder)
         base = str(adapter.base) if adapter is not None else folder
-        if base not in full:
-            full[base] = sum(math.prod(i.shape) for i in ModelFolder(base).index.values())
+        if base not in shapes:  # (a header read per model folder)
+            shapes[base] = {n: i.shape for n, i in ModelFolder(base).index.items()}
         if adapter is not None:
-            index = ModelFolder(base).index
-            changed += sum(math.prod(index[n].shape) for n in adapter.targets if n in index)
-    return 4 * (sum(full.values()) + changed + max(full.values(), default=0))
+            own = shapes[base]
+            changed += sum(math.prod(own[n]) for n in adapter.targets if n in own)
+    full = [sum(math.prod(s) for s in own.values()) for own in shapes.values()]
+    return 4 * (sum(full) + changed + max(full, default=0))
 
 
 def available_bytes() -> int | None:
