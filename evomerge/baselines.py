@@ -1,5 +1,10 @@
 """The baselines of a search: each expert and the base model, scored once with the experiment's
-fitness before the first candidate, so the winner is printed and reported against them.
+fitness before the first candidate, so the winner is printed and reported against them; and,
+where the space merges task vectors against a base model, task arithmetic (Ilharco et al. 2023,
+"Editing Models with Task Arithmetic": theta_base + lambda * sum of the experts' task vectors)
+with lambda chosen on the search's items among ``baselines.task_arithmetic``, as the paper
+chooses it on held-out data. A study of merging off-the-shelf fine-tunes (arXiv 2511.21437)
+found it the one simple merge that reliably beats the base: the bar a search must clear.
 
 They are also the fitness's smoke test: when every one of them fails, the fitness is broken
 (an exception, a wrong return value), not the merges, and the search stops before it spends its
@@ -30,6 +35,56 @@ def baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
     return list(zip(labels, recipes, strict=True))
 
 
+TA_LABEL = "task arithmetic"
+TA_SPACES = ("parameter", "fw_pool")  # their experts share the base's shapes by construction
+
+
+def task_arithmetic_recipes(experiment) -> list[tuple[str, Recipe]]:
+    """(label, recipe) per lambda of ``baselines.task_arithmetic``: none without a base model,
+    without an expert besides it, or in a data-flow or hybrid space (whose models need not
+    share shapes)."""
+    from evomerge.spaces.parameter import tokenizer_source_path
+
+    cfg, base = experiment.cfg, experiment.base
+    experts = [m for m in experiment.models if m != base]
+    if base is None or not experts or cfg.space.kind not in TA_SPACES:
+        return []
+    tokenizer, dtype = None, "float32"
+    if cfg.space.kind == "parameter":
+        tokenizer = tokenizer_source_path(cfg.space.tokenizer_source, list(experiment.models), base)
+        dtype = cfg.space.dtype
+    return [
+        (
+            f"{TA_LABEL} λ={lam:g}",
+            Recipe(
+                merge_method="task_arithmetic",
+                base_model=base,
+                models=[ModelRef(model=m, parameters={"weight": lam}) for m in experts],
+                dtype=dtype,
+                tokenizer_source=tokenizer,
+            ),
+        )
+        for lam in cfg.baselines.task_arithmetic
+    ]
+
+
+def all_baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
+    """Every baseline a search may have stored: the unmerged models and each task-arithmetic
+    lambda (a store keeps the best lambda's only)."""
+    return [*baseline_recipes(experiment), *task_arithmetic_recipes(experiment)]
+
+
+def _best_lambda(grid: dict[str, dict]) -> dict[str, dict]:
+    """The task-arithmetic lambda that scored best (the first of equals), with the grid's
+    fitness per lambda; the first failure when every lambda failed."""
+    scored = {k: v for k, v in grid.items() if v["fitness"] is not None}
+    if not scored:
+        return {TA_LABEL: next(iter(grid.values()))}
+    label = max(scored, key=lambda k: scored[k]["fitness"])  # max keeps the first of equals
+    tried = {k.split("=", 1)[1]: v["fitness"] for k, v in grid.items()}
+    return {label: {**scored[label], "lambdas": tried}}
+
+
 def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     """Score each expert (and the base model) once, so the winner is printed against them (not
     search candidates). A run whose baselines all failed scores them again (on resume, after
@@ -37,9 +92,10 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     stored = json.loads(s.store.get_meta("baselines") or "null")
     if stored is not None and len(baseline_failures(stored)) < len(stored):
         return
-    labels, recipes = zip(*baseline_recipes(s.experiment), strict=True)
+    unmerged, grid = baseline_recipes(s.experiment), task_arithmetic_recipes(s.experiment)
+    labels, recipes = zip(*unmerged, *grid, strict=True)
     results = s.evaluator.evaluate(list(recipes))
-    data = {
+    scored = {
         label: {
             "fitness": r.fitness if r.ok else None,
             "error": r.error,
@@ -47,10 +103,14 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
         }
         for label, r in zip(labels, results, strict=True)
     }
+    data = {label: scored[label] for label, _ in unmerged}
+    if grid:
+        data.update(_best_lambda({label: scored[label] for label, _ in grid}))
     s.store.set_meta("baselines", json.dumps(data))
     for label, b in data.items():
+        tried = f" (best of λ {', '.join(b['lambdas'])})" if len(b.get("lambdas", ())) > 1 else ""
         if b["fitness"] is not None:
-            say(f"{label}: fitness {b['fitness']:.4f}")
+            say(f"{label}: fitness {b['fitness']:.4f}{tried}")
         elif not log.note(label, b["error"]):
             say(f"{label}: fitness FAIL (a reason printed above)")
     if data and len(baseline_failures(data)) == len(data):

@@ -64,11 +64,11 @@ class Search:
         try:
             final = self.loop.run()
             if final.stop_reason != "interrupted":  # Ctrl-C: resume validates later
-                from evomerge.baselines import baseline_recipes
+                from evomerge.baselines import all_baseline_recipes
                 from evomerge.validation import rescore_archive
 
                 self.evaluator.close()  # its workers go before the validation workers come
-                experts = baseline_recipes(self.experiment)  # and base: scored there too
+                experts = all_baseline_recipes(self.experiment)  # and base, task arithmetic
                 rescore_archive(self.cfg, self.store, self._validation_evaluator, self.say, experts)
             return final
         finally:

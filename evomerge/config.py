@@ -46,6 +46,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -116,6 +117,21 @@ class ArchiveConfig(_Frozen):
     """how many of the best merged models the run keeps under RUN_DIR/archive/ (validation picks the winner among them; under racing each place costs items unless racing.archive_places is 0; with fitness.validation.racing a wider archive, e.g. 10, costs little more validation)"""
 
 
+class BaselinesConfig(_Frozen):
+    task_arithmetic: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    """lambdas of the task-arithmetic baseline (the experts' summed task vectors times lambda, added to the base): each is scored before the search and the best on the search items is kept beside the experts; [] skips it (parameter and fw_pool spaces with a base_model only)"""
+
+    @field_validator("task_arithmetic")
+    @classmethod
+    def _lambdas(cls, v: list[float]) -> list[float]:
+        if any(not 0 < x <= 10 for x in v) or len(set(v)) != len(v):
+            raise ValueError(
+                f"{v}: give distinct lambdas in (0, 10], e.g. [0.25, 0.5, 0.75, 1.0], or [] "
+                "to skip the baseline"
+            )
+        return v
+
+
 class EvaluationConfig(_Frozen):
     timeout_s: float | None = Field(600.0, gt=0)
     """a candidate slower than this many seconds is recorded FAIL (null: no limit)"""
@@ -167,6 +183,8 @@ class ExperimentConfig(_Frozen):
     """what the run keeps of its best models"""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     """how each candidate is evaluated"""
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    """what the winner is shown against besides the experts and the base"""
     recipe_paths: list[str] = Field(default_factory=list)
     """extra folders where recipe:<digest> references resolve (merges of merges)"""
     base_dir: str = "."  # folder of the experiment file: relative paths are resolved from it

@@ -3,9 +3,8 @@ baselines, and the failures grouped by reason."""
 
 from __future__ import annotations
 
-import json
-
 from evomerge.failures import group_lines, run_failure_groups
+from evomerge.fitness.constraints import run_is_constrained
 from evomerge.stop_reason import read_stop
 from evomerge.validation import ranking
 from evomerge.validation_baselines import baseline_scores, score_text, winner_note
@@ -19,7 +18,7 @@ def outcome_lines(st) -> list[str]:
     if baselines:
         shown = ", ".join(_baseline(n, f, v) for n, (f, v) in baselines.items())
         lines.append(f"baselines: {shown}")
-        constrained = bool(json.loads(st.config_json())["fitness"].get("constraints"))
+        constrained = run_is_constrained(st)
         note = winner_note(ranking(st), baselines, constrained)
         lines += [note] if note else []
     groups = run_failure_groups(st)

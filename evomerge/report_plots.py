@@ -22,6 +22,7 @@ DPI = 110
 WINNER_COLORS = ["#d62728", "#ff7f0e", "#bcbd22"]  # #1, #2, #3 merges: warm
 EXPERT_COLORS = ["#1f77b4", "#17becf", "#9467bd", "#2ca02c", "#8c564b", "#e377c2"]
 BASE_COLOR = "#7f7f7f"
+SIMPLE_COLOR = "#000000"  # the task-arithmetic baseline
 
 
 def _save(fig, path: Path) -> Path:
@@ -138,6 +139,8 @@ def _color(row: Row, rows: list[Row]) -> str:
         return WINNER_COLORS[i % len(WINNER_COLORS)]
     if row.kind == "base":
         return BASE_COLOR
+    if row.kind == "simple":
+        return SIMPLE_COLOR
     return EXPERT_COLORS[i % len(EXPERT_COLORS)]
 
 
@@ -158,7 +161,7 @@ def draw_tasks(ax, rows: list[Row], tasks: list[str]) -> None:
     width = 0.8 / len(drawn)
     for i, r in enumerate(drawn):
         vals = [r.scores.get(k, math.nan) for k in tasks]
-        hatch = "//" if r.kind == "base" else None
+        hatch = {"base": "//", "simple": ".."}.get(r.kind)
         xs = np.arange(len(tasks)) + i * width
         bars = ax.bar(
             xs,
@@ -177,7 +180,7 @@ def draw_tasks(ax, rows: list[Row], tasks: list[str]) -> None:
     for note in notes:  # legend lines without a bar: failures are not zeros
         ax.plot([], [], " ", label=note)
     ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=20, ha="right")
-    ax.set_title("score per task: best merges vs experts and base")
+    ax.set_title("score per task: best merges vs the baselines")
     ax.set_xlabel("task")
     ax.set_ylabel("score (higher is better)")
     ax.grid(axis="y", alpha=0.3)

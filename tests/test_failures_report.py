@@ -52,6 +52,7 @@ fitness:
 driver: {{name: cma_es, options: {{popsize: 5}}}}
 budget: {{max_evals: 10}}
 seed: 0
+baselines: {{task_arithmetic: []}}  # the fitness counts its calls: the first 3 are the baselines
 """
 
 REASONS = [

@@ -49,8 +49,8 @@ def heldout(model, tokenizer):
 """
 
 
-def _experiment(tmp, family, *, max_evals=10, validation=True):
-    path = write_experiment(tmp, family, max_evals=max_evals, popsize=5)
+def _experiment(tmp, family, *, max_evals=10, validation=True, ta_baseline=False):
+    path = write_experiment(tmp, family, max_evals=max_evals, popsize=5, ta_baseline=ta_baseline)
     (tmp / "heldout.py").write_text(HELDOUT_PY)
     if validation:
         text = path.read_text().replace(
@@ -79,7 +79,7 @@ def family(tmp_path_factory):
 
 
 def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
-    exp = _experiment(tmp_path, family)
+    exp = _experiment(tmp_path, family, ta_baseline=True)
     run = tmp_path / "run"
     assert search(exp, run) == 0
     printed = capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
         archive, val = st.archive(), stored(st)
         ranked = ranking(st, True)
     assert len(archive) == 2 and set(val) == {e.digest for e in archive}  # every member scored
-    assert _calls(tmp_path) == 2 + 3  # the archive, then the two experts and the base
+    assert _calls(tmp_path) == 2 + 4  # the archive, then the experts, the base, task arithmetic
     assert ranked.by == "validation score"
     # heldout = -score: the validation winner is the search's rank-2 member
     assert ranked.members[0].digest == archive[1].digest != archive[0].digest
@@ -96,7 +96,8 @@ def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
     assert "winner by validation score" in printed and "gap" in printed
     # the experts and the base on the same held-out items (heldout = -score), beside the winner
     experts = _experts(run)
-    assert list(experts) == ["expert expert0", "expert expert1", "base"]
+    assert list(experts)[:3] == ["expert expert0", "expert expert1", "base"]
+    assert len(experts) == 4 and list(experts)[3].startswith("task arithmetic λ=")
     for label, (fit, held_out) in experts.items():
         assert held_out == pytest.approx(-fit)
         assert f"{label:<31} validation {held_out:.4f}  search {fit:.4f}" in printed
@@ -137,7 +138,7 @@ def test_winner_is_the_best_on_validation(family, tmp_path, capsys):
 
     # a finished run resumed: nothing is scored again (the one eval above aside)
     assert resume(run) == 0
-    assert _calls(tmp_path) == 2 + 3 + 1
+    assert _calls(tmp_path) == 2 + 4 + 1
 
 
 def test_killed_while_validating_resumes_without_rescoring(family, tmp_path):

@@ -3,7 +3,6 @@ archive member's recipe (rank 1: the winner, by validation score when the run ha
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from evomerge.commands.console import out
@@ -12,6 +11,7 @@ from evomerge.recipe import Recipe
 
 
 def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) -> int:
+    from evomerge.fitness.constraints import run_is_constrained
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
 
@@ -20,7 +20,7 @@ def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) 
     with RunStore.open(run_dir, readonly=True) as st:
         ranked = ranking(st)  # by validation score when the run has one
         archive = ranked.members
-        if not archive and json.loads(st.config_json())["fitness"].get("constraints"):
+        if not archive and run_is_constrained(st):
             raise UserInputError(
                 f"{run_dir}: no candidate met every bound of fitness.constraints, so the "
                 "archive is empty; loosen a bound and search again (evomerge status shows them)"

@@ -150,6 +150,7 @@ def _total(max_total_seconds: float | None) -> dict:
 
 
 def _finish(final: Progress, run_dir: Path) -> int:
+    from evomerge.fitness.constraints import run_is_constrained
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
     from evomerge.validation_baselines import baseline_line, baseline_scores, winner_note
@@ -157,7 +158,7 @@ def _finish(final: Progress, run_dir: Path) -> int:
     with RunStore.open(run_dir, readonly=True) as st:
         baselines = baseline_scores(st)
         ranked = ranking(st)
-        constrained = bool(json.loads(st.config_json())["fitness"].get("constraints"))
+        constrained = run_is_constrained(st)
     out.print(
         f"stopped: {final.stop_reason}; {final.n_evals} evaluations, "
         f"{final.n_failed} failed, {final.elapsed:.0f} s"

@@ -40,6 +40,13 @@ from typing import Any
 INFEASIBLE_FLOOR = -1e9
 
 
+def run_is_constrained(store: Any) -> bool:
+    """Whether a run's stored config bounds its search with ``fitness.constraints``."""
+    import json
+
+    return bool(json.loads(store.config_json())["fitness"].get("constraints"))
+
+
 def entry_score(scores: Mapping[str, float], label: str) -> float:
     """A task's score from stored entries: its own, or the mean of its ``label/…`` entries
     (as ``Fitness.task_score`` reads an EvalResult)."""

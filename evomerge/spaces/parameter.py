@@ -67,7 +67,9 @@ def layer_group_ranges(num_layers: int, groups: int) -> list[tuple[int, int]]:
     return [(edges[g], edges[g + 1]) for g in range(groups)]
 
 
-def _tokenizer_source(value: str | int | None, models: list[str], base: str | None) -> str | None:
+def tokenizer_source_path(
+    value: str | int | None, models: list[str], base: str | None
+) -> str | None:
     """The recipes' tokenizer_source: base / union as they are, a model index or path -> its
     (resolved) path."""
     if value is None or value in ("base", "union"):
@@ -119,7 +121,7 @@ class ParameterSpace(SearchSpace):
         if not self.models:
             raise UserInputError("models: list at least one source model besides the base")
         self.num_layers = num_layers
-        self.tokenizer_source = _tokenizer_source(cfg.tokenizer_source, list(models), base)
+        self.tokenizer_source = tokenizer_source_path(cfg.tokenizer_source, list(models), base)
         if cfg.smooth:  # control points of a gradient over the whole depth, any number
             self.groups = [(0, num_layers)] * cfg.layer_groups
         else:

@@ -41,7 +41,10 @@ def write_experiment(
     name: str = "exp.yaml",
     driver: str = "cma_es",
     options: str | None = None,
+    ta_baseline: bool = False,
 ) -> Path:
+    """``ta_baseline``: also score the task-arithmetic baseline (4 more evaluations before the
+    search; off by default, so tests that count the fitness's calls need not)."""
     (tmp / "score.py").write_text(SCORE_PY)
     experts = "\n".join(f"  - {e}" for e in family["experts"])
     text = textwrap.dedent(f"""\
@@ -61,6 +64,8 @@ def write_experiment(
         archive: {{top_k: 2}}
         evaluation: {{timeout_s: 60}}
         """).replace("{experts}", experts)
+    if not ta_baseline:
+        text += "baselines: {task_arithmetic: []}\n"
     p = tmp / name
     p.write_text(text)
     return p

@@ -1,0 +1,113 @@
+"""The task-arithmetic baseline (Ilharco et al. 2023): scored before the search over a grid of
+lambdas on lm-skills' real zoo, the best lambda on the search's items kept beside the experts
+and the base, validated with them, equal to the same merge scored by `evomerge eval`, skipped
+where it does not apply and refused in one line when mis-set."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from evomerge.baselines import task_arithmetic_recipes
+from evomerge.config import load_experiment
+from evomerge.errors import UserInputError
+from evomerge.experiment import resolve_experiment
+from evomerge.search_cli import search, status
+from evomerge.store import RunStore
+from evomerge.validation_baselines import baseline_scores
+
+pytestmark = pytest.mark.timeout(600)
+
+EXPERIMENT = """\
+name: ta
+models: [zoo:lm-skills/cipher, zoo:lm-skills/shift, zoo:lm-skills/sort, zoo:lm-skills/reverse]
+base_model: zoo:lm-skills/base
+space: {preset: ps_dare_ties, layer_groups: 1}
+fitness:
+  tasks: [{kind: zoo, name: skills, evaluator: skills, options: {limit: 20}}]
+  validation: {items: 20}
+driver: {name: cma_es, options: {popsize: 4}}
+budget: {max_evals: 4}
+"""
+
+
+def _write(tmp_path, text: str = EXPERIMENT, name: str = "exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_search_keeps_the_best_lambda_beside_the_experts_and_validates_it(tmp_path, capsys):
+    exp, run = _write(tmp_path), tmp_path / "run"
+    assert search(exp, run) == 0
+    got = capsys.readouterr()
+    printed = got.out + got.err  # (the progress lines go to stderr)
+    with RunStore.open(run, readonly=True) as st:
+        stored = json.loads(st.get_meta("baselines"))
+        both = baseline_scores(st)
+    assert list(stored)[:5] == [
+        "expert cipher",
+        "expert shift",
+        "expert sort",
+        "expert reverse",
+        "base",
+    ]
+    (label,) = [k for k in stored if k.startswith("task arithmetic")]
+    entry = stored[label]
+    grid = entry["lambdas"]
+    assert list(grid) == ["0.25", "0.5", "0.75", "1"]
+    best = max(grid.values())
+    assert entry["fitness"] == best
+    first_best = next(lam for lam, v in grid.items() if v == best)
+    assert label == f"task arithmetic λ={first_best}"
+    assert f"{label}: fitness {best:.4f} (best of λ 0.25, 0.5, 0.75, 1)" in printed
+    # on lm-skills four task vectors at full strength wreck the base (docs/zoo.md): λ=1 loses
+    assert grid["1"] < best
+    # validated with the experts, on the items after the search's
+    fit, held_out = both[label]
+    assert fit == best and held_out is not None and math.isfinite(held_out)
+    assert f"{label:<31} validation {held_out:.4f}  search {fit:.4f}" in printed
+    assert status(run) == 0
+    assert f"{label} {fit:.4f} (validation {held_out:.4f})" in capsys.readouterr().out
+
+    # The same merge, written as a recipe and scored by `evomerge eval`, scores the same.
+    from evomerge.commands.evaluate import evaluate
+
+    cfg = load_experiment(exp)
+    ex = resolve_experiment(cfg, run)
+    (recipe,) = [r for lab, r in task_arithmetic_recipes(ex) if lab == label]
+    recipe_path = tmp_path / "ta.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True)))
+    assert evaluate(recipe_path, exp, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(best, abs=1e-12)
+    assert evaluate(recipe_path, exp, as_json=True, split="validation") == 0
+    assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(held_out, abs=1e-12)
+
+
+def test_where_it_does_not_apply_there_is_none(tmp_path):
+    def recipes(text: str):
+        cfg = load_experiment(_write(tmp_path, text))
+        return task_arithmetic_recipes(resolve_experiment(cfg, tmp_path / "run"))
+
+    full = recipes(EXPERIMENT)
+    assert [lab for lab, _ in full] == [f"task arithmetic λ={x}" for x in (0.25, 0.5, 0.75, 1)]
+    for _, r in full:  # every expert at weight λ against the base; the space's dtype
+        assert r.merge_method == "task_arithmetic" and r.base_model and len(r.models) == 4
+    assert full[1][1].models[0].parameters == {"weight": 0.5}
+    assert recipes(EXPERIMENT + "baselines: {task_arithmetic: [0.3]}\n")[0][0].endswith("0.3")
+    assert recipes(EXPERIMENT + "baselines: {task_arithmetic: []}\n") == []
+    assert recipes(EXPERIMENT.replace("base_model: zoo:lm-skills/base\n", "")) == []
+    dataflow = EXPERIMENT.replace("{preset: ps_dare_ties, layer_groups: 1}", "{kind: dataflow}")
+    assert recipes(dataflow) == []
+
+
+@pytest.mark.parametrize("bad", ["[0]", "[0.5, 0.5]", "[-1]", "[20]"])
+def test_a_bad_lambda_is_refused_in_one_line(tmp_path, bad):
+    path = _write(tmp_path, EXPERIMENT + f"baselines: {{task_arithmetic: {bad}}}\n")
+    with pytest.raises(UserInputError) as err:
+        load_experiment(path)
+    text = str(err.value)
+    assert "\n" not in text and "baselines.task_arithmetic" in text and "(0, 10]" in text
