@@ -195,7 +195,7 @@ def rescore_archive(
             _score_in_chunks(evaluator, store, META_KEY, named, done, chunk, say)
         if base_todo and say:
             n = len(base_todo)
-            say(f"validation: scoring the {n} baseline(s) (experts, base) on held-out items")
+            say(f"validation: scoring the {n} baseline(s) on held-out items")
         named = [(label, label, r) for label, r in base_todo]
         _score_in_chunks(
             evaluator, store, BASELINES_KEY, named, stored_baselines(store), chunk, say
