@@ -86,9 +86,10 @@ def _best_lambda(grid: dict[str, dict]) -> dict[str, dict]:
 
 
 def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
-    """Score each expert (and the base model) once, so the winner is printed against them (not
-    search candidates). A run whose baselines all failed scores them again (on resume, after
-    the user fixed the fitness) and stops if they still all fail."""
+    """Score each expert, the base model and task arithmetic's lambdas once, so the winner is
+    printed against them (not search candidates; the best lambda is stored, its grid with it).
+    A run whose baselines all failed scores them again (on resume, after the user fixed the
+    fitness) and stops if they still all fail."""
     stored = json.loads(s.store.get_meta("baselines") or "null")
     if stored is not None and len(baseline_failures(stored)) < len(stored):
         return
