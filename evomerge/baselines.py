@@ -85,6 +85,19 @@ def _best_lambda(grid: dict[str, dict]) -> dict[str, dict]:
     return {label: {**scored[label], "lambdas": tried}}
 
 
+def lambda_grid_line(baselines: dict) -> str | None:
+    """The task-arithmetic grid as scored on the search's items, for ``status`` and the report
+    (None when the run has no grid of two or more lambdas)."""
+    for label, b in baselines.items():
+        grid = b.get("lambdas") or {}
+        if label.startswith(TA_LABEL) and len(grid) > 1:
+            shown = ", ".join(
+                f"λ {k} {'FAIL' if v is None else f'{v:.4f}'}" for k, v in grid.items()
+            )
+            return f"{TA_LABEL} on the search items: {shown} (the best is the baseline)"
+    return None
+
+
 def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     """Score each expert, the base model and task arithmetic's lambdas once, so the winner is
     printed against them (not search candidates; the best lambda is stored, its grid with it).

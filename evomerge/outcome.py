@@ -3,6 +3,9 @@ baselines, and the failures grouped by reason."""
 
 from __future__ import annotations
 
+import json
+
+from evomerge.baselines import lambda_grid_line
 from evomerge.failures import group_lines, run_failure_groups
 from evomerge.fitness.constraints import run_is_constrained
 from evomerge.stop_reason import read_stop
@@ -21,6 +24,8 @@ def outcome_lines(st) -> list[str]:
         constrained = run_is_constrained(st)
         note = winner_note(ranking(st), baselines, constrained)
         lines += [note] if note else []
+        grid = lambda_grid_line(json.loads(st.get_meta("baselines") or "{}"))
+        lines += [grid] if grid else []
     groups = run_failure_groups(st)
     if groups:
         lines.append(f"failures by reason ({sum(g.count for g in groups)}):")

@@ -20,6 +20,7 @@ import math
 import os
 from pathlib import Path
 
+from evomerge.baselines import lambda_grid_line
 from evomerge.failures import FailureGroup, run_failure_groups
 from evomerge.fitness.constraints import Constraints, infeasible, summary_lines
 from evomerge.report_data import (
@@ -86,6 +87,8 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
         facts.append(_winner_fact(ranked))
     note = winner_note(ranked, experts, cons is not None)
     facts += [note] if note else []
+    grid = lambda_grid_line(baselines)
+    facts += [grid] if grid else []
     blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked, experts)
     _write(out / "report.md", to_markdown(blocks))
     _write(out / "report.html", to_html(blocks, f"evomerge run {run_dir}"))
@@ -170,7 +173,7 @@ def _validation_table(ranked: Ranking, experts: dict | None = None) -> list[Bloc
         ]
         body.append(row)
     gap = " (gap = search - validation)" if ranked.comparable else ""  # two metrics: none
-    then = ", then experts and base" if experts else ""
+    then = ", then the baselines" if experts else ""
     head = Heading(f"Validation: archive ranked by {ranked.by}{then}{gap}")
     return [head, Table(["model", "search fitness", "validation", "gap"], body)]
 
@@ -179,7 +182,7 @@ def _blocks(run_dir, facts, rows, tasks, groups, plots, ranked=None, experts=Non
     blocks: list[Block] = [Heading(f"evomerge run {code(run_dir)}", 1), Bullets(facts)]
     if ranked is not None and ranked.enabled:
         blocks += _validation_table(ranked, experts)
-    blocks += [Heading("Per task: best merges, experts and base"), _task_table(rows, tasks)]
+    blocks += [Heading("Per task: best merges and the baselines"), _task_table(rows, tasks)]
     if not tasks:
         blocks.append(Para("No task scores: every model failed (reasons below)."))
     blocks += _failure_blocks(groups)

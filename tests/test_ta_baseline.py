@@ -70,8 +70,17 @@ def test_search_keeps_the_best_lambda_beside_the_experts_and_validates_it(tmp_pa
     fit, held_out = both[label]
     assert fit == best and held_out is not None and math.isfinite(held_out)
     assert f"{label:<31} validation {held_out:.4f}  search {fit:.4f}" in printed
+    grid_line = "task arithmetic on the search items: " + ", ".join(
+        f"λ {lam} {v:.4f}" for lam, v in grid.items()
+    )
     assert status(run) == 0
-    assert f"{label} {fit:.4f} (validation {held_out:.4f})" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"{label} {fit:.4f} (validation {held_out:.4f})" in shown and grid_line in shown
+    from evomerge.report import write_report
+
+    write_report(run, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert grid_line in md and f"| {label} | {fit:.4f} | {held_out:.4f} |" in md
 
     # The same merge, written as a recipe and scored by `evomerge eval`, scores the same.
     from evomerge.commands.evaluate import evaluate
