@@ -85,6 +85,16 @@ def _best_lambda(grid: dict[str, dict]) -> dict[str, dict]:
     return {label: {**scored[label], "lambdas": tried}}
 
 
+def stored_task_arithmetic(baselines: dict) -> tuple[str, dict] | None:
+    """(label, entry) of the run's task-arithmetic baseline that scored, with its recipe; None
+    when there is none (a data-flow space, no base model, ``[]``, every lambda failed, or a run
+    from before the baseline)."""
+    for label, b in baselines.items():
+        if label.startswith(TA_LABEL) and b.get("fitness") is not None and b.get("recipe"):
+            return label, b
+    return None
+
+
 def lambda_grid_line(baselines: dict) -> str | None:
     """The task-arithmetic grid as scored on the search's items, for ``status`` and the report
     (None when the run has no grid of two or more lambdas)."""
@@ -119,7 +129,12 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     }
     data = {label: scored[label] for label, _ in unmerged}
     if grid:
-        data.update(_best_lambda({label: scored[label] for label, _ in grid}))
+        best = _best_lambda({label: scored[label] for label, _ in grid})
+        recipes_by_label = dict(grid)
+        for label, entry in best.items():  # its recipe, for `evomerge export --task-arithmetic`
+            if label in recipes_by_label:
+                entry["recipe"] = recipes_by_label[label].to_yaml()
+        data.update(best)
     s.store.set_meta("baselines", json.dumps(data))
     for label, b in data.items():
         tried = f" (best of λ {', '.join(b['lambdas'])})" if len(b.get("lambdas", ())) > 1 else ""

@@ -228,11 +228,14 @@ def export(
     rank: int = typer.Option(
         1, "--rank", help="which archived model: 1 = the best (on validation when the run has it)"
     ),
+    task_arithmetic: bool = typer.Option(
+        False, "--task-arithmetic", help="the run's task-arithmetic baseline instead (its best λ)"
+    ),
 ) -> None:
     """Write the rank-K recipe of a run as evomerge or mergekit YAML."""
     from evomerge.commands import export as cmd
 
-    _run(lambda: cmd.export(run_dir, out, fmt, rank))
+    _run(lambda: cmd.export(run_dir, out, fmt, rank, task_arithmetic))
 
 
 @app.command(cls=FlagCommand)

@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from evomerge.baselines import TA_LABEL
 from evomerge.recipe import Recipe
 
 META_KEY = "validation_baselines"
@@ -62,9 +63,12 @@ def above_winner(winner: float, scores: dict[str, float | None], on: str) -> str
     label, best = max(finite.items(), key=lambda kv: kv[1])
     if best <= winner:
         return None
+    how = (
+        " (`evomerge export RUN --task-arithmetic` writes it)" if label.startswith(TA_LABEL) else ""
+    )
     return (
         f"note: {label} scores {best:.4f} on {on}, above the winner's {winner:.4f}: "
-        f"no merge this search kept beats it"
+        f"no merge this search kept beats it{how}"
     )
 
 

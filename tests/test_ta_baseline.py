@@ -1,7 +1,8 @@
 """The task-arithmetic baseline (Ilharco et al. 2023): scored before the search over a grid of
 lambdas on lm-skills' real zoo, the best lambda on the search's items kept beside the experts
-and the base, validated with them, equal to the same merge scored by `evomerge eval`, skipped
-where it does not apply and refused in one line when mis-set."""
+and the base, validated with them, exported by `export --task-arithmetic`, equal to that
+recipe scored by `evomerge eval`, skipped where it does not apply and refused in one line when
+mis-set."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from evomerge.baselines import task_arithmetic_recipes
 from evomerge.config import load_experiment
 from evomerge.errors import UserInputError
 from evomerge.experiment import resolve_experiment
-from evomerge.search_cli import search, status
+from evomerge.recipe import Recipe
+from evomerge.search_cli import export, search, status
 from evomerge.store import RunStore
 from evomerge.validation_baselines import baseline_scores
 
@@ -82,14 +84,24 @@ def test_search_keeps_the_best_lambda_beside_the_experts_and_validates_it(tmp_pa
     md = (tmp_path / "rep" / "report.md").read_text()
     assert grid_line in md and f"| {label} | {fit:.4f} | {held_out:.4f} |" in md
 
-    # The same merge, written as a recipe and scored by `evomerge eval`, scores the same.
+    # `export --task-arithmetic` writes the chosen lambda's recipe; scored by `evomerge eval`
+    # it gives the stored numbers on both splits.
     from evomerge.commands.evaluate import evaluate
 
     cfg = load_experiment(exp)
     ex = resolve_experiment(cfg, run)
     (recipe,) = [r for lab, r in task_arithmetic_recipes(ex) if lab == label]
     recipe_path = tmp_path / "ta.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True)))
+    assert export(run, recipe_path, task_arithmetic=True) == 0
+    wrote = capsys.readouterr().out
+    assert f"{label}, search fitness {fit:.4f}, validation {held_out:.4f}" in wrote
+    assert Recipe.load(recipe_path).digest() == recipe.digest()
+    assert export(run, tmp_path / "ta_mergekit.yaml", "mergekit", task_arithmetic=True) == 0
+    capsys.readouterr()
+    mk = yaml.safe_load((tmp_path / "ta_mergekit.yaml").read_text())
+    assert mk["merge_method"] == "task_arithmetic" and len(mk["models"]) == 4
+    with pytest.raises(UserInputError, match="--rank picks an archive member"):
+        export(run, tmp_path / "x.yaml", rank=2, task_arithmetic=True)
     assert evaluate(recipe_path, exp, as_json=True) == 0
     assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(best, abs=1e-12)
     assert evaluate(recipe_path, exp, as_json=True, split="validation") == 0
@@ -111,6 +123,15 @@ def test_where_it_does_not_apply_there_is_none(tmp_path):
     assert recipes(EXPERIMENT.replace("base_model: zoo:lm-skills/base\n", "")) == []
     dataflow = EXPERIMENT.replace("{preset: ps_dare_ties, layer_groups: 1}", "{kind: dataflow}")
     assert recipes(dataflow) == []
+
+
+def test_export_of_a_run_without_the_baseline_is_refused(tmp_path):
+    text = EXPERIMENT.replace("budget: {max_evals: 4}", "budget: {max_evals: 2}")
+    exp, run = _write(tmp_path, text + "baselines: {task_arithmetic: []}\n"), tmp_path / "run"
+    assert search(exp, run) == 0
+    with pytest.raises(UserInputError, match="has no task-arithmetic baseline that scored"):
+        export(run, tmp_path / "ta.yaml", task_arithmetic=True)
+    assert not (tmp_path / "ta.yaml").exists()
 
 
 @pytest.mark.parametrize("bad", ["[0]", "[0.5, 0.5]", "[-1]", "[20]"])

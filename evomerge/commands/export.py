@@ -1,5 +1,6 @@
-"""``evomerge export DIR --out FILE [--format evomerge|mergekit] [--rank K]``: the rank-K
-archive member's recipe (rank 1: the winner, by validation score when the run has one)."""
+"""``evomerge export DIR --out FILE [--format evomerge|mergekit] [--rank K | --task-arithmetic]``:
+the rank-K archive member's recipe (rank 1: the winner, by validation score when the run has
+one), or the run's task-arithmetic baseline."""
 
 from __future__ import annotations
 
@@ -10,13 +11,25 @@ from evomerge.errors import UserInputError
 from evomerge.recipe import Recipe
 
 
-def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) -> int:
+def export(
+    run_dir: Path,
+    out_file: Path,
+    fmt: str = "evomerge",
+    rank: int = 1,
+    task_arithmetic: bool = False,
+) -> int:
+    """``task_arithmetic``: the run's task-arithmetic baseline (its chosen lambda) instead of
+    an archive member, for a run whose note says it beats the winner."""
     from evomerge.fitness.constraints import run_is_constrained
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
 
     if fmt not in ("evomerge", "mergekit"):
         raise UserInputError(f"--format {fmt!r}: use evomerge or mergekit")
+    if task_arithmetic:
+        if rank != 1:
+            raise UserInputError("--rank picks an archive member: drop it with --task-arithmetic")
+        return _export_task_arithmetic(run_dir, Path(out_file), fmt)
     with RunStore.open(run_dir, readonly=True) as st:
         ranked = ranking(st)  # by validation score when the run has one
         archive = ranked.members
@@ -45,6 +58,36 @@ def export(run_dir: Path, out_file: Path, fmt: str = "evomerge", rank: int = 1) 
     out.print(
         f"wrote {out_file} ({fmt}; rank {rank}, fitness {trial.fitness:.4f}, "
         f"digest {trial.digest[:12]})"
+    )
+    return 0
+
+
+def _export_task_arithmetic(run_dir: Path, out_file: Path, fmt: str) -> int:
+    import json
+
+    from evomerge.baselines import stored_task_arithmetic
+    from evomerge.store import RunStore
+    from evomerge.validation_baselines import baseline_scores, score_text
+
+    with RunStore.open(run_dir, readonly=True) as st:
+        found = stored_task_arithmetic(json.loads(st.get_meta("baselines") or "{}"))
+        scores = baseline_scores(st)
+    if found is None:
+        raise UserInputError(
+            f"--task-arithmetic: {run_dir} has no task-arithmetic baseline that scored (a "
+            "data-flow or hybrid space, no base_model, baselines.task_arithmetic: [], or a run "
+            "from before the baseline); export an archive member with --rank"
+        )
+    label, entry = found
+    recipe = Recipe.from_yaml(entry["recipe"], origin=f"{run_dir} baseline {label!r}")
+    text = recipe.to_yaml() if fmt == "evomerge" else _to_mergekit(recipe)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(text)
+    held_out = scores.get(label, (None, None))[1]
+    val = "" if held_out is None else f", validation {score_text(held_out)}"
+    out.print(
+        f"wrote {out_file} ({fmt}; {label}, search fitness {score_text(entry['fitness'])}{val}, "
+        f"digest {recipe.digest()[:12]})"
     )
     return 0
 
