@@ -64,7 +64,9 @@ def above_winner(winner: float, scores: dict[str, float | None], on: str) -> str
     if best <= winner:
         return None
     how = (
-        " (`evomerge export RUN --out FILE --task-arithmetic` writes it)" if label.startswith(TA_LABEL) else ""
+        " (`evomerge export RUN --out FILE --task-arithmetic` writes it)"
+        if label.startswith(TA_LABEL)
+        else ""
     )
     return (
         f"note: {label} scores {best:.4f} on {on}, above the winner's {winner:.4f}: "
