@@ -74,38 +74,43 @@ def all_baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
     return [*baseline_recipes(experiment), *task_arithmetic_recipes(experiment)]
 
 
-def _best_lambda(grid: dict[str, dict]) -> dict[str, dict]:
+def _best_lambda(grid: list[tuple[str, Recipe]], scored: dict[str, dict]) -> dict[str, dict]:
     """The task-arithmetic lambda that scored best (the first of equals), with the grid's
-    fitness per lambda; the first failure when every lambda failed."""
-    scored = {k: v for k, v in grid.items() if v["fitness"] is not None}
-    if not scored:
-        return {TA_LABEL: next(iter(grid.values()))}
-    label = max(scored, key=lambda k: scored[k]["fitness"])  # max keeps the first of equals
-    tried = {k.split("=", 1)[1]: v["fitness"] for k, v in grid.items()}
-    return {label: {**scored[label], "lambdas": tried}}
+    fitness per lambda and its recipe (for ``export --task-arithmetic``); the first failure
+    when every lambda failed."""
+    tried = {label: scored[label] for label, _ in grid}
+    ok = {k: v for k, v in tried.items() if v["fitness"] is not None}
+    if not ok:
+        return {TA_LABEL: next(iter(tried.values()))}
+    label = max(ok, key=lambda k: ok[k]["fitness"])  # max keeps the first of equals
+    lambdas = {k.split("=", 1)[1]: v["fitness"] for k, v in tried.items()}
+    recipe = dict(grid)[label].to_yaml()
+    return {label: {**ok[label], "lambdas": lambdas, "recipe": recipe}}
+
+
+def _task_arithmetic_entry(baselines: dict) -> tuple[str, dict] | None:
+    return next(((k, b) for k, b in baselines.items() if k.startswith(TA_LABEL)), None)
 
 
 def stored_task_arithmetic(baselines: dict) -> tuple[str, dict] | None:
     """(label, entry) of the run's task-arithmetic baseline that scored, with its recipe; None
     when there is none (a data-flow space, no base model, ``[]``, every lambda failed, or a run
     from before the baseline)."""
-    for label, b in baselines.items():
-        if label.startswith(TA_LABEL) and b.get("fitness") is not None and b.get("recipe"):
-            return label, b
-    return None
+    found = _task_arithmetic_entry(baselines)
+    if found is None or found[1].get("fitness") is None or not found[1].get("recipe"):
+        return None
+    return found
 
 
 def lambda_grid_line(baselines: dict) -> str | None:
     """The task-arithmetic grid as scored on the search's items, for ``status`` and the report
     (None when the run has no grid of two or more lambdas)."""
-    for label, b in baselines.items():
-        grid = b.get("lambdas") or {}
-        if label.startswith(TA_LABEL) and len(grid) > 1:
-            shown = ", ".join(
-                f"λ {k} {'FAIL' if v is None else f'{v:.4f}'}" for k, v in grid.items()
-            )
-            return f"{TA_LABEL} on the search items: {shown} (the best is the baseline)"
-    return None
+    found = _task_arithmetic_entry(baselines)
+    grid = (found[1].get("lambdas") or {}) if found else {}
+    if len(grid) < 2:
+        return None
+    shown = ", ".join(f"λ {k} {'FAIL' if v is None else f'{v:.4f}'}" for k, v in grid.items())
+    return f"{TA_LABEL} on the search items: {shown} (the best is the baseline)"
 
 
 def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
@@ -129,12 +134,7 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     }
     data = {label: scored[label] for label, _ in unmerged}
     if grid:
-        best = _best_lambda({label: scored[label] for label, _ in grid})
-        recipes_by_label = dict(grid)
-        for label, entry in best.items():  # its recipe, for `evomerge export --task-arithmetic`
-            if label in recipes_by_label:
-                entry["recipe"] = recipes_by_label[label].to_yaml()
-        data.update(best)
+        data.update(_best_lambda(grid, scored))
     s.store.set_meta("baselines", json.dumps(data))
     for label, b in data.items():
         tried = f" (best of λ {', '.join(b['lambdas'])})" if len(b.get("lambdas", ())) > 1 else ""

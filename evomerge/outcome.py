@@ -3,14 +3,16 @@ baselines, and the failures grouped by reason."""
 
 from __future__ import annotations
 
-import json
-
-from evomerge.baselines import lambda_grid_line
 from evomerge.failures import group_lines, run_failure_groups
 from evomerge.fitness.constraints import run_is_constrained
 from evomerge.stop_reason import read_stop
 from evomerge.validation import ranking
-from evomerge.validation_baselines import baseline_scores, score_text, winner_note
+from evomerge.validation_baselines import (
+    baseline_notes,
+    baseline_scores,
+    score_text,
+    searched_baselines,
+)
 
 
 def outcome_lines(st) -> list[str]:
@@ -22,10 +24,7 @@ def outcome_lines(st) -> list[str]:
         shown = ", ".join(_baseline(n, f, v) for n, (f, v) in baselines.items())
         lines.append(f"baselines: {shown}")
         constrained = run_is_constrained(st)
-        note = winner_note(ranking(st), baselines, constrained)
-        lines += [note] if note else []
-        grid = lambda_grid_line(json.loads(st.get_meta("baselines") or "{}"))
-        lines += [grid] if grid else []
+        lines += baseline_notes(ranking(st), baselines, constrained, searched_baselines(st))
     groups = run_failure_groups(st)
     if groups:
         lines.append(f"failures by reason ({sum(g.count for g in groups)}):")

@@ -20,7 +20,6 @@ import math
 import os
 from pathlib import Path
 
-from evomerge.baselines import lambda_grid_line
 from evomerge.failures import FailureGroup, run_failure_groups
 from evomerge.fitness.constraints import Constraints, infeasible, summary_lines
 from evomerge.report_data import (
@@ -45,7 +44,12 @@ from evomerge.report_doc import (
 from evomerge.stop_reason import StopRecord, read_stop
 from evomerge.store import RunStore, Trial
 from evomerge.validation import ESTIMATE_NOTE, Ranking, ranking
-from evomerge.validation_baselines import baseline_scores, score_text, winner_note
+from evomerge.validation_baselines import (
+    baseline_notes,
+    baseline_scores,
+    score_text,
+    searched_baselines,
+)
 
 __all__ = ["best_and_median", "write_report"]
 
@@ -61,7 +65,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     with RunStore.open(run_dir, readonly=True) as store:
         trials, archive = store.trials(), store.archive()
-        baselines = json.loads(store.get_meta("baselines") or "{}")
+        baselines = searched_baselines(store)
         cfg_json, stop, groups = store.config_json(), read_stop(store), run_failure_groups(store)
         ranked = ranking(store)
         experts = baseline_scores(store)
@@ -85,10 +89,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:
         facts.append(_winner_fact(ranked))
-    note = winner_note(ranked, experts, cons is not None)
-    facts += [note] if note else []
-    grid = lambda_grid_line(baselines)
-    facts += [grid] if grid else []
+    facts += baseline_notes(ranked, experts, cons is not None, baselines)
     blocks = _blocks(run_dir, facts, rows, tasks, groups, plots, ranked, experts)
     _write(out / "report.md", to_markdown(blocks))
     _write(out / "report.html", to_html(blocks, f"evomerge run {run_dir}"))

@@ -17,20 +17,26 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from evomerge.baselines import TA_LABEL
+from evomerge.baselines import TA_LABEL, lambda_grid_line
 from evomerge.recipe import Recipe
 
 META_KEY = "validation_baselines"
 
 
 def stored_baselines(store: Any) -> dict[str, dict]:
+    """The baselines' validation scores (label -> {fitness, scores, error})."""
     return json.loads(store.get_meta(META_KEY) or "{}")
+
+
+def searched_baselines(store: Any) -> dict[str, dict]:
+    """The baselines as scored on the search's items, in their order (``baselines.py``)."""
+    return json.loads(store.get_meta("baselines") or "{}")
 
 
 def baselines_to_validate(store: Any, labelled: Sequence[tuple[str, Recipe]]) -> list:
     """The (label, recipe) pairs that scored on the search's items and have no validation
     score yet (one that failed the search would only fail again)."""
-    searched = json.loads(store.get_meta("baselines") or "{}")
+    searched = searched_baselines(store)
     done = stored_baselines(store)
     return [
         (label, r)
@@ -42,7 +48,7 @@ def baselines_to_validate(store: Any, labelled: Sequence[tuple[str, Recipe]]) ->
 def baseline_scores(store: Any) -> dict[str, tuple[float | None, float | None]]:
     """label -> (search fitness, validation score): the baselines in their order; None where
     not scored (failed on the search, or not validated yet), NaN for a failed validation."""
-    searched = json.loads(store.get_meta("baselines") or "{}")
+    searched = searched_baselines(store)
     validated = stored_baselines(store)
 
     def held_out(label: str) -> float | None:
@@ -103,3 +109,10 @@ def winner_note(ranked: Any, baselines: dict, constrained: bool = False) -> str 
         return None
     fits = {label: fit for label, (fit, _) in baselines.items()}
     return above_winner(w.fitness, fits, "the search's items")
+
+
+def baseline_notes(ranked: Any, scores: dict, constrained: bool, searched: dict) -> list[str]:
+    """What ``status`` and the report say under the baselines: the note when one beats the
+    winner, and task arithmetic's lambda grid."""
+    lines = [winner_note(ranked, scores, constrained), lambda_grid_line(searched)]
+    return [line for line in lines if line]

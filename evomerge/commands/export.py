@@ -63,14 +63,12 @@ def export(
 
 
 def _export_task_arithmetic(run_dir: Path, out_file: Path, fmt: str) -> int:
-    import json
-
     from evomerge.baselines import stored_task_arithmetic
     from evomerge.store import RunStore
-    from evomerge.validation_baselines import baseline_scores, score_text
+    from evomerge.validation_baselines import baseline_scores, score_text, searched_baselines
 
     with RunStore.open(run_dir, readonly=True) as st:
-        found = stored_task_arithmetic(json.loads(st.get_meta("baselines") or "{}"))
+        found = stored_task_arithmetic(searched_baselines(st))
         scores = baseline_scores(st)
     if found is None:
         raise UserInputError(
