@@ -147,7 +147,8 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
 
 
 def _stop_on_failed_baselines(s, data: dict) -> None:
-    """Every unmerged model failing means the fitness is broken: stop before the budget goes."""
+    """Every baseline failing (each unmerged model, and task arithmetic when scored) means the
+    fitness is broken: stop before the budget goes."""
     groups = group_failures(baseline_failures(data))
     more = f" (and {len(groups) - 1} other reasons)" if len(groups) > 1 else ""
     record_stop(s.store, "baselines_failed", groups[0].reason + more)
