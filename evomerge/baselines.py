@@ -21,6 +21,7 @@ from evomerge.errors import UserInputError
 from evomerge.failures import FailureLog, baseline_failures, group_failures
 from evomerge.recipe import ModelRef, Recipe
 from evomerge.stop_reason import record_stop
+from evomerge.workers.base import JobResult
 
 
 def baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
@@ -75,17 +76,55 @@ def all_baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
 
 
 def _best_lambda(grid: list[tuple[str, Recipe]], scored: dict[str, dict]) -> dict[str, dict]:
-    """The task-arithmetic lambda that scored best (the first of equals), with the grid's
-    fitness per lambda and its recipe (for ``export --task-arithmetic``); the first failure
-    when every lambda failed."""
+    """The task-arithmetic lambda that scored best on every item (the first of equals), with
+    the grid's fitness per lambda and its recipe (for ``export --task-arithmetic``); the first
+    failure when every lambda failed. A raced grid (``_race_grid``) also keeps, under
+    ``raced``, the items each lambda stopped after and the pool size: their fitness is the mean
+    over those items, and only the lambdas scored on every item compete."""
     tried = {label: scored[label] for label, _ in grid}
     ok = {k: v for k, v in tried.items() if v["fitness"] is not None}
     if not ok:
         return {TA_LABEL: next(iter(tried.values()))}
-    label = max(ok, key=lambda k: ok[k]["fitness"])  # max keeps the first of equals
-    lambdas = {k.split("=", 1)[1]: v["fitness"] for k, v in tried.items()}
-    recipe = dict(grid)[label].to_yaml()
-    return {label: {**ok[label], "lambdas": lambdas, "recipe": recipe}}
+    # (the race's leader is scored on every item; only if it failed on a later slice do the
+    # others' partial means compete)
+    full = {k: v for k, v in ok.items() if not _partial(v)} or ok
+    label = max(full, key=lambda k: full[k]["fitness"])  # max keeps the first of equals
+    lambdas = {_lam(k): v["fitness"] for k, v in tried.items()}
+    entry = {k: v for k, v in full[label].items() if k not in ("items", "of")}
+    entry.update(lambdas=lambdas, recipe=dict(grid)[label].to_yaml())
+    stopped = {_lam(k): v["items"] for k, v in ok.items() if _partial(v)}
+    if stopped:
+        entry["raced"] = {"stopped": stopped, "of": full[label]["of"]}
+    return {label: entry}
+
+
+def _lam(label: str) -> str:
+    return label.split("=", 1)[1]
+
+
+def _partial(entry: dict) -> bool:
+    return "items" in entry and entry["items"] < entry["of"]
+
+
+def _race_grid(s, grid: list[tuple[str, Recipe]]) -> list[tuple[JobResult, dict]]:
+    """(result, item counts) per lambda, the grid raced for its best under ``fitness.racing``
+    (``evomerge.racing`` with a need of 1 and no archive place, the search's slices and item
+    order): a lambda surely below the leader stops early and keeps its mean so far, so the grid
+    can cost little more than its best lambda's one full evaluation. A lambda stopped wrongly
+    would lower the bar and flatter the search, so the grid is raced more strictly than the
+    search may be: no indifference zone (on a hard target every lambda scores 0 on the first
+    items, and tied lambdas must not stop: the best may score only later) and a confidence of
+    at least 0.95."""
+    from evomerge.racing import Racer
+
+    racer = s.loop.racer
+    strict = {"indifference": 0.0, "confidence": max(racer.cfg.confidence, 0.95)}
+    rules = racer.cfg.model_copy(update={"settle": "order", **strict})  # the best: every item
+    pool = racer.run_pool
+    out = Racer(rules, pool, racer.fitness, need=1, places=0).race(
+        s.evaluator, [r for _, r in grid], []
+    )
+    return [(r, {"items": m, "of": pool.size}) for r, m in zip(out.results, out.items, strict=True)]
 
 
 def _task_arithmetic_entry(baselines: dict) -> tuple[str, dict] | None:
@@ -104,13 +143,21 @@ def stored_task_arithmetic(baselines: dict) -> tuple[str, dict] | None:
 
 def lambda_grid_line(baselines: dict) -> str | None:
     """The task-arithmetic grid as scored on the search's items, for ``status`` and the report
-    (None when the run has no grid of two or more lambdas)."""
+    (None when the run has no grid of two or more lambdas); a lambda raced out early reads
+    ``λ 1 0.0100 (10 of 80 items)``."""
     found = _task_arithmetic_entry(baselines)
     grid = (found[1].get("lambdas") or {}) if found else {}
     if len(grid) < 2:
         return None
-    shown = ", ".join(f"λ {k} {'FAIL' if v is None else f'{v:.4f}'}" for k, v in grid.items())
-    return f"{TA_LABEL} on the search items: {shown} (the best is the baseline)"
+    raced = found[1].get("raced") or {}
+    stopped, of = raced.get("stopped", {}), raced.get("of")
+
+    def shown(lam: str, v: float | None) -> str:
+        value = "FAIL" if v is None else f"{v:.4f}"
+        return f"λ {lam} {value}" + (f" ({stopped[lam]} of {of} items)" if lam in stopped else "")
+
+    listed = ", ".join(shown(k, v) for k, v in grid.items())
+    return f"{TA_LABEL} on the search items: {listed} (the best is the baseline)"
 
 
 def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
@@ -122,28 +169,46 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     if stored is not None and len(baseline_failures(stored)) < len(stored):
         return
     unmerged, grid = baseline_recipes(s.experiment), task_arithmetic_recipes(s.experiment)
-    labels, recipes = zip(*unmerged, *grid, strict=True)
-    results = s.evaluator.evaluate(list(recipes))
+    racing = getattr(s.loop, "racer", None) is not None and len(grid) > 1
+    if racing:  # the unmerged models are scored in full, the grid raced on its own
+        done = [(r, {}) for r in s.evaluator.evaluate([r for _, r in unmerged])]
+        done += _race_grid(s, grid)
+    else:  # one batch: every worker busy
+        done = [(r, {}) for r in s.evaluator.evaluate([r for _, r in [*unmerged, *grid]])]
     scored = {
         label: {
             "fitness": r.fitness if r.ok else None,
             "error": r.error,
             "scores": r.result.scores if r.result else {},
+            **items,
         }
-        for label, r in zip(labels, results, strict=True)
+        for (label, _), (r, items) in zip([*unmerged, *grid], done, strict=True)
     }
     data = {label: scored[label] for label, _ in unmerged}
     if grid:
         data.update(_best_lambda(grid, scored))
     s.store.set_meta("baselines", json.dumps(data))
     for label, b in data.items():
-        tried = f" (best of λ {', '.join(b['lambdas'])})" if len(b.get("lambdas", ())) > 1 else ""
+        tried = (
+            f" (best of λ {', '.join(b['lambdas'])}{_raced_note(b)})"
+            if len(b.get("lambdas", ())) > 1
+            else ""
+        )
         if b["fitness"] is not None:
             say(f"{label}: fitness {b['fitness']:.4f}{tried}")
         elif not log.note(label, b["error"]):
             say(f"{label}: fitness FAIL (a reason printed above)")
     if data and len(baseline_failures(data)) == len(data):
         _stop_on_failed_baselines(s, data)
+
+
+def _raced_note(entry: dict) -> str:
+    """``; raced, stopped early: λ 0.75 on 10, λ 1 on 20 of 80 items`` for a raced grid."""
+    raced = entry.get("raced")
+    if not raced:
+        return ""
+    stopped = ", ".join(f"λ {lam} on {m}" for lam, m in raced["stopped"].items())
+    return f"; raced, stopped early: {stopped} of {raced['of']} items"
 
 
 def _stop_on_failed_baselines(s, data: dict) -> None:

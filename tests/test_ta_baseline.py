@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -106,6 +107,110 @@ def test_search_keeps_the_best_lambda_beside_the_experts_and_validates_it(tmp_pa
     assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(best, abs=1e-12)
     assert evaluate(recipe_path, exp, as_json=True, split="validation") == 0
     assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(held_out, abs=1e-12)
+
+
+def test_with_racing_the_grid_is_raced_for_its_best(tmp_path, capsys):
+    """Under ``fitness.racing`` the lambdas race for the best (the search's rules): on the
+    shipped racing example the three weak lambdas stop after the first slice and the best is
+    scored on every item, to the value `evomerge eval` gives its recipe, at a third of the
+    grid's full cost."""
+    from evomerge.commands.evaluate import evaluate
+
+    exp = Path(__file__).parent.parent / "experiments" / "toy_cross_racing.yaml"
+    run = tmp_path / "run"
+    assert search(exp, run, max_evals=8) == 0
+    with RunStore.open(run, readonly=True) as st:
+        stored = json.loads(st.get_meta("baselines"))
+    (label,) = [k for k in stored if k.startswith("task arithmetic")]
+    entry = stored[label]
+    raced, grid = entry["raced"], entry["lambdas"]
+    of, best = raced["of"], entry["fitness"]
+    assert raced["stopped"] and all(0 < m < of for m in raced["stopped"].values())
+    assert label == f"task arithmetic λ={max(grid, key=grid.get)}" and best == max(grid.values())
+    assert set(raced["stopped"]) | {label.split("=")[1]} == set(grid)  # all but the best stop
+    spent = sum(raced["stopped"].values()) + of
+    assert spent <= len(grid) * of / 2
+    printed = capsys.readouterr()
+    stops = ", ".join(f"λ {lam} on {m}" for lam, m in raced["stopped"].items())
+    assert f"raced, stopped early: {stops} of {of} items)" in printed.out + printed.err
+    assert status(run) == 0
+    shown = capsys.readouterr().out
+    for lam, m in raced["stopped"].items():
+        assert f"λ {lam} {grid[lam]:.4f} ({m} of {of} items)" in shown
+    recipe_path = tmp_path / "ta.yaml"
+    assert export(run, recipe_path, task_arithmetic=True) == 0
+    capsys.readouterr()
+    assert evaluate(recipe_path, exp, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(best, abs=1e-12)
+
+
+LATE_PY = """\
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+NAME = "model.layers.0.mlp.up_proj.weight"
+BASE = load_file("{base}/model.safetensors")[NAME]
+
+
+def score(model, tokenizer, items=None):
+    # 0 on the items racing scores first (listed in first.json); each other item is the
+    # merge's distance from the base in one matrix, lambda times that of the summed task
+    # vectors: the best lambda shows only after the first slice
+    first = set(json.loads((Path(__file__).parent / "first.json").read_text()))
+    dist = float((model.state_dict()[NAME].float() - BASE.float()).norm())
+    vals = [0.0 if p in first else dist for p in (range(40) if items is None else items)]
+    return vals if items is not None else sum(vals) / len(vals)
+
+
+score.n_items = 40
+"""
+
+
+def test_lambdas_tied_on_the_first_items_are_not_raced_out(tmp_path):
+    """On a hard target every lambda scores 0 on the first slice; the search's indifference
+    zone would call them tied and stop all but the first. The grid races without it, so the
+    best lambda, seen only after the first slice, is still the one kept, scored on every
+    item."""
+    from evomerge.fitness import build_fitness
+    from evomerge.fitness.items import ItemPool
+    from tests.helpers.search_fixtures import make_family
+
+    family = make_family(tmp_path / "family")
+    (tmp_path / "late.py").write_text(LATE_PY.format(base=family["base"]))
+    (tmp_path / "first.json").write_text("[]")
+    experts = "".join(f"\n  - {e}" for e in family["experts"])
+    exp = _write(
+        tmp_path,
+        f"""\
+name: late
+models:{experts}
+base_model: {family["base"]}
+space: {{kind: parameter, merge_method: task_arithmetic, layer_groups: 1, params: [weight]}}
+fitness:
+  python: late.py:score
+  racing: {{first_slice: 20, slice: 10, confidence: 0.8, indifference: 0.01}}
+driver: {{name: cma_es, options: {{popsize: 4}}}}
+budget: {{max_evals: 4}}
+""",
+    )
+    cfg = load_experiment(exp)
+    pool = ItemPool.build(build_fitness(cfg.fitness, base_dir=tmp_path), cfg.seed)
+    ((_, first),) = pool.positions(0, 20).items()
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    run = tmp_path / "run"
+    assert search(exp, run) == 0
+    with RunStore.open(run, readonly=True) as st:
+        stored = json.loads(st.get_meta("baselines"))
+    (label,) = [k for k in stored if k.startswith("task arithmetic")]
+    entry = stored[label]
+    assert label == "task arithmetic λ=1" and entry["fitness"] > 0
+    # each weaker lambda stopped once the next slice told them apart, not on the tied ones
+    assert entry["raced"] == {"stopped": {"0.25": 30, "0.5": 30, "0.75": 30}, "of": 40}
+    full = entry["fitness"] * 40 / 20  # lambda 1's distance: its value on each later item
+    for lam in ("0.25", "0.5", "0.75"):  # the mean over 30 items, 10 of them at its distance
+        assert entry["lambdas"][lam] == pytest.approx(float(lam) * full / 3)
 
 
 def test_where_it_does_not_apply_there_is_none(tmp_path):
