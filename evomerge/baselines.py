@@ -5,6 +5,9 @@ where the space merges task vectors against a base model, task arithmetic (Ilhar
 with lambda chosen on the search's items among ``baselines.task_arithmetic``, as the paper
 chooses it on held-out data. A study of merging off-the-shelf fine-tunes (arXiv 2511.21437)
 found it the one simple merge that reliably beats the base: the bar a search must clear.
+Where a parameter space has no base model, that bar is the uniform soup instead (Wortsman et
+al. 2022, "Model soups: averaging weights of multiple fine-tuned models improves accuracy
+without increasing inference time": the plain average of the models' weights).
 
 They are also the fitness's smoke test: when every one of them fails, the fitness is broken
 (an exception, a wrong return value), not the merges, and the search stops before it spends its
@@ -69,10 +72,43 @@ def task_arithmetic_recipes(experiment) -> list[tuple[str, Recipe]]:
     ]
 
 
+SOUP_LABEL = "uniform soup"
+
+
+def uniform_soup_recipes(experiment) -> list[tuple[str, Recipe]]:
+    """(label, recipe) of the uniform soup, every model at the same weight in a linear merge:
+    in a parameter space without a base model and with two models or more (with a base model
+    task arithmetic is the bar, and at lambda 1/n it is this average); none with
+    ``baselines.uniform_soup: false``."""
+    from evomerge.spaces.parameter import tokenizer_source_path
+
+    cfg, models = experiment.cfg, list(experiment.models)
+    if not cfg.baselines.uniform_soup or cfg.space.kind != "parameter":
+        return []
+    if experiment.base is not None or len(models) < 2:
+        return []
+    recipe = Recipe(
+        merge_method="linear",
+        models=[ModelRef(model=m, parameters={"weight": 1.0}) for m in models],
+        dtype=cfg.space.dtype,
+        tokenizer_source=tokenizer_source_path(cfg.space.tokenizer_source, models, None),
+    )
+    return [(SOUP_LABEL, recipe)]
+
+
+def is_simple_merge(label: str) -> bool:
+    """A baseline that merges (task arithmetic, the uniform soup), not a model alone."""
+    return label.startswith(TA_LABEL) or label == SOUP_LABEL
+
+
 def all_baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
-    """Every baseline a search may have stored: the unmerged models and each task-arithmetic
-    lambda (a store keeps the best lambda's only)."""
-    return [*baseline_recipes(experiment), *task_arithmetic_recipes(experiment)]
+    """Every baseline a search may have stored: the unmerged models, the uniform soup and each
+    task-arithmetic lambda (a store keeps the best lambda's only)."""
+    return [
+        *baseline_recipes(experiment),
+        *uniform_soup_recipes(experiment),
+        *task_arithmetic_recipes(experiment),
+    ]
 
 
 def _best_lambda(grid: list[tuple[str, Recipe]], scored: dict[str, dict]) -> dict[str, dict]:
@@ -161,16 +197,18 @@ def lambda_grid_line(baselines: dict) -> str | None:
 
 
 def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
-    """Score each expert, the base model and task arithmetic's lambdas once, so the winner is
-    printed against them (not search candidates; the best lambda is stored, its grid with it).
+    """Score each expert, the base model, the uniform soup or task arithmetic's lambdas once,
+    so the winner is printed against them (not search candidates; the best lambda is stored,
+    its grid with it).
     A run whose baselines all failed scores them again (on resume, after the user fixed the
     fitness) and stops if they still all fail."""
     stored = json.loads(s.store.get_meta("baselines") or "null")
     if stored is not None and len(baseline_failures(stored)) < len(stored):
         return
-    unmerged, grid = baseline_recipes(s.experiment), task_arithmetic_recipes(s.experiment)
+    unmerged = [*baseline_recipes(s.experiment), *uniform_soup_recipes(s.experiment)]
+    grid = task_arithmetic_recipes(s.experiment)
     racing = getattr(s.loop, "racer", None) is not None and len(grid) > 1
-    if racing:  # the unmerged models are scored in full, the grid raced on its own
+    if racing:  # the models alone are scored in full, the grid raced on its own
         done = [(r, {}) for r in s.evaluator.evaluate([r for _, r in unmerged])]
         done += _race_grid(s, grid)
     else:  # one batch: every worker busy

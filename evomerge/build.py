@@ -68,7 +68,7 @@ class Search:
                 from evomerge.validation import rescore_archive
 
                 self.evaluator.close()  # its workers go before the validation workers come
-                experts = all_baseline_recipes(self.experiment)  # and base, task arithmetic
+                experts = all_baseline_recipes(self.experiment)  # and base, the simple merges
                 rescore_archive(self.cfg, self.store, self._validation_evaluator, self.say, experts)
             return final
         finally:

@@ -121,6 +121,9 @@ class BaselinesConfig(_Frozen):
     task_arithmetic: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     """lambdas of the task-arithmetic baseline (the experts' summed task vectors times lambda, added to the base): each is scored before the search (raced for the best under fitness.racing) and the best on the search items is kept beside the experts; [] skips it (parameter and fw_pool spaces with a base_model only)"""
 
+    uniform_soup: bool = True
+    """score the uniform soup (every model at the same weight, a linear merge) as the bar in a parameter space without a base_model; false skips it"""
+
     @field_validator("task_arithmetic")
     @classmethod
     def _lambdas(cls, v: list[float]) -> list[float]:

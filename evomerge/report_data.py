@@ -11,7 +11,7 @@ from statistics import median
 
 import numpy as np
 
-from evomerge.baselines import TA_LABEL
+from evomerge.baselines import is_simple_merge
 from evomerge.store import Trial
 
 
@@ -20,7 +20,7 @@ class Row:
     """One model of the per-task comparison."""
 
     name: str
-    kind: str  # "merge" | "expert" | "base" | "simple" (the task-arithmetic baseline)
+    kind: str  # "merge" | "expert" | "base" | "simple" (task arithmetic, the uniform soup)
     fitness: float | None  # None: failed
     scores: dict[str, float] = field(default_factory=dict)  # finite scores only
     digest: str = ""
@@ -46,7 +46,7 @@ def model_rows(top: list[Trial], baselines: dict, partial: Set[int] = frozenset(
     for label, b in baselines.items():
         name = baseline_label(label)
         kind = "base" if name.startswith("base") else "expert"
-        kind = "simple" if name.startswith(TA_LABEL) else kind
+        kind = "simple" if is_simple_merge(name) else kind
         rows.append(Row(name, kind, b.get("fitness"), _finite(b.get("scores") or {})))
     return rows
 

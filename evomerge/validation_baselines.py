@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from evomerge.baselines import TA_LABEL, lambda_grid_line
+from evomerge.baselines import SOUP_LABEL, TA_LABEL, lambda_grid_line
 from evomerge.recipe import Recipe
 
 META_KEY = "validation_baselines"
@@ -69,11 +69,11 @@ def above_winner(winner: float, scores: dict[str, float | None], on: str) -> str
     label, best = max(finite.items(), key=lambda kv: kv[1])
     if best <= winner:
         return None
-    how = (
-        " (`evomerge export RUN --out FILE --task-arithmetic` writes it)"
-        if label.startswith(TA_LABEL)
-        else ""
-    )
+    how = ""
+    if label.startswith(TA_LABEL):
+        how = " (`evomerge export RUN --out FILE --task-arithmetic` writes it)"
+    elif label == SOUP_LABEL:
+        how = " (a linear merge, every model at weight 1)"
     return (
         f"note: {label} scores {best:.4f} on {on}, above the winner's {winner:.4f}: "
         f"no merge this search kept beats it{how}"

@@ -1,8 +1,9 @@
 """The task-arithmetic baseline (Ilharco et al. 2023): scored before the search over a grid of
 lambdas on lm-skills' real zoo, the best lambda on the search's items kept beside the experts
 and the base, validated with them, exported by `export --task-arithmetic`, equal to that
-recipe scored by `evomerge eval`, skipped where it does not apply and refused in one line when
-mis-set."""
+recipe scored by `evomerge eval`, raced under fitness.racing, skipped where it does not apply
+and refused in one line when mis-set; and the uniform soup, the bar where there is no base
+model."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.baselines import task_arithmetic_recipes
+from evomerge.baselines import task_arithmetic_recipes, uniform_soup_recipes
 from evomerge.config import load_experiment
 from evomerge.errors import UserInputError
 from evomerge.experiment import resolve_experiment
@@ -226,8 +227,71 @@ def test_where_it_does_not_apply_there_is_none(tmp_path):
     assert recipes(EXPERIMENT + "baselines: {task_arithmetic: [0.3]}\n")[0][0].endswith("0.3")
     assert recipes(EXPERIMENT + "baselines: {task_arithmetic: []}\n") == []
     assert recipes(EXPERIMENT.replace("base_model: zoo:lm-skills/base\n", "")) == []
+    soup = uniform_soup_recipes(
+        resolve_experiment(load_experiment(_write(tmp_path, SOUP)), tmp_path / "run")
+    )
+    assert [lab for lab, _ in soup] == ["uniform soup"]
+    assert [m.parameters for m in soup[0][1].models] == [{"weight": 1.0}] * 4
+    with_base = resolve_experiment(load_experiment(_write(tmp_path, EXPERIMENT)), tmp_path / "r")
+    assert uniform_soup_recipes(with_base) == []  # task arithmetic is the bar there
+    off = _write(tmp_path, SOUP + "baselines: {uniform_soup: false}\n")
+    assert uniform_soup_recipes(resolve_experiment(load_experiment(off), tmp_path / "o")) == []
+    soup_dfs = SOUP.replace(
+        "{kind: parameter, merge_method: linear, layer_groups: 1, params: [weight]}",
+        "{kind: dataflow}",
+    )
+    assert (
+        uniform_soup_recipes(
+            resolve_experiment(load_experiment(_write(tmp_path, soup_dfs)), tmp_path / "d")
+        )
+        == []
+    )
     dataflow = EXPERIMENT.replace("{preset: ps_dare_ties, layer_groups: 1}", "{kind: dataflow}")
     assert recipes(dataflow) == []
+
+
+SOUP = """\
+name: soup
+models: [zoo:lm-skills/cipher, zoo:lm-skills/shift, zoo:lm-skills/sort, zoo:lm-skills/reverse]
+space: {kind: parameter, merge_method: linear, layer_groups: 1, params: [weight]}
+fitness:
+  tasks: [{kind: zoo, name: skills, evaluator: skills, options: {limit: 20}}]
+  validation: {items: 20}
+driver: {name: cma_es, options: {popsize: 4}}
+budget: {max_evals: 4}
+"""
+
+
+def test_without_a_base_model_the_bar_is_the_uniform_soup(tmp_path, capsys):
+    """No base model, so no task vectors: the bar is the plain average of the models (Model
+    soups, Wortsman et al. 2022), scored beside the experts and validated with them, to the
+    value `evomerge eval` gives a linear merge of every model at weight 1."""
+    from evomerge.commands.evaluate import evaluate
+    from evomerge.report_data import model_rows
+
+    exp, run = _write(tmp_path, SOUP), tmp_path / "run"
+    assert search(exp, run) == 0
+    printed = capsys.readouterr()
+    with RunStore.open(run, readonly=True) as st:
+        stored = json.loads(st.get_meta("baselines"))
+        both = baseline_scores(st)
+    assert list(stored) == [f"expert {e}" for e in ("cipher", "shift", "sort", "reverse")] + [
+        "uniform soup"
+    ]
+    fit, held_out = both["uniform soup"]
+    assert fit is not None and held_out is not None and math.isfinite(held_out)
+    assert f"uniform soup: fitness {fit:.4f}" in printed.out + printed.err
+    kinds = {r.name: r.kind for r in model_rows([], stored)}
+    assert kinds["uniform soup"] == "simple" and kinds["expert cipher"] == "expert"
+    models = "".join(
+        f"\n  - model: zoo:lm-skills/{e}\n    parameters: {{weight: 0.3}}"
+        for e in ("cipher", "shift", "sort", "reverse")
+    )
+    (tmp_path / "avg.yaml").write_text(f"merge_method: linear\nmodels:{models}\n")
+    assert evaluate(tmp_path / "avg.yaml", exp, as_json=True) == 0  # equal weights, normalized
+    assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(fit, abs=1e-6)
+    assert evaluate(tmp_path / "avg.yaml", exp, as_json=True, split="validation") == 0
+    assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(held_out, abs=1e-6)
 
 
 def test_export_of_a_run_without_the_baseline_is_refused(tmp_path):
