@@ -208,7 +208,7 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     unmerged = [*baseline_recipes(s.experiment), *uniform_soup_recipes(s.experiment)]
     grid = task_arithmetic_recipes(s.experiment)
     racing = getattr(s.loop, "racer", None) is not None and len(grid) > 1
-    if racing:  # the models alone are scored in full, the grid raced on its own
+    if racing:  # the models alone (and a soup) are scored in full, the grid raced on its own
         done = [(r, {}) for r in s.evaluator.evaluate([r for _, r in unmerged])]
         done += _race_grid(s, grid)
     else:  # one batch: every worker busy
@@ -250,7 +250,7 @@ def _raced_note(entry: dict) -> str:
 
 
 def _stop_on_failed_baselines(s, data: dict) -> None:
-    """Every baseline failing (each unmerged model, and task arithmetic when scored) means the
+    """Every baseline failing (each unmerged model, and the simple merge when scored) means the
     fitness is broken: stop before the budget goes."""
     groups = group_failures(baseline_failures(data))
     more = f" (and {len(groups) - 1} other reasons)" if len(groups) > 1 else ""
