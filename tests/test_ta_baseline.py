@@ -292,6 +292,11 @@ def test_without_a_base_model_the_bar_is_the_uniform_soup(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(fit, abs=1e-6)
     assert evaluate(tmp_path / "avg.yaml", exp, as_json=True, split="validation") == 0
     assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(held_out, abs=1e-6)
+    # the base plus a quarter of the four task vectors is the same average, computed another way
+    ta = f"merge_method: task_arithmetic\nbase_model: zoo:lm-skills/base\nmodels:{models}\n"
+    (tmp_path / "ta.yaml").write_text(ta.replace("weight: 0.3", "weight: 0.25"))
+    assert evaluate(tmp_path / "ta.yaml", exp, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(fit, abs=1e-6)
 
 
 def test_export_of_a_run_without_the_baseline_is_refused(tmp_path):
