@@ -39,6 +39,7 @@ def baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
     return list(zip(labels, recipes, strict=True))
 
 
+ITEM_EVALS_KEY = "baselines_item_evals"  # meta: the item evaluations the baselines cost
 TA_LABEL = "task arithmetic"
 TA_SPACES = ("parameter", "fw_pool")  # their experts share the base's shapes by construction
 
@@ -226,6 +227,8 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     if grid:
         data.update(_best_lambda(grid, scored))
     s.store.set_meta("baselines", json.dumps(data))
+    spent = sum(items.get("items", r.item_evals) for r, items in done)
+    s.store.set_meta(ITEM_EVALS_KEY, json.dumps(spent))
     for label, b in data.items():
         tried = (
             f" (best of λ {', '.join(b['lambdas'])}{_raced_note(b)})"
@@ -238,6 +241,13 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
             say(f"{label}: fitness FAIL (a reason printed above)")
     if data and len(baseline_failures(data)) == len(data):
         _stop_on_failed_baselines(s, data)
+
+
+def stored_item_evals(store) -> int | None:
+    """The item evaluations the search's baselines cost (outside the budget); None before they
+    were scored, or in a run from before this count."""
+    spent = store.get_meta(ITEM_EVALS_KEY)
+    return None if spent is None else int(json.loads(spent))
 
 
 def _raced_note(entry: dict) -> str:

@@ -395,10 +395,10 @@ class SearchLoop:
         ahead) and the items each was scored on."""
         if tickets is not None:
             results = [self._collect(tickets[r.digest()]) for r in recipes]
-            return results, [_items_in(r) for r in results]
+            return results, [r.item_evals for r in results]
         if self.racer is None:
             results = self.evaluator.evaluate(recipes)
-            return results, [_items_in(r) for r in results]
+            return results, [r.item_evals for r in results]
         self.racer.start_generation(self.state.generation)
         values, weights = self._archive_values()
         out = self.racer.race(self.evaluator, recipes, values, weights)
@@ -515,13 +515,6 @@ class _Told(NamedTuple):
     records: list[_CandRec]
     results: list[JobResult]
     recipes: list[Recipe | Exception]
-
-
-def _items_in(r: JobResult) -> int:
-    """Item evaluations of a plain evaluation: the per-example values it returned."""
-    if r.result is None:
-        return 0
-    return sum(len(t.per_example) for t in r.result.tasks.values())
 
 
 def _item_arrays(pool: Any, store: RunStore, idx: int) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from evomerge.report_data import (
     best_genes,
     item_count,
     model_rows,
+    outside_budget,
     task_names,
 )
 from evomerge.report_doc import (
@@ -69,7 +70,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
         cfg_json, stop, groups = store.config_json(), read_stop(store), run_failure_groups(store)
         ranked = ranking(store)
         experts = baseline_scores(store)
-        items, partial = store.item_evals(), store.partial_idx()
+        items, partial, outside = store.item_evals(), store.partial_idx(), outside_budget(store)
     by_idx = {t.idx: t for t in trials}
     top = [by_idx[e.idx] for e in archive if e.idx in by_idx]
     rows = model_rows(top, baselines, partial)
@@ -84,7 +85,8 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     ]
     plots = [p for p in plots if p is not None]
     facts = _facts(run_dir, json.loads(cfg_json), trials, top, stop, partial)
-    count = item_count(items, exp.budget.max_item_evals, exp.fitness.racing, len(partial))
+    racing = exp.fitness.racing
+    count = item_count(items, exp.budget.max_item_evals, racing, len(partial), outside)
     facts += [f"item evaluations: {count}"]
     facts += summary_lines(cons, trials) if cons is not None else []
     if ranked.enabled:

@@ -4,7 +4,7 @@ merges, each expert, the base), the fitness curves and the best recipe's genes."
 from __future__ import annotations
 
 import math
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -126,11 +126,29 @@ def best_genes(best: Trial | None, cfg_json: str, run_dir) -> tuple[list[str], l
         return [f"g{i}" for i in range(len(x))], list(x), "best candidate: raw genes"
 
 
-def item_count(items: int, budget: int | None, racing, stopped: int) -> str:
+def item_count(
+    items: int,
+    budget: int | None,
+    racing,
+    stopped: int,
+    outside: Mapping[str, int | None] | None = None,
+) -> str:
     """Item evaluations (one item scored for one candidate: the unit of fitness cost), of the
-    budget if there is one, and, with racing on, how many candidates it stopped before every
-    item: what follows "item evaluations" in status and the report."""
+    budget if there is one, with racing on how many candidates it stopped before every item,
+    and ``outside`` (e.g. {"baselines": 500, "validation": 280}: what else scored items,
+    outside the budget): what follows "item evaluations" in status and the report."""
     text = f"{items}{f'/{budget}' if budget else ''}"
     if racing is not None and racing.enabled:
         text += f"  (racing stopped {stopped} candidate(s) early)"
+    spent = ", ".join(f"{k} {n}" for k, n in (outside or {}).items() if n)
+    if spent:
+        text += f"; outside the budget: {spent}"
     return text
+
+
+def outside_budget(store) -> dict[str, int | None]:
+    """The item evaluations the baselines and validation cost, outside the budget."""
+    from evomerge.baselines import stored_item_evals
+    from evomerge.validation import validation_item_evals
+
+    return {"baselines": stored_item_evals(store), "validation": validation_item_evals(store)}

@@ -112,3 +112,11 @@ class JobResult:
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+    @property
+    def item_evals(self) -> int:
+        """Item evaluations it holds: the per-example values it returned (the unit of fitness
+        cost; 0 for a fitness that returns no per-example values)."""
+        if self.result is None:
+            return 0
+        return sum(len(t.per_example) for t in self.result.tasks.values())

@@ -267,7 +267,19 @@ def _entry(r: Any) -> dict:
         "fitness": finite(r.fitness) if r.ok else None,
         "scores": {k: finite(v) for k, v in scores.items()},
         "error": r.error,
+        "item_evals": r.item_evals,
     }
+
+
+def validation_item_evals(store: Any) -> int | None:
+    """The item evaluations validation cost (archive members and baselines, outside the
+    budget); None before any, or when an entry is from a run before this count."""
+    from evomerge.validation_baselines import stored_baselines
+
+    entries = [*stored(store).values(), *stored_baselines(store).values()]
+    if not entries or any("item_evals" not in e for e in entries):
+        return None
+    return sum(int(e["item_evals"]) for e in entries)
 
 
 def member_line(m: Member) -> str:

@@ -138,6 +138,9 @@ def test_with_racing_the_grid_is_raced_for_its_best(tmp_path, capsys):
     shown = capsys.readouterr().out
     for lam, m in raced["stopped"].items():
         assert f"λ {lam} {grid[lam]:.4f} ({m} of {of} items)" in shown
+    # what the baselines and validation cost beside the search's budget: the experts and the
+    # base on every item, the raced grid; the winner and four baselines on 100 held-out items
+    assert f"outside the budget: baselines {3 * of + spent}, validation {5 * 100}" in shown
     recipe_path = tmp_path / "ta.yaml"
     assert export(run, recipe_path, task_arithmetic=True) == 0
     capsys.readouterr()

@@ -13,7 +13,7 @@ def status(run_dir: Path) -> int:
     from evomerge.config import experiment_from_json
     from evomerge.fitness.constraints import Constraints, summary_lines
     from evomerge.outcome import outcome_lines
-    from evomerge.report_data import item_count
+    from evomerge.report_data import item_count, outside_budget
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
 
@@ -21,7 +21,7 @@ def status(run_dir: Path) -> int:
         cfg = experiment_from_json(st.config_json())
         c, cp = st.counts(), st.last_checkpoint()
         in_flight = asked_ahead(st, cp)
-        items, stopped = st.item_evals(), len(st.partial_idx())
+        items, stopped, outside = st.item_evals(), len(st.partial_idx()), outside_budget(st)
         ranked = ranking(st)
         top = [st.trial(m.idx) for m in ranked.members]
         threads = st.get_meta("threads")
@@ -34,7 +34,7 @@ def status(run_dir: Path) -> int:
         f"generations {c['generations']}  candidates {c['candidates']}  evaluated "
         f"{c['evaluated']}{f'/{budget}' if budget else ''}  failed {c['failed']}"
     )
-    count = item_count(items, cfg.budget.max_item_evals, cfg.fitness.racing, stopped)
+    count = item_count(items, cfg.budget.max_item_evals, cfg.fitness.racing, stopped, outside)
     out.print(f"item evaluations {count}")
     if in_flight:
         out.print(in_flight_line(in_flight))
