@@ -143,6 +143,14 @@ def _partial(entry: dict) -> bool:
     return "items" in entry and entry["items"] < entry["of"]
 
 
+def race_the_grid(n_lambdas: int, n_models: int, workers: int) -> bool:
+    """Whether to race the grid (under ``fitness.racing``): with two lambdas or more, and
+    fewer workers than baselines. Racing scores the models alone first, then the grid in rounds
+    of slices, so where the workers could score every baseline at once (one batch, one wave)
+    the race would save item evaluations but double the wall time before the search starts."""
+    return n_lambdas > 1 and workers < n_models + n_lambdas
+
+
 def _race_grid(s, grid: list[tuple[str, Recipe]]) -> list[tuple[JobResult, dict]]:
     """(result, item counts) per lambda, the grid raced for its best under ``fitness.racing``
     (``evomerge.racing`` with a need of 1 and no archive place, the search's slices and item
@@ -208,8 +216,9 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
         return
     unmerged = [*baseline_recipes(s.experiment), *uniform_soup_recipes(s.experiment)]
     grid = task_arithmetic_recipes(s.experiment)
-    racing = getattr(s.loop, "racer", None) is not None and len(grid) > 1
-    if racing:  # the models alone (and a soup) are scored in full, the grid raced on its own
+    racing = getattr(s.loop, "racer", None) is not None
+    if racing and race_the_grid(len(grid), len(unmerged), s.cfg.workers):
+        # the models alone (and a soup) are scored in full, the grid raced on its own
         done = [(r, {}) for r in s.evaluator.evaluate([r for _, r in unmerged])]
         done += _race_grid(s, grid)
     else:  # one batch: every worker busy

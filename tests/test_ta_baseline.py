@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.baselines import task_arithmetic_recipes, uniform_soup_recipes
+from evomerge.baselines import race_the_grid, task_arithmetic_recipes, uniform_soup_recipes
 from evomerge.config import load_experiment
 from evomerge.errors import UserInputError
 from evomerge.experiment import resolve_experiment
@@ -146,6 +146,14 @@ def test_with_racing_the_grid_is_raced_for_its_best(tmp_path, capsys):
     capsys.readouterr()
     assert evaluate(recipe_path, exp, as_json=True) == 0
     assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(best, abs=1e-12)
+
+
+def test_the_grid_is_raced_only_where_it_saves_wall_time_too():
+    """One batch scores every baseline in one wave when the workers can hold them all; the
+    race (the models alone, then rounds of slices) would double that wall time."""
+    assert race_the_grid(4, 3, workers=1) and race_the_grid(4, 3, workers=6)
+    assert not race_the_grid(4, 3, workers=7) and not race_the_grid(4, 3, workers=16)
+    assert not race_the_grid(1, 3, workers=1)  # one lambda: nothing to race for
 
 
 LATE_PY = """\
