@@ -272,8 +272,8 @@ def _entry(r: Any) -> dict:
 
 
 def validation_item_evals(store: Any) -> int | None:
-    """The item evaluations validation cost (archive members and baselines, outside the
-    budget); None before any, or when an entry is from a run before this count."""
+    """The item evaluations of the validation scores stored (archive members and baselines,
+    outside the budget); None before any, or when an entry is from a run before this count."""
     from evomerge.validation_baselines import stored_baselines
 
     entries = [*stored(store).values(), *stored_baselines(store).values()]
