@@ -52,7 +52,7 @@ from evomerge.racing import meta as racing_meta
 from evomerge.recipe import Recipe
 from evomerge.rng_state import capture_rng, restore_rng
 from evomerge.spaces.base import SearchSpace
-from evomerge.stop_reason import record_stop
+from evomerge.stop_reason import record_stop, stop_detail
 from evomerge.store import CandidateRecord as _CandRec
 from evomerge.store import Checkpoint, RunStore
 from evomerge.told import archive_fitness, constraint_values, objective_entries, told_values
@@ -226,7 +226,7 @@ class SearchLoop:
             if self.on_generation:
                 self.on_generation(self.progress())
         s = self.state
-        record_stop(self.store, reason, f"{s.n_evals} evaluations, {s.n_failed} failed")
+        record_stop(self.store, reason, stop_detail(reason, s, self.budget.max_item_evals))
         return dataclasses.replace(self.progress(), stop_reason=reason)
 
     def progress(self) -> Progress:

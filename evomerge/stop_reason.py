@@ -17,6 +17,8 @@ META_KEY = "stop"
 
 _TEXT = {
     "max_evals": "budget.max_evals reached",
+    "max_item_evals": "budget.max_item_evals reached (checked at generation ends: the last "
+    "generation is scored whole, so it may go over)",
     "max_candidates": "budget.max_candidates reached (most asked recipes were repeats)",
     "max_seconds": "budget.max_seconds reached",
     "driver": "the driver's own stop criterion (converged or exhausted)",
@@ -37,6 +39,15 @@ class StopRecord:
             return "not stopped: the search is still running or was killed; `evomerge resume` continues it"
         text = _TEXT.get(self.reason, self.reason)
         return f"{text}: {self.detail}" if self.detail else text
+
+
+def stop_detail(reason: str | None, state, max_item_evals: int | None) -> str:
+    """``64 evaluations, 0 failed``; when the item budget stopped it, the items spent too
+    (``64 evaluations, 640 item evaluations of 614, 0 failed``)."""
+    items = ""
+    if reason == "max_item_evals":
+        items = f", {state.n_item_evals} item evaluations of {max_item_evals}"
+    return f"{state.n_evals} evaluations{items}, {state.n_failed} failed"
 
 
 def record_stop(store, reason: str | None, detail: str = "") -> None:

@@ -499,6 +499,13 @@ def test_item_budget_stops_the_search(tmp_path, capsys):
     per_gen = 6 * 48
     assert 300 <= sum(spent) < 300 + per_gen  # checked at each generation boundary
     assert sum(spent[:-6]) < 300  # the generation before the last had not reached it
+    # the stop says what was spent against the item budget, in the search and in status
+    n = len(spent)
+    assert f"stopped: max_item_evals; {n} evaluations, {sum(spent)} item evaluations of 300" in out
+    assert status(tmp_path / "run") == 0
+    shown = capsys.readouterr().out
+    assert "budget.max_item_evals reached (checked at generation ends" in shown
+    assert f"{sum(spent)} item evaluations of 300, 0 failed" in shown
 
 
 def _kill_at_random(cmd: list[str], run: Path, rng: random.Random) -> bool:

@@ -131,7 +131,7 @@ def _drive(s, stop: threading.Event, relay: _Relay) -> int:
     except BaseException:
         s.close()
         raise
-    return _finish(final, s.run_dir)
+    return _finish(final, s.run_dir, s.cfg.budget.max_item_evals)
 
 
 def _overrides(max_evals, max_seconds, seed, workers, ray_address) -> dict:
@@ -149,8 +149,9 @@ def _total(max_total_seconds: float | None) -> dict:
     return {} if max_total_seconds is None else {"budget.max_total_seconds": max_total_seconds}
 
 
-def _finish(final: Progress, run_dir: Path) -> int:
+def _finish(final: Progress, run_dir: Path, max_item_evals: int | None) -> int:
     from evomerge.fitness.constraints import run_is_constrained
+    from evomerge.stop_reason import stop_detail
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
     from evomerge.validation_baselines import baseline_line, baseline_scores, winner_note
@@ -159,10 +160,8 @@ def _finish(final: Progress, run_dir: Path) -> int:
         baselines = baseline_scores(st)
         ranked = ranking(st)
         constrained = run_is_constrained(st)
-    out.print(
-        f"stopped: {final.stop_reason}; {final.n_evals} evaluations, "
-        f"{final.n_failed} failed, {final.elapsed:.0f} s"
-    )
+    spent = stop_detail(final.stop_reason, final, max_item_evals)
+    out.print(f"stopped: {final.stop_reason}; {spent}, {final.elapsed:.0f} s")
     if final.best_digest is None and constrained and final.n_evals > final.n_failed:
         out.print(
             "no feasible candidate: none met every bound of fitness.constraints, so there is no "
