@@ -111,9 +111,9 @@ def test_search_keeps_the_best_lambda_beside_the_experts_and_validates_it(tmp_pa
 
 
 def test_with_racing_the_grid_is_raced_for_its_best(tmp_path, capsys):
-    """Under ``fitness.racing`` the lambdas race for the best (the search's rules): on the
-    shipped racing example the three weak lambdas stop after the first slice and the best is
-    scored on every item, to the value `evomerge eval` gives its recipe, at a third of the
+    """Under ``fitness.racing`` the lambdas race for the best (the search's slices and item
+    order): on the shipped racing example the three weak lambdas stop early and the best is
+    scored on every item, to the value `evomerge eval` gives its recipe, at under half the
     grid's full cost."""
     from evomerge.commands.evaluate import evaluate
 
