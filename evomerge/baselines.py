@@ -186,6 +186,16 @@ def stored_task_arithmetic(baselines: dict) -> tuple[str, dict] | None:
     return found
 
 
+def stored_soup(baselines: dict) -> tuple[str, dict] | None:
+    """(label, entry) of the run's uniform-soup baseline that scored, with its recipe; None when
+    there is none (a base model, one model, a data-flow space, ``uniform_soup: false``, it
+    failed, or a run from before it)."""
+    entry = baselines.get(SOUP_LABEL)
+    if entry is None or entry.get("fitness") is None or not entry.get("recipe"):
+        return None
+    return SOUP_LABEL, entry
+
+
 def lambda_grid_line(baselines: dict) -> str | None:
     """The task-arithmetic grid as scored on the search's items, for ``status`` and the report
     (None when the run has no grid of two or more lambdas); a lambda raced out early reads
@@ -233,6 +243,8 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
         for (label, _), (r, items) in zip([*unmerged, *grid], done, strict=True)
     }
     data = {label: scored[label] for label, _ in unmerged}
+    for label, recipe in uniform_soup_recipes(s.experiment):  # for ``export --soup``
+        data[label]["recipe"] = recipe.to_yaml()
     if grid:
         data.update(_best_lambda(grid, scored))
     s.store.set_meta("baselines", json.dumps(data))

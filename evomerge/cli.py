@@ -231,11 +231,14 @@ def export(
     task_arithmetic: bool = typer.Option(
         False, "--task-arithmetic", help="the run's task-arithmetic baseline instead (its best λ)"
     ),
+    soup: bool = typer.Option(
+        False, "--soup", help="the run's uniform-soup baseline instead (runs without a base model)"
+    ),
 ) -> None:
     """Write the rank-K recipe of a run as evomerge or mergekit YAML."""
     from evomerge.commands import export as cmd
 
-    _run(lambda: cmd.export(run_dir, out, fmt, rank, task_arithmetic))
+    _run(lambda: cmd.export(run_dir, out, fmt, rank, task_arithmetic, soup))
 
 
 @app.command(cls=FlagCommand)

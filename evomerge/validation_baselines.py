@@ -73,7 +73,7 @@ def above_winner(winner: float, scores: dict[str, float | None], on: str) -> str
     if label.startswith(TA_LABEL):
         how = " (`evomerge export RUN --out FILE --task-arithmetic` writes it)"
     elif label == SOUP_LABEL:
-        how = " (a linear merge, every model at weight 1)"
+        how = " (`evomerge export RUN --out FILE --soup` writes it)"
     return (
         f"note: {label} scores {best:.4f} on {on}, above the winner's {winner:.4f}: "
         f"no merge this search kept beats it{how}"

@@ -303,6 +303,14 @@ def test_without_a_base_model_the_bar_is_the_uniform_soup(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(fit, abs=1e-6)
     assert evaluate(tmp_path / "avg.yaml", exp, as_json=True, split="validation") == 0
     assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(held_out, abs=1e-6)
+    # `export --soup` writes that recipe, and `evomerge eval` of it gives the stored score
+    assert export(run, tmp_path / "soup.yaml", soup=True) == 0
+    wrote = capsys.readouterr().out
+    assert f"uniform soup, search fitness {fit:.4f}, validation {held_out:.4f}" in wrote
+    (soup,) = uniform_soup_recipes(resolve_experiment(load_experiment(exp), run))
+    assert Recipe.load(tmp_path / "soup.yaml").digest() == soup[1].digest()
+    assert evaluate(tmp_path / "soup.yaml", exp, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["fitness"] == pytest.approx(fit, abs=1e-12)
     # the base plus a quarter of the four task vectors is the same average, computed another way
     ta = f"merge_method: task_arithmetic\nbase_model: zoo:lm-skills/base\nmodels:{models}\n"
     (tmp_path / "ta.yaml").write_text(ta.replace("weight: 0.3", "weight: 0.25"))
@@ -316,6 +324,10 @@ def test_export_of_a_run_without_the_baseline_is_refused(tmp_path):
     assert search(exp, run) == 0
     with pytest.raises(UserInputError, match="has no task-arithmetic baseline that scored"):
         export(run, tmp_path / "ta.yaml", task_arithmetic=True)
+    with pytest.raises(UserInputError, match="--soup: .* has no uniform-soup baseline"):
+        export(run, tmp_path / "ta.yaml", soup=True)  # a base model: task arithmetic's run
+    with pytest.raises(UserInputError, match="give one"):
+        export(run, tmp_path / "ta.yaml", task_arithmetic=True, soup=True)
     assert not (tmp_path / "ta.yaml").exists()
 
 

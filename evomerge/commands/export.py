@@ -1,6 +1,6 @@
-"""``evomerge export DIR --out FILE [--format evomerge|mergekit] [--rank K | --task-arithmetic]``:
-the rank-K archive member's recipe (rank 1: the winner, by validation score when the run has
-one), or the run's task-arithmetic baseline."""
+"""``evomerge export DIR --out FILE [--format evomerge|mergekit] [--rank K | --task-arithmetic |
+--soup]``: the rank-K archive member's recipe (rank 1: the winner, by validation score when the
+run has one), or the run's task-arithmetic or uniform-soup baseline."""
 
 from __future__ import annotations
 
@@ -17,19 +17,24 @@ def export(
     fmt: str = "evomerge",
     rank: int = 1,
     task_arithmetic: bool = False,
+    soup: bool = False,
 ) -> int:
     """``task_arithmetic``: the run's task-arithmetic baseline (its chosen lambda) instead of
-    an archive member, for a run whose note says it beats the winner."""
+    an archive member, for a run whose note says it beats the winner; ``soup``: its
+    uniform-soup baseline (a run without a base model)."""
     from evomerge.fitness.constraints import run_is_constrained
     from evomerge.store import RunStore
     from evomerge.validation import member_line, ranking
 
     if fmt not in ("evomerge", "mergekit"):
         raise UserInputError(f"--format {fmt!r}: use evomerge or mergekit")
-    if task_arithmetic:
+    if task_arithmetic and soup:
+        raise UserInputError("--task-arithmetic and --soup name two baselines: give one")
+    if task_arithmetic or soup:
+        flag = "--task-arithmetic" if task_arithmetic else "--soup"
         if rank != 1:
-            raise UserInputError("--rank picks an archive member: drop it with --task-arithmetic")
-        return _export_task_arithmetic(run_dir, Path(out_file), fmt)
+            raise UserInputError(f"--rank picks an archive member: drop it with {flag}")
+        return _export_baseline(run_dir, Path(out_file), fmt, flag)
     with RunStore.open(run_dir, readonly=True) as st:
         ranked = ranking(st)  # by validation score when the run has one
         archive = ranked.members
@@ -62,19 +67,27 @@ def export(
     return 0
 
 
-def _export_task_arithmetic(run_dir: Path, out_file: Path, fmt: str) -> int:
-    from evomerge.baselines import stored_task_arithmetic
+_MISSING = {
+    "--task-arithmetic": "has no task-arithmetic baseline that scored (a data-flow or hybrid "
+    "space, no base_model, baselines.task_arithmetic: [], or a run from before the baseline)",
+    "--soup": "has no uniform-soup baseline that scored (a base_model, where task arithmetic "
+    "is the bar, one model, a data-flow or hybrid space, baselines.uniform_soup: false, or a "
+    "run from before it)",
+}
+
+
+def _export_baseline(run_dir: Path, out_file: Path, fmt: str, flag: str) -> int:
+    from evomerge.baselines import stored_soup, stored_task_arithmetic
     from evomerge.store import RunStore
     from evomerge.validation_baselines import baseline_scores, score_text, searched_baselines
 
+    find = stored_task_arithmetic if flag == "--task-arithmetic" else stored_soup
     with RunStore.open(run_dir, readonly=True) as st:
-        found = stored_task_arithmetic(searched_baselines(st))
+        found = find(searched_baselines(st))
         scores = baseline_scores(st)
     if found is None:
         raise UserInputError(
-            f"--task-arithmetic: {run_dir} has no task-arithmetic baseline that scored (a "
-            "data-flow or hybrid space, no base_model, baselines.task_arithmetic: [], or a run "
-            "from before the baseline); export an archive member with --rank"
+            f"{flag}: {run_dir} {_MISSING[flag]}; export an archive member with --rank"
         )
     label, entry = found
     recipe = Recipe.from_yaml(entry["recipe"], origin=f"{run_dir} baseline {label!r}")
