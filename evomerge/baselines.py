@@ -180,10 +180,7 @@ def stored_task_arithmetic(baselines: dict) -> tuple[str, dict] | None:
     """(label, entry) of the run's task-arithmetic baseline that scored, with its recipe; None
     when there is none (a data-flow space, no base model, ``[]``, every lambda failed, or a run
     from before the baseline)."""
-    found = _task_arithmetic_entry(baselines)
-    if found is None or found[1].get("fitness") is None or not found[1].get("recipe"):
-        return None
-    return found
+    return _exportable(_task_arithmetic_entry(baselines))
 
 
 def stored_soup(baselines: dict) -> tuple[str, dict] | None:
@@ -191,9 +188,14 @@ def stored_soup(baselines: dict) -> tuple[str, dict] | None:
     there is none (a base model, one model, a data-flow space, ``uniform_soup: false``, it
     failed, or a run from before it)."""
     entry = baselines.get(SOUP_LABEL)
-    if entry is None or entry.get("fitness") is None or not entry.get("recipe"):
+    return _exportable(None if entry is None else (SOUP_LABEL, entry))
+
+
+def _exportable(found: tuple[str, dict] | None) -> tuple[str, dict] | None:
+    """``found`` when it scored and its recipe is stored (what ``export`` writes), else None."""
+    if found is None or found[1].get("fitness") is None or not found[1].get("recipe"):
         return None
-    return SOUP_LABEL, entry
+    return found
 
 
 def lambda_grid_line(baselines: dict) -> str | None:
@@ -224,10 +226,10 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     stored = json.loads(s.store.get_meta("baselines") or "null")
     if stored is not None and len(baseline_failures(stored)) < len(stored):
         return
-    unmerged = [*baseline_recipes(s.experiment), *uniform_soup_recipes(s.experiment)]
+    soup = uniform_soup_recipes(s.experiment)
+    unmerged = [*baseline_recipes(s.experiment), *soup]
     grid = task_arithmetic_recipes(s.experiment)
-    racing = getattr(s.loop, "racer", None) is not None
-    if racing and race_the_grid(len(grid), len(unmerged), s.cfg.workers):
+    if s.loop.racer is not None and race_the_grid(len(grid), len(unmerged), s.cfg.workers):
         # the models alone (and a soup) are scored in full, the grid raced on its own
         done = [(r, {}) for r in s.evaluator.evaluate([r for _, r in unmerged])]
         done += _race_grid(s, grid)
@@ -243,7 +245,7 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
         for (label, _), (r, items) in zip([*unmerged, *grid], done, strict=True)
     }
     data = {label: scored[label] for label, _ in unmerged}
-    for label, recipe in uniform_soup_recipes(s.experiment):  # for ``export --soup``
+    for label, recipe in soup:  # for ``export --soup``
         data[label]["recipe"] = recipe.to_yaml()
     if grid:
         data.update(_best_lambda(grid, scored))

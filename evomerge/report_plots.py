@@ -22,7 +22,7 @@ DPI = 110
 WINNER_COLORS = ["#d62728", "#ff7f0e", "#bcbd22"]  # #1, #2, #3 merges: warm
 EXPERT_COLORS = ["#1f77b4", "#17becf", "#9467bd", "#2ca02c", "#8c564b", "#e377c2"]
 BASE_COLOR = "#7f7f7f"
-SIMPLE_COLOR = "#000000"  # the task-arithmetic baseline
+SIMPLE_COLOR = "#000000"  # the simple-merge baselines: task arithmetic, the uniform soup
 
 
 def _save(fig, path: Path) -> Path:
