@@ -196,11 +196,15 @@ class RunStore:
         return self._meta(key)
 
     def set_meta(self, key: str, value: str) -> None:
+        self.set_metas({key: value})
+
+    def set_metas(self, values: dict[str, str]) -> None:
+        """Several meta keys in one transaction: a kill leaves all of them or none."""
         with self._tx():
-            self.conn.execute(
+            self.conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
+                list(values.items()),
             )
 
     # ---- run ------------------------------------------------------------------------------------

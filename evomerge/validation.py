@@ -28,6 +28,9 @@ from typing import Any
 from evomerge.recipe import Recipe
 
 META_KEY = "validation"
+# meta: every item evaluation validation has stored, summed (a re-raced archive's earlier
+# scores are replaced in META_KEY, their cost stays here)
+SPENT_KEY = "validation_item_evals"
 BY_VALIDATION = "validation score"
 BY_SEARCH = "search fitness"
 # after a search fitness that racing.archive_places 0 left as a mean over part of the items
@@ -215,7 +218,14 @@ def _score_in_chunks(evaluator, store, key: str, todo: list, done: dict, chunk: 
             done[k] = _entry(r)
             if say and not r.ok:
                 say(f"validation of {shown} failed: {r.error}")
-        store.set_meta(key, json.dumps(done, sort_keys=True))
+        _store_spent(store, key, done, sum(r.item_evals for r in results))
+
+
+def _store_spent(store, key: str, done: dict, spent: int) -> None:
+    """``done`` under the meta ``key`` and ``spent`` added to the validation's item count, in
+    one transaction (a kill between them would drop the cost of scores kept)."""
+    total = json.loads(store.get_meta(SPENT_KEY) or "0") + int(spent)
+    store.set_metas({key: json.dumps(done, sort_keys=True), SPENT_KEY: json.dumps(total)})
 
 
 def _race_archive(
@@ -254,7 +264,7 @@ def _race_archive(
         done[e.digest] = {**_entry(r), "items": m, "of": pool.size}
         if say and not r.ok:
             say(f"validation of {e.digest[:12]} failed: {r.error}")
-    store.set_meta(META_KEY, json.dumps(done, sort_keys=True))
+    _store_spent(store, META_KEY, done, sum(outcome.items))
     return members
 
 
@@ -272,10 +282,14 @@ def _entry(r: Any) -> dict:
 
 
 def validation_item_evals(store: Any) -> int | None:
-    """The item evaluations of the validation scores stored (archive members and baselines,
-    outside the budget); None before any, or when an entry is from a run before this count."""
+    """The item evaluations validation spent (archive members and baselines, outside the
+    budget), a re-raced archive's earlier races included; None before any. A run from before
+    the running count: the sum over the scores stored (None when an entry lacks it)."""
     from evomerge.validation_baselines import stored_baselines
 
+    spent = store.get_meta(SPENT_KEY)
+    if spent is not None:
+        return int(json.loads(spent))
     entries = [*stored(store).values(), *stored_baselines(store).values()]
     if not entries or any("item_evals" not in e for e in entries):
         return None

@@ -12,7 +12,8 @@ from evomerge.errors import UserInputError
 from evomerge.fitness import parse_fitness_config
 from evomerge.search_cli import resume, search, status
 from evomerge.store import RunStore
-from evomerge.validation import member_line, ranking, stored
+from evomerge.validation import member_line, ranking, stored, validation_item_evals
+from evomerge.validation_baselines import stored_baselines
 from tests.test_racing import CMA, _experiment
 
 LIMIT = {"options": {"limit": 12}}  # the other 38 items per task are left for validation
@@ -51,6 +52,9 @@ def test_raced_validation_scores_the_winner_in_full_and_stops_the_others(tmp_pat
     assert ranked.members[-len(stopped) :] == stopped
     assert any(m.validation > winner.validation for m in stopped)  # a lucky first slice
     assert f"(stopped at {got[stopped[0].digest]} of 48 items)" in member_line(stopped[0])
+    with RunStore.open(tmp_path / "raced", readonly=True) as st:
+        base_items = sum(e["item_evals"] for e in stored_baselines(st).values())
+        assert base_items > 0 and validation_item_evals(st) == sum(got.values()) + base_items
     capsys.readouterr()
     assert status(tmp_path / "raced") == 0
     assert "(stopped at" in capsys.readouterr().out
@@ -89,3 +93,17 @@ def test_raced_validation_is_refused_where_racing_cannot_rank():
     assert parse_fitness_config({"tasks": one, "validation": {}}).model_dump()["validation"] == {
         "items": None
     }
+
+
+def test_a_rerace_on_resume_adds_to_the_validation_cost(tmp_path):
+    """A resumed search whose archive changed races it again as a whole: the new race's
+    scores replace the old ones, and the count outside the budget keeps both races' cost."""
+    _run(tmp_path, "raced", RACED)
+    with RunStore.open(tmp_path / "raced", readonly=True) as st:
+        first, before = validation_item_evals(st), stored(st)
+    assert resume(tmp_path / "raced", max_evals=36) == 0
+    with RunStore.open(tmp_path / "raced", readonly=True) as st:
+        after = stored(st)
+        raced = sum(e["items"] for d, e in after.items() if d in {m.digest for m in st.archive()})
+        assert after != before  # raced again
+        assert validation_item_evals(st) == first + raced
