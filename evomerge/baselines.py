@@ -191,6 +191,17 @@ def stored_soup(baselines: dict) -> tuple[str, dict] | None:
     return _exportable(None if entry is None else (SOUP_LABEL, entry))
 
 
+EXPORT_FLAGS = {"--task-arithmetic": stored_task_arithmetic, "--soup": stored_soup}
+
+
+def export_flag(label: str) -> str | None:
+    """The ``evomerge export`` flag that writes baseline ``label``'s recipe (a simple merge),
+    else None."""
+    if label.startswith(TA_LABEL):
+        return "--task-arithmetic"
+    return "--soup" if label == SOUP_LABEL else None
+
+
 def _exportable(found: tuple[str, dict] | None) -> tuple[str, dict] | None:
     """``found`` when it scored and its recipe is stored (what ``export`` writes), else None."""
     if found is None or found[1].get("fitness") is None or not found[1].get("recipe"):
@@ -223,8 +234,8 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     its grid with it).
     A run whose baselines all failed scores them again (on resume, after the user fixed the
     fitness) and stops if they still all fail."""
-    stored = json.loads(s.store.get_meta("baselines") or "null")
-    if stored is not None and len(baseline_failures(stored)) < len(stored):
+    stored = s.store.search_baselines()
+    if stored and len(baseline_failures(stored)) < len(stored):
         return
     soup = uniform_soup_recipes(s.experiment)
     unmerged = [*baseline_recipes(s.experiment), *soup]

@@ -9,7 +9,6 @@ one a user reads to fix the fitness.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -96,9 +95,8 @@ def baseline_failures(baselines: dict) -> list[tuple[str, str | None]]:
 
 def run_failure_groups(store) -> list[FailureGroup]:
     """Every failure of a run, baselines first (they were scored first), grouped by reason."""
-    baselines = json.loads(store.get_meta("baselines") or "{}")
     fails = store.trials(where="WHERE r.status = 'FAIL'")
-    return group_failures([*baseline_failures(baselines), *trial_failures(fails)])
+    return group_failures([*baseline_failures(store.search_baselines()), *trial_failures(fails)])
 
 
 def group_lines(groups: list[FailureGroup], indent: str = "  ") -> list[str]:

@@ -11,7 +11,6 @@ from evomerge.validation_baselines import (
     baseline_notes,
     baseline_scores,
     score_text,
-    searched_baselines,
 )
 
 
@@ -24,7 +23,7 @@ def outcome_lines(st) -> list[str]:
         shown = ", ".join(_baseline(n, f, v) for n, (f, v) in baselines.items())
         lines.append(f"baselines: {shown}")
         constrained = run_is_constrained(st)
-        lines += baseline_notes(ranking(st), baselines, constrained, searched_baselines(st))
+        lines += baseline_notes(ranking(st), baselines, constrained, st.search_baselines())
     groups = run_failure_groups(st)
     if groups:
         lines.append(f"failures by reason ({sum(g.count for g in groups)}):")

@@ -49,7 +49,6 @@ from evomerge.validation_baselines import (
     baseline_notes,
     baseline_scores,
     score_text,
-    searched_baselines,
 )
 
 __all__ = ["best_and_median", "write_report"]
@@ -66,7 +65,7 @@ def write_report(run_dir: str | Path, out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     with RunStore.open(run_dir, readonly=True) as store:
         trials, archive = store.trials(), store.archive()
-        baselines = searched_baselines(store)
+        baselines = store.search_baselines()
         cfg_json, stop, groups = store.config_json(), read_stop(store), run_failure_groups(store)
         ranked = ranking(store)
         experts = baseline_scores(store)

@@ -62,7 +62,7 @@ def check_resume(
         cfg = experiment_from_json(st.config_json(), origin=f"{run_dir}/store config")
         stored = st.get_meta(FITNESS_META)
         cp = st.last_checkpoint()
-        scored_baseline = _any_baseline_scored(st.get_meta("baselines"))
+        scored_baseline = any(b.get("fitness") is not None for b in st.search_baselines().values())
     if new_cfg is not None:
         _refuse_structural_change(run_dir, cfg, new_cfg)
         cfg = new_cfg
@@ -85,12 +85,6 @@ def check_resume(
             "a new run (--run-dir), or pass --allow-changed-fitness to continue anyway"
         )
     return ResumePlan(cfg, cp is not None, new_cfg is not None, now, before, diff)
-
-
-def _any_baseline_scored(baselines_json: str | None) -> bool:
-    if baselines_json is None:
-        return False
-    return any(b.get("fitness") is not None for b in json.loads(baselines_json).values())
 
 
 def _refuse_structural_change(run_dir: Path, old: ExperimentConfig, new: ExperimentConfig):

@@ -195,6 +195,11 @@ class RunStore:
         """Free-form run facts outside the generation log (e.g. the experts' baseline scores)."""
         return self._meta(key)
 
+    def search_baselines(self) -> dict[str, dict]:
+        """The baselines as scored on the search's items, in their order (``evomerge.baselines``:
+        label -> {fitness, error, scores, ...}); empty before they were scored."""
+        return json.loads(self._meta("baselines") or "{}")
+
     def set_meta(self, key: str, value: str) -> None:
         self.set_metas({key: value})
 

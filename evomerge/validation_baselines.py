@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from evomerge.baselines import SOUP_LABEL, TA_LABEL, lambda_grid_line
+from evomerge.baselines import export_flag, lambda_grid_line
 from evomerge.recipe import Recipe
 
 META_KEY = "validation_baselines"
@@ -28,15 +28,10 @@ def stored_baselines(store: Any) -> dict[str, dict]:
     return json.loads(store.get_meta(META_KEY) or "{}")
 
 
-def searched_baselines(store: Any) -> dict[str, dict]:
-    """The baselines as scored on the search's items, in their order (``baselines.py``)."""
-    return json.loads(store.get_meta("baselines") or "{}")
-
-
 def baselines_to_validate(store: Any, labelled: Sequence[tuple[str, Recipe]]) -> list:
     """The (label, recipe) pairs that scored on the search's items and have no validation
     score yet (one that failed the search would only fail again)."""
-    searched = searched_baselines(store)
+    searched = store.search_baselines()
     done = stored_baselines(store)
     return [
         (label, r)
@@ -48,7 +43,7 @@ def baselines_to_validate(store: Any, labelled: Sequence[tuple[str, Recipe]]) ->
 def baseline_scores(store: Any) -> dict[str, tuple[float | None, float | None]]:
     """label -> (search fitness, validation score): the baselines in their order; None where
     not scored (failed on the search, or not validated yet), NaN for a failed validation."""
-    searched = searched_baselines(store)
+    searched = store.search_baselines()
     validated = stored_baselines(store)
 
     def held_out(label: str) -> float | None:
@@ -69,11 +64,8 @@ def above_winner(winner: float, scores: dict[str, float | None], on: str) -> str
     label, best = max(finite.items(), key=lambda kv: kv[1])
     if best <= winner:
         return None
-    how = ""
-    if label.startswith(TA_LABEL):
-        how = " (`evomerge export RUN --out FILE --task-arithmetic` writes it)"
-    elif label == SOUP_LABEL:
-        how = " (`evomerge export RUN --out FILE --soup` writes it)"
+    flag = export_flag(label)
+    how = f" (`evomerge export RUN --out FILE {flag}` writes it)" if flag else ""
     return (
         f"note: {label} scores {best:.4f} on {on}, above the winner's {winner:.4f}: "
         f"no merge this search kept beats it{how}"

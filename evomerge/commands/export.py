@@ -77,13 +77,12 @@ _MISSING = {
 
 
 def _export_baseline(run_dir: Path, out_file: Path, fmt: str, flag: str) -> int:
-    from evomerge.baselines import stored_soup, stored_task_arithmetic
+    from evomerge.baselines import EXPORT_FLAGS
     from evomerge.store import RunStore
-    from evomerge.validation_baselines import baseline_scores, score_text, searched_baselines
+    from evomerge.validation_baselines import baseline_scores, score_text
 
-    find = stored_task_arithmetic if flag == "--task-arithmetic" else stored_soup
     with RunStore.open(run_dir, readonly=True) as st:
-        found = find(searched_baselines(st))
+        found = EXPORT_FLAGS[flag](st.search_baselines())
         scores = baseline_scores(st)
     if found is None:
         raise UserInputError(
