@@ -224,7 +224,7 @@ def _score_in_chunks(evaluator, store, key: str, todo: list, done: dict, chunk: 
 def _store_spent(store, key: str, done: dict, spent: int) -> None:
     """``done`` under the meta ``key`` and ``spent`` added to the validation's item count, in
     one transaction (a kill between them would drop the cost of scores kept)."""
-    total = json.loads(store.get_meta(SPENT_KEY) or "0") + int(spent)
+    total = (validation_item_evals(store) or 0) + int(spent)
     store.set_metas({key: json.dumps(done, sort_keys=True), SPENT_KEY: json.dumps(total)})
 
 
@@ -284,7 +284,8 @@ def _entry(r: Any) -> dict:
 def validation_item_evals(store: Any) -> int | None:
     """The item evaluations validation spent (archive members and baselines, outside the
     budget), a re-raced archive's earlier races included; None before any. A run from before
-    the running count: the sum over the scores stored (None when an entry lacks it)."""
+    the running count: the sum over the scores stored (None when an entry lacks it), which
+    the count starts from when such a run is resumed."""
     from evomerge.validation_baselines import stored_baselines
 
     spent = store.get_meta(SPENT_KEY)

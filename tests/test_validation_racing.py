@@ -101,9 +101,14 @@ def test_a_rerace_on_resume_adds_to_the_validation_cost(tmp_path):
     _run(tmp_path, "raced", RACED)
     with RunStore.open(tmp_path / "raced", readonly=True) as st:
         first, before = validation_item_evals(st), stored(st)
-    assert resume(tmp_path / "raced", max_evals=36) == 0
-    with RunStore.open(tmp_path / "raced", readonly=True) as st:
-        after = stored(st)
-        raced = sum(e["items"] for d, e in after.items() if d in {m.digest for m in st.archive()})
-        assert after != before  # raced again
-        assert validation_item_evals(st) == first + raced
+    # a run from before the running count: the count starts from the scores it stored
+    shutil.copytree(tmp_path / "raced", tmp_path / "old")
+    with sqlite3.connect(tmp_path / "old" / "store.sqlite") as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'validation_item_evals'")
+    for run in ("raced", "old"):
+        assert resume(tmp_path / run, max_evals=36) == 0
+        with RunStore.open(tmp_path / run, readonly=True) as st:
+            after, members = stored(st), {m.digest for m in st.archive()}
+            assert after != before  # raced again
+            raced = sum(e["items"] for d, e in after.items() if d in members)
+            assert validation_item_evals(st) == first + raced, run
