@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from evomerge.errors import UserInputError
-from evomerge.failures import FailureLog, baseline_failures, group_failures
+from evomerge.failures import FailureLog, any_baseline_scored, baseline_failures, group_failures
 from evomerge.recipe import ModelRef, Recipe
 from evomerge.stop_reason import record_stop
 from evomerge.workers.base import JobResult
@@ -98,8 +98,9 @@ def uniform_soup_recipes(experiment) -> list[tuple[str, Recipe]]:
 
 
 def is_simple_merge(label: str) -> bool:
-    """A baseline that merges (task arithmetic, the uniform soup), not a model alone."""
-    return label.startswith(TA_LABEL) or label == SOUP_LABEL
+    """A baseline that merges (task arithmetic, the uniform soup), not a model alone: the ones
+    ``export`` can write."""
+    return export_flag(label) is not None
 
 
 def all_baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
@@ -234,8 +235,7 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
     its grid with it).
     A run whose baselines all failed scores them again (on resume, after the user fixed the
     fitness) and stops if they still all fail."""
-    stored = s.store.search_baselines()
-    if stored and len(baseline_failures(stored)) < len(stored):
+    if any_baseline_scored(s.store.search_baselines()):
         return
     soup = uniform_soup_recipes(s.experiment)
     unmerged = [*baseline_recipes(s.experiment), *soup]
@@ -273,7 +273,7 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
             say(f"{label}: fitness {b['fitness']:.4f}{tried}")
         elif not log.note(label, b["error"]):
             say(f"{label}: fitness FAIL (a reason printed above)")
-    if data and len(baseline_failures(data)) == len(data):
+    if data and not any_baseline_scored(data):
         _stop_on_failed_baselines(s, data)
 
 

@@ -93,6 +93,11 @@ def baseline_failures(baselines: dict) -> list[tuple[str, str | None]]:
     return [(label, b.get("error")) for label, b in baselines.items() if b.get("fitness") is None]
 
 
+def any_baseline_scored(baselines: dict) -> bool:
+    """Whether one baseline at least scored (False when none is stored)."""
+    return len(baseline_failures(baselines)) < len(baselines)
+
+
 def run_failure_groups(store) -> list[FailureGroup]:
     """Every failure of a run, baselines first (they were scored first), grouped by reason."""
     fails = store.trials(where="WHERE r.status = 'FAIL'")

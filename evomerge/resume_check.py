@@ -17,6 +17,7 @@ from pathlib import Path
 
 from evomerge.config import ExperimentConfig, experiment_from_json
 from evomerge.errors import UserInputError
+from evomerge.failures import any_baseline_scored
 from evomerge.fitness.digest import changed, fitness_digests
 from evomerge.store import RunStore
 
@@ -62,7 +63,7 @@ def check_resume(
         cfg = experiment_from_json(st.config_json(), origin=f"{run_dir}/store config")
         stored = st.get_meta(FITNESS_META)
         cp = st.last_checkpoint()
-        scored_baseline = any(b.get("fitness") is not None for b in st.search_baselines().values())
+        scored_baseline = any_baseline_scored(st.search_baselines())
     if new_cfg is not None:
         _refuse_structural_change(run_dir, cfg, new_cfg)
         cfg = new_cfg
