@@ -280,8 +280,8 @@ def score_baselines(s, log: FailureLog, say: Callable[[str], None]) -> None:
 def stored_item_evals(store) -> int | None:
     """The item evaluations the search's baselines cost (outside the budget); None before they
     were scored, or in a run from before this count."""
-    spent = store.get_meta(ITEM_EVALS_KEY)
-    return None if spent is None else int(json.loads(spent))
+    spent = store.get_json(ITEM_EVALS_KEY)
+    return None if spent is None else int(spent)
 
 
 def _raced_note(entry: dict) -> str:

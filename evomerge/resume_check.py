@@ -41,7 +41,7 @@ class ResumePlan:
         if self.digests != self.stored_digests:
             store.set_meta(FITNESS_META, json.dumps(self.digests, sort_keys=True))
         if self.fitness_changed:
-            log = json.loads(store.get_meta(CHANGES_META) or "[]")
+            log = store.get_json(CHANGES_META, [])
             log.append(
                 {
                     "at": time.time(),
@@ -61,7 +61,7 @@ def check_resume(
 ) -> ResumePlan:
     with RunStore.open(run_dir, readonly=True) as st:
         cfg = experiment_from_json(st.config_json(), origin=f"{run_dir}/store config")
-        stored = st.get_meta(FITNESS_META)
+        before = st.get_json(FITNESS_META)
         cp = st.last_checkpoint()
         scored_baseline = any_baseline_scored(st.search_baselines())
     if new_cfg is not None:
@@ -73,7 +73,6 @@ def check_resume(
             f"--max-evals {max_evals}: {run_dir} has made {done} evaluations already and "
             f"--max-evals is the run's total; give more than {done} to continue it"
         )
-    before = json.loads(stored) if stored is not None else None
     now = fitness_digests(cfg.fitness, cfg.base_dir)
     diff = changed(before, now) if before is not None else []
     # Nothing scored yet (every baseline failed, no generation: a broken fitness the user has

@@ -57,8 +57,7 @@ def record_stop(store, reason: str | None, detail: str = "") -> None:
 
 def read_stop(store) -> StopRecord | None:
     """The stored stop, or None for a store written before stops were recorded."""
-    raw = store.get_meta(META_KEY)
-    if raw is None:
+    data = store.get_json(META_KEY)
+    if data is None:
         return None
-    data = json.loads(raw)
     return StopRecord(reason=data.get("reason"), detail=data.get("detail") or "")

@@ -195,10 +195,15 @@ class RunStore:
         """Free-form run facts outside the generation log (e.g. the experts' baseline scores)."""
         return self._meta(key)
 
+    def get_json(self, key: str, default: Any = None) -> Any:
+        """A meta value stored as JSON, decoded; ``default`` when the key is not there."""
+        raw = self._meta(key)
+        return default if raw is None else json.loads(raw)
+
     def search_baselines(self) -> dict[str, dict]:
         """The baselines as scored on the search's items, in their order (``evomerge.baselines``:
         label -> {fitness, error, scores, ...}); empty before they were scored."""
-        return json.loads(self._meta("baselines") or "{}")
+        return self.get_json("baselines", {})
 
     def set_meta(self, key: str, value: str) -> None:
         self.set_metas({key: value})

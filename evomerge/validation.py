@@ -103,7 +103,7 @@ class Ranking:
 
 
 def stored(store: Any) -> dict[str, dict]:
-    return json.loads(store.get_meta(META_KEY) or "{}")
+    return store.get_json(META_KEY, {})
 
 
 def check_buildable(cfg: Any) -> None:
@@ -288,9 +288,9 @@ def validation_item_evals(store: Any) -> int | None:
     the count starts from when such a run is resumed."""
     from evomerge.validation_baselines import stored_baselines
 
-    spent = store.get_meta(SPENT_KEY)
+    spent = store.get_json(SPENT_KEY)
     if spent is not None:
-        return int(json.loads(spent))
+        return int(spent)
     entries = [*stored(store).values(), *stored_baselines(store).values()]
     if not entries or any("item_evals" not in e for e in entries):
         return None

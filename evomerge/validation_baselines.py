@@ -12,7 +12,6 @@ resume scores the rest; a run from before this existed gets them on its next res
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +24,7 @@ META_KEY = "validation_baselines"
 
 def stored_baselines(store: Any) -> dict[str, dict]:
     """The baselines' validation scores (label -> {fitness, scores, error})."""
-    return json.loads(store.get_meta(META_KEY) or "{}")
+    return store.get_json(META_KEY, {})
 
 
 def baselines_to_validate(store: Any, labelled: Sequence[tuple[str, Recipe]]) -> list:
