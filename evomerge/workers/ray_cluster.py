@@ -17,7 +17,7 @@ from typing import Any
 from evomerge.errors import UserInputError
 
 LOOPBACK = "127.0.0.1"
-# Ray (2.5x on) turns token authentication on for a new local cluster and says so with a
+# Ray (2.60 here) turns token authentication on for a new local cluster and says so with a
 # WARNING line on every start; for the embedded loopback cluster that is the secure default we
 # want, not something to warn a user about (docs/cluster.md says how to opt out).
 _TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
