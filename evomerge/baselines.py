@@ -7,7 +7,9 @@ chooses it on held-out data. A study of merging off-the-shelf fine-tunes (arXiv 
 found it the one simple merge that reliably beats the base: the bar a search must clear.
 Where a parameter space has no base model, that bar is the uniform soup instead (Wortsman et
 al. 2022, "Model soups: averaging weights of multiple fine-tuned models improves accuracy
-without increasing inference time": the plain average of the models' weights).
+without increasing inference time": the plain average of the models' weights). A hybrid
+(PS+DFS) search starts from a parameter-space winner, so that winner, alone, is its bar (Akiba
+et al. 2024 report PS+DFS against PS).
 
 They are also the fitness's smoke test: when every one of them fails, the fitness is broken
 (an exception, a wrong return value), not the merges, and the search stops before it spends its
@@ -28,15 +30,35 @@ from evomerge.workers.base import JobResult
 
 
 def baseline_recipes(experiment) -> list[tuple[str, Recipe]]:
-    """(label, recipe) of each expert and the base: each model alone, unmerged."""
+    """(label, recipe) of each expert and the base, each model alone, unmerged; in a hybrid
+    space, then the parameter-space winner it starts from (``START_LABEL``), alone too."""
     refs = list(experiment.models)
     labels = [f"expert {Path(m).name}" for m in refs]
     base = experiment.base
     if base is not None and base not in refs:
         name = Path(base).name
         refs, labels = [*refs, base], [*labels, "base" if name == "base" else f"base {name}"]
+    start = hybrid_start(experiment)
+    if start is not None:
+        refs, labels = [*refs, start], [*labels, START_LABEL]
     recipes = [Recipe(merge_method="passthrough", models=[ModelRef(model=m)]) for m in refs]
     return list(zip(labels, recipes, strict=True))
+
+
+START_LABEL = "parameter-space winner"  # a hybrid search's start, scored as its bar
+
+
+def hybrid_start(experiment) -> str | None:
+    """The model reference of a hybrid space's winner (its model A), else None."""
+    cfg = experiment.cfg
+    if cfg.space.kind != "hybrid":
+        return None
+    from evomerge.recipe import RECIPE_REF_PREFIX
+    from evomerge.spaces.hybrid import resolve_winner
+
+    if experiment.winner is not None:  # a recipe file, read when the experiment was resolved
+        return RECIPE_REF_PREFIX + experiment.winner.digest()
+    return resolve_winner(cfg.resolve_path(cfg.space.winner))[0]
 
 
 ITEM_EVALS_KEY = "baselines_item_evals"  # meta: the item evaluations the baselines cost

@@ -11,7 +11,7 @@ from statistics import median
 
 import numpy as np
 
-from evomerge.baselines import is_simple_merge
+from evomerge.baselines import START_LABEL, is_simple_merge
 from evomerge.store import Trial
 
 
@@ -46,7 +46,7 @@ def model_rows(top: list[Trial], baselines: dict, partial: Set[int] = frozenset(
     for label, b in baselines.items():
         name = baseline_label(label)
         kind = "base" if name.startswith("base") else "expert"
-        kind = "simple" if is_simple_merge(name) else kind
+        kind = "simple" if is_simple_merge(name) or name == START_LABEL else kind
         rows.append(Row(name, kind, b.get("fitness"), _finite(b.get("scores") or {})))
     return rows
 

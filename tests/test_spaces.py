@@ -254,6 +254,13 @@ def test_preset_paths_and_errors(tmp_path, monkeypatch):
         load_space_preset("nope")
     with pytest.raises(UserInputError, match="not found"):
         load_space_preset(str(tmp_path / "absent.yaml"))
+    # an experiment in the lookup folder named like the preset it asks for is not that preset
+    (tmp_path / "hybrid.yaml").write_text("name: x\nspace: {preset: hybrid}\n")
+    assert load_space_preset("hybrid", extra_dirs=[tmp_path]).kind == "hybrid"
+    typo = tmp_path / "typo.yaml"  # a preset with a wrong kind is still found, and refused
+    typo.write_text("kind: paramter\n")
+    with pytest.raises(UserInputError, match="'kind' is 'paramter'"):
+        load_space_preset("typo", extra_dirs=[tmp_path])
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: dataflow\nrepeats: -1\n")
     with pytest.raises(UserInputError, match=r"bad.yaml: field 'repeats'"):

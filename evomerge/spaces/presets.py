@@ -53,6 +53,16 @@ def available_presets(extra_dirs: Sequence[str | Path] = ()) -> list[str]:
     return sorted(names)
 
 
+def _is_experiment(path: Path) -> bool:
+    """A YAML with a ``space`` and no space ``kind`` at its top level: an experiment (a preset
+    with a wrong kind is still found, and refused with that kind named)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "space" in data and "kind" not in data
+
+
 def _is_preset(path: Path) -> bool:
     from evomerge.spaces.config import KINDS
 
@@ -76,7 +86,9 @@ def find_preset(name_or_path: str | Path, extra_dirs: Sequence[str | Path] = ())
     for d in preset_dirs(extra_dirs):
         for suffix in SUFFIXES:
             cand = d / f"{stem}{suffix}"
-            if cand.is_file():
+            # the experiment's own folder is searched first and holds experiments too: an
+            # experiment named hybrid.yaml asking for preset hybrid must not find itself
+            if cand.is_file() and not _is_experiment(cand):
                 return cand
     raise UserInputError(
         f"unknown search space preset {s!r}; available: {', '.join(available_presets(extra_dirs))}"
