@@ -1,6 +1,6 @@
 """A hybrid (PS+DFS) search's bar: the parameter-space winner it starts from, scored alone
 beside the experts on both splits (Akiba et al. 2024 report PS+DFS against PS), equal to that
-recipe scored by `evomerge eval`, and named by the note when it beats the search's winner."""
+recipe scored by `evomerge eval`."""
 
 from __future__ import annotations
 
