@@ -53,12 +53,9 @@ def hybrid_start(experiment) -> str | None:
     cfg = experiment.cfg
     if cfg.space.kind != "hybrid":
         return None
-    from evomerge.recipe import RECIPE_REF_PREFIX
-    from evomerge.spaces.hybrid import resolve_winner
+    from evomerge.spaces.hybrid import winner_reference
 
-    if experiment.winner is not None:  # a recipe file, read when the experiment was resolved
-        return RECIPE_REF_PREFIX + experiment.winner.digest()
-    return resolve_winner(cfg.resolve_path(cfg.space.winner))[0]
+    return winner_reference(cfg.space.winner, experiment.winner)[0]
 
 
 ITEM_EVALS_KEY = "baselines_item_evals"  # meta: the item evaluations the baselines cost

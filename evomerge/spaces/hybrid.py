@@ -37,6 +37,14 @@ def resolve_winner(winner: str) -> tuple[str, Recipe | None]:
     )
 
 
+def winner_reference(winner: str, recipe: Recipe | None = None) -> tuple[str, Recipe | None]:
+    """(model A's reference, its recipe or None) for ``winner``; ``recipe``: the winner recipe
+    file, already read by the builder (no disk read then)."""
+    if recipe is not None:
+        return RECIPE_REF_PREFIX + recipe.digest(), recipe
+    return resolve_winner(winner)
+
+
 def resolve_partner(partner: int | str, models: Sequence[str]) -> str:
     if isinstance(partner, int):
         if not 0 <= partner < len(models):
@@ -58,10 +66,7 @@ class HybridSpace(DataflowSpace):
     ) -> None:
         # ``winner``: the recipe of a winner recipe file, already read by the builder (a space
         # reads no disk then); without it the file is read here.
-        if winner is not None:
-            winner_ref, self.winner_recipe = RECIPE_REF_PREFIX + winner.digest(), winner
-        else:
-            winner_ref, self.winner_recipe = resolve_winner(cfg.winner)
+        winner_ref, self.winner_recipe = winner_reference(cfg.winner, winner)
         partner = resolve_partner(cfg.partner, models)
         if isinstance(num_layers, int):
             counts: int | list[int] = num_layers
