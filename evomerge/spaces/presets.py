@@ -53,24 +53,26 @@ def available_presets(extra_dirs: Sequence[str | Path] = ()) -> list[str]:
     return sorted(names)
 
 
-def _is_experiment(path: Path) -> bool:
-    """A YAML with a ``space`` and no space ``kind`` at its top level: an experiment (a preset
-    with a wrong kind is still found, and refused with that kind named)."""
+def _top_level(path: Path) -> dict:
+    """A YAML file's top-level mapping ({} when it is unreadable or not a mapping)."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and "space" in data and "kind" not in data
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_experiment(path: Path) -> bool:
+    """A YAML with a ``space`` and no space ``kind`` at its top level: an experiment (a preset
+    with a wrong kind is still found, and refused with that kind named)."""
+    data = _top_level(path)
+    return "space" in data and "kind" not in data
 
 
 def _is_preset(path: Path) -> bool:
     from evomerge.spaces.config import KINDS
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and data.get("kind") in KINDS
+    return _top_level(path).get("kind") in KINDS
 
 
 def find_preset(name_or_path: str | Path, extra_dirs: Sequence[str | Path] = ()) -> Path:
