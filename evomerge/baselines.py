@@ -211,7 +211,20 @@ def stored_soup(baselines: dict) -> tuple[str, dict] | None:
     return _exportable(None if entry is None else (SOUP_LABEL, entry))
 
 
-EXPORT_FLAGS = {"--task-arithmetic": stored_task_arithmetic, "--soup": stored_soup}
+#: ``evomerge export`` flag -> (its baseline's finder, why a run may have none: the refusal)
+EXPORT_FLAGS = {
+    "--task-arithmetic": (
+        stored_task_arithmetic,
+        "has no task-arithmetic baseline that scored (a data-flow or hybrid space, no "
+        "base_model, baselines.task_arithmetic: [], or a run from before the baseline)",
+    ),
+    "--soup": (
+        stored_soup,
+        "has no uniform-soup baseline that scored (a base_model, where task arithmetic is the "
+        "bar, one model, a data-flow or hybrid space, baselines.uniform_soup: false, or a run "
+        "from before it)",
+    ),
+}
 
 
 def export_flag(label: str) -> str | None:

@@ -67,27 +67,17 @@ def export(
     return 0
 
 
-_MISSING = {
-    "--task-arithmetic": "has no task-arithmetic baseline that scored (a data-flow or hybrid "
-    "space, no base_model, baselines.task_arithmetic: [], or a run from before the baseline)",
-    "--soup": "has no uniform-soup baseline that scored (a base_model, where task arithmetic "
-    "is the bar, one model, a data-flow or hybrid space, baselines.uniform_soup: false, or a "
-    "run from before it)",
-}
-
-
 def _export_baseline(run_dir: Path, out_file: Path, fmt: str, flag: str) -> int:
     from evomerge.baselines import EXPORT_FLAGS
     from evomerge.store import RunStore
     from evomerge.validation_baselines import baseline_scores, score_text
 
     with RunStore.open(run_dir, readonly=True) as st:
-        found = EXPORT_FLAGS[flag](st.search_baselines())
+        find, missing = EXPORT_FLAGS[flag]
+        found = find(st.search_baselines())
         scores = baseline_scores(st)
     if found is None:
-        raise UserInputError(
-            f"{flag}: {run_dir} {_MISSING[flag]}; export an archive member with --rank"
-        )
+        raise UserInputError(f"{flag}: {run_dir} {missing}; export an archive member with --rank")
     label, entry = found
     recipe = Recipe.from_yaml(entry["recipe"], origin=f"{run_dir} baseline {label!r}")
     text = recipe.to_yaml() if fmt == "evomerge" else _to_mergekit(recipe)
