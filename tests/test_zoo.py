@@ -228,3 +228,14 @@ def test_a_second_zoo_with_the_same_models_reuses_them(cross_zoo, tmp_path):
         assert a.read_bytes() == b.read_bytes(), model
         if linked:
             assert b.stat().st_nlink >= 2, model  # the cache entry's file, not a new training
+
+
+def test_a_first_build_says_so_and_a_reuse_is_silent(cross_zoo, tmp_path, capsys):
+    """A zoo built on first use (a search naming zoo:..., possibly half an hour of training for
+    the real experts) says where it builds and how long it took; a built one says nothing."""
+    folder = build("lm-cross", tmp_path / "first", quick=True)
+    err = capsys.readouterr().err
+    assert f"zoo lm-cross: building it into {folder} (once: later runs reuse it)" in err
+    assert "zoo lm-cross: built in " in err
+    assert build("lm-cross", tmp_path / "first", quick=True) == folder
+    assert capsys.readouterr().err == ""

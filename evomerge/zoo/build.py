@@ -122,7 +122,16 @@ def build(
     try:
         if _is_built(target, digest):
             return target  # another builder finished while we waited
+        if progress:  # a first use can train for many minutes: say what is going on
+            print(
+                f"zoo {name}: building it into {target} (once: later runs reuse it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        start = time.perf_counter()
         _build_locked(spec, name, digest, target, seed=seed, quick=quick, progress=progress)
+        if progress:
+            print(f"zoo {name}: built in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     finally:
         lock.release()
     return target
