@@ -122,16 +122,7 @@ def build(
     try:
         if _is_built(target, digest):
             return target  # another builder finished while we waited
-        if progress:  # a first use can train for many minutes: say what is going on
-            print(
-                f"zoo {name}: building it into {target} (once: later runs reuse it)",
-                file=sys.stderr,
-                flush=True,
-            )
-        start = time.perf_counter()
         _build_locked(spec, name, digest, target, seed=seed, quick=quick, progress=progress)
-        if progress:
-            print(f"zoo {name}: built in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     finally:
         lock.release()
     return target
@@ -154,6 +145,12 @@ def _build_locked(spec, name, digest, target, *, seed, quick, progress) -> None:
         shutil.rmtree(target)  # an older zoo build in the same place (or an empty folder)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     tmp.mkdir()
+    if progress:  # a first use can train for many minutes: say what is going on
+        print(
+            f"zoo {name}: building it into {target} (once: later runs reuse it)",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         start = time.perf_counter()
         models = _train(name, spec, tmp, seed=seed, quick=quick, progress=progress)
@@ -179,3 +176,5 @@ def _build_locked(spec, name, digest, target, *, seed, quick, progress) -> None:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        print(f"zoo {name}: built in {manifest['build_seconds']:.0f} s", file=sys.stderr)
