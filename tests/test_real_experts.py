@@ -98,21 +98,27 @@ def test_training_never_draws_a_scored_question():
     assert any(real_tasks.target_item(raw)[0] in held for _ in range(20000))
 
 
-def test_expert_training_is_deterministic(smollm2_dir, tmp_path):
-    """Two trainings of a tiny expert (2 steps, batch 2) write the same adapter bytes; a third
-    with another seed does not (so the check can fail)."""
+def test_expert_training_is_deterministic(smollm2_dir, tmp_path, capfd):
+    """Two trainings of a tiny expert (2 steps, batch 2), one here and one in the build's own
+    child process, write the same adapter bytes; a third with another seed does not (so the
+    check can fail). The child prints its step lines and nothing from the libraries."""
     pytest.importorskip("peft")
     from evomerge.zoo.build import deterministic_cpu
-    from evomerge.zoo.real_experts import AdapterExpert, train_adapter
+    from evomerge.zoo.real_experts import AdapterExpert, _train_side_by_side, train_adapter
 
     ex = AdapterExpert("real_shift", {"shift": 1.0, "zel_write": 1.0}, steps=2, lr=2e-3, batch=2)
-    out = {}
     with deterministic_cpu(1):
-        for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        for name, seed in (("a", 7), ("c", 8)):
             train_adapter(smollm2_dir, ex, tmp_path / name, seed=seed, progress=False)
-            out[name] = (tmp_path / name / "adapter_model.safetensors").read_bytes()
+    capfd.readouterr()
+    _train_side_by_side(smollm2_dir, [("b", ex, 7)], tmp_path, threads=1, progress=True)
+    child_err = capfd.readouterr().err
+    out = {n: (tmp_path / n / "adapter_model.safetensors").read_bytes() for n in "abc"}
     assert out["a"] == out["b"]
     assert out["a"] != out["c"]
+    assert "b: step 2/2 loss" in child_err
+    for noise in ("Warning", "Loading weights", "Writing model shards", "it/s"):
+        assert noise not in child_err, child_err
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(smollm2_dir)
     # evomerge eval takes the adapter folder as a model: applied to its base in a temp folder

@@ -11,6 +11,7 @@ The workers call the same ``plan``/``iter_merged_tensors`` with their in-memory 
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections import deque
@@ -217,7 +218,10 @@ def run_merge(
         for t in p.tasks
     ]
     digest = recipe.digest()
-    with tempfile.TemporaryDirectory(prefix="evomerge-tok-") as tok_tmp:
+    # a temp folder only where a merged vocabulary needs one: a worker killed past its time
+    # limit cannot remove it, and each killed merge used to leave an empty one in /tmp
+    tok_dir = tempfile.TemporaryDirectory(prefix="evomerge-tok-") if p.vocab is not None else None
+    with tok_dir or contextlib.nullcontext() as tok_tmp:
         if p.vocab is not None:  # the merged vocabulary's tokenizer, saved as mergekit does
             p.vocab.tokenizer.save_pretrained(tok_tmp)
             tok_files = sorted(Path(tok_tmp).iterdir())

@@ -197,6 +197,7 @@ def _main(argv: list[str]) -> int:
 
     base, out, spec = Path(argv[0]), Path(argv[1]), json.loads(argv[2])
     progress = "--no-progress" not in argv
+    _quiet_libraries()
     torch.set_num_interop_threads(1)
     ex = _expert_from_json(spec["expert"])
     with deterministic_cpu(spec["threads"]):
@@ -206,6 +207,19 @@ def _main(argv: list[str]) -> int:
         else:
             train_adapter(base, ex, out, seed=spec["seed"], progress=progress)
     return 0
+
+
+def _quiet_libraries() -> None:
+    """Only the build's own step lines: transformers' "Loading weights" / "Writing model shards"
+    bars take a second each and say nothing about the 40-minute build, and peft asks the model
+    for ``is_gradient_checkpointing``, which transformers deprecates with a FutureWarning that
+    is not the user's to act on."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
 
 
 def _expert_from_json(fields: dict) -> AdapterExpert | RemapExpert:
