@@ -1,6 +1,7 @@
 """lm-eval-harness tasks, run in process on the resident model (no disk, no server).
 
-Each call wraps the model the evaluator materialized in place in an ``HFLM`` (cached while the
+Each call wraps the model the evaluator materialized in place in an ``HFLM`` (``lm_eval_lm``'s
+subclass, whose log-likelihood requests project only the positions they read; cached while the
 same model and tokenizer objects are passed, which is every candidate of a worker) and runs
 lm-eval with ``log_samples=True`` (``lm_eval_run.evaluate_tasks``: simple_evaluate's steps
 without its per-call environment report): the per-sample metric values are the
@@ -239,9 +240,9 @@ class LmEvalTask:
 
     def _model(self, model: Any, tokenizer: Any) -> Any:
         if self._lm is None or self._lm[0] is not model or self._lm[1] is not tokenizer:
-            from lm_eval.models.huggingface import HFLM
+            from evomerge.fitness.lm_eval_lm import continuation_hflm
 
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.cfg.batch_size)
+            lm = continuation_hflm(model, tokenizer, self.cfg.batch_size)
             self._lm = (model, tokenizer, lm)
         return self._lm[2]
 

@@ -1,0 +1,115 @@
+"""Log-likelihood scoring with the LM head on continuation positions only, against every position.
+
+    python benchmarks/lm_eval_logits.py [--runs 5] [--threads 1] [--models smollm2,gemma3]
+
+A log-likelihood task (multiple choice, a gold answer's log-likelihood) reads the logits of the
+continuation's tokens only; lm-eval's ``hf`` backend projects every position onto the
+vocabulary. evomerge's lm_eval tasks wrap the resident model in ``ContinuationHFLM``
+(evomerge/fitness/lm_eval_lm.py), which asks the model for the positions lm-eval reads. For
+each real model (float32, as a CPU worker holds it) and task this scores the task through
+evomerge's fitness with lm-eval's own ``HFLM`` (``every``) and with ``ContinuationHFLM``
+(``kept``), alternating, ``--runs`` times each after one warm-up call, and prints the medians
+and their ratio. Every item's score must be equal between the two (checked on every run).
+
+Tasks: ``smollm2_chat_mc`` (12 questions x 4 answers, batch 12) and ``real_target_gold_loglik``
+(the smollm2-experts target scored by the gold answer's log-likelihood, its 40 search items,
+batch 20), with the chat template on SmolLM2; Gemma-3-270M (a base model without one) gets
+them as plain text. Run it alone: the load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "smollm2_chat_mc": {"batch_size": 12},
+    "real_target_gold_loglik": {
+        "include_path": str(ROOT / "fitness" / "real_target"),
+        "system_instruction": "Answer briefly.",
+        "limit": 40,
+        "batch_size": 20,
+    },
+}
+
+
+def fitness(task: str, chat: bool):
+    from evomerge.fitness import build_fitness, parse_fitness_config
+
+    entry = {"kind": "lm_eval", "task": task, "include_path": str(ROOT / "fitness" / task)}
+    entry |= TASKS[task] | {"apply_chat_template": chat}
+    return build_fitness(parse_fitness_config({"tasks": [entry]}))
+
+
+def plain_hflm(model, tokenizer, batch_size):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
+def scorers(task: str, chat: bool, model, tokenizer):
+    """(every, kept): two fitness objects, each holding its own HFLM wrapper after one call."""
+    from evomerge.fitness import lm_eval_lm
+
+    every, kept = fitness(task, chat), fitness(task, chat)
+    ours = lm_eval_lm.continuation_hflm
+    lm_eval_lm.continuation_hflm = plain_hflm  # the wrapper is made on the first call
+    try:
+        every(model, tokenizer)
+    finally:
+        lm_eval_lm.continuation_hflm = ours
+    kept(model, tokenizer)
+    return every, kept
+
+
+def timed(fit, model, tokenizer, task):
+    t = time.perf_counter()
+    score = fit(model, tokenizer).tasks[task]
+    return time.perf_counter() - t, list(score.per_example)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", default="smollm2,gemma3")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from evomerge.config import resolve_model_ref
+    from evomerge.eval_cli import load_model
+
+    print(f"load average before: {os.getloadavg()[0]:.2f}; torch threads {args.threads}")
+    rows = []
+    for name in args.models.split(","):
+        folder = resolve_model_ref(
+            {"smollm2": "zoo:smollm2/instruct", "gemma3": "zoo:gemma3/base"}[name]
+        )
+        model, tokenizer = load_model(Path(folder))
+        chat = bool(getattr(tokenizer, "chat_template", None))
+        for task in TASKS:
+            every, kept = scorers(task, chat, model, tokenizer)
+            times = {"every": [], "kept": []}
+            for _ in range(args.runs):
+                te, se = timed(every, model, tokenizer, task)
+                tk, sk = timed(kept, model, tokenizer, task)
+                assert se == sk, f"{name} {task}: item scores differ"
+                times["every"].append(te)
+                times["kept"].append(tk)
+            e, k = (statistics.median(times[v]) for v in ("every", "kept"))
+            rows.append((name, str(model.dtype).removeprefix("torch."), task, len(se), e, k))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"\n{'model':8} {'dtype':8} {'task':24} {'items':>5} {'every s':>8} {'kept s':>7} ratio")
+    for name, dtype, task, n, e, k in rows:
+        print(f"{name:8} {dtype:8} {task:24} {n:5d} {e:8.2f} {k:7.2f} {e / k:5.2f}x")
+    print("(medians; item scores equal on every run)")
+
+
+if __name__ == "__main__":
+    main()

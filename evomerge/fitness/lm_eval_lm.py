@@ -1,0 +1,107 @@
+"""lm-eval's ``HFLM``, computing the LM head's logits only where a log-likelihood reads them.
+
+For a log-likelihood request (multiple choice, a gold answer's log-likelihood, perplexity)
+lm-eval's ``hf`` backend runs the model over context + continuation and keeps the logits of the
+continuation's positions only; the model still projects every position onto the vocabulary
+and lm-eval takes the log-softmax of all of them. With a large vocabulary that projection is
+much of the work: Gemma-3-270M's output layer (262k tokens x 640) holds 1.7 times its blocks'
+weights, SmolLM2-135M's a quarter. transformers' causal LMs take ``logits_to_keep=k`` (the
+last k positions only; ``generate`` passes 1), and lm-eval's ``_loglikelihood_tokens`` already
+reads a shorter logits tensor as the tail of its right-padded batch (it shifts each row's
+input length by ``logits.shape[1] - padding_len_inp``).
+
+``ContinuationHFLM`` passes the smallest k that still holds every row's continuation: it
+notes, per request being scored, the row lm-eval builds from it and where its continuation
+starts, and finds each row of a batch there (a row it cannot find gets every position).
+Everything else, and every other request type (generation, batch-size probing), is lm-eval's
+own code. Models whose ``forward`` does not name ``logits_to_keep`` (the test transformers uses
+for ``generate``) get every position. Scores equal lm-eval's own to float rounding (a
+projection of fewer rows may add in another order; tests/test_lm_eval_logits.py) and a fresh
+lm-eval ``hf`` run item by item (tests/test_lm_eval_parity.py); the time saved is measured by
+benchmarks/lm_eval_logits.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+
+def _strip_pad(tokens) -> tuple[int, ...]:
+    """A row without its trailing 0s: lm-eval right-pads with token 0 (a real trailing 0 goes
+    too, the same way for the request and for its padded row)."""
+    tokens = list(tokens)
+    while tokens and tokens[-1] == 0:
+        tokens.pop()
+    return tuple(tokens)
+
+
+def continuation_starts(requests, max_length: int) -> dict[tuple[int, ...], int]:
+    """Input row (unpadded, see ``_strip_pad``) -> the first position whose logits lm-eval
+    reads for it: its input length minus its continuation's, the input being lm-eval's
+    ``(context + continuation)[-(max_length + 1):][:-1]``. Requests with the same row keep the
+    earliest start."""
+    starts: dict[tuple[int, ...], int] = {}
+    for _, context, continuation in requests:
+        row = (list(context) + list(continuation))[-(max_length + 1) :][:-1]
+        key = _strip_pad(row)
+        start = max(0, len(row) - len(continuation))
+        starts[key] = min(start, starts.get(key, start))
+    return starts
+
+
+def keep_positions(inps: torch.Tensor, starts: dict[tuple[int, ...], int]) -> int:
+    """The last positions of the right-padded batch ``inps`` that hold every row's scored
+    positions: the batch width when a row is not one of ``starts``."""
+    width = inps.shape[1]
+    first = width
+    for row in inps.tolist():
+        start = starts.get(_strip_pad(row))
+        if start is None:
+            return width
+        first = min(first, start)
+    return width - first
+
+
+def takes_logits_to_keep(model: Any) -> bool:
+    forward = getattr(model, "forward", None)
+    try:
+        return "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def continuation_hflm(model: Any, tokenizer: Any, batch_size: int | str) -> Any:
+    """An ``HFLM`` around the resident ``model`` that projects only continuation positions."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ContinuationHFLM(HFLM):
+        _starts: dict[tuple[int, ...], int] | None = None
+
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            # requests: (key, context tokens, continuation tokens)
+            self._starts = continuation_starts(requests, self.max_length)
+            try:
+                return super()._loglikelihood_tokens(requests, *args, **kwargs)
+            finally:
+                self._starts = None
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            starts = self._starts
+            if starts is None or attn_mask is not None or self.backend != "causal":
+                return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+            keep = keep_positions(inps, starts)
+            if keep >= inps.shape[1] or not takes_logits_to_keep(self.model):
+                return super()._model_call(inps)
+            mixed = getattr(self, "mixed_precision_dtype", None)  # lm-eval >= 0.4.8 has it
+            with (
+                torch.no_grad(),
+                torch.autocast(
+                    device_type=self.device.type, dtype=mixed, enabled=mixed is not None
+                ),
+            ):
+                return self.model(inps, logits_to_keep=keep).logits
+
+    return ContinuationHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
