@@ -67,7 +67,6 @@ class Search:
                 from evomerge.baselines import all_baseline_recipes
                 from evomerge.validation import rescore_archive
 
-                self.evaluator.close()  # its workers go before the validation workers come
                 experts = all_baseline_recipes(self.experiment)  # and base, the simple merges
                 rescore_archive(self.cfg, self.store, self._validation_evaluator, self.say, experts)
             return final
@@ -75,6 +74,12 @@ class Search:
             self.close()
 
     def _validation_evaluator(self) -> Evaluator:
+        """The search's own workers on the validation items: their models stay loaded. An
+        evaluator that cannot switch goes before a validation one comes (one set of workers
+        in memory at a time)."""
+        if self.evaluator.use_split("validation"):
+            return self.evaluator
+        self.evaluator.close()
         return evaluator_for(self.experiment, split="validation")
 
     def close(self) -> None:

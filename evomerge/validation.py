@@ -172,9 +172,9 @@ def rescore_archive(
 ) -> int:
     """Score every archive member that has no validation score yet, then the ``baselines``
     (label, recipe: the experts and the base, ``evomerge.validation_baselines``) that have
-    none, with one evaluator; returns how many members. ``make_evaluator()`` builds the
-    search's evaluator on the validation split (the builder passes it, so this module needs
-    no builder)."""
+    none, with one evaluator; returns how many members. ``make_evaluator()`` gives the
+    search's evaluator switched to the validation split, or a new one on it (the builder
+    passes it, so this module needs no builder); it is closed at the end."""
     from evomerge.validation_baselines import META_KEY as BASELINES_KEY
     from evomerge.validation_baselines import baselines_to_validate, stored_baselines
 

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,8 +45,23 @@ def heldout(model, tokenizer):
     value = -score(model, tokenizer)
     time.sleep(float(os.environ.get("HELDOUT_SLEEP", "0")))
     with LOG.open("a") as f:
-        f.write(f"{value!r}\\n")
+        f.write(f"{value!r} {os.getpid()}\\n")
     return value
+"""
+
+# The search's fitness, noting the process that scored each candidate.
+SCORE_PID_PY = """
+import os, sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from score import score as _score
+
+
+def score(model, tokenizer):
+    with Path(__file__).with_name("search_pids.log").open("a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return _score(model, tokenizer)
 """
 
 
@@ -297,15 +313,22 @@ def test_lm_eval_validation_docs_are_disjoint_and_seeded(pick):
         assert val_ids == list(range(45, 70))
 
 
+def _pids(path: Path) -> set[int]:
+    return {int(line.split()[-1]) for line in path.read_text().splitlines()}
+
+
 def test_validation_through_ray_equals_serial(family, tmp_path):
     """The re-scoring goes through the Ray evaluator too (2 workers on loopback) and gives the
-    serial run's validation scores."""
+    serial run's validation scores. The search's own worker processes score it: their models
+    stay loaded (no second cluster, no second load of every model)."""
     pytest.importorskip("ray")
     serial, ray_dir = tmp_path / "serial", tmp_path / "ray"
     for d in (serial, ray_dir):
         d.mkdir()
         exp = _experiment(d, family)
-        exp.write_text(exp.read_text().replace("timeout_s: 60}", "timeout_s: 60, threads: 1}"))
+        text = exp.read_text().replace("timeout_s: 60}", "timeout_s: 60, threads: 1}")
+        exp.write_text(text.replace("score.py:score", "score_pid.py:score"))
+        (d / "score_pid.py").write_text(SCORE_PID_PY)
     assert search(serial / "exp.yaml", serial / "run", workers=1) == 0
     assert search(ray_dir / "exp.yaml", ray_dir / "run", workers=2) == 0
     got = []
@@ -320,6 +343,36 @@ def test_validation_through_ray_equals_serial(family, tmp_path):
     assert experts[0].keys() == experts[1].keys() and len(experts[0]) == 3
     for k, (_, v) in experts[0].items():
         assert experts[1][k][1] == pytest.approx(v, rel=1e-6)
+    searched = _pids(ray_dir / "search_pids.log")
+    assert len(searched) == 2 and os.getpid() not in searched  # two Ray workers
+    assert _pids(ray_dir / "heldout_calls.log") <= searched
+
+
+def test_ray_workers_switch_to_validation_and_drop_what_was_in_flight(family, tmp_path):
+    """``use_split``: the jobs submitted before the switch are never reported; the switched
+    workers score a recipe on the validation items as a serial validation evaluator does."""
+    pytest.importorskip("ray")
+    from evomerge.build import build_evaluator
+    from evomerge.recipe import ModelRef
+
+    exp = _experiment(tmp_path, family)
+    exp.write_text(exp.read_text().replace("timeout_s: 60}", "timeout_s: 60, threads: 1}"))
+    cfg = load_experiment(exp)
+    models = [ModelRef(model=m, parameters={"weight": 0.5}) for m in family["experts"]]
+    recipe = Recipe(merge_method="task_arithmetic", models=models, base_model=family["base"])
+    with build_evaluator(cfg, tmp_path / "run", "validation") as serial:
+        want = serial.evaluate([recipe])[0]
+    cfg = cfg.model_copy(update={"workers": 2})
+    with build_evaluator(cfg, tmp_path / "run") as ev:
+        searched = ev.evaluate([recipe])[0]
+        for _ in range(3):  # one running on each worker, one queued
+            ev.submit(recipe)
+        assert ev.use_split("validation") and ev.in_flight == 0
+        got = ev.evaluate([recipe])[0]
+        assert ev.poll(timeout=5) == []
+    assert want.ok and got.ok and searched.ok
+    assert got.fitness == pytest.approx(want.fitness, rel=1e-6)
+    assert got.fitness == pytest.approx(-searched.fitness, rel=1e-6)  # heldout = -score
 
 
 def test_interrupted_run_says_validation_is_pending_until_resumed(family, tmp_path, capsys):

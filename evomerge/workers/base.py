@@ -37,6 +37,12 @@ class Evaluator(ABC):
             f"{type(self).__name__} cannot compute what candidates want (e.g. gradients)"
         )
 
+    def use_split(self, split: str) -> bool:
+        """Score on ``split``'s items (``search`` or ``validation``) from now on, with the
+        workers and models already loaded; False when this evaluator cannot (build one on
+        that split instead)."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers and resident models."""
 

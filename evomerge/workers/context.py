@@ -45,8 +45,9 @@ class ResidentWorker:
         self.seed = spec.seed
         self._spec, self._space = spec, None
         self.resolver = resolver
-        # split="validation": the same worker scores the archive on held-out items
+        # split="validation": the held-out items (use_split switches a running worker)
         self.fitness = build_fitness(spec.fitness, base_dir=Path(spec.base_dir), split=spec.split)
+        self._fitness_by_split = {spec.split: self.fitness}
         ratio = spec.stats_cache
         self.cache = cache or ExpertCache(resolver, stats=ratio > 0, stats_ratio=ratio)
         self.materializer = Materializer(self.cache, device=spec.device)
@@ -96,6 +97,18 @@ class ResidentWorker:
             models = list(spec.models)
             self._space = build_space(spec.space, base=spec.base_model, models=models, num_layers=0)
         return self._space
+
+    def use_split(self, split: str) -> None:
+        """Score on ``split``'s items from now on: a search's workers score its archive on
+        the validation items without loading their models again. Each split's fitness is
+        built once."""
+        if split not in self._fitness_by_split:
+            from evomerge.fitness import build_fitness
+
+            spec = self._spec
+            fitness = build_fitness(spec.fitness, base_dir=Path(spec.base_dir), split=split)
+            self._fitness_by_split[split] = fitness
+        self.fitness = self._fitness_by_split[split]
 
     def score(
         self, model: Any, tokenizer: Any, items: dict[str, list[int]] | None = None

@@ -48,7 +48,8 @@ class WorkerContext(Protocol):
     def score(self, model: Any, tokenizer: Any) -> tuple[EvalResult, float, tuple[float, ...]]:
         """(result, aggregate fitness, objectives); with ``items`` (racing) only those items."""
 
-    # ``space`` (the run's search space) is read only by a wants job (``run_wants_job``)
+    # ``space`` (the run's search space) is read only by a wants job (``run_wants_job``);
+    # ``use_split(split)`` (optional) switches the items scored, e.g. to the validation split
 
 
 def job_seed(seed: int, digest: str) -> int:

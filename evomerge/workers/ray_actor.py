@@ -40,6 +40,10 @@ class WorkerFactory(ABC):
     def shared_models(self) -> list[str]:
         """Model references to put once per node into the object store."""
 
+    def can_use_split(self) -> bool:
+        """Whether the contexts ``build`` makes have ``use_split`` (switch to other items)."""
+        return False
+
     @abstractmethod
     def build(self, cache: Any, placement: Placement, worker: str) -> WorkerContext:
         """The worker context (materializer + fitness) over ``cache``, placed per ``placement``."""
@@ -116,13 +120,18 @@ class EvalWorker:
         timeout_s: float | None,
         wants: Mapping[str, Any] | None = None,
         items: dict[str, list[int]] | None = None,
+        split: str | None = None,
     ) -> JobResult:
-        """The candidate's fitness job, or with ``wants`` its wants job (``workers.wants``)."""
+        """The candidate's fitness job, or with ``wants`` its wants job (``workers.wants``);
+        ``split`` (the evaluator's ``use_split``): the items to score, when not the spec's.
+        The split comes with every job, so a restarted actor scores the same items."""
         ctx = self._context(node_refs)
         if ctx is None:
             return JobResult.failed(
                 recipe.digest(), self._setup_error or "setup failed", worker=self.name
             )
+        if split is not None:
+            ctx.use_split(split)  # type: ignore[attr-defined]  (checked by the evaluator)
         job_dir = Path(tempfile.mkdtemp(prefix="cand-", dir=self.scratch))
         old_tmp = os.environ.get("TMPDIR")
         os.environ["TMPDIR"] = str(job_dir)

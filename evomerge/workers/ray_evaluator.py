@@ -120,6 +120,7 @@ class RayEvaluator(Evaluator):
         self._attempts: dict[int, int] = {}
         self._done: dict[int, JobResult] = {}
         self._next_ticket = 0
+        self._split: str | None = None  # use_split's, sent with every job
         self.stats = RayStats()
 
     @classmethod
@@ -252,6 +253,24 @@ class RayEvaluator(Evaluator):
         self._done.update(others)
         return [got[t] for t in tickets]
 
+    def use_split(self, split: str) -> bool:
+        """Score on ``split`` from now on with the same actors: their models stay loaded (a
+        new evaluator would start every worker and load every model again). Jobs submitted and
+        not yet returned are dropped: queued ones never start, a running one finishes
+        unreported (a search asked them ahead; resume has them in its pending table)."""
+        if not self.factory.can_use_split():
+            return False
+        for t in [*self._recipes, *self._done]:
+            self._forget(t)
+        self._queue.clear()
+        self._done.clear()
+        self._split = split
+        return True
+
+    def _forget(self, t: int) -> None:
+        for book in (self._recipes, self._digests, self._wants, self._attempts, self._items):
+            book.pop(t, None)
+
     # ---- the scheduler --------------------------------------------------------------------------
     def _pump(self) -> None:
         free = [s for s in self._slots if s.warm_ref is None and s.ticket is None]
@@ -279,6 +298,7 @@ class RayEvaluator(Evaluator):
             self.timeout_s,
             self._wants.get(t),
             self._items.get(t),
+            self._split,
         )
 
     def _wait_budget(self, deadline: float | None) -> float | None:
@@ -330,6 +350,8 @@ class RayEvaluator(Evaluator):
             self._worker_died(s, t, "worker process died")
             return
         except RayTaskError as err:  # run_job never raises; this is Ray failing to ship a value
+            if t not in self._recipes:  # dropped by use_split
+                return
             result = JobResult.failed(self._recipes[t].digest(), f"ray: {err}", worker=s.name)
         self._accept(t, result)
 
@@ -370,6 +392,8 @@ class RayEvaluator(Evaluator):
             s.resident = None
             self.stats.worker_deaths += 1
             s.warm_ref = s.actor.warmup.remote(self._node_refs)
+            if t not in self._recipes:  # dropped by use_split
+                continue
             self._accept(
                 t,
                 JobResult.failed(

@@ -28,6 +28,9 @@ class SpecWorkerFactory(WorkerFactory):
         # recipe:<digest> sources exist only once materialized; workers read those from disk.
         return [r for r in self.spec.shared_models if not r.startswith("recipe:")]
 
+    def can_use_split(self) -> bool:
+        return True  # ResidentWorker.use_split
+
     def build(self, cache: Any, placement: Placement, worker: str) -> WorkerContext:
         from evomerge.workers.context import ResidentWorker
 

@@ -30,6 +30,7 @@ class SerialEvaluator(Evaluator):
         # can report progress before the load).
         self._ctx = context if not callable(context) or hasattr(context, "materialize") else None
         self._factory = None if self._ctx is not None else context
+        self._split: str | None = None  # use_split's, applied to a context built later
         self.timeout_s = timeout_s
         self.on_result = on_result
         # torch's threads are process-wide: set for this evaluator's life, restored on close
@@ -44,7 +45,17 @@ class SerialEvaluator(Evaluator):
     def context(self) -> WorkerContext:
         if self._ctx is None:
             self._ctx = self._factory()  # type: ignore[misc]
+            if self._split is not None:
+                self._ctx.use_split(self._split)  # type: ignore[attr-defined]
         return self._ctx
+
+    def use_split(self, split: str) -> bool:
+        if self._ctx is not None and not hasattr(self._ctx, "use_split"):
+            return False
+        self._split = split
+        if self._ctx is not None:
+            self._ctx.use_split(split)  # type: ignore[attr-defined]
+        return True
 
     def evaluate(
         self, recipes: Sequence[Recipe], items: Sequence[dict[str, list[int]]] | None = None
