@@ -65,8 +65,11 @@ def score(model, tokenizer):
 """
 
 
-def _experiment(tmp, family, *, max_evals=10, validation=True, ta_baseline=False):
+def _experiment(tmp, family, *, max_evals=10, validation=True, ta_baseline=False, threads=None):
     path = write_experiment(tmp, family, max_evals=max_evals, popsize=5, ta_baseline=ta_baseline)
+    if threads is not None:  # evaluation.threads: what Ray workers use (1: serial's arithmetic)
+        text = path.read_text().replace("timeout_s: 60}", f"timeout_s: 60, threads: {threads}}}")
+        path.write_text(text)
     (tmp / "heldout.py").write_text(HELDOUT_PY)
     if validation:
         text = path.read_text().replace(
@@ -325,9 +328,8 @@ def test_validation_through_ray_equals_serial(family, tmp_path):
     serial, ray_dir = tmp_path / "serial", tmp_path / "ray"
     for d in (serial, ray_dir):
         d.mkdir()
-        exp = _experiment(d, family)
-        text = exp.read_text().replace("timeout_s: 60}", "timeout_s: 60, threads: 1}")
-        exp.write_text(text.replace("score.py:score", "score_pid.py:score"))
+        exp = _experiment(d, family, threads=1)
+        exp.write_text(exp.read_text().replace("score.py:score", "score_pid.py:score"))
         (d / "score_pid.py").write_text(SCORE_PID_PY)
     assert search(serial / "exp.yaml", serial / "run", workers=1) == 0
     assert search(ray_dir / "exp.yaml", ray_dir / "run", workers=2) == 0
@@ -355,9 +357,7 @@ def test_ray_workers_switch_to_validation_and_drop_what_was_in_flight(family, tm
     from evomerge.build import build_evaluator
     from evomerge.recipe import ModelRef
 
-    exp = _experiment(tmp_path, family)
-    exp.write_text(exp.read_text().replace("timeout_s: 60}", "timeout_s: 60, threads: 1}"))
-    cfg = load_experiment(exp)
+    cfg = load_experiment(_experiment(tmp_path, family, threads=1))
     models = [ModelRef(model=m, parameters={"weight": 0.5}) for m in family["experts"]]
     recipe = Recipe(merge_method="task_arithmetic", models=models, base_model=family["base"])
     with build_evaluator(cfg, tmp_path / "run", "validation") as serial:

@@ -74,8 +74,12 @@ def takes_logits_to_keep(model: Any) -> bool:
 
 
 def continuation_hflm(model: Any, tokenizer: Any, batch_size: int | str) -> Any:
-    """An ``HFLM`` around the resident ``model`` that projects only continuation positions."""
+    """An ``HFLM`` around the resident ``model`` that projects only continuation positions
+    (lm-eval's own ``HFLM`` for a model that cannot be asked to)."""
     from lm_eval.models.huggingface import HFLM
+
+    if not takes_logits_to_keep(model):
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
     class ContinuationHFLM(HFLM):
         _starts: dict[tuple[int, ...], int] | None = None
@@ -93,7 +97,7 @@ def continuation_hflm(model: Any, tokenizer: Any, batch_size: int | str) -> Any:
             if starts is None or attn_mask is not None or self.backend != "causal":
                 return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
             keep = keep_positions(inps, starts)
-            if keep >= inps.shape[1] or not takes_logits_to_keep(self.model):
+            if keep >= inps.shape[1]:
                 return super()._model_call(inps)
             mixed = getattr(self, "mixed_precision_dtype", None)  # lm-eval >= 0.4.8 has it
             with (

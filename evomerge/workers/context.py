@@ -39,15 +39,13 @@ class ResidentWorker:
         worker: str = "local",
         cache: ExpertCache | None = None,
     ) -> None:
-        from evomerge.fitness import build_fitness
-
         self.worker = worker
         self.seed = spec.seed
         self._spec, self._space = spec, None
         self.resolver = resolver
         # split="validation": the held-out items (use_split switches a running worker)
-        self.fitness = build_fitness(spec.fitness, base_dir=Path(spec.base_dir), split=spec.split)
-        self._fitness_by_split = {spec.split: self.fitness}
+        self._fitness_by_split: dict[str, Any] = {}
+        self.use_split(spec.split)
         ratio = spec.stats_cache
         self.cache = cache or ExpertCache(resolver, stats=ratio > 0, stats_ratio=ratio)
         self.materializer = Materializer(self.cache, device=spec.device)

@@ -260,7 +260,7 @@ class RayEvaluator(Evaluator):
         unreported (a search asked them ahead; resume has them in its pending table)."""
         if not self.factory.can_use_split():
             return False
-        for t in [*self._recipes, *self._done]:
+        for t in list(self._recipes):
             self._forget(t)
         self._queue.clear()
         self._done.clear()
@@ -268,6 +268,7 @@ class RayEvaluator(Evaluator):
         return True
 
     def _forget(self, t: int) -> None:
+        """Drop every record of ticket ``t`` but its result."""
         for book in (self._recipes, self._digests, self._wants, self._attempts, self._items):
             book.pop(t, None)
 
@@ -407,11 +408,8 @@ class RayEvaluator(Evaluator):
     def _accept(self, t: int, result: JobResult) -> None:
         if t not in self._recipes:  # already answered (cannot score a ticket twice)
             return
-        del self._recipes[t]
-        self._digests.pop(t, None)
-        wants_job = self._wants.pop(t, None) is not None
-        self._attempts.pop(t, None)
-        self._items.pop(t, None)
+        wants_job = t in self._wants
+        self._forget(t)
         self._done[t] = result
         self.stats.completed += 1
         if result.worker:
