@@ -1,25 +1,32 @@
-"""Log-likelihood scoring with the LM head on continuation positions only, against every position.
+"""Log-likelihood scoring: lm-eval's own ``hf`` backend against evomerge's two savings.
 
     python benchmarks/lm_eval_logits.py [--runs 5] [--threads 1] [--models smollm2,gemma3]
 
 A log-likelihood task (multiple choice, a gold answer's log-likelihood) reads the logits of the
 continuation's tokens only; lm-eval's ``hf`` backend projects every position onto the
-vocabulary. evomerge's lm_eval tasks wrap the resident model in ``ContinuationHFLM``
-(evomerge/fitness/lm_eval_lm.py), which asks the model for the positions lm-eval reads. For
-each real model (float32, as a CPU worker holds it) and task this scores the task through
-evomerge's fitness with lm-eval's own ``HFLM`` (``every``) and with ``ContinuationHFLM``
-(``kept``), alternating, ``--runs`` times each after one warm-up call, and prints the medians
-and their ratio. Every item's score must be equal between the two (checked on every run).
+vocabulary, and runs a context once per answer unless every answer is one token. evomerge's
+lm_eval tasks wrap the resident model in ``ContinuationHFLM`` (evomerge/fitness/lm_eval_lm.py),
+which asks the model for the positions lm-eval reads (``kept``) and scores the answers of one
+context on one pass over it (``shared``, evomerge/fitness/lm_eval_shared_context.py). For each
+real model (float32, as a CPU worker holds it) and task this scores the task through
+evomerge's fitness with lm-eval's own ``HFLM`` (``every``), ``kept`` alone and ``shared`` (both,
+the default), in turn, ``--runs`` times each after one warm-up call, and prints the medians
+and their ratios to ``every``. Every item's score must be equal between them (checked on
+every run).
 
-Tasks: ``smollm2_chat_mc`` (12 questions x 4 answers, batch 12) and ``real_target_gold_loglik``
-(the smollm2-experts target scored by the gold answer's log-likelihood, its 40 search items,
-batch 20), with the chat template on SmolLM2; Gemma-3-270M (a base model without one) gets
-them as plain text. Run it alone: the load average is printed before and after.
+Tasks: ``smollm2_chat_mc`` (12 questions x 4 answers of 1.3 tokens on average, batch 12),
+``real_target_gold_loglik`` (the smollm2-experts target scored by the gold answer's
+log-likelihood: one answer per item, its 40 search items, batch 20) and ``real_target_mc``
+(the same 40 items as a choice among four answers of 4 tokens each, after the task's 4
+worked examples as earlier turns, batch 20), with the chat template on SmolLM2; Gemma-3-270M (a
+base model without one) gets them as plain text. Run it alone: the load average is printed
+before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -36,7 +43,15 @@ TASKS = {
         "limit": 40,
         "batch_size": 20,
     },
+    "real_target_mc": {
+        "include_path": str(ROOT / "fitness" / "real_target"),
+        "system_instruction": "Answer briefly.",
+        "num_fewshot": 4,
+        "limit": 40,
+        "batch_size": 20,
+    },
 }
+VARIANTS = ("every", "kept", "shared")
 
 
 def fitness(task: str, chat: bool):
@@ -44,6 +59,8 @@ def fitness(task: str, chat: bool):
 
     entry = {"kind": "lm_eval", "task": task, "include_path": str(ROOT / "fitness" / task)}
     entry |= TASKS[task] | {"apply_chat_template": chat}
+    if chat and "num_fewshot" in entry:
+        entry["fewshot_as_multiturn"] = True
     return build_fitness(parse_fitness_config({"tasks": [entry]}))
 
 
@@ -53,19 +70,21 @@ def plain_hflm(model, tokenizer, batch_size):
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
-def scorers(task: str, chat: bool, model, tokenizer):
-    """(every, kept): two fitness objects, each holding its own HFLM wrapper after one call."""
+def scorers(task: str, chat: bool, model, tokenizer) -> dict:
+    """Variant -> a fitness object holding its own HFLM wrapper after one call."""
     from evomerge.fitness import lm_eval_lm
 
-    every, kept = fitness(task, chat), fitness(task, chat)
     ours = lm_eval_lm.continuation_hflm
-    lm_eval_lm.continuation_hflm = plain_hflm  # the wrapper is made on the first call
-    try:
-        every(model, tokenizer)
-    finally:
-        lm_eval_lm.continuation_hflm = ours
-    kept(model, tokenizer)
-    return every, kept
+    kept = functools.partial(ours, share_contexts=False)
+    made = {}
+    for variant, wrapper in zip(VARIANTS, (plain_hflm, kept, ours), strict=True):
+        made[variant] = fitness(task, chat)
+        lm_eval_lm.continuation_hflm = wrapper  # the wrapper is made on the first call
+        try:
+            made[variant](model, tokenizer)
+        finally:
+            lm_eval_lm.continuation_hflm = ours
+    return made
 
 
 def timed(fit, model, tokenizer, task):
@@ -94,21 +113,30 @@ def main() -> None:
         model, tokenizer = load_model(Path(folder))
         chat = bool(getattr(tokenizer, "chat_template", None))
         for task in TASKS:
-            every, kept = scorers(task, chat, model, tokenizer)
-            times = {"every": [], "kept": []}
+            made = scorers(task, chat, model, tokenizer)
+            times = {v: [] for v in VARIANTS}
             for _ in range(args.runs):
-                te, se = timed(every, model, tokenizer, task)
-                tk, sk = timed(kept, model, tokenizer, task)
-                assert se == sk, f"{name} {task}: item scores differ"
-                times["every"].append(te)
-                times["kept"].append(tk)
-            e, k = (statistics.median(times[v]) for v in ("every", "kept"))
-            rows.append((name, str(model.dtype).removeprefix("torch."), task, len(se), e, k))
+                scores = {}
+                for variant in VARIANTS:
+                    t, scores[variant] = timed(made[variant], model, tokenizer, task)
+                    times[variant].append(t)
+                assert scores["every"] == scores["kept"] == scores["shared"], (
+                    f"{name} {task}: item scores differ"
+                )
+            medians = [statistics.median(times[v]) for v in VARIANTS]
+            dtype = str(model.dtype).removeprefix("torch.")
+            rows.append((name, dtype, task, len(scores["every"]), *medians))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print(f"\n{'model':8} {'dtype':8} {'task':24} {'items':>5} {'every s':>8} {'kept s':>7} ratio")
-    for name, dtype, task, n, e, k in rows:
-        print(f"{name:8} {dtype:8} {task:24} {n:5d} {e:8.2f} {k:7.2f} {e / k:5.2f}x")
-    print("(medians; item scores equal on every run)")
+    print(
+        f"\n{'model':8} {'dtype':8} {'task':24} {'items':>5} {'every s':>8} {'kept s':>7} "
+        f"{'shared s':>8} {'kept':>6} {'shared':>6}"
+    )
+    for name, dtype, task, n, e, k, sh in rows:
+        print(
+            f"{name:8} {dtype:8} {task:24} {n:5d} {e:8.2f} {k:7.2f} {sh:8.2f} "
+            f"{e / k:5.2f}x {e / sh:5.2f}x"
+        )
+    print("(medians; ratios: every / variant; item scores equal on every run)")
 
 
 if __name__ == "__main__":

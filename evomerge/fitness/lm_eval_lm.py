@@ -12,7 +12,10 @@ input length by ``logits.shape[1] - padding_len_inp``).
 
 ``ContinuationHFLM`` passes the smallest k that still holds every row's continuation: it
 notes, per request being scored, the row lm-eval builds from it and where its continuation
-starts, and finds each row of a batch there (a row it cannot find gets every position).
+starts, and finds each row of a batch there (a row it cannot find gets every position). It also
+scores the answers of one context on one pass over that context (its KV cache,
+``evomerge.fitness.lm_eval_shared_context``) where lm-eval would run the context once per
+answer.
 Everything else, and every other request type (generation, batch-size probing), is lm-eval's
 own code. Models whose ``forward`` does not name ``logits_to_keep`` (the test transformers uses
 for ``generate``) get every position. Scores equal lm-eval's own to float rounding (a
@@ -23,10 +26,18 @@ benchmarks/lm_eval_logits.py.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
 import torch
+
+from evomerge.fitness.lm_eval_shared_context import (
+    batches,
+    cache_argument,
+    score_batch,
+    shared_context_groups,
+)
 
 
 def _strip_pad(tokens) -> tuple[int, ...]:
@@ -73,9 +84,22 @@ def takes_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def continuation_hflm(model: Any, tokenizer: Any, batch_size: int | str) -> Any:
-    """An ``HFLM`` around the resident ``model`` that projects only continuation positions
-    (lm-eval's own ``HFLM`` for a model that cannot be asked to)."""
+def _sliding_window(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
+def continuation_hflm(
+    model: Any, tokenizer: Any, batch_size: int | str, share_contexts: bool = True
+) -> Any:
+    """An ``HFLM`` around the resident ``model`` that projects only continuation positions and
+    (``share_contexts``) scores the answers of one context on one pass over it
+    (``evomerge.fitness.lm_eval_shared_context``); lm-eval's own ``HFLM`` for a model that
+    cannot be asked to."""
     from lm_eval.models.huggingface import HFLM
 
     if not takes_logits_to_keep(model):
@@ -84,13 +108,60 @@ def continuation_hflm(model: Any, tokenizer: Any, batch_size: int | str) -> Any:
     class ContinuationHFLM(HFLM):
         _starts: dict[tuple[int, ...], int] | None = None
 
-        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+        def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
             # requests: (key, context tokens, continuation tokens)
-            self._starts = continuation_starts(requests, self.max_length)
-            try:
-                return super()._loglikelihood_tokens(requests, *args, **kwargs)
-            finally:
-                self._starts = None
+            rows = self._rows(override_bs)
+            groups, rest = [], list(range(len(requests)))
+            if share_contexts and rows and self.backend == "causal" and self._cache_argument:
+                groups, rest = shared_context_groups(requests, self.max_length, self._window)
+            results: list[tuple[float, bool] | None] = [None] * len(requests)
+            for batch in batches(groups, rows or 1, self._window):
+                with torch.no_grad(), self._autocast():
+                    scored = score_batch(
+                        self.model, batch, requests, self.device, self._softmax_dtype
+                    )
+                for i, answer in scored.items():
+                    results[i] = answer
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            if rest:
+                own = requests if not groups else [requests[i] for i in rest]
+                self._starts = continuation_starts(own, self.max_length)
+                try:
+                    out = super()._loglikelihood_tokens(
+                        own, disable_tqdm=disable_tqdm, override_bs=override_bs
+                    )
+                finally:
+                    self._starts = None
+                for i, answer in zip(rest, out, strict=True):
+                    results[i] = answer
+            return results
+
+        def _rows(self, override_bs) -> int | None:
+            """Answer rows per shared-context batch: the batch size (None with 'auto' and no
+            override: lm-eval's own path, which detects it)."""
+            size = self.batch_size
+            if isinstance(size, int) and size > 0:
+                return size
+            return override_bs if isinstance(override_bs, int) and override_bs > 0 else None
+
+        @functools.cached_property
+        def _cache_argument(self) -> str | None:
+            return cache_argument(self.model)
+
+        @property
+        def _window(self) -> int | None:
+            return _sliding_window(self.model)
+
+        @property
+        def _softmax_dtype(self):
+            return getattr(self, "softmax_dtype", None)  # lm-eval >= 0.4.9 has it
+
+        def _autocast(self):
+            mixed = getattr(self, "mixed_precision_dtype", None)  # lm-eval >= 0.4.8 has it
+            return torch.autocast(
+                device_type=self.device.type, dtype=mixed, enabled=mixed is not None
+            )
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             starts = self._starts
@@ -99,13 +170,7 @@ def continuation_hflm(model: Any, tokenizer: Any, batch_size: int | str) -> Any:
             keep = keep_positions(inps, starts)
             if keep >= inps.shape[1]:
                 return super()._model_call(inps)
-            mixed = getattr(self, "mixed_precision_dtype", None)  # lm-eval >= 0.4.8 has it
-            with (
-                torch.no_grad(),
-                torch.autocast(
-                    device_type=self.device.type, dtype=mixed, enabled=mixed is not None
-                ),
-            ):
+            with torch.no_grad(), self._autocast():
                 return self.model(inps, logits_to_keep=keep).logits
 
     return ContinuationHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
