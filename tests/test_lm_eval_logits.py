@@ -125,3 +125,32 @@ def test_same_loglikelihoods_as_lm_evals_hflm_on_fewer_positions(folder):
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_auto_batch_size_shares_contexts_too(smollm2_dir):
+    """batch_size auto: the answers' passes take the batch size lm-eval detects for the
+    longest request (probing real forwards, as lm-eval does), with the same scores."""
+    from lm_eval.models.huggingface import HFLM
+
+    from evomerge.eval_cli import load_model
+    from evomerge.fitness.lm_eval_lm import continuation_hflm
+
+    model, tokenizer = load_model(smollm2_dir)
+    requests = _requests(tokenizer)
+    # probing starts at max_batch_size (lm-eval's default 64 costs minutes on 2 CPU cores)
+    want = HFLM(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=6)
+    want = want.loglikelihood(requests, disable_tqdm=True)
+    ours = continuation_hflm(model, tokenizer, "auto")
+    ours.max_batch_size = 6
+    on_a_cache = []
+
+    def note(_, args, kwargs):
+        on_a_cache.append(any(kwargs.get(k) is not None for k in ("cache", "past_key_values")))
+
+    hook = model.register_forward_pre_hook(note, with_kwargs=True)
+    try:
+        got = ours.loglikelihood(requests, disable_tqdm=True)
+    finally:
+        hook.remove()
+    _same(got, want)
+    assert any(on_a_cache)  # the shared contexts' answers ran on their context's cache

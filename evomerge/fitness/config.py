@@ -104,8 +104,8 @@ class LmEvalTaskConfig(_TaskBase):
     system_instruction: str | None = None
     """a system message prepended to every prompt"""
     batch_size: int | str = 8
-    """lm-eval batch size (an int or auto); an int is also the answers per pass when answers
-    share a context (auto: lm-eval's own path, which runs a context once per answer)"""
+    """lm-eval batch size (an int or auto); also the answers per pass when answers share a
+    context (auto: the size lm-eval detects for the longest such request)"""
     extra_args: dict[str, Any] = Field(default_factory=dict)
     """passed to lm_eval.simple_evaluate as is, e.g. {gen_kwargs: {max_gen_toks: 8}}"""
     validation_task: str | None = None

@@ -110,10 +110,12 @@ def continuation_hflm(
 
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
             # requests: (key, context tokens, continuation tokens)
-            rows = self._rows(override_bs)
             groups, rest = [], list(range(len(requests)))
-            if share_contexts and rows and self.backend == "causal" and self._cache_argument:
+            if share_contexts and self.backend == "causal" and self._cache_argument:
                 groups, rest = shared_context_groups(requests, self.max_length, self._window)
+            rows = self._rows(requests, groups, override_bs) if groups else None
+            if rows is None:
+                groups, rest = [], list(range(len(requests)))
             results: list[tuple[float, bool] | None] = [None] * len(requests)
             for batch in batches(groups, rows or 1, self._window):
                 with torch.no_grad(), self._autocast():
@@ -137,13 +139,22 @@ def continuation_hflm(
                     results[i] = answer
             return results
 
-        def _rows(self, override_bs) -> int | None:
-            """Answer rows per shared-context batch: the batch size (None with 'auto' and no
-            override: lm-eval's own path, which detects it)."""
+        def _rows(self, requests, groups, override_bs) -> int | None:
+            """Answer rows per shared-context pass: the batch size; with 'auto', the one
+            lm-eval detects for the longest of these requests as a whole row (an answer row
+            holds fewer new positions, and its context's cache, than that row), None where it
+            cannot be detected (lm-eval's own path)."""
             size = self.batch_size
             if isinstance(size, int) and size > 0:
                 return size
-            return override_bs if isinstance(override_bs, int) and override_bs > 0 else None
+            if isinstance(override_bs, int) and override_bs > 0:
+                return override_bs
+            if not str(size).startswith("auto"):
+                return None
+            members = [i for g in groups for i in g.members]
+            longest = max(members, key=lambda i: len(requests[i][1]) + len(requests[i][2]))
+            detected = self._detect_batch_size(requests, longest)
+            return detected if isinstance(detected, int) and detected > 0 else None
 
         @functools.cached_property
         def _cache_argument(self) -> str | None:
