@@ -12,43 +12,66 @@ from pathlib import Path
 import torch
 
 from evomerge.fitness.lm_eval_shared_context import (
+    MIN_COMMON_PREFIX,
     Group,
     batches,
     cache_argument,
-    shared_context_groups,
+    common_prefix,
+    fitting_groups,
+    plan,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_groups_are_contexts_lm_eval_would_neither_share_nor_cut():
+def test_groups_are_the_contexts_lm_eval_would_not_cut():
     requests = [
         (None, [1, 2, 3], [7, 8]),  # 0: context 1 2 3 with two answers, one multi-token
         (None, [1, 2, 3], [9]),  # 1
-        (None, [4, 5], [7]),  # 2: one-token answers only: lm-eval shares them already
+        (None, [4, 5], [7]),  # 2: one-token answers only
         (None, [4, 5], [8]),  # 3
-        (None, [6, 6], [7, 8, 9]),  # 4: a single answer: nothing to share
-        (None, [3], [7, 8]),  # 5: a one-token context: no prefix to cache
-        (None, [3], [9, 9]),  # 6
-        (None, [1, 1, 1, 1], [7, 8, 9]),  # 7: 7 tokens, over max_length 6: lm-eval cuts it
-        (None, [1, 1, 1, 1], [7]),  # 8
+        (None, [3], [7, 8]),  # 4: a one-token context: no prefix to cache
+        (None, [1, 1, 1, 1], [7, 8, 9]),  # 5: 7 tokens, over max_length 6: lm-eval cuts it
+        (None, [1, 1, 1, 1], [7]),  # 6
     ]
-    groups, rest = shared_context_groups(requests, max_length=6)
-    assert groups == [Group((1, 2, 3), (0, 1), 2)]
-    assert rest == [2, 3, 4, 5, 6, 7, 8]
+    groups, rest = fitting_groups(requests, max_length=6)
+    assert groups == [Group((1, 2, 3), (0, 1), 2), Group((4, 5), (2, 3), 1)]
+    assert sorted(rest) == [4, 5, 6]
+    assert [g.shares_answers for g in groups] == [True, False]  # lm-eval shares one-token ones
     # a sliding window of 4 cache slots: context 1 2 3 and a 2-token answer need 5
-    assert shared_context_groups(requests, max_length=6, window=4)[0] == []
+    assert fitting_groups(requests, max_length=6, window=4)[0] == [groups[1]]
 
 
-def test_batches_hold_at_most_rows_answers_and_fit_the_window():
+def test_batches_follow_the_contexts_tokens_hold_rows_answers_and_fit_the_window():
     a = Group((1,) * 10, (0, 1, 2), 2)
     b = Group((1,) * 6, (3, 4), 5)
-    c = Group((1,) * 3, (5, 6, 7, 8, 9), 2)  # more answers than rows: alone
-    assert batches([c, b, a], rows=5) == [[a, b], [c]]
-    assert batches([a, b], rows=1) == [[a], [b]]
+    c = Group((2,) * 3, (5, 6, 7, 8, 9), 2)  # more answers than rows: alone
+    assert batches([c, a, b], rows=5) == [[b, a], [c]]  # (1,)*6 sorts before (1,)*10
+    assert batches([a, b], rows=1) == [[b], [a]]
     # window 14: a's 10-token context with b's 5-token answer would need 15 slots
-    assert batches([a, b], rows=8, window=14) == [[a], [b]]
-    assert batches([a, b], rows=8, window=15) == [[a, b]]
+    assert batches([a, b], rows=8, window=14) == [[b], [a]]
+    assert batches([a, b], rows=8, window=15) == [[b, a]]
+
+
+def test_common_prefix_leaves_each_contexts_last_token_out():
+    shot = tuple(range(100, 110))  # a 10-token few-shot prompt every question starts with
+    one, two = Group(shot + (1, 2, 3), (0,), 1), Group(shot + (1, 5), (1,), 1)
+    assert common_prefix([one, two]) == 11
+    assert common_prefix([one, Group(shot, (2,), 1)]) == 9  # the last token is never in it
+    assert common_prefix([one, Group((7,) + shot, (3,), 1)]) == 0
+
+
+def test_plan_shares_several_answers_or_a_long_common_prefix_and_nothing_else():
+    shot = list(range(100, 100 + MIN_COMMON_PREFIX))
+    few_shot = [(None, shot + [q, q], [7]) for q in (1, 2, 3)]  # one answer each, one prompt
+    assert plan(few_shot, rows=8, max_length=99) == (
+        [[Group(tuple(r[1]), (i,), 1) for i, r in enumerate(few_shot)]],
+        [],
+    )
+    short = [(None, shot[:-1] + [q, q], [7]) for q in (1, 2, 3)]  # one token too few in common
+    assert plan(short, rows=8, max_length=99) == ([], [0, 1, 2])
+    answers = [(None, [5, 6], [7, 8]), (None, [5, 6], [9])]  # several answers, no prompt
+    assert plan(answers, rows=8, max_length=99) == ([[Group((5, 6), (0, 1), 2)]], [])
 
 
 def test_only_models_that_take_a_cache_and_positions_share_contexts():

@@ -13,9 +13,9 @@ input length by ``logits.shape[1] - padding_len_inp``).
 ``ContinuationHFLM`` passes the smallest k that still holds every row's continuation: it
 notes, per request being scored, the row lm-eval builds from it and where its continuation
 starts, and finds each row of a batch there (a row it cannot find gets every position). It also
-scores the answers of one context on one pass over that context (its KV cache,
-``evomerge.fitness.lm_eval_shared_context``) where lm-eval would run the context once per
-answer.
+runs a context once for all its answers, and a prompt several contexts share once for all of
+them (a KV cache, ``evomerge.fitness.lm_eval_shared_context``), where lm-eval would run them
+again per answer and per question.
 Everything else, and every other request type (generation, batch-size probing), is lm-eval's
 own code. Models whose ``forward`` does not name ``logits_to_keep`` (the test transformers uses
 for ``generate``) get every position. Scores equal lm-eval's own to float rounding (a
@@ -32,12 +32,7 @@ from typing import Any
 
 import torch
 
-from evomerge.fitness.lm_eval_shared_context import (
-    batches,
-    cache_argument,
-    score_batch,
-    shared_context_groups,
-)
+from evomerge.fitness.lm_eval_shared_context import cache_argument, plan, score_batch
 
 
 def _strip_pad(tokens) -> tuple[int, ...]:
@@ -107,17 +102,21 @@ def continuation_hflm(
 
     class ContinuationHFLM(HFLM):
         _starts: dict[tuple[int, ...], int] | None = None
+        _detected: dict[int, int]  # batch_size auto: longest row's length -> detected size
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._detected = {}
 
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
             # requests: (key, context tokens, continuation tokens)
-            groups, rest = [], list(range(len(requests)))
+            shared, rest = [], list(range(len(requests)))
             if share_contexts and self.backend == "causal" and self._cache_argument:
-                groups, rest = shared_context_groups(requests, self.max_length, self._window)
-            rows = self._rows(requests, groups, override_bs) if groups else None
-            if rows is None:
-                groups, rest = [], list(range(len(requests)))
+                rows = self._rows(requests, override_bs)
+                if rows is not None:
+                    shared, rest = plan(requests, rows, self.max_length, self._window)
             results: list[tuple[float, bool] | None] = [None] * len(requests)
-            for batch in batches(groups, rows or 1, self._window):
+            for batch in shared:
                 with torch.no_grad(), self._autocast():
                     scored = score_batch(
                         self.model, batch, requests, self.device, self._softmax_dtype
@@ -127,7 +126,7 @@ def continuation_hflm(
                     if requests[i][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
             if rest:
-                own = requests if not groups else [requests[i] for i in rest]
+                own = requests if not shared else [requests[i] for i in rest]
                 self._starts = continuation_starts(own, self.max_length)
                 try:
                     out = super()._loglikelihood_tokens(
@@ -139,11 +138,11 @@ def continuation_hflm(
                     results[i] = answer
             return results
 
-        def _rows(self, requests, groups, override_bs) -> int | None:
+        def _rows(self, requests, override_bs) -> int | None:
             """Answer rows per shared-context pass: the batch size; with 'auto', the one
-            lm-eval detects for the longest of these requests as a whole row (an answer row
-            holds fewer new positions, and its context's cache, than that row), None where it
-            cannot be detected (lm-eval's own path)."""
+            lm-eval detects for the longest request as a whole row (an answer row holds fewer
+            new positions, and its context's cache, than that row), None where it cannot be
+            detected (lm-eval's own path)."""
             size = self.batch_size
             if isinstance(size, int) and size > 0:
                 return size
@@ -151,9 +150,15 @@ def continuation_hflm(
                 return override_bs
             if not str(size).startswith("auto"):
                 return None
-            members = [i for g in groups for i in g.members]
-            longest = max(members, key=lambda i: len(requests[i][1]) + len(requests[i][2]))
-            detected = self._detect_batch_size(requests, longest)
+            if not requests:
+                return None
+            longest = max(
+                range(len(requests)), key=lambda i: len(requests[i][1]) + len(requests[i][2])
+            )
+            length = len(requests[longest][1]) + len(requests[longest][2])
+            if length not in self._detected:  # probing runs real forwards: once per length
+                self._detected[length] = self._detect_batch_size(requests, longest)
+            detected = self._detected[length]
             return detected if isinstance(detected, int) and detected > 0 else None
 
         @functools.cached_property

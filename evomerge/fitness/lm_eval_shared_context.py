@@ -1,27 +1,29 @@
-"""Answers that share a context, scored on one pass over it (its KV cache).
+"""Answers that share a context, and contexts that share a prompt, scored on one pass over it.
 
 lm-eval's ``hf`` backend scores each (context, continuation) request as its own row, context
 and continuation together; it shares a context only between one-token continuations (one
 row serves every answer of a question). A multiple-choice question with k multi-token answers
-(ARC's, HellaSwag's and PIQA's phrase answers; a few-shot prompt makes the context long) runs
-its context k times: k x (c + a) positions for a context of c tokens and answers of a.
+(ARC's, HellaSwag's and PIQA's phrase answers) runs its context k times: k x (c + a) positions
+for a context of c tokens and answers of a. And every question of a few-shot task whose
+examples are the same for each (lm-eval's ``first_n`` sampler, e.g. MMLU's) or of a chat
+template with a fixed system turn runs that same prompt again.
 
-Here a question's requests run as two passes: the context but its last token once (its KV
-cache kept, no logits), then every answer as a row on that cache, copied per answer, each row
-being the context's last token followed by the answer but its last token: the positions
-lm-eval reads, no others. That costs c + k x a positions. Rows of several questions are
-batched: contexts right-padded (the padding masked), answers right after the longest context,
-each row given its true positions (``position_ids``), so every real token sees the same tokens
-at the same positions as in lm-eval's own row; scores equal lm-eval's to float rounding
+Here the requests are grouped by context and the groups batched in the order of their tokens
+(so neighbours share what prefix they can), and a batch runs as three passes on a KV cache:
+the prefix its contexts share (``common_prefix``) once, the rest of each context but its last
+token (right-padded, the padding masked), then every answer as a row on a copy of its
+context's cache, each row being the context's last token followed by the answer but its last
+token: the positions lm-eval reads, no others. Each token gets its position in lm-eval's own
+row (``position_ids``) and sees the same tokens, so scores equal lm-eval's to float rounding
 (another order of additions; tests/test_lm_eval_logits.py); the time saved is measured by
 benchmarks/lm_eval_logits.py.
 
-Only requests lm-eval would not truncate and whose context holds at least two tokens take
-this path, in groups of two or more answers with one of at least two tokens (one-token
-answers lm-eval already shares); with a sliding-window model, only while a batch's padded
-length fits the window (the window counts cache slots, padding included); only with a model
-whose ``forward`` takes ``position_ids`` and a cache (``cache_argument``). Everything else is
-lm-eval's own ``_loglikelihood_tokens``.
+A batch takes this path when one of its contexts has several answers, one of them multi-token,
+or its contexts share at least ``MIN_COMMON_PREFIX`` tokens (``plan``); a request lm-eval would
+truncate or whose context is one token never does; with a sliding-window model only while a
+batch's padded length fits the window (the window counts cache slots, padding included); only
+with a model whose ``forward`` takes ``position_ids`` and a cache (``cache_argument``).
+Everything else is lm-eval's own ``_loglikelihood_tokens``.
 """
 
 from __future__ import annotations
@@ -39,17 +41,26 @@ import torch.nn.functional as F
 Request = tuple[Any, Sequence[int], Sequence[int]]
 
 
+MIN_COMMON_PREFIX = 8  # tokens a batch's contexts must share to be worth an extra pass
+
+
 @dataclass(frozen=True)
 class Group:
     context: tuple[int, ...]
     members: tuple[int, ...]  # indices of its requests
     longest: int  # its longest continuation
 
+    @property
+    def shares_answers(self) -> bool:
+        """Several answers, one of them multi-token: lm-eval would run the context per answer."""
+        return len(self.members) >= 2 and self.longest >= 2
 
-def shared_context_groups(
+
+def fitting_groups(
     requests: Sequence[Request], max_length: int, window: int | None = None
 ) -> tuple[list[Group], list[int]]:
-    """(groups that take the shared path, indices of the requests that do not)."""
+    """(every context that can take the shared path, with its requests; indices of the
+    requests that cannot: lm-eval would truncate them, or their context is one token)."""
     by_context: dict[tuple[int, ...], list[int]] = {}
     for i, (_, context, _) in enumerate(requests):
         by_context.setdefault(tuple(context), []).append(i)
@@ -57,28 +68,39 @@ def shared_context_groups(
     groups, rest = [], []
     for context, members in by_context.items():
         longest = max(len(requests[i][2]) for i in members)
-        if (
-            len(members) >= 2
-            and longest >= 2
-            and len(context) >= 2
-            and (len(context) + longest <= limit)
-        ):
+        if len(context) >= 2 and len(context) + longest <= limit:
             groups.append(Group(context, tuple(members), longest))
         else:
             rest.extend(members)
-    return groups, sorted(rest)
+    return groups, rest
+
+
+def common_prefix(batch: Sequence[Group]) -> int:
+    """Tokens every context of the batch starts with, its last token excluded."""
+    first = batch[0].context[:-1]
+    n = len(first)
+    for g in batch[1:]:
+        other = g.context[:-1]
+        n = min(n, len(other))
+        for k in range(n):
+            if other[k] != first[k]:
+                n = k
+                break
+    return n
 
 
 def batches(groups: Sequence[Group], rows: int, window: int | None = None) -> list[list[Group]]:
-    """Groups packed into batches of at most ``rows`` answer rows (a larger group alone),
-    longest context first; with ``window``, a batch's longest context and longest answer
-    together stay within it."""
+    """Groups packed into batches of at most ``rows`` answer rows (a larger group alone), in
+    the order of their contexts' tokens, so that a batch's contexts share what prefix they
+    can (a few-shot prompt, a chat template's system turn); with ``window``, a batch's longest
+    context and longest answer together stay within it."""
     out: list[list[Group]] = []
     current: list[Group] = []
     n = 0
-    for g in sorted(groups, key=lambda g: (-len(g.context), g.members)):
+    for g in sorted(groups, key=lambda g: (g.context, g.members)):
         if current:
-            width = len(current[0].context) + max(g.longest, *(c.longest for c in current))
+            longest = max(len(g.context), *(len(c.context) for c in current))
+            width = longest + max(g.longest, *(c.longest for c in current))
             if n + len(g.members) > rows or (window is not None and width > window):
                 out.append(current)
                 current, n = [], 0
@@ -87,6 +109,25 @@ def batches(groups: Sequence[Group], rows: int, window: int | None = None) -> li
     if current:
         out.append(current)
     return out
+
+
+def plan(
+    requests: Sequence[Request], rows: int, max_length: int, window: int | None = None
+) -> tuple[list[list[Group]], list[int]]:
+    """(batches for the shared path, indices of the requests lm-eval's own path scores). A
+    batch takes the shared path when one of its contexts has several answers, one of them
+    multi-token, or when its contexts share at least ``MIN_COMMON_PREFIX`` tokens (run once
+    for the batch); otherwise it saves nothing and goes to lm-eval."""
+    groups, rest = fitting_groups(requests, max_length, window)
+    shared = []
+    for batch in batches(groups, rows, window):
+        if any(g.shares_answers for g in batch) or (
+            len(batch) > 1 and common_prefix(batch) >= MIN_COMMON_PREFIX
+        ):
+            shared.append(batch)
+        else:
+            rest.extend(i for g in batch for i in g.members)
+    return shared, sorted(rest)
 
 
 def cache_argument(model: Any) -> str | None:
@@ -110,17 +151,40 @@ def score_batch(
     device: torch.device,
     softmax_dtype: torch.dtype | None = None,
 ) -> dict[int, tuple[float, bool]]:
-    """Request index -> (log-likelihood of its continuation, whether it is the greedy one)."""
-    prefix = max(len(g.context) for g in batch) - 1
-    ids = torch.zeros(len(batch), prefix, dtype=torch.long)
-    mask = torch.zeros(len(batch), prefix, dtype=torch.long)
-    for b, g in enumerate(batch):
-        ids[b, : len(g.context) - 1] = torch.tensor(g.context[:-1])
-        mask[b, : len(g.context) - 1] = 1
+    """Request index -> (log-likelihood of its continuation, whether it is the greedy one).
+
+    Three passes: the batch's common prefix once (``common_prefix``; its cache then copied to
+    every context), the rest of each context but its last token (right-padded, masked), then
+    every answer on a copy of its context's cache. A pass with nothing to run is skipped."""
     name = cache_argument(model)
     assert name is not None, "score_batch needs a model whose forward takes a KV cache"
-    out = model(ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
-    cache = getattr(out, name)
+    shared = common_prefix(batch) if len(batch) > 1 else len(batch[0].context) - 1
+    cache = None
+    if shared:
+        first = torch.tensor([batch[0].context[:shared]], device=device)
+        out = model(first, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, name)
+        cache.reorder_cache(torch.zeros(len(batch), dtype=torch.long, device=device))
+    rest = max(len(g.context) - 1 for g in batch) - shared  # each context's own part, padded
+    if rest:
+        ids = torch.zeros(len(batch), rest, dtype=torch.long)
+        mask = torch.zeros(len(batch), shared + rest, dtype=torch.long)
+        mask[:, :shared] = 1
+        for b, g in enumerate(batch):
+            own = g.context[shared:-1]
+            ids[b, : len(own)] = torch.tensor(own, dtype=torch.long)
+            mask[b, shared : shared + len(own)] = 1
+        positions = torch.arange(shared, shared + rest).expand(len(batch), rest)
+        out = model(
+            ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            logits_to_keep=1,
+            **({name: cache} if cache is not None else {}),
+        )
+        cache = getattr(out, name)
+    prefix = shared + rest
     rows = [(b, i) for b, g in enumerate(batch) for i in g.members]
     cache.reorder_cache(torch.tensor([b for b, _ in rows], device=device))
 
