@@ -119,7 +119,12 @@ def continuation_hflm(
             for batch in shared:
                 with torch.no_grad(), self._autocast():
                     scored = score_batch(
-                        self.model, batch, requests, self.device, self._softmax_dtype
+                        self.model,
+                        batch,
+                        requests,
+                        self.device,
+                        self._cache_argument,
+                        self._softmax_dtype,
                     )
                 for i, answer in scored.items():
                     results[i] = answer

@@ -149,15 +149,16 @@ def score_batch(
     batch: Sequence[Group],
     requests: Sequence[Request],
     device: torch.device,
+    cache_name: str,
     softmax_dtype: torch.dtype | None = None,
 ) -> dict[int, tuple[float, bool]]:
     """Request index -> (log-likelihood of its continuation, whether it is the greedy one).
 
     Three passes: the batch's common prefix once (``common_prefix``; its cache then copied to
     every context), the rest of each context but its last token (right-padded, masked), then
-    every answer on a copy of its context's cache. A pass with nothing to run is skipped."""
-    name = cache_argument(model)
-    assert name is not None, "score_batch needs a model whose forward takes a KV cache"
+    every answer on a copy of its context's cache. A pass with nothing to run is skipped.
+    ``cache_name``: ``cache_argument(model)``, found once per model by the caller."""
+    name = cache_name
     shared = common_prefix(batch) if len(batch) > 1 else len(batch[0].context) - 1
     cache = None
     if shared:
