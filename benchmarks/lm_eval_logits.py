@@ -1,6 +1,7 @@
-"""Log-likelihood scoring: lm-eval's own ``hf`` backend against evomerge's two savings.
+"""lm-eval tasks scored by lm-eval's own ``hf`` backend against evomerge's two savings.
 
     python benchmarks/lm_eval_logits.py [--runs 5] [--threads 1] [--models smollm2,gemma3]
+                                        [--tasks smollm2_chat_mc,...,real_target]
 
 A log-likelihood task (multiple choice, a gold answer's log-likelihood) reads the logits of the
 continuation's tokens only; lm-eval's ``hf`` backend projects every position onto the
@@ -8,7 +9,9 @@ vocabulary, and runs a context once per answer unless every answer is one token.
 lm_eval tasks wrap the resident model in ``ContinuationHFLM`` (evomerge/fitness/lm_eval_lm.py),
 which asks the model for the positions lm-eval reads (``kept``) and runs a context once for
 all its answers and a prompt its contexts share once for all of them (``shared``,
-evomerge/fitness/lm_eval_shared_context.py). For each
+evomerge/fitness/lm_eval_shared_context.py), and for generation runs a prompt a batch's rows
+share once (evomerge/fitness/lm_eval_shared_generation.py; ``kept`` alone changes nothing
+there). For each
 real model (float32, as a CPU worker holds it) and task this scores the task through
 evomerge's fitness with lm-eval's own ``HFLM`` (``every``), ``kept`` alone and ``shared`` (both,
 the default), in turn, ``--runs`` times each after one warm-up call, and prints the medians
@@ -17,10 +20,11 @@ exactly, log-likelihoods to 1e-5; checked on every run).
 
 Tasks: ``smollm2_chat_mc`` (12 questions x 4 answers of 1.3 tokens on average, batch 12),
 ``real_target_gold_loglik`` (the smollm2-experts target scored by the gold answer's
-log-likelihood: one answer per item, its 40 search items, batch 20) and ``real_target_mc``
+log-likelihood: one answer per item, its 40 search items, batch 20), ``real_target_mc``
 (the same 40 items as a choice among four answers of 4 tokens each, after the task's 4
-worked examples as earlier turns, batch 20), with the chat template on SmolLM2; Gemma-3-270M (a
-base model without one) gets them as plain text. Run it alone: the load average is printed
+worked examples as earlier turns, batch 20) and ``real_target`` itself (the same 40 items and
+4 examples, answers generated greedily, at most 12 tokens, scored by exact match), with the
+chat template on SmolLM2; Gemma-3-270M (a base model without one) gets them as plain text. Run it alone: the load average is printed
 before and after.
 """
 
@@ -47,6 +51,12 @@ TASKS = {
     },
     "real_target_mc": {
         "include_path": str(ROOT / "fitness" / "real_target"),
+        "system_instruction": "Answer briefly.",
+        "num_fewshot": 4,
+        "limit": 40,
+        "batch_size": 20,
+    },
+    "real_target": {
         "system_instruction": "Answer briefly.",
         "num_fewshot": 4,
         "limit": 40,
@@ -108,7 +118,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default="smollm2,gemma3")
+    ap.add_argument("--tasks", default=",".join(TASKS))
     args = ap.parse_args()
+    unknown = set(args.tasks.split(",")) - set(TASKS)
+    if unknown:
+        ap.error(f"--tasks: {', '.join(sorted(unknown))} not among {', '.join(TASKS)}")
     torch.set_num_threads(args.threads)
 
     from evomerge.config import resolve_model_ref
@@ -122,7 +136,7 @@ def main() -> None:
         )
         model, tokenizer = load_model(Path(folder))
         chat = bool(getattr(tokenizer, "chat_template", None))
-        for task in TASKS:
+        for task in args.tasks.split(","):
             made = scorers(task, chat, model, tokenizer)
             times = {v: [] for v in VARIANTS}
             for _ in range(args.runs):

@@ -15,9 +15,9 @@ notes, per request being scored, the row lm-eval builds from it and where its co
 starts, and finds each row of a batch there (a row it cannot find gets every position). It also
 runs a context once for all its answers, and a prompt several contexts share once for all of
 them (a KV cache, ``evomerge.fitness.lm_eval_shared_context``), where lm-eval would run them
-again per answer and per question.
-Everything else, and every other request type (generation, batch-size probing), is lm-eval's
-own code. Models whose ``forward`` does not name ``logits_to_keep`` (the test transformers uses
+again per answer and per question; and a generation batch's shared prompt once for the batch
+(``evomerge.fitness.lm_eval_shared_generation``). Everything else (batch-size probing, the
+decoding itself) is lm-eval's and transformers' own code. Models whose ``forward`` does not name ``logits_to_keep`` (the test transformers uses
 for ``generate``) get every position. Scores equal lm-eval's own to float rounding (a
 projection of fewer rows may add in another order; tests/test_lm_eval_logits.py) and a fresh
 lm-eval ``hf`` run item by item (tests/test_lm_eval_parity.py); the time saved is measured by
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from evomerge.fitness.lm_eval_shared_context import cache_argument, plan, score_batch
+from evomerge.fitness.lm_eval_shared_generation import prefix_cache, shared_layout
 
 
 def _strip_pad(tokens) -> tuple[int, ...]:
@@ -183,6 +184,23 @@ def continuation_hflm(
             return torch.autocast(
                 device_type=self.device.type, dtype=mixed, enabled=mixed is not None
             )
+
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            # a prompt the batch's rows share runs once (lm_eval_shared_generation.py)
+            name, window = self._cache_argument, self._window
+            layout = None
+            if share_contexts and self.backend == "causal" and name is not None:
+                if window is None or max_length <= window:
+                    pad = self.tokenizer.pad_token_id
+                    mask = generation_kwargs.get("attention_mask")
+                    layout = shared_layout(context, mask, 0 if pad is None else pad)
+            if layout is None:
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            with torch.no_grad(), self._autocast():
+                cache = prefix_cache(self.model, layout, name)
+            generation_kwargs["attention_mask"] = layout.attention_mask
+            generation_kwargs[name] = cache
+            return super()._model_generate(layout.input_ids, max_length, stop, **generation_kwargs)
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             starts = self._starts

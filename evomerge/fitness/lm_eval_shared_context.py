@@ -75,18 +75,22 @@ def fitting_groups(
     return groups, rest
 
 
-def common_prefix(batch: Sequence[Group]) -> int:
-    """Tokens every context of the batch starts with, its last token excluded."""
-    first = batch[0].context[:-1]
+def shared_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens every sequence starts with."""
+    first = sequences[0]
     n = len(first)
-    for g in batch[1:]:
-        other = g.context[:-1]
+    for other in sequences[1:]:
         n = min(n, len(other))
         for k in range(n):
             if other[k] != first[k]:
                 n = k
                 break
     return n
+
+
+def common_prefix(batch: Sequence[Group]) -> int:
+    """Tokens every context of the batch starts with, its last token excluded."""
+    return shared_length([g.context[:-1] for g in batch])
 
 
 def batches(groups: Sequence[Group], rows: int, window: int | None = None) -> list[list[Group]]:
