@@ -22,10 +22,11 @@ Tasks: ``smollm2_chat_mc`` (12 questions x 4 answers of 1.3 tokens on average, b
 ``real_target_gold_loglik`` (the smollm2-experts target scored by the gold answer's
 log-likelihood: one answer per item, its 40 search items, batch 20), ``real_target_mc``
 (the same 40 items as a choice among four answers of 4 tokens each, after the task's 4
-worked examples as earlier turns, batch 20) and ``real_target`` itself (the same 40 items and
-4 examples, answers generated greedily, at most 12 tokens, scored by exact match), with the
-chat template on SmolLM2; Gemma-3-270M (a base model without one) gets them as plain text. Run it alone: the load average is printed
-before and after.
+worked examples as earlier turns, batch 20), ``real_target`` itself (the same 40 items and 4
+examples, answers generated greedily, at most 12 tokens, scored by exact match) and
+``real_target_0shot`` (the same without the examples, as experiments/real_ps.yaml runs it),
+with the chat template on SmolLM2; Gemma-3-270M (a base model without one) gets them as plain
+text. Run it alone: the load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ TASKS = {
     "real_target": {
         "system_instruction": "Answer briefly.",
         "num_fewshot": 4,
+        "limit": 40,
+        "batch_size": 20,
+    },
+    "real_target_0shot": {  # as experiments/real_ps.yaml runs it: a system turn, no examples
+        "task": "real_target",
+        "include_path": str(ROOT / "fitness" / "real_target"),
+        "system_instruction": "Answer briefly.",
         "limit": 40,
         "batch_size": 20,
     },
@@ -99,9 +107,9 @@ def scorers(task: str, chat: bool, model, tokenizer) -> dict:
     return made
 
 
-def timed(fit, model, tokenizer, task):
+def timed(fit, model, tokenizer, row):
     t = time.perf_counter()
-    score = fit(model, tokenizer).tasks[task]
+    score = fit(model, tokenizer).tasks[TASKS[row].get("task", row)]
     return time.perf_counter() - t, list(score.per_example)
 
 
