@@ -50,9 +50,9 @@ def test_no_layout_without_a_prefix_worth_sharing():
     assert shared_layout(a, None, 0) is None
 
 
-def _requests(tokenizer, shots: int, question_words: int = 0, chat: bool = True):
-    """Questions after the same worked examples (a chat's earlier turns where the tokenizer
-    has a template and ``chat``), greedy, until a newline or 12 new tokens."""
+def _requests(tokenizer, shots: int, question_words: int = 0, chat: bool = True, n: int = 6):
+    """``n`` questions after the same worked examples (a chat's earlier turns where the
+    tokenizer has a template and ``chat``), greedy, until a newline or 12 new tokens."""
     from lm_eval.api.instance import Instance
 
     examples = [
@@ -68,7 +68,7 @@ def _requests(tokenizer, shots: int, question_words: int = 0, chat: bool = True)
         "How many days are in a week?",
         "What is two plus three?",
         "Which ocean is the largest?",
-    ]
+    ][:n]
     padding = " and".join([" some more words"] * question_words)
     stop = {"until": ["\n", "<|im_end|>"], "max_gen_toks": 12, "do_sample": False}
     contexts = []
@@ -100,12 +100,13 @@ def test_same_generations_as_lm_evals_hflm_on_fewer_positions(folder):
     from evomerge.fitness.lm_eval_lm import continuation_hflm
 
     model, tokenizer = load_model(folder())
+    # two batches of 3 sharing the examples; one whose questions share nothing worth a pass
     cases = [
         (_requests(tokenizer, shots=4), True),
-        (_requests(tokenizer, shots=0, chat=False), False),
+        (_requests(tokenizer, shots=0, chat=False, n=3), False),
     ]
     if folder is gemma3_dir:  # rows over the 512-token window: lm-eval's path, same texts
-        cases.append((_requests(tokenizer, shots=4, question_words=110), False))
+        cases.append((_requests(tokenizer, shots=4, question_words=130, n=3), False))
     positions = []
     hook = model.register_forward_pre_hook(
         lambda _, args, kwargs: positions.append(
