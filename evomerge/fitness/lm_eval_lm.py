@@ -15,13 +15,13 @@ notes, per request being scored, the row lm-eval builds from it and where its co
 starts, and finds each row of a batch there (a row it cannot find gets every position). It also
 runs a context once for all its answers, and a prompt several contexts share once for all of
 them (a KV cache, ``evomerge.fitness.lm_eval_shared_context``), where lm-eval would run them
-again per answer and per question; and a generation batch's shared prompt once for the batch
-(``evomerge.fitness.lm_eval_shared_generation``). Everything else (batch-size probing, the
-decoding itself) is lm-eval's and transformers' own code. Models whose ``forward`` does not name ``logits_to_keep`` (the test transformers uses
-for ``generate``) get every position. Scores equal lm-eval's own to float rounding (a
-projection of fewer rows may add in another order; tests/test_lm_eval_logits.py) and a fresh
-lm-eval ``hf`` run item by item (tests/test_lm_eval_parity.py); the time saved is measured by
-benchmarks/lm_eval_logits.py.
+again per answer and per question; and a generation batch's shared prompt once for the
+batch (``evomerge.fitness.lm_eval_shared_generation``). Everything else (batch-size probing,
+the decoding itself) is lm-eval's and transformers' own code. Models whose ``forward`` does
+not name ``logits_to_keep`` (the test transformers uses for ``generate``) get every position.
+Scores equal lm-eval's own to float rounding (a projection of fewer rows may add in another
+order; tests/test_lm_eval_logits.py) and a fresh lm-eval ``hf`` run item by item
+(tests/test_lm_eval_parity.py); the time saved is measured by benchmarks/lm_eval_logits.py.
 """
 
 from __future__ import annotations

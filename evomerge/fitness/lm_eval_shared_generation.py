@@ -2,9 +2,9 @@
 
 lm-eval's ``hf`` backend left-pads a batch of contexts and hands it to ``model.generate``,
 which runs every row's whole context before the first new token. A few-shot generation task
-whose examples are the same for every question (lm-eval's ``first_n`` sampler, e.g. gsm8k's)
-or a chat template with a fixed system turn runs that same prompt once per row: with an 8-shot
-prompt of ~800 tokens and ~100-token questions, most of a batch's prefill.
+whose examples are the same for every question (lm-eval's ``first_n`` sampler: gsm8k-cot's,
+BBH's) or a chat template with a fixed system turn runs that same prompt once per row: with
+an 8-shot prompt of ~800 tokens and ~100-token questions, most of a batch's prefill.
 
 Here a batch whose rows share at least ``MIN_COMMON_PREFIX`` tokens (each row's last token
 left out, so that every row has a token of its own to start from) is laid out as
