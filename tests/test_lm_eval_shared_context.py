@@ -136,3 +136,44 @@ def test_real_target_mc_through_the_fitness_equals_lm_evals_own(smollm2_dir, mon
         want = build_fitness(parse_fitness_config({"tasks": [task]}))(model, tokenizer)
     got, want = ours.tasks["real_target_mc"], want.tasks["real_target_mc"]
     assert got.per_example == want.per_example and len(got.per_example) == 8
+
+
+def test_prefix_memo_runs_a_shared_prompt_once_per_call_and_keeps_its_cache_exact():
+    """Batches of one call starting with the same prompt run it once; a first batch whose
+    questions also started alike is cut back to the prompt they all share, once; each cache
+    equals the prompt run afresh."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evomerge.fitness.lm_eval_shared_context import PrefixMemo
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    name = cache_argument(model)
+    ran = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: ran.append(
+            kwargs.get("input_ids", args[0] if args else None).shape[1]
+        ),
+        with_kwargs=True,
+    )
+    prompt = list(range(1, 21))
+    batches = [prompt + [30, 31, 32], prompt + [40], prompt + [41, 42], [9] * 12]
+    memo = PrefixMemo()
+    try:
+        with torch.no_grad():
+            for tokens in batches:
+                cache = memo.prefix(model, tokens, name, "cpu")
+                fresh = getattr(model(torch.tensor([tokens]), use_cache=True), name)
+                for got, want in zip(cache.layers, fresh.layers, strict=True):
+                    assert torch.allclose(got.keys, want.keys, atol=1e-5)
+                    assert torch.allclose(got.values, want.values, atol=1e-5)
+                cache.reorder_cache(torch.zeros(3, dtype=torch.long))  # the caller's copy
+    finally:
+        hook.remove()
+    # run: 23; the prompt cut back to its 20 shared tokens, +1; +2; another prompt: 12
+    assert ran == [23, 23, 20, 1, 21, 2, 22, 12, 12], ran
+    assert memo.tokens == tuple([9] * 12)

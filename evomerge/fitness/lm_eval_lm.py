@@ -32,7 +32,12 @@ from typing import Any
 
 import torch
 
-from evomerge.fitness.lm_eval_shared_context import cache_argument, plan, score_batch
+from evomerge.fitness.lm_eval_shared_context import (
+    PrefixMemo,
+    cache_argument,
+    plan,
+    score_batch,
+)
 from evomerge.fitness.lm_eval_shared_generation import prefix_cache, shared_layout
 
 
@@ -103,6 +108,7 @@ def continuation_hflm(
 
     class ContinuationHFLM(HFLM):
         _starts: dict[tuple[int, ...], int] | None = None
+        _memo: PrefixMemo | None = None  # generation: the prompt this call's batches share
         _detected: dict[int, int]  # batch_size auto: longest row's length -> detected size
 
         def __init__(self, *args, **kwargs):
@@ -117,6 +123,7 @@ def continuation_hflm(
                 if rows is not None:
                     shared, rest = plan(requests, rows, self.max_length, self._window)
             results: list[tuple[float, bool] | None] = [None] * len(requests)
+            memo = PrefixMemo()  # this call's only: the next call may be the next candidate
             for batch in shared:
                 with torch.no_grad(), self._autocast():
                     scored = score_batch(
@@ -126,6 +133,7 @@ def continuation_hflm(
                         self.device,
                         self._cache_argument,
                         self._softmax_dtype,
+                        memo,
                     )
                 for i, answer in scored.items():
                     results[i] = answer
@@ -185,6 +193,14 @@ def continuation_hflm(
                 device_type=self.device.type, dtype=mixed, enabled=mixed is not None
             )
 
+        def generate_until(self, requests, disable_tqdm=False):
+            # one memo per call: the next call may be the next candidate in the same model
+            self._memo = None
+            try:
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            finally:
+                self._memo = None
+
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             # a prompt the batch's rows share runs once (lm_eval_shared_generation.py)
             name, window = self._cache_argument, self._window
@@ -196,8 +212,10 @@ def continuation_hflm(
                     layout = shared_layout(context, mask, 0 if pad is None else pad)
             if layout is None:
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            if self._memo is None:
+                self._memo = PrefixMemo()
             with torch.no_grad(), self._autocast():
-                cache = prefix_cache(self.model, layout, name)
+                cache = prefix_cache(self.model, layout, name, self._memo)
             generation_kwargs["attention_mask"] = layout.attention_mask
             generation_kwargs[name] = cache
             return super()._model_generate(layout.input_ids, max_length, stop, **generation_kwargs)

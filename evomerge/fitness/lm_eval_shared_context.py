@@ -28,6 +28,7 @@ Everything else is lm-eval's own ``_loglikelihood_tokens``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Sequence
@@ -148,6 +149,48 @@ def cache_argument(model: Any) -> str | None:
     return next((n for n in ("cache", "past_key_values") if n in params), None)
 
 
+class PrefixMemo:
+    """The KV cache of the prompt the last batch shared, for the next batches of the same call.
+
+    Batches come in the order of their tokens, so a prompt every question shares (a few-shot
+    prompt, a chat's system turn) starts every batch: it then runs once per call instead of
+    once per batch. A batch whose prefix shares at least ``MIN_COMMON_PREFIX`` tokens with the
+    kept one but not all of them (the first batch's questions may have started alike) runs
+    that common part afresh and keeps it. Held by one lm-eval call only (one candidate's
+    requests): a resident worker merges the next candidate into the same model."""
+
+    def __init__(self) -> None:
+        self.tokens: tuple[int, ...] = ()
+        self.cache: Any = None
+
+    def prefix(self, model: Any, tokens: Sequence[int], cache_name: str, device) -> Any:
+        """A cache of ``tokens`` (a batch of one) the caller may change."""
+        tokens = tuple(tokens)
+        common = shared_length([self.tokens, tokens]) if self.cache is not None else 0
+        if common < len(self.tokens) and common >= MIN_COMMON_PREFIX:
+            self.tokens, self.cache = (
+                tokens[:common],
+                _run(model, tokens[:common], device, cache_name),
+            )
+        elif common < len(self.tokens) or not self.tokens:
+            common = 0
+        cache = copy.deepcopy(self.cache) if common else None
+        if common < len(tokens):
+            cache = _run(model, tokens[common:], device, cache_name, cache, start=common)
+        if not common:
+            self.tokens, self.cache = tokens, copy.deepcopy(cache)
+        return cache
+
+
+def _run(model: Any, tokens, device, cache_name: str, cache: Any = None, start: int = 0) -> Any:
+    """The cache after ``tokens`` (positions from ``start``, after ``cache``)."""
+    ids = torch.tensor([list(tokens)], device=device)
+    positions = torch.arange(start, start + len(tokens), device=device).unsqueeze(0)
+    extra = {cache_name: cache} if cache is not None else {}
+    out = model(ids, position_ids=positions, use_cache=True, logits_to_keep=1, **extra)
+    return getattr(out, cache_name)
+
+
 def score_batch(
     model: Any,
     batch: Sequence[Group],
@@ -155,20 +198,23 @@ def score_batch(
     device: torch.device,
     cache_name: str,
     softmax_dtype: torch.dtype | None = None,
+    memo: PrefixMemo | None = None,
 ) -> dict[int, tuple[float, bool]]:
     """Request index -> (log-likelihood of its continuation, whether it is the greedy one).
 
     Three passes: the batch's common prefix once (``common_prefix``; its cache then copied to
     every context), the rest of each context but its last token (right-padded, masked), then
     every answer on a copy of its context's cache. A pass with nothing to run is skipped.
-    ``cache_name``: ``cache_argument(model)``, found once per model by the caller."""
+    ``cache_name``: ``cache_argument(model)``, found once per model by the caller; ``memo``
+    keeps the shared prefix's cache for the call's next batches."""
     name = cache_name
     shared = common_prefix(batch) if len(batch) > 1 else len(batch[0].context) - 1
     cache = None
     if shared:
-        first = torch.tensor([batch[0].context[:shared]], device=device)
-        out = model(first, use_cache=True, logits_to_keep=1)
-        cache = getattr(out, name)
+        if memo is not None:
+            cache = memo.prefix(model, batch[0].context[:shared], name, device)
+        else:
+            cache = _run(model, batch[0].context[:shared], device, name)
         cache.reorder_cache(torch.zeros(len(batch), dtype=torch.long, device=device))
     rest = max(len(g.context) - 1 for g in batch) - shared  # each context's own part, padded
     if rest:

@@ -1,4 +1,4 @@
-"""Generation requests whose prompts share a prefix: the prefix runs once per batch.
+"""Generation requests whose prompts share a prefix: the prefix runs once, not once per row.
 
 lm-eval's ``hf`` backend left-pads a batch of contexts and hands it to ``model.generate``,
 which runs every row's whole context before the first new token. A few-shot generation task
@@ -11,7 +11,8 @@ left out, so that every row has a token of its own to start from) is laid out as
 ``[shared prefix][padding][own part]`` instead of ``[padding][shared prefix][own part]``: the
 same width, so the new tokens sit in the columns lm-eval reads them from, and the same
 positions, since ``generate`` numbers each row's tokens from its attention mask, the padding
-masked. The prefix runs once, as a batch of one, its KV cache is copied to every row and
+masked. The prefix runs once, as a batch of one (and once for all the batches of one
+lm-eval call that start with it: ``PrefixMemo``), its KV cache is copied to every row and
 ``generate`` runs the rest. Each token then sees the same tokens at the same positions as on
 lm-eval's path, so greedy decoding picks the same tokens up to float rounding (another order
 of additions; tests/test_lm_eval_shared_generation.py). The time saved is measured by
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from evomerge.fitness.lm_eval_shared_context import MIN_COMMON_PREFIX, shared_length
+from evomerge.fitness.lm_eval_shared_context import MIN_COMMON_PREFIX, PrefixMemo, shared_length
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,10 @@ def shared_layout(
     return SharedLayout(shared, ids, mask)
 
 
-def prefix_cache(model: Any, layout: SharedLayout, cache_name: str) -> Any:
-    """The KV cache of the shared prefix, run once and copied to every row of the batch."""
-    rows = layout.input_ids.shape[0]
-    out = model(layout.input_ids[:1, : layout.shared], use_cache=True, logits_to_keep=1)
-    cache = getattr(out, cache_name)
+def prefix_cache(model: Any, layout: SharedLayout, cache_name: str, memo: PrefixMemo) -> Any:
+    """The KV cache of the shared prefix, run once (``memo``: once for the batches of one
+    lm-eval call that share it) and copied to every row of the batch."""
+    rows, ids = layout.input_ids.shape[0], layout.input_ids
+    cache = memo.prefix(model, ids[0, : layout.shared].tolist(), cache_name, ids.device)
     cache.reorder_cache(torch.zeros(rows, dtype=torch.long, device=layout.input_ids.device))
     return cache
