@@ -195,7 +195,7 @@ def continuation_hflm(
 
         def generate_until(self, requests, disable_tqdm=False):
             # one memo per call: the next call may be the next candidate in the same model
-            self._memo = None
+            self._memo = PrefixMemo()
             try:
                 return super().generate_until(requests, disable_tqdm=disable_tqdm)
             finally:
@@ -212,10 +212,9 @@ def continuation_hflm(
                     layout = shared_layout(context, mask, 0 if pad is None else pad)
             if layout is None:
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
-            if self._memo is None:
-                self._memo = PrefixMemo()
+            memo = self._memo or PrefixMemo()  # a call from outside generate_until: its own
             with torch.no_grad(), self._autocast():
-                cache = prefix_cache(self.model, layout, name, self._memo)
+                cache = prefix_cache(self.model, layout, name, memo)
             generation_kwargs["attention_mask"] = layout.attention_mask
             generation_kwargs[name] = cache
             return super()._model_generate(layout.input_ids, max_length, stop, **generation_kwargs)

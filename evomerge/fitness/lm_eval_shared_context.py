@@ -166,14 +166,13 @@ class PrefixMemo:
     def prefix(self, model: Any, tokens: Sequence[int], cache_name: str, device) -> Any:
         """A cache of ``tokens`` (a batch of one) the caller may change."""
         tokens = tuple(tokens)
-        common = shared_length([self.tokens, tokens]) if self.cache is not None else 0
-        if common < len(self.tokens) and common >= MIN_COMMON_PREFIX:
-            self.tokens, self.cache = (
-                tokens[:common],
-                _run(model, tokens[:common], device, cache_name),
-            )
-        elif common < len(self.tokens) or not self.tokens:
-            common = 0
+        common = shared_length([self.tokens, tokens]) if self.tokens else 0
+        if common < len(self.tokens):  # the kept prompt runs further than this batch shares
+            if common >= MIN_COMMON_PREFIX:  # cut it back to what both share, run afresh
+                self.tokens = tokens[:common]
+                self.cache = _run(model, self.tokens, device, cache_name)
+            else:  # nothing worth keeping: this batch's prompt replaces it
+                common = 0
         cache = copy.deepcopy(self.cache) if common else None
         if common < len(tokens):
             cache = _run(model, tokens[common:], device, cache_name, cache, start=common)
@@ -197,8 +196,8 @@ def score_batch(
     requests: Sequence[Request],
     device: torch.device,
     cache_name: str,
-    softmax_dtype: torch.dtype | None = None,
-    memo: PrefixMemo | None = None,
+    softmax_dtype: torch.dtype | None,
+    memo: PrefixMemo,
 ) -> dict[int, tuple[float, bool]]:
     """Request index -> (log-likelihood of its continuation, whether it is the greedy one).
 
@@ -207,14 +206,10 @@ def score_batch(
     every answer on a copy of its context's cache. A pass with nothing to run is skipped.
     ``cache_name``: ``cache_argument(model)``, found once per model by the caller; ``memo``
     keeps the shared prefix's cache for the call's next batches."""
-    name = cache_name
     shared = common_prefix(batch) if len(batch) > 1 else len(batch[0].context) - 1
     cache = None
     if shared:
-        if memo is not None:
-            cache = memo.prefix(model, batch[0].context[:shared], name, device)
-        else:
-            cache = _run(model, batch[0].context[:shared], device, name)
+        cache = memo.prefix(model, batch[0].context[:shared], cache_name, device)
         cache.reorder_cache(torch.zeros(len(batch), dtype=torch.long, device=device))
     rest = max(len(g.context) - 1 for g in batch) - shared  # each context's own part, padded
     if rest:
@@ -232,9 +227,9 @@ def score_batch(
             position_ids=positions.to(device),
             use_cache=True,
             logits_to_keep=1,
-            **({name: cache} if cache is not None else {}),
+            **({cache_name: cache} if cache is not None else {}),
         )
-        cache = getattr(out, name)
+        cache = getattr(out, cache_name)
     prefix = shared + rest
     rows = [(b, i) for b, g in enumerate(batch) for i in g.members]
     cache.reorder_cache(torch.tensor([b for b, _ in rows], device=device))
@@ -255,7 +250,7 @@ def score_batch(
         attention_mask=full.to(device),
         position_ids=positions.to(device),
         use_cache=True,
-        **{name: cache},
+        **{cache_name: cache},
     ).logits
     logprobs = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
     scores = {}

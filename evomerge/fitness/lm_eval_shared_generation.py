@@ -72,7 +72,7 @@ def shared_layout(
 def prefix_cache(model: Any, layout: SharedLayout, cache_name: str, memo: PrefixMemo) -> Any:
     """The KV cache of the shared prefix, run once (``memo``: once for the batches of one
     lm-eval call that share it) and copied to every row of the batch."""
-    rows, ids = layout.input_ids.shape[0], layout.input_ids
+    ids = layout.input_ids
     cache = memo.prefix(model, ids[0, : layout.shared].tolist(), cache_name, ids.device)
-    cache.reorder_cache(torch.zeros(rows, dtype=torch.long, device=layout.input_ids.device))
+    cache.reorder_cache(torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device))
     return cache
